@@ -1,0 +1,45 @@
+# HACA — the two commands are `make demo` and `make test`.
+SHELL := /bin/bash
+ROOT := $(CURDIR)
+VENV := $(ROOT)/.venv
+PY := $(VENV)/bin/python
+HACA := $(VENV)/bin/haca
+export PATH := $(ROOT)/.tools/bin:$(VENV)/bin:$(PATH)
+DEMO_HOME ?= $(ROOT)/devnets/demo
+
+.PHONY: setup demo test test-fast bench lint clean
+
+setup: $(VENV)/.installed .tools/bin/cometbft build/gen/.ok
+
+$(VENV)/.installed: pyproject.toml
+	@test -x $(PY) || python3 -m venv $(VENV)
+	@$(PY) -m pip install -q --upgrade pip
+	@$(PY) -m pip install -q -e '.[dev]'
+	@touch $@
+
+.tools/bin/cometbft: scripts/install_cometbft.sh
+	@./scripts/install_cometbft.sh
+
+build/gen/.ok: scripts/gen_protos.sh $(VENV)/.installed
+	@./scripts/gen_protos.sh
+	@touch $@
+
+demo: setup
+	@$(HACA) demo --home $(DEMO_HOME) $(if $(KEEP),--keep,)
+
+test: setup
+	@$(PY) -m pytest -n 2 --dist loadgroup
+
+test-fast: setup
+	@$(PY) -m pytest -n 2 -m "not slow and not devnet"
+
+bench: setup
+	@$(PY) bench/chain_tps.py
+
+lint: setup
+	@$(VENV)/bin/ruff check haca tests bench
+	@$(VENV)/bin/ruff format --check haca tests bench
+	@$(VENV)/bin/mypy
+
+clean:
+	rm -rf build .tools $(VENV) devnets

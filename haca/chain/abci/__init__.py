@@ -1,0 +1,1 @@
+"""ABCI over a socket: framing and connections. The app behind it sees only requests and responses."""

@@ -1,0 +1,48 @@
+"""ABCI socket framing (CometBFT v0.38): each message is an unsigned-varint length, then protobuf bytes."""
+
+from __future__ import annotations
+
+import asyncio
+
+MAX_MESSAGE_BYTES = 64 * 1024 * 1024  # far above any block CometBFT sends with default params
+
+
+class FramingError(ValueError):
+    """The peer sent bytes that are not a valid frame; the connection must be closed."""
+
+
+def encode_uvarint(value: int) -> bytes:
+    if value < 0:
+        raise ValueError("uvarint must be non-negative")
+    out = bytearray()
+    while value >= 0x80:
+        out.append((value & 0x7F) | 0x80)
+        value >>= 7
+    out.append(value)
+    return bytes(out)
+
+
+def encode_frame(payload: bytes) -> bytes:
+    return encode_uvarint(len(payload)) + payload
+
+
+async def read_frame(reader: asyncio.StreamReader) -> bytes | None:
+    """The next frame's payload, or None at a clean end of stream."""
+    length = 0
+    for shift in range(0, 70, 7):
+        byte = await reader.read(1)
+        if not byte:
+            if shift == 0:
+                return None
+            raise FramingError("stream ended inside a length prefix")
+        length |= (byte[0] & 0x7F) << shift
+        if byte[0] < 0x80:
+            break
+    else:
+        raise FramingError("length prefix longer than 10 bytes")
+    if length > MAX_MESSAGE_BYTES:
+        raise FramingError(f"frame of {length} bytes exceeds the {MAX_MESSAGE_BYTES}-byte limit")
+    try:
+        return await reader.readexactly(length)
+    except asyncio.IncompleteReadError as exc:
+        raise FramingError(f"stream ended after {len(exc.partial)} of {length} frame bytes") from exc

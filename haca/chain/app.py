@@ -1,0 +1,212 @@
+"""The HACA ABCI application: blocks and transactions, wired to the modules.
+
+It sees only ABCI requests and responses (haca.chain.abci owns sockets and framing).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+from typing import Any
+
+import structlog
+from tendermint.abci import types_pb2 as abci
+from tendermint.crypto import proof_pb2
+
+from haca import __version__
+from haca.chain.errors import ChainError, InvalidQuery, UnknownQuery
+from haca.chain.events import Event
+from haca.chain.genesis import parse_app_genesis
+from haca.chain.modules.auth import keeper as auth_keeper
+from haca.chain.modules.auth.keeper import AuthKeeper
+from haca.chain.modules.auth.queries import query_account, query_params
+from haca.chain.modules.bank.handlers import handle_send
+from haca.chain.modules.bank.keeper import BankKeeper
+from haca.chain.modules.bank.queries import query_balance, query_supply
+from haca.chain.state import CachedState, ReadableState
+from haca.chain.store import CommitStore, StagedBlock
+from haca.chain.tx import TxResult, TxRunner
+from haca.types.bank import MsgSend
+from haca.types.encoding import canonical_json
+
+log = structlog.get_logger("haca.app")
+PROOF_OP_TYPE = "haca:mpt"
+Query = Callable[[ReadableState, bytes], tuple[dict[str, Any], bytes | None]]
+
+
+class HistoricalState:
+    """Read-only view of the state committed at a past height, read through the trie."""
+
+    def __init__(self, store: CommitStore, height: int) -> None:
+        self.store, self.height = store, height
+
+    def get(self, key: bytes) -> bytes | None:
+        value, _ = self.store.prove(self.height, key)
+        return value or None
+
+    def iter_prefix(self, prefix: bytes) -> Iterator[tuple[bytes, bytes]]:
+        raise InvalidQuery("listing queries are served at the latest height only")
+
+
+class HacaApp:
+    def __init__(self, store: CommitStore) -> None:
+        self.store = store
+        self.auth = AuthKeeper()
+        self.bank = BankKeeper()
+        self.runner = TxRunner(self.auth, self.bank)
+        self.runner.register(MsgSend, lambda state, signer, msg: handle_send(self.bank, state, signer, msg))
+        self.runner.chain_id = auth_keeper.chain_id(store)
+        self.queries: dict[str, Query] = {
+            "/bank/balance": lambda s, d: query_balance(self.bank, s, d),
+            "/bank/supply": lambda s, d: query_supply(self.bank, s, d),
+            "/auth/account": lambda s, d: query_account(self.auth, s, d),
+            "/auth/params": lambda s, d: query_params(self.auth, s, d),
+        }
+        self.check_state = CachedState(store)
+        self.block_state: CachedState | None = None
+        self.staged: StagedBlock | None = None
+        self.pending_height = 0
+
+    # --- connection: info/query -------------------------------------------------------------
+
+    def info(self, req: abci.RequestInfo) -> abci.ResponseInfo:
+        return abci.ResponseInfo(
+            data="haca",
+            version=__version__,
+            app_version=1,
+            last_block_height=self.store.height,
+            last_block_app_hash=self.store.app_hash,
+        )
+
+    def query(self, req: abci.RequestQuery) -> abci.ResponseQuery:
+        height = req.height or self.store.height
+        try:
+            if height > self.store.height or self.store.root_at(height) is None:
+                raise InvalidQuery(f"no state at height {height}; latest is {self.store.height}")
+            state: ReadableState = self.store if height == self.store.height else HistoricalState(self.store, height)
+            key: bytes | None
+            if req.path == "/store":
+                answer, key = {"key": req.data.hex()}, bytes(req.data)
+            else:
+                handler = self.queries.get(req.path)
+                if handler is None:
+                    raise UnknownQuery(f"unknown query path {req.path!r}; known: {sorted(self.queries)}")
+                answer, key = handler(state, bytes(req.data))
+            resp = abci.ResponseQuery(code=0, value=canonical_json(answer), height=height)
+            if req.prove and key is not None:
+                raw, proof = self.store.prove(height, key)
+                resp.key = key
+                resp.proof_ops.CopyFrom(
+                    proof_pb2.ProofOps(ops=[proof_pb2.ProofOp(type=PROOF_OP_TYPE, key=key, data=proof)])
+                )
+                if req.path == "/store":
+                    resp.value = raw
+            return resp
+        except ChainError as error:
+            return abci.ResponseQuery(code=error.code, codespace=error.codespace, log=str(error), height=height)
+
+    # --- connection: mempool ----------------------------------------------------------------
+
+    def check_tx(self, req: abci.RequestCheckTx) -> abci.ResponseCheckTx:
+        result = self.runner.run(self.check_state, bytes(req.tx), atomic=True)
+        return abci.ResponseCheckTx(
+            code=result.code,
+            codespace=result.codespace,
+            log=result.log,
+            gas_wanted=1,
+            gas_used=1 if result.ok else 0,
+        )
+
+    # --- connection: consensus --------------------------------------------------------------
+
+    def init_chain(self, req: abci.RequestInitChain) -> abci.ResponseInitChain:
+        genesis = parse_app_genesis(bytes(req.app_state_bytes))
+        state = CachedState(self.store)
+        auth_keeper.set_chain_id(state, req.chain_id)
+        self.runner.chain_id = req.chain_id
+        self.auth.set_params(state, genesis.fees)
+        self.bank.set_denom(state, genesis.denom)
+        for account in genesis.accounts:
+            self.bank.mint_genesis(state, account.address, account.balance)
+        self.block_state = state
+        self.staged = self.store.stage_root(state.writes)
+        log.info("init_chain", chain_id=req.chain_id, accounts=len(genesis.accounts), supply=genesis.total_supply)
+        return abci.ResponseInitChain(app_hash=self.staged.root)
+
+    def prepare_proposal(self, req: abci.RequestPrepareProposal) -> abci.ResponsePrepareProposal:
+        scratch = CachedState(self.store)
+        chosen: list[bytes] = []
+        size = 0
+        for raw in req.txs:
+            if size + len(raw) > req.max_tx_bytes:
+                break
+            # Drop what would fail entirely (e.g. a tx made stale by one committed just before).
+            if self.runner.run(scratch, bytes(raw), atomic=True).ok:
+                chosen.append(raw)
+                size += len(raw)
+        return abci.ResponsePrepareProposal(txs=chosen)
+
+    def process_proposal(self, req: abci.RequestProcessProposal) -> abci.ResponseProcessProposal:
+        scratch = CachedState(self.store)
+        for raw in req.txs:
+            result = self.runner.run(scratch, bytes(raw), atomic=False)
+            if result.ante_failed:
+                log.warning("reject_proposal", height=req.height, reason=result.log)
+                return abci.ResponseProcessProposal(status=abci.ResponseProcessProposal.REJECT)
+        return abci.ResponseProcessProposal(status=abci.ResponseProcessProposal.ACCEPT)
+
+    def finalize_block(self, req: abci.RequestFinalizeBlock) -> abci.ResponseFinalizeBlock:
+        state = self.block_state if self.block_state is not None else CachedState(self.store)
+        results = [self.runner.run(state, bytes(raw), atomic=False) for raw in req.txs]
+        self.block_state = state
+        self.staged = self.store.stage_root(state.writes)
+        self.pending_height = req.height
+        return abci.ResponseFinalizeBlock(
+            tx_results=[_exec_result(r) for r in results],
+            app_hash=self.staged.root,
+        )
+
+    def commit(self, req: abci.RequestCommit) -> abci.ResponseCommit:
+        if self.staged is None or self.block_state is None:
+            raise RuntimeError("commit without a finalized block")
+        self.store.commit(self.pending_height, self.staged)
+        self.block_state, self.staged = None, None
+        self.check_state = CachedState(self.store)
+        return abci.ResponseCommit(retain_height=0)
+
+    # --- connection: snapshot, and vote extensions (unused) ------------------------------------
+
+    def list_snapshots(self, req: abci.RequestListSnapshots) -> abci.ResponseListSnapshots:
+        return abci.ResponseListSnapshots()
+
+    def offer_snapshot(self, req: abci.RequestOfferSnapshot) -> abci.ResponseOfferSnapshot:
+        return abci.ResponseOfferSnapshot(result=abci.ResponseOfferSnapshot.REJECT)
+
+    def load_snapshot_chunk(self, req: abci.RequestLoadSnapshotChunk) -> abci.ResponseLoadSnapshotChunk:
+        return abci.ResponseLoadSnapshotChunk()
+
+    def apply_snapshot_chunk(self, req: abci.RequestApplySnapshotChunk) -> abci.ResponseApplySnapshotChunk:
+        return abci.ResponseApplySnapshotChunk(result=abci.ResponseApplySnapshotChunk.ABORT)
+
+    def extend_vote(self, req: abci.RequestExtendVote) -> abci.ResponseExtendVote:
+        return abci.ResponseExtendVote()
+
+    def verify_vote_extension(self, req: abci.RequestVerifyVoteExtension) -> abci.ResponseVerifyVoteExtension:
+        return abci.ResponseVerifyVoteExtension(status=abci.ResponseVerifyVoteExtension.ACCEPT)
+
+
+def _exec_result(result: TxResult) -> abci.ExecTxResult:
+    return abci.ExecTxResult(
+        code=result.code,
+        codespace=result.codespace,
+        log=result.log,
+        gas_wanted=1,
+        gas_used=1,
+        events=[_abci_event(e) for e in result.events],
+    )
+
+
+def _abci_event(event: Event) -> abci.Event:
+    return abci.Event(
+        type=event.type,
+        attributes=[abci.EventAttribute(key=k, value=v, index=True) for k, v in event.attributes.items()],
+    )

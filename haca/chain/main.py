@@ -1,0 +1,59 @@
+"""The app process of one validator: the ABCI server over the validator's store.
+
+Run as `python -m haca.chain.main --home DIR` (the validator supervisor does this).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import logging
+import signal
+import sys
+from pathlib import Path
+
+import structlog
+
+from haca.chain.abci.server import AbciServer
+from haca.chain.app import HacaApp
+from haca.chain.store import CommitStore
+from haca.devnet.layout import ValidatorHome
+
+
+def configure_logging() -> None:
+    logging.basicConfig(stream=sys.stderr, level=logging.INFO, format="%(message)s")
+    structlog.configure(
+        processors=[
+            structlog.processors.add_log_level,
+            structlog.processors.TimeStamper(fmt="iso"),
+            structlog.processors.JSONRenderer(),
+        ],
+        logger_factory=structlog.PrintLoggerFactory(sys.stderr),
+    )
+
+
+async def serve(home: ValidatorHome) -> None:
+    home.app_dir.mkdir(parents=True, exist_ok=True)
+    app = HacaApp(CommitStore(home.state_db))
+    server = AbciServer(app, home.socket_path)
+    await server.start()
+    loop = asyncio.get_running_loop()
+    stop = asyncio.Event()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    serving = asyncio.create_task(server.serve_forever())
+    await stop.wait()
+    serving.cancel()
+    app.store.close()
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(prog="haca-app", description="HACA ABCI application")
+    parser.add_argument("--home", required=True, type=Path)
+    args = parser.parse_args(argv)
+    configure_logging()
+    asyncio.run(serve(ValidatorHome(args.home)))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,1 @@
+"""Chain modules, each owning a state prefix, its messages' handlers and its queries."""

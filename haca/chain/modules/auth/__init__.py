@@ -1,0 +1,1 @@
+"""auth: account nonces and the fee schedule."""

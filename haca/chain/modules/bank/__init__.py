@@ -1,0 +1,1 @@
+"""bank: balances, total supply and the burned total."""

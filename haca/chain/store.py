@@ -1,0 +1,160 @@
+"""Committed state: SQLite (WAL) holding a flat key/value table and an Ethereum
+Merkle-Patricia trie (py-trie) whose root is the app hash.
+
+A block's writes are staged in memory; `stage_root` computes the new root without touching
+disk and `commit` writes trie nodes, the flat table, height and app hash in one SQLite
+transaction, so a crash leaves either the old or the new state, never a mix.
+"""
+
+from __future__ import annotations
+
+import sqlite3
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from trie import HexaryTrie
+
+from haca.crypto.state_proof import encode_proof
+
+EMPTY_ROOT = HexaryTrie.BLANK_NODE_HASH
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS trie_nodes (hash BLOB PRIMARY KEY, node BLOB NOT NULL) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS state (key BLOB PRIMARY KEY, value BLOB NOT NULL) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS roots (height INTEGER PRIMARY KEY, root BLOB NOT NULL);
+CREATE TABLE IF NOT EXISTS meta (name TEXT PRIMARY KEY, value BLOB NOT NULL);
+"""
+
+
+class _TrieNodes(Mapping[bytes, bytes]):
+    """The trie's node database: committed nodes in SQLite, new ones buffered until commit."""
+
+    def __init__(self, db: sqlite3.Connection) -> None:
+        self._db = db
+        self.pending: dict[bytes, bytes] = {}
+
+    def __getitem__(self, key: bytes) -> bytes:
+        node = self.pending.get(key)
+        if node is not None:
+            return node
+        row = self._db.execute("SELECT node FROM trie_nodes WHERE hash = ?", (key,)).fetchone()
+        if row is None:
+            raise KeyError(key)
+        return bytes(row[0])
+
+    def __setitem__(self, key: bytes, value: bytes) -> None:
+        self.pending[key] = value
+
+    def __delitem__(self, key: bytes) -> None:  # nodes are never pruned: old roots stay provable
+        pass
+
+    def __contains__(self, key: object) -> bool:
+        try:
+            self[key]  # type: ignore[index]
+        except KeyError:
+            return False
+        return True
+
+    def __iter__(self) -> Iterator[bytes]:
+        raise NotImplementedError("the node database is not iterable")
+
+    def __len__(self) -> int:
+        raise NotImplementedError("the node database has no cheap length")
+
+
+@dataclass
+class StagedBlock:
+    """The result of `stage_root`: what `commit` will write."""
+
+    root: bytes
+    writes: dict[bytes, bytes | None] = field(default_factory=dict)
+
+
+class CommitStore:
+    """The authenticated, crash-safe store of one validator's app."""
+
+    def __init__(self, path: Path | str) -> None:
+        self._db = sqlite3.connect(str(path), isolation_level=None, check_same_thread=False)
+        self._db.execute("PRAGMA journal_mode=WAL")
+        self._db.execute("PRAGMA synchronous=FULL")
+        self._db.executescript(_SCHEMA)
+        self._nodes = _TrieNodes(self._db)
+        self.height = int(self._meta("height") or b"0")
+        self.app_hash = self._meta("app_hash") or b""
+        self.root = self._meta("root") or EMPTY_ROOT
+
+    def _meta(self, name: str) -> bytes | None:
+        row = self._db.execute("SELECT value FROM meta WHERE name = ?", (name,)).fetchone()
+        return bytes(row[0]) if row else None
+
+    def get(self, key: bytes) -> bytes | None:
+        """The committed value of `key` at the latest height."""
+        row = self._db.execute("SELECT value FROM state WHERE key = ?", (key,)).fetchone()
+        return bytes(row[0]) if row else None
+
+    def iter_prefix(self, prefix: bytes) -> Iterator[tuple[bytes, bytes]]:
+        """Committed keys under `prefix`, in byte order."""
+        upper = _prefix_end(prefix)
+        sql = "SELECT key, value FROM state WHERE key >= ?" + (" AND key < ?" if upper else "") + " ORDER BY key"
+        params = (prefix, upper) if upper else (prefix,)
+        for key, value in self._db.execute(sql, params):
+            yield bytes(key), bytes(value)
+
+    def stage_root(self, writes: Mapping[bytes, bytes | None]) -> StagedBlock:
+        """Apply `writes` (None = delete) to a copy of the trie and return the new root."""
+        self._nodes.pending.clear()
+        trie = HexaryTrie(self._nodes, self.root)
+        with trie.squash_changes() as batch:
+            for key in sorted(writes):
+                value = writes[key]
+                if value is None:
+                    batch.delete(key)
+                else:
+                    batch.set(key, value)
+        return StagedBlock(root=trie.root_hash, writes=dict(writes))
+
+    def commit(self, height: int, staged: StagedBlock) -> None:
+        """Persist a staged block as `height` atomically; its root becomes the app hash."""
+        db = self._db
+        db.execute("BEGIN IMMEDIATE")
+        try:
+            db.executemany("INSERT OR IGNORE INTO trie_nodes VALUES (?, ?)", self._nodes.pending.items())
+            upserts = [(k, v) for k, v in staged.writes.items() if v is not None]
+            deletes = [(k,) for k, v in staged.writes.items() if v is None]
+            db.executemany("INSERT OR REPLACE INTO state VALUES (?, ?)", upserts)
+            db.executemany("DELETE FROM state WHERE key = ?", deletes)
+            db.execute("INSERT OR REPLACE INTO roots VALUES (?, ?)", (height, staged.root))
+            db.executemany(
+                "INSERT OR REPLACE INTO meta VALUES (?, ?)",
+                [("height", str(height).encode()), ("app_hash", staged.root), ("root", staged.root)],
+            )
+            db.execute("COMMIT")
+        except BaseException:
+            db.execute("ROLLBACK")
+            raise
+        self._nodes.pending.clear()
+        self.height, self.app_hash, self.root = height, staged.root, staged.root
+
+    def root_at(self, height: int) -> bytes | None:
+        row = self._db.execute("SELECT root FROM roots WHERE height = ?", (height,)).fetchone()
+        return bytes(row[0]) if row else None
+
+    def prove(self, height: int, key: bytes) -> tuple[bytes, bytes]:
+        """(value or b"", proof) for `key` in the state committed at `height`."""
+        root = self.root_at(height)
+        if root is None:
+            raise KeyError(f"no state committed at height {height}")
+        trie = HexaryTrie(self._nodes, root)
+        return trie.get(key), encode_proof(trie.get_proof(key))
+
+    def close(self) -> None:
+        self._db.close()
+
+
+def _prefix_end(prefix: bytes) -> bytes | None:
+    """The smallest byte string greater than every string starting with `prefix`."""
+    stripped = prefix.rstrip(b"\xff")
+    if not stripped:
+        return None
+    return stripped[:-1] + bytes([stripped[-1] + 1])

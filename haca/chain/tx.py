@@ -1,0 +1,125 @@
+"""Running a transaction against a state: stateless checks, the ante step (chain id, signature,
+nonce, fee burn) and then its messages, each all-or-nothing."""
+
+from __future__ import annotations
+
+from collections import OrderedDict
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+from haca.chain.errors import (
+    BadNonce,
+    ChainError,
+    InsufficientFee,
+    InvalidSignature,
+    TxDecodeFailed,
+    UnknownMessage,
+    WrongChainId,
+)
+from haca.chain.events import Event
+from haca.chain.modules.auth.keeper import AuthKeeper
+from haca.chain.modules.bank.keeper import BankKeeper
+from haca.chain.state import CachedState
+from haca.crypto.hashing import sha256
+from haca.crypto.keys import SignatureError
+from haca.types.tx import Tx, TxDecodeError, decode_tx
+
+Handler = Callable[[CachedState, str, Any], list[Event]]
+_SIGNER_CACHE_SIZE = 100_000
+
+
+@dataclass
+class TxResult:
+    code: int = 0
+    codespace: str = ""
+    log: str = ""
+    events: list[Event] = field(default_factory=list)
+    ante_failed: bool = False  # nothing could be charged: the tx must not be in a block
+
+    @property
+    def ok(self) -> bool:
+        return self.code == 0
+
+    @classmethod
+    def failure(cls, error: ChainError, ante_failed: bool) -> TxResult:
+        return cls(code=error.code, codespace=error.codespace, log=str(error), ante_failed=ante_failed)
+
+
+class TxRunner:
+    """Executes txs; message handlers are registered per message class at wiring time."""
+
+    def __init__(self, auth: AuthKeeper, bank: BankKeeper) -> None:
+        self.auth = auth
+        self.bank = bank
+        self.chain_id = ""  # set from InitChain / the store by the app
+        self.handlers: dict[type, Handler] = {}
+        # Signature verdicts are pure functions of the tx bytes, so CheckTx's work is reused later.
+        self._signers: OrderedDict[bytes, str] = OrderedDict()
+
+    def register(self, msg_type: type, handler: Handler) -> None:
+        self.handlers[msg_type] = handler
+
+    def run(self, state: CachedState, raw: bytes, atomic: bool) -> TxResult:
+        """Apply `raw` to `state`. With `atomic`, a failing message undoes the whole tx (CheckTx);
+        without, the fee and nonce stand and only the messages are undone (FinalizeBlock)."""
+        try:
+            tx = self.decode_verified(raw)
+            ante_state = state.branch()
+            events = self._ante(ante_state, tx, len(raw))
+        except ChainError as error:
+            return TxResult.failure(error, ante_failed=True)
+        msg_state = ante_state.branch()
+        try:
+            for msg in tx.msgs:
+                events += self.handlers[type(msg)](msg_state, tx.signer, msg)
+        except ChainError as error:
+            if atomic:
+                return TxResult.failure(error, ante_failed=False)
+            ante_state.write()
+            result = TxResult.failure(error, ante_failed=False)
+            result.events = events
+            return result
+        msg_state.write()
+        ante_state.write()
+        return TxResult(events=events)
+
+    def decode_verified(self, raw: bytes) -> Tx:
+        """Decode, check the chain id and the signature (cached by tx hash)."""
+        try:
+            tx = decode_tx(raw)
+        except TxDecodeError as exc:
+            cls = UnknownMessage if "unknown message type" in str(exc) else TxDecodeFailed
+            raise cls(str(exc)) from exc
+        if tx.chain_id != self.chain_id:
+            raise WrongChainId(f"tx is for chain {tx.chain_id!r}, this chain is {self.chain_id!r}")
+        for msg in tx.msgs:
+            if type(msg) not in self.handlers:
+                raise UnknownMessage(f"no handler for message type {msg.type_name!r}")
+        key = sha256(raw)
+        signer = self._signers.get(key)
+        if signer is None:
+            try:
+                signer = tx.recover_signer()
+            except SignatureError as exc:
+                raise InvalidSignature(str(exc)) from exc
+            self._signers[key] = signer
+            if len(self._signers) > _SIGNER_CACHE_SIZE:
+                self._signers.popitem(last=False)
+        if signer != tx.signer:
+            raise InvalidSignature(f"signature is by {signer}, not by the tx signer {tx.signer}")
+        return tx
+
+    def _ante(self, state: CachedState, tx: Tx, size: int) -> list[Event]:
+        expected = self.auth.nonce(state, tx.signer)
+        if tx.nonce != expected:
+            raise BadNonce(f"account {tx.signer} nonce is {expected}, tx has {tx.nonce}")
+        min_fee = self.auth.params(state).min_fee(size)
+        if tx.fee < min_fee:
+            raise InsufficientFee(f"fee {tx.fee} is below the minimum {min_fee} for a {size}-byte tx")
+        self.bank.burn(state, tx.signer, tx.fee)
+        self.auth.increment_nonce(state, tx.signer)
+        return [
+            Event("tx", {"signer": tx.signer, "nonce": str(tx.nonce), "fee": str(tx.fee)}),
+            Event("burn", {"burner": tx.signer, "amount": str(tx.fee), "reason": "tx_fee"}),
+        ]

@@ -1,0 +1,1 @@
+"""The `haca` command line (typer + rich); every command takes --home and --json."""

@@ -1,0 +1,69 @@
+"""Shared CLI plumbing: options, output as a table or JSON, one-line errors."""
+
+from __future__ import annotations
+
+import functools
+import json
+import sys
+from collections.abc import Callable
+from pathlib import Path
+from typing import Annotated, Any, TypeVar
+
+import typer
+from rich.console import Console
+
+from haca.client.config import ClientConfig, KeyStore, resolve_home
+from haca.client.errors import HacaError
+
+console = Console()
+err_console = Console(stderr=True)
+
+HomeOption = Annotated[
+    Path | None, typer.Option("--home", envvar="HACA_HOME", help="client home (default ~/.haca)", show_default=False)
+]
+JsonOption = Annotated[bool, typer.Option("--json", help="print machine-readable JSON")]
+
+F = TypeVar("F", bound=Callable[..., Any])
+
+
+def error_code(exc: BaseException) -> str:
+    code = getattr(exc, "code", None)
+    return code if isinstance(code, str) else type(exc).__name__
+
+
+def cli_command(func: F) -> F:
+    """Turn expected failures into one readable line (or a JSON error) and exit status 1."""
+
+    @functools.wraps(func)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        try:
+            return func(*args, **kwargs)
+        except (HacaError, RuntimeError, ValueError, OSError) as exc:
+            message = str(exc) or type(exc).__name__
+            if kwargs.get("json_out"):
+                print(json.dumps({"error": {"code": error_code(exc), "message": message}}))
+            else:
+                err_console.print(f"[red]error:[/red] {message}", highlight=False)
+            sys.exit(1)
+
+    return wrapper  # type: ignore[return-value]
+
+
+def emit(json_out: bool, value: Any, human: Callable[[], None] | None = None) -> None:
+    if json_out or human is None:
+        print(json.dumps(value, indent=None if json_out else 2))
+    else:
+        human()
+
+
+def client_home(home: Path | None) -> Path:
+    return resolve_home(home)
+
+
+def load_config(home: Path | None) -> tuple[Path, ClientConfig]:
+    resolved = resolve_home(home)
+    return resolved, ClientConfig.load(resolved)
+
+
+def keystore(home: Path | None) -> KeyStore:
+    return KeyStore(resolve_home(home))

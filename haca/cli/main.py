@@ -1,0 +1,48 @@
+"""The `haca` command."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from haca.cli.chain import query_app, tx_app
+from haca.cli.demo import demo
+from haca.cli.devnet import devnet_app, validator_app
+from haca.cli.keys import app as keys_app
+
+app = typer.Typer(
+    name="haca",
+    help="HACA: verifiable AI inference, settled on CometBFT.",
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+)
+
+
+@app.callback()
+def root(
+    home: Annotated[
+        Path | None, typer.Option("--home", help="client home for every subcommand (env HACA_HOME)")
+    ] = None,
+) -> None:
+    """HACA: verifiable AI inference, settled on CometBFT."""
+    if home is not None:
+        os.environ["HACA_HOME"] = str(home)
+
+
+app.add_typer(keys_app, name="keys")
+app.add_typer(tx_app, name="tx")
+app.add_typer(query_app, name="query")
+app.add_typer(devnet_app, name="devnet")
+app.add_typer(validator_app, name="validator")
+app.command("demo")(demo)
+
+
+def main() -> None:
+    app()
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,42 @@
+"""The client's error hierarchy; the CLI prints these as one line (or {"error": ...} with --json)."""
+
+from __future__ import annotations
+
+
+class HacaError(Exception):
+    code = "error"
+
+
+class ConfigError(HacaError):
+    code = "config"
+
+
+class KeyNotFound(HacaError):
+    code = "key_not_found"
+
+
+class RpcError(HacaError):
+    code = "rpc"
+
+
+class TxRejected(HacaError):
+    """The chain refused a tx (CheckTx or FinalizeBlock code != 0)."""
+
+    code = "tx_rejected"
+
+    def __init__(self, message: str, abci_code: int = 0, log: str = "") -> None:
+        super().__init__(message)
+        self.abci_code = abci_code
+        self.log = log
+
+
+class QueryFailed(HacaError):
+    code = "query_failed"
+
+
+class ProofInvalid(HacaError):
+    code = "proof_invalid"
+
+
+class NotFound(HacaError):
+    code = "not_found"

@@ -1,0 +1,12 @@
+"""Deterministic dev accounts: the same keys on every machine, funded in every devnet genesis."""
+
+from __future__ import annotations
+
+from haca.crypto.keys import PrivateKey
+
+DEV_ACCOUNTS = 10
+DEV_BALANCE = 10**24  # base units per dev account
+
+
+def dev_keys(count: int = DEV_ACCOUNTS) -> list[tuple[str, PrivateKey]]:
+    return [(f"dev{i}", PrivateKey.from_seed(f"haca devnet account {i}")) for i in range(count)]

@@ -1,0 +1,1 @@
+"""The wire: messages, tx encoding and query answers shared by chain, node and client."""

@@ -1,0 +1,3 @@
+"""Importing this module registers every chain message type with the tx decoder."""
+
+from haca.types import bank  # noqa: F401
