@@ -28,7 +28,7 @@ demo: setup
 	@$(HACA) demo --home $(DEMO_HOME) $(if $(KEEP),--keep,)
 
 test: setup
-	@$(PY) -m pytest -n 2 --dist loadgroup
+	@$(PY) -m pytest -n 2 --dist loadfile
 
 test-fast: setup
 	@$(PY) -m pytest -n 2 -m "not slow and not devnet"
@@ -37,8 +37,8 @@ bench: setup
 	@$(PY) bench/chain_tps.py
 
 lint: setup
-	@$(VENV)/bin/ruff check haca tests bench
-	@$(VENV)/bin/ruff format --check haca tests bench
+	@$(VENV)/bin/ruff check .
+	@$(VENV)/bin/ruff format --check .
 	@$(VENV)/bin/mypy
 
 clean:

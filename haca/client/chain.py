@@ -114,7 +114,12 @@ class ChainClient:
 
     def broadcast(self, raw: bytes) -> str:
         """Submit through CheckTx; raise TxRejected with the app's code and log on refusal."""
-        result = self.rpc.broadcast_tx_sync(raw)
+        try:
+            result = self.rpc.broadcast_tx_sync(raw)
+        except RpcError as exc:
+            if "already exists in cache" in str(exc):  # CometBFT refuses identical bytes before CheckTx
+                raise TxRejected(f"rejected: this exact tx was already submitted ({exc})") from exc
+            raise
         if int(result["code"]) != 0:
             raise TxRejected(f"rejected (code {result['code']}): {result['log']}", int(result["code"]), result["log"])
         return str(result["hash"])

@@ -1,0 +1,45 @@
+"""One fixture starts a real 4-validator CometBFT devnet per test module, on loopback."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+
+import haca.types.messages  # noqa: F401
+from haca.client.chain import ChainClient
+from haca.client.config import ClientConfig, KeyStore
+from haca.devnet.network import Devnet, up
+
+
+@dataclass
+class DevnetHandle:
+    home: Path
+    net: Devnet
+    config: ClientConfig
+    keys: KeyStore
+    client: ChainClient
+
+    def clients(self) -> list[ChainClient]:
+        """One client per validator RPC."""
+        return [ChainClient([url], self.config.chain_id) for url in self.config.rpc]
+
+    def genesis(self) -> dict:
+        node = self.net.load().nodes[0]
+        return json.loads((Path(node.home) / "cometbft" / "config" / "genesis.json").read_text())
+
+
+@pytest.fixture(scope="module")
+def devnet(tmp_path_factory: pytest.TempPathFactory) -> Iterator[DevnetHandle]:
+    home = tmp_path_factory.mktemp("devnet")
+    net = up(home, validators=4, timeout_commit="300ms")
+    config = ClientConfig.load(home)
+    client = ChainClient(config.rpc, config.chain_id)
+    try:
+        yield DevnetHandle(home, net, config, KeyStore(home), client)
+    finally:
+        client.close()
+        net.stop()
