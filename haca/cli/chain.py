@@ -9,6 +9,7 @@ import typer
 import haca.types.messages  # noqa: F401  (registers message types)
 from haca.cli.common import HomeOption, JsonOption, cli_command, console, emit, keystore, load_config
 from haca.client.chain import ChainClient
+from haca.client.config import connect
 from haca.client.errors import NotFound, RpcError
 from haca.client.rpc import b64
 from haca.crypto.keys import normalize_address
@@ -20,7 +21,7 @@ query_app = typer.Typer(help="Query chain state.", no_args_is_help=True)
 
 def _client(home: HomeOption) -> tuple[ChainClient, Any]:
     _, config = load_config(home)
-    return ChainClient(config.rpc, config.chain_id), config
+    return connect(config), config
 
 
 @tx_app.command("send")

@@ -10,7 +10,7 @@ from rich.table import Table
 import haca.types.messages  # noqa: F401  (registers message types)
 from haca.cli.common import HomeOption, cli_command, client_home, console
 from haca.client.chain import ChainClient
-from haca.client.config import ClientConfig, KeyStore
+from haca.client.config import ClientConfig, KeyStore, connect
 from haca.devnet.network import Devnet, up
 from haca.types.bank import MsgSend
 
@@ -31,7 +31,7 @@ def demo(
         console.print(f"   {v['name']}  {v['rpc']}  height {v['height']}  app hash {v['app_hash'][:16]}…")
     config = ClientConfig.load(home_dir)
     keys = KeyStore(home_dir)
-    client = ChainClient(config.rpc, config.chain_id)
+    client = connect(config)
     try:
         _transfers(client, keys, config.denom)
     finally:

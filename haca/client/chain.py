@@ -8,6 +8,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from haca.client.errors import HacaError, ProofInvalid, RpcError, TxRejected
+from haca.client.light import LightClientError, validators_from_rpc, verify_signed_header
 from haca.client.rpc import CometRpc, b64
 from haca.crypto.keys import PrivateKey
 from haca.crypto.state_proof import ProofError, verify_proof
@@ -38,11 +39,14 @@ class TxOutcome:
 
 
 class ChainClient:
-    def __init__(self, rpc_urls: list[str], chain_id: str) -> None:
+    def __init__(self, rpc_urls: list[str], chain_id: str, validators: list[dict[str, Any]] | None = None) -> None:
+        """`validators` is the trusted validator set (RPC `validators` shape, e.g. from genesis);
+        without it, headers are checked against the set the RPC node reports."""
         if not rpc_urls:
             raise HacaError("no RPC URL configured")
         self.rpcs = [CometRpc(url) for url in rpc_urls]
         self.chain_id = chain_id
+        self.trusted = validators_from_rpc(validators) if validators else None
 
     @property
     def rpc(self) -> CometRpc:
@@ -85,16 +89,22 @@ class ChainClient:
         return ProvenValue(json.loads(b64(response["value"])), key, raw, height, app_hash)
 
     def app_hash_after(self, height: int, timeout: float = 15.0) -> bytes:
-        """The app hash of the state at `height`, read from the signed header of height+1."""
+        """The app hash of the state at `height`, from the header of height+1 after checking that
+        more than 2/3 of the validators' voting power signed it (light-client verification)."""
         deadline = time.monotonic() + timeout
         while True:
             try:
                 signed = self.rpc.commit(height + 1)["signed_header"]
-                return bytes.fromhex(signed["header"]["app_hash"])
+                break
             except RpcError:
                 if time.monotonic() > deadline:
                     raise
                 time.sleep(0.2)
+        validators = self.trusted or validators_from_rpc(self.rpc.validators(height + 1))
+        try:
+            return verify_signed_header(signed, validators, self.chain_id)
+        except LightClientError as exc:
+            raise ProofInvalid(f"header {height + 1}: {exc}") from exc
 
     def proven_balance(self, address: str) -> int:
         proven = self.query_proven("/bank/balance", address.encode())

@@ -11,6 +11,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+from haca.client.chain import ChainClient
 from haca.client.errors import ConfigError, KeyNotFound
 from haca.crypto.keys import PrivateKey
 
@@ -29,6 +30,7 @@ class ClientConfig:
     rpc: list[str]
     denom: str = "opg"
     default_key: str = ""
+    validators: list[dict[str, Any]] = field(default_factory=list)  # trusted set for light-client checks
     extra: dict[str, Any] = field(default_factory=dict)  # later: hub, nodes
 
     @classmethod
@@ -89,3 +91,8 @@ class KeyStore:
             doc = json.loads(path.read_text())
             keys.append(StoredKey(doc["name"], PrivateKey.from_hex(doc["private_key"])))
         return keys
+
+
+def connect(config: ClientConfig) -> ChainClient:
+    """A chain client for a client config, trusting the validator set the config names."""
+    return ChainClient(config.rpc, config.chain_id, config.validators or None)

@@ -134,7 +134,11 @@ class Devnet:
         store = KeyStore(self.home)
         for name, key in dev_keys():
             store.add(name, key, overwrite=True)
-        ClientConfig(chain_id=state.chain_id, rpc=[n.rpc for n in state.nodes], default_key="dev0").save(self.home)
+        genesis = json.loads(ValidatorHome(Path(state.nodes[0].home)).genesis.read_text())
+        trusted = [{"address": v["address"], "pub_key": v["pub_key"], "voting_power": v["power"]}
+                   for v in genesis["validators"]]  # fmt: skip
+        config = ClientConfig(state.chain_id, [n.rpc for n in state.nodes], default_key="dev0", validators=trusted)
+        config.save(self.home)
 
     def start(self, name: str | None = None) -> None:
         state = self.load()

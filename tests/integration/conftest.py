@@ -11,7 +11,7 @@ import pytest
 
 import haca.types.messages  # noqa: F401
 from haca.client.chain import ChainClient
-from haca.client.config import ClientConfig, KeyStore
+from haca.client.config import ClientConfig, KeyStore, connect
 from haca.devnet.network import Devnet, up
 
 
@@ -25,7 +25,7 @@ class DevnetHandle:
 
     def clients(self) -> list[ChainClient]:
         """One client per validator RPC."""
-        return [ChainClient([url], self.config.chain_id) for url in self.config.rpc]
+        return [ChainClient([url], self.config.chain_id, self.config.validators) for url in self.config.rpc]
 
     def genesis(self) -> dict:
         node = self.net.load().nodes[0]
@@ -37,7 +37,7 @@ def devnet(tmp_path_factory: pytest.TempPathFactory) -> Iterator[DevnetHandle]:
     home = tmp_path_factory.mktemp("devnet")
     net = up(home, validators=4, timeout_commit="300ms")
     config = ClientConfig.load(home)
-    client = ChainClient(config.rpc, config.chain_id)
+    client = connect(config)
     try:
         yield DevnetHandle(home, net, config, KeyStore(home), client)
     finally:
