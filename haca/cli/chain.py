@@ -27,7 +27,7 @@ def _client(home: HomeOption) -> tuple[ChainClient, Any]:
 @tx_app.command("send")
 @cli_command
 def send(
-    to: Annotated[str, typer.Option("--to", help="recipient address")],
+    to: Annotated[str, typer.Option("--to", help="recipient address or key name")],
     amount: Annotated[int, typer.Option("--amount", min=1, help="base units")],
     from_: Annotated[str, typer.Option("--from", help="key name or address (default: the home's default key)")] = "",
     wait: Annotated[bool, typer.Option("--wait/--no-wait", help="wait until committed")] = True,
@@ -37,7 +37,7 @@ def send(
     """Transfer AMOUNT base units to an address; the tx fee is burned."""
     client, config = _client(home)
     sender = keystore(home).get(from_ or config.default_key)
-    result = client.send_msgs(sender.key, (MsgSend(normalize_address(to), amount),), wait=wait)
+    result = client.send_msgs(sender.key, (MsgSend(_address_or_key(to, home), amount),), wait=wait)
     if isinstance(result, str):
         emit(json_out, {"hash": result}, lambda: console.print(f"submitted {result}"))
         return

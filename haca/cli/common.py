@@ -15,8 +15,9 @@ from rich.console import Console
 from haca.client.config import ClientConfig, KeyStore, resolve_home
 from haca.client.errors import HacaError
 
-console = Console()
-err_console = Console(stderr=True)
+# Output piped to a file or a test is not cut at 80 columns; an error stays on one line.
+console = Console(soft_wrap=True, width=None if sys.stdout.isatty() else 200)
+err_console = Console(stderr=True, soft_wrap=True)
 
 HomeOption = Annotated[
     Path | None, typer.Option("--home", envvar="HACA_HOME", help="client home (default ~/.haca)", show_default=False)

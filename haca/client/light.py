@@ -70,7 +70,7 @@ def verify_signed_header(signed_header: dict[str, Any], validators: list[Trusted
             continue
         seen.add(address)
         message = precommit_sign_bytes(chain_id, int(commit["height"]), int(commit["round"]), commit["block_id"],
-                                       sig["timestamp"])  # fmt: skip
+                                       sig["timestamp"])
         try:
             Ed25519PublicKey.from_public_bytes(validator.pub_key).verify(base64.b64decode(sig["signature"]), message)
         except InvalidSignature as exc:
@@ -113,7 +113,7 @@ def hash_header(header: dict[str, Any]) -> bytes:
         *(_bytes_value(bytes.fromhex(header[name])) for name in (
             "last_commit_hash", "data_hash", "validators_hash", "next_validators_hash", "consensus_hash",
             "app_hash", "last_results_hash", "evidence_hash", "proposer_address")),
-    ]  # fmt: skip
+    ]
     return merkle_root(fields)
 
 
