@@ -21,6 +21,11 @@ from tendermint.types import canonical_pb2, types_pb2, validator_pb2
 from haca.client.errors import HacaError
 
 BLOCK_ID_FLAG_COMMIT = 2
+# Header fields after last_block_id, in Header.Hash() order; each is a gogoproto BytesValue.
+_HASH_FIELDS = (
+    "last_commit_hash", "data_hash", "validators_hash", "next_validators_hash", "consensus_hash",
+    "app_hash", "last_results_hash", "evidence_hash", "proposer_address",
+)  # fmt: skip
 
 
 class LightClientError(HacaError):
@@ -69,8 +74,9 @@ def verify_signed_header(signed_header: dict[str, Any], validators: list[Trusted
         if validator is None or address in seen:
             continue
         seen.add(address)
-        message = precommit_sign_bytes(chain_id, int(commit["height"]), int(commit["round"]), commit["block_id"],
-                                       sig["timestamp"])
+        message = precommit_sign_bytes(
+            chain_id, int(commit["height"]), int(commit["round"]), commit["block_id"], sig["timestamp"]
+        )
         try:
             Ed25519PublicKey.from_public_bytes(validator.pub_key).verify(base64.b64decode(sig["signature"]), message)
         except InvalidSignature as exc:
@@ -110,9 +116,7 @@ def hash_header(header: dict[str, Any]) -> bytes:
         _int64_value(int(header["height"])),
         ts.SerializeToString(),
         last.SerializeToString(),
-        *(_bytes_value(bytes.fromhex(header[name])) for name in (
-            "last_commit_hash", "data_hash", "validators_hash", "next_validators_hash", "consensus_hash",
-            "app_hash", "last_results_hash", "evidence_hash", "proposer_address")),
+        *(_bytes_value(bytes.fromhex(header[name])) for name in _HASH_FIELDS),
     ]
     return merkle_root(fields)
 

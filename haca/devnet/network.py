@@ -135,8 +135,10 @@ class Devnet:
         for name, key in dev_keys():
             store.add(name, key, overwrite=True)
         genesis = json.loads(ValidatorHome(Path(state.nodes[0].home)).genesis.read_text())
-        trusted = [{"address": v["address"], "pub_key": v["pub_key"], "voting_power": v["power"]}
-                   for v in genesis["validators"]]
+        trusted = [
+            {"address": v["address"], "pub_key": v["pub_key"], "voting_power": v["power"]}
+            for v in genesis["validators"]
+        ]
         config = ClientConfig(state.chain_id, [n.rpc for n in state.nodes], default_key="dev0", validators=trusted)
         config.save(self.home)
 
