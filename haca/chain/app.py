@@ -30,7 +30,8 @@ from haca.types.encoding import canonical_json
 
 log = structlog.get_logger("haca.app")
 PROOF_OP_TYPE = "haca:mpt"
-Query = Callable[[ReadableState, bytes], tuple[dict[str, Any], bytes | None]]
+# A query answers JSON and names the store keys whose values back the answer (proven on request).
+Query = Callable[[ReadableState, bytes], tuple[dict[str, Any], list[bytes]]]
 
 
 class HistoricalState:
@@ -83,23 +84,23 @@ class HacaApp:
             if height > self.store.height or self.store.root_at(height) is None:
                 raise InvalidQuery(f"no state at height {height}; latest is {self.store.height}")
             state: ReadableState = self.store if height == self.store.height else HistoricalState(self.store, height)
-            key: bytes | None
             if req.path == "/store":
-                answer, key = {"key": req.data.hex()}, bytes(req.data)
+                answer, keys = {"key": req.data.hex()}, [bytes(req.data)]
             else:
                 handler = self.queries.get(req.path)
                 if handler is None:
                     raise UnknownQuery(f"unknown query path {req.path!r}; known: {sorted(self.queries)}")
-                answer, key = handler(state, bytes(req.data))
+                answer, keys = handler(state, bytes(req.data))
             resp = abci.ResponseQuery(code=0, value=canonical_json(answer), height=height)
-            if req.prove and key is not None:
-                raw, proof = self.store.prove(height, key)
-                resp.key = key
-                resp.proof_ops.CopyFrom(
-                    proof_pb2.ProofOps(ops=[proof_pb2.ProofOp(type=PROOF_OP_TYPE, key=key, data=proof)])
-                )
-                if req.path == "/store":
-                    resp.value = raw
+            if req.path == "/store":
+                resp.value = state.get(bytes(req.data)) or b""
+            if req.prove:
+                ops = []
+                for key in keys:
+                    _, proof = self.store.prove(height, key)
+                    ops.append(proof_pb2.ProofOp(type=PROOF_OP_TYPE, key=key, data=proof))
+                resp.key = keys[0] if len(keys) == 1 else b""
+                resp.proof_ops.CopyFrom(proof_pb2.ProofOps(ops=ops))
             return resp
         except ChainError as error:
             return abci.ResponseQuery(code=error.code, codespace=error.codespace, log=str(error), height=height)
@@ -128,12 +129,17 @@ class HacaApp:
         for account in genesis.accounts:
             self.bank.mint_genesis(state, account.address, account.balance)
         self.block_state = state
+        self.check_state = state.branch()  # genesis funds are spendable before block 1 commits
         self.staged = self.store.stage_root(state.writes)
         log.info("init_chain", chain_id=req.chain_id, accounts=len(genesis.accounts), supply=genesis.total_supply)
         return abci.ResponseInitChain(app_hash=self.staged.root)
 
+    def _proposal_scratch(self) -> CachedState:
+        """A throwaway state over what the next block starts from (genesis writes included)."""
+        return CachedState(self.block_state if self.block_state is not None else self.store)
+
     def prepare_proposal(self, req: abci.RequestPrepareProposal) -> abci.ResponsePrepareProposal:
-        scratch = CachedState(self.store)
+        scratch = self._proposal_scratch()
         chosen: list[bytes] = []
         size = 0
         for raw in req.txs:
@@ -146,7 +152,7 @@ class HacaApp:
         return abci.ResponsePrepareProposal(txs=chosen)
 
     def process_proposal(self, req: abci.RequestProcessProposal) -> abci.ResponseProcessProposal:
-        scratch = CachedState(self.store)
+        scratch = self._proposal_scratch()
         for raw in req.txs:
             result = self.runner.run(scratch, bytes(raw), atomic=False)
             if result.ante_failed:

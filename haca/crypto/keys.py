@@ -21,9 +21,9 @@ class SignatureError(ValueError):
 
 def normalize_address(address: str) -> str:
     """Return the lower-case 0x address, or raise ValueError when it is not one."""
-    if not isinstance(address, str) or not is_hex_address(address):
-        raise ValueError(f"not an address: {address!r}")
-    return address.lower()
+    if not isinstance(address, str) or address[:2] not in ("0x", "0X") or not is_hex_address(address):
+        raise ValueError(f"not an address (0x and 40 hex digits): {address!r}")
+    return "0x" + address[2:].lower()
 
 
 def checksum(address: str) -> str:

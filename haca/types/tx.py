@@ -121,7 +121,7 @@ def decode_tx(raw: bytes) -> Tx:
         raise TxDecodeError(f"tx is {len(raw)} bytes, the limit is {MAX_TX_BYTES}")
     try:
         body = json.loads(raw)
-    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+    except (ValueError, RecursionError) as exc:  # includes bad UTF-8 and over-long integer literals
         raise TxDecodeError(f"tx is not JSON: {exc}") from exc
     if not isinstance(body, dict):
         raise TxDecodeError("tx must be a JSON object")
