@@ -17,16 +17,24 @@ from haca.chain.errors import ChainError, InvalidQuery, UnknownQuery
 from haca.chain.events import Event
 from haca.chain.genesis import parse_app_genesis
 from haca.chain.modules.auth import keeper as auth_keeper
+from haca.chain.modules.auth import queries as auth_queries
 from haca.chain.modules.auth.keeper import AuthKeeper
-from haca.chain.modules.auth.queries import query_account, query_params
+from haca.chain.modules.bank import queries as bank_queries
 from haca.chain.modules.bank.handlers import handle_send
 from haca.chain.modules.bank.keeper import BankKeeper
-from haca.chain.modules.bank.queries import query_balance, query_supply
+from haca.chain.modules.inference import handlers as inference_handlers
+from haca.chain.modules.inference import queries as inference_queries
+from haca.chain.modules.inference.keeper import InferenceKeeper
+from haca.chain.modules.registry import handlers as registry_handlers
+from haca.chain.modules.registry import queries as registry_queries
+from haca.chain.modules.registry.keeper import RegistryKeeper
 from haca.chain.state import CachedState, ReadableState
 from haca.chain.store import CommitStore, StagedBlock
 from haca.chain.tx import TxResult, TxRunner
 from haca.types.bank import MsgSend
 from haca.types.encoding import canonical_json
+from haca.types.inference import MsgDeposit, MsgRevokeAllowance, MsgSettle, MsgWithdraw
+from haca.types.registry import MsgRegisterModel, MsgRegisterNode
 
 log = structlog.get_logger("haca.app")
 PROOF_OP_TYPE = "haca:mpt"
@@ -53,19 +61,41 @@ class HacaApp:
         self.store = store
         self.auth = AuthKeeper()
         self.bank = BankKeeper()
+        self.registry = RegistryKeeper()
+        self.inference = InferenceKeeper(self.bank)
         self.runner = TxRunner(self.auth, self.bank)
-        self.runner.register(MsgSend, lambda state, signer, msg: handle_send(self.bank, state, signer, msg))
         self.runner.chain_id = auth_keeper.chain_id(store)
+        self._wire_handlers()
+        bank, auth, registry, inference = self.bank, self.auth, self.registry, self.inference
         self.queries: dict[str, Query] = {
-            "/bank/balance": lambda s, d: query_balance(self.bank, s, d),
-            "/bank/supply": lambda s, d: query_supply(self.bank, s, d),
-            "/auth/account": lambda s, d: query_account(self.auth, s, d),
-            "/auth/params": lambda s, d: query_params(self.auth, s, d),
+            "/bank/balance": lambda s, d: bank_queries.query_balance(bank, s, d),
+            "/bank/supply": lambda s, d: bank_queries.query_supply(bank, s, d),
+            "/auth/account": lambda s, d: auth_queries.query_account(auth, s, d),
+            "/auth/params": lambda s, d: auth_queries.query_params(auth, s, d),
+            "/registry/model": lambda s, d: registry_queries.query_model(registry, s, d),
+            "/registry/models": lambda s, d: registry_queries.query_models(registry, s, d),
+            "/registry/node": lambda s, d: registry_queries.query_node(registry, s, d),
+            "/registry/nodes": lambda s, d: registry_queries.query_nodes(registry, s, d),
+            "/inference/escrow": lambda s, d: inference_queries.query_escrow(inference, s, d),
+            "/inference/receipt": lambda s, d: inference_queries.query_receipt(inference, s, d),
+            "/inference/allowance": lambda s, d: inference_queries.query_allowance(inference, s, d),
+            "/inference/params": lambda s, d: inference_queries.query_params(inference, s, d),
         }
         self.check_state = CachedState(store)
         self.block_state: CachedState | None = None
         self.staged: StagedBlock | None = None
         self.pending_height = 0
+
+    def _wire_handlers(self) -> None:
+        bank, registry, inference = self.bank, self.registry, self.inference
+        register = self.runner.register
+        register(MsgSend, lambda ctx, msg: handle_send(bank, ctx, msg))
+        register(MsgRegisterModel, lambda ctx, msg: registry_handlers.handle_register_model(registry, ctx, msg))
+        register(MsgRegisterNode, lambda ctx, msg: registry_handlers.handle_register_node(registry, ctx, msg))
+        register(MsgDeposit, lambda ctx, msg: inference_handlers.handle_deposit(inference, ctx, msg))
+        register(MsgWithdraw, lambda ctx, msg: inference_handlers.handle_withdraw(inference, ctx, msg))
+        register(MsgRevokeAllowance, lambda ctx, msg: inference_handlers.handle_revoke_allowance(inference, ctx, msg))
+        register(MsgSettle, lambda ctx, msg: inference_handlers.handle_settle(registry, inference, ctx, msg))
 
     # --- connection: info/query -------------------------------------------------------------
 
@@ -108,6 +138,7 @@ class HacaApp:
     # --- connection: mempool ----------------------------------------------------------------
 
     def check_tx(self, req: abci.RequestCheckTx) -> abci.ResponseCheckTx:
+        self.runner.height = self.store.height + 1
         result = self.runner.run(self.check_state, bytes(req.tx), atomic=True)
         return abci.ResponseCheckTx(
             code=result.code,
@@ -125,6 +156,7 @@ class HacaApp:
         auth_keeper.set_chain_id(state, req.chain_id)
         self.runner.chain_id = req.chain_id
         self.auth.set_params(state, genesis.fees)
+        self.inference.set_params(state, genesis.inference)
         self.bank.set_denom(state, genesis.denom)
         for account in genesis.accounts:
             self.bank.mint_genesis(state, account.address, account.balance)
@@ -140,6 +172,7 @@ class HacaApp:
 
     def prepare_proposal(self, req: abci.RequestPrepareProposal) -> abci.ResponsePrepareProposal:
         scratch = self._proposal_scratch()
+        self.runner.height = req.height
         chosen: list[bytes] = []
         size = 0
         for raw in req.txs:
@@ -153,6 +186,7 @@ class HacaApp:
 
     def process_proposal(self, req: abci.RequestProcessProposal) -> abci.ResponseProcessProposal:
         scratch = self._proposal_scratch()
+        self.runner.height = req.height
         for raw in req.txs:
             result = self.runner.run(scratch, bytes(raw), atomic=False)
             if result.ante_failed:
@@ -162,11 +196,15 @@ class HacaApp:
 
     def finalize_block(self, req: abci.RequestFinalizeBlock) -> abci.ResponseFinalizeBlock:
         state = self.block_state if self.block_state is not None else CachedState(self.store)
+        released = self.inference.release_withdrawals(state, req.height)
+        self.runner.height = req.height
         results = [self.runner.run(state, bytes(raw), atomic=False) for raw in req.txs]
         self.block_state = state
         self.staged = self.store.stage_root(state.writes)
         self.pending_height = req.height
+        block_events = [Event("withdrawal_paid", {"client": c, "amount": str(a)}) for c, a in released]
         return abci.ResponseFinalizeBlock(
+            events=[_abci_event(e) for e in block_events],
             tx_results=[_exec_result(r) for r in results],
             app_hash=self.staged.root,
         )

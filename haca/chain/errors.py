@@ -52,3 +52,39 @@ class InvalidQuery(ChainError):
 
 class InvalidGenesis(ChainError):
     code = 12
+
+
+class Unauthorized(ChainError):
+    code = 13
+
+
+class NotFound(ChainError):
+    code = 14
+
+
+class AlreadySettled(ChainError):
+    code = 15
+
+
+class AuthorizationExpired(ChainError):
+    code = 16
+
+
+class FeeAboveLimit(ChainError):
+    """A fee above the authorisation's max fee, or past an allowance's cap."""
+
+    code = 17
+
+
+class InsufficientEscrow(ChainError):
+    code = 18
+
+
+class InvalidEvidence(ChainError):
+    code = 19
+
+
+class InvalidPayment(ChainError):
+    """A payment authorisation that is malformed, mis-signed or for another request, node or chain."""
+
+    code = 20

@@ -8,6 +8,7 @@ from typing import Any
 
 from haca.chain.errors import InvalidGenesis
 from haca.chain.modules.auth.keeper import FeeParams
+from haca.chain.modules.inference.keeper import InferenceParams
 from haca.crypto.keys import normalize_address
 from haca.types.encoding import parse_uint
 
@@ -22,6 +23,7 @@ class GenesisAccount:
 class AppGenesis:
     denom: str = "opg"
     fees: FeeParams = field(default_factory=FeeParams)
+    inference: InferenceParams = field(default_factory=InferenceParams)
     accounts: tuple[GenesisAccount, ...] = ()
 
     @property
@@ -31,7 +33,7 @@ class AppGenesis:
     def to_json(self) -> dict[str, Any]:
         return {
             "denom": self.denom,
-            "params": {"auth": self.fees.to_json()},
+            "params": {"auth": self.fees.to_json(), "inference": self.inference.to_json()},
             "accounts": [{"address": a.address, "balance": str(a.balance)} for a in self.accounts],
         }
 
@@ -50,6 +52,13 @@ def parse_app_genesis(raw: bytes) -> AppGenesis:
                 fee_doc.get("tx_fee_per_byte", FeeParams.tx_fee_per_byte), "tx_fee_per_byte", 64
             ),
         )
+        inf_doc = doc.get("params", {}).get("inference", {})
+        defaults = InferenceParams()
+        inference = InferenceParams(
+            **{name: parse_uint(inf_doc.get(name, getattr(defaults, name)), name, 64) for name in defaults.to_json()}
+        )
+        if inference.settlement_fee_bps > 10_000:
+            raise ValueError("settlement_fee_bps must be at most 10000")
         accounts = tuple(
             GenesisAccount(normalize_address(a["address"]), parse_uint(a["balance"], "balance"))
             for a in doc.get("accounts", [])
@@ -58,4 +67,4 @@ def parse_app_genesis(raw: bytes) -> AppGenesis:
         raise InvalidGenesis(f"invalid app_state: {exc}") from exc
     if len({a.address for a in accounts}) != len(accounts):
         raise InvalidGenesis("invalid app_state: an account is listed twice")
-    return AppGenesis(denom=denom, fees=fees, accounts=accounts)
+    return AppGenesis(denom=denom, fees=fees, inference=inference, accounts=accounts)

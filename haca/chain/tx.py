@@ -25,7 +25,19 @@ from haca.crypto.hashing import sha256
 from haca.crypto.keys import SignatureError
 from haca.types.tx import Tx, TxDecodeError, decode_tx
 
-Handler = Callable[[CachedState, str, Any], list[Event]]
+Handler = Callable[["TxContext", Any], list[Event]]
+
+
+@dataclass(frozen=True)
+class TxContext:
+    """What a message handler may know: the state to change, who signed, and the block height."""
+
+    state: CachedState
+    signer: str
+    height: int
+    chain_id: str
+
+
 _SIGNER_CACHE_SIZE = 100_000
 
 
@@ -53,6 +65,7 @@ class TxRunner:
         self.auth = auth
         self.bank = bank
         self.chain_id = ""  # set from InitChain / the store by the app
+        self.height = 0  # the height txs are being run for; set by the app
         self.handlers: dict[type, Handler] = {}
         # Signature verdicts are pure functions of the tx bytes, so CheckTx's work is reused later.
         self._signers: OrderedDict[bytes, str] = OrderedDict()
@@ -72,7 +85,8 @@ class TxRunner:
         msg_state = ante_state.branch()
         try:
             for msg in tx.msgs:
-                events += self.handlers[type(msg)](msg_state, tx.signer, msg)
+                ctx = TxContext(msg_state, tx.signer, self.height, self.chain_id)
+                events += self.handlers[type(msg)](ctx, msg)
         except ChainError as error:
             if atomic:
                 return TxResult.failure(error, ante_failed=False)

@@ -23,9 +23,16 @@ from haca.client.errors import HacaError
 BLOCK_ID_FLAG_COMMIT = 2
 # Header fields after last_block_id, in Header.Hash() order; each is a gogoproto BytesValue.
 _HASH_FIELDS = (
-    "last_commit_hash", "data_hash", "validators_hash", "next_validators_hash", "consensus_hash",
-    "app_hash", "last_results_hash", "evidence_hash", "proposer_address",
-)  # fmt: skip
+    "last_commit_hash",
+    "data_hash",
+    "validators_hash",
+    "next_validators_hash",
+    "consensus_hash",
+    "app_hash",
+    "last_results_hash",
+    "evidence_hash",
+    "proposer_address",
+)
 
 
 class LightClientError(HacaError):

@@ -17,7 +17,7 @@ from haca.types.encoding import canonical_json, parse_uint
 
 EIP712_DOMAIN = {"name": "HACA", "version": "1"}
 EIP712_DOMAIN_TYPE = [{"name": "name", "type": "string"}, {"name": "version", "type": "string"}]
-MAX_TX_BYTES = 64 * 1024
+MAX_TX_BYTES = 256 * 1024
 MAX_MSGS_PER_TX = 16
 
 

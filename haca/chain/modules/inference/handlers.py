@@ -1,0 +1,29 @@
+"""inference message handlers."""
+
+from __future__ import annotations
+
+from haca.chain.events import Event
+from haca.chain.modules.inference.keeper import InferenceKeeper
+from haca.chain.modules.inference.settle import settle_item
+from haca.chain.modules.registry.keeper import RegistryKeeper
+from haca.chain.tx import TxContext
+from haca.types.inference import MsgDeposit, MsgRevokeAllowance, MsgSettle, MsgWithdraw
+
+
+def handle_deposit(keeper: InferenceKeeper, ctx: TxContext, msg: MsgDeposit) -> list[Event]:
+    keeper.deposit(ctx.state, ctx.signer, msg.amount)
+    return [Event("deposit", {"client": ctx.signer, "amount": str(msg.amount)})]
+
+
+def handle_withdraw(keeper: InferenceKeeper, ctx: TxContext, msg: MsgWithdraw) -> list[Event]:
+    release = keeper.request_withdrawal(ctx.state, ctx.signer, msg.amount, ctx.height)
+    return [Event("withdraw_requested", {"client": ctx.signer, "amount": str(msg.amount), "release": str(release)})]
+
+
+def handle_revoke_allowance(keeper: InferenceKeeper, ctx: TxContext, msg: MsgRevokeAllowance) -> list[Event]:
+    keeper.revoke(ctx.state, ctx.signer, msg.node, msg.nonce)
+    return [Event("revoke_allowance", {"client": ctx.signer, "node": msg.node, "nonce": str(msg.nonce)})]
+
+
+def handle_settle(registry: RegistryKeeper, keeper: InferenceKeeper, ctx: TxContext, msg: MsgSettle) -> list[Event]:
+    return [settle_item(ctx, registry, keeper, item) for item in msg.items]

@@ -1,0 +1,62 @@
+"""inference queries: /inference/escrow (address), /inference/receipt (receipt id),
+/inference/allowance (allowance JSON), /inference/params."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+from haca.chain.errors import InvalidQuery, NotFound
+from haca.chain.modules.inference.keeper import (
+    ESCROW_PREFIX,
+    PARAMS_KEY,
+    RECEIPT_PREFIX,
+    SPENT_PREFIX,
+    InferenceKeeper,
+)
+from haca.chain.state import ReadableState
+from haca.crypto.keys import normalize_address
+from haca.types import fields
+from haca.types.payment import SpendingAllowance
+
+Answer = tuple[dict[str, Any], list[bytes]]
+
+
+def query_escrow(keeper: InferenceKeeper, state: ReadableState, data: bytes) -> Answer:
+    try:
+        client = normalize_address(data.decode())
+    except (UnicodeDecodeError, ValueError) as exc:
+        raise InvalidQuery(f"query data must be an address: {exc}") from exc
+    pending = [{"release_height": h, "amount": str(a)} for h, a in keeper.withdrawals(state, client)]
+    answer = {"address": client, "escrow": str(keeper.escrow(state, client)), "withdrawals": pending}
+    return answer, [ESCROW_PREFIX + bytes.fromhex(client[2:])]
+
+
+def query_receipt(keeper: InferenceKeeper, state: ReadableState, data: bytes) -> Answer:
+    try:
+        receipt_id = fields.bytes32(data.decode(), "receipt id")
+    except (UnicodeDecodeError, ValueError) as exc:
+        raise InvalidQuery(str(exc)) from exc
+    record = keeper.receipt(state, receipt_id)
+    if record is None:
+        raise NotFound(f"receipt {receipt_id} has not been settled")
+    return record, [RECEIPT_PREFIX + bytes.fromhex(receipt_id[2:])]
+
+
+def query_allowance(keeper: InferenceKeeper, state: ReadableState, data: bytes) -> Answer:
+    try:
+        allowance = SpendingAllowance.from_json(json.loads(data))
+    except (ValueError, RecursionError) as exc:
+        raise InvalidQuery(f"query data must be an allowance JSON: {exc}") from exc
+    spent = keeper.allowance_spent(state, allowance.id)
+    revoked = keeper.is_revoked(state, allowance.client, allowance.node, allowance.nonce)
+    answer = {"id": allowance.id, "cap": str(allowance.cap), "spent": str(spent), "revoked": revoked}
+    keys = [
+        SPENT_PREFIX + bytes.fromhex(allowance.id[2:]),
+        keeper.revoked_key(allowance.client, allowance.node, allowance.nonce),
+    ]
+    return answer, keys
+
+
+def query_params(keeper: InferenceKeeper, state: ReadableState, data: bytes) -> Answer:
+    return keeper.params(state).to_json(), [PARAMS_KEY]

@@ -1,0 +1,101 @@
+"""Settling one receipt: every check that must hold before the fee moves, then the transfers.
+
+Checks (any failure rejects the whole MsgSettle, nothing changes):
+the tx signer is the receipt's node and signed it; the model is registered and allows the mode;
+the node is registered for that model and mode; the client signed the payment for this node,
+chain, request (or allowance), unexpired, fee within max or cap, fee at least the model price;
+the request was never settled; the escrow covers the fee; the mode's evidence verifies.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from haca.chain.errors import (
+    AlreadySettled,
+    AuthorizationExpired,
+    FeeAboveLimit,
+    InvalidEvidence,
+    InvalidPayment,
+    Unauthorized,
+)
+from haca.chain.events import Event
+from haca.chain.modules.inference.keeper import InferenceKeeper
+from haca.chain.modules.registry.keeper import RegistryKeeper
+from haca.chain.tx import TxContext
+from haca.crypto.keys import SignatureError
+from haca.proofs.receipt import EvidenceError, verify_evidence, verify_receipt_signature
+from haca.types.inference import SettlementItem
+from haca.types.payment import PaymentAuthorization, SpendingAllowance
+
+
+def settle_item(ctx: TxContext, registry: RegistryKeeper, keeper: InferenceKeeper, item: SettlementItem) -> Event:
+    receipt = item.receipt.receipt
+    if receipt.node != ctx.signer:
+        raise Unauthorized(f"receipt is from node {receipt.node}; only that node may settle it")
+    if receipt.chain_id != ctx.chain_id:
+        raise InvalidPayment(f"receipt is for chain {receipt.chain_id!r}")
+    try:
+        verify_receipt_signature(item.receipt)
+        status = verify_evidence(item.receipt, item.evidence)
+    except EvidenceError as exc:
+        raise InvalidEvidence(str(exc)) from exc
+    manifest = registry.model_by_id(ctx.state, receipt.model_id)
+    node = registry.node(ctx.state, ctx.signer)
+    if receipt.mode not in manifest["modes"]:
+        raise Unauthorized(f"model {manifest['name']!r} does not allow mode {receipt.mode!r}")
+    if receipt.mode not in node["modes"] or manifest["name"] not in node["models"]:
+        raise Unauthorized(f"node {ctx.signer} is not registered for {manifest['name']!r} in mode {receipt.mode!r}")
+    if receipt.fee < int(manifest["price"]):
+        raise InvalidPayment(f"fee {receipt.fee} is below the model's price {manifest['price']}")
+    _check_payment(ctx, keeper, item)
+    if (previous := keeper.settled_receipt(ctx.state, receipt.client, receipt.request_id)) is not None:
+        raise AlreadySettled(f"request {receipt.request_id} of {receipt.client} was settled by receipt {previous}")
+
+    settlement_fee = keeper.params(ctx.state).settlement_fee_for(receipt.fee)
+    keeper.pay_from_escrow(ctx.state, receipt.client, receipt.node, receipt.fee - settlement_fee)
+    keeper.burn_from_escrow(ctx.state, receipt.client, settlement_fee)
+    record: dict[str, Any] = {
+        "receipt_id": item.receipt.id,
+        "status": status,
+        "height": ctx.height,
+        "node": receipt.node,
+        "client": receipt.client,
+        "request_id": receipt.request_id,
+        "model_id": receipt.model_id,
+        "mode": receipt.mode,
+        "fee": str(receipt.fee),
+        "settlement_fee": str(settlement_fee),
+        "payment": item.payment.kind,
+    }
+    keeper.record_settlement(ctx.state, record)
+    return Event("settle", {k: str(v) for k, v in record.items()})
+
+
+def _check_payment(ctx: TxContext, keeper: InferenceKeeper, item: SettlementItem) -> None:
+    receipt, payment = item.receipt.receipt, item.payment
+    try:
+        client = payment.signer()
+    except SignatureError as exc:
+        raise InvalidPayment(f"payment signature: {exc}") from exc
+    auth = payment.value
+    if client != auth.client or auth.client != receipt.client:
+        raise InvalidPayment(f"payment is signed by {client}, not by the receipt's client {receipt.client}")
+    if auth.node != receipt.node:
+        raise InvalidPayment(f"payment authorises node {auth.node}, not {receipt.node}")
+    if auth.chain_id != ctx.chain_id:
+        raise InvalidPayment(f"payment is for chain {auth.chain_id!r}")
+    if ctx.height > auth.expiry:
+        raise AuthorizationExpired(f"payment expired at height {auth.expiry}; this is height {ctx.height}")
+    if isinstance(auth, PaymentAuthorization):
+        if (auth.request_id, auth.model_id, auth.mode) != (receipt.request_id, receipt.model_id, receipt.mode):
+            raise InvalidPayment("payment authorises another request, model or mode than the receipt's")
+        if receipt.fee > auth.max_fee:
+            raise FeeAboveLimit(f"fee {receipt.fee} exceeds the authorised max fee {auth.max_fee}")
+    elif isinstance(auth, SpendingAllowance):
+        if keeper.is_revoked(ctx.state, auth.client, auth.node, auth.nonce):
+            raise InvalidPayment(f"allowance nonce {auth.nonce} was revoked by {auth.client}")
+        spent = keeper.allowance_spent(ctx.state, auth.id)
+        if spent + receipt.fee > auth.cap:
+            raise FeeAboveLimit(f"allowance cap {auth.cap}: {spent} spent, fee {receipt.fee} would exceed it")
+        keeper.add_allowance_spent(ctx.state, auth.id, receipt.fee)

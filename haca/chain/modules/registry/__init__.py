@@ -1,0 +1,1 @@
+"""registry: model manifests (versioned, owned) and inference nodes."""

@@ -1,0 +1,87 @@
+"""registry state under prefix `registry/`.
+
+registry/model/<name>/<version:u32be>  -> manifest JSON
+registry/model_latest/<name>           -> latest version
+registry/model_by_id/<sha256 hex>      -> "<name>/<version>" of the latest registration of those bytes
+registry/node/<address:20>             -> node JSON
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+from haca.chain.errors import NotFound, Unauthorized
+from haca.chain.state import CachedState, ReadableState, get_int, set_int
+from haca.types.encoding import canonical_json
+from haca.types.registry import MsgRegisterModel, MsgRegisterNode
+
+PREFIX = b"registry/"
+MODEL_PREFIX = PREFIX + b"model/"
+LATEST_PREFIX = PREFIX + b"model_latest/"
+BY_ID_PREFIX = PREFIX + b"model_by_id/"
+NODE_PREFIX = PREFIX + b"node/"
+
+
+def model_key(name: str, version: int) -> bytes:
+    return MODEL_PREFIX + name.encode() + b"/" + version.to_bytes(4, "big")
+
+
+def node_key(address: str) -> bytes:
+    return NODE_PREFIX + bytes.fromhex(address[2:])
+
+
+class RegistryKeeper:
+    def latest_version(self, state: ReadableState, name: str) -> int:
+        return get_int(state, LATEST_PREFIX + name.encode())
+
+    def model(self, state: ReadableState, name: str, version: int = 0) -> dict[str, Any]:
+        version = version or self.latest_version(state, name)
+        raw = state.get(model_key(name, version)) if version else None
+        if raw is None:
+            raise NotFound(f"no model {name!r}" + (f" version {version}" if version else ""))
+        manifest: dict[str, Any] = json.loads(raw)
+        return manifest
+
+    def model_by_id(self, state: ReadableState, model_id: str) -> dict[str, Any]:
+        raw = state.get(BY_ID_PREFIX + model_id.removeprefix("sha256:").encode())
+        if raw is None:
+            raise NotFound(f"no registered model has id {model_id}")
+        name, version = raw.decode().rsplit("/", 1)
+        return self.model(state, name, int(version))
+
+    def models(self, state: ReadableState) -> list[dict[str, Any]]:
+        return [
+            self.model(state, k[len(LATEST_PREFIX) :].decode(), int(v)) for k, v in state.iter_prefix(LATEST_PREFIX)
+        ]
+
+    def register_model(self, state: CachedState, owner: str, msg: MsgRegisterModel, height: int) -> dict[str, Any]:
+        latest = self.latest_version(state, msg.name)
+        if latest and self.model(state, msg.name, latest)["owner"] != owner:
+            raise Unauthorized(f"model name {msg.name!r} belongs to another owner")
+        manifest = {**msg.to_json(), "version": latest + 1, "owner": owner, "height": height}
+        state.set(model_key(msg.name, latest + 1), canonical_json(manifest))
+        set_int(state, LATEST_PREFIX + msg.name.encode(), latest + 1)
+        state.set(BY_ID_PREFIX + msg.model_id.removeprefix("sha256:").encode(), f"{msg.name}/{latest + 1}".encode())
+        return manifest
+
+    def node(self, state: ReadableState, address: str) -> dict[str, Any]:
+        raw = state.get(node_key(address))
+        if raw is None:
+            raise NotFound(f"{address} is not a registered inference node")
+        node: dict[str, Any] = json.loads(raw)
+        return node
+
+    def nodes(self, state: ReadableState) -> list[dict[str, Any]]:
+        return [json.loads(v) for _, v in state.iter_prefix(NODE_PREFIX)]
+
+    def register_node(self, state: CachedState, address: str, msg: MsgRegisterNode, height: int) -> dict[str, Any]:
+        for name in msg.models:
+            manifest = self.model(state, name)
+            if not set(manifest["modes"]) & set(msg.modes):
+                raise Unauthorized(
+                    f"model {name!r} allows modes {manifest['modes']}, the node offers {list(msg.modes)}"
+                )
+        node = {**msg.to_json(), "address": address, "height": height}
+        state.set(node_key(address), canonical_json(node))
+        return node

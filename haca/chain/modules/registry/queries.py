@@ -1,0 +1,37 @@
+"""registry queries: /registry/model (data "name" or "name@version"), /registry/models,
+/registry/node (data address), /registry/nodes."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from haca.chain.errors import InvalidQuery
+from haca.chain.modules.registry.keeper import LATEST_PREFIX, RegistryKeeper, model_key, node_key
+from haca.chain.state import ReadableState
+from haca.crypto.keys import normalize_address
+
+
+def query_model(registry: RegistryKeeper, state: ReadableState, data: bytes) -> tuple[dict[str, Any], list[bytes]]:
+    name, _, version_text = data.decode(errors="replace").partition("@")
+    if version_text and not version_text.isdigit():
+        raise InvalidQuery("query data must be 'name' or 'name@version'")
+    manifest = registry.model(state, name, int(version_text or 0))
+    return manifest, [model_key(name, manifest["version"])]
+
+
+def query_models(registry: RegistryKeeper, state: ReadableState, data: bytes) -> tuple[dict[str, Any], list[bytes]]:
+    models = registry.models(state)
+    return {"models": models}, [LATEST_PREFIX + m["name"].encode() for m in models]
+
+
+def query_node(registry: RegistryKeeper, state: ReadableState, data: bytes) -> tuple[dict[str, Any], list[bytes]]:
+    try:
+        address = normalize_address(data.decode())
+    except (UnicodeDecodeError, ValueError) as exc:
+        raise InvalidQuery(f"query data must be an address: {exc}") from exc
+    return registry.node(state, address), [node_key(address)]
+
+
+def query_nodes(registry: RegistryKeeper, state: ReadableState, data: bytes) -> tuple[dict[str, Any], list[bytes]]:
+    nodes = registry.nodes(state)
+    return {"nodes": nodes}, [node_key(n["address"]) for n in nodes]

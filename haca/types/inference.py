@@ -1,0 +1,143 @@
+"""inference module messages: escrow deposits and withdrawals, allowance revocation, settlement."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, ClassVar
+
+from haca.types import fields as f
+from haca.types.encoding import canonical_json
+from haca.types.payment import SignedPayment
+from haca.types.receipt import SignedReceipt
+from haca.types.tx import register_msg
+
+MAX_SETTLEMENT_ITEMS = 64
+
+
+@register_msg
+@dataclass(frozen=True)
+class MsgDeposit:
+    """Move `amount` from the signer's balance into its inference escrow."""
+
+    type_name: ClassVar[str] = "inference/deposit"
+    eip712_name: ClassVar[str] = "MsgDeposit"
+    eip712_fields: ClassVar[list[tuple[str, str]]] = [("amount", "uint256")]
+
+    amount: int
+
+    def to_json(self) -> dict[str, Any]:
+        return {"amount": str(self.amount)}
+
+    def to_eip712(self) -> dict[str, Any]:
+        return {"amount": self.amount}
+
+    @classmethod
+    def from_json(cls, value: dict[str, Any]) -> MsgDeposit:
+        doc = f.require_fields(value, {"amount"}, "inference/deposit")
+        amount = f.uint(doc["amount"], "amount")
+        if amount == 0:
+            raise ValueError("amount must be positive")
+        return cls(amount)
+
+
+@register_msg
+@dataclass(frozen=True)
+class MsgWithdraw:
+    """Ask for `amount` of escrow back; it is paid after the withdrawal delay (param), and
+    settlements may still draw on it until then."""
+
+    type_name: ClassVar[str] = "inference/withdraw"
+    eip712_name: ClassVar[str] = "MsgWithdraw"
+    eip712_fields: ClassVar[list[tuple[str, str]]] = [("amount", "uint256")]
+
+    amount: int
+
+    def to_json(self) -> dict[str, Any]:
+        return {"amount": str(self.amount)}
+
+    def to_eip712(self) -> dict[str, Any]:
+        return {"amount": self.amount}
+
+    @classmethod
+    def from_json(cls, value: dict[str, Any]) -> MsgWithdraw:
+        doc = f.require_fields(value, {"amount"}, "inference/withdraw")
+        amount = f.uint(doc["amount"], "amount")
+        if amount == 0:
+            raise ValueError("amount must be positive")
+        return cls(amount)
+
+
+@register_msg
+@dataclass(frozen=True)
+class MsgRevokeAllowance:
+    """Revoke the signer's allowance `nonce` for `node`: no later settlement may use it."""
+
+    type_name: ClassVar[str] = "inference/revoke_allowance"
+    eip712_name: ClassVar[str] = "MsgRevokeAllowance"
+    eip712_fields: ClassVar[list[tuple[str, str]]] = [("node", "address"), ("nonce", "uint64")]
+
+    node: str
+    nonce: int
+
+    def to_json(self) -> dict[str, Any]:
+        return {"node": self.node, "nonce": self.nonce}
+
+    def to_eip712(self) -> dict[str, Any]:
+        return {"node": self.node, "nonce": self.nonce}
+
+    @classmethod
+    def from_json(cls, value: dict[str, Any]) -> MsgRevokeAllowance:
+        doc = f.require_fields(value, {"node", "nonce"}, "inference/revoke_allowance")
+        return cls(f.address(doc["node"], "node"), f.uint(doc["nonce"], "nonce", 64))
+
+
+@dataclass(frozen=True)
+class SettlementItem:
+    """One receipt with the client's payment authorisation and the mode's evidence."""
+
+    receipt: SignedReceipt
+    payment: SignedPayment
+    evidence: bytes = b""
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "receipt": self.receipt.to_json(),
+            "payment": self.payment.to_json(),
+            "evidence": "0x" + self.evidence.hex(),
+        }
+
+    @classmethod
+    def from_json(cls, value: Any) -> SettlementItem:
+        doc = f.require_fields(value, {"receipt", "payment", "evidence"}, "settlement item")
+        return cls(
+            SignedReceipt.from_json(doc["receipt"]),
+            SignedPayment.from_json(doc["payment"]),
+            f.hex_bytes(doc["evidence"], "evidence"),
+        )
+
+
+@register_msg
+@dataclass(frozen=True)
+class MsgSettle:
+    """Settle a batch of receipts signed by the tx signer (the node); all-or-nothing."""
+
+    type_name: ClassVar[str] = "inference/settle"
+    eip712_name: ClassVar[str] = "MsgSettle"
+    eip712_fields: ClassVar[list[tuple[str, str]]] = [("items", "string")]
+
+    items: tuple[SettlementItem, ...]
+
+    def to_json(self) -> dict[str, Any]:
+        return {"items": [item.to_json() for item in self.items]}
+
+    def to_eip712(self) -> dict[str, Any]:
+        # Each item is already signed by its node and client; the tx signature covers them as text.
+        return {"items": canonical_json([item.to_json() for item in self.items]).decode()}
+
+    @classmethod
+    def from_json(cls, value: dict[str, Any]) -> MsgSettle:
+        doc = f.require_fields(value, {"items"}, "inference/settle")
+        items = doc["items"]
+        if not isinstance(items, list) or not items or len(items) > MAX_SETTLEMENT_ITEMS:
+            raise ValueError(f"items: expected 1 to {MAX_SETTLEMENT_ITEMS} settlement items")
+        return cls(tuple(SettlementItem.from_json(item) for item in items))

@@ -1,0 +1,117 @@
+"""Inference receipts: what a node signs for every answer (EIP-712 `Receipt`).
+
+The receipt id is its EIP-712 digest, so the id itself commits to every field.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, fields
+from typing import Any
+
+from haca.crypto.keys import PrivateKey
+from haca.types import eip712
+from haca.types import fields as f
+from haca.types.encoding import canonical_json
+
+RECEIPT_FIELDS = [
+    ("chainId", "string"),
+    ("node", "address"),
+    ("client", "address"),
+    ("requestId", "bytes32"),
+    ("modelId", "string"),
+    ("mode", "string"),
+    ("inputHash", "bytes32"),
+    ("outputHash", "bytes32"),
+    ("fee", "uint256"),
+    ("heightHint", "uint64"),
+    ("timestamp", "uint64"),
+]
+
+
+@dataclass(frozen=True)
+class Receipt:
+    chain_id: str
+    node: str
+    client: str
+    request_id: str  # 0x + 64 hex
+    model_id: str  # sha256:<hex>
+    mode: str
+    input_hash: str
+    output_hash: str
+    fee: int
+    height_hint: int
+    timestamp: int  # unix seconds, node clock (informational; the chain never reads it)
+
+    def eip712_message(self) -> dict[str, Any]:
+        return {
+            "chainId": self.chain_id,
+            "node": self.node,
+            "client": self.client,
+            "requestId": bytes.fromhex(self.request_id[2:]),
+            "modelId": self.model_id,
+            "mode": self.mode,
+            "inputHash": bytes.fromhex(self.input_hash[2:]),
+            "outputHash": bytes.fromhex(self.output_hash[2:]),
+            "fee": self.fee,
+            "heightHint": self.height_hint,
+            "timestamp": self.timestamp,
+        }
+
+    @property
+    def id(self) -> str:
+        return "0x" + eip712.digest("Receipt", RECEIPT_FIELDS, self.eip712_message()).hex()
+
+    def sign(self, key: PrivateKey) -> bytes:
+        return eip712.sign(key, "Receipt", RECEIPT_FIELDS, self.eip712_message())
+
+    def signer(self, signature: bytes) -> str:
+        return eip712.signer_of("Receipt", RECEIPT_FIELDS, self.eip712_message(), signature)
+
+    def to_json(self) -> dict[str, Any]:
+        out = {fld.name: getattr(self, fld.name) for fld in fields(self)}
+        out["fee"] = str(self.fee)
+        return out
+
+    @classmethod
+    def from_json(cls, value: Any) -> Receipt:
+        names = {fld.name for fld in fields(cls)}
+        doc = f.require_fields(value, names, "receipt")
+        return cls(
+            chain_id=f.text(doc["chain_id"], "chain_id"),
+            node=f.address(doc["node"], "node"),
+            client=f.address(doc["client"], "client"),
+            request_id=f.bytes32(doc["request_id"], "request_id"),
+            model_id=f.model_id(doc["model_id"]),
+            mode=f.mode(doc["mode"]),
+            input_hash=f.bytes32(doc["input_hash"], "input_hash"),
+            output_hash=f.bytes32(doc["output_hash"], "output_hash"),
+            fee=f.uint(doc["fee"], "fee"),
+            height_hint=f.uint(doc["height_hint"], "height_hint", 64),
+            timestamp=f.uint(doc["timestamp"], "timestamp", 64),
+        )
+
+
+@dataclass(frozen=True)
+class SignedReceipt:
+    receipt: Receipt
+    signature: bytes
+
+    @property
+    def id(self) -> str:
+        return self.receipt.id
+
+    def to_json(self) -> dict[str, Any]:
+        return {**self.receipt.to_json(), "id": self.id, "signature": "0x" + self.signature.hex()}
+
+    @classmethod
+    def from_json(cls, value: Any) -> SignedReceipt:
+        if not isinstance(value, dict):
+            raise ValueError("receipt must be an object")
+        body = {k: v for k, v in value.items() if k not in ("id", "signature")}
+        receipt = Receipt.from_json(body)
+        if "id" in value and value["id"] != receipt.id:
+            raise ValueError("receipt id does not match its contents")
+        return cls(receipt, f.hex_bytes(value.get("signature"), "signature", 65))
+
+    def canonical(self) -> bytes:
+        return canonical_json(self.to_json())

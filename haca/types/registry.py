@@ -1,0 +1,136 @@
+"""registry module messages: model manifests and inference nodes."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, ClassVar
+
+from haca.types import fields as f
+from haca.types.encoding import canonical_json
+from haca.types.tensor import DTYPES
+from haca.types.tx import register_msg
+
+MAX_SCHEMA_BYTES = 4096
+MAX_NODE_MODELS = 64
+
+
+def parse_schema(value: Any, field: str) -> dict[str, Any]:
+    """{tensor name: {"dtype", "shape"}}, shape dims >= 1 or -1 for "any"."""
+    if not isinstance(value, dict) or not value:
+        raise ValueError(f"{field}: expected an object of named tensors")
+    for tensor, spec in value.items():
+        spec = f.require_fields(spec, {"dtype", "shape"}, f"{field}.{tensor}")
+        if spec["dtype"] not in DTYPES:
+            raise ValueError(f"{field}.{tensor}.dtype must be one of {sorted(DTYPES)}")
+        shape = spec["shape"]
+        if not isinstance(shape, list) or not all(
+            isinstance(d, int) and not isinstance(d, bool) and (d >= 1 or d == -1) for d in shape
+        ):
+            raise ValueError(f"{field}.{tensor}.shape: dims must be positive integers or -1")
+    if len(canonical_json(value)) > MAX_SCHEMA_BYTES:
+        raise ValueError(f"{field}: at most {MAX_SCHEMA_BYTES} bytes")
+    return value
+
+
+@register_msg
+@dataclass(frozen=True)
+class MsgRegisterModel:
+    """Register a model manifest; the signer owns the name. Registering an existing name (as its
+    owner) adds the next version."""
+
+    type_name: ClassVar[str] = "registry/register_model"
+    eip712_name: ClassVar[str] = "MsgRegisterModel"
+    eip712_fields: ClassVar[list[tuple[str, str]]] = [
+        ("name", "string"),
+        ("modelId", "string"),
+        ("inputSchema", "string"),
+        ("outputSchema", "string"),
+        ("modes", "string[]"),
+        ("price", "uint256"),
+    ]
+
+    name: str
+    model_id: str
+    input_schema: dict[str, Any]
+    output_schema: dict[str, Any]
+    modes: tuple[str, ...]
+    price: int
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "name": self.name,
+            "model_id": self.model_id,
+            "input_schema": self.input_schema,
+            "output_schema": self.output_schema,
+            "modes": list(self.modes),
+            "price": str(self.price),
+        }
+
+    def to_eip712(self) -> dict[str, Any]:
+        return {
+            "name": self.name,
+            "modelId": self.model_id,
+            "inputSchema": canonical_json(self.input_schema).decode(),
+            "outputSchema": canonical_json(self.output_schema).decode(),
+            "modes": list(self.modes),
+            "price": self.price,
+        }
+
+    @classmethod
+    def from_json(cls, value: dict[str, Any]) -> MsgRegisterModel:
+        doc = f.require_fields(
+            value, {"name", "model_id", "input_schema", "output_schema", "modes", "price"}, "registry/register_model"
+        )
+        return cls(
+            f.name(doc["name"]),
+            f.model_id(doc["model_id"]),
+            parse_schema(doc["input_schema"], "input_schema"),
+            parse_schema(doc["output_schema"], "output_schema"),
+            f.modes(doc["modes"]),
+            f.uint(doc["price"], "price"),
+        )
+
+
+@register_msg
+@dataclass(frozen=True)
+class MsgRegisterNode:
+    """Register (or update) the signer as an inference node serving `models` in `modes`."""
+
+    type_name: ClassVar[str] = "registry/register_node"
+    eip712_name: ClassVar[str] = "MsgRegisterNode"
+    eip712_fields: ClassVar[list[tuple[str, str]]] = [
+        ("endpoint", "string"),
+        ("modes", "string[]"),
+        ("models", "string[]"),
+        ("price", "uint256"),
+    ]
+
+    endpoint: str
+    modes: tuple[str, ...]
+    models: tuple[str, ...]  # model names
+    price: int  # per inference; the fee charged is max(node price, model price)
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "endpoint": self.endpoint,
+            "modes": list(self.modes),
+            "models": list(self.models),
+            "price": str(self.price),
+        }
+
+    def to_eip712(self) -> dict[str, Any]:
+        return {"endpoint": self.endpoint, "modes": list(self.modes), "models": list(self.models), "price": self.price}
+
+    @classmethod
+    def from_json(cls, value: dict[str, Any]) -> MsgRegisterNode:
+        doc = f.require_fields(value, {"endpoint", "modes", "models", "price"}, "registry/register_node")
+        endpoint = f.text(doc["endpoint"], "endpoint")
+        if not endpoint.startswith(("http://", "https://")):
+            raise ValueError("endpoint: expected an http(s) URL")
+        models = doc["models"]
+        if not isinstance(models, list) or not models or len(models) > MAX_NODE_MODELS:
+            raise ValueError(f"models: expected 1 to {MAX_NODE_MODELS} model names")
+        names = tuple(sorted({f.name(m, "models[]") for m in models}))
+        if len(names) != len(models):
+            raise ValueError("models: a model is listed twice")
+        return cls(endpoint, f.modes(doc["modes"]), names, f.uint(doc["price"], "price"))

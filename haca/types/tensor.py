@@ -1,0 +1,112 @@
+"""Named tensors on the wire and their canonical hash (what receipts commit to).
+
+JSON form: {name: {"dtype": "float32", "shape": [1, 4], "data": nested lists}}. The hash covers,
+per tensor in name order, the name, dtype, shape and little-endian values, so a client can check
+an output hash from the JSON alone (a float32 survives the float64 JSON round trip exactly).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import math
+import struct
+from dataclasses import dataclass
+from typing import Any
+
+DTYPES = {"float32": "f", "float64": "d", "int64": "q", "int32": "i", "uint8": "B", "bool": "?"}
+MAX_ELEMENTS = 1 << 22
+
+
+class TensorError(ValueError):
+    """A tensor's JSON is malformed (wrong shape, dtype or values)."""
+
+
+@dataclass(frozen=True)
+class Tensor:
+    dtype: str
+    shape: tuple[int, ...]
+    values: tuple[Any, ...]  # flat, row-major
+
+    def to_json(self) -> dict[str, Any]:
+        return {"dtype": self.dtype, "shape": list(self.shape), "data": _nest(list(self.values), self.shape)}
+
+    def pack(self) -> bytes:
+        return struct.pack(f"<{len(self.values)}{DTYPES[self.dtype]}", *self.values)
+
+
+def tensor_from_json(value: Any, field: str = "tensor") -> Tensor:
+    if not isinstance(value, dict) or set(value) != {"dtype", "shape", "data"}:
+        raise TensorError(f"{field}: expected {{'dtype', 'shape', 'data'}}")
+    dtype = value["dtype"]
+    if dtype not in DTYPES:
+        raise TensorError(f"{field}: dtype must be one of {sorted(DTYPES)}")
+    shape = value["shape"]
+    if not isinstance(shape, list) or not all(isinstance(d, int) and not isinstance(d, bool) and d >= 0 for d in shape):
+        raise TensorError(f"{field}: shape must be a list of non-negative integers")
+    return Tensor(dtype, tuple(shape), tuple(flatten(value["data"], tuple(shape), dtype, field)))
+
+
+def flatten(data: Any, shape: tuple[int, ...], dtype: str, field: str = "tensor") -> list[Any]:
+    """Row-major values of nested lists `data`, checked against `shape` and `dtype`."""
+    if math.prod(shape) > MAX_ELEMENTS:
+        raise TensorError(f"{field}: more than {MAX_ELEMENTS} elements")
+    out: list[Any] = []
+    _walk(data, shape, 0, dtype, field, out)
+    return out
+
+
+def _walk(data: Any, shape: tuple[int, ...], depth: int, dtype: str, field: str, out: list[Any]) -> None:
+    if depth == len(shape):
+        out.append(_scalar(data, dtype, field))
+        return
+    if not isinstance(data, list) or len(data) != shape[depth]:
+        raise TensorError(f"{field}: data does not match shape {list(shape)} at depth {depth}")
+    for item in data:
+        _walk(item, shape, depth + 1, dtype, field, out)
+
+
+def _scalar(value: Any, dtype: str, field: str) -> Any:
+    if dtype == "bool":
+        if not isinstance(value, bool):
+            raise TensorError(f"{field}: expected booleans")
+        return value
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        raise TensorError(f"{field}: expected numbers for dtype {dtype}")
+    if dtype.startswith("float"):
+        if not math.isfinite(value):
+            raise TensorError(f"{field}: values must be finite")
+        return float(value)
+    if isinstance(value, float) and not value.is_integer():
+        raise TensorError(f"{field}: expected integers for dtype {dtype}")
+    return int(value)
+
+
+def _nest(values: list[Any], shape: tuple[int, ...]) -> Any:
+    if not shape:
+        return values[0]
+    if len(shape) == 1:
+        return values
+    step = math.prod(shape[1:])
+    return [_nest(values[i * step : (i + 1) * step], shape[1:]) for i in range(shape[0])]
+
+
+def tensors_hash(tensors: dict[str, Tensor]) -> str:
+    """0x-hex sha256 of the canonical binary form of named tensors."""
+    h = hashlib.sha256()
+    for name in sorted(tensors):
+        t = tensors[name]
+        for part in (name.encode(), t.dtype.encode()):
+            h.update(struct.pack(">I", len(part)) + part)
+        h.update(struct.pack(f">I{len(t.shape)}Q", len(t.shape), *t.shape))
+        h.update(t.pack())
+    return "0x" + h.hexdigest()
+
+
+def tensors_from_json(value: Any, field: str) -> dict[str, Tensor]:
+    if not isinstance(value, dict) or not value:
+        raise TensorError(f"{field}: expected an object of named tensors")
+    return {str(k): tensor_from_json(v, f"{field}.{k}") for k, v in value.items()}
+
+
+def tensors_to_json(tensors: dict[str, Tensor]) -> dict[str, Any]:
+    return {name: tensors[name].to_json() for name in sorted(tensors)}
