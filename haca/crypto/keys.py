@@ -6,12 +6,10 @@ import secrets
 from dataclasses import dataclass
 from typing import Any
 
-from eth_account import Account
-from eth_account.messages import encode_typed_data
-from eth_keys import keys as eth_keys
-from eth_keys.exceptions import BadSignature, ValidationError
+import coincurve
 from eth_utils import is_hex_address, to_checksum_address
 
+from haca.crypto import eip712
 from haca.crypto.hashing import keccak256
 
 
@@ -58,18 +56,23 @@ class PrivateKey:
 
     @property
     def address(self) -> str:
-        return eth_keys.PrivateKey(self.secret).public_key.to_address().lower()
+        public = coincurve.PrivateKey(self.secret).public_key.format(compressed=False)
+        return "0x" + keccak256(public[1:])[12:].hex()
 
     def sign_typed_data(self, typed_data: dict[str, Any]) -> bytes:
         """Sign a full EIP-712 message (domain, types, primaryType, message); 65 bytes r‖s‖v."""
-        signed = Account.sign_typed_data(self.secret, full_message=typed_data)
-        return bytes(signed.signature)
+        return sign_digest(self.secret, typed_data_digest(typed_data))
 
 
 def typed_data_digest(typed_data: dict[str, Any]) -> bytes:
     """The 32-byte EIP-712 digest that a signer signs."""
-    signable = encode_typed_data(full_message=typed_data)
-    return keccak256(b"\x19" + signable.version + signable.header + signable.body)
+    return eip712.typed_data_digest(typed_data)
+
+
+def sign_digest(secret: bytes, digest: bytes) -> bytes:
+    """65-byte Ethereum signature r‖s‖v (v = 27/28) of a 32-byte digest."""
+    sig = coincurve.PrivateKey(secret).sign_recoverable(digest, hasher=None)
+    return sig[:64] + bytes([sig[64] + 27])
 
 
 def recover_signer(digest: bytes, signature: bytes) -> str:
@@ -82,7 +85,7 @@ def recover_signer(digest: bytes, signature: bytes) -> str:
     if v not in (0, 1):
         raise SignatureError("signature recovery id must be 27 or 28")
     try:
-        sig = eth_keys.Signature(signature[:64] + bytes([v]))
-        return sig.recover_public_key_from_msg_hash(digest).to_address().lower()
-    except (BadSignature, ValidationError, ValueError) as exc:
+        public = coincurve.PublicKey.from_signature_and_message(signature[:64] + bytes([v]), digest, hasher=None)
+    except (ValueError, TypeError) as exc:
         raise SignatureError(f"bad signature: {exc}") from exc
+    return "0x" + keccak256(public.format(compressed=False)[1:])[12:].hex()
