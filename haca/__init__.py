@@ -1,3 +1,22 @@
-"""HACA: a network for verifiable AI inference."""
+"""HACA: a network for verifiable AI inference.
+
+Public client surface: `haca.Client`, `haca.AsyncClient`, `haca.InferenceResult`, `haca.HacaError`
+(imported lazily so the chain's processes do not load HTTP client code).
+"""
+
+from typing import Any
 
 __version__ = "0.1.0"
+__all__ = ["AsyncClient", "Client", "HacaError", "InferenceResult"]
+
+
+def __getattr__(name: str) -> Any:
+    if name in ("Client", "AsyncClient", "InferenceResult"):
+        from haca.client import sdk
+
+        return getattr(sdk, name)
+    if name == "HacaError":
+        from haca.client.errors import HacaError
+
+        return HacaError
+    raise AttributeError(name)

@@ -2,89 +2,91 @@
 
 from __future__ import annotations
 
+from haca.types import codes
+
 
 class ChainError(Exception):
     """A tx or query the chain refuses; `code` is what CheckTx/FinalizeBlock/Query report."""
 
-    code = 1
+    code = codes.INTERNAL
     codespace = "haca"
 
 
 class TxDecodeFailed(ChainError):
-    code = 2
+    code = codes.TX_DECODE
 
 
 class WrongChainId(ChainError):
-    code = 3
+    code = codes.WRONG_CHAIN_ID
 
 
 class InvalidSignature(ChainError):
-    code = 4
+    code = codes.INVALID_SIGNATURE
 
 
 class BadNonce(ChainError):
-    code = 5
+    code = codes.BAD_NONCE
 
 
 class InsufficientFee(ChainError):
-    code = 6
+    code = codes.INSUFFICIENT_FEE
 
 
 class InsufficientFunds(ChainError):
-    code = 7
+    code = codes.INSUFFICIENT_FUNDS
 
 
 class UnknownMessage(ChainError):
-    code = 8
+    code = codes.UNKNOWN_MESSAGE
 
 
 class InvalidMessage(ChainError):
-    code = 9
+    code = codes.INVALID_MESSAGE
 
 
 class UnknownQuery(ChainError):
-    code = 10
+    code = codes.UNKNOWN_QUERY
 
 
 class InvalidQuery(ChainError):
-    code = 11
+    code = codes.INVALID_QUERY
 
 
 class InvalidGenesis(ChainError):
-    code = 12
+    code = codes.INVALID_GENESIS
 
 
 class Unauthorized(ChainError):
-    code = 13
+    code = codes.UNAUTHORIZED
 
 
 class NotFound(ChainError):
-    code = 14
+    code = codes.NOT_FOUND
 
 
 class AlreadySettled(ChainError):
-    code = 15
+    code = codes.ALREADY_SETTLED
 
 
 class AuthorizationExpired(ChainError):
-    code = 16
+    code = codes.AUTHORIZATION_EXPIRED
 
 
 class FeeAboveLimit(ChainError):
     """A fee above the authorisation's max fee, or past an allowance's cap."""
 
-    code = 17
+    code = codes.FEE_ABOVE_LIMIT
 
 
 class InsufficientEscrow(ChainError):
-    code = 18
+    code = codes.INSUFFICIENT_ESCROW
 
 
 class InvalidEvidence(ChainError):
-    code = 19
+    code = codes.INVALID_EVIDENCE
 
 
 class InvalidPayment(ChainError):
     """A payment authorisation that is malformed, mis-signed or for another request, node or chain."""
 
-    code = 20
+    code = codes.INVALID_PAYMENT

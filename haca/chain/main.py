@@ -7,29 +7,14 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import logging
 import signal
-import sys
 from pathlib import Path
-
-import structlog
 
 from haca.chain.abci.server import AbciServer
 from haca.chain.app import HacaApp
 from haca.chain.store import CommitStore
 from haca.devnet.layout import ValidatorHome
-
-
-def configure_logging() -> None:
-    logging.basicConfig(stream=sys.stderr, level=logging.INFO, format="%(message)s")
-    structlog.configure(
-        processors=[
-            structlog.processors.add_log_level,
-            structlog.processors.TimeStamper(fmt="iso"),
-            structlog.processors.JSONRenderer(),
-        ],
-        logger_factory=structlog.PrintLoggerFactory(sys.stderr),
-    )
+from haca.logs import configure_logging
 
 
 async def serve(home: ValidatorHome) -> None:

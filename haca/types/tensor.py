@@ -110,3 +110,46 @@ def tensors_from_json(value: Any, field: str) -> dict[str, Tensor]:
 
 def tensors_to_json(tensors: dict[str, Tensor]) -> dict[str, Any]:
     return {name: tensors[name].to_json() for name in sorted(tensors)}
+
+
+def parse_input(raw: Any, schema: dict[str, tuple[str, tuple[int, ...]]]) -> dict[str, Tensor]:
+    """Request input → named tensors, per a model's input schema {name: (dtype, shape with -1 = any)}.
+
+    `raw` is a nested list (single-input models) or {name: nested list | {"dtype","shape","data"}}.
+    The node hashes what this returns into the receipt; a client recomputes it to check the receipt.
+    """
+    if isinstance(raw, list):
+        if len(schema) != 1:
+            raise TensorError(f"this model has inputs {sorted(schema)}: send an object by name")
+        raw = {next(iter(schema)): raw}
+    if not isinstance(raw, dict) or set(raw) != set(schema):
+        raise TensorError(f"input must name exactly the model inputs {sorted(schema)}")
+    return {name: _input_tensor(name, value, *schema[name]) for name, value in raw.items()}
+
+
+def _input_tensor(name: str, value: Any, dtype: str, shape: tuple[int, ...]) -> Tensor:
+    if isinstance(value, dict):
+        tensor = tensor_from_json(value, f"input.{name}")
+        if tensor.dtype != dtype:
+            raise TensorError(f"input.{name}: dtype {tensor.dtype}, the model takes {dtype}")
+    else:
+        got = nested_shape(value)
+        tensor = Tensor(dtype, got, tuple(flatten(value, got, dtype, f"input.{name}")))
+    if len(tensor.shape) != len(shape) or any(w not in (-1, g) for w, g in zip(shape, tensor.shape, strict=True)):
+        raise TensorError(f"input.{name}: shape {list(tensor.shape)}, the model takes {list(shape)}")
+    return tensor
+
+
+def nested_shape(value: Any) -> tuple[int, ...]:
+    shape = []
+    while isinstance(value, list):
+        shape.append(len(value))
+        if not value:
+            break
+        value = value[0]
+    return tuple(shape)
+
+
+def schema_from_json(schema: dict[str, Any]) -> dict[str, tuple[str, tuple[int, ...]]]:
+    """A manifest's {"name": {"dtype", "shape"}} as parse_input wants it."""
+    return {name: (spec["dtype"], tuple(spec["shape"])) for name, spec in schema.items()}

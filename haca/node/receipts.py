@@ -1,0 +1,158 @@
+"""The node's durable receipt queue (SQLite, WAL). A receipt is written before its answer is
+sent, so an accepted inference is never lost; the settler moves it pending → submitted →
+settled (or rejected). `synchronous=NORMAL` in WAL mode survives a process kill."""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+import threading
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from haca.types.inference import SettlementItem
+from haca.types.payment import SignedPayment
+from haca.types.receipt import SignedReceipt
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS receipts (
+    id TEXT PRIMARY KEY,
+    request_key TEXT NOT NULL UNIQUE,
+    client TEXT NOT NULL,
+    allowance_id TEXT,
+    fee TEXT NOT NULL,
+    receipt TEXT NOT NULL,
+    payment TEXT NOT NULL,
+    evidence BLOB NOT NULL,
+    status TEXT NOT NULL,
+    tx_hash TEXT,
+    height INTEGER,
+    error TEXT,
+    created REAL NOT NULL
+);
+CREATE INDEX IF NOT EXISTS receipts_status ON receipts (status, created);
+CREATE INDEX IF NOT EXISTS receipts_client ON receipts (client, status);
+"""
+UNSETTLED = ("pending", "submitted")
+
+
+class DuplicateRequest(ValueError):
+    """A receipt for this (client, request id) already exists."""
+
+
+@dataclass(frozen=True)
+class StoredReceipt:
+    item: SettlementItem
+    status: str
+    tx_hash: str | None
+    height: int | None
+    error: str | None
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "receipt": self.item.receipt.to_json(),
+            "status": self.status,
+            "tx_hash": self.tx_hash,
+            "settled_height": self.height,
+            "error": self.error,
+        }
+
+
+class ReceiptStore:
+    def __init__(self, path: Path) -> None:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        self._db = sqlite3.connect(str(path), check_same_thread=False, isolation_level=None)
+        self._db.execute("PRAGMA journal_mode=WAL")
+        self._db.execute("PRAGMA synchronous=NORMAL")
+        self._db.executescript(_SCHEMA)
+        self._lock = threading.Lock()  # the API and the settler thread share the connection
+
+    def add(self, receipt: SignedReceipt, payment: SignedPayment, evidence: bytes = b"") -> None:
+        r = receipt.receipt
+        allowance_id = getattr(payment.value, "id", None) if payment.kind == "allowance" else None
+        row = (
+            receipt.id,
+            f"{r.client}:{r.request_id}",
+            r.client,
+            allowance_id,
+            str(r.fee),
+            json.dumps(receipt.to_json()),
+            json.dumps(payment.to_json()),
+            evidence,
+            "pending",
+            time.time(),
+        )
+        with self._lock:
+            try:
+                self._db.execute(
+                    "INSERT INTO receipts (id, request_key, client, allowance_id, fee, receipt, payment, evidence,"
+                    " status, created) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                    row,
+                )
+            except sqlite3.IntegrityError as exc:
+                raise DuplicateRequest(f"request {r.request_id} of {r.client} already has a receipt") from exc
+
+    def has_request(self, client: str, request_id: str) -> bool:
+        with self._lock:
+            row = self._db.execute("SELECT 1 FROM receipts WHERE request_key = ?", (f"{client}:{request_id}",))
+            return row.fetchone() is not None
+
+    def get(self, receipt_id: str) -> StoredReceipt | None:
+        with self._lock:
+            row = self._db.execute(
+                "SELECT receipt, payment, evidence, status, tx_hash, height, error FROM receipts WHERE id = ?",
+                (receipt_id,),
+            ).fetchone()
+        return _stored(row) if row else None
+
+    def unsettled(self, limit: int) -> list[StoredReceipt]:
+        with self._lock:
+            rows = self._db.execute(
+                "SELECT receipt, payment, evidence, status, tx_hash, height, error FROM receipts"
+                " WHERE status IN ('pending', 'submitted') ORDER BY created LIMIT ?",
+                (limit,),
+            ).fetchall()
+        return [_stored(row) for row in rows]
+
+    def count(self, status: str) -> int:
+        with self._lock:
+            return int(self._db.execute("SELECT COUNT(*) FROM receipts WHERE status = ?", (status,)).fetchone()[0])
+
+    def unsettled_fees(self, client: str, allowance_id: str | None = None) -> int:
+        """What this node has charged a client (or one allowance) and not yet settled."""
+        sql = "SELECT fee FROM receipts WHERE client = ? AND status IN ('pending', 'submitted')"
+        params: tuple[Any, ...] = (client,)
+        if allowance_id is not None:
+            sql += " AND allowance_id = ?"
+            params += (allowance_id,)
+        with self._lock:
+            return sum(int(row[0]) for row in self._db.execute(sql, params))
+
+    def mark(
+        self,
+        receipt_ids: list[str],
+        status: str,
+        tx_hash: str | None = None,
+        height: int | None = None,
+        error: str | None = None,
+    ) -> None:
+        with self._lock:
+            self._db.execute("BEGIN")
+            self._db.executemany(
+                "UPDATE receipts SET status = ?, tx_hash = COALESCE(?, tx_hash), height = ?, error = ? WHERE id = ?",
+                [(status, tx_hash, height, error, rid) for rid in receipt_ids],
+            )
+            self._db.execute("COMMIT")
+
+    def close(self) -> None:
+        self._db.close()
+
+
+def _stored(row: tuple[Any, ...]) -> StoredReceipt:
+    receipt, payment, evidence, status, tx_hash, height, error = row
+    item = SettlementItem(
+        SignedReceipt.from_json(json.loads(receipt)), SignedPayment.from_json(json.loads(payment)), bytes(evidence)
+    )
+    return StoredReceipt(item, status, tx_hash, height, error)

@@ -1,0 +1,1 @@
+"""Model runtimes used by inference nodes (never by validators)."""
