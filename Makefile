@@ -9,7 +9,7 @@ DEMO_HOME ?= $(ROOT)/devnets/demo
 
 .PHONY: setup demo test test-fast bench lint clean
 
-setup: $(VENV)/.installed .tools/bin/cometbft build/gen/.ok
+setup: $(VENV)/.installed .tools/bin/cometbft build/gen/.ok build/models/.ok
 
 $(VENV)/.installed: pyproject.toml
 	@test -x $(PY) || python3 -m venv $(VENV)
@@ -22,6 +22,10 @@ $(VENV)/.installed: pyproject.toml
 
 build/gen/.ok: scripts/gen_protos.sh $(VENV)/.installed
 	@./scripts/gen_protos.sh
+	@touch $@
+
+build/models/.ok: scripts/build_models.py $(VENV)/.installed
+	@$(PY) scripts/build_models.py --out build/models
 	@touch $@
 
 demo: setup

@@ -16,7 +16,9 @@ from haca.devnet.validator import identity, init_validator, run_validator
 
 devnet_app = typer.Typer(help="Run a local multi-validator devnet on loopback.", no_args_is_help=True)
 validator_app = typer.Typer(help="Run one validator (CometBFT + HACA app) of a network.", no_args_is_help=True)
-NodeArg = Annotated[str | None, typer.Argument(metavar="NODE", help="node name, e.g. val1 (default: all)")]
+NodeArg = Annotated[
+    str | None, typer.Argument(metavar="NODE", help="val0…valN, hub or node0 (default: all)", show_default=False)
+]
 
 
 @devnet_app.command("up")
@@ -25,12 +27,14 @@ def devnet_up(
     validators: Annotated[int, typer.Option("--validators", min=1, max=16)] = 4,
     chain_id: Annotated[str, typer.Option("--chain-id")] = "haca-devnet",
     block_time: Annotated[str, typer.Option("--block-time", help="CometBFT timeout_commit")] = "500ms",
+    inference: Annotated[bool, typer.Option("--inference/--no-inference", help="also run a hub and node0")] = True,
     home: HomeOption = None,
     json_out: JsonOption = False,
 ) -> None:
-    """Create (first time) and start the devnet; return once every validator is at height >= 2."""
+    """Create (first time) and start the devnet: validators (height >= 2), a model hub with the
+    example models registered, and one inference node."""
     with console.status("starting devnet…", spinner="dots") if not json_out else _nothing():
-        net = up(client_home(home), validators, chain_id, block_time)
+        net = up(client_home(home), validators, chain_id, block_time, inference)
     _print_status(net, json_out)
 
 
@@ -92,6 +96,10 @@ def _print_status(net: Devnet, json_out: bool) -> None:
         for v in status["validators"]:
             t.add_row(v["name"], v["rpc"], "yes" if v["running"] else "no", str(v["height"]), v["app_hash"][:16])
         console.print(t)
+        if status["hub"]:
+            console.print(f"hub {status['hub']}")
+        for n in status["nodes"]:
+            console.print(f"node {n['name']} {n['url']} {n['address']} running={'yes' if n['running'] else 'no'}")
         console.print(f"use it: haca --home {status['home']} … (e.g. haca query supply --home {status['home']})")
 
     emit(json_out, status, table)

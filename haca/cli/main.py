@@ -11,7 +11,10 @@ import typer
 from haca.cli.chain import query_app, tx_app
 from haca.cli.demo import demo
 from haca.cli.devnet import devnet_app, validator_app
+from haca.cli.hub import hub_app
+from haca.cli.inference import allowance_app, deposit, escrow, infer, node_app, receipt_app, withdraw
 from haca.cli.keys import app as keys_app
+from haca.cli.model import model_app
 
 app = typer.Typer(
     name="haca",
@@ -37,6 +40,15 @@ app.add_typer(tx_app, name="tx")
 app.add_typer(query_app, name="query")
 app.add_typer(devnet_app, name="devnet")
 app.add_typer(validator_app, name="validator")
+app.add_typer(model_app, name="model")
+app.add_typer(hub_app, name="hub")
+app.add_typer(node_app, name="node")
+app.add_typer(receipt_app, name="receipt")
+app.add_typer(allowance_app, name="allowance")
+app.command("deposit")(deposit)
+app.command("withdraw")(withdraw)
+app.command("escrow")(escrow)
+app.command("infer")(infer)
 app.command("demo")(demo)
 
 

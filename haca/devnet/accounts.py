@@ -8,5 +8,12 @@ DEV_ACCOUNTS = 10
 DEV_BALANCE = 10**24  # base units per dev account
 
 
+SERVICE_ACCOUNTS = ("node0", "publisher")  # the devnet's inference node operator and model publisher
+
+
 def dev_keys(count: int = DEV_ACCOUNTS) -> list[tuple[str, PrivateKey]]:
     return [(f"dev{i}", PrivateKey.from_seed(f"haca devnet account {i}")) for i in range(count)]
+
+
+def service_keys() -> list[tuple[str, PrivateKey]]:
+    return [(name, PrivateKey.from_seed(f"haca devnet {name}")) for name in SERVICE_ACCOUNTS]

@@ -49,10 +49,19 @@ class ValidatorHome:
         return self.cometbft / "config" / "config.toml"
 
 
+def source_root() -> Path:
+    return Path(__file__).resolve().parents[2]
+
+
+def example_models_dir() -> Path:
+    """The example models `make setup` builds: $HACA_MODELS, else build/models in the source tree."""
+    return Path(os.environ.get("HACA_MODELS") or source_root() / "build" / "models")
+
+
 def cometbft_binary() -> str:
     """The pinned CometBFT: $HACA_COMETBFT, else .tools/bin in the source tree, else PATH."""
     explicit = os.environ.get("HACA_COMETBFT")
     if explicit:
         return explicit
-    local = Path(__file__).resolve().parents[2] / ".tools" / "bin" / "cometbft"
+    local = source_root() / ".tools" / "bin" / "cometbft"
     return str(local) if local.exists() else "cometbft"

@@ -8,10 +8,7 @@ from __future__ import annotations
 
 import contextlib
 import json
-import os
 import signal
-import socket
-import subprocess
 import sys
 import time
 from dataclasses import asdict, dataclass, field
@@ -23,8 +20,10 @@ import httpx
 
 from haca.chain.genesis import AppGenesis, GenesisAccount
 from haca.client.config import ClientConfig, KeyStore
-from haca.devnet.accounts import DEV_BALANCE, dev_keys
+from haca.devnet import services
+from haca.devnet.accounts import DEV_BALANCE, dev_keys, service_keys
 from haca.devnet.layout import ValidatorHome
+from haca.devnet.processes import free_ports, process_alive, signal_group, spawn, wait_group_gone
 from haca.devnet.validator import ValidatorError, configure, init_validator
 
 
@@ -47,15 +46,36 @@ class NodeRecord:
 
 
 @dataclass
+class ServiceRecord:
+    """A hub or an inference node run by the devnet."""
+
+    name: str
+    kind: str  # "hub" | "node"
+    port: int
+    pid: int = 0
+    address: str = ""  # a node's account
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+
+@dataclass
 class DevnetState:
     chain_id: str
     nodes: list[NodeRecord] = field(default_factory=list)
+    services: list[ServiceRecord] = field(default_factory=list)
 
     def node(self, name: str) -> NodeRecord:
         for node in self.nodes:
             if node.name == name:
                 return node
-        raise DevnetError(f"no node {name!r}; nodes: {', '.join(n.name for n in self.nodes)}")
+        raise DevnetError(f"no validator {name!r}; validators: {', '.join(n.name for n in self.nodes)}")
+
+    def known(self, name: str | None) -> None:
+        names = [n.name for n in self.nodes] + [s.name for s in self.services]
+        if name is not None and name not in names:
+            raise DevnetError(f"no process {name!r}; known: {', '.join(names)}")
 
 
 class Devnet:
@@ -73,7 +93,11 @@ class Devnet:
         if not self.exists():
             raise DevnetError(f"no devnet at {self.home}: run 'haca devnet up --home {self.home}'")
         doc = json.loads(self.state_file.read_text())
-        return DevnetState(doc["chain_id"], [NodeRecord(**n) for n in doc["nodes"]])
+        return DevnetState(
+            doc["chain_id"],
+            [NodeRecord(**n) for n in doc["nodes"]],
+            [ServiceRecord(**s) for s in doc.get("services", [])],
+        )
 
     def save(self, state: DevnetState) -> None:
         tmp = self.state_file.with_suffix(".tmp")
@@ -82,11 +106,11 @@ class Devnet:
 
     # --- lifecycle --------------------------------------------------------------------------------
 
-    def create(self, validators: int, chain_id: str, timeout_commit: str) -> DevnetState:
+    def create(self, validators: int, chain_id: str, timeout_commit: str, inference: bool = True) -> DevnetState:
         if validators < 1:
             raise DevnetError("a devnet needs at least one validator")
         self.dir.mkdir(parents=True, exist_ok=True)
-        ports = free_ports(2 * validators)
+        ports = free_ports(2 * validators + 2)
         state = DevnetState(chain_id)
         identities = []
         for i in range(validators):
@@ -111,13 +135,19 @@ class Devnet:
                     ("", "log_level"): "state:info,*:error",
                 },
             )
+        if inference:
+            node_key = dict(service_keys())["node0"]
+            state.services = [
+                ServiceRecord("hub", "hub", ports[-2]),
+                ServiceRecord("node0", "node", ports[-1], address=node_key.address),
+            ]
         self.save(state)
         self._write_client_home(state)
         return state
 
     def _genesis(self, chain_id: str, identities: list[Any]) -> dict[str, Any]:
         template = json.loads(ValidatorHome(self.dir / "val0").genesis.read_text())
-        accounts = tuple(GenesisAccount(key.address, DEV_BALANCE) for _, key in dev_keys())
+        accounts = tuple(GenesisAccount(key.address, DEV_BALANCE) for _, key in dev_keys() + service_keys())
         template.update(
             genesis_time=datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ"),
             chain_id=chain_id,
@@ -132,52 +162,68 @@ class Devnet:
 
     def _write_client_home(self, state: DevnetState) -> None:
         store = KeyStore(self.home)
-        for name, key in dev_keys():
+        for name, key in dev_keys() + service_keys():
             store.add(name, key, overwrite=True)
         genesis = json.loads(ValidatorHome(Path(state.nodes[0].home)).genesis.read_text())
         trusted = [
             {"address": v["address"], "pub_key": v["pub_key"], "voting_power": v["power"]}
             for v in genesis["validators"]
         ]
-        config = ClientConfig(state.chain_id, [n.rpc for n in state.nodes], default_key="dev0", validators=trusted)
+        extra: dict[str, Any] = {}
+        for svc in state.services:
+            if svc.kind == "hub":
+                extra["hub"] = svc.url
+            else:
+                extra.setdefault("nodes", []).append({"name": svc.name, "url": svc.url, "address": svc.address})
+        config = ClientConfig(
+            state.chain_id, [n.rpc for n in state.nodes], default_key="dev0", validators=trusted, extra=extra
+        )
         config.save(self.home)
 
     def start(self, name: str | None = None) -> None:
+        """Start what is not running: validators, then (once they produce blocks) hub and node."""
         state = self.load()
+        state.known(name)
         for node in state.nodes:
-            if (name is None or node.name == name) and not process_alive(node.pid):
-                log = open(Path(node.home) / "supervisor.log", "ab")  # noqa: SIM115 - handed to the child
-                proc = subprocess.Popen(
-                    [sys.executable, "-m", "haca.devnet.validator", node.home],
-                    stdout=log,
-                    stderr=subprocess.STDOUT,
-                    stdin=subprocess.DEVNULL,
-                    start_new_session=True,
+            if name in (None, node.name) and not process_alive(node.pid):
+                node.pid = spawn(
+                    [sys.executable, "-m", "haca.devnet.validator", node.home], Path(node.home) / "supervisor.log"
                 )
-                log.close()
-                node.pid = proc.pid
+        self.save(state)
+        if name is None or any(s.name == name for s in state.services):
+            self.wait_ready(2, 120)
+            self._start_services(name)
+
+    def _start_services(self, name: str | None) -> None:
+        state = self.load()
+        logs = self.dir / "logs"
+        for svc in state.services:
+            if name not in (None, svc.name) or process_alive(svc.pid):
+                continue
+            if svc.kind == "hub":
+                svc.pid = spawn(services.hub_command(self.dir / "hub", svc.port), logs / "hub.log")
+                self.save(state)
+                services.wait_http(f"{svc.url}/healthz", svc.pid, "hub", logs / "hub.log")
+                services.register_example_models(self.home, svc.url)
+            else:
+                svc.pid = spawn(services.node_command(self.home, svc.name, svc.port), logs / f"{svc.name}.log")
+                self.save(state)
+                services.wait_http(f"{svc.url}/healthz", svc.pid, svc.name, logs / f"{svc.name}.log")
         self.save(state)
 
     def stop(self, name: str | None = None, kill: bool = False, timeout: float = 20.0) -> None:
-        """SIGTERM (or SIGKILL with `kill`) each node's process group: supervisor, app, CometBFT."""
+        """SIGTERM (or SIGKILL with `kill`) each process group: a validator's supervisor, app and
+        CometBFT together; the hub; the node."""
         state = self.load()
-        targets = [n for n in state.nodes if name is None or n.name == name]
-        if name is not None and not targets:
-            state.node(name)
-        sig = signal.SIGKILL if kill else signal.SIGTERM
-        for node in targets:
-            if node.pid and process_alive(node.pid):
-                with contextlib.suppress(ProcessLookupError):
-                    os.killpg(node.pid, sig)
+        state.known(name)
+        procs: list[NodeRecord | ServiceRecord] = [*state.services, *state.nodes]
+        targets = [p for p in procs if name in (None, p.name)]
+        for proc in targets:
+            signal_group(proc.pid, signal.SIGKILL if kill else signal.SIGTERM)
         deadline = time.monotonic() + timeout
-        for node in targets:
-            while node.pid and group_alive(node.pid):
-                if time.monotonic() > deadline:
-                    with contextlib.suppress(ProcessLookupError):
-                        os.killpg(node.pid, signal.SIGKILL)
-                reap(node.pid)
-                time.sleep(0.05)
-            node.pid = 0
+        for proc in targets:
+            wait_group_gone(proc.pid, deadline)
+            proc.pid = 0
         self.save(state)
 
     def wait_ready(self, min_height: int = 2, timeout: float = 90.0, name: str | None = None) -> None:
@@ -210,7 +256,27 @@ class Devnet:
                 info = httpx.get(f"{node.rpc}/status", timeout=2).json()["result"]["sync_info"]
                 entry.update(height=int(info["latest_block_height"]), app_hash=info["latest_app_hash"].lower())
             validators.append(entry)
-        return {"chain_id": state.chain_id, "home": str(self.home), "validators": validators}
+        answer: dict[str, Any] = {
+            "chain_id": state.chain_id,
+            "home": str(self.home),
+            "validators": validators,
+            "hub": None,
+            "nodes": [],
+        }
+        for svc in state.services:
+            if svc.kind == "hub":
+                answer["hub"] = svc.url
+            else:
+                answer["nodes"].append(
+                    {
+                        "name": svc.name,
+                        "url": svc.url,
+                        "address": svc.address,
+                        "modes": ["vanilla"],
+                        "running": process_alive(svc.pid),
+                    }
+                )
+        return answer
 
 
 def up(
@@ -218,32 +284,21 @@ def up(
     validators: int = 4,
     chain_id: str = "haca-devnet",
     timeout_commit: str = "500ms",
-    ready_timeout: float = 120.0,
+    inference: bool = True,
 ) -> Devnet:
-    """Create the devnet if missing, start whatever is not running, return once height >= 2."""
+    """Create the devnet if missing, start whatever is not running; return once validators are at
+    height >= 2 and, with `inference`, the hub and node answer (example models registered)."""
     net = Devnet(home)
     if not net.exists():
         try:
-            net.create(validators, chain_id, timeout_commit)
+            net.create(validators, chain_id, timeout_commit, inference)
         except ValidatorError as exc:
             raise DevnetError(str(exc)) from exc
-    net.start()
-    net.wait_ready(2, ready_timeout)
-    return net
-
-
-def free_ports(count: int) -> list[int]:
-    """Ports the OS reports free on loopback now (held open together so they are distinct)."""
-    sockets = []
     try:
-        for _ in range(count):
-            s = socket.socket()
-            s.bind(("127.0.0.1", 0))
-            sockets.append(s)
-        return [s.getsockname()[1] for s in sockets]
-    finally:
-        for s in sockets:
-            s.close()
+        net.start()
+    except services.ServiceError as exc:
+        raise DevnetError(str(exc)) from exc
+    return net
 
 
 def rpc_height(url: str) -> int:
@@ -251,36 +306,3 @@ def rpc_height(url: str) -> int:
         return int(httpx.get(f"{url}/status", timeout=2).json()["result"]["sync_info"]["latest_block_height"])
     except (httpx.HTTPError, KeyError, ValueError):
         return -1
-
-
-def process_alive(pid: int) -> bool:
-    if pid <= 0:
-        return False
-    reap(pid)
-    try:
-        with open(f"/proc/{pid}/stat") as f:
-            return f.read().rsplit(")", 1)[1].split()[0] != "Z"
-    except (FileNotFoundError, IndexError):
-        return False
-
-
-def group_alive(pgid: int) -> bool:
-    try:
-        os.killpg(pgid, 0)
-    except ProcessLookupError:
-        return False
-    # A group of zombies only is dead too.
-    return any(process_alive(int(p)) for p in os.listdir("/proc") if p.isdigit() and _pgid(int(p)) == pgid)
-
-
-def _pgid(pid: int) -> int:
-    try:
-        return os.getpgid(pid)
-    except ProcessLookupError:
-        return -1
-
-
-def reap(pid: int) -> None:
-    """Collect `pid` if it is our exited child, so it does not linger as a zombie."""
-    with contextlib.suppress(ChildProcessError, OSError):
-        os.waitpid(pid, os.WNOHANG)

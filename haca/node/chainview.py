@@ -52,6 +52,11 @@ class ChainView:
         spent, revoked = self._cached(("allowance", allowance.id), load)
         return spent, revoked
 
+    def settlement_fee(self, fee: int) -> int:
+        """What the chain will burn from the client's escrow on top of `fee` (params cached)."""
+        params = self._cached(("params", ""), lambda: self.chain.query("/inference/params"))
+        return int(params["settlement_fee"]) + fee * int(params["settlement_fee_bps"]) // 10_000
+
     def receipt_record(self, receipt_id: str) -> dict[str, Any] | None:
         """The chain's settlement record of a receipt (uncached), or None."""
         try:

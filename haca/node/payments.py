@@ -165,9 +165,10 @@ class PaymentGate:
             raise PaymentRequired(f"payment expires at height {expiry}, too soon to settle (now {self.chain.height()})")
 
     def _escrow_covers(self, client: str, fee: int) -> None:
+        """Escrow must pay this fee and every unsettled one, each with its settlement fee."""
         escrow = self.chain.escrow(client)
-        pending = self.store.unsettled_fees(client)
-        if escrow < pending + fee:
+        pending = self.store.unsettled_fees(client, with_settlement=self.chain.settlement_fee)
+        if escrow < pending + fee + self.chain.settlement_fee(fee):
             raise PaymentRequired(f"escrow of {client} is {escrow}, with {pending} unsettled: deposit more")
 
 

@@ -8,6 +8,7 @@ import json
 import sqlite3
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -120,15 +121,19 @@ class ReceiptStore:
         with self._lock:
             return int(self._db.execute("SELECT COUNT(*) FROM receipts WHERE status = ?", (status,)).fetchone()[0])
 
-    def unsettled_fees(self, client: str, allowance_id: str | None = None) -> int:
-        """What this node has charged a client (or one allowance) and not yet settled."""
+    def unsettled_fees(
+        self, client: str, allowance_id: str | None = None, with_settlement: Callable[[int], int] | None = None
+    ) -> int:
+        """What this node has charged a client (or one allowance) and not yet settled; with
+        `with_settlement`, each fee plus the settlement fee it maps to."""
         sql = "SELECT fee FROM receipts WHERE client = ? AND status IN ('pending', 'submitted')"
         params: tuple[Any, ...] = (client,)
         if allowance_id is not None:
             sql += " AND allowance_id = ?"
             params += (allowance_id,)
         with self._lock:
-            return sum(int(row[0]) for row in self._db.execute(sql, params))
+            fees = [int(row[0]) for row in self._db.execute(sql, params)]
+        return sum(fee + (with_settlement(fee) if with_settlement else 0) for fee in fees)
 
     def mark(
         self,

@@ -35,7 +35,7 @@ class DevnetHandle:
 @pytest.fixture(scope="module")
 def devnet(tmp_path_factory: pytest.TempPathFactory) -> Iterator[DevnetHandle]:
     home = tmp_path_factory.mktemp("devnet")
-    net = up(home, validators=4, timeout_commit="300ms")
+    net = up(home, validators=4, timeout_commit="300ms", inference=False)
     config = ClientConfig.load(home)
     client = connect(config)
     try:

@@ -12,7 +12,7 @@ from haca.chain import errors
 from haca.client.errors import TxRejected
 from haca.crypto.keys import PrivateKey
 from haca.devnet.layout import ValidatorHome
-from haca.devnet.network import process_alive
+from haca.devnet.processes import process_alive
 from haca.types.bank import MsgSend
 from haca.types.tx import Tx, build_tx
 

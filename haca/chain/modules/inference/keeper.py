@@ -49,7 +49,8 @@ class InferenceParams:
     settlement_fee_bps: int = 500  # plus this share of the inference fee (basis points)
 
     def settlement_fee_for(self, fee: int) -> int:
-        return min(fee, self.settlement_fee + fee * self.settlement_fee_bps // 10_000)
+        """Burned per settled receipt, paid from the client's escrow on top of the fee."""
+        return self.settlement_fee + fee * self.settlement_fee_bps // 10_000
 
     def to_json(self) -> dict[str, int]:
         return asdict(self)

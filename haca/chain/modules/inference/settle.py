@@ -4,7 +4,7 @@ Checks (any failure rejects the whole MsgSettle, nothing changes):
 the tx signer is the receipt's node and signed it; the model is registered and allows the mode;
 the node is registered for that model and mode; the client signed the payment for this node,
 chain, request (or allowance), unexpired, fee within max or cap, fee at least the model price;
-the request was never settled; the escrow covers the fee; the mode's evidence verifies.
+the request was never settled; the escrow covers fee + settlement fee; the mode's evidence verifies.
 """
 
 from __future__ import annotations
@@ -15,6 +15,7 @@ from haca.chain.errors import (
     AlreadySettled,
     AuthorizationExpired,
     FeeAboveLimit,
+    InsufficientEscrow,
     InvalidEvidence,
     InvalidPayment,
     Unauthorized,
@@ -52,8 +53,14 @@ def settle_item(ctx: TxContext, registry: RegistryKeeper, keeper: InferenceKeepe
     if (previous := keeper.settled_receipt(ctx.state, receipt.client, receipt.request_id)) is not None:
         raise AlreadySettled(f"request {receipt.request_id} of {receipt.client} was settled by receipt {previous}")
 
+    # The client's escrow pays the inference fee to the node and the settlement fee to the burn.
     settlement_fee = keeper.params(ctx.state).settlement_fee_for(receipt.fee)
-    keeper.pay_from_escrow(ctx.state, receipt.client, receipt.node, receipt.fee - settlement_fee)
+    escrow = keeper.escrow(ctx.state, receipt.client)
+    if escrow < receipt.fee + settlement_fee:
+        raise InsufficientEscrow(
+            f"escrow of {receipt.client} is {escrow}; fee {receipt.fee} + settlement fee {settlement_fee} needed"
+        )
+    keeper.pay_from_escrow(ctx.state, receipt.client, receipt.node, receipt.fee)
     keeper.burn_from_escrow(ctx.state, receipt.client, settlement_fee)
     record: dict[str, Any] = {
         "receipt_id": item.receipt.id,

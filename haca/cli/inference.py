@@ -1,0 +1,191 @@
+"""`haca deposit|withdraw|escrow`, `haca infer`, `haca receipt show`, `haca allowance create|revoke`,
+`haca node run`: the client side of paid, verifiable inference."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+
+import haca.types.messages  # noqa: F401  (registers message types)
+from haca.cli.common import HomeOption, JsonOption, cli_command, client_home, console, emit
+from haca.client.config import ClientConfig
+from haca.client.errors import HacaError
+from haca.client.sdk import Client
+from haca.types.inference import MsgRevokeAllowance
+
+receipt_app = typer.Typer(help="Inspect receipts.", no_args_is_help=True)
+allowance_app = typer.Typer(help="Spending allowances (bearer API keys) for a node.", no_args_is_help=True)
+node_app = typer.Typer(help="Run an inference node.", no_args_is_help=True)
+KeyOption = Annotated[str | None, typer.Option("--from", help="key name (default: the home's default key)")]
+NodeOption = Annotated[str | None, typer.Option("--node", help="node URL (default: the home's first node)")]
+
+
+def _client(home: Path | None, key: str | None = None, node: str | None = None) -> Client:
+    return Client.from_home(client_home(home), key, node)
+
+
+@cli_command
+def deposit(
+    amount: Annotated[int, typer.Argument(min=1, help="base units")],
+    from_: KeyOption = None,
+    home: HomeOption = None,
+    json_out: JsonOption = False,
+) -> None:
+    """Move AMOUNT from your balance into your inference escrow (what nodes are paid from)."""
+    with _client(home, from_) as client:
+        outcome = client.deposit(amount)
+        answer = {"hash": outcome.hash, "height": outcome.height, "escrow": client.escrow()}
+    emit(json_out, answer, lambda: console.print(f"deposited {amount}; escrow now {answer['escrow']}"))
+
+
+@cli_command
+def withdraw(
+    amount: Annotated[int, typer.Argument(min=1)],
+    from_: KeyOption = None,
+    home: HomeOption = None,
+    json_out: JsonOption = False,
+) -> None:
+    """Ask for AMOUNT of escrow back; it is paid after the chain's withdrawal delay."""
+    with _client(home, from_) as client:
+        outcome = client.withdraw(amount)
+    release = next(
+        (
+            a["value"]
+            for e in outcome.events
+            if e["type"] == "withdraw_requested"
+            for a in e["attributes"]
+            if a["key"] == "release"
+        ),
+        "?",
+    )
+    emit(
+        json_out,
+        {"hash": outcome.hash, "release_height": int(release)},
+        lambda: console.print(f"withdrawal of {amount} is paid at height {release}"),
+    )
+
+
+@cli_command
+def escrow(from_: KeyOption = None, home: HomeOption = None, json_out: JsonOption = False) -> None:
+    """Your escrow balance and pending withdrawals."""
+    with _client(home, from_) as client:
+        answer = client.chain.query("/inference/escrow", client.key.address.encode())
+    emit(json_out, answer, lambda: console.print(answer))
+
+
+@cli_command
+def infer(
+    model: Annotated[str, typer.Option("-m", "--model", help="model name or sha256: id")],
+    input_json: Annotated[str, typer.Option("--input", help="input as JSON (nested list or {name: …})")],
+    mode: Annotated[str, typer.Option("--mode")] = "vanilla",
+    max_fee: Annotated[int, typer.Option("--max-fee", help="most you will pay (base units)")] = 10**18,
+    wait: Annotated[bool, typer.Option("--wait", help="wait until the receipt settles on chain")] = False,
+    node: NodeOption = None,
+    from_: KeyOption = None,
+    home: HomeOption = None,
+    json_out: JsonOption = False,
+) -> None:
+    """Run an inference: pay the node's 402 within --max-fee, check the receipt locally, print it."""
+    try:
+        value = json.loads(input_json)
+    except json.JSONDecodeError as exc:
+        raise HacaError(f"--input is not JSON: {exc}") from exc
+    with _client(home, from_, node) as client:
+        result = client.infer(model, value, mode, max_fee)
+        status = client.wait_settled(result.receipt_id)["status"] if wait else result.status
+    answer: dict[str, Any] = {"output": result.output, "receipt": result.receipt.to_json(), "status": status}
+
+    def human() -> None:
+        for name, tensor in result.output.items():
+            console.print(f"{name} {tensor['dtype']}{tensor['shape']}: {tensor['data']}")
+        r = result.receipt.receipt
+        console.print(
+            f"receipt {result.receipt_id} (signature verified)\n  node {r.node}  fee {r.fee}  status {status}"
+        )
+
+    emit(json_out, answer, human)
+
+
+@receipt_app.command("show")
+@cli_command
+def receipt_show(
+    receipt_id: Annotated[str, typer.Argument(metavar="ID")],
+    node: NodeOption = None,
+    home: HomeOption = None,
+    json_out: JsonOption = False,
+) -> None:
+    """A receipt's settlement status: the chain's record, else what the node holds."""
+    with _client(home, None, node) as client:
+        record = client.receipt_status(receipt_id)
+        if record["status"] == "pending":
+            node_view = client.node_receipt(receipt_id)
+            record = {"receipt_id": receipt_id, **node_view}
+    emit(json_out, record, lambda: console.print(record))
+
+
+@allowance_app.command("create")
+@cli_command
+def allowance_create(
+    node: Annotated[str, typer.Option("--node", help="the node's address")],
+    max_amount: Annotated[int, typer.Option("--max", min=1, help="cap on what the node may charge in total")],
+    expires_in: Annotated[int, typer.Option("--expires-in", min=1, help="blocks from now")] = 100_000,
+    nonce: Annotated[int | None, typer.Option("--nonce", help="to revoke it later (default: expiry height)")] = None,
+    from_: KeyOption = None,
+    home: HomeOption = None,
+    json_out: JsonOption = False,
+) -> None:
+    """Sign a spending allowance for a node and print it as a bearer API key (Authorization: Bearer …)."""
+    config = ClientConfig.load(client_home(home))
+    node_url = next((n["url"] for n in config.extra.get("nodes", []) if n["address"] == node.lower()), None)
+    with _client(home, from_, node_url or "http://unused") as client:
+        api_key = client.create_api_key(node, max_amount, expires_in, nonce)
+    emit(json_out, {"api_key": api_key, "node": node.lower(), "cap": max_amount}, lambda: console.print(api_key))
+
+
+@allowance_app.command("revoke")
+@cli_command
+def allowance_revoke(
+    node: Annotated[str, typer.Option("--node", help="the node's address")],
+    nonce: Annotated[int, typer.Option("--nonce")],
+    from_: KeyOption = None,
+    home: HomeOption = None,
+    json_out: JsonOption = False,
+) -> None:
+    """Revoke an allowance on chain: no later settlement may use it."""
+    with _client(home, from_, "http://unused") as client:
+        outcome = client.chain.send_msgs(client.key, (MsgRevokeAllowance(node.lower(), nonce),))
+    emit(
+        json_out, {"revoked": True, "height": getattr(outcome, "height", 0)}, lambda: console.print("allowance revoked")
+    )
+
+
+@node_app.command("run")
+@cli_command
+def node_run(
+    key: Annotated[str, typer.Option("--key", help="the node's key in the home")] = "node0",
+    host: Annotated[str, typer.Option("--host")] = "127.0.0.1",
+    port: Annotated[int, typer.Option("--port")] = 8080,
+    endpoint: Annotated[str, typer.Option("--endpoint", help="public URL to register")] = "",
+    models: Annotated[str, typer.Option("--models", help="comma-separated names (default: all)")] = "",
+    price: Annotated[int, typer.Option("--price", help="per inference; fee = max(this, model price)")] = 0,
+    hub: Annotated[str, typer.Option("--hub")] = "",
+    home: HomeOption = None,
+) -> None:
+    """Serve models over HTTP, register on chain, settle receipts in the background."""
+    from haca.node.service import NodeSettings, run_node
+
+    run_node(
+        NodeSettings(
+            home=client_home(home),
+            key=key,
+            host=host,
+            port=port,
+            endpoint=endpoint,
+            models=[m for m in models.split(",") if m],
+            price=price,
+            hub=hub,
+        )
+    )

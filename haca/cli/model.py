@@ -1,0 +1,320 @@
+"""`haca model`: upload model files to the hub and register their manifests on chain."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+from rich.markup import escape
+from rich.progress import BarColumn, DownloadColumn, Progress, TextColumn, TimeRemainingColumn, TransferSpeedColumn
+from rich.table import Table
+
+from haca.cli.common import HomeOption, JsonOption, cli_command, client_home, console, emit, err_console, keystore
+from haca.client.chain import ChainClient, TxOutcome
+from haca.client.config import ClientConfig, connect
+from haca.client.errors import ConfigError, HacaError, NotFound, QueryFailed
+from haca.client.rpc import b64
+from haca.hub.client import HubClient
+from haca.hub.schema import onnx_schemas
+from haca.hub.store import BlobInfo
+from haca.types import codes
+from haca.types import fields as f
+from haca.types.registry import MsgRegisterModel
+
+model_app = typer.Typer(help="Upload models to the hub and register their manifests on chain.", no_args_is_help=True)
+
+ABCI_NOT_FOUND = codes.NOT_FOUND
+PROGRESS_MIN_BYTES = 8 << 20  # show a progress bar for uploads from this size on
+PLACEHOLDER_ID = "sha256:" + "0" * 64
+
+HubOption = Annotated[
+    str, typer.Option("--hub", help='hub URL (default: "hub" under "extra" in the home\'s config.json)')
+]
+FromOption = Annotated[
+    str, typer.Option("--from", help="key name or address that owns the model (default: the home's default key)")
+]
+FileOption = Annotated[
+    Path, typer.Option("--file", exists=True, dir_okay=False, readable=True, help="the ONNX model file")
+]
+
+
+class NoHubConfigured(ConfigError):
+    code = "no_hub"
+
+
+class ModelExists(HacaError):
+    code = "model_exists"
+
+
+class NotOwner(HacaError):
+    code = "not_owner"
+
+
+# --- helpers ----------------------------------------------------------------------------------
+
+
+def resolve_hub(hub: str, home: Path | None, config: ClientConfig | None = None) -> str:
+    """--hub, else `extra["hub"]` of the home's client config, else NoHubConfigured."""
+    if hub:
+        return hub
+    resolved = client_home(home)
+    if config is None:
+        try:
+            config = ClientConfig.load(resolved)
+        except ConfigError:
+            config = None
+    url = config.extra.get("hub") if config is not None else None
+    if isinstance(url, str) and url:
+        return url
+    raise NoHubConfigured(f'no hub configured: pass --hub URL or set "hub" under "extra" in {resolved / "config.json"}')
+
+
+def parse_modes(text: str) -> tuple[str, ...]:
+    return f.modes([m.strip() for m in text.split(",") if m.strip()], "--modes")
+
+
+def manifest_json(manifest: dict[str, Any]) -> dict[str, Any]:
+    """A chain manifest for display: `model_id` as `id`, price as an int, the rest as stored."""
+    shown: dict[str, Any] = {
+        "id": manifest["model_id"],
+        "name": manifest["name"],
+        "version": int(manifest["version"]),
+        "modes": list(manifest["modes"]),
+        "price": int(manifest["price"]),
+        "owner": manifest.get("owner", ""),
+        "input_schema": manifest.get("input_schema", {}),
+        "output_schema": manifest.get("output_schema", {}),
+    }
+    for key, value in manifest.items():
+        if key != "model_id" and key not in shown:
+            shown[key] = value
+    return shown
+
+
+def query_model(client: ChainClient, ref: str) -> dict[str, Any] | None:
+    """The manifest for "name" (latest) or "name@version"; None if there is none."""
+    result = client.rpc.call("abci_query", path="/registry/model", data=ref.encode().hex(), height="0", prove=False)
+    response = result["response"]
+    code = int(response.get("code", 0))
+    if code == ABCI_NOT_FOUND:
+        return None
+    if code:
+        raise QueryFailed(f"/registry/model {ref}: {response.get('log', '')}")
+    manifest: dict[str, Any] = json.loads(b64(response["value"]))
+    return manifest
+
+
+def upload_file(url: str, path: Path, json_out: bool) -> BlobInfo:
+    """Upload with a progress bar on stderr for big files in human mode."""
+    size = path.stat().st_size
+    with HubClient(url) as hub:
+        if json_out or size < PROGRESS_MIN_BYTES:
+            return hub.upload_info(path)
+        with Progress(
+            TextColumn("{task.description}"),
+            BarColumn(),
+            DownloadColumn(),
+            TransferSpeedColumn(),
+            TimeRemainingColumn(),
+            console=err_console,
+            transient=True,
+        ) as progress:
+            task = progress.add_task(f"uploading {path.name}", total=size)
+            return hub.upload_info(path, lambda n: progress.advance(task, n))
+
+
+@contextmanager
+def chain_client(config: ClientConfig) -> Iterator[ChainClient]:
+    client = connect(config)
+    try:
+        yield client
+    finally:
+        client.close()
+
+
+def registered_version(outcome: TxOutcome) -> int:
+    for event in outcome.events:
+        if event.get("type") == "register_model":
+            for attr in event.get("attributes", []):
+                if attr.get("key") == "version":
+                    return int(attr["value"])
+    raise HacaError(f"tx {outcome.hash} has no register_model event")
+
+
+def register(
+    name: str,
+    file: Path,
+    modes: str | None,
+    price: int | None,
+    from_: str,
+    hub: str,
+    home: Path | None,
+    json_out: bool,
+    new_version: bool,
+) -> None:
+    """Shared by `create` (the name must be new) and `version` (it must exist and be ours)."""
+    f.name(name, "--name")
+    mode_list = parse_modes(modes) if modes is not None else None
+    config = ClientConfig.load(client_home(home))
+    hub_url = resolve_hub(hub, home, config)
+    input_schema, output_schema = onnx_schemas(file)
+    signer = keystore(home).get(from_ or config.default_key)
+    with chain_client(config) as client:
+        current = query_model(client, name)
+        if new_version:
+            if current is None:
+                raise NotFound(f"no model {name!r}: register it first with 'haca model create'")
+            if current.get("owner") != signer.address:
+                raise NotOwner(f"model {name!r} belongs to {current.get('owner')}, not {signer.address}")
+            mode_list = mode_list or tuple(current["modes"])
+            price = int(current["price"]) if price is None else price
+        elif current is not None:
+            raise ModelExists(
+                f"model {name!r} already exists (version {current['version']}, owner {current.get('owner')}): "
+                "add a version with 'haca model version'"
+            )
+        if mode_list is None or price is None:
+            raise ValueError("--modes and --price are required")
+
+        def message(model_id: str) -> MsgRegisterModel:
+            return MsgRegisterModel.from_json(
+                {
+                    "name": name,
+                    "model_id": model_id,
+                    "input_schema": input_schema,
+                    "output_schema": output_schema,
+                    "modes": list(mode_list),
+                    "price": str(price),
+                }
+            )
+
+        message(PLACEHOLDER_ID)  # every field checked before the upload
+        blob = upload_file(hub_url, file, json_out)
+        outcome = client.send_msgs(signer.key, (message(blob.id),), wait=True)
+        if not isinstance(outcome, TxOutcome):
+            raise HacaError(f"tx {outcome} was not waited for")
+        version = registered_version(outcome)
+    answer = {
+        "id": blob.id,
+        "name": name,
+        "version": version,
+        "modes": list(mode_list),
+        "price": price,
+        "tx": outcome.hash,
+    }
+    emit(
+        json_out,
+        answer,
+        lambda: console.print(
+            f"registered [bold]{name}[/bold] version {version} ({blob.id}, {blob.size} bytes) "
+            f"in block {outcome.height}: {outcome.hash}"
+        ),
+    )
+
+
+# --- commands ---------------------------------------------------------------------------------
+
+
+@model_app.command("upload")
+@cli_command
+def upload(
+    file: Annotated[Path, typer.Argument(exists=True, dir_okay=False, readable=True, metavar="FILE")],
+    hub: HubOption = "",
+    home: HomeOption = None,
+    json_out: JsonOption = False,
+) -> None:
+    """Upload FILE to the hub; prints its content id."""
+    blob = upload_file(resolve_hub(hub, home), file, json_out)
+    emit(json_out, blob.to_json(), lambda: console.print(f"{blob.id} ({blob.size} bytes)"))
+
+
+@model_app.command("create")
+@cli_command
+def create(
+    name: Annotated[str, typer.Option("--name", help="model name: lower-case letters, digits, '-'")],
+    file: FileOption,
+    modes: Annotated[str, typer.Option("--modes", help="comma-separated modes: vanilla, zkml, tee")],
+    price: Annotated[int, typer.Option("--price", min=0, help="minimum price per inference, base units")],
+    from_: FromOption = "",
+    hub: HubOption = "",
+    home: HomeOption = None,
+    json_out: JsonOption = False,
+) -> None:
+    """Upload an ONNX model and register NAME version 1 on chain (schemas read from the graph)."""
+    register(name, file, modes, price, from_, hub, home, json_out, new_version=False)
+
+
+@model_app.command("version")
+@cli_command
+def version(
+    name: Annotated[str, typer.Option("--name", help="an existing model you own")],
+    file: FileOption,
+    modes: Annotated[
+        str | None, typer.Option("--modes", help="comma-separated modes (default: the current version's)")
+    ] = None,
+    price: Annotated[
+        int | None, typer.Option("--price", min=0, help="price per inference (default: the current version's)")
+    ] = None,
+    from_: FromOption = "",
+    hub: HubOption = "",
+    home: HomeOption = None,
+    json_out: JsonOption = False,
+) -> None:
+    """Upload a new ONNX file for NAME and register it as the next version."""
+    register(name, file, modes, price, from_, hub, home, json_out, new_version=True)
+
+
+@model_app.command("list")
+@cli_command
+def list_models(home: HomeOption = None, json_out: JsonOption = False) -> None:
+    """Every registered model at its latest version."""
+    config = ClientConfig.load(client_home(home))
+    with chain_client(config) as client:
+        manifests = client.query("/registry/models")["models"]
+    rows = [
+        {k: v for k, v in manifest_json(m).items() if k in ("id", "name", "version", "modes", "price")}
+        for m in manifests
+    ]
+
+    def table() -> None:
+        t = Table("name", "version", "modes", "price", "id")
+        for row in rows:
+            t.add_row(row["name"], str(row["version"]), ",".join(row["modes"]), str(row["price"]), row["id"])
+        console.print(t)
+
+    emit(json_out, {"models": rows}, table)
+
+
+@model_app.command("show")
+@cli_command
+def show(
+    ref: Annotated[str, typer.Argument(metavar="NAME[@VERSION]")],
+    home: HomeOption = None,
+    json_out: JsonOption = False,
+) -> None:
+    """One model's manifest (the latest version unless @VERSION is given)."""
+    name, at, version_text = ref.partition("@")
+    f.name(name)
+    if at and not (version_text.isdigit() and int(version_text) >= 1):
+        raise ValueError(f"{ref!r}: expected NAME or NAME@VERSION with VERSION >= 1")
+    config = ClientConfig.load(client_home(home))
+    with chain_client(config) as client:
+        manifest = query_model(client, ref)
+    if manifest is None:
+        raise NotFound(f"no model {name!r}" + (f" version {version_text}" if at else ""))
+    shown = manifest_json(manifest)
+
+    def human() -> None:
+        console.print(f"[bold]{shown['name']}[/bold] version {shown['version']}  {shown['id']}")
+        console.print(f"owner {shown['owner']}, modes {','.join(shown['modes'])}, price {shown['price']}")
+        t = Table("", "tensor", "dtype", "shape")
+        for kind in ("input", "output"):
+            for tensor, spec in shown[f"{kind}_schema"].items():
+                t.add_row(kind, escape(tensor), spec["dtype"], escape(str(spec["shape"])))
+        console.print(t)
+
+    emit(json_out, shown, human)

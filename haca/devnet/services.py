@@ -1,0 +1,87 @@
+"""The devnet's inference side: a model hub, the example models registered on chain, and one
+inference node (`node0`), each a background process like the validators."""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+from haca.client.chain import ChainClient
+from haca.client.config import ClientConfig, KeyStore, connect
+from haca.client.errors import QueryFailed
+from haca.devnet.layout import example_models_dir
+from haca.devnet.processes import http_ok, process_alive, spawn
+from haca.hub.client import HubClient
+from haca.types.registry import MsgRegisterModel
+
+# Example models and their price per inference (base units), registered by the `publisher` key.
+EXAMPLE_PRICES = {"iris": 1_000, "mlp-regressor": 2_000, "digits-cnn": 5_000}
+
+
+class ServiceError(RuntimeError):
+    pass
+
+
+def hub_command(root: Path, port: int) -> list[str]:
+    return [sys.executable, "-m", "haca.hub.main", "--root", str(root), "--port", str(port)]
+
+
+def node_command(home: Path, key: str, port: int) -> list[str]:
+    return [sys.executable, "-m", "haca.node.main", "--home", str(home), "--key", key, "--port", str(port)]
+
+
+def start_service(args: list[str], log: Path) -> int:
+    return spawn(args, log)
+
+
+def wait_http(url: str, pid: int, what: str, log: Path, timeout: float = 120.0) -> None:
+    deadline = time.monotonic() + timeout
+    while not http_ok(url):
+        if not process_alive(pid):
+            raise ServiceError(f"{what} exited during start-up; see {log}")
+        if time.monotonic() > deadline:
+            raise ServiceError(f"{what} not answering {url} after {timeout:.0f}s; see {log}")
+        time.sleep(0.2)
+
+
+def register_example_models(home: Path, hub_url: str) -> list[dict[str, Any]]:
+    """Upload the example models to the hub and register each on chain (once: idempotent)."""
+    models_dir = example_models_dir()
+    manifest_path = models_dir / "manifest.json"
+    if not manifest_path.exists():
+        raise ServiceError(f"no example models in {models_dir}: run 'make setup' (scripts/build_models.py)")
+    config = ClientConfig.load(home)
+    publisher = KeyStore(home).get("publisher").key
+    chain = connect(config)
+    hub = HubClient(hub_url)
+    registered = []
+    try:
+        for entry in json.loads(manifest_path.read_text())["models"]:
+            model_id = hub.upload(models_dir / entry["file"])
+            registered.append(_register(chain, publisher, entry, model_id))
+    finally:
+        chain.close()
+    return registered
+
+
+def _register(chain: ChainClient, publisher: Any, entry: dict[str, Any], model_id: str) -> dict[str, Any]:
+    with contextlib.suppress(QueryFailed):
+        current = chain.query("/registry/model", entry["name"].encode())
+        if current["model_id"] == model_id:
+            return current
+    schema = {entry["input"]["name"]: {"dtype": entry["input"]["dtype"], "shape": _dims(entry["input"]["shape"])}}
+    outputs = {o["name"]: {"dtype": o["dtype"], "shape": _dims(o["shape"])} for o in entry["outputs"]}
+    msg = MsgRegisterModel(
+        entry["name"], model_id, schema, outputs, ("vanilla",), EXAMPLE_PRICES.get(entry["name"], 1000)
+    )
+    chain.send_msgs(publisher, (msg,))
+    result: dict[str, Any] = chain.query("/registry/model", entry["name"].encode())
+    return result
+
+
+def _dims(shape: list[Any]) -> list[int]:
+    return [d if isinstance(d, int) and d > 0 else -1 for d in shape]

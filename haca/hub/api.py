@@ -1,0 +1,137 @@
+"""The hub's HTTP API (FastAPI) over a `BlobStore`.
+
+    POST /v1/blobs             raw body (application/octet-stream), streamed -> 201 {"id", "size"}
+    GET  /v1/blobs/{id}        the bytes (application/octet-stream, header X-Content-Sha256: <hex>)
+    HEAD /v1/blobs/{id}        the same headers, no body
+    GET  /v1/blobs             {"blobs": [{"id", "size"}]}
+    GET  /healthz              {"status": "ok"}
+
+Every error is JSON `{"error": {"code", "message"}}`: 400 bad id or request, 404 unknown blob or
+route, 405 wrong method, 413 too large, 415 not octet-stream, 422 request validation.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import FileResponse, JSONResponse, Response
+from starlette.concurrency import run_in_threadpool
+from starlette.exceptions import HTTPException as StarletteHTTPException
+
+from haca.hub.errors import BlobHashMismatch, BlobNotFound, BlobTooLarge, HubError, InvalidBlobId
+from haca.hub.store import BlobStore, parse_blob_id
+
+CONTENT_SHA256_HEADER = "X-Content-Sha256"
+UPLOAD_MEDIA_TYPES = ("application/octet-stream", "")
+
+HUB_ERROR_STATUS: dict[type[HubError], int] = {
+    InvalidBlobId: 400,
+    BlobNotFound: 404,
+    BlobTooLarge: 413,
+    BlobHashMismatch: 400,
+}
+HTTP_STATUS_CODES = {
+    400: "bad_request",
+    404: "not_found",
+    405: "method_not_allowed",
+    413: "blob_too_large",
+    415: "unsupported_media_type",
+}
+
+
+class UnsupportedMediaType(HubError):
+    code = "unsupported_media_type"
+
+
+def error_body(code: str, message: str) -> dict[str, Any]:
+    return {"error": {"code": code, "message": message}}
+
+
+def error_response(status: int, code: str, message: str, headers: dict[str, str] | None = None) -> JSONResponse:
+    return JSONResponse(error_body(code, message), status_code=status, headers=headers)
+
+
+def hub_error_status(exc: HubError) -> int:
+    if isinstance(exc, UnsupportedMediaType):
+        return 415
+    for cls in type(exc).__mro__:
+        if cls in HUB_ERROR_STATUS:
+            return HUB_ERROR_STATUS[cls]
+    return 400
+
+
+def create_app(store: BlobStore) -> FastAPI:
+    app = FastAPI(title="HACA model hub", version="1", docs_url=None, redoc_url=None, openapi_url=None)
+    app.state.store = store
+
+    # --- errors: mapped once, always JSON ---------------------------------------------------
+
+    @app.exception_handler(HubError)
+    async def on_hub_error(request: Request, exc: HubError) -> JSONResponse:
+        return error_response(hub_error_status(exc), exc.code, str(exc) or type(exc).__name__)
+
+    @app.exception_handler(RequestValidationError)
+    async def on_validation_error(request: Request, exc: RequestValidationError) -> JSONResponse:
+        details = "; ".join(
+            f"{'.'.join(str(p) for p in err.get('loc', ()))}: {err.get('msg', '')}" for err in exc.errors()
+        )
+        return error_response(422, "invalid_request", details or "invalid request")
+
+    @app.exception_handler(StarletteHTTPException)
+    async def on_http_error(request: Request, exc: StarletteHTTPException) -> JSONResponse:
+        code = HTTP_STATUS_CODES.get(exc.status_code, "http_error")
+        message = str(exc.detail) if exc.detail else code
+        if exc.status_code == 404 and exc.detail == "Not Found":
+            message = f"no route {request.method} {request.url.path}"
+        return error_response(exc.status_code, code, message, dict(exc.headers or {}))
+
+    @app.exception_handler(Exception)
+    async def on_unexpected(request: Request, exc: Exception) -> JSONResponse:
+        return error_response(500, "internal", f"{type(exc).__name__}: {exc}")
+
+    # --- routes -------------------------------------------------------------------------------
+
+    @app.get("/healthz")
+    async def healthz() -> dict[str, Any]:
+        return {"status": "ok"}
+
+    @app.post("/v1/blobs", status_code=201)
+    async def upload(request: Request) -> JSONResponse:
+        media_type = request.headers.get("content-type", "").split(";")[0].strip().lower()
+        if media_type not in UPLOAD_MEDIA_TYPES:
+            raise UnsupportedMediaType(f"upload the raw bytes as application/octet-stream, not {media_type!r}")
+        length = request.headers.get("content-length")
+        if length is not None:
+            if not length.isdigit():
+                raise StarletteHTTPException(400, f"bad Content-Length {length!r}")
+            if int(length) > store.max_size:
+                raise BlobTooLarge(f"blob of {length} bytes exceeds the size limit of {store.max_size} bytes")
+        writer = await run_in_threadpool(store.writer)
+        try:
+            async for chunk in request.stream():
+                if chunk:
+                    writer.write(chunk)
+            info = await run_in_threadpool(writer.commit)
+        except BaseException:
+            writer.abort()
+            raise
+        return JSONResponse(info.to_json(), status_code=201)
+
+    @app.get("/v1/blobs")
+    def list_blobs() -> dict[str, Any]:
+        return {"blobs": [b.to_json() for b in store.list()]}
+
+    @app.api_route("/v1/blobs/{blob_id}", methods=["GET", "HEAD"])
+    def download(blob_id: str) -> Response:
+        hex_digest = parse_blob_id(blob_id)
+        path = store.get_path(blob_id)
+        return FileResponse(
+            path,
+            media_type="application/octet-stream",
+            headers={CONTENT_SHA256_HEADER: hex_digest},
+            filename=None,
+        )
+
+    return app

@@ -1,0 +1,42 @@
+"""`python -m haca.node.main --home DIR [--key NAME] [--port N] …`: the node process a devnet
+spawns (the CLI's `haca node run` calls the same `run_node`)."""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+from haca.logs import configure_logging
+from haca.node.service import NodeSettings, run_node
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(prog="haca-node")
+    parser.add_argument("--home", required=True, type=Path)
+    parser.add_argument("--key", default="node0")
+    parser.add_argument("--host", default="127.0.0.1")
+    parser.add_argument("--port", type=int, default=8080)
+    parser.add_argument("--endpoint", default="")
+    parser.add_argument("--models", default="", help="comma-separated model names (default: all registered)")
+    parser.add_argument("--price", type=int, default=0)
+    parser.add_argument("--data-dir", type=Path, default=None)
+    parser.add_argument("--hub", default="")
+    args = parser.parse_args(argv)
+    configure_logging()
+    run_node(
+        NodeSettings(
+            home=args.home,
+            key=args.key,
+            host=args.host,
+            port=args.port,
+            endpoint=args.endpoint,
+            models=[m for m in args.models.split(",") if m],
+            price=args.price,
+            data_dir=args.data_dir,
+            hub=args.hub,
+        )
+    )
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,125 @@
+"""Starting a node: load its models from the hub (refusing bytes that do not hash to their id),
+register it on chain, start the settler, serve HTTP."""
+
+from __future__ import annotations
+
+import contextlib
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import structlog
+import uvicorn
+
+from haca.client.chain import ChainClient
+from haca.client.config import ClientConfig, KeyStore, connect
+from haca.client.errors import ConfigError, QueryFailed
+from haca.crypto.keys import PrivateKey
+from haca.hub.client import HubClient
+from haca.node.api import NodeContext, ServedModel, create_app
+from haca.node.chainview import ChainView
+from haca.node.payments import PaymentGate
+from haca.node.receipts import ReceiptStore
+from haca.node.settler import Settler
+from haca.runtime.onnx import OnnxModel
+from haca.types.registry import MsgRegisterNode
+
+log = structlog.get_logger("haca.node")
+
+
+@dataclass
+class NodeSettings:
+    home: Path  # client home: config.json (chain id, RPC, hub) and keys/
+    key: str = "node0"
+    host: str = "127.0.0.1"
+    port: int = 8080
+    endpoint: str = ""  # public URL registered on chain; default http://host:port
+    models: list[str] = field(default_factory=list)  # model names; default every registered model
+    modes: tuple[str, ...] = ("vanilla",)
+    price: int = 0  # per inference; the fee is max(this, the model's price)
+    data_dir: Path | None = None  # receipts.db and model cache; default HOME/node/<key>
+    hub: str = ""
+    batch_size: int = 32
+    flush_interval: float = 1.0
+
+    @property
+    def data(self) -> Path:
+        return self.data_dir or self.home / "node" / self.key
+
+    @property
+    def public_url(self) -> str:
+        return self.endpoint or f"http://{self.host}:{self.port}"
+
+
+@dataclass
+class Node:
+    settings: NodeSettings
+    context: NodeContext
+    settler: Settler
+    chain: ChainClient
+
+    def app(self) -> Any:
+        return create_app(self.context)
+
+    def close(self) -> None:
+        self.settler.stop()
+        self.context.store.close()
+        self.chain.close()
+
+
+def build_node(settings: NodeSettings) -> Node:
+    config = ClientConfig.load(settings.home)
+    key = KeyStore(settings.home).get(settings.key).key
+    chain = connect(config)
+    hub_url = settings.hub or str(config.extra.get("hub", ""))
+    if not hub_url:
+        raise ConfigError("no hub configured: pass --hub or add 'hub' to the config's extra")
+    models = load_models(chain, HubClient(hub_url), settings)
+    register(chain, key, settings, models)
+    store = ReceiptStore(settings.data / "receipts.db")
+    view = ChainView(chain)
+    gate = PaymentGate(key.address, config.chain_id, config.denom, view, store)
+    settler = Settler(store, chain, view, key, settings.batch_size, settings.flush_interval)
+    context = NodeContext(key, config.chain_id, models, settings.modes, gate, store, settler.notify)
+    return Node(settings, context, settler, chain)
+
+
+def load_models(chain: ChainClient, hub: HubClient, settings: NodeSettings) -> dict[str, ServedModel]:
+    names = settings.models or [m["name"] for m in chain.query("/registry/models")["models"]]
+    served: dict[str, ServedModel] = {}
+    cache = settings.data / "models"
+    cache.mkdir(parents=True, exist_ok=True)
+    for name in names:
+        manifest = chain.query("/registry/model", name.encode())
+        if not set(manifest["modes"]) & set(settings.modes):
+            continue
+        path = cache / (manifest["model_id"].removeprefix("sha256:") + ".onnx")
+        if not path.exists():
+            hub.download(manifest["model_id"], path)  # verifies the bytes hash to the id
+        model = ServedModel(manifest, OnnxModel(path), max(settings.price, int(manifest["price"])))
+        served[name] = served[manifest["model_id"]] = model
+        log.info("model_loaded", name=name, version=manifest["version"], id=manifest["model_id"])
+    if not served:
+        raise ConfigError(f"none of the models {names} can be served in modes {list(settings.modes)}")
+    return served
+
+
+def register(chain: ChainClient, key: PrivateKey, settings: NodeSettings, models: dict[str, ServedModel]) -> None:
+    names = tuple(sorted({s.manifest["name"] for s in models.values()}))
+    msg = MsgRegisterNode(settings.public_url, tuple(sorted(settings.modes)), names, settings.price)
+    current = None
+    with contextlib.suppress(QueryFailed):
+        current = chain.query("/registry/node", key.address.encode())
+    if current is not None and {k: current[k] for k in ("endpoint", "modes", "models", "price")} == msg.to_json():
+        return
+    chain.send_msgs(key, (msg,))
+    log.info("node_registered", address=key.address, endpoint=settings.public_url, models=list(names))
+
+
+def run_node(settings: NodeSettings) -> None:
+    node = build_node(settings)
+    node.settler.start()
+    try:
+        uvicorn.run(node.app(), host=settings.host, port=settings.port, log_level="warning", access_log=False)
+    finally:
+        node.close()
