@@ -32,10 +32,9 @@ class DevnetHandle:
         return json.loads((Path(node.home) / "cometbft" / "config" / "genesis.json").read_text())
 
 
-@pytest.fixture(scope="module")
-def devnet(tmp_path_factory: pytest.TempPathFactory) -> Iterator[DevnetHandle]:
+def _devnet(tmp_path_factory: pytest.TempPathFactory, inference: bool) -> Iterator[DevnetHandle]:
     home = tmp_path_factory.mktemp("devnet")
-    net = up(home, validators=4, timeout_commit="300ms", inference=False)
+    net = up(home, validators=4, timeout_commit="300ms", inference=inference)
     config = ClientConfig.load(home)
     client = connect(config)
     try:
@@ -43,3 +42,15 @@ def devnet(tmp_path_factory: pytest.TempPathFactory) -> Iterator[DevnetHandle]:
     finally:
         client.close()
         net.stop()
+
+
+@pytest.fixture(scope="module")
+def devnet(tmp_path_factory: pytest.TempPathFactory) -> Iterator[DevnetHandle]:
+    """Validators only."""
+    yield from _devnet(tmp_path_factory, inference=False)
+
+
+@pytest.fixture(scope="module")
+def inference_devnet(tmp_path_factory: pytest.TempPathFactory) -> Iterator[DevnetHandle]:
+    """Validators, the model hub with the example models registered, and inference node `node0`."""
+    yield from _devnet(tmp_path_factory, inference=True)

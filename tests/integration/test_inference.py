@@ -1,0 +1,250 @@
+"""Verifiable inference end to end on a real devnet: pay, infer, receipt, settle, burn."""
+
+from __future__ import annotations
+
+import base64
+import json
+
+import httpx
+import numpy as np
+import onnxruntime as ort
+import pytest
+
+from haca.client.payment import ReceiptInvalid, verify_answer
+from haca.client.sdk import Client
+from haca.devnet.accounts import DEV_BALANCE
+from haca.devnet.layout import example_models_dir
+
+pytestmark = pytest.mark.devnet
+MODELS = json.loads((example_models_dir() / "manifest.json").read_text())["models"]
+
+
+def node_url(net) -> str:
+    return net.config.extra["nodes"][0]["url"]
+
+
+@pytest.fixture(scope="module")
+def client(inference_devnet):
+    c = Client.from_home(inference_devnet.home, "dev1")
+    c.deposit(10**9)
+    yield c
+    c.close()
+
+
+def all_balances(net) -> int:
+    from haca.chain.modules.inference.keeper import ESCROW_ACCOUNT
+
+    addresses = [k.address for k in net.keys.list()] + [ESCROW_ACCOUNT]
+    return sum(net.client.balance(a) for a in addresses)
+
+
+def tx_fee_of(net, tx_hash: str) -> int:
+    events = net.client.rpc.tx(tx_hash)["tx_result"]["events"]
+    return int(next(a["value"] for e in events if e["type"] == "tx" for a in e["attributes"] if a["key"] == "fee"))
+
+
+@pytest.mark.parametrize("entry", MODELS, ids=[m["name"] for m in MODELS])
+def test_node_output_is_bit_identical_to_a_direct_onnxruntime_run(client, entry):
+    result = client.infer(entry["name"], entry["example_input"])
+    session = ort.InferenceSession(str(example_models_dir() / entry["file"]), providers=["CPUExecutionProvider"])
+    feed = {entry["input"]["name"]: np.asarray(entry["example_input"], dtype=entry["input"]["dtype"])}
+    direct = session.run(None, feed)
+    for meta, expected in zip(session.get_outputs(), direct, strict=True):
+        got = result.output[meta.name]
+        actual = np.asarray(got["data"], dtype=got["dtype"]).reshape(got["shape"])
+        assert actual.dtype == expected.dtype and actual.shape == expected.shape
+        assert actual.tobytes() == expected.tobytes(), meta.name
+
+
+def test_receipt_verifies_client_side_and_a_tampered_answer_does_not(client, inference_devnet):
+    entry = MODELS[0]
+    result = client.infer(entry["name"], entry["example_input"])
+    manifest = inference_devnet.client.query("/registry/model", entry["name"].encode())
+    answer = result.to_json()
+    node = inference_devnet.config.extra["nodes"][0]["address"]
+    assert verify_answer(answer, entry["example_input"], manifest["input_schema"], node).id == result.receipt_id
+    tampered = json.loads(json.dumps(answer))
+    first = next(iter(tampered["output"].values()))
+    first["data"] = np.asarray(first["data"]).__add__(1).tolist()
+    with pytest.raises(ReceiptInvalid, match="output hash"):
+        verify_answer(tampered, entry["example_input"], manifest["input_schema"], node)
+    with pytest.raises(ReceiptInvalid, match="input hash"):
+        verify_answer(answer, [[0.0, 0.0, 0.0, 0.0]], manifest["input_schema"], node)
+    with pytest.raises(ReceiptInvalid, match="not by the node"):
+        verify_answer(answer, entry["example_input"], manifest["input_schema"], "0x" + "11" * 20)
+
+
+def test_settlement_pays_the_node_burns_the_settlement_fee_and_keeps_supply(client, inference_devnet):
+    net = inference_devnet
+    node = net.config.extra["nodes"][0]["address"]
+    params = net.client.query("/inference/params")
+    genesis_supply = DEV_BALANCE * len(net.keys.list())
+    client.wait_settled(client.infer("iris", MODELS[0]["example_input"]).receipt_id)  # drain earlier receipts
+    node_before, escrow_before = net.client.balance(node), client.escrow()
+    burned_before = net.client.supply()["burned"]
+
+    result = client.infer("mlp-regressor", next(m for m in MODELS if m["name"] == "mlp-regressor")["example_input"])
+    record = client.wait_settled(result.receipt_id)
+    fee = result.receipt.receipt.fee
+    settlement_fee = int(params["settlement_fee"]) + fee * int(params["settlement_fee_bps"]) // 10_000
+    assert record["status"] == "settled" and int(record["fee"]) == fee == 2_000
+    assert int(record["settlement_fee"]) == settlement_fee
+    tx_fee = tx_fee_of(net, client.node_receipt(result.receipt_id)["tx_hash"])
+    assert net.client.balance(node) == node_before + fee - tx_fee  # the node pays its settlement tx's fee
+    assert client.escrow() == escrow_before - fee - settlement_fee
+    assert net.client.supply()["burned"] == burned_before + settlement_fee + tx_fee
+    supply = net.client.supply()
+    assert all_balances(net) == supply["total"]
+    assert supply["total"] + supply["burned"] == genesis_supply
+
+
+def test_unpaid_request_gets_402_with_x402_requirements(inference_devnet):
+    response = httpx.post(f"{node_url(inference_devnet)}/v1/infer", json={"model": "iris", "input": [[1, 2, 3, 4]]})
+    assert response.status_code == 402
+    body = response.json()
+    accept = body["accepts"][0]
+    assert body["x402Version"] == 1 and body["error"]
+    assert accept["scheme"] == "haca-escrow" and accept["network"] == inference_devnet.config.chain_id
+    assert accept["asset"] == "opg" and int(accept["maxAmountRequired"]) == 1_000
+    assert accept["payTo"] == inference_devnet.config.extra["nodes"][0]["address"]
+    assert accept["resource"].endswith("/v1/infer")
+
+
+BAD_REQUESTS = {
+    "invalid_json": (b"{not json", 400),
+    "not_an_object": (b"[1, 2]", 400),
+    "missing_input": (json.dumps({"model": "iris"}).encode(), 400),
+    "unknown_field": (json.dumps({"model": "iris", "input": [[1, 2, 3, 4]], "x": 1}).encode(), 400),
+    "unknown_model": (json.dumps({"model": "gpt-9", "input": [[1]]}).encode(), 404),
+    "unknown_mode": (json.dumps({"model": "iris", "mode": "magic", "input": [[1, 2, 3, 4]]}).encode(), 400),
+    "mode_not_offered": (json.dumps({"model": "iris", "mode": "zkml", "input": [[1, 2, 3, 4]]}).encode(), 400),
+    "wrong_shape": (json.dumps({"model": "iris", "input": [[1, 2, 3]]}).encode(), 422),
+    "ragged": (json.dumps({"model": "iris", "input": [[1, 2, 3, 4], [1]]}).encode(), 422),
+    "wrong_dtype": (json.dumps({"model": "iris", "input": [["a", "b", "c", "d"]]}).encode(), 422),
+    "wrong_tensor_dtype": (
+        json.dumps(
+            {"model": "iris", "input": {"input": {"dtype": "int64", "shape": [1, 4], "data": [[1, 2, 3, 4]]}}}
+        ).encode(),
+        422,
+    ),
+    "oversize": (b'{"model": "iris", "input": [' + b"1," * 600_000 + b"1]}", 413),
+}
+
+
+@pytest.mark.parametrize("case", sorted(BAD_REQUESTS))
+def test_bad_http_input_gets_4xx_json_error_and_the_node_keeps_serving(inference_devnet, case):
+    body, status = BAD_REQUESTS[case]
+    url = node_url(inference_devnet)
+    response = httpx.post(f"{url}/v1/infer", content=body, headers={"content-type": "application/json"})
+    assert response.status_code == status, response.text
+    error = response.json()["error"]
+    assert error["code"] and error["message"]
+    assert httpx.get(f"{url}/healthz").status_code == 200
+
+
+def test_unknown_receipt_and_route_are_json_404(inference_devnet):
+    url = node_url(inference_devnet)
+    for path in ("/v1/receipts/0x" + "00" * 32, "/v1/nothing"):
+        response = httpx.get(url + path)
+        assert response.status_code == 404 and response.json()["error"]["message"]
+
+
+def test_models_endpoint_lists_the_registered_models(inference_devnet):
+    data = httpx.get(f"{node_url(inference_devnet)}/v1/models").json()["data"]
+    assert sorted(m["name"] for m in data) == ["digits-cnn", "iris", "mlp-regressor"]
+    chain_models = {m["name"]: m["model_id"] for m in inference_devnet.client.query("/registry/models")["models"]}
+    assert {m["name"]: m["id"] for m in data} == chain_models
+
+
+def test_metrics_count_inferences(client, inference_devnet):
+    client.infer("iris", MODELS[0]["example_input"])
+    text = httpx.get(f"{node_url(inference_devnet)}/metrics").text
+    assert 'haca_inferences_total{mode="vanilla",model="iris"}' in text
+
+
+def test_api_key_allowance_pays_until_its_cap_then_402(inference_devnet, client):
+    node = inference_devnet.config.extra["nodes"][0]["address"]
+    api_key = client.create_api_key(node, cap=2_000, expires_in=1_000)
+    url, body = node_url(inference_devnet), {"model": "iris", "input": [[5.1, 3.5, 1.4, 0.2]]}
+    headers = {"Authorization": f"Bearer {api_key}"}
+    receipts = []
+    for _ in range(2):
+        response = httpx.post(f"{url}/v1/infer", json=body, headers=headers)
+        assert response.status_code == 200, response.text
+        receipts.append(response.json()["receipt"]["id"])
+        assert base64.b64decode(response.headers["x-payment-response"])
+    third = httpx.post(f"{url}/v1/infer", json=body, headers=headers)
+    assert third.status_code == 402 and "cap" in third.json()["error"]
+    for receipt_id in receipts:
+        assert client.wait_settled(receipt_id)["payment"] == "allowance"
+    from haca.types.encoding import canonical_json
+    from haca.types.payment import decode_api_key
+
+    allowance = decode_api_key(api_key).value
+    state = inference_devnet.client.query("/inference/allowance", canonical_json(allowance.to_json()))
+    assert int(state["spent"]) == 2_000 <= int(state["cap"])
+
+
+def test_revoked_api_key_is_refused(inference_devnet, client):
+    from haca.types.inference import MsgRevokeAllowance
+
+    node = inference_devnet.config.extra["nodes"][0]["address"]
+    api_key = client.create_api_key(node, cap=10**6, expires_in=1_000, nonce=4242)
+    client.chain.send_msgs(client.key, (MsgRevokeAllowance(node, 4242),))
+    import time
+
+    time.sleep(1.2)  # the node caches allowance state for a second
+    response = httpx.post(
+        f"{node_url(inference_devnet)}/v1/infer",
+        json={"model": "iris", "input": [[1, 2, 3, 4]]},
+        headers={"Authorization": f"Bearer {api_key}"},
+    )
+    assert response.status_code == 402 and "revoked" in response.json()["error"]
+
+
+def test_cli_infer_and_receipt_show_json(inference_devnet, client):
+    import subprocess
+    import sys
+
+    env_home = str(inference_devnet.home)
+    done = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "haca.cli.main",
+            "--home",
+            env_home,
+            "infer",
+            "-m",
+            "iris",
+            "--input",
+            json.dumps(MODELS[0]["example_input"]),
+            "--from",
+            "dev1",
+            "--json",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert done.returncode == 0, done.stderr
+    answer = json.loads(done.stdout)
+    assert set(answer) >= {"output", "receipt", "status"} and answer["receipt"]["id"].startswith("0x")
+    client.wait_settled(answer["receipt"]["id"])
+    shown = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "haca.cli.main",
+            "--home",
+            env_home,
+            "receipt",
+            "show",
+            answer["receipt"]["id"],
+            "--json",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert json.loads(shown.stdout)["status"] == "settled"
