@@ -6,6 +6,7 @@ It sees only ABCI requests and responses (haca.chain.abci owns sockets and frami
 from __future__ import annotations
 
 from collections.abc import Callable, Iterator
+from dataclasses import dataclass
 from typing import Any
 
 import structlog
@@ -40,6 +41,15 @@ log = structlog.get_logger("haca.app")
 PROOF_OP_TYPE = "haca:mpt"
 # A query answers JSON and names the store keys whose values back the answer (proven on request).
 Query = Callable[[ReadableState, bytes], tuple[dict[str, Any], list[bytes]]]
+
+
+@dataclass
+class ExecutedBlock:
+    height: int
+    txs: list[bytes]
+    state: CachedState
+    results: list[TxResult]
+    released: list[tuple[str, int]]
 
 
 class HistoricalState:
@@ -85,6 +95,7 @@ class HacaApp:
         self.block_state: CachedState | None = None
         self.staged: StagedBlock | None = None
         self.pending_height = 0
+        self.processed: ExecutedBlock | None = None
 
     def _wire_handlers(self) -> None:
         bank, registry, inference = self.bank, self.registry, self.inference
@@ -184,21 +195,33 @@ class HacaApp:
                 size += len(raw)
         return abci.ResponsePrepareProposal(txs=chosen)
 
+    def _execute(self, height: int, txs: list[bytes]) -> ExecutedBlock:
+        """Run a block on a branch of the state the next block starts from; nothing is kept."""
+        state = self._proposal_scratch()
+        released = self.inference.release_withdrawals(state, height)
+        self.runner.height = height
+        results = [self.runner.run(state, raw, atomic=False) for raw in txs]
+        return ExecutedBlock(height, txs, state, results, released)
+
     def process_proposal(self, req: abci.RequestProcessProposal) -> abci.ResponseProcessProposal:
-        scratch = self._proposal_scratch()
-        self.runner.height = req.height
-        for raw in req.txs:
-            result = self.runner.run(scratch, bytes(raw), atomic=False)
-            if result.ante_failed:
-                log.warning("reject_proposal", height=req.height, reason=result.log)
-                return abci.ResponseProcessProposal(status=abci.ResponseProcessProposal.REJECT)
+        block = self._execute(req.height, [bytes(raw) for raw in req.txs])
+        rejected = next((r for r in block.results if r.ante_failed), None)
+        if rejected is not None:
+            log.warning("reject_proposal", height=req.height, reason=rejected.log)
+            return abci.ResponseProcessProposal(status=abci.ResponseProcessProposal.REJECT)
+        self.processed = block  # FinalizeBlock of this very block reuses the execution
         return abci.ResponseProcessProposal(status=abci.ResponseProcessProposal.ACCEPT)
 
     def finalize_block(self, req: abci.RequestFinalizeBlock) -> abci.ResponseFinalizeBlock:
-        state = self.block_state if self.block_state is not None else CachedState(self.store)
-        released = self.inference.release_withdrawals(state, req.height)
-        self.runner.height = req.height
-        results = [self.runner.run(state, bytes(raw), atomic=False) for raw in req.txs]
+        txs = [bytes(raw) for raw in req.txs]
+        block = self.processed
+        if block is None or block.height != req.height or block.txs != txs:
+            block = self._execute(req.height, txs)
+        self.processed = None
+        state, results, released = block.state, block.results, block.released
+        if self.block_state is not None:  # InitChain's writes come first in this block
+            state.write()
+            state = self.block_state
         self.block_state = state
         self.staged = self.store.stage_root(state.writes)
         self.pending_height = req.height
@@ -213,7 +236,7 @@ class HacaApp:
         if self.staged is None or self.block_state is None:
             raise RuntimeError("commit without a finalized block")
         self.store.commit(self.pending_height, self.staged)
-        self.block_state, self.staged = None, None
+        self.block_state, self.staged, self.processed = None, None, None
         self.check_state = CachedState(self.store)
         return abci.ResponseCommit(retain_height=0)
 

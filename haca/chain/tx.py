@@ -38,7 +38,7 @@ class TxContext:
     chain_id: str
 
 
-_SIGNER_CACHE_SIZE = 100_000
+_VERIFIED_CACHE_SIZE = 50_000
 
 
 @dataclass
@@ -67,8 +67,9 @@ class TxRunner:
         self.chain_id = ""  # set from InitChain / the store by the app
         self.height = 0  # the height txs are being run for; set by the app
         self.handlers: dict[type, Handler] = {}
-        # Signature verdicts are pure functions of the tx bytes, so CheckTx's work is reused later.
-        self._signers: OrderedDict[bytes, str] = OrderedDict()
+        # Decoding and signature checks are pure functions of the tx bytes (and the chain id), so
+        # CheckTx's work is reused by rechecks, proposals and FinalizeBlock.
+        self._verified: OrderedDict[bytes, Tx] = OrderedDict()
 
     def register(self, msg_type: type, handler: Handler) -> None:
         self.handlers[msg_type] = handler
@@ -100,6 +101,10 @@ class TxRunner:
 
     def decode_verified(self, raw: bytes) -> Tx:
         """Decode, check the chain id and the signature (cached by tx hash)."""
+        key = sha256(raw)
+        cached = self._verified.get(key)
+        if cached is not None:
+            return cached
         try:
             tx = decode_tx(raw)
         except TxDecodeError as exc:
@@ -110,18 +115,15 @@ class TxRunner:
         for msg in tx.msgs:
             if type(msg) not in self.handlers:
                 raise UnknownMessage(f"no handler for message type {msg.type_name!r}")
-        key = sha256(raw)
-        signer = self._signers.get(key)
-        if signer is None:
-            try:
-                signer = tx.recover_signer()
-            except SignatureError as exc:
-                raise InvalidSignature(str(exc)) from exc
-            self._signers[key] = signer
-            if len(self._signers) > _SIGNER_CACHE_SIZE:
-                self._signers.popitem(last=False)
+        try:
+            signer = tx.recover_signer()
+        except SignatureError as exc:
+            raise InvalidSignature(str(exc)) from exc
         if signer != tx.signer:
             raise InvalidSignature(f"signature is by {signer}, not by the tx signer {tx.signer}")
+        self._verified[key] = tx
+        if len(self._verified) > _VERIFIED_CACHE_SIZE:
+            self._verified.popitem(last=False)
         return tx
 
     def _ante(self, state: CachedState, tx: Tx, size: int) -> list[Event]:

@@ -62,6 +62,7 @@ class AbciServer:
     async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         self._connections += 1
         conn = self._connections
+        pending: list[bytes] = []  # responses wait for the client's Flush, then go in one write
         try:
             while True:
                 payload = await read_frame(reader)
@@ -75,10 +76,13 @@ class AbciServer:
                 kind = request.WhichOneof("value")
                 if kind is None:
                     raise FramingError("request has no type")
-                writer.write(encode_frame(self.handle(kind, request).SerializeToString()))
+                pending.append(encode_frame(self.handle(kind, request).SerializeToString()))
                 if kind == "flush":
+                    writer.write(b"".join(pending))
+                    pending.clear()
                     await writer.drain()
         except FramingError as exc:
+            writer.write(b"".join(pending))  # answer what was asked before the bad frame
             log.warning("abci_bad_frame_closing_connection", connection=conn, error=str(exc))
         except (ConnectionError, asyncio.IncompleteReadError):
             log.info("abci_connection_lost", connection=conn)
