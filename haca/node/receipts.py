@@ -69,6 +69,32 @@ class ReceiptStore:
         self._db.execute("PRAGMA synchronous=NORMAL")
         self._db.executescript(_SCHEMA)
         self._lock = threading.Lock()  # the API and the settler thread share the connection
+        # Unsettled fees per client and per allowance, kept in memory: the request path reads them.
+        self._unsettled: dict[str, list[int]] = {}
+        self._unsettled_allowance: dict[str, int] = {}
+        self._charge: dict[str, tuple[str, str | None, int]] = {}  # receipt id -> (client, allowance, fee)
+        for rid, client, allowance_id, fee in self._db.execute(
+            "SELECT id, client, allowance_id, fee FROM receipts WHERE status IN ('pending', 'submitted')"
+        ):
+            self._track(rid, client, allowance_id, int(fee))
+
+    def _track(self, receipt_id: str, client: str, allowance_id: str | None, fee: int) -> None:
+        self._charge[receipt_id] = (client, allowance_id, fee)
+        self._unsettled.setdefault(client, []).append(fee)
+        if allowance_id:
+            self._unsettled_allowance[allowance_id] = self._unsettled_allowance.get(allowance_id, 0) + fee
+
+    def _untrack(self, receipt_id: str) -> None:
+        charge = self._charge.pop(receipt_id, None)
+        if charge is None:
+            return
+        client, allowance_id, fee = charge
+        fees = self._unsettled[client]
+        fees.remove(fee)
+        if not fees:
+            del self._unsettled[client]
+        if allowance_id:
+            self._unsettled_allowance[allowance_id] -= fee
 
     def add(self, receipt: SignedReceipt, payment: SignedPayment, evidence: bytes = b"") -> None:
         r = receipt.receipt
@@ -94,6 +120,7 @@ class ReceiptStore:
                 )
             except sqlite3.IntegrityError as exc:
                 raise DuplicateRequest(f"request {r.request_id} of {r.client} already has a receipt") from exc
+            self._track(receipt.id, r.client, allowance_id, r.fee)
 
     def has_request(self, client: str, request_id: str) -> bool:
         with self._lock:
@@ -124,15 +151,12 @@ class ReceiptStore:
     def unsettled_fees(
         self, client: str, allowance_id: str | None = None, with_settlement: Callable[[int], int] | None = None
     ) -> int:
-        """What this node has charged a client (or one allowance) and not yet settled; with
-        `with_settlement`, each fee plus the settlement fee it maps to."""
-        sql = "SELECT fee FROM receipts WHERE client = ? AND status IN ('pending', 'submitted')"
-        params: tuple[Any, ...] = (client,)
-        if allowance_id is not None:
-            sql += " AND allowance_id = ?"
-            params += (allowance_id,)
+        """What this node has charged a client (or one of its allowances) and not yet settled;
+        with `with_settlement`, each fee plus the settlement fee it maps to."""
         with self._lock:
-            fees = [int(row[0]) for row in self._db.execute(sql, params)]
+            if allowance_id is not None:
+                return self._unsettled_allowance.get(allowance_id, 0)
+            fees = list(self._unsettled.get(client, ()))
         return sum(fee + (with_settlement(fee) if with_settlement else 0) for fee in fees)
 
     def mark(
@@ -150,6 +174,17 @@ class ReceiptStore:
                 [(status, tx_hash, height, error, rid) for rid in receipt_ids],
             )
             self._db.execute("COMMIT")
+            for rid in receipt_ids:
+                if status in UNSETTLED:
+                    if rid not in self._charge:
+                        self._retrack(rid)
+                else:
+                    self._untrack(rid)
+
+    def _retrack(self, receipt_id: str) -> None:
+        row = self._db.execute("SELECT client, allowance_id, fee FROM receipts WHERE id = ?", (receipt_id,)).fetchone()
+        if row is not None:
+            self._track(receipt_id, row[0], row[1], int(row[2]))
 
     def close(self) -> None:
         self._db.close()

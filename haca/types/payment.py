@@ -10,6 +10,7 @@ from __future__ import annotations
 import base64
 import json
 from dataclasses import dataclass
+from functools import cached_property
 from typing import Any
 
 from haca.crypto.keys import PrivateKey
@@ -113,7 +114,7 @@ class SpendingAllowance:
             "nonce": self.nonce,
         }
 
-    @property
+    @cached_property
     def id(self) -> str:
         return "0x" + eip712.digest("SpendingAllowance", ALLOWANCE_FIELDS, self.eip712_message()).hex()
 

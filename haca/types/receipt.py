@@ -6,6 +6,7 @@ The receipt id is its EIP-712 digest, so the id itself commits to every field.
 from __future__ import annotations
 
 from dataclasses import dataclass, fields
+from functools import cached_property
 from typing import Any
 
 from haca.crypto.keys import PrivateKey
@@ -57,7 +58,7 @@ class Receipt:
             "timestamp": self.timestamp,
         }
 
-    @property
+    @cached_property
     def id(self) -> str:
         return "0x" + eip712.digest("Receipt", RECEIPT_FIELDS, self.eip712_message()).hex()
 
