@@ -19,7 +19,8 @@ from haca.hub.client import HubClient
 from haca.types.registry import MsgRegisterModel
 
 # Example models and their price per inference (base units), registered by the `publisher` key.
-EXAMPLE_PRICES = {"iris": 1_000, "mlp-regressor": 2_000, "digits-cnn": 5_000}
+# A settlement costs the node ~2.6k in tx fees per receipt (2 per byte), so prices sit well above it.
+EXAMPLE_PRICES = {"iris": 10_000, "mlp-regressor": 20_000, "digits-cnn": 50_000}
 
 
 class ServiceError(RuntimeError):

@@ -151,12 +151,12 @@ def create_app(ctx: NodeContext) -> FastAPI:
             "status": "ok",
             "node": ctx.key.address,
             "chain_id": ctx.chain_id,
-            "pending_receipts": ctx.store.count("pending") + ctx.store.count("submitted"),
+            "pending_receipts": ctx.store.unsettled_count(),
         }
 
     @app.get("/metrics")
     async def prometheus() -> Response:
-        metrics.pending.set(ctx.store.count("pending") + ctx.store.count("submitted"))
+        metrics.pending.set(ctx.store.unsettled_count())
         return Response(generate_latest(metrics.registry), media_type=CONTENT_TYPE_LATEST)
 
     return app

@@ -52,10 +52,11 @@ class ChainView:
         spent, revoked = self._cached(("allowance", allowance.id), load)
         return spent, revoked
 
-    def settlement_fee(self, fee: int) -> int:
-        """What the chain will burn from the client's escrow on top of `fee` (params cached)."""
+    def settlement_fee(self, fees: int, count: int = 1) -> int:
+        """What the chain burns from a client's escrow on top of `count` fees totalling `fees`
+        (an upper bound when count > 1: per-receipt rounding only lowers it). Params cached."""
         params = self._cached(("params", ""), lambda: self.chain.query("/inference/params"))
-        return int(params["settlement_fee"]) + fee * int(params["settlement_fee_bps"]) // 10_000
+        return count * int(params["settlement_fee"]) + fees * int(params["settlement_fee_bps"]) // 10_000
 
     def receipt_record(self, receipt_id: str) -> dict[str, Any] | None:
         """The chain's settlement record of a receipt (uncached), or None."""

@@ -21,7 +21,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--price", type=int, default=0)
     parser.add_argument("--data-dir", type=Path, default=None)
     parser.add_argument("--hub", default="")
-    parser.add_argument("--batch-size", type=int, default=32, help="receipts per settlement tx")
+    parser.add_argument("--batch-size", type=int, default=64, help="receipts per settlement tx")
     parser.add_argument("--flush-interval", type=float, default=1.0, help="seconds between settlement flushes")
     args = parser.parse_args(argv)
     configure_logging()

@@ -149,7 +149,7 @@ class PaymentGate:
         spent, revoked = self.chain.allowance(allowance)
         if revoked:
             raise PaymentRequired("API key allowance was revoked on chain")
-        pending = self.store.unsettled_fees(allowance.client, allowance.id)
+        pending = self.store.unsettled_allowance(allowance.id)
         if spent + pending + quote.fee > allowance.cap:
             raise PaymentRequired(f"API key allowance cap {allowance.cap} reached ({spent} settled, {pending} pending)")
         self._escrow_covers(allowance.client, quote.fee)
@@ -167,7 +167,8 @@ class PaymentGate:
     def _escrow_covers(self, client: str, fee: int) -> None:
         """Escrow must pay this fee and every unsettled one, each with its settlement fee."""
         escrow = self.chain.escrow(client)
-        pending = self.store.unsettled_fees(client, with_settlement=self.chain.settlement_fee)
+        count, fees = self.store.unsettled_charges(client)
+        pending = fees + self.chain.settlement_fee(fees, count) if count else 0
         if escrow < pending + fee + self.chain.settlement_fee(fee):
             raise PaymentRequired(f"escrow of {client} is {escrow}, with {pending} unsettled: deposit more")
 

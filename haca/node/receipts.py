@@ -8,7 +8,6 @@ import json
 import sqlite3
 import threading
 import time
-from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -70,7 +69,7 @@ class ReceiptStore:
         self._db.executescript(_SCHEMA)
         self._lock = threading.Lock()  # the API and the settler thread share the connection
         # Unsettled fees per client and per allowance, kept in memory: the request path reads them.
-        self._unsettled: dict[str, list[int]] = {}
+        self._unsettled: dict[str, tuple[int, int]] = {}  # client -> (count, total fees)
         self._unsettled_allowance: dict[str, int] = {}
         self._charge: dict[str, tuple[str, str | None, int]] = {}  # receipt id -> (client, allowance, fee)
         for rid, client, allowance_id, fee in self._db.execute(
@@ -80,7 +79,8 @@ class ReceiptStore:
 
     def _track(self, receipt_id: str, client: str, allowance_id: str | None, fee: int) -> None:
         self._charge[receipt_id] = (client, allowance_id, fee)
-        self._unsettled.setdefault(client, []).append(fee)
+        count, total = self._unsettled.get(client, (0, 0))
+        self._unsettled[client] = (count + 1, total + fee)
         if allowance_id:
             self._unsettled_allowance[allowance_id] = self._unsettled_allowance.get(allowance_id, 0) + fee
 
@@ -89,10 +89,11 @@ class ReceiptStore:
         if charge is None:
             return
         client, allowance_id, fee = charge
-        fees = self._unsettled[client]
-        fees.remove(fee)
-        if not fees:
+        count, total = self._unsettled[client]
+        if count == 1:
             del self._unsettled[client]
+        else:
+            self._unsettled[client] = (count - 1, total - fee)
         if allowance_id:
             self._unsettled_allowance[allowance_id] -= fee
 
@@ -148,16 +149,19 @@ class ReceiptStore:
         with self._lock:
             return int(self._db.execute("SELECT COUNT(*) FROM receipts WHERE status = ?", (status,)).fetchone()[0])
 
-    def unsettled_fees(
-        self, client: str, allowance_id: str | None = None, with_settlement: Callable[[int], int] | None = None
-    ) -> int:
-        """What this node has charged a client (or one of its allowances) and not yet settled;
-        with `with_settlement`, each fee plus the settlement fee it maps to."""
+    def unsettled_count(self) -> int:
         with self._lock:
-            if allowance_id is not None:
-                return self._unsettled_allowance.get(allowance_id, 0)
-            fees = list(self._unsettled.get(client, ()))
-        return sum(fee + (with_settlement(fee) if with_settlement else 0) for fee in fees)
+            return len(self._charge)
+
+    def unsettled_charges(self, client: str) -> tuple[int, int]:
+        """(how many, total fees) of a client's receipts this node has not yet settled."""
+        with self._lock:
+            return self._unsettled.get(client, (0, 0))
+
+    def unsettled_allowance(self, allowance_id: str) -> int:
+        """Fees charged to one allowance and not yet settled."""
+        with self._lock:
+            return self._unsettled_allowance.get(allowance_id, 0)
 
     def mark(
         self,

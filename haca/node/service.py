@@ -39,7 +39,7 @@ class NodeSettings:
     price: int = 0  # per inference; the fee is max(this, the model's price)
     data_dir: Path | None = None  # receipts.db and model cache; default HOME/node/<key>
     hub: str = ""
-    batch_size: int = 32
+    batch_size: int = 64  # receipts per settlement tx (the chain takes at most 64)
     flush_interval: float = 1.0
 
     @property

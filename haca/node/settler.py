@@ -28,9 +28,10 @@ class Settler:
         key: PrivateKey,
         batch_size: int = 32,
         flush_interval: float = 1.0,
+        max_inflight: int = 4,
     ) -> None:
         self.store, self.chain, self.view, self.key = store, chain, view, key
-        self.batch_size, self.flush_interval = batch_size, flush_interval
+        self.batch_size, self.flush_interval, self.max_inflight = batch_size, flush_interval, max_inflight
         self._wake = threading.Event()
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._loop, name="settler", daemon=True)
@@ -47,7 +48,7 @@ class Settler:
 
     def notify(self) -> None:
         """A receipt was queued; flush early once a batch is full."""
-        if self.store.count("pending") >= self.batch_size:
+        if self.store.unsettled_count() >= self.batch_size:
             self._wake.set()
 
     def _loop(self) -> None:
@@ -61,13 +62,15 @@ class Settler:
                 log.exception("settler_error")
 
     def run_once(self) -> int:
-        """Settle up to one batch; return how many receipts reached a final state."""
-        batch = self.store.unsettled(self.batch_size)
+        """Settle up to `max_inflight` batches (consecutive nonces, one block); return how many
+        receipts reached a final state."""
+        batch = self.store.unsettled(self.batch_size * self.max_inflight)
         if not batch:
             return 0
         done = self._reconcile([r for r in batch if r.status == "submitted"])
         pending = [r for r in batch if r.status == "pending"]
-        return done + (self._submit(pending) if pending else 0)
+        chunks = [pending[i : i + self.batch_size] for i in range(0, len(pending), self.batch_size)]
+        return done + (self._submit_pipelined(chunks) if chunks else 0)
 
     def _reconcile(self, submitted: list[StoredReceipt]) -> int:
         """Receipts whose tx was sent before: settled on chain, or back to pending."""
@@ -80,23 +83,46 @@ class Settler:
                 self.store.mark([stored.item.receipt.id], "pending")
         return len(submitted)
 
-    def _submit(self, batch: list[StoredReceipt]) -> int:
-        ids = [r.item.receipt.id for r in batch]
-        try:
-            raw = self.chain.sign(self.key, (MsgSettle(tuple(r.item for r in batch)),))
-            tx_hash = self.chain.broadcast(raw)
-        except TxRejected as exc:
-            if len(batch) > 1:  # find the bad item(s): settle one by one
-                return sum(self._submit([r]) for r in batch)
-            return self._rejected(batch[0], exc)
-        self.store.mark(ids, "submitted", tx_hash=tx_hash)
+    def _submit_pipelined(self, chunks: list[list[StoredReceipt]]) -> int:
+        nonce = self.chain.nonce(self.key.address)
+        sent: list[tuple[list[StoredReceipt], str]] = []
+        for chunk in chunks:
+            try:
+                tx_hash = self.chain.broadcast(self._settle_tx(chunk, nonce))
+            except TxRejected as exc:
+                if sent:
+                    break  # later batches wait for the next pass, after these commit
+                return self._isolate(chunk, exc)
+            self.store.mark([r.item.receipt.id for r in chunk], "submitted", tx_hash=tx_hash)
+            sent.append((chunk, tx_hash))
+            nonce += 1
+        return sum(self._await(chunk, tx_hash) for chunk, tx_hash in sent)
+
+    def _settle_tx(self, chunk: list[StoredReceipt], nonce: int | None = None) -> bytes:
+        return self.chain.sign(self.key, (MsgSettle(tuple(r.item for r in chunk)),), nonce=nonce)
+
+    def _isolate(self, chunk: list[StoredReceipt], exc: TxRejected) -> int:
+        """A batch was refused: settle its receipts one by one, so one bad receipt stops no other."""
+        if len(chunk) == 1:
+            return self._rejected(chunk[0], exc)
+        done = 0
+        for stored in chunk:
+            try:
+                tx_hash = self.chain.broadcast(self._settle_tx([stored]))
+            except TxRejected as single:
+                done += self._rejected(stored, single)
+                continue
+            self.store.mark([stored.item.receipt.id], "submitted", tx_hash=tx_hash)
+            done += self._await([stored], tx_hash)
+        return done
+
+    def _await(self, chunk: list[StoredReceipt], tx_hash: str) -> int:
+        ids = [r.item.receipt.id for r in chunk]
         try:
             outcome = self.chain.wait_tx(tx_hash, timeout=30)
         except TxRejected as exc:  # failed in FinalizeBlock (state changed since CheckTx)
-            if len(batch) > 1:
-                self.store.mark(ids, "pending")
-                return sum(self._submit([r]) for r in batch)
-            return self._rejected(batch[0], exc)
+            self.store.mark(ids, "pending")
+            return self._isolate(chunk, exc)
         except HacaError:
             return 0  # not committed yet: reconciled on the next pass
         self.store.mark(ids, "settled", height=outcome.height)

@@ -14,6 +14,7 @@ from haca.client.payment import ReceiptInvalid, verify_answer
 from haca.client.sdk import Client
 from haca.devnet.accounts import DEV_BALANCE
 from haca.devnet.layout import example_models_dir
+from haca.devnet.services import EXAMPLE_PRICES
 
 pytestmark = pytest.mark.devnet
 MODELS = json.loads((example_models_dir() / "manifest.json").read_text())["models"]
@@ -87,7 +88,7 @@ def test_settlement_pays_the_node_burns_the_settlement_fee_and_keeps_supply(clie
     record = client.wait_settled(result.receipt_id)
     fee = result.receipt.receipt.fee
     settlement_fee = int(params["settlement_fee"]) + fee * int(params["settlement_fee_bps"]) // 10_000
-    assert record["status"] == "settled" and int(record["fee"]) == fee == 2_000
+    assert record["status"] == "settled" and int(record["fee"]) == fee == EXAMPLE_PRICES["mlp-regressor"]
     assert int(record["settlement_fee"]) == settlement_fee
     tx_fee = tx_fee_of(net, client.node_receipt(result.receipt_id)["tx_hash"])
     assert net.client.balance(node) == node_before + fee - tx_fee  # the node pays its settlement tx's fee
@@ -105,7 +106,7 @@ def test_unpaid_request_gets_402_with_x402_requirements(inference_devnet):
     accept = body["accepts"][0]
     assert body["x402Version"] == 1 and body["error"]
     assert accept["scheme"] == "haca-escrow" and accept["network"] == inference_devnet.config.chain_id
-    assert accept["asset"] == "opg" and int(accept["maxAmountRequired"]) == 1_000
+    assert accept["asset"] == "opg" and int(accept["maxAmountRequired"]) == EXAMPLE_PRICES["iris"]
     assert accept["payTo"] == inference_devnet.config.extra["nodes"][0]["address"]
     assert accept["resource"].endswith("/v1/infer")
 
@@ -164,7 +165,7 @@ def test_metrics_count_inferences(client, inference_devnet):
 
 def test_api_key_allowance_pays_until_its_cap_then_402(inference_devnet, client):
     node = inference_devnet.config.extra["nodes"][0]["address"]
-    api_key = client.create_api_key(node, cap=2_000, expires_in=1_000)
+    api_key = client.create_api_key(node, cap=2 * EXAMPLE_PRICES["iris"], expires_in=1_000)
     url, body = node_url(inference_devnet), {"model": "iris", "input": [[5.1, 3.5, 1.4, 0.2]]}
     headers = {"Authorization": f"Bearer {api_key}"}
     receipts = []
@@ -182,7 +183,7 @@ def test_api_key_allowance_pays_until_its_cap_then_402(inference_devnet, client)
 
     allowance = decode_api_key(api_key).value
     state = inference_devnet.client.query("/inference/allowance", canonical_json(allowance.to_json()))
-    assert int(state["spent"]) == 2_000 <= int(state["cap"])
+    assert int(state["spent"]) == 2 * EXAMPLE_PRICES["iris"] <= int(state["cap"])
 
 
 def test_revoked_api_key_is_refused(inference_devnet, client):

@@ -48,18 +48,17 @@ def test_unsettled_totals_follow_marks_and_survive_reopen(tmp_path):
     receipts = [receipt(i, 10 * (i + 1)) for i in range(4)]
     for i, signed in enumerate(receipts):
         store.add(signed, allowance_payment if i % 2 else per_request(i))
-    assert store.unsettled_fees(CLIENT.address) == 10 + 20 + 30 + 40
-    assert store.unsettled_fees(CLIENT.address, allowance.id) == 20 + 40
-    assert store.unsettled_fees(CLIENT.address, with_settlement=lambda fee: 1) == 100 + 4
+    assert store.unsettled_charges(CLIENT.address) == (4, 10 + 20 + 30 + 40)
+    assert store.unsettled_allowance(allowance.id) == 20 + 40
     store.mark([receipts[1].id], "submitted", tx_hash="AB")
-    assert store.unsettled_fees(CLIENT.address) == 100
+    assert store.unsettled_charges(CLIENT.address) == (4, 100)
     store.mark([receipts[1].id, receipts[0].id], "settled", height=5)
-    assert store.unsettled_fees(CLIENT.address) == 70 and store.unsettled_fees(CLIENT.address, allowance.id) == 40
+    assert store.unsettled_charges(CLIENT.address) == (2, 70) and store.unsettled_allowance(allowance.id) == 40
     store.mark([receipts[2].id], "rejected", error="bad")
     store.close()
     reopened = ReceiptStore(tmp_path / "r.db")
-    assert reopened.unsettled_fees(CLIENT.address) == 40
+    assert reopened.unsettled_charges(CLIENT.address) == (1, 40)
     assert [r.item.receipt.id for r in reopened.unsettled(10)] == [receipts[3].id]
     assert reopened.get(receipts[2].id).error == "bad" and reopened.get(receipts[0].id).height == 5
     reopened.mark([receipts[2].id], "pending")  # a rejected receipt retried counts again
-    assert reopened.unsettled_fees(CLIENT.address) == 70
+    assert reopened.unsettled_charges(CLIENT.address) == (2, 70)

@@ -21,7 +21,7 @@ class FeeParams:
     """Tx fee = at least `tx_fee_base + tx_fee_per_byte * len(tx)`; all of it is burned."""
 
     tx_fee_base: int = 1_000
-    tx_fee_per_byte: int = 10
+    tx_fee_per_byte: int = 2
 
     def min_fee(self, tx_bytes: int) -> int:
         return self.tx_fee_base + self.tx_fee_per_byte * tx_bytes
