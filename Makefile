@@ -39,6 +39,7 @@ test-fast: setup
 
 bench: setup
 	@$(PY) bench/chain_tps.py
+	@$(PY) bench/node_overhead.py
 
 lint: setup
 	@$(VENV)/bin/ruff check .

@@ -1,18 +1,23 @@
-"""`haca demo`: start a 4-validator devnet and run the main job end to end, saying what happened."""
+"""`haca demo`: start a 4-validator devnet with a model hub and an inference node, then run the main
+job end to end — pay for inferences, check receipts, watch them settle — saying what happened."""
 
 from __future__ import annotations
 
-from typing import Annotated
+import json
+from typing import Annotated, Any
 
 import typer
 from rich.table import Table
 
 import haca.types.messages  # noqa: F401  (registers message types)
 from haca.cli.common import HomeOption, cli_command, client_home, console
-from haca.client.chain import ChainClient
-from haca.client.config import ClientConfig, KeyStore, connect
+from haca.client.config import ClientConfig
+from haca.client.sdk import Client
+from haca.devnet.layout import example_models_dir
 from haca.devnet.network import Devnet, up
 from haca.types.bank import MsgSend
+
+DEPOSIT = 10_000_000
 
 
 @cli_command
@@ -21,58 +26,107 @@ def demo(
     keep: Annotated[bool, typer.Option("--keep", help="leave the network running afterwards")] = False,
     validators: Annotated[int, typer.Option("--validators", min=1)] = 4,
 ) -> None:
-    """Start a local devnet, send transfers, verify state proofs, show the fees burned."""
+    """Start a local devnet (validators, hub, node), pay for inferences, verify and settle them."""
     home_dir = client_home(home)
-    with console.status(f"starting a {validators}-validator devnet in {home_dir}…"):
+    with console.status(f"starting a {validators}-validator devnet, model hub and inference node in {home_dir}…"):
         net = up(home_dir, validators)
-    status = net.status()
-    console.print(f"[bold]1.[/bold] devnet [cyan]{status['chain_id']}[/cyan] is up:")
-    for v in status["validators"]:
-        console.print(f"   {v['name']}  {v['rpc']}  height {v['height']}  app hash {v['app_hash'][:16]}…")
-    config = ClientConfig.load(home_dir)
-    keys = KeyStore(home_dir)
-    client = connect(config)
     try:
-        _transfers(client, keys, config.denom)
+        _show_network(net.status())
+        with Client.from_home(home_dir, "dev1") as client:
+            _run(client, ClientConfig.load(home_dir).denom)
     finally:
-        client.close()
         if keep:
             h = f"haca --home {home_dir}"
             console.print(
-                f"\nThe network keeps running. Try:\n  {h} query supply\n  {h} devnet status\n"
-                f"  {h} tx send --to {keys.get('dev2').address} --amount 5\n  {h} keys list\n"
-                f"Stop it with: {h} devnet down"
+                f"\nThe network keeps running. Try:\n  {h} devnet status\n  {h} model list\n"
+                f"  {h} infer -m iris --input '[[5.1, 3.5, 1.4, 0.2]]'\n  {h} query supply\n"
+                f"  {h} allowance create --node {net.status()['nodes'][0]['address']} --max 1000000\n"
+                f"Stop it with: {h} devnet down\n"
+                "(haca is .venv/bin/haca: `source .venv/bin/activate` puts it on your PATH)"
             )
         else:
             Devnet(home_dir).stop()
             console.print("\ndevnet stopped (its data stays in place; `make demo` again resumes it).")
 
 
-def _transfers(client: ChainClient, keys: KeyStore, denom: str) -> None:
-    before = client.supply()
-    console.print(f"[bold]2.[/bold] supply {before['total']} {denom}, burned so far {before['burned']} {denom}")
-    senders = [keys.get(f"dev{i}") for i in range(3)]
-    recipient = keys.get("dev9")
-    table = Table("from", "to", "amount", "block", "fee burned", "tx hash", title="3. transfers, each signed EIP-712")
-    start_balance = client.balance(recipient.address)
-    for i, sender in enumerate(senders):
-        amount = 1_000 * (i + 1)
-        outcome = client.send_msgs(sender.key, (MsgSend(recipient.address, amount),))
-        assert not isinstance(outcome, str)
-        fee = next(
-            a["value"] for e in outcome.events if e["type"] == "burn" for a in e["attributes"] if a["key"] == "amount"
+def _show_network(status: dict[str, Any]) -> None:
+    console.print(f"[bold]1.[/bold] devnet [cyan]{status['chain_id']}[/cyan] is up:")
+    for v in status["validators"]:
+        console.print(f"   {v['name']}  {v['rpc']}  height {v['height']}  app hash {v['app_hash'][:16]}…")
+    console.print(f"   model hub {status['hub']}")
+    for n in status["nodes"]:
+        console.print(f"   inference node {n['name']} {n['url']} ({n['address']}), modes {', '.join(n['modes'])}")
+
+
+def _run(client: Client, denom: str) -> None:
+    chain = client.chain
+    node = chain.query("/registry/nodes")["nodes"][0]["address"]
+    models = chain.query("/registry/models")["models"]
+    console.print("[bold]2.[/bold] models registered on chain (bytes in the hub, addressed by sha256):")
+    for m in models:
+        console.print(f"   {m['name']:<14} v{m['version']}  {m['model_id'][:23]}…  price {m['price']} {denom}")
+
+    supply_before, node_before = chain.supply(), chain.balance(node)
+    client.deposit(DEPOSIT)
+    escrow_before = client.escrow()
+    console.print(f"[bold]3.[/bold] dev1 deposited {DEPOSIT} {denom} into escrow (escrow now {escrow_before})")
+
+    examples = {m["name"]: m for m in json.loads((example_models_dir() / "manifest.json").read_text())["models"]}
+    table = Table("model", "output", "fee", "receipt", "status", title="4. paid inferences (x402), receipts checked")
+    results = []
+    for name in ("iris", "mlp-regressor", "digits-cnn"):
+        result = client.infer(name, examples[name]["example_input"])
+        results.append(result)
+        table.add_row(
+            name,
+            _summary(name, result.output),
+            str(result.receipt.receipt.fee),
+            result.receipt_id[:18] + "…",
+            result.status,
         )
-        table.add_row(sender.name, recipient.name, str(amount), str(outcome.height), fee, outcome.hash[:16] + "…")
     console.print(table)
-    proven = client.proven_balance(recipient.address)
+    console.print("   each receipt: signed by the node (EIP-712), commits to input and output hashes — verified here")
+
+    with console.status("waiting for the node to settle the receipts on chain…"):
+        records = [client.wait_settled(r.receipt_id) for r in results]
+    fees = sum(r.receipt.receipt.fee for r in results)
+    burned_settlement = sum(int(r["settlement_fee"]) for r in records)
     console.print(
-        f"[bold]4.[/bold] {recipient.name} balance {proven} {denom} (+{proven - start_balance}); "
-        "Merkle proof verified against the app hash in the next signed header"
+        f"[bold]5.[/bold] settled in block(s) {sorted({int(r['height']) for r in records})}: "
+        f"status {records[0]['status']} (vanilla: signed, not independently verified)"
     )
-    after = client.supply()
-    burned = after["burned"] - before["burned"]
+
+    supply_after = chain.supply()
     console.print(
-        f"[bold]5.[/bold] supply {after['total']} {denom}: fell by {before['total'] - after['total']}, "
-        f"burned {burned} {denom} in tx fees; supply + burned = {after['total'] + after['burned']} "
-        "(unchanged since genesis)"
+        f"[bold]6.[/bold] inference fees to node {node[:10]}…: {fees} {denom} "
+        f"(its balance {chain.balance(node) - node_before:+} after paying its settlement tx fees)"
     )
+    console.print(f"   escrow {escrow_before} → {client.escrow()} (fees + settlement fees {burned_settlement} burned)")
+    console.print(
+        f"   supply {supply_before['total']} → {supply_after['total']} {denom}; burned "
+        f"{supply_before['burned']} → {supply_after['burned']} (settlement fees + tx fees)"
+    )
+    console.print(
+        f"   invariant: supply + burned = {supply_after['total'] + supply_after['burned']} "
+        f"(genesis {supply_before['total'] + supply_before['burned']})"
+    )
+
+    recipient = "0x000000000000000000000000000000000000dead"
+    client.chain.send_msgs(client.key, (MsgSend(recipient, 1_000),))
+    proven = client.chain.proven_balance(recipient)
+    console.print(
+        f"[bold]7.[/bold] a transfer to {recipient[:10]}…: balance {proven}, Merkle proof checked against the "
+        "app hash in the next header, signed by > 2/3 of validators"
+    )
+
+
+def _summary(name: str, output: dict[str, Any]) -> str:
+    if name == "iris":
+        return f"class {output['label']['data'][0]}"
+    if name == "digits-cnn":
+        row = output[next(iter(output))]["data"][0]
+        return f"digit {row.index(max(row))}"
+    value = output[next(iter(output))]["data"]
+    while isinstance(value, list):
+        value = value[0]
+    return f"{value:.2f}"
