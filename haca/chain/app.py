@@ -25,7 +25,7 @@ from haca.chain.modules.bank.handlers import handle_send
 from haca.chain.modules.bank.keeper import BankKeeper
 from haca.chain.modules.inference import handlers as inference_handlers
 from haca.chain.modules.inference import queries as inference_queries
-from haca.chain.modules.inference.keeper import InferenceKeeper
+from haca.chain.modules.inference.keeper import ESCROW_ACCOUNT, InferenceKeeper
 from haca.chain.modules.registry import handlers as registry_handlers
 from haca.chain.modules.registry import queries as registry_queries
 from haca.chain.modules.registry.keeper import RegistryKeeper
@@ -73,6 +73,7 @@ class HacaApp:
         self.bank = BankKeeper()
         self.registry = RegistryKeeper()
         self.inference = InferenceKeeper(self.bank)
+        self.bank.module_accounts = frozenset({ESCROW_ACCOUNT})
         self.runner = TxRunner(self.auth, self.bank)
         self.runner.chain_id = auth_keeper.chain_id(store)
         self._wire_handlers()

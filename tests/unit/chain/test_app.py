@@ -3,29 +3,26 @@
 from __future__ import annotations
 
 import json
-from collections.abc import Sequence
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any, ClassVar
 
 import pytest
 from tendermint.abci import types_pb2 as abci
 
 from haca.chain import errors
-from haca.chain.app import PROOF_OP_TYPE, HacaApp
+from haca.chain.app import PROOF_OP_TYPE
 from haca.chain.errors import InvalidGenesis
 from haca.chain.genesis import AppGenesis, GenesisAccount
-from haca.chain.modules.auth.keeper import PARAMS_KEY, FeeParams, nonce_key
+from haca.chain.modules.auth.keeper import PARAMS_KEY, nonce_key
 from haca.chain.modules.bank.invariants import supply_matches_balances
 from haca.chain.modules.bank.keeper import BURNED_KEY, SUPPLY_KEY, balance_key
-from haca.chain.store import CommitStore
 from haca.crypto.keys import PrivateKey
 from haca.crypto.state_proof import verify_proof
 from haca.types.bank import MsgSend
-from haca.types.tx import MSG_TYPES, Tx, build_tx, decode_tx
+from haca.types.tx import MSG_TYPES, Tx, build_tx
+from tests.unit.chain.apphelpers import CHAIN_ID, FEES, fee_of
+from tests.unit.chain.apphelpers import Node as AppNode
 
-CHAIN_ID = "haca-unit"
-FEES = FeeParams(tx_fee_base=1_000, tx_fee_per_byte=10)
 ALICE, BOB, CAROL = (PrivateKey.from_seed(name) for name in ("alice", "bob", "carol"))
 ALICE_FUNDS, BOB_FUNDS = 10**12, 50_000
 GENESIS = AppGenesis(
@@ -41,58 +38,11 @@ def send(key: PrivateKey, nonce: int, to: str, amount: int, chain_id: str = CHAI
     return build_tx(key, chain_id, nonce, (MsgSend(to, amount),), FEES.tx_fee_base, FEES.tx_fee_per_byte).encode()
 
 
-def fee_of(raw: bytes) -> int:
-    return decode_tx(raw).fee
+class Node(AppNode):
+    """The shared harness, started from this module's genesis unless told otherwise."""
 
-
-class Node:
-    """One validator's app over its own store, with the block loop CometBFT would drive."""
-
-    def __init__(self, path: Path) -> None:
-        self.path = path
-        self.app = HacaApp(CommitStore(path))
-        self.height = self.app.store.height
-
-    def init(self, genesis: AppGenesis = GENESIS) -> abci.ResponseInitChain:
-        app_state = json.dumps(genesis.to_json()).encode()
-        return self.app.init_chain(abci.RequestInitChain(chain_id=CHAIN_ID, app_state_bytes=app_state))
-
-    def finalize(self, txs: list[bytes]) -> abci.ResponseFinalizeBlock:
-        self.height += 1
-        return self.app.finalize_block(abci.RequestFinalizeBlock(height=self.height, txs=txs))
-
-    def block(self, txs: Sequence[bytes] = ()) -> abci.ResponseFinalizeBlock:
-        resp = self.finalize(list(txs))
-        self.app.commit(abci.RequestCommit())
-        return resp
-
-    def check(self, raw: bytes) -> abci.ResponseCheckTx:
-        return self.app.check_tx(abci.RequestCheckTx(tx=raw))
-
-    def query(self, path: str, data: bytes = b"", height: int = 0, prove: bool = False) -> abci.ResponseQuery:
-        return self.app.query(abci.RequestQuery(path=path, data=data, height=height, prove=prove))
-
-    def answer(self, path: str, data: bytes = b"", height: int = 0) -> dict[str, Any]:
-        resp = self.query(path, data, height)
-        assert resp.code == 0, resp.log
-        return json.loads(resp.value)
-
-    def balance(self, address: str, height: int = 0) -> int:
-        return int(self.answer("/bank/balance", address.encode(), height)["balance"])
-
-    def nonce(self, address: str) -> int:
-        return self.answer("/auth/account", address.encode())["nonce"]
-
-    def supply(self) -> tuple[int, int]:
-        answer = self.answer("/bank/supply")
-        return int(answer["total"]), int(answer["burned"])
-
-    def info(self) -> abci.ResponseInfo:
-        return self.app.info(abci.RequestInfo())
-
-    def reopen(self) -> Node:
-        self.app.store.close()
-        return Node(self.path)
+    def init(self, genesis: AppGenesis = GENESIS, chain_id: str = CHAIN_ID) -> abci.ResponseInitChain:
+        return super().init(genesis, chain_id)
 
 
 @pytest.fixture

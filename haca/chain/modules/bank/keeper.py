@@ -20,6 +20,10 @@ def balance_key(address: str) -> bytes:
 
 
 class BankKeeper:
+    def __init__(self) -> None:
+        # Accounts whose balance a module accounts for (e.g. the inference escrow); set at wiring.
+        self.module_accounts: frozenset[str] = frozenset()
+
     def balance(self, state: ReadableState, address: str) -> int:
         return get_int(state, balance_key(address))
 

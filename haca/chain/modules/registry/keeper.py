@@ -59,6 +59,10 @@ class RegistryKeeper:
         latest = self.latest_version(state, msg.name)
         if latest and self.model(state, msg.name, latest)["owner"] != owner:
             raise Unauthorized(f"model name {msg.name!r} belongs to another owner")
+        # Receipts name models by id, so an id stands for one model name, forever.
+        registered = state.get(BY_ID_PREFIX + msg.model_id.removeprefix("sha256:").encode())
+        if registered is not None and registered.decode().rsplit("/", 1)[0] != msg.name:
+            raise Unauthorized(f"model id {msg.model_id} is already registered as {registered.decode()}")
         manifest = {**msg.to_json(), "version": latest + 1, "owner": owner, "height": height}
         state.set(model_key(msg.name, latest + 1), canonical_json(manifest))
         set_int(state, LATEST_PREFIX + msg.name.encode(), latest + 1)

@@ -13,8 +13,8 @@ from haca.crypto.keys import normalize_address
 
 def query_model(registry: RegistryKeeper, state: ReadableState, data: bytes) -> tuple[dict[str, Any], list[bytes]]:
     name, _, version_text = data.decode(errors="replace").partition("@")
-    if version_text and not version_text.isdigit():
-        raise InvalidQuery("query data must be 'name' or 'name@version'")
+    if version_text and not (version_text.isascii() and version_text.isdigit() and len(version_text) <= 9):
+        raise InvalidQuery("query data must be 'name' or 'name@version' (version a decimal number)")
     manifest = registry.model(state, name, int(version_text or 0))
     return manifest, [model_key(name, manifest["version"])]
 

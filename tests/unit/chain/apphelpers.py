@@ -1,0 +1,147 @@
+"""An in-process HacaApp harness for the chain tests: one validator's app over its own store,
+driven block by block as CometBFT would (FinalizeBlock then Commit), with tx and query helpers."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from tendermint.abci import types_pb2 as abci
+
+from haca.chain.app import HacaApp
+from haca.chain.genesis import AppGenesis
+from haca.chain.modules.auth.keeper import FeeParams, nonce_key
+from haca.chain.modules.bank.invariants import supply_matches_balances
+from haca.chain.modules.bank.keeper import BURNED_KEY, SUPPLY_KEY, balance_key
+from haca.chain.modules.inference.invariants import escrow_matches_module_account
+from haca.chain.store import CommitStore
+from haca.crypto.keys import PrivateKey
+from haca.types.tx import Msg, build_tx, decode_tx
+
+CHAIN_ID = "haca-unit"
+FEES = FeeParams(tx_fee_base=1_000, tx_fee_per_byte=10)
+
+
+def signed_tx(key: PrivateKey, nonce: int, *msgs: Msg, chain_id: str = CHAIN_ID) -> bytes:
+    """A tx of `msgs` signed by `key`, paying exactly the minimum fee."""
+    return build_tx(key, chain_id, nonce, msgs, FEES.tx_fee_base, FEES.tx_fee_per_byte).encode()
+
+
+def fee_of(raw: bytes) -> int:
+    return decode_tx(raw).fee
+
+
+class Node:
+    """One validator's app over its own store, with the block loop CometBFT would drive."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self.app = HacaApp(CommitStore(path))
+        self.height = self.app.store.height
+
+    def init(self, genesis: AppGenesis, chain_id: str = CHAIN_ID) -> abci.ResponseInitChain:
+        app_state = json.dumps(genesis.to_json()).encode()
+        return self.app.init_chain(abci.RequestInitChain(chain_id=chain_id, app_state_bytes=app_state))
+
+    def finalize(self, txs: list[bytes]) -> abci.ResponseFinalizeBlock:
+        self.height += 1
+        return self.app.finalize_block(abci.RequestFinalizeBlock(height=self.height, txs=txs))
+
+    def block(self, txs: Sequence[bytes] = ()) -> abci.ResponseFinalizeBlock:
+        resp = self.finalize(list(txs))
+        self.app.commit(abci.RequestCommit())
+        return resp
+
+    def check(self, raw: bytes) -> abci.ResponseCheckTx:
+        return self.app.check_tx(abci.RequestCheckTx(tx=raw))
+
+    def query(self, path: str, data: bytes = b"", height: int = 0, prove: bool = False) -> abci.ResponseQuery:
+        return self.app.query(abci.RequestQuery(path=path, data=data, height=height, prove=prove))
+
+    def answer(self, path: str, data: bytes = b"", height: int = 0) -> dict[str, Any]:
+        resp = self.query(path, data, height)
+        assert resp.code == 0, resp.log
+        return json.loads(resp.value)
+
+    def balance(self, address: str, height: int = 0) -> int:
+        return int(self.answer("/bank/balance", address.encode(), height)["balance"])
+
+    def nonce(self, address: str) -> int:
+        return self.answer("/auth/account", address.encode())["nonce"]
+
+    def supply(self) -> tuple[int, int]:
+        answer = self.answer("/bank/supply")
+        return int(answer["total"]), int(answer["burned"])
+
+    def info(self) -> abci.ResponseInfo:
+        return self.app.info(abci.RequestInfo())
+
+    def reopen(self) -> Node:
+        self.app.store.close()
+        return type(self)(self.path)
+
+    def close(self) -> None:
+        self.app.store.close()
+
+    # --- txs ----------------------------------------------------------------------------------
+
+    def tx(self, key: PrivateKey, *msgs: Msg, offset: int = 0) -> bytes:
+        """A tx signed by `key` at its committed nonce (+ `offset` for later txs of one block)."""
+        return signed_tx(key, self.nonce(key.address) + offset, *msgs)
+
+    def deliver(self, key: PrivateKey, *msgs: Msg) -> abci.ExecTxResult:
+        """Commit a block holding one tx of `msgs` by `key`; its result."""
+        (result,) = self.block([self.tx(key, *msgs)]).tx_results
+        return result
+
+    # --- state --------------------------------------------------------------------------------
+
+    def dump(self) -> dict[bytes, bytes]:
+        """Every committed key and value."""
+        return dict(self.app.store.iter_prefix(b""))
+
+    def escrow(self, address: str) -> int:
+        return int(self.answer("/inference/escrow", address.encode())["escrow"])
+
+    def invariant_violations(self, genesis_supply: int) -> list[str]:
+        """What is wrong with the bank and escrow accounting of the committed state (empty: nothing)."""
+        supply, burned = self.supply()
+        found = [] if supply + burned == genesis_supply else [f"supply {supply} + burned {burned} != {genesis_supply}"]
+        store = self.app.store
+        found += [
+            v
+            for v in (
+                supply_matches_balances(self.app.bank, store),
+                escrow_matches_module_account(self.app.inference, self.app.bank, store),
+            )
+            if v is not None
+        ]
+        return found
+
+
+def changed_keys(before: dict[bytes, bytes], after: dict[bytes, bytes]) -> set[bytes]:
+    return {k for k in before.keys() | after.keys() if before.get(k) != after.get(k)}
+
+
+def assert_rejected_without_state_change(
+    chain: Node, key: PrivateKey, raw: bytes, code: int, log_part: str, genesis_supply: int
+) -> None:
+    """CheckTx and FinalizeBlock both refuse `raw` (signed by `key`) with `code` and a log naming
+    `log_part`; CheckTx keeps nothing, and the block changes only what the tx fee and nonce touch."""
+    check_writes = dict(chain.app.check_state.writes)
+    resp = chain.check(raw)
+    assert resp.code == code, resp.log
+    assert log_part in resp.log
+    assert chain.app.check_state.writes == check_writes
+
+    before = chain.dump()
+    (result,) = chain.block([raw]).tx_results
+    assert result.code == code, result.log
+    assert log_part in result.log
+    after = chain.dump()
+    account = balance_key(key.address)
+    assert changed_keys(before, after) == {account, nonce_key(key.address), SUPPLY_KEY, BURNED_KEY}
+    assert int(after[account]) == int(before[account]) - fee_of(raw)
+    assert chain.invariant_violations(genesis_supply) == []
