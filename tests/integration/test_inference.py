@@ -266,3 +266,58 @@ def test_async_client_pays_verifies_and_waits_for_settlement(inference_devnet):
     records, results = asyncio.run(scenario())
     assert [r["status"] for r in records] == ["settled"] * 4
     assert len({r.receipt_id for r in results}) == 4
+
+
+def _tiny_onnx(path, scale: float) -> None:
+    import onnx
+    from onnx import TensorProto, helper
+
+    weight = helper.make_tensor("w", TensorProto.FLOAT, [1], [scale])
+    graph = helper.make_graph(
+        [helper.make_node("Mul", ["x", "w"], ["y"])],
+        "scale",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 2])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 2])],
+        [weight],
+    )
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 15)]), path)
+
+
+def test_model_cli_create_version_list_show_against_the_chain(inference_devnet, tmp_path):
+    import subprocess
+    import sys
+
+    def haca(*args: str) -> dict:
+        done = subprocess.run(
+            [sys.executable, "-m", "haca.cli.main", "--home", str(inference_devnet.home), *args, "--json"],
+            capture_output=True,
+            text=True,
+            timeout=120,
+        )
+        assert done.returncode == 0, done.stderr + done.stdout
+        return json.loads(done.stdout)
+
+    _tiny_onnx(tmp_path / "v1.onnx", 2.0)
+    _tiny_onnx(tmp_path / "v2.onnx", 3.0)
+    created = haca(
+        "model",
+        "create",
+        "--name",
+        "scaler",
+        "--file",
+        str(tmp_path / "v1.onnx"),
+        "--modes",
+        "vanilla",
+        "--price",
+        "700",
+        "--from",
+        "dev4",
+    )
+    assert created["name"] == "scaler" and created["version"] == 1 and created["id"].startswith("sha256:")
+    version = haca("model", "version", "--name", "scaler", "--file", str(tmp_path / "v2.onnx"), "--from", "dev4")
+    assert version["version"] == 2 and version["id"] != created["id"]
+    listed = {m["name"]: m for m in haca("model", "list")["models"]}
+    assert listed["scaler"]["version"] == 2 and listed["scaler"]["price"] == 700
+    first = haca("model", "show", "scaler@1")
+    assert first["id"] == created["id"] and first["input_schema"] == {"x": {"dtype": "float32", "shape": [1, 2]}}
+    assert first["owner"] == inference_devnet.keys.get("dev4").address
