@@ -19,6 +19,7 @@ from tendermint.crypto import keys_pb2
 from tendermint.types import canonical_pb2, types_pb2, validator_pb2
 
 from haca.client.errors import HacaError
+from haca.types.encoding import encode_uvarint
 
 BLOCK_ID_FLAG_COMMIT = 2
 # Header fields after last_block_id, in Header.Hash() order; each is a gogoproto BytesValue.
@@ -104,7 +105,7 @@ def precommit_sign_bytes(chain_id: str, height: int, round_: int, block_id: dict
     vote.block_id.part_set_header.hash = bytes.fromhex(block_id["parts"]["hash"])
     vote.timestamp.seconds, vote.timestamp.nanos = seconds, nanos
     body = vote.SerializeToString()
-    return _uvarint(len(body)) + body
+    return encode_uvarint(len(body)) + body
 
 
 def hash_header(header: dict[str, Any]) -> bytes:
@@ -154,17 +155,8 @@ def parse_rfc3339_nanos(text: str) -> tuple[int, int]:
 
 
 def _bytes_value(data: bytes) -> bytes:  # gogoproto BytesValue/StringValue: field 1, omitted when empty
-    return b"\x0a" + _uvarint(len(data)) + data if data else b""
+    return b"\x0a" + encode_uvarint(len(data)) + data if data else b""
 
 
 def _int64_value(value: int) -> bytes:
-    return b"\x08" + _uvarint(value) if value else b""
-
-
-def _uvarint(value: int) -> bytes:
-    out = bytearray()
-    while value >= 0x80:
-        out.append((value & 0x7F) | 0x80)
-        value >>= 7
-    out.append(value)
-    return bytes(out)
+    return b"\x08" + encode_uvarint(value) if value else b""

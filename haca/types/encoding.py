@@ -32,3 +32,15 @@ def parse_uint(value: Any, field: str, bits: int = 256) -> int:
     if not isinstance(value, int) or value < 0 or value >= 1 << bits:
         raise ValueError(f"{field}: expected an unsigned {bits}-bit integer")
     return value
+
+
+def encode_uvarint(value: int) -> bytes:
+    """Protobuf's unsigned varint (ABCI frame lengths, CometBFT sign bytes)."""
+    if value < 0:
+        raise ValueError("uvarint must be non-negative")
+    out = bytearray()
+    while value >= 0x80:
+        out.append((value & 0x7F) | 0x80)
+        value >>= 7
+    out.append(value)
+    return bytes(out)

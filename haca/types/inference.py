@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any, ClassVar
+from typing import Any, ClassVar, Self
 
 from haca.types import fields as f
 from haca.types.encoding import canonical_json
@@ -14,14 +14,12 @@ from haca.types.tx import register_msg
 MAX_SETTLEMENT_ITEMS = 64
 
 
-@register_msg
 @dataclass(frozen=True)
-class MsgDeposit:
-    """Move `amount` from the signer's balance into its inference escrow."""
+class _AmountMsg:
+    """A message whose only field is a positive amount."""
 
-    type_name: ClassVar[str] = "inference/deposit"
-    eip712_name: ClassVar[str] = "MsgDeposit"
     eip712_fields: ClassVar[list[tuple[str, str]]] = [("amount", "uint256")]
+    type_name: ClassVar[str]
 
     amount: int
 
@@ -32,8 +30,8 @@ class MsgDeposit:
         return {"amount": self.amount}
 
     @classmethod
-    def from_json(cls, value: dict[str, Any]) -> MsgDeposit:
-        doc = f.require_fields(value, {"amount"}, "inference/deposit")
+    def from_json(cls, value: dict[str, Any]) -> Self:
+        doc = f.require_fields(value, {"amount"}, cls.type_name)
         amount = f.uint(doc["amount"], "amount")
         if amount == 0:
             raise ValueError("amount must be positive")
@@ -42,29 +40,21 @@ class MsgDeposit:
 
 @register_msg
 @dataclass(frozen=True)
-class MsgWithdraw:
+class MsgDeposit(_AmountMsg):
+    """Move `amount` from the signer's balance into its inference escrow."""
+
+    type_name: ClassVar[str] = "inference/deposit"
+    eip712_name: ClassVar[str] = "MsgDeposit"
+
+
+@register_msg
+@dataclass(frozen=True)
+class MsgWithdraw(_AmountMsg):
     """Ask for `amount` of escrow back; it is paid after the withdrawal delay (param), and
     settlements may still draw on it until then."""
 
     type_name: ClassVar[str] = "inference/withdraw"
     eip712_name: ClassVar[str] = "MsgWithdraw"
-    eip712_fields: ClassVar[list[tuple[str, str]]] = [("amount", "uint256")]
-
-    amount: int
-
-    def to_json(self) -> dict[str, Any]:
-        return {"amount": str(self.amount)}
-
-    def to_eip712(self) -> dict[str, Any]:
-        return {"amount": self.amount}
-
-    @classmethod
-    def from_json(cls, value: dict[str, Any]) -> MsgWithdraw:
-        doc = f.require_fields(value, {"amount"}, "inference/withdraw")
-        amount = f.uint(doc["amount"], "amount")
-        if amount == 0:
-            raise ValueError("amount must be positive")
-        return cls(amount)
 
 
 @register_msg

@@ -4,22 +4,15 @@ from __future__ import annotations
 
 import asyncio
 
+from haca.types.encoding import encode_uvarint
+
+__all__ = ["FramingError", "encode_frame", "encode_uvarint", "read_frame"]
+
 MAX_MESSAGE_BYTES = 64 * 1024 * 1024  # far above any block CometBFT sends with default params
 
 
 class FramingError(ValueError):
     """The peer sent bytes that are not a valid frame; the connection must be closed."""
-
-
-def encode_uvarint(value: int) -> bytes:
-    if value < 0:
-        raise ValueError("uvarint must be non-negative")
-    out = bytearray()
-    while value >= 0x80:
-        out.append((value & 0x7F) | 0x80)
-        value >>= 7
-    out.append(value)
-    return bytes(out)
 
 
 def encode_frame(payload: bytes) -> bytes:
