@@ -32,7 +32,7 @@ def demo(
         net = up(home_dir, validators)
     try:
         _show_network(net.status())
-        with Client.from_home(home_dir, "dev1") as client:
+        with Client.from_home(home_dir) as client:  # the home's default key, as the CLI uses
             _run(client, ClientConfig.load(home_dir).denom)
     finally:
         if keep:
@@ -69,7 +69,10 @@ def _run(client: Client, denom: str) -> None:
     supply_before, node_before = chain.supply(), chain.balance(node)
     client.deposit(DEPOSIT)
     escrow_before = client.escrow()
-    console.print(f"[bold]3.[/bold] dev1 deposited {DEPOSIT} {denom} into escrow (escrow now {escrow_before})")
+    console.print(
+        f"[bold]3.[/bold] {client.key.address[:10]}… (key dev0) deposited {DEPOSIT} {denom} into escrow "
+        f"(escrow now {escrow_before})"
+    )
 
     examples = {m["name"]: m for m in json.loads((example_models_dir() / "manifest.json").read_text())["models"]}
     table = Table("model", "output", "fee", "receipt", "status", title="4. paid inferences (x402), receipts checked")

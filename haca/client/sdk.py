@@ -68,11 +68,14 @@ class _Base:
             raise ReceiptInvalid(f"node offers {offer.model_id}, the chain's {offer.model!r} is {manifest['model_id']}")
         return manifest
 
-    def _error(self, response: httpx.Response) -> NodeError:
+    def _error(self, response: httpx.Response) -> HacaError:
         try:
-            message = response.json()["error"]["message"]
+            error = response.json()["error"]
+            message = error if isinstance(error, str) else error["message"]  # x402 bodies carry a string
         except (ValueError, KeyError, TypeError):
             message = response.text[:200]
+        if response.status_code == 402:
+            return PaymentRequiredError(f"node refused the payment: {message}")
         return NodeError(f"node answered {response.status_code}: {message}", response.status_code)
 
     def receipt_status(self, receipt_id: str) -> dict[str, Any]:
