@@ -8,9 +8,10 @@ so a wallet (eth_account.Account.sign_typed_data) and the chain always agree on 
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass
 from typing import Any, ClassVar, Protocol
+
+import orjson
 
 from haca.crypto.keys import PrivateKey, SignatureError, normalize_address, recover_signer, typed_data_digest
 from haca.types.encoding import canonical_json, parse_uint
@@ -120,7 +121,7 @@ def decode_tx(raw: bytes) -> Tx:
     if len(raw) > MAX_TX_BYTES:
         raise TxDecodeError(f"tx is {len(raw)} bytes, the limit is {MAX_TX_BYTES}")
     try:
-        body = json.loads(raw)
+        body = orjson.loads(raw)  # a validator decodes every tx; orjson is ~4x the stdlib's speed
     except (ValueError, RecursionError) as exc:  # includes bad UTF-8 and over-long integer literals
         raise TxDecodeError(f"tx is not JSON: {exc}") from exc
     if not isinstance(body, dict):

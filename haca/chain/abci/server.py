@@ -16,7 +16,7 @@ import structlog
 from google.protobuf.message import DecodeError
 from tendermint.abci import types_pb2 as abci
 
-from haca.chain.abci.framing import FramingError, encode_frame, read_frame
+from haca.chain.abci.framing import FramingError, encode_frame, take_frames
 
 log = structlog.get_logger("haca.abci")
 
@@ -49,8 +49,13 @@ class AbciServer:
     async def start(self) -> None:
         with contextlib.suppress(FileNotFoundError):
             os.unlink(self.socket_path)
-        self._server = await asyncio.start_unix_server(self._serve, path=str(self.socket_path))
+        loop = asyncio.get_running_loop()
+        self._server = await loop.create_unix_server(self._connection, path=str(self.socket_path))
         log.info("abci_listening", socket=str(self.socket_path))
+
+    def _connection(self) -> _Connection:
+        self._connections += 1
+        return _Connection(self, self._connections)
 
     async def serve_forever(self) -> None:
         if self._server is None:
@@ -58,38 +63,6 @@ class AbciServer:
         assert self._server is not None
         async with self._server:
             await self._server.serve_forever()
-
-    async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        self._connections += 1
-        conn = self._connections
-        pending: list[bytes] = []  # responses wait for the client's Flush, then go in one write
-        try:
-            while True:
-                payload = await read_frame(reader)
-                if payload is None:
-                    break
-                request = abci.Request()
-                try:
-                    request.ParseFromString(payload)
-                except DecodeError as exc:
-                    raise FramingError(f"request is not a tendermint.abci.Request: {exc}") from exc
-                kind = request.WhichOneof("value")
-                if kind is None:
-                    raise FramingError("request has no type")
-                pending.append(encode_frame(self.handle(kind, request).SerializeToString()))
-                if kind == "flush":
-                    writer.write(b"".join(pending))
-                    pending.clear()
-                    await writer.drain()
-        except FramingError as exc:
-            writer.write(b"".join(pending))  # answer what was asked before the bad frame
-            log.warning("abci_bad_frame_closing_connection", connection=conn, error=str(exc))
-        except (ConnectionError, asyncio.IncompleteReadError):
-            log.info("abci_connection_lost", connection=conn)
-        finally:
-            writer.close()
-            with contextlib.suppress(Exception):
-                await writer.wait_closed()
 
     def handle(self, kind: str, request: abci.Request) -> abci.Response:
         response = abci.Response()
@@ -108,3 +81,65 @@ class AbciServer:
         else:
             response.exception.error = f"unsupported request {kind!r}"
         return response
+
+
+class _Connection(asyncio.Protocol):
+    """One ABCI connection. Requests are answered as they arrive; answers are written when the
+    client flushes, once per received chunk, so a burst of CheckTx costs one write, not many."""
+
+    def __init__(self, server: AbciServer, number: int) -> None:
+        self.server, self.number = server, number
+        self.buffer = bytearray()
+        self.pending: list[bytes] = []
+        self.flushed = 0  # how many of `pending` a Flush has released
+        self.transport: asyncio.Transport | None = None
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        assert isinstance(transport, asyncio.Transport)
+        self.transport = transport
+
+    def data_received(self, data: bytes) -> None:
+        assert self.transport is not None
+        self.buffer += data
+        try:
+            frames = take_frames(self.buffer)
+        except FramingError as exc:
+            self._answer(exc.frames)
+            self._close_for(exc, release_all=True)
+            return
+        try:
+            self._answer(frames)
+        except FramingError as exc:
+            self._close_for(exc, release_all=True)
+            return
+        self._release()
+
+    def _answer(self, frames: list[bytes]) -> None:
+        for payload in frames:
+            request = abci.Request()
+            try:
+                request.ParseFromString(payload)
+            except DecodeError as exc:
+                raise FramingError(f"request is not a tendermint.abci.Request: {exc}") from exc
+            kind = request.WhichOneof("value")
+            if kind is None:
+                raise FramingError("request has no type")
+            self.pending.append(encode_frame(self.server.handle(kind, request).SerializeToString()))
+            if kind == "flush":
+                self.flushed = len(self.pending)
+
+    def _release(self, everything: bool = False) -> None:
+        count = len(self.pending) if everything else self.flushed
+        if count and self.transport is not None:
+            self.transport.write(b"".join(self.pending[:count]))
+            del self.pending[:count]
+        self.flushed = 0
+
+    def _close_for(self, exc: FramingError, release_all: bool) -> None:
+        self._release(everything=release_all)  # answer what was asked before the bad frame
+        log.warning("abci_bad_frame_closing_connection", connection=self.number, error=str(exc))
+        if self.transport is not None:
+            self.transport.close()
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        log.info("abci_connection_closed", connection=self.number)
