@@ -3,11 +3,11 @@
 
 from __future__ import annotations
 
-import json
 import time
 from dataclasses import dataclass
 from typing import Any
 
+import orjson
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response
@@ -96,7 +96,7 @@ def create_app(ctx: NodeContext) -> FastAPI:
         return JSONResponse({"error": {"code": "invalid_request", "message": str(exc.errors())}}, 422)
 
     @app.post("/v1/infer")
-    async def infer(request: Request) -> JSONResponse:
+    async def infer(request: Request) -> Response:
         started = time.perf_counter()
         body = await _json_body(request)
         served, mode = _resolve(ctx, body)
@@ -131,7 +131,7 @@ def create_app(ctx: NodeContext) -> FastAPI:
         metrics.latency.observe(time.perf_counter() - started)
         answer = {"output": tensors_to_json(outputs), "receipt": signed.to_json(), "status": "pending"}
         headers = {PAYMENT_RESPONSE_HEADER: payment_response_header(accepted, ctx.chain_id, signed.id)}
-        return JSONResponse(answer, headers=headers)
+        return Response(orjson.dumps(answer), media_type="application/json", headers=headers)
 
     @app.get("/v1/receipts/{receipt_id}")
     async def get_receipt(receipt_id: str) -> dict[str, Any]:
@@ -173,7 +173,7 @@ async def _json_body(request: Request) -> dict[str, Any]:
             raise PayloadTooLarge(f"body exceeds the {MAX_BODY_BYTES}-byte limit")
         chunks.append(chunk)
     try:
-        body = json.loads(b"".join(chunks))
+        body = orjson.loads(b"".join(chunks))
     except (ValueError, RecursionError) as exc:
         raise InvalidRequest(f"body is not valid JSON: {exc}") from exc
     if not isinstance(body, dict):
