@@ -27,7 +27,13 @@ from haca.node.errors import (
     ReceiptNotFound,
     RequestConflict,
 )
-from haca.node.payments import PAYMENT_RESPONSE_HEADER, PaymentGate, Quote, payment_response_header
+from haca.node.payments import (
+    PAYMENT_RESPONSE_HEADER,
+    AcceptedPayment,
+    PaymentGate,
+    Quote,
+    payment_response_header,
+)
 from haca.node.receipts import DuplicateRequest, ReceiptStore
 from haca.runtime.onnx import InvalidInput, OnnxModel
 from haca.types.receipt import Receipt, SignedReceipt
@@ -106,25 +112,11 @@ def create_app(ctx: NodeContext) -> FastAPI:
             raise InvalidInputError(str(exc)) from exc
         quote = Quote(served.manifest["model_id"], served.manifest["name"], mode, served.fee, str(request.url))
         accepted = ctx.gate.authorize(request.headers, quote)
-        outputs = await run_in_threadpool(served.model.run, inputs)
-        receipt = Receipt(
-            chain_id=ctx.chain_id,
-            node=ctx.key.address,
-            client=accepted.client,
-            request_id=accepted.request_id,
-            model_id=quote.model_id,
-            mode=mode,
-            input_hash=tensors_hash(inputs),
-            output_hash=tensors_hash(outputs),
-            fee=quote.fee,
-            height_hint=ctx.gate.chain.height(),
-            timestamp=int(time.time()),
-        )
-        signed = SignedReceipt(receipt, receipt.sign(ctx.key))
         try:
-            ctx.store.add(signed, accepted.payment)  # durable before the answer leaves
-        except DuplicateRequest as exc:
-            raise RequestConflict(str(exc)) from exc
+            outputs = await run_in_threadpool(served.model.run, inputs)
+            signed = _queue_receipt(ctx, quote, accepted, tensors_hash(inputs), tensors_hash(outputs))
+        finally:
+            ctx.gate.release(accepted)  # the receipt now counts as unsettled, or the request failed
         if ctx.on_receipt is not None:
             ctx.on_receipt()
         metrics.inferences.labels(quote.model_name, mode).inc()
@@ -160,6 +152,31 @@ def create_app(ctx: NodeContext) -> FastAPI:
         return Response(generate_latest(metrics.registry), media_type=CONTENT_TYPE_LATEST)
 
     return app
+
+
+def _queue_receipt(
+    ctx: NodeContext, quote: Quote, accepted: AcceptedPayment, input_hash: str, output_hash: str
+) -> SignedReceipt:
+    """Sign the receipt and write it to the durable queue before the answer leaves."""
+    receipt = Receipt(
+        chain_id=ctx.chain_id,
+        node=ctx.key.address,
+        client=accepted.client,
+        request_id=accepted.request_id,
+        model_id=quote.model_id,
+        mode=quote.mode,
+        input_hash=input_hash,
+        output_hash=output_hash,
+        fee=quote.fee,
+        height_hint=ctx.gate.chain.height(),
+        timestamp=int(time.time()),
+    )
+    signed = SignedReceipt(receipt, receipt.sign(ctx.key))
+    try:
+        ctx.store.add(signed, accepted.payment)
+    except DuplicateRequest as exc:
+        raise RequestConflict(str(exc)) from exc
+    return signed
 
 
 async def _json_body(request: Request) -> dict[str, Any]:

@@ -49,6 +49,9 @@ class AcceptedPayment:
     payment: SignedPayment
     client: str
     request_id: str
+    reserved: int = 0  # escrow held for this request until its receipt is queued (see release)
+    allowance_id: str = ""
+    allowance_held: int = 0  # allowance cap held likewise
 
 
 class PaymentGate:
@@ -64,6 +67,8 @@ class PaymentGate:
     ) -> None:
         self.node, self.chain_id, self.denom = node, chain_id, denom
         self.chain, self.store = chain, store
+        self._held: dict[str, int] = {}  # client -> escrow held by requests in flight
+        self._held_allowance: dict[str, int] = {}  # allowance id -> cap held by requests in flight
         self.settle_margin = settle_margin  # blocks the settler needs before an authorisation expires
         self.authorization_blocks = authorization_blocks
 
@@ -132,8 +137,8 @@ class PaymentGate:
             raise PaymentRequired(f"max fee {auth.max_fee} is below the price {quote.fee}")
         if self.store.has_request(auth.client, auth.request_id):
             raise RequestConflict(f"request id {auth.request_id} was already served")
-        self._escrow_covers(auth.client, quote.fee)
-        return AcceptedPayment(SignedPayment("request", auth, signature), auth.client, auth.request_id)
+        reserved = self._escrow_covers(auth.client, quote.fee)
+        return AcceptedPayment(SignedPayment("request", auth, signature), auth.client, auth.request_id, reserved)
 
     def _allowance(self, token: str, quote: Quote) -> AcceptedPayment:
         try:
@@ -149,12 +154,13 @@ class PaymentGate:
         spent, revoked = self.chain.allowance(allowance)
         if revoked:
             raise PaymentRequired("API key allowance was revoked on chain")
-        pending = self.store.unsettled_allowance(allowance.id)
+        pending = self.store.unsettled_allowance(allowance.id) + self._held_allowance.get(allowance.id, 0)
         if spent + pending + quote.fee > allowance.cap:
             raise PaymentRequired(f"API key allowance cap {allowance.cap} reached ({spent} settled, {pending} pending)")
-        self._escrow_covers(allowance.client, quote.fee)
+        reserved = self._escrow_covers(allowance.client, quote.fee)
+        self._held_allowance[allowance.id] = self._held_allowance.get(allowance.id, 0) + quote.fee
         request_id = "0x" + secrets.token_bytes(32).hex()
-        return AcceptedPayment(payment, allowance.client, request_id)
+        return AcceptedPayment(payment, allowance.client, request_id, reserved, allowance.id, quote.fee)
 
     def _common(self, node: str, chain_id: str, expiry: int) -> None:
         if node != self.node:
@@ -164,13 +170,33 @@ class PaymentGate:
         if expiry < self.chain.height() + self.settle_margin:
             raise PaymentRequired(f"payment expires at height {expiry}, too soon to settle (now {self.chain.height()})")
 
-    def _escrow_covers(self, client: str, fee: int) -> None:
-        """Escrow must pay this fee and every unsettled one, each with its settlement fee."""
+    def _escrow_covers(self, client: str, fee: int) -> int:
+        """Escrow must pay this fee and every unsettled or in-flight one, each with its settlement
+        fee; on success the amount is held for this request and returned."""
         escrow = self.chain.escrow(client)
         count, fees = self.store.unsettled_charges(client)
-        pending = fees + self.chain.settlement_fee(fees, count) if count else 0
-        if escrow < pending + fee + self.chain.settlement_fee(fee):
+        pending = (fees + self.chain.settlement_fee(fees, count) if count else 0) + self._held.get(client, 0)
+        cost = fee + self.chain.settlement_fee(fee)
+        if escrow < pending + cost:
             raise PaymentRequired(f"escrow of {client} is {escrow}, with {pending} unsettled: deposit more")
+        self._held[client] = self._held.get(client, 0) + cost
+        return cost
+
+    def release(self, accepted: AcceptedPayment) -> None:
+        """Drop the hold taken by `authorize` once the receipt is queued (it then counts as
+        unsettled) or the request failed. Check, hold and release run on the event loop thread,
+        so concurrent requests of one client cannot together overdraw its escrow or allowance."""
+        _drop(self._held, accepted.client, accepted.reserved)
+        if accepted.allowance_id:
+            _drop(self._held_allowance, accepted.allowance_id, accepted.allowance_held)
+
+
+def _drop(held: dict[str, int], key: str, amount: int) -> None:
+    left = held.get(key, 0) - amount
+    if left > 0:
+        held[key] = left
+    else:
+        held.pop(key, None)
 
 
 def payment_response_header(accepted: AcceptedPayment, chain_id: str, receipt_id: str) -> str:

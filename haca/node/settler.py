@@ -18,6 +18,21 @@ from haca.types.inference import MsgSettle
 
 log = structlog.get_logger("haca.settler")
 
+# Refusals by the chain's settlement checks: they are about a receipt. Any other refusal (nonce,
+# tx fee, the node's own balance, a duplicate in the mempool cache) leaves receipts pending.
+RECEIPT_REFUSALS = frozenset(
+    {
+        codes.UNAUTHORIZED,
+        codes.NOT_FOUND,
+        codes.ALREADY_SETTLED,
+        codes.AUTHORIZATION_EXPIRED,
+        codes.FEE_ABOVE_LIMIT,
+        codes.INSUFFICIENT_ESCROW,
+        codes.INVALID_EVIDENCE,
+        codes.INVALID_PAYMENT,
+    }
+)
+
 
 class Settler:
     def __init__(
@@ -29,9 +44,14 @@ class Settler:
         batch_size: int = 32,
         flush_interval: float = 1.0,
         max_inflight: int = 4,
+        resubmit_after: int = 5,
     ) -> None:
         self.store, self.chain, self.view, self.key = store, chain, view, key
         self.batch_size, self.flush_interval, self.max_inflight = batch_size, flush_interval, max_inflight
+        # A sent tx may still be in a mempool: its receipts are re-sent only after this many passes
+        # without a chain record (passes are `flush_interval` apart while nothing else changes).
+        self.resubmit_after = resubmit_after
+        self._unseen_passes: dict[str, int] = {}  # receipt id -> passes since its tx was sent
         self._wake = threading.Event()
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._loop, name="settler", daemon=True)
@@ -63,7 +83,7 @@ class Settler:
 
     def run_once(self) -> int:
         """Settle up to `max_inflight` batches (consecutive nonces, one block); return how many
-        receipts reached a final state."""
+        receipts changed state."""
         batch = self.store.unsettled(self.batch_size * self.max_inflight)
         if not batch:
             return 0
@@ -73,15 +93,31 @@ class Settler:
         return done + (self._submit_pipelined(chunks) if chunks else 0)
 
     def _reconcile(self, submitted: list[StoredReceipt]) -> int:
-        """Receipts whose tx was sent before: settled on chain, or back to pending."""
+        """Receipts whose tx was sent: settled once the chain has their record; back to pending
+        when their tx has had time to commit and did not (or was sent before a restart)."""
+        changed = 0
         for stored in submitted:
-            record = self.view.receipt_record(stored.item.receipt.id)
-            if record is not None:
-                self.store.mark([stored.item.receipt.id], "settled", height=int(record["height"]))
-                self.settled_total += 1
-            else:
-                self.store.mark([stored.item.receipt.id], "pending")
-        return len(submitted)
+            receipt_id = stored.item.receipt.id
+            if self._settled_on_chain(receipt_id):
+                changed += 1
+                continue
+            # Sent before a restart (unknown here): re-send now; a duplicate is refused harmlessly.
+            passes = self._unseen_passes.get(receipt_id, self.resubmit_after) + 1
+            self._unseen_passes[receipt_id] = passes
+            if passes > self.resubmit_after:
+                self.store.mark([receipt_id], "pending")
+                self._unseen_passes.pop(receipt_id, None)
+                changed += 1
+        return changed
+
+    def _settled_on_chain(self, receipt_id: str) -> bool:
+        record = self.view.receipt_record(receipt_id)
+        if record is None or record["receipt_id"] != receipt_id:
+            return False
+        self.store.mark([receipt_id], "settled", height=int(record["height"]))
+        self._unseen_passes.pop(receipt_id, None)
+        self.settled_total += 1
+        return True
 
     def _submit_pipelined(self, chunks: list[list[StoredReceipt]]) -> int:
         nonce = self.chain.nonce(self.key.address)
@@ -90,10 +126,10 @@ class Settler:
             try:
                 tx_hash = self.chain.broadcast(self._settle_tx(chunk, nonce))
             except TxRejected as exc:
-                if sent:
-                    break  # later batches wait for the next pass, after these commit
-                return self._isolate(chunk, exc)
-            self.store.mark([r.item.receipt.id for r in chunk], "submitted", tx_hash=tx_hash)
+                if sent or exc.abci_code not in RECEIPT_REFUSALS:
+                    break  # a tx-level refusal, or later batches: all stay pending for the next pass
+                return self._isolate(chunk)
+            self._mark_submitted(chunk, tx_hash)
             sent.append((chunk, tx_hash))
             nonce += 1
         return sum(self._await(chunk, tx_hash) for chunk, tx_hash in sent)
@@ -101,43 +137,61 @@ class Settler:
     def _settle_tx(self, chunk: list[StoredReceipt], nonce: int | None = None) -> bytes:
         return self.chain.sign(self.key, (MsgSettle(tuple(r.item for r in chunk)),), nonce=nonce)
 
-    def _isolate(self, chunk: list[StoredReceipt], exc: TxRejected) -> int:
-        """A batch was refused: settle its receipts one by one, so one bad receipt stops no other."""
-        if len(chunk) == 1:
-            return self._rejected(chunk[0], exc)
+    def _mark_submitted(self, chunk: list[StoredReceipt], tx_hash: str) -> None:
+        ids = [r.item.receipt.id for r in chunk]
+        self.store.mark(ids, "submitted", tx_hash=tx_hash)
+        self._unseen_passes.update((rid, 0) for rid in ids)
+
+    def _isolate(self, chunk: list[StoredReceipt]) -> int:
+        """A batch was refused for one of its receipts: settle them one by one, each waited for,
+        so the bad one is found and no other is held back. Stops at the first sign that the
+        problem is not a receipt (a tx-level refusal, a tx not yet committed)."""
         done = 0
+        nonce = self.chain.nonce(self.key.address)
         for stored in chunk:
             try:
-                tx_hash = self.chain.broadcast(self._settle_tx([stored]))
+                tx_hash = self.chain.broadcast(self._settle_tx([stored], nonce))
             except TxRejected as single:
+                if single.abci_code not in RECEIPT_REFUSALS:
+                    break
                 done += self._rejected(stored, single)
                 continue
-            self.store.mark([stored.item.receipt.id], "submitted", tx_hash=tx_hash)
-            done += self._await([stored], tx_hash)
+            self._mark_submitted([stored], tx_hash)
+            nonce += 1
+            settled = self._await([stored], tx_hash, isolate=False)
+            if not settled:
+                break
+            done += settled
         return done
 
-    def _await(self, chunk: list[StoredReceipt], tx_hash: str) -> int:
+    def _await(self, chunk: list[StoredReceipt], tx_hash: str, isolate: bool = True) -> int:
         ids = [r.item.receipt.id for r in chunk]
         try:
             outcome = self.chain.wait_tx(tx_hash, timeout=30)
         except TxRejected as exc:  # failed in FinalizeBlock (state changed since CheckTx)
             self.store.mark(ids, "pending")
-            return self._isolate(chunk, exc)
+            for rid in ids:
+                self._unseen_passes.pop(rid, None)
+            if exc.abci_code not in RECEIPT_REFUSALS:
+                return 0
+            if len(chunk) == 1:
+                return self._rejected(chunk[0], exc)
+            return self._isolate(chunk) if isolate else 0
         except HacaError:
-            return 0  # not committed yet: reconciled on the next pass
+            return 0  # not committed yet: reconciled on a later pass
         self.store.mark(ids, "settled", height=outcome.height)
+        for rid in ids:
+            self._unseen_passes.pop(rid, None)
         self.settled_total += len(ids)
         log.info("settled", receipts=len(ids), height=outcome.height, tx=tx_hash)
         return len(ids)
 
     def _rejected(self, stored: StoredReceipt, exc: TxRejected) -> int:
+        """The chain refused this receipt. If it settled it before (the node crashed after the
+        tx committed; the resend is now refused, for whatever reason), that is what counts."""
         receipt_id = stored.item.receipt.id
-        if exc.abci_code == codes.ALREADY_SETTLED:
-            record = self.view.receipt_record(receipt_id)
-            if record is not None and record["receipt_id"] == receipt_id:
-                self.store.mark([receipt_id], "settled", height=int(record["height"]))
-                self.settled_total += 1
-                return 1
+        if self._settled_on_chain(receipt_id):
+            return 1
         self.store.mark([receipt_id], "rejected", error=exc.log or str(exc))
         self.rejected_total += 1
         log.warning("settlement_rejected", receipt=receipt_id, reason=exc.log or str(exc))

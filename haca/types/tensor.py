@@ -15,6 +15,7 @@ from typing import Any
 
 DTYPES = {"float32": "f", "float64": "d", "int64": "q", "int32": "i", "uint8": "B", "bool": "?"}
 MAX_ELEMENTS = 1 << 22
+MAX_RANK = 16
 
 
 class TensorError(ValueError):
@@ -41,6 +42,8 @@ def tensor_from_json(value: Any, field: str = "tensor") -> Tensor:
     if dtype not in DTYPES:
         raise TensorError(f"{field}: dtype must be one of {sorted(DTYPES)}")
     shape = value["shape"]
+    if isinstance(shape, list) and len(shape) > MAX_RANK:
+        raise TensorError(f"{field}: rank {len(shape)} is above the limit of {MAX_RANK}")
     if not isinstance(shape, list) or not all(isinstance(d, int) and not isinstance(d, bool) and d >= 0 for d in shape):
         raise TensorError(f"{field}: shape must be a list of non-negative integers")
     return Tensor(dtype, tuple(shape), tuple(flatten(value["data"], tuple(shape), dtype, field)))
@@ -48,6 +51,8 @@ def tensor_from_json(value: Any, field: str = "tensor") -> Tensor:
 
 def flatten(data: Any, shape: tuple[int, ...], dtype: str, field: str = "tensor") -> list[Any]:
     """Row-major values of nested lists `data`, checked against `shape` and `dtype`."""
+    if len(shape) > MAX_RANK:
+        raise TensorError(f"{field}: rank {len(shape)} is above the limit of {MAX_RANK}")
     if math.prod(shape) > MAX_ELEMENTS:
         raise TensorError(f"{field}: more than {MAX_ELEMENTS} elements")
     out: list[Any] = []
@@ -134,6 +139,8 @@ def _input_tensor(name: str, value: Any, dtype: str, shape: tuple[int, ...]) -> 
             raise TensorError(f"input.{name}: dtype {tensor.dtype}, the model takes {dtype}")
     else:
         got = nested_shape(value)
+        if len(got) != len(shape):  # before flattening: a deeply nested input must not recurse
+            raise TensorError(f"input.{name}: rank {len(got)}, the model takes rank {len(shape)}")
         tensor = Tensor(dtype, got, tuple(flatten(value, got, dtype, f"input.{name}")))
     if len(tensor.shape) != len(shape) or any(w not in (-1, g) for w, g in zip(shape, tensor.shape, strict=True)):
         raise TensorError(f"input.{name}: shape {list(tensor.shape)}, the model takes {list(shape)}")
@@ -141,8 +148,8 @@ def _input_tensor(name: str, value: Any, dtype: str, shape: tuple[int, ...]) -> 
 
 
 def nested_shape(value: Any) -> tuple[int, ...]:
-    shape = []
-    while isinstance(value, list):
+    shape: list[int] = []
+    while isinstance(value, list) and len(shape) <= MAX_RANK:
         shape.append(len(value))
         if not value:
             break
