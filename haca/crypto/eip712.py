@@ -85,3 +85,25 @@ def _as_bytes(value: Any) -> bytes:
     if isinstance(value, str) and value.startswith("0x"):
         return bytes.fromhex(value[2:])
     raise ValueError("bytes values must be bytes or 0x-hex")
+
+
+@lru_cache(maxsize=64)
+def _flat_struct_type(primary: str, fields: tuple[tuple[str, str], ...]) -> tuple[bytes, Types]:
+    types: Types = {primary: [{"name": n, "type": t} for n, t in fields]}
+    return _type_hash(primary, _freeze(types)), types
+
+
+@lru_cache(maxsize=16)
+def domain_separator(name: str, version: str) -> bytes:
+    domain_types: Types = {"EIP712Domain": [{"name": "name", "type": "string"}, {"name": "version", "type": "string"}]}
+    return hash_struct("EIP712Domain", domain_types, {"name": name, "version": version})
+
+
+def flat_struct_digest(
+    domain: tuple[str, str], primary: str, fields: tuple[tuple[str, str], ...], message: dict[str, Any]
+) -> bytes:
+    """The EIP-712 digest of a struct of atomic fields (no nested structs), with the type hash
+    and domain separator computed once per struct type: the hot path of receipts and payments."""
+    type_hash, types = _flat_struct_type(primary, fields)
+    encoded = b"".join(_encode_value(t, types, message[n]) for n, t in fields)
+    return keccak256(b"\x19\x01" + domain_separator(*domain) + keccak256(type_hash + encoded))

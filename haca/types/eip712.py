@@ -7,7 +7,8 @@ from __future__ import annotations
 
 from typing import Any
 
-from haca.crypto.keys import PrivateKey, SignatureError, recover_signer, typed_data_digest
+from haca.crypto.eip712 import flat_struct_digest
+from haca.crypto.keys import PrivateKey, SignatureError, recover_signer, sign_digest
 
 DOMAIN = {"name": "HACA", "version": "1"}
 DOMAIN_TYPE = [{"name": "name", "type": "string"}, {"name": "version", "type": "string"}]
@@ -23,11 +24,11 @@ def typed_data(primary: str, fields: list[tuple[str, str]], message: dict[str, A
 
 
 def digest(primary: str, fields: list[tuple[str, str]], message: dict[str, Any]) -> bytes:
-    return typed_data_digest(typed_data(primary, fields, message))
+    return flat_struct_digest((DOMAIN["name"], DOMAIN["version"]), primary, tuple(fields), message)
 
 
 def sign(key: PrivateKey, primary: str, fields: list[tuple[str, str]], message: dict[str, Any]) -> bytes:
-    return key.sign_typed_data(typed_data(primary, fields, message))
+    return sign_digest(key.secret, digest(primary, fields, message))
 
 
 def signer_of(primary: str, fields: list[tuple[str, str]], message: dict[str, Any], signature: bytes) -> str:

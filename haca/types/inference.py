@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from functools import cached_property
 from typing import Any, ClassVar, Self
 
 from haca.types import fields as f
@@ -117,12 +118,20 @@ class MsgSettle:
 
     items: tuple[SettlementItem, ...]
 
+    @cached_property
+    def _items_json(self) -> list[dict[str, Any]]:  # a batch is encoded several times while a tx is built
+        return [item.to_json() for item in self.items]
+
     def to_json(self) -> dict[str, Any]:
-        return {"items": [item.to_json() for item in self.items]}
+        return {"items": self._items_json}
 
     def to_eip712(self) -> dict[str, Any]:
         # Each item is already signed by its node and client; the tx signature covers them as text.
-        return {"items": canonical_json([item.to_json() for item in self.items]).decode()}
+        return {"items": self._items_text}
+
+    @cached_property
+    def _items_text(self) -> str:
+        return canonical_json(self._items_json).decode()
 
     @classmethod
     def from_json(cls, value: dict[str, Any]) -> MsgSettle:

@@ -9,7 +9,7 @@ from dataclasses import dataclass, fields
 from functools import cached_property
 from typing import Any
 
-from haca.crypto.keys import PrivateKey
+from haca.crypto.keys import PrivateKey, recover_signer, sign_digest
 from haca.types import eip712
 from haca.types import fields as f
 from haca.types.encoding import canonical_json
@@ -59,14 +59,19 @@ class Receipt:
         }
 
     @cached_property
+    def digest(self) -> bytes:
+        """What the node signs; also the receipt's id."""
+        return eip712.digest("Receipt", RECEIPT_FIELDS, self.eip712_message())
+
+    @property
     def id(self) -> str:
-        return "0x" + eip712.digest("Receipt", RECEIPT_FIELDS, self.eip712_message()).hex()
+        return "0x" + self.digest.hex()
 
     def sign(self, key: PrivateKey) -> bytes:
-        return eip712.sign(key, "Receipt", RECEIPT_FIELDS, self.eip712_message())
+        return sign_digest(key.secret, self.digest)
 
     def signer(self, signature: bytes) -> str:
-        return eip712.signer_of("Receipt", RECEIPT_FIELDS, self.eip712_message(), signature)
+        return recover_signer(self.digest, signature)
 
     def to_json(self) -> dict[str, Any]:
         out = {fld.name: getattr(self, fld.name) for fld in fields(self)}

@@ -180,11 +180,14 @@ def exact_fields(value: dict[str, Any], names: set[str], what: str) -> None:
 
 
 def build_tx(key: PrivateKey, chain_id: str, nonce: int, msgs: tuple[Msg, ...], fee_base: int, fee_per_byte: int) -> Tx:
-    """A signed tx whose fee covers `fee_base + fee_per_byte * len(encoded tx)` exactly."""
+    """A signed tx whose fee covers `fee_base + fee_per_byte * len(encoded tx)` exactly.
+
+    The encoding's length does not depend on the signature's bytes (always 65), so the fee is
+    sized on a placeholder and the tx signed once."""
     fee = fee_base
     while True:
-        tx = Tx(chain_id, key.address, nonce, fee, msgs).signed(key)
-        needed = fee_base + fee_per_byte * len(tx.encode())
+        size = len(Tx(chain_id, key.address, nonce, fee, msgs, bytes(65)).encode())
+        needed = fee_base + fee_per_byte * size
         if needed <= fee:
-            return tx
+            return Tx(chain_id, key.address, nonce, fee, msgs).signed(key)
         fee = needed
