@@ -14,28 +14,31 @@ from typing import Any
 from haca.crypto.hashing import keccak256
 
 Types = dict[str, list[dict[str, str]]]
+Frozen = tuple[tuple[str, tuple[tuple[str, str], ...]], ...]
 
 
 def typed_data_digest(typed_data: dict[str, Any]) -> bytes:
     types: Types = typed_data["types"]
-    domain = hash_struct("EIP712Domain", types, typed_data["domain"])
-    return keccak256(b"\x19\x01" + domain + hash_struct(typed_data["primaryType"], types, typed_data["message"]))
+    frozen = _freeze(types)  # the type-hash cache key, computed once per digest
+    domain = hash_struct("EIP712Domain", types, typed_data["domain"], frozen)
+    message = hash_struct(typed_data["primaryType"], types, typed_data["message"], frozen)
+    return keccak256(b"\x19\x01" + domain + message)
 
 
-def hash_struct(name: str, types: Types, value: dict[str, Any]) -> bytes:
-    fields = types[name]
-    parts = [_type_hash(name, _freeze(types))]
-    for fld in fields:
-        parts.append(_encode_value(fld["type"], types, value[fld["name"]]))
+def hash_struct(name: str, types: Types, value: dict[str, Any], frozen: Frozen | None = None) -> bytes:
+    frozen = frozen if frozen is not None else _freeze(types)
+    parts = [_type_hash(name, frozen)]
+    for fld in types[name]:
+        parts.append(_encode_value(fld["type"], types, value[fld["name"]], frozen))
     return keccak256(b"".join(parts))
 
 
-def _freeze(types: Types) -> tuple[tuple[str, tuple[tuple[str, str], ...]], ...]:
+def _freeze(types: Types) -> Frozen:
     return tuple(sorted((k, tuple((f["name"], f["type"]) for f in v)) for k, v in types.items()))
 
 
 @lru_cache(maxsize=256)
-def _type_hash(name: str, frozen: tuple[tuple[str, tuple[tuple[str, str], ...]], ...]) -> bytes:
+def _type_hash(name: str, frozen: Frozen) -> bytes:
     types = {k: list(v) for k, v in frozen}
     deps = sorted(_dependencies(name, types) - {name})
     encoded = "".join(f"{t}({','.join(f'{ft} {fn}' for fn, ft in types[t])})" for t in [name, *deps])
@@ -52,12 +55,12 @@ def _dependencies(name: str, types: dict[str, list[tuple[str, str]]], found: set
     return found
 
 
-def _encode_value(field_type: str, types: Types, value: Any) -> bytes:
+def _encode_value(field_type: str, types: Types, value: Any, frozen: Frozen | None = None) -> bytes:
     if field_type.endswith("]"):
         inner = field_type[: field_type.rindex("[")]
-        return keccak256(b"".join(_encode_value(inner, types, item) for item in value))
+        return keccak256(b"".join(_encode_value(inner, types, item, frozen) for item in value))
     if field_type in types:
-        return hash_struct(field_type, types, value)
+        return hash_struct(field_type, types, value, frozen)
     if field_type == "string":
         return keccak256(value.encode())
     if field_type == "bytes":
