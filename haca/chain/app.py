@@ -183,17 +183,25 @@ class HacaApp:
         return CachedState(self.block_state if self.block_state is not None else self.store)
 
     def prepare_proposal(self, req: abci.RequestPrepareProposal) -> abci.ResponsePrepareProposal:
-        scratch = self._proposal_scratch()
+        state = self._proposal_scratch()
+        released = self.inference.release_withdrawals(state, req.height)
         self.runner.height = req.height
         chosen: list[bytes] = []
+        results: list[TxResult] = []
         size = 0
-        for raw in req.txs:
+        for item in req.txs:
+            raw = bytes(item)
             if size + len(raw) > req.max_tx_bytes:
                 break
             # Drop what would fail entirely (e.g. a tx made stale by one committed just before).
-            if self.runner.run(scratch, bytes(raw), atomic=True).ok:
+            result = self.runner.run(state, raw, atomic=True)
+            if result.ok:
                 chosen.append(raw)
+                results.append(result)
                 size += len(raw)
+        # A successful tx changes state the same way atomic or not, so this is the block's
+        # execution: the proposer's own ProcessProposal and FinalizeBlock reuse it.
+        self.processed = ExecutedBlock(req.height, chosen, state, results, released)
         return abci.ResponsePrepareProposal(txs=chosen)
 
     def _execute(self, height: int, txs: list[bytes]) -> ExecutedBlock:
@@ -205,7 +213,7 @@ class HacaApp:
         return ExecutedBlock(height, txs, state, results, released)
 
     def process_proposal(self, req: abci.RequestProcessProposal) -> abci.ResponseProcessProposal:
-        block = self._execute(req.height, [bytes(raw) for raw in req.txs])
+        block = self._executed(req.height, [bytes(raw) for raw in req.txs])
         rejected = next((r for r in block.results if r.ante_failed), None)
         if rejected is not None:
             log.warning("reject_proposal", height=req.height, reason=rejected.log)
@@ -213,11 +221,15 @@ class HacaApp:
         self.processed = block  # FinalizeBlock of this very block reuses the execution
         return abci.ResponseProcessProposal(status=abci.ResponseProcessProposal.ACCEPT)
 
-    def finalize_block(self, req: abci.RequestFinalizeBlock) -> abci.ResponseFinalizeBlock:
-        txs = [bytes(raw) for raw in req.txs]
+    def _executed(self, height: int, txs: list[bytes]) -> ExecutedBlock:
+        """This block's execution: the one Prepare/ProcessProposal kept if it is the same block."""
         block = self.processed
-        if block is None or block.height != req.height or block.txs != txs:
-            block = self._execute(req.height, txs)
+        if block is None or block.height != height or block.txs != txs:
+            block = self._execute(height, txs)
+        return block
+
+    def finalize_block(self, req: abci.RequestFinalizeBlock) -> abci.ResponseFinalizeBlock:
+        block = self._executed(req.height, [bytes(raw) for raw in req.txs])
         self.processed = None
         state, results, released = block.state, block.results, block.released
         if self.block_state is not None:  # InitChain's writes come first in this block
