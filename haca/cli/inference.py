@@ -73,7 +73,7 @@ def escrow(from_: KeyOption = None, home: HomeOption = None, json_out: JsonOptio
     """Your escrow balance and pending withdrawals."""
     with _client(home, from_) as client:
         answer = client.chain.query("/inference/escrow", client.key.address.encode())
-    emit(json_out, answer, lambda: console.print(answer))
+    emit(json_out, answer, lambda: _print_fields(answer))
 
 
 @cli_command
@@ -123,7 +123,14 @@ def receipt_show(
         if record["status"] == "pending":
             node_view = client.node_receipt(receipt_id)
             record = {"receipt_id": receipt_id, **node_view}
-    emit(json_out, record, lambda: console.print(record))
+    emit(json_out, record, lambda: _print_fields(record))
+
+
+def _print_fields(record: dict[str, Any]) -> None:
+    for key, value in record.items():
+        if isinstance(value, dict):
+            value = ", ".join(f"{k}={v}" for k, v in value.items() if k not in ("signature",))
+        console.print(f"[bold]{key:>15}[/bold]  {value}")
 
 
 @allowance_app.command("create")
