@@ -26,6 +26,7 @@ from haca.client.payment import (
 )
 from haca.crypto.keys import PrivateKey
 from haca.types.inference import MsgDeposit, MsgWithdraw
+from haca.types.payment import PaymentAuthorization
 from haca.types.receipt import SignedReceipt
 
 DEFAULT_MAX_FEE = 10**18
@@ -67,6 +68,29 @@ class _Base:
         if manifest["model_id"] != offer.model_id:
             raise ReceiptInvalid(f"node offers {offer.model_id}, the chain's {offer.model!r} is {manifest['model_id']}")
         return manifest
+
+    def _offer(self, first: httpx.Response) -> PaymentOffer:
+        """The node's answer to an unpaid request must be a 402 with its payment requirements."""
+        if first.status_code != 402:
+            raise (
+                self._error(first) if first.status_code >= 400 else PaymentRequiredError("node did not ask to be paid")
+            )
+        return PaymentOffer.from_402(first.json())
+
+    def _result(
+        self,
+        paid: httpx.Response,
+        input: Any,
+        manifest: dict[str, Any],
+        offer: PaymentOffer,
+        auth: PaymentAuthorization,
+    ) -> InferenceResult:
+        """Check the paid answer's receipt locally before handing it out."""
+        if paid.status_code != 200:
+            raise self._error(paid)
+        answer = paid.json()
+        signed = verify_answer(answer, input, manifest["input_schema"], offer.node, auth)
+        return InferenceResult(answer["output"], signed, answer.get("status", "pending"), self.node_url)
 
     def _error(self, response: httpx.Response) -> HacaError:
         try:
@@ -128,20 +152,11 @@ class Client(_Base):
     def infer(self, model: str, input: Any, mode: str = "vanilla", max_fee: int = DEFAULT_MAX_FEE) -> InferenceResult:
         """Run `model` on `input`, paying up to `max_fee`; the receipt is checked before returning."""
         body = {"model": model, "mode": mode, "input": input}
-        first = self.http.post(f"{self.node_url}/v1/infer", json=body)
-        if first.status_code != 402:
-            raise (
-                self._error(first) if first.status_code >= 400 else PaymentRequiredError("node did not ask to be paid")
-            )
-        offer = PaymentOffer.from_402(first.json())
+        offer = self._offer(self.http.post(f"{self.node_url}/v1/infer", json=body))
         manifest = self._manifest(offer)
         auth, header = sign_payment(self.key, offer, max_fee)
         paid = self.http.post(f"{self.node_url}/v1/infer", json=body, headers={"X-PAYMENT": header})
-        if paid.status_code != 200:
-            raise self._error(paid)
-        answer = paid.json()
-        signed = verify_answer(answer, input, manifest["input_schema"], offer.node, auth)
-        return InferenceResult(answer["output"], signed, answer.get("status", "pending"), self.node_url)
+        return self._result(paid, input, manifest, offer, auth)
 
     def node_receipt(self, receipt_id: str) -> dict[str, Any]:
         response = self.http.get(f"{self.node_url}/v1/receipts/{receipt_id}")
@@ -191,20 +206,11 @@ class AsyncClient(_Base):
         self, model: str, input: Any, mode: str = "vanilla", max_fee: int = DEFAULT_MAX_FEE
     ) -> InferenceResult:
         body = {"model": model, "mode": mode, "input": input}
-        first = await self.http.post(f"{self.node_url}/v1/infer", json=body)
-        if first.status_code != 402:
-            raise (
-                self._error(first) if first.status_code >= 400 else PaymentRequiredError("node did not ask to be paid")
-            )
-        offer = PaymentOffer.from_402(first.json())
+        offer = self._offer(await self.http.post(f"{self.node_url}/v1/infer", json=body))
         manifest = await asyncio.to_thread(self._manifest, offer)
         auth, header = sign_payment(self.key, offer, max_fee)
         paid = await self.http.post(f"{self.node_url}/v1/infer", json=body, headers={"X-PAYMENT": header})
-        if paid.status_code != 200:
-            raise self._error(paid)
-        answer = paid.json()
-        signed = verify_answer(answer, input, manifest["input_schema"], offer.node, auth)
-        return InferenceResult(answer["output"], signed, answer.get("status", "pending"), self.node_url)
+        return self._result(paid, input, manifest, offer, auth)
 
     async def wait_settled(self, receipt_id: str, timeout: float = 60.0) -> dict[str, Any]:
         deadline = time.monotonic() + timeout
