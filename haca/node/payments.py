@@ -120,6 +120,8 @@ class PaymentGate:
         try:
             doc = json.loads(base64.b64decode(header, validate=True))
             fields.require_fields(doc, {"x402Version", "scheme", "network", "payload"}, "X-PAYMENT")
+            if doc["x402Version"] != X402_VERSION:
+                raise ValueError(f"X-PAYMENT: x402Version must be {X402_VERSION}")
             if doc["scheme"] != SCHEME or doc["network"] != self.chain_id:
                 raise ValueError(f"X-PAYMENT: scheme must be {SCHEME!r} on network {self.chain_id!r}")
             payload = fields.require_fields(doc["payload"], {"authorization", "signature"}, "X-PAYMENT payload")

@@ -83,7 +83,7 @@ class Settler:
 
     def run_once(self) -> int:
         """Settle up to `max_inflight` batches (consecutive nonces, one block); return how many
-        receipts changed state."""
+        receipts changed state (settled, rejected, or sent back to pending), 0 when idle."""
         batch = self.store.unsettled(self.batch_size * self.max_inflight)
         if not batch:
             return 0
