@@ -63,7 +63,7 @@ class HistoricalState:
         return value or None
 
     def iter_prefix(self, prefix: bytes) -> Iterator[tuple[bytes, bytes]]:
-        raise InvalidQuery("listing queries are served at the latest height only")
+        return self.store.iter_prefix_at(self.height, prefix)
 
 
 class HacaApp:

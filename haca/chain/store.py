@@ -14,6 +14,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from trie import HexaryTrie
+from trie.typing import HexaryTrieNode
+from trie.utils.nibbles import bytes_to_nibbles, nibbles_to_bytes
 
 from haca.crypto.state_proof import encode_proof
 
@@ -148,6 +150,17 @@ class CommitStore:
         trie = HexaryTrie(self._nodes, root)
         return trie.get(key), encode_proof(trie.get_proof(key))
 
+    def iter_prefix_at(self, height: int, prefix: bytes) -> Iterator[tuple[bytes, bytes]]:
+        """Keys under `prefix` in the state committed at `height`, in byte order, read through the
+        trie (only the subtrees on the prefix's path are visited)."""
+        root = self.root_at(height)
+        if root is None:
+            raise KeyError(f"no state committed at height {height}")
+        trie = HexaryTrie(self._nodes, root)
+        wanted = tuple(bytes_to_nibbles(prefix))
+        for nibbles, value in _walk(trie, trie.root_node, (), wanted):
+            yield nibbles_to_bytes(nibbles), value
+
     def close(self) -> None:
         self._db.close()
 
@@ -158,3 +171,18 @@ def _prefix_end(prefix: bytes) -> bytes | None:
     if not stripped:
         return None
     return stripped[:-1] + bytes([stripped[-1] + 1])
+
+
+def _walk(
+    trie: HexaryTrie, node: HexaryTrieNode, path: tuple[int, ...], prefix: tuple[int, ...]
+) -> Iterator[tuple[tuple[int, ...], bytes]]:
+    """(key nibbles, value) under `node` (reached by `path`) whose key starts with `prefix`, in order."""
+    if node.value:
+        key = path + tuple(node.suffix)
+        if key[: len(prefix)] == prefix:
+            yield key, node.value
+    for segment in node.sub_segments:
+        child = path + tuple(segment)
+        shared = min(len(child), len(prefix))
+        if child[:shared] == prefix[:shared]:
+            yield from _walk(trie, trie.traverse_from(node, segment), child, prefix)

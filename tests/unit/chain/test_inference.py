@@ -242,6 +242,9 @@ def test_withdrawal_is_paid_only_once_the_withdraw_delay_has_passed(chain):
         "escrow": str(DEPOSIT - 40_000),
         "withdrawals": [],
     }
+    # The state before the payout is still answerable, withdrawals included (read through the trie).
+    past = chain.answer("/inference/escrow", CLIENT.address.encode(), height=requested_at)
+    assert past["withdrawals"] == pending and int(past["escrow"]) == DEPOSIT
     assert_accounting_holds(chain)
     chain.block()
     assert chain.balance(CLIENT.address) == balance_before - fee_of(raw) + 40_000  # paid once

@@ -1,4 +1,6 @@
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from haca.chain.store import EMPTY_ROOT, CommitStore
 from haca.crypto.state_proof import ProofError, verify_proof
@@ -63,3 +65,25 @@ def test_iter_prefix_is_ordered_and_bounded(tmp_path):
     store = CommitStore(tmp_path / "s.db")
     store.commit(1, store.stage_root({b"a/2": b"x", b"a/1": b"y", b"b/1": b"z", b"a\xff": b"w"}))
     assert [k for k, _ in store.iter_prefix(b"a/")] == [b"a/1", b"a/2"]
+
+
+def test_prefix_iteration_at_past_heights_matches_the_flat_state_then(tmp_path):
+    store = CommitStore(tmp_path / "s.db")
+    store.commit(1, store.stage_root({b"w/1": b"a", b"w/3": b"c", b"x/1": b"z", b"w": b"root"}))
+    at_one = list(store.iter_prefix(b"w"))
+    store.commit(2, store.stage_root({b"w/2": b"b", b"w/3": None}))
+    assert list(store.iter_prefix_at(1, b"w")) == at_one
+    assert list(store.iter_prefix_at(2, b"w/")) == list(store.iter_prefix(b"w/")) == [(b"w/1", b"a"), (b"w/2", b"b")]
+    assert list(store.iter_prefix_at(2, b"nothing/")) == []
+
+
+@settings(max_examples=60, deadline=None)
+@given(
+    st.dictionaries(st.binary(min_size=1, max_size=6), st.binary(min_size=1, max_size=8), max_size=40),
+    st.binary(max_size=3),
+)
+def test_prefix_iteration_through_the_trie_equals_a_sorted_filter(tmp_path_factory, state, prefix):
+    store = CommitStore(tmp_path_factory.mktemp("s") / "s.db")
+    store.commit(1, store.stage_root(state))
+    expected = sorted((k, v) for k, v in state.items() if k.startswith(prefix))
+    assert list(store.iter_prefix_at(1, prefix)) == expected
