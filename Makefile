@@ -7,7 +7,8 @@ HACA := $(VENV)/bin/haca
 export PATH := $(ROOT)/.tools/bin:$(VENV)/bin:$(PATH)
 DEMO_HOME ?= $(ROOT)/devnets/demo
 
-.PHONY: setup demo test test-fast bench lint clean
+.PHONY: setup demo test test-fast bench fuzz lint clean
+FUZZ_SECONDS ?= 60
 
 setup: $(VENV)/.installed .tools/bin/cometbft build/gen/.ok build/models/.ok
 
@@ -40,6 +41,10 @@ test-fast: setup
 bench: setup
 	@$(PY) bench/chain_tps.py
 	@$(PY) bench/node_overhead.py
+
+fuzz: setup
+	@set -e; for target in fuzz/fuzz_*.py; do echo "== $$target"; \
+	  $(PY) $$target -max_total_time=$(FUZZ_SECONDS) 2>&1 | tail -3; test $${PIPESTATUS[0]} -eq 0; done
 
 lint: setup
 	@$(VENV)/bin/ruff check .
