@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import shutil
 from pathlib import Path
 from typing import Annotated
@@ -33,7 +34,7 @@ def devnet_up(
 ) -> None:
     """Create (first time) and start the devnet: validators (height >= 2), a model hub with the
     example models registered, and one inference node."""
-    with console.status("starting devnet…", spinner="dots") if not json_out else _nothing():
+    with console.status("starting devnet…", spinner="dots") if not json_out else contextlib.nullcontext():
         net = up(client_home(home), validators, chain_id, block_time, inference)
     _print_status(net, json_out)
 
@@ -103,14 +104,6 @@ def _print_status(net: Devnet, json_out: bool) -> None:
         console.print(f"use it: haca --home {status['home']} … (e.g. haca query supply --home {status['home']})")
 
     emit(json_out, status, table)
-
-
-class _nothing:
-    def __enter__(self) -> None:
-        return None
-
-    def __exit__(self, *args: object) -> None:
-        return None
 
 
 @validator_app.command("init")
