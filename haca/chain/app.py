@@ -285,8 +285,15 @@ def _exec_result(result: TxResult) -> abci.ExecTxResult:
     )
 
 
+# Attributes CometBFT indexes for `tx_search` (who and what); amounts and fees are not searched
+# by, and every indexed attribute costs each validator a write per tx.
+INDEXED_ATTRIBUTES = frozenset({"signer", "sender", "recipient", "node", "client", "receipt_id", "name", "model_id"})
+
+
 def _abci_event(event: Event) -> abci.Event:
     return abci.Event(
         type=event.type,
-        attributes=[abci.EventAttribute(key=k, value=v, index=True) for k, v in event.attributes.items()],
+        attributes=[
+            abci.EventAttribute(key=k, value=v, index=k in INDEXED_ATTRIBUTES) for k, v in event.attributes.items()
+        ],
     )
