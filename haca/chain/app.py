@@ -59,8 +59,7 @@ class HistoricalState:
         self.store, self.height = store, height
 
     def get(self, key: bytes) -> bytes | None:
-        value, _ = self.store.prove(self.height, key)
-        return value or None
+        return self.store.get_at(self.height, key)
 
     def iter_prefix(self, prefix: bytes) -> Iterator[tuple[bytes, bytes]]:
         return self.store.iter_prefix_at(self.height, prefix)

@@ -142,6 +142,14 @@ class CommitStore:
         row = self._db.execute("SELECT root FROM roots WHERE height = ?", (height,)).fetchone()
         return bytes(row[0]) if row else None
 
+    def get_at(self, height: int, key: bytes) -> bytes | None:
+        """The value of `key` in the state committed at `height`, read through the trie."""
+        root = self.root_at(height)
+        if root is None:
+            raise KeyError(f"no state committed at height {height}")
+        value: bytes = HexaryTrie(self._nodes, root).get(key)
+        return value or None
+
     def prove(self, height: int, key: bytes) -> tuple[bytes, bytes]:
         """(value or b"", proof) for `key` in the state committed at `height`."""
         root = self.root_at(height)
