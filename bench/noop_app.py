@@ -17,10 +17,11 @@ from pathlib import Path
 
 from tendermint.abci import types_pb2 as abci
 
+from haca.chain.abci.base import BaseApplication
 from haca.chain.abci.server import AbciServer
 
 
-class NoopApp:
+class NoopApp(BaseApplication):
     def __init__(self) -> None:
         self.height = 0
         self.app_hash = b""
@@ -63,24 +64,6 @@ class NoopApp:
         self.height += 1
         self.app_hash = self.pending
         return abci.ResponseCommit()
-
-    def list_snapshots(self, req: abci.RequestListSnapshots) -> abci.ResponseListSnapshots:
-        return abci.ResponseListSnapshots()
-
-    def offer_snapshot(self, req: abci.RequestOfferSnapshot) -> abci.ResponseOfferSnapshot:
-        return abci.ResponseOfferSnapshot(result=abci.ResponseOfferSnapshot.REJECT)
-
-    def load_snapshot_chunk(self, req: abci.RequestLoadSnapshotChunk) -> abci.ResponseLoadSnapshotChunk:
-        return abci.ResponseLoadSnapshotChunk()
-
-    def apply_snapshot_chunk(self, req: abci.RequestApplySnapshotChunk) -> abci.ResponseApplySnapshotChunk:
-        return abci.ResponseApplySnapshotChunk(result=abci.ResponseApplySnapshotChunk.ABORT)
-
-    def extend_vote(self, req: abci.RequestExtendVote) -> abci.ResponseExtendVote:
-        return abci.ResponseExtendVote()
-
-    def verify_vote_extension(self, req: abci.RequestVerifyVoteExtension) -> abci.ResponseVerifyVoteExtension:
-        return abci.ResponseVerifyVoteExtension(status=abci.ResponseVerifyVoteExtension.ACCEPT)
 
 
 async def serve(socket_path: Path) -> None:

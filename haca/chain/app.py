@@ -14,6 +14,7 @@ from tendermint.abci import types_pb2 as abci
 from tendermint.crypto import proof_pb2
 
 from haca import __version__
+from haca.chain.abci.base import BaseApplication
 from haca.chain.errors import ChainError, InvalidQuery, UnknownQuery
 from haca.chain.events import Event
 from haca.chain.genesis import parse_app_genesis
@@ -65,7 +66,9 @@ class HistoricalState:
         return self.store.iter_prefix_at(self.height, prefix)
 
 
-class HacaApp:
+class HacaApp(BaseApplication):
+    """Snapshots and vote extensions are not used: BaseApplication answers them."""
+
     def __init__(self, store: CommitStore) -> None:
         self.store = store
         self.auth = AuthKeeper()
@@ -251,26 +254,6 @@ class HacaApp:
         self.block_state, self.staged, self.processed = None, None, None
         self.check_state = CachedState(self.store)
         return abci.ResponseCommit(retain_height=0)
-
-    # --- connection: snapshot, and vote extensions (unused) ------------------------------------
-
-    def list_snapshots(self, req: abci.RequestListSnapshots) -> abci.ResponseListSnapshots:
-        return abci.ResponseListSnapshots()
-
-    def offer_snapshot(self, req: abci.RequestOfferSnapshot) -> abci.ResponseOfferSnapshot:
-        return abci.ResponseOfferSnapshot(result=abci.ResponseOfferSnapshot.REJECT)
-
-    def load_snapshot_chunk(self, req: abci.RequestLoadSnapshotChunk) -> abci.ResponseLoadSnapshotChunk:
-        return abci.ResponseLoadSnapshotChunk()
-
-    def apply_snapshot_chunk(self, req: abci.RequestApplySnapshotChunk) -> abci.ResponseApplySnapshotChunk:
-        return abci.ResponseApplySnapshotChunk(result=abci.ResponseApplySnapshotChunk.ABORT)
-
-    def extend_vote(self, req: abci.RequestExtendVote) -> abci.ResponseExtendVote:
-        return abci.ResponseExtendVote()
-
-    def verify_vote_extension(self, req: abci.RequestVerifyVoteExtension) -> abci.ResponseVerifyVoteExtension:
-        return abci.ResponseVerifyVoteExtension(status=abci.ResponseVerifyVoteExtension.ACCEPT)
 
 
 def _exec_result(result: TxResult) -> abci.ExecTxResult:
