@@ -336,8 +336,16 @@ def build_digits_cnn() -> tuple[Any, Any]:
         return numpy_helper.from_array(np.asarray(value, dtype=np.float32), name)
 
     nodes = [
+        # strides and dilations spelled out: EZKL (the zkml prover) requires them on Conv.
         helper.make_node(
-            "Conv", ["input", "conv_w", "conv_b"], ["conv"], name="conv", kernel_shape=[3, 3], pads=[1] * 4
+            "Conv",
+            ["input", "conv_w", "conv_b"],
+            ["conv"],
+            name="conv",
+            kernel_shape=[3, 3],
+            pads=[1] * 4,
+            strides=[1, 1],
+            dilations=[1, 1],
         ),
         helper.make_node("Relu", ["conv"], ["relu"], name="relu"),
         helper.make_node("MaxPool", ["relu"], ["pool"], name="pool", kernel_shape=[2, 2], strides=[2, 2]),
