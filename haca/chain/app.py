@@ -33,6 +33,7 @@ from haca.chain.modules.registry.keeper import RegistryKeeper
 from haca.chain.state import CachedState, ReadableState
 from haca.chain.store import CommitStore, StagedBlock
 from haca.chain.tx import TxResult, TxRunner
+from haca.types import codes
 from haca.types.bank import MsgSend
 from haca.types.encoding import canonical_json
 from haca.types.inference import MsgDeposit, MsgRevokeAllowance, MsgSettle, MsgWithdraw
@@ -114,6 +115,9 @@ class HacaApp(BaseApplication):
     # --- connection: info/query -------------------------------------------------------------
 
     def info(self, req: abci.RequestInfo) -> abci.ResponseInfo:
+        # CometBFT asks at (re)connect and replays from the committed height: drop anything uncommitted.
+        self.block_state, self.staged, self.processed = None, None, None
+        self.check_state = CachedState(self.store)
         return abci.ResponseInfo(
             data="haca",
             version=__version__,
@@ -148,6 +152,9 @@ class HacaApp(BaseApplication):
             return resp
         except ChainError as error:
             return abci.ResponseQuery(code=error.code, codespace=error.codespace, log=str(error), height=height)
+        except Exception as exc:  # a query changes nothing, so a bug in one must not stop the node
+            log.warning("query_failed", path=req.path, error=repr(exc))
+            return abci.ResponseQuery(code=codes.INTERNAL, codespace="haca", log=f"query failed: {exc}", height=height)
 
     # --- connection: mempool ----------------------------------------------------------------
 

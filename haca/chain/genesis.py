@@ -59,6 +59,8 @@ def parse_app_genesis(raw: bytes) -> AppGenesis:
         )
         if inference.settlement_fee_bps > 10_000:
             raise ValueError("settlement_fee_bps must be at most 10000")
+        if inference.withdraw_delay > 1 << 32:
+            raise ValueError("withdraw_delay must be at most 2**32 blocks")
         accounts = tuple(
             GenesisAccount(normalize_address(a["address"]), parse_uint(a["balance"], "balance"))
             for a in doc.get("accounts", [])

@@ -84,20 +84,21 @@ class TxRunner:
         except ChainError as error:
             return TxResult.failure(error, ante_failed=True)
         msg_state = ante_state.branch()
+        msg_events: list[Event] = []
         try:
             for msg in tx.msgs:
                 ctx = TxContext(msg_state, tx.signer, self.height, self.chain_id)
-                events += self.handlers[type(msg)](ctx, msg)
+                msg_events += self.handlers[type(msg)](ctx, msg)
         except ChainError as error:
             if atomic:
                 return TxResult.failure(error, ante_failed=False)
             ante_state.write()
             result = TxResult.failure(error, ante_failed=False)
-            result.events = events
+            result.events = events  # the fee and nonce stand; the undone messages report nothing
             return result
         msg_state.write()
         ante_state.write()
-        return TxResult(events=events)
+        return TxResult(events=events + msg_events)
 
     def decode_verified(self, raw: bytes) -> Tx:
         """Decode, check the chain id and the signature (cached by tx hash)."""

@@ -65,6 +65,9 @@ class ChainView:
         except QueryFailed:
             return None
 
-    def forget_escrow(self, client: str) -> None:
+    def forget(self, client: str, allowance_id: str | None = None) -> None:
+        """Drop cached chain state a settlement just changed, so the next request sees it."""
         with self._lock:
             self._cache.pop(("escrow", client), None)
+            if allowance_id:
+                self._cache.pop(("allowance", allowance_id), None)

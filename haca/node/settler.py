@@ -15,6 +15,7 @@ from haca.node.chainview import ChainView
 from haca.node.receipts import ReceiptStore, StoredReceipt
 from haca.types import codes
 from haca.types.inference import MsgSettle
+from haca.types.payment import SpendingAllowance
 
 log = structlog.get_logger("haca.settler")
 
@@ -116,6 +117,7 @@ class Settler:
             return False
         self.store.mark([receipt_id], "settled", height=int(record["height"]))
         self._unseen_passes.pop(receipt_id, None)
+        self._refresh_view(str(record["client"]), None)
         self.settled_total += 1
         return True
 
@@ -180,11 +182,21 @@ class Settler:
         except HacaError:
             return 0  # not committed yet: reconciled on a later pass
         self.store.mark(ids, "settled", height=outcome.height)
-        for rid in ids:
-            self._unseen_passes.pop(rid, None)
+        for stored in chunk:
+            self._unseen_passes.pop(stored.item.receipt.id, None)
+            payment = stored.item.payment
+            allowance_id = payment.value.id if isinstance(payment.value, SpendingAllowance) else None
+            self._refresh_view(stored.item.receipt.receipt.client, allowance_id)
         self.settled_total += len(ids)
         log.info("settled", receipts=len(ids), height=outcome.height, tx=tx_hash)
         return len(ids)
+
+    def _refresh_view(self, client: str, allowance_id: str | None) -> None:
+        """Settled receipts leave the node's unsettled counts; the cached escrow (and allowance
+        spend) must not lag behind them, or the gate would accept what the escrow cannot pay."""
+        forget = getattr(self.view, "forget", None)  # test doubles may not cache at all
+        if forget is not None:
+            forget(client, allowance_id)
 
     def _rejected(self, stored: StoredReceipt, exc: TxRejected) -> int:
         """The chain refused this receipt. If it settled it before (the node crashed after the

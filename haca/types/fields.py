@@ -24,19 +24,19 @@ def require_fields(value: Any, names: set[str], what: str) -> dict[str, Any]:
 
 
 def bytes32(value: Any, field: str) -> str:
-    if not isinstance(value, str) or not _HEX32.match(value.lower()):
+    if not isinstance(value, str) or not _HEX32.fullmatch(value.lower()):
         raise ValueError(f"{field}: expected 0x followed by 64 hex digits")
     return value.lower()
 
 
 def model_id(value: Any, field: str = "model_id") -> str:
-    if not isinstance(value, str) or not _MODEL_ID.match(value):
+    if not isinstance(value, str) or not _MODEL_ID.fullmatch(value):
         raise ValueError(f"{field}: expected 'sha256:' followed by 64 lower-case hex digits")
     return value
 
 
 def name(value: Any, field: str = "name") -> str:
-    if not isinstance(value, str) or not _NAME.match(value):
+    if not isinstance(value, str) or not _NAME.fullmatch(value):
         raise ValueError(f"{field}: lower-case letters, digits and '-', 1-64 characters")
     return value
 

@@ -16,6 +16,8 @@ from typing import Any
 DTYPES = {"float32": "f", "float64": "d", "int64": "q", "int32": "i", "uint8": "B", "bool": "?"}
 MAX_ELEMENTS = 1 << 22
 MAX_RANK = 16
+FLOAT32_MAX = 3.4028234663852886e38
+INT_RANGES = {"int64": (-(1 << 63), (1 << 63) - 1), "int32": (-(1 << 31), (1 << 31) - 1), "uint8": (0, 255)}
 
 
 class TensorError(ValueError):
@@ -78,11 +80,14 @@ def _scalar(value: Any, dtype: str, field: str) -> Any:
     if isinstance(value, bool) or not isinstance(value, int | float):
         raise TensorError(f"{field}: expected numbers for dtype {dtype}")
     if dtype.startswith("float"):
-        if not math.isfinite(value):
-            raise TensorError(f"{field}: values must be finite")
+        if not math.isfinite(value) or (dtype == "float32" and abs(value) > FLOAT32_MAX):
+            raise TensorError(f"{field}: values must be finite {dtype} numbers")
         return float(value)
     if isinstance(value, float) and not value.is_integer():
         raise TensorError(f"{field}: expected integers for dtype {dtype}")
+    low, high = INT_RANGES[dtype]
+    if not low <= value <= high:
+        raise TensorError(f"{field}: {value} is out of range for {dtype}")
     return int(value)
 
 

@@ -46,13 +46,14 @@ def query_receipt(keeper: InferenceKeeper, state: ReadableState, data: bytes) ->
 def query_allowance(keeper: InferenceKeeper, state: ReadableState, data: bytes) -> Answer:
     try:
         allowance = SpendingAllowance.from_json(json.loads(data))
-    except (ValueError, RecursionError) as exc:
+        allowance_id = allowance.id
+    except (ValueError, RecursionError) as exc:  # UnicodeEncodeError (a lone surrogate) is a ValueError
         raise InvalidQuery(f"query data must be an allowance JSON: {exc}") from exc
-    spent = keeper.allowance_spent(state, allowance.id)
+    spent = keeper.allowance_spent(state, allowance_id)
     revoked = keeper.is_revoked(state, allowance.client, allowance.node, allowance.nonce)
-    answer = {"id": allowance.id, "cap": str(allowance.cap), "spent": str(spent), "revoked": revoked}
+    answer = {"id": allowance_id, "cap": str(allowance.cap), "spent": str(spent), "revoked": revoked}
     keys = [
-        SPENT_PREFIX + bytes.fromhex(allowance.id[2:]),
+        SPENT_PREFIX + bytes.fromhex(allowance_id[2:]),
         keeper.revoked_key(allowance.client, allowance.node, allowance.nonce),
     ]
     return answer, keys
