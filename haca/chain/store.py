@@ -142,29 +142,26 @@ class CommitStore:
         row = self._db.execute("SELECT root FROM roots WHERE height = ?", (height,)).fetchone()
         return bytes(row[0]) if row else None
 
-    def get_at(self, height: int, key: bytes) -> bytes | None:
-        """The value of `key` in the state committed at `height`, read through the trie."""
+    def _trie_at(self, height: int) -> HexaryTrie:
         root = self.root_at(height)
         if root is None:
             raise KeyError(f"no state committed at height {height}")
-        value: bytes = HexaryTrie(self._nodes, root).get(key)
+        return HexaryTrie(self._nodes, root)
+
+    def get_at(self, height: int, key: bytes) -> bytes | None:
+        """The value of `key` in the state committed at `height`, read through the trie."""
+        value: bytes = self._trie_at(height).get(key)
         return value or None
 
     def prove(self, height: int, key: bytes) -> tuple[bytes, bytes]:
         """(value or b"", proof) for `key` in the state committed at `height`."""
-        root = self.root_at(height)
-        if root is None:
-            raise KeyError(f"no state committed at height {height}")
-        trie = HexaryTrie(self._nodes, root)
+        trie = self._trie_at(height)
         return trie.get(key), encode_proof(trie.get_proof(key))
 
     def iter_prefix_at(self, height: int, prefix: bytes) -> Iterator[tuple[bytes, bytes]]:
         """Keys under `prefix` in the state committed at `height`, in byte order, read through the
         trie (only the subtrees on the prefix's path are visited)."""
-        root = self.root_at(height)
-        if root is None:
-            raise KeyError(f"no state committed at height {height}")
-        trie = HexaryTrie(self._nodes, root)
+        trie = self._trie_at(height)
         wanted = tuple(bytes_to_nibbles(prefix))
         for nibbles, value in _walk(trie, trie.root_node, (), wanted):
             yield nibbles_to_bytes(nibbles), value

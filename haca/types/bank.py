@@ -7,7 +7,8 @@ from typing import Any, ClassVar
 
 from haca.crypto.keys import normalize_address
 from haca.types.encoding import parse_uint
-from haca.types.tx import exact_fields, register_msg
+from haca.types.fields import require_fields
+from haca.types.tx import register_msg
 
 
 @register_msg
@@ -30,7 +31,7 @@ class MsgSend:
 
     @classmethod
     def from_json(cls, value: dict[str, Any]) -> MsgSend:
-        exact_fields(value, {"to", "amount"}, "bank/send")
+        require_fields(value, {"to", "amount"}, "bank/send")
         amount = parse_uint(value["amount"], "amount")
         if amount == 0:
             raise ValueError("amount must be positive")

@@ -174,11 +174,6 @@ def _hex_bytes(value: Any, field: str) -> bytes:
         raise ValueError(f"{field}: bad hex") from exc
 
 
-def exact_fields(value: dict[str, Any], names: set[str], what: str) -> None:
-    if set(value) != names:
-        raise ValueError(f"{what} fields must be exactly {sorted(names)}")
-
-
 def build_tx(key: PrivateKey, chain_id: str, nonce: int, msgs: tuple[Msg, ...], fee_base: int, fee_per_byte: int) -> Tx:
     """A signed tx whose fee covers `fee_base + fee_per_byte * len(encoded tx)` exactly.
 

@@ -14,8 +14,8 @@ from haca.chain.modules.inference.keeper import (
     SPENT_PREFIX,
     InferenceKeeper,
 )
+from haca.chain.query_args import address_arg
 from haca.chain.state import ReadableState
-from haca.crypto.keys import normalize_address
 from haca.types import fields
 from haca.types.payment import SpendingAllowance
 
@@ -23,10 +23,7 @@ Answer = tuple[dict[str, Any], list[bytes]]
 
 
 def query_escrow(keeper: InferenceKeeper, state: ReadableState, data: bytes) -> Answer:
-    try:
-        client = normalize_address(data.decode())
-    except (UnicodeDecodeError, ValueError) as exc:
-        raise InvalidQuery(f"query data must be an address: {exc}") from exc
+    client = address_arg(data)
     pending = [{"release_height": h, "amount": str(a)} for h, a in keeper.withdrawals(state, client)]
     answer = {"address": client, "escrow": str(keeper.escrow(state, client)), "withdrawals": pending}
     return answer, [ESCROW_PREFIX + bytes.fromhex(client[2:])]

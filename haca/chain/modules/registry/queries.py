@@ -7,8 +7,8 @@ from typing import Any
 
 from haca.chain.errors import InvalidQuery
 from haca.chain.modules.registry.keeper import LATEST_PREFIX, RegistryKeeper, model_key, node_key
+from haca.chain.query_args import address_arg
 from haca.chain.state import ReadableState
-from haca.crypto.keys import normalize_address
 
 
 def query_model(registry: RegistryKeeper, state: ReadableState, data: bytes) -> tuple[dict[str, Any], list[bytes]]:
@@ -25,10 +25,7 @@ def query_models(registry: RegistryKeeper, state: ReadableState, data: bytes) ->
 
 
 def query_node(registry: RegistryKeeper, state: ReadableState, data: bytes) -> tuple[dict[str, Any], list[bytes]]:
-    try:
-        address = normalize_address(data.decode())
-    except (UnicodeDecodeError, ValueError) as exc:
-        raise InvalidQuery(f"query data must be an address: {exc}") from exc
+    address = address_arg(data)
     return registry.node(state, address), [node_key(address)]
 
 
