@@ -7,7 +7,7 @@ import time
 from dataclasses import dataclass
 from typing import Any
 
-from haca.client.errors import HacaError, ProofInvalid, RpcError, TxRejected
+from haca.client.errors import ChainUnavailable, HacaError, ProofInvalid, RpcError, TxRejected
 from haca.client.light import LightClientError, validators_from_rpc, verify_signed_header
 from haca.client.rpc import CometRpc, b64
 from haca.crypto.keys import PrivateKey
@@ -40,21 +40,18 @@ class TxOutcome:
 
 class ChainClient:
     def __init__(self, rpc_urls: list[str], chain_id: str, validators: list[dict[str, Any]] | None = None) -> None:
-        """`validators` is the trusted validator set (RPC `validators` shape, e.g. from genesis);
-        without it, headers are checked against the set the RPC node reports."""
+        """`rpc_urls`: every RPC endpoint of the chain, in order of preference; calls fail over
+        between them (see CometRpc). `validators` is the trusted validator set (RPC `validators`
+        shape, e.g. from genesis); without it, headers are checked against the set the answering
+        RPC node reports."""
         if not rpc_urls:
             raise HacaError("no RPC URL configured")
-        self.rpcs = [CometRpc(url) for url in rpc_urls]
+        self.rpc = CometRpc(rpc_urls)
         self.chain_id = chain_id
         self.trusted = validators_from_rpc(validators) if validators else None
 
-    @property
-    def rpc(self) -> CometRpc:
-        return self.rpcs[0]
-
     def close(self) -> None:
-        for rpc in self.rpcs:
-            rpc.close()
+        self.rpc.close()
 
     # --- queries ------------------------------------------------------------------------------
 
@@ -140,8 +137,10 @@ class ChainClient:
             try:
                 found = self.rpc.tx(tx_hash)
                 break
-            except RpcError:
+            except RpcError as exc:
                 if time.monotonic() > deadline:
+                    if isinstance(exc, ChainUnavailable):
+                        raise
                     raise HacaError(f"tx {tx_hash} not committed within {timeout:.0f}s") from None
                 time.sleep(0.2)
         result = found["tx_result"]

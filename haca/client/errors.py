@@ -19,6 +19,17 @@ class RpcError(HacaError):
     code = "rpc"
 
 
+class ChainUnavailable(RpcError):
+    """No configured RPC endpoint answered (connection refused, timeout, HTTP error page): an
+    outage, not an answer. `endpoints` are the URLs tried or skipped as recently down."""
+
+    code = "chain_unavailable"
+
+    def __init__(self, message: str, endpoints: tuple[str, ...] = ()) -> None:
+        super().__init__(message)
+        self.endpoints = endpoints
+
+
 class TxRejected(HacaError):
     """The chain refused a tx (CheckTx or FinalizeBlock code != 0)."""
 

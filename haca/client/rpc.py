@@ -1,37 +1,137 @@
-"""CometBFT JSON-RPC over HTTP (httpx): the only way client, node and explorer reach the chain."""
+"""CometBFT JSON-RPC over HTTP (httpx): the only way client, node and explorer reach the chain.
+
+One `CometRpc` holds every configured endpoint and fails over between them. A transport failure
+(connection refused, timeout, an HTTP answer that is not JSON-RPC) moves the call to the next
+endpoint; the one that answered is used first from then on (sticky), and an endpoint that failed is
+skipped for `retry_after` seconds. An answer — a JSON-RPC error, an ABCI query with a nonzero
+code — is final: it is raised as is and never retried elsewhere. When no endpoint answers, the call
+raises `ChainUnavailable` naming every endpoint tried or skipped.
+"""
 
 from __future__ import annotations
 
 import base64
+import hashlib
 import json
+import threading
+import time
+from collections.abc import Sequence
 from typing import Any
 
 import httpx
 
-from haca.client.errors import QueryFailed, RpcError
+from haca.client.errors import ChainUnavailable, QueryFailed, RpcError
+
+CONNECT_TIMEOUT = 2.0  # a dead endpoint on loopback refuses at once; a dropped SYN costs this much
+RETRY_AFTER = 3.0  # seconds a failed endpoint is skipped before it is tried again
+
+
+class _Unreachable(Exception):
+    """One endpoint did not answer. `maybe_delivered`: the request may have reached it (a read
+    timeout or a broken answer, not a refused connection)."""
+
+    def __init__(self, reason: str, maybe_delivered: bool) -> None:
+        super().__init__(reason)
+        self.maybe_delivered = maybe_delivered
 
 
 class CometRpc:
-    def __init__(self, url: str, timeout: float = 10.0) -> None:
-        self.url = url.rstrip("/")
-        self._http = httpx.Client(base_url=self.url, timeout=timeout)
+    def __init__(
+        self,
+        urls: str | Sequence[str],
+        timeout: float = 10.0,
+        connect_timeout: float = CONNECT_TIMEOUT,
+        retry_after: float = RETRY_AFTER,
+    ) -> None:
+        """`urls`: one endpoint or several of the same chain, in order of preference."""
+        self.urls = [u.rstrip("/") for u in ([urls] if isinstance(urls, str) else urls)]
+        if not self.urls:
+            raise RpcError("no RPC URL configured")
+        limits = httpx.Timeout(timeout, connect=min(connect_timeout, timeout))
+        self._http = [httpx.Client(base_url=url, timeout=limits) for url in self.urls]
+        self.retry_after = retry_after
+        self._current = 0  # the endpoint that answered last
+        self._down_until = [0.0] * len(self.urls)  # monotonic time before which an endpoint is skipped
+        self._lock = threading.Lock()
+
+    @property
+    def url(self) -> str:
+        """The endpoint calls go to first (the one that answered last)."""
+        return self.urls[self._current]
 
     def close(self) -> None:
-        self._http.close()
+        for http in self._http:
+            http.close()
 
-    def call(self, method: str, **params: Any) -> Any:
+    # --- transport --------------------------------------------------------------------------------
+
+    def _candidates(self) -> tuple[list[int], list[int]]:
+        """(endpoints to try, starting at the current one; endpoints skipped as recently down)."""
+        now = time.monotonic()
+        with self._lock:
+            start, down_until = self._current, self._down_until
+            order = [(start + i) % len(self.urls) for i in range(len(self.urls))]
+            live = [i for i in order if down_until[i] <= now]
+        return live, [i for i in order if i not in live]
+
+    def _mark(self, index: int, ok: bool) -> None:
+        with self._lock:
+            if ok:
+                self._current, self._down_until[index] = index, 0.0
+            else:
+                self._down_until[index] = time.monotonic() + self.retry_after
+                if self._current == index:
+                    self._current = (index + 1) % len(self.urls)
+
+    def _post(self, index: int, payload: dict[str, Any]) -> dict[str, Any]:
         try:
-            resp = self._http.post("/", json={"jsonrpc": "2.0", "id": 1, "method": method, "params": params})
+            resp = self._http[index].post("/", json=payload)
         except httpx.HTTPError as exc:
-            raise RpcError(f"{self.url}: {method}: {exc}") from exc
+            refused = isinstance(exc, (httpx.ConnectError, httpx.ConnectTimeout))
+            raise _Unreachable(str(exc) or type(exc).__name__, maybe_delivered=not refused) from exc
         try:
             doc = resp.json()
-        except json.JSONDecodeError as exc:
-            raise RpcError(f"{self.url}: {method}: HTTP {resp.status_code}, not JSON") from exc
+        except (json.JSONDecodeError, UnicodeDecodeError):
+            raise _Unreachable(f"HTTP {resp.status_code}, not JSON", maybe_delivered=True) from None
+        if not isinstance(doc, dict) or ("result" not in doc and "error" not in doc):
+            raise _Unreachable(f"HTTP {resp.status_code}, not a JSON-RPC answer", maybe_delivered=True)
+        return doc
+
+    def _request(self, method: str, params: dict[str, Any]) -> tuple[dict[str, Any], bool]:
+        """The first JSON-RPC answer from any endpoint, and whether an endpoint tried before it
+        may have received the request too."""
+        payload = {"jsonrpc": "2.0", "id": 1, "method": method, "params": params}
+        live, skipped = self._candidates()
+        failures, maybe_delivered = [], False
+        for index in live:
+            try:
+                doc = self._post(index, payload)
+            except _Unreachable as exc:
+                self._mark(index, ok=False)
+                failures.append(f"{self.urls[index]}: {exc}")
+                maybe_delivered = maybe_delivered or exc.maybe_delivered
+                continue
+            if index != self._current or self._down_until[index]:
+                self._mark(index, ok=True)
+            return doc, maybe_delivered
+        failures += [f"{self.urls[i]}: skipped, failed in the last {self.retry_after:g}s" for i in skipped]
+        raise ChainUnavailable(
+            f"{method}: no chain RPC endpoint answered ({'; '.join(failures)})",
+            tuple(self.urls[i] for i in live + skipped),
+        )
+
+    @staticmethod
+    def _result(method: str, doc: dict[str, Any]) -> Any:
         if "error" in doc:
-            err = doc["error"]
+            err = doc["error"] if isinstance(doc["error"], dict) else {"message": str(doc["error"])}
             raise RpcError(f"{method}: {err.get('message', '')} {err.get('data', '')}".strip())
         return doc["result"]
+
+    def call(self, method: str, **params: Any) -> Any:
+        doc, _ = self._request(method, params)
+        return self._result(method, doc)
+
+    # --- methods ----------------------------------------------------------------------------------
 
     def status(self) -> dict[str, Any]:
         result: dict[str, Any] = self.call("status")
@@ -41,8 +141,30 @@ class CometRpc:
         return int(self.status()["sync_info"]["latest_block_height"])
 
     def broadcast_tx_sync(self, raw: bytes) -> dict[str, Any]:
-        result: dict[str, Any] = self.call("broadcast_tx_sync", tx=base64.b64encode(raw).decode())
+        """CheckTx through the first endpoint that answers. Resending to another endpoint is safe
+        (same bytes, same hash: mempool caches and the nonce let it commit at most once). When an
+        endpoint that failed may have received the tx, another endpoint's "already in cache" or
+        refusal of a tx that is already committed means it was accepted: that is reported as
+        accepted, with the tx's hash, rather than as a rejection."""
+        doc, maybe_delivered = self._request("broadcast_tx_sync", {"tx": base64.b64encode(raw).decode()})
+        if not maybe_delivered:
+            result: dict[str, Any] = self._result("broadcast_tx_sync", doc)
+            return result
+        tx_hash = hashlib.sha256(raw).hexdigest().upper()
+        accepted = {"code": 0, "data": "", "log": "", "codespace": "", "hash": tx_hash}
+        if "error" in doc and "already exists in cache" in json.dumps(doc["error"]):
+            return accepted
+        result = self._result("broadcast_tx_sync", doc)
+        if int(result.get("code", 0)) != 0 and self._committed(tx_hash):
+            return accepted  # refused here because it is already committed (its nonce is used)
         return result
+
+    def _committed(self, tx_hash: str) -> bool:
+        try:
+            self.tx(tx_hash)
+        except RpcError:
+            return False
+        return True
 
     def tx(self, tx_hash: str) -> dict[str, Any]:
         result: dict[str, Any] = self.call(

@@ -15,6 +15,7 @@ from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, G
 from starlette.concurrency import run_in_threadpool
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
+from haca.client.errors import ChainUnavailable, HacaError
 from haca.crypto.keys import PrivateKey
 from haca.node.errors import (
     InvalidInputError,
@@ -100,6 +101,16 @@ def create_app(ctx: NodeContext) -> FastAPI:
     @app.exception_handler(RequestValidationError)
     async def validation_error(request: Request, exc: RequestValidationError) -> JSONResponse:
         return JSONResponse({"error": {"code": "invalid_request", "message": str(exc.errors())}}, 422)
+
+    @app.exception_handler(HacaError)
+    async def chain_error(request: Request, exc: HacaError) -> JSONResponse:
+        """A chain read failed: 503 when no RPC endpoint answers, 502 for any other chain error."""
+        if isinstance(exc, ChainUnavailable):
+            metrics.rejected.labels("503").inc()
+            message = "the node cannot reach the chain: no RPC endpoint answered; retry shortly"
+            return JSONResponse({"error": {"code": exc.code, "message": message}}, 503, {"Retry-After": "3"})
+        metrics.rejected.labels("502").inc()
+        return JSONResponse({"error": {"code": "chain_error", "message": f"chain read failed ({exc.code})"}}, 502)
 
     @app.post("/v1/infer")
     async def infer(request: Request) -> Response:
