@@ -2,7 +2,9 @@
 
 Inputs arrive as JSON: a nested list for a single-input model, or {input name: nested list or
 {"dtype", "shape", "data"}}. They become named `Tensor`s (hashed into the receipt) and numpy
-arrays (fed to the session).
+arrays (fed to the session). Inputs must be finite; outputs are whatever the session computed,
+NaN and infinities included, which `haca.types.tensor` writes and hashes faithfully (every NaN,
+whatever its sign or payload, as the canonical quiet NaN).
 """
 
 from __future__ import annotations
@@ -72,6 +74,7 @@ class OnnxModel:
 
 
 def to_tensor(array: np.ndarray) -> Tensor:
+    """A session output as a Tensor; non-finite values are kept as they are."""
     dtype = str(array.dtype)
     if dtype not in ("float32", "float64", "int64", "int32", "uint8", "bool"):
         raise ValueError(f"unsupported output dtype {dtype}")
