@@ -15,9 +15,10 @@ from rich.table import Table
 
 from haca.cli.common import HomeOption, JsonOption, cli_command, client_home, console, emit, err_console, keystore
 from haca.client.chain import ChainClient, TxOutcome
-from haca.client.config import ClientConfig, connect
+from haca.client.config import ClientConfig, StoredKey, connect
 from haca.client.errors import ConfigError, HacaError, NotFound, QueryFailed
 from haca.client.rpc import b64
+from haca.crypto.keys import PrivateKey
 from haca.hub.client import HubClient
 from haca.hub.schema import onnx_schemas
 from haca.hub.store import BlobInfo
@@ -37,6 +38,10 @@ HubOption = Annotated[
 FromOption = Annotated[
     str, typer.Option("--from", help="key name or address that owns the model (default: the home's default key)")
 ]
+UploaderOption = Annotated[
+    str,
+    typer.Option("--from", help="key name or address that signs the upload (default: the home's default key)"),
+]
 FileOption = Annotated[
     Path, typer.Option("--file", exists=True, dir_okay=False, readable=True, help="the ONNX model file")
 ]
@@ -44,6 +49,10 @@ FileOption = Annotated[
 
 class NoHubConfigured(ConfigError):
     code = "no_hub"
+
+
+class NoUploadKey(ConfigError):
+    code = "no_key"
 
 
 class ModelExists(HacaError):
@@ -108,10 +117,23 @@ def query_model(client: ChainClient, ref: str) -> dict[str, Any] | None:
     return manifest
 
 
-def upload_file(url: str, path: Path, json_out: bool) -> BlobInfo:
-    """Upload with a progress bar on stderr for big files in human mode."""
+def upload_key(from_: str, home: Path | None) -> StoredKey:
+    """The key that signs an upload: --from, else the home's default key."""
+    name = from_
+    if not name:
+        try:
+            name = ClientConfig.load(client_home(home)).default_key
+        except ConfigError:
+            name = ""
+    if not name:
+        raise NoUploadKey("uploads are signed by an uploader account: pass --from KEY or set a default key")
+    return keystore(home).get(name)
+
+
+def upload_file(url: str, path: Path, json_out: bool, key: PrivateKey) -> BlobInfo:
+    """Upload, signed by `key`, with a progress bar on stderr for big files in human mode."""
     size = path.stat().st_size
-    with HubClient(url) as hub:
+    with HubClient(url, key=key) as hub:
         if json_out or size < PROGRESS_MIN_BYTES:
             return hub.upload_info(path)
         with Progress(
@@ -193,7 +215,7 @@ def register(
             )
 
         message(PLACEHOLDER_ID)  # every field checked before the upload
-        blob = upload_file(hub_url, file, json_out)
+        blob = upload_file(hub_url, file, json_out, signer.key)
         outcome = client.send_msgs(signer.key, (message(blob.id),), wait=True)
         if not isinstance(outcome, TxOutcome):
             raise HacaError(f"tx {outcome} was not waited for")
@@ -223,12 +245,14 @@ def register(
 @cli_command
 def upload(
     file: Annotated[Path, typer.Argument(exists=True, dir_okay=False, readable=True, metavar="FILE")],
+    from_: UploaderOption = "",
     hub: HubOption = "",
     home: HomeOption = None,
     json_out: JsonOption = False,
 ) -> None:
-    """Upload FILE to the hub; prints its content id."""
-    blob = upload_file(resolve_hub(hub, home), file, json_out)
+    """Upload FILE to the hub, signed by --from (an uploader of that hub); prints its content id."""
+    hub_url = resolve_hub(hub, home)
+    blob = upload_file(hub_url, file, json_out, upload_key(from_, home).key)
     emit(json_out, blob.to_json(), lambda: console.print(f"{blob.id} ({blob.size} bytes)"))
 
 

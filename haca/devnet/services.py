@@ -13,6 +13,7 @@ from typing import Any
 from haca.client.chain import ChainClient
 from haca.client.config import ClientConfig, KeyStore, connect
 from haca.client.errors import QueryFailed
+from haca.devnet.accounts import dev_keys, service_keys
 from haca.devnet.layout import example_models_dir
 from haca.devnet.processes import http_ok, process_alive, spawn
 from haca.hub.client import HubClient
@@ -27,8 +28,15 @@ class ServiceError(RuntimeError):
     pass
 
 
+def hub_uploaders() -> list[str]:
+    """The devnet hub's uploader accounts: the `publisher` and the node operator, plus the dev
+    accounts (so `haca model create --from devN` works on a devnet); each with the default quota."""
+    return [key.address for _, key in service_keys() + dev_keys()]
+
+
 def hub_command(root: Path, port: int) -> list[str]:
-    return [sys.executable, "-m", "haca.hub.main", "--root", str(root), "--port", str(port)]
+    uploaders = [arg for address in hub_uploaders() for arg in ("--uploader", address)]
+    return [sys.executable, "-m", "haca.hub.main", "--root", str(root), "--port", str(port), *uploaders]
 
 
 def node_command(home: Path, key: str, port: int) -> list[str]:
@@ -58,13 +66,14 @@ def register_example_models(home: Path, hub_url: str) -> list[dict[str, Any]]:
     config = ClientConfig.load(home)
     publisher = KeyStore(home).get("publisher").key
     chain = connect(config)
-    hub = HubClient(hub_url)
+    hub = HubClient(hub_url, key=publisher)
     registered = []
     try:
         for entry in json.loads(manifest_path.read_text())["models"]:
             model_id = hub.upload(models_dir / entry["file"])
             registered.append(_register(chain, publisher, entry, model_id))
     finally:
+        hub.close()
         chain.close()
     return registered
 

@@ -1,17 +1,25 @@
 """The hub's HTTP API (FastAPI) over a `BlobStore`.
 
-    POST /v1/blobs             raw body (application/octet-stream), streamed -> 201 {"id", "size"}
+    POST /v1/blobs             raw body (application/octet-stream), streamed -> 201 {"id", "size"};
+                               signed by an uploader (headers in `haca.hub.auth`), within its quota
     GET  /v1/blobs/{id}        the bytes (application/octet-stream, header X-Content-Sha256: <hex>)
     HEAD /v1/blobs/{id}        the same headers, no body
     GET  /v1/blobs             {"blobs": [{"id", "size"}]}
     GET  /healthz              {"status": "ok"}
 
-Every error is JSON `{"error": {"code", "message"}}`: 400 bad id or request, 404 unknown blob or
-route, 405 wrong method, 413 too large, 415 not octet-stream, 422 request validation.
+Every error is JSON `{"error": {"code", "message"}}`: 400 bad id or request, or bytes other than the
+signed ones; 401 an upload without a valid, unexpired signature; 403 a signer that is not an uploader
+or is over its quota; 404 unknown blob or route, 405 wrong method, 413 too large, 415 not
+octet-stream, 422 request validation. Downloads need no signature.
+
+The signature is checked, and the quota reserved, before a byte of the body is read; the body is
+hashed as it streams and stored only if it is exactly the signed sha256 and size.
 """
 
 from __future__ import annotations
 
+import time
+from collections.abc import Callable
 from typing import Any
 
 from fastapi import FastAPI, Request
@@ -20,8 +28,19 @@ from fastapi.responses import FileResponse, JSONResponse, Response
 from starlette.concurrency import run_in_threadpool
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from haca.hub.errors import BlobHashMismatch, BlobNotFound, BlobTooLarge, HubError, InvalidBlobId
-from haca.hub.store import BlobStore, parse_blob_id
+from haca.hub.auth import verify_upload
+from haca.hub.errors import (
+    BlobHashMismatch,
+    BlobNotFound,
+    BlobTooLarge,
+    ContentMismatch,
+    HubError,
+    InvalidBlobId,
+    UploadForbidden,
+    UploadUnauthorized,
+)
+from haca.hub.quota import UploadLedger
+from haca.hub.store import ID_PREFIX, BlobStore, BlobWriter, parse_blob_id
 
 CONTENT_SHA256_HEADER = "X-Content-Sha256"
 UPLOAD_MEDIA_TYPES = ("application/octet-stream", "")
@@ -31,7 +50,11 @@ HUB_ERROR_STATUS: dict[type[HubError], int] = {
     BlobNotFound: 404,
     BlobTooLarge: 413,
     BlobHashMismatch: 400,
+    ContentMismatch: 400,
+    UploadUnauthorized: 401,
+    UploadForbidden: 403,
 }
+UPLOAD_AUTH_SCHEME = 'HACA-Upload realm="hub"'  # WWW-Authenticate of a 401: sign a HubUpload (haca.hub.auth)
 HTTP_STATUS_CODES = {
     400: "bad_request",
     404: "not_found",
@@ -62,15 +85,20 @@ def hub_error_status(exc: HubError) -> int:
     return 400
 
 
-def create_app(store: BlobStore) -> FastAPI:
+def create_app(store: BlobStore, ledger: UploadLedger | None = None, clock: Callable[[], float] = time.time) -> FastAPI:
+    """The hub over `store`. `ledger` holds the uploaders and their quotas (None: nobody may
+    upload, a read-only hub); `clock` gives the time that upload signatures expire against."""
+    ledger = ledger if ledger is not None else UploadLedger(store.root, {})
     app = FastAPI(title="HACA model hub", version="1", docs_url=None, redoc_url=None, openapi_url=None)
     app.state.store = store
+    app.state.ledger = ledger
 
     # --- errors: mapped once, always JSON ---------------------------------------------------
 
     @app.exception_handler(HubError)
     async def on_hub_error(request: Request, exc: HubError) -> JSONResponse:
-        return error_response(hub_error_status(exc), exc.code, str(exc) or type(exc).__name__)
+        headers = {"WWW-Authenticate": UPLOAD_AUTH_SCHEME} if isinstance(exc, UploadUnauthorized) else None
+        return error_response(hub_error_status(exc), exc.code, str(exc) or type(exc).__name__, headers)
 
     @app.exception_handler(RequestValidationError)
     async def on_validation_error(request: Request, exc: RequestValidationError) -> JSONResponse:
@@ -99,6 +127,8 @@ def create_app(store: BlobStore) -> FastAPI:
 
     @app.post("/v1/blobs", status_code=201)
     async def upload(request: Request) -> JSONResponse:
+        grant = verify_upload(request.headers, clock())  # 401 unless signed, before any body byte
+        ledger.require_uploader(grant.uploader)  # 403
         media_type = request.headers.get("content-type", "").split(";")[0].strip().lower()
         if media_type not in UPLOAD_MEDIA_TYPES:
             raise UnsupportedMediaType(f"upload the raw bytes as application/octet-stream, not {media_type!r}")
@@ -106,17 +136,32 @@ def create_app(store: BlobStore) -> FastAPI:
         if length is not None:
             if not length.isdigit():
                 raise StarletteHTTPException(400, f"bad Content-Length {length!r}")
-            if int(length) > store.max_size:
-                raise BlobTooLarge(f"blob of {length} bytes exceeds the size limit of {store.max_size} bytes")
-        writer = await run_in_threadpool(store.writer)
+            if int(length) != grant.size:
+                raise ContentMismatch(f"Content-Length {length} is not the signed size {grant.size}")
+        if grant.size > store.max_size:
+            raise BlobTooLarge(f"blob of {grant.size} bytes exceeds the size limit of {store.max_size} bytes")
+        stored = await run_in_threadpool(store.exists, ID_PREFIX + grant.sha256)
+        reservation = await run_in_threadpool(ledger.reserve, grant.uploader, grant.sha256, grant.size, stored)
+        writer: BlobWriter | None = None
         try:
+            writer = await run_in_threadpool(store.writer)
             async for chunk in request.stream():
                 if chunk:
+                    if writer.size + len(chunk) > grant.size:
+                        raise ContentMismatch(f"the body is longer than the signed {grant.size} bytes")
                     writer.write(chunk)
-            info = await run_in_threadpool(writer.commit)
+            if writer.size != grant.size or writer.hexdigest != grant.sha256:
+                raise ContentMismatch(
+                    f"the body ({writer.size} bytes, sha256 {writer.hexdigest}) is not the signed one "
+                    f"({grant.size} bytes, sha256 {grant.sha256})"
+                )
+            info = await run_in_threadpool(ledger.commit, reservation, writer)
         except BaseException:
-            writer.abort()
+            if writer is not None:
+                writer.abort()
             raise
+        finally:
+            reservation.release()
         return JSONResponse(info.to_json(), status_code=201)
 
     @app.get("/v1/blobs")

@@ -1,5 +1,6 @@
 """HTTP client of the model hub (httpx). Whatever it returns has been checked to hash to the id it
-was asked for: a node must refuse model bytes that do not match the model id on chain."""
+was asked for: a node must refuse model bytes that do not match the model id on chain. Uploads are
+signed with the uploader's account key (`haca.hub.auth`); downloads need no key."""
 
 from __future__ import annotations
 
@@ -10,11 +11,21 @@ import tempfile
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from types import TracebackType
-from typing import Any
+from typing import Any, BinaryIO
 
 import httpx
 
-from haca.hub.errors import ERRORS_BY_CODE, BlobHashMismatch, BlobNotFound, BlobTooLarge, HubError, HubUnavailable
+from haca.crypto.keys import PrivateKey
+from haca.hub.auth import DEFAULT_UPLOAD_TTL, upload_headers
+from haca.hub.errors import (
+    ERRORS_BY_CODE,
+    BlobHashMismatch,
+    BlobNotFound,
+    BlobTooLarge,
+    HubError,
+    HubUnavailable,
+    SignatureRequired,
+)
 from haca.hub.store import CHUNK_SIZE, DEFAULT_MAX_SIZE, ID_PREFIX, TMP_PREFIX, BlobInfo, parse_blob_id
 
 Progress = Callable[[int], None]
@@ -25,15 +36,21 @@ class HubClient:
     def __init__(
         self,
         url: str,
+        key: PrivateKey | None = None,
         timeout: float = 60.0,
         max_size: int = DEFAULT_MAX_SIZE,
         transport: httpx.BaseTransport | None = None,
+        upload_ttl: int = DEFAULT_UPLOAD_TTL,
     ) -> None:
-        """`max_size` bounds what a download accepts (BlobTooLarge past it); `transport` is for tests."""
+        """`key` signs uploads (the uploader's account; None for a download-only client); `max_size`
+        bounds what a download accepts (BlobTooLarge past it); `upload_ttl` is how long an upload
+        signature stays valid; `transport` is for tests."""
         if not url.startswith(("http://", "https://")):
             raise HubError(f"hub URL {url!r}: expected http:// or https://")
         self.url = url.rstrip("/")
+        self.key = key
         self.max_size = max_size
+        self.upload_ttl = upload_ttl
         self._http = httpx.Client(
             base_url=self.url, timeout=httpx.Timeout(timeout, connect=min(timeout, 10.0)), transport=transport
         )
@@ -56,30 +73,32 @@ class HubClient:
         return self.upload_info(source, progress).id
 
     def upload_info(self, source: Path | str | bytes, progress: Progress | None = None) -> BlobInfo:
-        """Upload and return {id, size}; BlobHashMismatch if the hub names other bytes than we sent."""
-        digest = hashlib.sha256()
+        """Upload and return {id, size}, signed by this client's key (SignatureRequired without one).
+        A file is hashed first, then streamed. BlobHashMismatch if the hub names other bytes."""
+        if self.key is None:
+            raise SignatureRequired("uploading to the hub needs the uploader's account key (HubClient(url, key=...))")
         if isinstance(source, bytes):
-            size = len(source)
-            digest.update(source)
-            body: bytes | Iterator[bytes] = source
-            response = self._request("POST", "/v1/blobs", content=body, headers=_octet_stream(size))
+            size, hex_digest = len(source), hashlib.sha256(source).hexdigest()
+            headers = {**_octet_stream(size), **upload_headers(self.key, hex_digest, size, ttl=self.upload_ttl)}
+            response = self._request("POST", "/v1/blobs", content=source, headers=headers)
             if progress:
                 progress(size)
         else:
             path = Path(source)
-            size = path.stat().st_size
             with open(path, "rb") as file:
+                size, hex_digest = _hash_file(file)
+                file.seek(0)
+                headers = {**_octet_stream(size), **upload_headers(self.key, hex_digest, size, ttl=self.upload_ttl)}
 
                 def chunks() -> Iterator[bytes]:
                     for chunk in iter(lambda: file.read(CHUNK_SIZE), b""):
-                        digest.update(chunk)
                         yield chunk
                         if progress:
                             progress(len(chunk))
 
-                response = self._request("POST", "/v1/blobs", content=chunks(), headers=_octet_stream(size))
+                response = self._request("POST", "/v1/blobs", content=chunks(), headers=headers)
         answer = _json(response)
-        expected = ID_PREFIX + digest.hexdigest()
+        expected = ID_PREFIX + hex_digest
         if answer.get("id") != expected or answer.get("size") != size:
             raise BlobHashMismatch(
                 f"hub stored {answer.get('id')} ({answer.get('size')} bytes), we sent {expected} ({size} bytes)"
@@ -172,6 +191,15 @@ class HubClient:
         if response.status_code not in ok:
             _raise_for_error(response)
         return response
+
+
+def _hash_file(file: BinaryIO) -> tuple[int, str]:
+    """(size, sha256 hex) of an open binary file, read from where it stands to its end."""
+    digest, size = hashlib.sha256(), 0
+    for chunk in iter(lambda: file.read(CHUNK_SIZE), b""):
+        digest.update(chunk)
+        size += len(chunk)
+    return size, digest.hexdigest()
 
 
 def _octet_stream(size: int) -> dict[str, str]:

@@ -37,6 +37,70 @@ class HubUnavailable(HubError):
     code = "hub_unavailable"
 
 
+class UploadUnauthorized(HubError):
+    """An upload without a valid, unexpired uploader signature (HTTP 401)."""
+
+    code = "upload_unauthorized"
+
+
+class SignatureRequired(UploadUnauthorized):
+    """No upload signature headers (an anonymous upload), or a client without a key to sign one."""
+
+    code = "upload_signature_required"
+
+
+class SignatureInvalid(UploadUnauthorized):
+    """Malformed headers, or a signature that does not recover to the named uploader."""
+
+    code = "upload_signature_invalid"
+
+
+class SignatureExpired(UploadUnauthorized):
+    """The signed expiry has passed (or lies further ahead than the hub accepts)."""
+
+    code = "upload_signature_expired"
+
+
+class UploadForbidden(HubError):
+    """A validly signed upload by an account that may not store these bytes (HTTP 403)."""
+
+    code = "upload_forbidden"
+
+
+class UploaderNotAllowed(UploadForbidden):
+    """The signer is not one of the hub's uploaders."""
+
+    code = "uploader_not_allowed"
+
+
+class QuotaExceeded(UploadForbidden):
+    """The blob would take the uploader past its byte quota."""
+
+    code = "upload_quota_exceeded"
+
+
+class ContentMismatch(HubError):
+    """The uploaded bytes are not the ones the signature names (sha256 or size) (HTTP 400)."""
+
+    code = "upload_content_mismatch"
+
+
 ERRORS_BY_CODE: dict[str, type[HubError]] = {
-    cls.code: cls for cls in (HubError, InvalidBlobId, BlobNotFound, BlobTooLarge, BlobHashMismatch, HubUnavailable)
+    cls.code: cls
+    for cls in (
+        HubError,
+        InvalidBlobId,
+        BlobNotFound,
+        BlobTooLarge,
+        BlobHashMismatch,
+        HubUnavailable,
+        UploadUnauthorized,
+        SignatureRequired,
+        SignatureInvalid,
+        SignatureExpired,
+        UploadForbidden,
+        UploaderNotAllowed,
+        QuotaExceeded,
+        ContentMismatch,
+    )
 }

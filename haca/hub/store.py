@@ -65,6 +65,7 @@ class BlobWriter:
         self.directory = directory
         self.max_size = max_size
         self.size = 0
+        self.created = False  # set by commit: True when these bytes were new to the store
         self._hash = hashlib.sha256()
         fd, name = tempfile.mkstemp(prefix=TMP_PREFIX, dir=directory)
         self.tmp_path = Path(name)
@@ -79,6 +80,11 @@ class BlobWriter:
             raise BlobTooLarge(f"blob exceeds the size limit of {self.max_size} bytes")
         self._hash.update(chunk)
         self._file.write(chunk)
+
+    @property
+    def hexdigest(self) -> str:
+        """The sha256 (hex) of the bytes written so far."""
+        return self._hash.hexdigest()
 
     def commit(self) -> BlobInfo:
         """fsync, rename to the content hash (atomic), fsync the directory; returns the blob."""
@@ -96,7 +102,8 @@ class BlobWriter:
             else:
                 self.tmp_path.chmod(0o644)
                 os.replace(self.tmp_path, target)
-                _fsync_dir(self.directory)
+                fsync_dir(self.directory)
+                self.created = True
         except BaseException:
             self.abort()
             raise
@@ -203,7 +210,7 @@ class BlobStore:
                     path.unlink()
 
 
-def _fsync_dir(directory: Path) -> None:
+def fsync_dir(directory: Path) -> None:
     try:
         fd = os.open(directory, os.O_RDONLY)
     except OSError:

@@ -13,10 +13,12 @@ from onnx import TensorProto, helper
 from typer.testing import CliRunner
 
 from haca.cli.model import manifest_json, model_app, parse_modes, resolve_hub
-from haca.client.config import ClientConfig
+from haca.client.config import ClientConfig, KeyStore
 from haca.hub.api import create_app
+from haca.hub.quota import UploadLedger
 from haca.hub.schema import ONNX_DTYPES, onnx_schemas
 from haca.hub.store import BlobStore
+from tests.unit.hub.conftest import STRANGER, UPLOADER
 from tests.unit.hub.server import serve
 
 runner = CliRunner()
@@ -212,19 +214,42 @@ def test_show_with_a_bad_reference_is_a_json_error(home: Path) -> None:
         assert code == 1 and answer["error"]["message"]
 
 
-def test_upload_to_a_hub(home: Path, model_file: Path, tmp_path: Path) -> None:
+def signing_hub(tmp_path: Path) -> tuple[BlobStore, UploadLedger]:
+    """A hub store whose only uploader is UPLOADER."""
     store = BlobStore(tmp_path / "hub")
-    with serve(create_app(store)) as url:
-        code, answer = run_json("upload", str(model_file), "--hub", url)
+    return store, UploadLedger(store.root, {UPLOADER.address: 1 << 20})
+
+
+def test_upload_to_a_hub(home: Path, model_file: Path, tmp_path: Path) -> None:
+    KeyStore(home).add("uploader", UPLOADER)
+    store, ledger = signing_hub(tmp_path)
+    with serve(create_app(store, ledger)) as url:
+        code, answer = run_json("upload", str(model_file), "--hub", url, "--from", "uploader")
         assert code == 0
         assert answer == {"id": store.list()[0].id, "size": model_file.stat().st_size}
-        ClientConfig("c", ["http://127.0.0.1:1"], extra={"hub": url}).save(home)
-        code, again = run_json("upload", str(model_file))  # the hub from the home's config
+        ClientConfig("c", ["http://127.0.0.1:1"], default_key="uploader", extra={"hub": url}).save(home)
+        code, again = run_json("upload", str(model_file))  # the hub and the key from the home's config
         assert code == 0 and again == answer
         human = runner.invoke(model_app, ["upload", str(model_file)])
         assert human.exit_code == 0 and answer["id"] in human.stdout
+    assert ledger.used(UPLOADER.address) == model_file.stat().st_size  # charged once
+
+
+def test_upload_signed_by_a_non_uploader_is_refused(home: Path, model_file: Path, tmp_path: Path) -> None:
+    KeyStore(home).add("stranger", STRANGER)
+    store, ledger = signing_hub(tmp_path)
+    with serve(create_app(store, ledger)) as url:
+        code, answer = run_json("upload", str(model_file), "--hub", url, "--from", "stranger")
+    assert (code, answer["error"]["code"]) == (1, "uploader_not_allowed")
+    assert store.list() == []
+
+
+def test_upload_without_a_key_is_refused_before_contacting_the_hub(home: Path, model_file: Path) -> None:
+    code, answer = run_json("upload", str(model_file), "--hub", "http://127.0.0.1:1")
+    assert (code, answer["error"]["code"]) == (1, "no_key")
 
 
 def test_upload_to_an_unreachable_hub_is_a_json_error(home: Path, model_file: Path) -> None:
-    code, answer = run_json("upload", str(model_file), "--hub", "http://127.0.0.1:1")
+    KeyStore(home).add("uploader", UPLOADER)
+    code, answer = run_json("upload", str(model_file), "--hub", "http://127.0.0.1:1", "--from", "uploader")
     assert code == 1 and answer["error"]["code"] == "hub_unavailable"

@@ -1,4 +1,5 @@
-"""The hub's HTTP API in-process (TestClient): routes, headers, and JSON errors for every failure."""
+"""The hub's HTTP API in-process (TestClient): routes, headers, and JSON errors for every failure.
+Uploads are signed by UPLOADER (the attacks on upload signatures and quotas: test_upload_auth.py)."""
 
 from __future__ import annotations
 
@@ -12,7 +13,10 @@ import httpx
 import pytest
 
 from haca.hub.api import CONTENT_SHA256_HEADER, create_app
+from haca.hub.auth import upload_headers
+from haca.hub.quota import UploadLedger
 from haca.hub.store import TMP_PREFIX, BlobStore
+from tests.unit.hub.conftest import UPLOADER
 
 with warnings.catch_warnings():  # starlette asks for `httpx2` for its TestClient; httpx works the same here
     warnings.filterwarnings("ignore", message="Using `httpx` with `starlette.testclient`")
@@ -24,6 +28,11 @@ DATA_ID = "sha256:" + hashlib.sha256(DATA).hexdigest()
 OCTET = {"Content-Type": "application/octet-stream"}
 
 
+def signed(data: bytes, size: int | None = None) -> dict[str, str]:
+    """OCTET plus UPLOADER's signature for `data` (or for a body of `size` bytes hashing as `data`)."""
+    return {**OCTET, **upload_headers(UPLOADER, hashlib.sha256(data).hexdigest(), len(data) if size is None else size)}
+
+
 @pytest.fixture
 def store(tmp_path: Path) -> BlobStore:
     return BlobStore(tmp_path, max_size=LIMIT)
@@ -31,7 +40,8 @@ def store(tmp_path: Path) -> BlobStore:
 
 @pytest.fixture
 def client(store: BlobStore) -> Iterator[TestClient]:
-    with TestClient(create_app(store), raise_server_exceptions=False) as test_client:
+    ledger = UploadLedger(store.root, {UPLOADER.address: 100 * LIMIT})
+    with TestClient(create_app(store, ledger), raise_server_exceptions=False) as test_client:
         yield test_client
 
 
@@ -52,7 +62,7 @@ def test_healthz(client: TestClient) -> None:
 
 
 def test_upload_then_download_list_and_head(client: TestClient, store: BlobStore) -> None:
-    response = client.post("/v1/blobs", content=DATA, headers=OCTET)
+    response = client.post("/v1/blobs", content=DATA, headers=signed(DATA))
     assert response.status_code == 201
     assert response.json() == {"id": DATA_ID, "size": len(DATA)}
     assert store.exists(DATA_ID)
@@ -72,8 +82,8 @@ def test_upload_then_download_list_and_head(client: TestClient, store: BlobStore
 
 
 def test_upload_is_idempotent(client: TestClient, store: BlobStore) -> None:
-    first = client.post("/v1/blobs", content=DATA, headers=OCTET)
-    second = client.post("/v1/blobs", content=DATA, headers=OCTET)
+    first = client.post("/v1/blobs", content=DATA, headers=signed(DATA))
+    second = client.post("/v1/blobs", content=DATA, headers=signed(DATA))
     assert first.status_code == second.status_code == 201
     assert first.json() == second.json()
     assert len(store.list()) == 1
@@ -84,30 +94,34 @@ def test_streamed_upload_without_content_length(client: TestClient) -> None:
         for i in range(0, len(DATA), 100):
             yield DATA[i : i + 100]
 
-    response = client.post("/v1/blobs", content=chunks(), headers=OCTET)
+    response = client.post("/v1/blobs", content=chunks(), headers=signed(DATA))
     assert response.status_code == 201 and response.json()["id"] == DATA_ID
 
 
 def test_upload_without_content_type_is_accepted(client: TestClient) -> None:
-    assert client.post("/v1/blobs", content=b"raw").status_code == 201
+    headers = upload_headers(UPLOADER, hashlib.sha256(b"raw").hexdigest(), 3)
+    assert client.post("/v1/blobs", content=b"raw", headers=headers).status_code == 201
 
 
 def test_upload_of_another_media_type_is_415(client: TestClient) -> None:
-    response = client.post("/v1/blobs", files={"file": ("m.onnx", DATA)})
+    headers = upload_headers(UPLOADER, hashlib.sha256(DATA).hexdigest(), len(DATA))
+    response = client.post("/v1/blobs", files={"file": ("m.onnx", DATA)}, headers=headers)
     assert_error(response, 415, "unsupported_media_type")
 
 
 def test_too_large_by_content_length_is_413(client: TestClient, store: BlobStore) -> None:
-    assert_error(client.post("/v1/blobs", content=b"x" * (LIMIT + 1), headers=OCTET), 413, "blob_too_large")
+    big = b"x" * (LIMIT + 1)
+    assert_error(client.post("/v1/blobs", content=big, headers=signed(big)), 413, "blob_too_large")
     assert store.list() == []
 
 
-def test_too_large_while_streaming_is_413_and_leaves_nothing(client: TestClient, store: BlobStore) -> None:
+def test_too_large_by_signed_size_is_413_before_streaming(client: TestClient, store: BlobStore) -> None:
     def chunks() -> Iterator[bytes]:
         for _ in range(10):
             yield b"y" * 1000
 
-    assert_error(client.post("/v1/blobs", content=chunks(), headers=OCTET), 413, "blob_too_large")
+    headers = signed(b"y" * 10_000)  # no Content-Length: the signed size alone is over the limit
+    assert_error(client.post("/v1/blobs", content=chunks(), headers=headers), 413, "blob_too_large")
     assert store.list() == []
     assert not [p for p in store.blob_dir.iterdir() if p.name.startswith(TMP_PREFIX)]
 
@@ -159,8 +173,14 @@ def test_wrong_method_is_405_json(client: TestClient) -> None:
     assert_error(client.put("/v1/blobs", content=b"x"), 405, "method_not_allowed")
 
 
+def test_downloads_need_no_signature(client: TestClient) -> None:
+    assert client.post("/v1/blobs", content=DATA, headers=signed(DATA)).status_code == 201
+    assert client.get(f"/v1/blobs/{DATA_ID}").content == DATA
+    assert client.get("/v1/blobs").json()["blobs"] == [{"id": DATA_ID, "size": len(DATA)}]
+
+
 def test_bad_content_length_is_400(client: TestClient) -> None:
-    response = client.post("/v1/blobs", content=b"abc", headers={**OCTET, "Content-Length": "-3"})
+    response = client.post("/v1/blobs", content=b"abc", headers={**signed(b"abc"), "Content-Length": "-3"})
     assert response.status_code in (400, 413, 422)  # refused before any byte is stored
 
 

@@ -15,10 +15,20 @@ import pytest
 from fastapi import FastAPI
 from fastapi.responses import Response
 
+from haca.hub.auth import upload_headers
 from haca.hub.client import HubClient
-from haca.hub.errors import BlobHashMismatch, BlobNotFound, BlobTooLarge, HubError, HubUnavailable, InvalidBlobId
+from haca.hub.errors import (
+    BlobHashMismatch,
+    BlobNotFound,
+    BlobTooLarge,
+    HubError,
+    HubUnavailable,
+    InvalidBlobId,
+    SignatureRequired,
+    UploaderNotAllowed,
+)
 from haca.hub.store import TMP_PREFIX
-from tests.unit.hub.conftest import SMALL_LIMIT, RunningHub
+from tests.unit.hub.conftest import SMALL_LIMIT, STRANGER, UPLOADER, RunningHub
 from tests.unit.hub.server import free_port, serve
 
 DATA = b"\x08\x07" + bytes(range(256)) * 100  # 25.6 kB, under the test hub's limit
@@ -28,6 +38,12 @@ def sha(data: bytes) -> str:
     return "sha256:" + hashlib.sha256(data).hexdigest()
 
 
+def signed(data: bytes) -> dict[str, str]:
+    """Headers of an upload of `data` by the test hub's uploader (no Content-Length: httpx adds it)."""
+    headers = upload_headers(UPLOADER, hashlib.sha256(data).hexdigest(), len(data))
+    return {"Content-Type": "application/octet-stream", **headers}
+
+
 def no_temp_files(directory: Path) -> bool:
     return not [p for p in directory.iterdir() if p.name.startswith(TMP_PREFIX)]
 
@@ -35,7 +51,7 @@ def no_temp_files(directory: Path) -> bool:
 def test_upload_bytes_and_file_then_download(hub: RunningHub, tmp_path: Path) -> None:
     source = tmp_path / "model.onnx"
     source.write_bytes(DATA)
-    with HubClient(hub.url) as client:
+    with HubClient(hub.url, key=hub.key) as client:
         assert client.health()
         seen: list[int] = []
         blob_id = client.upload(source, progress=seen.append)
@@ -57,14 +73,14 @@ def test_upload_bytes_and_file_then_download(hub: RunningHub, tmp_path: Path) ->
 
 
 def test_upload_info_and_empty_blob(hub: RunningHub) -> None:
-    with HubClient(hub.url) as client:
+    with HubClient(hub.url, key=hub.key) as client:
         info = client.upload_info(b"")
         assert info.id == sha(b"") and info.size == 0
         assert client.fetch_bytes(info.id) == b""
 
 
 def test_tampered_blob_on_the_hub_is_refused_and_leaves_no_file(hub: RunningHub, tmp_path: Path) -> None:
-    with HubClient(hub.url) as client:
+    with HubClient(hub.url, key=hub.key) as client:
         blob_id = client.upload(DATA)
         hub.store.get_path(blob_id).write_bytes(DATA[:-1] + b"\x00")  # the hub's disk now lies
         dest = tmp_path / "model.onnx"
@@ -96,7 +112,7 @@ def test_lying_server_is_refused(tmp_path: Path) -> None:
 def test_existing_destination_is_replaced_only_by_verified_bytes(hub: RunningHub, tmp_path: Path) -> None:
     dest = tmp_path / "m.onnx"
     dest.write_bytes(b"stale")
-    with HubClient(hub.url) as client:
+    with HubClient(hub.url, key=hub.key) as client:
         client.download(client.upload(DATA), dest)
     assert dest.read_bytes() == DATA
 
@@ -107,14 +123,14 @@ def test_upload_answer_naming_other_bytes_is_refused() -> None:
         return httpx.Response(201, json={"id": sha(b"something else"), "size": len(DATA)})
 
     with (
-        HubClient("http://hub.test", transport=httpx.MockTransport(handler)) as client,
+        HubClient("http://hub.test", key=UPLOADER, transport=httpx.MockTransport(handler)) as client,
         pytest.raises(BlobHashMismatch),
     ):
         client.upload(DATA)
 
 
 def test_download_over_the_client_limit_is_refused(hub: RunningHub, tmp_path: Path) -> None:
-    with HubClient(hub.url) as uploader:
+    with HubClient(hub.url, key=hub.key) as uploader:
         blob_id = uploader.upload(DATA)
     with HubClient(hub.url, max_size=1000) as client:
         with pytest.raises(BlobTooLarge):
@@ -123,7 +139,7 @@ def test_download_over_the_client_limit_is_refused(hub: RunningHub, tmp_path: Pa
 
 
 def test_bad_ids_are_refused_locally_and_by_the_hub(hub: RunningHub, tmp_path: Path) -> None:
-    with HubClient(hub.url) as client:
+    with HubClient(hub.url, key=hub.key) as client:
         for bad in ("sha256:xyz", "sha256:" + "A" * 64, "../../etc/passwd"):
             with pytest.raises(InvalidBlobId):
                 client.download(bad, tmp_path / "x")
@@ -141,7 +157,7 @@ def test_unknown_blob_is_404_json_and_blob_not_found(hub: RunningHub, tmp_path: 
     unknown = sha(b"never uploaded")
     response = httpx.get(f"{hub.url}/v1/blobs/{unknown}")
     assert response.status_code == 404 and response.json()["error"]["code"] == "blob_not_found"
-    with HubClient(hub.url) as client:
+    with HubClient(hub.url, key=hub.key) as client:
         with pytest.raises(BlobNotFound):
             client.download(unknown, tmp_path / "x")
         with pytest.raises(BlobNotFound):
@@ -151,11 +167,11 @@ def test_unknown_blob_is_404_json_and_blob_not_found(hub: RunningHub, tmp_path: 
 
 def test_oversize_upload_is_413_and_blob_too_large(hub: RunningHub, tmp_path: Path) -> None:
     big = b"z" * (SMALL_LIMIT + 1)
-    response = httpx.post(f"{hub.url}/v1/blobs", content=big, headers={"Content-Type": "application/octet-stream"})
+    response = httpx.post(f"{hub.url}/v1/blobs", content=big, headers=signed(big))
     assert response.status_code == 413 and response.json()["error"]["code"] == "blob_too_large"
     source = tmp_path / "big.onnx"
     source.write_bytes(big)
-    with HubClient(hub.url) as client:
+    with HubClient(hub.url, key=hub.key) as client:
         with pytest.raises(BlobTooLarge):
             client.upload(source)
         with pytest.raises(BlobTooLarge):
@@ -163,13 +179,14 @@ def test_oversize_upload_is_413_and_blob_too_large(hub: RunningHub, tmp_path: Pa
     assert hub.store.list() == [] and no_temp_files(hub.store.blob_dir)
 
 
-def test_oversize_chunked_upload_is_413(hub: RunningHub) -> None:
+def test_chunked_body_longer_than_signed_is_400_and_leaves_nothing(hub: RunningHub) -> None:
     def chunks() -> Iterator[bytes]:
         for _ in range(SMALL_LIMIT // 1000 + 2):
             yield b"q" * 1000
 
-    response = httpx.post(f"{hub.url}/v1/blobs", content=chunks(), headers={"Content-Type": "application/octet-stream"})
-    assert response.status_code == 413 and response.json()["error"]["code"] == "blob_too_large"
+    headers = signed(b"q" * 1000)  # signs 1000 bytes, streams more than the store's limit
+    response = httpx.post(f"{hub.url}/v1/blobs", content=chunks(), headers=headers)
+    assert response.status_code == 400 and response.json()["error"]["code"] == "upload_content_mismatch"
     assert hub.store.list() == [] and no_temp_files(hub.store.blob_dir)
 
 
@@ -181,7 +198,7 @@ def test_invalid_route_is_404_json(hub: RunningHub) -> None:
 
 
 def test_unreachable_hub_is_hub_unavailable(tmp_path: Path) -> None:
-    with HubClient(f"http://127.0.0.1:{free_port()}", timeout=2) as client:
+    with HubClient(f"http://127.0.0.1:{free_port()}", key=UPLOADER, timeout=2) as client:
         assert not client.health()
         with pytest.raises(HubUnavailable):
             client.upload(b"x")
@@ -198,13 +215,23 @@ def test_bad_url_is_refused() -> None:
 def test_hub_main_runs_as_a_process(tmp_path: Path) -> None:
     port = free_port()
     proc = subprocess.Popen(
-        [sys.executable, "-m", "haca.hub.main", "--root", str(tmp_path / "root"), "--port", str(port)],
+        [
+            sys.executable,
+            "-m",
+            "haca.hub.main",
+            "--root",
+            str(tmp_path / "root"),
+            "--port",
+            str(port),
+            "--uploader",
+            f"{UPLOADER.address}=1MiB",
+        ],
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
     )
     try:
         url = f"http://127.0.0.1:{port}"
-        client = HubClient(url)
+        client = HubClient(url, key=UPLOADER)
         deadline = time.monotonic() + 30
         while not client.health():
             assert proc.poll() is None, proc.communicate()
@@ -212,8 +239,40 @@ def test_hub_main_runs_as_a_process(tmp_path: Path) -> None:
             time.sleep(0.1)
         blob_id = client.upload(DATA)
         assert (tmp_path / "root" / "blobs" / blob_id.removeprefix("sha256:")).read_bytes() == DATA
+        with pytest.raises(UploaderNotAllowed):
+            HubClient(url, key=STRANGER).upload(b"anything")
         client.close()
     finally:
         proc.terminate()
         proc.wait(timeout=15)
     assert proc.returncode in (0, -15)
+
+
+def test_a_client_without_a_key_refuses_to_upload_and_sends_nothing() -> None:
+    sent: list[httpx.Request] = []
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        sent.append(request)
+        return httpx.Response(201, json={"id": sha(DATA), "size": len(DATA)})
+
+    with (
+        HubClient("http://hub.test", transport=httpx.MockTransport(handler)) as client,
+        pytest.raises(SignatureRequired),
+    ):
+        client.upload(DATA)
+    assert sent == []
+
+
+def test_a_client_signed_by_a_non_uploader_gets_uploader_not_allowed(hub: RunningHub, tmp_path: Path) -> None:
+    source = tmp_path / "model.onnx"
+    source.write_bytes(DATA)
+    with HubClient(hub.url, key=STRANGER) as client, pytest.raises(UploaderNotAllowed):
+        client.upload(source)
+    assert hub.store.list() == [] and no_temp_files(hub.store.blob_dir)
+
+
+def test_a_download_only_client_needs_no_key(hub: RunningHub) -> None:
+    with HubClient(hub.url, key=hub.key) as uploader:
+        blob_id = uploader.upload(DATA)
+    with HubClient(hub.url) as client:
+        assert client.fetch_bytes(blob_id) == DATA
