@@ -94,8 +94,10 @@ async def load(url: str, requests: list[tuple[bytes, dict[str, str]]], concurren
 def node_requests(client: Client, url: str, model: str, example: Any, n: int) -> list[tuple[bytes, dict[str, str]]]:
     """`n` node requests, each with its own signed payment (signing is the client's cost, done here)."""
     body = json.dumps({"model": model, "mode": "vanilla", "input": example}).encode()
-    offer = PaymentOffer.from_402(httpx.post(url, content=body, headers={"content-type": "application/json"}).json())
-    return [(body, {"X-PAYMENT": sign_payment(client.key, offer, offer.fee)[1]}) for _ in range(n)]
+    first = httpx.post(url, content=body, headers={"content-type": "application/json"}).json()
+    offer = PaymentOffer.from_402(first, model, "vanilla")
+    fee = offer.fee(len(example) if offer.price_unit == "row" else 1)
+    return [(body, {"X-PAYMENT": sign_payment(client.key, offer, fee)[1]}) for _ in range(n)]
 
 
 def run(args: argparse.Namespace) -> dict[str, Any]:

@@ -51,7 +51,7 @@ class ExecutedBlock:
     txs: list[bytes]
     state: CachedState
     results: list[TxResult]
-    released: list[tuple[str, int]]
+    released: list[tuple[str, str, int]]
 
 
 class HistoricalState:
@@ -88,6 +88,8 @@ class HacaApp(BaseApplication):
             "/auth/params": lambda s, d: auth_queries.query_params(auth, s, d),
             "/registry/model": lambda s, d: registry_queries.query_model(registry, s, d),
             "/registry/models": lambda s, d: registry_queries.query_models(registry, s, d),
+            "/registry/model_in_effect": lambda s, d: registry_queries.query_model_in_effect(registry, s, d),
+            "/registry/params": lambda s, d: registry_queries.query_params(registry, s, d),
             "/registry/node": lambda s, d: registry_queries.query_node(registry, s, d),
             "/registry/nodes": lambda s, d: registry_queries.query_nodes(registry, s, d),
             "/inference/escrow": lambda s, d: inference_queries.query_escrow(inference, s, d),
@@ -178,6 +180,7 @@ class HacaApp(BaseApplication):
         self.runner.chain_id = req.chain_id
         self.auth.set_params(state, genesis.fees)
         self.inference.set_params(state, genesis.inference)
+        self.registry.set_params(state, genesis.registry)
         self.bank.set_denom(state, genesis.denom)
         for account in genesis.accounts:
             self.bank.mint_genesis(state, account.address, account.balance)
@@ -247,7 +250,7 @@ class HacaApp(BaseApplication):
         self.block_state = state
         self.staged = self.store.stage_root(state.writes)
         self.pending_height = req.height
-        block_events = [Event("withdrawal_paid", {"client": c, "amount": str(a)}) for c, a in released]
+        block_events = [Event("withdrawal_paid", {"client": c, "node": n, "amount": str(a)}) for c, n, a in released]
         return abci.ResponseFinalizeBlock(
             events=[_abci_event(e) for e in block_events],
             tx_results=[_exec_result(r) for r in results],

@@ -9,6 +9,7 @@ from typing import Any
 from haca.chain.errors import InvalidGenesis
 from haca.chain.modules.auth.keeper import FeeParams
 from haca.chain.modules.inference.keeper import InferenceParams
+from haca.chain.modules.registry.keeper import RegistryParams
 from haca.crypto.keys import normalize_address
 from haca.types.encoding import parse_uint
 
@@ -24,6 +25,7 @@ class AppGenesis:
     denom: str = "opg"
     fees: FeeParams = field(default_factory=FeeParams)
     inference: InferenceParams = field(default_factory=InferenceParams)
+    registry: RegistryParams = field(default_factory=RegistryParams)
     accounts: tuple[GenesisAccount, ...] = ()
 
     @property
@@ -33,7 +35,11 @@ class AppGenesis:
     def to_json(self) -> dict[str, Any]:
         return {
             "denom": self.denom,
-            "params": {"auth": self.fees.to_json(), "inference": self.inference.to_json()},
+            "params": {
+                "auth": self.fees.to_json(),
+                "inference": self.inference.to_json(),
+                "registry": self.registry.to_json(),
+            },
             "accounts": [{"address": a.address, "balance": str(a.balance)} for a in self.accounts],
         }
 
@@ -59,8 +65,13 @@ def parse_app_genesis(raw: bytes) -> AppGenesis:
         )
         if inference.settlement_fee_bps > 10_000:
             raise ValueError("settlement_fee_bps must be at most 10000")
-        if inference.withdraw_delay > 1 << 32:
-            raise ValueError("withdraw_delay must be at most 2**32 blocks")
+        reg_doc = doc.get("params", {}).get("registry", {})
+        registry = RegistryParams(
+            price_delay=parse_uint(reg_doc.get("price_delay", RegistryParams.price_delay), "price_delay", 32)
+        )
+        for name in ("withdraw_delay", "revoke_delay"):
+            if getattr(inference, name) > 1 << 32:
+                raise ValueError(f"{name} must be at most 2**32 blocks")
         accounts = tuple(
             GenesisAccount(normalize_address(a["address"]), parse_uint(a["balance"], "balance"))
             for a in doc.get("accounts", [])
@@ -69,4 +80,4 @@ def parse_app_genesis(raw: bytes) -> AppGenesis:
         raise InvalidGenesis(f"invalid app_state: {exc}") from exc
     if len({a.address for a in accounts}) != len(accounts):
         raise InvalidGenesis("invalid app_state: an account is listed twice")
-    return AppGenesis(denom=denom, fees=fees, inference=inference, accounts=accounts)
+    return AppGenesis(denom=denom, fees=fees, inference=inference, registry=registry, accounts=accounts)

@@ -64,14 +64,18 @@ def _run(client: Client, denom: str) -> None:
     models = chain.query("/registry/models")["models"]
     console.print("[bold]2.[/bold] models registered on chain (bytes in the hub, addressed by sha256):")
     for m in models:
-        console.print(f"   {m['name']:<14} v{m['version']}  {m['model_id'][:23]}…  price {m['price']} {denom}")
+        per = "row" if m.get("price_unit") == "row" else "request"
+        console.print(
+            f"   {m['name']:<14} v{m['version']}  {m['model_id'][:23]}…  {m['price']} {denom} per {per}"
+            f" (at most {m.get('max_rows')} rows a request)"
+        )
 
     supply_before, node_before = chain.supply(), chain.balance(node)
-    client.deposit(DEPOSIT)
+    client.deposit(DEPOSIT, node)
     escrow_before = client.escrow()
     console.print(
         f"[bold]3.[/bold] {client.key.address[:10]}… (key dev0) deposited {DEPOSIT} {denom} into escrow "
-        f"(escrow now {escrow_before})"
+        f"for node {node[:10]}… (only that node is paid from it; escrow now {escrow_before})"
     )
 
     examples = {m["name"]: m for m in json.loads((example_models_dir() / "manifest.json").read_text())["models"]}
@@ -88,7 +92,10 @@ def _run(client: Client, denom: str) -> None:
             result.status,
         )
     console.print(table)
-    console.print("   each receipt: signed by the node (EIP-712), commits to input and output hashes — verified here")
+    console.print(
+        "   each receipt: signed by the node (EIP-712), commits to input and output hashes and charges exactly"
+        " the quoted fee the client signed — verified here"
+    )
 
     with console.status("waiting for the node to settle the receipts on chain…"):
         records = [client.wait_settled(r.receipt_id) for r in results]

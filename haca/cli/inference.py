@@ -27,30 +27,48 @@ def _client(home: Path | None, key: str | None = None, node: str | None = None) 
     return Client.from_home(client_home(home), key, node)
 
 
+def _node_target(node: str | None) -> tuple[str | None, str | None]:
+    """--node as (URL, address): it may name the node by URL or by its 0x address."""
+    if node and node.startswith("0x"):
+        return None, node.lower()
+    return node, None
+
+
+EscrowNodeOption = Annotated[
+    str | None, typer.Option("--node", help="the node's URL or 0x address (default: the home's first node)")
+]
+
+
 @cli_command
 def deposit(
     amount: Annotated[int, typer.Argument(min=1, help="base units")],
+    node: EscrowNodeOption = None,
     from_: KeyOption = None,
     home: HomeOption = None,
     json_out: JsonOption = False,
 ) -> None:
-    """Move AMOUNT from your balance into your inference escrow (what nodes are paid from)."""
-    with _client(home, from_) as client:
-        outcome = client.deposit(amount)
-        answer = {"hash": outcome.hash, "height": outcome.height, "escrow": client.escrow()}
-    emit(json_out, answer, lambda: console.print(f"deposited {amount}; escrow now {answer['escrow']}"))
+    """Escrow AMOUNT for one node: only that node's receipts are paid from it."""
+    url, address = _node_target(node)
+    with _client(home, from_, url) as client:
+        target = address or client.node_address()
+        outcome = client.deposit(amount, target)
+        answer = {"hash": outcome.hash, "height": outcome.height, "node": target, "escrow": client.escrow(target)}
+    emit(json_out, answer, lambda: console.print(f"deposited {amount} for {target}; escrow now {answer['escrow']}"))
 
 
 @cli_command
 def withdraw(
     amount: Annotated[int, typer.Argument(min=1)],
+    node: EscrowNodeOption = None,
     from_: KeyOption = None,
     home: HomeOption = None,
     json_out: JsonOption = False,
 ) -> None:
-    """Ask for AMOUNT of escrow back; it is paid after the chain's withdrawal delay."""
-    with _client(home, from_) as client:
-        outcome = client.withdraw(amount)
+    """Ask for AMOUNT of your escrow for a node back; it is paid after the chain's withdrawal
+    delay, and the node stops serving against it at once."""
+    url, address = _node_target(node)
+    with _client(home, from_, url) as client:
+        outcome = client.withdraw(amount, address or client.node_address())
     release = next(
         (
             a["value"]
@@ -70,7 +88,7 @@ def withdraw(
 
 @cli_command
 def escrow(from_: KeyOption = None, home: HomeOption = None, json_out: JsonOption = False) -> None:
-    """Your escrow balance and pending withdrawals."""
+    """Your escrow per node and pending withdrawals."""
     with _client(home, from_) as client:
         answer = client.chain.query("/inference/escrow", client.key.address.encode())
     emit(json_out, answer, lambda: _print_fields(answer))
@@ -81,14 +99,18 @@ def infer(
     model: Annotated[str, typer.Option("-m", "--model", help="model name or sha256: id")],
     input_json: Annotated[str, typer.Option("--input", help="input as JSON (nested list or {name: …})")],
     mode: Annotated[str, typer.Option("--mode")] = "vanilla",
-    max_fee: Annotated[int, typer.Option("--max-fee", help="most you will pay (base units)")] = 10**18,
+    max_fee: Annotated[
+        int | None,
+        typer.Option("--max-fee", min=0, help="most you will pay (default: the price published on chain)"),
+    ] = None,
     wait: Annotated[bool, typer.Option("--wait", help="wait until the receipt settles on chain")] = False,
     node: NodeOption = None,
     from_: KeyOption = None,
     home: HomeOption = None,
     json_out: JsonOption = False,
 ) -> None:
-    """Run an inference: pay the node's 402 within --max-fee, check the receipt locally, print it."""
+    """Run an inference: pay the node's quoted fee (when within --max-fee, or by default the
+    price on chain), check the receipt locally (it must charge exactly that fee), print it."""
     try:
         value = json.loads(input_json)
     except json.JSONDecodeError as exc:
@@ -161,11 +183,25 @@ def allowance_revoke(
     home: HomeOption = None,
     json_out: JsonOption = False,
 ) -> None:
-    """Revoke an allowance on chain: no later settlement may use it."""
+    """Revoke an allowance on chain: the node stops serving against it at once, and it takes
+    effect after the chain's revoke delay (what the node served before then still settles)."""
     with _client(home, from_, "http://unused") as client:
         outcome = client.chain.send_msgs(client.key, (MsgRevokeAllowance(node.lower(), nonce),))
+    events = getattr(outcome, "events", [])
+    effective = next(
+        (
+            a["value"]
+            for e in events
+            if e["type"] == "revoke_allowance"
+            for a in e["attributes"]
+            if a["key"] == "effective"
+        ),
+        "?",
+    )
     emit(
-        json_out, {"revoked": True, "height": getattr(outcome, "height", 0)}, lambda: console.print("allowance revoked")
+        json_out,
+        {"revoked": True, "height": getattr(outcome, "height", 0), "effective_height": int(effective)},
+        lambda: console.print(f"allowance revoked from height {effective}"),
     )
 
 

@@ -82,6 +82,11 @@ def resolve_hub(hub: str, home: Path | None, config: ClientConfig | None = None)
     raise NoHubConfigured(f'no hub configured: pass --hub URL or set "hub" under "extra" in {resolved / "config.json"}')
 
 
+DEFAULT_MAX_ROWS = 64
+PriceUnitOption = Annotated[str, typer.Option("--price-unit", help="what --price is per: request or row")]
+MaxRowsOption = Annotated[int, typer.Option("--max-rows", min=1, help="most rows a node serves in one request")]
+
+
 def parse_modes(text: str) -> tuple[str, ...]:
     return f.modes([m.strip() for m in text.split(",") if m.strip()], "--modes")
 
@@ -94,6 +99,9 @@ def manifest_json(manifest: dict[str, Any]) -> dict[str, Any]:
         "version": int(manifest["version"]),
         "modes": list(manifest["modes"]),
         "price": int(manifest["price"]),
+        "price_unit": manifest.get("price_unit", "request"),
+        "max_rows": manifest.get("max_rows"),
+        "effective_height": manifest.get("effective_height"),
         "owner": manifest.get("owner", ""),
         "input_schema": manifest.get("input_schema", {}),
         "output_schema": manifest.get("output_schema", {}),
@@ -177,6 +185,8 @@ def register(
     home: Path | None,
     json_out: bool,
     new_version: bool,
+    price_unit: str | None = None,
+    max_rows: int | None = None,
 ) -> None:
     """Shared by `create` (the name must be new) and `version` (it must exist and be ours)."""
     f.name(name, "--name")
@@ -194,6 +204,8 @@ def register(
                 raise NotOwner(f"model {name!r} belongs to {current.get('owner')}, not {signer.address}")
             mode_list = mode_list or tuple(current["modes"])
             price = int(current["price"]) if price is None else price
+            price_unit = price_unit or current.get("price_unit")
+            max_rows = max_rows or current.get("max_rows")
         elif current is not None:
             raise ModelExists(
                 f"model {name!r} already exists (version {current['version']}, owner {current.get('owner')}): "
@@ -211,6 +223,8 @@ def register(
                     "output_schema": output_schema,
                     "modes": list(mode_list),
                     "price": str(price),
+                    "price_unit": price_unit or "request",
+                    "max_rows": max_rows or DEFAULT_MAX_ROWS,
                 }
             )
 
@@ -226,6 +240,8 @@ def register(
         "version": version,
         "modes": list(mode_list),
         "price": price,
+        "price_unit": price_unit or "request",
+        "max_rows": max_rows or DEFAULT_MAX_ROWS,
         "tx": outcome.hash,
     }
     emit(
@@ -262,14 +278,16 @@ def create(
     name: Annotated[str, typer.Option("--name", help="model name: lower-case letters, digits, '-'")],
     file: FileOption,
     modes: Annotated[str, typer.Option("--modes", help="comma-separated modes: vanilla, zkml, tee")],
-    price: Annotated[int, typer.Option("--price", min=0, help="minimum price per inference, base units")],
+    price: Annotated[int, typer.Option("--price", min=0, help="minimum price per request or row, base units")],
+    price_unit: PriceUnitOption = "request",
+    max_rows: MaxRowsOption = DEFAULT_MAX_ROWS,
     from_: FromOption = "",
     hub: HubOption = "",
     home: HomeOption = None,
     json_out: JsonOption = False,
 ) -> None:
     """Upload an ONNX model and register NAME version 1 on chain (schemas read from the graph)."""
-    register(name, file, modes, price, from_, hub, home, json_out, new_version=False)
+    register(name, file, modes, price, from_, hub, home, json_out, False, price_unit, max_rows)
 
 
 @model_app.command("version")
@@ -281,15 +299,23 @@ def version(
         str | None, typer.Option("--modes", help="comma-separated modes (default: the current version's)")
     ] = None,
     price: Annotated[
-        int | None, typer.Option("--price", min=0, help="price per inference (default: the current version's)")
+        int | None, typer.Option("--price", min=0, help="price per request or row (default: the current version's)")
+    ] = None,
+    price_unit: Annotated[
+        str | None, typer.Option("--price-unit", help="request or row (default: the current version's)")
+    ] = None,
+    max_rows: Annotated[
+        int | None, typer.Option("--max-rows", min=1, help="rows per request (default: the current version's)")
     ] = None,
     from_: FromOption = "",
     hub: HubOption = "",
     home: HomeOption = None,
     json_out: JsonOption = False,
 ) -> None:
-    """Upload a new ONNX file for NAME and register it as the next version."""
-    register(name, file, modes, price, from_, hub, home, json_out, new_version=True)
+    """Upload a new ONNX file for NAME and register it as the next version. Its terms (price,
+    unit, rows, modes) take effect `price_delay` blocks later (a chain param), so nodes serving
+    the current terms are never caught out, and receipts keep the terms they were served on."""
+    register(name, file, modes, price, from_, hub, home, json_out, True, price_unit, max_rows)
 
 
 @model_app.command("list")

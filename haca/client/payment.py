@@ -14,6 +14,7 @@ from haca.crypto.keys import PrivateKey
 from haca.proofs.receipt import EvidenceError, verify_receipt_signature
 from haca.types.payment import PaymentAuthorization, SpendingAllowance, encode_api_key
 from haca.types.receipt import SignedReceipt
+from haca.types.registry import PRICE_UNITS, request_fee, request_rows
 from haca.types.tensor import TensorError, parse_input, schema_from_json, tensors_from_json, tensors_hash
 
 
@@ -21,6 +22,12 @@ class PaymentRequiredError(HacaError):
     """The node wants more than the caller allows, or could not be paid."""
 
     code = "payment_required"
+
+
+class InputInvalid(HacaError):
+    """The caller's input does not fit the model's input schema."""
+
+    code = "invalid_input"
 
 
 class ReceiptInvalid(HacaError):
@@ -31,38 +38,84 @@ class ReceiptInvalid(HacaError):
 
 @dataclass(frozen=True)
 class PaymentOffer:
-    """The part of a 402 answer that the client acts on."""
+    """One entry of a node's 402 answer: a model and mode it serves, and on what terms."""
 
     chain_id: str
     node: str
-    fee: int
+    unit_price: int
+    price_unit: str  # "request" | "row"
+    max_rows: int
     model_id: str
     model: str
     mode: str
     expiry: int
+    terms_height: int  # the height whose on-chain terms the node quotes
+
+    def fee(self, rows: int) -> int:
+        return request_fee(self.unit_price, self.price_unit, rows)
 
     @classmethod
-    def from_402(cls, body: dict[str, Any]) -> PaymentOffer:
+    def from_402(cls, body: dict[str, Any], model: str, mode: str) -> PaymentOffer:
+        """The offer for `model` (name or id) in `mode` among the node's payment requirements."""
         try:
-            accept = next(a for a in body["accepts"] if a["scheme"] == "haca-escrow")
-            extra = accept["extra"]
-            return cls(
-                accept["network"],
-                accept["payTo"].lower(),
-                int(accept["maxAmountRequired"]),
-                extra["model_id"],
-                extra["model"],
-                extra["mode"],
-                int(extra["suggested_expiry"]),
-            )
-        except (KeyError, StopIteration, TypeError, ValueError) as exc:
-            raise PaymentRequiredError(f"node answered 402 without usable requirements: {body}") from exc
+            offers = [cls._parse(a) for a in body["accepts"] if a["scheme"] == "haca-escrow"]
+        except (KeyError, TypeError, ValueError) as exc:
+            raise PaymentRequiredError(f"node answered 402 without usable requirements: {exc}") from exc
+        for offer in offers:
+            if model in (offer.model, offer.model_id) and offer.mode == mode:
+                return offer
+        served = sorted({f"{o.model} ({o.mode})" for o in offers})
+        raise PaymentRequiredError(f"node offers no {model!r} in mode {mode!r}; it offers {served}")
+
+    @classmethod
+    def _parse(cls, accept: dict[str, Any]) -> PaymentOffer:
+        extra = accept["extra"]
+        if extra["price_unit"] not in PRICE_UNITS:
+            raise ValueError(f"unknown price unit {extra['price_unit']!r}")
+        return cls(
+            str(accept["network"]),
+            str(accept["payTo"]).lower(),
+            int(extra["price"]),
+            str(extra["price_unit"]),
+            int(extra["max_rows"]),
+            str(extra["model_id"]),
+            str(extra["model"]),
+            str(extra["mode"]),
+            int(extra["suggested_expiry"]),
+            int(extra["terms_height"]),
+        )
 
 
-def sign_payment(key: PrivateKey, offer: PaymentOffer, max_fee: int) -> tuple[PaymentAuthorization, str]:
-    """An X-PAYMENT header value for this offer, capped at `max_fee`."""
-    if offer.fee > max_fee:
-        raise PaymentRequiredError(f"node asks {offer.fee}, more than the max fee {max_fee}")
+def accept_fee(offer: PaymentOffer, rows: int, max_fee: int | None, manifest: dict[str, Any], node_price: int) -> int:
+    """The fee to sign for `rows` rows on `offer`, after checking it is one the caller accepts:
+    at most `max_fee`, or, without one, at most the price published on chain (the model's terms
+    in effect at the quoted height and the node's registered price). There is no unbounded default."""
+    if rows > offer.max_rows:
+        raise PaymentRequiredError(f"{rows} rows; the node takes at most {offer.max_rows} per request")
+    fee = offer.fee(rows)
+    if max_fee is not None:
+        if fee > max_fee:
+            raise PaymentRequiredError(f"node asks {fee}, more than the max fee {max_fee}")
+        return fee
+    published = request_fee(max(int(manifest["price"]), node_price), manifest["price_unit"], rows)
+    if fee > published:
+        raise PaymentRequiredError(
+            f"node asks {fee}, more than the price on chain ({published} for {rows} rows); pass a max fee to accept"
+        )
+    return fee
+
+
+def input_rows(raw_input: Any, input_schema: dict[str, Any]) -> int:
+    """The rows a request's input has, as the node counts them for its fee."""
+    try:
+        inputs = parse_input(raw_input, schema_from_json(input_schema))
+    except TensorError as exc:
+        raise InputInvalid(f"input does not fit the model: {exc}") from exc
+    return request_rows([t.shape for t in inputs.values()])
+
+
+def sign_payment(key: PrivateKey, offer: PaymentOffer, fee: int) -> tuple[PaymentAuthorization, str]:
+    """An X-PAYMENT header value authorising exactly `fee` for one request on this offer."""
     auth = PaymentAuthorization(
         offer.chain_id,
         key.address,
@@ -70,7 +123,7 @@ def sign_payment(key: PrivateKey, offer: PaymentOffer, max_fee: int) -> tuple[Pa
         "0x" + secrets.token_bytes(32).hex(),
         offer.model_id,
         offer.mode,
-        max_fee,
+        fee,
         offer.expiry,
     )
     payload = {
@@ -95,8 +148,8 @@ def verify_answer(
     auth: PaymentAuthorization | None = None,
 ) -> SignedReceipt:
     """Check a node's answer without trusting the node: the receipt is signed by `node` and
-    commits to this input and this output (and, when paid per request, to this request and a fee
-    within the authorised max)."""
+    commits to this input and this output (and, when paid per request, to this request and to
+    exactly the fee the client signed for)."""
     try:
         signed = SignedReceipt.from_json(answer["receipt"])
         verify_receipt_signature(signed)
@@ -114,6 +167,6 @@ def verify_answer(
     if auth is not None:
         if (receipt.request_id, receipt.model_id, receipt.mode) != (auth.request_id, auth.model_id, auth.mode):
             raise ReceiptInvalid("receipt is for another request, model or mode")
-        if receipt.fee > auth.max_fee:
-            raise ReceiptInvalid(f"receipt charges {receipt.fee}, above the authorised {auth.max_fee}")
+        if receipt.fee != auth.max_fee:
+            raise ReceiptInvalid(f"receipt charges {receipt.fee}; the client signed for {auth.max_fee}")
     return signed

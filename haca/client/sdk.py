@@ -20,7 +20,9 @@ from haca.client.payment import (
     PaymentOffer,
     PaymentRequiredError,
     ReceiptInvalid,
+    accept_fee,
     create_api_key,
+    input_rows,
     sign_payment,
     verify_answer,
 )
@@ -28,8 +30,6 @@ from haca.crypto.keys import PrivateKey
 from haca.types.inference import MsgDeposit, MsgWithdraw
 from haca.types.payment import PaymentAuthorization
 from haca.types.receipt import SignedReceipt
-
-DEFAULT_MAX_FEE = 10**18
 
 
 class NodeError(HacaError):
@@ -58,24 +58,37 @@ class InferenceResult:
 
 
 class _Base:
-    def __init__(self, node_url: str, key: PrivateKey, chain: ChainClient) -> None:
+    def __init__(self, node_url: str, key: PrivateKey, chain: ChainClient, node_address: str | None = None) -> None:
         self.node_url = node_url.rstrip("/")
         self.key = key
         self.chain = chain
+        self._node_address = node_address.lower() if node_address else None
 
-    def _manifest(self, offer: PaymentOffer) -> dict[str, Any]:
-        manifest = self.chain.query("/registry/model", offer.model.encode())
-        if manifest["model_id"] != offer.model_id:
-            raise ReceiptInvalid(f"node offers {offer.model_id}, the chain's {offer.model!r} is {manifest['model_id']}")
-        return manifest
+    def _terms(self, offer: PaymentOffer) -> tuple[dict[str, Any], int]:
+        """The chain's terms for the offer: the manifest in effect at the quoted height (which
+        must be the model the node names) and the node's registered price."""
+        try:
+            manifest = self.chain.query("/registry/model_in_effect", f"{offer.model_id}@{offer.terms_height}".encode())
+            node = self.chain.query("/registry/node", offer.node.encode())
+        except QueryFailed as exc:
+            raise PaymentRequiredError(f"the node's offer is not backed by the chain: {exc}") from exc
+        if manifest["name"] != offer.model:
+            raise ReceiptInvalid(
+                f"node offers {offer.model_id} as {offer.model!r}; the chain names it {manifest['name']!r}"
+            )
+        return manifest, int(node["price"])
 
-    def _offer(self, first: httpx.Response) -> PaymentOffer:
+    def _payment(self, input: Any, offer: PaymentOffer, max_fee: int | None) -> tuple[dict[str, Any], int]:
+        manifest, node_price = self._terms(offer)
+        return manifest, accept_fee(offer, input_rows(input, manifest["input_schema"]), max_fee, manifest, node_price)
+
+    def _offer(self, first: httpx.Response, model: str, mode: str) -> PaymentOffer:
         """The node's answer to an unpaid request must be a 402 with its payment requirements."""
         if first.status_code != 402:
             raise (
                 self._error(first) if first.status_code >= 400 else PaymentRequiredError("node did not ask to be paid")
             )
-        return PaymentOffer.from_402(first.json())
+        return PaymentOffer.from_402(first.json(), model, mode)
 
     def _result(
         self,
@@ -109,18 +122,30 @@ class _Base:
         except QueryFailed:
             return {"receipt_id": receipt_id, "status": "pending"}
 
-    def deposit(self, amount: int) -> TxOutcome:
-        outcome = self.chain.send_msgs(self.key, (MsgDeposit(amount),))
+    def node_address(self) -> str:
+        """The node's account: from the client's config, else as the node reports it."""
+        if self._node_address is None:
+            try:
+                self._node_address = str(httpx.get(f"{self.node_url}/healthz", timeout=10).json()["node"]).lower()
+            except (httpx.HTTPError, ValueError, KeyError, TypeError) as exc:
+                raise NodeError(f"cannot learn the node's address from {self.node_url}/healthz: {exc}") from exc
+        return self._node_address
+
+    def deposit(self, amount: int, node: str | None = None) -> TxOutcome:
+        """Escrow `amount` for `node` (default: this client's node); only that node is paid from it."""
+        outcome = self.chain.send_msgs(self.key, (MsgDeposit(node or self.node_address(), amount),))
         assert isinstance(outcome, TxOutcome)
         return outcome
 
-    def withdraw(self, amount: int) -> TxOutcome:
-        outcome = self.chain.send_msgs(self.key, (MsgWithdraw(amount),))
+    def withdraw(self, amount: int, node: str | None = None) -> TxOutcome:
+        outcome = self.chain.send_msgs(self.key, (MsgWithdraw(node or self.node_address(), amount),))
         assert isinstance(outcome, TxOutcome)
         return outcome
 
-    def escrow(self) -> int:
-        return int(self.chain.query("/inference/escrow", self.key.address.encode())["escrow"])
+    def escrow(self, node: str | None = None) -> int:
+        """What this client holds in escrow for `node` (default: this client's node)."""
+        data = f"{self.key.address}/{node or self.node_address()}"
+        return int(self.chain.query("/inference/escrow", data.encode())["escrow"])
 
     def create_api_key(self, node: str, cap: int, expires_in: int, nonce: int | None = None) -> str:
         expiry = self.chain.rpc.height() + expires_in
@@ -130,14 +155,21 @@ class _Base:
 class Client(_Base):
     """Synchronous client. `Client.from_home()` reads a CLI home (config + keys)."""
 
-    def __init__(self, node_url: str, key: PrivateKey, chain: ChainClient, timeout: float = 30.0) -> None:
-        super().__init__(node_url, key, chain)
+    def __init__(
+        self,
+        node_url: str,
+        key: PrivateKey,
+        chain: ChainClient,
+        timeout: float = 30.0,
+        node_address: str | None = None,
+    ) -> None:
+        super().__init__(node_url, key, chain, node_address)
         self.http = httpx.Client(timeout=timeout)
 
     @classmethod
     def from_home(cls, home: Path | str | None = None, key: str | None = None, node_url: str | None = None) -> Client:
-        node_url, stored, chain = _from_home(home, key, node_url)
-        return cls(node_url, stored, chain)
+        node_url, stored, chain, address = _from_home(home, key, node_url)
+        return cls(node_url, stored, chain, node_address=address)
 
     def close(self) -> None:
         self.http.close()
@@ -149,12 +181,14 @@ class Client(_Base):
     def __exit__(self, *exc: object) -> None:
         self.close()
 
-    def infer(self, model: str, input: Any, mode: str = "vanilla", max_fee: int = DEFAULT_MAX_FEE) -> InferenceResult:
-        """Run `model` on `input`, paying up to `max_fee`; the receipt is checked before returning."""
+    def infer(self, model: str, input: Any, mode: str = "vanilla", max_fee: int | None = None) -> InferenceResult:
+        """Run `model` on `input`, paying the node's quote when it is at most `max_fee` (default:
+        at most the price published on chain); the receipt is checked before returning."""
+        probe = self.http.post(f"{self.node_url}/v1/infer", json={"model": model, "mode": mode})
+        offer = self._offer(probe, model, mode)
+        manifest, fee = self._payment(input, offer, max_fee)
+        auth, header = sign_payment(self.key, offer, fee)
         body = {"model": model, "mode": mode, "input": input}
-        offer = self._offer(self.http.post(f"{self.node_url}/v1/infer", json=body))
-        manifest = self._manifest(offer)
-        auth, header = sign_payment(self.key, offer, max_fee)
         paid = self.http.post(f"{self.node_url}/v1/infer", json=body, headers={"X-PAYMENT": header})
         return self._result(paid, input, manifest, offer, auth)
 
@@ -181,16 +215,23 @@ class Client(_Base):
 class AsyncClient(_Base):
     """asyncio client with the same behaviour; chain calls run in a worker thread."""
 
-    def __init__(self, node_url: str, key: PrivateKey, chain: ChainClient, timeout: float = 30.0) -> None:
-        super().__init__(node_url, key, chain)
+    def __init__(
+        self,
+        node_url: str,
+        key: PrivateKey,
+        chain: ChainClient,
+        timeout: float = 30.0,
+        node_address: str | None = None,
+    ) -> None:
+        super().__init__(node_url, key, chain, node_address)
         self.http = httpx.AsyncClient(timeout=timeout)
 
     @classmethod
     def from_home(
         cls, home: Path | str | None = None, key: str | None = None, node_url: str | None = None
     ) -> AsyncClient:
-        node_url, stored, chain = _from_home(home, key, node_url)
-        return cls(node_url, stored, chain)
+        node_url, stored, chain, address = _from_home(home, key, node_url)
+        return cls(node_url, stored, chain, node_address=address)
 
     async def aclose(self) -> None:
         await self.http.aclose()
@@ -202,13 +243,12 @@ class AsyncClient(_Base):
     async def __aexit__(self, *exc: object) -> None:
         await self.aclose()
 
-    async def infer(
-        self, model: str, input: Any, mode: str = "vanilla", max_fee: int = DEFAULT_MAX_FEE
-    ) -> InferenceResult:
+    async def infer(self, model: str, input: Any, mode: str = "vanilla", max_fee: int | None = None) -> InferenceResult:
+        probe = await self.http.post(f"{self.node_url}/v1/infer", json={"model": model, "mode": mode})
+        offer = self._offer(probe, model, mode)
+        manifest, fee = await asyncio.to_thread(self._payment, input, offer, max_fee)
+        auth, header = sign_payment(self.key, offer, fee)
         body = {"model": model, "mode": mode, "input": input}
-        offer = self._offer(await self.http.post(f"{self.node_url}/v1/infer", json=body))
-        manifest = await asyncio.to_thread(self._manifest, offer)
-        auth, header = sign_payment(self.key, offer, max_fee)
         paid = await self.http.post(f"{self.node_url}/v1/infer", json=body, headers={"X-PAYMENT": header})
         return self._result(paid, input, manifest, offer, auth)
 
@@ -223,7 +263,9 @@ class AsyncClient(_Base):
             await asyncio.sleep(0.3)
 
 
-def _from_home(home: Path | str | None, key: str | None, node_url: str | None) -> tuple[str, PrivateKey, ChainClient]:
+def _from_home(
+    home: Path | str | None, key: str | None, node_url: str | None
+) -> tuple[str, PrivateKey, ChainClient, str | None]:
     resolved = resolve_home(home)
     config = ClientConfig.load(resolved)
     stored = KeyStore(resolved).get(key or config.default_key)
@@ -231,4 +273,5 @@ def _from_home(home: Path | str | None, key: str | None, node_url: str | None) -
     url = node_url or (nodes[0]["url"] if nodes else "")
     if not url:
         raise HacaError("no node URL: pass node_url or run a devnet that lists its nodes in the config")
-    return url, stored.key, connect(config)
+    address = next((n.get("address") for n in nodes if n.get("url", "").rstrip("/") == url.rstrip("/")), None)
+    return url, stored.key, connect(config), address

@@ -19,9 +19,15 @@ from haca.devnet.processes import http_ok, process_alive, spawn
 from haca.hub.client import HubClient
 from haca.types.registry import MsgRegisterModel
 
-# Example models and their price per inference (base units), registered by the `publisher` key.
-# A settlement costs the node ~2.6k in tx fees per receipt (2 per byte), so prices sit well above it.
-EXAMPLE_PRICES = {"iris": 10_000, "mlp-regressor": 20_000, "digits-cnn": 50_000}
+# Example models and their terms (price in base units, per request or per row, rows per request),
+# registered by the `publisher` key. A settlement costs the node ~2.6k in tx fees per receipt
+# (2 per byte), so prices sit well above it.
+EXAMPLE_TERMS = {
+    "iris": (10_000, "request", 16),
+    "mlp-regressor": (20_000, "row", 64),
+    "digits-cnn": (50_000, "request", 8),
+}
+EXAMPLE_PRICES = {name: terms[0] for name, terms in EXAMPLE_TERMS.items()}
 
 
 class ServiceError(RuntimeError):
@@ -85,9 +91,8 @@ def _register(chain: ChainClient, publisher: Any, entry: dict[str, Any], model_i
             return current
     schema = {entry["input"]["name"]: {"dtype": entry["input"]["dtype"], "shape": _dims(entry["input"]["shape"])}}
     outputs = {o["name"]: {"dtype": o["dtype"], "shape": _dims(o["shape"])} for o in entry["outputs"]}
-    msg = MsgRegisterModel(
-        entry["name"], model_id, schema, outputs, ("vanilla",), EXAMPLE_PRICES.get(entry["name"], 1000)
-    )
+    price, unit, max_rows = EXAMPLE_TERMS.get(entry["name"], (1000, "request", 64))
+    msg = MsgRegisterModel(entry["name"], model_id, schema, outputs, ("vanilla",), price, unit, max_rows)
     chain.send_msgs(publisher, (msg,))
     result: dict[str, Any] = chain.query("/registry/model", entry["name"].encode())
     return result

@@ -27,6 +27,7 @@ from haca.node.errors import (
     PaymentRequired,
     ReceiptNotFound,
     RequestConflict,
+    TooManyRows,
 )
 from haca.node.payments import (
     PAYMENT_RESPONSE_HEADER,
@@ -38,29 +39,25 @@ from haca.node.payments import (
 from haca.node.receipts import DuplicateRequest, ReceiptStore
 from haca.runtime.onnx import InvalidInput, OnnxModel
 from haca.types.receipt import Receipt, SignedReceipt
-from haca.types.tensor import tensors_hash, tensors_to_json
+from haca.types.registry import request_rows
+from haca.types.tensor import Tensor, tensors_hash, tensors_to_json
 
 MAX_BODY_BYTES = 1 << 20
+INLINE_PARSE_BYTES = 16 << 10  # bodies up to this size are parsed on the event loop (cheaper than a thread hop)
 
 
 @dataclass(frozen=True)
 class ServedModel:
-    manifest: dict[str, Any]  # the on-chain manifest
+    manifest: dict[str, Any]  # the on-chain manifest the node loaded (its terms come from the chain per height)
     model: OnnxModel
-    fee: int  # max(node price, model price)
 
-    def describe(self) -> dict[str, Any]:
-        m = self.manifest
-        return {
-            "id": m["model_id"],
-            "name": m["name"],
-            "version": m["version"],
-            "modes": m["modes"],
-            "price": self.fee,
-            "input_schema": m["input_schema"],
-            "output_schema": m["output_schema"],
-            "provider": self.model.provider,
-        }
+    @property
+    def model_id(self) -> str:
+        return str(self.manifest["model_id"])
+
+    @property
+    def name(self) -> str:
+        return str(self.manifest["name"])
 
 
 @dataclass
@@ -72,6 +69,51 @@ class NodeContext:
     gate: PaymentGate
     store: ReceiptStore
     on_receipt: Any = None  # called after a receipt is queued (wakes the settler)
+    price: int = 0  # the node's own price per unit; the fee is max(this, the model's price)
+    quotes: tuple[int, dict[tuple[str, str], Quote]] | None = None  # (height, quotes) last computed
+
+
+def current_quotes(ctx: NodeContext) -> dict[tuple[str, str], Quote]:
+    """What every served (model id, mode) costs now: the terms in effect on chain at the current
+    height, recomputed once per block."""
+    height = ctx.gate.chain.height()
+    if ctx.quotes is not None and ctx.quotes[0] == height:
+        return ctx.quotes[1]
+    quotes: dict[tuple[str, str], Quote] = {}
+    for served in {s.model_id: s for s in ctx.models.values()}.values():
+        manifest = ctx.gate.chain.manifest_in_effect(served.model_id, height)
+        if manifest is None:
+            continue
+        for mode in sorted(set(manifest["modes"]) & set(ctx.modes)):
+            quotes[(served.model_id, mode)] = Quote(
+                served.model_id,
+                manifest["name"],
+                mode,
+                max(ctx.price, int(manifest["price"])),
+                manifest["price_unit"],
+                int(manifest["max_rows"]),
+                height,
+            )
+    ctx.quotes = (height, quotes)
+    return quotes
+
+
+def describe(served: ServedModel, quotes: dict[tuple[str, str], Quote]) -> dict[str, Any]:
+    m = served.manifest
+    offered = [q for (model_id, _), q in quotes.items() if model_id == served.model_id]
+    terms = offered[0] if offered else None
+    return {
+        "id": m["model_id"],
+        "name": m["name"],
+        "version": m["version"],
+        "modes": [q.mode for q in offered],
+        "price": terms.unit_price if terms else None,
+        "price_unit": terms.price_unit if terms else m["price_unit"],
+        "max_rows": terms.max_rows if terms else m["max_rows"],
+        "input_schema": m["input_schema"],
+        "output_schema": m["output_schema"],
+        "provider": served.model.provider,
+    }
 
 
 class Metrics:
@@ -81,10 +123,17 @@ class Metrics:
         self.latency = Histogram("haca_inference_seconds", "time to answer /v1/infer", registry=self.registry)
         self.rejected = Counter("haca_requests_rejected", "requests refused", ["status"], registry=self.registry)
         self.pending = Gauge("haca_receipts_pending", "receipts not yet settled", registry=self.registry)
+        self.bodies_parsed = Counter(
+            "haca_request_bodies_parsed",
+            "request bodies parsed (only paid requests get that far)",
+            ["size"],
+            registry=self.registry,
+        )
 
 
 def create_app(ctx: NodeContext) -> FastAPI:
     app = FastAPI(title="HACA inference node", version="1")
+    app.state.context = ctx
     metrics = Metrics()
 
     @app.exception_handler(NodeError)
@@ -115,14 +164,27 @@ def create_app(ctx: NodeContext) -> FastAPI:
     @app.post("/v1/infer")
     async def infer(request: Request) -> Response:
         started = time.perf_counter()
-        body = await _json_body(request)
-        served, mode = _resolve(ctx, body)
+        quotes = current_quotes(ctx)
         try:
-            inputs = served.model.prepare(body["input"])
-        except InvalidInput as exc:
-            raise InvalidInputError(str(exc)) from exc
-        quote = Quote(served.manifest["model_id"], served.manifest["name"], mode, served.fee, str(request.url))
-        accepted = ctx.gate.authorize(request.headers, quote)
+            # Payment first, from the headers alone: an unpaid request never has its body read.
+            pending = ctx.gate.check(request.headers, quotes)
+            raw = await _read_body(request)
+            metrics.bodies_parsed.labels("small" if len(raw) <= INLINE_PARSE_BYTES else "large").inc()
+            if len(raw) <= INLINE_PARSE_BYTES:
+                served, mode, inputs = _parse_request(ctx, raw)
+            else:  # a large body is parsed off the event loop, so other requests go on meanwhile
+                served, mode, inputs = await run_in_threadpool(_parse_request, ctx, raw)
+            quote = quotes.get((served.model_id, mode))
+            if quote is None:
+                raise ModeNotSupported(f"{served.name!r} is not offered in mode {mode!r} at this height")
+            rows = request_rows([t.shape for t in inputs.values()])
+            if rows > quote.max_rows:
+                raise TooManyRows(f"{rows} rows; {quote.model_name!r} takes at most {quote.max_rows} per request")
+            accepted = ctx.gate.charge(pending, quote, rows)
+        except PaymentRequired as exc:
+            raise PaymentRequired(
+                str(exc), ctx.gate.requirements(quotes.values(), str(exc), str(request.url))
+            ) from None
         try:
             outputs = await run_in_threadpool(served.model.run, inputs)
             signed = _queue_receipt(ctx, quote, accepted, tensors_hash(inputs), tensors_hash(outputs))
@@ -145,8 +207,9 @@ def create_app(ctx: NodeContext) -> FastAPI:
 
     @app.get("/v1/models")
     async def list_models() -> dict[str, Any]:
-        unique = {s.manifest["model_id"]: s for s in ctx.models.values()}
-        return {"object": "list", "data": [s.describe() for s in unique.values()]}
+        unique = {s.model_id: s for s in ctx.models.values()}
+        quotes = current_quotes(ctx)
+        return {"object": "list", "data": [describe(s, quotes) for s in unique.values()]}
 
     @app.get("/healthz")
     async def healthz() -> dict[str, Any]:
@@ -178,8 +241,8 @@ def _queue_receipt(
         mode=quote.mode,
         input_hash=input_hash,
         output_hash=output_hash,
-        fee=quote.fee,
-        height_hint=ctx.gate.chain.height(),
+        fee=accepted.fee,
+        height_hint=quote.height,  # the chain judges the fee by the terms in effect here
         timestamp=int(time.time()),
     )
     signed = SignedReceipt(receipt, receipt.sign(ctx.key))
@@ -190,7 +253,7 @@ def _queue_receipt(
     return signed
 
 
-async def _json_body(request: Request) -> dict[str, Any]:
+async def _read_body(request: Request) -> bytes:
     declared = request.headers.get("content-length")
     if declared and declared.isdigit() and int(declared) > MAX_BODY_BYTES:
         raise PayloadTooLarge(f"body is {declared} bytes; the limit is {MAX_BODY_BYTES}")
@@ -200,8 +263,13 @@ async def _json_body(request: Request) -> dict[str, Any]:
         if size > MAX_BODY_BYTES:
             raise PayloadTooLarge(f"body exceeds the {MAX_BODY_BYTES}-byte limit")
         chunks.append(chunk)
+    return b"".join(chunks)
+
+
+def _parse_request(ctx: NodeContext, raw: bytes) -> tuple[ServedModel, str, dict[str, Tensor]]:
+    """The body as (model, mode, input tensors); a NodeError (4xx) when it is not a valid request."""
     try:
-        body = orjson.loads(b"".join(chunks))
+        body = orjson.loads(raw)
     except (ValueError, RecursionError) as exc:
         raise InvalidRequest(f"body is not valid JSON: {exc}") from exc
     if not isinstance(body, dict):
@@ -209,7 +277,11 @@ async def _json_body(request: Request) -> dict[str, Any]:
     missing = {"model", "input"} - set(body)
     if missing or set(body) - {"model", "mode", "input"}:
         raise InvalidRequest(f'body must have "model" and "input" (and optional "mode"); missing {sorted(missing)}')
-    return body
+    served, mode = _resolve(ctx, body)
+    try:
+        return served, mode, served.model.prepare(body["input"])
+    except InvalidInput as exc:
+        raise InvalidInputError(str(exc)) from exc
 
 
 def _resolve(ctx: NodeContext, body: dict[str, Any]) -> tuple[ServedModel, str]:
@@ -218,9 +290,6 @@ def _resolve(ctx: NodeContext, body: dict[str, Any]) -> tuple[ServedModel, str]:
         names = sorted({s.manifest["name"] for s in ctx.models.values()})
         raise ModelNotFound(f"model {name!r} is not served here; models: {names}")
     served = ctx.models[name]
-    if mode not in ctx.modes or mode not in served.manifest["modes"]:
-        raise ModeNotSupported(
-            f"mode {mode!r} is not offered for {served.manifest['name']!r}; "
-            f"node modes {list(ctx.modes)}, model modes {served.manifest['modes']}"
-        )
+    if not isinstance(mode, str) or mode not in ctx.modes:
+        raise ModeNotSupported(f"mode {mode!r} is not offered for {served.name!r}; node modes {list(ctx.modes)}")
     return served, mode

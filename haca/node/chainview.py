@@ -15,10 +15,12 @@ from haca.types.payment import SpendingAllowance
 
 
 class ChainView:
-    def __init__(self, chain: ChainClient, ttl: float = 1.0) -> None:
+    def __init__(self, chain: ChainClient, node: str, ttl: float = 1.0) -> None:
         self.chain = chain
+        self.node = node  # escrow is read for this node's lanes
         self.ttl = ttl
         self._cache: dict[tuple[str, str], tuple[float, Any]] = {}
+        self._manifests: dict[str, tuple[int, dict[str, Any] | None]] = {}
         self._lock = threading.Lock()
 
     def _cached(self, key: tuple[str, str], load: Callable[[], Any]) -> Any:
@@ -35,22 +37,42 @@ class ChainView:
     def height(self) -> int:
         return int(self._cached(("height", ""), self.chain.rpc.height))
 
-    def escrow(self, client: str) -> int:
-        return int(
-            self._cached(
-                ("escrow", client), lambda: int(self.chain.query("/inference/escrow", client.encode())["escrow"])
-            )
-        )
+    def available_escrow(self, client: str) -> int:
+        """The client's escrow for this node less what it is withdrawing: funds being withdrawn
+        are paid out after the chain's delay, so the node never serves against them."""
 
-    def allowance(self, allowance: SpendingAllowance) -> tuple[int, bool]:
-        """(spent on chain, revoked) for an allowance."""
+        def load() -> int:
+            (lane,) = self.chain.query("/inference/escrow", f"{client}/{self.node}".encode())["lanes"]
+            return int(lane["available"])
 
-        def load() -> tuple[int, bool]:
+        return int(self._cached(("escrow", client), load))
+
+    def allowance(self, allowance: SpendingAllowance) -> tuple[int, int]:
+        """(spent on chain, height its revocation takes effect or 0) for an allowance."""
+
+        def load() -> tuple[int, int]:
             answer = self.chain.query("/inference/allowance", canonical_json(allowance.to_json()))
-            return int(answer["spent"]), bool(answer["revoked"])
+            return int(answer["spent"]), int(answer["revoked_from"])
 
-        spent, revoked = self._cached(("allowance", allowance.id), load)
-        return spent, revoked
+        spent, revoked_from = self._cached(("allowance", allowance.id), load)
+        return spent, revoked_from
+
+    def manifest_in_effect(self, model_id: str, height: int) -> dict[str, Any] | None:
+        """The model's terms in effect at `height` (None before its first registration)."""
+
+        with self._lock:
+            hit = self._manifests.get(model_id)
+        if hit is not None and hit[0] == height:  # one entry per model: the terms at the latest height asked
+            return hit[1]
+        try:
+            manifest: dict[str, Any] | None = self.chain.query(
+                "/registry/model_in_effect", f"{model_id}@{height}".encode()
+            )
+        except QueryFailed:
+            manifest = None
+        with self._lock:
+            self._manifests[model_id] = (height, manifest)
+        return manifest
 
     def settlement_fee(self, fees: int, count: int = 1) -> int:
         """What the chain burns from a client's escrow on top of `count` fees totalling `fees`

@@ -40,6 +40,13 @@ class PayloadTooLarge(NodeError):
     code = "payload_too_large"
 
 
+class TooManyRows(NodeError):
+    """More rows than the model's terms allow in one request: the fee follows the work."""
+
+    status = 413
+    code = "too_many_rows"
+
+
 class RequestConflict(NodeError):
     status = 409
     code = "request_conflict"

@@ -1,8 +1,15 @@
 """Who pays for a request: an x402-style `X-PAYMENT` header carrying a per-request EIP-712
 authorisation, or `Authorization: Bearer haca_…` carrying a signed spending allowance.
 
-Without either the node answers 402 with its payment requirements (x402 shape: scheme,
-network = chain id, asset = denom, max amount, pay-to, resource).
+Payment is checked in two steps so that an unpaid request costs almost nothing:
+
+1. `check(headers)`, before the body is read: the signature, node, chain, expiry, revocation,
+   and that the client's escrow for this node (less what it is withdrawing) could pay at all.
+   Without a payment the node answers 402 with its payment requirements (x402 shape: scheme,
+   network = chain id, asset = denom, max amount, pay-to, resource), one per model and mode.
+2. `charge(pending, quote, rows)`, once the body is parsed and the work is known: the fee is the
+   quote's price for that many rows; it must be within what was authorised, and it is held
+   against the escrow (and the allowance's cap) until the receipt is queued.
 """
 
 from __future__ import annotations
@@ -10,12 +17,12 @@ from __future__ import annotations
 import base64
 import json
 import secrets
-from collections.abc import Mapping
+from collections import OrderedDict
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Protocol
 
 from haca.crypto.keys import SignatureError
-from haca.node.chainview import ChainView
 from haca.node.errors import PaymentRequired, RequestConflict
 from haca.node.receipts import ReceiptStore
 from haca.types import fields
@@ -26,22 +33,62 @@ from haca.types.payment import (
     SpendingAllowance,
     decode_api_key,
 )
+from haca.types.registry import request_fee
 
 X402_VERSION = 1
 SCHEME = "haca-escrow"
 PAYMENT_HEADER = "x-payment"
 PAYMENT_RESPONSE_HEADER = "X-PAYMENT-RESPONSE"
+SIGNER_CACHE_SIZE = 4096
+
+
+class PaymentView(Protocol):
+    """What the gate reads from the chain (haca.node.chainview.ChainView; fakes in tests)."""
+
+    def height(self) -> int: ...
+
+    def available_escrow(self, client: str) -> int: ...
+
+    def allowance(self, allowance: SpendingAllowance) -> tuple[int, int]: ...
+
+    def settlement_fee(self, fees: int, count: int = 1) -> int: ...
+
+    def manifest_in_effect(self, model_id: str, height: int) -> dict[str, Any] | None: ...
 
 
 @dataclass(frozen=True)
 class Quote:
-    """What one inference costs and what the node needs signed for it."""
+    """The terms on which this node serves one model in one mode, as of `height` (the terms in
+    effect on chain there; the receipt's height hint, so the chain judges it by the same terms)."""
 
     model_id: str
     model_name: str
     mode: str
-    fee: int
-    resource: str
+    unit_price: int  # max(node price, the model's price in effect)
+    price_unit: str  # "request" | "row"
+    max_rows: int
+    height: int
+
+    def fee(self, rows: int) -> int:
+        return request_fee(self.unit_price, self.price_unit, rows)
+
+    @property
+    def max_amount(self) -> int:
+        return self.fee(self.max_rows)
+
+
+@dataclass(frozen=True)
+class PendingPayment:
+    """A payment whose signature and funds were checked before the body was read."""
+
+    payment: SignedPayment
+    client: str
+    request_id: str
+
+    @property
+    def authorization(self) -> PaymentAuthorization | None:
+        value = self.payment.value
+        return value if isinstance(value, PaymentAuthorization) else None
 
 
 @dataclass(frozen=True)
@@ -49,6 +96,7 @@ class AcceptedPayment:
     payment: SignedPayment
     client: str
     request_id: str
+    fee: int = 0  # what the receipt charges
     reserved: int = 0  # escrow held for this request until its receipt is queued (see release)
     allowance_id: str = ""
     allowance_held: int = 0  # allowance cap held likewise
@@ -60,7 +108,7 @@ class PaymentGate:
         node: str,
         chain_id: str,
         denom: str,
-        chain: ChainView,
+        chain: PaymentView,
         store: ReceiptStore,
         settle_margin: int = 5,
         authorization_blocks: int = 100,
@@ -69,54 +117,63 @@ class PaymentGate:
         self.chain, self.store = chain, store
         self._held: dict[str, int] = {}  # client -> escrow held by requests in flight
         self._held_allowance: dict[str, int] = {}  # allowance id -> cap held by requests in flight
+        self._in_flight: set[tuple[str, str]] = set()  # (client, request id) charged, receipt not yet queued
+        self._signers: OrderedDict[bytes, str] = OrderedDict()  # API key -> its signer (recovery is the cost)
         self.settle_margin = settle_margin  # blocks the settler needs before an authorisation expires
         self.authorization_blocks = authorization_blocks
 
-    def requirements(self, quote: Quote, reason: str) -> dict[str, Any]:
+    # --- 402 ------------------------------------------------------------------------------------
+
+    def requirements(self, quotes: Iterable[Quote], reason: str, resource: str) -> dict[str, Any]:
+        height = self.chain.height()
         return {
             "x402Version": X402_VERSION,
             "error": reason,
-            "accepts": [
-                {
-                    "scheme": SCHEME,
-                    "network": self.chain_id,
-                    "asset": self.denom,
-                    "maxAmountRequired": str(quote.fee),
-                    "payTo": self.node,
-                    "resource": quote.resource,
-                    "description": f"inference on {quote.model_name} ({quote.mode})",
-                    "mimeType": "application/json",
-                    "maxTimeoutSeconds": 60,
-                    "extra": {
-                        "model_id": quote.model_id,
-                        "model": quote.model_name,
-                        "mode": quote.mode,
-                        "height": self.chain.height(),
-                        "min_expiry": self.chain.height() + self.settle_margin,
-                        "suggested_expiry": self.chain.height() + self.authorization_blocks,
-                        "eip712": {"primaryType": "PaymentAuthorization", "fields": AUTHORIZATION_FIELDS},
-                        "api_key": "or send 'Authorization: Bearer haca_…' from `haca allowance create`",
-                    },
-                }
-            ],
+            "accepts": [self._accept(quote, resource, height) for quote in quotes],
         }
 
-    def authorize(self, headers: Mapping[str, str], quote: Quote) -> AcceptedPayment:
-        """Check the request's payment; raise PaymentRequired (402) saying what is wrong."""
+    def _accept(self, quote: Quote, resource: str, height: int) -> dict[str, Any]:
+        per = "row" if quote.price_unit == "row" else "request"
+        return {
+            "scheme": SCHEME,
+            "network": self.chain_id,
+            "asset": self.denom,
+            "maxAmountRequired": str(quote.max_amount),
+            "payTo": self.node,
+            "resource": resource,
+            "description": f"inference on {quote.model_name} ({quote.mode}): {quote.unit_price} per {per}",
+            "mimeType": "application/json",
+            "maxTimeoutSeconds": 60,
+            "extra": {
+                "model_id": quote.model_id,
+                "model": quote.model_name,
+                "mode": quote.mode,
+                "price": str(quote.unit_price),
+                "price_unit": quote.price_unit,
+                "max_rows": quote.max_rows,
+                "terms_height": quote.height,
+                "height": height,
+                "min_expiry": height + self.settle_margin,
+                "suggested_expiry": height + self.authorization_blocks,
+                "eip712": {"primaryType": "PaymentAuthorization", "fields": AUTHORIZATION_FIELDS},
+                "api_key": "or send 'Authorization: Bearer haca_…' from `haca allowance create`",
+            },
+        }
+
+    # --- step 1: before the body ----------------------------------------------------------------
+
+    def check(self, headers: Mapping[str, str], quotes: Mapping[tuple[str, str], Quote]) -> PendingPayment:
+        """Check the request's payment from its headers alone; PaymentRequired (402) says what
+        is wrong (its requirements are added by the caller, who knows the resource)."""
         header = headers.get(PAYMENT_HEADER)
         bearer = headers.get("authorization", "")
-        try:
-            if header:
-                accepted = self._per_request(header, quote)
-            elif bearer.lower().startswith("bearer ") and bearer[7:].strip().startswith("haca_"):
-                accepted = self._allowance(bearer[7:].strip(), quote)
-            else:
-                raise PaymentRequired("payment required")
-        except PaymentRequired as exc:
-            raise PaymentRequired(str(exc), self.requirements(quote, str(exc))) from None
-        return accepted
+        if header:
+            return self._per_request(header, quotes)
+        if bearer.lower().startswith("bearer ") and bearer[7:].strip().startswith("haca_"):
+            return self._allowance(bearer[7:].strip(), quotes)
+        raise PaymentRequired("payment required")
 
-    def _per_request(self, header: str, quote: Quote) -> AcceptedPayment:
+    def _per_request(self, header: str, quotes: Mapping[tuple[str, str], Quote]) -> PendingPayment:
         try:
             doc = json.loads(base64.b64decode(header, validate=True))
             fields.require_fields(doc, {"x402Version", "scheme", "network", "payload"}, "X-PAYMENT")
@@ -133,19 +190,20 @@ class PaymentGate:
         if signer != auth.client:
             raise PaymentRequired(f"authorisation signed by {signer}, not by its client {auth.client}")
         self._common(auth.node, auth.chain_id, auth.expiry)
-        if (auth.model_id, auth.mode) != (quote.model_id, quote.mode):
-            raise PaymentRequired("authorisation is for another model or mode")
-        if auth.max_fee < quote.fee:
-            raise PaymentRequired(f"max fee {auth.max_fee} is below the price {quote.fee}")
-        if self.store.has_request(auth.client, auth.request_id):
+        quote = quotes.get((auth.model_id, auth.mode))
+        if quote is None:
+            raise PaymentRequired(f"this node does not serve {auth.model_id} in mode {auth.mode!r}")
+        if auth.max_fee < quote.fee(1):
+            raise PaymentRequired(f"max fee {auth.max_fee} is below the price {quote.fee(1)}")
+        if (auth.client, auth.request_id) in self._in_flight or self.store.has_request(auth.client, auth.request_id):
             raise RequestConflict(f"request id {auth.request_id} was already served")
-        reserved = self._escrow_covers(auth.client, quote.fee)
-        return AcceptedPayment(SignedPayment("request", auth, signature), auth.client, auth.request_id, reserved)
+        self._escrow_covers(auth.client, auth.max_fee, hold=False)
+        return PendingPayment(SignedPayment("request", auth, signature), auth.client, auth.request_id)
 
-    def _allowance(self, token: str, quote: Quote) -> AcceptedPayment:
+    def _allowance(self, token: str, quotes: Mapping[tuple[str, str], Quote]) -> PendingPayment:
         try:
             payment = decode_api_key(token)
-            signer = payment.signer()
+            signer = self._signer(payment)
         except (ValueError, SignatureError) as exc:
             raise PaymentRequired(f"invalid API key: {exc}") from exc
         allowance = payment.value
@@ -153,16 +211,30 @@ class PaymentGate:
         if signer != allowance.client:
             raise PaymentRequired("API key allowance is not signed by its client")
         self._common(allowance.node, allowance.chain_id, allowance.expiry)
-        spent, revoked = self.chain.allowance(allowance)
-        if revoked:
-            raise PaymentRequired("API key allowance was revoked on chain")
+        spent, revoked_from = self.chain.allowance(allowance)
+        if revoked_from:
+            # Refused from the moment the revocation is announced: what was served before it
+            # settles within the chain's revoke delay.
+            raise PaymentRequired(f"API key allowance was revoked on chain (effective at height {revoked_from})")
+        cheapest = min((q.fee(1) for q in quotes.values()), default=0)
         pending = self.store.unsettled_allowance(allowance.id) + self._held_allowance.get(allowance.id, 0)
-        if spent + pending + quote.fee > allowance.cap:
+        if spent + pending + cheapest > allowance.cap:
             raise PaymentRequired(f"API key allowance cap {allowance.cap} reached ({spent} settled, {pending} pending)")
-        reserved = self._escrow_covers(allowance.client, quote.fee)
-        self._held_allowance[allowance.id] = self._held_allowance.get(allowance.id, 0) + quote.fee
-        request_id = "0x" + secrets.token_bytes(32).hex()
-        return AcceptedPayment(payment, allowance.client, request_id, reserved, allowance.id, quote.fee)
+        self._escrow_covers(allowance.client, cheapest, hold=False)
+        return PendingPayment(payment, allowance.client, "0x" + secrets.token_bytes(32).hex())
+
+    def _signer(self, payment: SignedPayment) -> str:
+        """The allowance's signer, remembered per (allowance, signature): an API key is sent with
+        every request, and recovering its signer is most of the cost of checking it."""
+        assert isinstance(payment.value, SpendingAllowance)
+        key = bytes.fromhex(payment.value.id[2:]) + payment.signature
+        signer = self._signers.get(key)
+        if signer is None:
+            signer = payment.signer()
+            self._signers[key] = signer
+            if len(self._signers) > SIGNER_CACHE_SIZE:
+                self._signers.popitem(last=False)
+        return signer
 
     def _common(self, node: str, chain_id: str, expiry: int) -> None:
         if node != self.node:
@@ -172,23 +244,64 @@ class PaymentGate:
         if expiry < self.chain.height() + self.settle_margin:
             raise PaymentRequired(f"payment expires at height {expiry}, too soon to settle (now {self.chain.height()})")
 
-    def _escrow_covers(self, client: str, fee: int) -> int:
-        """Escrow must pay this fee and every unsettled or in-flight one, each with its settlement
-        fee; on success the amount is held for this request and returned."""
-        escrow = self.chain.escrow(client)
+    # --- step 2: the work is known --------------------------------------------------------------
+
+    def charge(self, pending: PendingPayment, quote: Quote, rows: int) -> AcceptedPayment:
+        """Hold the fee for `rows` rows on `quote`'s terms; PaymentRequired when it is not covered."""
+        fee = quote.fee(rows)
+        auth = pending.authorization
+        if auth is not None:
+            if (auth.model_id, auth.mode) != (quote.model_id, quote.mode):
+                raise PaymentRequired("authorisation is for another model or mode than the request's")
+            if fee > auth.max_fee:
+                raise PaymentRequired(
+                    f"this request costs {fee} ({rows} rows); the authorisation allows {auth.max_fee}"
+                )
+            request = (pending.client, pending.request_id)
+            # The same X-PAYMENT sent twice at once passes `check` twice: only one is charged and run.
+            if request in self._in_flight or self.store.has_request(*request):
+                raise RequestConflict(f"request id {pending.request_id} is being or was already served")
+            reserved = self._escrow_covers(pending.client, fee, hold=True)
+            self._in_flight.add(request)
+            return AcceptedPayment(pending.payment, pending.client, pending.request_id, fee, reserved)
+        allowance = pending.payment.value
+        assert isinstance(allowance, SpendingAllowance)
+        spent, _ = self.chain.allowance(allowance)
+        held = self._held_allowance.get(allowance.id, 0)
+        unsettled = self.store.unsettled_allowance(allowance.id) + held
+        if spent + unsettled + fee > allowance.cap:
+            raise PaymentRequired(
+                f"API key allowance cap {allowance.cap} reached ({spent} settled, {unsettled} pending, {fee} asked)"
+            )
+        reserved = self._escrow_covers(pending.client, fee, hold=True)
+        self._held_allowance[allowance.id] = held + fee
+        return AcceptedPayment(
+            pending.payment, pending.client, pending.request_id, fee, reserved, allowance.id, allowance_held=fee
+        )
+
+    def _escrow_covers(self, client: str, fee: int, hold: bool) -> int:
+        """The client's escrow for this node, less what it is withdrawing, must pay this fee and
+        every unsettled or in-flight one, each with its settlement fee; with `hold` the amount is
+        held for this request and returned."""
+        available = self.chain.available_escrow(client)
         count, fees = self.store.unsettled_charges(client)
         pending = (fees + self.chain.settlement_fee(fees, count) if count else 0) + self._held.get(client, 0)
         cost = fee + self.chain.settlement_fee(fee)
-        if escrow < pending + cost:
-            raise PaymentRequired(f"escrow of {client} is {escrow}, with {pending} unsettled: deposit more")
-        self._held[client] = self._held.get(client, 0) + cost
+        if available < pending + cost:
+            raise PaymentRequired(
+                f"escrow of {client} for this node is {available} (less withdrawals), with {pending} unsettled:"
+                f" deposit more with `haca deposit --node {self.node}`"
+            )
+        if hold:
+            self._held[client] = self._held.get(client, 0) + cost
         return cost
 
     def release(self, accepted: AcceptedPayment) -> None:
-        """Drop the hold taken by `authorize` once the receipt is queued (it then counts as
+        """Drop the hold taken by `charge` once the receipt is queued (it then counts as
         unsettled) or the request failed. Check, hold and release run on the event loop thread,
         so concurrent requests of one client cannot together overdraw its escrow or allowance."""
         _drop(self._held, accepted.client, accepted.reserved)
+        self._in_flight.discard((accepted.client, accepted.request_id))
         if accepted.allowance_id:
             _drop(self._held_allowance, accepted.allowance_id, accepted.allowance_held)
 

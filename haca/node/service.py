@@ -77,10 +77,10 @@ def build_node(settings: NodeSettings) -> Node:
     models = load_models(chain, HubClient(hub_url), settings)
     register(chain, key, settings, models)
     store = ReceiptStore(settings.data / "receipts.db")
-    view = ChainView(chain)
+    view = ChainView(chain, key.address)
     gate = PaymentGate(key.address, config.chain_id, config.denom, view, store)
     settler = Settler(store, chain, view, key, settings.batch_size, settings.flush_interval)
-    context = NodeContext(key, config.chain_id, models, settings.modes, gate, store, settler.notify)
+    context = NodeContext(key, config.chain_id, models, settings.modes, gate, store, settler.notify, settings.price)
     return Node(settings, context, settler, chain)
 
 
@@ -96,7 +96,7 @@ def load_models(chain: ChainClient, hub: HubClient, settings: NodeSettings) -> d
         path = cache / (manifest["model_id"].removeprefix("sha256:") + ".onnx")
         if not path.exists():
             hub.download(manifest["model_id"], path)  # verifies the bytes hash to the id
-        model = ServedModel(manifest, OnnxModel(path), max(settings.price, int(manifest["price"])))
+        model = ServedModel(manifest, OnnxModel(path))
         served[name] = served[manifest["model_id"]] = model
         log.info("model_loaded", name=name, version=manifest["version"], id=manifest["model_id"])
     if not served:

@@ -16,33 +16,35 @@ MAX_SETTLEMENT_ITEMS = 64
 
 
 @dataclass(frozen=True)
-class _AmountMsg:
-    """A message whose only field is a positive amount."""
+class _EscrowMsg:
+    """A message moving a positive amount into or out of the signer's escrow for one node."""
 
-    eip712_fields: ClassVar[list[tuple[str, str]]] = [("amount", "uint256")]
+    eip712_fields: ClassVar[list[tuple[str, str]]] = [("node", "address"), ("amount", "uint256")]
     type_name: ClassVar[str]
 
+    node: str
     amount: int
 
     def to_json(self) -> dict[str, Any]:
-        return {"amount": str(self.amount)}
+        return {"node": self.node, "amount": str(self.amount)}
 
     def to_eip712(self) -> dict[str, Any]:
-        return {"amount": self.amount}
+        return {"node": self.node, "amount": self.amount}
 
     @classmethod
     def from_json(cls, value: dict[str, Any]) -> Self:
-        doc = f.require_fields(value, {"amount"}, cls.type_name)
+        doc = f.require_fields(value, {"node", "amount"}, cls.type_name)
         amount = f.uint(doc["amount"], "amount")
         if amount == 0:
             raise ValueError("amount must be positive")
-        return cls(amount)
+        return cls(f.address(doc["node"], "node"), amount)
 
 
 @register_msg
 @dataclass(frozen=True)
-class MsgDeposit(_AmountMsg):
-    """Move `amount` from the signer's balance into its inference escrow."""
+class MsgDeposit(_EscrowMsg):
+    """Move `amount` from the signer's balance into its escrow for `node`: only that node's
+    receipts draw on it, so one deposit never backs answers at two nodes."""
 
     type_name: ClassVar[str] = "inference/deposit"
     eip712_name: ClassVar[str] = "MsgDeposit"
@@ -50,9 +52,9 @@ class MsgDeposit(_AmountMsg):
 
 @register_msg
 @dataclass(frozen=True)
-class MsgWithdraw(_AmountMsg):
-    """Ask for `amount` of escrow back; it is paid after the withdrawal delay (param), and
-    settlements may still draw on it until then."""
+class MsgWithdraw(_EscrowMsg):
+    """Ask for `amount` of the escrow for `node` back; it is paid after the withdrawal delay
+    (param), and that node's settlements may still draw on it until then."""
 
     type_name: ClassVar[str] = "inference/withdraw"
     eip712_name: ClassVar[str] = "MsgWithdraw"
@@ -61,7 +63,8 @@ class MsgWithdraw(_AmountMsg):
 @register_msg
 @dataclass(frozen=True)
 class MsgRevokeAllowance:
-    """Revoke the signer's allowance `nonce` for `node`: no later settlement may use it."""
+    """Revoke the signer's allowance `nonce` for `node`, from `revoke_delay` blocks on (param):
+    the node stops serving against it at once and settles what it already served meanwhile."""
 
     type_name: ClassVar[str] = "inference/revoke_allowance"
     eip712_name: ClassVar[str] = "MsgRevokeAllowance"

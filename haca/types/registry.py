@@ -12,6 +12,18 @@ from haca.types.tx import register_msg
 
 MAX_SCHEMA_BYTES = 4096
 MAX_NODE_MODELS = 64
+PRICE_UNITS = ("request", "row")
+MAX_ROWS_LIMIT = 1 << 20
+
+
+def request_fee(unit_price: int, price_unit: str, rows: int) -> int:
+    """What one request of `rows` rows costs: the price per request, or per row."""
+    return unit_price * rows if price_unit == "row" else unit_price
+
+
+def request_rows(shapes: list[tuple[int, ...]]) -> int:
+    """A request's rows: the largest leading (batch) dimension among its input tensors (1 for scalars)."""
+    return max((shape[0] if shape else 1) for shape in shapes) if shapes else 1
 
 
 def parse_schema(value: Any, field: str) -> dict[str, Any]:
@@ -47,6 +59,8 @@ class MsgRegisterModel:
         ("outputSchema", "string"),
         ("modes", "string[]"),
         ("price", "uint256"),
+        ("priceUnit", "string"),
+        ("maxRows", "uint32"),
     ]
 
     name: str
@@ -54,7 +68,9 @@ class MsgRegisterModel:
     input_schema: dict[str, Any]
     output_schema: dict[str, Any]
     modes: tuple[str, ...]
-    price: int
+    price: int  # per request or per row (price_unit), base units
+    price_unit: str = "request"
+    max_rows: int = 64  # a node refuses requests with more rows than this
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -64,6 +80,8 @@ class MsgRegisterModel:
             "output_schema": self.output_schema,
             "modes": list(self.modes),
             "price": str(self.price),
+            "price_unit": self.price_unit,
+            "max_rows": self.max_rows,
         }
 
     def to_eip712(self) -> dict[str, Any]:
@@ -74,13 +92,22 @@ class MsgRegisterModel:
             "outputSchema": canonical_json(self.output_schema).decode(),
             "modes": list(self.modes),
             "price": self.price,
+            "priceUnit": self.price_unit,
+            "maxRows": self.max_rows,
         }
 
     @classmethod
     def from_json(cls, value: dict[str, Any]) -> MsgRegisterModel:
         doc = f.require_fields(
-            value, {"name", "model_id", "input_schema", "output_schema", "modes", "price"}, "registry/register_model"
+            value,
+            {"name", "model_id", "input_schema", "output_schema", "modes", "price", "price_unit", "max_rows"},
+            "registry/register_model",
         )
+        if doc["price_unit"] not in PRICE_UNITS:
+            raise ValueError(f"price_unit: expected one of {list(PRICE_UNITS)}")
+        max_rows = f.uint(doc["max_rows"], "max_rows", 32)
+        if not 1 <= max_rows <= MAX_ROWS_LIMIT:
+            raise ValueError(f"max_rows: expected 1 to {MAX_ROWS_LIMIT}")
         return cls(
             f.name(doc["name"]),
             f.model_id(doc["model_id"]),
@@ -88,6 +115,8 @@ class MsgRegisterModel:
             parse_schema(doc["output_schema"], "output_schema"),
             f.modes(doc["modes"]),
             f.uint(doc["price"], "price"),
+            doc["price_unit"],
+            max_rows,
         )
 
 

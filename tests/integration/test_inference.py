@@ -103,7 +103,8 @@ def test_unpaid_request_gets_402_with_x402_requirements(inference_devnet):
     response = httpx.post(f"{node_url(inference_devnet)}/v1/infer", json={"model": "iris", "input": [[1, 2, 3, 4]]})
     assert response.status_code == 402
     body = response.json()
-    accept = body["accepts"][0]
+    assert sorted(a["extra"]["model"] for a in body["accepts"]) == ["digits-cnn", "iris", "mlp-regressor"]
+    (accept,) = [a for a in body["accepts"] if a["extra"]["model"] == "iris"]
     assert body["x402Version"] == 1 and body["error"]
     assert accept["scheme"] == "haca-escrow" and accept["network"] == inference_devnet.config.chain_id
     assert accept["asset"] == "opg" and int(accept["maxAmountRequired"]) == EXAMPLE_PRICES["iris"]
@@ -133,10 +134,12 @@ BAD_REQUESTS = {
 
 
 @pytest.mark.parametrize("case", sorted(BAD_REQUESTS))
-def test_bad_http_input_gets_4xx_json_error_and_the_node_keeps_serving(inference_devnet, case):
+def test_bad_http_input_gets_4xx_json_error_and_the_node_keeps_serving(inference_devnet, client, case):
     body, status = BAD_REQUESTS[case]
     url = node_url(inference_devnet)
-    response = httpx.post(f"{url}/v1/infer", content=body, headers={"content-type": "application/json"})
+    api_key = client.create_api_key(inference_devnet.config.extra["nodes"][0]["address"], cap=10**6, expires_in=1_000)
+    headers = {"content-type": "application/json", "authorization": f"Bearer {api_key}"}
+    response = httpx.post(f"{url}/v1/infer", content=body, headers=headers)
     assert response.status_code == status, response.text
     error = response.json()["error"]
     assert error["code"] and error["message"]

@@ -25,7 +25,7 @@ def parties(inference_devnet):
     node_a, node_b, client = (inference_devnet.keys.get(n).key for n in ("dev5", "dev6", "dev4"))
     for key, port in ((node_a, 1), (node_b, 2)):
         chain.send_msgs(key, (MsgRegisterNode(f"http://node-{port}.invalid", ("vanilla",), ("iris",), 0),))
-    chain.send_msgs(client, (MsgDeposit(10 * FEE),))
+    chain.send_msgs(client, (MsgDeposit(node_a.address, 10 * FEE),))
     model_id = chain.query("/registry/model", b"iris")["model_id"]
     return {"a": node_a, "b": node_b, "client": client, "model_id": model_id}
 

@@ -102,8 +102,10 @@ class Node:
         """Every committed key and value."""
         return dict(self.app.store.iter_prefix(b""))
 
-    def escrow(self, address: str) -> int:
-        return int(self.answer("/inference/escrow", address.encode())["escrow"])
+    def escrow(self, address: str, node: str | None = None) -> int:
+        """The client's escrow for `node`, or over all its nodes."""
+        data = address if node is None else f"{address}/{node}"
+        return int(self.answer("/inference/escrow", data.encode())["escrow"])
 
     def invariant_violations(self, genesis_supply: int) -> list[str]:
         """What is wrong with the bank and escrow accounting of the committed state (empty: nothing)."""

@@ -39,7 +39,9 @@ def test_a_query_whose_handler_fails_unexpectedly_answers_an_error_code_not_an_e
 
 def test_a_failed_tx_reports_only_its_fee_events_not_those_of_rolled_back_messages(tmp_path):
     node = started(tmp_path)
-    raw = signed_tx(ALICE, 0, MsgSend(BOB.address, 5), MsgWithdraw(10**15))  # the withdraw fails: no escrow
+    raw = signed_tx(
+        ALICE, 0, MsgSend(BOB.address, 5), MsgWithdraw(BOB.address, 10**15)
+    )  # the withdraw fails: no escrow
     result = node.block([raw]).tx_results[0]
     assert result.code != 0
     assert {e.type for e in result.events} == {"tx", "burn"}
@@ -48,7 +50,7 @@ def test_a_failed_tx_reports_only_its_fee_events_not_those_of_rolled_back_messag
 
 def test_info_after_an_uncommitted_block_lets_cometbft_replay_it_to_the_same_app_hash(tmp_path):
     node = started(tmp_path)
-    raw = signed_tx(ALICE, 0, MsgDeposit(1_000))
+    raw = signed_tx(ALICE, 0, MsgDeposit(BOB.address, 1_000))
     first = node.finalize([raw])  # CometBFT dies before Commit, the app process stays up
     node.app.info(abci.RequestInfo())  # CometBFT reconnects and asks where the app is
     replay = node.app.finalize_block(abci.RequestFinalizeBlock(height=node.height, txs=[raw]))

@@ -83,9 +83,12 @@ def test_register_model_stores_the_manifest_as_version_1_owned_by_the_signer(cha
         "output_schema": IRIS.output_schema,
         "modes": ["vanilla"],
         "price": "1000",
+        "price_unit": "request",
+        "max_rows": 64,
         "version": 1,
         "owner": OWNER.address,
         "height": chain.height,
+        "effective_height": chain.height,  # a first version applies at once
     }
     (event,) = [e for e in result.events if e.type == "register_model"]
     attrs = {a.key: a.value for a in event.attributes}

@@ -155,14 +155,18 @@ def test_manifest_json_renames_model_id_and_prices_as_int() -> None:
         "output_schema": {"Y": {"dtype": "int64", "shape": [-1]}},
         "modes": ["vanilla"],
         "price": "1000",
+        "price_unit": "row",
+        "max_rows": 32,
         "version": 2,
         "owner": "0x" + "1" * 40,
         "height": 9,
+        "effective_height": 29,
     }
     shown = manifest_json(manifest)
     assert shown["id"] == manifest["model_id"] and "model_id" not in shown
     assert shown["price"] == 1000 and shown["version"] == 2 and shown["height"] == 9
-    assert list(shown)[:8] == ["id", "name", "version", "modes", "price", "owner", "input_schema", "output_schema"]
+    assert (shown["price_unit"], shown["max_rows"], shown["effective_height"]) == ("row", 32, 29)
+    assert list(shown)[:5] == ["id", "name", "version", "modes", "price"]
 
 
 def test_resolve_hub_order(home: Path) -> None:

@@ -64,24 +64,54 @@ def x_payment(auth: PaymentAuthorization, signer: PrivateKey = CLIENT, **overrid
     return base64.b64encode(json.dumps(doc).encode()).decode()
 
 
+def manifest(
+    name: str = "double",
+    model_id: str = MODEL_ID,
+    price: int = 100,
+    price_unit: str = "request",
+    max_rows: int = 64,
+    modes: tuple[str, ...] = ("vanilla",),
+    **schemas: Any,
+) -> dict[str, Any]:
+    """An on-chain manifest as /registry/model_in_effect answers it."""
+    return {
+        "name": name,
+        "model_id": model_id,
+        "version": 1,
+        "modes": list(modes),
+        "price": str(price),
+        "price_unit": price_unit,
+        "max_rows": max_rows,
+        "owner": OTHER.address,
+        "height": 1,
+        "effective_height": 1,
+        "input_schema": schemas.get("input_schema", {"x": {"dtype": "float32", "shape": [-1, 2]}}),
+        "output_schema": schemas.get("output_schema", {"y": {"dtype": "float32", "shape": [-1, 2]}}),
+    }
+
+
 class FakeView:
     """What PaymentGate and Settler read from the chain, from dicts the test controls."""
 
     def __init__(self, height: int = HEIGHT) -> None:
         self.current_height = height
-        self.escrows: dict[str, int] = {}
+        self.escrows: dict[str, int] = {}  # client -> escrow for this node, less withdrawals
         self.spent: dict[str, int] = {}  # allowance id -> settled on chain
-        self.revoked: set[str] = set()  # allowance ids
+        self.revoked: dict[str, int] = {}  # allowance id -> height its revocation takes effect
         self.records: dict[str, dict[str, Any]] = {}  # receipt id -> settlement record
+        self.manifests: dict[str, dict[str, Any]] = {}  # model id -> terms in effect
 
     def height(self) -> int:
         return self.current_height
 
-    def escrow(self, client: str) -> int:
+    def available_escrow(self, client: str) -> int:
         return self.escrows.get(client, 0)
 
-    def allowance(self, allowance: SpendingAllowance) -> tuple[int, bool]:
-        return self.spent.get(allowance.id, 0), allowance.id in self.revoked
+    def allowance(self, allowance: SpendingAllowance) -> tuple[int, int]:
+        return self.spent.get(allowance.id, 0), self.revoked.get(allowance.id, 0)
+
+    def manifest_in_effect(self, model_id: str, height: int) -> dict[str, Any] | None:
+        return self.manifests.get(model_id)
 
     def settlement_fee(self, fees: int, count: int = 1) -> int:
         return count * SETTLEMENT_FEE_FLAT + fees * SETTLEMENT_FEE_BPS // 10_000

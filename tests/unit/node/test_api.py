@@ -29,16 +29,19 @@ from haca.node.receipts import ReceiptStore
 from haca.runtime.onnx import OnnxModel
 from haca.types.tensor import Tensor
 from tests.unit.node.nodehelpers import CHAIN_ID, CLIENT, DENOM, HEIGHT, NODE, FakeView
+from tests.unit.node.nodehelpers import manifest as chain_manifest
 
 PRICE = 5
 INPUT = [[1.5, -2.0]]
-SCHEMA = {"x": {"dtype": "float32", "shape": [1, 2]}}
+SCHEMA = {"x": {"dtype": "float32", "shape": [-1, 2]}}
+OUTPUT_SCHEMA = {"y": {"dtype": "float32", "shape": [-1, 2]}}
+MAX_ROWS = 4
 
 
 def build_double(path: Path) -> str:
-    """A one-op ONNX graph y = x * 2 (float32 [1, 2]); returns its model id."""
-    x = helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 2])
-    y = helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 2])
+    """A one-op ONNX graph y = x * 2 (float32 [rows, 2]); returns its model id."""
+    x = helper.make_tensor_value_info("x", TensorProto.FLOAT, ["rows", 2])
+    y = helper.make_tensor_value_info("y", TensorProto.FLOAT, ["rows", 2])
     two = helper.make_tensor("two", TensorProto.FLOAT, [], [2.0])
     graph = helper.make_graph([helper.make_node("Mul", ["x", "two"], ["y"])], "double", [x], [y], [two])
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)])
@@ -59,24 +62,24 @@ class Node:
     queued_before_answer: list[list[tuple[str, str]]]  # what the database held each time a receipt was queued
 
 
-def make_node(tmp_path: Path, model_cls: type[OnnxModel] = OnnxModel) -> Node:
+def make_node(tmp_path: Path, model_cls: type[OnnxModel] = OnnxModel, price_unit: str = "request") -> Node:
     tmp_path.mkdir(parents=True, exist_ok=True)
     path = tmp_path / "double.onnx"
     model_id = build_double(path)
-    manifest = {
-        "model_id": model_id,
-        "name": "double",
-        "version": 1,
-        "modes": ["vanilla"],
-        "price": str(PRICE),
-        "input_schema": SCHEMA,
-        "output_schema": {"y": {"dtype": "float32", "shape": [1, 2]}},
-    }
-    served = ServedModel(manifest, model_cls(path), PRICE)
+    manifest = chain_manifest(
+        model_id=model_id,
+        price=PRICE,
+        max_rows=MAX_ROWS,
+        price_unit=price_unit,
+        input_schema=SCHEMA,
+        output_schema=OUTPUT_SCHEMA,
+    )
+    served = ServedModel(manifest, model_cls(path))
     db = tmp_path / "node" / "receipts.db"
     store = ReceiptStore(db)
     view = FakeView()
     view.escrows[CLIENT.address] = 10**6
+    view.manifests[model_id] = manifest
     gate = PaymentGate(NODE.address, CHAIN_ID, DENOM, view, store)  # type: ignore[arg-type]
     seen: list[list[tuple[str, str]]] = []
 
@@ -98,10 +101,13 @@ def body(**changes: Any) -> dict[str, Any]:
     return {"model": "double", "input": INPUT, **changes}
 
 
-def paid_headers(node: Node, max_fee: int = PRICE) -> tuple[Any, dict[str, str]]:
+def offer_of(node: Node) -> PaymentOffer:
+    return PaymentOffer.from_402(node.client.post("/v1/infer", json={"model": "double"}).json(), "double", "vanilla")
+
+
+def paid_headers(node: Node, fee: int = PRICE) -> tuple[Any, dict[str, str]]:
     """Answer the node's 402 the way the client SDK does."""
-    offer = PaymentOffer.from_402(node.client.post("/v1/infer", json=body()).json())
-    auth, header = sign_payment(CLIENT, offer, max_fee)
+    auth, header = sign_payment(CLIENT, offer_of(node), fee)
     return auth, {"X-PAYMENT": header}
 
 
@@ -126,6 +132,13 @@ def test_an_unpaid_inference_is_a_402_with_x402_requirements_and_queues_nothing(
     assert accept["maxAmountRequired"] == str(PRICE) and accept["payTo"] == NODE.address
     assert accept["resource"] == "http://testserver/v1/infer"
     assert accept["extra"]["model_id"] == node.manifest["model_id"] and accept["extra"]["mode"] == "vanilla"
+    extra = accept["extra"]
+    assert (extra["price"], extra["price_unit"], extra["max_rows"], extra["terms_height"]) == (
+        str(PRICE),
+        "request",
+        MAX_ROWS,
+        HEIGHT,
+    )
     assert node.store.unsettled_count() == 0 and node.queued_before_answer == []
 
 
@@ -175,9 +188,7 @@ def test_replaying_an_x_payment_is_a_409_and_queues_no_second_receipt(node):
 
 
 def test_a_payment_that_does_not_cover_the_price_is_a_402(node):
-    offer = PaymentOffer.from_402(node.client.post("/v1/infer", json=body()).json())
-    cheap = PaymentOffer(offer.chain_id, offer.node, PRICE - 1, offer.model_id, offer.model, offer.mode, offer.expiry)
-    _, header = sign_payment(CLIENT, cheap, PRICE - 1)
+    _, header = sign_payment(CLIENT, offer_of(node), PRICE - 1)
     response = node.client.post("/v1/infer", json=body(), headers={"X-PAYMENT": header})
     assert response.status_code == 402 and "below the price" in response.json()["error"]
 
@@ -251,17 +262,20 @@ def default_recursion_limit() -> Iterator[None]:
 @pytest.mark.parametrize("as_tensor", [False, True], ids=["nested_list", "tensor_json"])
 def test_a_deeply_nested_input_is_a_4xx_json_error_not_a_server_error(node, as_tensor, default_recursion_limit):
     client = TestClient(node.app, raise_server_exceptions=False)
+    _, headers = paid_headers(node)  # not used up: the request fails before it is charged
     for depth in (100, 900, 1000, 1020, 5000):
         data = "[" * depth + "1" + "]" * depth
         value = f'{{"x": {{"dtype": "float32", "shape": {[1] * depth}, "data": {data}}}}}' if as_tensor else data
-        response = client.post("/v1/infer", content=f'{{"model": "double", "input": {value}}}'.encode())
+        content = f'{{"model": "double", "input": {value}}}'.encode()
+        response = client.post("/v1/infer", content=content, headers=headers)
         assert response.status_code in (400, 422), (depth, response.status_code)
         assert response.json()["error"]["code"] in ("invalid_request", "invalid_input")
 
 
-def test_a_body_over_one_mib_is_a_413(node):
+def test_a_paid_body_over_one_mib_is_a_413(node):
+    _, headers = paid_headers(node)
     too_big = b'{"model": "double", "input": "' + b"x" * MAX_BODY_BYTES + b'"}'
-    assert_error(node.client.post("/v1/infer", content=too_big), 413, "payload_too_large")
+    assert_error(node.client.post("/v1/infer", content=too_big, headers=headers), 413, "payload_too_large")
 
     def chunks():  # no content-length: the limit holds while streaming
         yield b'{"model": "double", "input": "'
@@ -269,7 +283,7 @@ def test_a_body_over_one_mib_is_a_413(node):
             yield b"x" * 65536
         yield b'"}'
 
-    assert_error(node.client.post("/v1/infer", content=chunks()), 413, "payload_too_large")
+    assert_error(node.client.post("/v1/infer", content=chunks(), headers=headers), 413, "payload_too_large")
 
 
 def test_unknown_receipts_and_routes_are_json_404s(node):
@@ -293,8 +307,10 @@ def test_models_lists_each_served_model_once_with_its_price_and_schemas(node):
         "version": 1,
         "modes": ["vanilla"],
         "price": PRICE,
+        "price_unit": "request",
+        "max_rows": MAX_ROWS,
         "input_schema": SCHEMA,
-        "output_schema": {"y": {"dtype": "float32", "shape": [1, 2]}},
+        "output_schema": OUTPUT_SCHEMA,
     }
     assert entry["provider"].endswith("ExecutionProvider")
 
@@ -317,7 +333,8 @@ def test_metrics_count_inferences_refusals_latency_and_pending_receipts(node):
     _, headers = paid_headers(node)  # one 402
     node.client.post("/v1/infer", json=body(), headers=headers)
     node.client.post("/v1/infer", json=body(), headers=headers)  # one 409
-    node.client.post("/v1/infer", json=body(model="triple"))  # one 404
+    api_key = create_api_key(CLIENT, CHAIN_ID, NODE.address, cap=100, expiry=HEIGHT + 1000, nonce=1)
+    node.client.post("/v1/infer", json=body(model="triple"), headers={"Authorization": f"Bearer {api_key}"})  # 404
     response = node.client.get("/metrics")
     assert response.status_code == 200 and response.headers["content-type"].startswith("text/plain")
     text = response.text
@@ -353,9 +370,9 @@ class GatedModel(OnnxModel):
 def test_concurrent_requests_cannot_spend_the_same_escrow_twice(tmp_path, monkeypatch):
     node = make_node(tmp_path, GatedModel)
     node.view.escrows[CLIENT.address] = PRICE + node.view.settlement_fee(PRICE)  # pays exactly one inference
-    offer = PaymentOffer.from_402(node.client.post("/v1/infer", json=body()).json())
+    offer = offer_of(node)
     headers = [{"X-PAYMENT": sign_payment(CLIENT, offer, PRICE)[1]} for _ in range(2)]
-    release, calls, original = threading.Event(), [], PaymentGate.authorize
+    release, calls, original = threading.Event(), [], PaymentGate.check
 
     def counting(self: PaymentGate, *args: Any, **kwargs: Any) -> Any:
         try:
@@ -365,7 +382,7 @@ def test_concurrent_requests_cannot_spend_the_same_escrow_twice(tmp_path, monkey
             if len(calls) == 2:
                 release.set()
 
-    monkeypatch.setattr(PaymentGate, "authorize", counting)
+    monkeypatch.setattr(PaymentGate, "check", counting)
     monkeypatch.setattr(GatedModel, "release", release)
 
     async def both() -> list[int]:

@@ -82,15 +82,18 @@ def make_node(tmp_path: Path, dtype: str) -> Node:
         "version": 1,
         "modes": ["vanilla"],
         "price": str(PRICE),
+        "price_unit": "request",
+        "max_rows": 1,
         "input_schema": schema,
         "output_schema": {name: {"dtype": dtype, "shape": [1, 3]} for name in EXPECTED},
     }
     model = OnnxModel(path, ["CPUExecutionProvider"])
-    served = ServedModel(manifest, model, PRICE)
+    served = ServedModel(manifest, model)
     store = ReceiptStore(tmp_path / "node" / "receipts.db")
     view = FakeView()
     view.escrows[CLIENT.address] = 10**6
-    gate = PaymentGate(NODE.address, CHAIN_ID, DENOM, view, store)  # type: ignore[arg-type]
+    view.manifests[model_id] = manifest
+    gate = PaymentGate(NODE.address, CHAIN_ID, DENOM, view, store)
     ctx = NodeContext(NODE, CHAIN_ID, {"nonfinite": served, model_id: served}, ("vanilla",), gate, store)
     return Node(TestClient(create_app(ctx)), model, store, manifest)
 
@@ -100,7 +103,7 @@ def paid_request(node: Node, raw_input: Any) -> tuple[Any, Any]:
     `raw_input`; (authorisation, HTTP response)."""
     unpaid = node.client.post("/v1/infer", json={"model": "nonfinite", "input": INPUT})
     assert unpaid.status_code == 402, unpaid.text
-    auth, header = sign_payment(CLIENT, PaymentOffer.from_402(unpaid.json()), PRICE)
+    auth, header = sign_payment(CLIENT, PaymentOffer.from_402(unpaid.json(), "nonfinite", "vanilla"), PRICE)
     body = {"model": "nonfinite", "input": raw_input}
     return auth, node.client.post("/v1/infer", json=body, headers={"X-PAYMENT": header})
 

@@ -11,18 +11,20 @@ from haca.types.inference import MsgDeposit, MsgRevokeAllowance, MsgSettle, MsgW
 
 
 def handle_deposit(keeper: InferenceKeeper, ctx: TxContext, msg: MsgDeposit) -> list[Event]:
-    keeper.deposit(ctx.state, ctx.signer, msg.amount)
-    return [Event("deposit", {"client": ctx.signer, "amount": str(msg.amount)})]
+    keeper.deposit(ctx.state, ctx.signer, msg.node, msg.amount)
+    return [Event("deposit", {"client": ctx.signer, "node": msg.node, "amount": str(msg.amount)})]
 
 
 def handle_withdraw(keeper: InferenceKeeper, ctx: TxContext, msg: MsgWithdraw) -> list[Event]:
-    release = keeper.request_withdrawal(ctx.state, ctx.signer, msg.amount, ctx.height)
-    return [Event("withdraw_requested", {"client": ctx.signer, "amount": str(msg.amount), "release": str(release)})]
+    release = keeper.request_withdrawal(ctx.state, ctx.signer, msg.node, msg.amount, ctx.height)
+    attrs = {"client": ctx.signer, "node": msg.node, "amount": str(msg.amount), "release": str(release)}
+    return [Event("withdraw_requested", attrs)]
 
 
 def handle_revoke_allowance(keeper: InferenceKeeper, ctx: TxContext, msg: MsgRevokeAllowance) -> list[Event]:
-    keeper.revoke(ctx.state, ctx.signer, msg.node, msg.nonce)
-    return [Event("revoke_allowance", {"client": ctx.signer, "node": msg.node, "nonce": str(msg.nonce)})]
+    start = keeper.revoke(ctx.state, ctx.signer, msg.node, msg.nonce, ctx.height)
+    attrs = {"client": ctx.signer, "node": msg.node, "nonce": str(msg.nonce), "effective": str(start)}
+    return [Event("revoke_allowance", attrs)]
 
 
 def handle_settle(registry: RegistryKeeper, keeper: InferenceKeeper, ctx: TxContext, msg: MsgSettle) -> list[Event]:

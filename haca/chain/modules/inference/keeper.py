@@ -1,12 +1,18 @@
 """inference state under prefix `inference/`.
 
-    inference/params                                  -> params JSON
-    inference/escrow/<client:20>                      -> amount held for the client
-    inference/withdrawal/<release:u64be><client:20>   -> amount to pay back at that height
-    inference/settled/<client:20><request id:32>      -> receipt id (a request settles once)
-    inference/receipt/<receipt id:32>                 -> settlement record JSON
-    inference/allowance_spent/<allowance id:32>       -> amount charged so far
-    inference/allowance_revoked/<client:20><node:20><nonce:u64be> -> b"1"
+    inference/params                                                -> params JSON
+    inference/escrow/<client:20><node:20>                           -> amount the client holds for that node
+    inference/withdrawing/<client:20><node:20>                      -> total of its pending withdrawals
+    inference/withdrawal/<release:u64be><client:20><node:20>        -> amount to pay back at that height
+    inference/lane_withdrawal/<client:20><node:20><release:u64be>   -> the same amount, listed per lane
+    inference/settled/<client:20><request id:32>                    -> receipt id (a request settles once)
+    inference/receipt/<receipt id:32>                               -> settlement record JSON
+    inference/allowance_spent/<allowance id:32>                     -> amount charged so far
+    inference/allowance_revoked/<client:20><node:20><nonce:u64be>   -> height from which it is revoked
+
+Escrow is held per (client, node) lane: only that node's receipts draw on it, so one deposit can
+never back answers at two nodes. Withdrawals and revocations take effect after a delay (params)
+long enough for the node to settle what it served before it saw them.
 
 Escrowed tokens sit in the bank under ESCROW_ACCOUNT, so the bank's supply invariant covers them;
 the sum of all client escrows equals that account's balance (see invariants.py).
@@ -26,7 +32,9 @@ from haca.types.encoding import canonical_json
 PREFIX = b"inference/"
 PARAMS_KEY = PREFIX + b"params"
 ESCROW_PREFIX = PREFIX + b"escrow/"
+WITHDRAWING_PREFIX = PREFIX + b"withdrawing/"
 WITHDRAWAL_PREFIX = PREFIX + b"withdrawal/"
+LANE_WITHDRAWAL_PREFIX = PREFIX + b"lane_withdrawal/"
 SETTLED_PREFIX = PREFIX + b"settled/"
 RECEIPT_PREFIX = PREFIX + b"receipt/"
 SPENT_PREFIX = PREFIX + b"allowance_spent/"
@@ -45,6 +53,7 @@ class Bank(Protocol):
 @dataclass(frozen=True)
 class InferenceParams:
     withdraw_delay: int = 20  # blocks between MsgWithdraw and the payout
+    revoke_delay: int = 20  # blocks between MsgRevokeAllowance and the revocation taking effect
     settlement_fee: int = 100  # flat part of the burned settlement fee, per receipt
     settlement_fee_bps: int = 500  # plus this share of the inference fee (basis points)
 
@@ -58,6 +67,10 @@ class InferenceParams:
 
 def _addr(address: str) -> bytes:
     return bytes.fromhex(address[2:])
+
+
+def lane_key(client: str, node: str) -> bytes:
+    return _addr(client) + _addr(node)
 
 
 class InferenceKeeper:
@@ -75,56 +88,69 @@ class InferenceKeeper:
 
     # --- escrow ---------------------------------------------------------------------------------
 
-    def escrow(self, state: ReadableState, client: str) -> int:
-        return get_int(state, ESCROW_PREFIX + _addr(client))
+    def escrow(self, state: ReadableState, client: str, node: str) -> int:
+        return get_int(state, ESCROW_PREFIX + lane_key(client, node))
 
-    def deposit(self, state: CachedState, client: str, amount: int) -> None:
+    def lanes(self, state: ReadableState, client: str) -> list[str]:
+        """The nodes the client holds escrow for (in address order)."""
+        prefix = ESCROW_PREFIX + _addr(client)
+        return ["0x" + k[len(prefix) :].hex() for k, _ in state.iter_prefix(prefix)]
+
+    def deposit(self, state: CachedState, client: str, node: str, amount: int) -> None:
         self.bank.send(state, client, ESCROW_ACCOUNT, amount)
-        set_int(state, ESCROW_PREFIX + _addr(client), self.escrow(state, client) + amount)
+        set_int(state, ESCROW_PREFIX + lane_key(client, node), self.escrow(state, client, node) + amount)
 
-    def request_withdrawal(self, state: CachedState, client: str, amount: int, height: int) -> int:
-        have = self.escrow(state, client)
-        pending = sum(amount for _, amount in self.withdrawals(state, client))
+    def withdrawing(self, state: ReadableState, client: str, node: str) -> int:
+        return get_int(state, WITHDRAWING_PREFIX + lane_key(client, node))
+
+    def request_withdrawal(self, state: CachedState, client: str, node: str, amount: int, height: int) -> int:
+        lane = lane_key(client, node)
+        have, pending = self.escrow(state, client, node), self.withdrawing(state, client, node)
         if amount + pending > have:
-            raise InsufficientEscrow(f"escrow {have}, already withdrawing {pending}, asked {amount}")
+            raise InsufficientEscrow(f"escrow for {node} is {have}, already withdrawing {pending}, asked {amount}")
         release = height + self.params(state).withdraw_delay
-        key = WITHDRAWAL_PREFIX + release.to_bytes(8, "big") + _addr(client)
+        key = WITHDRAWAL_PREFIX + release.to_bytes(8, "big") + lane
         set_int(state, key, get_int(state, key) + amount)
+        listed = LANE_WITHDRAWAL_PREFIX + lane + release.to_bytes(8, "big")
+        set_int(state, listed, get_int(state, listed) + amount)
+        set_int(state, WITHDRAWING_PREFIX + lane, pending + amount)
         return release
 
-    def withdrawals(self, state: ReadableState, client: str) -> list[tuple[int, int]]:
-        """(release height, amount) of the client's pending withdrawals."""
-        suffix = _addr(client)
-        return [
-            (int.from_bytes(k[len(WITHDRAWAL_PREFIX) : len(WITHDRAWAL_PREFIX) + 8], "big"), int(v))
-            for k, v in state.iter_prefix(WITHDRAWAL_PREFIX)
-            if k.endswith(suffix)
-        ]
+    def withdrawals(self, state: ReadableState, client: str, node: str) -> list[tuple[int, int]]:
+        """(release height, amount) of the lane's pending withdrawals."""
+        prefix = LANE_WITHDRAWAL_PREFIX + lane_key(client, node)
+        return [(int.from_bytes(k[len(prefix) :], "big"), int(v)) for k, v in state.iter_prefix(prefix)]
 
-    def release_withdrawals(self, state: CachedState, height: int) -> list[tuple[str, int]]:
-        """Pay out every withdrawal due at or before `height` (what is left of the escrow, if less)."""
+    def release_withdrawals(self, state: CachedState, height: int) -> list[tuple[str, str, int]]:
+        """Pay out every withdrawal due at `height` (what is left of the lane's escrow, if less).
+        Due withdrawals are found by their height prefix: nothing else is read."""
         paid = []
-        for key, value in list(state.iter_prefix(WITHDRAWAL_PREFIX)):
-            release = int.from_bytes(key[len(WITHDRAWAL_PREFIX) : len(WITHDRAWAL_PREFIX) + 8], "big")
-            if release > height:
-                break  # keys are ordered by release height
-            client = "0x" + key[len(WITHDRAWAL_PREFIX) + 8 :].hex()
-            amount = min(int(value), self.escrow(state, client))
+        due = WITHDRAWAL_PREFIX + height.to_bytes(8, "big")
+        for key, value in list(state.iter_prefix(due)):
+            lane = key[len(due) :]
+            client, node = "0x" + lane[:20].hex(), "0x" + lane[20:].hex()
+            amount = min(int(value), self.escrow(state, client, node))
             if amount:
-                self.pay_from_escrow(state, client, client, amount)
+                self.pay_from_escrow(state, client, node, client, amount)
             state.delete(key)
-            paid.append((client, amount))
+            state.delete(LANE_WITHDRAWAL_PREFIX + lane + height.to_bytes(8, "big"))
+            left = self.withdrawing(state, client, node) - int(value)
+            if left:
+                set_int(state, WITHDRAWING_PREFIX + lane, left)
+            else:
+                state.delete(WITHDRAWING_PREFIX + lane)
+            paid.append((client, node, amount))
         return paid
 
-    def pay_from_escrow(self, state: CachedState, client: str, recipient: str, amount: int) -> None:
-        have = self.escrow(state, client)
+    def pay_from_escrow(self, state: CachedState, client: str, node: str, recipient: str, amount: int) -> None:
+        have = self.escrow(state, client, node)
         if have < amount:
-            raise InsufficientEscrow(f"client {client} has {have} in escrow, needs {amount}")
-        set_int(state, ESCROW_PREFIX + _addr(client), have - amount)
+            raise InsufficientEscrow(f"client {client} has {have} in escrow for {node}, needs {amount}")
+        set_int(state, ESCROW_PREFIX + lane_key(client, node), have - amount)
         self.bank.send(state, ESCROW_ACCOUNT, recipient, amount)
 
-    def burn_from_escrow(self, state: CachedState, client: str, amount: int) -> None:
-        self.pay_from_escrow(state, client, ESCROW_ACCOUNT, amount)
+    def burn_from_escrow(self, state: CachedState, client: str, node: str, amount: int) -> None:
+        self.pay_from_escrow(state, client, node, ESCROW_ACCOUNT, amount)
         self.bank.burn(state, ESCROW_ACCOUNT, amount)
 
     def total_escrow(self, state: ReadableState) -> int:
@@ -160,8 +186,19 @@ class InferenceKeeper:
     def revoked_key(self, client: str, node: str, nonce: int) -> bytes:
         return REVOKED_PREFIX + _addr(client) + _addr(node) + nonce.to_bytes(8, "big")
 
-    def is_revoked(self, state: ReadableState, client: str, node: str, nonce: int) -> bool:
-        return state.get(self.revoked_key(client, node, nonce)) is not None
+    def revoked_from(self, state: ReadableState, client: str, node: str, nonce: int) -> int:
+        """The height from which the allowance is revoked; 0 when it never was."""
+        return get_int(state, self.revoked_key(client, node, nonce))
 
-    def revoke(self, state: CachedState, client: str, node: str, nonce: int) -> None:
-        state.set(self.revoked_key(client, node, nonce), b"1")
+    def is_revoked(self, state: ReadableState, client: str, node: str, nonce: int, height: int) -> bool:
+        start = self.revoked_from(state, client, node, nonce)
+        return start != 0 and height >= start
+
+    def revoke(self, state: CachedState, client: str, node: str, nonce: int, height: int) -> int:
+        """Announce a revocation; it takes effect `revoke_delay` blocks on (a second revocation
+        never moves that height). Returns the effective height."""
+        if start := self.revoked_from(state, client, node, nonce):
+            return start
+        start = height + max(1, self.params(state).revoke_delay)
+        set_int(state, self.revoked_key(client, node, nonce), start)
+        return start

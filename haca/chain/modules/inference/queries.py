@@ -1,5 +1,5 @@
-"""inference queries: /inference/escrow (address), /inference/receipt (receipt id),
-/inference/allowance (allowance JSON), /inference/params."""
+"""inference queries: /inference/escrow (data "client" for every lane, or "client/node" for one),
+/inference/receipt (receipt id), /inference/allowance (allowance JSON), /inference/params."""
 
 from __future__ import annotations
 
@@ -12,7 +12,9 @@ from haca.chain.modules.inference.keeper import (
     PARAMS_KEY,
     RECEIPT_PREFIX,
     SPENT_PREFIX,
+    WITHDRAWING_PREFIX,
     InferenceKeeper,
+    lane_key,
 )
 from haca.chain.query_args import address_arg
 from haca.chain.state import ReadableState
@@ -23,10 +25,30 @@ Answer = tuple[dict[str, Any], list[bytes]]
 
 
 def query_escrow(keeper: InferenceKeeper, state: ReadableState, data: bytes) -> Answer:
-    client = address_arg(data)
-    pending = [{"release_height": h, "amount": str(a)} for h, a in keeper.withdrawals(state, client)]
-    answer = {"address": client, "escrow": str(keeper.escrow(state, client)), "withdrawals": pending}
-    return answer, [ESCROW_PREFIX + bytes.fromhex(client[2:])]
+    client_part, slash, node_part = data.partition(b"/")
+    client = address_arg(client_part)
+    nodes = [address_arg(node_part)] if slash else keeper.lanes(state, client)
+    lanes = [_lane(keeper, state, client, node) for node in nodes]
+    total = sum(int(lane["escrow"]) for lane in lanes)
+    answer = {"address": client, "escrow": str(total), "lanes": lanes}
+    keys = [
+        k
+        for node in nodes
+        for k in (ESCROW_PREFIX + lane_key(client, node), WITHDRAWING_PREFIX + lane_key(client, node))
+    ]
+    return answer, keys
+
+
+def _lane(keeper: InferenceKeeper, state: ReadableState, client: str, node: str) -> dict[str, Any]:
+    escrow, withdrawing = keeper.escrow(state, client, node), keeper.withdrawing(state, client, node)
+    pending = [{"release_height": h, "amount": str(a)} for h, a in keeper.withdrawals(state, client, node)]
+    return {
+        "node": node,
+        "escrow": str(escrow),
+        "withdrawing": str(withdrawing),
+        "available": str(escrow - min(escrow, withdrawing)),  # what the node may still serve against
+        "withdrawals": pending,
+    }
 
 
 def query_receipt(keeper: InferenceKeeper, state: ReadableState, data: bytes) -> Answer:
@@ -47,8 +69,13 @@ def query_allowance(keeper: InferenceKeeper, state: ReadableState, data: bytes) 
     except (ValueError, RecursionError) as exc:  # UnicodeEncodeError (a lone surrogate) is a ValueError
         raise InvalidQuery(f"query data must be an allowance JSON: {exc}") from exc
     spent = keeper.allowance_spent(state, allowance_id)
-    revoked = keeper.is_revoked(state, allowance.client, allowance.node, allowance.nonce)
-    answer = {"id": allowance_id, "cap": str(allowance.cap), "spent": str(spent), "revoked": revoked}
+    revoked_from = keeper.revoked_from(state, allowance.client, allowance.node, allowance.nonce)
+    answer = {
+        "id": allowance_id,
+        "cap": str(allowance.cap),
+        "spent": str(spent),
+        "revoked_from": revoked_from,  # 0: never revoked; else the height the revocation takes effect
+    }
     keys = [
         SPENT_PREFIX + bytes.fromhex(allowance_id[2:]),
         keeper.revoked_key(allowance.client, allowance.node, allowance.nonce),

@@ -1,10 +1,12 @@
 """Settling one receipt: every check that must hold before the fee moves, then the transfers.
 
 Checks (any failure rejects the whole MsgSettle, nothing changes):
-the tx signer is the receipt's node and signed it; the model is registered and allows the mode;
-the node is registered for that model and mode; the client signed the payment for this node,
-chain, request (or allowance), unexpired, fee within max or cap, fee at least the model price;
-the request was never settled; the escrow covers fee + settlement fee; the mode's evidence verifies.
+the tx signer is the receipt's node and signed it; the receipt's height hint is not in the future;
+the model's terms in effect at that height allow the mode and price it at most the fee (terms
+changed later never void a receipt); the node is registered for that model and mode; the client
+signed the payment for this node, chain, request (or allowance), unexpired and not revoked at
+this height, fee within max or cap; the request was never settled; the client's escrow for this
+node covers fee + settlement fee; the mode's evidence verifies.
 """
 
 from __future__ import annotations
@@ -41,27 +43,32 @@ def settle_item(ctx: TxContext, registry: RegistryKeeper, keeper: InferenceKeepe
         status = verify_evidence(item.receipt, item.evidence)
     except EvidenceError as exc:
         raise InvalidEvidence(str(exc)) from exc
-    manifest = registry.model_by_id(ctx.state, receipt.model_id)
+    if receipt.height_hint > ctx.height:
+        raise InvalidPayment(f"receipt claims height {receipt.height_hint}, the chain is at {ctx.height}")
+    manifest = registry.model_in_effect(ctx.state, receipt.model_id, receipt.height_hint)
     node = registry.node(ctx.state, ctx.signer)
     if receipt.mode not in manifest["modes"]:
         raise Unauthorized(f"model {manifest['name']!r} does not allow mode {receipt.mode!r}")
     if receipt.mode not in node["modes"] or manifest["name"] not in node["models"]:
         raise Unauthorized(f"node {ctx.signer} is not registered for {manifest['name']!r} in mode {receipt.mode!r}")
     if receipt.fee < int(manifest["price"]):
-        raise InvalidPayment(f"fee {receipt.fee} is below the model's price {manifest['price']}")
+        raise InvalidPayment(
+            f"fee {receipt.fee} is below the price {manifest['price']} in effect at height {receipt.height_hint}"
+        )
     _check_payment(ctx, keeper, item)
     if (previous := keeper.settled_receipt(ctx.state, receipt.client, receipt.request_id)) is not None:
         raise AlreadySettled(f"request {receipt.request_id} of {receipt.client} was settled by receipt {previous}")
 
     # The client's escrow pays the inference fee to the node and the settlement fee to the burn.
     settlement_fee = keeper.params(ctx.state).settlement_fee_for(receipt.fee)
-    escrow = keeper.escrow(ctx.state, receipt.client)
+    escrow = keeper.escrow(ctx.state, receipt.client, receipt.node)
     if escrow < receipt.fee + settlement_fee:
         raise InsufficientEscrow(
-            f"escrow of {receipt.client} is {escrow}; fee {receipt.fee} + settlement fee {settlement_fee} needed"
+            f"escrow of {receipt.client} for {receipt.node} is {escrow};"
+            f" fee {receipt.fee} + settlement fee {settlement_fee} needed"
         )
-    keeper.pay_from_escrow(ctx.state, receipt.client, receipt.node, receipt.fee)
-    keeper.burn_from_escrow(ctx.state, receipt.client, settlement_fee)
+    keeper.pay_from_escrow(ctx.state, receipt.client, receipt.node, receipt.node, receipt.fee)
+    keeper.burn_from_escrow(ctx.state, receipt.client, receipt.node, settlement_fee)
     record: dict[str, Any] = {
         "receipt_id": item.receipt.id,
         "status": status,
@@ -100,7 +107,7 @@ def _check_payment(ctx: TxContext, keeper: InferenceKeeper, item: SettlementItem
         if receipt.fee > auth.max_fee:
             raise FeeAboveLimit(f"fee {receipt.fee} exceeds the authorised max fee {auth.max_fee}")
     elif isinstance(auth, SpendingAllowance):
-        if keeper.is_revoked(ctx.state, auth.client, auth.node, auth.nonce):
+        if keeper.is_revoked(ctx.state, auth.client, auth.node, auth.nonce, ctx.height):
             raise InvalidPayment(f"allowance nonce {auth.nonce} was revoked by {auth.client}")
         spent = keeper.allowance_spent(ctx.state, auth.id)
         if spent + receipt.fee > auth.cap:

@@ -1,14 +1,22 @@
 """registry state under prefix `registry/`.
 
-registry/model/<name>/<version:u32be>  -> manifest JSON
-registry/model_latest/<name>           -> latest version
-registry/model_by_id/<sha256 hex>      -> "<name>/<version>" of the latest registration of those bytes
-registry/node/<address:20>             -> node JSON
+registry/params                                  -> params JSON
+registry/model/<name>/<version:u32be>            -> manifest JSON
+registry/model_latest/<name>                     -> latest version
+registry/model_by_id/<sha256 hex>                -> "<name>/<version>" of the latest registration of those bytes
+registry/model_at/<sha256 hex>/<effective:u64be> -> "<name>/<version>" in effect for those bytes from that height
+registry/node/<address:20>                       -> node JSON
+
+A new version's terms (price, pricing unit, row limit, modes) take effect `price_delay` blocks
+after it is registered (the first version at once): a node keeps serving on the terms it quoted,
+and a receipt is judged by the terms in effect at the height it was served (its height hint),
+so an owner can never change the terms of answers already given.
 """
 
 from __future__ import annotations
 
 import json
+from dataclasses import asdict, dataclass
 from typing import Any
 
 from haca.chain.errors import NotFound, Unauthorized
@@ -20,7 +28,17 @@ PREFIX = b"registry/"
 MODEL_PREFIX = PREFIX + b"model/"
 LATEST_PREFIX = PREFIX + b"model_latest/"
 BY_ID_PREFIX = PREFIX + b"model_by_id/"
+AT_PREFIX = PREFIX + b"model_at/"
 NODE_PREFIX = PREFIX + b"node/"
+PARAMS_KEY = PREFIX + b"params"
+
+
+@dataclass(frozen=True)
+class RegistryParams:
+    price_delay: int = 20  # blocks between registering a new version and its terms taking effect
+
+    def to_json(self) -> dict[str, int]:
+        return asdict(self)
 
 
 def model_key(name: str, version: int) -> bytes:
@@ -31,7 +49,18 @@ def node_key(address: str) -> bytes:
     return NODE_PREFIX + bytes.fromhex(address[2:])
 
 
+def _at_prefix(model_id: str) -> bytes:
+    return AT_PREFIX + model_id.removeprefix("sha256:").encode() + b"/"
+
+
 class RegistryKeeper:
+    def params(self, state: ReadableState) -> RegistryParams:
+        raw = state.get(PARAMS_KEY)
+        return RegistryParams(**json.loads(raw)) if raw else RegistryParams()
+
+    def set_params(self, state: CachedState, params: RegistryParams) -> None:
+        state.set(PARAMS_KEY, canonical_json(params.to_json()))
+
     def latest_version(self, state: ReadableState, name: str) -> int:
         return get_int(state, LATEST_PREFIX + name.encode())
 
@@ -50,6 +79,19 @@ class RegistryKeeper:
         name, version = raw.decode().rsplit("/", 1)
         return self.model(state, name, int(version))
 
+    def model_in_effect(self, state: ReadableState, model_id: str, height: int) -> dict[str, Any]:
+        """The manifest whose terms apply to these model bytes at `height` (NotFound before the
+        first registration took effect). A model has few versions, so the scan is short."""
+        prefix, found = _at_prefix(model_id), None
+        for key, value in state.iter_prefix(prefix):
+            if int.from_bytes(key[len(prefix) :], "big") > height:
+                break
+            found = value
+        if found is None:
+            raise NotFound(f"no registered model has id {model_id} at height {height}")
+        name, version = found.decode().rsplit("/", 1)
+        return self.model(state, name, int(version))
+
     def models(self, state: ReadableState) -> list[dict[str, Any]]:
         return [
             self.model(state, k[len(LATEST_PREFIX) :].decode(), int(v)) for k, v in state.iter_prefix(LATEST_PREFIX)
@@ -63,10 +105,19 @@ class RegistryKeeper:
         registered = state.get(BY_ID_PREFIX + msg.model_id.removeprefix("sha256:").encode())
         if registered is not None and registered.decode().rsplit("/", 1)[0] != msg.name:
             raise Unauthorized(f"model id {msg.model_id} is already registered as {registered.decode()}")
-        manifest = {**msg.to_json(), "version": latest + 1, "owner": owner, "height": height}
+        effective = height if registered is None else height + self.params(state).price_delay
+        manifest = {
+            **msg.to_json(),
+            "version": latest + 1,
+            "owner": owner,
+            "height": height,
+            "effective_height": effective,
+        }
+        ref = f"{msg.name}/{latest + 1}".encode()
         state.set(model_key(msg.name, latest + 1), canonical_json(manifest))
         set_int(state, LATEST_PREFIX + msg.name.encode(), latest + 1)
-        state.set(BY_ID_PREFIX + msg.model_id.removeprefix("sha256:").encode(), f"{msg.name}/{latest + 1}".encode())
+        state.set(BY_ID_PREFIX + msg.model_id.removeprefix("sha256:").encode(), ref)
+        state.set(_at_prefix(msg.model_id) + effective.to_bytes(8, "big"), ref)
         return manifest
 
     def node(self, state: ReadableState, address: str) -> dict[str, Any]:

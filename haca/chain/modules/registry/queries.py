@@ -1,4 +1,5 @@
 """registry queries: /registry/model (data "name" or "name@version"), /registry/models,
+/registry/model_in_effect (data "sha256:<hex>@height": the terms that apply at that height),
 /registry/node (data address), /registry/nodes."""
 
 from __future__ import annotations
@@ -6,9 +7,10 @@ from __future__ import annotations
 from typing import Any
 
 from haca.chain.errors import InvalidQuery
-from haca.chain.modules.registry.keeper import LATEST_PREFIX, RegistryKeeper, model_key, node_key
+from haca.chain.modules.registry.keeper import LATEST_PREFIX, PARAMS_KEY, RegistryKeeper, model_key, node_key
 from haca.chain.query_args import address_arg
 from haca.chain.state import ReadableState
+from haca.types import fields
 
 
 def query_model(registry: RegistryKeeper, state: ReadableState, data: bytes) -> tuple[dict[str, Any], list[bytes]]:
@@ -17,6 +19,24 @@ def query_model(registry: RegistryKeeper, state: ReadableState, data: bytes) -> 
         raise InvalidQuery("query data must be 'name' or 'name@version' (version a decimal number)")
     manifest = registry.model(state, name, int(version_text or 0))
     return manifest, [model_key(name, manifest["version"])]
+
+
+def query_model_in_effect(
+    registry: RegistryKeeper, state: ReadableState, data: bytes
+) -> tuple[dict[str, Any], list[bytes]]:
+    model_id, _, height_text = data.decode(errors="replace").partition("@")
+    try:
+        fields.model_id(model_id)
+    except ValueError as exc:
+        raise InvalidQuery(f"query data must be 'sha256:<hex>@height': {exc}") from exc
+    if not (height_text.isascii() and height_text.isdigit() and len(height_text) <= 19):
+        raise InvalidQuery("query data must be 'sha256:<hex>@height' (height a decimal number)")
+    manifest = registry.model_in_effect(state, model_id, int(height_text))
+    return manifest, [model_key(manifest["name"], manifest["version"])]
+
+
+def query_params(registry: RegistryKeeper, state: ReadableState, data: bytes) -> tuple[dict[str, Any], list[bytes]]:
+    return registry.params(state).to_json(), [PARAMS_KEY]
 
 
 def query_models(registry: RegistryKeeper, state: ReadableState, data: bytes) -> tuple[dict[str, Any], list[bytes]]:
