@@ -91,7 +91,17 @@ def escrow(from_: KeyOption = None, home: HomeOption = None, json_out: JsonOptio
     """Your escrow per node and pending withdrawals."""
     with _client(home, from_) as client:
         answer = client.chain.query("/inference/escrow", client.key.address.encode())
-    emit(json_out, answer, lambda: _print_fields(answer))
+    emit(json_out, answer, lambda: _print_lanes(answer))
+
+
+def _print_lanes(answer: dict[str, Any]) -> None:
+    console.print(f"{answer['address']}: {answer['escrow']} in escrow")
+    for lane in answer["lanes"]:
+        pending = ", ".join(f"{w['amount']} at height {w['release_height']}" for w in lane["withdrawals"])
+        console.print(
+            f"  for node {lane['node']}: {lane['escrow']} ({lane['available']} available"
+            + (f"; withdrawing {pending})" if pending else ")")
+        )
 
 
 @cli_command
