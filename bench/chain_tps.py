@@ -41,13 +41,13 @@ import httpx
 
 import haca
 import haca.types.messages  # registers MsgSend with the tx decoder
+from haca.chain.home import cometbft_binary
+from haca.chain.supervisor import set_toml_value
 from haca.client.chain import ChainClient
 from haca.crypto.keys import PrivateKey
 from haca.devnet.accounts import dev_keys
-from haca.devnet.layout import cometbft_binary
 from haca.devnet.network import Devnet, rpc_height, up
 from haca.devnet.processes import free_ports
-from haca.devnet.validator import set_toml_value
 from haca.types.bank import MsgSend
 from haca.types.tx import build_tx
 

@@ -12,8 +12,8 @@ from pathlib import Path
 
 from haca.chain.abci.server import AbciServer
 from haca.chain.app import HacaApp
+from haca.chain.home import ValidatorHome
 from haca.chain.store import CommitStore
-from haca.devnet.layout import ValidatorHome
 from haca.logs import configure_logging
 
 

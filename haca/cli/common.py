@@ -14,6 +14,7 @@ from rich.console import Console
 
 from haca.client.config import ClientConfig, KeyStore, resolve_home
 from haca.client.errors import HacaError
+from haca.hub.errors import HubError
 
 # Output piped to a file or a test is not cut at 80 columns; an error stays on one line.
 console = Console(soft_wrap=True, width=None if sys.stdout.isatty() else 200)
@@ -39,7 +40,7 @@ def cli_command(func: F) -> F:
     def wrapper(*args: Any, **kwargs: Any) -> Any:
         try:
             return func(*args, **kwargs)
-        except (HacaError, RuntimeError, ValueError, OSError) as exc:
+        except (HacaError, HubError, RuntimeError, ValueError, OSError) as exc:
             message = str(exc) or type(exc).__name__
             if kwargs.get("json_out"):
                 print(json.dumps({"error": {"code": error_code(exc), "message": message}}))

@@ -10,10 +10,10 @@ from typing import Annotated
 import typer
 from rich.table import Table
 
+from haca.chain.home import ValidatorHome
+from haca.chain.supervisor import identity, init_validator, run_validator
 from haca.cli.common import HomeOption, JsonOption, cli_command, client_home, console, emit
-from haca.devnet.layout import ValidatorHome
 from haca.devnet.network import Devnet, up
-from haca.devnet.validator import identity, init_validator, run_validator
 
 devnet_app = typer.Typer(help="Run a local multi-validator devnet on loopback.", no_args_is_help=True)
 validator_app = typer.Typer(help="Run one validator (CometBFT + HACA app) of a network.", no_args_is_help=True)

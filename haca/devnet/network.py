@@ -19,12 +19,12 @@ from typing import Any
 import httpx
 
 from haca.chain.genesis import AppGenesis, GenesisAccount
+from haca.chain.home import ValidatorHome
+from haca.chain.supervisor import ValidatorError, configure, init_validator
 from haca.client.config import ClientConfig, KeyStore
 from haca.devnet import services
 from haca.devnet.accounts import DEV_BALANCE, dev_keys, service_keys
-from haca.devnet.layout import ValidatorHome
 from haca.devnet.processes import free_ports, process_alive, signal_group, spawn, wait_group_gone
-from haca.devnet.validator import ValidatorError, configure, init_validator
 
 
 class DevnetError(RuntimeError):
@@ -187,7 +187,7 @@ class Devnet:
         for node in state.nodes:
             if name in (None, node.name) and not process_alive(node.pid):
                 node.pid = spawn(
-                    [sys.executable, "-m", "haca.devnet.validator", node.home], Path(node.home) / "supervisor.log"
+                    [sys.executable, "-m", "haca.chain.supervisor", node.home], Path(node.home) / "supervisor.log"
                 )
         self.save(state)
         if name is None or any(s.name == name for s in state.services):

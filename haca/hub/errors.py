@@ -1,13 +1,11 @@
 """The hub's error hierarchy. Each class has a stable `code`; the HTTP API maps them to statuses once
 (`haca.hub.api`), the client maps `{"error": {"code"}}` answers back to these classes, and the CLI
-prints them as one line (they are `HacaError`s)."""
+prints them as one line. A root of its own: the hub does not build on the client SDK."""
 
 from __future__ import annotations
 
-from haca.client.errors import HacaError
 
-
-class HubError(HacaError):
+class HubError(Exception):
     code = "hub_error"
 
 

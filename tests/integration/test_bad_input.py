@@ -9,9 +9,9 @@ from pathlib import Path
 import pytest
 
 from haca.chain import errors
+from haca.chain.home import ValidatorHome
 from haca.client.errors import TxRejected
 from haca.crypto.keys import PrivateKey
-from haca.devnet.layout import ValidatorHome
 from haca.devnet.processes import process_alive
 from haca.types.bank import MsgSend
 from haca.types.tx import Tx, build_tx

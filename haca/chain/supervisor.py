@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from haca.devnet.layout import ValidatorHome, cometbft_binary
+from haca.chain.home import ValidatorHome, cometbft_binary
 
 
 class ValidatorError(RuntimeError):
@@ -130,7 +130,7 @@ def run_validator(root: Path, ready_timeout: float = 60.0) -> int:
 
 
 def main() -> None:
-    """`python -m haca.devnet.validator HOME`: the light-weight supervisor the devnet launches."""
+    """`python -m haca.chain.supervisor HOME`: the light-weight supervisor the devnet launches."""
     os.environ.setdefault("PYTHONUNBUFFERED", "1")
     sys.exit(run_validator(Path(sys.argv[1])))
 

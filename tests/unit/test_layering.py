@@ -1,0 +1,46 @@
+"""The dependency direction of DESIGN.md holds: crypto ← types ← proofs ← chain, node, client;
+the chain never imports node, runtime, client or devnet code, and the hub's server does not
+build on the client SDK."""
+
+from __future__ import annotations
+
+import ast
+from pathlib import Path
+
+import pytest
+
+PACKAGE = Path(__file__).resolve().parents[2] / "haca"
+
+# package -> the haca packages it must not import
+FORBIDDEN = {
+    "crypto": {"types", "proofs", "chain", "node", "client", "runtime", "hub", "cli", "devnet"},
+    "types": {"proofs", "chain", "node", "client", "runtime", "hub", "cli", "devnet"},
+    "proofs": {"chain", "node", "client", "runtime", "hub", "cli", "devnet"},
+    "chain": {"node", "client", "runtime", "hub", "cli", "devnet"},
+    "hub": {"chain", "node", "runtime", "cli", "devnet", "client"},
+}
+
+
+def haca_imports(path: Path) -> set[str]:
+    """The haca packages a module imports (first component after `haca.`)."""
+    found = set()
+    for node in ast.walk(ast.parse(path.read_text())):
+        names = []
+        if isinstance(node, ast.Import):
+            names = [alias.name for alias in node.names]
+        elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
+            names = [node.module]
+        for name in names:
+            parts = name.split(".")
+            if parts[0] == "haca" and len(parts) > 1:
+                found.add(parts[1])
+    return found
+
+
+@pytest.mark.parametrize("package", sorted(FORBIDDEN))
+def test_a_package_imports_nothing_above_it(package: str) -> None:
+    offending = {
+        str(path.relative_to(PACKAGE.parent)): sorted(haca_imports(path) & FORBIDDEN[package])
+        for path in sorted((PACKAGE / package).rglob("*.py"))
+    }
+    assert {k: v for k, v in offending.items() if v} == {}
