@@ -30,12 +30,14 @@ Handler = Callable[["TxContext", Any], list[Event]]
 
 @dataclass(frozen=True)
 class TxContext:
-    """What a message handler may know: the state to change, who signed, and the block height."""
+    """What a message handler may know: the state to change, who signed, the block's height and
+    time (unix seconds from its header; CheckTx uses the last committed block's)."""
 
     state: CachedState
     signer: str
     height: int
     chain_id: str
+    time: int = 0
 
 
 _VERIFIED_CACHE_SIZE = 50_000
@@ -66,6 +68,7 @@ class TxRunner:
         self.bank = bank
         self.chain_id = ""  # set from InitChain / the store by the app
         self.height = 0  # the height txs are being run for; set by the app
+        self.time = 0  # that block's time (unix seconds, from the header); set by the app
         self.handlers: dict[type, Handler] = {}
         # Decoding and signature checks are pure functions of the tx bytes (and the chain id), so
         # CheckTx's work is reused by rechecks, proposals and FinalizeBlock.
@@ -87,7 +90,7 @@ class TxRunner:
         msg_events: list[Event] = []
         try:
             for msg in tx.msgs:
-                ctx = TxContext(msg_state, tx.signer, self.height, self.chain_id)
+                ctx = TxContext(msg_state, tx.signer, self.height, self.chain_id, self.time)
                 msg_events += self.handlers[type(msg)](ctx, msg)
         except ChainError as error:
             if atomic:

@@ -15,6 +15,7 @@ from haca.client.config import ClientConfig
 from haca.client.errors import HacaError
 from haca.client.sdk import Client
 from haca.types.inference import MsgRevokeAllowance
+from haca.types.modes import Mode, Status
 
 receipt_app = typer.Typer(help="Inspect receipts.", no_args_is_help=True)
 allowance_app = typer.Typer(help="Spending allowances (bearer API keys) for a node.", no_args_is_help=True)
@@ -108,7 +109,7 @@ def _print_lanes(answer: dict[str, Any]) -> None:
 def infer(
     model: Annotated[str, typer.Option("-m", "--model", help="model name or sha256: id")],
     input_json: Annotated[str, typer.Option("--input", help="input as JSON (nested list or {name: …})")],
-    mode: Annotated[str, typer.Option("--mode")] = "vanilla",
+    mode: Annotated[str, typer.Option("--mode")] = Mode.VANILLA.value,
     max_fee: Annotated[
         int | None,
         typer.Option("--max-fee", min=0, help="most you will pay (default: the price published on chain)"),
@@ -152,7 +153,7 @@ def receipt_show(
     """A receipt's settlement status: the chain's record, else what the node holds."""
     with _client(home, None, node) as client:
         record = client.receipt_status(receipt_id)
-        if record["status"] == "pending":
+        if record["status"] == Status.PENDING:
             node_view = client.node_receipt(receipt_id)
             record = {"receipt_id": receipt_id, **node_view}
     emit(json_out, record, lambda: _print_fields(record))

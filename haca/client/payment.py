@@ -11,11 +11,14 @@ from typing import Any
 
 from haca.client.errors import HacaError
 from haca.crypto.keys import PrivateKey
-from haca.proofs.receipt import EvidenceError, verify_receipt_signature
+from haca.proofs.receipt import EvidenceError
+from haca.proofs.verifier import VerifyContext, verifiers, verify
 from haca.types.payment import PaymentAuthorization, SpendingAllowance, encode_api_key
 from haca.types.receipt import SignedReceipt
 from haca.types.registry import PRICE_UNITS, request_fee, request_rows
 from haca.types.tensor import TensorError, parse_input, schema_from_json, tensors_from_json, tensors_hash
+
+_VERIFIERS = verifiers()
 
 
 class PaymentRequiredError(HacaError):
@@ -152,14 +155,16 @@ def verify_answer(
     exactly the fee the client signed for)."""
     try:
         signed = SignedReceipt.from_json(answer["receipt"])
-        verify_receipt_signature(signed)
+        if signed.receipt.node != node.lower():
+            raise ReceiptInvalid(f"receipt is signed by {signed.receipt.node}, not by the node {node}")
+        # The same verifier the validators run, with what the client knows: the node it paid.
+        context = VerifyContext(signed.receipt.chain_id, 0, 0, {}, {"address": node.lower()})
+        verify(_VERIFIERS, signed, b"", context)
         inputs = parse_input(raw_input, schema_from_json(input_schema))
         outputs = tensors_from_json(answer["output"], "output")
     except (KeyError, ValueError, EvidenceError, TensorError) as exc:
         raise ReceiptInvalid(f"answer does not verify: {exc}") from exc
     receipt = signed.receipt
-    if receipt.node != node.lower():
-        raise ReceiptInvalid(f"receipt is signed by {receipt.node}, not by the node {node}")
     if receipt.input_hash != tensors_hash(inputs):
         raise ReceiptInvalid("receipt's input hash is not the hash of the input sent")
     if receipt.output_hash != tensors_hash(outputs):

@@ -28,6 +28,7 @@ from haca.client.payment import (
 )
 from haca.crypto.keys import PrivateKey
 from haca.types.inference import MsgDeposit, MsgWithdraw
+from haca.types.modes import Mode, Status
 from haca.types.payment import PaymentAuthorization
 from haca.types.receipt import SignedReceipt
 
@@ -103,7 +104,7 @@ class _Base:
             raise self._error(paid)
         answer = paid.json()
         signed = verify_answer(answer, input, manifest["input_schema"], offer.node, auth)
-        return InferenceResult(answer["output"], signed, answer.get("status", "pending"), self.node_url)
+        return InferenceResult(answer["output"], signed, answer.get("status", Status.PENDING), self.node_url)
 
     def _error(self, response: httpx.Response) -> HacaError:
         try:
@@ -120,7 +121,7 @@ class _Base:
         try:
             return self.chain.query("/inference/receipt", receipt_id.encode())
         except QueryFailed:
-            return {"receipt_id": receipt_id, "status": "pending"}
+            return {"receipt_id": receipt_id, "status": Status.PENDING.value}
 
     def node_address(self) -> str:
         """The node's account: from the client's config, else as the node reports it."""
@@ -181,7 +182,7 @@ class Client(_Base):
     def __exit__(self, *exc: object) -> None:
         self.close()
 
-    def infer(self, model: str, input: Any, mode: str = "vanilla", max_fee: int | None = None) -> InferenceResult:
+    def infer(self, model: str, input: Any, mode: str = Mode.VANILLA, max_fee: int | None = None) -> InferenceResult:
         """Run `model` on `input`, paying the node's quote when it is at most `max_fee` (default:
         at most the price published on chain); the receipt is checked before returning."""
         probe = self.http.post(f"{self.node_url}/v1/infer", json={"model": model, "mode": mode})
@@ -205,7 +206,7 @@ class Client(_Base):
         deadline = time.monotonic() + timeout
         while True:
             record = self.receipt_status(receipt_id)
-            if record["status"] != "pending":
+            if record["status"] != Status.PENDING:
                 return record
             if time.monotonic() > deadline:
                 raise HacaError(f"receipt {receipt_id} not settled within {timeout:.0f}s")
@@ -243,7 +244,9 @@ class AsyncClient(_Base):
     async def __aexit__(self, *exc: object) -> None:
         await self.aclose()
 
-    async def infer(self, model: str, input: Any, mode: str = "vanilla", max_fee: int | None = None) -> InferenceResult:
+    async def infer(
+        self, model: str, input: Any, mode: str = Mode.VANILLA, max_fee: int | None = None
+    ) -> InferenceResult:
         probe = await self.http.post(f"{self.node_url}/v1/infer", json={"model": model, "mode": mode})
         offer = self._offer(probe, model, mode)
         manifest, fee = await asyncio.to_thread(self._payment, input, offer, max_fee)
@@ -256,7 +259,7 @@ class AsyncClient(_Base):
         deadline = time.monotonic() + timeout
         while True:
             record = await asyncio.to_thread(self.receipt_status, receipt_id)
-            if record["status"] != "pending":
+            if record["status"] != Status.PENDING:
                 return record
             if time.monotonic() > deadline:
                 raise HacaError(f"receipt {receipt_id} not settled within {timeout:.0f}s")

@@ -25,6 +25,7 @@ from haca.client.config import ClientConfig, KeyStore
 from haca.devnet import services
 from haca.devnet.accounts import DEV_BALANCE, dev_keys, service_keys
 from haca.devnet.processes import free_ports, process_alive, signal_group, spawn, wait_group_gone
+from haca.types.modes import Mode
 
 
 class DevnetError(RuntimeError):
@@ -272,7 +273,7 @@ class Devnet:
                         "name": svc.name,
                         "url": svc.url,
                         "address": svc.address,
-                        "modes": ["vanilla"],
+                        "modes": [Mode.VANILLA.value],
                         "running": process_alive(svc.pid),
                     }
                 )

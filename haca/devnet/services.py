@@ -17,6 +17,7 @@ from haca.devnet.accounts import dev_keys, service_keys
 from haca.devnet.layout import example_models_dir
 from haca.devnet.processes import http_ok, process_alive, spawn
 from haca.hub.client import HubClient
+from haca.types.modes import Mode
 from haca.types.registry import MsgRegisterModel
 
 # Example models and their terms (price in base units, per request or per row, rows per request),
@@ -92,7 +93,7 @@ def _register(chain: ChainClient, publisher: Any, entry: dict[str, Any], model_i
     schema = {entry["input"]["name"]: {"dtype": entry["input"]["dtype"], "shape": _dims(entry["input"]["shape"])}}
     outputs = {o["name"]: {"dtype": o["dtype"], "shape": _dims(o["shape"])} for o in entry["outputs"]}
     price, unit, max_rows = EXAMPLE_TERMS.get(entry["name"], (1000, "request", 64))
-    msg = MsgRegisterModel(entry["name"], model_id, schema, outputs, ("vanilla",), price, unit, max_rows)
+    msg = MsgRegisterModel(entry["name"], model_id, schema, outputs, (Mode.VANILLA,), price, unit, max_rows)
     chain.send_msgs(publisher, (msg,))
     result: dict[str, Any] = chain.query("/registry/model", entry["name"].encode())
     return result

@@ -38,6 +38,7 @@ from haca.node.payments import (
 )
 from haca.node.receipts import DuplicateRequest, ReceiptStore
 from haca.runtime.onnx import InvalidInput, OnnxModel
+from haca.types.modes import Mode, Status
 from haca.types.receipt import Receipt, SignedReceipt
 from haca.types.registry import request_rows
 from haca.types.tensor import Tensor, tensors_hash, tensors_to_json
@@ -194,7 +195,7 @@ def create_app(ctx: NodeContext) -> FastAPI:
             ctx.on_receipt()
         metrics.inferences.labels(quote.model_name, mode).inc()
         metrics.latency.observe(time.perf_counter() - started)
-        answer = {"output": tensors_to_json(outputs), "receipt": signed.to_json(), "status": "pending"}
+        answer = {"output": tensors_to_json(outputs), "receipt": signed.to_json(), "status": Status.PENDING}
         headers = {PAYMENT_RESPONSE_HEADER: payment_response_header(accepted, ctx.chain_id, signed.id)}
         return Response(orjson.dumps(answer), media_type="application/json", headers=headers)
 
@@ -285,7 +286,7 @@ def _parse_request(ctx: NodeContext, raw: bytes) -> tuple[ServedModel, str, dict
 
 
 def _resolve(ctx: NodeContext, body: dict[str, Any]) -> tuple[ServedModel, str]:
-    name, mode = body["model"], body.get("mode", "vanilla")
+    name, mode = body["model"], body.get("mode", Mode.VANILLA)
     if not isinstance(name, str) or name not in ctx.models:
         names = sorted({s.manifest["name"] for s in ctx.models.values()})
         raise ModelNotFound(f"model {name!r} is not served here; models: {names}")

@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from haca.types.inference import SettlementItem
+from haca.types.modes import UNSETTLED, Status
 from haca.types.payment import SignedPayment
 from haca.types.receipt import SignedReceipt
 
@@ -35,7 +36,8 @@ CREATE TABLE IF NOT EXISTS receipts (
 CREATE INDEX IF NOT EXISTS receipts_status ON receipts (status, created);
 CREATE INDEX IF NOT EXISTS receipts_client ON receipts (client, status);
 """
-UNSETTLED = ("pending", "submitted")
+
+_UNSETTLED_SQL = ", ".join(f"'{status}'" for status in UNSETTLED)
 
 
 class DuplicateRequest(ValueError):
@@ -73,7 +75,7 @@ class ReceiptStore:
         self._unsettled_allowance: dict[str, int] = {}
         self._charge: dict[str, tuple[str, str | None, int]] = {}  # receipt id -> (client, allowance, fee)
         for rid, client, allowance_id, fee in self._db.execute(
-            "SELECT id, client, allowance_id, fee FROM receipts WHERE status IN ('pending', 'submitted')"
+            f"SELECT id, client, allowance_id, fee FROM receipts WHERE status IN ({_UNSETTLED_SQL})"
         ):
             self._track(rid, client, allowance_id, int(fee))
 
@@ -109,7 +111,7 @@ class ReceiptStore:
             json.dumps(receipt.to_json()),
             json.dumps(payment.to_json()),
             evidence,
-            "pending",
+            Status.PENDING.value,
             time.time(),
         )
         with self._lock:
@@ -140,7 +142,7 @@ class ReceiptStore:
         with self._lock:
             rows = self._db.execute(
                 "SELECT receipt, payment, evidence, status, tx_hash, height, error FROM receipts"
-                " WHERE status IN ('pending', 'submitted') ORDER BY created LIMIT ?",
+                f" WHERE status IN ({_UNSETTLED_SQL}) ORDER BY created LIMIT ?",
                 (limit,),
             ).fetchall()
         return [_stored(row) for row in rows]

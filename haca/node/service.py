@@ -22,6 +22,7 @@ from haca.node.payments import PaymentGate
 from haca.node.receipts import ReceiptStore
 from haca.node.settler import Settler
 from haca.runtime.onnx import OnnxModel
+from haca.types.modes import Mode
 from haca.types.registry import MsgRegisterNode
 
 log = structlog.get_logger("haca.node")
@@ -35,7 +36,7 @@ class NodeSettings:
     port: int = 8080
     endpoint: str = ""  # public URL registered on chain; default http://host:port
     models: list[str] = field(default_factory=list)  # model names; default every registered model
-    modes: tuple[str, ...] = ("vanilla",)
+    modes: tuple[str, ...] = (Mode.VANILLA,)
     price: int = 0  # per inference; the fee is max(this, the model's price)
     data_dir: Path | None = None  # receipts.db and model cache; default HOME/node/<key>
     hub: str = ""

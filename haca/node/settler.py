@@ -15,6 +15,7 @@ from haca.node.chainview import ChainView
 from haca.node.receipts import ReceiptStore, StoredReceipt
 from haca.types import codes
 from haca.types.inference import MsgSettle
+from haca.types.modes import Status
 from haca.types.payment import SpendingAllowance
 
 log = structlog.get_logger("haca.settler")
@@ -88,8 +89,8 @@ class Settler:
         batch = self.store.unsettled(self.batch_size * self.max_inflight)
         if not batch:
             return 0
-        done = self._reconcile([r for r in batch if r.status == "submitted"])
-        pending = [r for r in batch if r.status == "pending"]
+        done = self._reconcile([r for r in batch if r.status == Status.SUBMITTED])
+        pending = [r for r in batch if r.status == Status.PENDING]
         chunks = [pending[i : i + self.batch_size] for i in range(0, len(pending), self.batch_size)]
         return done + (self._submit_pipelined(chunks) if chunks else 0)
 
@@ -106,7 +107,7 @@ class Settler:
             passes = self._unseen_passes.get(receipt_id, self.resubmit_after) + 1
             self._unseen_passes[receipt_id] = passes
             if passes > self.resubmit_after:
-                self.store.mark([receipt_id], "pending")
+                self.store.mark([receipt_id], Status.PENDING)
                 self._unseen_passes.pop(receipt_id, None)
                 changed += 1
         return changed
@@ -115,7 +116,7 @@ class Settler:
         record = self.view.receipt_record(receipt_id)
         if record is None or record["receipt_id"] != receipt_id:
             return False
-        self.store.mark([receipt_id], "settled", height=int(record["height"]))
+        self.store.mark([receipt_id], record_status(record), height=int(record["height"]))
         self._unseen_passes.pop(receipt_id, None)
         self._refresh_view(str(record["client"]), None)
         self.settled_total += 1
@@ -141,7 +142,7 @@ class Settler:
 
     def _mark_submitted(self, chunk: list[StoredReceipt], tx_hash: str) -> None:
         ids = [r.item.receipt.id for r in chunk]
-        self.store.mark(ids, "submitted", tx_hash=tx_hash)
+        self.store.mark(ids, Status.SUBMITTED, tx_hash=tx_hash)
         self._unseen_passes.update((rid, 0) for rid in ids)
 
     def _isolate(self, chunk: list[StoredReceipt]) -> int:
@@ -171,7 +172,7 @@ class Settler:
         try:
             outcome = self.chain.wait_tx(tx_hash, timeout=30)
         except TxRejected as exc:  # failed in FinalizeBlock (state changed since CheckTx)
-            self.store.mark(ids, "pending")
+            self.store.mark(ids, Status.PENDING)
             for rid in ids:
                 self._unseen_passes.pop(rid, None)
             if exc.abci_code not in RECEIPT_REFUSALS:
@@ -181,7 +182,7 @@ class Settler:
             return self._isolate(chunk) if isolate else 0
         except HacaError:
             return 0  # not committed yet: reconciled on a later pass
-        self.store.mark(ids, "settled", height=outcome.height)
+        self.store.mark(ids, Status.SETTLED, height=outcome.height)
         for stored in chunk:
             self._unseen_passes.pop(stored.item.receipt.id, None)
             payment = stored.item.payment
@@ -204,7 +205,12 @@ class Settler:
         receipt_id = stored.item.receipt.id
         if self._settled_on_chain(receipt_id):
             return 1
-        self.store.mark([receipt_id], "rejected", error=exc.log or str(exc))
+        self.store.mark([receipt_id], Status.REJECTED, error=exc.log or str(exc))
         self.rejected_total += 1
         log.warning("settlement_rejected", receipt=receipt_id, reason=exc.log or str(exc))
         return 1
+
+
+def record_status(record: dict[str, object]) -> Status:
+    """The status a chain settlement record gives its receipt (settled, or verified)."""
+    return Status(str(record.get("status", Status.SETTLED)))

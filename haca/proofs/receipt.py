@@ -16,21 +16,3 @@ def receipt_signer(signed: SignedReceipt) -> str:
         return signed.receipt.signer(signed.signature)
     except SignatureError as exc:
         raise EvidenceError(f"receipt signature: {exc}") from exc
-
-
-def verify_receipt_signature(signed: SignedReceipt) -> None:
-    """The receipt must be signed by the node it names."""
-    signer = receipt_signer(signed)
-    if signer != signed.receipt.node:
-        raise EvidenceError(f"receipt names node {signed.receipt.node} but is signed by {signer}")
-
-
-def verify_evidence(signed: SignedReceipt, evidence: bytes) -> str:
-    """Check a receipt's mode evidence; return the status it earns ("settled" for vanilla:
-    signed by the node, but unverified)."""
-    mode = signed.receipt.mode
-    if mode == "vanilla":
-        if evidence:
-            raise EvidenceError("vanilla receipts carry no evidence")
-        return "settled"
-    raise EvidenceError(f"mode {mode!r} evidence is not supported by this chain version yet")

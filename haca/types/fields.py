@@ -7,11 +7,12 @@ from typing import Any
 
 from haca.crypto.keys import normalize_address
 from haca.types.encoding import parse_uint
+from haca.types.modes import Mode
 
 _HEX32 = re.compile(r"^0x[0-9a-f]{64}$")
 _MODEL_ID = re.compile(r"^sha256:[0-9a-f]{64}$")
 _NAME = re.compile(r"^[a-z0-9][a-z0-9-]{0,63}$")
-MODES = ("vanilla", "zkml", "tee")
+MODES = tuple(m.value for m in Mode)
 
 
 def require_fields(value: Any, names: set[str], what: str) -> dict[str, Any]:

@@ -27,6 +27,7 @@ from typing import Any, Protocol
 from haca.chain.errors import InsufficientEscrow
 from haca.chain.state import CachedState, ReadableState, get_int, set_int
 from haca.crypto.hashing import keccak256
+from haca.proofs.verifier import verifiers
 from haca.types.encoding import canonical_json
 
 PREFIX = b"inference/"
@@ -76,6 +77,9 @@ def lane_key(client: str, node: str) -> bytes:
 class InferenceKeeper:
     def __init__(self, bank: Bank) -> None:
         self.bank = bank
+        # One verifier per mode, sharing a verdict cache across CheckTx, recheck, proposals and
+        # FinalizeBlock (it holds only context-free results, so every validator agrees).
+        self.verifiers = verifiers()
 
     # --- params ---------------------------------------------------------------------------------
 

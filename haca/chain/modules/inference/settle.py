@@ -27,7 +27,8 @@ from haca.chain.modules.inference.keeper import InferenceKeeper
 from haca.chain.modules.registry.keeper import RegistryKeeper
 from haca.chain.tx import TxContext
 from haca.crypto.keys import SignatureError
-from haca.proofs.receipt import EvidenceError, verify_evidence, verify_receipt_signature
+from haca.proofs.receipt import EvidenceError
+from haca.proofs.verifier import VerifyContext, verify
 from haca.types.inference import SettlementItem
 from haca.types.payment import PaymentAuthorization, SpendingAllowance
 
@@ -38,11 +39,6 @@ def settle_item(ctx: TxContext, registry: RegistryKeeper, keeper: InferenceKeepe
         raise Unauthorized(f"receipt is from node {receipt.node}; only that node may settle it")
     if receipt.chain_id != ctx.chain_id:
         raise InvalidPayment(f"receipt is for chain {receipt.chain_id!r}")
-    try:
-        verify_receipt_signature(item.receipt)
-        status = verify_evidence(item.receipt, item.evidence)
-    except EvidenceError as exc:
-        raise InvalidEvidence(str(exc)) from exc
     if receipt.height_hint > ctx.height:
         raise InvalidPayment(f"receipt claims height {receipt.height_hint}, the chain is at {ctx.height}")
     manifest = registry.model_in_effect(ctx.state, receipt.model_id, receipt.height_hint)
@@ -51,6 +47,15 @@ def settle_item(ctx: TxContext, registry: RegistryKeeper, keeper: InferenceKeepe
         raise Unauthorized(f"model {manifest['name']!r} does not allow mode {receipt.mode!r}")
     if receipt.mode not in node["modes"] or manifest["name"] not in node["models"]:
         raise Unauthorized(f"node {ctx.signer} is not registered for {manifest['name']!r} in mode {receipt.mode!r}")
+    try:
+        verdict = verify(
+            keeper.verifiers,
+            item.receipt,
+            item.evidence,
+            VerifyContext(ctx.chain_id, ctx.height, ctx.time, manifest, node),
+        )
+    except EvidenceError as exc:
+        raise InvalidEvidence(str(exc)) from exc
     if receipt.fee < int(manifest["price"]):
         raise InvalidPayment(
             f"fee {receipt.fee} is below the price {manifest['price']} in effect at height {receipt.height_hint}"
@@ -71,7 +76,7 @@ def settle_item(ctx: TxContext, registry: RegistryKeeper, keeper: InferenceKeepe
     keeper.burn_from_escrow(ctx.state, receipt.client, receipt.node, settlement_fee)
     record: dict[str, Any] = {
         "receipt_id": item.receipt.id,
-        "status": status,
+        "status": verdict.status.value,
         "height": ctx.height,
         "node": receipt.node,
         "client": receipt.client,

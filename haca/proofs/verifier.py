@@ -1,0 +1,109 @@
+"""One `Verifier` per verification mode, behind one protocol, so validators and clients check
+evidence with the very same code.
+
+A verifier is pure and deterministic: everything it may depend on is in the `VerifyContext` the
+caller builds (on chain: from state at the block being executed; at the client: from chain
+queries it checked). Which key must have signed a receipt is the verifier's decision (vanilla:
+the node's account key; tee: the enclave key registered for the node).
+
+The costly, context-free part of a check (recovering a signature, verifying an attestation or a
+proof) is memoised in a `VerdictCache` keyed by the hash of the evidence, so CheckTx, recheck,
+ProcessProposal and FinalizeBlock do that work once per receipt.
+"""
+
+from __future__ import annotations
+
+from collections import OrderedDict
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from typing import Any, Protocol, TypeVar
+
+from haca.crypto.hashing import sha256
+from haca.proofs.receipt import EvidenceError, receipt_signer
+from haca.types.modes import Mode, Status
+from haca.types.receipt import SignedReceipt
+
+T = TypeVar("T")
+
+
+@dataclass(frozen=True)
+class VerifyContext:
+    """What a verifier may know besides the receipt and its evidence."""
+
+    chain_id: str
+    height: int  # the block being executed (the client: the height it read the chain at)
+    time: int  # that block's time, unix seconds, from its header (never a wall clock on chain)
+    manifest: Mapping[str, Any]  # the model's terms in effect at the receipt's height hint
+    node: Mapping[str, Any]  # the node's registry record
+    enclave_key: str = ""  # tee: the enclave key in good standing for the node at the receipt's height
+    policy: Mapping[str, Any] = field(default_factory=dict)  # tee: the chain's attestation policy
+
+
+@dataclass(frozen=True)
+class Verdict:
+    status: Status  # SETTLED (signed, not independently verified) or VERIFIED
+    signer: str  # the key that signed the receipt
+
+
+class Verifier(Protocol):
+    mode: Mode
+
+    def verify(self, signed: SignedReceipt, evidence: bytes, ctx: VerifyContext) -> Verdict:
+        """The verdict on a receipt; EvidenceError (with the reason) when it does not verify."""
+        ...
+
+
+class VerdictCache:
+    """A bounded memo of context-free results, keyed by the hash of what they were computed from."""
+
+    def __init__(self, size: int = 50_000) -> None:
+        self.size = size
+        self._entries: OrderedDict[bytes, Any] = OrderedDict()
+        self.hits = self.misses = 0
+
+    def get(self, parts: tuple[bytes, ...], compute: Callable[[], T]) -> T:
+        key = sha256(b"".join(len(p).to_bytes(4, "big") + p for p in parts))
+        if key in self._entries:
+            self.hits += 1
+            self._entries.move_to_end(key)
+            value: T = self._entries[key]
+            return value
+        self.misses += 1
+        value = compute()  # an exception is not cached: a bad receipt is re-checked and re-refused
+        self._entries[key] = value
+        if len(self._entries) > self.size:
+            self._entries.popitem(last=False)
+        return value
+
+
+class VanillaVerifier:
+    """The node's own signature, nothing else: the receipt settles, marked unverified."""
+
+    mode = Mode.VANILLA
+
+    def __init__(self, cache: VerdictCache | None = None) -> None:
+        self.cache = cache or VerdictCache()
+
+    def verify(self, signed: SignedReceipt, evidence: bytes, ctx: VerifyContext) -> Verdict:
+        if evidence:
+            raise EvidenceError("vanilla receipts carry no evidence")
+        signer = self.cache.get((signed.receipt.digest, signed.signature), lambda: receipt_signer(signed))
+        node = str(ctx.node.get("address", ""))
+        if signer != node or signed.receipt.node != node:
+            raise EvidenceError(f"receipt names node {signed.receipt.node} but is signed by {signer}")
+        return Verdict(Status.SETTLED, signer)
+
+
+def verifiers(cache: VerdictCache | None = None) -> dict[str, Verifier]:
+    """Every mode this version verifies, sharing one cache."""
+    shared = cache or VerdictCache()
+    return {Mode.VANILLA: VanillaVerifier(shared)}
+
+
+def verify(
+    table: Mapping[str, Verifier], signed: SignedReceipt, evidence: bytes, ctx: VerifyContext
+) -> Verdict:
+    verifier = table.get(signed.receipt.mode)
+    if verifier is None:
+        raise EvidenceError(f"mode '{signed.receipt.mode}' evidence is not supported by this chain version yet")
+    return verifier.verify(signed, evidence, ctx)
