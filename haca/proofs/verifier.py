@@ -100,9 +100,7 @@ def verifiers(cache: VerdictCache | None = None) -> dict[str, Verifier]:
     return {Mode.VANILLA: VanillaVerifier(shared)}
 
 
-def verify(
-    table: Mapping[str, Verifier], signed: SignedReceipt, evidence: bytes, ctx: VerifyContext
-) -> Verdict:
+def verify(table: Mapping[str, Verifier], signed: SignedReceipt, evidence: bytes, ctx: VerifyContext) -> Verdict:
     verifier = table.get(signed.receipt.mode)
     if verifier is None:
         raise EvidenceError(f"mode '{signed.receipt.mode}' evidence is not supported by this chain version yet")
