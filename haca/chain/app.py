@@ -5,9 +5,8 @@ It sees only ABCI requests and responses (haca.chain.abci owns sockets and frami
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from dataclasses import dataclass
-from typing import Any
 
 import structlog
 from tendermint.abci import types_pb2 as abci
@@ -18,40 +17,34 @@ from haca.chain.abci.base import BaseApplication
 from haca.chain.errors import ChainError, InvalidQuery, UnknownQuery
 from haca.chain.events import Event
 from haca.chain.genesis import parse_app_genesis
+from haca.chain.module import BlockContext, BlockResult, Module, Query, ValidatorUpdate
 from haca.chain.modules.auth import keeper as auth_keeper
-from haca.chain.modules.auth import queries as auth_queries
 from haca.chain.modules.auth.keeper import AuthKeeper
-from haca.chain.modules.bank import queries as bank_queries
-from haca.chain.modules.bank.handlers import handle_send
+from haca.chain.modules.auth.module import AuthModule
 from haca.chain.modules.bank.keeper import BankKeeper
-from haca.chain.modules.inference import handlers as inference_handlers
-from haca.chain.modules.inference import queries as inference_queries
+from haca.chain.modules.bank.module import BankModule
 from haca.chain.modules.inference.keeper import ESCROW_ACCOUNT, InferenceKeeper
-from haca.chain.modules.registry import handlers as registry_handlers
-from haca.chain.modules.registry import queries as registry_queries
+from haca.chain.modules.inference.module import InferenceModule
 from haca.chain.modules.registry.keeper import RegistryKeeper
+from haca.chain.modules.registry.module import RegistryModule
 from haca.chain.state import CachedState, ReadableState
 from haca.chain.store import CommitStore, StagedBlock
 from haca.chain.tx import TxResult, TxRunner
 from haca.types import codes
-from haca.types.bank import MsgSend
 from haca.types.encoding import canonical_json
-from haca.types.inference import MsgDeposit, MsgRevokeAllowance, MsgSettle, MsgWithdraw
-from haca.types.registry import MsgRegisterModel, MsgRegisterNode
 
 log = structlog.get_logger("haca.app")
 PROOF_OP_TYPE = "haca:mpt"
-# A query answers JSON and names the store keys whose values back the answer (proven on request).
-Query = Callable[[ReadableState, bytes], tuple[dict[str, Any], list[bytes]]]
 
 
 @dataclass
 class ExecutedBlock:
     height: int
+    time: int
     txs: list[bytes]
     state: CachedState
     results: list[TxResult]
-    released: list[tuple[str, str, int]]
+    block: BlockResult  # what the modules' begin- and end-block hooks did
 
 
 class HistoricalState:
@@ -79,40 +72,28 @@ class HacaApp(BaseApplication):
         self.bank.module_accounts = frozenset({ESCROW_ACCOUNT})
         self.runner = TxRunner(self.auth, self.bank)
         self.runner.chain_id = auth_keeper.chain_id(store)
-        self._wire_handlers()
-        bank, auth, registry, inference = self.bank, self.auth, self.registry, self.inference
-        self.queries: dict[str, Query] = {
-            "/bank/balance": lambda s, d: bank_queries.query_balance(bank, s, d),
-            "/bank/supply": lambda s, d: bank_queries.query_supply(bank, s, d),
-            "/auth/account": lambda s, d: auth_queries.query_account(auth, s, d),
-            "/auth/params": lambda s, d: auth_queries.query_params(auth, s, d),
-            "/registry/model": lambda s, d: registry_queries.query_model(registry, s, d),
-            "/registry/models": lambda s, d: registry_queries.query_models(registry, s, d),
-            "/registry/model_in_effect": lambda s, d: registry_queries.query_model_in_effect(registry, s, d),
-            "/registry/params": lambda s, d: registry_queries.query_params(registry, s, d),
-            "/registry/node": lambda s, d: registry_queries.query_node(registry, s, d),
-            "/registry/nodes": lambda s, d: registry_queries.query_nodes(registry, s, d),
-            "/inference/escrow": lambda s, d: inference_queries.query_escrow(inference, s, d),
-            "/inference/receipt": lambda s, d: inference_queries.query_receipt(inference, s, d),
-            "/inference/allowance": lambda s, d: inference_queries.query_allowance(inference, s, d),
-            "/inference/params": lambda s, d: inference_queries.query_params(inference, s, d),
-        }
+        # Order matters only for hooks: each block runs begin-block hooks in this order, then the
+        # txs, then end-block hooks in this order.
+        self.modules: list[Module] = [
+            AuthModule(self.auth),
+            BankModule(self.bank),
+            RegistryModule(self.registry),
+            InferenceModule(self.inference, self.registry, self.bank),
+        ]
+        self.queries: dict[str, Query] = {}
+        for module in self.modules:
+            for msg_type, handler in module.handlers().items():
+                self.runner.register(msg_type, handler)
+            for path, query in module.queries().items():
+                if path in self.queries:
+                    raise RuntimeError(f"query path {path} is registered twice")
+                self.queries[path] = query
+        self.last_block_time = 0  # CheckTx runs txs at the last committed block's time
         self.check_state = CachedState(store)
         self.block_state: CachedState | None = None
         self.staged: StagedBlock | None = None
-        self.pending_height = 0
+        self.pending_height = self.pending_time = 0
         self.processed: ExecutedBlock | None = None
-
-    def _wire_handlers(self) -> None:
-        bank, registry, inference = self.bank, self.registry, self.inference
-        register = self.runner.register
-        register(MsgSend, lambda ctx, msg: handle_send(bank, ctx, msg))
-        register(MsgRegisterModel, lambda ctx, msg: registry_handlers.handle_register_model(registry, ctx, msg))
-        register(MsgRegisterNode, lambda ctx, msg: registry_handlers.handle_register_node(registry, ctx, msg))
-        register(MsgDeposit, lambda ctx, msg: inference_handlers.handle_deposit(inference, ctx, msg))
-        register(MsgWithdraw, lambda ctx, msg: inference_handlers.handle_withdraw(inference, ctx, msg))
-        register(MsgRevokeAllowance, lambda ctx, msg: inference_handlers.handle_revoke_allowance(inference, ctx, msg))
-        register(MsgSettle, lambda ctx, msg: inference_handlers.handle_settle(registry, inference, ctx, msg))
 
     # --- connection: info/query -------------------------------------------------------------
 
@@ -161,7 +142,7 @@ class HacaApp(BaseApplication):
     # --- connection: mempool ----------------------------------------------------------------
 
     def check_tx(self, req: abci.RequestCheckTx) -> abci.ResponseCheckTx:
-        self.runner.height = self.store.height + 1
+        self.runner.height, self.runner.time = self.store.height + 1, self.last_block_time
         result = self.runner.run(self.check_state, bytes(req.tx), atomic=True)
         return abci.ResponseCheckTx(
             code=result.code,
@@ -178,12 +159,8 @@ class HacaApp(BaseApplication):
         state = CachedState(self.store)
         auth_keeper.set_chain_id(state, req.chain_id)
         self.runner.chain_id = req.chain_id
-        self.auth.set_params(state, genesis.fees)
-        self.inference.set_params(state, genesis.inference)
-        self.registry.set_params(state, genesis.registry)
-        self.bank.set_denom(state, genesis.denom)
-        for account in genesis.accounts:
-            self.bank.mint_genesis(state, account.address, account.balance)
+        for module in self.modules:
+            module.init_genesis(state, genesis)
         self.block_state = state
         self.check_state = state.branch()  # genesis funds are spendable before block 1 commits
         self.staged = self.store.stage_root(state.writes)
@@ -194,10 +171,18 @@ class HacaApp(BaseApplication):
         """A throwaway state over what the next block starts from (genesis writes included)."""
         return CachedState(self.block_state if self.block_state is not None else self.store)
 
+    def _hooks(self, state: CachedState, height: int, time: int, end: bool) -> BlockResult:
+        ctx = BlockContext(state, height, time, self.runner.chain_id)
+        result = BlockResult()
+        for module in self.modules:
+            result.extend(module.end_block(ctx) if end else module.begin_block(ctx))
+        return result
+
     def prepare_proposal(self, req: abci.RequestPrepareProposal) -> abci.ResponsePrepareProposal:
         state = self._proposal_scratch()
-        released = self.inference.release_withdrawals(state, req.height)
-        self.runner.height = req.height
+        time = req.time.seconds
+        block = self._hooks(state, req.height, time, end=False)
+        self.runner.height, self.runner.time = req.height, time
         chosen: list[bytes] = []
         results: list[TxResult] = []
         size = 0
@@ -211,21 +196,23 @@ class HacaApp(BaseApplication):
                 chosen.append(raw)
                 results.append(result)
                 size += len(raw)
+        block.extend(self._hooks(state, req.height, time, end=True))
         # A successful tx changes state the same way atomic or not, so this is the block's
         # execution: the proposer's own ProcessProposal and FinalizeBlock reuse it.
-        self.processed = ExecutedBlock(req.height, chosen, state, results, released)
+        self.processed = ExecutedBlock(req.height, time, chosen, state, results, block)
         return abci.ResponsePrepareProposal(txs=chosen)
 
-    def _execute(self, height: int, txs: list[bytes]) -> ExecutedBlock:
+    def _execute(self, height: int, time: int, txs: list[bytes]) -> ExecutedBlock:
         """Run a block on a branch of the state the next block starts from; nothing is kept."""
         state = self._proposal_scratch()
-        released = self.inference.release_withdrawals(state, height)
-        self.runner.height = height
+        block = self._hooks(state, height, time, end=False)
+        self.runner.height, self.runner.time = height, time
         results = [self.runner.run(state, raw, atomic=False) for raw in txs]
-        return ExecutedBlock(height, txs, state, results, released)
+        block.extend(self._hooks(state, height, time, end=True))
+        return ExecutedBlock(height, time, txs, state, results, block)
 
     def process_proposal(self, req: abci.RequestProcessProposal) -> abci.ResponseProcessProposal:
-        block = self._executed(req.height, [bytes(raw) for raw in req.txs])
+        block = self._executed(req.height, req.time.seconds, [bytes(raw) for raw in req.txs])
         rejected = next((r for r in block.results if r.ante_failed), None)
         if rejected is not None:
             log.warning("reject_proposal", height=req.height, reason=rejected.log)
@@ -233,27 +220,27 @@ class HacaApp(BaseApplication):
         self.processed = block  # FinalizeBlock of this very block reuses the execution
         return abci.ResponseProcessProposal(status=abci.ResponseProcessProposal.ACCEPT)
 
-    def _executed(self, height: int, txs: list[bytes]) -> ExecutedBlock:
+    def _executed(self, height: int, time: int, txs: list[bytes]) -> ExecutedBlock:
         """This block's execution: the one Prepare/ProcessProposal kept if it is the same block."""
         block = self.processed
-        if block is None or block.height != height or block.txs != txs:
-            block = self._execute(height, txs)
+        if block is None or (block.height, block.time, block.txs) != (height, time, txs):
+            block = self._execute(height, time, txs)
         return block
 
     def finalize_block(self, req: abci.RequestFinalizeBlock) -> abci.ResponseFinalizeBlock:
-        block = self._executed(req.height, [bytes(raw) for raw in req.txs])
+        executed = self._executed(req.height, req.time.seconds, [bytes(raw) for raw in req.txs])
         self.processed = None
-        state, results, released = block.state, block.results, block.released
+        state, results, block = executed.state, executed.results, executed.block
         if self.block_state is not None:  # InitChain's writes come first in this block
             state.write()
             state = self.block_state
         self.block_state = state
         self.staged = self.store.stage_root(state.writes)
-        self.pending_height = req.height
-        block_events = [Event("withdrawal_paid", {"client": c, "node": n, "amount": str(a)}) for c, n, a in released]
+        self.pending_height, self.pending_time = req.height, executed.time
         return abci.ResponseFinalizeBlock(
-            events=[_abci_event(e) for e in block_events],
+            events=[_abci_event(e) for e in block.events],
             tx_results=[_exec_result(r) for r in results],
+            validator_updates=[_validator_update(u) for u in block.validator_updates],
             app_hash=self.staged.root,
         )
 
@@ -261,6 +248,7 @@ class HacaApp(BaseApplication):
         if self.staged is None or self.block_state is None:
             raise RuntimeError("commit without a finalized block")
         self.store.commit(self.pending_height, self.staged)
+        self.last_block_time = self.pending_time
         self.block_state, self.staged, self.processed = None, None, None
         self.check_state = CachedState(self.store)
         return abci.ResponseCommit(retain_height=0)
@@ -289,3 +277,9 @@ def _abci_event(event: Event) -> abci.Event:
             abci.EventAttribute(key=k, value=v, index=k in INDEXED_ATTRIBUTES) for k, v in event.attributes.items()
         ],
     )
+
+
+def _validator_update(update: ValidatorUpdate) -> abci.ValidatorUpdate:
+    out = abci.ValidatorUpdate(power=update.power)
+    setattr(out.pub_key, update.pub_key_type, update.pub_key)
+    return out

@@ -1,0 +1,60 @@
+"""The inference module: escrow lanes, allowances, receipt settlement; at the start of each block
+it pays out the withdrawals due at that height (found by their height prefix)."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import TYPE_CHECKING, Any
+
+from haca.chain.events import Event
+from haca.chain.module import BlockContext, BlockResult, Invariant, Module, Query
+from haca.chain.modules.bank.keeper import BankKeeper
+from haca.chain.modules.inference import handlers, queries
+from haca.chain.modules.inference.invariants import escrow_matches_module_account
+from haca.chain.modules.inference.keeper import InferenceKeeper
+from haca.chain.modules.registry.keeper import RegistryKeeper
+from haca.chain.state import CachedState, ReadableState
+from haca.chain.tx import Handler
+from haca.types.inference import MsgDeposit, MsgRevokeAllowance, MsgSettle, MsgWithdraw
+
+if TYPE_CHECKING:
+    from haca.chain.genesis import AppGenesis
+
+
+class InferenceModule(Module):
+    name = "inference"
+
+    def __init__(self, keeper: InferenceKeeper, registry: RegistryKeeper, bank: BankKeeper) -> None:
+        self.keeper, self.registry, self.bank = keeper, registry, bank
+
+    def handlers(self) -> Mapping[type, Handler]:
+        keeper, registry = self.keeper, self.registry
+        return {
+            MsgDeposit: lambda ctx, msg: handlers.handle_deposit(keeper, ctx, msg),
+            MsgWithdraw: lambda ctx, msg: handlers.handle_withdraw(keeper, ctx, msg),
+            MsgRevokeAllowance: lambda ctx, msg: handlers.handle_revoke_allowance(keeper, ctx, msg),
+            MsgSettle: lambda ctx, msg: handlers.handle_settle(registry, keeper, ctx, msg),
+        }
+
+    def queries(self) -> Mapping[str, Query]:
+        keeper = self.keeper
+        return {
+            "/inference/escrow": lambda s, d: queries.query_escrow(keeper, s, d),
+            "/inference/receipt": lambda s, d: queries.query_receipt(keeper, s, d),
+            "/inference/allowance": lambda s, d: queries.query_allowance(keeper, s, d),
+            "/inference/params": lambda s, d: queries.query_params(keeper, s, d),
+        }
+
+    def init_genesis(self, state: CachedState, genesis: AppGenesis) -> None:
+        self.keeper.set_params(state, genesis.inference)
+
+    def export_genesis(self, state: ReadableState) -> dict[str, Any]:
+        return {"params": self.keeper.params(state).to_json()}
+
+    def begin_block(self, ctx: BlockContext) -> BlockResult:
+        paid = self.keeper.release_withdrawals(ctx.state, ctx.height)
+        events = [Event("withdrawal_paid", {"client": c, "node": n, "amount": str(a)}) for c, n, a in paid]
+        return BlockResult(events)
+
+    def invariants(self) -> Mapping[str, Invariant]:
+        return {"escrow_matches_module_account": lambda s: escrow_matches_module_account(self.keeper, self.bank, s)}
