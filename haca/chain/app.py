@@ -23,6 +23,8 @@ from haca.chain.modules.auth.keeper import AuthKeeper
 from haca.chain.modules.auth.module import AuthModule
 from haca.chain.modules.bank.keeper import BankKeeper
 from haca.chain.modules.bank.module import BankModule
+from haca.chain.modules.gov.keeper import GovKeeper
+from haca.chain.modules.gov.module import GovModule
 from haca.chain.modules.inference.keeper import ESCROW_ACCOUNT, InferenceKeeper
 from haca.chain.modules.inference.module import InferenceModule
 from haca.chain.modules.registry.keeper import RegistryKeeper
@@ -80,6 +82,8 @@ class HacaApp(BaseApplication):
             RegistryModule(self.registry),
             InferenceModule(self.inference, self.registry, self.bank),
         ]
+        self.gov = GovKeeper()
+        self.modules.append(GovModule(self.gov, self.modules))
         self.queries: dict[str, Query] = {}
         for module in self.modules:
             for msg_type, handler in module.handlers().items():

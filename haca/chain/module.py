@@ -77,3 +77,10 @@ class Module:
 
     def invariants(self) -> Mapping[str, Invariant]:
         return {}
+
+    def update_params(self, state: CachedState, changes: dict[str, Any]) -> dict[str, int]:
+        """Apply a governance change to this module's params; the params now in force.
+        ValueError when the change is invalid; InvalidMessage when the module has none."""
+        from haca.chain.errors import InvalidMessage
+
+        raise InvalidMessage(f"module {self.name!r} has no params")

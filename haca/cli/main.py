@@ -11,6 +11,7 @@ import typer
 from haca.cli.chain import query_app, tx_app
 from haca.cli.demo import demo
 from haca.cli.devnet import devnet_app, validator_app
+from haca.cli.gov import gov_app
 from haca.cli.hub import hub_app
 from haca.cli.inference import allowance_app, deposit, escrow, infer, node_app, receipt_app, withdraw
 from haca.cli.keys import app as keys_app
@@ -45,6 +46,7 @@ app.add_typer(hub_app, name="hub")
 app.add_typer(node_app, name="node")
 app.add_typer(receipt_app, name="receipt")
 app.add_typer(allowance_app, name="allowance")
+app.add_typer(gov_app, name="gov")
 app.command("deposit")(deposit)
 app.command("withdraw")(withdraw)
 app.command("escrow")(escrow)

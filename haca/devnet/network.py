@@ -149,6 +149,7 @@ class Devnet:
     def _genesis(self, chain_id: str, identities: list[Any]) -> dict[str, Any]:
         template = json.loads(ValidatorHome(self.dir / "val0").genesis.read_text())
         accounts = tuple(GenesisAccount(key.address, DEV_BALANCE) for _, key in dev_keys() + service_keys())
+        authority = dict(dev_keys())["dev0"].address  # the devnet's governance authority
         template.update(
             genesis_time=datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ"),
             chain_id=chain_id,
@@ -157,7 +158,7 @@ class Devnet:
                 {"address": v.address, "pub_key": v.pub_key, "power": "10", "name": v.moniker} for v in identities
             ],
             app_hash="",
-            app_state=AppGenesis(accounts=accounts).to_json(),
+            app_state=AppGenesis(accounts=accounts, authorities=(authority,)).to_json(),
         )
         return template
 

@@ -102,3 +102,16 @@ def test_validator_init_writes_a_home_and_reports_its_identity(tmp_path):
     assert ident["moniker"] == "alpha" and len(ident["node_id"]) == 40
     config = (tmp_path / "v" / "cometbft" / "config" / "config.toml").read_text()
     assert 'moniker = "alpha"' in config and "unix://" in config
+
+
+def test_gov_the_devnet_authority_changes_a_param_and_anyone_else_is_refused(devnet):
+    authority = devnet.keys.get("dev0").address
+    assert haca(devnet, "gov", "authorities") == {"authorities": [authority]}
+    before = devnet.client.query("/inference/params")
+    refused = haca(devnet, "gov", "update-params", "--module", "inference", "--set", "revoke_delay=1", "--from", "dev1",
+                   ok=False)  # fmt: skip
+    assert refused["error"]["code"] == "tx_rejected" and "not a governance authority" in refused["error"]["message"]
+    assert devnet.client.query("/inference/params") == before
+    changed = haca(devnet, "gov", "update-params", "--module", "inference", "--set", "revoke_delay=33")
+    assert changed["params"] == {**before, "revoke_delay": 33}
+    assert devnet.client.query("/inference/params")["revoke_delay"] == 33

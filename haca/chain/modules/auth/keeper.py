@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 from dataclasses import dataclass
+from typing import ClassVar
 
 from haca.chain.state import CachedState, ReadableState, get_int, set_int
 from haca.types.encoding import canonical_json
@@ -19,6 +20,8 @@ def nonce_key(address: str) -> bytes:
 @dataclass(frozen=True)
 class FeeParams:
     """Tx fee = at least `tx_fee_base + tx_fee_per_byte * len(tx)`; all of it is burned."""
+
+    LIMITS: ClassVar[dict[str, int]] = {"tx_fee_base": 10**18, "tx_fee_per_byte": 10**15}
 
     tx_fee_base: int = 1_000
     tx_fee_per_byte: int = 2

@@ -7,7 +7,8 @@ from typing import TYPE_CHECKING, Any
 
 from haca.chain.module import Module, Query
 from haca.chain.modules.auth import queries
-from haca.chain.modules.auth.keeper import AuthKeeper
+from haca.chain.modules.auth.keeper import AuthKeeper, FeeParams
+from haca.chain.params import parse_params
 from haca.chain.state import CachedState, ReadableState
 
 if TYPE_CHECKING:
@@ -32,3 +33,8 @@ class AuthModule(Module):
 
     def export_genesis(self, state: ReadableState) -> dict[str, Any]:
         return {"params": self.keeper.params(state).to_json()}
+
+    def update_params(self, state: CachedState, changes: dict[str, Any]) -> dict[str, int]:
+        params = parse_params(FeeParams, changes, self.keeper.params(state))
+        self.keeper.set_params(state, params)
+        return params.to_json()

@@ -22,7 +22,7 @@ from __future__ import annotations
 
 import json
 from dataclasses import asdict, dataclass
-from typing import Any, Protocol
+from typing import Any, ClassVar, Protocol
 
 from haca.chain.errors import InsufficientEscrow
 from haca.chain.state import CachedState, ReadableState, get_int, set_int
@@ -53,6 +53,13 @@ class Bank(Protocol):
 
 @dataclass(frozen=True)
 class InferenceParams:
+    LIMITS: ClassVar[dict[str, int]] = {
+        "withdraw_delay": 1 << 32,
+        "revoke_delay": 1 << 32,
+        "settlement_fee": 10**18,
+        "settlement_fee_bps": 10_000,
+    }
+
     withdraw_delay: int = 20  # blocks between MsgWithdraw and the payout
     revoke_delay: int = 20  # blocks between MsgRevokeAllowance and the revocation taking effect
     settlement_fee: int = 100  # flat part of the burned settlement fee, per receipt

@@ -11,8 +11,9 @@ from haca.chain.module import BlockContext, BlockResult, Invariant, Module, Quer
 from haca.chain.modules.bank.keeper import BankKeeper
 from haca.chain.modules.inference import handlers, queries
 from haca.chain.modules.inference.invariants import escrow_matches_module_account
-from haca.chain.modules.inference.keeper import InferenceKeeper
+from haca.chain.modules.inference.keeper import InferenceKeeper, InferenceParams
 from haca.chain.modules.registry.keeper import RegistryKeeper
+from haca.chain.params import parse_params
 from haca.chain.state import CachedState, ReadableState
 from haca.chain.tx import Handler
 from haca.types.inference import MsgDeposit, MsgRevokeAllowance, MsgSettle, MsgWithdraw
@@ -50,6 +51,11 @@ class InferenceModule(Module):
 
     def export_genesis(self, state: ReadableState) -> dict[str, Any]:
         return {"params": self.keeper.params(state).to_json()}
+
+    def update_params(self, state: CachedState, changes: dict[str, Any]) -> dict[str, int]:
+        params = parse_params(InferenceParams, changes, self.keeper.params(state))
+        self.keeper.set_params(state, params)
+        return params.to_json()
 
     def begin_block(self, ctx: BlockContext) -> BlockResult:
         paid = self.keeper.release_withdrawals(ctx.state, ctx.height)

@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import json
 from dataclasses import asdict, dataclass
-from typing import Any
+from typing import Any, ClassVar
 
 from haca.chain.errors import NotFound, Unauthorized
 from haca.chain.state import CachedState, ReadableState, get_int, set_int
@@ -35,6 +35,8 @@ PARAMS_KEY = PREFIX + b"params"
 
 @dataclass(frozen=True)
 class RegistryParams:
+    LIMITS: ClassVar[dict[str, int]] = {"price_delay": 1 << 32}
+
     price_delay: int = 20  # blocks between registering a new version and its terms taking effect
 
     def to_json(self) -> dict[str, int]:

@@ -7,7 +7,8 @@ from typing import TYPE_CHECKING, Any
 
 from haca.chain.module import Module, Query
 from haca.chain.modules.registry import handlers, queries
-from haca.chain.modules.registry.keeper import RegistryKeeper
+from haca.chain.modules.registry.keeper import RegistryKeeper, RegistryParams
+from haca.chain.params import parse_params
 from haca.chain.state import CachedState, ReadableState
 from haca.chain.tx import Handler
 from haca.types.registry import MsgRegisterModel, MsgRegisterNode
@@ -45,3 +46,8 @@ class RegistryModule(Module):
 
     def export_genesis(self, state: ReadableState) -> dict[str, Any]:
         return {"params": self.keeper.params(state).to_json()}
+
+    def update_params(self, state: CachedState, changes: dict[str, Any]) -> dict[str, int]:
+        params = parse_params(RegistryParams, changes, self.keeper.params(state))
+        self.keeper.set_params(state, params)
+        return params.to_json()

@@ -1,0 +1,1 @@
+"""gov: the governance authorities named in genesis, and the messages only they may send."""
