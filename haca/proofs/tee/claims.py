@@ -1,0 +1,66 @@
+"""What every attestation verifier reports, whatever the format, and the policy checked on it."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+from haca.proofs.receipt import EvidenceError
+
+FORMATS = ("nitro", "tdx", "sgx", "snp", "dev")
+
+
+class AttestationError(EvidenceError):
+    """Evidence that does not verify; `step` names what failed (signature, chain, expired, debug, …)."""
+
+    def __init__(self, step: str, message: str) -> None:
+        super().__init__(f"{step}: {message}")
+        self.step = step
+
+
+@dataclass(frozen=True)
+class Claims:
+    format: str  # one of FORMATS
+    measurements: Mapping[str, bytes]  # e.g. {"pcr0": …} / {"mr_td": …, "rtmr0": …} / {"measurement": …}
+    report_data: bytes  # what the enclave bound into the evidence (user_data for Nitro)
+    debug: bool
+    tcb_status: str  # "UpToDate", "OutOfDate", … ("UpToDate" where the format has no TCB notion)
+    advisory_ids: tuple[str, ...] = ()
+    signer_chain: tuple[str, ...] = ()  # subjects (or names) from the leaf up to the trusted root
+    time: int = 0  # unix seconds the evidence was made at (0 when the format does not say)
+    public_key: bytes = b""  # Nitro's public_key field, when present
+    extra: Mapping[str, Any] = field(default_factory=dict)  # format-specific facts worth showing
+    dev: bool = False  # made by the labelled dev attester: DEV-MODE, NOT FOR PRODUCTION
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "format": self.format,
+            "measurements": {k: v.hex() for k, v in sorted(self.measurements.items())},
+            "report_data": self.report_data.hex(),
+            "debug": self.debug,
+            "tcb_status": self.tcb_status,
+            "advisory_ids": list(self.advisory_ids),
+            "signer_chain": list(self.signer_chain),
+            "time": self.time,
+            "public_key": self.public_key.hex(),
+            "extra": {k: v.hex() if isinstance(v, bytes) else v for k, v in sorted(self.extra.items())},
+            "dev": self.dev,
+        }
+
+
+@dataclass(frozen=True)
+class AttestationPolicy:
+    """The default refuses debug enclaves and anything but an up-to-date TCB."""
+
+    allow_debug: bool = False
+    allowed_statuses: tuple[str, ...] = ("UpToDate",)
+
+    def check(self, claims: Claims) -> None:
+        if claims.debug and not self.allow_debug:
+            raise AttestationError("debug", f"{claims.format} evidence is from a debug enclave")
+        if claims.tcb_status not in self.allowed_statuses:
+            raise AttestationError(
+                "tcb_status",
+                f"TCB status {claims.tcb_status!r} is not allowed (allowed: {list(self.allowed_statuses)})",
+            )
