@@ -92,7 +92,7 @@ class HacaApp(BaseApplication):
                 if path in self.queries:
                     raise RuntimeError(f"query path {path} is registered twice")
                 self.queries[path] = query
-        self.last_block_time = 0  # CheckTx runs txs at the last committed block's time
+        self.last_block_time = store.block_time  # CheckTx runs txs at the last committed block's time
         self.check_state = CachedState(store)
         self.block_state: CachedState | None = None
         self.staged: StagedBlock | None = None
@@ -251,7 +251,7 @@ class HacaApp(BaseApplication):
     def commit(self, req: abci.RequestCommit) -> abci.ResponseCommit:
         if self.staged is None or self.block_state is None:
             raise RuntimeError("commit without a finalized block")
-        self.store.commit(self.pending_height, self.staged)
+        self.store.commit(self.pending_height, self.staged, self.pending_time)
         self.last_block_time = self.pending_time
         self.block_state, self.staged, self.processed = None, None, None
         self.check_state = CachedState(self.store)

@@ -85,6 +85,7 @@ class CommitStore:
         self.height = int(self._meta("height") or b"0")
         self.app_hash = self._meta("app_hash") or b""
         self.root = self._meta("root") or EMPTY_ROOT
+        self.block_time = int(self._meta("block_time") or b"0")
 
     def _meta(self, name: str) -> bytes | None:
         row = self._db.execute("SELECT value FROM meta WHERE name = ?", (name,)).fetchone()
@@ -116,8 +117,9 @@ class CommitStore:
                     batch.set(key, value)
         return StagedBlock(root=trie.root_hash, writes=dict(writes))
 
-    def commit(self, height: int, staged: StagedBlock) -> None:
-        """Persist a staged block as `height` atomically; its root becomes the app hash."""
+    def commit(self, height: int, staged: StagedBlock, block_time: int = 0) -> None:
+        """Persist a staged block as `height` atomically; its root becomes the app hash. The block's
+        header time is kept beside it (not in the trie) for CheckTx after a restart."""
         db = self._db
         db.execute("BEGIN IMMEDIATE")
         try:
@@ -129,7 +131,12 @@ class CommitStore:
             db.execute("INSERT OR REPLACE INTO roots VALUES (?, ?)", (height, staged.root))
             db.executemany(
                 "INSERT OR REPLACE INTO meta VALUES (?, ?)",
-                [("height", str(height).encode()), ("app_hash", staged.root), ("root", staged.root)],
+                [
+                    ("height", str(height).encode()),
+                    ("app_hash", staged.root),
+                    ("root", staged.root),
+                    ("block_time", str(block_time).encode()),
+                ],
             )
             db.execute("COMMIT")
         except BaseException:
@@ -137,6 +144,7 @@ class CommitStore:
             raise
         self._nodes.pending.clear()
         self.height, self.app_hash, self.root = height, staged.root, staged.root
+        self.block_time = block_time
 
     def root_at(self, height: int) -> bytes | None:
         row = self._db.execute("SELECT root FROM roots WHERE height = ?", (height,)).fetchone()

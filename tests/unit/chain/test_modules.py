@@ -79,6 +79,7 @@ def test_hooks_and_handlers_see_the_header_height_and_time_and_updates_reach_com
     recorder.seen.clear()
     node.check(signed_tx(ALICE, 1, MsgSend(BOB.address, 5)))
     assert recorder.seen == [("tx", 2, block_time(1))]
+    assert node.reopen().app.last_block_time == block_time(1)  # kept across a restart
 
 
 def test_a_proposal_executed_at_another_time_is_not_reused(tmp_path: Path) -> None:
