@@ -21,6 +21,10 @@ def parse_params(cls: type[P], doc: Any, base: P) -> P:
     if unknown:
         raise ValueError(f"{cls.__name__}: unknown params {unknown}; known: {names}")
     values = {name: parse_uint(doc.get(name, getattr(base, name)), name, 64) for name in names}
+    minimums: Mapping[str, int] = getattr(cls, "MINIMUMS", {})
+    for name, least in minimums.items():
+        if values[name] < least:
+            raise ValueError(f"{name} must be at least {least}")
     limits: Mapping[str, int] = getattr(cls, "LIMITS", {})
     for name, limit in limits.items():
         if values[name] > limit:

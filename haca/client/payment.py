@@ -89,10 +89,11 @@ class PaymentOffer:
         )
 
 
-def accept_fee(offer: PaymentOffer, rows: int, max_fee: int | None, manifest: dict[str, Any], node_price: int) -> int:
+def accept_fee(offer: PaymentOffer, rows: int, max_fee: int | None, manifest: dict[str, Any]) -> int:
     """The fee to sign for `rows` rows on `offer`, after checking it is one the caller accepts:
-    at most `max_fee`, or, without one, at most the price published on chain (the model's terms
-    in effect at the quoted height and the node's registered price). There is no unbounded default."""
+    at most `max_fee`, or, without one, at most the model's price on chain (its terms in effect at
+    the quoted height). A node's own registered price can change at once, so it never raises the
+    default bound: paying a node above the model's price takes an explicit `max_fee`."""
     if rows > offer.max_rows:
         raise PaymentRequiredError(f"{rows} rows; the node takes at most {offer.max_rows} per request")
     fee = offer.fee(rows)
@@ -100,10 +101,11 @@ def accept_fee(offer: PaymentOffer, rows: int, max_fee: int | None, manifest: di
         if fee > max_fee:
             raise PaymentRequiredError(f"node asks {fee}, more than the max fee {max_fee}")
         return fee
-    published = request_fee(max(int(manifest["price"]), node_price), manifest["price_unit"], rows)
+    published = request_fee(int(manifest["price"]), manifest["price_unit"], rows)
     if fee > published:
         raise PaymentRequiredError(
-            f"node asks {fee}, more than the price on chain ({published} for {rows} rows); pass a max fee to accept"
+            f"node asks {fee}, more than the model's price on chain ({published} for {rows} rows);"
+            " pass a max fee to accept"
         )
     return fee
 

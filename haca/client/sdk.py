@@ -32,6 +32,8 @@ from haca.types.modes import Mode, Status
 from haca.types.payment import PaymentAuthorization
 from haca.types.receipt import SignedReceipt
 
+TERMS_LAG_BLOCKS = 5  # how far the quoted terms' height may be from the chain's, either way
+
 
 class NodeError(HacaError):
     """The node refused the request (4xx/5xx other than 402)."""
@@ -65,9 +67,15 @@ class _Base:
         self.chain = chain
         self._node_address = node_address.lower() if node_address else None
 
-    def _terms(self, offer: PaymentOffer) -> tuple[dict[str, Any], int]:
+    def _terms(self, offer: PaymentOffer) -> dict[str, Any]:
         """The chain's terms for the offer: the manifest in effect at the quoted height (which
-        must be the model the node names) and the node's registered price."""
+        must be the model the node names, and a height near the chain's own), for a node the
+        chain has registered in that mode."""
+        height = self.chain.rpc.height()
+        if not height - TERMS_LAG_BLOCKS <= offer.terms_height <= height + TERMS_LAG_BLOCKS:
+            raise PaymentRequiredError(
+                f"node quotes the terms of height {offer.terms_height}; the chain is at {height}"
+            )
         try:
             manifest = self.chain.query("/registry/model_in_effect", f"{offer.model_id}@{offer.terms_height}".encode())
             node = self.chain.query("/registry/node", offer.node.encode())
@@ -77,11 +85,13 @@ class _Base:
             raise ReceiptInvalid(
                 f"node offers {offer.model_id} as {offer.model!r}; the chain names it {manifest['name']!r}"
             )
-        return manifest, int(node["price"])
+        if offer.mode not in node["modes"]:
+            raise PaymentRequiredError(f"node {offer.node} is not registered on chain for mode {offer.mode!r}")
+        return manifest
 
     def _payment(self, input: Any, offer: PaymentOffer, max_fee: int | None) -> tuple[dict[str, Any], int]:
-        manifest, node_price = self._terms(offer)
-        return manifest, accept_fee(offer, input_rows(input, manifest["input_schema"]), max_fee, manifest, node_price)
+        manifest = self._terms(offer)
+        return manifest, accept_fee(offer, input_rows(input, manifest["input_schema"]), max_fee, manifest)
 
     def _offer(self, first: httpx.Response, model: str, mode: str) -> PaymentOffer:
         """The node's answer to an unpaid request must be a 402 with its payment requirements."""

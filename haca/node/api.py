@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import time
 from dataclasses import dataclass
 from typing import Any
@@ -27,6 +28,7 @@ from haca.node.errors import (
     PaymentRequired,
     ReceiptNotFound,
     RequestConflict,
+    RequestTimeout,
     TooManyRows,
 )
 from haca.node.payments import (
@@ -44,6 +46,7 @@ from haca.types.registry import request_rows
 from haca.types.tensor import Tensor, tensors_hash, tensors_to_json
 
 MAX_BODY_BYTES = 1 << 20
+BODY_DEADLINE_S = 10.0
 INLINE_PARSE_BYTES = 16 << 10  # bodies up to this size are parsed on the event loop (cheaper than a thread hop)
 
 
@@ -169,7 +172,11 @@ def create_app(ctx: NodeContext) -> FastAPI:
         try:
             # Payment first, from the headers alone: an unpaid request never has its body read.
             pending = ctx.gate.check(request.headers, quotes)
-            raw = await _read_body(request)
+            try:
+                async with asyncio.timeout(BODY_DEADLINE_S):  # a paid body trickled in cannot outlive its payment
+                    raw = await _read_body(request)
+            except TimeoutError:
+                raise RequestTimeout(f"the body did not arrive within {BODY_DEADLINE_S:.0f} s") from None
             metrics.bodies_parsed.labels("small" if len(raw) <= INLINE_PARSE_BYTES else "large").inc()
             if len(raw) <= INLINE_PARSE_BYTES:
                 served, mode, inputs = _parse_request(ctx, raw)
@@ -179,6 +186,8 @@ def create_app(ctx: NodeContext) -> FastAPI:
             if quote is None:
                 raise ModeNotSupported(f"{served.name!r} is not offered in mode {mode!r} at this height")
             rows = request_rows([t.shape for t in inputs.values()])
+            if rows == 0:  # nothing to run and nothing to charge: a receipt for 0 would never settle
+                raise InvalidInputError("the input has no rows")
             if rows > quote.max_rows:
                 raise TooManyRows(f"{rows} rows; {quote.model_name!r} takes at most {quote.max_rows} per request")
             accepted = ctx.gate.charge(pending, quote, rows)

@@ -40,6 +40,11 @@ class PayloadTooLarge(NodeError):
     code = "payload_too_large"
 
 
+class RequestTimeout(NodeError):
+    status = 408
+    code = "request_timeout"
+
+
 class TooManyRows(NodeError):
     """More rows than the model's terms allow in one request: the fee follows the work."""
 

@@ -250,6 +250,9 @@ class PaymentGate:
         """Hold the fee for `rows` rows on `quote`'s terms; PaymentRequired when it is not covered."""
         fee = quote.fee(rows)
         auth = pending.authorization
+        # The body may have taken a while: what `check` saw must still hold now.
+        value = pending.payment.value
+        self._common(value.node, value.chain_id, value.expiry)
         if auth is not None:
             if (auth.model_id, auth.mode) != (quote.model_id, quote.mode):
                 raise PaymentRequired("authorisation is for another model or mode than the request's")
@@ -266,7 +269,9 @@ class PaymentGate:
             return AcceptedPayment(pending.payment, pending.client, pending.request_id, fee, reserved)
         allowance = pending.payment.value
         assert isinstance(allowance, SpendingAllowance)
-        spent, _ = self.chain.allowance(allowance)
+        spent, revoked_from = self.chain.allowance(allowance)
+        if revoked_from:
+            raise PaymentRequired(f"API key allowance was revoked on chain (effective at height {revoked_from})")
         held = self._held_allowance.get(allowance.id, 0)
         unsettled = self.store.unsettled_allowance(allowance.id) + held
         if spent + unsettled + fee > allowance.cap:

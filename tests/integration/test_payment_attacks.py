@@ -180,10 +180,12 @@ def test_1_a_node_that_signs_a_receipt_above_its_quote_is_refused_by_the_client_
         assert net.chain.balance(thief.address) == balances[1]  # refused in CheckTx: not even a tx fee moved
         assert net.chain.supply()["burned"] == burned
 
-        # Without --max-fee the client accepts at most the price published on chain.
+        # Without --max-fee the client accepts at most the model's price on chain: re-registering the
+        # node at a higher price (which takes effect at once) does not raise that bound.
+        net.chain.send_msgs(thief, (MsgRegisterNode("http://thief.invalid", ("vanilla",), ("iris",), 10 * price),))
         greedy = OverchargingNode(net, thief, quote=10 * price, charge=10 * price)
         client.http = httpx.Client(transport=httpx.MockTransport(greedy.handle))
-        with pytest.raises(PaymentRequiredError, match="more than the price on chain"):
+        with pytest.raises(PaymentRequiredError, match="more than the model.s price on chain"):
             client.infer("iris", IRIS_INPUT)
         assert greedy.paid == []  # nothing was signed or sent
         with pytest.raises(PaymentRequiredError, match="more than the max fee"):

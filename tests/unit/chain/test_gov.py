@@ -3,12 +3,13 @@ from anyone else, or with bad params, it is refused with its code and changes no
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import pytest
 
 from haca.chain import errors
-from haca.chain.genesis import AppGenesis, GenesisAccount
+from haca.chain.genesis import AppGenesis, GenesisAccount, parse_app_genesis
 from haca.chain.modules.inference.keeper import InferenceParams
 from haca.crypto.keys import PrivateKey
 from haca.types.gov import MsgUpdateParams
@@ -90,3 +91,13 @@ def test_the_message_round_trips_through_the_tx_codec(chain) -> None:
     raw = chain.tx(AUTHORITY, MsgUpdateParams("inference", {"revoke_delay": 9}))
     (msg,) = decode_tx(raw).msgs
     assert msg == MsgUpdateParams("inference", {"revoke_delay": 9})
+
+
+@pytest.mark.parametrize("name", ["withdraw_delay", "revoke_delay"])
+def test_a_delay_of_zero_is_refused_by_governance_and_genesis(chain, name) -> None:
+    rejected(chain, AUTHORITY, MsgUpdateParams("inference", {name: 0}), errors.InvalidMessage.code,
+             f"{name} must be at least 1")  # fmt: skip
+    doc = GENESIS.to_json()
+    doc["params"]["inference"][name] = "0"
+    with pytest.raises(errors.InvalidGenesis, match=f"{name} must be at least 1"):
+        parse_app_genesis(json.dumps(doc).encode())

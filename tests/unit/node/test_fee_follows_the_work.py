@@ -218,3 +218,31 @@ def test_one_x_payment_sent_twice_at_once_runs_the_model_once(tmp_path: Path, mo
     assert asyncio.run(both()) == [200, 409]
     assert CountingModel.runs == [1]
     assert node.store.unsettled_charges(CLIENT.address) == (1, PRICE)
+
+
+def test_a_request_with_no_rows_is_a_422_and_charges_nothing(tmp_path: Path):
+    node = make_node(tmp_path, price_unit="row")
+    _, header = sign_payment(CLIENT, offer_of(node), PRICE)
+    empty = {"model": "double", "input": {"x": {"dtype": "float32", "shape": [0, 2], "data": []}}}
+    response = node.client.post("/v1/infer", json=empty, headers={"X-PAYMENT": header})
+    assert assert_error(response, 422, "invalid_input") == "the input has no rows"
+    assert node.store.unsettled_count() == 0
+
+
+def test_expiry_and_revocation_are_checked_again_once_the_body_is_in(tmp_path: Path):
+    # A body sent slowly must not outlive its payment: charge() re-checks what check() saw.
+    node = make_node(tmp_path)
+    gate: PaymentGate = node.app.state.context.gate
+    quotes = node_api.current_quotes(node.app.state.context)
+    offer = offer_of(node)
+    _, header = sign_payment(CLIENT, replace(offer, expiry=HEIGHT + gate.settle_margin), PRICE)
+    pending = gate.check({"x-payment": header}, quotes)
+    node.view.current_height = HEIGHT + 1  # the body took a block
+    with pytest.raises(node_api.PaymentRequired, match="too soon to settle"):
+        gate.charge(pending, quotes[(offer.model_id, "vanilla")], 1)
+    key = create_api_key(CLIENT, CHAIN_ID, NODE.address, cap=100 * PRICE, expiry=HEIGHT + 1000, nonce=5)
+    pending = gate.check({"authorization": f"Bearer {key}"}, quotes)
+    node.view.revoked[decode_api_key(key).value.id] = HEIGHT + 30  # announced while the body was arriving
+    with pytest.raises(node_api.PaymentRequired, match="revoked on chain"):
+        gate.charge(pending, quotes[(offer.model_id, "vanilla")], 1)
+    assert gate._held == {} and gate._in_flight == set()

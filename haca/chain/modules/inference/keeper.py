@@ -53,6 +53,8 @@ class Bank(Protocol):
 
 @dataclass(frozen=True)
 class InferenceParams:
+    # A delay of 0 would release a withdrawal at a height whose begin-block already ran.
+    MINIMUMS: ClassVar[dict[str, int]] = {"withdraw_delay": 1, "revoke_delay": 1}
     LIMITS: ClassVar[dict[str, int]] = {
         "withdraw_delay": 1 << 32,
         "revoke_delay": 1 << 32,
