@@ -185,7 +185,7 @@ def test_1_a_node_that_signs_a_receipt_above_its_quote_is_refused_by_the_client_
         net.chain.send_msgs(thief, (MsgRegisterNode("http://thief.invalid", ("vanilla",), ("iris",), 10 * price),))
         greedy = OverchargingNode(net, thief, quote=10 * price, charge=10 * price)
         client.http = httpx.Client(transport=httpx.MockTransport(greedy.handle))
-        with pytest.raises(PaymentRequiredError, match="more than the model.s price on chain"):
+        with pytest.raises(PaymentRequiredError, match="more than the model's price on chain"):
             client.infer("iris", IRIS_INPUT)
         assert greedy.paid == []  # nothing was signed or sent
         with pytest.raises(PaymentRequiredError, match="more than the max fee"):
