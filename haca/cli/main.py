@@ -8,6 +8,7 @@ from typing import Annotated
 
 import typer
 
+from haca.cli.attestation import attestation_app
 from haca.cli.chain import query_app, tx_app
 from haca.cli.demo import demo
 from haca.cli.devnet import devnet_app, validator_app
@@ -47,6 +48,7 @@ app.add_typer(node_app, name="node")
 app.add_typer(receipt_app, name="receipt")
 app.add_typer(allowance_app, name="allowance")
 app.add_typer(gov_app, name="gov")
+app.add_typer(attestation_app, name="attestation")
 app.command("deposit")(deposit)
 app.command("withdraw")(withdraw)
 app.command("escrow")(escrow)
