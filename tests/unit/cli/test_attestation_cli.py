@@ -44,3 +44,15 @@ def test_snp_fixture_verifies_with_its_vcek() -> None:
 def test_snp_without_a_vcek_is_a_usage_error() -> None:
     code, doc = run(str(FIXTURES / "snp" / "report_milan.hex"), "--format", "snp", "--at", str(SNP_AT))
     assert code == 1 and "--vcek" in doc["error"]["message"]
+
+
+def test_tdx_fixture_verifies_with_its_collateral_and_a_late_time_names_the_step() -> None:
+    tdx = FIXTURES / "tdx"
+    args = [str(tdx / "tdx_quote"), "--format", "tdx", "--collateral", str(tdx / "tdx_quote_collateral.json")]
+    code, doc = run(*args, "--at", "1751328000")
+    assert code == 0, doc
+    assert doc["format"] == "tdx" and doc["tcb_status"] == "UpToDate" and doc["debug"] is False
+    code, doc = run(*args, "--at", "1756512000")
+    assert code == 1 and doc["error"]["message"].startswith("expired:")
+    code, doc = run(*args[:-2], "--format", "sgx", "--at", "1751328000")
+    assert code == 1 and "needs --collateral" in doc["error"]["message"]
