@@ -13,6 +13,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
+from haca.chain.errors import InvalidMessage
 from haca.chain.events import Event
 from haca.chain.state import CachedState, ReadableState
 from haca.chain.tx import Handler
@@ -81,6 +82,4 @@ class Module:
     def update_params(self, state: CachedState, changes: dict[str, Any]) -> dict[str, int]:
         """Apply a governance change to this module's params; the params now in force.
         ValueError when the change is invalid; InvalidMessage when the module has none."""
-        from haca.chain.errors import InvalidMessage
-
         raise InvalidMessage(f"module {self.name!r} has no params")

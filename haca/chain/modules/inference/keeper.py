@@ -2,7 +2,6 @@
 
     inference/params                                                -> params JSON
     inference/escrow/<client:20><node:20>                           -> amount the client holds for that node
-    inference/withdrawing/<client:20><node:20>                      -> total of its pending withdrawals
     inference/withdrawal/<release:u64be><client:20><node:20>        -> amount to pay back at that height
     inference/lane_withdrawal/<client:20><node:20><release:u64be>   -> the same amount, listed per lane
     inference/settled/<client:20><request id:32>                    -> receipt id (a request settles once)
@@ -33,7 +32,6 @@ from haca.types.encoding import canonical_json
 PREFIX = b"inference/"
 PARAMS_KEY = PREFIX + b"params"
 ESCROW_PREFIX = PREFIX + b"escrow/"
-WITHDRAWING_PREFIX = PREFIX + b"withdrawing/"
 WITHDRAWAL_PREFIX = PREFIX + b"withdrawal/"
 LANE_WITHDRAWAL_PREFIX = PREFIX + b"lane_withdrawal/"
 SETTLED_PREFIX = PREFIX + b"settled/"
@@ -114,7 +112,8 @@ class InferenceKeeper:
         set_int(state, ESCROW_PREFIX + lane_key(client, node), self.escrow(state, client, node) + amount)
 
     def withdrawing(self, state: ReadableState, client: str, node: str) -> int:
-        return get_int(state, WITHDRAWING_PREFIX + lane_key(client, node))
+        """The total of the lane's pending withdrawals (a lane has few: the sum is read, not kept)."""
+        return sum(amount for _, amount in self.withdrawals(state, client, node))
 
     def request_withdrawal(self, state: CachedState, client: str, node: str, amount: int, height: int) -> int:
         lane = lane_key(client, node)
@@ -126,7 +125,6 @@ class InferenceKeeper:
         set_int(state, key, get_int(state, key) + amount)
         listed = LANE_WITHDRAWAL_PREFIX + lane + release.to_bytes(8, "big")
         set_int(state, listed, get_int(state, listed) + amount)
-        set_int(state, WITHDRAWING_PREFIX + lane, pending + amount)
         return release
 
     def withdrawals(self, state: ReadableState, client: str, node: str) -> list[tuple[int, int]]:
@@ -147,11 +145,6 @@ class InferenceKeeper:
                 self.pay_from_escrow(state, client, node, client, amount)
             state.delete(key)
             state.delete(LANE_WITHDRAWAL_PREFIX + lane + height.to_bytes(8, "big"))
-            left = self.withdrawing(state, client, node) - int(value)
-            if left:
-                set_int(state, WITHDRAWING_PREFIX + lane, left)
-            else:
-                state.delete(WITHDRAWING_PREFIX + lane)
             paid.append((client, node, amount))
         return paid
 

@@ -9,10 +9,10 @@ from typing import Any
 from haca.chain.errors import InvalidQuery, NotFound
 from haca.chain.modules.inference.keeper import (
     ESCROW_PREFIX,
+    LANE_WITHDRAWAL_PREFIX,
     PARAMS_KEY,
     RECEIPT_PREFIX,
     SPENT_PREFIX,
-    WITHDRAWING_PREFIX,
     InferenceKeeper,
     lane_key,
 )
@@ -31,17 +31,19 @@ def query_escrow(keeper: InferenceKeeper, state: ReadableState, data: bytes) -> 
     lanes = [_lane(keeper, state, client, node) for node in nodes]
     total = sum(int(lane["escrow"]) for lane in lanes)
     answer = {"address": client, "escrow": str(total), "lanes": lanes}
-    keys = [
-        k
-        for node in nodes
-        for k in (ESCROW_PREFIX + lane_key(client, node), WITHDRAWING_PREFIX + lane_key(client, node))
+    keys = [ESCROW_PREFIX + lane_key(client, node) for node in nodes]
+    keys += [
+        LANE_WITHDRAWAL_PREFIX + lane_key(client, lane["node"]) + int(w["release_height"]).to_bytes(8, "big")
+        for lane in lanes
+        for w in lane["withdrawals"]
     ]
     return answer, keys
 
 
 def _lane(keeper: InferenceKeeper, state: ReadableState, client: str, node: str) -> dict[str, Any]:
-    escrow, withdrawing = keeper.escrow(state, client, node), keeper.withdrawing(state, client, node)
-    pending = [{"release_height": h, "amount": str(a)} for h, a in keeper.withdrawals(state, client, node)]
+    escrow, withdrawals = keeper.escrow(state, client, node), keeper.withdrawals(state, client, node)
+    withdrawing = sum(amount for _, amount in withdrawals)
+    pending = [{"release_height": h, "amount": str(a)} for h, a in withdrawals]
     return {
         "node": node,
         "escrow": str(escrow),
