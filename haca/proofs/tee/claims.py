@@ -6,6 +6,8 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
+from cryptography import x509
+
 from haca.proofs.receipt import EvidenceError
 
 FORMATS = ("nitro", "tdx", "sgx", "snp", "dev")
@@ -17,6 +19,15 @@ class AttestationError(EvidenceError):
     def __init__(self, step: str, message: str) -> None:
         super().__init__(f"{step}: {message}")
         self.step = step
+
+
+def check_validity(cert: x509.Certificate, what: str, now: int) -> None:
+    """`cert` must be valid at `now` (unix seconds, bounds included); step "expired" otherwise."""
+    not_before, not_after = int(cert.not_valid_before_utc.timestamp()), int(cert.not_valid_after_utc.timestamp())
+    if now < not_before:
+        raise AttestationError("expired", f"the {what} is not valid before {not_before} (now {now})")
+    if now > not_after:
+        raise AttestationError("expired", f"the {what} expired at {not_after} (now {now})")
 
 
 @dataclass(frozen=True)

@@ -44,7 +44,7 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.hazmat.primitives.asymmetric.utils import encode_dss_signature
 from cryptography.x509.verification import Criticality, ExtensionPolicy, PolicyBuilder, Store, VerificationError
 
-from haca.proofs.tee.claims import AttestationError, Claims
+from haca.proofs.tee.claims import AttestationError, Claims, check_validity
 
 COSE_SIGN1_TAG = 18
 COSE_HEADER_ALG = 1
@@ -244,14 +244,6 @@ def _load_der(der: bytes, what: str) -> x509.Certificate:
         raise AttestationError("chain", f"the {what} certificate does not parse: {e}") from None
 
 
-def _check_validity(cert: x509.Certificate, what: str, now: int) -> None:
-    nb, na = int(cert.not_valid_before_utc.timestamp()), int(cert.not_valid_after_utc.timestamp())
-    if now < nb:
-        raise AttestationError("expired", f"the {what} certificate is not valid before {nb} (now {now})")
-    if now > na:
-        raise AttestationError("expired", f"the {what} certificate expired at {na} (now {now})")
-
-
 def _verify_chain(
     leaf: x509.Certificate, intermediates: list[x509.Certificate], roots: list[x509.Certificate], now: int
 ) -> list[x509.Certificate]:
@@ -333,9 +325,9 @@ def verify_nitro(document: bytes | str, now: int, root_pem: bytes | None = None)
     roots = list(pinned_root()) if root_pem is None else _load_roots(root_pem, "supplied root")
     leaf = _load_der(fields["certificate"], "leaf")
     intermediates = [_load_der(der, f"cabundle[{i}]") for i, der in enumerate(fields["cabundle"]) if i > 0]
-    _check_validity(leaf, "leaf", now)
+    check_validity(leaf, "leaf certificate", now)
     for i, cert in enumerate(intermediates, start=1):
-        _check_validity(cert, f"cabundle[{i}]", now)
+        check_validity(cert, f"cabundle[{i}] certificate", now)
     chain = _verify_chain(leaf, intermediates, roots, now)
 
     _check_signature(cose, leaf)

@@ -35,7 +35,7 @@ from cryptography.hazmat.primitives.asymmetric.types import CertificatePublicKey
 from cryptography.hazmat.primitives.asymmetric.utils import encode_dss_signature
 from cryptography.x509.oid import NameOID, SignatureAlgorithmOID
 
-from haca.proofs.tee.claims import AttestationError, Claims
+from haca.proofs.tee.claims import AttestationError, Claims, check_validity
 
 REPORT_SIZE = 0x4A0  # 1184
 SIGNED_END = 0x2A0  # the signature covers bytes 0x000..0x29F
@@ -180,14 +180,6 @@ def _check_pss(cert: x509.Certificate, issuer: x509.Certificate, what: str) -> N
         raise AttestationError("chain", f"the {what}'s signature does not verify") from None
 
 
-def _check_validity(cert: x509.Certificate, what: str, now: int) -> None:
-    nb, na = int(cert.not_valid_before_utc.timestamp()), int(cert.not_valid_after_utc.timestamp())
-    if now < nb:
-        raise AttestationError("expired", f"the {what} is not valid before {nb} (now {now})")
-    if now > na:
-        raise AttestationError("expired", f"the {what} expired at {na} (now {now})")
-
-
 def verify_snp(report: bytes | str, vcek_der: bytes, now: int, chain_pem: bytes | None = None) -> Claims:
     """Verify an SEV-SNP report (raw 1184 bytes or hex) with its VCEK (DER) at ``now`` (unix seconds).
 
@@ -228,7 +220,7 @@ def verify_snp(report: bytes | str, vcek_der: bytes, now: int, chain_pem: bytes 
     _check_pss(ask, ark, "ASK")
     _check_pss(ark, ark, "ARK")
     for cert, what in ((vcek, "VCEK"), (ask, "ASK"), (ark, "ARK")):
-        _check_validity(cert, what, now)
+        check_validity(cert, what, now)
 
     sig = raw[SIGNED_END : SIGNED_END + 144]
     r, s = int.from_bytes(sig[:72], "little"), int.from_bytes(sig[72:], "little")
