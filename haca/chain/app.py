@@ -14,6 +14,7 @@ from tendermint.crypto import proof_pb2
 
 from haca import __version__
 from haca.chain.abci.base import BaseApplication
+from haca.chain.blocks import record_block_hash
 from haca.chain.errors import ChainError, InvalidQuery, UnknownQuery
 from haca.chain.events import Event
 from haca.chain.genesis import parse_app_genesis
@@ -29,6 +30,8 @@ from haca.chain.modules.inference.keeper import ESCROW_ACCOUNT, InferenceKeeper
 from haca.chain.modules.inference.module import InferenceModule
 from haca.chain.modules.registry.keeper import RegistryKeeper
 from haca.chain.modules.registry.module import RegistryModule
+from haca.chain.modules.tee.keeper import TeeKeeper
+from haca.chain.modules.tee.module import TeeModule
 from haca.chain.state import CachedState, ReadableState
 from haca.chain.store import CommitStore, StagedBlock
 from haca.chain.tx import TxResult, TxRunner
@@ -70,7 +73,9 @@ class HacaApp(BaseApplication):
         self.auth = AuthKeeper()
         self.bank = BankKeeper()
         self.registry = RegistryKeeper()
+        self.tee = TeeKeeper()
         self.inference = InferenceKeeper(self.bank)
+        self.gov = GovKeeper()
         self.bank.module_accounts = frozenset({ESCROW_ACCOUNT})
         self.runner = TxRunner(self.auth, self.bank)
         self.runner.chain_id = auth_keeper.chain_id(store)
@@ -80,9 +85,9 @@ class HacaApp(BaseApplication):
             AuthModule(self.auth),
             BankModule(self.bank),
             RegistryModule(self.registry),
-            InferenceModule(self.inference, self.registry, self.bank),
+            TeeModule(self.tee, self.registry, self.gov),
+            InferenceModule(self.inference, self.registry, self.bank, self.tee),
         ]
-        self.gov = GovKeeper()
         self.modules.append(GovModule(self.gov, self.modules))
         self.queries: dict[str, Query] = {}
         for module in self.modules:
@@ -238,6 +243,8 @@ class HacaApp(BaseApplication):
         if self.block_state is not None:  # InitChain's writes come first in this block
             state.write()
             state = self.block_state
+        # Every validator gets the same block hash here (and ProcessProposal returns no app hash).
+        record_block_hash(state, req.height, bytes(req.hash))
         self.block_state = state
         self.staged = self.store.stage_root(state.writes)
         self.pending_height, self.pending_time = req.height, executed.time

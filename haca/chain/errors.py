@@ -90,3 +90,21 @@ class InvalidPayment(ChainError):
     """A payment authorisation that is malformed, mis-signed or for another request, node or chain."""
 
     code = codes.INVALID_PAYMENT
+
+
+class InvalidAttestation(ChainError):
+    """Attestation evidence does not verify, does not bind the key, or the TEE policy refuses it."""
+
+    code = codes.INVALID_ATTESTATION
+
+
+class MeasurementNotApproved(ChainError):
+    """The enclave's measurement is not approved (or was revoked) by the chain's TEE policy."""
+
+    code = codes.MEASUREMENT_NOT_APPROVED
+
+
+class EnclaveNotInGoodStanding(ChainError):
+    """No attestation of the enclave key covers the receipt's height (e.g. a missed heartbeat)."""
+
+    code = codes.ENCLAVE_NOT_IN_GOOD_STANDING

@@ -12,13 +12,39 @@ from haca.chain.modules.inference.keeper import InferenceParams
 from haca.chain.modules.registry.keeper import RegistryParams
 from haca.chain.params import parse_params
 from haca.crypto.keys import normalize_address
+from haca.proofs.tee.policy import TeePolicy
 from haca.types.encoding import parse_uint
+from haca.types.tee import MsgApproveMeasurement
 
 
 @dataclass(frozen=True)
 class GenesisAccount:
     address: str
     balance: int
+
+
+@dataclass(frozen=True)
+class TeeGenesis:
+    policy: TeePolicy = field(default_factory=TeePolicy)
+    approvals: tuple[tuple[str, str], ...] = ()  # (model name or "*", measurement id)
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "policy": self.policy.to_json(),
+            "approvals": [{"model": scope, "measurement_id": mid} for scope, mid in self.approvals],
+        }
+
+    @classmethod
+    def from_json(cls, doc: Any) -> TeeGenesis:
+        if not isinstance(doc, dict) or not set(doc) <= {"policy", "approvals"}:
+            raise ValueError("tee: expected an object with 'policy' and 'approvals'")
+        approvals = doc.get("approvals", [])
+        if not isinstance(approvals, list):
+            raise ValueError("tee.approvals: expected a list")
+        parsed = tuple(
+            sorted({(a.model, a.measurement_id) for a in (MsgApproveMeasurement.from_json(x) for x in approvals)})
+        )
+        return cls(TeePolicy.from_json(doc.get("policy", {})), parsed)
 
 
 @dataclass(frozen=True)
@@ -29,6 +55,7 @@ class AppGenesis:
     registry: RegistryParams = field(default_factory=RegistryParams)
     accounts: tuple[GenesisAccount, ...] = ()
     authorities: tuple[str, ...] = ()  # governance: the accounts whose messages change params and policy
+    tee: TeeGenesis = field(default_factory=TeeGenesis)
 
     @property
     def total_supply(self) -> int:
@@ -44,6 +71,7 @@ class AppGenesis:
             },
             "accounts": [{"address": a.address, "balance": str(a.balance)} for a in self.accounts],
             "authorities": list(self.authorities),
+            "tee": self.tee.to_json(),
         }
 
 
@@ -64,6 +92,7 @@ def parse_app_genesis(raw: bytes) -> AppGenesis:
         if not isinstance(authorities, list):
             raise ValueError("authorities must be a list of addresses")
         authorities = tuple(sorted({normalize_address(a) for a in authorities}))
+        tee = TeeGenesis.from_json(doc.get("tee", {}))
         accounts = tuple(
             GenesisAccount(normalize_address(a["address"]), parse_uint(a["balance"], "balance"))
             for a in doc.get("accounts", [])
@@ -73,5 +102,11 @@ def parse_app_genesis(raw: bytes) -> AppGenesis:
     if len({a.address for a in accounts}) != len(accounts):
         raise InvalidGenesis("invalid app_state: an account is listed twice")
     return AppGenesis(
-        denom=denom, fees=fees, inference=inference, registry=registry, accounts=accounts, authorities=authorities
+        denom=denom,
+        fees=fees,
+        inference=inference,
+        registry=registry,
+        accounts=accounts,
+        authorities=authorities,
+        tee=tee,
     )

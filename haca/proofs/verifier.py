@@ -15,7 +15,7 @@ from __future__ import annotations
 
 from collections import OrderedDict
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any, Protocol, TypeVar
 
 from haca.crypto.hashing import sha256
@@ -24,6 +24,32 @@ from haca.types.modes import Mode, Status
 from haca.types.receipt import SignedReceipt
 
 T = TypeVar("T")
+
+
+class MeasurementRevoked(EvidenceError):
+    """The enclave's measurement is not approved for the receipt's model (revoked, or never was)."""
+
+
+class EnclaveLapsed(EvidenceError):
+    """No attestation of the enclave key covers the receipt's height (a missed heartbeat)."""
+
+
+@dataclass(frozen=True)
+class EnclaveStanding:
+    """What the chain says about one enclave key, for one receipt (its height and model)."""
+
+    key: str
+    node: str  # the node that registered the key
+    format: str  # attestation format of its evidence (dev: the labelled DEV attester)
+    measurement_id: str
+    dev: bool
+    covered: bool  # an attestation covers the receipt's height
+    approved: bool  # its measurement is approved for the receipt's model now
+    detail: str = ""  # why not, in words
+
+
+def _no_enclave(key: str) -> EnclaveStanding | None:
+    return None
 
 
 @dataclass(frozen=True)
@@ -35,14 +61,19 @@ class VerifyContext:
     time: int  # that block's time, unix seconds, from its header (never a wall clock on chain)
     manifest: Mapping[str, Any]  # the model's terms in effect at the receipt's height hint
     node: Mapping[str, Any]  # the node's registry record
-    enclave_key: str = ""  # tee: the enclave key in good standing for the node at the receipt's height
-    policy: Mapping[str, Any] = field(default_factory=dict)  # tee: the chain's attestation policy
+    # tee: the chain's record of an enclave key, judged for this receipt's height and model
+    enclave: Callable[[str], EnclaveStanding | None] = _no_enclave
 
 
 @dataclass(frozen=True)
 class Verdict:
     status: Status  # SETTLED (signed, not independently verified) or VERIFIED
     signer: str  # the key that signed the receipt
+    enclave: EnclaveStanding | None = None  # tee: the attested key that signed it (dev: DEV attester)
+
+    @property
+    def dev(self) -> bool:
+        return self.enclave is not None and self.enclave.dev
 
 
 class Verifier(Protocol):
@@ -94,10 +125,41 @@ class VanillaVerifier:
         return Verdict(Status.SETTLED, signer)
 
 
+class TeeVerifier:
+    """Signed by an enclave key the chain attested for this node, covering the receipt's height,
+    with a measurement approved for its model now. The receipt carries no evidence of its own:
+    the attestation was checked once, when the key was registered (and at each heartbeat)."""
+
+    mode = Mode.TEE
+
+    def __init__(self, cache: VerdictCache | None = None) -> None:
+        self.cache = cache or VerdictCache()
+
+    def verify(self, signed: SignedReceipt, evidence: bytes, ctx: VerifyContext) -> Verdict:
+        if evidence:
+            raise EvidenceError("tee receipts carry no evidence: the enclave key is attested on chain")
+        signer = self.cache.get((signed.receipt.digest, signed.signature), lambda: receipt_signer(signed))
+        node = str(ctx.node.get("address", ""))
+        if signed.receipt.node != node:
+            raise EvidenceError(f"receipt names node {signed.receipt.node}, not {node}")
+        if signer == node:
+            raise EvidenceError(
+                f"tee receipt is signed by the node's account key {node}, not by an attested enclave key"
+            )
+        standing = ctx.enclave(signer)
+        if standing is None or standing.node != node:
+            raise EvidenceError(f"receipt is signed by {signer}, which is not an enclave key attested for node {node}")
+        if not standing.approved:
+            raise MeasurementRevoked(standing.detail)
+        if not standing.covered:
+            raise EnclaveLapsed(standing.detail)
+        return Verdict(Status.VERIFIED, signer, standing)
+
+
 def verifiers(cache: VerdictCache | None = None) -> dict[str, Verifier]:
     """Every mode this version verifies, sharing one cache."""
     shared = cache or VerdictCache()
-    return {Mode.VANILLA: VanillaVerifier(shared)}
+    return {Mode.VANILLA: VanillaVerifier(shared), Mode.TEE: TeeVerifier(shared)}
 
 
 def verify(table: Mapping[str, Verifier], signed: SignedReceipt, evidence: bytes, ctx: VerifyContext) -> Verdict:

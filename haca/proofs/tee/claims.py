@@ -11,6 +11,16 @@ from cryptography import x509
 from haca.proofs.receipt import EvidenceError
 
 FORMATS = ("nitro", "tdx", "sgx", "snp", "dev")
+# Intel's TCB statuses from best to worst; formats without a TCB notion report "UpToDate".
+TCB_STATUSES = (
+    "UpToDate",
+    "SWHardeningNeeded",
+    "ConfigurationNeeded",
+    "ConfigurationAndSWHardeningNeeded",
+    "OutOfDate",
+    "OutOfDateConfigurationNeeded",
+    "Revoked",
+)
 
 
 class AttestationError(EvidenceError):

@@ -8,7 +8,7 @@ from haca.chain.genesis import AppGenesis, GenesisAccount
 from haca.crypto.keys import PrivateKey
 from haca.types.bank import MsgSend
 from haca.types.inference import MsgDeposit, MsgWithdraw
-from tests.unit.chain.apphelpers import FEES, Node, signed_tx
+from tests.unit.chain.apphelpers import FEES, Node, block_hash_of, block_time, signed_tx
 
 ALICE, BOB = PrivateKey.from_seed("alice"), PrivateKey.from_seed("bob")
 GENESIS = AppGenesis(fees=FEES, accounts=(GenesisAccount(ALICE.address, 10**12),))
@@ -53,6 +53,8 @@ def test_info_after_an_uncommitted_block_lets_cometbft_replay_it_to_the_same_app
     raw = signed_tx(ALICE, 0, MsgDeposit(BOB.address, 1_000))
     first = node.finalize([raw])  # CometBFT dies before Commit, the app process stays up
     node.app.info(abci.RequestInfo())  # CometBFT reconnects and asks where the app is
-    replay = node.app.finalize_block(abci.RequestFinalizeBlock(height=node.height, txs=[raw]))
+    request = abci.RequestFinalizeBlock(height=node.height, txs=[raw], hash=block_hash_of(node.height))
+    request.time.seconds = block_time(node.height)
+    replay = node.app.finalize_block(request)
     assert replay.app_hash == first.app_hash
     assert replay.tx_results[0].code == 0

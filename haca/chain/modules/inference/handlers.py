@@ -6,6 +6,7 @@ from haca.chain.events import Event
 from haca.chain.modules.inference.keeper import InferenceKeeper
 from haca.chain.modules.inference.settle import settle_item
 from haca.chain.modules.registry.keeper import RegistryKeeper
+from haca.chain.modules.tee.keeper import TeeKeeper
 from haca.chain.tx import TxContext
 from haca.types.inference import MsgDeposit, MsgRevokeAllowance, MsgSettle, MsgWithdraw
 
@@ -27,5 +28,7 @@ def handle_revoke_allowance(keeper: InferenceKeeper, ctx: TxContext, msg: MsgRev
     return [Event("revoke_allowance", attrs)]
 
 
-def handle_settle(registry: RegistryKeeper, keeper: InferenceKeeper, ctx: TxContext, msg: MsgSettle) -> list[Event]:
-    return [settle_item(ctx, registry, keeper, item) for item in msg.items]
+def handle_settle(
+    registry: RegistryKeeper, tee: TeeKeeper, keeper: InferenceKeeper, ctx: TxContext, msg: MsgSettle
+) -> list[Event]:
+    return [settle_item(ctx, registry, tee, keeper, item) for item in msg.items]

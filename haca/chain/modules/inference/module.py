@@ -13,6 +13,7 @@ from haca.chain.modules.inference import handlers, queries
 from haca.chain.modules.inference.invariants import escrow_matches_module_account
 from haca.chain.modules.inference.keeper import InferenceKeeper, InferenceParams
 from haca.chain.modules.registry.keeper import RegistryKeeper
+from haca.chain.modules.tee.keeper import TeeKeeper
 from haca.chain.params import parse_params
 from haca.chain.state import CachedState, ReadableState
 from haca.chain.tx import Handler
@@ -25,16 +26,16 @@ if TYPE_CHECKING:
 class InferenceModule(Module):
     name = "inference"
 
-    def __init__(self, keeper: InferenceKeeper, registry: RegistryKeeper, bank: BankKeeper) -> None:
-        self.keeper, self.registry, self.bank = keeper, registry, bank
+    def __init__(self, keeper: InferenceKeeper, registry: RegistryKeeper, bank: BankKeeper, tee: TeeKeeper) -> None:
+        self.keeper, self.registry, self.bank, self.tee = keeper, registry, bank, tee
 
     def handlers(self) -> Mapping[type, Handler]:
-        keeper, registry = self.keeper, self.registry
+        keeper, registry, tee = self.keeper, self.registry, self.tee
         return {
             MsgDeposit: lambda ctx, msg: handlers.handle_deposit(keeper, ctx, msg),
             MsgWithdraw: lambda ctx, msg: handlers.handle_withdraw(keeper, ctx, msg),
             MsgRevokeAllowance: lambda ctx, msg: handlers.handle_revoke_allowance(keeper, ctx, msg),
-            MsgSettle: lambda ctx, msg: handlers.handle_settle(registry, keeper, ctx, msg),
+            MsgSettle: lambda ctx, msg: handlers.handle_settle(registry, tee, keeper, ctx, msg),
         }
 
     def queries(self) -> Mapping[str, Query]:

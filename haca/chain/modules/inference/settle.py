@@ -3,10 +3,12 @@
 Checks (any failure rejects the whole MsgSettle, nothing changes):
 the tx signer is the receipt's node and signed it; the receipt's height hint is not in the future;
 the model's terms in effect at that height allow the mode and price it at most the fee (terms
-changed later never void a receipt); the node is registered for that model and mode; the client
+changed later never void a receipt); the node is registered for that model and mode; the mode's
+verifier accepts the signature (vanilla: the node's account key; tee: an enclave key attested for
+the node, covering the receipt's height, with a measurement approved now); the client
 signed the payment for this node, chain, request (or allowance), unexpired and not revoked at
 this height, fee within max or cap; the request was never settled; the client's escrow for this
-node covers fee + settlement fee; the mode's evidence verifies.
+node covers fee + settlement fee.
 """
 
 from __future__ import annotations
@@ -16,24 +18,29 @@ from typing import Any
 from haca.chain.errors import (
     AlreadySettled,
     AuthorizationExpired,
+    EnclaveNotInGoodStanding,
     FeeAboveLimit,
     InsufficientEscrow,
     InvalidEvidence,
     InvalidPayment,
+    MeasurementNotApproved,
     Unauthorized,
 )
 from haca.chain.events import Event
 from haca.chain.modules.inference.keeper import InferenceKeeper
 from haca.chain.modules.registry.keeper import RegistryKeeper
+from haca.chain.modules.tee.keeper import TeeKeeper
 from haca.chain.tx import TxContext
 from haca.crypto.keys import SignatureError
 from haca.proofs.receipt import EvidenceError
-from haca.proofs.verifier import VerifyContext, verify
+from haca.proofs.verifier import EnclaveLapsed, MeasurementRevoked, VerifyContext, verify
 from haca.types.inference import SettlementItem
 from haca.types.payment import PaymentAuthorization, SpendingAllowance
 
 
-def settle_item(ctx: TxContext, registry: RegistryKeeper, keeper: InferenceKeeper, item: SettlementItem) -> Event:
+def settle_item(
+    ctx: TxContext, registry: RegistryKeeper, tee: TeeKeeper, keeper: InferenceKeeper, item: SettlementItem
+) -> Event:
     receipt = item.receipt.receipt
     if receipt.node != ctx.signer:
         raise Unauthorized(f"receipt is from node {receipt.node}; only that node may settle it")
@@ -47,13 +54,20 @@ def settle_item(ctx: TxContext, registry: RegistryKeeper, keeper: InferenceKeepe
         raise Unauthorized(f"model {manifest['name']!r} does not allow mode {receipt.mode!r}")
     if receipt.mode not in node["modes"] or manifest["name"] not in node["models"]:
         raise Unauthorized(f"node {ctx.signer} is not registered for {manifest['name']!r} in mode {receipt.mode!r}")
+    vctx = VerifyContext(
+        ctx.chain_id,
+        ctx.height,
+        ctx.time,
+        manifest,
+        node,
+        enclave=lambda key: tee.standing(ctx.state, key, receipt.height_hint, manifest["name"]),
+    )
     try:
-        verdict = verify(
-            keeper.verifiers,
-            item.receipt,
-            item.evidence,
-            VerifyContext(ctx.chain_id, ctx.height, ctx.time, manifest, node),
-        )
+        verdict = verify(keeper.verifiers, item.receipt, item.evidence, vctx)
+    except MeasurementRevoked as exc:
+        raise MeasurementNotApproved(str(exc)) from exc
+    except EnclaveLapsed as exc:
+        raise EnclaveNotInGoodStanding(str(exc)) from exc
     except EvidenceError as exc:
         raise InvalidEvidence(str(exc)) from exc
     if receipt.fee < int(manifest["price"]):
@@ -87,6 +101,8 @@ def settle_item(ctx: TxContext, registry: RegistryKeeper, keeper: InferenceKeepe
         "settlement_fee": str(settlement_fee),
         "payment": item.payment.kind,
     }
+    if verdict.enclave is not None:  # tee: which attested key signed it, and whether that was the DEV attester
+        record.update(enclave_key=verdict.signer, attestation=verdict.enclave.format, dev=verdict.enclave.dev)
     keeper.record_settlement(ctx.state, record)
     return Event("settle", {k: str(v) for k, v in record.items()})
 

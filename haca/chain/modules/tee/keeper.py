@@ -1,0 +1,192 @@
+"""tee state under prefix `tee/`.
+
+tee/policy                                   -> TeePolicy JSON
+tee/approval/<scope>/<measurement id>        -> {"height", "authority"}   (scope: a model name or "*")
+tee/enclave/<key:20>                         -> the enclave key's record (node, format, measurement, …)
+tee/node_key/<node:20><key:20>               -> b"" (a node's enclave keys)
+tee/cover/<key:20><start:u64be>              -> last height covered ("good until") of a coverage segment
+tee/attestation/<key:20><start:u64be>        -> the attestation that opened that segment (re-verifiable)
+tee/lapse/<height:u64be><key:20>             -> b"" (the key lapses at that height unless re-attested)
+
+An attestation at height a covers receipts with height hints in [a, a + heartbeat_interval]. A
+heartbeat inside a segment extends it; one after a lapse opens a new segment, so receipts signed
+in the gap never settle. A node's heartbeats keep one segment (one key) per uninterrupted run.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from typing import Any
+
+from haca.chain.state import CachedState, ReadableState
+from haca.proofs.tee.policy import TeePolicy
+from haca.proofs.verifier import EnclaveStanding, VerdictCache
+from haca.types.encoding import canonical_json
+from haca.types.tee import GLOBAL_SCOPE
+
+PREFIX = b"tee/"
+POLICY_KEY = PREFIX + b"policy"
+APPROVAL_PREFIX = PREFIX + b"approval/"
+ENCLAVE_PREFIX = PREFIX + b"enclave/"
+NODE_KEY_PREFIX = PREFIX + b"node_key/"
+COVER_PREFIX = PREFIX + b"cover/"
+ATTESTATION_PREFIX = PREFIX + b"attestation/"
+LAPSE_PREFIX = PREFIX + b"lapse/"
+
+
+def _addr(address: str) -> bytes:
+    return bytes.fromhex(address[2:])
+
+
+def _u64(value: int) -> bytes:
+    return value.to_bytes(8, "big")
+
+
+def approval_key(scope: str, measurement_id: str) -> bytes:
+    return APPROVAL_PREFIX + scope.encode() + b"/" + measurement_id.encode()
+
+
+def enclave_key(key: str) -> bytes:
+    return ENCLAVE_PREFIX + _addr(key)
+
+
+def cover_key(key: str, start: int) -> bytes:
+    return COVER_PREFIX + _addr(key) + _u64(start)
+
+
+def attestation_key(key: str, start: int) -> bytes:
+    return ATTESTATION_PREFIX + _addr(key) + _u64(start)
+
+
+def lapse_key(height: int, key: str) -> bytes:
+    return LAPSE_PREFIX + _u64(height) + _addr(key)
+
+
+@dataclass(frozen=True)
+class Segment:
+    start: int
+    until: int  # inclusive
+
+
+class TeeKeeper:
+    def __init__(self) -> None:
+        self.cache = VerdictCache(4096)  # verified attestations, keyed by evidence, roots and time
+
+    # --- policy and approvals ---------------------------------------------------------------
+
+    def policy(self, state: ReadableState) -> TeePolicy:
+        raw = state.get(POLICY_KEY)
+        return TeePolicy.from_json(json.loads(raw)) if raw else TeePolicy()
+
+    def set_policy(self, state: CachedState, policy: TeePolicy) -> None:
+        state.set(POLICY_KEY, canonical_json(policy.to_json()))
+
+    def approval(self, state: ReadableState, scope: str, measurement_id: str) -> dict[str, Any] | None:
+        raw = state.get(approval_key(scope, measurement_id))
+        return json.loads(raw) if raw else None
+
+    def approve(self, state: CachedState, scope: str, measurement_id: str, height: int, authority: str) -> None:
+        state.set(approval_key(scope, measurement_id), canonical_json({"height": height, "authority": authority}))
+
+    def revoke(self, state: CachedState, scope: str, measurement_id: str) -> None:
+        state.delete(approval_key(scope, measurement_id))
+
+    def approved_scope(self, state: ReadableState, measurement_id: str, models: list[str]) -> str | None:
+        """The scope ("*" or one of `models`) under which the measurement is approved now, if any."""
+        for scope in (GLOBAL_SCOPE, *models):
+            if state.get(approval_key(scope, measurement_id)) is not None:
+                return scope
+        return None
+
+    def approvals(self, state: ReadableState) -> list[dict[str, Any]]:
+        out = []
+        for key, raw in state.iter_prefix(APPROVAL_PREFIX):
+            scope, _, mid = key[len(APPROVAL_PREFIX) :].decode().partition("/")
+            out.append({"model": scope, "measurement_id": mid, **json.loads(raw)})
+        return out
+
+    # --- enclave keys -----------------------------------------------------------------------
+
+    def enclave(self, state: ReadableState, key: str) -> dict[str, Any] | None:
+        raw = state.get(enclave_key(key))
+        return json.loads(raw) if raw else None
+
+    def node_keys(self, state: ReadableState, node: str) -> list[str]:
+        prefix = NODE_KEY_PREFIX + _addr(node)
+        return ["0x" + k[len(prefix) :].hex() for k, _ in state.iter_prefix(prefix)]
+
+    def segments(self, state: ReadableState, key: str) -> list[Segment]:
+        prefix = COVER_PREFIX + _addr(key)
+        return [Segment(int.from_bytes(k[len(prefix) :], "big"), int(v)) for k, v in state.iter_prefix(prefix)]
+
+    def segment_at(self, state: ReadableState, key: str, height: int) -> Segment | None:
+        return next((s for s in self.segments(state, key) if s.start <= height <= s.until), None)
+
+    def attestation(self, state: ReadableState, key: str, start: int) -> dict[str, Any] | None:
+        raw = state.get(attestation_key(key, start))
+        return json.loads(raw) if raw else None
+
+    def record_attestation(
+        self,
+        state: CachedState,
+        record: dict[str, Any],
+        attestation: dict[str, Any],
+        height: int,
+        interval: int,
+    ) -> Segment:
+        """Store an attestation of `record["key"]` at `height`: extend the open segment or open one."""
+        key = record["key"]
+        previous = self.enclave(state, key)
+        segments = self.segments(state, key)
+        last = segments[-1] if segments else None
+        until = height + interval
+        if last is not None and last.until >= height - 1:
+            segment = Segment(last.start, until)
+            state.delete(lapse_key(last.until + 1, key))
+        else:
+            segment = Segment(height, until)
+            state.set(attestation_key(key, height), canonical_json(attestation))
+        state.set(cover_key(key, segment.start), str(until).encode())
+        state.set(lapse_key(until + 1, key), b"")
+        registered = previous["registered_height"] if previous else height
+        record = {**record, "registered_height": registered, "attested_height": height, "good_until": until}
+        state.set(enclave_key(key), canonical_json(record))
+        state.set(NODE_KEY_PREFIX + _addr(record["node"]) + _addr(key), b"")
+        return segment
+
+    def lapsing(self, state: ReadableState, height: int) -> list[str]:
+        """The keys whose coverage ends just before `height` (found by their height prefix)."""
+        prefix = LAPSE_PREFIX + _u64(height)
+        return ["0x" + k[len(prefix) :].hex() for k, _ in state.iter_prefix(prefix)]
+
+    def drop_lapse(self, state: CachedState, height: int, key: str) -> None:
+        state.delete(lapse_key(height, key))
+
+    def standing(self, state: ReadableState, key: str, height: int, model: str) -> EnclaveStanding | None:
+        """Whether `key` may sign a receipt for `model` at `height`, judged now (revocation is immediate)."""
+        record = self.enclave(state, key)
+        if record is None:
+            return None
+        segment = self.segment_at(state, key, height)
+        scope = self.approved_scope(state, record["measurement_id"], [model])
+        if segment is None:
+            detail = (
+                f"no attestation of enclave key {key} covers height {height}"
+                f" (last attested at {record['attested_height']}, good until {record['good_until']}):"
+                " a heartbeat was missed or the key was not yet registered"
+            )
+        elif scope is None:
+            detail = f"measurement {record['measurement_id']} is not approved for model {model!r} (revoked or never)"
+        else:
+            detail = ""
+        return EnclaveStanding(
+            key=key,
+            node=record["node"],
+            format=record["format"],
+            measurement_id=record["measurement_id"],
+            dev=bool(record["dev"]),
+            covered=segment is not None,
+            approved=scope is not None,
+            detail=detail,
+        )

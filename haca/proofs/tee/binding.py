@@ -1,0 +1,43 @@
+"""What an enclave binds into its evidence when it registers a key, and how a measurement is named.
+
+The report data of a key registration is SHA-512(tag ‖ chain id ‖ key ‖ nonce), each part
+length-prefixed, so the evidence can only register this key, on this chain, after the block whose
+hash is the nonce: a replayed or pre-made document fails the binding.
+"""
+
+from __future__ import annotations
+
+import hashlib
+
+from haca.proofs.tee.claims import AttestationError, Claims
+
+KEY_BINDING_TAG = b"HACA-TEE-KEY-BINDING/v1"
+
+# The registers that identify the code an enclave runs, per format (the rest is platform or data).
+MEASUREMENT_REGISTERS: dict[str, tuple[str, ...]] = {
+    "nitro": ("pcr0", "pcr1", "pcr2"),
+    "tdx": ("mr_td", "rtmr0", "rtmr1", "rtmr2", "rtmr3"),
+    "sgx": ("mr_enclave", "mr_signer"),
+    "snp": ("measurement",),
+    "dev": ("measurement",),
+}
+
+
+def _framed(*parts: bytes) -> bytes:
+    return b"".join(len(p).to_bytes(4, "big") + p for p in parts)
+
+
+def key_binding(chain_id: str, key: str, nonce: bytes) -> bytes:
+    """The 64 bytes of report data that register `key` (a 0x address) on `chain_id` after `nonce`."""
+    return hashlib.sha512(_framed(KEY_BINDING_TAG, chain_id.encode(), key.lower().encode(), nonce)).digest()
+
+
+def measurement_id(claims: Claims) -> str:
+    """`<format>:<sha256 hex>` over the format's code-identity registers: what an authority approves."""
+    names = MEASUREMENT_REGISTERS.get(claims.format)
+    if names is None:
+        raise AttestationError("format", f"no measurement registers are defined for {claims.format!r}")
+    missing = [n for n in names if n not in claims.measurements]
+    if missing:
+        raise AttestationError("format", f"{claims.format} evidence lacks the registers {missing}")
+    return f"{claims.format}:" + hashlib.sha256(_framed(*(claims.measurements[n] for n in names))).hexdigest()
