@@ -9,10 +9,13 @@ import typer
 
 from haca.cli.common import JsonOption, cli_command, console, emit
 from haca.client.errors import HacaError
+from haca.proofs.tee.attestation import Attestation, verify_attestation
+from haca.proofs.tee.binding import measurement_id
 from haca.proofs.tee.claims import AttestationError, AttestationPolicy, Claims
+from haca.proofs.tee.dev import DEV_LABEL
 
 attestation_app = typer.Typer(help="Verify TEE attestation evidence offline.", no_args_is_help=True)
-FORMAT_NAMES = ("nitro", "tdx", "sgx", "snp")
+FORMAT_NAMES = ("nitro", "tdx", "sgx", "snp", "dev")
 
 
 class AttestationRefused(HacaError):
@@ -30,39 +33,42 @@ def verify_file(
     vcek: Path | None = None,
     chain: Path | None = None,
 ) -> Claims:
-    data = path.read_bytes()
-    if fmt == "nitro":
-        from haca.proofs.tee.nitro import verify_nitro
-
-        return verify_nitro(data, now, root.read_bytes() if root else None)
-    if fmt in ("tdx", "sgx"):
-        try:
-            from haca.proofs.tee.dcap import verify_dcap
-        except ImportError as exc:
-            raise HacaError(f"--format {fmt}: DCAP verification is not in this build ({exc})") from exc
+    """The claims of the evidence in `path`, verified as `fmt` at `now` through `verify_attestation`;
+    the options a format needs are checked here first so a missing one reads as a usage error."""
+    if fmt not in FORMAT_NAMES:
+        raise HacaError(f"--format must be one of {list(FORMAT_NAMES)}")
+    roots: dict[str, bytes] = {}
+    endorsements = b""
+    if fmt == "nitro" and root is not None:
+        roots["nitro"] = root.read_bytes()
+    elif fmt in ("tdx", "sgx"):
         if collateral is None:
             raise HacaError(f"--format {fmt} needs --collateral (the pinned DCAP collateral JSON)")
-        claims = verify_dcap(data, collateral.read_text(), now)
-        if claims.format != fmt:
-            raise AttestationRefused(f"format: the quote is {claims.format}, not {fmt}")
-        return claims
-    if fmt == "snp":
-        from haca.proofs.tee.snp import verify_snp
-
+        endorsements = collateral.read_bytes()
+    elif fmt == "snp":
         if vcek is None:
             raise HacaError("--format snp needs --vcek (the chip's VCEK certificate, DER)")
-        return verify_snp(data, vcek.read_bytes(), now, chain.read_bytes() if chain else None)
-    raise HacaError(f"--format must be one of {list(FORMAT_NAMES)}")
+        endorsements = vcek.read_bytes()
+        if chain is not None:
+            roots["snp"] = chain.read_bytes()
+    elif fmt == "dev":
+        if root is None:
+            raise HacaError("--format dev needs --root (the DEV root certificate PEM of the network)")
+        roots["dev"] = root.read_bytes()
+    return verify_attestation(Attestation(fmt, path.read_bytes(), endorsements), now, roots)
 
 
 @attestation_app.command("verify")
 @cli_command
 def verify(
     file: Annotated[Path, typer.Argument(exists=True, dir_okay=False, readable=True, metavar="FILE")],
-    fmt: Annotated[str, typer.Option("--format", help="nitro, tdx, sgx or snp")],
+    fmt: Annotated[str, typer.Option("--format", help="nitro, tdx, sgx, snp or dev")],
     at: Annotated[int, typer.Option("--at", help="verify as of this time (unix seconds)")],
     collateral: Annotated[Path | None, typer.Option("--collateral", help="tdx/sgx: DCAP collateral JSON")] = None,
-    root: Annotated[Path | None, typer.Option("--root", help="nitro: root certificate PEM (default: AWS's)")] = None,
+    root: Annotated[
+        Path | None,
+        typer.Option("--root", help="nitro: root certificate PEM (default: AWS's); dev: the DEV root PEM (required)"),
+    ] = None,
     vcek: Annotated[Path | None, typer.Option("--vcek", help="snp: the VCEK certificate (DER)")] = None,
     chain: Annotated[Path | None, typer.Option("--chain", help="snp: ASK+ARK PEM (default: AMD's)")] = None,
     allow_debug: Annotated[bool, typer.Option("--allow-debug", help="accept a debug enclave")] = False,
@@ -77,12 +83,18 @@ def verify(
     try:
         claims = verify_file(file, fmt, at, collateral, root, vcek, chain)
         policy.check(claims)
+        mid = measurement_id(claims)
     except AttestationError as exc:
         raise AttestationRefused(str(exc)) from exc
-    doc = claims.to_json()
+    doc = {**claims.to_json(), "measurement_id": mid}
+    if claims.dev:
+        doc["warning"] = DEV_LABEL
 
     def human() -> None:
+        if claims.dev:
+            console.print(f"[bold red]!! {DEV_LABEL}: made by the dev attester, not a hardware enclave !![/bold red]")
         console.print(f"[bold]{claims.format}[/bold] evidence verifies (at {at}); TCB {claims.tcb_status}")
+        console.print(f"  {'measurement_id':<18} {mid}")
         for name, value in doc["measurements"].items():
             console.print(f"  {name:<18} {value}")
         console.print(f"  {'report_data':<18} {doc['report_data']}")

@@ -4,6 +4,7 @@ policy holds; exit 1 naming the failed step otherwise."""
 from __future__ import annotations
 
 import json
+import time
 from pathlib import Path
 
 from typer.testing import CliRunner
@@ -56,3 +57,48 @@ def test_tdx_fixture_verifies_with_its_collateral_and_a_late_time_names_the_step
     assert code == 1 and doc["error"]["message"].startswith("expired:")
     code, doc = run(*args[:-2], "--format", "sgx", "--at", "1751328000")
     assert code == 1 and "needs --collateral" in doc["error"]["message"]
+
+
+def dev_evidence(tmp_path: Path, debug: bool) -> tuple[Path, Path, int]:
+    from haca.proofs.tee.dev import issue_dev_platform, make_dev_evidence, make_dev_root
+
+    make_dev_root(tmp_path / "root")
+    issue_dev_platform(tmp_path / "root", tmp_path / "platform")
+    now = int(time.time())
+    evidence = make_dev_evidence(
+        (tmp_path / "platform" / "platform.key").read_bytes(),
+        (tmp_path / "platform" / "platform.pem").read_bytes(),
+        bytes(range(32)),
+        bytes(64),
+        now,
+        debug,
+    )
+    (tmp_path / "evidence.cbor").write_bytes(evidence)
+    return tmp_path / "evidence.cbor", tmp_path / "root" / "dev_root.pem", now
+
+
+def test_dev_evidence_verifies_with_its_root_and_says_dev_mode_loudly(tmp_path: Path) -> None:
+    evidence, root, now = dev_evidence(tmp_path, debug=False)
+    args = ["attestation", "verify", str(evidence), "--format", "dev", "--at", str(now), "--root", str(root)]
+    result = CliRunner().invoke(app, args)
+    assert result.exit_code == 0, result.output
+    assert "DEV-MODE, NOT FOR PRODUCTION" in result.stdout and "measurement_id" in result.stdout
+    code, doc = run(*args[2:])
+    assert code == 0, doc
+    assert doc["dev"] is True and doc["warning"] == "DEV-MODE, NOT FOR PRODUCTION"
+    assert doc["measurement_id"].startswith("dev:") and doc["measurements"]["measurement"] == bytes(range(32)).hex()
+    code, doc = run(*args[2:-2])
+    assert code == 1 and "--root" in doc["error"]["message"]
+
+
+def test_debug_dev_evidence_exits_1_naming_debug(tmp_path: Path) -> None:
+    evidence, root, now = dev_evidence(tmp_path, debug=True)
+    code, doc = run(str(evidence), "--format", "dev", "--at", str(now), "--root", str(root))
+    assert code == 1 and doc["error"]["message"].startswith("debug:")
+    code, doc = run(str(evidence), "--format", "dev", "--at", str(now), "--root", str(root), "--allow-debug")
+    assert code == 0 and doc["debug"] is True
+
+
+def test_every_format_prints_its_measurement_id() -> None:
+    code, doc = run(str(FIXTURES / "nitro" / "nitro_attestation.bin"), "--format", "nitro", "--at", str(NITRO_AT))
+    assert code == 0 and doc["measurement_id"].startswith("nitro:") and "warning" not in doc

@@ -1,0 +1,3 @@
+from haca.attester.main import main
+
+main()
