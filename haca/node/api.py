@@ -18,7 +18,9 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from haca.client.errors import ChainUnavailable, HacaError
 from haca.crypto.keys import PrivateKey
+from haca.node.enclave import EnclaveKey
 from haca.node.errors import (
+    EnclaveUnavailable,
     InvalidInputError,
     InvalidRequest,
     ModelNotFound,
@@ -75,6 +77,7 @@ class NodeContext:
     on_receipt: Any = None  # called after a receipt is queued (wakes the settler)
     price: int = 0  # the node's own price per unit; the fee is max(this, the model's price)
     quotes: tuple[int, dict[tuple[str, str], Quote]] | None = None  # (height, quotes) last computed
+    enclave: EnclaveKey | None = None  # tee: the attested key in the enclave that signs tee receipts
 
 
 def current_quotes(ctx: NodeContext) -> dict[tuple[str, str], Quote]:
@@ -185,6 +188,8 @@ def create_app(ctx: NodeContext) -> FastAPI:
             quote = quotes.get((served.model_id, mode))
             if quote is None:
                 raise ModeNotSupported(f"{served.name!r} is not offered in mode {mode!r} at this height")
+            if mode == Mode.TEE:  # before the work: an enclave that cannot sign must not be charged for
+                _enclave(ctx).require_covered(quote.height)
             rows = request_rows([t.shape for t in inputs.values()])
             if rows == 0:  # nothing to run and nothing to charge: a receipt for 0 would never settle
                 raise InvalidInputError("the input has no rows")
@@ -197,7 +202,7 @@ def create_app(ctx: NodeContext) -> FastAPI:
             ) from None
         try:
             outputs = await run_in_threadpool(served.model.run, inputs)
-            signed = _queue_receipt(ctx, quote, accepted, tensors_hash(inputs), tensors_hash(outputs))
+            signed = await _queue_receipt(ctx, quote, accepted, tensors_hash(inputs), tensors_hash(outputs))
         finally:
             ctx.gate.release(accepted)  # the receipt now counts as unsettled, or the request failed
         if ctx.on_receipt is not None:
@@ -238,10 +243,11 @@ def create_app(ctx: NodeContext) -> FastAPI:
     return app
 
 
-def _queue_receipt(
+async def _queue_receipt(
     ctx: NodeContext, quote: Quote, accepted: AcceptedPayment, input_hash: str, output_hash: str
 ) -> SignedReceipt:
-    """Sign the receipt and write it to the durable queue before the answer leaves."""
+    """Sign the receipt (tee: inside the enclave) and write it to the durable queue before the
+    answer leaves."""
     receipt = Receipt(
         chain_id=ctx.chain_id,
         node=ctx.key.address,
@@ -255,12 +261,22 @@ def _queue_receipt(
         height_hint=quote.height,  # the chain judges the fee by the terms in effect here
         timestamp=int(time.time()),
     )
-    signed = SignedReceipt(receipt, receipt.sign(ctx.key))
+    if quote.mode == Mode.TEE:
+        signature = await _enclave(ctx).sign(receipt)
+    else:
+        signature = receipt.sign(ctx.key)
+    signed = SignedReceipt(receipt, signature)
     try:
         ctx.store.add(signed, accepted.payment)
     except DuplicateRequest as exc:
         raise RequestConflict(str(exc)) from exc
     return signed
+
+
+def _enclave(ctx: NodeContext) -> EnclaveKey:
+    if ctx.enclave is None:
+        raise EnclaveUnavailable("this node has no enclave for tee mode")
+    return ctx.enclave
 
 
 async def _read_body(request: Request) -> bytes:

@@ -66,3 +66,10 @@ class PaymentRequired(NodeError):
     def __init__(self, message: str, requirements: dict[str, Any] | None = None) -> None:
         super().__init__(message)
         self.requirements = requirements or {}
+
+
+class EnclaveUnavailable(NodeError):
+    """tee mode cannot be served now: the enclave is unreachable or its attestation has lapsed."""
+
+    status = 503
+    code = "enclave_unavailable"

@@ -19,6 +19,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--endpoint", default="")
     parser.add_argument("--models", default="", help="comma-separated model names (default: all registered)")
     parser.add_argument("--price", type=int, default=0)
+    parser.add_argument("--modes", default="vanilla", help="comma-separated modes to serve (vanilla, tee)")
+    parser.add_argument("--attester", type=Path, default=None, help="tee: the enclave's Unix socket")
     parser.add_argument("--data-dir", type=Path, default=None)
     parser.add_argument("--hub", default="")
     parser.add_argument("--batch-size", type=int, default=64, help="receipts per settlement tx")
@@ -34,6 +36,8 @@ def main(argv: list[str] | None = None) -> None:
             endpoint=args.endpoint,
             models=[m for m in args.models.split(",") if m],
             price=args.price,
+            modes=tuple(sorted({m for m in args.modes.split(",") if m})),
+            attester=args.attester,
             data_dir=args.data_dir,
             hub=args.hub,
             batch_size=args.batch_size,

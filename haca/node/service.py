@@ -4,6 +4,7 @@ register it on chain, start the settler, serve HTTP."""
 from __future__ import annotations
 
 import contextlib
+import threading
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -11,6 +12,7 @@ from typing import Any
 import structlog
 import uvicorn
 
+from haca.attester.client import AsyncAttesterClient, AttesterClient, AttesterError
 from haca.client.chain import ChainClient
 from haca.client.config import ClientConfig, KeyStore, connect
 from haca.client.errors import ConfigError, QueryFailed
@@ -18,6 +20,7 @@ from haca.crypto.keys import PrivateKey
 from haca.hub.client import HubClient
 from haca.node.api import NodeContext, ServedModel, create_app
 from haca.node.chainview import ChainView
+from haca.node.enclave import EnclaveKey
 from haca.node.payments import PaymentGate
 from haca.node.receipts import ReceiptStore
 from haca.node.settler import Settler
@@ -42,6 +45,7 @@ class NodeSettings:
     hub: str = ""
     batch_size: int = 64  # receipts per settlement tx (the chain takes at most 64)
     flush_interval: float = 1.0
+    attester: Path | None = None  # tee: the enclave's (attester's) Unix socket
 
     @property
     def data(self) -> Path:
@@ -58,11 +62,14 @@ class Node:
     context: NodeContext
     settler: Settler
     chain: ChainClient
+    enclave: EnclaveKey | None = None
 
     def app(self) -> Any:
         return create_app(self.context)
 
     def close(self) -> None:
+        if self.enclave is not None:
+            self.enclave.stop()
         self.settler.stop()
         self.context.store.close()
         self.chain.close()
@@ -81,8 +88,25 @@ def build_node(settings: NodeSettings) -> Node:
     view = ChainView(chain, key.address)
     gate = PaymentGate(key.address, config.chain_id, config.denom, view, store)
     settler = Settler(store, chain, view, key, settings.batch_size, settings.flush_interval)
+    enclave = open_enclave(chain, key, settings, settler.tx_lock) if Mode.TEE in settings.modes else None
     context = NodeContext(key, config.chain_id, models, settings.modes, gate, store, settler.notify, settings.price)
-    return Node(settings, context, settler, chain)
+    context.enclave = enclave
+    return Node(settings, context, settler, chain, enclave)
+
+
+def open_enclave(chain: ChainClient, key: PrivateKey, settings: NodeSettings, tx_lock: threading.Lock) -> EnclaveKey:
+    """Connect to the enclave and register its key on chain (tee mode is refused until it is)."""
+    if settings.attester is None:
+        raise ConfigError("mode tee needs an enclave: pass --attester SOCKET (the attester process's socket)")
+    try:
+        attester, signer = AttesterClient(settings.attester), AsyncAttesterClient(settings.attester)
+        enclave = EnclaveKey(chain, key, attester, signer, tx_lock)
+        enclave.attest()
+    except AttesterError as exc:
+        raise ConfigError(f"the enclave at {settings.attester} did not answer: {exc}") from exc
+    if enclave.dev:
+        log.warning("dev_enclave", key=enclave.address, note="DEV-MODE, NOT FOR PRODUCTION")
+    return enclave
 
 
 def load_models(chain: ChainClient, hub: HubClient, settings: NodeSettings) -> dict[str, ServedModel]:
@@ -120,6 +144,8 @@ def register(chain: ChainClient, key: PrivateKey, settings: NodeSettings, models
 def run_node(settings: NodeSettings) -> None:
     node = build_node(settings)
     node.settler.start()
+    if node.enclave is not None:
+        node.enclave.start()
     try:
         uvicorn.run(node.app(), host=settings.host, port=settings.port, log_level="warning", access_log=False)
     finally:

@@ -5,6 +5,7 @@ chain (e.g. the node died after the tx committed) is recognised and marked, neve
 from __future__ import annotations
 
 import threading
+from typing import Any
 
 import structlog
 
@@ -32,6 +33,8 @@ RECEIPT_REFUSALS = frozenset(
         codes.INSUFFICIENT_ESCROW,
         codes.INVALID_EVIDENCE,
         codes.INVALID_PAYMENT,
+        codes.MEASUREMENT_NOT_APPROVED,
+        codes.ENCLAVE_NOT_IN_GOOD_STANDING,
     }
 )
 
@@ -54,6 +57,7 @@ class Settler:
         # without a chain record (passes are `flush_interval` apart while nothing else changes).
         self.resubmit_after = resubmit_after
         self._unseen_passes: dict[str, int] = {}  # receipt id -> passes since its tx was sent
+        self.tx_lock = threading.Lock()  # held while txs of the node's account are in flight
         self._wake = threading.Event()
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._loop, name="settler", daemon=True)
@@ -78,8 +82,10 @@ class Settler:
             self._wake.wait(self.flush_interval)
             self._wake.clear()
             try:
-                while not self._stop.is_set() and self.run_once():
-                    pass
+                while not self._stop.is_set():
+                    with self.tx_lock:
+                        if not self.run_once():
+                            break
             except Exception:  # keep settling after a transient RPC failure
                 log.exception("settler_error")
 
@@ -182,7 +188,12 @@ class Settler:
             return self._isolate(chunk) if isolate else 0
         except HacaError:
             return 0  # not committed yet: reconciled on a later pass
-        self.store.mark(ids, Status.SETTLED, height=outcome.height)
+        statuses = settled_statuses(outcome.events)
+        by_status: dict[Status, list[str]] = {}
+        for rid in ids:
+            by_status.setdefault(statuses.get(rid, Status.SETTLED), []).append(rid)
+        for status, marked in sorted(by_status.items()):
+            self.store.mark(marked, status, height=outcome.height)
         for stored in chunk:
             self._unseen_passes.pop(stored.item.receipt.id, None)
             payment = stored.item.payment
@@ -209,6 +220,16 @@ class Settler:
         self.rejected_total += 1
         log.warning("settlement_rejected", receipt=receipt_id, reason=exc.log or str(exc))
         return 1
+
+
+def settled_statuses(events: list[dict[str, Any]]) -> dict[str, Status]:
+    """Receipt id -> the status its `settle` event gives it (settled, or verified)."""
+    out: dict[str, Status] = {}
+    for event in events:
+        if event.get("type") == "settle":
+            attrs = {a["key"]: a["value"] for a in event.get("attributes", [])}
+            out[attrs["receipt_id"]] = Status(attrs.get("status", Status.SETTLED))
+    return out
 
 
 def record_status(record: dict[str, object]) -> Status:

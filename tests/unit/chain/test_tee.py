@@ -279,7 +279,9 @@ def test_a_nonce_older_than_the_window_is_refused(chain, dev):
 
 
 def test_a_nonce_from_the_future_is_refused(chain, dev):
-    rejected(chain, NODE, attest(chain, dev, nonce_height=chain.height + 1), errors.InvalidAttestation.code, "stale nonce")
+    rejected(
+        chain, NODE, attest(chain, dev, nonce_height=chain.height + 1), errors.InvalidAttestation.code, "stale nonce"
+    )
 
 
 def test_dev_evidence_on_a_chain_that_does_not_allow_dev_is_refused(tmp_path, monkeypatch, dev):
