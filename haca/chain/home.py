@@ -34,11 +34,7 @@ class ValidatorHome:
 
     @property
     def socket_path(self) -> Path:
-        path = self.root.resolve() / "app.sock"
-        if len(str(path)) <= _MAX_UNIX_SOCKET_PATH:
-            return path
-        digest = hashlib.sha256(str(path).encode()).hexdigest()[:16]
-        return Path(tempfile.gettempdir()) / f"haca-{digest}.sock"
+        return unix_socket_path(self.root / "app.sock")
 
     @property
     def genesis(self) -> Path:
@@ -47,6 +43,15 @@ class ValidatorHome:
     @property
     def config_toml(self) -> Path:
         return self.cometbft / "config" / "config.toml"
+
+
+def unix_socket_path(path: Path) -> Path:
+    """`path`, or a short stand-in under the temp dir when it is too long for a Unix socket."""
+    path = path.resolve()
+    if len(str(path)) <= _MAX_UNIX_SOCKET_PATH:
+        return path
+    digest = hashlib.sha256(str(path).encode()).hexdigest()[:16]
+    return Path(tempfile.gettempdir()) / f"haca-{digest}.sock"
 
 
 def source_root() -> Path:

@@ -142,6 +142,43 @@ def infer(
     emit(json_out, answer, human)
 
 
+class NotVerified(HacaError):
+    """The receipt does not verify (or carries no evidence to verify)."""
+
+    code = "not_verified"
+
+
+@cli_command
+def verify(
+    receipt_id: Annotated[str, typer.Argument(metavar="RECEIPT_ID")],
+    wait: Annotated[bool, typer.Option("--wait", help="wait for the chain to settle it first")] = False,
+    node: NodeOption = None,
+    home: HomeOption = None,
+    json_out: JsonOption = False,
+) -> None:
+    """Re-verify a receipt locally: the enclave key's registered attestation and the TEE policy,
+    read from the chain with Merkle proofs, and the receipt's signature. Exit 0 only if it verifies."""
+    with _client(home, None, node) as client:
+        result = client.wait_verified(receipt_id) if wait else client.verify_receipt(receipt_id)
+    doc = result.to_json()
+
+    def human() -> None:
+        label = " (dev attester: DEV-MODE, NOT FOR PRODUCTION)" if result.dev else ""
+        verdict = "verified" if result.verified else "NOT verified"
+        console.print(f"receipt {result.receipt_id}: [bold]{verdict}[/bold]{label}")
+        console.print(f"  mode {result.mode}  chain status {result.chain_status}")
+        if result.enclave_key:
+            console.print(f"  enclave key {result.enclave_key} ({result.attestation_format})")
+            console.print(f"  measurement {result.measurement_id}")
+            console.print(f"  proofs checked at height {result.proven_height}")
+        if result.reason:
+            console.print(f"  reason: {result.reason}")
+
+    emit(json_out, doc, human)
+    if not result.verified:
+        raise NotVerified(result.reason)
+
+
 @receipt_app.command("show")
 @cli_command
 def receipt_show(
@@ -226,6 +263,8 @@ def node_run(
     models: Annotated[str, typer.Option("--models", help="comma-separated names (default: all)")] = "",
     price: Annotated[int, typer.Option("--price", help="per inference; fee = max(this, model price)")] = 0,
     hub: Annotated[str, typer.Option("--hub")] = "",
+    modes: Annotated[str, typer.Option("--modes", help="comma-separated modes to serve: vanilla, tee")] = "vanilla",
+    attester: Annotated[Path | None, typer.Option("--attester", help="tee: the enclave's Unix socket")] = None,
     home: HomeOption = None,
 ) -> None:
     """Serve models over HTTP, register on chain, settle receipts in the background."""
@@ -241,5 +280,7 @@ def node_run(
             models=[m for m in models.split(",") if m],
             price=price,
             hub=hub,
+            modes=tuple(sorted({m for m in modes.split(",") if m})),
+            attester=attester,
         )
     )

@@ -14,7 +14,7 @@ from haca.cli.demo import demo
 from haca.cli.devnet import devnet_app, validator_app
 from haca.cli.gov import gov_app
 from haca.cli.hub import hub_app
-from haca.cli.inference import allowance_app, deposit, escrow, infer, node_app, receipt_app, withdraw
+from haca.cli.inference import allowance_app, deposit, escrow, infer, node_app, receipt_app, verify, withdraw
 from haca.cli.keys import app as keys_app
 from haca.cli.model import model_app
 
@@ -53,6 +53,7 @@ app.command("deposit")(deposit)
 app.command("withdraw")(withdraw)
 app.command("escrow")(escrow)
 app.command("infer")(infer)
+app.command("verify")(verify)
 app.command("demo")(demo)
 
 

@@ -85,6 +85,26 @@ class ChainClient:
             raise ProofInvalid(str(exc)) from exc
         return ProvenValue(json.loads(b64(response["value"])), key, raw, height, app_hash)
 
+    def query_proven_keys(
+        self, path: str, data: bytes = b"", timeout: float = 15.0
+    ) -> tuple[dict[str, Any], dict[bytes, bytes], int]:
+        """Query with prove=true; every proof op is checked against the app hash of that height
+        (light-client verified). The answer, each proven key's value (b"" where absent), the height."""
+        response = self.rpc.abci_query(path, data, prove=True)
+        height = int(response["height"])
+        ops = (response.get("proofOps") or {}).get("ops") or []
+        if not ops or any(op["type"] != PROOF_OP_TYPE for op in ops):
+            raise ProofInvalid(f"{path}: expected {PROOF_OP_TYPE} proof ops, got {ops}")
+        app_hash = self.app_hash_after(height, timeout)
+        values: dict[bytes, bytes] = {}
+        for op in ops:
+            key = b64(op["key"])
+            try:
+                values[key] = verify_proof(app_hash, key, b64(op["data"]))
+            except ProofError as exc:
+                raise ProofInvalid(str(exc)) from exc
+        return json.loads(b64(response["value"])), values, height
+
     def app_hash_after(self, height: int, timeout: float = 15.0) -> bytes:
         """The app hash of the state at `height`, from the header of height+1 after checking that
         more than 2/3 of the validators' voting power signed it (light-client verification)."""

@@ -6,13 +6,14 @@ from __future__ import annotations
 import base64
 import json
 import secrets
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
 from haca.client.errors import HacaError
 from haca.crypto.keys import PrivateKey
 from haca.proofs.receipt import EvidenceError
-from haca.proofs.verifier import VerifyContext, verifiers, verify
+from haca.proofs.verifier import EnclaveStanding, VerifyContext, verifiers, verify
 from haca.types.payment import PaymentAuthorization, SpendingAllowance, encode_api_key
 from haca.types.receipt import SignedReceipt
 from haca.types.registry import PRICE_UNITS, request_fee, request_rows
@@ -151,16 +152,19 @@ def verify_answer(
     input_schema: dict[str, Any],
     node: str,
     auth: PaymentAuthorization | None = None,
+    enclave: Callable[[str], EnclaveStanding | None] | None = None,
 ) -> SignedReceipt:
-    """Check a node's answer without trusting the node: the receipt is signed by `node` and
-    commits to this input and this output (and, when paid per request, to this request and to
-    exactly the fee the client signed for)."""
+    """Check a node's answer without trusting the node: the receipt is signed by `node` (tee: by
+    an enclave key `enclave` says the chain attested for it) and commits to this input and this
+    output (and, when paid per request, to this request and to exactly the fee the client signed for)."""
     try:
         signed = SignedReceipt.from_json(answer["receipt"])
         if signed.receipt.node != node.lower():
             raise ReceiptInvalid(f"receipt is signed by {signed.receipt.node}, not by the node {node}")
         # The same verifier the validators run, with what the client knows: the node it paid.
-        context = VerifyContext(signed.receipt.chain_id, 0, 0, {}, {"address": node.lower()})
+        context = VerifyContext(
+            signed.receipt.chain_id, 0, 0, {}, {"address": node.lower()}, enclave=enclave or (lambda key: None)
+        )
         verify(_VERIFIERS, signed, b"", context)
         inputs = parse_input(raw_input, schema_from_json(input_schema))
         outputs = tensors_from_json(answer["output"], "output")

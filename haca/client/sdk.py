@@ -26,6 +26,7 @@ from haca.client.payment import (
     sign_payment,
     verify_answer,
 )
+from haca.client.tee import ReceiptVerification, enclave_lookup, verify_tee_receipt
 from haca.crypto.keys import PrivateKey
 from haca.types.inference import MsgDeposit, MsgWithdraw
 from haca.types.modes import Mode, Status
@@ -113,7 +114,13 @@ class _Base:
         if paid.status_code != 200:
             raise self._error(paid)
         answer = paid.json()
-        signed = verify_answer(answer, input, manifest["input_schema"], offer.node, auth)
+        enclave = None
+        if offer.mode == Mode.TEE:  # the key that signed must be one the chain attested for this node
+            hint = answer.get("receipt", {}).get("height_hint") if isinstance(answer, dict) else None
+            if not isinstance(hint, int):
+                raise ReceiptInvalid("answer does not verify: the receipt has no height hint")
+            enclave = enclave_lookup(self.chain, manifest["name"], hint)
+        signed = verify_answer(answer, input, manifest["input_schema"], offer.node, auth, enclave)
         return InferenceResult(answer["output"], signed, answer.get("status", Status.PENDING), self.node_url)
 
     def _error(self, response: httpx.Response) -> HacaError:
@@ -222,6 +229,23 @@ class Client(_Base):
                 raise HacaError(f"receipt {receipt_id} not settled within {timeout:.0f}s")
             time.sleep(0.3)
 
+    def verify_receipt(self, receipt: str | SignedReceipt) -> ReceiptVerification:
+        """Re-verify a receipt (by id: fetched from the node) against proven chain state: the
+        enclave key's attestation and standing, the policy, the signature (see haca.client.tee)."""
+        signed = receipt if isinstance(receipt, SignedReceipt) else self._stored_receipt(receipt)
+        return verify_tee_receipt(self.chain, signed)
+
+    def wait_verified(self, receipt_id: str, timeout: float = 60.0) -> ReceiptVerification:
+        """Wait for the chain to settle the receipt, then verify it locally."""
+        self.wait_settled(receipt_id, timeout)
+        return self.verify_receipt(receipt_id)
+
+    def _stored_receipt(self, receipt_id: str) -> SignedReceipt:
+        signed = SignedReceipt.from_json(self.node_receipt(receipt_id)["receipt"])
+        if signed.id != receipt_id.lower():
+            raise ReceiptInvalid(f"the node returned receipt {signed.id} for {receipt_id}")
+        return signed
+
 
 class AsyncClient(_Base):
     """asyncio client with the same behaviour; chain calls run in a worker thread."""
@@ -263,7 +287,7 @@ class AsyncClient(_Base):
         auth, header = sign_payment(self.key, offer, fee)
         body = {"model": model, "mode": mode, "input": input}
         paid = await self.http.post(f"{self.node_url}/v1/infer", json=body, headers={"X-PAYMENT": header})
-        return self._result(paid, input, manifest, offer, auth)
+        return await asyncio.to_thread(self._result, paid, input, manifest, offer, auth)  # tee reads the chain
 
     async def wait_settled(self, receipt_id: str, timeout: float = 60.0) -> dict[str, Any]:
         deadline = time.monotonic() + timeout

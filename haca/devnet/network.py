@@ -18,14 +18,20 @@ from typing import Any
 
 import httpx
 
-from haca.chain.genesis import AppGenesis, GenesisAccount
-from haca.chain.home import ValidatorHome
+from haca.chain.genesis import AppGenesis, GenesisAccount, TeeGenesis
+from haca.chain.home import ValidatorHome, unix_socket_path
 from haca.chain.supervisor import ValidatorError, configure, init_validator
 from haca.client.config import ClientConfig, KeyStore
 from haca.devnet import services
 from haca.devnet.accounts import DEV_BALANCE, dev_keys, service_keys
 from haca.devnet.processes import free_ports, process_alive, signal_group, spawn, wait_group_gone
-from haca.types.modes import Mode
+from haca.proofs.tee.binding import measurement_id
+from haca.proofs.tee.claims import Claims
+from haca.proofs.tee.dev import dev_measurement, issue_dev_platform, make_dev_root
+from haca.proofs.tee.policy import TeePolicy
+from haca.types.tee import GLOBAL_SCOPE
+
+DEV_ROOT_DIR = "dev-root"  # the devnet's DEV attestation root (key and certificate)
 
 
 class DevnetError(RuntimeError):
@@ -51,8 +57,8 @@ class ServiceRecord:
     """A hub or an inference node run by the devnet."""
 
     name: str
-    kind: str  # "hub" | "node"
-    port: int
+    kind: str  # "hub" | "attester" | "node"
+    port: int  # an attester's is 0: it listens on a Unix socket
     pid: int = 0
     address: str = ""  # a node's account
 
@@ -138,8 +144,10 @@ class Devnet:
             )
         if inference:
             node_key = dict(service_keys())["node0"]
+            issue_dev_platform(self.dir / DEV_ROOT_DIR, self.dir / "attester0")
             state.services = [
                 ServiceRecord("hub", "hub", ports[-2]),
+                ServiceRecord("attester0", "attester", 0),
                 ServiceRecord("node0", "node", ports[-1], address=node_key.address),
             ]
         self.save(state)
@@ -150,6 +158,13 @@ class Devnet:
         template = json.loads(ValidatorHome(self.dir / "val0").genesis.read_text())
         accounts = tuple(GenesisAccount(key.address, DEV_BALANCE) for _, key in dev_keys() + service_keys())
         authority = dict(dev_keys())["dev0"].address  # the devnet's governance authority
+        # The DEV attester is allowed on a devnet only, explicitly, with this devnet's own root.
+        dev_root = make_dev_root(self.dir / DEV_ROOT_DIR).decode()
+        dev_claims = Claims("dev", {"measurement": dev_measurement()}, b"", False, "UpToDate", dev=True)
+        tee = TeeGenesis(
+            TeePolicy(formats=("dev", "nitro", "sgx", "snp", "tdx"), roots={"dev": dev_root}),
+            ((GLOBAL_SCOPE, measurement_id(dev_claims)),),
+        )
         template.update(
             genesis_time=datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ"),
             chain_id=chain_id,
@@ -158,7 +173,7 @@ class Devnet:
                 {"address": v.address, "pub_key": v.pub_key, "power": "10", "name": v.moniker} for v in identities
             ],
             app_hash="",
-            app_state=AppGenesis(accounts=accounts, authorities=(authority,)).to_json(),
+            app_state=AppGenesis(accounts=accounts, authorities=(authority,), tee=tee).to_json(),
         )
         return template
 
@@ -175,7 +190,7 @@ class Devnet:
         for svc in state.services:
             if svc.kind == "hub":
                 extra["hub"] = svc.url
-            else:
+            elif svc.kind == "node":
                 extra.setdefault("nodes", []).append({"name": svc.name, "url": svc.url, "address": svc.address})
         config = ClientConfig(
             state.chain_id, [n.rpc for n in state.nodes], default_key="dev0", validators=trusted, extra=extra
@@ -207,11 +222,23 @@ class Devnet:
                 self.save(state)
                 services.wait_http(f"{svc.url}/healthz", svc.pid, "hub", logs / "hub.log")
                 services.register_example_models(self.home, svc.url)
+            elif svc.kind == "attester":
+                socket = self.attester_socket(svc.name)
+                socket.unlink(missing_ok=True)
+                command = services.attester_command(socket, self.dir / svc.name)
+                svc.pid = spawn(command, logs / f"{svc.name}.log")
+                self.save(state)
+                services.wait_socket(socket, svc.pid, svc.name, logs / f"{svc.name}.log")
             else:
-                svc.pid = spawn(services.node_command(self.home, svc.name, svc.port), logs / f"{svc.name}.log")
+                attester = self.attester_socket("attester" + svc.name.removeprefix("node"))
+                command = services.node_command(self.home, svc.name, svc.port, attester)
+                svc.pid = spawn(command, logs / f"{svc.name}.log")
                 self.save(state)
                 services.wait_http(f"{svc.url}/healthz", svc.pid, svc.name, logs / f"{svc.name}.log")
         self.save(state)
+
+    def attester_socket(self, name: str) -> Path:
+        return unix_socket_path(self.dir / name / "enclave.sock")
 
     def stop(self, name: str | None = None, kill: bool = False, timeout: float = 20.0) -> None:
         """SIGTERM (or SIGKILL with `kill`) each process group: a validator's supervisor, app and
@@ -268,13 +295,13 @@ class Devnet:
         for svc in state.services:
             if svc.kind == "hub":
                 answer["hub"] = svc.url
-            else:
+            elif svc.kind == "node":
                 answer["nodes"].append(
                     {
                         "name": svc.name,
                         "url": svc.url,
                         "address": svc.address,
-                        "modes": [Mode.VANILLA.value],
+                        "modes": list(services.NODE_MODES),
                         "running": process_alive(svc.pid),
                     }
                 )

@@ -46,8 +46,19 @@ def hub_command(root: Path, port: int) -> list[str]:
     return [sys.executable, "-m", "haca.hub.main", "--root", str(root), "--port", str(port), *uploaders]
 
 
-def node_command(home: Path, key: str, port: int) -> list[str]:
-    return [sys.executable, "-m", "haca.node.main", "--home", str(home), "--key", key, "--port", str(port)]
+NODE_MODES = (Mode.TEE, Mode.VANILLA)  # the devnet node serves tee through its DEV attester
+
+
+def node_command(home: Path, key: str, port: int, attester: Path) -> list[str]:
+    modes = ",".join(NODE_MODES)
+    args = ["--home", str(home), "--key", key, "--port", str(port), "--modes", modes, "--attester", str(attester)]
+    return [sys.executable, "-m", "haca.node.main", *args]
+
+
+def attester_command(socket: Path, platform_dir: Path) -> list[str]:
+    """The DEV attester: a software enclave (DEV-MODE, NOT FOR PRODUCTION) holding node0's tee key."""
+    args = ["serve", "--socket", str(socket), "--platform-dir", str(platform_dir)]
+    return [sys.executable, "-m", "haca.attester", *args]
 
 
 def start_service(args: list[str], log: Path) -> int:
@@ -62,6 +73,16 @@ def wait_http(url: str, pid: int, what: str, log: Path, timeout: float = 120.0) 
         if time.monotonic() > deadline:
             raise ServiceError(f"{what} not answering {url} after {timeout:.0f}s; see {log}")
         time.sleep(0.2)
+
+
+def wait_socket(path: Path, pid: int, what: str, log: Path, timeout: float = 60.0) -> None:
+    deadline = time.monotonic() + timeout
+    while not path.exists():
+        if not process_alive(pid):
+            raise ServiceError(f"{what} exited during start-up; see {log}")
+        if time.monotonic() > deadline:
+            raise ServiceError(f"{what} has no socket {path} after {timeout:.0f}s; see {log}")
+        time.sleep(0.1)
 
 
 def register_example_models(home: Path, hub_url: str) -> list[dict[str, Any]]:
@@ -93,7 +114,8 @@ def _register(chain: ChainClient, publisher: Any, entry: dict[str, Any], model_i
     schema = {entry["input"]["name"]: {"dtype": entry["input"]["dtype"], "shape": _dims(entry["input"]["shape"])}}
     outputs = {o["name"]: {"dtype": o["dtype"], "shape": _dims(o["shape"])} for o in entry["outputs"]}
     price, unit, max_rows = EXAMPLE_TERMS.get(entry["name"], (1000, "request", 64))
-    msg = MsgRegisterModel(entry["name"], model_id, schema, outputs, (Mode.VANILLA,), price, unit, max_rows)
+    modes = tuple(sorted((Mode.TEE, Mode.VANILLA)))
+    msg = MsgRegisterModel(entry["name"], model_id, schema, outputs, modes, price, unit, max_rows)
     chain.send_msgs(publisher, (msg,))
     result: dict[str, Any] = chain.query("/registry/model", entry["name"].encode())
     return result

@@ -74,6 +74,10 @@ class EnclaveKey:
     def _loop(self) -> None:
         while not self._stop.wait(self.poll_interval):
             try:
+                address = self.attester.key()["address"]
+                if address != self.address:  # the enclave restarted: a new key, never attested
+                    log.warning("enclave_rekeyed", old=self.address, new=address)
+                    self.address, self.good_until, self.attested_height = address, 0, 0
                 if self.due(self.chain.rpc.height()):
                     self.attest()
             except (HacaError, AttesterError, KeyError, ValueError) as exc:  # retried next poll

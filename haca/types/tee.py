@@ -18,6 +18,47 @@ MAX_POLICY_BYTES = 32 * 1024
 GLOBAL_SCOPE = "*"  # a measurement approved for every model
 
 
+# --- the tee module's state keys (shared with clients, who check proofs of them) ----------------
+# Layout documented in haca/chain/modules/tee/keeper.py.
+
+PREFIX = b"tee/"
+POLICY_KEY = PREFIX + b"policy"
+APPROVAL_PREFIX = PREFIX + b"approval/"
+ENCLAVE_PREFIX = PREFIX + b"enclave/"
+NODE_KEY_PREFIX = PREFIX + b"node_key/"
+COVER_PREFIX = PREFIX + b"cover/"
+ATTESTATION_PREFIX = PREFIX + b"attestation/"
+LAPSE_PREFIX = PREFIX + b"lapse/"
+
+
+def addr_bytes(address: str) -> bytes:
+    return bytes.fromhex(address[2:])
+
+
+def u64(value: int) -> bytes:
+    return value.to_bytes(8, "big")
+
+
+def approval_key(scope: str, measurement_id: str) -> bytes:
+    return APPROVAL_PREFIX + scope.encode() + b"/" + measurement_id.encode()
+
+
+def enclave_key(key: str) -> bytes:
+    return ENCLAVE_PREFIX + addr_bytes(key)
+
+
+def cover_key(key: str, start: int) -> bytes:
+    return COVER_PREFIX + addr_bytes(key) + u64(start)
+
+
+def attestation_key(key: str, start: int) -> bytes:
+    return ATTESTATION_PREFIX + addr_bytes(key) + u64(start)
+
+
+def lapse_key(height: int, key: str) -> bytes:
+    return LAPSE_PREFIX + u64(height) + addr_bytes(key)
+
+
 def _format(value: Any) -> str:
     if value not in ATTESTATION_FORMATS:
         raise ValueError(f"format: expected one of {list(ATTESTATION_FORMATS)}")

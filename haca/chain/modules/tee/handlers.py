@@ -67,6 +67,7 @@ def handle_attest_enclave(
         "evidence": "0x" + msg.evidence.hex(),
         "endorsements": "0x" + msg.endorsements.hex(),
         "nonce_height": msg.nonce_height,
+        "nonce": "0x" + nonce.hex(),  # the block hash it bound: checkable long after the hash is pruned
         "height": ctx.height,
         "time": ctx.time,  # the block time it verified at: a client re-verifies at this time
     }

@@ -23,44 +23,21 @@ from haca.chain.state import CachedState, ReadableState
 from haca.proofs.tee.policy import TeePolicy
 from haca.proofs.verifier import EnclaveStanding, VerdictCache
 from haca.types.encoding import canonical_json
-from haca.types.tee import GLOBAL_SCOPE
-
-PREFIX = b"tee/"
-POLICY_KEY = PREFIX + b"policy"
-APPROVAL_PREFIX = PREFIX + b"approval/"
-ENCLAVE_PREFIX = PREFIX + b"enclave/"
-NODE_KEY_PREFIX = PREFIX + b"node_key/"
-COVER_PREFIX = PREFIX + b"cover/"
-ATTESTATION_PREFIX = PREFIX + b"attestation/"
-LAPSE_PREFIX = PREFIX + b"lapse/"
-
-
-def _addr(address: str) -> bytes:
-    return bytes.fromhex(address[2:])
-
-
-def _u64(value: int) -> bytes:
-    return value.to_bytes(8, "big")
-
-
-def approval_key(scope: str, measurement_id: str) -> bytes:
-    return APPROVAL_PREFIX + scope.encode() + b"/" + measurement_id.encode()
-
-
-def enclave_key(key: str) -> bytes:
-    return ENCLAVE_PREFIX + _addr(key)
-
-
-def cover_key(key: str, start: int) -> bytes:
-    return COVER_PREFIX + _addr(key) + _u64(start)
-
-
-def attestation_key(key: str, start: int) -> bytes:
-    return ATTESTATION_PREFIX + _addr(key) + _u64(start)
-
-
-def lapse_key(height: int, key: str) -> bytes:
-    return LAPSE_PREFIX + _u64(height) + _addr(key)
+from haca.types.tee import (
+    APPROVAL_PREFIX,
+    COVER_PREFIX,
+    GLOBAL_SCOPE,
+    LAPSE_PREFIX,
+    NODE_KEY_PREFIX,
+    POLICY_KEY,
+    addr_bytes,
+    approval_key,
+    attestation_key,
+    cover_key,
+    enclave_key,
+    lapse_key,
+    u64,
+)
 
 
 @dataclass(frozen=True)
@@ -113,11 +90,11 @@ class TeeKeeper:
         return json.loads(raw) if raw else None
 
     def node_keys(self, state: ReadableState, node: str) -> list[str]:
-        prefix = NODE_KEY_PREFIX + _addr(node)
+        prefix = NODE_KEY_PREFIX + addr_bytes(node)
         return ["0x" + k[len(prefix) :].hex() for k, _ in state.iter_prefix(prefix)]
 
     def segments(self, state: ReadableState, key: str) -> list[Segment]:
-        prefix = COVER_PREFIX + _addr(key)
+        prefix = COVER_PREFIX + addr_bytes(key)
         return [Segment(int.from_bytes(k[len(prefix) :], "big"), int(v)) for k, v in state.iter_prefix(prefix)]
 
     def segment_at(self, state: ReadableState, key: str, height: int) -> Segment | None:
@@ -152,12 +129,12 @@ class TeeKeeper:
         registered = previous["registered_height"] if previous else height
         record = {**record, "registered_height": registered, "attested_height": height, "good_until": until}
         state.set(enclave_key(key), canonical_json(record))
-        state.set(NODE_KEY_PREFIX + _addr(record["node"]) + _addr(key), b"")
+        state.set(NODE_KEY_PREFIX + addr_bytes(record["node"]) + addr_bytes(key), b"")
         return segment
 
     def lapsing(self, state: ReadableState, height: int) -> list[str]:
         """The keys whose coverage ends just before `height` (found by their height prefix)."""
-        prefix = LAPSE_PREFIX + _u64(height)
+        prefix = LAPSE_PREFIX + u64(height)
         return ["0x" + k[len(prefix) :].hex() for k, _ in state.iter_prefix(prefix)]
 
     def drop_lapse(self, state: CachedState, height: int, key: str) -> None:
