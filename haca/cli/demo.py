@@ -128,6 +128,28 @@ def _run(client: Client, denom: str) -> None:
         f"[bold]7.[/bold] a transfer to {recipient[:10]}…: balance {proven}, Merkle proof checked against the "
         "app hash in the next header, signed by > 2/3 of validators"
     )
+    _tee_step(client, examples["iris"]["example_input"])
+
+
+def _tee_step(client: Client, example: Any) -> None:
+    """A tee inference: signed inside the node's (DEV) enclave, settled as verified, re-verified here."""
+    result = client.infer("iris", example, mode="tee")
+    with console.status("waiting for the tee receipt to settle and re-verifying it from proven chain state…"):
+        verification = client.wait_verified(result.receipt_id)
+    label = " — [bold red]DEV attester: DEV-MODE, NOT FOR PRODUCTION[/bold red]" if verification.dev else ""
+    console.print(
+        f"[bold]8.[/bold] tee inference on iris: {_summary('iris', result.output)}, receipt "
+        f"{result.receipt_id[:18]}… status [bold]{verification.chain_status}[/bold]{label}"
+    )
+    console.print(
+        f"   signed by enclave key {verification.enclave_key[:10]}… (not the node's account key), attested"
+        f" with {verification.attestation_format} evidence, measurement {verification.measurement_id[:24]}…"
+    )
+    verdict = "verifies" if verification.verified else f"does NOT verify: {verification.reason}"
+    console.print(
+        f"   `haca verify {result.receipt_id[:10]}…`: the attestation and the receipt signature, checked"
+        f" locally against Merkle-proven chain state, {verdict}"
+    )
 
 
 def _summary(name: str, output: dict[str, Any]) -> str:

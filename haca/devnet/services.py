@@ -49,9 +49,11 @@ def hub_command(root: Path, port: int) -> list[str]:
 NODE_MODES = (Mode.TEE, Mode.VANILLA)  # the devnet node serves tee through its DEV attester
 
 
-def node_command(home: Path, key: str, port: int, attester: Path) -> list[str]:
-    modes = ",".join(NODE_MODES)
-    args = ["--home", str(home), "--key", key, "--port", str(port), "--modes", modes, "--attester", str(attester)]
+def node_command(home: Path, key: str, port: int, attester: Path | None = None) -> list[str]:
+    """A node serving vanilla, and tee too when it has an enclave (`attester`'s socket)."""
+    args = ["--home", str(home), "--key", key, "--port", str(port)]
+    if attester is not None:
+        args += ["--modes", ",".join(NODE_MODES), "--attester", str(attester)]
     return [sys.executable, "-m", "haca.node.main", *args]
 
 

@@ -103,8 +103,9 @@ def test_unpaid_request_gets_402_with_x402_requirements(inference_devnet):
     response = httpx.post(f"{node_url(inference_devnet)}/v1/infer", json={"model": "iris", "input": [[1, 2, 3, 4]]})
     assert response.status_code == 402
     body = response.json()
-    assert sorted(a["extra"]["model"] for a in body["accepts"]) == ["digits-cnn", "iris", "mlp-regressor"]
-    (accept,) = [a for a in body["accepts"] if a["extra"]["model"] == "iris"]
+    offered = sorted((a["extra"]["model"], a["extra"]["mode"]) for a in body["accepts"])
+    assert offered == [(m, mode) for m in ("digits-cnn", "iris", "mlp-regressor") for mode in ("tee", "vanilla")]
+    (accept,) = [a for a in body["accepts"] if (a["extra"]["model"], a["extra"]["mode"]) == ("iris", "vanilla")]
     assert body["x402Version"] == 1 and body["error"]
     assert accept["scheme"] == "haca-escrow" and accept["network"] == inference_devnet.config.chain_id
     assert accept["asset"] == "opg" and int(accept["maxAmountRequired"]) == EXAMPLE_PRICES["iris"]

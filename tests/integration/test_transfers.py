@@ -75,9 +75,11 @@ def test_replaying_committed_blocks_into_a_fresh_app_reproduces_every_app_hash(d
     )
     assert init.app_hash.hex() == app_hash_at(rpc, 1).lower()
     for height in range(1, last + 1):
-        block = rpc.block(height)["block"]
+        answer = rpc.block(height)
+        block, block_hash = answer["block"], bytes.fromhex(answer["block_id"]["hash"])
         txs = [b64(t) for t in block["data"]["txs"] or []]
-        result = app.finalize_block(abci.RequestFinalizeBlock(height=height, txs=txs))
+        # The block hash CometBFT gives FinalizeBlock is the one RPC names the block by.
+        result = app.finalize_block(abci.RequestFinalizeBlock(height=height, txs=txs, hash=block_hash))
         app.commit(abci.RequestCommit())
         assert result.app_hash.hex() == app_hash_at(rpc, height + 1).lower(), f"diverged at height {height}"
     assert app.store.height == last
