@@ -1,6 +1,6 @@
 """The dependency direction of DESIGN.md holds: crypto ← types ← proofs ← chain, node, client;
-the chain never imports node, runtime, client or devnet code, and the hub's server does not
-build on the client SDK."""
+the chain never imports node, runtime, client or devnet code; node, client and the attester
+never import the chain (they reach it over RPC); the hub's server does not build on the client SDK."""
 
 from __future__ import annotations
 
@@ -18,6 +18,10 @@ FORBIDDEN = {
     "proofs": {"chain", "node", "client", "runtime", "hub", "cli", "devnet"},
     "chain": {"node", "client", "runtime", "hub", "cli", "devnet"},
     "hub": {"chain", "node", "runtime", "cli", "devnet", "client"},
+    # node, client and the attester reach the chain over RPC (or a socket) only
+    "node": {"chain", "cli", "devnet"},
+    "client": {"chain", "node", "runtime", "hub", "cli", "devnet", "attester"},
+    "attester": {"chain", "node", "client", "runtime", "hub", "cli", "devnet"},
 }
 
 

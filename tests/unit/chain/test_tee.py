@@ -365,3 +365,48 @@ def test_genesis_tee_section_round_trips_and_bad_sections_are_refused(dev):
     bad["tee"]["approvals"] = [{"model": "*", "measurement_id": "sha256:zz"}]
     with pytest.raises(errors.InvalidGenesis, match="measurement_id"):
         parse_app_genesis(json.dumps(bad).encode())
+
+
+# --- real attestations through the chain's registration path ----------------------------------------
+
+FIXTURES = Path(__file__).resolve().parents[2] / "fixtures" / "tee"
+REAL = {
+    # format: (evidence, endorsements, a block time inside its validity)
+    "nitro": (FIXTURES / "nitro" / "nitro_attestation.bin", None, 1_766_668_537),
+    "tdx": (FIXTURES / "tdx" / "tdx_quote", FIXTURES / "tdx" / "tdx_quote_collateral.json", 1_751_328_000),
+    "snp": (FIXTURES / "snp" / "report_milan.hex", FIXTURES / "snp" / "vcek_milan.der", 1_751_328_000),
+}
+
+
+@pytest.mark.parametrize("fmt", sorted(REAL))
+def test_a_real_attestation_verifies_on_chain_and_is_refused_only_for_not_binding_this_key(
+    tmp_path, monkeypatch, dev, fmt
+):
+    """The chain runs the real verifiers at block time: each fixture passes signature, chain,
+    validity and policy, and is then refused because its report data binds someone else's key."""
+    evidence, endorsements, at = REAL[fmt]
+    monkeypatch.setattr(apphelpers, "GENESIS_TIME", at - 2)  # the Nitro leaf is valid from 3 s before
+    chain = Node(tmp_path / "state.db")
+    chain.init(genesis(dev))
+    chain.block()
+    chain.deliver(OWNER, LLM)
+    ok(chain.deliver(NODE, NODE_MSG))
+    if fmt != "nitro":
+        ok(chain.deliver(AUTHORITY, MsgSetTeePolicy({"formats": ["dev", "nitro", "tdx", "snp"]})))
+    raw = evidence.read_bytes()
+    msg = MsgAttestEnclave(ENCLAVE.address, fmt, raw, endorsements.read_bytes() if endorsements else b"", chain.height)
+    rejected(chain, NODE, msg, errors.InvalidAttestation.code, "binding: the report data does not bind key")
+    chain.close()
+
+
+def test_a_real_nitro_document_past_its_certificates_is_refused_as_expired(tmp_path, monkeypatch, dev):
+    monkeypatch.setattr(apphelpers, "GENESIS_TIME", 1_766_668_537 + 4 * 3600)
+    chain = Node(tmp_path / "state.db")
+    chain.init(genesis(dev))
+    chain.block()
+    chain.deliver(OWNER, LLM)
+    ok(chain.deliver(NODE, NODE_MSG))
+    raw = REAL["nitro"][0].read_bytes()
+    msg = MsgAttestEnclave(ENCLAVE.address, "nitro", raw, b"", chain.height)
+    rejected(chain, NODE, msg, errors.InvalidAttestation.code, "expired")
+    chain.close()
