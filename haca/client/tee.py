@@ -59,18 +59,9 @@ class ReceiptVerification:
         return out
 
 
-def _standing(answer: dict[str, Any], key: str) -> EnclaveStanding:
-    record = answer["enclave"]
-    return EnclaveStanding(
-        key=key,
-        node=record["node"],
-        format=record["format"],
-        measurement_id=record["measurement_id"],
-        dev=bool(record["dev"]),
-        covered=bool(answer["covered"]),
-        approved=bool(answer["approved"]),
-        detail=str(answer.get("detail", "")),
-    )
+def _standing(answer: dict[str, Any]) -> EnclaveStanding:
+    covered, approved = bool(answer["covered"]), bool(answer["approved"])
+    return EnclaveStanding.from_record(answer["enclave"], covered, approved, str(answer.get("detail", "")))
 
 
 def enclave_lookup(chain: ChainClient, model: str, height: int) -> Callable[[str], EnclaveStanding | None]:
@@ -79,7 +70,7 @@ def enclave_lookup(chain: ChainClient, model: str, height: int) -> Callable[[str
 
     def lookup(key: str) -> EnclaveStanding | None:
         try:
-            return _standing(chain.query("/tee/enclave", f"{key}@{height}/{model}".encode()), key)
+            return _standing(chain.query("/tee/enclave", f"{key}@{height}/{model}".encode()))
         except QueryFailed:
             return None
 
@@ -109,7 +100,7 @@ def proven_standing(
     approvals = [approval_key(GLOBAL_SCOPE, record["measurement_id"]), approval_key(model, record["measurement_id"])]
     if any(k not in values for k in approvals):
         raise ProofInvalid("the answer does not prove the measurement's approvals")
-    standing = _standing({**answer, "covered": bool(covering), "approved": any(values[k] for k in approvals)}, key)
+    standing = _standing({**answer, "covered": bool(covering), "approved": any(values[k] for k in approvals)})
     return standing, attestation, proven_height
 
 

@@ -4,6 +4,7 @@ chain (e.g. the node died after the tx committed) is recognised and marked, neve
 
 from __future__ import annotations
 
+import re
 import threading
 from typing import Any
 
@@ -131,17 +132,38 @@ class Settler:
     def _submit_pipelined(self, chunks: list[list[StoredReceipt]]) -> int:
         nonce = self.chain.nonce(self.key.address)
         sent: list[tuple[list[StoredReceipt], str]] = []
+        done = 0
         for chunk in chunks:
-            try:
-                tx_hash = self.chain.broadcast(self._settle_tx(chunk, nonce))
-            except TxRejected as exc:
-                if sent or exc.abci_code not in RECEIPT_REFUSALS:
-                    break  # a tx-level refusal, or later batches: all stay pending for the next pass
-                return self._isolate(chunk)
+            chunk, tx_hash, rejected, refusal = self._send_dropping_refused(chunk, nonce)
+            done += rejected
+            if tx_hash is None:
+                if refusal is not None and not sent and refusal.abci_code in RECEIPT_REFUSALS:
+                    return done + self._isolate(chunk)  # a refusal that names no receipt
+                break  # a tx-level refusal, or later batches: all stay pending for the next pass
             self._mark_submitted(chunk, tx_hash)
             sent.append((chunk, tx_hash))
             nonce += 1
-        return sum(self._await(chunk, tx_hash) for chunk, tx_hash in sent)
+        return done + sum(self._await(chunk, tx_hash) for chunk, tx_hash in sent)
+
+    def _send_dropping_refused(
+        self, chunk: list[StoredReceipt], nonce: int
+    ) -> tuple[list[StoredReceipt], str | None, int, TxRejected | None]:
+        """Broadcast `chunk`; each receipt CheckTx names as refused is marked rejected, dropped,
+        and the rest resent at the same nonce, so one bad receipt costs one CheckTx, not a block
+        per receipt. (what was sent, its tx hash or None, receipts rejected, the last refusal)."""
+        rejected = 0
+        refusal: TxRejected | None = None
+        while chunk:
+            try:
+                return chunk, self.chain.broadcast(self._settle_tx(chunk, nonce)), rejected, None
+            except TxRejected as exc:
+                refusal = exc
+                bad = refused_receipt(chunk, exc)
+                if bad is None:
+                    return chunk, None, rejected, exc
+                rejected += self._rejected(bad, exc)
+                chunk = [r for r in chunk if r is not bad]
+        return chunk, None, rejected, refusal
 
     def _settle_tx(self, chunk: list[StoredReceipt], nonce: int | None = None) -> bytes:
         return self.chain.sign(self.key, (MsgSettle(tuple(r.item for r in chunk)),), nonce=nonce)
@@ -183,6 +205,9 @@ class Settler:
                 self._unseen_passes.pop(rid, None)
             if exc.abci_code not in RECEIPT_REFUSALS:
                 return 0
+            bad = refused_receipt(chunk, exc)
+            if bad is not None:  # the rest are pending again and go in the next pass
+                return self._rejected(bad, exc)
             if len(chunk) == 1:
                 return self._rejected(chunk[0], exc)
             return self._isolate(chunk) if isolate else 0
@@ -220,6 +245,19 @@ class Settler:
         self.rejected_total += 1
         log.warning("settlement_rejected", receipt=receipt_id, reason=exc.log or str(exc))
         return 1
+
+
+_REFUSED_ITEM = re.compile(r"^item \d+ \(receipt (0x[0-9a-f]{64})\): ")
+
+
+def refused_receipt(chunk: list[StoredReceipt], exc: TxRejected) -> StoredReceipt | None:
+    """The receipt of `chunk` a settlement refusal names (the chain prefixes the item), if any."""
+    if exc.abci_code not in RECEIPT_REFUSALS:
+        return None
+    match = _REFUSED_ITEM.match(exc.log or "")
+    if match is None:
+        return None
+    return next((r for r in chunk if r.item.receipt.id == match.group(1)), None)
 
 
 def settled_statuses(events: list[dict[str, Any]]) -> dict[str, Status]:

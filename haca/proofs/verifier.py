@@ -47,6 +47,20 @@ class EnclaveStanding:
     approved: bool  # its measurement is approved for the receipt's model now
     detail: str = ""  # why not, in words
 
+    @classmethod
+    def from_record(cls, record: Mapping[str, Any], covered: bool, approved: bool, detail: str = "") -> EnclaveStanding:
+        """From the chain's enclave record (`/tee/enclave`) and its judgement for one receipt."""
+        return cls(
+            key=str(record["key"]),
+            node=str(record["node"]),
+            format=str(record["format"]),
+            measurement_id=str(record["measurement_id"]),
+            dev=bool(record["dev"]),
+            covered=covered,
+            approved=approved,
+            detail=detail,
+        )
+
 
 def _no_enclave(key: str) -> EnclaveStanding | None:
     return None
@@ -107,38 +121,42 @@ class VerdictCache:
         return value
 
 
-class VanillaVerifier:
-    """The node's own signature, nothing else: the receipt settles, marked unverified."""
-
-    mode = Mode.VANILLA
+class _SignatureVerifier:
+    """A verifier whose costly part is recovering the receipt's signer (memoised per receipt)."""
 
     def __init__(self, cache: VerdictCache | None = None) -> None:
         self.cache = cache or VerdictCache()
 
+    def signer(self, signed: SignedReceipt) -> str:
+        return self.cache.get((signed.receipt.digest, signed.signature), lambda: receipt_signer(signed))
+
+
+class VanillaVerifier(_SignatureVerifier):
+    """The node's own signature, nothing else: the receipt settles, marked unverified."""
+
+    mode = Mode.VANILLA
+
     def verify(self, signed: SignedReceipt, evidence: bytes, ctx: VerifyContext) -> Verdict:
         if evidence:
             raise EvidenceError("vanilla receipts carry no evidence")
-        signer = self.cache.get((signed.receipt.digest, signed.signature), lambda: receipt_signer(signed))
+        signer = self.signer(signed)
         node = str(ctx.node.get("address", ""))
         if signer != node or signed.receipt.node != node:
             raise EvidenceError(f"receipt names node {signed.receipt.node} but is signed by {signer}")
         return Verdict(Status.SETTLED, signer)
 
 
-class TeeVerifier:
+class TeeVerifier(_SignatureVerifier):
     """Signed by an enclave key the chain attested for this node, covering the receipt's height,
     with a measurement approved for its model now. The receipt carries no evidence of its own:
     the attestation was checked once, when the key was registered (and at each heartbeat)."""
 
     mode = Mode.TEE
 
-    def __init__(self, cache: VerdictCache | None = None) -> None:
-        self.cache = cache or VerdictCache()
-
     def verify(self, signed: SignedReceipt, evidence: bytes, ctx: VerifyContext) -> Verdict:
         if evidence:
             raise EvidenceError("tee receipts carry no evidence: the enclave key is attested on chain")
-        signer = self.cache.get((signed.receipt.digest, signed.signature), lambda: receipt_signer(signed))
+        signer = self.signer(signed)
         node = str(ctx.node.get("address", ""))
         if signed.receipt.node != node:
             raise EvidenceError(f"receipt names node {signed.receipt.node}, not {node}")

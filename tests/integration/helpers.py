@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import time
 from concurrent.futures import ThreadPoolExecutor
+from typing import Any
 
 from haca.client.chain import ChainClient
 from haca.client.rpc import CometRpc
@@ -83,3 +84,20 @@ def supply_holds(client: ChainClient, addresses: list[str], genesis_supply: int,
     supply = client.query("/bank/supply", b"", height)
     assert int(supply["total"]) == total, f"supply {supply['total']} != sum of balances {total} at {height}"
     assert total + int(supply["burned"]) == genesis_supply
+
+
+def assert_devnet_supply_holds(handle: Any) -> None:
+    """Every devnet account plus the escrow account holds the supply; supply + burned = genesis."""
+    from haca.chain.modules.inference.keeper import ESCROW_ACCOUNT
+    from haca.devnet.accounts import DEV_BALANCE
+
+    addresses = [k.address for k in handle.keys.list()] + [ESCROW_ACCOUNT]
+    supply = handle.client.supply()
+    assert sum(handle.client.balance(a) for a in addresses) == supply["total"]
+    assert supply["total"] + supply["burned"] == DEV_BALANCE * len(handle.keys.list())
+
+
+def settlement_fee(client: ChainClient, fee: int) -> int:
+    """What the chain burns from escrow when it settles a receipt of `fee` (its params now)."""
+    p = client.query("/inference/params")
+    return int(p["settlement_fee"]) + fee * int(p["settlement_fee_bps"]) // 10_000

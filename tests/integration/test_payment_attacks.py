@@ -22,12 +22,10 @@ from typing import Any
 import httpx
 import pytest
 
-from haca.chain.modules.inference.keeper import ESCROW_ACCOUNT
 from haca.client.errors import TxRejected
 from haca.client.payment import PaymentRequiredError, ReceiptInvalid
 from haca.client.sdk import Client
 from haca.crypto.keys import PrivateKey
-from haca.devnet.accounts import DEV_BALANCE
 from haca.devnet.layout import example_models_dir
 from haca.devnet.processes import free_ports, process_alive, spawn
 from haca.devnet.services import EXAMPLE_PRICES, EXAMPLE_TERMS, node_command, wait_http
@@ -38,7 +36,7 @@ from haca.types.payment import PaymentAuthorization, SignedPayment
 from haca.types.receipt import Receipt, SignedReceipt
 from haca.types.registry import MsgRegisterModel, MsgRegisterNode
 from haca.types.tensor import parse_input, schema_from_json, tensors_hash, tensors_to_json
-from tests.integration.helpers import wait_height
+from tests.integration.helpers import assert_devnet_supply_holds, settlement_fee, wait_height
 
 pytestmark = pytest.mark.devnet
 MODELS = {m["name"]: m for m in json.loads((example_models_dir() / "manifest.json").read_text())["models"]}
@@ -72,17 +70,13 @@ class Net:
         return dict(self.chain.query("/inference/params"))
 
     def settlement_fee(self, fee: int) -> int:
-        p = self.params()
-        return int(p["settlement_fee"]) + fee * int(p["settlement_fee_bps"]) // 10_000
+        return settlement_fee(self.chain, fee)
 
     def escrow(self, client: str, node: str) -> int:
         return int(self.chain.query("/inference/escrow", f"{client}/{node}".encode())["escrow"])
 
     def assert_supply_holds(self) -> None:
-        addresses = [k.address for k in self.handle.keys.list()] + [ESCROW_ACCOUNT]
-        supply = self.chain.supply()
-        assert sum(self.chain.balance(a) for a in addresses) == supply["total"]
-        assert supply["total"] + supply["burned"] == DEV_BALANCE * len(self.handle.keys.list())
+        assert_devnet_supply_holds(self.handle)
 
 
 @pytest.fixture(scope="module")

@@ -18,12 +18,10 @@ from typing import Any
 
 import pytest
 
-from haca.chain.modules.inference.keeper import ESCROW_ACCOUNT
 from haca.client.errors import TxRejected
 from haca.client.sdk import Client
 from haca.crypto.hashing import sha256
 from haca.crypto.keys import PrivateKey
-from haca.devnet.accounts import DEV_BALANCE
 from haca.devnet.layout import example_models_dir
 from haca.proofs.tee.binding import key_binding, measurement_id
 from haca.proofs.tee.claims import Claims
@@ -34,7 +32,7 @@ from haca.types.payment import PaymentAuthorization, SignedPayment
 from haca.types.receipt import Receipt, SignedReceipt
 from haca.types.registry import MsgRegisterNode
 from haca.types.tee import MsgApproveMeasurement, MsgAttestEnclave, MsgRevokeMeasurement, MsgSetTeePolicy
-from tests.integration.helpers import wait_height
+from tests.integration.helpers import assert_devnet_supply_holds, settlement_fee, wait_height
 
 pytestmark = pytest.mark.devnet
 MODELS = {m["name"]: m for m in json.loads((example_models_dir() / "manifest.json").read_text())["models"]}
@@ -89,14 +87,10 @@ class Net:
         return int(self.chain.query("/inference/escrow", f"{client}/{node}".encode())["escrow"])
 
     def assert_supply_holds(self) -> None:
-        addresses = [k.address for k in self.handle.keys.list()] + [ESCROW_ACCOUNT]
-        supply = self.chain.supply()
-        assert sum(self.chain.balance(a) for a in addresses) == supply["total"]
-        assert supply["total"] + supply["burned"] == DEV_BALANCE * len(self.handle.keys.list())
+        assert_devnet_supply_holds(self.handle)
 
     def settlement_fee(self, fee: int) -> int:
-        p = self.chain.query("/inference/params")
-        return int(p["settlement_fee"]) + fee * int(p["settlement_fee_bps"]) // 10_000
+        return settlement_fee(self.chain, fee)
 
 
 @pytest.fixture(scope="module")

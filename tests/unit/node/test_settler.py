@@ -51,6 +51,7 @@ class FakeChain:
         self.invalid_code = codes.INVALID_PAYMENT
         self.fail_in_block: dict[str, str] = {}  # receipt id -> log: passes CheckTx, fails in its block, then invalid
         self.check_faults: list[TxRejected] = []  # the next broadcasts raise these
+        self.names_items = False
         self.broadcast_lost = 0  # the next N accepted broadcasts answer with an RPC error
         self.wait_faults: list[str] = []  # next wait_tx: "slow" (no block yet), "lost" (block, no answer), "dropped"
 
@@ -118,13 +119,18 @@ class FakeChain:
 
     def _check(self, items: tuple[SettlementItem, ...], settled: dict[tuple[str, str], str]) -> tuple[int, str]:
         seen = dict(settled)
-        for item in items:
+        for index, item in enumerate(items):
             receipt_id, request = item.receipt.id, self._request(item)
-            if receipt_id in self.invalid:
-                return self.invalid_code, self.invalid[receipt_id]  # payment checks come before AlreadySettled
+            # The real chain names the refused item; `names_items = False` plays an older chain.
+            prefix = f"item {index} (receipt {receipt_id}): " if self.names_items else ""
+            if receipt_id in self.invalid:  # payment checks come before AlreadySettled
+                return self.invalid_code, prefix + self.invalid[receipt_id]
             if request in seen:
                 previous = seen[request]
-                return codes.ALREADY_SETTLED, f"request {request[1]} of {request[0]} was settled by receipt {previous}"
+                return (
+                    codes.ALREADY_SETTLED,
+                    prefix + f"request {request[1]} of {request[0]} was settled by receipt {previous}",
+                )
             seen[request] = receipt_id
         return 0, ""
 
@@ -137,7 +143,9 @@ class FakeChain:
             code, log = self._check(items, self.settled_requests)
             failing = [i.receipt.id for i in items if i.receipt.id in self.fail_in_block]
             if not code and failing:
-                log = self.fail_in_block.pop(failing[0])
+                index = next(i for i, item in enumerate(items) if item.receipt.id == failing[0])
+                prefix = f"item {index} (receipt {failing[0]}): " if self.names_items else ""
+                log = prefix + self.fail_in_block.pop(failing[0])
                 code, self.invalid[failing[0]] = codes.INSUFFICIENT_ESCROW, log
             if not code:
                 for item in items:
@@ -252,6 +260,33 @@ def test_a_checktx_rejected_batch_is_retried_one_receipt_per_tx_so_only_the_bad_
     assert sorted(chain.ledger_ids()) == sorted(set(ids) - {bad})
     assert (settler.settled_total, settler.rejected_total) == (3, 1)
     assert settler.run_once() == 0  # a rejected receipt is final
+
+
+def test_a_refusal_naming_its_receipt_drops_only_that_receipt_and_resends_the_rest_in_one_tx(tmp_path):
+    """48 receipts with one bad per batch of 12: each bad one costs a CheckTx, never a block."""
+    settler, store, chain, ids = make(tmp_path, 48, batch_size=12, max_inflight=4)
+    chain.names_items = True
+    bad = {ids[i] for i in (5, 20, 30, 47)}
+    for rid in bad:
+        chain.invalid[rid] = "payment expired at height 90; this is height 101"
+    assert settler.run_once() == 48
+    assert [len(b) for _, b in chain.accepted] == [11, 11, 11, 11]  # one tx per batch, in one block
+    assert {n for n, _ in chain.accepted} == {0, 1, 2, 3}
+    assert [s for rid, s in zip(ids, statuses(store, ids), strict=True) if rid in bad] == ["rejected"] * 4
+    assert sorted(chain.ledger_ids()) == sorted(set(ids) - bad)
+    assert store.get(ids[5]).error.endswith("payment expired at height 90; this is height 101")  # type: ignore[union-attr]
+
+
+def test_a_batch_failing_in_finalize_block_naming_its_receipt_rejects_it_and_resends_the_rest(tmp_path):
+    settler, store, chain, ids = make(tmp_path, 3, batch_size=3)
+    chain.names_items = True
+    bad = ids[1]
+    chain.fail_in_block[bad] = "escrow of client is 0; fee 11 + settlement fee 3 needed"
+    settler.run_once()
+    assert statuses(store, ids) == ["pending", "rejected", "pending"]
+    drain(settler, chain)
+    assert statuses(store, ids) == ["settled", "rejected", "settled"]
+    assert [len(b) for _, b in chain.signed] == [3, 2]
 
 
 def test_already_settled_with_a_chain_record_marks_the_receipt_settled_at_the_recorded_height(tmp_path):
@@ -371,11 +406,15 @@ FAULTS = ["none", "lost", "dropped", "broadcast_lost", "fail_in_block", "invalid
     ),
     batch_size=st.integers(1, 3),
     max_inflight=st.integers(1, 3),
+    names_items=st.booleans(),
 )
-def test_every_queued_receipt_is_paid_exactly_once_or_rejected_for_its_own_fault(steps, batch_size, max_inflight):
+def test_every_queued_receipt_is_paid_exactly_once_or_rejected_for_its_own_fault(
+    steps, batch_size, max_inflight, names_items
+):
     with tempfile.TemporaryDirectory() as tmp:
         path = Path(tmp) / "receipts.db"
         chain = FakeChain()
+        chain.names_items = names_items
         store = ReceiptStore(path)
 
         def new_settler(store: ReceiptStore) -> Settler:

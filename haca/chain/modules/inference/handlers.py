@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from haca.chain.errors import ChainError
 from haca.chain.events import Event
 from haca.chain.modules.inference.keeper import InferenceKeeper
 from haca.chain.modules.inference.settle import settle_item
@@ -31,4 +32,10 @@ def handle_revoke_allowance(keeper: InferenceKeeper, ctx: TxContext, msg: MsgRev
 def handle_settle(
     registry: RegistryKeeper, tee: TeeKeeper, keeper: InferenceKeeper, ctx: TxContext, msg: MsgSettle
 ) -> list[Event]:
-    return [settle_item(ctx, registry, tee, keeper, item) for item in msg.items]
+    events = []
+    for index, item in enumerate(msg.items):
+        try:
+            events.append(settle_item(ctx, registry, tee, keeper, item))
+        except ChainError as exc:  # name the receipt, so a node can drop it and resend the rest at once
+            raise type(exc)(f"item {index} (receipt {item.receipt.id}): {exc}") from exc
+    return events

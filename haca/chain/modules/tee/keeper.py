@@ -157,13 +157,4 @@ class TeeKeeper:
             detail = f"measurement {record['measurement_id']} is not approved for model {model!r} (revoked or never)"
         else:
             detail = ""
-        return EnclaveStanding(
-            key=key,
-            node=record["node"],
-            format=record["format"],
-            measurement_id=record["measurement_id"],
-            dev=bool(record["dev"]),
-            covered=segment is not None,
-            approved=scope is not None,
-            detail=detail,
-        )
+        return EnclaveStanding.from_record(record, segment is not None, scope is not None, detail)
