@@ -241,10 +241,7 @@ class Client(_Base):
         return self.verify_receipt(receipt_id)
 
     def _stored_receipt(self, receipt_id: str) -> SignedReceipt:
-        signed = SignedReceipt.from_json(self.node_receipt(receipt_id)["receipt"])
-        if signed.id != receipt_id.lower():
-            raise ReceiptInvalid(f"the node returned receipt {signed.id} for {receipt_id}")
-        return signed
+        return _checked_receipt(self.node_receipt(receipt_id), receipt_id)
 
 
 class AsyncClient(_Base):
@@ -298,6 +295,29 @@ class AsyncClient(_Base):
             if time.monotonic() > deadline:
                 raise HacaError(f"receipt {receipt_id} not settled within {timeout:.0f}s")
             await asyncio.sleep(0.3)
+
+    async def verify_receipt(self, receipt: str | SignedReceipt) -> ReceiptVerification:
+        """As Client.verify_receipt (the chain reads and proofs run in a worker thread)."""
+        if isinstance(receipt, SignedReceipt):
+            signed = receipt
+        else:
+            response = await self.http.get(f"{self.node_url}/v1/receipts/{receipt}")
+            if response.status_code != 200:
+                raise self._error(response)
+            signed = _checked_receipt(response.json(), receipt)
+        return await asyncio.to_thread(verify_tee_receipt, self.chain, signed)
+
+    async def wait_verified(self, receipt_id: str, timeout: float = 60.0) -> ReceiptVerification:
+        await self.wait_settled(receipt_id, timeout)
+        return await self.verify_receipt(receipt_id)
+
+
+def _checked_receipt(stored: dict[str, Any], receipt_id: str) -> SignedReceipt:
+    """The signed receipt a node returned for `receipt_id`, refused if it is another one."""
+    signed = SignedReceipt.from_json(stored["receipt"])
+    if signed.id != receipt_id.lower():
+        raise ReceiptInvalid(f"the node returned receipt {signed.id} for {receipt_id}")
+    return signed
 
 
 def _from_home(

@@ -9,6 +9,8 @@ DEV platform key: exactly what a dishonest node could send.
 
 from __future__ import annotations
 
+import asyncio
+import dataclasses
 import json
 import subprocess
 import sys
@@ -19,7 +21,7 @@ from typing import Any
 import pytest
 
 from haca.client.errors import TxRejected
-from haca.client.sdk import Client
+from haca.client.sdk import AsyncClient, Client
 from haca.crypto.hashing import sha256
 from haca.crypto.keys import PrivateKey
 from haca.devnet.layout import example_models_dir
@@ -145,6 +147,13 @@ def test_a_tee_inference_settles_verified_labelled_dev_with_the_fee_paid_and_the
         verification = client.wait_verified(result.receipt_id, timeout=90)
     assert verification.verified and verification.chain_status == "verified", verification.reason
     assert verification.dev and verification.attestation_format == "dev"
+
+    async def verify_async() -> Any:
+        async with AsyncClient.from_home(net.home, "dev1") as aclient:
+            return await aclient.verify_receipt(result.receipt_id)
+
+    again = asyncio.run(verify_async())  # the async client reaches the same verdict, proven later
+    assert dataclasses.replace(again, proven_height=verification.proven_height) == verification
     assert verification.measurement_id == DEV_MID and verification.enclave_key != net.node0
     record = net.chain.query("/inference/receipt", result.receipt_id.encode())
     fee = int(record["fee"])

@@ -62,7 +62,13 @@ class Node:
     queued_before_answer: list[list[tuple[str, str]]]  # what the database held each time a receipt was queued
 
 
-def make_node(tmp_path: Path, model_cls: type[OnnxModel] = OnnxModel, price_unit: str = "request") -> Node:
+def make_node(
+    tmp_path: Path,
+    model_cls: type[OnnxModel] = OnnxModel,
+    price_unit: str = "request",
+    modes: tuple[str, ...] = ("vanilla",),
+    enclave: Any = None,
+) -> Node:
     tmp_path.mkdir(parents=True, exist_ok=True)
     path = tmp_path / "double.onnx"
     model_id = build_double(path)
@@ -73,6 +79,7 @@ def make_node(tmp_path: Path, model_cls: type[OnnxModel] = OnnxModel, price_unit
         price_unit=price_unit,
         input_schema=SCHEMA,
         output_schema=OUTPUT_SCHEMA,
+        modes=modes,
     )
     served = ServedModel(manifest, model_cls(path))
     db = tmp_path / "node" / "receipts.db"
@@ -87,7 +94,8 @@ def make_node(tmp_path: Path, model_cls: type[OnnxModel] = OnnxModel, price_unit
         with sqlite3.connect(db) as other:
             seen.append(other.execute("SELECT id, status FROM receipts ORDER BY created").fetchall())
 
-    ctx = NodeContext(NODE, CHAIN_ID, {"double": served, model_id: served}, ("vanilla",), gate, store, on_receipt)
+    ctx = NodeContext(NODE, CHAIN_ID, {"double": served, model_id: served}, modes, gate, store, on_receipt)
+    ctx.enclave = enclave
     app = create_app(ctx)
     return Node(TestClient(app), app, store, view, db, manifest, seen)
 
