@@ -237,6 +237,17 @@ class AsyncAttesterClient:
     async def sign_receipt(self, receipt: Receipt) -> bytes:
         return _signature(await self._call(_sign_request(receipt)))
 
+    async def sign_receipts(self, receipts: list[Receipt]) -> list[bytes | AttesterRefused]:
+        """One round trip for many receipts: each signature, or the refusal of that receipt."""
+        answer = await self._call({"op": "sign_receipts", "receipts": [r.to_json() for r in receipts]})
+        signatures, errors = answer.get("signatures"), answer.get("errors")
+        if not isinstance(signatures, list) or not isinstance(errors, list) or len(signatures) != len(receipts):
+            raise AttesterUnavailable("the attester's sign_receipts answer is malformed")
+        return [
+            AttesterRefused(str(error)) if error is not None else _signature({"signature": signature})
+            for signature, error in zip(signatures, errors, strict=True)
+        ]
+
     async def close(self) -> None:
         idle, self._idle = self._idle, []
         for conn in idle:

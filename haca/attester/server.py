@@ -7,6 +7,8 @@ one object. A connection carries any number of request/response pairs, answered 
 - ``{"op": "attest", "chain_id": str, "nonce": hex}`` → ``{"format": "dev", "evidence": base64,
   "endorsements": base64, "report_data": hex}``
 - ``{"op": "sign_receipt", "receipt": Receipt.to_json()}`` → ``{"signature": "0x…"}``
+- ``{"op": "sign_receipts", "receipts": [Receipt.to_json(), …]}`` (1 to 256) → ``{"signatures": ["0x…" or
+  null, …], "errors": [null or reason, …]}``
 
 A request that fails is answered ``{"error": reason}`` and the connection stays usable; a frame
 longer than `MAX_FRAME` is answered with an error and the connection closed (its end cannot be
@@ -41,6 +43,9 @@ HEADER_SIZE = 4
 log = structlog.get_logger("haca.attester")
 
 
+MAX_BATCH = 256  # receipts in one sign_receipts request
+
+
 def encode_frame(message: dict[str, Any]) -> bytes:
     body = orjson.dumps(message)
     return len(body).to_bytes(HEADER_SIZE, "big") + body
@@ -62,6 +67,7 @@ class RequestHandler:
             "key": self._key,
             "attest": self._attest,
             "sign_receipt": self._sign_receipt,
+            "sign_receipts": self._sign_receipts,
         }
 
     def handle(self, body: bytes | bytearray | memoryview) -> dict[str, Any]:
@@ -113,6 +119,23 @@ class RequestHandler:
     def _sign_receipt(self, request: dict[str, Any]) -> dict[str, Any]:
         receipt = Receipt.from_json(request.get("receipt"))
         return {"signature": "0x" + self.enclave.sign_receipt(receipt).hex()}
+
+    def _sign_receipts(self, request: dict[str, Any]) -> dict[str, Any]:
+        """Many receipts in one frame (a busy node coalesces them): one wake-up of this process
+        per batch, not per receipt. Each is refused or signed on its own."""
+        receipts = request.get("receipts")
+        if not isinstance(receipts, list) or not 1 <= len(receipts) <= MAX_BATCH:
+            raise ValueError(f"sign_receipts needs receipts, a list of 1 to {MAX_BATCH}")
+        signatures: list[str | None] = []
+        errors: list[str | None] = []
+        for doc in receipts:
+            try:
+                signatures.append("0x" + self.enclave.sign_receipt(Receipt.from_json(doc)).hex())
+                errors.append(None)
+            except (ValueError, TypeError, KeyError) as exc:
+                signatures.append(None)
+                errors.append(str(exc) or type(exc).__name__)
+        return {"signatures": signatures, "errors": errors}
 
 
 class _Connection(asyncio.Protocol):

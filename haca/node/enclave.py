@@ -9,6 +9,7 @@ transaction lock, so their nonces never collide.
 
 from __future__ import annotations
 
+import asyncio
 import threading
 from typing import Any
 
@@ -23,6 +24,7 @@ from haca.types.receipt import Receipt
 from haca.types.tee import MsgAttestEnclave
 
 log = structlog.get_logger("haca.enclave")
+MAX_SIGN_BATCH = 256  # the attester's sign_receipts limit
 
 
 class EnclaveKey:
@@ -42,6 +44,8 @@ class EnclaveKey:
         self.dev: bool = bool(info.get("dev"))
         self.good_until = 0  # the last height the chain says this key is covered at
         self.attested_height = 0
+        self._waiting: list[tuple[Receipt, asyncio.Future[bytes]]] = []  # receipts to sign in the next batch
+        self._flushing = False
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._loop, name="enclave-heartbeat", daemon=True)
 
@@ -92,12 +96,36 @@ class EnclaveKey:
 
     async def sign(self, receipt: Receipt) -> bytes:
         """The enclave's signature on a tee receipt; EnclaveUnavailable when the key is not covered
-        at the receipt's height or the enclave does not answer."""
+        at the receipt's height or the enclave does not answer. Receipts that arrive while a batch
+        is out go together in the next one: one round trip to the enclave per batch."""
         self.require_covered(receipt.height_hint)
+        future: asyncio.Future[bytes] = asyncio.get_running_loop().create_future()
+        self._waiting.append((receipt, future))
+        if not self._flushing:
+            self._flushing = True
+            asyncio.get_running_loop().create_task(self._flush())
+        return await future
+
+    async def _flush(self) -> None:
         try:
-            return await self.signer.sign_receipt(receipt)
-        except AttesterError as exc:
-            raise EnclaveUnavailable(f"the enclave did not sign: {exc}") from exc
+            while self._waiting:
+                batch, self._waiting = self._waiting[:MAX_SIGN_BATCH], self._waiting[MAX_SIGN_BATCH:]
+                try:
+                    if len(batch) == 1:
+                        results: list[bytes | AttesterError] = [await self.signer.sign_receipt(batch[0][0])]
+                    else:
+                        results = list(await self.signer.sign_receipts([r for r, _ in batch]))
+                except Exception as exc:  # AttesterError, or a bug: every waiter gets an answer
+                    results = [AttesterError(str(exc))] * len(batch)
+                for (_, future), result in zip(batch, results, strict=True):
+                    if future.done():
+                        continue
+                    if isinstance(result, bytes):
+                        future.set_result(result)
+                    else:
+                        future.set_exception(EnclaveUnavailable(f"the enclave did not sign: {result}"))
+        finally:
+            self._flushing = False
 
 
 def _good_until(events: list[dict[str, Any]]) -> int:

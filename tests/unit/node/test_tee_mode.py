@@ -5,6 +5,7 @@ attested key, and a tee request the enclave cannot sign now is a 503 before anyt
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import threading
 from collections.abc import Iterator
 from pathlib import Path
@@ -16,9 +17,10 @@ from haca.attester.enclave import DevEnclave
 from haca.attester.server import AttesterServer
 from haca.client.payment import PaymentOffer, ReceiptInvalid, sign_payment, verify_answer
 from haca.node.enclave import EnclaveKey
+from haca.node.errors import EnclaveUnavailable
 from haca.proofs.tee.dev import issue_dev_platform, make_dev_root
 from haca.proofs.verifier import EnclaveStanding
-from haca.types.receipt import SignedReceipt
+from haca.types.receipt import Receipt, SignedReceipt
 from tests.unit.node.nodehelpers import CHAIN_ID, CLIENT, HEIGHT, NODE
 from tests.unit.node.test_api import INPUT, PRICE, SCHEMA, Node, assert_error, make_node
 
@@ -111,3 +113,56 @@ def test_a_node_without_an_enclave_refuses_tee_with_a_503(tmp_path):
     response = node.client.post("/v1/infer", json={"model": "double", "mode": "tee", "input": INPUT}, headers=headers)
     assert "no enclave" in assert_error(response, 503, "enclave_unavailable")
     assert node.store.unsettled_count() == 0
+
+
+def test_concurrent_tee_signatures_are_coalesced_into_few_round_trips(attester):
+    enclave = enclave_key(attester, HEIGHT + 50)
+    receipts = [tee_receipt(n) for n in range(40)]
+    calls: list[int] = []
+    batch_of_many, one = enclave.signer.sign_receipts, enclave.signer.sign_receipt
+
+    async def counted_many(batch):  # type: ignore[no-untyped-def]
+        calls.append(len(batch))
+        return await batch_of_many(batch)
+
+    async def counted_one(receipt):  # type: ignore[no-untyped-def]
+        calls.append(1)
+        return await one(receipt)
+
+    enclave.signer.sign_receipts, enclave.signer.sign_receipt = counted_many, counted_one  # type: ignore[method-assign]
+
+    async def sign_all() -> list[bytes]:
+        return await asyncio.gather(*(enclave.sign(r) for r in receipts))
+
+    signatures = asyncio.run(sign_all())
+    assert [r.signer(s) for r, s in zip(receipts, signatures, strict=True)] == [enclave.address] * 40
+    assert sum(calls) == 40 and len(calls) <= 3  # the first alone, then the rest together
+
+
+def test_a_batch_refuses_only_the_receipt_the_enclave_will_not_sign(attester):
+    enclave = enclave_key(attester, HEIGHT + 50)
+    good, vanilla = tee_receipt(1), dataclasses.replace(tee_receipt(2), mode="vanilla")
+
+    async def both() -> list[bytes | BaseException]:
+        signing = (enclave.sign(good), enclave.sign(good), enclave.sign(vanilla))
+        return await asyncio.gather(*signing, return_exceptions=True)
+
+    first, second, refused = asyncio.run(both())
+    assert isinstance(first, bytes) and isinstance(second, bytes)
+    assert isinstance(refused, EnclaveUnavailable) and "tee" in str(refused)
+
+
+def tee_receipt(n: int) -> Receipt:
+    return Receipt(
+        CHAIN_ID,
+        NODE.address,
+        CLIENT.address,
+        "0x" + f"{n:064x}",
+        "sha256:" + "ab" * 32,
+        "tee",
+        "0x" + "00" * 32,
+        "0x" + "11" * 32,
+        10,
+        HEIGHT,
+        0,
+    )
