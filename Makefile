@@ -41,6 +41,7 @@ test-fast: setup
 bench: setup
 	@$(PY) bench/chain_tps.py
 	@$(PY) bench/node_overhead.py
+	@$(PY) bench/tee.py
 
 fuzz: setup
 	@set -e; for target in fuzz/fuzz_*.py; do echo "== $$target"; \
