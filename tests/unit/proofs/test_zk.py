@@ -1,0 +1,169 @@
+"""EZKL through haca.proofs.zk on two tiny circuits (MatMul + Add, logrows 15): the witness gives,
+in milliseconds, the instances the proof will carry; a proof verifies against its own verifying
+key and settings and against nothing else; tampering with any part fails; plain `ezkl.verify`
+accepts the same files (interop)."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import onnx
+import pytest
+from onnx import TensorProto, helper, numpy_helper
+
+from haca.chain.home import source_root
+from haca.proofs.zk.circuit import Circuit, build_circuit
+from haca.proofs.zk.proof import (
+    ProofError,
+    ZkProof,
+    instances_commitment,
+    proof_instances,
+    prove,
+    verify_proof,
+    witness_instances,
+)
+from haca.proofs.zk.srs import SrsError, file_sha256, make_dev_srs, pinned_srs, srs_file
+
+pytestmark = pytest.mark.slow
+SRS_DIR = source_root() / "build" / "srs"  # a dev SRS per logrows, made once per machine
+INPUT = [[0.5, -1.25, 2.0, 0.75]]
+OTHER_INPUT = [[1.0, 1.0, -1.0, 0.0]]
+
+
+def tiny_model(path: Path, seed: int) -> Path:
+    rng = np.random.default_rng(seed)
+    weights, bias = rng.normal(size=(4, 3)).astype(np.float32), rng.normal(size=(3,)).astype(np.float32)
+    graph = helper.make_graph(
+        [helper.make_node("MatMul", ["x", "W"], ["h"]), helper.make_node("Add", ["h", "b"], ["y"])],
+        "tiny",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["batch", 4])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["batch", 3])],
+        [numpy_helper.from_array(weights, "W"), numpy_helper.from_array(bias, "b")],
+    )
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)]), str(path))
+    return path
+
+
+@dataclass
+class Setup:
+    circuit: Circuit
+    other: Circuit
+    srs: Path
+    proof: ZkProof
+
+
+@pytest.fixture(scope="module")
+def zk(tmp_path_factory: pytest.TempPathFactory) -> Setup:
+    base = tmp_path_factory.mktemp("zk")
+
+    def srs_for(logrows: int) -> Path:
+        return make_dev_srs(SRS_DIR, logrows)
+
+    circuit = build_circuit(tiny_model(base / "a.onnx", 1), INPUT, base / "a", srs_for)
+    other = build_circuit(tiny_model(base / "b.onnx", 2), INPUT, base / "b", srs_for)
+    srs = srs_file(SRS_DIR, circuit.logrows)
+    return Setup(circuit, other, srs, prove(circuit, INPUT, srs))
+
+
+def test_a_proof_verifies_and_carries_the_instances_the_witness_gave_at_answer_time(zk):
+    assert zk.circuit.logrows <= 17
+    instances = verify_proof(
+        zk.proof.proof, zk.circuit.settings_path.read_bytes(), zk.circuit.vk_path.read_bytes(), zk.srs
+    )
+    assert instances == zk.proof.instances == witness_instances(zk.circuit, INPUT)
+    assert len(instances) == 1 and len(instances[0]) == 1 + 3  # the input's Poseidon hash, then 3 outputs
+    assert instances_commitment(instances) != instances_commitment(witness_instances(zk.circuit, OTHER_INPUT))
+    assert instances_commitment(instances).startswith("0x") and len(instances_commitment(instances)) == 66
+
+
+def test_plain_ezkl_verify_accepts_the_same_files(zk, tmp_path):
+    import ezkl
+
+    (tmp_path / "proof.json").write_bytes(zk.proof.proof)
+    args = (str(zk.circuit.settings_path), str(zk.circuit.vk_path), str(zk.srs), False)
+    assert ezkl.verify(str(tmp_path / "proof.json"), *args) is True
+
+
+def _tampered(proof: bytes, change) -> bytes:  # type: ignore[no-untyped-def]
+    doc = json.loads(proof)
+    change(doc)
+    return json.dumps(doc).encode()
+
+
+def _flip_proof_byte(doc: dict) -> None:
+    text = doc["hex_proof"] if doc.get("hex_proof") else None
+    if isinstance(doc["proof"], list):
+        doc["proof"][40] ^= 1
+    if text:
+        doc["hex_proof"] = text[:90] + ("0" if text[90] != "0" else "1") + text[91:]
+
+
+def _change_output(doc: dict) -> None:
+    felt = doc["instances"][0][1]
+    doc["instances"][0][1] = ("1" if felt[0] != "1" else "2") + felt[1:]
+
+
+@pytest.mark.parametrize(
+    "change", [_flip_proof_byte, _change_output], ids=["flipped_proof_byte", "tampered_output_instance"]
+)
+def test_a_tampered_proof_does_not_verify(zk, change):
+    bad = _tampered(zk.proof.proof, change)
+    with pytest.raises(ProofError, match="does not verify"):
+        verify_proof(bad, zk.circuit.settings_path.read_bytes(), zk.circuit.vk_path.read_bytes(), zk.srs)
+
+
+def test_a_proof_under_another_models_key_or_settings_does_not_verify(zk):
+    settings, vk = zk.circuit.settings_path.read_bytes(), zk.circuit.vk_path.read_bytes()
+    with pytest.raises(ProofError, match="does not verify"):
+        verify_proof(zk.proof.proof, settings, zk.other.vk_path.read_bytes(), zk.srs)
+    # Settings that change the circuit's shape fail here. Scales are not bound by the proof at all:
+    # that is why a manifest pins the settings' hash and verifiers use only the pinned bytes.
+    other_settings = json.loads(zk.other.settings_path.read_bytes())
+    other_settings["run_args"]["logrows"] += 1
+    with pytest.raises(ProofError, match="does not verify"):
+        verify_proof(zk.proof.proof, json.dumps(other_settings).encode(), vk, zk.srs)
+
+
+@pytest.mark.parametrize(
+    "proof, reason",
+    [
+        (b"", "not EZKL proof JSON"),
+        (b"garbage", "not EZKL proof JSON"),
+        (b'{"instances": [["00"]], "proof": "00"}', "64 hex digits"),
+        (b'{"proof": "00"}', "no public instances"),
+    ],
+    ids=["empty", "garbage", "short_instance", "no_instances"],
+)
+def test_a_garbage_or_truncated_proof_is_refused_with_a_reason(zk, proof, reason):
+    with pytest.raises(ProofError, match=reason):
+        verify_proof(proof, zk.circuit.settings_path.read_bytes(), zk.circuit.vk_path.read_bytes(), zk.srs)
+
+
+def test_a_truncated_proof_does_not_verify(zk):
+    doc = json.loads(zk.proof.proof)
+    for key in ("proof", "hex_proof"):
+        if isinstance(doc.get(key), list | str):
+            doc[key] = doc[key][: len(doc[key]) // 2]
+    with pytest.raises(ProofError, match="does not verify"):
+        verify_proof(
+            json.dumps(doc).encode(), zk.circuit.settings_path.read_bytes(), zk.circuit.vk_path.read_bytes(), zk.srs
+        )
+
+
+def test_a_built_circuit_is_reused_and_names_its_artefacts_by_hash(zk, tmp_path):
+    again = build_circuit(Path(zk.circuit.directory.parent / "a.onnx"), INPUT, zk.circuit.directory, lambda lr: zk.srs)
+    assert again == zk.circuit
+    assert zk.circuit.vk_hash == file_sha256(zk.circuit.vk_path) != zk.other.vk_hash
+    assert zk.circuit.srs_hash == file_sha256(zk.srs)
+    assert proof_instances(zk.proof.proof) == zk.proof.instances
+
+
+def test_an_srs_that_is_not_the_pinned_one_is_refused(zk, tmp_path):
+    assert pinned_srs(SRS_DIR, zk.circuit.logrows, zk.circuit.srs_hash) == zk.srs
+    with pytest.raises(SrsError, match="genesis pins"):
+        pinned_srs(SRS_DIR, zk.circuit.logrows, "sha256:" + "00" * 32)
+    with pytest.raises(SrsError, match="no SRS for logrows"):
+        pinned_srs(tmp_path, zk.circuit.logrows, zk.circuit.srs_hash)
