@@ -7,6 +7,7 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from dataclasses import dataclass
+from pathlib import Path
 
 import structlog
 from tendermint.abci import types_pb2 as abci
@@ -35,6 +36,7 @@ from haca.chain.modules.tee.module import TeeModule
 from haca.chain.state import CachedState, ReadableState
 from haca.chain.store import CommitStore, StagedBlock
 from haca.chain.tx import TxResult, TxRunner
+from haca.proofs.zk.srs import pinned_srs
 from haca.types import codes
 from haca.types.encoding import canonical_json
 
@@ -68,13 +70,14 @@ class HistoricalState:
 class HacaApp(BaseApplication):
     """Snapshots and vote extensions are not used: BaseApplication answers them."""
 
-    def __init__(self, store: CommitStore) -> None:
+    def __init__(self, store: CommitStore, srs_dir: Path | None = None) -> None:
         self.store = store
         self.auth = AuthKeeper()
         self.bank = BankKeeper()
         self.registry = RegistryKeeper()
         self.tee = TeeKeeper()
         self.inference = InferenceKeeper(self.bank)
+        self.inference.srs_dir = srs_dir
         self.gov = GovKeeper()
         self.bank.module_accounts = frozenset({ESCROW_ACCOUNT})
         self.runner = TxRunner(self.auth, self.bank)
@@ -97,6 +100,8 @@ class HacaApp(BaseApplication):
                 if path in self.queries:
                     raise RuntimeError(f"query path {path} is registered twice")
                 self.queries[path] = query
+        if store.height:
+            self._check_srs(store)
         self.last_block_time = store.block_time  # CheckTx runs txs at the last committed block's time
         self.check_state = CachedState(store)
         self.block_state: CachedState | None = None
@@ -170,11 +175,21 @@ class HacaApp(BaseApplication):
         self.runner.chain_id = req.chain_id
         for module in self.modules:
             module.init_genesis(state, genesis)
+        self._check_srs(state)
         self.block_state = state
         self.check_state = state.branch()  # genesis funds are spendable before block 1 commits
         self.staged = self.store.stage_root(state.writes)
         log.info("init_chain", chain_id=req.chain_id, accounts=len(genesis.accounts), supply=genesis.total_supply)
         return abci.ResponseInitChain(app_hash=self.staged.root)
+
+    def _check_srs(self, state: ReadableState) -> None:
+        """Every SRS file genesis pins must be here, byte for byte, before this validator verifies
+        a zkml proof: one without them would refuse what the others accept."""
+        srs_dir = self.inference.srs_dir
+        for logrows, digest in sorted(self.registry.srs_hashes(state).items()):
+            if srs_dir is None:
+                raise RuntimeError(f"genesis pins an SRS of logrows {logrows}; this validator has no SRS directory")
+            pinned_srs(srs_dir, logrows, digest)  # SrsError names the file and the hash
 
     def _proposal_scratch(self) -> CachedState:
         """A throwaway state over what the next block starts from (genesis writes included)."""

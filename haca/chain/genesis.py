@@ -14,6 +14,7 @@ from haca.chain.params import parse_params
 from haca.crypto.keys import normalize_address
 from haca.proofs.tee.policy import TeePolicy
 from haca.types.encoding import parse_uint
+from haca.types.fields import model_id
 from haca.types.tee import MsgApproveMeasurement
 
 
@@ -56,6 +57,8 @@ class AppGenesis:
     accounts: tuple[GenesisAccount, ...] = ()
     authorities: tuple[str, ...] = ()  # governance: the accounts whose messages change params and policy
     tee: TeeGenesis = field(default_factory=TeeGenesis)
+    # zkml: sha256 of the SRS file per logrows (a genesis artefact every validator holds)
+    srs: tuple[tuple[int, str], ...] = ()
 
     @property
     def total_supply(self) -> int:
@@ -72,6 +75,7 @@ class AppGenesis:
             "accounts": [{"address": a.address, "balance": str(a.balance)} for a in self.accounts],
             "authorities": list(self.authorities),
             "tee": self.tee.to_json(),
+            "zk": {"srs": {str(k): v for k, v in self.srs}},
         }
 
 
@@ -93,6 +97,7 @@ def parse_app_genesis(raw: bytes) -> AppGenesis:
             raise ValueError("authorities must be a list of addresses")
         authorities = tuple(sorted({normalize_address(a) for a in authorities}))
         tee = TeeGenesis.from_json(doc.get("tee", {}))
+        srs = _srs_pins(doc.get("zk", {}))
         accounts = tuple(
             GenesisAccount(normalize_address(a["address"]), parse_uint(a["balance"], "balance"))
             for a in doc.get("accounts", [])
@@ -109,4 +114,16 @@ def parse_app_genesis(raw: bytes) -> AppGenesis:
         accounts=accounts,
         authorities=authorities,
         tee=tee,
+        srs=srs,
     )
+
+
+def _srs_pins(doc: Any) -> tuple[tuple[int, str], ...]:
+    if not isinstance(doc, dict) or not set(doc) <= {"srs"} or not isinstance(doc.get("srs", {}), dict):
+        raise ValueError("zk: expected {'srs': {logrows: 'sha256:…'}}")
+    pins = []
+    for logrows, digest in doc.get("srs", {}).items():
+        if not (isinstance(logrows, str) and logrows.isdigit() and 1 <= int(logrows) <= 28):
+            raise ValueError(f"zk.srs: {logrows!r} is not a logrows from 1 to 28")
+        pins.append((int(logrows), model_id(digest, f"zk.srs.{logrows}")))
+    return tuple(sorted(pins))

@@ -37,6 +37,11 @@ class ValidatorHome:
         return unix_socket_path(self.root / "app.sock")
 
     @property
+    def srs_dir(self) -> Path:
+        """zkml: the genesis SRS files (kzg<logrows>.srs), copied here with genesis.json."""
+        return self.root / "srs"
+
+    @property
     def genesis(self) -> Path:
         return self.cometbft / "config" / "genesis.json"
 

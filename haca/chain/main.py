@@ -19,7 +19,7 @@ from haca.logs import configure_logging
 
 async def serve(home: ValidatorHome) -> None:
     home.app_dir.mkdir(parents=True, exist_ok=True)
-    app = HacaApp(CommitStore(home.state_db))
+    app = HacaApp(CommitStore(home.state_db), srs_dir=home.srs_dir)
     server = AbciServer(app, home.socket_path)
     await server.start()
     loop = asyncio.get_running_loop()

@@ -16,10 +16,12 @@ from __future__ import annotations
 from collections import OrderedDict
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any, Protocol, TypeVar
 
 from haca.crypto.hashing import sha256
 from haca.proofs.receipt import EvidenceError, receipt_signer
+from haca.proofs.zk.proof import instances_commitment, verify_proof
 from haca.types.modes import Mode, Status
 from haca.types.receipt import SignedReceipt
 
@@ -62,6 +64,17 @@ class EnclaveStanding:
         )
 
 
+@dataclass(frozen=True)
+class CircuitArtefacts:
+    """zkml: what a proof is verified against, all pinned by the model's manifest."""
+
+    settings: bytes
+    vk: bytes
+    settings_hash: str
+    vk_hash: str
+    srs: Path  # the genesis SRS file of the circuit's logrows, its hash checked at start-up
+
+
 def _no_enclave(key: str) -> EnclaveStanding | None:
     return None
 
@@ -77,6 +90,7 @@ class VerifyContext:
     node: Mapping[str, Any]  # the node's registry record
     # tee: the chain's record of an enclave key, judged for this receipt's height and model
     enclave: Callable[[str], EnclaveStanding | None] = _no_enclave
+    circuit: CircuitArtefacts | None = None  # zkml: the model's circuit
 
 
 @dataclass(frozen=True)
@@ -174,10 +188,36 @@ class TeeVerifier(_SignatureVerifier):
         return Verdict(Status.VERIFIED, signer, standing)
 
 
+class ZkmlVerifier(_SignatureVerifier):
+    """Signed by the node, and carrying an EZKL proof that verifies against the model's pinned
+    verifying key and settings, whose public instances are exactly the ones the receipt commits
+    to (its input commitment and quantized outputs): bytes compared with bytes."""
+
+    mode = Mode.ZKML
+
+    def verify(self, signed: SignedReceipt, evidence: bytes, ctx: VerifyContext) -> Verdict:
+        signer = self.signer(signed)
+        node = str(ctx.node.get("address", ""))
+        if signer != node or signed.receipt.node != node:
+            raise EvidenceError(f"receipt names node {signed.receipt.node} but is signed by {signer}")
+        if not evidence:
+            raise EvidenceError("a zkml receipt settles only with its proof")
+        circuit = ctx.circuit
+        if circuit is None:
+            raise EvidenceError("the model has no circuit on chain to verify a proof against")
+        parts = (b"zkml", sha256(evidence), circuit.vk_hash.encode(), circuit.settings_hash.encode())
+        instances = self.cache.get(parts, lambda: verify_proof(evidence, circuit.settings, circuit.vk, circuit.srs))
+        if instances_commitment(instances) != signed.receipt.instances_hash:
+            raise EvidenceError(
+                "the proof's public instances are not the ones the receipt commits to (another input or output)"
+            )
+        return Verdict(Status.VERIFIED, signer)
+
+
 def verifiers(cache: VerdictCache | None = None) -> dict[str, Verifier]:
     """Every mode this version verifies, sharing one cache."""
     shared = cache or VerdictCache()
-    return {Mode.VANILLA: VanillaVerifier(shared), Mode.TEE: TeeVerifier(shared)}
+    return {Mode.VANILLA: VanillaVerifier(shared), Mode.TEE: TeeVerifier(shared), Mode.ZKML: ZkmlVerifier(shared)}
 
 
 def verify(table: Mapping[str, Verifier], signed: SignedReceipt, evidence: bytes, ctx: VerifyContext) -> Verdict:

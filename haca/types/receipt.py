@@ -26,7 +26,9 @@ RECEIPT_FIELDS = [
     ("fee", "uint256"),
     ("heightHint", "uint64"),
     ("timestamp", "uint64"),
+    ("instancesHash", "bytes32"),
 ]
+NO_INSTANCES = "0x" + "00" * 32  # vanilla and tee receipts commit to no proof instances
 
 
 @dataclass(frozen=True)
@@ -42,6 +44,9 @@ class Receipt:
     fee: int
     height_hint: int
     timestamp: int  # unix seconds, node clock (informational; the chain never reads it)
+    # zkml: sha256 commitment to the proof's public instances (input commitment, quantized outputs),
+    # so validators compare bytes with bytes; NO_INSTANCES for the other modes
+    instances_hash: str = NO_INSTANCES
 
     def eip712_message(self) -> dict[str, Any]:
         return {
@@ -56,6 +61,7 @@ class Receipt:
             "fee": self.fee,
             "heightHint": self.height_hint,
             "timestamp": self.timestamp,
+            "instancesHash": bytes.fromhex(self.instances_hash[2:]),
         }
 
     @cached_property
@@ -94,6 +100,7 @@ class Receipt:
             fee=f.uint(doc["fee"], "fee"),
             height_hint=f.uint(doc["height_hint"], "height_hint", 64),
             timestamp=f.uint(doc["timestamp"], "timestamp", 64),
+            instances_hash=f.bytes32(doc["instances_hash"], "instances_hash"),
         )
 
 

@@ -61,6 +61,7 @@ class MsgRegisterModel:
         ("price", "uint256"),
         ("priceUnit", "string"),
         ("maxRows", "uint32"),
+        ("circuit", "string"),
     ]
 
     name: str
@@ -71,6 +72,9 @@ class MsgRegisterModel:
     price: int  # per request or per row (price_unit), base units
     price_unit: str = "request"
     max_rows: int = 64  # a node refuses requests with more rows than this
+    # zkml: the EZKL circuit's artefacts by hash ({"settings_hash", "vk_hash"}), stored on chain first
+    # with MsgRegisterCircuit; None for models without zkml
+    circuit: dict[str, str] | None = None
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -82,6 +86,7 @@ class MsgRegisterModel:
             "price": str(self.price),
             "price_unit": self.price_unit,
             "max_rows": self.max_rows,
+            "circuit": self.circuit,
         }
 
     def to_eip712(self) -> dict[str, Any]:
@@ -94,13 +99,24 @@ class MsgRegisterModel:
             "price": self.price,
             "priceUnit": self.price_unit,
             "maxRows": self.max_rows,
+            "circuit": canonical_json(self.circuit).decode() if self.circuit else "",
         }
 
     @classmethod
     def from_json(cls, value: dict[str, Any]) -> MsgRegisterModel:
         doc = f.require_fields(
             value,
-            {"name", "model_id", "input_schema", "output_schema", "modes", "price", "price_unit", "max_rows"},
+            {
+                "name",
+                "model_id",
+                "input_schema",
+                "output_schema",
+                "modes",
+                "price",
+                "price_unit",
+                "max_rows",
+                "circuit",
+            },
             "registry/register_model",
         )
         if doc["price_unit"] not in PRICE_UNITS:
@@ -117,7 +133,51 @@ class MsgRegisterModel:
             f.uint(doc["price"], "price"),
             doc["price_unit"],
             max_rows,
+            _circuit(doc["circuit"], "zkml" in doc["modes"]),
         )
+
+
+def _circuit(value: Any, zkml: bool) -> dict[str, str] | None:
+    if value is None:
+        if zkml:
+            raise ValueError("circuit: a zkml model names its circuit ({'settings_hash', 'vk_hash'})")
+        return None
+    doc = f.require_fields(value, {"settings_hash", "vk_hash"}, "circuit")
+    if not zkml:
+        raise ValueError("circuit: only a model offering zkml has a circuit")
+    return {k: f.model_id(doc[k], f"circuit.{k}") for k in ("settings_hash", "vk_hash")}
+
+
+MAX_CIRCUIT_BYTES = 1 << 20  # a verifying key (EZKL's grow with the circuit: ~80 KB at logrows 15)
+
+
+@register_msg
+@dataclass(frozen=True)
+class MsgRegisterCircuit:
+    """Store an EZKL circuit's settings and verifying key on chain, by their sha256, so validators
+    verify zkml proofs with no network. Anyone may; a model names them by hash."""
+
+    type_name: ClassVar[str] = "registry/register_circuit"
+    eip712_name: ClassVar[str] = "MsgRegisterCircuit"
+    eip712_fields: ClassVar[list[tuple[str, str]]] = [("settings", "bytes"), ("vk", "bytes")]
+
+    settings: bytes
+    vk: bytes
+
+    def to_json(self) -> dict[str, Any]:
+        return {"settings": "0x" + self.settings.hex(), "vk": "0x" + self.vk.hex()}
+
+    def to_eip712(self) -> dict[str, Any]:
+        return {"settings": self.settings, "vk": self.vk}
+
+    @classmethod
+    def from_json(cls, value: dict[str, Any]) -> MsgRegisterCircuit:
+        doc = f.require_fields(value, {"settings", "vk"}, cls.type_name)
+        settings = f.hex_bytes(doc["settings"], "settings", MAX_SCHEMA_BYTES * 16)
+        vk = f.hex_bytes(doc["vk"], "vk", MAX_CIRCUIT_BYTES)
+        if not settings or not vk:
+            raise ValueError("settings and vk must not be empty")
+        return cls(settings, vk)
 
 
 @register_msg

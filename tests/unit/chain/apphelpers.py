@@ -44,9 +44,9 @@ def block_time(height: int) -> int:
 class Node:
     """One validator's app over its own store, with the block loop CometBFT would drive."""
 
-    def __init__(self, path: Path) -> None:
-        self.path = path
-        self.app = HacaApp(CommitStore(path))
+    def __init__(self, path: Path, srs_dir: Path | None = None) -> None:
+        self.path, self.srs_dir = path, srs_dir
+        self.app = HacaApp(CommitStore(path), srs_dir=srs_dir)
         self.height = self.app.store.height
 
     def init(self, genesis: AppGenesis, chain_id: str = CHAIN_ID) -> abci.ResponseInitChain:
@@ -90,7 +90,7 @@ class Node:
 
     def reopen(self) -> Node:
         self.app.store.close()
-        return type(self)(self.path)
+        return type(self)(self.path, self.srs_dir)
 
     def close(self) -> None:
         self.app.store.close()

@@ -66,14 +66,14 @@ def _model(name: str, modes: tuple[str, ...]) -> MsgRegisterModel:
 
 
 IRIS = _model("iris", ("vanilla",))
-DIGITS = _model("digits", ("vanilla", "zkml"))
-ZK_ONLY = _model("zk-only", ("zkml",))
-NODE_MSG = MsgRegisterNode("http://node:8000", ("vanilla", "zkml"), ("digits", "iris", "zk-only"), 0)
+DIGITS = _model("digits", ("tee", "vanilla"))
+ZK_ONLY = _model("zk-only", ("tee",))
+NODE_MSG = MsgRegisterNode("http://node:8000", ("tee", "vanilla"), ("digits", "iris", "zk-only"), 0)
 NODE_B_MSG = MsgRegisterNode("http://node-b:8000", ("vanilla",), ("iris",), 0)
 
 
 def setup_blocks(chain: Node) -> None:
-    """Models by OWNER, NODE (all models, vanilla+zkml) and NODE_B (iris, vanilla), CLIENT's escrow."""
+    """Models by OWNER, NODE (all models, vanilla+tee) and NODE_B (iris, vanilla), CLIENT's escrow."""
     results = list(
         chain.block([chain.tx(OWNER, m, offset=i) for i, m in enumerate((IRIS, DIGITS, ZK_ONLY))]).tx_results
     )
@@ -513,15 +513,15 @@ def _authorisation_for_another_model(chain: Node) -> tuple[PrivateKey, bytes]:
 
 def _authorisation_for_another_mode(chain: Node) -> tuple[PrivateKey, bytes]:
     receipt = make_receipt(1, model=DIGITS.model_id)
-    return NODE, settle_tx(chain, item(receipt, pay_request(receipt, mode="zkml")))
+    return NODE, settle_tx(chain, item(receipt, pay_request(receipt, mode="tee")))
 
 
 def _vanilla_receipt_with_evidence(chain: Node) -> tuple[PrivateKey, bytes]:
     return NODE, settle_tx(chain, item(make_receipt(1), evidence=b"\x01"))
 
 
-def _zkml_receipt(chain: Node) -> tuple[PrivateKey, bytes]:
-    return NODE, settle_tx(chain, item(make_receipt(1, model=DIGITS.model_id, mode="zkml"), evidence=b"proof"))
+def _tee_receipt_with_evidence(chain: Node) -> tuple[PrivateKey, bytes]:
+    return NODE, settle_tx(chain, item(make_receipt(1, model=DIGITS.model_id, mode="tee"), evidence=b"proof"))
 
 
 def _allowance_for_node_a_used_by_node_b(chain: Node) -> tuple[PrivateKey, bytes]:
@@ -569,7 +569,7 @@ REJECTIONS: list[tuple[Case, int, str]] = [
     (_authorisation_for_another_model, errors.InvalidPayment.code, "another request, model or mode"),
     (_authorisation_for_another_mode, errors.InvalidPayment.code, "another request, model or mode"),
     (_vanilla_receipt_with_evidence, errors.InvalidEvidence.code, "no evidence"),
-    (_zkml_receipt, errors.InvalidEvidence.code, "'zkml'"),
+    (_tee_receipt_with_evidence, errors.InvalidEvidence.code, "tee receipts carry no evidence"),
     (_allowance_for_node_a_used_by_node_b, errors.InvalidPayment.code, f"authorises node {NODE.address}"),
     (_expired_allowance, errors.AuthorizationExpired.code, "expired at height"),
     (_allowance_signed_by_someone_else, errors.InvalidPayment.code, f"signed by {MALLORY.address}"),

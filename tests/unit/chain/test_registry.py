@@ -45,7 +45,7 @@ DIGITS = MsgRegisterModel(
     model_id=model_id("digits-v1"),
     input_schema={"image": {"dtype": "uint8", "shape": [1, 28, 28]}, "scale": {"dtype": "float64", "shape": [1]}},
     output_schema={"logits": {"dtype": "float32", "shape": [1, 10]}},
-    modes=("zkml",),
+    modes=("tee",),
     price=7,
 )
 NODE_IRIS = MsgRegisterNode(endpoint="http://10.0.0.1:8000", modes=("vanilla",), models=("iris",), price=1_200)
@@ -85,6 +85,7 @@ def test_register_model_stores_the_manifest_as_version_1_owned_by_the_signer(cha
         "price": "1000",
         "price_unit": "request",
         "max_rows": 64,
+        "circuit": None,  # only zkml models have one
         "version": 1,
         "owner": OWNER.address,
         "height": chain.height,
@@ -178,7 +179,7 @@ def test_model_query_with_an_out_of_range_or_non_ascii_version_answers_an_error_
 
 def test_register_node_stores_it_and_node_queries_return_it(chain):
     chain.block([chain.tx(OWNER, IRIS), chain.tx(OWNER, DIGITS, offset=1)])
-    both = MsgRegisterNode(endpoint="https://b.example", modes=("vanilla", "zkml"), models=("digits", "iris"), price=0)
+    both = MsgRegisterNode(endpoint="https://b.example", modes=("tee", "vanilla"), models=("digits", "iris"), price=0)
     chain.block([chain.tx(NODE_A, NODE_IRIS), chain.tx(NODE_B, both)])
     node_a = chain.answer("/registry/node", NODE_A.address.encode())
     assert node_a == {
@@ -203,10 +204,10 @@ def test_register_node_stores_it_and_node_queries_return_it(chain):
 def test_reregistering_a_node_replaces_its_record(chain):
     chain.block([chain.tx(OWNER, IRIS), chain.tx(OWNER, DIGITS, offset=1)])
     assert_ok(chain.deliver(NODE_A, NODE_IRIS))
-    moved = MsgRegisterNode(endpoint="https://new.example", modes=("zkml",), models=("digits",), price=9)
+    moved = MsgRegisterNode(endpoint="https://new.example", modes=("tee",), models=("digits",), price=9)
     assert_ok(chain.deliver(NODE_A, moved))
     node = chain.answer("/registry/node", NODE_A.address.encode())
-    assert (node["endpoint"], node["models"], node["modes"]) == ("https://new.example", ["digits"], ["zkml"])
+    assert (node["endpoint"], node["models"], node["modes"]) == ("https://new.example", ["digits"], ["tee"])
     assert len(chain.answer("/registry/nodes")["nodes"]) == 1
 
 
@@ -220,7 +221,7 @@ def test_register_node_requires_every_listed_model_to_be_registered(chain):
 
 def test_register_node_requires_each_model_to_share_a_mode_with_the_node(chain):
     chain.block([chain.tx(OWNER, IRIS), chain.tx(OWNER, DIGITS, offset=1)])
-    # iris allows only vanilla, digits only zkml: a vanilla-only node cannot serve digits.
+    # iris allows only vanilla, digits only tee: a vanilla-only node cannot serve digits.
     msg = dataclasses.replace(NODE_IRIS, models=("digits", "iris"))
     assert_rejected_without_state_change(chain, NODE_A, chain.tx(NODE_A, msg), errors.Unauthorized.code, "digits")
     tee_only = dataclasses.replace(NODE_IRIS, modes=("tee",))

@@ -48,8 +48,9 @@ def test_the_signer_must_be_the_nodes_account_key() -> None:
 
 
 def test_a_mode_without_a_verifier_is_refused_with_its_name() -> None:
+    table = {Mode.VANILLA: verifiers()[Mode.VANILLA]}  # a chain version that knows vanilla only
     with pytest.raises(EvidenceError, match="mode 'zkml' evidence is not supported"):
-        verify(verifiers(), signed(Mode.ZKML), b"", context())
+        verify(table, signed(Mode.ZKML), b"", context())
 
 
 def test_the_cache_recovers_each_signature_once_and_never_caches_a_failure() -> None:

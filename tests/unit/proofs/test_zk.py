@@ -9,42 +9,21 @@ import json
 from dataclasses import dataclass
 from pathlib import Path
 
-import numpy as np
-import onnx
 import pytest
-from onnx import TensorProto, helper, numpy_helper
 
-from haca.chain.home import source_root
 from haca.proofs.zk.circuit import Circuit, build_circuit
 from haca.proofs.zk.proof import (
     ProofError,
     ZkProof,
     instances_commitment,
     proof_instances,
-    prove,
     verify_proof,
     witness_instances,
 )
-from haca.proofs.zk.srs import SrsError, file_sha256, make_dev_srs, pinned_srs, srs_file
+from haca.proofs.zk.srs import SrsError, file_sha256, pinned_srs
+from tests.zkhelpers import INPUT, OTHER_INPUT, ROOT, SRS_DIR, cached_proof, srs_of, tiny_circuit
 
 pytestmark = pytest.mark.slow
-SRS_DIR = source_root() / "build" / "srs"  # a dev SRS per logrows, made once per machine
-INPUT = [[0.5, -1.25, 2.0, 0.75]]
-OTHER_INPUT = [[1.0, 1.0, -1.0, 0.0]]
-
-
-def tiny_model(path: Path, seed: int) -> Path:
-    rng = np.random.default_rng(seed)
-    weights, bias = rng.normal(size=(4, 3)).astype(np.float32), rng.normal(size=(3,)).astype(np.float32)
-    graph = helper.make_graph(
-        [helper.make_node("MatMul", ["x", "W"], ["h"]), helper.make_node("Add", ["h", "b"], ["y"])],
-        "tiny",
-        [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["batch", 4])],
-        [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["batch", 3])],
-        [numpy_helper.from_array(weights, "W"), numpy_helper.from_array(bias, "b")],
-    )
-    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)]), str(path))
-    return path
 
 
 @dataclass
@@ -56,16 +35,9 @@ class Setup:
 
 
 @pytest.fixture(scope="module")
-def zk(tmp_path_factory: pytest.TempPathFactory) -> Setup:
-    base = tmp_path_factory.mktemp("zk")
-
-    def srs_for(logrows: int) -> Path:
-        return make_dev_srs(SRS_DIR, logrows)
-
-    circuit = build_circuit(tiny_model(base / "a.onnx", 1), INPUT, base / "a", srs_for)
-    other = build_circuit(tiny_model(base / "b.onnx", 2), INPUT, base / "b", srs_for)
-    srs = srs_file(SRS_DIR, circuit.logrows)
-    return Setup(circuit, other, srs, prove(circuit, INPUT, srs))
+def zk() -> Setup:
+    circuit, other = tiny_circuit(1), tiny_circuit(2)
+    return Setup(circuit, other, srs_of(circuit), cached_proof(circuit, INPUT))
 
 
 def test_a_proof_verifies_and_carries_the_instances_the_witness_gave_at_answer_time(zk):
@@ -154,7 +126,7 @@ def test_a_truncated_proof_does_not_verify(zk):
 
 
 def test_a_built_circuit_is_reused_and_names_its_artefacts_by_hash(zk, tmp_path):
-    again = build_circuit(Path(zk.circuit.directory.parent / "a.onnx"), INPUT, zk.circuit.directory, lambda lr: zk.srs)
+    again = build_circuit(ROOT / "tiny-1.onnx", INPUT, zk.circuit.directory, lambda lr: zk.srs)
     assert again == zk.circuit
     assert zk.circuit.vk_hash == file_sha256(zk.circuit.vk_path) != zk.other.vk_hash
     assert zk.circuit.srs_hash == file_sha256(zk.srs)

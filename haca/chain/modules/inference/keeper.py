@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import json
 from dataclasses import asdict, dataclass
+from pathlib import Path
 from typing import Any, ClassVar, Protocol
 
 from haca.chain.errors import InsufficientEscrow
@@ -87,6 +88,7 @@ class InferenceKeeper:
         # One verifier per mode, sharing a verdict cache across CheckTx, recheck, proposals and
         # FinalizeBlock (it holds only context-free results, so every validator agrees).
         self.verifiers = verifiers()
+        self.srs_dir: Path | None = None  # zkml: where this validator keeps the genesis SRS files
 
     # --- params ---------------------------------------------------------------------------------
 

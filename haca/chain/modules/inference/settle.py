@@ -33,8 +33,10 @@ from haca.chain.modules.tee.keeper import TeeKeeper
 from haca.chain.tx import TxContext
 from haca.crypto.keys import SignatureError
 from haca.proofs.receipt import EvidenceError
-from haca.proofs.verifier import EnclaveLapsed, MeasurementRevoked, VerifyContext, verify
+from haca.proofs.verifier import CircuitArtefacts, EnclaveLapsed, MeasurementRevoked, VerifyContext, verify
+from haca.proofs.zk.srs import srs_file
 from haca.types.inference import SettlementItem
+from haca.types.modes import Mode
 from haca.types.payment import PaymentAuthorization, SpendingAllowance
 
 
@@ -61,6 +63,7 @@ def settle_item(
         manifest,
         node,
         enclave=lambda key: tee.standing(ctx.state, key, receipt.height_hint, manifest["name"]),
+        circuit=_circuit(registry, keeper, ctx, manifest) if receipt.mode == Mode.ZKML else None,
     )
     try:
         verdict = verify(keeper.verifiers, item.receipt, item.evidence, vctx)
@@ -105,6 +108,19 @@ def settle_item(
         record.update(enclave_key=verdict.signer, attestation=verdict.enclave.format, dev=verdict.enclave.dev)
     keeper.record_settlement(ctx.state, record)
     return Event("settle", {k: str(v) for k, v in record.items()})
+
+
+def _circuit(
+    registry: RegistryKeeper, keeper: InferenceKeeper, ctx: TxContext, manifest: dict[str, Any]
+) -> CircuitArtefacts | None:
+    ref = manifest.get("circuit")
+    if not ref:
+        return None
+    settings, vk = registry.blob(ctx.state, ref["settings_hash"]), registry.blob(ctx.state, ref["vk_hash"])
+    if settings is None or vk is None or keeper.srs_dir is None:
+        return None  # the verifier refuses: nothing to verify against
+    srs = srs_file(keeper.srs_dir, int(ref["logrows"]))
+    return CircuitArtefacts(settings, vk, ref["settings_hash"], ref["vk_hash"], srs)
 
 
 def _check_payment(ctx: TxContext, keeper: InferenceKeeper, item: SettlementItem) -> None:

@@ -6,6 +6,8 @@ registry/model_latest/<name>                     -> latest version
 registry/model_by_id/<sha256 hex>                -> "<name>/<version>" of the latest registration of those bytes
 registry/model_at/<sha256 hex>/<effective:u64be> -> "<name>/<version>" in effect for those bytes from that height
 registry/node/<address:20>                       -> node JSON
+registry/blob/<sha256 hex>                       -> a zkml circuit's settings or verifying key (content-addressed)
+registry/srs/<logrows:u8>                        -> sha256 of the SRS file for that size (genesis artefact)
 
 A new version's terms (price, pricing unit, row limit, modes) take effect `price_delay` blocks
 after it is registered (the first version at once): a node keeps serving on the terms it quoted,
@@ -15,6 +17,7 @@ so an owner can never change the terms of answers already given.
 
 from __future__ import annotations
 
+import hashlib
 import json
 from dataclasses import asdict, dataclass
 from typing import Any, ClassVar
@@ -30,6 +33,8 @@ LATEST_PREFIX = PREFIX + b"model_latest/"
 BY_ID_PREFIX = PREFIX + b"model_by_id/"
 AT_PREFIX = PREFIX + b"model_at/"
 NODE_PREFIX = PREFIX + b"node/"
+BLOB_PREFIX = PREFIX + b"blob/"
+SRS_PREFIX = PREFIX + b"srs/"
 PARAMS_KEY = PREFIX + b"params"
 
 
@@ -51,6 +56,46 @@ def node_key(address: str) -> bytes:
     return NODE_PREFIX + bytes.fromhex(address[2:])
 
 
+def blob_key(digest: str) -> bytes:
+    return BLOB_PREFIX + digest.removeprefix("sha256:").encode()
+
+
+def srs_key(logrows: int) -> bytes:
+    return SRS_PREFIX + bytes([logrows])
+
+
+def circuit_facts(settings: bytes) -> dict[str, Any]:
+    """What a manifest records of an EZKL settings file: its size and what is public (integers and
+    names only; the chain never reads a float from it). ValueError when it is not EZKL settings."""
+    try:
+        doc = json.loads(settings)
+        run_args = doc["run_args"]
+        logrows = run_args["logrows"]
+        visibility = {k: run_args[f"{k}_visibility"] for k in ("input", "output")}
+    except (ValueError, KeyError, TypeError) as exc:
+        raise ValueError(f"settings: not EZKL settings JSON ({exc})") from None
+    if not isinstance(logrows, int) or isinstance(logrows, bool) or not 1 <= logrows <= 28:
+        raise ValueError("settings: run_args.logrows must be an integer from 1 to 28")
+    names = {
+        k: (v if isinstance(v, str) else next(iter(v), "")) if isinstance(v, str | dict) else ""
+        for k, v in visibility.items()
+    }
+    if not all(v in ("Public", "Hashed", "Private", "Fixed") for v in names.values()):
+        raise ValueError(f"settings: unknown visibility {names}")
+    return {
+        "logrows": logrows,
+        "input_visibility": names["input"].lower(),
+        "output_visibility": names["output"].lower(),
+    }
+
+
+def _visibility_name(value: Any) -> str:
+    """EZKL writes a visibility as "Public" or as {"Hashed": {…}}."""
+    if isinstance(value, str):
+        return value
+    return next(iter(value)) if isinstance(value, dict) and len(value) == 1 else ""
+
+
 def _at_prefix(model_id: str) -> bytes:
     return AT_PREFIX + model_id.removeprefix("sha256:").encode() + b"/"
 
@@ -62,6 +107,38 @@ class RegistryKeeper:
 
     def set_params(self, state: CachedState, params: RegistryParams) -> None:
         state.set(PARAMS_KEY, canonical_json(params.to_json()))
+
+    # --- zkml circuits and the SRS -------------------------------------------------------------
+
+    def store_blob(self, state: CachedState, data: bytes) -> str:
+        digest = "sha256:" + hashlib.sha256(data).hexdigest()
+        state.set(blob_key(digest), data)
+        return digest
+
+    def blob(self, state: ReadableState, digest: str) -> bytes | None:
+        return state.get(blob_key(digest))
+
+    def srs_hash(self, state: ReadableState, logrows: int) -> str | None:
+        raw = state.get(srs_key(logrows))
+        return raw.decode() if raw else None
+
+    def set_srs_hashes(self, state: CachedState, pins: dict[int, str]) -> None:
+        for logrows, digest in sorted(pins.items()):
+            state.set(srs_key(logrows), digest.encode())
+
+    def srs_hashes(self, state: ReadableState) -> dict[int, str]:
+        return {k[len(SRS_PREFIX)]: v.decode() for k, v in state.iter_prefix(SRS_PREFIX)}
+
+    def circuit(self, state: ReadableState, ref: dict[str, str]) -> dict[str, Any]:
+        """A zkml manifest's circuit record: the pinned hashes, its size and visibility, its SRS."""
+        settings, vk = self.blob(state, ref["settings_hash"]), self.blob(state, ref["vk_hash"])
+        if settings is None or vk is None:
+            raise NotFound(f"circuit {ref}: register its settings and verifying key first (registry/register_circuit)")
+        facts = circuit_facts(settings)
+        srs = self.srs_hash(state, facts["logrows"])
+        if srs is None:
+            raise NotFound(f"no SRS of logrows {facts['logrows']} is pinned in this chain's genesis")
+        return {**ref, **facts, "srs_hash": srs}
 
     def latest_version(self, state: ReadableState, name: str) -> int:
         return get_int(state, LATEST_PREFIX + name.encode())
@@ -108,8 +185,10 @@ class RegistryKeeper:
         if registered is not None and registered.decode().rsplit("/", 1)[0] != msg.name:
             raise Unauthorized(f"model id {msg.model_id} is already registered as {registered.decode()}")
         effective = height if registered is None else height + self.params(state).price_delay
+        circuit = self.circuit(state, msg.circuit) if msg.circuit else None
         manifest = {
             **msg.to_json(),
+            "circuit": circuit,
             "version": latest + 1,
             "owner": owner,
             "height": height,

@@ -6,8 +6,16 @@ from __future__ import annotations
 
 from typing import Any
 
-from haca.chain.errors import InvalidQuery
-from haca.chain.modules.registry.keeper import LATEST_PREFIX, PARAMS_KEY, RegistryKeeper, model_key, node_key
+from haca.chain.errors import InvalidQuery, NotFound
+from haca.chain.modules.registry.keeper import (
+    LATEST_PREFIX,
+    PARAMS_KEY,
+    RegistryKeeper,
+    blob_key,
+    model_key,
+    node_key,
+    srs_key,
+)
 from haca.chain.query_args import address_arg
 from haca.chain.state import ReadableState
 from haca.types import fields
@@ -52,3 +60,22 @@ def query_node(registry: RegistryKeeper, state: ReadableState, data: bytes) -> t
 def query_nodes(registry: RegistryKeeper, state: ReadableState, data: bytes) -> tuple[dict[str, Any], list[bytes]]:
     nodes = registry.nodes(state)
     return {"nodes": nodes}, [node_key(n["address"]) for n in nodes]
+
+
+def query_srs(registry: RegistryKeeper, state: ReadableState, data: bytes) -> tuple[dict[str, Any], list[bytes]]:
+    """The SRS files (by sha256, per logrows) pinned in genesis."""
+    pins = registry.srs_hashes(state)
+    return {"srs": {str(k): v for k, v in sorted(pins.items())}}, [srs_key(k) for k in sorted(pins)]
+
+
+def query_blob(registry: RegistryKeeper, state: ReadableState, data: bytes) -> tuple[dict[str, Any], list[bytes]]:
+    """A circuit artefact (settings or verifying key) by its sha256 id, as hex."""
+    digest = data.decode(errors="replace")
+    try:
+        fields.model_id(digest, "id")
+    except ValueError as exc:
+        raise InvalidQuery(str(exc)) from exc
+    raw = registry.blob(state, digest)
+    if raw is None:
+        raise NotFound(f"no circuit artefact {digest}")
+    return {"id": digest, "data": "0x" + raw.hex()}, [blob_key(digest)]

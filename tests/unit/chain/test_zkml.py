@@ -1,0 +1,228 @@
+"""zkml settlement through HacaApp in-process, with real EZKL proofs of a tiny circuit: circuits
+stored on chain by hash, the SRS pinned in genesis, a zkml receipt committing to its proof's
+public instances settles `verified` with its proof, and every way to cheat is refused with its
+code, a readable reason and no state change."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import shutil
+
+import pytest
+
+from haca.chain import errors
+from haca.chain.genesis import AppGenesis, GenesisAccount
+from haca.chain.modules.inference.keeper import InferenceParams
+from haca.crypto.hashing import sha256
+from haca.crypto.keys import PrivateKey
+from haca.proofs.zk.proof import Instances, ZkProof, instances_commitment
+from haca.proofs.zk.srs import SrsError
+from haca.types.inference import MsgDeposit, MsgSettle, SettlementItem
+from haca.types.payment import PaymentAuthorization, SignedPayment
+from haca.types.receipt import Receipt, SignedReceipt
+from haca.types.registry import MsgRegisterCircuit, MsgRegisterModel, MsgRegisterNode
+from tests.unit.chain import apphelpers
+from tests.unit.chain.apphelpers import CHAIN_ID, FEES, Node
+from tests.zkhelpers import INPUT, OTHER_INPUT, SRS_DIR, cached_proof, srs_of, tiny_circuit
+
+pytestmark = pytest.mark.slow
+OWNER, NODE, CLIENT = (PrivateKey.from_seed(s) for s in ("zk-owner", "zk-node", "zk-client"))
+FUNDS = 10**12
+PARAMS = InferenceParams(withdraw_delay=5, revoke_delay=4, settlement_fee=100, settlement_fee_bps=500)
+PRICE = FEE = 2_000
+SCHEMA_IN = {"x": {"dtype": "float32", "shape": [1, 4]}}
+SCHEMA_OUT = {"y": {"dtype": "float32", "shape": [1, 3]}}
+
+
+@pytest.fixture(scope="module")
+def zk():  # type: ignore[no-untyped-def]
+    a, b = tiny_circuit(1), tiny_circuit(2)
+    return {
+        "a": a,
+        "b": b,
+        "proof": cached_proof(a, INPUT),
+        "other_input": cached_proof(a, OTHER_INPUT),
+        "other_model": cached_proof(b, INPUT),
+    }
+
+
+def model_msg(name: str, circuit, modes: tuple[str, ...] = ("vanilla", "zkml")) -> MsgRegisterModel:  # type: ignore[no-untyped-def]
+    ref = {"settings_hash": circuit.settings_hash, "vk_hash": circuit.vk_hash} if "zkml" in modes else None
+    model_id = "sha256:" + sha256(name.encode()).hex()
+    return MsgRegisterModel(name, model_id, SCHEMA_IN, SCHEMA_OUT, modes, PRICE, circuit=ref)
+
+
+def circuit_msg(circuit) -> MsgRegisterCircuit:  # type: ignore[no-untyped-def]
+    return MsgRegisterCircuit(circuit.settings_path.read_bytes(), circuit.vk_path.read_bytes())
+
+
+def genesis(zk) -> AppGenesis:  # type: ignore[no-untyped-def]
+    return AppGenesis(
+        fees=FEES,
+        inference=PARAMS,
+        accounts=tuple(GenesisAccount(k.address, FUNDS) for k in (OWNER, NODE, CLIENT)),
+        srs=((zk["a"].logrows, zk["a"].srs_hash),),
+    )
+
+
+@pytest.fixture
+def chain(tmp_path, zk):  # type: ignore[no-untyped-def]
+    node = Node(tmp_path / "state.db", srs_dir=SRS_DIR)
+    node.init(genesis(zk))
+    node.block()
+    results = list(
+        node.block([node.tx(OWNER, circuit_msg(zk["a"])), node.tx(OWNER, circuit_msg(zk["b"]), offset=1)]).tx_results
+    )
+    models = (model_msg("tiny", zk["a"]), model_msg("tiny-b", zk["b"]), model_msg("plain", zk["a"], ("vanilla",)))
+    results += node.block([node.tx(OWNER, m, offset=i) for i, m in enumerate(models)]).tx_results
+    node_msg = MsgRegisterNode("http://node:8000", ("vanilla", "zkml"), ("plain", "tiny", "tiny-b"), 0)
+    results += node.block([node.tx(NODE, node_msg), node.tx(CLIENT, MsgDeposit(NODE.address, 10**6))]).tx_results
+    assert [r.code for r in results] == [0] * 7, [r.log for r in results]
+    yield node
+    node.close()
+
+
+def zk_item(
+    chain: Node,
+    n: int,
+    proof: ZkProof | None,
+    *,
+    instances: Instances | None = None,
+    model: str = "tiny",
+    expiry: int = 10**9,
+) -> SettlementItem:
+    committed = instances if instances is not None else (proof.instances if proof else ((("00" * 32),),))
+    receipt = Receipt(
+        CHAIN_ID,
+        NODE.address,
+        CLIENT.address,
+        "0x" + sha256(f"zk-{n}".encode()).hex(),
+        "sha256:" + sha256(model.encode()).hex(),
+        "zkml",
+        "0x" + sha256(b"in").hex(),
+        "0x" + sha256(b"out").hex(),
+        FEE,
+        chain.height,
+        0,
+        instances_commitment(committed),
+    )
+    auth = PaymentAuthorization(
+        CHAIN_ID, CLIENT.address, NODE.address, receipt.request_id, receipt.model_id, "zkml", FEE, expiry
+    )
+    payment = SignedPayment("request", auth, auth.sign(CLIENT))
+    return SettlementItem(SignedReceipt(receipt, receipt.sign(NODE)), payment, proof.proof if proof else b"")
+
+
+def rejected(chain: Node, item: SettlementItem, code: int, log_part: str) -> None:
+    raw = chain.tx(NODE, MsgSettle((item,)))
+    apphelpers.assert_rejected_without_state_change(chain, NODE, raw, code, log_part, 3 * FUNDS)
+
+
+def test_a_zkml_receipt_with_its_proof_settles_verified_paying_the_node_and_burning_the_fee(chain, zk):
+    item = zk_item(chain, 1, zk["proof"])
+    node_before, escrow_before = chain.balance(NODE.address), chain.escrow(CLIENT.address, NODE.address)
+    raw = chain.tx(NODE, MsgSettle((item,)))
+    assert chain.check(raw).code == 0
+    (result,) = chain.block([raw]).tx_results
+    assert result.code == 0, result.log
+    record = chain.answer("/inference/receipt", item.receipt.id.encode())
+    assert record["status"] == "verified" and record["mode"] == "zkml"
+    assert chain.balance(NODE.address) == node_before + FEE - apphelpers.fee_of(raw)
+    assert chain.escrow(CLIENT.address, NODE.address) == escrow_before - FEE - PARAMS.settlement_fee_for(FEE)
+    assert chain.invariant_violations(3 * FUNDS) == []
+    verifier = chain.app.inference.verifiers["zkml"]
+    assert verifier.cache.misses >= 1  # CheckTx verified it; FinalizeBlock found the verdict cached
+    manifest = chain.answer("/registry/model", b"tiny")
+    assert manifest["circuit"]["vk_hash"] == zk["a"].vk_hash and manifest["circuit"]["logrows"] == zk["a"].logrows
+
+
+def test_a_proof_of_a_different_input_is_refused(chain, zk):
+    item = zk_item(chain, 2, zk["other_input"], instances=zk["proof"].instances)
+    rejected(chain, item, errors.InvalidEvidence.code, "not the ones the receipt commits to")
+
+
+def test_a_receipt_with_a_tampered_output_is_refused(chain, zk):
+    (row,) = zk["proof"].instances
+    tampered = ((row[0], row[1], row[2], "01" + row[3][2:]),)
+    item = zk_item(chain, 3, zk["proof"], instances=tampered)
+    rejected(chain, item, errors.InvalidEvidence.code, "not the ones the receipt commits to")
+
+
+def test_a_proof_under_another_models_key_is_refused(chain, zk):
+    item = zk_item(chain, 4, zk["other_model"])  # proven with tiny-b's circuit, settled as tiny
+    rejected(chain, item, errors.InvalidEvidence.code, "does not verify")
+
+
+@pytest.mark.parametrize(
+    "evidence, reason",
+    [(b"garbage", "not EZKL proof JSON"), (b"", "settles only with its proof")],
+    ids=["garbage", "no_proof"],
+)
+def test_a_garbage_proof_or_none_is_refused(chain, zk, evidence, reason):
+    item = dataclasses.replace(zk_item(chain, 5, zk["proof"]), evidence=evidence)
+    rejected(chain, item, errors.InvalidEvidence.code, reason)
+
+
+def test_a_truncated_proof_is_refused(chain, zk):
+    doc = json.loads(zk["proof"].proof)
+    doc["proof"] = doc["proof"][: len(doc["proof"]) // 2]
+    doc["hex_proof"] = doc["hex_proof"][: len(doc["hex_proof"]) // 2]
+    item = dataclasses.replace(zk_item(chain, 6, zk["proof"]), evidence=json.dumps(doc).encode())
+    rejected(chain, item, errors.InvalidEvidence.code, "does not verify")
+
+
+def test_a_zkml_receipt_settled_after_its_authorisation_expired_is_refused(chain, zk):
+    item = zk_item(chain, 7, zk["proof"], expiry=chain.height)
+    chain.block()
+    rejected(chain, item, errors.AuthorizationExpired.code, "expired at height")
+
+
+def test_a_proof_for_a_vanilla_only_model_is_refused(chain, zk):
+    item = zk_item(chain, 8, zk["proof"], model="plain")
+    rejected(chain, item, errors.Unauthorized.code, "does not allow mode 'zkml'")
+
+
+def test_a_circuit_of_a_size_genesis_pins_no_srs_for_is_refused(chain, zk):
+    settings = json.loads(zk["a"].settings_path.read_bytes())
+    settings["run_args"]["logrows"] = zk["a"].logrows + 1
+    msg = MsgRegisterCircuit(json.dumps(settings).encode(), b"vk")
+    raw = chain.tx(OWNER, msg)
+    apphelpers.assert_rejected_without_state_change(
+        chain, OWNER, raw, errors.InvalidMessage.code, "no SRS of logrows", 3 * FUNDS
+    )
+
+
+def test_a_zkml_model_whose_circuit_is_not_on_chain_is_refused(chain, zk):
+    missing = dataclasses.replace(
+        model_msg("ghost", zk["a"]), circuit={"settings_hash": zk["a"].settings_hash, "vk_hash": "sha256:" + "00" * 32}
+    )
+    raw = chain.tx(OWNER, missing)
+    apphelpers.assert_rejected_without_state_change(
+        chain, OWNER, raw, errors.NotFound.code, "register its settings and verifying key first", 3 * FUNDS
+    )
+
+
+def test_a_validator_without_the_pinned_srs_refuses_to_start(tmp_path, zk):
+    empty = tmp_path / "srs"
+    empty.mkdir()
+    node = Node(tmp_path / "state.db", srs_dir=empty)
+    with pytest.raises(SrsError, match="no SRS for logrows"):
+        node.init(genesis(zk))
+    node.close()
+    wrong = tmp_path / "wrong"
+    wrong.mkdir()
+    shutil.copy(srs_of(zk["b"]), wrong / srs_of(zk["a"]).name)
+    (wrong / srs_of(zk["a"]).name).write_bytes(b"not the pinned bytes")
+    other = Node(tmp_path / "state2.db", srs_dir=wrong)
+    with pytest.raises(SrsError, match="genesis pins"):
+        other.init(genesis(zk))
+    other.close()
+
+
+def test_the_circuit_artefacts_are_readable_by_hash_with_proofs(chain, zk):
+    answer = chain.answer("/registry/blob", zk["a"].vk_hash.encode())
+    assert bytes.fromhex(answer["data"][2:]) == zk["a"].vk_path.read_bytes()
+    assert chain.answer("/registry/srs")["srs"] == {str(zk["a"].logrows): zk["a"].srs_hash}
+    resp = chain.query("/registry/blob", b"sha256:" + b"00" * 32)
+    assert resp.code == errors.NotFound.code and "no circuit artefact" in resp.log
