@@ -225,6 +225,7 @@ def register(
                     "price": str(price),
                     "price_unit": price_unit or "request",
                     "max_rows": max_rows or DEFAULT_MAX_ROWS,
+                    "circuit": None,  # zkml circuits are built and registered by a later step
                 }
             )
 

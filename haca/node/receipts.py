@@ -35,9 +35,27 @@ CREATE TABLE IF NOT EXISTS receipts (
 );
 CREATE INDEX IF NOT EXISTS receipts_status ON receipts (status, created);
 CREATE INDEX IF NOT EXISTS receipts_client ON receipts (client, status);
+CREATE TABLE IF NOT EXISTS proof_jobs (
+    receipt_id TEXT PRIMARY KEY REFERENCES receipts (id),
+    circuit TEXT NOT NULL,
+    inputs TEXT NOT NULL,
+    attempts INTEGER NOT NULL DEFAULT 0,
+    error TEXT
+);
 """
 
 _UNSETTLED_SQL = ", ".join(f"'{status}'" for status in UNSETTLED)
+_SETTLEABLE_SQL = f"'{Status.PENDING.value}', '{Status.SUBMITTED.value}'"  # a proving receipt waits for its proof
+
+
+@dataclass(frozen=True)
+class ProofJob:
+    """A zkml receipt waiting for its proof: which circuit, which input, how many tries so far."""
+
+    receipt_id: str
+    circuit: str  # the model id whose circuit proves it
+    inputs: list[list[float]]
+    attempts: int
 
 
 class DuplicateRequest(ValueError):
@@ -99,7 +117,11 @@ class ReceiptStore:
         if allowance_id:
             self._unsettled_allowance[allowance_id] -= fee
 
-    def add(self, receipt: SignedReceipt, payment: SignedPayment, evidence: bytes = b"") -> None:
+    def add(
+        self, receipt: SignedReceipt, payment: SignedPayment, evidence: bytes = b"", proof_job: ProofJob | None = None
+    ) -> None:
+        """Queue a receipt (durably, before its answer leaves). A zkml receipt comes with its proof
+        job and waits in `proving` until the proof is stored."""
         r = receipt.receipt
         allowance_id = getattr(payment.value, "id", None) if payment.kind == "allowance" else None
         row = (
@@ -111,19 +133,59 @@ class ReceiptStore:
             json.dumps(receipt.to_json()),
             json.dumps(payment.to_json()),
             evidence,
-            Status.PENDING.value,
+            (Status.PROVING if proof_job else Status.PENDING).value,
             time.time(),
         )
         with self._lock:
             try:
+                self._db.execute("BEGIN")
                 self._db.execute(
                     "INSERT INTO receipts (id, request_key, client, allowance_id, fee, receipt, payment, evidence,"
                     " status, created) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
                     row,
                 )
+                if proof_job is not None:
+                    self._db.execute(
+                        "INSERT INTO proof_jobs (receipt_id, circuit, inputs) VALUES (?, ?, ?)",
+                        (receipt.id, proof_job.circuit, json.dumps(proof_job.inputs)),
+                    )
+                self._db.execute("COMMIT")
             except sqlite3.IntegrityError as exc:
+                self._db.execute("ROLLBACK")
                 raise DuplicateRequest(f"request {r.request_id} of {r.client} already has a receipt") from exc
             self._track(receipt.id, r.client, allowance_id, r.fee)
+
+    def proof_jobs(self, limit: int = 64, exclude: frozenset[str] = frozenset()) -> list[ProofJob]:
+        """Receipts still waiting for a proof, oldest first (all of them again after a restart)."""
+        with self._lock:
+            rows = self._db.execute(
+                "SELECT j.receipt_id, j.circuit, j.inputs, j.attempts FROM proof_jobs j JOIN receipts r"
+                " ON r.id = j.receipt_id WHERE r.status = ? ORDER BY r.created LIMIT ?",
+                (Status.PROVING.value, limit + len(exclude)),
+            ).fetchall()
+        jobs = [ProofJob(rid, circuit, json.loads(inputs), attempts) for rid, circuit, inputs, attempts in rows]
+        return [job for job in jobs if job.receipt_id not in exclude][:limit]
+
+    def proof_done(self, receipt_id: str, proof: bytes) -> None:
+        """Store the proof as the receipt's evidence: it is ready to settle."""
+        with self._lock:
+            self._db.execute("BEGIN")
+            self._db.execute(
+                "UPDATE receipts SET evidence = ?, status = ? WHERE id = ? AND status = ?",
+                (proof, Status.PENDING.value, receipt_id, Status.PROVING.value),
+            )
+            self._db.execute("DELETE FROM proof_jobs WHERE receipt_id = ?", (receipt_id,))
+            self._db.execute("COMMIT")
+
+    def proof_failed(self, receipt_id: str, error: str, final: bool) -> None:
+        """One more failed attempt; with `final`, the receipt ends `failed` with the reason (it
+        will never settle, so it no longer holds the client's escrow)."""
+        with self._lock:
+            self._db.execute(
+                "UPDATE proof_jobs SET attempts = attempts + 1, error = ? WHERE receipt_id = ?", (error, receipt_id)
+            )
+        if final:
+            self.mark([receipt_id], Status.FAILED, error=error)
 
     def has_request(self, client: str, request_id: str) -> bool:
         with self._lock:
@@ -142,7 +204,7 @@ class ReceiptStore:
         with self._lock:
             rows = self._db.execute(
                 "SELECT receipt, payment, evidence, status, tx_hash, height, error FROM receipts"
-                f" WHERE status IN ({_UNSETTLED_SQL}) ORDER BY created LIMIT ?",
+                f" WHERE status IN ({_SETTLEABLE_SQL}) ORDER BY created LIMIT ?",
                 (limit,),
             ).fetchall()
         return [_stored(row) for row in rows]
