@@ -6,14 +6,19 @@ from __future__ import annotations
 import base64
 import json
 import secrets
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
+
+import numpy as np
 
 from haca.client.errors import HacaError
 from haca.crypto.keys import PrivateKey
 from haca.proofs.receipt import EvidenceError
 from haca.proofs.verifier import EnclaveStanding, VerifyContext, verifiers, verify
+from haca.proofs.zk.instances import check_answer_instances
+from haca.proofs.zk.proof import instances_commitment, parse_instances
+from haca.types.modes import Mode
 from haca.types.payment import PaymentAuthorization, SpendingAllowance, encode_api_key
 from haca.types.receipt import SignedReceipt
 from haca.types.registry import PRICE_UNITS, request_fee, request_rows
@@ -153,6 +158,7 @@ def verify_answer(
     node: str,
     auth: PaymentAuthorization | None = None,
     enclave: Callable[[str], EnclaveStanding | None] | None = None,
+    circuit: Mapping[str, Any] | None = None,
 ) -> SignedReceipt:
     """Check a node's answer without trusting the node: the receipt is signed by `node` (tee: by
     an enclave key `enclave` says the chain attested for it) and commits to this input and this
@@ -165,7 +171,10 @@ def verify_answer(
         context = VerifyContext(
             signed.receipt.chain_id, 0, 0, {}, {"address": node.lower()}, enclave=enclave or (lambda key: None)
         )
-        verify(_VERIFIERS, signed, b"", context)
+        if signed.receipt.mode == Mode.ZKML:  # signed by the node; its proof comes later (see _check_zk_answer)
+            _VERIFIERS[Mode.VANILLA].verify(signed, b"", context)
+        else:
+            verify(_VERIFIERS, signed, b"", context)
         inputs = parse_input(raw_input, schema_from_json(input_schema))
         outputs = tensors_from_json(answer["output"], "output")
     except (KeyError, ValueError, EvidenceError, TensorError) as exc:
@@ -175,9 +184,33 @@ def verify_answer(
         raise ReceiptInvalid("receipt's input hash is not the hash of the input sent")
     if receipt.output_hash != tensors_hash(outputs):
         raise ReceiptInvalid("receipt's output hash is not the hash of the output returned")
+    if receipt.mode == Mode.ZKML:
+        _check_zk_answer(answer, receipt.instances_hash, circuit, inputs, outputs)
     if auth is not None:
         if (receipt.request_id, receipt.model_id, receipt.mode) != (auth.request_id, auth.model_id, auth.mode):
             raise ReceiptInvalid("receipt is for another request, model or mode")
         if receipt.fee != auth.max_fee:
             raise ReceiptInvalid(f"receipt charges {receipt.fee}; the client signed for {auth.max_fee}")
     return signed
+
+
+def _check_zk_answer(
+    answer: dict[str, Any],
+    instances_hash: str,
+    circuit: Mapping[str, Any] | None,
+    inputs: dict[str, Any],
+    outputs: dict[str, Any],
+) -> None:
+    """A zkml answer's instances: the ones the receipt commits to, committing to this input and
+    standing for exactly this output (before any proof exists; the chain checks the proof)."""
+    if circuit is None:
+        raise ReceiptInvalid("a zkml answer is checked against the model's circuit on chain; none was given")
+    try:
+        instances = parse_instances(answer.get("zk", {}).get("instances"))
+        if instances_commitment(instances) != instances_hash:
+            raise EvidenceError("the answer's instances are not the ones the receipt commits to")
+        flat = [[float(v) for v in inputs[name].values] for name in sorted(inputs)]
+        arrays = [np.asarray(outputs[name].values, dtype=np.float32) for name in sorted(outputs)]
+        check_answer_instances(instances, circuit, flat, arrays)
+    except (EvidenceError, AttributeError, TypeError, KeyError) as exc:
+        raise ReceiptInvalid(f"zkml answer does not verify: {exc}") from exc

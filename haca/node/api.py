@@ -40,10 +40,13 @@ from haca.node.payments import (
     Quote,
     payment_response_header,
 )
-from haca.node.receipts import DuplicateRequest, ReceiptStore
+from haca.node.receipts import DuplicateRequest, ProofJob, ReceiptStore
+from haca.proofs.zk.circuit import Circuit
+from haca.proofs.zk.instances import dequantized_outputs
+from haca.proofs.zk.proof import Instances, instances_commitment, witness_instances
 from haca.runtime.onnx import InvalidInput, OnnxModel
 from haca.types.modes import Mode, Status
-from haca.types.receipt import Receipt, SignedReceipt
+from haca.types.receipt import NO_INSTANCES, Receipt, SignedReceipt
 from haca.types.registry import request_rows
 from haca.types.tensor import Tensor, tensors_hash, tensors_to_json
 
@@ -56,6 +59,7 @@ INLINE_PARSE_BYTES = 16 << 10  # bodies up to this size are parsed on the event 
 class ServedModel:
     manifest: dict[str, Any]  # the on-chain manifest the node loaded (its terms come from the chain per height)
     model: OnnxModel
+    circuit: Circuit | None = None  # zkml: this model's EZKL circuit (its vk matching the manifest's)
 
     @property
     def model_id(self) -> str:
@@ -64,6 +68,13 @@ class ServedModel:
     @property
     def name(self) -> str:
         return str(self.manifest["name"])
+
+    @property
+    def proves(self) -> bool:
+        """zkml is offered for a circuit of one input whose outputs come in name order: a client
+        reads the instances in the order of the answer's (sorted) output names."""
+        names = self.model.output_names
+        return self.circuit is not None and len(self.model.inputs) == 1 and names == sorted(names)
 
 
 @dataclass
@@ -78,6 +89,7 @@ class NodeContext:
     price: int = 0  # the node's own price per unit; the fee is max(this, the model's price)
     quotes: tuple[int, dict[tuple[str, str], Quote]] | None = None  # (height, quotes) last computed
     enclave: EnclaveKey | None = None  # tee: the attested key in the enclave that signs tee receipts
+    on_proof_job: Any = None  # zkml: called after a receipt is queued for proving (wakes the prover)
 
 
 def current_quotes(ctx: NodeContext) -> dict[tuple[str, str], Quote]:
@@ -92,6 +104,8 @@ def current_quotes(ctx: NodeContext) -> dict[tuple[str, str], Quote]:
         if manifest is None:
             continue
         for mode in sorted(set(manifest["modes"]) & set(ctx.modes)):
+            if mode == Mode.ZKML and not served.proves:
+                continue  # a proof needs the circuit: without it the node does not offer zkml
             quotes[(served.model_id, mode)] = Quote(
                 served.model_id,
                 manifest["name"],
@@ -191,6 +205,8 @@ def create_app(ctx: NodeContext) -> FastAPI:
             if mode == Mode.TEE:  # before the work: an enclave that cannot sign must not be charged for
                 _enclave(ctx).require_covered(quote.height)
             rows = request_rows([t.shape for t in inputs.values()])
+            if mode == Mode.ZKML and rows != 1:
+                raise TooManyRows(f"{rows} rows; a zkml circuit proves one row per request")
             if rows == 0:  # nothing to run and nothing to charge: a receipt for 0 would never settle
                 raise InvalidInputError("the input has no rows")
             if rows > quote.max_rows:
@@ -202,14 +218,23 @@ def create_app(ctx: NodeContext) -> FastAPI:
             ) from None
         try:
             outputs = await run_in_threadpool(served.model.run, inputs)
-            signed = await _queue_receipt(ctx, quote, accepted, tensors_hash(inputs), tensors_hash(outputs))
+            zk: ZkAnswer | None = None
+            if mode == Mode.ZKML:  # the answer is what the circuit computes, committed before it is proved
+                zk = await run_in_threadpool(_zk_answer, served, inputs, outputs)
+                outputs = zk.outputs
+            signed = await _queue_receipt(ctx, quote, accepted, tensors_hash(inputs), tensors_hash(outputs), zk)
         finally:
             ctx.gate.release(accepted)  # the receipt now counts as unsettled, or the request failed
         if ctx.on_receipt is not None:
             ctx.on_receipt()
         metrics.inferences.labels(quote.model_name, mode).inc()
         metrics.latency.observe(time.perf_counter() - started)
-        answer = {"output": tensors_to_json(outputs), "receipt": signed.to_json(), "status": Status.PENDING}
+        answer: dict[str, Any] = {"output": tensors_to_json(outputs), "receipt": signed.to_json()}
+        answer["status"] = Status.PROVING if zk else Status.PENDING
+        if zk is not None:
+            answer["zk"] = {"instances": [list(row) for row in zk.instances]}
+            if ctx.on_proof_job is not None:
+                ctx.on_proof_job()
         headers = {PAYMENT_RESPONSE_HEADER: payment_response_header(accepted, ctx.chain_id, signed.id)}
         return Response(orjson.dumps(answer), media_type="application/json", headers=headers)
 
@@ -243,8 +268,36 @@ def create_app(ctx: NodeContext) -> FastAPI:
     return app
 
 
+@dataclass(frozen=True)
+class ZkAnswer:
+    instances: Instances  # the public instances the proof will carry
+    outputs: dict[str, Tensor]  # the circuit's outputs, dequantized (float32)
+    inputs: list[list[float]]  # the proof job's input, in the circuit's input order
+
+
+def _zk_answer(served: ServedModel, inputs: dict[str, Tensor], outputs: dict[str, Tensor]) -> ZkAnswer:
+    """The witness of this input (milliseconds): its instances and the outputs they stand for."""
+    assert served.circuit is not None
+    flat = [[float(v) for v in inputs[name].values] for name in served.model.inputs]
+    instances = witness_instances(served.circuit, flat)
+    facts = {"input_visibility": served.circuit.input_visibility, "output_scales": served.circuit.output_scales}
+    names = served.model.output_names
+    sizes = [len(outputs[name].values) for name in names]
+    values = dequantized_outputs(instances, facts, sizes)
+    circuit_outputs = {
+        name: Tensor("float32", outputs[name].shape, tuple(float(v) for v in array))
+        for name, array in zip(names, values, strict=True)
+    }
+    return ZkAnswer(instances, circuit_outputs, flat)
+
+
 async def _queue_receipt(
-    ctx: NodeContext, quote: Quote, accepted: AcceptedPayment, input_hash: str, output_hash: str
+    ctx: NodeContext,
+    quote: Quote,
+    accepted: AcceptedPayment,
+    input_hash: str,
+    output_hash: str,
+    zk: ZkAnswer | None = None,
 ) -> SignedReceipt:
     """Sign the receipt (tee: inside the enclave) and write it to the durable queue before the
     answer leaves."""
@@ -260,14 +313,16 @@ async def _queue_receipt(
         fee=accepted.fee,
         height_hint=quote.height,  # the chain judges the fee by the terms in effect here
         timestamp=int(time.time()),
+        instances_hash=instances_commitment(zk.instances) if zk else NO_INSTANCES,
     )
     if quote.mode == Mode.TEE:
         signature = await _enclave(ctx).sign(receipt)
     else:
         signature = receipt.sign(ctx.key)
     signed = SignedReceipt(receipt, signature)
+    job = ProofJob(signed.id, quote.model_id, zk.inputs, 0) if zk else None
     try:
-        ctx.store.add(signed, accepted.payment)
+        ctx.store.add(signed, accepted.payment, proof_job=job)
     except DuplicateRequest as exc:
         raise RequestConflict(str(exc)) from exc
     return signed

@@ -34,7 +34,7 @@ class ZkProof:
     instances: Instances
 
 
-def _parse_instances(value: Any) -> Instances:
+def parse_instances(value: Any) -> Instances:
     if not isinstance(value, list) or not value:
         raise ProofError("the proof has no public instances")
     rows = []
@@ -62,7 +62,7 @@ def proof_instances(proof: bytes) -> Instances:
         raise ProofError(f"the proof is not EZKL proof JSON: {exc}") from None
     if not isinstance(doc, dict) or not isinstance(doc.get("proof"), (str, list)):
         raise ProofError("the proof is not EZKL proof JSON (no proof field)")
-    return _parse_instances(doc.get("instances"))
+    return parse_instances(doc.get("instances"))
 
 
 def instances_commitment(instances: Instances) -> str:
@@ -106,7 +106,7 @@ def _witness_public(doc: dict[str, Any], circuit: Circuit) -> Instances:
         rows.append(list((doc.get("processed_outputs") or {}).get("poseidon_hash") or []))
     elif circuit.output_visibility == "public":
         rows.extend(doc.get("outputs") or [])
-    return _parse_instances([[felt for row in rows for felt in row]])  # EZKL's proofs carry one row
+    return parse_instances([[felt for row in rows for felt in row]])  # EZKL's proofs carry one row
 
 
 def prove(circuit: Circuit, inputs: Sequence[Sequence[float]], srs_path: Path) -> ZkProof:

@@ -1,0 +1,69 @@
+"""What a zkml answer's public instances must say about the input the client sent and the output
+it got back — checked off chain by the client, in field elements, before any proof exists.
+
+EZKL's public row is the input commitment (for a hashed input: the Poseidon hash of the input
+quantized at the circuit's input scale) followed by the quantized outputs. A zkml answer's output
+is those outputs dequantized at the circuit's output scales (as float32), so it matches the
+instances exactly: the receipt's instance commitment then binds the very answer the client holds.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import numpy as np
+
+from haca.proofs.receipt import EvidenceError
+from haca.proofs.zk.proof import Instances
+
+
+def _felts(values: Sequence[float], scale: int) -> list[str]:
+    import ezkl
+
+    return [str(ezkl.float_to_felt(float(v), scale, ezkl.PyInputType.F32)) for v in values]
+
+
+def input_commitment(inputs: Sequence[Sequence[float]], input_scales: Sequence[int]) -> list[str]:
+    """The Poseidon hash EZKL puts first in the instances of a circuit with a hashed input."""
+    import ezkl
+
+    felts = [f for values, scale in zip(inputs, input_scales, strict=True) for f in _felts(values, scale)]
+    return [str(h) for h in ezkl.poseidon_hash(felts)]
+
+
+def dequantized_outputs(instances: Instances, circuit: Mapping[str, Any], sizes: Sequence[int]) -> list[np.ndarray]:
+    """The float32 outputs the public instances stand for (after the input commitment), one array
+    per output of `sizes` elements each."""
+    import ezkl
+
+    (row,) = instances
+    start = 1 if circuit["input_visibility"] == "hashed" else 0
+    felts = row[start:]
+    if len(felts) != sum(sizes):
+        raise EvidenceError(f"the instances hold {len(felts)} outputs, the model answers {sum(sizes)}")
+    out, offset = [], 0
+    for size, scale in zip(sizes, circuit["output_scales"], strict=True):
+        values = [ezkl.felt_to_float(f, scale) for f in felts[offset : offset + size]]
+        out.append(np.asarray(values, dtype=np.float32))
+        offset += size
+    return out
+
+
+def check_answer_instances(
+    instances: Instances,
+    circuit: Mapping[str, Any],
+    inputs: Sequence[Sequence[float]],
+    outputs: Sequence[np.ndarray],
+) -> None:
+    """EvidenceError unless the instances commit to this input and stand for exactly these outputs."""
+    if len(instances) != 1:
+        raise EvidenceError("a zkml answer carries one row of public instances")
+    if circuit["input_visibility"] == "hashed":
+        expected = input_commitment(inputs, circuit["input_scales"])
+        if list(instances[0][: len(expected)]) != expected:
+            raise EvidenceError("the instances commit to another input than the one sent")
+    sizes = [int(np.asarray(o).size) for o in outputs]
+    for got, want in zip(outputs, dequantized_outputs(instances, circuit, sizes), strict=True):
+        if not np.array_equal(np.asarray(got, dtype=np.float32).reshape(-1), want):
+            raise EvidenceError("the output is not what the instances dequantize to")
