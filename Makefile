@@ -10,7 +10,7 @@ DEMO_HOME ?= $(ROOT)/devnets/demo
 .PHONY: setup demo test test-fast bench fuzz lint clean
 FUZZ_SECONDS ?= 60
 
-setup: $(VENV)/.installed .tools/bin/cometbft build/gen/.ok build/models/.ok
+setup: $(VENV)/.installed .tools/bin/cometbft build/gen/.ok build/models/.ok build/circuits/.ok
 
 $(VENV)/.installed: pyproject.toml
 	@test -x $(PY) || python3 -m venv $(VENV)
@@ -27,6 +27,10 @@ build/gen/.ok: scripts/gen_protos.sh $(VENV)/.installed
 
 build/models/.ok: scripts/build_models.py $(VENV)/.installed
 	@$(PY) scripts/build_models.py --out build/models
+	@touch $@
+
+build/circuits/.ok: scripts/build_circuits.py build/models/.ok
+	@$(PY) scripts/build_circuits.py --models build/models --out build/circuits --srs build/srs
 	@touch $@
 
 demo: setup

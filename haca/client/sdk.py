@@ -120,7 +120,8 @@ class _Base:
             if not isinstance(hint, int):
                 raise ReceiptInvalid("answer does not verify: the receipt has no height hint")
             enclave = enclave_lookup(self.chain, manifest["name"], hint)
-        signed = verify_answer(answer, input, manifest["input_schema"], offer.node, auth, enclave)
+        circuit = manifest.get("circuit") if offer.mode == Mode.ZKML else None
+        signed = verify_answer(answer, input, manifest["input_schema"], offer.node, auth, enclave, circuit)
         return InferenceResult(answer["output"], signed, answer.get("status", Status.PENDING), self.node_url)
 
     def _error(self, response: httpx.Response) -> HacaError:

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import shutil
 import signal
 import sys
 import time
@@ -24,11 +25,13 @@ from haca.chain.supervisor import ValidatorError, configure, init_validator
 from haca.client.config import ClientConfig, KeyStore
 from haca.devnet import services
 from haca.devnet.accounts import DEV_BALANCE, dev_keys, service_keys
+from haca.devnet.layout import dev_srs_dir
 from haca.devnet.processes import free_ports, process_alive, signal_group, spawn, wait_group_gone
 from haca.proofs.tee.binding import measurement_id
 from haca.proofs.tee.claims import Claims
 from haca.proofs.tee.dev import dev_measurement, issue_dev_platform, make_dev_root
 from haca.proofs.tee.policy import TeePolicy
+from haca.proofs.zk.srs import srs_file
 from haca.types.tee import GLOBAL_SCOPE
 
 DEV_ROOT_DIR = "dev-root"  # the devnet's DEV attestation root (key and certificate)
@@ -125,10 +128,14 @@ class Devnet:
             ident = init_validator(root, f"val{i}")
             identities.append(ident)
             state.nodes.append(NodeRecord(f"val{i}", str(root), ports[2 * i], ports[2 * i + 1], ident.node_id))
-        genesis = self._genesis(chain_id, identities)
+        genesis = self._genesis(chain_id, identities, inference)
+        srs = sorted({(c.logrows, c.srs_hash) for c in services.example_circuits().values()}) if inference else []
         for node in state.nodes:
             home = ValidatorHome(Path(node.home))
             home.genesis.write_text(json.dumps(genesis, indent=2))
+            home.srs_dir.mkdir(parents=True, exist_ok=True)
+            for logrows, _ in srs:  # the SRS is a genesis artefact: every validator holds the files
+                shutil.copyfile(srs_file(dev_srs_dir(), logrows), srs_file(home.srs_dir, logrows))
             peers = ",".join(f"{n.node_id}@127.0.0.1:{n.p2p_port}" for n in state.nodes if n is not node)
             configure(
                 home,
@@ -154,10 +161,14 @@ class Devnet:
         self._write_client_home(state)
         return state
 
-    def _genesis(self, chain_id: str, identities: list[Any]) -> dict[str, Any]:
+    def _genesis(self, chain_id: str, identities: list[Any], inference: bool = True) -> dict[str, Any]:
         template = json.loads(ValidatorHome(self.dir / "val0").genesis.read_text())
         accounts = tuple(GenesisAccount(key.address, DEV_BALANCE) for _, key in dev_keys() + service_keys())
         authority = dict(dev_keys())["dev0"].address  # the devnet's governance authority
+        # zkml: the dev SRS of each example circuit's size, pinned by hash (made by `make setup`)
+        srs = (
+            tuple(sorted({(c.logrows, c.srs_hash) for c in services.example_circuits().values()})) if inference else ()
+        )
         # The DEV attester is allowed on a devnet only, explicitly, with this devnet's own root.
         dev_root = make_dev_root(self.dir / DEV_ROOT_DIR).decode()
         dev_claims = Claims("dev", {"measurement": dev_measurement()}, b"", False, "UpToDate", dev=True)
@@ -173,7 +184,7 @@ class Devnet:
                 {"address": v.address, "pub_key": v.pub_key, "power": "10", "name": v.moniker} for v in identities
             ],
             app_hash="",
-            app_state=AppGenesis(accounts=accounts, authorities=(authority,), tee=tee).to_json(),
+            app_state=AppGenesis(accounts=accounts, authorities=(authority,), tee=tee, srs=srs).to_json(),
         )
         return template
 

@@ -14,11 +14,12 @@ from haca.client.chain import ChainClient
 from haca.client.config import ClientConfig, KeyStore, connect
 from haca.client.errors import QueryFailed
 from haca.devnet.accounts import dev_keys, service_keys
-from haca.devnet.layout import example_models_dir
+from haca.devnet.layout import dev_srs_dir, example_circuits_dir, example_models_dir
 from haca.devnet.processes import http_ok, process_alive, spawn
 from haca.hub.client import HubClient
+from haca.proofs.zk.circuit import Circuit, load_circuit
 from haca.types.modes import Mode
-from haca.types.registry import MsgRegisterModel
+from haca.types.registry import MsgRegisterCircuit, MsgRegisterModel
 
 # Example models and their terms (price in base units, per request or per row, rows per request),
 # registered by the `publisher` key. A settlement costs the node ~2.6k in tx fees per receipt
@@ -46,15 +47,26 @@ def hub_command(root: Path, port: int) -> list[str]:
     return [sys.executable, "-m", "haca.hub.main", "--root", str(root), "--port", str(port), *uploaders]
 
 
-NODE_MODES = (Mode.TEE, Mode.VANILLA)  # the devnet node serves tee through its DEV attester
+# the devnet node serves tee through its DEV attester and zkml for the models with a circuit
+NODE_MODES = (Mode.TEE, Mode.VANILLA, Mode.ZKML)
 
 
 def node_command(home: Path, key: str, port: int, attester: Path | None = None) -> list[str]:
-    """A node serving vanilla, and tee too when it has an enclave (`attester`'s socket)."""
+    """A node serving vanilla, and tee and zkml too when it has an enclave (`attester`'s socket)."""
     args = ["--home", str(home), "--key", key, "--port", str(port)]
     if attester is not None:
         args += ["--modes", ",".join(NODE_MODES), "--attester", str(attester)]
+        args += ["--circuits", str(example_circuits_dir()), "--srs-dir", str(dev_srs_dir())]
     return [sys.executable, "-m", "haca.node.main", *args]
+
+
+def example_circuits() -> dict[str, Circuit]:
+    """The example models' circuits `make setup` built (none when it built none)."""
+    index = example_circuits_dir() / "index.json"
+    if not index.exists():
+        return {}
+    found = {name: load_circuit(example_circuits_dir() / name) for name in json.loads(index.read_text())}
+    return {name: c for name, c in found.items() if c is not None}
 
 
 def attester_command(socket: Path, platform_dir: Path) -> list[str]:
@@ -116,8 +128,15 @@ def _register(chain: ChainClient, publisher: Any, entry: dict[str, Any], model_i
     schema = {entry["input"]["name"]: {"dtype": entry["input"]["dtype"], "shape": _dims(entry["input"]["shape"])}}
     outputs = {o["name"]: {"dtype": o["dtype"], "shape": _dims(o["shape"])} for o in entry["outputs"]}
     price, unit, max_rows = EXAMPLE_TERMS.get(entry["name"], (1000, "request", 64))
-    modes = tuple(sorted((Mode.TEE, Mode.VANILLA)))
-    msg = MsgRegisterModel(entry["name"], model_id, schema, outputs, modes, price, unit, max_rows)
+    circuit = example_circuits().get(entry["name"])
+    modes = tuple(sorted((Mode.TEE, Mode.VANILLA, *((Mode.ZKML,) if circuit else ()))))
+    ref = None
+    if circuit is not None:  # its settings and verifying key go on chain first, by hash
+        chain.send_msgs(
+            publisher, (MsgRegisterCircuit(circuit.settings_path.read_bytes(), circuit.vk_path.read_bytes()),)
+        )
+        ref = {"settings_hash": circuit.settings_hash, "vk_hash": circuit.vk_hash}
+    msg = MsgRegisterModel(entry["name"], model_id, schema, outputs, modes, price, unit, max_rows, ref)
     chain.send_msgs(publisher, (msg,))
     result: dict[str, Any] = chain.query("/registry/model", entry["name"].encode())
     return result

@@ -21,6 +21,9 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--price", type=int, default=0)
     parser.add_argument("--modes", default="vanilla", help="comma-separated modes to serve (vanilla, tee)")
     parser.add_argument("--attester", type=Path, default=None, help="tee: the enclave's Unix socket")
+    parser.add_argument("--circuits", type=Path, default=None, help="zkml: built circuits, a folder per model")
+    parser.add_argument("--srs-dir", type=Path, default=None, help="zkml: the network's SRS files")
+    parser.add_argument("--provers", type=int, default=1, help="zkml: prover worker processes")
     parser.add_argument("--data-dir", type=Path, default=None)
     parser.add_argument("--hub", default="")
     parser.add_argument("--batch-size", type=int, default=64, help="receipts per settlement tx")
@@ -38,6 +41,9 @@ def main(argv: list[str] | None = None) -> None:
             price=args.price,
             modes=tuple(sorted({m for m in args.modes.split(",") if m})),
             attester=args.attester,
+            circuits=args.circuits,
+            srs_dir=args.srs_dir,
+            provers=args.provers,
             data_dir=args.data_dir,
             hub=args.hub,
             batch_size=args.batch_size,

@@ -77,6 +77,8 @@ class StoredReceipt:
             "tx_hash": self.tx_hash,
             "settled_height": self.height,
             "error": self.error,
+            # zkml: the proof, once made (anyone may verify it against the model's circuit on chain)
+            "evidence": "0x" + self.item.evidence.hex() if self.item.evidence else None,
         }
 
 

@@ -22,8 +22,11 @@ from haca.node.api import NodeContext, ServedModel, create_app
 from haca.node.chainview import ChainView
 from haca.node.enclave import EnclaveKey
 from haca.node.payments import PaymentGate
+from haca.node.prover import Prover
 from haca.node.receipts import ReceiptStore
 from haca.node.settler import Settler
+from haca.proofs.zk.circuit import Circuit, load_circuit
+from haca.proofs.zk.srs import srs_file
 from haca.runtime.onnx import OnnxModel
 from haca.types.modes import Mode
 from haca.types.registry import MsgRegisterNode
@@ -46,6 +49,9 @@ class NodeSettings:
     batch_size: int = 64  # receipts per settlement tx (the chain takes at most 64)
     flush_interval: float = 1.0
     attester: Path | None = None  # tee: the enclave's (attester's) Unix socket
+    circuits: Path | None = None  # zkml: built circuits, one folder per model name (<dir>/<name>/circuit.json)
+    srs_dir: Path | None = None  # zkml: the network's SRS files (kzg<logrows>.srs)
+    provers: int = 1  # zkml: prover worker processes
 
     @property
     def data(self) -> Path:
@@ -63,11 +69,14 @@ class Node:
     settler: Settler
     chain: ChainClient
     enclave: EnclaveKey | None = None
+    prover: Prover | None = None
 
     def app(self) -> Any:
         return create_app(self.context)
 
     def close(self) -> None:
+        if self.prover is not None:
+            self.prover.stop()
         if self.enclave is not None:
             self.enclave.stop()
         self.settler.stop()
@@ -91,7 +100,15 @@ def build_node(settings: NodeSettings) -> Node:
     enclave = open_enclave(chain, key, settings, settler.tx_lock) if Mode.TEE in settings.modes else None
     context = NodeContext(key, config.chain_id, models, settings.modes, gate, store, settler.notify, settings.price)
     context.enclave = enclave
-    return Node(settings, context, settler, chain, enclave)
+    prover = None
+    circuits = {s.model_id: s.circuit for s in models.values() if s.circuit is not None}
+    if Mode.ZKML in settings.modes and circuits:
+        srs_dir = settings.srs_dir
+        if srs_dir is None:
+            raise ConfigError("mode zkml needs --srs-dir (the network's SRS files)")
+        prover = Prover(store, circuits, lambda c: srs_file(srs_dir, c.logrows), settings.provers)
+        context.on_proof_job = prover.notify
+    return Node(settings, context, settler, chain, enclave, prover)
 
 
 def open_enclave(chain: ChainClient, key: PrivateKey, settings: NodeSettings, tx_lock: threading.Lock) -> EnclaveKey:
@@ -121,12 +138,27 @@ def load_models(chain: ChainClient, hub: HubClient, settings: NodeSettings) -> d
         path = cache / (manifest["model_id"].removeprefix("sha256:") + ".onnx")
         if not path.exists():
             hub.download(manifest["model_id"], path)  # verifies the bytes hash to the id
-        model = ServedModel(manifest, OnnxModel(path))
+        model = ServedModel(manifest, OnnxModel(path), _circuit_for(settings, manifest))
         served[name] = served[manifest["model_id"]] = model
         log.info("model_loaded", name=name, version=manifest["version"], id=manifest["model_id"])
     if not served:
         raise ConfigError(f"none of the models {names} can be served in modes {list(settings.modes)}")
     return served
+
+
+def _circuit_for(settings: NodeSettings, manifest: dict[str, Any]) -> Circuit | None:
+    """zkml: the locally built circuit of this model, if its artefacts are the ones the manifest pins."""
+    pinned = manifest.get("circuit")
+    if Mode.ZKML not in settings.modes or not pinned or settings.circuits is None:
+        return None
+    circuit = load_circuit(settings.circuits / manifest["name"])
+    if circuit is None:
+        log.warning("no_circuit", model=manifest["name"], looked_in=str(settings.circuits / manifest["name"]))
+        return None
+    if (circuit.settings_hash, circuit.vk_hash) != (pinned["settings_hash"], pinned["vk_hash"]):
+        log.warning("circuit_mismatch", model=manifest["name"], local=circuit.vk_hash, chain=pinned["vk_hash"])
+        return None
+    return circuit
 
 
 def register(chain: ChainClient, key: PrivateKey, settings: NodeSettings, models: dict[str, ServedModel]) -> None:
@@ -146,6 +178,8 @@ def run_node(settings: NodeSettings) -> None:
     node.settler.start()
     if node.enclave is not None:
         node.enclave.start()
+    if node.prover is not None:
+        node.prover.start()
     try:
         uvicorn.run(node.app(), host=settings.host, port=settings.port, log_level="warning", access_log=False)
     finally:

@@ -98,7 +98,7 @@ class Settler:
             return 0
         done = self._reconcile([r for r in batch if r.status == Status.SUBMITTED])
         pending = [r for r in batch if r.status == Status.PENDING]
-        chunks = [pending[i : i + self.batch_size] for i in range(0, len(pending), self.batch_size)]
+        chunks = settlement_chunks(pending, self.batch_size)
         return done + (self._submit_pipelined(chunks) if chunks else 0)
 
     def _reconcile(self, submitted: list[StoredReceipt]) -> int:
@@ -245,6 +245,28 @@ class Settler:
         self.rejected_total += 1
         log.warning("settlement_rejected", receipt=receipt_id, reason=exc.log or str(exc))
         return 1
+
+
+ITEM_BYTES = 2_000  # a settlement item's receipt and payment, as tx JSON
+TX_BUDGET = 200_000  # below the chain's 256 KiB tx limit, with room for the envelope
+
+
+def settlement_chunks(receipts: list[StoredReceipt], batch_size: int) -> list[list[StoredReceipt]]:
+    """Batches of at most `batch_size` receipts whose tx stays within the chain's size limit
+    (a zkml proof is ~45 KB as hex: a few per tx)."""
+    chunks: list[list[StoredReceipt]] = []
+    current: list[StoredReceipt] = []
+    size = 0
+    for stored in receipts:
+        item = ITEM_BYTES + 2 * len(stored.item.evidence)
+        if current and (len(current) >= batch_size or size + item > TX_BUDGET):
+            chunks.append(current)
+            current, size = [], 0
+        current.append(stored)
+        size += item
+    if current:
+        chunks.append(current)
+    return chunks
 
 
 _REFUSED_ITEM = re.compile(r"^item \d+ \(receipt (0x[0-9a-f]{64})\): ")

@@ -104,7 +104,8 @@ def test_unpaid_request_gets_402_with_x402_requirements(inference_devnet):
     assert response.status_code == 402
     body = response.json()
     offered = sorted((a["extra"]["model"], a["extra"]["mode"]) for a in body["accepts"])
-    assert offered == [(m, mode) for m in ("digits-cnn", "iris", "mlp-regressor") for mode in ("tee", "vanilla")]
+    expected = [(m, mode) for m in ("digits-cnn", "iris", "mlp-regressor") for mode in ("tee", "vanilla")]
+    assert offered == sorted([*expected, ("mlp-regressor", "zkml")])  # zkml where a circuit is built
     (accept,) = [a for a in body["accepts"] if (a["extra"]["model"], a["extra"]["mode"]) == ("iris", "vanilla")]
     assert body["x402Version"] == 1 and body["error"]
     assert accept["scheme"] == "haca-escrow" and accept["network"] == inference_devnet.config.chain_id

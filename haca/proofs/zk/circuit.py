@@ -80,12 +80,19 @@ def _static_model(source: Path, target: Path) -> None:
     onnx.save(model, str(target))
 
 
-def _cached(directory: Path, key: dict[str, str]) -> Circuit | None:
+def load_circuit(directory: Path) -> Circuit | None:
+    """A circuit `build_circuit` made in `directory`, if it is complete there."""
+    return _cached(directory, None)
+
+
+def _cached(directory: Path, key: dict[str, str] | None) -> Circuit | None:
     meta = directory / META
     if not meta.exists():
         return None
     doc = json.loads(meta.read_text())
-    if doc.get("key") != key or not all((directory / f).exists() for f in (SETTINGS, COMPILED, VK, PK)):
+    if key is not None and doc.get("key") != key:
+        return None
+    if not all((directory / f).exists() for f in (SETTINGS, COMPILED, VK, PK)):
         return None
     c = doc["circuit"]
     return Circuit(

@@ -177,6 +177,7 @@ def test_a_paid_inference_answers_the_output_with_a_node_signed_receipt_queued_b
             "tx_hash": None,
             "settled_height": None,
             "error": None,
+            "evidence": None,  # vanilla: no proof
         }
     stored_item = node.store.get(signed.id)
     assert stored_item is not None and stored_item.item.payment.value == auth

@@ -76,17 +76,23 @@ def circuit_facts(settings: bytes) -> dict[str, Any]:
         raise ValueError(f"settings: not EZKL settings JSON ({exc})") from None
     if not isinstance(logrows, int) or isinstance(logrows, bool) or not 1 <= logrows <= 28:
         raise ValueError("settings: run_args.logrows must be an integer from 1 to 28")
-    names = {
-        k: (v if isinstance(v, str) else next(iter(v), "")) if isinstance(v, str | dict) else ""
-        for k, v in visibility.items()
-    }
+    names = {k: _visibility_name(v) for k, v in visibility.items()}
+    scales = {k: doc.get(f"model_{k}_scales") for k in ("input", "output")}
+    if not all(isinstance(v, list) and all(_is_int(x) for x in v) for v in scales.values()):
+        raise ValueError("settings: model_input_scales and model_output_scales must be lists of integers")
     if not all(v in ("Public", "Hashed", "Private", "Fixed") for v in names.values()):
         raise ValueError(f"settings: unknown visibility {names}")
     return {
         "logrows": logrows,
         "input_visibility": names["input"].lower(),
         "output_visibility": names["output"].lower(),
+        "input_scales": scales["input"],  # what a client quantizes its input and dequantizes outputs by
+        "output_scales": scales["output"],
     }
+
+
+def _is_int(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
 
 
 def _visibility_name(value: Any) -> str:

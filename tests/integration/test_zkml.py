@@ -1,0 +1,57 @@
+"""Issue 9 on a live 4-validator devnet: a zkml inference on `mlp-regressor` answers in
+milliseconds (`proving`), the node's prover makes the EZKL proof, the chain verifies it and the
+receipt turns `verified` with the node paid and the settlement fee burned; the proof verifies with
+plain `ezkl.verify` on the files the chain publishes (interop)."""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+
+import pytest
+
+from haca.client.sdk import Client
+from haca.devnet.layout import dev_srs_dir, example_models_dir
+from haca.proofs.zk.srs import file_sha256, srs_file
+from tests.integration.helpers import assert_devnet_supply_holds, settlement_fee
+
+pytestmark = pytest.mark.devnet
+MODELS = {m["name"]: m for m in json.loads((example_models_dir() / "manifest.json").read_text())["models"]}
+EXAMPLE = MODELS["mlp-regressor"]["example_input"]
+
+
+def test_a_zkml_inference_answers_at_once_then_turns_verified_and_pays_the_node(inference_devnet, tmp_path: Path):
+    chain = inference_devnet.client
+    manifest = chain.query("/registry/model", b"mlp-regressor")
+    assert "zkml" in manifest["modes"] and manifest["circuit"]["logrows"] <= 17
+    with Client.from_home(inference_devnet.home, "dev4") as client:
+        node = client.node_address()
+        client.deposit(10**9, node)
+        escrow_before = int(chain.query("/inference/escrow", f"{client.key.address}/{node}".encode())["escrow"])
+        started = time.monotonic()
+        result = client.infer("mlp-regressor", EXAMPLE, mode="zkml")
+        answered = time.monotonic() - started
+        assert result.status == "proving" and answered < 5  # the answer does not wait for the proof
+        record = client.wait_settled(result.receipt_id, timeout=180)
+        stored = client.node_receipt(result.receipt_id)
+    assert record["status"] == "verified" and record["mode"] == "zkml"
+    fee = int(record["fee"])
+    escrow_after = int(chain.query("/inference/escrow", f"{client.key.address}/{node}".encode())["escrow"])
+    assert escrow_after == escrow_before - fee - settlement_fee(chain, fee)
+    assert_devnet_supply_holds(inference_devnet)
+
+    # Interop: the node's proof, the chain's settings and verifying key, the genesis SRS.
+    import ezkl
+
+    proof = tmp_path / "proof.json"
+    proof.write_bytes(bytes.fromhex(stored["evidence"][2:]))
+    for name, digest in (
+        ("settings.json", manifest["circuit"]["settings_hash"]),
+        ("vk.key", manifest["circuit"]["vk_hash"]),
+    ):
+        blob = chain.query("/registry/blob", digest.encode())
+        (tmp_path / name).write_bytes(bytes.fromhex(blob["data"][2:]))
+    srs = srs_file(dev_srs_dir(), manifest["circuit"]["logrows"])
+    assert file_sha256(srs) == chain.query("/registry/srs")["srs"][str(manifest["circuit"]["logrows"])]
+    assert ezkl.verify(str(proof), str(tmp_path / "settings.json"), str(tmp_path / "vk.key"), str(srs), False) is True
