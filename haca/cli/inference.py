@@ -156,8 +156,9 @@ def verify(
     home: HomeOption = None,
     json_out: JsonOption = False,
 ) -> None:
-    """Re-verify a receipt locally: the enclave key's registered attestation and the TEE policy,
-    read from the chain with Merkle proofs, and the receipt's signature. Exit 0 only if it verifies."""
+    """Re-verify a receipt locally: tee — the enclave key's registered attestation and the TEE policy;
+    zkml — the proof, against the circuit and SRS pinned on chain; all read from the chain with
+    Merkle proofs, then the receipt's signature. Exit 0 only if it verifies."""
     with _client(home, None, node) as client:
         result = client.wait_verified(receipt_id) if wait else client.verify_receipt(receipt_id)
     doc = result.to_json()
@@ -171,6 +172,10 @@ def verify(
             console.print(f"  enclave key {result.enclave_key} ({result.attestation_format})")
             console.print(f"  measurement {result.measurement_id}")
             console.print(f"  proofs checked at height {result.proven_height}")
+        if result.mode == Mode.ZKML and result.claims:
+            circuit = result.claims
+            console.print(f"  proof verified here against vk {circuit['vk_hash']} (logrows {circuit['logrows']})")
+            console.print(f"  circuit read from the chain with proofs at height {result.proven_height}")
         if result.reason:
             console.print(f"  reason: {result.reason}")
 

@@ -27,6 +27,7 @@ from haca.client.payment import (
     verify_answer,
 )
 from haca.client.tee import ReceiptVerification, enclave_lookup, verify_tee_receipt
+from haca.client.zk import verify_zkml_receipt
 from haca.crypto.keys import PrivateKey
 from haca.types.inference import MsgDeposit, MsgWithdraw
 from haca.types.modes import Mode, Status
@@ -67,6 +68,7 @@ class _Base:
         self.key = key
         self.chain = chain
         self._node_address = node_address.lower() if node_address else None
+        self.srs_dir: Path | None = None  # zkml: the network's genesis SRS files, to verify proofs locally
 
     def _terms(self, offer: PaymentOffer) -> dict[str, Any]:
         """The chain's terms for the offer: the manifest in effect at the quoted height (which
@@ -187,8 +189,10 @@ class Client(_Base):
 
     @classmethod
     def from_home(cls, home: Path | str | None = None, key: str | None = None, node_url: str | None = None) -> Client:
-        node_url, stored, chain, address = _from_home(home, key, node_url)
-        return cls(node_url, stored, chain, node_address=address)
+        node_url, stored, chain, address, srs_dir = _from_home(home, key, node_url)
+        client = cls(node_url, stored, chain, node_address=address)
+        client.srs_dir = srs_dir
+        return client
 
     def close(self) -> None:
         self.http.close()
@@ -233,16 +237,18 @@ class Client(_Base):
     def verify_receipt(self, receipt: str | SignedReceipt) -> ReceiptVerification:
         """Re-verify a receipt (by id: fetched from the node) against proven chain state: the
         enclave key's attestation and standing, the policy, the signature (see haca.client.tee)."""
-        signed = receipt if isinstance(receipt, SignedReceipt) else self._stored_receipt(receipt)
+        stored = None if isinstance(receipt, SignedReceipt) else self.node_receipt(receipt)
+        signed = receipt if isinstance(receipt, SignedReceipt) else _checked_receipt(stored or {}, receipt)
+        if signed.receipt.mode == Mode.ZKML:  # the proof comes from the node; everything it rests on from the chain
+            stored = stored or self.node_receipt(signed.id)
+            proof = bytes.fromhex((stored.get("evidence") or "0x")[2:])
+            return verify_zkml_receipt(self.chain, signed, proof, self.srs_dir)
         return verify_tee_receipt(self.chain, signed)
 
     def wait_verified(self, receipt_id: str, timeout: float = 60.0) -> ReceiptVerification:
         """Wait for the chain to settle the receipt, then verify it locally."""
         self.wait_settled(receipt_id, timeout)
         return self.verify_receipt(receipt_id)
-
-    def _stored_receipt(self, receipt_id: str) -> SignedReceipt:
-        return _checked_receipt(self.node_receipt(receipt_id), receipt_id)
 
 
 class AsyncClient(_Base):
@@ -263,8 +269,10 @@ class AsyncClient(_Base):
     def from_home(
         cls, home: Path | str | None = None, key: str | None = None, node_url: str | None = None
     ) -> AsyncClient:
-        node_url, stored, chain, address = _from_home(home, key, node_url)
-        return cls(node_url, stored, chain, node_address=address)
+        node_url, stored, chain, address, srs_dir = _from_home(home, key, node_url)
+        client = cls(node_url, stored, chain, node_address=address)
+        client.srs_dir = srs_dir
+        return client
 
     async def aclose(self) -> None:
         await self.http.aclose()
@@ -306,6 +314,10 @@ class AsyncClient(_Base):
             if response.status_code != 200:
                 raise self._error(response)
             signed = _checked_receipt(response.json(), receipt)
+        if signed.receipt.mode == Mode.ZKML:
+            stored = (await self.http.get(f"{self.node_url}/v1/receipts/{signed.id}")).json()
+            proof = bytes.fromhex((stored.get("evidence") or "0x")[2:])
+            return await asyncio.to_thread(verify_zkml_receipt, self.chain, signed, proof, self.srs_dir)
         return await asyncio.to_thread(verify_tee_receipt, self.chain, signed)
 
     async def wait_verified(self, receipt_id: str, timeout: float = 60.0) -> ReceiptVerification:
@@ -323,7 +335,7 @@ def _checked_receipt(stored: dict[str, Any], receipt_id: str) -> SignedReceipt:
 
 def _from_home(
     home: Path | str | None, key: str | None, node_url: str | None
-) -> tuple[str, PrivateKey, ChainClient, str | None]:
+) -> tuple[str, PrivateKey, ChainClient, str | None, Path | None]:
     resolved = resolve_home(home)
     config = ClientConfig.load(resolved)
     stored = KeyStore(resolved).get(key or config.default_key)
@@ -332,4 +344,5 @@ def _from_home(
     if not url:
         raise HacaError("no node URL: pass node_url or run a devnet that lists its nodes in the config")
     address = next((n.get("address") for n in nodes if n.get("url", "").rstrip("/") == url.rstrip("/")), None)
-    return url, stored.key, connect(config), address
+    srs = config.extra.get("srs_dir")
+    return url, stored.key, connect(config), address, Path(srs) if srs else None

@@ -42,7 +42,7 @@ class ReceiptVerification:
 
     receipt_id: str
     mode: str
-    verified: bool  # the receipt and its enclave's attestation verify here
+    verified: bool  # the receipt and its evidence (enclave attestation, or proof) verify here
     chain_status: str  # the chain's settlement record status ("pending" if not settled yet)
     reason: str = ""  # why not verified
     dev: bool = False  # signed by the DEV attester's key: DEV-MODE, NOT FOR PRODUCTION
@@ -50,7 +50,7 @@ class ReceiptVerification:
     attestation_format: str = ""
     measurement_id: str = ""
     proven_height: int = 0  # the chain height the proofs are from
-    claims: dict[str, Any] = field(default_factory=dict)
+    claims: dict[str, Any] = field(default_factory=dict)  # tee: the attestation's claims; zkml: the circuit
 
     def to_json(self) -> dict[str, Any]:
         out = asdict(self)
@@ -121,7 +121,7 @@ def verify_tee_receipt(chain: ChainClient, signed: SignedReceipt) -> ReceiptVeri
     """Re-verify a receipt against proven chain state; never raises for a receipt that does not
     verify (the verdict says why), only for a chain that cannot be read or proven."""
     receipt = signed.receipt
-    result = ReceiptVerification(signed.id, receipt.mode, False, _chain_status(chain, signed.id))
+    result = ReceiptVerification(signed.id, receipt.mode, False, chain_status(chain, signed.id))
     if receipt.mode != Mode.TEE:
         return replace(result, reason=f"a {receipt.mode} receipt carries no evidence")
     try:
@@ -180,7 +180,7 @@ def _reverify_attestation(
     return claims.to_json()
 
 
-def _chain_status(chain: ChainClient, receipt_id: str) -> str:
+def chain_status(chain: ChainClient, receipt_id: str) -> str:
     try:
         proven = chain.query_proven("/inference/receipt", receipt_id.encode())
     except QueryFailed:

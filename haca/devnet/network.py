@@ -197,7 +197,7 @@ class Devnet:
             {"address": v["address"], "pub_key": v["pub_key"], "voting_power": v["power"]}
             for v in genesis["validators"]
         ]
-        extra: dict[str, Any] = {}
+        extra: dict[str, Any] = {"srs_dir": str(dev_srs_dir())}  # zkml: where `haca verify` finds the SRS
         for svc in state.services:
             if svc.kind == "hub":
                 extra["hub"] = svc.url

@@ -148,6 +148,11 @@ def _circuit(value: Any, zkml: bool) -> dict[str, str] | None:
     return {k: f.model_id(doc[k], f"circuit.{k}") for k in ("settings_hash", "vk_hash")}
 
 
+def srs_key(logrows: int) -> bytes:
+    """The registry's state key of the SRS hash genesis pins for `logrows` (clients prove it)."""
+    return b"registry/srs/" + bytes([logrows])
+
+
 MAX_CIRCUIT_BYTES = 1 << 20  # a verifying key (EZKL's grow with the circuit: ~80 KB at logrows 15)
 
 

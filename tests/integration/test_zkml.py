@@ -35,6 +35,9 @@ def test_a_zkml_inference_answers_at_once_then_turns_verified_and_pays_the_node(
         assert result.status == "proving" and answered < 5  # the answer does not wait for the proof
         record = client.wait_settled(result.receipt_id, timeout=180)
         stored = client.node_receipt(result.receipt_id)
+        verification = client.verify_receipt(result.receipt_id)  # proof, key, settings, SRS: all checked here
+    assert verification.verified, verification.reason
+    assert verification.claims["vk_hash"] == manifest["circuit"]["vk_hash"]
     assert record["status"] == "verified" and record["mode"] == "zkml"
     fee = int(record["fee"])
     escrow_after = int(chain.query("/inference/escrow", f"{client.key.address}/{node}".encode())["escrow"])
@@ -55,3 +58,16 @@ def test_a_zkml_inference_answers_at_once_then_turns_verified_and_pays_the_node(
     srs = srs_file(dev_srs_dir(), manifest["circuit"]["logrows"])
     assert file_sha256(srs) == chain.query("/registry/srs")["srs"][str(manifest["circuit"]["logrows"])]
     assert ezkl.verify(str(proof), str(tmp_path / "settings.json"), str(tmp_path / "vk.key"), str(srs), False) is True
+
+
+def test_haca_verify_checks_a_zkml_receipt_locally(inference_devnet):
+    import subprocess
+    import sys
+
+    with Client.from_home(inference_devnet.home, "dev4") as client:
+        result = client.infer("mlp-regressor", EXAMPLE, mode="zkml")
+        client.wait_settled(result.receipt_id, timeout=180)
+    haca = [sys.executable, "-m", "haca.cli.main", "verify", result.receipt_id, "--home", str(inference_devnet.home)]
+    done = subprocess.run(haca, capture_output=True, text=True)
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert "verified" in done.stdout and "mode zkml  chain status verified" in done.stdout

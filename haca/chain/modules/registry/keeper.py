@@ -25,7 +25,7 @@ from typing import Any, ClassVar
 from haca.chain.errors import NotFound, Unauthorized
 from haca.chain.state import CachedState, ReadableState, get_int, set_int
 from haca.types.encoding import canonical_json
-from haca.types.registry import MsgRegisterModel, MsgRegisterNode
+from haca.types.registry import MsgRegisterModel, MsgRegisterNode, srs_key
 
 PREFIX = b"registry/"
 MODEL_PREFIX = PREFIX + b"model/"
@@ -58,10 +58,6 @@ def node_key(address: str) -> bytes:
 
 def blob_key(digest: str) -> bytes:
     return BLOB_PREFIX + digest.removeprefix("sha256:").encode()
-
-
-def srs_key(logrows: int) -> bytes:
-    return SRS_PREFIX + bytes([logrows])
 
 
 def circuit_facts(settings: bytes) -> dict[str, Any]:
