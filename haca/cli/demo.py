@@ -4,6 +4,7 @@ job end to end — pay for inferences, check receipts, watch them settle — say
 from __future__ import annotations
 
 import json
+import time
 from typing import Annotated, Any
 
 import typer
@@ -129,6 +130,28 @@ def _run(client: Client, denom: str) -> None:
         "app hash in the next header, signed by > 2/3 of validators"
     )
     _tee_step(client, examples["iris"]["example_input"])
+    _zkml_step(client, examples["mlp-regressor"]["example_input"])
+
+
+def _zkml_step(client: Client, example: Any) -> None:
+    """A zkml inference: answered at once, proved by the node in the background, verified on chain."""
+    started = time.monotonic()
+    result = client.infer("mlp-regressor", example, mode="zkml")
+    answered = time.monotonic() - started
+    with console.status("the node proves the inference with EZKL; validators verify the proof…"):
+        record = client.wait_settled(result.receipt_id, timeout=180)
+    gap = time.monotonic() - started
+    verification = client.verify_receipt(result.receipt_id)
+    console.print(
+        f"[bold]9.[/bold] zkml inference on mlp-regressor: {_summary('mlp-regressor', result.output)}, answered in"
+        f" {answered * 1000:.0f} ms ({result.status}); proof verified on chain → [bold]{record['status']}[/bold]"
+        f" after {gap:.1f} s (the trust gap)"
+    )
+    verdict = "verifies" if verification.verified else f"does NOT verify: {verification.reason}"
+    console.print(
+        f"   `haca verify {result.receipt_id[:10]}…`: the EZKL proof, checked locally against the circuit and SRS"
+        f" pinned on chain (vk {verification.claims.get('vk_hash', '?')[:23]}…), {verdict}"
+    )
 
 
 def _tee_step(client: Client, example: Any) -> None:

@@ -268,8 +268,11 @@ def node_run(
     models: Annotated[str, typer.Option("--models", help="comma-separated names (default: all)")] = "",
     price: Annotated[int, typer.Option("--price", help="per inference; fee = max(this, model price)")] = 0,
     hub: Annotated[str, typer.Option("--hub")] = "",
-    modes: Annotated[str, typer.Option("--modes", help="comma-separated modes to serve: vanilla, tee")] = "vanilla",
+    modes: Annotated[str, typer.Option("--modes", help="comma-separated modes: vanilla, tee, zkml")] = "vanilla",
     attester: Annotated[Path | None, typer.Option("--attester", help="tee: the enclave's Unix socket")] = None,
+    circuits: Annotated[Path | None, typer.Option("--circuits", help="zkml: a folder per model")] = None,
+    srs_dir: Annotated[Path | None, typer.Option("--srs-dir", help="zkml: the network's SRS files")] = None,
+    provers: Annotated[int, typer.Option("--provers", min=1, help="zkml: prover worker processes")] = 1,
     home: HomeOption = None,
 ) -> None:
     """Serve models over HTTP, register on chain, settle receipts in the background."""
@@ -287,5 +290,8 @@ def node_run(
             hub=hub,
             modes=tuple(sorted({m for m in modes.split(",") if m})),
             attester=attester,
+            circuits=circuits,
+            srs_dir=srs_dir,
+            provers=provers,
         )
     )
