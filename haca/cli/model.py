@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -84,6 +85,10 @@ def resolve_hub(hub: str, home: Path | None, config: ClientConfig | None = None)
 
 DEFAULT_MAX_ROWS = 64
 PriceUnitOption = Annotated[str, typer.Option("--price-unit", help="what --price is per: request or row")]
+CalibrationOption = Annotated[
+    str | None, typer.Option("--calibration", help="zkml: an example input (JSON, one row) to calibrate the circuit")
+]
+
 MaxRowsOption = Annotated[int, typer.Option("--max-rows", min=1, help="most rows a node serves in one request")]
 
 
@@ -157,6 +162,55 @@ def upload_file(url: str, path: Path, json_out: bool, key: PrivateKey) -> BlobIn
             return hub.upload_info(path, lambda n: progress.advance(task, n))
 
 
+def build_and_publish_circuit(
+    client: ChainClient,
+    config: ClientConfig,
+    home: Path | None,
+    hub_url: str,
+    key: Any,
+    file: Path,
+    calibration: str | None,
+    json_out: bool,
+) -> dict[str, str]:
+    """zkml: compile FILE into an EZKL circuit against the network's SRS (its pinned files, never
+    downloaded), put its four artefacts in the hub and its settings and verifying key on chain."""
+    from haca.proofs.zk.circuit import build_circuit
+    from haca.proofs.zk.srs import pinned_srs
+    from haca.types.registry import MsgRegisterCircuit
+
+    if calibration is None:
+        raise HacaError("--modes zkml needs --calibration JSON: an example input (one row) to calibrate the circuit on")
+    try:
+        example = json.loads(calibration)
+    except json.JSONDecodeError as exc:
+        raise HacaError(f"--calibration is not JSON: {exc}") from exc
+    rows = example if isinstance(example, list) and example and isinstance(example[0], list) else [example]
+    srs_dir = config.extra.get("srs_dir")
+    if not srs_dir:
+        raise HacaError("no SRS directory in the client config ('srs_dir'): the network's genesis SRS files")
+    pins = client.query("/registry/srs")["srs"]
+
+    def srs_for(logrows: int) -> Path:
+        if str(logrows) not in pins:
+            raise HacaError(f"the circuit needs logrows {logrows}; genesis pins SRS files for {sorted(pins)} only")
+        return pinned_srs(Path(srs_dir), logrows, pins[str(logrows)])
+
+    work = client_home(home) / "circuits" / hashlib.sha256(file.read_bytes()).hexdigest()
+    with console.status("building the zkml circuit (EZKL settings, calibration, compile, setup)…"):
+        circuit = build_circuit(file, [[float(v) for v in rows[0]]], work, srs_for)
+    ref = {}
+    for field_name, path in (
+        ("settings_hash", circuit.settings_path),
+        ("vk_hash", circuit.vk_path),
+        ("compiled_hash", circuit.compiled_path),
+        ("pk_hash", circuit.pk_path),
+    ):
+        ref[field_name] = upload_file(hub_url, path, json_out, key).id
+    settings, vk = circuit.settings_path.read_bytes(), circuit.vk_path.read_bytes()
+    client.send_msgs(key, (MsgRegisterCircuit(settings, vk),), wait=True)
+    return ref
+
+
 @contextmanager
 def chain_client(config: ClientConfig) -> Iterator[ChainClient]:
     client = connect(config)
@@ -187,6 +241,7 @@ def register(
     new_version: bool,
     price_unit: str | None = None,
     max_rows: int | None = None,
+    calibration: str | None = None,
 ) -> None:
     """Shared by `create` (the name must be new) and `version` (it must exist and be ours)."""
     f.name(name, "--name")
@@ -225,11 +280,18 @@ def register(
                     "price": str(price),
                     "price_unit": price_unit or "request",
                     "max_rows": max_rows or DEFAULT_MAX_ROWS,
-                    "circuit": None,  # zkml circuits are built and registered by a later step
+                    "circuit": circuit_ref,
                 }
             )
 
+        circuit_ref: dict[str, str] | None = None
+        if "zkml" in mode_list:  # a placeholder ref, so every field is checked before the slow part
+            circuit_ref = {k: PLACEHOLDER_ID for k in ("settings_hash", "vk_hash", "compiled_hash", "pk_hash")}
         message(PLACEHOLDER_ID)  # every field checked before the upload
+        if circuit_ref is not None:
+            circuit_ref = build_and_publish_circuit(
+                client, config, home, hub_url, signer.key, file, calibration, json_out
+            )
         blob = upload_file(hub_url, file, json_out, signer.key)
         outcome = client.send_msgs(signer.key, (message(blob.id),), wait=True)
         if not isinstance(outcome, TxOutcome):
@@ -285,10 +347,12 @@ def create(
     from_: FromOption = "",
     hub: HubOption = "",
     home: HomeOption = None,
+    calibration: CalibrationOption = None,
     json_out: JsonOption = False,
 ) -> None:
-    """Upload an ONNX model and register NAME version 1 on chain (schemas read from the graph)."""
-    register(name, file, modes, price, from_, hub, home, json_out, False, price_unit, max_rows)
+    """Upload an ONNX model and register NAME version 1 on chain (schemas read from the graph).
+    With zkml: build its EZKL circuit, put the artefacts in the hub and settings + vk on chain."""
+    register(name, file, modes, price, from_, hub, home, json_out, False, price_unit, max_rows, calibration)
 
 
 @model_app.command("version")

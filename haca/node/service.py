@@ -25,7 +25,7 @@ from haca.node.payments import PaymentGate
 from haca.node.prover import Prover
 from haca.node.receipts import ReceiptStore
 from haca.node.settler import Settler
-from haca.proofs.zk.circuit import Circuit, load_circuit
+from haca.proofs.zk.circuit import Circuit, circuit_from_files, load_circuit
 from haca.proofs.zk.srs import srs_file
 from haca.runtime.onnx import OnnxModel
 from haca.types.modes import Mode
@@ -138,7 +138,7 @@ def load_models(chain: ChainClient, hub: HubClient, settings: NodeSettings) -> d
         path = cache / (manifest["model_id"].removeprefix("sha256:") + ".onnx")
         if not path.exists():
             hub.download(manifest["model_id"], path)  # verifies the bytes hash to the id
-        model = ServedModel(manifest, OnnxModel(path), _circuit_for(settings, manifest))
+        model = ServedModel(manifest, OnnxModel(path), _circuit_for(settings, manifest, hub))
         served[name] = served[manifest["model_id"]] = model
         log.info("model_loaded", name=name, version=manifest["version"], id=manifest["model_id"])
     if not served:
@@ -146,19 +146,49 @@ def load_models(chain: ChainClient, hub: HubClient, settings: NodeSettings) -> d
     return served
 
 
-def _circuit_for(settings: NodeSettings, manifest: dict[str, Any]) -> Circuit | None:
-    """zkml: the locally built circuit of this model, if its artefacts are the ones the manifest pins."""
+def _circuit_for(settings: NodeSettings, manifest: dict[str, Any], hub: HubClient) -> Circuit | None:
+    """zkml: this model's circuit — built here (--circuits) or fetched from the hub by the hashes the
+    manifest pins — if its settings and verifying key are the ones the chain verifies against."""
     pinned = manifest.get("circuit")
-    if Mode.ZKML not in settings.modes or not pinned or settings.circuits is None:
+    if Mode.ZKML not in settings.modes or not pinned:
         return None
-    circuit = load_circuit(settings.circuits / manifest["name"])
+    circuit = load_circuit(settings.circuits / manifest["name"]) if settings.circuits else None
+    if circuit is None and "pk_hash" in pinned and settings.srs_dir is not None:
+        circuit = fetch_circuit(
+            hub,
+            pinned,
+            settings.data / "circuits" / manifest["model_id"].removeprefix("sha256:"),
+            manifest["model_id"],
+            srs_file(settings.srs_dir, int(pinned["logrows"])),
+        )
     if circuit is None:
-        log.warning("no_circuit", model=manifest["name"], looked_in=str(settings.circuits / manifest["name"]))
+        log.warning("no_circuit", model=manifest["name"], note="zkml is not offered for it")
         return None
     if (circuit.settings_hash, circuit.vk_hash) != (pinned["settings_hash"], pinned["vk_hash"]):
         log.warning("circuit_mismatch", model=manifest["name"], local=circuit.vk_hash, chain=pinned["vk_hash"])
         return None
     return circuit
+
+
+CIRCUIT_FILES = {
+    "settings_hash": "settings.json",
+    "vk_hash": "vk.key",
+    "compiled_hash": "circuit.ezkl",
+    "pk_hash": "pk.key",
+}
+
+
+def fetch_circuit(hub: HubClient, pinned: dict[str, Any], directory: Path, model_id: str, srs: Path) -> Circuit:
+    """Download a circuit's four artefacts from the hub (each refused unless it hashes to its pin)."""
+    cached = load_circuit(directory)
+    if cached is not None:
+        return cached
+    directory.mkdir(parents=True, exist_ok=True)
+    for field_name, file_name in CIRCUIT_FILES.items():
+        if not (directory / file_name).exists():
+            hub.download(pinned[field_name], directory / file_name)  # verifies the bytes hash to the id
+    log.info("circuit_fetched", model=model_id, vk=pinned["vk_hash"])
+    return circuit_from_files(directory, model_id, srs)
 
 
 def register(chain: ChainClient, key: PrivateKey, settings: NodeSettings, models: dict[str, ServedModel]) -> None:

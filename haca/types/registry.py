@@ -142,10 +142,15 @@ def _circuit(value: Any, zkml: bool) -> dict[str, str] | None:
         if zkml:
             raise ValueError("circuit: a zkml model names its circuit ({'settings_hash', 'vk_hash'})")
         return None
-    doc = f.require_fields(value, {"settings_hash", "vk_hash"}, "circuit")
+    # settings and vk are verified against on chain; the compiled circuit and proving key are the hub
+    # blobs a node proves with (optional: a node may build the circuit itself)
+    names = {"settings_hash", "vk_hash"} | (
+        {"compiled_hash", "pk_hash"} if isinstance(value, dict) and "pk_hash" in value else set()
+    )
+    doc = f.require_fields(value, names, "circuit")
     if not zkml:
         raise ValueError("circuit: only a model offering zkml has a circuit")
-    return {k: f.model_id(doc[k], f"circuit.{k}") for k in ("settings_hash", "vk_hash")}
+    return {k: f.model_id(doc[k], f"circuit.{k}") for k in sorted(names)}
 
 
 def srs_key(logrows: int) -> bytes:

@@ -71,3 +71,35 @@ def test_haca_verify_checks_a_zkml_receipt_locally(inference_devnet):
     done = subprocess.run(haca, capture_output=True, text=True)
     assert done.returncode == 0, done.stdout + done.stderr
     assert "verified" in done.stdout and "mode zkml  chain status verified" in done.stdout
+
+
+def test_model_create_with_zkml_publishes_the_circuit_and_a_node_can_fetch_and_prove_with_it(
+    inference_devnet, tmp_path
+):
+    import subprocess
+    import sys
+
+    from haca.hub.client import HubClient
+    from haca.node.service import fetch_circuit
+    from haca.proofs.zk.proof import prove, verify_proof
+    from tests.zkhelpers import INPUT, tiny_model
+
+    model = tiny_model(tmp_path / "tiny.onnx", 3)
+    home = str(inference_devnet.home)
+    args = ["model", "create", "--name", "tiny-zk", "--file", str(model), "--modes", "vanilla,zkml", "--price", "500"]
+    args += ["--calibration", json.dumps(INPUT), "--from", "dev5", "--home", home, "--json"]
+    done = subprocess.run([sys.executable, "-m", "haca.cli.main", *args], capture_output=True, text=True)
+    assert done.returncode == 0, done.stdout + done.stderr
+    chain = inference_devnet.client
+    manifest = chain.query("/registry/model", b"tiny-zk")
+    pinned = manifest["circuit"]
+    assert manifest["modes"] == ["vanilla", "zkml"] and set(pinned) >= {"compiled_hash", "pk_hash", "vk_hash"}
+
+    hub = HubClient(inference_devnet.config.extra["hub"])
+    srs = srs_file(dev_srs_dir(), pinned["logrows"])
+    circuit = fetch_circuit(hub, pinned, tmp_path / "fetched", manifest["model_id"], srs)
+    assert (circuit.vk_hash, circuit.settings_hash) == (pinned["vk_hash"], pinned["settings_hash"])
+    proof = prove(circuit, INPUT, srs)
+    settings = bytes.fromhex(chain.query("/registry/blob", pinned["settings_hash"].encode())["data"][2:])
+    vk = bytes.fromhex(chain.query("/registry/blob", pinned["vk_hash"].encode())["data"][2:])
+    assert verify_proof(proof.proof, settings, vk, srs) == proof.instances

@@ -80,6 +80,35 @@ def _static_model(source: Path, target: Path) -> None:
     onnx.save(model, str(target))
 
 
+def circuit_from_files(directory: Path, model_sha256: str, srs: Path) -> Circuit:
+    """A circuit from artefacts fetched into `directory` (settings.json, circuit.ezkl, vk.key,
+    pk.key), described as `build_circuit` would, so `load_circuit` finds it next time."""
+    doc = json.loads((directory / SETTINGS).read_text())
+    run_args = doc["run_args"]
+    circuit = Circuit(
+        directory,
+        model_sha256,
+        int(run_args["logrows"]),
+        file_sha256(directory / SETTINGS),
+        file_sha256(directory / COMPILED),
+        file_sha256(directory / VK),
+        file_sha256(srs),
+        _visibility(run_args["input_visibility"]),
+        _visibility(run_args["output_visibility"]),
+        tuple(int(s) for s in _scales(doc, "input")),
+        tuple(int(s) for s in doc.get("model_output_scales", [])),
+    )
+    (directory / META).write_text(
+        json.dumps({"key": {"fetched": model_sha256}, "circuit": circuit.to_json()}, indent=1)
+    )
+    return circuit
+
+
+def _visibility(value: Any) -> str:
+    name = value if isinstance(value, str) else next(iter(value), "") if isinstance(value, dict) else ""
+    return str(name).lower()
+
+
 def load_circuit(directory: Path) -> Circuit | None:
     """A circuit `build_circuit` made in `directory`, if it is complete there."""
     return _cached(directory, None)
