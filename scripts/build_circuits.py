@@ -18,10 +18,14 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
+import numpy as np  # noqa: E402
+
 from haca.proofs.zk.circuit import build_circuit  # noqa: E402
 from haca.proofs.zk.srs import make_dev_srs  # noqa: E402
 
-# iris uses ai.onnx.ml operators EZKL refuses; digits-cnn needs logrows 16 and a ~1 GB proving key.
+# iris uses ai.onnx.ml operators EZKL refuses. digits-cnn calibrates to logrows 17 on its example
+# (2m20s to build here, a multi-GB proving key): too heavy for every `make setup`; build it with
+# `--model digits-cnn`. mlp-regressor: logrows 15, ~330 MB proving key, ~7 s a proof.
 ZKML_MODELS = ("mlp-regressor",)
 MAX_LOGROWS = 17  # what this 2-core machine proves in seconds
 
@@ -31,12 +35,13 @@ def main() -> None:
     parser.add_argument("--models", type=Path, default=ROOT / "build" / "models")
     parser.add_argument("--out", type=Path, default=ROOT / "build" / "circuits")
     parser.add_argument("--srs", type=Path, default=ROOT / "build" / "srs")
+    parser.add_argument("--model", action="append", help="build these instead (repeatable)")
     args = parser.parse_args()
     entries = {m["name"]: m for m in json.loads((args.models / "manifest.json").read_text())["models"]}
     index = {}
-    for name in ZKML_MODELS:
+    for name in args.model or ZKML_MODELS:
         entry = entries[name]
-        first_row = [float(v) for v in entry["example_input"][0]]  # calibrate on the example's one row
+        first_row = [float(v) for v in np.asarray(entry["example_input"][0], dtype=np.float64).reshape(-1)]
         circuit = build_circuit(
             args.models / entry["file"],
             [first_row],

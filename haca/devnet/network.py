@@ -33,6 +33,7 @@ from haca.proofs.tee.dev import dev_measurement, issue_dev_platform, make_dev_ro
 from haca.proofs.tee.policy import TeePolicy
 from haca.proofs.zk.srs import srs_file
 from haca.types.tee import GLOBAL_SCOPE
+from haca.types.tx import MAX_TX_BYTES
 
 DEV_ROOT_DIR = "dev-root"  # the devnet's DEV attestation root (key and certificate)
 
@@ -146,6 +147,10 @@ class Devnet:
                     ("p2p", "addr_book_strict"): False,
                     ("p2p", "allow_duplicate_ip"): True,
                     ("consensus", "timeout_commit"): timeout_commit,
+                    # zkml: a circuit's verifying key or a batch of proofs in one tx (CometBFT's
+                    # defaults are 1 MiB per tx and 1 MB per RPC body; blocks take 21 MiB)
+                    ("mempool", "max_tx_bytes"): MAX_TX_BYTES,
+                    ("rpc", "max_body_bytes"): 3 * MAX_TX_BYTES,
                     ("", "log_level"): "state:info,*:error",
                 },
             )

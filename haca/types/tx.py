@@ -18,7 +18,7 @@ from haca.types.encoding import canonical_json, parse_uint
 
 EIP712_DOMAIN = {"name": "HACA", "version": "1"}
 EIP712_DOMAIN_TYPE = [{"name": "name", "type": "string"}, {"name": "version", "type": "string"}]
-MAX_TX_BYTES = 256 * 1024
+MAX_TX_BYTES = 4 << 20  # room for a zkml circuit's verifying key (hex) or a batch of proofs
 MAX_MSGS_PER_TX = 16
 
 
