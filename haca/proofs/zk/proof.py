@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 import tempfile
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -124,20 +125,35 @@ def prove(circuit: Circuit, inputs: Sequence[Sequence[float]], srs_path: Path) -
     return ZkProof(raw, proof_instances(raw))
 
 
+_artefacts: Path | None = None  # this process's content-addressed copies of settings and keys
+
+
+def _artefact_file(data: bytes, suffix: str) -> Path:
+    """EZKL reads files: each settings/vk is written once per process, named by its sha256, and
+    reused by every later verification against it (a validator verifies many proofs per key)."""
+    global _artefacts
+    if _artefacts is None or not _artefacts.exists():
+        _artefacts = Path(tempfile.mkdtemp(prefix="haca-zk-artefacts-"))
+    path = _artefacts / (hashlib.sha256(data).hexdigest() + suffix)
+    if not path.exists():
+        partial = path.with_name(path.name + f".{os.getpid()}.partial")
+        partial.write_bytes(data)
+        partial.replace(path)
+    return path
+
+
 def verify_proof(proof: bytes, settings: bytes, vk: bytes, srs_path: Path) -> Instances:
     """The proof's public instances if it verifies against this verifying key and settings;
     ProofError with the reason otherwise. Deterministic: validators and clients run exactly this."""
     import ezkl
 
     instances = proof_instances(proof)
-    with tempfile.TemporaryDirectory(prefix="haca-verify-") as tmp:
-        paths = {name: Path(tmp) / name for name in ("proof.json", "settings.json", "vk.key")}
-        for (_, path), data in zip(paths.items(), (proof, settings, vk), strict=True):
-            path.write_bytes(data)
+    settings_path, vk_path = _artefact_file(settings, ".json"), _artefact_file(vk, ".key")
+    with tempfile.NamedTemporaryFile(prefix="haca-proof-", suffix=".json") as proof_file:
+        proof_file.write(proof)
+        proof_file.flush()
         try:
-            ok = ezkl.verify(
-                str(paths["proof.json"]), str(paths["settings.json"]), str(paths["vk.key"]), str(srs_path), False
-            )
+            ok = ezkl.verify(proof_file.name, str(settings_path), str(vk_path), str(srs_path), False)
         except (RuntimeError, ValueError) as exc:
             raise ProofError(f"the proof does not verify: {exc}") from exc
     if not ok:
