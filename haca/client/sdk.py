@@ -27,7 +27,7 @@ from haca.client.payment import (
     verify_answer,
 )
 from haca.client.tee import ReceiptVerification, enclave_lookup, verify_tee_receipt
-from haca.client.zk import verify_zkml_receipt
+from haca.client.zk import proof_from_chain, verify_zkml_receipt
 from haca.crypto.keys import PrivateKey
 from haca.types.inference import MsgDeposit, MsgWithdraw
 from haca.types.modes import Mode, Status
@@ -239,9 +239,11 @@ class Client(_Base):
         enclave key's attestation and standing, the policy, the signature (see haca.client.tee)."""
         stored = None if isinstance(receipt, SignedReceipt) else self.node_receipt(receipt)
         signed = receipt if isinstance(receipt, SignedReceipt) else _checked_receipt(stored or {}, receipt)
-        if signed.receipt.mode == Mode.ZKML:  # the proof comes from the node; everything it rests on from the chain
-            stored = stored or self.node_receipt(signed.id)
-            proof = bytes.fromhex((stored.get("evidence") or "0x")[2:])
+        if signed.receipt.mode == Mode.ZKML:  # the proof from the chain's settlement tx, else from the node
+            proof = proof_from_chain(self.chain, signed.id)
+            if not proof:
+                stored = stored or self.node_receipt(signed.id)
+                proof = bytes.fromhex((stored.get("evidence") or "0x")[2:])
             return verify_zkml_receipt(self.chain, signed, proof, self.srs_dir)
         return verify_tee_receipt(self.chain, signed)
 

@@ -32,6 +32,26 @@ def _proven_blob(chain: ChainClient, digest: str) -> bytes:
     return proven.raw
 
 
+def proof_from_chain(chain: ChainClient, receipt_id: str) -> bytes:
+    """The proof a settled zkml receipt was settled with, from its settlement tx on chain (so a
+    client can check it after the node is gone); b"" when no committed tx settled it."""
+    import base64
+
+    import haca.types.messages  # noqa: F401  (registers the message types a tx may carry)
+    from haca.types.inference import MsgSettle
+    from haca.types.tx import decode_tx
+
+    found = chain.rpc.call("tx_search", query=f"settle.receipt_id='{receipt_id}'", per_page="1")
+    for entry in found.get("txs", []):
+        tx = decode_tx(base64.b64decode(entry["tx"]))
+        for msg in tx.msgs:
+            if isinstance(msg, MsgSettle):
+                for item in msg.items:
+                    if item.receipt.id == receipt_id:
+                        return item.evidence
+    return b""
+
+
 def verify_zkml_receipt(
     chain: ChainClient, signed: SignedReceipt, proof: bytes, srs_dir: Path | None
 ) -> ReceiptVerification:

@@ -12,6 +12,7 @@ from pathlib import Path
 import pytest
 
 from haca.client.sdk import Client
+from haca.client.zk import proof_from_chain
 from haca.devnet.layout import dev_srs_dir, example_models_dir
 from haca.proofs.zk.srs import file_sha256, srs_file
 from tests.integration.helpers import assert_devnet_supply_holds, settlement_fee
@@ -37,6 +38,8 @@ def test_a_zkml_inference_answers_at_once_then_turns_verified_and_pays_the_node(
         stored = client.node_receipt(result.receipt_id)
         verification = client.verify_receipt(result.receipt_id)  # proof, key, settings, SRS: all checked here
     assert verification.verified, verification.reason
+    # The proof is on chain too, in the settlement tx: a client can check it after the node is gone.
+    assert proof_from_chain(inference_devnet.client, result.receipt_id) == bytes.fromhex(stored["evidence"][2:])
     assert verification.claims["vk_hash"] == manifest["circuit"]["vk_hash"]
     assert record["status"] == "verified" and record["mode"] == "zkml"
     fee = int(record["fee"])
