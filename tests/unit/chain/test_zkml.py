@@ -226,3 +226,22 @@ def test_the_circuit_artefacts_are_readable_by_hash_with_proofs(chain, zk):
     assert chain.answer("/registry/srs")["srs"] == {str(zk["a"].logrows): zk["a"].srs_hash}
     resp = chain.query("/registry/blob", b"sha256:" + b"00" * 32)
     assert resp.code == errors.NotFound.code and "no circuit artefact" in resp.log
+
+
+def test_a_proof_checked_against_swapped_settings_is_refused(chain, zk):
+    """A model whose pinned settings are not its circuit's (here: a public input instead of a hashed
+    one) gets its proofs refused: validators verify only against the pinned bytes."""
+    settings = json.loads(zk["a"].settings_path.read_bytes())
+    settings["run_args"]["input_visibility"] = "Public"
+    swapped = MsgRegisterCircuit(json.dumps(settings).encode(), zk["a"].vk_path.read_bytes())
+    ok = chain.deliver(OWNER, swapped)
+    assert ok.code == 0, ok.log
+    settings_hash = "sha256:" + sha256(swapped.settings).hex()
+    msg = dataclasses.replace(
+        model_msg("tiny-swapped", zk["a"]), circuit={"settings_hash": settings_hash, "vk_hash": zk["a"].vk_hash}
+    )
+    assert chain.deliver(OWNER, msg).code == 0
+    node_msg = MsgRegisterNode("http://node:8000", ("vanilla", "zkml"), ("plain", "tiny", "tiny-b", "tiny-swapped"), 0)
+    assert chain.deliver(NODE, node_msg).code == 0
+    item = zk_item(chain, 9, zk["proof"], model="tiny-swapped")
+    rejected(chain, item, errors.InvalidEvidence.code, "does not verify")
