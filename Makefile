@@ -46,6 +46,7 @@ bench: setup
 	@$(PY) bench/chain_tps.py
 	@$(PY) bench/node_overhead.py
 	@$(PY) bench/tee.py
+	@$(PY) bench/zk.py
 
 fuzz: setup
 	@set -e; for target in fuzz/fuzz_*.py; do echo "== $$target"; \
