@@ -93,8 +93,8 @@ def circuit_from_files(directory: Path, model_sha256: str, srs: Path) -> Circuit
         file_sha256(directory / COMPILED),
         file_sha256(directory / VK),
         file_sha256(srs),
-        _visibility(run_args["input_visibility"]),
-        _visibility(run_args["output_visibility"]),
+        visibility_name(run_args["input_visibility"]).lower(),
+        visibility_name(run_args["output_visibility"]).lower(),
         tuple(int(s) for s in _scales(doc, "input")),
         tuple(int(s) for s in doc.get("model_output_scales", [])),
     )
@@ -104,9 +104,11 @@ def circuit_from_files(directory: Path, model_sha256: str, srs: Path) -> Circuit
     return circuit
 
 
-def _visibility(value: Any) -> str:
-    name = value if isinstance(value, str) else next(iter(value), "") if isinstance(value, dict) else ""
-    return str(name).lower()
+def visibility_name(value: Any) -> str:
+    """EZKL writes a visibility as "Public" or as {"Hashed": {…}}: its name ("" if neither)."""
+    if isinstance(value, str):
+        return value
+    return str(next(iter(value))) if isinstance(value, dict) and len(value) == 1 else ""
 
 
 def load_circuit(directory: Path) -> Circuit | None:

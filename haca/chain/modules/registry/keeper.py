@@ -24,6 +24,7 @@ from typing import Any, ClassVar
 
 from haca.chain.errors import NotFound, Unauthorized
 from haca.chain.state import CachedState, ReadableState, get_int, set_int
+from haca.proofs.zk.circuit import visibility_name
 from haca.types.encoding import canonical_json
 from haca.types.registry import MsgRegisterModel, MsgRegisterNode, srs_key
 
@@ -72,7 +73,7 @@ def circuit_facts(settings: bytes) -> dict[str, Any]:
         raise ValueError(f"settings: not EZKL settings JSON ({exc})") from None
     if not isinstance(logrows, int) or isinstance(logrows, bool) or not 1 <= logrows <= 28:
         raise ValueError("settings: run_args.logrows must be an integer from 1 to 28")
-    names = {k: _visibility_name(v) for k, v in visibility.items()}
+    names = {k: visibility_name(v) for k, v in visibility.items()}
     scales = {k: doc.get(f"model_{k}_scales") for k in ("input", "output")}
     if not all(isinstance(v, list) and all(_is_int(x) for x in v) for v in scales.values()):
         raise ValueError("settings: model_input_scales and model_output_scales must be lists of integers")
@@ -89,13 +90,6 @@ def circuit_facts(settings: bytes) -> dict[str, Any]:
 
 def _is_int(value: Any) -> bool:
     return isinstance(value, int) and not isinstance(value, bool)
-
-
-def _visibility_name(value: Any) -> str:
-    """EZKL writes a visibility as "Public" or as {"Hashed": {…}}."""
-    if isinstance(value, str):
-        return value
-    return next(iter(value)) if isinstance(value, dict) and len(value) == 1 else ""
 
 
 def _at_prefix(model_id: str) -> bytes:
