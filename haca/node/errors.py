@@ -8,6 +8,11 @@ from typing import Any
 class NodeError(Exception):
     status = 400
     code = "bad_request"
+    param: str | None = None  # the request field at fault, when one is
+
+    def with_param(self, param: str | None) -> NodeError:
+        self.param = param
+        return self
 
 
 class InvalidRequest(NodeError):
@@ -73,3 +78,29 @@ class EnclaveUnavailable(NodeError):
 
     status = 503
     code = "enclave_unavailable"
+
+
+class ContextLengthExceeded(NodeError):
+    """An LLM request whose prompt and max_tokens do not fit the model's context."""
+
+    status = 400
+    code = "context_length_exceeded"
+
+
+class TooManyRequests(NodeError):
+    """Every slot is busy and the wait queue is full."""
+
+    status = 429
+    code = "rate_limit_exceeded"
+
+
+ERROR_TYPES = {400: "invalid_request_error", 401: "authentication_error", 402: "payment_required"}
+ERROR_TYPES |= {404: "not_found_error", 408: "timeout", 409: "conflict_error"}
+ERROR_TYPES |= {413: "invalid_request_error", 422: "invalid_request_error"}
+ERROR_TYPES |= {429: "rate_limit_error", 502: "api_error", 503: "service_unavailable"}
+
+
+def error_body(status: int, code: str, message: str, param: str | None = None) -> dict[str, Any]:
+    """The error object every node answer carries, in the OpenAI API's shape (code, message,
+    type, param), so OpenAI clients and ours read the same thing."""
+    return {"error": {"code": code, "message": message, "type": ERROR_TYPES.get(status, "api_error"), "param": param}}

@@ -19,12 +19,14 @@ import json
 import secrets
 from collections import OrderedDict
 from collections.abc import Iterable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any, Protocol
 
 from haca.crypto.keys import SignatureError
 from haca.node.errors import PaymentRequired, RequestConflict
 from haca.node.receipts import ReceiptStore
+from haca.node.x402v2 import decode_payment_signature
+from haca.node.x402v2 import payment_response_header as payment_response_header_v2
 from haca.types import fields
 from haca.types.payment import (
     AUTHORIZATION_FIELDS,
@@ -33,10 +35,11 @@ from haca.types.payment import (
     SpendingAllowance,
     decode_api_key,
 )
-from haca.types.registry import request_fee
+from haca.types.registry import request_fee, token_fee
+from haca.types.x402 import PAYMENT_RESPONSE_HEADER as PAYMENT_RESPONSE_HEADER_V2
+from haca.types.x402 import PAYMENT_SIGNATURE_HEADER, SCHEME
 
 X402_VERSION = 1
-SCHEME = "haca-escrow"
 PAYMENT_HEADER = "x-payment"
 PAYMENT_RESPONSE_HEADER = "X-PAYMENT-RESPONSE"
 SIGNER_CACHE_SIZE = 4096
@@ -64,16 +67,31 @@ class Quote:
     model_id: str
     model_name: str
     mode: str
-    unit_price: int  # max(node price, the model's price in effect)
-    price_unit: str  # "request" | "row"
-    max_rows: int
+    unit_price: int  # max(node price, the model's price in effect); per prompt token for an LLM
+    price_unit: str  # "request" | "row" | "token"
+    max_rows: int  # rows a request may have; for an LLM, tokens (prompt + completion)
     height: int
+    completion_price: int = 0  # LLM: per completion token
 
     def fee(self, rows: int) -> int:
+        """The fee for `rows` rows (an LLM: the least a request costs, one prompt token)."""
         return request_fee(self.unit_price, self.price_unit, rows)
+
+    def token_fee(self, prompt_tokens: int, completion_tokens: int) -> int:
+        return token_fee(self.unit_price, self.completion_price, prompt_tokens, completion_tokens)
+
+    def completion_budget(self, paid: int, prompt_tokens: int) -> int:
+        """The completion tokens `paid` covers after a prompt of `prompt_tokens` tokens."""
+        left = paid - prompt_tokens * self.unit_price
+        if left < 0:
+            return 0
+        return left // self.completion_price if self.completion_price else self.max_rows
 
     @property
     def max_amount(self) -> int:
+        """The most one request can cost (the x402 amount a client authorises)."""
+        if self.price_unit == "token":
+            return self.max_rows * max(self.unit_price, self.completion_price)
         return self.fee(self.max_rows)
 
 
@@ -133,7 +151,9 @@ class PaymentGate:
         }
 
     def _accept(self, quote: Quote, resource: str, height: int) -> dict[str, Any]:
-        per = "row" if quote.price_unit == "row" else "request"
+        per = quote.price_unit
+        if quote.price_unit == "token":
+            per = f"prompt token, {quote.completion_price} per completion token"
         return {
             "scheme": SCHEME,
             "network": self.chain_id,
@@ -150,6 +170,7 @@ class PaymentGate:
                 "mode": quote.mode,
                 "price": str(quote.unit_price),
                 "price_unit": quote.price_unit,
+                "completion_price": str(quote.completion_price),
                 "max_rows": quote.max_rows,
                 "terms_height": quote.height,
                 "height": height,
@@ -166,7 +187,14 @@ class PaymentGate:
         """Check the request's payment from its headers alone; PaymentRequired (402) says what
         is wrong (its requirements are added by the caller, who knows the resource)."""
         header = headers.get(PAYMENT_HEADER)
+        signature_v2 = headers.get(PAYMENT_SIGNATURE_HEADER)
         bearer = headers.get("authorization", "")
+        if signature_v2:
+            try:
+                payload = decode_payment_signature(signature_v2, self.chain_id)
+            except ValueError as exc:
+                raise PaymentRequired(f"invalid {PAYMENT_SIGNATURE_HEADER}: {exc}") from exc
+            return self._authorized(payload, quotes, PAYMENT_SIGNATURE_HEADER)
         if header:
             return self._per_request(header, quotes)
         if bearer.lower().startswith("bearer ") and bearer[7:].strip().startswith("haca_"):
@@ -181,12 +209,19 @@ class PaymentGate:
                 raise ValueError(f"X-PAYMENT: x402Version must be {X402_VERSION}")
             if doc["scheme"] != SCHEME or doc["network"] != self.chain_id:
                 raise ValueError(f"X-PAYMENT: scheme must be {SCHEME!r} on network {self.chain_id!r}")
-            payload = fields.require_fields(doc["payload"], {"authorization", "signature"}, "X-PAYMENT payload")
+        except (ValueError, RecursionError) as exc:
+            raise PaymentRequired(f"invalid X-PAYMENT: {exc}") from exc
+        return self._authorized(doc["payload"], quotes, "X-PAYMENT")
+
+    def _authorized(self, payload: Any, quotes: Mapping[tuple[str, str], Quote], header: str) -> PendingPayment:
+        """A per-request authorisation (`{"authorization", "signature"}`, from either x402 version)."""
+        try:
+            payload = fields.require_fields(payload, {"authorization", "signature"}, f"{header} payload")
             auth = PaymentAuthorization.from_json(payload["authorization"])
             signature = fields.hex_bytes(payload["signature"], "signature", 65)
             signer = auth.signer(signature)
         except (ValueError, SignatureError, RecursionError) as exc:
-            raise PaymentRequired(f"invalid X-PAYMENT: {exc}") from exc
+            raise PaymentRequired(f"invalid {header}: {exc}") from exc
         if signer != auth.client:
             raise PaymentRequired(f"authorisation signed by {signer}, not by its client {auth.client}")
         self._common(auth.node, auth.chain_id, auth.expiry)
@@ -250,16 +285,43 @@ class PaymentGate:
         """Hold the fee for `rows` rows on `quote`'s terms; PaymentRequired when it is not covered."""
         fee = quote.fee(rows)
         auth = pending.authorization
+        if auth is not None and fee > auth.max_fee:
+            raise PaymentRequired(f"this request costs {fee} ({rows} rows); the authorisation allows {auth.max_fee}")
+        return self._hold(pending, quote, fee)
+
+    def charge_up_to(self, pending: PendingPayment, quote: Quote, worst: int) -> AcceptedPayment:
+        """Hold what a request of unknown cost (an LLM's) may use: `worst`, or less when the
+        authorisation (or what is left of the allowance's cap) allows less; the work then stops
+        at what is held (`AcceptedPayment.fee`), and `settle_fee` charges what was used."""
+        auth = pending.authorization
+        if auth is not None:
+            amount = min(worst, auth.max_fee)
+        else:
+            allowance = pending.payment.value
+            assert isinstance(allowance, SpendingAllowance)
+            spent, _ = self.chain.allowance(allowance)
+            unsettled = self.store.unsettled_allowance(allowance.id) + self._held_allowance.get(allowance.id, 0)
+            amount = min(worst, allowance.cap - spent - unsettled)
+        if amount < quote.fee(1):
+            least = quote.fee(1)
+            raise PaymentRequired(f"the payment covers {max(amount, 0)}; the least this request costs is {least}")
+        return self._hold(pending, quote, amount)
+
+    @staticmethod
+    def settle_fee(accepted: AcceptedPayment, fee: int) -> AcceptedPayment:
+        """The accepted payment charging `fee` (at most what was held) for the work done."""
+        if fee > accepted.fee:
+            raise ValueError(f"fee {fee} exceeds the {accepted.fee} held for it")
+        return replace(accepted, fee=fee)
+
+    def _hold(self, pending: PendingPayment, quote: Quote, fee: int) -> AcceptedPayment:
+        auth = pending.authorization
         # The body may have taken a while: what `check` saw must still hold now.
         value = pending.payment.value
         self._common(value.node, value.chain_id, value.expiry)
         if auth is not None:
             if (auth.model_id, auth.mode) != (quote.model_id, quote.mode):
                 raise PaymentRequired("authorisation is for another model or mode than the request's")
-            if fee > auth.max_fee:
-                raise PaymentRequired(
-                    f"this request costs {fee} ({rows} rows); the authorisation allows {auth.max_fee}"
-                )
             request = (pending.client, pending.request_id)
             # The same X-PAYMENT sent twice at once passes `check` twice: only one is charged and run.
             if request in self._in_flight or self.store.has_request(*request):
@@ -317,6 +379,14 @@ def _drop(held: dict[str, int], key: str, amount: int) -> None:
         held[key] = left
     else:
         held.pop(key, None)
+
+
+def payment_response_headers(accepted: AcceptedPayment, chain_id: str, receipt_id: str) -> dict[str, str]:
+    """A paid answer's x402 headers, v1 and v2 (each client reads its own)."""
+    return {
+        PAYMENT_RESPONSE_HEADER: payment_response_header(accepted, chain_id, receipt_id),
+        PAYMENT_RESPONSE_HEADER_V2: payment_response_header_v2(accepted.client, chain_id, receipt_id, accepted.fee),
+    }
 
 
 def payment_response_header(accepted: AcceptedPayment, chain_id: str, receipt_id: str) -> str:

@@ -18,8 +18,9 @@ from haca.client.config import ClientConfig, KeyStore, connect
 from haca.client.errors import ConfigError, QueryFailed
 from haca.crypto.keys import PrivateKey
 from haca.hub.client import HubClient
-from haca.node.api import NodeContext, ServedModel, create_app
+from haca.node.api import create_app
 from haca.node.chainview import ChainView
+from haca.node.context import NodeContext, ServedModel
 from haca.node.enclave import EnclaveKey
 from haca.node.payments import PaymentGate
 from haca.node.prover import Prover

@@ -27,6 +27,8 @@ RECEIPT_FIELDS = [
     ("heightHint", "uint64"),
     ("timestamp", "uint64"),
     ("instancesHash", "bytes32"),
+    ("promptTokens", "uint32"),
+    ("completionTokens", "uint32"),
 ]
 NO_INSTANCES = "0x" + "00" * 32  # vanilla and tee receipts commit to no proof instances
 
@@ -47,6 +49,9 @@ class Receipt:
     # zkml: sha256 commitment to the proof's public instances (input commitment, quantized outputs),
     # so validators compare bytes with bytes; NO_INSTANCES for the other modes
     instances_hash: str = NO_INSTANCES
+    # LLMs (price per token): the tokens the request used, which the fee is for; 0 for other models
+    prompt_tokens: int = 0
+    completion_tokens: int = 0
 
     def eip712_message(self) -> dict[str, Any]:
         return {
@@ -62,6 +67,8 @@ class Receipt:
             "heightHint": self.height_hint,
             "timestamp": self.timestamp,
             "instancesHash": bytes.fromhex(self.instances_hash[2:]),
+            "promptTokens": self.prompt_tokens,
+            "completionTokens": self.completion_tokens,
         }
 
     @cached_property
@@ -87,6 +94,8 @@ class Receipt:
     @classmethod
     def from_json(cls, value: Any) -> Receipt:
         names = {fld.name for fld in fields(cls)}
+        if isinstance(value, dict):  # receipts from before token counts existed have none (0)
+            value = {"prompt_tokens": 0, "completion_tokens": 0, **value}
         doc = f.require_fields(value, names, "receipt")
         return cls(
             chain_id=f.text(doc["chain_id"], "chain_id"),
@@ -101,6 +110,8 @@ class Receipt:
             height_hint=f.uint(doc["height_hint"], "height_hint", 64),
             timestamp=f.uint(doc["timestamp"], "timestamp", 64),
             instances_hash=f.bytes32(doc["instances_hash"], "instances_hash"),
+            prompt_tokens=f.uint(doc["prompt_tokens"], "prompt_tokens", 32),
+            completion_tokens=f.uint(doc["completion_tokens"], "completion_tokens", 32),
         )
 
 

@@ -12,13 +12,24 @@ from haca.types.tx import register_msg
 
 MAX_SCHEMA_BYTES = 4096
 MAX_NODE_MODELS = 64
-PRICE_UNITS = ("request", "row")
+PRICE_UNITS = ("request", "row", "token")
+MODEL_KINDS = ("onnx", "gguf")  # an ONNX graph (onnxruntime) or a GGUF language model (llama.cpp)
 MAX_ROWS_LIMIT = 1 << 20
 
 
 def request_fee(unit_price: int, price_unit: str, rows: int) -> int:
     """What one request of `rows` rows costs: the price per request, or per row."""
     return unit_price * rows if price_unit == "row" else unit_price
+
+
+def token_fee(prompt_price: int, completion_price: int, prompt_tokens: int, completion_tokens: int) -> int:
+    """What an LLM request costs: its prompt and completion tokens, each at its own price."""
+    return prompt_tokens * prompt_price + completion_tokens * completion_price
+
+
+def model_kind(manifest: dict[str, Any]) -> str:
+    """A manifest's kind (manifests registered before kinds existed are ONNX)."""
+    return str(manifest.get("kind", "onnx"))
 
 
 def request_rows(shapes: list[tuple[int, ...]]) -> int:
@@ -62,6 +73,8 @@ class MsgRegisterModel:
         ("priceUnit", "string"),
         ("maxRows", "uint32"),
         ("circuit", "string"),
+        ("kind", "string"),
+        ("completionPrice", "uint256"),
     ]
 
     name: str
@@ -69,12 +82,16 @@ class MsgRegisterModel:
     input_schema: dict[str, Any]
     output_schema: dict[str, Any]
     modes: tuple[str, ...]
-    price: int  # per request or per row (price_unit), base units
+    price: int  # per request, per row or per prompt token (price_unit), base units
     price_unit: str = "request"
-    max_rows: int = 64  # a node refuses requests with more rows than this
+    # a node refuses requests with more rows than this; for a gguf model (price per token), the
+    # most tokens (prompt + completion) one request may use
+    max_rows: int = 64
     # zkml: the EZKL circuit's artefacts by hash ({"settings_hash", "vk_hash"}), stored on chain first
     # with MsgRegisterCircuit; None for models without zkml
     circuit: dict[str, str] | None = None
+    kind: str = "onnx"  # "onnx" | "gguf" (an LLM: empty schemas, priced per token)
+    completion_price: int = 0  # gguf: per completion token (`price` is then per prompt token)
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -87,6 +104,8 @@ class MsgRegisterModel:
             "price_unit": self.price_unit,
             "max_rows": self.max_rows,
             "circuit": self.circuit,
+            "kind": self.kind,
+            "completion_price": str(self.completion_price),
         }
 
     def to_eip712(self) -> dict[str, Any]:
@@ -100,12 +119,17 @@ class MsgRegisterModel:
             "priceUnit": self.price_unit,
             "maxRows": self.max_rows,
             "circuit": canonical_json(self.circuit).decode() if self.circuit else "",
+            "kind": self.kind,
+            "completionPrice": self.completion_price,
         }
 
     @classmethod
     def from_json(cls, value: dict[str, Any]) -> MsgRegisterModel:
+        if not isinstance(value, dict):
+            raise ValueError("registry/register_model must be an object")
+        # kind and completion_price came later: a manifest without them is an ONNX model
         doc = f.require_fields(
-            value,
+            {k: v for k, v in value.items() if k not in ("kind", "completion_price")},
             {
                 "name",
                 "model_id",
@@ -124,16 +148,39 @@ class MsgRegisterModel:
         max_rows = f.uint(doc["max_rows"], "max_rows", 32)
         if not 1 <= max_rows <= MAX_ROWS_LIMIT:
             raise ValueError(f"max_rows: expected 1 to {MAX_ROWS_LIMIT}")
+        kind = value.get("kind", "onnx")
+        if kind not in MODEL_KINDS:
+            raise ValueError(f"kind: expected one of {list(MODEL_KINDS)}")
+        completion_price = f.uint(value.get("completion_price", "0"), "completion_price")
+        modes = f.modes(doc["modes"])
+        if kind == "gguf":
+            # An LLM takes text and is priced per token; its answers are not proved in zkml.
+            if doc["price_unit"] != "token":
+                raise ValueError("price_unit: a gguf model is priced per token")
+            if doc["input_schema"] != {} or doc["output_schema"] != {}:
+                raise ValueError("input_schema/output_schema: a gguf model takes text: both must be {}")
+            if "zkml" in modes:
+                raise ValueError("modes: a gguf model cannot be offered in zkml")
+            schemas: tuple[dict[str, Any], dict[str, Any]] = ({}, {})
+        else:
+            if doc["price_unit"] == "token" or completion_price:
+                raise ValueError("price_unit: only a gguf model is priced per token")
+            schemas = (
+                parse_schema(doc["input_schema"], "input_schema"),
+                parse_schema(doc["output_schema"], "output_schema"),
+            )
         return cls(
             f.name(doc["name"]),
             f.model_id(doc["model_id"]),
-            parse_schema(doc["input_schema"], "input_schema"),
-            parse_schema(doc["output_schema"], "output_schema"),
-            f.modes(doc["modes"]),
+            schemas[0],
+            schemas[1],
+            modes,
             f.uint(doc["price"], "price"),
             doc["price_unit"],
             max_rows,
-            _circuit(doc["circuit"], "zkml" in doc["modes"]),
+            _circuit(doc["circuit"], "zkml" in modes),
+            kind,
+            completion_price,
         )
 
 

@@ -86,6 +86,8 @@ def test_register_model_stores_the_manifest_as_version_1_owned_by_the_signer(cha
         "price_unit": "request",
         "max_rows": 64,
         "circuit": None,  # only zkml models have one
+        "kind": "onnx",
+        "completion_price": "0",  # only LLMs (kind gguf) are priced per token
         "version": 1,
         "owner": OWNER.address,
         "height": chain.height,

@@ -23,7 +23,8 @@ from fastapi.testclient import TestClient
 from onnx import TensorProto, helper
 
 from haca.client.payment import PaymentOffer, create_api_key, sign_payment, verify_answer
-from haca.node.api import MAX_BODY_BYTES, NodeContext, ServedModel, create_app
+from haca.node.api import create_app
+from haca.node.context import MAX_BODY_BYTES, NodeContext, ServedModel
 from haca.node.payments import PaymentGate
 from haca.node.receipts import ReceiptStore
 from haca.runtime.onnx import OnnxModel
@@ -123,7 +124,7 @@ def assert_error(response: httpx.Response, status: int, code: str) -> str:
     assert response.status_code == status, response.text
     assert response.headers["content-type"].startswith("application/json")
     error = response.json()["error"]
-    assert set(error) == {"code", "message"} and error["code"] == code and error["message"]
+    assert set(error) == {"code", "message", "type", "param"} and error["code"] == code and error["message"]
     return str(error["message"])
 
 
@@ -320,6 +321,10 @@ def test_models_lists_each_served_model_once_with_its_price_and_schemas(node):
         "max_rows": MAX_ROWS,
         "input_schema": SCHEMA,
         "output_schema": OUTPUT_SCHEMA,
+        "kind": "onnx",
+        "object": "model",  # what OpenAI clients read (models.list)
+        "created": 0,
+        "owned_by": node.manifest["owner"],
     }
     assert entry["provider"].endswith("ExecutionProvider")
 

@@ -21,7 +21,8 @@ from fastapi.testclient import TestClient
 from onnx import TensorProto, helper
 
 from haca.client.payment import PaymentOffer, ReceiptInvalid, sign_payment, verify_answer
-from haca.node.api import NodeContext, ServedModel, create_app
+from haca.node.api import create_app
+from haca.node.context import NodeContext, ServedModel
 from haca.node.payments import PaymentGate
 from haca.node.receipts import ReceiptStore
 from haca.runtime.onnx import OnnxModel

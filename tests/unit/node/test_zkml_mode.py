@@ -15,7 +15,8 @@ import pytest
 from fastapi.testclient import TestClient
 
 from haca.client.payment import PaymentOffer, ReceiptInvalid, sign_payment, verify_answer
-from haca.node.api import NodeContext, ServedModel, create_app
+from haca.node.api import create_app
+from haca.node.context import NodeContext, ServedModel
 from haca.node.payments import PaymentGate
 from haca.node.receipts import ReceiptStore
 from haca.proofs.receipt import EvidenceError

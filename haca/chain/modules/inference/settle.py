@@ -38,6 +38,8 @@ from haca.proofs.zk.srs import srs_file
 from haca.types.inference import SettlementItem
 from haca.types.modes import Mode
 from haca.types.payment import PaymentAuthorization, SpendingAllowance
+from haca.types.receipt import Receipt
+from haca.types.registry import token_fee
 
 
 def settle_item(
@@ -73,10 +75,7 @@ def settle_item(
         raise EnclaveNotInGoodStanding(str(exc)) from exc
     except EvidenceError as exc:
         raise InvalidEvidence(str(exc)) from exc
-    if receipt.fee < int(manifest["price"]):
-        raise InvalidPayment(
-            f"fee {receipt.fee} is below the price {manifest['price']} in effect at height {receipt.height_hint}"
-        )
+    _check_fee(receipt, manifest)
     _check_payment(ctx, keeper, item)
     if (previous := keeper.settled_receipt(ctx.state, receipt.client, receipt.request_id)) is not None:
         raise AlreadySettled(f"request {receipt.request_id} of {receipt.client} was settled by receipt {previous}")
@@ -108,6 +107,29 @@ def settle_item(
         record.update(enclave_key=verdict.signer, attestation=verdict.enclave.format, dev=verdict.enclave.dev)
     keeper.record_settlement(ctx.state, record)
     return Event("settle", {k: str(v) for k, v in record.items()})
+
+
+def _check_fee(receipt: Receipt, manifest: dict[str, Any]) -> None:
+    """The fee is at least the model's price in effect at the receipt's height: per request (or
+    row: one at least), or, for an LLM, per token for the tokens the receipt says it used."""
+    tokens = receipt.prompt_tokens + receipt.completion_tokens
+    if manifest["price_unit"] == "token":
+        if tokens > int(manifest["max_rows"]):
+            raise InvalidPayment(f"receipt counts {tokens} tokens; the model allows {manifest['max_rows']} a request")
+        floor = token_fee(
+            int(manifest["price"]),
+            int(manifest.get("completion_price", 0)),
+            receipt.prompt_tokens,
+            receipt.completion_tokens,
+        )
+        what = f" of {receipt.prompt_tokens} prompt + {receipt.completion_tokens} completion tokens"
+    else:
+        if tokens:
+            raise InvalidPayment(f"receipt counts tokens; model {manifest['name']!r} is not priced per token")
+        floor, what = int(manifest["price"]), ""
+    if receipt.fee < floor:
+        height = receipt.height_hint
+        raise InvalidPayment(f"fee {receipt.fee} is below the price {floor}{what} in effect at height {height}")
 
 
 def _circuit(

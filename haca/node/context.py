@@ -1,0 +1,179 @@
+"""What the node's HTTP routes share: the node's context (key, models, payment gate, receipt
+store, enclave), the quotes in effect, and queueing a signed receipt before an answer leaves."""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from typing import Any
+
+from fastapi import Request
+
+from haca.crypto.keys import PrivateKey
+from haca.node.enclave import EnclaveKey
+from haca.node.errors import EnclaveUnavailable, PayloadTooLarge, RequestConflict
+from haca.node.payments import AcceptedPayment, PaymentGate, Quote
+from haca.node.receipts import DuplicateRequest, ProofJob, ReceiptStore
+from haca.proofs.zk.circuit import Circuit
+from haca.proofs.zk.instances import dequantized_outputs
+from haca.proofs.zk.proof import Instances, instances_commitment, witness_instances
+from haca.runtime.llm import LlmModel
+from haca.runtime.onnx import OnnxModel
+from haca.types.modes import Mode
+from haca.types.receipt import NO_INSTANCES, Receipt, SignedReceipt
+from haca.types.tensor import Tensor
+
+MAX_BODY_BYTES = 1 << 20
+
+
+@dataclass(frozen=True)
+class ServedModel:
+    manifest: dict[str, Any]  # the on-chain manifest the node loaded (its terms come from the chain per height)
+    model: OnnxModel | LlmModel  # an ONNX graph, or (kind gguf) a language model
+    circuit: Circuit | None = None  # zkml: this model's EZKL circuit (its vk matching the manifest's)
+
+    @property
+    def llm(self) -> LlmModel | None:
+        return self.model if isinstance(self.model, LlmModel) else None
+
+    @property
+    def model_id(self) -> str:
+        return str(self.manifest["model_id"])
+
+    @property
+    def name(self) -> str:
+        return str(self.manifest["name"])
+
+    @property
+    def proves(self) -> bool:
+        """zkml is offered for a circuit of one input whose outputs come in name order: a client
+        reads the instances in the order of the answer's (sorted) output names."""
+        if not isinstance(self.model, OnnxModel):
+            return False
+        names = self.model.output_names
+        return self.circuit is not None and len(self.model.inputs) == 1 and names == sorted(names)
+
+
+@dataclass
+class NodeContext:
+    key: PrivateKey
+    chain_id: str
+    models: dict[str, ServedModel]  # by name and by id
+    modes: tuple[str, ...]
+    gate: PaymentGate
+    store: ReceiptStore
+    on_receipt: Any = None  # called after a receipt is queued (wakes the settler)
+    price: int = 0  # the node's own price per unit; the fee is max(this, the model's price)
+    quotes: tuple[int, dict[tuple[str, str], Quote]] | None = None  # (height, quotes) last computed
+    enclave: EnclaveKey | None = None  # tee: the attested key in the enclave that signs tee receipts
+    on_proof_job: Any = None  # zkml: called after a receipt is queued for proving (wakes the prover)
+
+
+def current_quotes(ctx: NodeContext) -> dict[tuple[str, str], Quote]:
+    """What every served (model id, mode) costs now: the terms in effect on chain at the current
+    height, recomputed once per block."""
+    height = ctx.gate.chain.height()
+    if ctx.quotes is not None and ctx.quotes[0] == height:
+        return ctx.quotes[1]
+    quotes: dict[tuple[str, str], Quote] = {}
+    for served in {s.model_id: s for s in ctx.models.values()}.values():
+        manifest = ctx.gate.chain.manifest_in_effect(served.model_id, height)
+        if manifest is None:
+            continue
+        for mode in sorted(set(manifest["modes"]) & set(ctx.modes)):
+            if mode == Mode.ZKML and not served.proves:
+                continue  # a proof needs the circuit: without it the node does not offer zkml
+            quotes[(served.model_id, mode)] = Quote(
+                served.model_id,
+                manifest["name"],
+                mode,
+                max(ctx.price, int(manifest["price"])),
+                manifest["price_unit"],
+                int(manifest["max_rows"]),
+                height,
+                max(ctx.price, int(manifest.get("completion_price", 0))) if manifest["price_unit"] == "token" else 0,
+            )
+    ctx.quotes = (height, quotes)
+    return quotes
+
+
+@dataclass(frozen=True)
+class ZkAnswer:
+    instances: Instances  # the public instances the proof will carry
+    outputs: dict[str, Tensor]  # the circuit's outputs, dequantized (float32)
+    inputs: list[list[float]]  # the proof job's input, in the circuit's input order
+
+
+def zk_answer(served: ServedModel, inputs: dict[str, Tensor], outputs: dict[str, Tensor]) -> ZkAnswer:
+    """The witness of this input (milliseconds): its instances and the outputs they stand for."""
+    assert served.circuit is not None and isinstance(served.model, OnnxModel)
+    flat = [[float(v) for v in inputs[name].values] for name in served.model.inputs]
+    instances = witness_instances(served.circuit, flat)
+    facts = {"input_visibility": served.circuit.input_visibility, "output_scales": served.circuit.output_scales}
+    names = served.model.output_names
+    sizes = [len(outputs[name].values) for name in names]
+    values = dequantized_outputs(instances, facts, sizes)
+    circuit_outputs = {
+        name: Tensor("float32", outputs[name].shape, tuple(float(v) for v in array))
+        for name, array in zip(names, values, strict=True)
+    }
+    return ZkAnswer(instances, circuit_outputs, flat)
+
+
+async def queue_receipt(
+    ctx: NodeContext,
+    quote: Quote,
+    accepted: AcceptedPayment,
+    input_hash: str,
+    output_hash: str,
+    zk: ZkAnswer | None = None,
+    tokens: tuple[int, int] = (0, 0),
+) -> SignedReceipt:
+    """Sign the receipt (tee: inside the enclave) and write it to the durable queue before the
+    answer leaves."""
+    receipt = Receipt(
+        chain_id=ctx.chain_id,
+        node=ctx.key.address,
+        client=accepted.client,
+        request_id=accepted.request_id,
+        model_id=quote.model_id,
+        mode=quote.mode,
+        input_hash=input_hash,
+        output_hash=output_hash,
+        fee=accepted.fee,
+        height_hint=quote.height,  # the chain judges the fee by the terms in effect here
+        timestamp=int(time.time()),
+        instances_hash=instances_commitment(zk.instances) if zk else NO_INSTANCES,
+        prompt_tokens=tokens[0],
+        completion_tokens=tokens[1],
+    )
+    if quote.mode == Mode.TEE:
+        signature = await enclave_of(ctx).sign(receipt)
+    else:
+        signature = receipt.sign(ctx.key)
+    signed = SignedReceipt(receipt, signature)
+    job = ProofJob(signed.id, quote.model_id, zk.inputs, 0) if zk else None
+    try:
+        ctx.store.add(signed, accepted.payment, proof_job=job)
+    except DuplicateRequest as exc:
+        raise RequestConflict(str(exc)) from exc
+    return signed
+
+
+def enclave_of(ctx: NodeContext) -> EnclaveKey:
+    if ctx.enclave is None:
+        raise EnclaveUnavailable("this node has no enclave for tee mode")
+    return ctx.enclave
+
+
+async def read_body(request: Request) -> bytes:
+    declared = request.headers.get("content-length")
+    if declared and declared.isdigit() and int(declared) > MAX_BODY_BYTES:
+        raise PayloadTooLarge(f"body is {declared} bytes; the limit is {MAX_BODY_BYTES}")
+    chunks, size = [], 0
+    async for chunk in request.stream():
+        size += len(chunk)
+        if size > MAX_BODY_BYTES:
+            raise PayloadTooLarge(f"body exceeds the {MAX_BODY_BYTES}-byte limit")
+        chunks.append(chunk)
+    return b"".join(chunks)

@@ -1,0 +1,360 @@
+"""The node's OpenAI-compatible routes for LLMs: POST /v1/chat/completions and /v1/completions
+(with `stream` as server-sent events). GET /v1/models is shared with the rest of the API.
+
+A request is paid like any other (X-PAYMENT, PAYMENT-SIGNATURE or an allowance API key as the
+bearer token), before its body is read. Its cost is not known until the model has run, so the
+gate holds the most it may cost (the prompt as long as the context allows, plus max_tokens) or
+what the payment covers, whichever is less; generation stops at what is held, and the receipt
+charges the tokens used at the manifest's per-token prices. The receipt commits to the hash of the
+request (haca.types.llm) and of the whole output text, and travels in the `x-haca-receipt` header
+and a `haca` field of the body (in the last chunk when streaming).
+
+The mode comes from the payment authorisation, else from an `x-haca-mode` header, else the best
+the node offers for the model (tee before vanilla). Requests beyond the model's slots wait in a
+bounded queue; past it, 429. A client that goes away mid-stream frees its slot at the next token
+and is charged for the prompt and the tokens produced until then.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import threading
+import time
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+from typing import Any
+
+import orjson
+import structlog
+from fastapi import FastAPI, Request
+from fastapi.responses import Response, StreamingResponse
+
+from haca.node.context import NodeContext, ServedModel, current_quotes, enclave_of, queue_receipt, read_body
+from haca.node.errors import (
+    ContextLengthExceeded,
+    InvalidRequest,
+    ModelNotFound,
+    ModeNotSupported,
+    PaymentRequired,
+    RequestTimeout,
+    TooManyRequests,
+)
+from haca.node.payments import AcceptedPayment, PaymentGate, Quote, payment_response_headers
+from haca.runtime.llm import BudgetExhausted, ContextExceeded, LlmModel, Outcome
+from haca.types.llm import LlmRequest, LlmRequestError, parse_request, text_hash
+from haca.types.modes import Mode, Status
+from haca.types.receipt import SignedReceipt
+
+log = structlog.get_logger("haca.node.llm")
+
+OPENAI_ROUTES = ("/v1/chat/completions", "/v1/completions")
+RECEIPT_HEADER = "x-haca-receipt"
+MODE_HEADER = "x-haca-mode"
+MODE_PREFERENCE = (Mode.TEE, Mode.VANILLA)
+BODY_DEADLINE_S = 10.0
+DEFAULT_QUEUE = 8
+
+
+class Admission:
+    """At most `slots` requests run on a model; `queue` more wait; the rest get 429."""
+
+    def __init__(self, slots: int, queue: int = DEFAULT_QUEUE) -> None:
+        self.slots, self.queue = slots, queue
+        self._semaphore = asyncio.Semaphore(slots)
+        self.waiting = 0
+        self.running = 0
+
+    async def enter(self) -> None:
+        if self._semaphore.locked() and self.waiting >= self.queue:
+            raise TooManyRequests(f"all {self.slots} slots are busy and {self.waiting} requests wait; retry shortly")
+        self.waiting += 1
+        try:
+            await self._semaphore.acquire()
+        finally:
+            self.waiting -= 1
+        self.running += 1
+
+    def leave(self) -> None:
+        self.running -= 1
+        self._semaphore.release()
+
+
+@dataclass
+class LlmCall:
+    """One paid LLM request on its way: what runs, on what terms, held against what payment."""
+
+    served: ServedModel
+    llm: LlmModel
+    request: LlmRequest
+    quote: Quote
+    accepted: AcceptedPayment
+    created: int
+
+
+def add_openai_routes(app: FastAPI, ctx: NodeContext, admissions: dict[str, Admission]) -> None:
+    @app.post("/v1/chat/completions")
+    async def chat_completions(request: Request) -> Response:
+        return await _serve(ctx, admissions, request, "chat")
+
+    @app.post("/v1/completions")
+    async def completions(request: Request) -> Response:
+        return await _serve(ctx, admissions, request, "completion")
+
+
+async def _serve(ctx: NodeContext, admissions: dict[str, Admission], http: Request, kind: str) -> Response:
+    call = await _accept(ctx, http, kind)
+    admission = admissions.setdefault(call.served.model_id, Admission(call.llm.slots))
+    try:
+        await admission.enter()
+    except TooManyRequests:
+        ctx.gate.release(call.accepted)
+        raise
+    run = _Run(ctx, call, admission)
+    run.start()
+    if not call.request.stream:
+        outcome, signed = await run.finished()
+        body = _completion_body(call, outcome, signed)
+        return Response(orjson.dumps(body), media_type="application/json", headers=_paid_headers(ctx, call, signed))
+    first = await run.next_event()  # a prompt refused (too long, not covered) is an error answer, not a stream
+    if isinstance(first, Exception):
+        await run.finished()
+        raise first
+    return StreamingResponse(
+        _sse(call, run, first),
+        media_type="text/event-stream",
+        headers={"Cache-Control": "no-cache", "x-haca-request-id": call.accepted.request_id},
+    )
+
+
+async def _accept(ctx: NodeContext, http: Request, kind: str) -> LlmCall:
+    """Payment from the headers, then the body; the most the request may cost is held."""
+    quotes = current_quotes(ctx)
+    llm_quotes = {key: q for key, q in quotes.items() if q.price_unit == "token"}
+    try:
+        pending = ctx.gate.check(http.headers, llm_quotes)
+        try:
+            async with asyncio.timeout(BODY_DEADLINE_S):
+                raw = await read_body(http)
+        except TimeoutError:
+            raise RequestTimeout(f"the body did not arrive within {BODY_DEADLINE_S:.0f} s") from None
+        try:
+            body = orjson.loads(raw)
+        except orjson.JSONDecodeError as exc:
+            raise InvalidRequest(f"We could not parse the JSON body of your request: {exc}") from exc
+        try:
+            request = parse_request(body, kind)
+        except LlmRequestError as exc:
+            raise InvalidRequest(str(exc)).with_param(exc.param) from exc
+        served = ctx.models.get(request.model)
+        if served is None or served.llm is None:
+            names = sorted({s.name for s in ctx.models.values() if s.llm is not None})
+            raise ModelNotFound(f"The model {request.model!r} does not exist on this node; models: {names}").with_param(
+                "model"
+            )
+        llm = served.llm
+        mode = _mode(ctx, http, pending.authorization.mode if pending.authorization else None, served, llm_quotes)
+        quote = llm_quotes.get((served.model_id, mode))
+        if quote is None:
+            raise ModeNotSupported(f"{served.name!r} is not offered in mode {mode!r} at this height")
+        if request.max_tokens >= llm.context:
+            raise ContextLengthExceeded(
+                f"max_tokens is {request.max_tokens}; this model's maximum context length is {llm.context} tokens"
+            ).with_param("max_tokens")
+        if mode == Mode.TEE:  # before the work: an enclave that cannot sign must not be charged for
+            enclave_of(ctx).require_covered(quote.height)
+        worst = quote.token_fee(llm.context - request.max_tokens, request.max_tokens)
+        accepted = ctx.gate.charge_up_to(pending, quote, worst)
+    except PaymentRequired as exc:
+        requirements = ctx.gate.requirements(_offered_first(llm_quotes), str(exc), str(http.url))
+        raise PaymentRequired(str(exc), requirements) from None
+    return LlmCall(served, llm, request, quote, accepted, int(time.time()))
+
+
+def _mode(
+    ctx: NodeContext, http: Request, authorized: str | None, served: ServedModel, quotes: dict[tuple[str, str], Quote]
+) -> str:
+    if authorized is not None:
+        return authorized
+    asked = http.headers.get(MODE_HEADER)
+    if asked:
+        return asked
+    for mode in MODE_PREFERENCE:
+        if (served.model_id, mode) in quotes:
+            return mode
+    raise ModeNotSupported(f"{served.name!r} is offered in no mode at this height")
+
+
+def _offered_first(quotes: dict[tuple[str, str], Quote]) -> list[Quote]:
+    """The 402's offers, the preferred mode of each model first (x402 clients take the first
+    one they can pay)."""
+    rank = {str(mode): i for i, mode in enumerate(MODE_PREFERENCE)}
+    return sorted(quotes.values(), key=lambda q: (q.model_name, rank.get(q.mode, len(rank))))
+
+
+class _Run:
+    """The model running in a worker thread, its text coming back to the event loop as events;
+    the receipt is queued when it ends, whether or not anyone is still listening."""
+
+    def __init__(self, ctx: NodeContext, call: LlmCall, admission: Admission) -> None:
+        self.ctx, self.call, self.admission = ctx, call, admission
+        self.loop = asyncio.get_running_loop()
+        self.events: asyncio.Queue[str | Outcome | Exception] = asyncio.Queue()
+        self.cancelled = threading.Event()
+        self._done: asyncio.Future[tuple[Outcome, SignedReceipt]] = self.loop.create_future()
+
+    def start(self) -> None:
+        self.loop.run_in_executor(None, self._work)
+
+    def cancel(self) -> None:
+        self.cancelled.set()
+
+    async def next_event(self) -> str | Outcome | Exception:
+        return await self.events.get()
+
+    async def finished(self) -> tuple[Outcome, SignedReceipt]:
+        return await asyncio.shield(self._done)
+
+    def _push(self, event: str | Outcome | Exception) -> None:
+        self.loop.call_soon_threadsafe(self.events.put_nowait, event)
+
+    def _work(self) -> None:
+        call = self.call
+        budget = call.accepted.fee  # what is held: generation stops where it would be exceeded
+        try:
+            outcome = call.llm.generate(
+                call.request,
+                self._push,
+                lambda prompt_tokens: call.quote.completion_budget(budget, prompt_tokens),
+                self.cancelled,
+            )
+        except ContextExceeded as exc:
+            error: Exception = ContextLengthExceeded(str(exc)).with_param("messages")
+            self._finish_soon(error)
+        except BudgetExhausted as exc:
+            self._finish_soon(PaymentRequired(f"{exc}: authorise more"))
+        except Exception as exc:  # the model failed: nothing is charged
+            log.exception("llm_failed", model=call.served.name)
+            self._finish_soon(exc)
+        else:
+            self._finish_soon(outcome)
+
+    def _finish_soon(self, result: Outcome | Exception) -> None:
+        self.loop.call_soon_threadsafe(lambda: self.loop.create_task(self._finish(result)))
+
+    async def _finish(self, result: Outcome | Exception) -> None:
+        """Charge what was used, sign and queue the receipt, free the slot and the hold."""
+        call, ctx = self.call, self.ctx
+        self.admission.leave()
+        try:
+            if isinstance(result, Exception):
+                raise result
+            fee = call.quote.token_fee(result.prompt_tokens, result.completion_tokens)
+            charged = PaymentGate.settle_fee(call.accepted, fee)
+            signed = await queue_receipt(
+                ctx,
+                call.quote,
+                charged,
+                call.request.hash(call.served.model_id),
+                text_hash(result.text),
+                tokens=(result.prompt_tokens, result.completion_tokens),
+            )
+        except Exception as exc:
+            self.events.put_nowait(exc)
+            self._done.set_exception(exc)
+            self._done.exception()  # retrieved: a client gone away never awaits it
+            return
+        finally:
+            ctx.gate.release(call.accepted)
+        if ctx.on_receipt is not None:
+            ctx.on_receipt()
+        self.events.put_nowait(result)
+        self._done.set_result((result, signed))
+
+
+async def _sse(call: LlmCall, run: _Run, first: str | Outcome | Exception) -> AsyncIterator[bytes]:
+    """Server-sent events in the OpenAI shape; the last chunk carries usage and the receipt."""
+    event: str | Outcome | Exception = first
+    try:
+        if call.request.kind == "chat":
+            yield _event(_chunk(call, {"role": "assistant", "content": ""}, None))
+        while isinstance(event, str):
+            yield _event(_chunk(call, {"content": event} if call.request.kind == "chat" else event, None))
+            event = await run.next_event()
+        if isinstance(event, Exception):
+            yield _event(_error_event(event))
+            return
+        outcome, signed = await run.finished()
+        last = _chunk(call, {}, outcome.finish_reason) if call.request.kind == "chat" else _chunk(call, "", outcome)
+        last["usage"] = _usage(outcome)
+        last["haca"] = _haca(call, signed)
+        yield _event(last)
+        yield b"data: [DONE]\n\n"
+    finally:
+        run.cancel()  # the client went away (or the stream ended): stop at the next token
+
+
+def _chunk(call: LlmCall, delta: dict[str, Any] | str, finish: str | Outcome | None) -> dict[str, Any]:
+    reason = finish.finish_reason if isinstance(finish, Outcome) else finish
+    if call.request.kind == "chat":
+        choice: dict[str, Any] = {"index": 0, "delta": delta, "logprobs": None, "finish_reason": reason}
+        return {**_head(call, "chat.completion.chunk"), "choices": [choice]}
+    choice = {"index": 0, "text": delta, "logprobs": None, "finish_reason": reason}
+    return {**_head(call, "text_completion"), "choices": [choice]}
+
+
+def _event(doc: dict[str, Any]) -> bytes:
+    return b"data: " + orjson.dumps(doc) + b"\n\n"
+
+
+def _error_event(exc: Exception) -> dict[str, Any]:
+    code = getattr(exc, "code", "server_error")
+    return {"error": {"message": str(exc), "type": "server_error", "param": None, "code": code}}
+
+
+def _head(call: LlmCall, obj: str) -> dict[str, Any]:
+    prefix = "chatcmpl-" if call.request.kind == "chat" else "cmpl-"
+    return {
+        "id": prefix + call.accepted.request_id[2:26],
+        "object": obj,
+        "created": call.created,
+        "model": call.served.name,
+        "system_fingerprint": None,
+    }
+
+
+def _usage(outcome: Outcome) -> dict[str, int]:
+    prompt, completion = outcome.prompt_tokens, outcome.completion_tokens
+    return {"prompt_tokens": prompt, "completion_tokens": completion, "total_tokens": prompt + completion}
+
+
+def _haca(call: LlmCall, signed: SignedReceipt) -> dict[str, Any]:
+    return {
+        "receipt": signed.to_json(),
+        "status": Status.PENDING,
+        "mode": call.quote.mode,
+        "request_hash": signed.receipt.input_hash,
+        "price": {"prompt": str(call.quote.unit_price), "completion": str(call.quote.completion_price)},
+    }
+
+
+def _completion_body(call: LlmCall, outcome: Outcome, signed: SignedReceipt) -> dict[str, Any]:
+    if call.request.kind == "chat":
+        message = {"role": "assistant", "content": outcome.text}
+        choice: dict[str, Any] = {"index": 0, "message": message, "logprobs": None}
+        choice["finish_reason"] = outcome.finish_reason
+        head = _head(call, "chat.completion")
+    else:
+        choice = {"index": 0, "text": outcome.text, "logprobs": None, "finish_reason": outcome.finish_reason}
+        head = _head(call, "text_completion")
+    return {**head, "choices": [choice], "usage": _usage(outcome), "haca": _haca(call, signed)}
+
+
+def receipt_header(signed: SignedReceipt) -> str:
+    """The signed receipt as an HTTP header value (base64url of its JSON)."""
+    return base64.urlsafe_b64encode(orjson.dumps(signed.to_json())).decode()
+
+
+def _paid_headers(ctx: NodeContext, call: LlmCall, signed: SignedReceipt) -> dict[str, str]:
+    charged = PaymentGate.settle_fee(call.accepted, signed.receipt.fee)
+    return {RECEIPT_HEADER: receipt_header(signed), **payment_response_headers(charged, ctx.chain_id, signed.id)}

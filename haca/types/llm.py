@@ -1,0 +1,209 @@
+"""LLM requests as the OpenAI API shapes them, and what an LLM receipt commits to: the hash of the
+request (the messages or prompt with every sampling parameter, defaults filled in) and the hash of
+the whole output text. The node and the client compute both with this code."""
+
+from __future__ import annotations
+
+import hashlib
+import math
+from dataclasses import dataclass
+from typing import Any
+
+from haca.types.encoding import canonical_json
+
+ROLES = ("system", "user", "assistant")
+DEFAULT_MAX_TOKENS = 256  # OpenAI's default is "the rest of the context": a bound keeps the reserved fee sane
+MAX_STOP = 4
+MAX_STOP_LENGTH = 256
+MAX_MESSAGES = 1024
+# Parameters accepted only at the value that changes nothing (we do not implement them).
+NEUTRAL = {"n": 1, "logprobs": None, "echo": False, "best_of": 1, "suffix": None, "tools": None}
+IGNORED = ("user", "stream_options", "logit_bias", "metadata", "store", "frequency_penalty", "presence_penalty")
+
+
+class LlmRequestError(ValueError):
+    """A request the OpenAI API would refuse; `param` names the field at fault."""
+
+    def __init__(self, message: str, param: str | None = None, code: str | None = None) -> None:
+        super().__init__(message)
+        self.param, self.code = param, code
+
+
+@dataclass(frozen=True)
+class LlmRequest:
+    """One chat or text completion: `messages` for chat, `prompt` for a completion."""
+
+    kind: str  # "chat" | "completion"
+    model: str
+    messages: tuple[tuple[str, str], ...] = ()  # (role, content)
+    prompt: str = ""
+    max_tokens: int = DEFAULT_MAX_TOKENS
+    temperature: float = 1.0
+    top_p: float = 1.0
+    seed: int | None = None
+    stop: tuple[str, ...] = ()
+    stream: bool = False
+
+    def params(self) -> dict[str, Any]:
+        """The sampling parameters, as llama-cpp-python takes them."""
+        return {
+            "max_tokens": self.max_tokens,
+            "temperature": self.temperature,
+            "top_p": self.top_p,
+            "seed": self.seed,
+            "stop": list(self.stop) or None,
+        }
+
+    def hash(self, model_id: str) -> str:
+        """0x sha256 of the canonical request: what a receipt's input hash is. Floats are written
+        as Python's shortest repr, so the client and the node write the same bytes."""
+        doc: dict[str, Any] = {
+            "kind": self.kind,
+            "model_id": model_id,
+            "max_tokens": self.max_tokens,
+            "temperature": repr(self.temperature),
+            "top_p": repr(self.top_p),
+            "seed": self.seed,
+            "stop": list(self.stop),
+        }
+        if self.kind == "chat":
+            doc["messages"] = [{"role": role, "content": content} for role, content in self.messages]
+        else:
+            doc["prompt"] = self.prompt
+        return "0x" + hashlib.sha256(b"haca/llm-request\x00" + canonical_json(doc)).hexdigest()
+
+    def to_openai(self) -> dict[str, Any]:
+        """The request body to send (the SDK's side)."""
+        body: dict[str, Any] = {"model": self.model, **self.params(), "stream": self.stream}
+        if body["stop"] is None:
+            del body["stop"]
+        if self.seed is None:
+            del body["seed"]
+        if self.kind == "chat":
+            body["messages"] = [{"role": role, "content": content} for role, content in self.messages]
+        else:
+            body["prompt"] = self.prompt
+        return body
+
+
+def text_hash(text: str) -> str:
+    """0x sha256 of an output text: what an LLM receipt's output hash is."""
+    return "0x" + hashlib.sha256(b"haca/llm-text\x00" + text.encode("utf-8")).hexdigest()
+
+
+def parse_request(body: Any, kind: str) -> LlmRequest:
+    """An OpenAI chat (`kind` "chat") or completion request body, checked as the API does."""
+    if not isinstance(body, dict):
+        raise LlmRequestError("the request body must be a JSON object")
+    model = body.get("model")
+    if not isinstance(model, str) or not model:
+        raise LlmRequestError("you must provide a model parameter", "model")
+    known = {"model", "max_tokens", "max_completion_tokens", "temperature", "top_p", "seed", "stop", "stream"}
+    known |= {"messages"} if kind == "chat" else {"prompt"}
+    for name, value in body.items():
+        if name in known or name in IGNORED:
+            continue
+        if name in NEUTRAL:
+            if value != NEUTRAL[name]:
+                raise LlmRequestError(f"{name}={value!r} is not supported by this node", name)
+            continue
+        raise LlmRequestError(f"Unrecognized request argument supplied: {name}", name)
+    messages: tuple[tuple[str, str], ...] = ()
+    prompt = ""
+    if kind == "chat":
+        messages = _messages(body.get("messages"))
+    else:
+        prompt = _prompt(body.get("prompt"))
+    max_tokens = body.get("max_completion_tokens", body.get("max_tokens"))
+    if max_tokens is None:
+        max_tokens = DEFAULT_MAX_TOKENS
+    elif not _is_int(max_tokens) or max_tokens < 1:
+        raise LlmRequestError(f"max_tokens must be a positive integer, not {max_tokens!r}", "max_tokens")
+    return LlmRequest(
+        kind,
+        model,
+        messages,
+        prompt,
+        int(max_tokens),
+        _number(body.get("temperature", 1.0), "temperature", 0.0, 2.0),
+        _number(body.get("top_p", 1.0), "top_p", 0.0, 1.0),
+        _seed(body.get("seed")),
+        _stop(body.get("stop")),
+        _flag(body.get("stream", False), "stream"),
+    )
+
+
+def _messages(value: Any) -> tuple[tuple[str, str], ...]:
+    if not isinstance(value, list) or not value:
+        raise LlmRequestError("messages must be a non-empty array", "messages")
+    if len(value) > MAX_MESSAGES:
+        raise LlmRequestError(f"at most {MAX_MESSAGES} messages", "messages")
+    out = []
+    for i, message in enumerate(value):
+        if not isinstance(message, dict):
+            raise LlmRequestError(f"messages[{i}] must be an object", f"messages[{i}]")
+        role = message.get("role")
+        if role not in ROLES:
+            raise LlmRequestError(
+                f"Invalid value for 'messages[{i}].role': {role!r}; supported: {list(ROLES)}", f"messages[{i}].role"
+            )
+        out.append((str(role), _content(message.get("content"), f"messages[{i}].content")))
+    return tuple(out)
+
+
+def _content(value: Any, param: str) -> str:
+    """A message's content: a string, or an array of text parts (joined, as the API reads them)."""
+    if isinstance(value, str):
+        return value
+    if isinstance(value, list) and all(
+        isinstance(p, dict) and p.get("type") == "text" and isinstance(p.get("text"), str) for p in value
+    ):
+        return "".join(p["text"] for p in value)
+    raise LlmRequestError(f"{param} must be a string or an array of text parts", param)
+
+
+def _prompt(value: Any) -> str:
+    if isinstance(value, list) and len(value) == 1:
+        value = value[0]
+    if not isinstance(value, str):
+        raise LlmRequestError("prompt must be a string (one prompt per request)", "prompt")
+    return value
+
+
+def _number(value: Any, param: str, low: float, high: float) -> float:
+    if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value):
+        raise LlmRequestError(f"{param} must be a number", param)
+    if not low <= value <= high:
+        raise LlmRequestError(f"{param} must be between {low:g} and {high:g}, not {value!r}", param)
+    return float(value)
+
+
+def _seed(value: Any) -> int | None:
+    if value is None:
+        return None
+    if not _is_int(value) or not 0 <= value < 1 << 32:
+        raise LlmRequestError("seed must be an integer from 0 to 2^32 - 1", "seed")
+    return int(value)
+
+
+def _stop(value: Any) -> tuple[str, ...]:
+    if value is None:
+        return ()
+    stops = [value] if isinstance(value, str) else value
+    if (
+        not isinstance(stops, list)
+        or len(stops) > MAX_STOP
+        or not all(isinstance(s, str) and 0 < len(s) <= MAX_STOP_LENGTH for s in stops)
+    ):
+        raise LlmRequestError(f"stop must be a string or up to {MAX_STOP} non-empty strings", "stop")
+    return tuple(stops)
+
+
+def _flag(value: Any, param: str) -> bool:
+    if not isinstance(value, bool):
+        raise LlmRequestError(f"{param} must be a boolean", param)
+    return value
+
+
+def _is_int(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
