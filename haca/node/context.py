@@ -67,6 +67,7 @@ class NodeContext:
     quotes: tuple[int, dict[tuple[str, str], Quote]] | None = None  # (height, quotes) last computed
     enclave: EnclaveKey | None = None  # tee: the attested key in the enclave that signs tee receipts
     on_proof_job: Any = None  # zkml: called after a receipt is queued for proving (wakes the prover)
+    llm_queue: int = 8  # LLM requests that may wait for a slot (per model); more get 429
 
 
 def current_quotes(ctx: NodeContext) -> dict[tuple[str, str], Quote]:

@@ -24,6 +24,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--circuits", type=Path, default=None, help="zkml: built circuits, a folder per model")
     parser.add_argument("--srs-dir", type=Path, default=None, help="zkml: the network's SRS files")
     parser.add_argument("--provers", type=int, default=1, help="zkml: prover worker processes")
+    parser.add_argument("--llm-slots", type=int, default=1, help="LLMs: requests a model runs at once")
+    parser.add_argument("--llm-queue", type=int, default=8, help="LLMs: requests that may wait for a slot (then 429)")
     parser.add_argument("--data-dir", type=Path, default=None)
     parser.add_argument("--hub", default="")
     parser.add_argument("--batch-size", type=int, default=64, help="receipts per settlement tx")
@@ -44,6 +46,8 @@ def main(argv: list[str] | None = None) -> None:
             circuits=args.circuits,
             srs_dir=args.srs_dir,
             provers=args.provers,
+            llm_slots=args.llm_slots,
+            llm_queue=args.llm_queue,
             data_dir=args.data_dir,
             hub=args.hub,
             batch_size=args.batch_size,

@@ -104,7 +104,7 @@ def add_openai_routes(app: FastAPI, ctx: NodeContext, admissions: dict[str, Admi
 
 async def _serve(ctx: NodeContext, admissions: dict[str, Admission], http: Request, kind: str) -> Response:
     call = await _accept(ctx, http, kind)
-    admission = admissions.setdefault(call.served.model_id, Admission(call.llm.slots))
+    admission = admissions.setdefault(call.served.model_id, Admission(call.llm.slots, ctx.llm_queue))
     try:
         await admission.enter()
     except TooManyRequests:

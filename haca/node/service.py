@@ -28,9 +28,10 @@ from haca.node.receipts import ReceiptStore
 from haca.node.settler import Settler
 from haca.proofs.zk.circuit import Circuit, circuit_from_files, load_circuit
 from haca.proofs.zk.srs import srs_file
+from haca.runtime.llm import LlmModel
 from haca.runtime.onnx import OnnxModel
 from haca.types.modes import Mode
-from haca.types.registry import MsgRegisterNode
+from haca.types.registry import MsgRegisterNode, model_kind
 
 log = structlog.get_logger("haca.node")
 
@@ -53,6 +54,8 @@ class NodeSettings:
     circuits: Path | None = None  # zkml: built circuits, one folder per model name (<dir>/<name>/circuit.json)
     srs_dir: Path | None = None  # zkml: the network's SRS files (kzg<logrows>.srs)
     provers: int = 1  # zkml: prover worker processes
+    llm_slots: int = 1  # LLMs: requests one model runs at once (each slot is a warm llama.cpp instance)
+    llm_queue: int = 8  # LLMs: requests that may wait for a slot; more get 429
 
     @property
     def data(self) -> Path:
@@ -101,6 +104,7 @@ def build_node(settings: NodeSettings) -> Node:
     enclave = open_enclave(chain, key, settings, settler.tx_lock) if Mode.TEE in settings.modes else None
     context = NodeContext(key, config.chain_id, models, settings.modes, gate, store, settler.notify, settings.price)
     context.enclave = enclave
+    context.llm_queue = settings.llm_queue
     prover = None
     circuits = {s.model_id: s.circuit for s in models.values() if s.circuit is not None}
     if Mode.ZKML in settings.modes and circuits:
@@ -136,10 +140,15 @@ def load_models(chain: ChainClient, hub: HubClient, settings: NodeSettings) -> d
         manifest = chain.query("/registry/model", name.encode())
         if not set(manifest["modes"]) & set(settings.modes):
             continue
-        path = cache / (manifest["model_id"].removeprefix("sha256:") + ".onnx")
+        kind = model_kind(manifest)
+        path = cache / (manifest["model_id"].removeprefix("sha256:") + "." + kind)
         if not path.exists():
             hub.download(manifest["model_id"], path)  # verifies the bytes hash to the id
-        model = ServedModel(manifest, OnnxModel(path), _circuit_for(settings, manifest, hub))
+        if kind == "gguf":
+            llm = LlmModel(path, context=int(manifest["max_rows"]), slots=settings.llm_slots)
+            model = ServedModel(manifest, llm)
+        else:
+            model = ServedModel(manifest, OnnxModel(path), _circuit_for(settings, manifest, hub))
         served[name] = served[manifest["model_id"]] = model
         log.info("model_loaded", name=name, version=manifest["version"], id=manifest["model_id"])
     if not served:

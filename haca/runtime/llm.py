@@ -76,7 +76,7 @@ def _metered_llama_class() -> type:
     class MeteredLlama(Llama):
         meter: Meter | None = None
 
-        def generate(self, tokens: Any, *args: Any, **kwargs: Any) -> Iterator[int]:
+        def generate(self, tokens: Any, *args: Any, **kwargs: Any) -> Iterator[int]:  # type: ignore[override]
             meter = self.meter
             assert meter is not None
             meter.prompt_tokens = len(tokens)
@@ -143,13 +143,18 @@ class LlmModel:
             else:
                 chunks = llm.create_completion(request.prompt, **params)
             pieces, finish = [], "length"
-            for chunk in chunks:
-                choice = chunk["choices"][0]
-                piece = choice["delta"].get("content") if request.kind == "chat" else choice["text"]
-                if piece:
-                    pieces.append(piece)
-                    emit(piece)
-                finish = choice.get("finish_reason") or finish
+            try:
+                for chunk in chunks:
+                    choice = chunk["choices"][0]
+                    piece = choice["delta"].get("content") if request.kind == "chat" else choice["text"]
+                    if piece:
+                        pieces.append(piece)
+                        emit(piece)
+                    finish = choice.get("finish_reason") or finish
+            except ValueError as exc:
+                if "context window" not in str(exc):  # llama-cpp-python's own check of a prompt alone
+                    raise
+                raise ContextExceeded(f"This model's maximum context length is {self.context} tokens: {exc}") from exc
             if meter.cancelled.is_set():
                 finish = "cancelled"
             elif meter.stopped_by_budget:
