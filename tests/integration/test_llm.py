@@ -1,0 +1,210 @@
+"""Issue 10 on a live 4-validator devnet: LLM inference (SmolLM2-135M GGUF through llama.cpp) with
+the clients people already use — the official `openai` package, unmodified, paying with an API
+key from `haca allowance create`, and the official `x402` package with HACA's scheme registered —
+settling in tee mode as `verified`, the fee exactly usage x the manifest's per-token prices, the
+settlement fee burned; bad requests get OpenAI error objects and the node keeps serving."""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import json
+import os
+import subprocess
+import sys
+import time
+from typing import Any
+
+import httpx
+import openai
+import pytest
+from llama_cpp import Llama
+from x402 import x402Client
+from x402.http.clients.httpx import x402_httpx_transport
+
+from haca.client.sdk import Client
+from haca.client.x402 import HacaEscrowScheme
+from haca.devnet.services import EXAMPLE_LLM, EXAMPLE_LLM_TERMS
+from haca.runtime.llm import smollm2_path
+from haca.types.payment import PaymentAuthorization
+from haca.types.receipt import SignedReceipt
+from haca.types.x402 import PAYMENT_RESPONSE_HEADER, PAYMENT_SIGNATURE_HEADER, caip2_network
+from tests.integration.helpers import assert_devnet_supply_holds, settlement_fee
+
+pytestmark = pytest.mark.devnet
+PROMPT_PRICE, COMPLETION_PRICE, CONTEXT = EXAMPLE_LLM_TERMS
+MESSAGES = [{"role": "user", "content": "What is the capital of France?"}]
+
+
+class Net:
+    def __init__(self, handle: Any) -> None:
+        self.handle, self.home = handle, handle.home
+        self.chain = handle.client
+        node = handle.config.extra["nodes"][0]
+        self.node, self.url = str(node["address"]), str(node["url"])
+
+    def haca(self, *args: str) -> dict[str, Any]:
+        cmd = [sys.executable, "-m", "haca.cli.main", *args, "--home", str(self.home), "--json"]
+        done = subprocess.run(cmd, capture_output=True, text=True, timeout=120)
+        assert done.returncode == 0, done.stdout + done.stderr
+        return dict(json.loads(done.stdout))
+
+    def escrow(self, client: str) -> int:
+        return int(self.chain.query("/inference/escrow", f"{client}/{self.node}".encode())["escrow"])
+
+    def openai(self, api_key: str) -> openai.OpenAI:
+        return openai.OpenAI(base_url=self.url + "/v1", api_key=api_key, max_retries=0, timeout=60)
+
+    def wait_node_settled(self, timeout: float = 90) -> None:
+        """Until node0 has settled everything it served (escrow then moves only for what follows)."""
+        deadline = time.monotonic() + timeout
+        while httpx.get(self.url + "/healthz").json()["pending_receipts"]:
+            assert time.monotonic() < deadline, "node0 did not settle its receipts"
+            time.sleep(0.3)
+
+    def wait_record(self, receipt_id: str, timeout: float = 90) -> dict[str, Any]:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            try:
+                return dict(self.chain.query("/inference/receipt", receipt_id.encode()))
+            except Exception:
+                time.sleep(0.5)
+        raise AssertionError(f"receipt {receipt_id} did not settle within {timeout} s")
+
+
+@pytest.fixture(scope="module")
+def net(inference_devnet) -> Net:
+    return Net(inference_devnet)
+
+
+@pytest.fixture(scope="module")
+def api_key(net: Net) -> str:
+    """dev1's escrow for node0 and an allowance API key from the CLI."""
+    net.haca("deposit", str(10**9), "--node", net.node, "--from", "dev1")
+    created = net.haca("allowance", "create", "--node", net.node, "--max", str(10**8), "--from", "dev1")
+    return str(created["api_key"])
+
+
+@pytest.fixture(scope="module")
+def llama() -> Llama:
+    """llama-cpp-python itself, the node's model and settings: what the node must answer."""
+    return Llama(str(smollm2_path()), n_ctx=CONTEXT, n_threads=os.cpu_count() or 1, verbose=False, seed=0)
+
+
+def test_the_openai_client_chats_completes_streams_and_lists_models_with_llama_cpps_text(net, api_key, llama):
+    client = net.openai(api_key)
+    ids = [m.id for m in client.models.list()]
+    smollm2 = net.chain.query("/registry/model", EXAMPLE_LLM.encode())
+    assert smollm2["model_id"] in ids and smollm2["kind"] == "gguf"
+
+    params: dict[str, Any] = {"max_tokens": 24, "temperature": 0, "seed": 7}
+    chat = client.chat.completions.create(model=EXAMPLE_LLM, messages=MESSAGES, **params)  # type: ignore[arg-type]
+    expected = llama.create_chat_completion(messages=MESSAGES, stream=False, **params)  # type: ignore[arg-type]
+    assert chat.choices[0].message.content == expected["choices"][0]["message"]["content"]
+    assert chat.usage is not None and chat.usage.completion_tokens == expected["usage"]["completion_tokens"]
+    assert chat.usage.prompt_tokens == expected["usage"]["prompt_tokens"]
+
+    stream = client.chat.completions.create(model=EXAMPLE_LLM, messages=MESSAGES, stream=True, **params)  # type: ignore[arg-type]
+    chunks = list(stream)
+    streamed = "".join(c.choices[0].delta.content or "" for c in chunks if c.choices)
+    assert streamed == chat.choices[0].message.content
+    assert (chunks[-1].model_extra or {})["haca"]["receipt"]["completion_tokens"] == chat.usage.completion_tokens
+
+    completion = client.completions.create(model=EXAMPLE_LLM, prompt="The sky is", **params)
+    bare = llama.create_completion("The sky is", **params)
+    assert completion.choices[0].text == bare["choices"][0]["text"]
+
+
+def test_a_tee_chat_settles_verified_charging_usage_times_price_and_burning_the_settlement_fee(net, api_key):
+    key = net.handle.keys.get("dev1").key
+    net.wait_node_settled()
+    escrow_before, burned_before = net.escrow(key.address), net.chain.supply()["burned"]
+    chat = net.openai(api_key).chat.completions.create(model=EXAMPLE_LLM, messages=MESSAGES, max_tokens=16)
+    haca = (chat.model_extra or {})["haca"]
+    receipt = SignedReceipt.from_json(haca["receipt"]).receipt
+    assert haca["mode"] == receipt.mode == "tee"  # the node's preferred mode for an LLM
+    assert chat.usage is not None
+    fee = chat.usage.prompt_tokens * PROMPT_PRICE + chat.usage.completion_tokens * COMPLETION_PRICE
+    assert receipt.fee == fee
+    assert (receipt.prompt_tokens, receipt.completion_tokens) == (
+        chat.usage.prompt_tokens,
+        chat.usage.completion_tokens,
+    )
+    with Client.from_home(net.home, "dev1") as client:
+        verification = client.wait_verified(haca["receipt"]["id"], timeout=90)
+    assert verification.verified and verification.chain_status == "verified", verification.reason
+    record = net.chain.query("/inference/receipt", haca["receipt"]["id"].encode())
+    assert int(record["fee"]) == fee and record["payment"] == "allowance"
+    burned = settlement_fee(net.chain, fee)
+    assert net.escrow(key.address) == escrow_before - fee - burned
+    assert net.chain.supply()["burned"] >= burned_before + burned
+    assert_devnet_supply_holds(net.handle)
+
+
+def test_an_x402_client_with_the_haca_scheme_registered_pays_and_its_receipt_settles(net):
+    key = net.handle.keys.get("dev2").key
+    net.haca("deposit", str(10**9), "--node", net.node, "--from", "dev2")
+    net.wait_node_settled()
+    escrow_before = net.escrow(key.address)
+    wire = RecordingTransport()
+
+    async def pay() -> httpx.Response:
+        x402 = x402Client()
+        x402.register(caip2_network(net.handle.config.chain_id), HacaEscrowScheme(key))
+        async with httpx.AsyncClient(transport=x402_httpx_transport(x402, wire), timeout=60) as http:
+            body = {"model": EXAMPLE_LLM, "messages": MESSAGES, "max_tokens": 12}
+            return await http.post(net.url + "/v1/chat/completions", json=body)
+
+    answer = asyncio.run(pay())
+    assert answer.status_code == 200, answer.text
+    assert [status for _, status in wire.exchanges] == [402, 200]  # the 402, then the paid retry
+    paid = wire.exchanges[1][0]
+    assert PAYMENT_SIGNATURE_HEADER in paid.headers and PAYMENT_RESPONSE_HEADER in answer.headers
+    receipt = SignedReceipt.from_json(answer.json()["haca"]["receipt"]).receipt
+    assert receipt.client == key.address and receipt.mode == "tee"
+    usage = answer.json()["usage"]
+    assert receipt.fee == usage["prompt_tokens"] * PROMPT_PRICE + usage["completion_tokens"] * COMPLETION_PRICE
+    record = net.wait_record(answer.json()["haca"]["receipt"]["id"])
+    assert record["status"] == "verified" and record["payment"] == "request"
+    assert net.escrow(key.address) == escrow_before - receipt.fee - settlement_fee(net.chain, receipt.fee)
+    # what was signed is a bound (the context's worth of tokens), what is charged is the usage
+    header = paid.headers[PAYMENT_SIGNATURE_HEADER]
+    signed = json.loads(base64.b64decode(header))["payload"]["authorization"]
+    assert receipt.fee <= PaymentAuthorization.from_json(signed).max_fee
+
+
+class RecordingTransport(httpx.AsyncHTTPTransport):
+    """The wire under x402's transport: every request it sends and the status it got."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.exchanges: list[tuple[httpx.Request, int]] = []
+
+    async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
+        response = await super().handle_async_request(request)
+        self.exchanges.append((request, response.status_code))
+        return response
+
+
+def test_bad_requests_get_openai_errors_with_the_right_status_and_the_node_keeps_serving(net, api_key):
+    client = net.openai(api_key)
+    with pytest.raises(openai.NotFoundError) as unknown:
+        client.chat.completions.create(model="gpt-9", messages=MESSAGES)
+    assert unknown.value.code == "model_not_found"
+    with pytest.raises(openai.BadRequestError) as role:
+        client.chat.completions.create(model=EXAMPLE_LLM, messages=[{"role": "wizard", "content": "hi"}])  # type: ignore[list-item]
+    assert role.value.param == "messages[0].role"
+    with pytest.raises(openai.BadRequestError) as context:
+        client.chat.completions.create(model=EXAMPLE_LLM, messages=MESSAGES, max_tokens=CONTEXT * 2)
+    assert context.value.code == "context_length_exceeded"
+    malformed = httpx.post(
+        net.url + "/v1/chat/completions",
+        content=b'{"model": "smollm2", "messages": [',
+        headers={"Authorization": f"Bearer {api_key}", "content-type": "application/json"},
+    )
+    assert malformed.status_code == 400 and malformed.json()["error"]["type"] == "invalid_request_error"
+    with pytest.raises(openai.APIStatusError) as unpaid:
+        net.openai("sk-not-a-haca-key").chat.completions.create(model=EXAMPLE_LLM, messages=MESSAGES)
+    assert unpaid.value.status_code == 402 and unpaid.value.code == "payment_required"
+    ok = client.chat.completions.create(model=EXAMPLE_LLM, messages=MESSAGES, max_tokens=4)
+    assert ok.choices[0].message.content
