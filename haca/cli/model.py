@@ -44,7 +44,7 @@ UploaderOption = Annotated[
     typer.Option("--from", help="key name or address that signs the upload (default: the home's default key)"),
 ]
 FileOption = Annotated[
-    Path, typer.Option("--file", exists=True, dir_okay=False, readable=True, help="the ONNX model file")
+    Path, typer.Option("--file", exists=True, dir_okay=False, readable=True, help="the ONNX or GGUF model file")
 ]
 
 
@@ -89,7 +89,21 @@ CalibrationOption = Annotated[
     str | None, typer.Option("--calibration", help="zkml: an example input (JSON, one row) to calibrate the circuit")
 ]
 
-MaxRowsOption = Annotated[int, typer.Option("--max-rows", min=1, help="most rows a node serves in one request")]
+MaxRowsOption = Annotated[
+    int | None,
+    typer.Option("--max-rows", min=1, help="most rows a node serves in one request (gguf: tokens, the context; 2048)"),
+]
+CompletionPriceOption = Annotated[
+    int | None, typer.Option("--completion-price", min=0, help="gguf: price per completion token (default: --price)")
+]
+DEFAULT_CONTEXT = 2048
+GGUF_MAGIC = b"GGUF"
+
+
+def file_kind(path: Path) -> str:
+    """ "gguf" for a GGUF language model (by its magic bytes), else "onnx"."""
+    with path.open("rb") as fh:
+        return "gguf" if fh.read(4) == GGUF_MAGIC else "onnx"
 
 
 def parse_modes(text: str) -> tuple[str, ...]:
@@ -242,13 +256,23 @@ def register(
     price_unit: str | None = None,
     max_rows: int | None = None,
     calibration: str | None = None,
+    completion_price: int | None = None,
 ) -> None:
-    """Shared by `create` (the name must be new) and `version` (it must exist and be ours)."""
+    """Shared by `create` (the name must be new) and `version` (it must exist and be ours). A GGUF
+    file is an LLM: no schemas, priced per token (--price per prompt token, --completion-price per
+    completion token), --max-rows is its context in tokens."""
     f.name(name, "--name")
     mode_list = parse_modes(modes) if modes is not None else None
     config = ClientConfig.load(client_home(home))
     hub_url = resolve_hub(hub, home, config)
-    input_schema, output_schema = onnx_schemas(file)
+    kind = file_kind(file)
+    if kind == "gguf":
+        input_schema: dict[str, Any] = {}
+        output_schema: dict[str, Any] = {}
+        price_unit = "token"
+        max_rows = max_rows or (None if new_version else DEFAULT_CONTEXT)
+    else:
+        input_schema, output_schema = onnx_schemas(file)
     signer = keystore(home).get(from_ or config.default_key)
     with chain_client(config) as client:
         current = query_model(client, name)
@@ -261,6 +285,8 @@ def register(
             price = int(current["price"]) if price is None else price
             price_unit = price_unit or current.get("price_unit")
             max_rows = max_rows or current.get("max_rows")
+            if completion_price is None and kind == "gguf":
+                completion_price = int(current.get("completion_price", 0))
         elif current is not None:
             raise ModelExists(
                 f"model {name!r} already exists (version {current['version']}, owner {current.get('owner')}): "
@@ -281,6 +307,10 @@ def register(
                     "price_unit": price_unit or "request",
                     "max_rows": max_rows or DEFAULT_MAX_ROWS,
                     "circuit": circuit_ref,
+                    "kind": kind,
+                    "completion_price": str(
+                        (price if completion_price is None else completion_price) if kind == "gguf" else 0
+                    ),
                 }
             )
 
@@ -305,8 +335,11 @@ def register(
         "price": price,
         "price_unit": price_unit or "request",
         "max_rows": max_rows or DEFAULT_MAX_ROWS,
+        "kind": kind,
         "tx": outcome.hash,
     }
+    if kind == "gguf":
+        answer["completion_price"] = price if completion_price is None else completion_price
     emit(
         json_out,
         answer,
@@ -343,16 +376,20 @@ def create(
     modes: Annotated[str, typer.Option("--modes", help="comma-separated modes: vanilla, zkml, tee")],
     price: Annotated[int, typer.Option("--price", min=0, help="minimum price per request or row, base units")],
     price_unit: PriceUnitOption = "request",
-    max_rows: MaxRowsOption = DEFAULT_MAX_ROWS,
+    max_rows: MaxRowsOption = None,
+    completion_price: CompletionPriceOption = None,
     from_: FromOption = "",
     hub: HubOption = "",
     home: HomeOption = None,
     calibration: CalibrationOption = None,
     json_out: JsonOption = False,
 ) -> None:
-    """Upload an ONNX model and register NAME version 1 on chain (schemas read from the graph).
-    With zkml: build its EZKL circuit, put the artefacts in the hub and settings + vk on chain."""
-    register(name, file, modes, price, from_, hub, home, json_out, False, price_unit, max_rows, calibration)
+    """Upload an ONNX model (schemas read from the graph) or a GGUF LLM (priced per token) and
+    register NAME version 1 on chain. With zkml: build its EZKL circuit, put the artefacts in the
+    hub and settings + vk on chain."""
+    register(
+        name, file, modes, price, from_, hub, home, json_out, False, price_unit, max_rows, calibration, completion_price
+    )
 
 
 @model_app.command("version")
@@ -372,6 +409,7 @@ def version(
     max_rows: Annotated[
         int | None, typer.Option("--max-rows", min=1, help="rows per request (default: the current version's)")
     ] = None,
+    completion_price: CompletionPriceOption = None,
     from_: FromOption = "",
     hub: HubOption = "",
     home: HomeOption = None,
@@ -380,7 +418,7 @@ def version(
     """Upload a new ONNX file for NAME and register it as the next version. Its terms (price,
     unit, rows, modes) take effect `price_delay` blocks later (a chain param), so nodes serving
     the current terms are never caught out, and receipts keep the terms they were served on."""
-    register(name, file, modes, price, from_, hub, home, json_out, True, price_unit, max_rows)
+    register(name, file, modes, price, from_, hub, home, json_out, True, price_unit, max_rows, None, completion_price)
 
 
 @model_app.command("list")

@@ -208,3 +208,22 @@ def test_bad_requests_get_openai_errors_with_the_right_status_and_the_node_keeps
     assert unpaid.value.status_code == 402 and unpaid.value.code == "payment_required"
     ok = client.chat.completions.create(model=EXAMPLE_LLM, messages=MESSAGES, max_tokens=4)
     assert ok.choices[0].message.content
+
+
+def test_haca_model_create_registers_a_gguf_file_as_an_llm_priced_per_token(net, tmp_path):
+    # Other bytes than smollm2's (a model id is registered under one name only).
+    path = tmp_path / "other.gguf"
+    path.write_bytes(smollm2_path().read_bytes() + b"\0")
+    created = net.haca(
+        "model", "create", "--name", "other-llm", "--file", str(path), "--modes", "tee,vanilla",
+        "--price", "5", "--completion-price", "9", "--max-rows", "1024", "--from", "dev3",
+    )  # fmt: skip
+    assert (created["kind"], created["price_unit"], created["price"], created["completion_price"]) == (
+        "gguf",
+        "token",
+        5,
+        9,
+    )
+    manifest = net.chain.query("/registry/model", b"other-llm")
+    assert manifest["kind"] == "gguf" and manifest["completion_price"] == "9" and manifest["max_rows"] == 1024
+    assert manifest["input_schema"] == {} and manifest["output_schema"] == {}
