@@ -111,7 +111,9 @@ def build_node(settings: NodeSettings) -> Node:
         srs_dir = settings.srs_dir
         if srs_dir is None:
             raise ConfigError("mode zkml needs --srs-dir (the network's SRS files)")
-        prover = Prover(store, circuits, lambda c: srs_file(srs_dir, c.logrows), settings.provers)
+        prover = Prover(
+            store, circuits, lambda c: srs_file(srs_dir, c.logrows), settings.provers, on_proof=settler.wake
+        )
         context.on_proof_job = prover.notify
     return Node(settings, context, settler, chain, enclave, prover)
 

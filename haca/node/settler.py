@@ -78,6 +78,10 @@ class Settler:
         if self.store.unsettled_count() >= self.batch_size:
             self._wake.set()
 
+    def wake(self) -> None:
+        """A proof is ready: settle now rather than at the next interval (the trust gap)."""
+        self._wake.set()
+
     def _loop(self) -> None:
         while not self._stop.is_set():
             self._wake.wait(self.flush_interval)
