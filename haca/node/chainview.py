@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import threading
 import time
+from collections import OrderedDict
 from collections.abc import Callable
 from typing import Any
 
@@ -13,13 +14,17 @@ from haca.client.errors import QueryFailed
 from haca.types.encoding import canonical_json
 from haca.types.payment import SpendingAllowance
 
+CACHE_ENTRIES = 100_000  # least recently used entries beyond this are dropped (one per client / allowance)
+
 
 class ChainView:
-    def __init__(self, chain: ChainClient, node: str, ttl: float = 1.0) -> None:
+    def __init__(self, chain: ChainClient, node: str, ttl: float = 1.0, max_entries: int = CACHE_ENTRIES) -> None:
         self.chain = chain
         self.node = node  # escrow is read for this node's lanes
         self.ttl = ttl
-        self._cache: dict[tuple[str, str], tuple[float, Any]] = {}
+        self.max_entries = max_entries
+        # bounded: every client or API key ever seen would otherwise stay in memory for good
+        self._cache: OrderedDict[tuple[str, str], tuple[float, Any]] = OrderedDict()
         self._manifests: dict[str, tuple[int, dict[str, Any] | None]] = {}
         self._lock = threading.Lock()
 
@@ -27,11 +32,16 @@ class ChainView:
         now = time.monotonic()
         with self._lock:
             hit = self._cache.get(key)
+            if hit is not None:
+                self._cache.move_to_end(key)
         if hit is not None and now - hit[0] < self.ttl:
             return hit[1]
         value = load()
         with self._lock:
             self._cache[key] = (now, value)
+            self._cache.move_to_end(key)
+            while len(self._cache) > self.max_entries:
+                self._cache.popitem(last=False)
         return value
 
     def height(self) -> int:

@@ -1,0 +1,40 @@
+"""The node's chain view: reads cached for its TTL, and the cache bounded (least recently used
+entries dropped), so a node seeing many clients does not grow without limit."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from haca.node.chainview import ChainView
+
+
+class CountingChain:
+    """A chain client answering escrow queries and counting them."""
+
+    def __init__(self) -> None:
+        self.queries: list[bytes] = []
+
+    def query(self, path: str, data: bytes = b"") -> dict[str, Any]:
+        self.queries.append(data)
+        return {"lanes": [{"available": str(len(data))}]}
+
+
+def test_escrow_reads_are_cached_within_the_ttl():
+    chain = CountingChain()
+    view = ChainView(chain, "0xnode", ttl=60)  # type: ignore[arg-type]
+    assert view.available_escrow("0xa") == view.available_escrow("0xa") == len(b"0xa/0xnode")
+    assert chain.queries == [b"0xa/0xnode"]
+
+
+def test_the_cache_keeps_at_most_max_entries_dropping_the_least_recently_used():
+    chain = CountingChain()
+    view = ChainView(chain, "0xnode", ttl=60, max_entries=2)  # type: ignore[arg-type]
+    view.available_escrow("0xa")
+    view.available_escrow("0xb")
+    view.available_escrow("0xa")  # a hit: 0xa is now the most recent
+    view.available_escrow("0xc")  # evicts 0xb
+    assert len(view._cache) == 2
+    view.available_escrow("0xa")
+    assert chain.queries.count(b"0xa/0xnode") == 1
+    view.available_escrow("0xb")
+    assert chain.queries.count(b"0xb/0xnode") == 2  # read again: it was dropped
