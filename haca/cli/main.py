@@ -16,6 +16,7 @@ from haca.cli.gov import gov_app
 from haca.cli.hub import hub_app
 from haca.cli.inference import allowance_app, deposit, escrow, infer, node_app, receipt_app, verify, withdraw
 from haca.cli.keys import app as keys_app
+from haca.cli.llm import chat, completion
 from haca.cli.model import model_app
 
 app = typer.Typer(
@@ -54,6 +55,8 @@ app.command("withdraw")(withdraw)
 app.command("escrow")(escrow)
 app.command("infer")(infer)
 app.command("verify")(verify)
+app.command("chat")(chat)
+app.command("completion")(completion)
 app.command("demo")(demo)
 
 

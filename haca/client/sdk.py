@@ -6,7 +6,11 @@ Both share the protocol logic in haca.client.payment; they differ only in HTTP t
 from __future__ import annotations
 
 import asyncio
+import base64
+import binascii
+import json
 import time
+from collections.abc import AsyncIterator, Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -16,7 +20,9 @@ import httpx
 from haca.client.chain import ChainClient, TxOutcome
 from haca.client.config import ClientConfig, KeyStore, connect, resolve_home
 from haca.client.errors import HacaError, NotFound, QueryFailed
+from haca.client.llm import LlmOffer, LlmReceiptInvalid, llm_max_fee, llm_offers, select_offer, verify_llm_answer
 from haca.client.payment import (
+    InputInvalid,
     PaymentOffer,
     PaymentRequiredError,
     ReceiptInvalid,
@@ -30,9 +36,11 @@ from haca.client.tee import ReceiptVerification, enclave_lookup, verify_tee_rece
 from haca.client.zk import proof_from_chain, verify_zkml_receipt
 from haca.crypto.keys import PrivateKey
 from haca.types.inference import MsgDeposit, MsgWithdraw
+from haca.types.llm import LlmRequest, LlmRequestError, parse_request
 from haca.types.modes import Mode, Status
 from haca.types.payment import PaymentAuthorization
 from haca.types.receipt import SignedReceipt
+from haca.types.x402 import PAYMENT_REQUIRED_HEADER
 
 TERMS_LAG_BLOCKS = 5  # how far the quoted terms' height may be from the chain's, either way
 
@@ -60,6 +68,181 @@ class InferenceResult:
 
     def to_json(self) -> dict[str, Any]:
         return {"output": self.output, "receipt": self.receipt.to_json(), "status": self.status}
+
+
+Messages = Sequence[Mapping[str, Any] | tuple[str, str]]  # [{"role", "content"}] or [(role, content)]
+CHAT_PATH, COMPLETION_PATH = "/v1/chat/completions", "/v1/completions"
+
+
+@dataclass(frozen=True)
+class LlmResult:
+    """A verified LLM answer: the text, why it ended, the tokens used and the receipt charging them."""
+
+    text: str
+    finish_reason: str
+    usage: dict[str, int]  # prompt_tokens, completion_tokens, total_tokens
+    receipt: SignedReceipt
+    mode: str
+    status: str
+    body: dict[str, Any]  # the node's answer (non-streamed) or its last chunk (streamed)
+    node_url: str
+
+    @property
+    def receipt_id(self) -> str:
+        return self.receipt.id
+
+    @property
+    def fee(self) -> int:
+        return self.receipt.receipt.fee
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "text": self.text,
+            "finish_reason": self.finish_reason,
+            "usage": self.usage,
+            "receipt_id": self.receipt_id,
+            "fee": self.fee,
+            "mode": self.mode,
+            "status": self.status,
+            "receipt": self.receipt.to_json(),
+        }
+
+
+@dataclass(frozen=True)
+class _LlmCall:
+    """One LLM request on its way: what is sent, on what offer, under which authorisation."""
+
+    request: LlmRequest
+    offer: LlmOffer
+    manifest: dict[str, Any]
+    auth: PaymentAuthorization
+    header: str  # X-PAYMENT
+    url: str
+
+
+def _llm_request(kind: str, model: str, content: Messages | str, stream: bool, **params: Any) -> LlmRequest:
+    """The request as the node will read it (checked as the node checks it, before paying)."""
+    body: dict[str, Any] = {"model": model, "stream": stream}
+    body.update({k: v for k, v in params.items() if v is not None})
+    try:
+        if kind == "chat":
+            if isinstance(content, str):
+                raise TypeError("messages must be a list of {role, content} or (role, content)")
+            body["messages"] = [_message(m) for m in content]
+        else:
+            body["prompt"] = content
+        return parse_request(body, kind)
+    except (LlmRequestError, TypeError, ValueError) as exc:
+        raise InputInvalid(str(exc)) from exc
+
+
+def _message(message: Mapping[str, Any] | tuple[str, str]) -> dict[str, Any]:
+    if isinstance(message, Mapping):
+        return {"role": message.get("role"), "content": message.get("content")}
+    role, content = message
+    return {"role": role, "content": content}
+
+
+class _StreamReader:
+    """Reads a node's server-sent events: the text pieces, then the last chunk's usage and receipt."""
+
+    def __init__(self, kind: str) -> None:
+        self.kind = kind
+        self.pieces: list[str] = []
+        self.last: dict[str, Any] | None = None
+        self.finish_reason = ""
+        self.done = False
+
+    def feed(self, line: str) -> str | None:
+        """The text piece a line carries, if any."""
+        if self.done or not line.startswith("data:"):
+            return None
+        data = line[5:].strip()
+        if data == "[DONE]":
+            self.done = True
+            return None
+        try:
+            chunk = json.loads(data)
+        except json.JSONDecodeError as exc:
+            raise NodeError(f"node sent a malformed stream chunk: {exc}") from exc
+        if not isinstance(chunk, dict):
+            raise NodeError("node sent a malformed stream chunk")
+        if "error" in chunk:
+            error = chunk["error"]
+            message = error.get("message") if isinstance(error, dict) else error
+            raise NodeError(f"node failed mid-stream: {message}")
+        choice = (chunk.get("choices") or [{}])[0]
+        if choice.get("finish_reason"):
+            self.finish_reason = str(choice["finish_reason"])
+        if "haca" in chunk:
+            self.last = chunk
+        piece = choice.get("delta", {}).get("content") if self.kind == "chat" else choice.get("text")
+        if isinstance(piece, str) and piece:
+            self.pieces.append(piece)
+            return piece
+        return None
+
+    def answer(self) -> tuple[str, dict[str, Any], str]:
+        """(text, last chunk, finish reason) once the stream is over."""
+        if self.last is None:
+            raise NodeError("the stream ended without its receipt")
+        return "".join(self.pieces), self.last, self.finish_reason
+
+
+_Finish = Callable[[str, dict[str, Any], str], "LlmResult"]  # (text, last chunk, finish reason) -> checked
+
+
+class LlmStream:
+    """The text of a streamed answer, piece by piece; `result` (verified) once it is exhausted."""
+
+    def __init__(self, response: httpx.Response, kind: str, finish: _Finish) -> None:
+        self._response, self._reader, self._finish = response, _StreamReader(kind), finish
+        self.result: LlmResult | None = None
+
+    def __iter__(self) -> Iterator[str]:
+        try:
+            for line in self._response.iter_lines():
+                piece = self._reader.feed(line)
+                if piece is not None:
+                    yield piece
+                if self._reader.done:
+                    break
+        finally:
+            self._response.close()
+        self.result = self._finish(*self._reader.answer())
+
+    def close(self) -> None:
+        self._response.close()
+
+    def __enter__(self) -> LlmStream:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+class AsyncLlmStream:
+    """As LlmStream, for AsyncClient: `async for piece in stream`, then `stream.result`."""
+
+    def __init__(self, response: httpx.Response, kind: str, finish: _Finish) -> None:
+        self._response, self._reader, self._finish = response, _StreamReader(kind), finish
+        self.result: LlmResult | None = None
+
+    async def __aiter__(self) -> AsyncIterator[str]:
+        try:
+            async for line in self._response.aiter_lines():
+                piece = self._reader.feed(line)
+                if piece is not None:
+                    yield piece
+                if self._reader.done:
+                    break
+        finally:
+            await self._response.aclose()
+        text, last, finish_reason = self._reader.answer()
+        self.result = await asyncio.to_thread(self._finish, text, last, finish_reason)
+
+    async def aclose(self) -> None:
+        await self._response.aclose()
 
 
 class _Base:
@@ -125,6 +308,74 @@ class _Base:
         circuit = manifest.get("circuit") if offer.mode == Mode.ZKML else None
         signed = verify_answer(answer, input, manifest["input_schema"], offer.node, auth, enclave, circuit)
         return InferenceResult(answer["output"], signed, answer.get("status", Status.PENDING), self.node_url)
+
+    # --- LLMs (the node's OpenAI-compatible routes) -------------------------------------------
+
+    def _llm_offer(self, probe: httpx.Response, model: str, mode: str | None) -> LlmOffer:
+        """The node's answer to an unpaid LLM request must be a 402 with its PAYMENT-REQUIRED header."""
+        if probe.status_code != 402:
+            raise (
+                self._error(probe) if probe.status_code >= 400 else PaymentRequiredError("node did not ask to be paid")
+            )
+        header = probe.headers.get(PAYMENT_REQUIRED_HEADER)
+        if not header:
+            raise PaymentRequiredError(f"node answered 402 without a {PAYMENT_REQUIRED_HEADER} header")
+        return select_offer(llm_offers(header), model, mode)
+
+    def _llm_pay(self, request: LlmRequest, offer: LlmOffer, max_fee: int | None, path: str) -> _LlmCall:
+        """Check the offer against the chain, bound the fee and sign the authorisation for it."""
+        manifest = self._terms(offer)
+        fee = llm_max_fee(offer, request, max_fee, manifest)
+        auth, header = sign_payment(self.key, offer, fee)
+        return _LlmCall(request, offer, manifest, auth, header, f"{self.node_url}{path}")
+
+    def _llm_checked(
+        self, call: _LlmCall, text: str, body: dict[str, Any], finish_reason: str, receipt_header: str | None = None
+    ) -> LlmResult:
+        """Check the answer's receipt locally (tee: the enclave key's standing on chain) before handing it out."""
+        haca = body.get("haca")
+        usage = body.get("usage")
+        if not isinstance(haca, dict) or not isinstance(usage, dict):
+            raise LlmReceiptInvalid("format", "answer carries no receipt or no usage")
+        receipt = haca.get("receipt")
+        if receipt_header is not None:
+            try:
+                in_header = json.loads(base64.urlsafe_b64decode(receipt_header))
+            except (binascii.Error, ValueError) as exc:
+                raise LlmReceiptInvalid("format", f"x-haca-receipt header is malformed: {exc}") from exc
+            if not isinstance(receipt, dict) or in_header != receipt:
+                raise LlmReceiptInvalid("format", "the x-haca-receipt header and the body carry different receipts")
+        enclave = None
+        if call.offer.mode == Mode.TEE:  # the key that signed must be one the chain attested for this node
+            hint = receipt.get("height_hint") if isinstance(receipt, dict) else None
+            if not isinstance(hint, int):
+                raise LlmReceiptInvalid("format", "the receipt has no height hint")
+            enclave = enclave_lookup(self.chain, call.manifest["name"], hint)
+        signed = verify_llm_answer(receipt, call.request, text, usage, call.offer, call.auth, enclave)
+        counts = {k: int(usage.get(k, 0)) for k in ("prompt_tokens", "completion_tokens", "total_tokens")}
+        status = str(haca.get("status", Status.PENDING))
+        return LlmResult(text, finish_reason, counts, signed, signed.receipt.mode, status, body, self.node_url)
+
+    def _llm_answer(self, call: _LlmCall, paid: httpx.Response) -> LlmResult:
+        """A non-streamed answer, checked."""
+        if paid.status_code != 200:
+            raise self._error(paid)
+        try:
+            body = paid.json()
+            choice = body["choices"][0]
+            text = choice["message"]["content"] if call.request.kind == "chat" else choice["text"]
+            finish_reason = str(choice.get("finish_reason") or "")
+        except (ValueError, KeyError, IndexError, TypeError) as exc:
+            raise NodeError(f"node answered a malformed completion: {exc}") from exc
+        if not isinstance(text, str) or not isinstance(body, dict):
+            raise NodeError("node answered a malformed completion")
+        return self._llm_checked(call, text, body, finish_reason, paid.headers.get("x-haca-receipt"))
+
+    def _llm_stream_finish(self, call: _LlmCall) -> _Finish:
+        def finish(text: str, last: dict[str, Any], finish_reason: str) -> LlmResult:
+            return self._llm_checked(call, text, last, finish_reason)
+
+        return finish
 
     def _error(self, response: httpx.Response) -> HacaError:
         try:
@@ -215,6 +466,98 @@ class Client(_Base):
         paid = self.http.post(f"{self.node_url}/v1/infer", json=body, headers={"X-PAYMENT": header})
         return self._result(paid, input, manifest, offer, auth)
 
+    def chat(
+        self,
+        model: str,
+        messages: Messages,
+        *,
+        mode: str | None = None,
+        max_tokens: int = 256,
+        temperature: float = 1.0,
+        top_p: float = 1.0,
+        seed: int | None = None,
+        stop: str | Sequence[str] | None = None,
+        max_fee: int | None = None,
+    ) -> LlmResult:
+        """A chat completion from `model` (in `mode`, default the node's preferred one), paid with
+        an authorisation for at most what it may cost (within `max_fee`, or by default at the
+        model's per-token prices on chain); the receipt is checked against the text before returning."""
+        request = _llm_request("chat", model, messages, False, **_params(max_tokens, temperature, top_p, seed, stop))
+        return self._llm(request, mode, max_fee, CHAT_PATH)
+
+    def completion(
+        self,
+        model: str,
+        prompt: str,
+        *,
+        mode: str | None = None,
+        max_tokens: int = 256,
+        temperature: float = 1.0,
+        top_p: float = 1.0,
+        seed: int | None = None,
+        stop: str | Sequence[str] | None = None,
+        max_fee: int | None = None,
+    ) -> LlmResult:
+        """A text completion of `prompt`; as `chat`."""
+        request = _llm_request(
+            "completion", model, prompt, False, **_params(max_tokens, temperature, top_p, seed, stop)
+        )
+        return self._llm(request, mode, max_fee, COMPLETION_PATH)
+
+    def chat_stream(
+        self,
+        model: str,
+        messages: Messages,
+        *,
+        mode: str | None = None,
+        max_tokens: int = 256,
+        temperature: float = 1.0,
+        top_p: float = 1.0,
+        seed: int | None = None,
+        stop: str | Sequence[str] | None = None,
+        max_fee: int | None = None,
+    ) -> LlmStream:
+        """`chat`, streamed: iterate the returned LlmStream for the text pieces as they come; its
+        `result` is set (verified from the last chunk's receipt) once the stream is exhausted."""
+        request = _llm_request("chat", model, messages, True, **_params(max_tokens, temperature, top_p, seed, stop))
+        return self._llm_stream(request, mode, max_fee, CHAT_PATH)
+
+    def completion_stream(
+        self,
+        model: str,
+        prompt: str,
+        *,
+        mode: str | None = None,
+        max_tokens: int = 256,
+        temperature: float = 1.0,
+        top_p: float = 1.0,
+        seed: int | None = None,
+        stop: str | Sequence[str] | None = None,
+        max_fee: int | None = None,
+    ) -> LlmStream:
+        """`completion`, streamed; as `chat_stream`."""
+        request = _llm_request("completion", model, prompt, True, **_params(max_tokens, temperature, top_p, seed, stop))
+        return self._llm_stream(request, mode, max_fee, COMPLETION_PATH)
+
+    def _llm_prepare(self, request: LlmRequest, mode: str | None, max_fee: int | None, path: str) -> _LlmCall:
+        probe = self.http.post(f"{self.node_url}{path}", json={"model": request.model})
+        return self._llm_pay(request, self._llm_offer(probe, request.model, mode), max_fee, path)
+
+    def _llm(self, request: LlmRequest, mode: str | None, max_fee: int | None, path: str) -> LlmResult:
+        call = self._llm_prepare(request, mode, max_fee, path)
+        paid = self.http.post(call.url, json=request.to_openai(), headers={"X-PAYMENT": call.header})
+        return self._llm_answer(call, paid)
+
+    def _llm_stream(self, request: LlmRequest, mode: str | None, max_fee: int | None, path: str) -> LlmStream:
+        call = self._llm_prepare(request, mode, max_fee, path)
+        sent = self.http.build_request("POST", call.url, json=request.to_openai(), headers={"X-PAYMENT": call.header})
+        response = self.http.send(sent, stream=True)
+        if response.status_code != 200:
+            response.read()
+            response.close()
+            raise self._error(response)
+        return LlmStream(response, request.kind, self._llm_stream_finish(call))
+
     def node_receipt(self, receipt_id: str) -> dict[str, Any]:
         response = self.http.get(f"{self.node_url}/v1/receipts/{receipt_id}")
         if response.status_code == 404:
@@ -297,6 +640,98 @@ class AsyncClient(_Base):
         paid = await self.http.post(f"{self.node_url}/v1/infer", json=body, headers={"X-PAYMENT": header})
         return await asyncio.to_thread(self._result, paid, input, manifest, offer, auth)  # tee reads the chain
 
+    async def chat(
+        self,
+        model: str,
+        messages: Messages,
+        *,
+        mode: str | None = None,
+        max_tokens: int = 256,
+        temperature: float = 1.0,
+        top_p: float = 1.0,
+        seed: int | None = None,
+        stop: str | Sequence[str] | None = None,
+        max_fee: int | None = None,
+    ) -> LlmResult:
+        """As Client.chat."""
+        request = _llm_request("chat", model, messages, False, **_params(max_tokens, temperature, top_p, seed, stop))
+        return await self._llm(request, mode, max_fee, CHAT_PATH)
+
+    async def completion(
+        self,
+        model: str,
+        prompt: str,
+        *,
+        mode: str | None = None,
+        max_tokens: int = 256,
+        temperature: float = 1.0,
+        top_p: float = 1.0,
+        seed: int | None = None,
+        stop: str | Sequence[str] | None = None,
+        max_fee: int | None = None,
+    ) -> LlmResult:
+        """As Client.completion."""
+        request = _llm_request(
+            "completion", model, prompt, False, **_params(max_tokens, temperature, top_p, seed, stop)
+        )
+        return await self._llm(request, mode, max_fee, COMPLETION_PATH)
+
+    async def chat_stream(
+        self,
+        model: str,
+        messages: Messages,
+        *,
+        mode: str | None = None,
+        max_tokens: int = 256,
+        temperature: float = 1.0,
+        top_p: float = 1.0,
+        seed: int | None = None,
+        stop: str | Sequence[str] | None = None,
+        max_fee: int | None = None,
+    ) -> AsyncLlmStream:
+        """As Client.chat_stream: `async for piece in await client.chat_stream(...)`, then `.result`."""
+        request = _llm_request("chat", model, messages, True, **_params(max_tokens, temperature, top_p, seed, stop))
+        return await self._llm_stream(request, mode, max_fee, CHAT_PATH)
+
+    async def completion_stream(
+        self,
+        model: str,
+        prompt: str,
+        *,
+        mode: str | None = None,
+        max_tokens: int = 256,
+        temperature: float = 1.0,
+        top_p: float = 1.0,
+        seed: int | None = None,
+        stop: str | Sequence[str] | None = None,
+        max_fee: int | None = None,
+    ) -> AsyncLlmStream:
+        """As Client.completion_stream."""
+        request = _llm_request("completion", model, prompt, True, **_params(max_tokens, temperature, top_p, seed, stop))
+        return await self._llm_stream(request, mode, max_fee, COMPLETION_PATH)
+
+    async def _llm_prepare(self, request: LlmRequest, mode: str | None, max_fee: int | None, path: str) -> _LlmCall:
+        probe = await self.http.post(f"{self.node_url}{path}", json={"model": request.model})
+        offer = self._llm_offer(probe, request.model, mode)
+        return await asyncio.to_thread(self._llm_pay, request, offer, max_fee, path)
+
+    async def _llm(self, request: LlmRequest, mode: str | None, max_fee: int | None, path: str) -> LlmResult:
+        call = await self._llm_prepare(request, mode, max_fee, path)
+        paid = await self.http.post(call.url, json=request.to_openai(), headers={"X-PAYMENT": call.header})
+        return await asyncio.to_thread(self._llm_answer, call, paid)  # tee reads the chain
+
+    async def _llm_stream(
+        self, request: LlmRequest, mode: str | None, max_fee: int | None, path: str
+    ) -> AsyncLlmStream:
+        call = await self._llm_prepare(request, mode, max_fee, path)
+        sent = self.http.build_request("POST", call.url, json=request.to_openai(), headers={"X-PAYMENT": call.header})
+        response = await self.http.send(sent, stream=True)
+        if response.status_code != 200:
+            await response.aread()
+            await response.aclose()
+            raise self._error(response)
+        return AsyncLlmStream(response, request.kind, self._llm_stream_finish(call))
+
     async def wait_settled(self, receipt_id: str, timeout: float = 60.0) -> dict[str, Any]:
         deadline = time.monotonic() + timeout
         while True:
@@ -325,6 +760,13 @@ class AsyncClient(_Base):
     async def wait_verified(self, receipt_id: str, timeout: float = 60.0) -> ReceiptVerification:
         await self.wait_settled(receipt_id, timeout)
         return await self.verify_receipt(receipt_id)
+
+
+def _params(
+    max_tokens: int, temperature: float, top_p: float, seed: int | None, stop: str | Sequence[str] | None
+) -> dict[str, Any]:
+    stops = [stop] if isinstance(stop, str) else list(stop) if stop is not None else None
+    return {"max_tokens": max_tokens, "temperature": temperature, "top_p": top_p, "seed": seed, "stop": stops}
 
 
 def _checked_receipt(stored: dict[str, Any], receipt_id: str) -> SignedReceipt:
