@@ -65,11 +65,15 @@ def _run(client: Client, denom: str) -> None:
     models = chain.query("/registry/models")["models"]
     console.print("[bold]2.[/bold] models registered on chain (bytes in the hub, addressed by sha256):")
     for m in models:
-        per = "row" if m.get("price_unit") == "row" else "request"
-        console.print(
-            f"   {m['name']:<14} v{m['version']}  {m['model_id'][:23]}…  {m['price']} {denom} per {per}"
-            f" (at most {m.get('max_rows')} rows a request)"
-        )
+        if m.get("price_unit") == "token":
+            terms = (
+                f"{m['price']} {denom} per prompt token, {m.get('completion_price')} per completion token"
+                f" ({m.get('kind')} LLM, context {m.get('max_rows')} tokens)"
+            )
+        else:
+            per = "row" if m.get("price_unit") == "row" else "request"
+            terms = f"{m['price']} {denom} per {per} (at most {m.get('max_rows')} rows a request)"
+        console.print(f"   {m['name']:<14} v{m['version']}  {m['model_id'][:23]}…  {terms}")
 
     supply_before, node_before = chain.supply(), chain.balance(node)
     client.deposit(DEPOSIT, node)
@@ -131,6 +135,35 @@ def _run(client: Client, denom: str) -> None:
     )
     _tee_step(client, examples["iris"]["example_input"])
     _zkml_step(client, examples["mlp-regressor"]["example_input"])
+    _llm_step(client, denom)
+
+
+def _llm_step(client: Client, denom: str) -> None:
+    """An LLM chat, streamed from the node's OpenAI-compatible route, signed in the enclave,
+    charged per token used, verified on chain."""
+    question = "In one sentence, what is a blockchain?"
+    console.print(f"[bold]10.[/bold] LLM chat on smollm2 (SmolLM2-135M, llama.cpp) in tee mode: {question!r}")
+    console.print("    ", end="")
+    stream = client.chat_stream(
+        "smollm2", [{"role": "user", "content": question}], mode="tee", max_tokens=48, temperature=0.0
+    )
+    for piece in stream:
+        console.print(piece, end="", markup=False, highlight=False, soft_wrap=True)
+    console.print()
+    result = stream.result
+    assert result is not None
+    usage = result.usage
+    console.print(
+        f"    streamed over SSE; receipt {result.receipt_id[:18]}… charges {usage['prompt_tokens']} prompt +"
+        f" {usage['completion_tokens']} completion tokens = {result.fee} {denom}, checked here against this"
+        " request and exactly this text"
+    )
+    with console.status("waiting for the LLM receipt to settle…"):
+        verification = client.wait_verified(result.receipt_id)
+    console.print(
+        f"    settled [bold]{verification.chain_status}[/bold] (signed in the DEV enclave). Any OpenAI client works:"
+        " openai.OpenAI(base_url=NODE_URL + '/v1', api_key=<haca allowance create>)"
+    )
 
 
 def _zkml_step(client: Client, example: Any) -> None:
