@@ -18,6 +18,7 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
+from haca.client.errors import HacaError
 from haca.client.payment import InputInvalid, PaymentOffer, PaymentRequiredError, ReceiptInvalid
 from haca.proofs.receipt import EvidenceError
 from haca.proofs.verifier import EnclaveStanding, VerifyContext, verifiers, verify
@@ -102,7 +103,13 @@ def select_offer(offers: Sequence[LlmOffer], model: str, mode: str | None = None
             return offer
     served = sorted({f"{o.model} ({o.mode})" for o in offers})
     wanted = f"{model!r} in mode {mode!r}" if mode else repr(model)
-    raise PaymentRequiredError(f"node offers no LLM {wanted}; it offers {served}")
+    raise ModelNotOffered(f"node offers no LLM {wanted}; it offers {served}")
+
+
+class ModelNotOffered(HacaError):
+    """The node serves no such LLM (in that mode)."""
+
+    code = "model_not_found"
 
 
 def prompt_token_bound(request: LlmRequest) -> int:

@@ -150,4 +150,5 @@ def test_a_max_fee_too_low_for_the_prompt_is_a_clean_error(net: Net) -> None:
 def test_an_unknown_model_is_a_clean_error(net: Net) -> None:
     done = net.run("chat", "-m", "no-such-llm", "--prompt", "Hi", "--json")
     assert done.returncode == 1
-    assert "no LLM 'no-such-llm'" in json.loads(done.stdout)["error"]["message"]
+    error = json.loads(done.stdout)["error"]
+    assert error["code"] == "model_not_found" and "no LLM 'no-such-llm'" in error["message"]

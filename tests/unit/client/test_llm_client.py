@@ -23,6 +23,7 @@ from haca.client.errors import QueryFailed
 from haca.client.llm import (
     LlmOffer,
     LlmReceiptInvalid,
+    ModelNotOffered,
     llm_max_fee,
     llm_offers,
     prompt_token_bound,
@@ -112,9 +113,9 @@ def test_the_llm_offers_are_read_from_the_payment_required_header_and_per_reques
     assert (tee.expiry, tee.terms_height) == (201, 100)
     assert select_offer(offers, "smollm2") is tee  # no mode: the node's first (preferred) one
     assert select_offer(offers, MODEL_ID, "vanilla") is offers[1]  # by id
-    with pytest.raises(PaymentRequiredError, match=r"no LLM 'iris'.*smollm2 \(tee\)"):
+    with pytest.raises(ModelNotOffered, match=r"no LLM 'iris'.*smollm2 \(tee\)"):
         select_offer(offers, "iris")
-    with pytest.raises(PaymentRequiredError, match="in mode 'zkml'"):
+    with pytest.raises(ModelNotOffered, match="in mode 'zkml'"):
         select_offer(offers, "smollm2", "zkml")
 
 
