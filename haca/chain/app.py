@@ -8,6 +8,7 @@ from __future__ import annotations
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import structlog
 from tendermint.abci import types_pb2 as abci
@@ -19,7 +20,7 @@ from haca.chain.blocks import record_block_hash
 from haca.chain.errors import ChainError, InvalidQuery, UnknownQuery
 from haca.chain.events import Event
 from haca.chain.genesis import parse_app_genesis
-from haca.chain.module import BlockContext, BlockResult, Module, Query, ValidatorUpdate
+from haca.chain.module import BlockContext, BlockResult, Misbehavior, Module, Query, ValidatorUpdate
 from haca.chain.modules.auth import keeper as auth_keeper
 from haca.chain.modules.auth.keeper import AuthKeeper
 from haca.chain.modules.auth.module import AuthModule
@@ -31,6 +32,8 @@ from haca.chain.modules.inference.keeper import ESCROW_ACCOUNT, InferenceKeeper
 from haca.chain.modules.inference.module import InferenceModule
 from haca.chain.modules.registry.keeper import RegistryKeeper
 from haca.chain.modules.registry.module import RegistryModule
+from haca.chain.modules.staking.keeper import STAKING_ACCOUNT, StakingKeeper
+from haca.chain.modules.staking.module import StakingModule
 from haca.chain.modules.tee.keeper import TeeKeeper
 from haca.chain.modules.tee.module import TeeModule
 from haca.chain.state import CachedState, ReadableState
@@ -52,6 +55,7 @@ class ExecutedBlock:
     state: CachedState
     results: list[TxResult]
     block: BlockResult  # what the modules' begin- and end-block hooks did
+    misbehavior: tuple[Misbehavior, ...] = ()  # CometBFT's evidence the block carried
 
 
 class HistoricalState:
@@ -79,7 +83,12 @@ class HacaApp(BaseApplication):
         self.inference = InferenceKeeper(self.bank)
         self.inference.srs_dir = srs_dir
         self.gov = GovKeeper()
-        self.bank.module_accounts = frozenset({ESCROW_ACCOUNT})
+        self.staking = StakingKeeper(self.bank)
+        # Modules reach each other through these hooks, set here (the expected-keeper idea).
+        self.registry.stake_check = self.staking.require_stake
+        self.inference.staking = self.staking
+        self.staking.slashable_until = self.inference.last_claim_deadline
+        self.bank.module_accounts = frozenset({ESCROW_ACCOUNT, STAKING_ACCOUNT})
         self.runner = TxRunner(self.auth, self.bank)
         self.runner.chain_id = auth_keeper.chain_id(store)
         # Order matters only for hooks: each block runs begin-block hooks in this order, then the
@@ -87,6 +96,7 @@ class HacaApp(BaseApplication):
         self.modules: list[Module] = [
             AuthModule(self.auth),
             BankModule(self.bank),
+            StakingModule(self.staking),
             RegistryModule(self.registry),
             TeeModule(self.tee, self.registry, self.gov),
             InferenceModule(self.inference, self.registry, self.bank, self.tee),
@@ -195,8 +205,10 @@ class HacaApp(BaseApplication):
         """A throwaway state over what the next block starts from (genesis writes included)."""
         return CachedState(self.block_state if self.block_state is not None else self.store)
 
-    def _hooks(self, state: CachedState, height: int, time: int, end: bool) -> BlockResult:
-        ctx = BlockContext(state, height, time, self.runner.chain_id)
+    def _hooks(
+        self, state: CachedState, height: int, time: int, end: bool, misbehavior: tuple[Misbehavior, ...] = ()
+    ) -> BlockResult:
+        ctx = BlockContext(state, height, time, self.runner.chain_id, misbehavior)
         result = BlockResult()
         for module in self.modules:
             result.extend(module.end_block(ctx) if end else module.begin_block(ctx))
@@ -205,7 +217,8 @@ class HacaApp(BaseApplication):
     def prepare_proposal(self, req: abci.RequestPrepareProposal) -> abci.ResponsePrepareProposal:
         state = self._proposal_scratch()
         time = req.time.seconds
-        block = self._hooks(state, req.height, time, end=False)
+        misbehavior = _misbehavior(req.misbehavior)
+        block = self._hooks(state, req.height, time, end=False, misbehavior=misbehavior)
         self.runner.height, self.runner.time = req.height, time
         chosen: list[bytes] = []
         results: list[TxResult] = []
@@ -223,20 +236,22 @@ class HacaApp(BaseApplication):
         block.extend(self._hooks(state, req.height, time, end=True))
         # A successful tx changes state the same way atomic or not, so this is the block's
         # execution: the proposer's own ProcessProposal and FinalizeBlock reuse it.
-        self.processed = ExecutedBlock(req.height, time, chosen, state, results, block)
+        self.processed = ExecutedBlock(req.height, time, chosen, state, results, block, misbehavior)
         return abci.ResponsePrepareProposal(txs=chosen)
 
-    def _execute(self, height: int, time: int, txs: list[bytes]) -> ExecutedBlock:
+    def _execute(self, height: int, time: int, txs: list[bytes], misbehavior: tuple[Misbehavior, ...]) -> ExecutedBlock:
         """Run a block on a branch of the state the next block starts from; nothing is kept."""
         state = self._proposal_scratch()
-        block = self._hooks(state, height, time, end=False)
+        block = self._hooks(state, height, time, end=False, misbehavior=misbehavior)
         self.runner.height, self.runner.time = height, time
         results = [self.runner.run(state, raw, atomic=False) for raw in txs]
         block.extend(self._hooks(state, height, time, end=True))
-        return ExecutedBlock(height, time, txs, state, results, block)
+        return ExecutedBlock(height, time, txs, state, results, block, misbehavior)
 
     def process_proposal(self, req: abci.RequestProcessProposal) -> abci.ResponseProcessProposal:
-        block = self._executed(req.height, req.time.seconds, [bytes(raw) for raw in req.txs])
+        block = self._executed(
+            req.height, req.time.seconds, [bytes(raw) for raw in req.txs], _misbehavior(req.misbehavior)
+        )
         rejected = next((r for r in block.results if r.ante_failed), None)
         if rejected is not None:
             log.warning("reject_proposal", height=req.height, reason=rejected.log)
@@ -244,15 +259,24 @@ class HacaApp(BaseApplication):
         self.processed = block  # FinalizeBlock of this very block reuses the execution
         return abci.ResponseProcessProposal(status=abci.ResponseProcessProposal.ACCEPT)
 
-    def _executed(self, height: int, time: int, txs: list[bytes]) -> ExecutedBlock:
+    def _executed(
+        self, height: int, time: int, txs: list[bytes], misbehavior: tuple[Misbehavior, ...]
+    ) -> ExecutedBlock:
         """This block's execution: the one Prepare/ProcessProposal kept if it is the same block."""
         block = self.processed
-        if block is None or (block.height, block.time, block.txs) != (height, time, txs):
-            block = self._execute(height, time, txs)
+        if block is None or (block.height, block.time, block.txs, block.misbehavior) != (
+            height,
+            time,
+            txs,
+            misbehavior,
+        ):
+            block = self._execute(height, time, txs, misbehavior)
         return block
 
     def finalize_block(self, req: abci.RequestFinalizeBlock) -> abci.ResponseFinalizeBlock:
-        executed = self._executed(req.height, req.time.seconds, [bytes(raw) for raw in req.txs])
+        executed = self._executed(
+            req.height, req.time.seconds, [bytes(raw) for raw in req.txs], _misbehavior(req.misbehavior)
+        )
         self.processed = None
         state, results, block = executed.state, executed.results, executed.block
         if self.block_state is not None:  # InitChain's writes come first in this block
@@ -278,6 +302,14 @@ class HacaApp(BaseApplication):
         self.block_state, self.staged, self.processed = None, None, None
         self.check_state = CachedState(self.store)
         return abci.ResponseCommit(retain_height=0)
+
+
+def _misbehavior(items: Any) -> tuple[Misbehavior, ...]:
+    """CometBFT's evidence of a block, in a deterministic order (as it comes, which every validator
+    gets the same)."""
+    return tuple(
+        Misbehavior(int(m.type), bytes(m.validator.address), int(m.height), int(m.validator.power)) for m in items
+    )
 
 
 def _exec_result(result: TxResult) -> abci.ExecTxResult:

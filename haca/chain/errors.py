@@ -108,3 +108,16 @@ class EnclaveNotInGoodStanding(ChainError):
     """No attestation of the enclave key covers the receipt's height (e.g. a missed heartbeat)."""
 
     code = codes.ENCLAVE_NOT_IN_GOOD_STANDING
+
+
+class InsufficientStake(ChainError):
+    """A node's bond is below the minimum stake for a mode it serves, or an unbond asks for more
+    than is bonded."""
+
+    code = codes.INSUFFICIENT_STAKE
+
+
+class ClaimConflict(ChainError):
+    """A claim for a receipt that is already claimed, settled, or not claimable."""
+
+    code = codes.CLAIM_CONFLICT

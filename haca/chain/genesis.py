@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import base64
+import binascii
 import json
 from dataclasses import dataclass, field
 from typing import Any
@@ -10,6 +12,7 @@ from haca.chain.errors import InvalidGenesis
 from haca.chain.modules.auth.keeper import FeeParams
 from haca.chain.modules.inference.keeper import InferenceParams
 from haca.chain.modules.registry.keeper import RegistryParams
+from haca.chain.modules.staking.keeper import STAKING_ACCOUNT, StakingParams
 from haca.chain.params import parse_params
 from haca.crypto.keys import normalize_address
 from haca.proofs.tee.policy import TeePolicy
@@ -59,10 +62,14 @@ class AppGenesis:
     tee: TeeGenesis = field(default_factory=TeeGenesis)
     # zkml: sha256 of the SRS file per logrows (a genesis artefact every validator holds)
     srs: tuple[tuple[int, str], ...] = ()
+    staking: StakingParams = field(default_factory=StakingParams)
+    bonds: tuple[tuple[str, int], ...] = ()  # (address, amount) bonded at genesis (validators' operators, nodes)
+    validators: tuple[tuple[str, str], ...] = ()  # (ed25519 public key, base64; its operator's address)
 
     @property
     def total_supply(self) -> int:
-        return sum(a.balance for a in self.accounts)
+        """Everything genesis creates: the accounts' balances and the bonds (held by the staking module)."""
+        return sum(a.balance for a in self.accounts) + sum(amount for _, amount in self.bonds)
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -71,11 +78,16 @@ class AppGenesis:
                 "auth": self.fees.to_json(),
                 "inference": self.inference.to_json(),
                 "registry": self.registry.to_json(),
+                "staking": self.staking.to_json(),
             },
             "accounts": [{"address": a.address, "balance": str(a.balance)} for a in self.accounts],
             "authorities": list(self.authorities),
             "tee": self.tee.to_json(),
             "zk": {"srs": {str(k): v for k, v in self.srs}},
+            "staking": {
+                "bonds": [{"address": a, "amount": str(n)} for a, n in self.bonds],
+                "validators": [{"pub_key": k, "operator": o} for k, o in self.validators],
+            },
         }
 
 
@@ -92,6 +104,8 @@ def parse_app_genesis(raw: bytes) -> AppGenesis:
         fees = parse_params(FeeParams, params.get("auth", {}), FeeParams())
         inference = parse_params(InferenceParams, params.get("inference", {}), InferenceParams())
         registry = parse_params(RegistryParams, params.get("registry", {}), RegistryParams())
+        staking = parse_params(StakingParams, params.get("staking", {}), StakingParams())
+        bonds, validators = _staking(doc.get("staking", {}))
         authorities = doc.get("authorities", [])
         if not isinstance(authorities, list):
             raise ValueError("authorities must be a list of addresses")
@@ -102,10 +116,12 @@ def parse_app_genesis(raw: bytes) -> AppGenesis:
             GenesisAccount(normalize_address(a["address"]), parse_uint(a["balance"], "balance"))
             for a in doc.get("accounts", [])
         )
-    except (ValueError, TypeError, KeyError, AttributeError) as exc:
+    except (ValueError, TypeError, KeyError, AttributeError, binascii.Error) as exc:
         raise InvalidGenesis(f"invalid app_state: {exc}") from exc
     if len({a.address for a in accounts}) != len(accounts):
         raise InvalidGenesis("invalid app_state: an account is listed twice")
+    if STAKING_ACCOUNT in {a.address for a in accounts}:
+        raise InvalidGenesis("invalid app_state: the staking module account holds only bonds")
     return AppGenesis(
         denom=denom,
         fees=fees,
@@ -115,7 +131,31 @@ def parse_app_genesis(raw: bytes) -> AppGenesis:
         authorities=authorities,
         tee=tee,
         srs=srs,
+        staking=staking,
+        bonds=bonds,
+        validators=validators,
     )
+
+
+def _staking(doc: Any) -> tuple[tuple[tuple[str, int], ...], tuple[tuple[str, str], ...]]:
+    """`{"bonds": [{"address", "amount"}], "validators": [{"pub_key": base64 ed25519, "operator"}]}`."""
+    if not isinstance(doc, dict) or not set(doc) <= {"bonds", "validators"}:
+        raise ValueError("staking: expected {'bonds': [...], 'validators': [...]}")
+    bonds: dict[str, int] = {}
+    for bond in doc.get("bonds", []):
+        address = normalize_address(bond["address"])
+        if address in bonds:
+            raise ValueError(f"staking.bonds: {address} is listed twice")
+        bonds[address] = parse_uint(bond["amount"], "staking.bonds.amount")
+    validators = []
+    for validator in doc.get("validators", []):
+        key = base64.b64decode(validator["pub_key"], validate=True)
+        if len(key) != 32:
+            raise ValueError("staking.validators.pub_key: expected a base64 ed25519 public key (32 bytes)")
+        validators.append((base64.b64encode(key).decode(), normalize_address(validator["operator"])))
+    if len({k for k, _ in validators}) != len(validators):
+        raise ValueError("staking.validators: a public key is listed twice")
+    return tuple(sorted(bonds.items())), tuple(sorted(validators))
 
 
 def _srs_pins(doc: Any) -> tuple[tuple[int, str], ...]:

@@ -27,11 +27,23 @@ Invariant = Callable[[ReadableState], str | None]
 
 
 @dataclass(frozen=True)
+class Misbehavior:
+    """Evidence CometBFT hands the app with a block (a validator's duplicate vote, or a light-client
+    attack), at the height the validator misbehaved."""
+
+    type: int  # tendermint.abci.MisbehaviorType: 1 duplicate vote, 2 light client attack
+    validator_address: bytes  # CometBFT's: sha256(ed25519 public key)[:20]
+    height: int
+    power: int
+
+
+@dataclass(frozen=True)
 class BlockContext:
     state: CachedState
     height: int
     time: int  # unix seconds, from the block header
     chain_id: str
+    misbehavior: tuple[Misbehavior, ...] = ()
 
 
 @dataclass(frozen=True)

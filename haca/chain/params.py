@@ -20,7 +20,7 @@ def parse_params(cls: type[P], doc: Any, base: P) -> P:
     unknown = sorted(set(doc) - set(names))
     if unknown:
         raise ValueError(f"{cls.__name__}: unknown params {unknown}; known: {names}")
-    values = {name: parse_uint(doc.get(name, getattr(base, name)), name, 64) for name in names}
+    values = {name: parse_uint(doc.get(name, getattr(base, name)), name, 128) for name in names}
     minimums: Mapping[str, int] = getattr(cls, "MINIMUMS", {})
     for name, least in minimums.items():
         if values[name] < least:

@@ -14,8 +14,9 @@ from haca.cli.common import HomeOption, JsonOption, cli_command, client_home, co
 from haca.client.config import ClientConfig
 from haca.client.errors import HacaError
 from haca.client.sdk import Client
-from haca.types.inference import MsgRevokeAllowance
+from haca.types.inference import MsgClaim, MsgRevokeAllowance
 from haca.types.modes import Mode, Status
+from haca.types.receipt import SignedReceipt
 
 receipt_app = typer.Typer(help="Inspect receipts.", no_args_is_help=True)
 allowance_app = typer.Typer(help="Spending allowances (bearer API keys) for a node.", no_args_is_help=True)
@@ -199,6 +200,43 @@ def receipt_show(
             node_view = client.node_receipt(receipt_id)
             record = {"receipt_id": receipt_id, **node_view}
     emit(json_out, record, lambda: _print_fields(record))
+
+
+@receipt_app.command("claim")
+@cli_command
+def receipt_claim(
+    receipt_id: Annotated[str, typer.Argument(metavar="ID")],
+    receipt_file: Annotated[
+        Path | None, typer.Option("--receipt", help="the signed receipt (JSON) as the node answered it")
+    ] = None,
+    node: NodeOption = None,
+    from_: KeyOption = None,
+    home: HomeOption = None,
+    json_out: JsonOption = False,
+) -> None:
+    """Claim a tee or zkml receipt whose evidence has not settled: its fee is held from your escrow;
+    if no valid evidence settles before the deadline, the node is slashed and you get the fee back
+    plus compensation. The receipt comes from --receipt, else from the node."""
+    with _client(home, from_, node) as client:
+        if receipt_file is not None:
+            doc = json.loads(receipt_file.read_text())
+            signed = SignedReceipt.from_json(doc.get("receipt", doc))
+        else:
+            signed = SignedReceipt.from_json(client.node_receipt(receipt_id)["receipt"])
+        if signed.id != receipt_id.lower():
+            raise HacaError(f"the receipt given is {signed.id}, not {receipt_id}")
+        outcome = client.chain.send_msgs(client.key, (MsgClaim(signed),))
+        claim = client.chain.query("/inference/claim", signed.id.encode())
+    tx = outcome if isinstance(outcome, str) else outcome.hash
+    answer = {"receipt_id": signed.id, "hash": tx, "deadline": claim["deadline"], "fee_held": claim["fee"]}
+    emit(
+        json_out,
+        answer,
+        lambda: console.print(
+            f"claimed {signed.id}: fee {claim['fee']} held; the node must settle its evidence by height"
+            f" {claim['deadline']} or be slashed"
+        ),
+    )
 
 
 def _print_fields(record: dict[str, Any]) -> None:

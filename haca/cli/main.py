@@ -18,6 +18,7 @@ from haca.cli.inference import allowance_app, deposit, escrow, infer, node_app, 
 from haca.cli.keys import app as keys_app
 from haca.cli.llm import chat, completion
 from haca.cli.model import model_app
+from haca.cli.staking import stake_app
 
 app = typer.Typer(
     name="haca",
@@ -48,6 +49,7 @@ app.add_typer(hub_app, name="hub")
 app.add_typer(node_app, name="node")
 app.add_typer(receipt_app, name="receipt")
 app.add_typer(allowance_app, name="allowance")
+app.add_typer(stake_app, name="stake")
 app.add_typer(gov_app, name="gov")
 app.add_typer(attestation_app, name="attestation")
 app.command("deposit")(deposit)

@@ -17,3 +17,12 @@ def dev_keys(count: int = DEV_ACCOUNTS) -> list[tuple[str, PrivateKey]]:
 
 def service_keys() -> list[tuple[str, PrivateKey]]:
     return [(name, PrivateKey.from_seed(f"haca devnet {name}")) for name in SERVICE_ACCOUNTS]
+
+
+VALIDATOR_BOND = 10**21  # each devnet validator's operator bonds this at genesis
+NODE_BOND = 10**21  # node0's bond at genesis (above the devnet's minimum stakes)
+
+
+def operator_key(moniker: str) -> PrivateKey:
+    """The account that operates (and bonds for) devnet validator `moniker`."""
+    return PrivateKey.from_seed(f"haca devnet operator {moniker}")

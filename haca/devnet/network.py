@@ -21,10 +21,11 @@ import httpx
 
 from haca.chain.genesis import AppGenesis, GenesisAccount, TeeGenesis
 from haca.chain.home import ValidatorHome, unix_socket_path
+from haca.chain.modules.staking.keeper import StakingParams
 from haca.chain.supervisor import ValidatorError, configure, init_validator
 from haca.client.config import ClientConfig, KeyStore
 from haca.devnet import services
-from haca.devnet.accounts import DEV_BALANCE, dev_keys, service_keys
+from haca.devnet.accounts import DEV_BALANCE, NODE_BOND, VALIDATOR_BOND, dev_keys, operator_key, service_keys
 from haca.devnet.layout import dev_srs_dir
 from haca.devnet.processes import free_ports, process_alive, signal_group, spawn, wait_group_gone
 from haca.proofs.tee.binding import measurement_id
@@ -36,6 +37,14 @@ from haca.types.tee import GLOBAL_SCOPE
 from haca.types.tx import MAX_TX_BYTES
 
 DEV_ROOT_DIR = "dev-root"  # the devnet's DEV attestation root (key and certificate)
+
+
+# A devnet's minimum stakes: a node must bond to serve, more for the verified modes (what it can
+# be slashed from when a claim against it expires or it equivocates); short periods so tests see
+# unbonding and claims play out.
+DEVNET_STAKING = StakingParams(
+    unbonding_period=20, min_stake_vanilla=10**18, min_stake_tee=10**20, min_stake_zkml=10**20
+)
 
 
 class DevnetError(RuntimeError):
@@ -189,7 +198,20 @@ class Devnet:
                 {"address": v.address, "pub_key": v.pub_key, "power": "10", "name": v.moniker} for v in identities
             ],
             app_hash="",
-            app_state=AppGenesis(accounts=accounts, authorities=(authority,), tee=tee, srs=srs).to_json(),
+            app_state=AppGenesis(
+                accounts=accounts,
+                authorities=(authority,),
+                tee=tee,
+                srs=srs,
+                staking=DEVNET_STAKING,
+                bonds=tuple(
+                    sorted(
+                        [(operator_key(v.moniker).address, VALIDATOR_BOND) for v in identities]
+                        + [(dict(service_keys())["node0"].address, NODE_BOND)]
+                    )
+                ),
+                validators=tuple((v.pub_key["value"], operator_key(v.moniker).address) for v in identities),
+            ).to_json(),
         )
         return template
 

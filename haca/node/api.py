@@ -24,6 +24,7 @@ from haca.node.context import (
     enclave_of,
     queue_receipt,
     read_body,
+    route_quotes,
     zk_answer,
 )
 from haca.node.errors import (
@@ -130,7 +131,7 @@ def create_app(ctx: NodeContext) -> FastAPI:
     @app.post("/v1/infer")
     async def infer(request: Request) -> Response:
         started = time.perf_counter()
-        quotes = current_quotes(ctx)
+        quotes = route_quotes(ctx, llm=False)
         try:
             # Payment first, from the headers alone: an unpaid request never has its body read.
             pending = ctx.gate.check(request.headers, quotes)

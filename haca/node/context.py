@@ -68,6 +68,8 @@ class NodeContext:
     enclave: EnclaveKey | None = None  # tee: the attested key in the enclave that signs tee receipts
     on_proof_job: Any = None  # zkml: called after a receipt is queued for proving (wakes the prover)
     llm_queue: int = 8  # LLM requests that may wait for a slot (per model); more get 429
+    # (height, tensor models' quotes, LLMs' quotes): current_quotes split per route
+    split_quotes: tuple[int, dict[tuple[str, str], Quote], dict[tuple[str, str], Quote]] | None = None
 
 
 def current_quotes(ctx: NodeContext) -> dict[tuple[str, str], Quote]:
@@ -95,7 +97,25 @@ def current_quotes(ctx: NodeContext) -> dict[tuple[str, str], Quote]:
                 max(ctx.price, int(manifest.get("completion_price", 0))) if manifest["price_unit"] == "token" else 0,
             )
     ctx.quotes = (height, quotes)
+    ctx.split_quotes = (
+        height,
+        {k: q for k, q in quotes.items() if q.price_unit != "token"},
+        {k: q for k, q in quotes.items() if q.price_unit == "token"},
+    )
     return quotes
+
+
+def route_quotes(ctx: NodeContext, llm: bool) -> dict[tuple[str, str], Quote]:
+    """The quotes one route serves: the tensor models' for /v1/infer, the LLMs' (priced per
+    token) for the OpenAI routes; each route's 402 lists and accepts only those."""
+    quotes = current_quotes(ctx)
+    if ctx.split_quotes is None or ctx.quotes is None or ctx.split_quotes[0] != ctx.quotes[0]:
+        ctx.split_quotes = (
+            ctx.quotes[0] if ctx.quotes else 0,
+            {k: q for k, q in quotes.items() if q.price_unit != "token"},
+            {k: q for k, q in quotes.items() if q.price_unit == "token"},
+        )
+    return ctx.split_quotes[2] if llm else ctx.split_quotes[1]
 
 
 @dataclass(frozen=True)

@@ -26,6 +26,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--provers", type=int, default=1, help="zkml: prover worker processes")
     parser.add_argument("--llm-slots", type=int, default=1, help="LLMs: requests a model runs at once")
     parser.add_argument("--llm-queue", type=int, default=8, help="LLMs: requests that may wait for a slot (then 429)")
+    parser.add_argument("--stake", type=int, default=None, help="bond at least this (default: the minimum)")
     parser.add_argument("--data-dir", type=Path, default=None)
     parser.add_argument("--hub", default="")
     parser.add_argument("--batch-size", type=int, default=64, help="receipts per settlement tx")
@@ -48,6 +49,7 @@ def main(argv: list[str] | None = None) -> None:
             provers=args.provers,
             llm_slots=args.llm_slots,
             llm_queue=args.llm_queue,
+            stake=args.stake,
             data_dir=args.data_dir,
             hub=args.hub,
             batch_size=args.batch_size,

@@ -30,7 +30,7 @@ import structlog
 from fastapi import FastAPI, Request
 from fastapi.responses import Response, StreamingResponse
 
-from haca.node.context import NodeContext, ServedModel, current_quotes, enclave_of, queue_receipt, read_body
+from haca.node.context import NodeContext, ServedModel, enclave_of, queue_receipt, read_body, route_quotes
 from haca.node.errors import (
     ContextLengthExceeded,
     InvalidRequest,
@@ -129,8 +129,7 @@ async def _serve(ctx: NodeContext, admissions: dict[str, Admission], http: Reque
 
 async def _accept(ctx: NodeContext, http: Request, kind: str) -> LlmCall:
     """Payment from the headers, then the body; the most the request may cost is held."""
-    quotes = current_quotes(ctx)
-    llm_quotes = {key: q for key, q in quotes.items() if q.price_unit == "token"}
+    llm_quotes = route_quotes(ctx, llm=True)
     try:
         pending = ctx.gate.check(http.headers, llm_quotes)
         try:

@@ -32,6 +32,7 @@ from haca.runtime.llm import LlmModel
 from haca.runtime.onnx import OnnxModel
 from haca.types.modes import Mode
 from haca.types.registry import MsgRegisterNode, model_kind
+from haca.types.staking import MsgBond
 
 log = structlog.get_logger("haca.node")
 
@@ -56,6 +57,7 @@ class NodeSettings:
     provers: int = 1  # zkml: prover worker processes
     llm_slots: int = 1  # LLMs: requests one model runs at once (each slot is a warm llama.cpp instance)
     llm_queue: int = 8  # LLMs: requests that may wait for a slot; more get 429
+    stake: int | None = None  # bond at least this (default: the chain's minimum stake for the modes served)
 
     @property
     def data(self) -> Path:
@@ -203,8 +205,22 @@ def fetch_circuit(hub: HubClient, pinned: dict[str, Any], directory: Path, model
     return circuit_from_files(directory, model_id, srs)
 
 
+def ensure_stake(chain: ChainClient, key: PrivateKey, modes: tuple[str, ...], stake: int | None = None) -> int:
+    """Bond what the node needs to register for `modes` (the chain's minimum stake; `stake` to
+    bond more), if it has less bonded; returns what it bonds now (0 when it has enough)."""
+    params = chain.query("/staking/params")
+    need = max([int(params.get(f"min_stake_{mode}", 0)) for mode in modes] + [stake or 0])
+    bonded = int(chain.query("/staking/stake", key.address.encode())["bonded"])
+    if bonded >= need:
+        return 0
+    chain.send_msgs(key, (MsgBond(need - bonded),))
+    log.info("node_bonded", address=key.address, amount=need - bonded, bonded=need)
+    return need - bonded
+
+
 def register(chain: ChainClient, key: PrivateKey, settings: NodeSettings, models: dict[str, ServedModel]) -> None:
     names = tuple(sorted({s.manifest["name"] for s in models.values()}))
+    ensure_stake(chain, key, settings.modes, settings.stake)
     msg = MsgRegisterNode(settings.public_url, tuple(sorted(settings.modes)), names, settings.price)
     current = None
     with contextlib.suppress(QueryFailed):

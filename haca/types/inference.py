@@ -143,3 +143,57 @@ class MsgSettle:
         if not isinstance(items, list) or not items or len(items) > MAX_SETTLEMENT_ITEMS:
             raise ValueError(f"items: expected 1 to {MAX_SETTLEMENT_ITEMS} settlement items")
         return cls(tuple(SettlementItem.from_json(item) for item in items))
+
+
+@register_msg
+@dataclass(frozen=True)
+class MsgClaim:
+    """A client holding a node-signed tee or zkml receipt demands its evidence: the fee is held from
+    the client's escrow; if no valid evidence for that receipt settles within the claim deadline
+    (param), the node is slashed, the client gets the fee back plus compensation, and the receipt
+    ends `failed`."""
+
+    type_name: ClassVar[str] = "inference/claim"
+    eip712_name: ClassVar[str] = "MsgClaim"
+    eip712_fields: ClassVar[list[tuple[str, str]]] = [("receipt", "string")]
+
+    receipt: SignedReceipt
+
+    def to_json(self) -> dict[str, Any]:
+        return {"receipt": self.receipt.to_json()}
+
+    def to_eip712(self) -> dict[str, Any]:
+        return {"receipt": canonical_json(self.receipt.to_json()).decode()}
+
+    @classmethod
+    def from_json(cls, value: dict[str, Any]) -> MsgClaim:
+        doc = f.require_fields(value, {"receipt"}, cls.type_name)
+        return cls(SignedReceipt.from_json(doc["receipt"]))
+
+
+@register_msg
+@dataclass(frozen=True)
+class MsgReportEquivocation:
+    """Two receipts one node signed for one request with different outputs: the node is slashed on
+    sight and the reporter (anyone) rewarded from the slash."""
+
+    type_name: ClassVar[str] = "inference/report_equivocation"
+    eip712_name: ClassVar[str] = "MsgReportEquivocation"
+    eip712_fields: ClassVar[list[tuple[str, str]]] = [("first", "string"), ("second", "string")]
+
+    first: SignedReceipt
+    second: SignedReceipt
+
+    def to_json(self) -> dict[str, Any]:
+        return {"first": self.first.to_json(), "second": self.second.to_json()}
+
+    def to_eip712(self) -> dict[str, Any]:
+        return {
+            "first": canonical_json(self.first.to_json()).decode(),
+            "second": canonical_json(self.second.to_json()).decode(),
+        }
+
+    @classmethod
+    def from_json(cls, value: dict[str, Any]) -> MsgReportEquivocation:
+        doc = f.require_fields(value, {"first", "second"}, cls.type_name)
+        return cls(SignedReceipt.from_json(doc["first"]), SignedReceipt.from_json(doc["second"]))

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import json
 import time
 from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
 from typing import Any
 
 from haca.client.chain import ChainClient
@@ -87,14 +89,31 @@ def supply_holds(client: ChainClient, addresses: list[str], genesis_supply: int,
 
 
 def assert_devnet_supply_holds(handle: Any) -> None:
-    """Every devnet account plus the escrow account holds the supply; supply + burned = genesis."""
+    """genesis supply = balances + escrow + bonded + unbonding + burned: every devnet account, the
+    escrow account (lanes and claims) and the staking account (bonds and unbonding) hold the
+    supply, and supply + burned is what genesis minted."""
     from haca.chain.modules.inference.keeper import ESCROW_ACCOUNT
-    from haca.devnet.accounts import DEV_BALANCE
+    from haca.chain.modules.staking.keeper import STAKING_ACCOUNT
 
-    addresses = [k.address for k in handle.keys.list()] + [ESCROW_ACCOUNT]
+    addresses = [k.address for k in handle.keys.list()] + [ESCROW_ACCOUNT, STAKING_ACCOUNT]
     supply = handle.client.supply()
     assert sum(handle.client.balance(a) for a in addresses) == supply["total"]
-    assert supply["total"] + supply["burned"] == DEV_BALANCE * len(handle.keys.list())
+    assert supply["total"] + supply["burned"] == genesis_supply(handle)
+
+
+def genesis_supply(handle: Any) -> int:
+    """What the devnet's genesis minted: its accounts' balances and its bonds."""
+    genesis = json.loads((Path(handle.net.load().nodes[0].home) / "cometbft" / "config" / "genesis.json").read_text())
+    minted = sum(int(a["balance"]) for a in genesis["app_state"]["accounts"])
+    return minted + sum(int(b["amount"]) for b in genesis["app_state"]["staking"]["bonds"])
+
+
+def module_accounts() -> list[str]:
+    """The accounts modules hold tokens in: escrow (lanes and claims), staking (bonds, unbonding)."""
+    from haca.chain.modules.inference.keeper import ESCROW_ACCOUNT
+    from haca.chain.modules.staking.keeper import STAKING_ACCOUNT
+
+    return [ESCROW_ACCOUNT, STAKING_ACCOUNT]
 
 
 def settlement_fee(client: ChainClient, fee: int) -> int:

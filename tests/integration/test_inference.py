@@ -12,9 +12,9 @@ import pytest
 
 from haca.client.payment import ReceiptInvalid, verify_answer
 from haca.client.sdk import Client
-from haca.devnet.accounts import DEV_BALANCE
 from haca.devnet.layout import example_models_dir
 from haca.devnet.services import EXAMPLE_PRICES
+from tests.integration.helpers import genesis_supply, module_accounts
 
 pytestmark = pytest.mark.devnet
 MODELS = json.loads((example_models_dir() / "manifest.json").read_text())["models"]
@@ -33,9 +33,7 @@ def client(inference_devnet):
 
 
 def all_balances(net) -> int:
-    from haca.chain.modules.inference.keeper import ESCROW_ACCOUNT
-
-    addresses = [k.address for k in net.keys.list()] + [ESCROW_ACCOUNT]
+    addresses = [k.address for k in net.keys.list()] + module_accounts()
     return sum(net.client.balance(a) for a in addresses)
 
 
@@ -79,7 +77,7 @@ def test_settlement_pays_the_node_burns_the_settlement_fee_and_keeps_supply(clie
     net = inference_devnet
     node = net.config.extra["nodes"][0]["address"]
     params = net.client.query("/inference/params")
-    genesis_supply = DEV_BALANCE * len(net.keys.list())
+    minted = genesis_supply(net)
     client.wait_settled(client.infer("iris", MODELS[0]["example_input"]).receipt_id)  # drain earlier receipts
     node_before, escrow_before = net.client.balance(node), client.escrow()
     burned_before = net.client.supply()["burned"]
@@ -96,7 +94,7 @@ def test_settlement_pays_the_node_burns_the_settlement_fee_and_keeps_supply(clie
     assert net.client.supply()["burned"] == burned_before + settlement_fee + tx_fee
     supply = net.client.supply()
     assert all_balances(net) == supply["total"]
-    assert supply["total"] + supply["burned"] == genesis_supply
+    assert supply["total"] + supply["burned"] == minted
 
 
 def test_unpaid_request_gets_402_with_x402_requirements(inference_devnet):
@@ -157,7 +155,7 @@ def test_unknown_receipt_and_route_are_json_404(inference_devnet):
 
 def test_models_endpoint_lists_the_registered_models(inference_devnet):
     data = httpx.get(f"{node_url(inference_devnet)}/v1/models").json()["data"]
-    assert sorted(m["name"] for m in data) == ["digits-cnn", "iris", "mlp-regressor"]
+    assert sorted(m["name"] for m in data) == ["digits-cnn", "iris", "mlp-regressor", "smollm2"]
     chain_models = {m["name"]: m["model_id"] for m in inference_devnet.client.query("/registry/models")["models"]}
     assert {m["name"]: m["id"] for m in data} == chain_models
 

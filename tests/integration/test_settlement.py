@@ -8,6 +8,7 @@ import pytest
 
 from haca.client.errors import TxRejected
 from haca.crypto.keys import PrivateKey
+from haca.node.service import ensure_stake
 from haca.types import codes
 from haca.types.inference import MsgDeposit, MsgSettle, SettlementItem
 from haca.types.payment import PaymentAuthorization, SignedPayment
@@ -24,6 +25,7 @@ def parties(inference_devnet):
     chain = inference_devnet.client
     node_a, node_b, client = (inference_devnet.keys.get(n).key for n in ("dev5", "dev6", "dev4"))
     for key, port in ((node_a, 1), (node_b, 2)):
+        ensure_stake(chain, key, ("vanilla",))
         chain.send_msgs(key, (MsgRegisterNode(f"http://node-{port}.invalid", ("vanilla",), ("iris",), 0),))
     chain.send_msgs(client, (MsgDeposit(node_a.address, 10 * FEE),))
     model_id = chain.query("/registry/model", b"iris")["model_id"]

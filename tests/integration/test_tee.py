@@ -25,6 +25,7 @@ from haca.client.sdk import AsyncClient, Client
 from haca.crypto.hashing import sha256
 from haca.crypto.keys import PrivateKey
 from haca.devnet.layout import example_models_dir
+from haca.node.service import ensure_stake
 from haca.proofs.tee.binding import key_binding, measurement_id
 from haca.proofs.tee.claims import Claims
 from haca.proofs.tee.dev import PLATFORM_CERT_FILE, PLATFORM_KEY_FILE, dev_measurement, make_dev_evidence
@@ -105,6 +106,7 @@ def net(inference_devnet) -> Net:
 @pytest.fixture(scope="module")
 def rogue(net: Net) -> dict[str, Any]:
     """dev2 registered as a tee node for iris; dev3's escrow for it; the test holds its enclave key."""
+    ensure_stake(net.chain, net.key("dev2"), ("tee", "vanilla"))
     net.send("dev2", MsgRegisterNode("http://127.0.0.1:9", ("tee", "vanilla"), ("iris",), 0))
     net.send("dev3", MsgDeposit(net.key("dev2").address, 10**9))
     return {"node": net.key("dev2"), "client": net.key("dev3"), "enclave": PrivateKey.from_seed("rogue enclave")}

@@ -11,9 +11,17 @@ from haca.chain.app import HacaApp
 from haca.chain.store import CommitStore
 from haca.client.rpc import b64
 from haca.crypto.keys import PrivateKey
-from haca.devnet.accounts import DEV_BALANCE
 
-from .helpers import app_hash_at, signed_transfers, submit_parallel, supply_holds, wait_committed, wait_height
+from .helpers import (
+    app_hash_at,
+    genesis_supply,
+    module_accounts,
+    signed_transfers,
+    submit_parallel,
+    supply_holds,
+    wait_committed,
+    wait_height,
+)
 
 pytestmark = pytest.mark.devnet
 SENDERS = 4
@@ -37,7 +45,7 @@ def committed(devnet):
 
 def addresses(devnet, committed) -> list[str]:
     """Every funded genesis account (dev keys, node0, publisher) and every recipient."""
-    return sorted({k.address for k in devnet.keys.list()} | set(committed["recipients"]))
+    return sorted({k.address for k in devnet.keys.list()} | set(committed["recipients"]) | set(module_accounts()))
 
 
 def test_all_200_transfers_commit_with_code_zero(devnet, committed):
@@ -57,10 +65,10 @@ def test_validators_report_the_same_app_hash_at_every_height(devnet, committed):
 
 
 def test_supply_invariant_holds_at_every_height_with_transfers(devnet, committed):
-    genesis_supply = DEV_BALANCE * len(devnet.keys.list())
+    minted = genesis_supply(devnet)
     for height in sorted(set(committed["heights"].values())):
-        supply_holds(devnet.client, addresses(devnet, committed), genesis_supply, height)
-    supply_holds(devnet.client, addresses(devnet, committed), genesis_supply)
+        supply_holds(devnet.client, addresses(devnet, committed), minted, height)
+    supply_holds(devnet.client, addresses(devnet, committed), minted)
     assert devnet.client.supply()["burned"] > 0
 
 

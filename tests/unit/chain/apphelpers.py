@@ -53,14 +53,17 @@ class Node:
         app_state = json.dumps(genesis.to_json()).encode()
         return self.app.init_chain(abci.RequestInitChain(chain_id=chain_id, app_state_bytes=app_state))
 
-    def finalize(self, txs: list[bytes]) -> abci.ResponseFinalizeBlock:
+    def finalize(self, txs: list[bytes], misbehavior: Sequence[abci.Misbehavior] = ()) -> abci.ResponseFinalizeBlock:
         self.height += 1
         request = abci.RequestFinalizeBlock(height=self.height, txs=txs, hash=block_hash_of(self.height))
         request.time.seconds = block_time(self.height)
+        request.misbehavior.extend(misbehavior)
         return self.app.finalize_block(request)
 
-    def block(self, txs: Sequence[bytes] = ()) -> abci.ResponseFinalizeBlock:
-        resp = self.finalize(list(txs))
+    def block(
+        self, txs: Sequence[bytes] = (), misbehavior: Sequence[abci.Misbehavior] = ()
+    ) -> abci.ResponseFinalizeBlock:
+        resp = self.finalize(list(txs), misbehavior)
         self.app.commit(abci.RequestCommit())
         return resp
 
@@ -123,7 +126,11 @@ class Node:
         found = [] if supply + burned == genesis_supply else [f"supply {supply} + burned {burned} != {genesis_supply}"]
         store = self.app.store
         checks = [(n, check) for m in self.app.modules for n, check in m.invariants().items()]
-        assert {n for n, _ in checks} >= {"supply_matches_balances", "escrow_matches_module_account"}
+        assert {n for n, _ in checks} >= {
+            "supply_matches_balances",
+            "escrow_matches_module_account",
+            "stake_matches_module_account",
+        }
         found += [v for _, check in checks if (v := check(store)) is not None]
         return found
 

@@ -33,7 +33,7 @@ def test_app_py_names_no_message_type_of_any_module() -> None:
 def test_every_module_contributes_its_handlers_and_queries(tmp_path: Path) -> None:
     node = Node(tmp_path / "state.db")
     names = [m.name for m in node.app.modules]
-    assert names == ["auth", "bank", "registry", "tee", "inference", "gov"]
+    assert names == ["auth", "bank", "staking", "registry", "tee", "inference", "gov"]
     for module in node.app.modules:
         assert set(module.handlers()) <= set(node.app.runner.handlers)
         assert set(module.queries()) <= set(node.app.queries)

@@ -54,6 +54,10 @@ NODE_MSG = MsgRegisterNode("http://node:8000", ("tee", "vanilla"), ("llm",), 0)
 
 @pytest.fixture(scope="module")
 def dev(tmp_path_factory) -> dict[str, bytes]:
+    return dev_platform(tmp_path_factory)
+
+
+def dev_platform(tmp_path_factory) -> dict[str, bytes]:
     """A DEV root and one platform (the dev enclave's hardware key) issued by it."""
     root_dir, platform_dir = tmp_path_factory.mktemp("dev-root"), tmp_path_factory.mktemp("dev-platform")
     root = make_dev_root(root_dir)

@@ -33,6 +33,7 @@ from tests.unit.node.nodehelpers import CHAIN_ID, CLIENT, DENOM, HEIGHT, NODE, F
 from tests.unit.node.nodehelpers import manifest as chain_manifest
 
 PROMPT_PRICE, COMPLETION_PRICE, CONTEXT = 3, 7, 512
+TIMEOUT = 120  # seconds: the suite runs on a loaded 2-core machine
 MODEL_ID = "sha256:" + "5e" * 32  # the test does not load the model from a hub: any id
 CHAT = {"model": "smollm2", "messages": [{"role": "user", "content": "Name a colour."}], "max_tokens": 12}
 
@@ -98,6 +99,14 @@ def node(tmp_path: Path, llm: LlmModel) -> Iterator[Node]:
     yield from serve(tmp_path, llm)
 
 
+def post(url: str, **kw: Any) -> httpx.Response:
+    return httpx.post(url, timeout=TIMEOUT, **kw)
+
+
+def stream(url: str, **kw: Any) -> Any:
+    return httpx.stream("POST", url, timeout=TIMEOUT, **kw)
+
+
 def bearer(node: Node) -> dict[str, str]:
     return {"Authorization": f"Bearer {node.api_key}"}
 
@@ -126,7 +135,7 @@ def sse_events(response: httpx.Response) -> list[dict[str, Any]]:
 
 
 def test_a_chat_answer_is_openai_shaped_with_a_receipt_charging_tokens_used_times_price(node: Node):
-    response = httpx.post(node.url + "/v1/chat/completions", json={**CHAT, "temperature": 0}, headers=bearer(node))
+    response = post(node.url + "/v1/chat/completions", json={**CHAT, "temperature": 0}, headers=bearer(node))
     assert response.status_code == 200, response.text
     doc = response.json()
     assert doc["object"] == "chat.completion" and doc["model"] == "smollm2"
@@ -150,10 +159,8 @@ def test_a_chat_answer_is_openai_shaped_with_a_receipt_charging_tokens_used_time
 
 def test_a_streamed_chat_sends_the_same_text_and_its_receipt_in_the_last_chunk(node: Node):
     request = {**CHAT, "temperature": 0}
-    plain = httpx.post(node.url + "/v1/chat/completions", json=request, headers=bearer(node)).json()
-    with httpx.stream(
-        "POST", node.url + "/v1/chat/completions", json={**request, "stream": True}, headers=bearer(node)
-    ) as response:
+    plain = post(node.url + "/v1/chat/completions", json=request, headers=bearer(node)).json()
+    with stream(node.url + "/v1/chat/completions", json={**request, "stream": True}, headers=bearer(node)) as response:
         assert response.status_code == 200 and response.headers["content-type"].startswith("text/event-stream")
         events = sse_events(response)
     assert all(e["object"] == "chat.completion.chunk" for e in events)
@@ -168,7 +175,7 @@ def test_a_streamed_chat_sends_the_same_text_and_its_receipt_in_the_last_chunk(n
 
 def test_a_text_completion_is_answered_and_charged_likewise(node: Node):
     request = {"model": "smollm2", "prompt": "The sky is", "max_tokens": 8, "temperature": 0}
-    doc = httpx.post(node.url + "/v1/completions", json=request, headers=bearer(node)).json()
+    doc = post(node.url + "/v1/completions", json=request, headers=bearer(node)).json()
     assert doc["object"] == "text_completion"
     text = doc["choices"][0]["text"]
     assert_receipt_charges_usage(SignedReceipt.from_json(doc["haca"]["receipt"]), doc["usage"], request, text)
@@ -205,17 +212,17 @@ def test_a_text_completion_is_answered_and_charged_likewise(node: Node):
 def test_bad_requests_get_an_openai_error_object_and_change_nothing(
     node: Node, path, request_body, status, code, param
 ):
-    response = httpx.post(node.url + path, json=request_body, headers=bearer(node))
+    response = post(node.url + path, json=request_body, headers=bearer(node))
     assert response.status_code == status, response.text
     error = response.json()["error"]
     assert (error["code"], error["param"]) == (code, param) and error["message"] and error["type"]
     assert node.store.unsettled_count() == 0
     # and the node keeps serving
-    assert httpx.post(node.url + "/v1/chat/completions", json=CHAT, headers=bearer(node)).status_code == 200
+    assert post(node.url + "/v1/chat/completions", json=CHAT, headers=bearer(node)).status_code == 200
 
 
 def test_malformed_json_is_a_400_openai_error(node: Node):
-    response = httpx.post(
+    response = post(
         node.url + "/v1/chat/completions",
         content=b'{"model": "smollm2", "messages": [',
         headers={**bearer(node), "content-type": "application/json"},
@@ -227,7 +234,7 @@ def test_malformed_json_is_a_400_openai_error(node: Node):
 
 
 def test_no_payment_is_a_402_with_an_openai_error_and_x402_v2_requirements_for_the_llm(node: Node):
-    response = httpx.post(node.url + "/v1/chat/completions", json=CHAT)
+    response = post(node.url + "/v1/chat/completions", json=CHAT)
     assert response.status_code == 402
     assert response.json()["error"]["code"] == "payment_required"
     required = json.loads(base64.b64decode(response.headers[PAYMENT_REQUIRED_HEADER]))
@@ -241,13 +248,13 @@ def test_no_payment_is_a_402_with_an_openai_error_and_x402_v2_requirements_for_t
 
 def test_generation_stops_at_what_the_authorisation_covers(node: Node):
     # Enough for the prompt and exactly 3 completion tokens: the answer stops there ("length").
-    probe = httpx.post(node.url + "/v1/chat/completions", json=CHAT, headers=bearer(node)).json()
+    probe = post(node.url + "/v1/chat/completions", json=CHAT, headers=bearer(node)).json()
     prompt_tokens = probe["usage"]["prompt_tokens"]
     max_fee = prompt_tokens * PROMPT_PRICE + 3 * COMPLETION_PRICE + COMPLETION_PRICE - 1
     auth = PaymentAuthorization(
         CHAIN_ID, CLIENT.address, NODE.address, "0x" + "07" * 32, MODEL_ID, "vanilla", max_fee, HEIGHT + 100
     )
-    response = httpx.post(
+    response = post(
         node.url + "/v1/chat/completions", json={**CHAT, "max_tokens": 50}, headers={"X-PAYMENT": x_payment(auth)}
     )
     assert response.status_code == 200, response.text
@@ -260,9 +267,7 @@ def test_generation_stops_at_what_the_authorisation_covers(node: Node):
 
 def test_a_client_that_leaves_mid_stream_frees_the_slot_and_pays_only_for_what_was_produced(node: Node):
     request = {**CHAT, "messages": [{"role": "user", "content": "Write a long story."}], "max_tokens": 300}
-    with httpx.stream(
-        "POST", node.url + "/v1/chat/completions", json={**request, "stream": True}, headers=bearer(node)
-    ) as response:
+    with stream(node.url + "/v1/chat/completions", json={**request, "stream": True}, headers=bearer(node)) as response:
         lines = response.iter_lines()
         received = [next(lines) for _ in range(6)]  # a few chunks, then hang up
     assert any(line.startswith("data: ") for line in received)
@@ -275,7 +280,7 @@ def test_a_client_that_leaves_mid_stream_frees_the_slot_and_pays_only_for_what_w
     assert receipt.fee == receipt.prompt_tokens * PROMPT_PRICE + receipt.completion_tokens * COMPLETION_PRICE
     # the one slot is free again: the next request is served at once
     started = time.monotonic()
-    assert httpx.post(node.url + "/v1/chat/completions", json=CHAT, headers=bearer(node)).status_code == 200
+    assert post(node.url + "/v1/chat/completions", json=CHAT, headers=bearer(node)).status_code == 200
     assert time.monotonic() - started < 20
 
 
@@ -287,14 +292,12 @@ def test_requests_past_the_queue_get_429_and_the_rest_are_served(tmp_path: Path,
             "temperature": 0,
             "messages": [{"role": "user", "content": "Write a long story."}],
         }
-        first = httpx.stream(
-            "POST", node.url + "/v1/chat/completions", json={**request, "stream": True}, headers=bearer(node)
-        )
+        first = stream(node.url + "/v1/chat/completions", json={**request, "stream": True}, headers=bearer(node))
         with first as response:
             lines = response.iter_lines()  # kept: dropping the iterator closes the stream (a hang-up)
             assert next(lines).startswith("data: ")  # the first one runs (seconds of generation left)
-            refused = httpx.post(node.url + "/v1/chat/completions", json=CHAT, headers=bearer(node))
+            refused = post(node.url + "/v1/chat/completions", json=CHAT, headers=bearer(node))
             assert refused.status_code == 429, refused.text
             assert refused.json()["error"]["code"] == "rate_limit_exceeded"
         # the first one hung up: its slot frees at its next token
-        assert httpx.post(node.url + "/v1/chat/completions", json=CHAT, headers=bearer(node)).status_code == 200
+        assert post(node.url + "/v1/chat/completions", json=CHAT, headers=bearer(node)).status_code == 200

@@ -35,7 +35,7 @@ def handle_settle(
     events = []
     for index, item in enumerate(msg.items):
         try:
-            events.append(settle_item(ctx, registry, tee, keeper, item))
+            events += settle_item(ctx, registry, tee, keeper, item)
         except ChainError as exc:  # name the receipt, so a node can drop it and resend the rest at once
             raise type(exc)(f"item {index} (receipt {item.receipt.id}): {exc}") from exc
     return events

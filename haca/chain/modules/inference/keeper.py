@@ -8,13 +8,18 @@
     inference/receipt/<receipt id:32>                               -> settlement record JSON
     inference/allowance_spent/<allowance id:32>                     -> amount charged so far
     inference/allowance_revoked/<client:20><node:20><nonce:u64be>   -> height from which it is revoked
+    inference/claim/<receipt id:32>                                 -> claim JSON (client, node, fee held, deadline)
+    inference/claim_due/<deadline:u64be><receipt id:32>             -> "" (claims expiring at that height)
+    inference/node_claim/<node:20><deadline:u64be><receipt id:32>   -> "" (a node's pending claims)
+    inference/equivocation/<node:20><client:20><request id:32>      -> height it was reported (slashed once)
 
 Escrow is held per (client, node) lane: only that node's receipts draw on it, so one deposit can
 never back answers at two nodes. Withdrawals and revocations take effect after a delay (params)
 long enough for the node to settle what it served before it saw them.
 
 Escrowed tokens sit in the bank under ESCROW_ACCOUNT, so the bank's supply invariant covers them;
-the sum of all client escrows equals that account's balance (see invariants.py).
+the sum of all client escrows and of the fees held by pending claims equals that account's
+balance (see invariants.py).
 """
 
 from __future__ import annotations
@@ -39,6 +44,10 @@ SETTLED_PREFIX = PREFIX + b"settled/"
 RECEIPT_PREFIX = PREFIX + b"receipt/"
 SPENT_PREFIX = PREFIX + b"allowance_spent/"
 REVOKED_PREFIX = PREFIX + b"allowance_revoked/"
+CLAIM_PREFIX = PREFIX + b"claim/"
+CLAIM_DUE_PREFIX = PREFIX + b"claim_due/"
+NODE_CLAIM_PREFIX = PREFIX + b"node_claim/"
+EQUIVOCATION_PREFIX = PREFIX + b"equivocation/"
 ESCROW_ACCOUNT = "0x" + keccak256(b"haca/module/inference/escrow")[12:].hex()
 
 
@@ -53,18 +62,28 @@ class Bank(Protocol):
 @dataclass(frozen=True)
 class InferenceParams:
     # A delay of 0 would release a withdrawal at a height whose begin-block already ran.
-    MINIMUMS: ClassVar[dict[str, int]] = {"withdraw_delay": 1, "revoke_delay": 1}
+    MINIMUMS: ClassVar[dict[str, int]] = {"withdraw_delay": 1, "revoke_delay": 1, "claim_deadline": 1}
     LIMITS: ClassVar[dict[str, int]] = {
         "withdraw_delay": 1 << 32,
         "revoke_delay": 1 << 32,
         "settlement_fee": 10**18,
         "settlement_fee_bps": 10_000,
+        "claim_deadline": 1 << 32,
+        "claim_slash_bps": 10_000,
+        "claim_compensation_bps": 10_000,
+        "equivocation_slash_bps": 10_000,
+        "equivocation_reward_bps": 10_000,
     }
 
     withdraw_delay: int = 20  # blocks between MsgWithdraw and the payout
     revoke_delay: int = 20  # blocks between MsgRevokeAllowance and the revocation taking effect
     settlement_fee: int = 100  # flat part of the burned settlement fee, per receipt
     settlement_fee_bps: int = 500  # plus this share of the inference fee (basis points)
+    claim_deadline: int = 50  # blocks a node has to settle a claimed receipt with its evidence
+    claim_slash_bps: int = 1_000  # share of the node's stake slashed for a claim it let expire
+    claim_compensation_bps: int = 5_000  # share of that slash paid to the claiming client (the rest burned)
+    equivocation_slash_bps: int = 2_000  # share of the node's stake slashed for two answers to one request
+    equivocation_reward_bps: int = 1_000  # share of that slash paid to whoever reported it (the rest burned)
 
     def settlement_fee_for(self, fee: int) -> int:
         """Burned per settled receipt, paid from the client's escrow on top of the fee."""
@@ -85,6 +104,7 @@ def lane_key(client: str, node: str) -> bytes:
 class InferenceKeeper:
     def __init__(self, bank: Bank) -> None:
         self.bank = bank
+        self.staking: Any = None  # the StakingKeeper (stake checks, slashing); set at wiring
         # One verifier per mode, sharing a verdict cache across CheckTx, recheck, proposals and
         # FinalizeBlock (it holds only context-free results, so every validator agrees).
         self.verifiers = verifiers()
@@ -162,7 +182,57 @@ class InferenceKeeper:
         self.bank.burn(state, ESCROW_ACCOUNT, amount)
 
     def total_escrow(self, state: ReadableState) -> int:
-        return sum(int(v) for _, v in state.iter_prefix(ESCROW_PREFIX))
+        """Everything ESCROW_ACCOUNT owes: the lanes and the fees pending claims hold."""
+        lanes = sum(int(v) for _, v in state.iter_prefix(ESCROW_PREFIX))
+        return lanes + sum(int(json.loads(v)["fee"]) for _, v in state.iter_prefix(CLAIM_PREFIX))
+
+    def take_from_escrow(self, state: CachedState, client: str, node: str, amount: int) -> None:
+        """Move `amount` out of the lane (it stays in ESCROW_ACCOUNT, e.g. held by a claim)."""
+        have = self.escrow(state, client, node)
+        if amount > have:
+            raise InsufficientEscrow(f"escrow of {client} for {node} is {have}; {amount} needed")
+        set_int(state, ESCROW_PREFIX + lane_key(client, node), have - amount)
+
+    def return_to_escrow(self, state: CachedState, client: str, node: str, amount: int) -> None:
+        set_int(state, ESCROW_PREFIX + lane_key(client, node), self.escrow(state, client, node) + amount)
+
+    # --- claims ---------------------------------------------------------------------------------
+
+    def claim(self, state: ReadableState, receipt_id: str) -> dict[str, Any] | None:
+        raw = state.get(CLAIM_PREFIX + bytes.fromhex(receipt_id[2:]))
+        return json.loads(raw) if raw else None
+
+    def add_claim(self, state: CachedState, receipt_id: str, claim: dict[str, Any]) -> None:
+        rid, deadline = bytes.fromhex(receipt_id[2:]), int(claim["deadline"]).to_bytes(8, "big")
+        state.set(CLAIM_PREFIX + rid, canonical_json(claim))
+        state.set(CLAIM_DUE_PREFIX + deadline + rid, b"")
+        state.set(NODE_CLAIM_PREFIX + _addr(claim["node"]) + deadline + rid, b"")
+
+    def drop_claim(self, state: CachedState, receipt_id: str, claim: dict[str, Any]) -> None:
+        rid, deadline = bytes.fromhex(receipt_id[2:]), int(claim["deadline"]).to_bytes(8, "big")
+        state.delete(CLAIM_PREFIX + rid)
+        state.delete(CLAIM_DUE_PREFIX + deadline + rid)
+        state.delete(NODE_CLAIM_PREFIX + _addr(claim["node"]) + deadline + rid)
+
+    def claims_due(self, state: ReadableState, height: int) -> list[str]:
+        """The receipts whose claims expire at `height` (by their height prefix)."""
+        prefix = CLAIM_DUE_PREFIX + height.to_bytes(8, "big")
+        return ["0x" + k[len(prefix) :].hex() for k, _ in state.iter_prefix(prefix)]
+
+    def last_claim_deadline(self, state: ReadableState, node: str) -> int:
+        """The latest deadline among the node's pending claims (0: none); its stake stays until then."""
+        prefix = NODE_CLAIM_PREFIX + _addr(node)
+        last = 0
+        for key, _ in state.iter_prefix(prefix):  # a node has few pending claims; keys sort by deadline
+            last = int.from_bytes(key[len(prefix) : len(prefix) + 8], "big")
+        return last
+
+    def equivocation_reported(self, state: ReadableState, node: str, client: str, request_id: str) -> bool:
+        return state.get(EQUIVOCATION_PREFIX + _addr(node) + _addr(client) + bytes.fromhex(request_id[2:])) is not None
+
+    def record_equivocation(self, state: CachedState, node: str, client: str, request_id: str, height: int) -> None:
+        key = EQUIVOCATION_PREFIX + _addr(node) + _addr(client) + bytes.fromhex(request_id[2:])
+        set_int(state, key, height)
 
     # --- settlement records ---------------------------------------------------------------------
 

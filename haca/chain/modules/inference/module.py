@@ -9,7 +9,7 @@ from typing import TYPE_CHECKING, Any
 from haca.chain.events import Event
 from haca.chain.module import BlockContext, BlockResult, Invariant, Module, Query
 from haca.chain.modules.bank.keeper import BankKeeper
-from haca.chain.modules.inference import handlers, queries
+from haca.chain.modules.inference import claims, handlers, queries
 from haca.chain.modules.inference.invariants import escrow_matches_module_account
 from haca.chain.modules.inference.keeper import InferenceKeeper, InferenceParams
 from haca.chain.modules.registry.keeper import RegistryKeeper
@@ -17,7 +17,14 @@ from haca.chain.modules.tee.keeper import TeeKeeper
 from haca.chain.params import parse_params
 from haca.chain.state import CachedState, ReadableState
 from haca.chain.tx import Handler
-from haca.types.inference import MsgDeposit, MsgRevokeAllowance, MsgSettle, MsgWithdraw
+from haca.types.inference import (
+    MsgClaim,
+    MsgDeposit,
+    MsgReportEquivocation,
+    MsgRevokeAllowance,
+    MsgSettle,
+    MsgWithdraw,
+)
 
 if TYPE_CHECKING:
     from haca.chain.genesis import AppGenesis
@@ -36,6 +43,8 @@ class InferenceModule(Module):
             MsgWithdraw: lambda ctx, msg: handlers.handle_withdraw(keeper, ctx, msg),
             MsgRevokeAllowance: lambda ctx, msg: handlers.handle_revoke_allowance(keeper, ctx, msg),
             MsgSettle: lambda ctx, msg: handlers.handle_settle(registry, tee, keeper, ctx, msg),
+            MsgClaim: lambda ctx, msg: claims.handle_claim(keeper, registry, tee, ctx, msg),
+            MsgReportEquivocation: lambda ctx, msg: claims.handle_report_equivocation(keeper, registry, tee, ctx, msg),
         }
 
     def queries(self) -> Mapping[str, Query]:
@@ -45,6 +54,7 @@ class InferenceModule(Module):
             "/inference/receipt": lambda s, d: queries.query_receipt(keeper, s, d),
             "/inference/allowance": lambda s, d: queries.query_allowance(keeper, s, d),
             "/inference/params": lambda s, d: queries.query_params(keeper, s, d),
+            "/inference/claim": lambda s, d: queries.query_claim(keeper, s, d),
         }
 
     def init_genesis(self, state: CachedState, genesis: AppGenesis) -> None:
@@ -62,6 +72,10 @@ class InferenceModule(Module):
         paid = self.keeper.release_withdrawals(ctx.state, ctx.height)
         events = [Event("withdrawal_paid", {"client": c, "node": n, "amount": str(a)}) for c, n, a in paid]
         return BlockResult(events)
+
+    def end_block(self, ctx: BlockContext) -> BlockResult:
+        # At the end of the deadline block: evidence settled in that very block still counts.
+        return BlockResult(claims.expire_claims(self.keeper, ctx.state, ctx.height))
 
     def invariants(self) -> Mapping[str, Invariant]:
         return {"escrow_matches_module_account": lambda s: escrow_matches_module_account(self.keeper, self.bank, s)}

@@ -8,6 +8,7 @@ from typing import Any
 
 from haca.chain.errors import InvalidQuery, NotFound
 from haca.chain.modules.inference.keeper import (
+    CLAIM_PREFIX,
     ESCROW_PREFIX,
     LANE_WITHDRAWAL_PREFIX,
     PARAMS_KEY,
@@ -87,3 +88,15 @@ def query_allowance(keeper: InferenceKeeper, state: ReadableState, data: bytes) 
 
 def query_params(keeper: InferenceKeeper, state: ReadableState, data: bytes) -> Answer:
     return keeper.params(state).to_json(), [PARAMS_KEY]
+
+
+def query_claim(keeper: InferenceKeeper, state: ReadableState, data: bytes) -> Answer:
+    """A pending claim on a receipt (gone once resolved or expired: see /inference/receipt)."""
+    try:
+        receipt_id = fields.bytes32(data.decode(), "receipt id")
+    except (UnicodeDecodeError, ValueError) as exc:
+        raise InvalidQuery(str(exc)) from exc
+    claim = keeper.claim(state, receipt_id)
+    if claim is None:
+        raise NotFound(f"receipt {receipt_id} has no pending claim")
+    return {"receipt_id": receipt_id, **claim}, [CLAIM_PREFIX + bytes.fromhex(receipt_id[2:])]

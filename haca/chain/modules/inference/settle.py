@@ -27,6 +27,7 @@ from haca.chain.errors import (
     Unauthorized,
 )
 from haca.chain.events import Event
+from haca.chain.modules.inference.claims import resolve_claim
 from haca.chain.modules.inference.keeper import InferenceKeeper
 from haca.chain.modules.registry.keeper import RegistryKeeper
 from haca.chain.modules.tee.keeper import TeeKeeper
@@ -44,7 +45,7 @@ from haca.types.registry import token_fee
 
 def settle_item(
     ctx: TxContext, registry: RegistryKeeper, tee: TeeKeeper, keeper: InferenceKeeper, item: SettlementItem
-) -> Event:
+) -> list[Event]:
     receipt = item.receipt.receipt
     if receipt.node != ctx.signer:
         raise Unauthorized(f"receipt is from node {receipt.node}; only that node may settle it")
@@ -58,6 +59,8 @@ def settle_item(
         raise Unauthorized(f"model {manifest['name']!r} does not allow mode {receipt.mode!r}")
     if receipt.mode not in node["modes"] or manifest["name"] not in node["models"]:
         raise Unauthorized(f"node {ctx.signer} is not registered for {manifest['name']!r} in mode {receipt.mode!r}")
+    if keeper.staking is not None:  # a node below the mode's minimum stake cannot be paid for it
+        keeper.staking.require_stake(ctx.state, ctx.signer, (receipt.mode,))
     vctx = VerifyContext(
         ctx.chain_id,
         ctx.height,
@@ -79,6 +82,7 @@ def settle_item(
     _check_payment(ctx, keeper, item)
     if (previous := keeper.settled_receipt(ctx.state, receipt.client, receipt.request_id)) is not None:
         raise AlreadySettled(f"request {receipt.request_id} of {receipt.client} was settled by receipt {previous}")
+    resolved = resolve_claim(keeper, ctx.state, item.receipt.id)  # a claimed receipt's evidence arrived
 
     # The client's escrow pays the inference fee to the node and the settlement fee to the burn.
     settlement_fee = keeper.params(ctx.state).settlement_fee_for(receipt.fee)
@@ -106,7 +110,8 @@ def settle_item(
     if verdict.enclave is not None:  # tee: which attested key signed it, and whether that was the DEV attester
         record.update(enclave_key=verdict.signer, attestation=verdict.enclave.format, dev=verdict.enclave.dev)
     keeper.record_settlement(ctx.state, record)
-    return Event("settle", {k: str(v) for k, v in record.items()})
+    settled = Event("settle", {k: str(v) for k, v in record.items()})
+    return [settled] if resolved is None else [resolved, settled]
 
 
 def _check_fee(receipt: Receipt, manifest: dict[str, Any]) -> None:

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from typing import Any, ClassVar
 
@@ -97,6 +98,10 @@ def _at_prefix(model_id: str) -> bytes:
 
 
 class RegistryKeeper:
+    def __init__(self) -> None:
+        # Refuses a node whose bond is below the minimum stake of its modes (staking's; set at wiring).
+        self.stake_check: Callable[[ReadableState, str, tuple[str, ...]], None] = lambda state, address, modes: None
+
     def params(self, state: ReadableState) -> RegistryParams:
         raw = state.get(PARAMS_KEY)
         return RegistryParams(**json.loads(raw)) if raw else RegistryParams()
@@ -208,6 +213,7 @@ class RegistryKeeper:
         return [json.loads(v) for _, v in state.iter_prefix(NODE_PREFIX)]
 
     def register_node(self, state: CachedState, address: str, msg: MsgRegisterNode, height: int) -> dict[str, Any]:
+        self.stake_check(state, address, msg.modes)  # InsufficientStake below the modes' minimum
         for name in msg.models:
             manifest = self.model(state, name)
             if not set(manifest["modes"]) & set(msg.modes):

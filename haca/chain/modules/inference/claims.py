@@ -1,0 +1,173 @@
+"""Accountability for the trust gap: claims with deadlines and equivocation, both paid from the
+node's stake (the staking module).
+
+- A client holding a node-signed tee or zkml receipt may claim it (MsgClaim). The receipt's fee is
+  held from the client's escrow lane. If the node settles that receipt with valid evidence before
+  the deadline, the claim is resolved and the fee pays the node as usual. If not, at the deadline
+  the node is slashed `claim_slash_bps` of its stake (bonded and unbonding: unbonding does not
+  escape a pending claim, and its payout waits for the deadline); the client gets the held fee
+  back plus `claim_compensation_bps` of the slash; the rest is burned; the receipt ends `failed`
+  and can never settle.
+- Two receipts one node signed (its account key or one of its attested enclave keys) for one
+  client's request id with different outputs (MsgReportEquivocation, from anyone): the node is
+  slashed `equivocation_slash_bps` on sight, once per request; the reporter gets
+  `equivocation_reward_bps` of the slash; the rest is burned.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from haca.chain.errors import ClaimConflict, InvalidEvidence, Unauthorized
+from haca.chain.events import Event
+from haca.chain.modules.inference.keeper import ESCROW_ACCOUNT, InferenceKeeper
+from haca.chain.modules.registry.keeper import RegistryKeeper
+from haca.chain.modules.tee.keeper import TeeKeeper
+from haca.chain.state import CachedState, ReadableState
+from haca.chain.tx import TxContext
+from haca.crypto.keys import SignatureError
+from haca.types.inference import MsgClaim, MsgReportEquivocation
+from haca.types.modes import Mode, Status
+from haca.types.receipt import SignedReceipt
+
+BPS = 10_000
+CLAIMABLE = (Mode.TEE, Mode.ZKML)
+
+
+def receipt_signed_by_node(tee: TeeKeeper, state: ReadableState, signed: SignedReceipt) -> str:
+    """Who signed the receipt, if it is its node's account key or an enclave key the chain attested
+    for that node (InvalidEvidence otherwise): a node answers for both."""
+    receipt = signed.receipt
+    try:
+        signer = receipt.signer(signed.signature)
+    except (SignatureError, ValueError) as exc:
+        raise InvalidEvidence(f"receipt {signed.id}: unreadable signature: {exc}") from exc
+    if signer == receipt.node:
+        return signer
+    record = tee.enclave(state, signer)
+    if record is not None and record.get("node") == receipt.node:
+        return signer
+    raise InvalidEvidence(f"receipt {signed.id} is signed by {signer}, neither node {receipt.node} nor its enclave")
+
+
+def handle_claim(
+    keeper: InferenceKeeper, registry: RegistryKeeper, tee: TeeKeeper, ctx: TxContext, msg: MsgClaim
+) -> list[Event]:
+    signed, receipt = msg.receipt, msg.receipt.receipt
+    if ctx.signer != receipt.client:
+        raise Unauthorized(f"only the receipt's client {receipt.client} may claim it")
+    if receipt.chain_id != ctx.chain_id:
+        raise ClaimConflict(f"receipt is for chain {receipt.chain_id!r}")
+    if receipt.mode not in CLAIMABLE:
+        raise ClaimConflict(f"a {receipt.mode} receipt carries no evidence to claim; only tee and zkml ones do")
+    registry.node(ctx.state, receipt.node)  # NotFound for an unregistered node
+    receipt_signed_by_node(tee, ctx.state, signed)
+    if keeper.claim(ctx.state, signed.id) is not None:
+        raise ClaimConflict(f"receipt {signed.id} is already claimed")
+    if (settled := keeper.settled_receipt(ctx.state, receipt.client, receipt.request_id)) is not None:
+        raise ClaimConflict(f"request {receipt.request_id} was already settled by receipt {settled}")
+    keeper.take_from_escrow(ctx.state, receipt.client, receipt.node, receipt.fee)  # held for the claim
+    deadline = ctx.height + keeper.params(ctx.state).claim_deadline
+    claim = {
+        "client": receipt.client,
+        "node": receipt.node,
+        "request_id": receipt.request_id,
+        "model_id": receipt.model_id,
+        "mode": receipt.mode,
+        "fee": str(receipt.fee),
+        "height": ctx.height,
+        "deadline": deadline,
+    }
+    keeper.add_claim(ctx.state, signed.id, claim)
+    attrs = {"receipt_id": signed.id, "client": receipt.client, "node": receipt.node, "deadline": str(deadline)}
+    return [Event("claim", attrs)]
+
+
+def resolve_claim(keeper: InferenceKeeper, state: CachedState, receipt_id: str) -> Event | None:
+    """The claimed receipt is settling with valid evidence: its held fee goes back to the lane, from
+    which the settlement pays it as usual."""
+    claim = keeper.claim(state, receipt_id)
+    if claim is None:
+        return None
+    keeper.drop_claim(state, receipt_id, claim)
+    keeper.return_to_escrow(state, claim["client"], claim["node"], int(claim["fee"]))
+    return Event("claim_resolved", {"receipt_id": receipt_id, "node": claim["node"], "client": claim["client"]})
+
+
+def expire_claims(keeper: InferenceKeeper, state: CachedState, height: int) -> list[Event]:
+    """Claims whose deadline is this height and whose evidence never settled: slash and refund."""
+    events = []
+    params = keeper.params(state)
+    for receipt_id in keeper.claims_due(state, height):
+        claim = keeper.claim(state, receipt_id)
+        assert claim is not None
+        keeper.drop_claim(state, receipt_id, claim)
+        client, node, fee = claim["client"], claim["node"], int(claim["fee"])
+        keeper.bank.send(state, ESCROW_ACCOUNT, client, fee)  # the held fee, back to the client
+        slashed = keeper.staking.slash(state, node, params.claim_slash_bps)
+        compensation = slashed * params.claim_compensation_bps // BPS
+        keeper.staking.pay_out(state, client, compensation)
+        keeper.staking.burn(state, slashed - compensation)
+        record: dict[str, Any] = {
+            "receipt_id": receipt_id,
+            "status": Status.FAILED.value,
+            "height": height,
+            "node": node,
+            "client": client,
+            "request_id": claim["request_id"],
+            "model_id": claim["model_id"],
+            "mode": claim["mode"],
+            "fee": "0",
+            "settlement_fee": "0",
+            "payment": "claim",
+            "reason": "claim_expired: no valid evidence settled before the deadline",
+            "slashed": str(slashed),
+            "compensation": str(compensation),
+            "refunded": str(fee),
+        }
+        keeper.record_settlement(state, record)  # the request can never settle now
+        attrs = {
+            "node": node,
+            "reason": "claim_expired",
+            "receipt_id": receipt_id,
+            "client": client,
+            "slashed": str(slashed),
+            "compensation": str(compensation),
+            "burned": str(slashed - compensation),
+        }
+        events.append(Event("slash", attrs))
+    return events
+
+
+def handle_report_equivocation(
+    keeper: InferenceKeeper, registry: RegistryKeeper, tee: TeeKeeper, ctx: TxContext, msg: MsgReportEquivocation
+) -> list[Event]:
+    a, b = msg.first.receipt, msg.second.receipt
+    if (a.node, a.client, a.request_id, a.chain_id) != (b.node, b.client, b.request_id, b.chain_id):
+        raise InvalidEvidence("the two receipts are not for one node, client and request id on this chain")
+    if a.chain_id != ctx.chain_id:
+        raise InvalidEvidence(f"receipts are for chain {a.chain_id!r}")
+    if a.output_hash == b.output_hash:
+        raise InvalidEvidence("the two receipts commit to the same output: no equivocation")
+    registry.node(ctx.state, a.node)  # NotFound for an unregistered node
+    receipt_signed_by_node(tee, ctx.state, msg.first)
+    receipt_signed_by_node(tee, ctx.state, msg.second)
+    if keeper.equivocation_reported(ctx.state, a.node, a.client, a.request_id):
+        raise ClaimConflict(f"equivocation on request {a.request_id} was already reported and slashed")
+    keeper.record_equivocation(ctx.state, a.node, a.client, a.request_id, ctx.height)
+    params = keeper.params(ctx.state)
+    slashed = keeper.staking.slash(ctx.state, a.node, params.equivocation_slash_bps)
+    reward = slashed * params.equivocation_reward_bps // BPS
+    keeper.staking.pay_out(ctx.state, ctx.signer, reward)
+    keeper.staking.burn(ctx.state, slashed - reward)
+    attrs = {
+        "node": a.node,
+        "reason": "equivocation",
+        "request_id": a.request_id,
+        "client": a.client,
+        "reporter": ctx.signer,
+        "slashed": str(slashed),
+        "reward": str(reward),
+        "burned": str(slashed - reward),
+    }
+    return [Event("slash", attrs)]

@@ -1,0 +1,213 @@
+"""staking state under prefix `staking/`.
+
+    staking/params                                   -> params JSON
+    staking/bond/<address:20>                        -> bonded amount
+    staking/unbonding/<release:u64be><address:20>    -> amount paid back at that height
+    staking/unbonding_of/<address:20><release:u64be> -> the same amount, listed per account
+    staking/validator/<consensus address:20>         -> {"pub_key", "operator", "jailed"} JSON
+
+Bonded and unbonding tokens sit in the bank under STAKING_ACCOUNT, so the bank's supply invariant
+covers them; the bonds plus the unbonding amounts equal that account's balance (invariants.py).
+A slash takes from the bond first, then from unbonding amounts (unbonding does not escape a
+fault); the slashed tokens stay in STAKING_ACCOUNT until the caller pays them out or burns them.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable, Iterable
+from dataclasses import asdict, dataclass
+from typing import Any, ClassVar, Protocol
+
+from haca.chain.errors import InsufficientStake
+from haca.chain.state import CachedState, ReadableState, get_int, set_int
+from haca.crypto.hashing import keccak256
+from haca.types.encoding import canonical_json
+
+PREFIX = b"staking/"
+PARAMS_KEY = PREFIX + b"params"
+BOND_PREFIX = PREFIX + b"bond/"
+UNBONDING_PREFIX = PREFIX + b"unbonding/"
+UNBONDING_OF_PREFIX = PREFIX + b"unbonding_of/"
+VALIDATOR_PREFIX = PREFIX + b"validator/"
+STAKING_ACCOUNT = "0x" + keccak256(b"haca/module/staking/bonded")[12:].hex()
+BPS = 10_000
+
+
+class Bank(Protocol):
+    def send(self, state: CachedState, sender: str, recipient: str, amount: int) -> None: ...
+
+    def burn(self, state: CachedState, holder: str, amount: int) -> None: ...
+
+    def balance(self, state: ReadableState, address: str) -> int: ...
+
+    def mint_genesis(self, state: CachedState, holder: str, amount: int) -> None: ...
+
+
+@dataclass(frozen=True)
+class StakingParams:
+    MINIMUMS: ClassVar[dict[str, int]] = {"unbonding_period": 1}
+    LIMITS: ClassVar[dict[str, int]] = {
+        "unbonding_period": 1 << 32,
+        "min_stake_vanilla": 10**30,
+        "min_stake_tee": 10**30,
+        "min_stake_zkml": 10**30,
+        "double_sign_slash_bps": BPS,
+    }
+
+    unbonding_period: int = 100  # blocks between MsgUnbond and the payout
+    min_stake_vanilla: int = 0  # a node serving a mode must keep at least this bonded
+    min_stake_tee: int = 0
+    min_stake_zkml: int = 0
+    double_sign_slash_bps: int = 500  # share of a validator's stake burned for a duplicate vote
+
+    def min_stake(self, modes: Iterable[str]) -> int:
+        """The stake a node serving `modes` needs: the highest of their minimums."""
+        return max((int(getattr(self, f"min_stake_{mode}", 0)) for mode in modes), default=0)
+
+    def to_json(self) -> dict[str, int]:
+        return asdict(self)
+
+
+def _addr(address: str) -> bytes:
+    return bytes.fromhex(address[2:])
+
+
+class StakingKeeper:
+    def __init__(self, bank: Bank) -> None:
+        self.bank = bank
+        # The height up to which `address` must stay slashable (its latest pending claim's deadline;
+        # 0 for none): set by the inference module, which owns claims.
+        self.slashable_until: Callable[[ReadableState, str], int] = lambda state, address: 0
+
+    # --- params ---------------------------------------------------------------------------------
+
+    def params(self, state: ReadableState) -> StakingParams:
+        raw = state.get(PARAMS_KEY)
+        return StakingParams(**json.loads(raw)) if raw else StakingParams()
+
+    def set_params(self, state: CachedState, params: StakingParams) -> None:
+        state.set(PARAMS_KEY, canonical_json(params.to_json()))
+
+    # --- bonds ----------------------------------------------------------------------------------
+
+    def bonded(self, state: ReadableState, address: str) -> int:
+        return get_int(state, BOND_PREFIX + _addr(address))
+
+    def _set_bonded(self, state: CachedState, address: str, amount: int) -> None:
+        if amount:
+            set_int(state, BOND_PREFIX + _addr(address), amount)
+        else:
+            state.delete(BOND_PREFIX + _addr(address))
+
+    def bond(self, state: CachedState, address: str, amount: int) -> None:
+        self.bank.send(state, address, STAKING_ACCOUNT, amount)
+        self._set_bonded(state, address, self.bonded(state, address) + amount)
+
+    def bond_genesis(self, state: CachedState, address: str, amount: int) -> None:
+        """A bond the genesis file names: its tokens are minted straight into STAKING_ACCOUNT."""
+        self.bank.mint_genesis(state, STAKING_ACCOUNT, amount)
+        self._set_bonded(state, address, self.bonded(state, address) + amount)
+
+    def unbond(self, state: CachedState, address: str, amount: int, height: int) -> int:
+        have = self.bonded(state, address)
+        if amount > have:
+            raise InsufficientStake(f"{address} has {have} bonded; cannot unbond {amount}")
+        self._set_bonded(state, address, have - amount)
+        release = height + self.params(state).unbonding_period
+        self._add_unbonding(state, address, release, amount)
+        return release
+
+    def _add_unbonding(self, state: CachedState, address: str, release: int, amount: int) -> None:
+        key = UNBONDING_PREFIX + release.to_bytes(8, "big") + _addr(address)
+        set_int(state, key, get_int(state, key) + amount)
+        listed = UNBONDING_OF_PREFIX + _addr(address) + release.to_bytes(8, "big")
+        set_int(state, listed, get_int(state, listed) + amount)
+
+    def _drop_unbonding(self, state: CachedState, address: str, release: int) -> None:
+        state.delete(UNBONDING_PREFIX + release.to_bytes(8, "big") + _addr(address))
+        state.delete(UNBONDING_OF_PREFIX + _addr(address) + release.to_bytes(8, "big"))
+
+    def unbonding(self, state: ReadableState, address: str) -> list[tuple[int, int]]:
+        """(release height, amount) of the account's unbonding stake, earliest first."""
+        prefix = UNBONDING_OF_PREFIX + _addr(address)
+        return [(int.from_bytes(k[len(prefix) :], "big"), int(v)) for k, v in state.iter_prefix(prefix)]
+
+    def release_unbonding(self, state: CachedState, height: int) -> list[tuple[str, int, int]]:
+        """Pay back the stake due at `height` (found by its height prefix), except an account's
+        whose claims are still pending: its payout moves to just after their last deadline.
+        Returns (address, amount, postponed-to height or 0)."""
+        prefix = UNBONDING_PREFIX + height.to_bytes(8, "big")
+        due = [("0x" + k[len(prefix) :].hex(), int(v)) for k, v in state.iter_prefix(prefix)]
+        done = []
+        for address, amount in due:
+            self._drop_unbonding(state, address, height)
+            until = self.slashable_until(state, address)
+            if until >= height:
+                self._add_unbonding(state, address, until + 1, amount)
+                done.append((address, amount, until + 1))
+                continue
+            self.bank.send(state, STAKING_ACCOUNT, address, amount)
+            done.append((address, amount, 0))
+        return done
+
+    def stake(self, state: ReadableState, address: str) -> int:
+        """Everything of the account's that a fault can be slashed from: bonded plus unbonding."""
+        return self.bonded(state, address) + sum(amount for _, amount in self.unbonding(state, address))
+
+    def total(self, state: ReadableState) -> int:
+        bonded = sum(int(v) for _, v in state.iter_prefix(BOND_PREFIX))
+        return bonded + sum(int(v) for _, v in state.iter_prefix(UNBONDING_OF_PREFIX))
+
+    def require_stake(self, state: ReadableState, address: str, modes: Iterable[str]) -> None:
+        modes = tuple(modes)
+        need = self.params(state).min_stake(modes)
+        have = self.bonded(state, address)
+        if have < need:
+            raise InsufficientStake(
+                f"{address} has {have} bonded; serving {sorted(modes)} needs at least {need}: bond more (staking/bond)"
+            )
+
+    # --- slashing -------------------------------------------------------------------------------
+
+    def slash(self, state: CachedState, address: str, bps: int) -> int:
+        """Take `bps` of the account's stake (bond first, then unbonding, latest release first);
+        the tokens stay in STAKING_ACCOUNT for `pay_out` / `burn`. Returns the amount taken."""
+        amount = self.stake(state, address) * bps // BPS
+        left = amount
+        bonded = self.bonded(state, address)
+        take = min(bonded, left)
+        self._set_bonded(state, address, bonded - take)
+        left -= take
+        for release, held in reversed(self.unbonding(state, address)):
+            if not left:
+                break
+            take = min(held, left)
+            self._drop_unbonding(state, address, release)
+            if held - take:
+                self._add_unbonding(state, address, release, held - take)
+            left -= take
+        return amount - left
+
+    def pay_out(self, state: CachedState, recipient: str, amount: int) -> None:
+        if amount:
+            self.bank.send(state, STAKING_ACCOUNT, recipient, amount)
+
+    def burn(self, state: CachedState, amount: int) -> None:
+        if amount:
+            self.bank.burn(state, STAKING_ACCOUNT, amount)
+
+    # --- validators -----------------------------------------------------------------------------
+
+    def set_validator(self, state: CachedState, consensus_address: bytes, record: dict[str, Any]) -> None:
+        state.set(VALIDATOR_PREFIX + consensus_address, canonical_json(record))
+
+    def validator(self, state: ReadableState, consensus_address: bytes) -> dict[str, Any] | None:
+        raw = state.get(VALIDATOR_PREFIX + consensus_address)
+        return dict(json.loads(raw)) if raw else None
+
+    def validators(self, state: ReadableState) -> list[dict[str, Any]]:
+        return [
+            {"address": k[len(VALIDATOR_PREFIX) :].hex(), **json.loads(v)}
+            for k, v in state.iter_prefix(VALIDATOR_PREFIX)
+        ]

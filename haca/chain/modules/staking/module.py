@@ -1,0 +1,138 @@
+"""The staking module: MsgBond / MsgUnbond, the unbonding queue (paid at its height, later while a
+claim is pending), validators' bonds from genesis, and CometBFT's duplicate-vote evidence: the
+validator is slashed and leaves the set (a validator update with power 0)."""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+from collections.abc import Mapping
+from typing import TYPE_CHECKING, Any
+
+from haca.chain.errors import InvalidQuery
+from haca.chain.events import Event
+from haca.chain.module import BlockContext, BlockResult, Invariant, Module, Query, ValidatorUpdate
+from haca.chain.modules.staking.keeper import (
+    BOND_PREFIX,
+    PARAMS_KEY,
+    STAKING_ACCOUNT,
+    UNBONDING_OF_PREFIX,
+    VALIDATOR_PREFIX,
+    StakingKeeper,
+    StakingParams,
+)
+from haca.chain.params import parse_params
+from haca.chain.state import CachedState, ReadableState
+from haca.chain.tx import Handler, TxContext
+from haca.crypto.keys import normalize_address
+from haca.types.staking import MsgBond, MsgUnbond
+
+if TYPE_CHECKING:
+    from haca.chain.genesis import AppGenesis
+
+DUPLICATE_VOTE = 1  # tendermint.abci.MisbehaviorType.DUPLICATE_VOTE
+
+
+def consensus_address(pub_key: bytes) -> bytes:
+    """CometBFT's validator address: the first 20 bytes of sha256 of the ed25519 public key."""
+    return hashlib.sha256(pub_key).digest()[:20]
+
+
+class StakingModule(Module):
+    name = "staking"
+
+    def __init__(self, keeper: StakingKeeper) -> None:
+        self.keeper = keeper
+
+    def handlers(self) -> Mapping[type, Handler]:
+        return {MsgBond: self._bond, MsgUnbond: self._unbond}
+
+    def _bond(self, ctx: TxContext, msg: MsgBond) -> list[Event]:
+        self.keeper.bond(ctx.state, ctx.signer, msg.amount)
+        bonded = self.keeper.bonded(ctx.state, ctx.signer)
+        return [Event("bond", {"signer": ctx.signer, "amount": str(msg.amount), "bonded": str(bonded)})]
+
+    def _unbond(self, ctx: TxContext, msg: MsgUnbond) -> list[Event]:
+        release = self.keeper.unbond(ctx.state, ctx.signer, msg.amount, ctx.height)
+        attrs = {"signer": ctx.signer, "amount": str(msg.amount), "release_height": str(release)}
+        return [Event("unbond", attrs)]
+
+    def queries(self) -> Mapping[str, Query]:
+        return {
+            "/staking/params": lambda s, d: (self.keeper.params(s).to_json(), [PARAMS_KEY]),
+            "/staking/stake": self._query_stake,
+            "/staking/validators": lambda s, d: ({"validators": self.keeper.validators(s)}, []),
+        }
+
+    def _query_stake(self, state: ReadableState, data: bytes) -> tuple[dict[str, Any], list[bytes]]:
+        try:
+            address = normalize_address(data.decode())
+        except (ValueError, UnicodeDecodeError) as exc:
+            raise InvalidQuery(f"/staking/stake takes an address: {exc}") from exc
+        unbonding = self.keeper.unbonding(state, address)
+        answer = {
+            "address": address,
+            "bonded": str(self.keeper.bonded(state, address)),
+            "unbonding": [{"release_height": h, "amount": str(a)} for h, a in unbonding],
+        }
+        keys = [BOND_PREFIX + bytes.fromhex(address[2:])]
+        keys += [UNBONDING_OF_PREFIX + bytes.fromhex(address[2:]) + h.to_bytes(8, "big") for h, _ in unbonding]
+        return answer, keys
+
+    def init_genesis(self, state: CachedState, genesis: AppGenesis) -> None:
+        self.keeper.set_params(state, genesis.staking)
+        for address, amount in genesis.bonds:
+            self.keeper.bond_genesis(state, address, amount)
+        for pub_key, operator in genesis.validators:
+            record = {"pub_key": pub_key, "operator": operator, "jailed": False}
+            self.keeper.set_validator(state, consensus_address(base64.b64decode(pub_key)), record)
+
+    def export_genesis(self, state: ReadableState) -> dict[str, Any]:
+        return {"params": self.keeper.params(state).to_json(), "validators": self.keeper.validators(state)}
+
+    def update_params(self, state: CachedState, changes: dict[str, Any]) -> dict[str, int]:
+        params = parse_params(StakingParams, changes, self.keeper.params(state))
+        self.keeper.set_params(state, params)
+        return params.to_json()
+
+    def begin_block(self, ctx: BlockContext) -> BlockResult:
+        result = BlockResult()
+        for address, amount, postponed in self.keeper.release_unbonding(ctx.state, ctx.height):
+            if postponed:
+                attrs = {"address": address, "amount": str(amount), "release_height": str(postponed)}
+                result.events.append(Event("unbonding_postponed", attrs))
+            else:
+                result.events.append(Event("unbonding_paid", {"address": address, "amount": str(amount)}))
+        for evidence in ctx.misbehavior:
+            if evidence.type == DUPLICATE_VOTE:
+                self._double_sign(ctx, evidence.validator_address, evidence.height, result)
+        return result
+
+    def _double_sign(self, ctx: BlockContext, address: bytes, height: int, result: BlockResult) -> None:
+        """Slash the validator's operator (burned) and remove it from the set, once."""
+        record = self.keeper.validator(ctx.state, address)
+        if record is None or record["jailed"]:
+            return  # unknown to the app, or already removed for an earlier vote
+        bps = self.keeper.params(ctx.state).double_sign_slash_bps
+        slashed = self.keeper.slash(ctx.state, record["operator"], bps)
+        self.keeper.burn(ctx.state, slashed)
+        self.keeper.set_validator(ctx.state, address, {**record, "jailed": True})
+        result.validator_updates.append(ValidatorUpdate("ed25519", base64.b64decode(record["pub_key"]), 0))
+        attrs = {
+            "validator": address.hex(),
+            "operator": record["operator"],
+            "height": str(height),
+            "slashed": str(slashed),
+            "reason": "duplicate_vote",
+        }
+        result.events.append(Event("slash", attrs))
+
+    def invariants(self) -> Mapping[str, Invariant]:
+        def stake_matches_module_account(state: ReadableState) -> str | None:
+            held, owed = self.keeper.bank.balance(state, STAKING_ACCOUNT), self.keeper.total(state)
+            return None if held == owed else f"staking account holds {held}, bonds and unbonding sum to {owed}"
+
+        return {"stake_matches_module_account": stake_matches_module_account}
+
+
+__all__ = ["VALIDATOR_PREFIX", "StakingModule", "consensus_address"]
