@@ -28,6 +28,7 @@ from haca.node.receipts import ReceiptStore
 from haca.node.x402v2 import decode_payment_signature
 from haca.node.x402v2 import payment_response_header as payment_response_header_v2
 from haca.types import fields
+from haca.types.modes import Mode
 from haca.types.payment import (
     AUTHORIZATION_FIELDS,
     PaymentAuthorization,
@@ -130,6 +131,7 @@ class PaymentGate:
         store: ReceiptStore,
         settle_margin: int = 5,
         authorization_blocks: int = 100,
+        proving_blocks: int = 1000,
     ) -> None:
         self.node, self.chain_id, self.denom = node, chain_id, denom
         self.chain, self.store = chain, store
@@ -139,6 +141,8 @@ class PaymentGate:
         self._signers: OrderedDict[bytes, str] = OrderedDict()  # API key -> its signer (recovery is the cost)
         self.settle_margin = settle_margin  # blocks the settler needs before an authorisation expires
         self.authorization_blocks = authorization_blocks
+        # zkml answers settle only once proved: their authorisations must outlast a slow prove
+        self.proving_blocks = proving_blocks
 
     # --- 402 ------------------------------------------------------------------------------------
 
@@ -175,7 +179,8 @@ class PaymentGate:
                 "terms_height": quote.height,
                 "height": height,
                 "min_expiry": height + self.settle_margin,
-                "suggested_expiry": height + self.authorization_blocks,
+                "suggested_expiry": height
+                + (self.proving_blocks if quote.mode == Mode.ZKML else self.authorization_blocks),
                 "eip712": {"primaryType": "PaymentAuthorization", "fields": AUTHORIZATION_FIELDS},
                 "api_key": "or send 'Authorization: Bearer haca_…' from `haca allowance create`",
             },

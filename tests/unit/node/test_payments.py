@@ -138,7 +138,9 @@ def assert_x402(requirements: dict[str, Any], error: str, quotes: list[Quote]) -
             quote.max_rows,
         )
         assert (extra["terms_height"], extra["height"]) == (quote.height, HEIGHT)
-        assert extra["min_expiry"] == HEIGHT + MARGIN and extra["suggested_expiry"] == HEIGHT + 100
+        # a zkml answer settles only once proved: its authorisation is suggested to last longer
+        lasts = 1000 if quote.mode == "zkml" else 100
+        assert extra["min_expiry"] == HEIGHT + MARGIN and extra["suggested_expiry"] == HEIGHT + lasts
         offer = PaymentOffer.from_402(requirements, quote.model_name, quote.mode)  # what a client needs is there
         assert offer == PaymentOffer(
             CHAIN_ID,
@@ -149,7 +151,7 @@ def assert_x402(requirements: dict[str, Any], error: str, quotes: list[Quote]) -
             quote.model_id,
             quote.model_name,
             quote.mode,
-            HEIGHT + 100,
+            HEIGHT + lasts,
             quote.height,
         )
 
