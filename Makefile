@@ -51,6 +51,7 @@ bench: setup
 	@$(PY) bench/node_overhead.py
 	@$(PY) bench/tee.py
 	@$(PY) bench/zk.py
+	@$(PY) bench/llm.py
 
 fuzz: setup
 	@set -e; for target in fuzz/fuzz_*.py; do echo "== $$target"; \
