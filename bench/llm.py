@@ -11,17 +11,20 @@ requests (max_tokens 128, temperature 0, a fixed seed, distinct prompts that do 
 
 TTFT: from sending the request to the first chunk with content. tokens/s: (completion tokens - 1) / (end -
 first content), end being the last chunk (the node's carries usage and the receipt); end to end:
-completion tokens / (end - start). Every round, for vanilla and then for tee, runs --requests prompts each
-bare and then through the node (never at once: the node shares the cores with this process; both llama
-instances see the same prompts in the same order, so their prompt caches match; after each node request,
-untimed, the bench waits until the node has settled its receipt on chain, so that work does not land on
-the next request), and takes the medians
-over the requests of each pair's node / bare tokens/s and node - bare TTFT: tokens_per_s_ratio and
-ttft_added_ms, reported as min/median/max over rounds. A target is met when the median meets it. The same
-with --short-requests pairs of max_tokens 2 gives a second, less noisy TTFT difference; a paid request for
-an unknown model (refused before any generation) gives the node's floor (HTTP, API key, body), back to
-back and after 1.5 s idle (past the node's 1 s chain-view cache).
-CPU seconds per request: this process running bare, the node process and this process as its client.
+completion tokens / (end - start).
+
+Every round, for vanilla and then for tee, sends --requests prompts each bare and then through the node,
+never at once (the node shares the cores with this process). Both llama instances see the same prompts in
+the same order, so their prompt caches match. After each node request, untimed, the bench waits until the
+node has settled its receipt on chain, so that work does not land on the next request (a node request so
+comes seconds after the last: the node's 1 s chain-view cache has expired). Per round, the medians over
+the requests of each pair's node / bare tokens/s and node - bare TTFT: tokens_per_s_ratio and
+ttft_added_ms, reported as min/median/max over rounds. A target is met when the median meets it.
+
+Also: --short-requests pairs of max_tokens 2 back to back, without the wait (the node's cache mostly
+warm), for the TTFT difference without most chain queries; a paid request for an unknown model, refused
+before any generation, for the node's floor (HTTP, API key, body), back to back and after 1.5 s idle;
+CPU seconds per request: this process running bare, the node process, this process as its client.
 
 Concurrency 4: 4 streaming clients each sending --per-client requests back to back through the node (one
 slot: they queue), aggregate completion tokens/s and p50 latency, against the same requests run one after
@@ -293,7 +296,7 @@ def bench(home: Path, args: argparse.Namespace) -> dict[str, Any]:
                     side("bare", args.max_tokens), side(mode, args.max_tokens), n, node_pid, settle
                 )
                 finishes += ends
-                short, _ = paired(side("bare", 2), side(mode, 2), args.short_requests, node_pid, settle)
+                short, _ = paired(side("bare", 2), side(mode, 2), args.short_requests, node_pid, lambda: 0.0)
                 row[mode]["short_ttft_added_ms"] = short["ttft_added_ms"]
                 row[mode]["short_ttft_ms"] = {"bare": short["bare"]["ttft_ms"], "node": short["node"]["ttft_ms"]}
             bare_seq = concurrent(side("bare", args.max_tokens), 1, c * args.per_client)
