@@ -97,11 +97,6 @@ def current_quotes(ctx: NodeContext) -> dict[tuple[str, str], Quote]:
                 max(ctx.price, int(manifest.get("completion_price", 0))) if manifest["price_unit"] == "token" else 0,
             )
     ctx.quotes = (height, quotes)
-    ctx.split_quotes = (
-        height,
-        {k: q for k, q in quotes.items() if q.price_unit != "token"},
-        {k: q for k, q in quotes.items() if q.price_unit == "token"},
-    )
     return quotes
 
 
@@ -109,9 +104,10 @@ def route_quotes(ctx: NodeContext, llm: bool) -> dict[tuple[str, str], Quote]:
     """The quotes one route serves: the tensor models' for /v1/infer, the LLMs' (priced per
     token) for the OpenAI routes; each route's 402 lists and accepts only those."""
     quotes = current_quotes(ctx)
-    if ctx.split_quotes is None or ctx.quotes is None or ctx.split_quotes[0] != ctx.quotes[0]:
+    height = ctx.quotes[0] if ctx.quotes else 0
+    if ctx.split_quotes is None or ctx.split_quotes[0] != height:  # split once per block, as the quotes are
         ctx.split_quotes = (
-            ctx.quotes[0] if ctx.quotes else 0,
+            height,
             {k: q for k, q in quotes.items() if q.price_unit != "token"},
             {k: q for k, q in quotes.items() if q.price_unit == "token"},
         )
