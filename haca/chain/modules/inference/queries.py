@@ -1,5 +1,6 @@
 """inference queries: /inference/escrow (data "client" for every lane, or "client/node" for one),
-/inference/receipt (receipt id), /inference/allowance (allowance JSON), /inference/params."""
+/inference/receipt (receipt id), /inference/request ("client/request id"), /inference/batch (batch id),
+/inference/allowance (allowance JSON), /inference/params, /inference/claim (receipt id)."""
 
 from __future__ import annotations
 
@@ -8,6 +9,7 @@ from typing import Any
 
 from haca.chain.errors import InvalidQuery, NotFound
 from haca.chain.modules.inference.keeper import (
+    BATCH_PREFIX,
     CLAIM_PREFIX,
     ESCROW_PREFIX,
     LANE_WITHDRAWAL_PREFIX,
@@ -16,6 +18,7 @@ from haca.chain.modules.inference.keeper import (
     SPENT_PREFIX,
     InferenceKeeper,
     lane_key,
+    settled_key,
 )
 from haca.chain.query_args import address_arg
 from haca.chain.state import ReadableState
@@ -100,3 +103,34 @@ def query_claim(keeper: InferenceKeeper, state: ReadableState, data: bytes) -> A
     if claim is None:
         raise NotFound(f"receipt {receipt_id} has no pending claim")
     return {"receipt_id": receipt_id, **claim}, [CLAIM_PREFIX + bytes.fromhex(receipt_id[2:])]
+
+
+def query_request(keeper: InferenceKeeper, state: ReadableState, data: bytes) -> Answer:
+    """How a client's request settled (data "client/request id"): alone, its receipt's record; in
+    a batch, {receipt_id, batch, index, status, height} (the batch's root is /inference/batch)."""
+    client_part, _, request_part = data.partition(b"/")
+    client = address_arg(client_part)
+    try:
+        request_id = fields.bytes32(request_part.decode(), "request id")
+    except (UnicodeDecodeError, ValueError) as exc:
+        raise InvalidQuery(str(exc)) from exc
+    mark = keeper.settled_request(state, client, request_id)
+    if mark is None:
+        raise NotFound(f"request {request_id} of {client} has not been settled")
+    keys = [settled_key(client, request_id)]
+    if "batch" in mark:
+        return mark, keys
+    record = keeper.receipt(state, mark["receipt_id"])
+    return record or mark, [*keys, RECEIPT_PREFIX + bytes.fromhex(mark["receipt_id"][2:])]
+
+
+def query_batch(keeper: InferenceKeeper, state: ReadableState, data: bytes) -> Answer:
+    """A settled batch's record: root, count, signer, what settled and what was rejected (index, code, reason)."""
+    try:
+        batch_id = fields.bytes32(data.decode(), "batch id")
+    except (UnicodeDecodeError, ValueError) as exc:
+        raise InvalidQuery(str(exc)) from exc
+    record = keeper.batch(state, batch_id)
+    if record is None:
+        raise NotFound(f"batch {batch_id} has not been settled")
+    return record, [BATCH_PREFIX + bytes.fromhex(batch_id[2:])]

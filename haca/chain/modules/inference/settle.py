@@ -38,8 +38,7 @@ from haca.proofs.verifier import CircuitArtefacts, EnclaveLapsed, MeasurementRev
 from haca.proofs.zk.srs import srs_file
 from haca.types.inference import SettlementItem
 from haca.types.modes import Mode
-from haca.types.payment import PaymentAuthorization, SpendingAllowance
-from haca.types.receipt import Receipt
+from haca.types.payment import PaymentAuthorization, SignedPayment, SpendingAllowance
 from haca.types.registry import token_fee
 
 
@@ -78,7 +77,7 @@ def settle_item(
         raise EnclaveNotInGoodStanding(str(exc)) from exc
     except EvidenceError as exc:
         raise InvalidEvidence(str(exc)) from exc
-    _check_fee(receipt, manifest)
+    check_fee(manifest, receipt.fee, receipt.prompt_tokens, receipt.completion_tokens, receipt.height_hint)
     _check_payment(ctx, keeper, item)
     if (previous := keeper.settled_receipt(ctx.state, receipt.client, receipt.request_id)) is not None:
         raise AlreadySettled(f"request {receipt.request_id} of {receipt.client} was settled by receipt {previous}")
@@ -114,27 +113,22 @@ def settle_item(
     return [settled] if resolved is None else [resolved, settled]
 
 
-def _check_fee(receipt: Receipt, manifest: dict[str, Any]) -> None:
+def check_fee(manifest: dict[str, Any], fee: int, prompt_tokens: int, completion_tokens: int, height: int) -> None:
     """The fee is at least the model's price in effect at the receipt's height: per request (or
     row: one at least), or, for an LLM, per token for the tokens the receipt says it used."""
-    tokens = receipt.prompt_tokens + receipt.completion_tokens
+    tokens = prompt_tokens + completion_tokens
     if manifest["price_unit"] == "token":
         if tokens > int(manifest["max_rows"]):
             raise InvalidPayment(f"receipt counts {tokens} tokens; the model allows {manifest['max_rows']} a request")
-        floor = token_fee(
-            int(manifest["price"]),
-            int(manifest.get("completion_price", 0)),
-            receipt.prompt_tokens,
-            receipt.completion_tokens,
-        )
-        what = f" of {receipt.prompt_tokens} prompt + {receipt.completion_tokens} completion tokens"
+        prices = int(manifest["price"]), int(manifest.get("completion_price", 0))
+        floor = token_fee(*prices, prompt_tokens, completion_tokens)
+        what = f" of {prompt_tokens} prompt + {completion_tokens} completion tokens"
     else:
         if tokens:
             raise InvalidPayment(f"receipt counts tokens; model {manifest['name']!r} is not priced per token")
         floor, what = int(manifest["price"]), ""
-    if receipt.fee < floor:
-        height = receipt.height_hint
-        raise InvalidPayment(f"fee {receipt.fee} is below the price {floor}{what} in effect at height {height}")
+    if fee < floor:
+        raise InvalidPayment(f"fee {fee} is below the price {floor}{what} in effect at height {height}")
 
 
 def _circuit(
@@ -150,21 +144,30 @@ def _circuit(
     return CircuitArtefacts(settings, vk, ref["settings_hash"], ref["vk_hash"], srs)
 
 
-def _check_payment(ctx: TxContext, keeper: InferenceKeeper, item: SettlementItem) -> None:
-    receipt, payment = item.receipt.receipt, item.payment
+def check_authorisation(ctx: TxContext, payment: SignedPayment, node: str) -> PaymentAuthorization | SpendingAllowance:
+    """What holds for either kind of payment: its client signed it, for this node and chain, and
+    it has not expired at this height."""
     try:
         client = payment.signer()
     except SignatureError as exc:
         raise InvalidPayment(f"payment signature: {exc}") from exc
     auth = payment.value
-    if client != auth.client or auth.client != receipt.client:
-        raise InvalidPayment(f"payment is signed by {client}, not by the receipt's client {receipt.client}")
-    if auth.node != receipt.node:
-        raise InvalidPayment(f"payment authorises node {auth.node}, not {receipt.node}")
+    if client != auth.client:
+        raise InvalidPayment(f"payment is signed by {client}, not by its client {auth.client}")
+    if auth.node != node:
+        raise InvalidPayment(f"payment authorises node {auth.node}, not {node}")
     if auth.chain_id != ctx.chain_id:
         raise InvalidPayment(f"payment is for chain {auth.chain_id!r}")
     if ctx.height > auth.expiry:
         raise AuthorizationExpired(f"payment expired at height {auth.expiry}; this is height {ctx.height}")
+    return auth
+
+
+def _check_payment(ctx: TxContext, keeper: InferenceKeeper, item: SettlementItem) -> None:
+    receipt, payment = item.receipt.receipt, item.payment
+    if payment.value.client != receipt.client:
+        raise InvalidPayment(f"payment is from {payment.value.client}, not from the receipt's client {receipt.client}")
+    auth = check_authorisation(ctx, payment, receipt.node)
     if isinstance(auth, PaymentAuthorization):
         if (auth.request_id, auth.model_id, auth.mode) != (receipt.request_id, receipt.model_id, receipt.mode):
             raise InvalidPayment("payment authorises another request, model or mode than the receipt's")
