@@ -22,6 +22,7 @@ import orjson
 
 from haca.attester.server import HEADER_SIZE, MAX_FRAME, encode_frame
 from haca.proofs.tee.attestation import Attestation
+from haca.types.batch import MsgSettleBatch
 from haca.types.receipt import Receipt
 
 SIGNATURE_SIZE = 65
@@ -57,6 +58,10 @@ def _attest_request(chain_id: str, nonce: bytes) -> dict[str, Any]:
 
 def _sign_request(receipt: Receipt) -> dict[str, Any]:
     return {"op": "sign_receipt", "receipt": receipt.to_json()}
+
+
+def _sign_batch_request(chain_id: str, node: str, batch: MsgSettleBatch) -> dict[str, Any]:
+    return {"op": "sign_batch", "chain_id": chain_id, "node": node, "batch": batch.to_json()}
 
 
 def _answer(body: bytes) -> dict[str, Any]:
@@ -121,6 +126,10 @@ class AttesterClient:
 
     def sign_receipt(self, receipt: Receipt) -> bytes:
         return _signature(self._call(_sign_request(receipt)))
+
+    def sign_batch(self, chain_id: str, node: str, batch: MsgSettleBatch) -> bytes:
+        """The enclave's signature over `batch`'s root (its ReceiptBatch digest)."""
+        return _signature(self._call(_sign_batch_request(chain_id, node, batch)))
 
     def close(self) -> None:
         with self._lock:

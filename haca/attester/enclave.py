@@ -19,6 +19,7 @@ from haca.crypto.keys import PrivateKey
 from haca.proofs.tee.attestation import Attestation
 from haca.proofs.tee.binding import key_binding
 from haca.proofs.tee.dev import PLATFORM_CERT_FILE, PLATFORM_KEY_FILE, dev_measurement, make_dev_evidence
+from haca.types.batch import MsgSettleBatch
 from haca.types.modes import Mode
 from haca.types.receipt import Receipt
 
@@ -73,4 +74,16 @@ class DevEnclave:
             raise ValueError(f"the enclave has not attested for chain {receipt.chain_id!r}; call attest first")
         # The same bytes as receipt.sign(self._key) (RFC 6979 nonces), without rebuilding the key object.
         signature = self._signer.sign_recoverable(receipt.digest, hasher=None)
+        return signature[:64] + bytes([signature[64] + 27])
+
+    def sign_batch(self, chain_id: str, node: str, batch: MsgSettleBatch) -> bytes:
+        """Sign the root of a batch of tee receipts (ReceiptBatch): the enclave hashes every receipt
+        itself, so its one signature covers exactly the receipts listed. The same rule as for one
+        receipt: tee only, and only for a chain this enclave made evidence for."""
+        if batch.mode != Mode.TEE:
+            raise ValueError(f"the enclave signs only tee batches, not {batch.mode!r} ones")
+        if chain_id not in self.attested_chains:
+            raise ValueError(f"the enclave has not attested for chain {chain_id!r}; call attest first")
+        header = batch.header(chain_id, node)
+        signature = self._signer.sign_recoverable(header.digest, hasher=None)
         return signature[:64] + bytes([signature[64] + 27])

@@ -9,6 +9,8 @@ one object. A connection carries any number of request/response pairs, answered 
 - ``{"op": "sign_receipt", "receipt": Receipt.to_json()}`` → ``{"signature": "0x…"}``
 - ``{"op": "sign_receipts", "receipts": [Receipt.to_json(), …]}`` (1 to 256) → ``{"signatures": ["0x…" or
   null, …], "errors": [null or reason, …]}``
+- ``{"op": "sign_batch", "chain_id": str, "node": "0x…", "batch": MsgSettleBatch.to_json()}`` → ``{"signature":
+  "0x…"}``: the enclave's signature over the batch's ReceiptBatch (root of the receipts it lists)
 
 A request that fails is answered ``{"error": reason}`` and the connection stays usable; a frame
 longer than `MAX_FRAME` is answered with an error and the connection closed (its end cannot be
@@ -35,6 +37,8 @@ import structlog
 from haca.attester.enclave import DevEnclave
 from haca.proofs.tee.binding import key_binding
 from haca.proofs.tee.dev import DEV_LABEL
+from haca.types import fields
+from haca.types.batch import MsgSettleBatch
 from haca.types.receipt import Receipt
 
 MAX_FRAME = 1 << 20  # 1 MiB, either direction
@@ -68,6 +72,7 @@ class RequestHandler:
             "attest": self._attest,
             "sign_receipt": self._sign_receipt,
             "sign_receipts": self._sign_receipts,
+            "sign_batch": self._sign_batch,
         }
 
     def handle(self, body: bytes | bytearray | memoryview) -> dict[str, Any]:
@@ -119,6 +124,14 @@ class RequestHandler:
     def _sign_receipt(self, request: dict[str, Any]) -> dict[str, Any]:
         receipt = Receipt.from_json(request.get("receipt"))
         return {"signature": "0x" + self.enclave.sign_receipt(receipt).hex()}
+
+    def _sign_batch(self, request: dict[str, Any]) -> dict[str, Any]:
+        chain_id, node = request.get("chain_id"), request.get("node")
+        if not isinstance(chain_id, str) or not isinstance(node, str):
+            raise ValueError("sign_batch needs chain_id and node")
+        batch = MsgSettleBatch.from_json(request.get("batch"))  # type: ignore[arg-type]
+        signature = self.enclave.sign_batch(chain_id, fields.address(node, "node"), batch)
+        return {"signature": "0x" + signature.hex()}
 
     def _sign_receipts(self, request: dict[str, Any]) -> dict[str, Any]:
         """Many receipts in one frame (a busy node coalesces them): one wake-up of this process

@@ -91,9 +91,17 @@ class ChainView:
         return count * int(params["settlement_fee"]) + fees * int(params["settlement_fee_bps"]) // 10_000
 
     def receipt_record(self, receipt_id: str) -> dict[str, Any] | None:
-        """The chain's settlement record of a receipt (uncached), or None."""
+        """The chain's settlement record of a receipt settled alone (uncached), or None."""
         try:
             return self.chain.query("/inference/receipt", receipt_id.encode())
+        except QueryFailed:
+            return None
+
+    def request_record(self, client: str, request_id: str) -> dict[str, Any] | None:
+        """How the chain settled a client's request (uncached), or None: receipt_id, status and
+        height, alone or in a batch (then also batch and index)."""
+        try:
+            return self.chain.query("/inference/request", f"{client}/{request_id}".encode())
         except QueryFailed:
             return None
 

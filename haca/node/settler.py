@@ -1,11 +1,21 @@
-"""Settler: drains the durable receipt queue into MsgSettle txs, in batches (flushed by count
-or time), and records each receipt's fate. Survives restarts: a receipt already settled on
-chain (e.g. the node died after the tx committed) is recognised and marked, never re-paid."""
+"""Settler: drains the durable receipt queue into settlement txs and records each receipt's fate.
+Survives restarts: a receipt already settled on chain (e.g. the node died after the tx committed)
+is recognised and marked, never re-paid.
+
+Two ways to the chain. Allowance-paid vanilla and tee receipts go in MsgSettleBatch (with a
+`FlushPolicy`): thousands per tx under one root signature (the node's key, or the enclave's), flushed
+when `max_receipts` wait, when none arrived for `idle` seconds, or when the oldest has waited
+`max_age`. Everything else (per-request payments, zkml proofs), and any receipt a batch could not
+settle, goes in MsgSettle (up to 64 per tx, each with its own signatures), whose refusals name the
+receipt: that path gives a receipt its final verdict."""
 
 from __future__ import annotations
 
 import re
 import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Any
 
 import structlog
@@ -16,9 +26,11 @@ from haca.crypto.keys import PrivateKey
 from haca.node.chainview import ChainView
 from haca.node.receipts import ReceiptStore, StoredReceipt
 from haca.types import codes
+from haca.types.batch import BATCH_MODES, MAX_BATCH_ITEMS, MsgSettleBatch, assemble_batch
 from haca.types.inference import MsgSettle
-from haca.types.modes import Status
+from haca.types.modes import Mode, Status
 from haca.types.payment import SpendingAllowance
+from haca.types.receipt import NO_INSTANCES
 
 log = structlog.get_logger("haca.settler")
 
@@ -40,6 +52,39 @@ RECEIPT_REFUSALS = frozenset(
 )
 
 
+@dataclass(frozen=True)
+class FlushPolicy:
+    """When the batchable receipts waiting at the node go to the chain as MsgSettleBatch."""
+
+    max_receipts: int = 1000  # a full batch goes at once
+    idle: float = 0.5  # seconds without a new receipt: traffic paused, settle what waits
+    max_age: float = 5.0  # seconds the oldest waiting receipt may wait under steady traffic
+
+    def __post_init__(self) -> None:
+        if not 1 <= self.max_receipts <= MAX_BATCH_ITEMS:
+            raise ValueError(f"max_receipts must be 1 to {MAX_BATCH_ITEMS}")
+        if self.idle <= 0 or self.max_age <= 0:
+            raise ValueError("idle and max_age must be positive")
+
+    def due(self, waiting: int, now: float, last_queued: float, first_queued: float) -> bool:
+        return waiting >= self.max_receipts or now - last_queued >= self.idle or now - first_queued >= self.max_age
+
+
+RootSigner = Callable[[MsgSettleBatch], bytes]  # the batch root's signature: node key (vanilla), enclave (tee)
+
+
+def batchable(stored: StoredReceipt) -> bool:
+    """Whether a receipt can settle in a MsgSettleBatch: allowance-paid, vanilla or tee, no evidence."""
+    item = stored.item
+    receipt = item.receipt.receipt
+    return (
+        item.payment.kind == "allowance"
+        and receipt.mode in BATCH_MODES
+        and not item.evidence
+        and receipt.instances_hash == NO_INSTANCES
+    )
+
+
 class Settler:
     def __init__(
         self,
@@ -51,9 +96,17 @@ class Settler:
         flush_interval: float = 1.0,
         max_inflight: int = 4,
         resubmit_after: int = 5,
+        flush: FlushPolicy | None = None,
+        sign_root: RootSigner | None = None,
     ) -> None:
         self.store, self.chain, self.view, self.key = store, chain, view, key
         self.batch_size, self.flush_interval, self.max_inflight = batch_size, flush_interval, max_inflight
+        # Batching needs both: when to flush, and who signs the root.
+        self.flush: FlushPolicy | None = flush if sign_root is not None else None
+        self.sign_root: RootSigner | None = sign_root if flush is not None else None
+        self._last_queued = self._first_queued = time.monotonic()
+        self._waiting_since: float | None = None  # when the oldest batchable receipt not yet sent arrived
+        self._single_only: set[str] = set()  # receipts a batch could not settle: MsgSettle decides them
         # A sent tx may still be in a mempool: its receipts are re-sent only after this many passes
         # without a chain record (passes are `flush_interval` apart while nothing else changes).
         self.resubmit_after = resubmit_after
@@ -75,7 +128,11 @@ class Settler:
 
     def notify(self) -> None:
         """A receipt was queued; flush early once a batch is full."""
-        if self.store.unsettled_count() >= self.batch_size:
+        self._last_queued = time.monotonic()
+        if self._waiting_since is None:
+            self._waiting_since = self._last_queued
+        full = self.flush.max_receipts if self.flush is not None else self.batch_size
+        if self.store.unsettled_count() >= full:
             self._wake.set()
 
     def wake(self) -> None:
@@ -84,7 +141,8 @@ class Settler:
 
     def _loop(self) -> None:
         while not self._stop.is_set():
-            self._wake.wait(self.flush_interval)
+            wait = self.flush_interval if self.flush is None else min(self.flush_interval, self.flush.idle)
+            self._wake.wait(wait)
             self._wake.clear()
             try:
                 while not self._stop.is_set():
@@ -97,13 +155,99 @@ class Settler:
     def run_once(self) -> int:
         """Settle up to `max_inflight` batches (consecutive nonces, one block); return how many
         receipts changed state (settled, rejected, or sent back to pending), 0 when idle."""
-        batch = self.store.unsettled(self.batch_size * self.max_inflight)
+        limit = self.batch_size * self.max_inflight
+        if self.flush is not None:
+            limit = max(limit, self.flush.max_receipts * self.max_inflight)
+        batch = self.store.unsettled(limit)
         if not batch:
+            self._waiting_since = None
             return 0
         done = self._reconcile([r for r in batch if r.status == Status.SUBMITTED])
         pending = [r for r in batch if r.status == Status.PENDING]
+        if self.flush is not None:
+            batched = [r for r in pending if batchable(r) and r.item.receipt.id not in self._single_only]
+            pending = [r for r in pending if not batchable(r) or r.item.receipt.id in self._single_only]
+            if batched and self._batch_due(len(batched)):
+                done += self._settle_batches(batched)
         chunks = settlement_chunks(pending, self.batch_size)
         return done + (self._submit_pipelined(chunks) if chunks else 0)
+
+    def _batch_due(self, waiting: int) -> bool:
+        assert self.flush is not None
+        now = time.monotonic()
+        first = self._waiting_since if self._waiting_since is not None else now
+        return self.flush.due(waiting, now, self._last_queued, first)
+
+    # --- MsgSettleBatch ---------------------------------------------------------------------------
+
+    def _settle_batches(self, receipts: list[StoredReceipt]) -> int:
+        """Send the waiting receipts as batches (per mode, consecutive nonces), then record each
+        outcome. A batch refused whole sends its receipts the MsgSettle way."""
+        assert self.flush is not None and self.sign_root is not None
+        self._waiting_since = None
+        by_mode: dict[str, list[StoredReceipt]] = {}
+        for stored in receipts:
+            by_mode.setdefault(stored.item.receipt.receipt.mode, []).append(stored)
+        nonce = self.chain.nonce(self.key.address)
+        sent: list[tuple[list[StoredReceipt], MsgSettleBatch, str]] = []
+        done = 0
+        size = self.flush.max_receipts
+        for mode, group in sorted(by_mode.items()):
+            for start in range(0, len(group), size):
+                chunk = group[start : start + size]
+                try:
+                    msg = self._batch_msg(mode, chunk)
+                    tx_hash = self.chain.broadcast(self.chain.sign(self.key, (msg,), nonce=nonce))
+                except (HacaError, ValueError) as exc:  # refused whole (or the enclave would not sign)
+                    log.warning("batch_refused", receipts=len(chunk), mode=mode, reason=str(exc))
+                    done += self._send_single(chunk)
+                    continue
+                self._mark_submitted(chunk, tx_hash)
+                sent.append((chunk, msg, tx_hash))
+                nonce += 1
+        return done + sum(self._await_batch(chunk, msg, tx_hash) for chunk, msg, tx_hash in sent)
+
+    def _batch_msg(self, mode: str, chunk: list[StoredReceipt]) -> MsgSettleBatch:
+        assert self.sign_root is not None
+        entries = [(r.item.receipt.receipt, r.item.payment) for r in chunk]
+        msg, _ = assemble_batch(self.chain.chain_id, self.key.address, mode, entries)
+        return MsgSettleBatch(msg.mode, msg.models, msg.allowances, msg.items, self.sign_root(msg))
+
+    def _send_single(self, chunk: list[StoredReceipt]) -> int:
+        ids = [r.item.receipt.id for r in chunk]
+        self._single_only.update(ids)
+        self.store.mark(ids, Status.PENDING)
+        for rid in ids:
+            self._unseen_passes.pop(rid, None)
+        return len(ids)
+
+    def _await_batch(self, chunk: list[StoredReceipt], msg: MsgSettleBatch, tx_hash: str) -> int:
+        try:
+            outcome = self.chain.wait_tx(tx_hash, timeout=30)
+        except TxRejected as exc:  # refused whole in FinalizeBlock (state changed since CheckTx)
+            log.warning("batch_refused", receipts=len(chunk), reason=exc.log or str(exc))
+            return self._send_single(chunk)
+        except HacaError:
+            return 0  # not committed yet: reconciled on a later pass
+        batch_id = msg.header(self.chain.chain_id, self.key.address).id
+        record = self.chain.query("/inference/batch", batch_id.encode())
+        rejected = {int(r["index"]) for r in record["rejected"]}
+        status = Status.VERIFIED if msg.mode == Mode.TEE else Status.SETTLED
+        settled = [r for i, r in enumerate(chunk) if i not in rejected]
+        self.store.mark([r.item.receipt.id for r in settled], status, height=outcome.height)
+        retry = [r for i, r in enumerate(chunk) if i in rejected and not self._settled_on_chain(r)]
+        if retry:  # each gets its verdict from MsgSettle, which names why the chain refuses it
+            self._send_single(retry)
+        for stored in chunk:
+            self._unseen_passes.pop(stored.item.receipt.id, None)
+            payment = stored.item.payment
+            allowance_id = payment.value.id if isinstance(payment.value, SpendingAllowance) else None
+            self._refresh_view(stored.item.receipt.receipt.client, allowance_id)
+        self.settled_total += len(settled)
+        log.info("settled_batch", batch=batch_id, receipts=len(settled), rejected=len(rejected), height=outcome.height)
+        return len(chunk)
+
+    # --- MsgSettle --------------------------------------------------------------------------------
 
     def _reconcile(self, submitted: list[StoredReceipt]) -> int:
         """Receipts whose tx was sent: settled once the chain has their record; back to pending
@@ -111,7 +255,7 @@ class Settler:
         changed = 0
         for stored in submitted:
             receipt_id = stored.item.receipt.id
-            if self._settled_on_chain(receipt_id):
+            if self._settled_on_chain(stored):
                 changed += 1
                 continue
             # Sent before a restart (unknown here): re-send now; a duplicate is refused harmlessly.
@@ -123,8 +267,11 @@ class Settler:
                 changed += 1
         return changed
 
-    def _settled_on_chain(self, receipt_id: str) -> bool:
-        record = self.view.receipt_record(receipt_id)
+    def _settled_on_chain(self, stored: StoredReceipt) -> bool:
+        """Whether the chain settled this receipt (alone or in a batch): its request's record names it."""
+        receipt = stored.item.receipt
+        record = self.view.request_record(receipt.receipt.client, receipt.receipt.request_id)
+        receipt_id = receipt.id
         if record is None or record["receipt_id"] != receipt_id:
             return False
         self.store.mark([receipt_id], record_status(record), height=int(record["height"]))
@@ -243,7 +390,7 @@ class Settler:
         """The chain refused this receipt. If it settled it before (the node crashed after the
         tx committed; the resend is now refused, for whatever reason), that is what counts."""
         receipt_id = stored.item.receipt.id
-        if self._settled_on_chain(receipt_id):
+        if self._settled_on_chain(stored):
             return 1
         self.store.mark([receipt_id], Status.REJECTED, error=exc.log or str(exc))
         self.rejected_total += 1

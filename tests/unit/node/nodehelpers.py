@@ -118,3 +118,7 @@ class FakeView:
 
     def receipt_record(self, receipt_id: str) -> dict[str, Any] | None:
         return self.records.get(receipt_id)
+
+    def request_record(self, client: str, request_id: str) -> dict[str, Any] | None:
+        found = [r for r in self.records.values() if (r.get("client"), r.get("request_id")) == (client, request_id)]
+        return found[0] if found else None

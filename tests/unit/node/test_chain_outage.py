@@ -11,7 +11,15 @@ import pytest
 from haca.client.errors import ChainUnavailable, QueryFailed, RpcError
 from tests.unit.node.test_api import Node, assert_error, body, make_node, paid_headers
 
-CHAIN_READS = ("height", "available_escrow", "allowance", "settlement_fee", "receipt_record", "manifest_in_effect")
+CHAIN_READS = (
+    "height",
+    "available_escrow",
+    "allowance",
+    "settlement_fee",
+    "receipt_record",
+    "request_record",
+    "manifest_in_effect",
+)
 
 
 def fail_chain_reads(monkeypatch: pytest.MonkeyPatch, node: Node, error: Exception) -> None:

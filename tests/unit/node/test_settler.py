@@ -179,6 +179,10 @@ class RecordView:
         record = self.chain.records.get(receipt_id)
         return dict(record) if record is not None else None
 
+    def request_record(self, client: str, request_id: str) -> dict[str, Any] | None:
+        receipt_id = self.chain.settled_requests.get((client, request_id))
+        return self.receipt_record(receipt_id) if receipt_id is not None else None
+
 
 def make(
     tmp_path: Path, count: int, batch_size: int = 32, max_inflight: int = 4, nonce: int = 0
