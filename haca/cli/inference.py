@@ -189,17 +189,57 @@ def verify(
 @cli_command
 def receipt_show(
     receipt_id: Annotated[str, typer.Argument(metavar="ID")],
+    prove: Annotated[
+        bool, typer.Option("--prove", help="prove from the chain alone that it settled (batch: its inclusion path)")
+    ] = False,
+    receipt_file: Annotated[
+        Path | None, typer.Option("--receipt", help="the signed receipt (JSON) as the node answered it")
+    ] = None,
     node: NodeOption = None,
     home: HomeOption = None,
     json_out: JsonOption = False,
 ) -> None:
-    """A receipt's settlement status: the chain's record, else what the node holds."""
+    """A receipt's settlement status: the chain's record, else what the node holds. With --prove,
+    the chain's record is checked with state proofs against a light-client-verified header, and a
+    receipt settled in a batch gets its Merkle inclusion path to the batch root the chain stores."""
     with _client(home, None, node) as client:
-        record = client.receipt_status(receipt_id)
-        if record["status"] == Status.PENDING:
+        signed = _signed_receipt(receipt_file) if receipt_file is not None else None
+        record = client.receipt_status(receipt_id, signed.receipt if signed else None)
+        if record["status"] == Status.PENDING and signed is None:
             node_view = client.node_receipt(receipt_id)
-            record = {"receipt_id": receipt_id, **node_view}
+            signed = SignedReceipt.from_json(node_view["receipt"])
+            record = client.receipt_status(receipt_id, signed.receipt)
+            if record["status"] == Status.PENDING:
+                record = {"receipt_id": receipt_id, **node_view}
+        if prove:
+            record = {**record, "proof": _prove_settled(client, receipt_id, signed)}
     emit(json_out, record, lambda: _print_fields(record))
+
+
+def _signed_receipt(path: Path) -> SignedReceipt:
+    doc = json.loads(path.read_text())
+    return SignedReceipt.from_json(doc.get("receipt", doc))
+
+
+def _prove_settled(client: Client, receipt_id: str, signed: SignedReceipt | None) -> dict[str, Any]:
+    """What --prove shows: the batch inclusion (a batched receipt), or the proven record (alone)."""
+    if signed is None:
+        signed = SignedReceipt.from_json(client.node_receipt(receipt_id)["receipt"])
+    if signed.id != receipt_id.lower():
+        raise HacaError(f"the receipt given is {signed.id}, not {receipt_id}")
+    try:
+        inclusion = client.prove_batched(signed)
+    except ValueError:  # settled alone: its own record, proven
+        proven = client.chain.query_proven("/inference/receipt", signed.id.encode())
+        return {"verified": True, "settled": "alone", "height": proven.height, "record": json.loads(proven.raw)}
+    proof = inclusion.proof
+    return {
+        "verified": True,
+        "settled": f"item {proof.index} of {proof.count} in batch {proof.batch_id}",
+        "height": inclusion.height,
+        "root": inclusion.batch["root"],
+        "path": [("0x" + p.hex()) for p in proof.path],
+    }
 
 
 @receipt_app.command("claim")
@@ -219,8 +259,7 @@ def receipt_claim(
     plus compensation. The receipt comes from --receipt, else from the node."""
     with _client(home, from_, node) as client:
         if receipt_file is not None:
-            doc = json.loads(receipt_file.read_text())
-            signed = SignedReceipt.from_json(doc.get("receipt", doc))
+            signed = _signed_receipt(receipt_file)
         else:
             signed = SignedReceipt.from_json(client.node_receipt(receipt_id)["receipt"])
         if signed.id != receipt_id.lower():
@@ -311,10 +350,17 @@ def node_run(
     circuits: Annotated[Path | None, typer.Option("--circuits", help="zkml: a folder per model")] = None,
     srs_dir: Annotated[Path | None, typer.Option("--srs-dir", help="zkml: the network's SRS files")] = None,
     provers: Annotated[int, typer.Option("--provers", min=1, help="zkml: prover worker processes")] = 1,
+    settle_batches: Annotated[
+        bool, typer.Option("--settle-batches", help="settle allowance-paid vanilla/tee receipts in MsgSettleBatch")
+    ] = False,
+    batch_max: Annotated[int, typer.Option("--batch-max", min=1, max=4096, help="batches: receipts per tx")] = 1000,
+    batch_idle: Annotated[float, typer.Option("--batch-idle", help="batches: flush after idle seconds")] = 0.5,
+    batch_max_age: Annotated[float, typer.Option("--batch-max-age", help="batches: max seconds waiting")] = 5.0,
     home: HomeOption = None,
 ) -> None:
     """Serve models over HTTP, register on chain, settle receipts in the background."""
     from haca.node.service import NodeSettings, run_node
+    from haca.node.settler import FlushPolicy
 
     run_node(
         NodeSettings(
@@ -331,5 +377,6 @@ def node_run(
             circuits=circuits,
             srs_dir=srs_dir,
             provers=provers,
+            batches=FlushPolicy(batch_max, batch_idle, batch_max_age) if settle_batches else None,
         )
     )

@@ -17,6 +17,7 @@ from typing import Any
 
 import httpx
 
+from haca.client.batch import BatchInclusion, prove_batched_receipt
 from haca.client.chain import ChainClient, TxOutcome
 from haca.client.config import ClientConfig, KeyStore, connect, resolve_home
 from haca.client.errors import HacaError, NotFound, QueryFailed
@@ -39,7 +40,7 @@ from haca.types.inference import MsgDeposit, MsgWithdraw
 from haca.types.llm import LlmRequest, LlmRequestError, parse_request
 from haca.types.modes import Mode, Status
 from haca.types.payment import PaymentAuthorization
-from haca.types.receipt import SignedReceipt
+from haca.types.receipt import Receipt, SignedReceipt
 from haca.types.x402 import PAYMENT_REQUIRED_HEADER
 
 TERMS_LAG_BLOCKS = 5  # how far the quoted terms' height may be from the chain's, either way
@@ -387,12 +388,22 @@ class _Base:
             return PaymentRequiredError(f"node refused the payment: {message}")
         return NodeError(f"node answered {response.status_code}: {message}", response.status_code)
 
-    def receipt_status(self, receipt_id: str) -> dict[str, Any]:
-        """The chain's settlement record if settled, else {"status": "pending"}."""
+    def receipt_status(self, receipt_id: str, receipt: Receipt | None = None) -> dict[str, Any]:
+        """The chain's settlement record if settled, else {"status": "pending"}. A receipt settled
+        in a batch has no record of its own, only its request's mark (found with the receipt's
+        client and request id): pass `receipt` to find it."""
         try:
             return self.chain.query("/inference/receipt", receipt_id.encode())
         except QueryFailed:
-            return {"receipt_id": receipt_id, "status": Status.PENDING.value}
+            pass
+        if receipt is not None:
+            try:
+                mark = self.chain.query("/inference/request", f"{receipt.client}/{receipt.request_id}".encode())
+            except QueryFailed:
+                mark = {}
+            if mark.get("receipt_id") == receipt_id and "batch" in mark:
+                return {**mark, "node": receipt.node, "client": receipt.client, "fee": str(receipt.fee)}
+        return {"receipt_id": receipt_id, "status": Status.PENDING.value}
 
     def node_address(self) -> str:
         """The node's account: from the client's config, else as the node reports it."""
@@ -569,10 +580,13 @@ class Client(_Base):
 
     def wait_settled(self, receipt_id: str, timeout: float = 60.0) -> dict[str, Any]:
         deadline = time.monotonic() + timeout
+        receipt: Receipt | None = None
         while True:
-            record = self.receipt_status(receipt_id)
+            record = self.receipt_status(receipt_id, receipt)
             if record["status"] != Status.PENDING:
                 return record
+            if receipt is None:  # it may settle in a batch: its request's mark is found by the receipt
+                receipt = _checked_receipt(self.node_receipt(receipt_id), receipt_id).receipt
             if time.monotonic() > deadline:
                 raise HacaError(f"receipt {receipt_id} not settled within {timeout:.0f}s")
             time.sleep(0.3)
@@ -589,6 +603,13 @@ class Client(_Base):
                 proof = bytes.fromhex((stored.get("evidence") or "0x")[2:])
             return verify_zkml_receipt(self.chain, signed, proof, self.srs_dir)
         return verify_tee_receipt(self.chain, signed)
+
+    def prove_batched(self, receipt: str | SignedReceipt) -> BatchInclusion:
+        """Prove, from the chain alone, that a receipt settled in a batch: its request's mark and
+        the batch root with state proofs, and its inclusion path to that root (haca.client.batch)."""
+        if not isinstance(receipt, SignedReceipt):
+            receipt = _checked_receipt(self.node_receipt(receipt), receipt)
+        return prove_batched_receipt(self.chain, receipt.receipt)
 
     def wait_verified(self, receipt_id: str, timeout: float = 60.0) -> ReceiptVerification:
         """Wait for the chain to settle the receipt, then verify it locally."""
@@ -734,10 +755,16 @@ class AsyncClient(_Base):
 
     async def wait_settled(self, receipt_id: str, timeout: float = 60.0) -> dict[str, Any]:
         deadline = time.monotonic() + timeout
+        receipt: Receipt | None = None
         while True:
-            record = await asyncio.to_thread(self.receipt_status, receipt_id)
+            record = await asyncio.to_thread(self.receipt_status, receipt_id, receipt)
             if record["status"] != Status.PENDING:
                 return record
+            if receipt is None:  # it may settle in a batch: its request's mark is found by the receipt
+                response = await self.http.get(f"{self.node_url}/v1/receipts/{receipt_id}")
+                if response.status_code != 200:
+                    raise self._error(response)
+                receipt = _checked_receipt(response.json(), receipt_id).receipt
             if time.monotonic() > deadline:
                 raise HacaError(f"receipt {receipt_id} not settled within {timeout:.0f}s")
             await asyncio.sleep(0.3)

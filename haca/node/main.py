@@ -8,6 +8,7 @@ from pathlib import Path
 
 from haca.logs import configure_logging
 from haca.node.service import NodeSettings, run_node
+from haca.node.settler import FlushPolicy
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -31,6 +32,14 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--hub", default="")
     parser.add_argument("--batch-size", type=int, default=64, help="receipts per settlement tx")
     parser.add_argument("--flush-interval", type=float, default=1.0, help="seconds between settlement flushes")
+    parser.add_argument(
+        "--settle-batches",
+        action="store_true",
+        help="settle allowance-paid vanilla/tee receipts in MsgSettleBatch (one root signature per batch)",
+    )
+    parser.add_argument("--batch-max", type=int, default=1000, help="batches: receipts per MsgSettleBatch")
+    parser.add_argument("--batch-idle", type=float, default=0.5, help="batches: flush after this many idle seconds")
+    parser.add_argument("--batch-max-age", type=float, default=5.0, help="batches: the oldest waits at most this")
     args = parser.parse_args(argv)
     configure_logging()
     run_node(
@@ -54,6 +63,7 @@ def main(argv: list[str] | None = None) -> None:
             hub=args.hub,
             batch_size=args.batch_size,
             flush_interval=args.flush_interval,
+            batches=FlushPolicy(args.batch_max, args.batch_idle, args.batch_max_age) if args.settle_batches else None,
         )
     )
 

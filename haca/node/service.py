@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import contextlib
 import threading
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -25,11 +26,12 @@ from haca.node.enclave import EnclaveKey
 from haca.node.payments import PaymentGate
 from haca.node.prover import Prover
 from haca.node.receipts import ReceiptStore
-from haca.node.settler import Settler
+from haca.node.settler import FlushPolicy, Settler
 from haca.proofs.zk.circuit import Circuit, circuit_from_files, load_circuit
 from haca.proofs.zk.srs import srs_file
 from haca.runtime.llm import LlmModel
 from haca.runtime.onnx import OnnxModel
+from haca.types.batch import MsgSettleBatch
 from haca.types.modes import Mode
 from haca.types.registry import MsgRegisterNode, model_kind
 from haca.types.staking import MsgBond
@@ -51,6 +53,7 @@ class NodeSettings:
     hub: str = ""
     batch_size: int = 64  # receipts per settlement tx (the chain takes at most 64)
     flush_interval: float = 1.0
+    batches: FlushPolicy | None = None  # settle batchable receipts in MsgSettleBatch, flushed by this policy
     attester: Path | None = None  # tee: the enclave's (attester's) Unix socket
     circuits: Path | None = None  # zkml: built circuits, one folder per model name (<dir>/<name>/circuit.json)
     srs_dir: Path | None = None  # zkml: the network's SRS files (kzg<logrows>.srs)
@@ -104,6 +107,8 @@ def build_node(settings: NodeSettings) -> Node:
     gate = PaymentGate(key.address, config.chain_id, config.denom, view, store)
     settler = Settler(store, chain, view, key, settings.batch_size, settings.flush_interval)
     enclave = open_enclave(chain, key, settings, settler.tx_lock) if Mode.TEE in settings.modes else None
+    if settings.batches is not None:
+        settler.flush, settler.sign_root = settings.batches, root_signer(config.chain_id, key, enclave)
     context = NodeContext(key, config.chain_id, models, settings.modes, gate, store, settler.notify, settings.price)
     context.enclave = enclave
     context.llm_queue = settings.llm_queue
@@ -118,6 +123,22 @@ def build_node(settings: NodeSettings) -> Node:
         )
         context.on_proof_job = prover.notify
     return Node(settings, context, settler, chain, enclave, prover)
+
+
+def root_signer(chain_id: str, key: PrivateKey, enclave: EnclaveKey | None) -> Callable[[MsgSettleBatch], bytes]:
+    """Who signs a batch's root: the node's account key for vanilla, its enclave for tee."""
+
+    def sign(batch: MsgSettleBatch) -> bytes:
+        if batch.mode == Mode.TEE:
+            if enclave is None:
+                raise ValueError("a tee batch needs the enclave, and this node has none")
+            try:
+                return enclave.attester.sign_batch(chain_id, key.address, batch)
+            except AttesterError as exc:
+                raise ValueError(f"the enclave did not sign the batch: {exc}") from exc
+        return batch.header(chain_id, key.address).sign(key)
+
+    return sign
 
 
 def open_enclave(chain: ChainClient, key: PrivateKey, settings: NodeSettings, tx_lock: threading.Lock) -> EnclaveKey:
