@@ -46,17 +46,7 @@ def batching_node(net: Net, tmp_path_factory: pytest.TempPathFactory) -> Any:
     work = tmp_path_factory.mktemp("batching-node")
     socket = work / "attester.sock"
     platform = Path(net.home) / "devnet" / "attester0"
-    attester = [
-        sys.executable,
-        "-m",
-        "haca.attester",
-        "serve",
-        "--socket",
-        str(socket),
-        "--platform-dir",
-        str(platform),
-    ]
-    attester_pid = spawn(attester, work / "attester.log")
+    attester_pid = spawn(attester_command(socket, platform), work / "attester.log")
     wait_socket(socket, attester_pid, "attester", work / "attester.log")
     (port,) = free_ports(1)
     args = ["--home", str(net.home), "--key", "dev5", "--port", str(port), "--models", "iris"]
