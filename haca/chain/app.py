@@ -37,7 +37,7 @@ from haca.chain.modules.staking.module import StakingModule
 from haca.chain.modules.tee.keeper import TeeKeeper
 from haca.chain.modules.tee.module import TeeModule
 from haca.chain.state import CachedState, ReadableState
-from haca.chain.store import CommitStore, StagedBlock
+from haca.chain.store import INDEX_PREFIX, CommitStore, StagedBlock
 from haca.chain.tx import TxResult, TxRunner
 from haca.proofs.zk.srs import pinned_srs
 from haca.types import codes
@@ -140,6 +140,8 @@ class HacaApp(BaseApplication):
                 raise InvalidQuery(f"no state at height {height}; latest is {self.store.height}")
             state: ReadableState = self.store if height == self.store.height else HistoricalState(self.store, height)
             if req.path == "/store":
+                if req.prove and bytes(req.data).startswith(INDEX_PREFIX):
+                    raise InvalidQuery("derived index keys are not in the trie: they have no state proof")
                 answer, keys = {"key": req.data.hex()}, [bytes(req.data)]
             else:
                 handler = self.queries.get(req.path)

@@ -1,6 +1,12 @@
 """Committed state: SQLite (WAL) holding a flat key/value table and an Ethereum
 Merkle-Patricia trie (py-trie) whose root is the app hash.
 
+Keys under INDEX_PREFIX are derived indexes: written by the state machine like any key (in the
+same atomic commit, read back the same way) but kept out of the trie, because a trie insert costs
+~0.3 ms of Python and an index may take a key per settled receipt. They must only repeat, for
+lookup, what merkleized state already commits to (so a validator whose index differed would still
+commit a different app hash through the consequences), and they cannot be proven to a light client.
+
 A block's writes are staged in memory; `stage_root` computes the new root without touching
 disk and `commit` writes trie nodes, the flat table, height and app hash in one SQLite
 transaction, so a crash leaves either the old or the new state, never a mix.
@@ -20,6 +26,7 @@ from trie.utils.nibbles import bytes_to_nibbles, nibbles_to_bytes
 from haca.crypto.state_proof import encode_proof
 
 EMPTY_ROOT = HexaryTrie.BLANK_NODE_HASH
+INDEX_PREFIX = b"index/"  # derived indexes: in the flat table, not in the trie (see above)
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS trie_nodes (hash BLOB PRIMARY KEY, node BLOB NOT NULL) WITHOUT ROWID;
@@ -110,6 +117,8 @@ class CommitStore:
         trie = HexaryTrie(self._nodes, self.root)
         with trie.squash_changes() as batch:
             for key in sorted(writes):
+                if key.startswith(INDEX_PREFIX):
+                    continue
                 value = writes[key]
                 if value is None:
                     batch.delete(key)

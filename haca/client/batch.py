@@ -1,11 +1,13 @@
 """A client's proof that its receipt settled in a batch (MsgSettleBatch), from the chain alone.
 
-1. The request's settled mark (`/inference/request`), proven against a light-client-checked app
-   hash: it names the receipt id, the batch and the receipt's index in it.
-2. The batch record (`/inference/batch`), proven likewise: its Merkle root and count.
-3. The batch tx, from the block at the mark's height: the receipt ids it lists (recomputed here)
-   give the inclusion path, which must lead from the receipt to the proven root. The tx bytes are
-   not trusted: a wrong tx cannot produce a path to the proven root.
+1. Where to look: the request's mark (`/inference/request`: batch id, index, height). It comes
+   from the chain's derived index and has no state proof: it is only a pointer.
+2. The batch record (`/inference/batch`), proven against a light-client-checked app hash: its
+   Merkle root, count, height and the indices it rejected.
+3. The batch tx, from the block at the record's height: the receipt ids it lists (recomputed here)
+   give the inclusion path, which must lead from the receipt to the proven root, at an index the
+   record does not list as rejected. The tx bytes are not trusted: a wrong tx cannot produce a path
+   to the proven root.
 """
 
 from __future__ import annotations
@@ -21,12 +23,10 @@ from haca.types.batch import InclusionProof, MsgSettleBatch
 from haca.types.receipt import Receipt
 from haca.types.tx import TxDecodeError, decode_tx
 
-SETTLED_PREFIX = b"inference/settled/"
-
 
 @dataclass(frozen=True)
 class BatchInclusion:
-    mark: dict[str, Any]  # the request's settled mark (proven)
+    mark: dict[str, Any]  # the request's mark (a pointer, unproven)
     batch: dict[str, Any]  # the batch record (proven)
     proof: InclusionProof
     height: int  # the state height the records were proven at
@@ -48,27 +48,27 @@ def _summary(batch: dict[str, Any]) -> dict[str, Any]:
 def prove_batched_receipt(chain: ChainClient, receipt: Receipt) -> BatchInclusion:
     """Prove that `receipt` settled in a batch; raises ProofInvalid when any step fails, QueryFailed
     when its request has not settled, and ValueError when it settled alone (not in a batch)."""
-    mark_p = chain.query_proven_keys("/inference/request", f"{receipt.client}/{receipt.request_id}".encode())
-    raw = next((v for k, v in mark_p[1].items() if k.startswith(SETTLED_PREFIX)), b"")
-    if not raw:
-        raise ProofInvalid(f"the proof shows no settlement of request {receipt.request_id}")
-    if raw[:1] != b"{" or "batch" not in (mark := json.loads(raw)):
+    mark = chain.query("/inference/request", f"{receipt.client}/{receipt.request_id}".encode())
+    if "batch" not in mark:
         raise ValueError(f"request {receipt.request_id} settled alone, not in a batch")
     if mark["receipt_id"] != receipt.id:
         raise ProofInvalid(f"the request settled with receipt {mark['receipt_id']}, not {receipt.id}")
-    batch_p = chain.query_proven("/inference/batch", str(mark["batch"]).encode())
-    batch = json.loads(batch_p.raw)
-    root = bytes.fromhex(batch["root"][2:])
-    ids = _batch_ids(chain, int(mark["height"]), str(mark["batch"]))
-    index = int(mark["index"])
-    if len(ids) != int(batch["count"]) or index >= len(ids) or "0x" + ids[index].hex() != receipt.id:
-        raise ProofInvalid(f"receipt {receipt.id} is not item {index} of batch {mark['batch']}")
-    proof = InclusionProof.build(str(mark["batch"]), ids, index)
+    batch_id = str(mark["batch"])
+    proven = chain.query_proven("/inference/batch", batch_id.encode())
+    batch = json.loads(proven.raw)
+    ids = _batch_ids(chain, int(batch["height"]), batch_id)
+    wanted = bytes.fromhex(receipt.id[2:])
+    if len(ids) != int(batch["count"]) or wanted not in ids:
+        raise ProofInvalid(f"receipt {receipt.id} is not in batch {batch_id}")
+    index = ids.index(wanted)
+    if index in {int(r["index"]) for r in batch["rejected"]}:
+        raise ProofInvalid(f"batch {batch_id} rejected receipt {receipt.id} (item {index})")
+    proof = InclusionProof.build(batch_id, ids, index)
     try:
-        proof.verify(root)
+        proof.verify(bytes.fromhex(batch["root"][2:]))
     except ValueError as exc:
         raise ProofInvalid(str(exc)) from exc
-    return BatchInclusion(mark, batch, proof, min(mark_p[2], batch_p.height))
+    return BatchInclusion(mark, batch, proof, proven.height)
 
 
 def _batch_ids(chain: ChainClient, height: int, batch_id: str) -> list[bytes]:

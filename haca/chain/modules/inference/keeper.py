@@ -4,9 +4,11 @@
     inference/escrow/<client:20><node:20>                           -> amount the client holds for that node
     inference/withdrawal/<release:u64be><client:20><node:20>        -> amount to pay back at that height
     inference/lane_withdrawal/<client:20><node:20><release:u64be>   -> the same amount, listed per lane
-    inference/settled/<client:20><request id:32>                    -> receipt id (a request settles once);
-                                                                       for a batch item, JSON {receipt_id,
-                                                                       batch, index, status, height}
+    inference/settled/<client:20><request id:32>                    -> receipt id (a request settles once)
+    index/inference/batch_item/<client:20><request id:32>           -> JSON {receipt_id, batch, index, status,
+                                                                       height}: a request settled in a batch
+                                                                       (a derived index, not in the trie: the
+                                                                       batch record and tx commit to it)
     inference/batch/<batch id:32>                                   -> batch record JSON (root, count, signer,
                                                                        what settled, what was rejected and why)
     inference/receipt/<receipt id:32>                               -> settlement record JSON
@@ -35,6 +37,7 @@ from typing import Any, ClassVar, Protocol
 
 from haca.chain.errors import InsufficientEscrow
 from haca.chain.state import CachedState, ReadableState, get_int, set_int
+from haca.chain.store import INDEX_PREFIX
 from haca.crypto.hashing import keccak256
 from haca.proofs.verifier import verifiers
 from haca.types.encoding import canonical_json
@@ -53,6 +56,7 @@ CLAIM_DUE_PREFIX = PREFIX + b"claim_due/"
 NODE_CLAIM_PREFIX = PREFIX + b"node_claim/"
 EQUIVOCATION_PREFIX = PREFIX + b"equivocation/"
 BATCH_PREFIX = PREFIX + b"batch/"
+BATCH_ITEM_PREFIX = INDEX_PREFIX + PREFIX + b"batch_item/"
 ESCROW_ACCOUNT = "0x" + keccak256(b"haca/module/inference/escrow")[12:].hex()
 
 
@@ -108,6 +112,10 @@ def lane_key(client: str, node: str) -> bytes:
 
 def settled_key(client: str, request_id: str) -> bytes:
     return SETTLED_PREFIX + _addr(client) + bytes.fromhex(request_id[2:])
+
+
+def batch_item_key(client: str, request_id: str) -> bytes:
+    return BATCH_ITEM_PREFIX + _addr(client) + bytes.fromhex(request_id[2:])
 
 
 class InferenceKeeper:
@@ -253,14 +261,14 @@ class InferenceKeeper:
         """How a request settled: {receipt_id} (alone: its record is under the receipt id) or, for a
         batch item, {receipt_id, batch, index, status, height}."""
         raw = state.get(settled_key(client, request_id))
-        if not raw:
-            return None
-        record: dict[str, Any] = json.loads(raw) if raw[:1] == b"{" else {"receipt_id": raw.decode()}
-        return record
+        if raw:
+            return {"receipt_id": raw.decode()}
+        batched = state.get(batch_item_key(client, request_id))
+        return json.loads(batched) if batched else None
 
     def record_batch_item(self, state: CachedState, client: bytes, request_id: bytes, record: bytes) -> None:
-        """A batch item's one write: its request's settled mark, holding where its receipt sits."""
-        state.set(SETTLED_PREFIX + client + request_id, record)
+        """A batch item's one write, to the derived index: where its request's receipt settled."""
+        state.set(BATCH_ITEM_PREFIX + client + request_id, record)
 
     def batch(self, state: ReadableState, batch_id: str) -> dict[str, Any] | None:
         raw = state.get(BATCH_PREFIX + bytes.fromhex(batch_id[2:]))

@@ -106,8 +106,10 @@ def query_claim(keeper: InferenceKeeper, state: ReadableState, data: bytes) -> A
 
 
 def query_request(keeper: InferenceKeeper, state: ReadableState, data: bytes) -> Answer:
-    """How a client's request settled (data "client/request id"): alone, its receipt's record; in
-    a batch, {receipt_id, batch, index, status, height} (the batch's root is /inference/batch)."""
+    """How a client's request settled (data "client/request id"): alone, its receipt's record
+    (proven); in a batch, {receipt_id, batch, index, status, height} from the derived index, which
+    has no state proof: it is a pointer, and the proof is the batch record (/inference/batch, proven)
+    with the receipt's inclusion path from the batch tx (haca.client.batch)."""
     client_part, _, request_part = data.partition(b"/")
     client = address_arg(client_part)
     try:
@@ -117,11 +119,10 @@ def query_request(keeper: InferenceKeeper, state: ReadableState, data: bytes) ->
     mark = keeper.settled_request(state, client, request_id)
     if mark is None:
         raise NotFound(f"request {request_id} of {client} has not been settled")
-    keys = [settled_key(client, request_id)]
     if "batch" in mark:
-        return mark, keys
+        return mark, []
     record = keeper.receipt(state, mark["receipt_id"])
-    return record or mark, [*keys, RECEIPT_PREFIX + bytes.fromhex(mark["receipt_id"][2:])]
+    return record or mark, [settled_key(client, request_id), RECEIPT_PREFIX + bytes.fromhex(mark["receipt_id"][2:])]
 
 
 def query_batch(keeper: InferenceKeeper, state: ReadableState, data: bytes) -> Answer:
