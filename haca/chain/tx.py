@@ -38,6 +38,9 @@ class TxContext:
     height: int
     chain_id: str
     time: int = 0
+    # CheckTx (and recheck): a handler may skip work whose failure would not fail the tx anyway
+    # (a settlement batch's items), since blocks run it in full
+    checking: bool = False
 
 
 _VERIFIED_CACHE_SIZE = 50_000
@@ -90,7 +93,7 @@ class TxRunner:
         msg_events: list[Event] = []
         try:
             for msg in tx.msgs:
-                ctx = TxContext(msg_state, tx.signer, self.height, self.chain_id, self.time)
+                ctx = TxContext(msg_state, tx.signer, self.height, self.chain_id, self.time, checking=atomic)
                 msg_events += self.handlers[type(msg)](ctx, msg)
         except ChainError as error:
             if atomic:

@@ -82,6 +82,6 @@ def _batch_ids(chain: ChainClient, height: int, batch_id: str) -> list[bytes]:
         for msg in tx.msgs:
             if isinstance(msg, MsgSettleBatch):
                 ids = msg.receipt_ids(chain.chain_id, tx.signer)
-                if msg.header(chain.chain_id, tx.signer, ids).id == batch_id:
+                if msg.header(chain.chain_id, tx.signer).id == batch_id:
                     return ids
     raise ProofInvalid(f"block {height} holds no tx of batch {batch_id}")

@@ -2,7 +2,7 @@
 
 import hashlib
 
-from eth_hash.auto import keccak as _keccak
+from sha3 import keccak_256  # safe-pysha3: C Keccak, ~4x faster per call than eth-hash's pycryptodome backend
 
 
 def sha256(data: bytes) -> bytes:
@@ -10,4 +10,4 @@ def sha256(data: bytes) -> bytes:
 
 
 def keccak256(data: bytes) -> bytes:
-    return _keccak(data)
+    return keccak_256(data).digest()

@@ -211,14 +211,29 @@ class MsgSettleBatch:
         """Each allowance's client as 20 bytes (what the receipt hashes)."""
         return [bytes.fromhex(a.value.client[2:]) for a in self.allowances]
 
-    def receipt_ids(self, chain_id: str, node: str) -> list[bytes]:
-        hasher = ReceiptHasher(chain_id, node, self.mode, self.models)
-        clients = self.clients()
-        return [hasher.receipt_id(item, clients[item.allowance]) for item in self.items]
+    @cached_property
+    def _hashed(self) -> dict[tuple[str, str], tuple[list[bytes], ReceiptBatch]]:
+        # A decoded tx is reused by CheckTx, rechecks, the proposal and the block: hash it once.
+        return {}
 
-    def header(self, chain_id: str, node: str, ids: list[bytes] | None = None) -> ReceiptBatch:
-        ids = self.receipt_ids(chain_id, node) if ids is None else ids
-        return ReceiptBatch(chain_id, node, self.mode, root_of_leaves([leaf_hash(i) for i in ids]), len(ids))
+    def receipt_ids(self, chain_id: str, node: str) -> list[bytes]:
+        """Each item's receipt id, with the batch's chain and node (the tx signer)."""
+        return self._hash(chain_id, node)[0]
+
+    def header(self, chain_id: str, node: str) -> ReceiptBatch:
+        """What the root signature covers."""
+        return self._hash(chain_id, node)[1]
+
+    def _hash(self, chain_id: str, node: str) -> tuple[list[bytes], ReceiptBatch]:
+        found = self._hashed.get((chain_id, node))
+        if found is None:
+            hasher = ReceiptHasher(chain_id, node, self.mode, self.models)
+            clients = self.clients()
+            ids = [hasher.receipt_id(item, clients[item.allowance]) for item in self.items]
+            root = root_of_leaves([leaf_hash(i) for i in ids])
+            found = ids, ReceiptBatch(chain_id, node, self.mode, root, len(ids))
+            self._hashed[(chain_id, node)] = found
+        return found
 
     @classmethod
     def from_json(cls, value: dict[str, Any]) -> MsgSettleBatch:

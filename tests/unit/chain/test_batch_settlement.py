@@ -14,7 +14,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from haca.chain.modules.inference.keeper import ESCROW_ACCOUNT, batch_item_key
+from haca.chain.modules.inference.keeper import ESCROW_ACCOUNT, settled_index_key
 from haca.chain.store import INDEX_PREFIX
 from haca.crypto.hashing import sha256
 from haca.crypto.keys import PrivateKey
@@ -246,7 +246,9 @@ def test_a_batch_of_1000_tee_receipts_settles_in_one_tx_and_a_client_proves_its_
     # The index is kept out of the trie: one trie write per batch, not per receipt.
     trie_keys = {k for k in chain.dump() if not k.startswith(INDEX_PREFIX)}
     assert len([k for k in trie_keys if k.startswith(b"inference/batch/")]) == 1
-    assert chain.query("/store", batch_item_key(mine.client, mine.request_id), prove=True).code == codes.INVALID_QUERY
+    assert (
+        chain.query("/store", settled_index_key(mine.client, mine.request_id), prove=True).code == codes.INVALID_QUERY
+    )
 
 
 def test_a_vanilla_batch_is_signed_by_the_node_and_settles_unverified(chain):

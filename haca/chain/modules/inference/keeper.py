@@ -5,10 +5,13 @@
     inference/withdrawal/<release:u64be><client:20><node:20>        -> amount to pay back at that height
     inference/lane_withdrawal/<client:20><node:20><release:u64be>   -> the same amount, listed per lane
     inference/settled/<client:20><request id:32>                    -> receipt id (a request settles once)
-    index/inference/batch_item/<client:20><request id:32>           -> JSON {receipt_id, batch, index, status,
-                                                                       height}: a request settled in a batch
-                                                                       (a derived index, not in the trie: the
-                                                                       batch record and tx commit to it)
+    index/inference/settled/<client:20><request id:32>              -> JSON {receipt_id} (settled alone) or
+                                                                       {receipt_id, batch, index, status,
+                                                                       height} (in a batch): the one key read
+                                                                       to refuse a second settlement (a derived
+                                                                       index, not in the trie: the receipt
+                                                                       record, or the batch record and its tx,
+                                                                       commit to it)
     inference/batch/<batch id:32>                                   -> batch record JSON (root, count, signer,
                                                                        what settled, what was rejected and why)
     inference/receipt/<receipt id:32>                               -> settlement record JSON
@@ -56,7 +59,7 @@ CLAIM_DUE_PREFIX = PREFIX + b"claim_due/"
 NODE_CLAIM_PREFIX = PREFIX + b"node_claim/"
 EQUIVOCATION_PREFIX = PREFIX + b"equivocation/"
 BATCH_PREFIX = PREFIX + b"batch/"
-BATCH_ITEM_PREFIX = INDEX_PREFIX + PREFIX + b"batch_item/"
+SETTLED_INDEX_PREFIX = INDEX_PREFIX + PREFIX + b"settled/"
 ESCROW_ACCOUNT = "0x" + keccak256(b"haca/module/inference/escrow")[12:].hex()
 
 
@@ -114,8 +117,8 @@ def settled_key(client: str, request_id: str) -> bytes:
     return SETTLED_PREFIX + _addr(client) + bytes.fromhex(request_id[2:])
 
 
-def batch_item_key(client: str, request_id: str) -> bytes:
-    return BATCH_ITEM_PREFIX + _addr(client) + bytes.fromhex(request_id[2:])
+def settled_index_key(client: str, request_id: str) -> bytes:
+    return SETTLED_INDEX_PREFIX + _addr(client) + bytes.fromhex(request_id[2:])
 
 
 class InferenceKeeper:
@@ -260,15 +263,12 @@ class InferenceKeeper:
     def settled_request(self, state: ReadableState, client: str, request_id: str) -> dict[str, Any] | None:
         """How a request settled: {receipt_id} (alone: its record is under the receipt id) or, for a
         batch item, {receipt_id, batch, index, status, height}."""
-        raw = state.get(settled_key(client, request_id))
-        if raw:
-            return {"receipt_id": raw.decode()}
-        batched = state.get(batch_item_key(client, request_id))
-        return json.loads(batched) if batched else None
+        raw = state.get(settled_index_key(client, request_id))
+        return json.loads(raw) if raw else None
 
     def record_batch_item(self, state: CachedState, client: bytes, request_id: bytes, record: bytes) -> None:
         """A batch item's one write, to the derived index: where its request's receipt settled."""
-        state.set(BATCH_ITEM_PREFIX + client + request_id, record)
+        state.set(SETTLED_INDEX_PREFIX + client + request_id, record)
 
     def batch(self, state: ReadableState, batch_id: str) -> dict[str, Any] | None:
         raw = state.get(BATCH_PREFIX + bytes.fromhex(batch_id[2:]))
@@ -284,6 +284,8 @@ class InferenceKeeper:
 
     def record_settlement(self, state: CachedState, record: dict[str, Any]) -> None:
         state.set(settled_key(record["client"], record["request_id"]), record["receipt_id"].encode())
+        mark = canonical_json({"receipt_id": record["receipt_id"]})
+        state.set(settled_index_key(record["client"], record["request_id"]), mark)
         state.set(RECEIPT_PREFIX + bytes.fromhex(record["receipt_id"][2:]), canonical_json(record))
 
     def receipt(self, state: ReadableState, receipt_id: str) -> dict[str, Any] | None:
