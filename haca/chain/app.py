@@ -169,7 +169,7 @@ class HacaApp(BaseApplication):
 
     def check_tx(self, req: abci.RequestCheckTx) -> abci.ResponseCheckTx:
         self.runner.height, self.runner.time = self.store.height + 1, self.last_block_time
-        result = self.runner.run(self.check_state, bytes(req.tx), atomic=True)
+        result = self.runner.run(self.check_state, bytes(req.tx), atomic=True, checking=True)
         return abci.ResponseCheckTx(
             code=result.code,
             codespace=result.codespace,

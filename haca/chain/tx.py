@@ -80,9 +80,11 @@ class TxRunner:
     def register(self, msg_type: type, handler: Handler) -> None:
         self.handlers[msg_type] = handler
 
-    def run(self, state: CachedState, raw: bytes, atomic: bool) -> TxResult:
-        """Apply `raw` to `state`. With `atomic`, a failing message undoes the whole tx (CheckTx);
-        without, the fee and nonce stand and only the messages are undone (FinalizeBlock)."""
+    def run(self, state: CachedState, raw: bytes, atomic: bool, checking: bool = False) -> TxResult:
+        """Apply `raw` to `state`. With `atomic`, a failing message undoes the whole tx (CheckTx,
+        PrepareProposal); without, the fee and nonce stand and only the messages are undone
+        (FinalizeBlock). `checking`: CheckTx only, whose state is never committed (handlers may skip
+        what cannot fail the tx); a proposal's execution is the block's, so it must never be set there."""
         try:
             tx = self.decode_verified(raw)
             ante_state = state.branch()
@@ -93,7 +95,7 @@ class TxRunner:
         msg_events: list[Event] = []
         try:
             for msg in tx.msgs:
-                ctx = TxContext(msg_state, tx.signer, self.height, self.chain_id, self.time, checking=atomic)
+                ctx = TxContext(msg_state, tx.signer, self.height, self.chain_id, self.time, checking=checking)
                 msg_events += self.handlers[type(msg)](ctx, msg)
         except ChainError as error:
             if atomic:

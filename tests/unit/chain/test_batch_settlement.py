@@ -13,6 +13,7 @@ import json
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from tendermint.abci import types_pb2 as abci
 
 from haca.chain.modules.inference.keeper import ESCROW_ACCOUNT, settled_index_key
 from haca.chain.store import INDEX_PREFIX
@@ -394,3 +395,22 @@ def test_a_single_settlement_and_a_batch_cannot_both_pay_one_request(chain):
     assert rejection["code"] == codes.ALREADY_SETTLED
     assert mark(chain, r)["receipt_id"] == r.id and mark(chain, r)["status"] == "verified"
     holds(chain)
+
+
+def test_the_proposers_execution_of_a_batch_equals_every_other_validators(chain):
+    """The proposer runs a block in PrepareProposal (and reuses that execution); the others run it
+    in ProcessProposal. A batch must change state identically both ways (CheckTx alone may skip
+    the items: its state is never committed)."""
+    pay, other = allowance(), allowance(MALLORY, nonce=9)
+    entries = [(receipt(chain, n), pay) for n in range(30)] + [(receipt(chain, 99, client=MALLORY), other)]
+    raw = chain.tx(NODE, batch(entries))
+    assert chain.check(raw).code == 0
+    height = chain.height + 1
+    request = abci.RequestPrepareProposal(height=height, txs=[raw], max_tx_bytes=1 << 24)
+    request.time.seconds = apphelpers.block_time(height)
+    assert list(chain.app.prepare_proposal(request).txs) == [raw]
+    proposed = chain.app.processed
+    assert proposed is not None
+    executed = chain.app._execute(height, proposed.time, [raw], ())
+    assert proposed.state.writes == executed.state.writes
+    assert any(k.startswith(b"index/inference/settled/") for k in executed.state.writes)
