@@ -78,6 +78,7 @@ class Setup:
     clients: list[PrivateKey]
     allowances: list[SignedPayment]
     rpc: str
+    rpcs: list[str]
 
 
 @dataclass
@@ -171,7 +172,7 @@ def prepare(net: Devnet, clients: int) -> Setup:
     for n, payer in enumerate(payers):
         value = SpendingAllowance(state.chain_id, payer.address, node.address, cap=balance, expiry=10**9, nonce=n)
         allowances.append(SignedPayment("allowance", value, value.sign(payer)))
-    return Setup(chain, state.chain_id, node, payers, allowances, rpcs[0])
+    return Setup(chain, state.chain_id, node, payers, allowances, rpcs[0], rpcs)
 
 
 def make_receipts(setup: Setup, count: int, tag: str) -> list[tuple[Receipt, SignedPayment]]:
@@ -262,9 +263,25 @@ def run_round(setup: Setup, net: Devnet, kind: str, entries: list[tuple[Receipt,
             raise BenchError(
                 f"client {k}: escrow moved {before_escrow[k] - after_escrow[k]}, not {count * per_receipt}"
             )
+    validators_agree(setup.rpcs, last)
     burned = chain.supply()["burned"] - before_supply["burned"]
     settlement_burned = len(entries) * settlement_fee(setup, PRICE)
     return Round(kind, len(entries), len(hashes), end - start, start_height + 1, last, cpu, burned, settlement_burned)
+
+
+def validators_agree(rpcs: list[str], height: int, timeout: float = 30.0) -> None:
+    """Every validator commits past `height` (one whose execution differed stops at the first header
+    carrying the others' app hash)."""
+    deadline = time.monotonic() + timeout
+    with httpx.Client(timeout=5) as http:
+        for rpc in rpcs:
+            while True:
+                info = http.get(f"{rpc}/status").json()["result"]["sync_info"]
+                if int(info["latest_block_height"]) >= height + 2:
+                    break
+                if time.monotonic() > deadline:
+                    raise BenchError(f"validator {rpc} stopped at height {info['latest_block_height']} (a fork?)")
+                time.sleep(0.2)
 
 
 def spread(values: list[float]) -> dict[str, float]:

@@ -120,3 +120,21 @@ def settlement_fee(client: ChainClient, fee: int) -> int:
     """What the chain burns from escrow when it settles a receipt of `fee` (its params now)."""
     p = client.query("/inference/params")
     return int(p["settlement_fee"]) + fee * int(p["settlement_fee_bps"]) // 10_000
+
+
+def assert_validators_agree(handle: Any, after: int, timeout: float = 30.0) -> None:
+    """Every validator commits past `after` with the same app hash: a validator whose execution
+    differed from the others' stops at the first header carrying their app hash."""
+    clients = handle.clients()
+    try:
+        deadline = time.monotonic() + timeout
+        target = after + 2
+        while min(c.rpc.height() for c in clients) < target:
+            heights = [c.rpc.height() for c in clients]
+            assert time.monotonic() < deadline, f"validators at heights {heights}: one stopped (did it fork?)"
+            time.sleep(0.3)
+        hashes = {c.rpc.block(target)["block"]["header"]["app_hash"] for c in clients}
+        assert len(hashes) == 1, hashes
+    finally:
+        for c in clients:
+            c.close()

@@ -27,6 +27,7 @@ from haca.types.encoding import canonical_json
 from haca.types.inference import MsgDeposit
 from haca.types.payment import SpendingAllowance, encode_api_key
 from haca.types.receipt import SignedReceipt
+from tests.integration.helpers import assert_validators_agree
 from tests.integration.test_tee import Net
 
 pytestmark = [pytest.mark.devnet, pytest.mark.slow]
@@ -110,6 +111,7 @@ def test_a_thousand_tee_receipts_settle_in_one_batch_and_a_client_proves_its_own
     spent = net.chain.query("/inference/allowance", canonical_json(allowance.to_json()))["spent"]
     assert int(spent) == fees
     net.assert_supply_holds()
+    assert_validators_agree(net.handle, int(batch["height"]))  # each executed the batch alike
 
     # The client proves receipt 500 from the chain alone, with the CLI ...
     mine = receipts[500]
