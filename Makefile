@@ -58,6 +58,7 @@ bench: setup
 	@$(PY) bench/tee.py
 	@$(PY) bench/zk.py
 	@$(PY) bench/llm.py
+	@$(PY) bench/settlement.py
 
 fuzz: setup
 	@set -e; for target in fuzz/fuzz_*.py; do echo "== $$target"; \

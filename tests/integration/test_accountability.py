@@ -18,14 +18,21 @@ from typing import Any
 
 import pytest
 
+from haca.client.errors import TxRejected
+from haca.client.sdk import Client
+from haca.client.zk import proof_from_chain
+from haca.crypto.hashing import sha256
 from haca.crypto.keys import PrivateKey
 from haca.node.service import ensure_stake
+from haca.types import codes
 from haca.types.gov import MsgUpdateParams
-from haca.types.inference import MsgClaim, MsgDeposit, MsgReportEquivocation, MsgSettle
+from haca.types.inference import MsgClaim, MsgDeposit, MsgReportEquivocation, MsgSettle, SettlementItem
+from haca.types.payment import PaymentAuthorization, SignedPayment
 from haca.types.receipt import SignedReceipt
 from haca.types.registry import MsgRegisterNode
 from tests.integration.helpers import assert_devnet_supply_holds
 from tests.integration.test_tee import Net, tee_item
+from tests.integration.test_zkml import EXAMPLE as ZK_EXAMPLE
 
 pytestmark = pytest.mark.devnet
 DEADLINE = 8  # blocks, set by governance for the test (the default is 50)
@@ -148,3 +155,58 @@ def test_an_equivocating_node_is_slashed_on_sight_and_the_reporter_rewarded(net,
 def tx_fee_of(net: Net, tx_hash: str) -> int:
     events = net.chain.rpc.tx(tx_hash)["tx_result"]["events"]
     return int(next(a["value"] for e in events if e["type"] == "tx" for a in e["attributes"] if a["key"] == "fee"))
+
+
+def test_a_lying_zkml_node_cannot_settle_its_wrong_answer_and_is_slashed_when_claimed(net):
+    """dev7, a zkml node for mlp-regressor, answers dev8 with a wrong output. The only proof that
+    input has (node0's honest one, from the chain) commits to other public instances, so the lie
+    never settles; dev8 claims it, and after the deadline dev7 is slashed and dev8 made whole."""
+    client_key, liar = net.key("dev8"), net.key("dev7")
+    with Client.from_home(net.home, "dev8") as client:  # the honest answer and its proof, from node0
+        client.deposit(10**9, net.node0)
+        result = client.infer("mlp-regressor", ZK_EXAMPLE, mode="zkml")
+        client.wait_settled(result.receipt_id, timeout=180)
+        honest = SignedReceipt.from_json(client.node_receipt(result.receipt_id)["receipt"]).receipt
+    proof = proof_from_chain(net.chain, result.receipt_id)
+    assert proof
+
+    ensure_stake(net.chain, liar, ("zkml",))
+    net.send("dev7", MsgRegisterNode("http://127.0.0.1:7", ("zkml",), ("mlp-regressor",), 0))
+    net.send("dev8", MsgDeposit(liar.address, 10**9))
+    height = net.height()
+    lie = dataclasses.replace(
+        honest,
+        node=liar.address,
+        request_id="0x" + sha256(b"the lying node's request").hex(),
+        output_hash="0x" + "dd" * 32,
+        instances_hash="0x" + "dd" * 32,  # what the wrong output's instances would be
+        height_hint=height,
+    )
+    signed = SignedReceipt(lie, lie.sign(liar))
+    auth = PaymentAuthorization(
+        net.chain_id, client_key.address, liar.address, lie.request_id, lie.model_id, "zkml", lie.fee, height + 1000
+    )
+    item = SettlementItem(signed, SignedPayment("request", auth, auth.sign(client_key)), proof)
+    liar_balance = net.chain.balance(liar.address)
+    with pytest.raises(TxRejected) as refused:
+        net.send("dev7", MsgSettle((item,)))
+    assert refused.value.abci_code == codes.INVALID_EVIDENCE and "public instances" in refused.value.log
+    assert net.chain.balance(liar.address) == liar_balance  # refused in CheckTx: not even a fee
+
+    stake, balance = stake_of(net, liar.address), net.chain.balance(client_key.address)
+    escrow = net.escrow(client_key.address, liar.address)
+    outcome = net.send("dev8", MsgClaim(signed))
+    deadline = int(net.chain.query("/inference/claim", signed.id.encode())["deadline"])
+    wait_for_height(net, deadline + 1)
+    params = net.chain.query("/inference/params")
+    slashed = stake * int(params["claim_slash_bps"]) // 10_000
+    compensation = slashed * int(params["claim_compensation_bps"]) // 10_000
+    assert stake_of(net, liar.address) == stake - slashed
+    fee = lie.fee
+    assert net.chain.balance(client_key.address) == balance - tx_fee_of(net, outcome.hash) + fee + compensation
+    assert net.escrow(client_key.address, liar.address) == escrow - fee
+    assert net.chain.query("/inference/receipt", signed.id.encode())["status"] == "failed"
+    with pytest.raises(TxRejected) as late:  # the slash took it under the minimum: it is paid for nothing now
+        net.send("dev7", MsgSettle((item,)))
+    assert late.value.abci_code == codes.INSUFFICIENT_STAKE
+    assert_devnet_supply_holds(net.handle)
