@@ -238,11 +238,7 @@ class Settler:
         retry = [r for i, r in enumerate(chunk) if i in rejected and not self._settled_on_chain(r)]
         if retry:  # each gets its verdict from MsgSettle, which names why the chain refuses it
             self._send_single(retry)
-        for stored in chunk:
-            self._unseen_passes.pop(stored.item.receipt.id, None)
-            payment = stored.item.payment
-            allowance_id = payment.value.id if isinstance(payment.value, SpendingAllowance) else None
-            self._refresh_view(stored.item.receipt.receipt.client, allowance_id)
+        self._settled_chunk(chunk)
         self.settled_total += len(settled)
         log.info("settled_batch", batch=batch_id, receipts=len(settled), rejected=len(rejected), height=outcome.height)
         return len(chunk)
@@ -370,14 +366,18 @@ class Settler:
             by_status.setdefault(statuses.get(rid, Status.SETTLED), []).append(rid)
         for status, marked in sorted(by_status.items()):
             self.store.mark(marked, status, height=outcome.height)
+        self._settled_chunk(chunk)
+        self.settled_total += len(ids)
+        log.info("settled", receipts=len(ids), height=outcome.height, tx=tx_hash)
+        return len(ids)
+
+    def _settled_chunk(self, chunk: list[StoredReceipt]) -> None:
+        """A tx of these receipts committed: stop counting its passes, refresh what it changed."""
         for stored in chunk:
             self._unseen_passes.pop(stored.item.receipt.id, None)
             payment = stored.item.payment
             allowance_id = payment.value.id if isinstance(payment.value, SpendingAllowance) else None
             self._refresh_view(stored.item.receipt.receipt.client, allowance_id)
-        self.settled_total += len(ids)
-        log.info("settled", receipts=len(ids), height=outcome.height, tx=tx_hash)
-        return len(ids)
 
     def _refresh_view(self, client: str, allowance_id: str | None) -> None:
         """Settled receipts leave the node's unsettled counts; the cached escrow (and allowance

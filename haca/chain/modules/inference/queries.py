@@ -57,11 +57,15 @@ def _lane(keeper: InferenceKeeper, state: ReadableState, client: str, node: str)
     }
 
 
-def query_receipt(keeper: InferenceKeeper, state: ReadableState, data: bytes) -> Answer:
+def _bytes32_arg(data: bytes, what: str) -> str:
     try:
-        receipt_id = fields.bytes32(data.decode(), "receipt id")
+        return fields.bytes32(data.decode(), what)
     except (UnicodeDecodeError, ValueError) as exc:
         raise InvalidQuery(str(exc)) from exc
+
+
+def query_receipt(keeper: InferenceKeeper, state: ReadableState, data: bytes) -> Answer:
+    receipt_id = _bytes32_arg(data, "receipt id")
     record = keeper.receipt(state, receipt_id)
     if record is None:
         raise NotFound(f"receipt {receipt_id} has not been settled")
@@ -95,10 +99,7 @@ def query_params(keeper: InferenceKeeper, state: ReadableState, data: bytes) -> 
 
 def query_claim(keeper: InferenceKeeper, state: ReadableState, data: bytes) -> Answer:
     """A pending claim on a receipt (gone once resolved or expired: see /inference/receipt)."""
-    try:
-        receipt_id = fields.bytes32(data.decode(), "receipt id")
-    except (UnicodeDecodeError, ValueError) as exc:
-        raise InvalidQuery(str(exc)) from exc
+    receipt_id = _bytes32_arg(data, "receipt id")
     claim = keeper.claim(state, receipt_id)
     if claim is None:
         raise NotFound(f"receipt {receipt_id} has no pending claim")
@@ -112,10 +113,7 @@ def query_request(keeper: InferenceKeeper, state: ReadableState, data: bytes) ->
     with the receipt's inclusion path from the batch tx (haca.client.batch)."""
     client_part, _, request_part = data.partition(b"/")
     client = address_arg(client_part)
-    try:
-        request_id = fields.bytes32(request_part.decode(), "request id")
-    except (UnicodeDecodeError, ValueError) as exc:
-        raise InvalidQuery(str(exc)) from exc
+    request_id = _bytes32_arg(request_part, "request id")
     mark = keeper.settled_request(state, client, request_id)
     if mark is None:
         raise NotFound(f"request {request_id} of {client} has not been settled")
@@ -127,10 +125,7 @@ def query_request(keeper: InferenceKeeper, state: ReadableState, data: bytes) ->
 
 def query_batch(keeper: InferenceKeeper, state: ReadableState, data: bytes) -> Answer:
     """A settled batch's record: root, count, signer, what settled and what was rejected (index, code, reason)."""
-    try:
-        batch_id = fields.bytes32(data.decode(), "batch id")
-    except (UnicodeDecodeError, ValueError) as exc:
-        raise InvalidQuery(str(exc)) from exc
+    batch_id = _bytes32_arg(data, "batch id")
     record = keeper.batch(state, batch_id)
     if record is None:
         raise NotFound(f"batch {batch_id} has not been settled")
