@@ -65,6 +65,8 @@ class HistoricalState:
         self.store, self.height = store, height
 
     def get(self, key: bytes) -> bytes | None:
+        if key.startswith(INDEX_PREFIX):  # derived indexes are kept at the latest height only
+            return None
         return self.store.get_at(self.height, key)
 
     def iter_prefix(self, prefix: bytes) -> Iterator[tuple[bytes, bytes]]:
@@ -140,8 +142,8 @@ class HacaApp(BaseApplication):
                 raise InvalidQuery(f"no state at height {height}; latest is {self.store.height}")
             state: ReadableState = self.store if height == self.store.height else HistoricalState(self.store, height)
             if req.path == "/store":
-                if req.prove and bytes(req.data).startswith(INDEX_PREFIX):
-                    raise InvalidQuery("derived index keys are not in the trie: they have no state proof")
+                if bytes(req.data).startswith(INDEX_PREFIX) and (req.prove or height != self.store.height):
+                    raise InvalidQuery("derived index keys are not in the trie: no state proof, latest height only")
                 answer, keys = {"key": req.data.hex()}, [bytes(req.data)]
             else:
                 handler = self.queries.get(req.path)

@@ -1,15 +1,15 @@
 """Committed state: SQLite (WAL) holding a flat key/value table and an Ethereum
 Merkle-Patricia trie (py-trie) whose root is the app hash.
 
-Keys under INDEX_PREFIX are derived indexes: written by the state machine like any key (in the
-same atomic commit, read back the same way) but kept out of the trie, because a trie insert costs
-~0.3 ms of Python and an index may take a key per settled receipt. They must only repeat, for
-lookup, what merkleized state already commits to (so a validator whose index differed would still
-commit a different app hash through the consequences), and they cannot be proven to a light client.
-
-A block's writes are staged in memory; `stage_root` computes the new root without touching
-disk and `commit` writes trie nodes, the flat table, height and app hash in one SQLite
-transaction, so a crash leaves either the old or the new state, never a mix.
+Keys under INDEX_PREFIX are derived indexes: written by the state machine like any key, in the
+same atomic commit, and read back the same way, but kept out of the trie, because a py-trie insert
+costs ~0.3 ms of Python and an index may take a key per settled receipt (the settled-request index
+that refuses a second settlement). They are consensus state the app hash does not cover directly:
+what they decide (which items settle, the balances, the batch records) is in the trie, so a
+validator whose index differed would commit another app hash and stop at the next header. They
+cannot be proven to a light client and are kept at the latest height only; the SQLite file must be
+backed up and restored whole (the index cannot be rebuilt from the trie alone, only by replaying
+blocks).
 """
 
 from __future__ import annotations

@@ -57,10 +57,9 @@ def prove_batched_receipt(chain: ChainClient, receipt: Receipt) -> BatchInclusio
     proven = chain.query_proven("/inference/batch", batch_id.encode())
     batch = json.loads(proven.raw)
     ids = _batch_ids(chain, int(batch["height"]), batch_id)
-    wanted = bytes.fromhex(receipt.id[2:])
-    if len(ids) != int(batch["count"]) or wanted not in ids:
-        raise ProofInvalid(f"receipt {receipt.id} is not in batch {batch_id}")
-    index = ids.index(wanted)
+    index = int(mark["index"])  # the item that settled (a batch may list one receipt twice, once rejected)
+    if len(ids) != int(batch["count"]) or index >= len(ids) or "0x" + ids[index].hex() != receipt.id:
+        raise ProofInvalid(f"receipt {receipt.id} is not item {index} of batch {batch_id}")
     if index in {int(r["index"]) for r in batch["rejected"]}:
         raise ProofInvalid(f"batch {batch_id} rejected receipt {receipt.id} (item {index})")
     proof = InclusionProof.build(batch_id, ids, index)

@@ -24,7 +24,7 @@ def _split(n: int) -> int:
 
 
 def root_of_leaves(leaves: list[bytes]) -> bytes:
-    """The root over already hashed leaves (bottom-up, one pass per level: O(n) hashes)."""
+    """The root over already hashed leaves (n - 1 node hashes)."""
     if not leaves:
         return hashlib.sha256(b"").digest()
     return _root(leaves, 0, len(leaves))

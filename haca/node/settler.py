@@ -26,7 +26,14 @@ from haca.crypto.keys import PrivateKey
 from haca.node.chainview import ChainView
 from haca.node.receipts import ReceiptStore, StoredReceipt
 from haca.types import codes
-from haca.types.batch import BATCH_MODES, MAX_BATCH_ITEMS, MsgSettleBatch, assemble_batch
+from haca.types.batch import (
+    BATCH_MODES,
+    MAX_BATCH_ALLOWANCES,
+    MAX_BATCH_ITEMS,
+    MAX_BATCH_MODELS,
+    MsgSettleBatch,
+    assemble_batch,
+)
 from haca.types.inference import MsgSettle
 from haca.types.modes import Mode, Status
 from haca.types.payment import SpendingAllowance
@@ -191,10 +198,8 @@ class Settler:
         nonce = self.chain.nonce(self.key.address)
         sent: list[tuple[list[StoredReceipt], MsgSettleBatch, str]] = []
         done = 0
-        size = self.flush.max_receipts
         for mode, group in sorted(by_mode.items()):
-            for start in range(0, len(group), size):
-                chunk = group[start : start + size]
+            for chunk in batch_chunks(group, self.flush.max_receipts):
                 try:
                     msg = self._batch_msg(mode, chunk)
                     tx_hash = self.chain.broadcast(self.chain.sign(self.key, (msg,), nonce=nonce))
@@ -272,7 +277,7 @@ class Settler:
             return False
         self.store.mark([receipt_id], record_status(record), height=int(record["height"]))
         self._unseen_passes.pop(receipt_id, None)
-        self._refresh_view(str(record["client"]), None)
+        self._refresh_view(receipt.receipt.client, None)  # a batch item's record (a pointer) names no client
         self.settled_total += 1
         return True
 
@@ -396,6 +401,32 @@ class Settler:
         self.rejected_total += 1
         log.warning("settlement_rejected", receipt=receipt_id, reason=exc.log or str(exc))
         return 1
+
+
+def batch_chunks(receipts: list[StoredReceipt], size: int) -> list[list[StoredReceipt]]:
+    """Batches of at most `size` receipts, each within a batch's limits on distinct allowances and
+    models (a chunk past them could not be assembled)."""
+    chunks: list[list[StoredReceipt]] = []
+    current: list[StoredReceipt] = []
+    allowances: set[str] = set()
+    models: set[str] = set()
+    for stored in receipts:
+        paid_by, model = stored.item.payment.value, stored.item.receipt.receipt.model_id
+        allowance = paid_by.id if isinstance(paid_by, SpendingAllowance) else paid_by.request_id
+        new_allowance, new_model = allowance not in allowances, model not in models
+        if current and (
+            len(current) >= size
+            or (new_allowance and len(allowances) >= MAX_BATCH_ALLOWANCES)
+            or (new_model and len(models) >= MAX_BATCH_MODELS)
+        ):
+            chunks.append(current)
+            current, allowances, models = [], set(), set()
+        current.append(stored)
+        allowances.add(allowance)
+        models.add(model)
+    if current:
+        chunks.append(current)
+    return chunks
 
 
 ITEM_BYTES = 2_000  # a settlement item's receipt and payment, as tx JSON

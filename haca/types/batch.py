@@ -5,8 +5,9 @@ What a validator does per item is hashing, never a signature recovery: it rebuil
 from the item's fields and the batch's shared ones (chain, node, mode, model), hashes it to the
 receipt id (its EIP-712 digest, the same bytes the node signed for the client), and the root
 over those ids must be the signed one. The client signatures are the allowances', listed once
-per batch. A signed root is therefore a signature over every receipt in it: a client holding
-its receipt and an inclusion path can claim, or prove equivocation, with it.
+per batch. A signed root is therefore the node's (or enclave's) signature over every receipt in
+it; on chain, claims and equivocation reports still take the receipt as the node signed it for the
+client (the root is not accepted there yet).
 
 Wire shape: `items` is base64 of fixed-width records (`ITEM_FORMAT`), one per receipt, because a
 batch holds thousands and JSON field parsing would be most of a validator's cost.
@@ -33,7 +34,7 @@ from haca.types.payment import SignedPayment, SpendingAllowance
 from haca.types.receipt import NO_INSTANCES, RECEIPT_FIELDS, Receipt
 from haca.types.tx import register_msg
 
-MAX_BATCH_ITEMS = 4096  # ~570 KB of items as base64: well inside the 4 MiB tx limit
+MAX_BATCH_ITEMS = 4096  # ~760 KB of items as base64: inside the 4 MiB tx limit and the attester's 1 MiB frame
 MAX_BATCH_ALLOWANCES = 256
 MAX_BATCH_MODELS = 16
 BATCH_MODES = (Mode.VANILLA, Mode.TEE)  # zkml items each carry a proof: verifying it is not hashing
@@ -249,6 +250,9 @@ class MsgSettleBatch:
         payments = tuple(SignedPayment.from_json(a) for a in allowances)
         if any(not isinstance(p.value, SpendingAllowance) for p in payments):
             raise ValueError("allowances: batch items are paid by allowances only (per-request payments: MsgSettle)")
+        # Spend and cap are counted per listed allowance: one listed twice would get its cap twice.
+        if len({p.value.id for p in payments}) != len(payments):  # type: ignore[union-attr]
+            raise ValueError("allowances: an allowance is listed twice")
         if not isinstance(doc["items"], str):
             raise ValueError("items: expected base64 text")
         try:

@@ -180,6 +180,7 @@ def test_malformed_batches_are_refused_at_decode_with_a_reason():
         "out of range": {**good, "models": []} | {"models": [LLM.model_id], "items": _items_with_index(good, 3)},
         "allowances only": {**good, "allowances": [SignedPayment("request", auth, auth.sign(CLIENT)).to_json()]},
         "batches settle": {**good, "mode": "zkml"},
+        "listed twice": {**good, "allowances": [good["allowances"][0]] * 2},
     }
     for reason, doc in cases.items():
         with pytest.raises(ValueError, match=reason):
@@ -414,3 +415,27 @@ def test_the_proposers_execution_of_a_batch_equals_every_other_validators(chain)
     executed = chain.app._execute(height, proposed.time, [raw], ())
     assert proposed.state.writes == executed.state.writes
     assert any(k.startswith(b"index/inference/settled/") for k in executed.state.writes)
+
+
+def test_an_allowance_listed_twice_to_charge_past_its_cap_is_refused_and_no_balance_moves(chain):
+    """The attack: one signed allowance (cap = one fee) copied into two slots of the batch, one
+    item on each, so that each slot's cap check passes. Refused at decode; every balance holds."""
+    small = allowance(nonce=31, cap=FEE)
+    honest, _ = assemble_batch(CHAIN_ID, NODE.address, "tee", [(receipt(chain, 500), small)])
+    items = (honest.items[0], dataclasses.replace(batch_item(receipt(chain, 501), 1, 0)))
+    forged = dataclasses.replace(honest, allowances=(small, small), items=items)
+    forged = dataclasses.replace(forged, signature=forged.header(CHAIN_ID, NODE.address).sign(ENCLAVE))
+    raw = chain.tx(NODE, forged)
+    balances = {k.address: chain.balance(k.address) for k in (NODE, CLIENT)}
+    escrow = chain.escrow(CLIENT.address, NODE.address)
+    check_writes = dict(chain.app.check_state.writes)
+    response = chain.check(raw)
+    assert response.code == codes.TX_DECODE and "listed twice" in response.log
+    assert chain.app.check_state.writes == check_writes
+    (result,) = chain.block([raw]).tx_results
+    assert result.code == codes.TX_DECODE
+    assert {k.address: chain.balance(k.address) for k in (NODE, CLIENT)} == balances
+    assert chain.escrow(CLIENT.address, NODE.address) == escrow
+    spent = chain.answer("/inference/allowance", json.dumps(small.value.to_json()).encode())["spent"]
+    assert spent == "0"
+    holds(chain)

@@ -264,7 +264,10 @@ class InferenceKeeper:
         """How a request settled: {receipt_id} (alone: its record is under the receipt id) or, for a
         batch item, {receipt_id, batch, index, status, height}."""
         raw = state.get(settled_index_key(client, request_id))
-        return json.loads(raw) if raw else None
+        if raw:
+            return json.loads(raw)
+        alone = state.get(settled_key(client, request_id))  # in the trie too (and at past heights)
+        return {"receipt_id": alone.decode()} if alone else None
 
     def record_batch_item(self, state: CachedState, client: bytes, request_id: bytes, record: bytes) -> None:
         """A batch item's one write, to the derived index: where its request's receipt settled."""
