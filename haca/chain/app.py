@@ -20,6 +20,7 @@ from haca.chain.blocks import record_block_hash
 from haca.chain.errors import ChainError, InvalidQuery, UnknownQuery
 from haca.chain.events import Event
 from haca.chain.genesis import parse_app_genesis
+from haca.chain.metrics import ChainMetrics
 from haca.chain.module import BlockContext, BlockResult, Misbehavior, Module, Query, ValidatorUpdate
 from haca.chain.modules.auth import keeper as auth_keeper
 from haca.chain.modules.auth.keeper import AuthKeeper
@@ -93,6 +94,9 @@ class HacaApp(BaseApplication):
         self.bank.module_accounts = frozenset({ESCROW_ACCOUNT, STAKING_ACCOUNT})
         self.runner = TxRunner(self.auth, self.bank)
         self.runner.chain_id = auth_keeper.chain_id(store)
+        # the verifiers of every mode share one verdict cache (haca.proofs.verifier.verifiers)
+        self.metrics = ChainMetrics(getattr(next(iter(self.inference.verifiers.values())), "cache", None))
+        self._committing: tuple[list[TxResult], list[Event]] = ([], [])  # what commit() counts
         # Order matters only for hooks: each block runs begin-block hooks in this order, then the
         # txs, then end-block hooks in this order.
         self.modules: list[Module] = [
@@ -172,6 +176,7 @@ class HacaApp(BaseApplication):
     def check_tx(self, req: abci.RequestCheckTx) -> abci.ResponseCheckTx:
         self.runner.height, self.runner.time = self.store.height + 1, self.last_block_time
         result = self.runner.run(self.check_state, bytes(req.tx), atomic=True, checking=True)
+        self.metrics.checktx.labels("ok" if result.ok else "failed").inc()
         return abci.ResponseCheckTx(
             code=result.code,
             codespace=result.codespace,
@@ -278,6 +283,10 @@ class HacaApp(BaseApplication):
         return block
 
     def finalize_block(self, req: abci.RequestFinalizeBlock) -> abci.ResponseFinalizeBlock:
+        with self.metrics.finalize_seconds.time():
+            return self._finalize_block(req)
+
+    def _finalize_block(self, req: abci.RequestFinalizeBlock) -> abci.ResponseFinalizeBlock:
         executed = self._executed(
             req.height, req.time.seconds, [bytes(raw) for raw in req.txs], _misbehavior(req.misbehavior)
         )
@@ -291,6 +300,7 @@ class HacaApp(BaseApplication):
         self.block_state = state
         self.staged = self.store.stage_root(state.writes)
         self.pending_height, self.pending_time = req.height, executed.time
+        self._committing = (results, block.events)
         return abci.ResponseFinalizeBlock(
             events=[_abci_event(e) for e in block.events],
             tx_results=[_exec_result(r) for r in results],
@@ -303,6 +313,9 @@ class HacaApp(BaseApplication):
             raise RuntimeError("commit without a finalized block")
         self.store.commit(self.pending_height, self.staged, self.pending_time)
         self.last_block_time = self.pending_time
+        results, events = self._committing
+        self.metrics.committed(self.pending_height, results, events, self.bank.burned(self.store))
+        self._committing = ([], [])
         self.block_state, self.staged, self.processed = None, None, None
         self.check_state = CachedState(self.store)
         return abci.ResponseCommit(retain_height=0)

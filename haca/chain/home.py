@@ -25,6 +25,12 @@ class ValidatorHome:
         return self.root / "app"
 
     @property
+    def app_config(self) -> Path:
+        """Optional settings of the app process: {"metrics_port": N} serves Prometheus metrics on
+        127.0.0.1:N."""
+        return self.app_dir / "app.json"
+
+    @property
     def state_db(self) -> Path:
         return self.app_dir / "state.db"
 

@@ -7,8 +7,11 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import json
 import signal
 from pathlib import Path
+
+from prometheus_client import start_http_server
 
 from haca.chain.abci.server import AbciServer
 from haca.chain.app import HacaApp
@@ -20,6 +23,9 @@ from haca.logs import configure_logging
 async def serve(home: ValidatorHome) -> None:
     home.app_dir.mkdir(parents=True, exist_ok=True)
     app = HacaApp(CommitStore(home.state_db), srs_dir=home.srs_dir)
+    settings = json.loads(home.app_config.read_text()) if home.app_config.exists() else {}
+    if port := int(settings.get("metrics_port", 0)):
+        start_http_server(port, addr="127.0.0.1", registry=app.metrics.registry)
     server = AbciServer(app, home.socket_path)
     await server.start()
     loop = asyncio.get_running_loop()

@@ -59,10 +59,15 @@ class NodeRecord:
     p2p_port: int
     node_id: str
     pid: int = 0
+    metrics_port: int = 0  # the app's Prometheus endpoint (0: none, a devnet made before it existed)
 
     @property
     def rpc(self) -> str:
         return f"http://127.0.0.1:{self.rpc_port}"
+
+    @property
+    def metrics(self) -> str:
+        return f"http://127.0.0.1:{self.metrics_port}/metrics" if self.metrics_port else ""
 
 
 @dataclass
@@ -130,19 +135,24 @@ class Devnet:
         if validators < 1:
             raise DevnetError("a devnet needs at least one validator")
         self.dir.mkdir(parents=True, exist_ok=True)
-        ports = free_ports(2 * validators + 2)
+        ports = free_ports(3 * validators + 2)
+        metrics_ports = ports[2 * validators : 3 * validators]
         state = DevnetState(chain_id)
         identities = []
         for i in range(validators):
             root = self.dir / f"val{i}"
             ident = init_validator(root, f"val{i}")
             identities.append(ident)
-            state.nodes.append(NodeRecord(f"val{i}", str(root), ports[2 * i], ports[2 * i + 1], ident.node_id))
+            record = NodeRecord(f"val{i}", str(root), ports[2 * i], ports[2 * i + 1], ident.node_id)
+            record.metrics_port = metrics_ports[i]
+            state.nodes.append(record)
         genesis = self._genesis(chain_id, identities, inference)
         srs = sorted({(c.logrows, c.srs_hash) for c in services.example_circuits().values()}) if inference else []
         for node in state.nodes:
             home = ValidatorHome(Path(node.home))
             home.genesis.write_text(json.dumps(genesis, indent=2))
+            home.app_dir.mkdir(parents=True, exist_ok=True)
+            home.app_config.write_text(json.dumps({"metrics_port": node.metrics_port}) + "\n")
             home.srs_dir.mkdir(parents=True, exist_ok=True)
             for logrows, _ in srs:  # the SRS is a genesis artefact: every validator holds the files
                 shutil.copyfile(srs_file(dev_srs_dir(), logrows), srs_file(home.srs_dir, logrows))
@@ -315,6 +325,7 @@ class Devnet:
             entry: dict[str, Any] = {
                 "name": node.name,
                 "rpc": node.rpc,
+                "metrics": node.metrics,
                 "running": process_alive(node.pid),
                 "height": 0,
                 "app_hash": "",

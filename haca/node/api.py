@@ -11,7 +11,7 @@ import orjson
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response
-from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from starlette.concurrency import run_in_threadpool
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
@@ -77,25 +77,10 @@ def describe(served: ServedModel, quotes: dict[tuple[str, str], Quote]) -> dict[
     }
 
 
-class Metrics:
-    def __init__(self) -> None:
-        self.registry = CollectorRegistry()
-        self.inferences = Counter("haca_inferences", "inferences served", ["model", "mode"], registry=self.registry)
-        self.latency = Histogram("haca_inference_seconds", "time to answer /v1/infer", registry=self.registry)
-        self.rejected = Counter("haca_requests_rejected", "requests refused", ["status"], registry=self.registry)
-        self.pending = Gauge("haca_receipts_pending", "receipts not yet settled", registry=self.registry)
-        self.bodies_parsed = Counter(
-            "haca_request_bodies_parsed",
-            "request bodies parsed (only paid requests get that far)",
-            ["size"],
-            registry=self.registry,
-        )
-
-
 def create_app(ctx: NodeContext) -> FastAPI:
     app = FastAPI(title="HACA inference node", version="1")
     app.state.context = ctx
-    metrics = Metrics()
+    metrics = ctx.metrics
     add_openai_routes(app, ctx, {})
 
     @app.exception_handler(NodeError)

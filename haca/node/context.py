@@ -4,7 +4,7 @@ store, enclave), the quotes in effect, and queueing a signed receipt before an a
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from fastapi import Request
@@ -12,6 +12,7 @@ from fastapi import Request
 from haca.crypto.keys import PrivateKey
 from haca.node.enclave import EnclaveKey
 from haca.node.errors import EnclaveUnavailable, PayloadTooLarge, RequestConflict
+from haca.node.metrics import Metrics
 from haca.node.payments import AcceptedPayment, PaymentGate, Quote
 from haca.node.receipts import DuplicateRequest, ProofJob, ReceiptStore
 from haca.proofs.zk.circuit import Circuit
@@ -70,6 +71,7 @@ class NodeContext:
     llm_queue: int = 8  # LLM requests that may wait for a slot (per model); more get 429
     # (height, tensor models' quotes, LLMs' quotes): current_quotes split per route
     split_quotes: tuple[int, dict[tuple[str, str], Quote], dict[tuple[str, str], Quote]] | None = None
+    metrics: Metrics = field(default_factory=Metrics)  # GET /metrics; the settler and prover count here too
 
 
 def current_quotes(ctx: NodeContext) -> dict[tuple[str, str], Quote]:

@@ -110,6 +110,7 @@ async def _serve(ctx: NodeContext, admissions: dict[str, Admission], http: Reque
     except TooManyRequests:
         ctx.gate.release(call.accepted)
         raise
+    ctx.metrics.llm_queue.set(sum(a.running + a.waiting for a in admissions.values()))
     run = _Run(ctx, call, admission)
     run.start()
     if not call.request.stream:
@@ -201,6 +202,7 @@ class _Run:
         self.events: asyncio.Queue[str | Outcome | Exception] = asyncio.Queue()
         self.cancelled = threading.Event()
         self._done: asyncio.Future[tuple[Outcome, SignedReceipt]] = self.loop.create_future()
+        self._started, self._first_token = time.perf_counter(), False
 
     def start(self) -> None:
         self.loop.run_in_executor(None, self._work)
@@ -215,6 +217,9 @@ class _Run:
         return await asyncio.shield(self._done)
 
     def _push(self, event: str | Outcome | Exception) -> None:
+        if not self._first_token:
+            self._first_token = True
+            self.ctx.metrics.llm_first_token.observe(time.perf_counter() - self._started)
         self.loop.call_soon_threadsafe(self.events.put_nowait, event)
 
     def _work(self) -> None:
@@ -245,6 +250,7 @@ class _Run:
         """Charge what was used, sign and queue the receipt, free the slot and the hold."""
         call, ctx = self.call, self.ctx
         self.admission.leave()
+        ctx.metrics.llm_queue.dec()
         try:
             if isinstance(result, Exception):
                 raise result
@@ -267,6 +273,10 @@ class _Run:
             ctx.gate.release(call.accepted)
         if ctx.on_receipt is not None:
             ctx.on_receipt()
+        metrics, name, mode = ctx.metrics, call.served.name, call.quote.mode
+        metrics.llm_requests.labels(name, mode, result.finish_reason).inc()
+        metrics.llm_tokens.labels(name, "prompt").inc(result.prompt_tokens)
+        metrics.llm_tokens.labels(name, "completion").inc(result.completion_tokens)
         self.events.put_nowait(result)
         self._done.set_result((result, signed))
 

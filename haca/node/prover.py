@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import multiprocessing
 import threading
+import time
 from collections.abc import Callable, Mapping
 from concurrent.futures import Future, ProcessPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
@@ -16,6 +17,7 @@ from pathlib import Path
 
 import structlog
 
+from haca.node.metrics import Metrics
 from haca.node.receipts import ProofJob, ReceiptStore
 from haca.proofs.zk.circuit import Circuit
 
@@ -49,6 +51,7 @@ class Prover:
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._loop, name="prover", daemon=True)
         self.proved_total = self.failed_total = 0
+        self.metrics: Metrics | None = None  # the node's, when it runs in one
 
     def _new_pool(self) -> ProcessPoolExecutor:
         return ProcessPoolExecutor(self.workers, mp_context=multiprocessing.get_context("spawn"))
@@ -107,7 +110,14 @@ class Prover:
             self._pool = self._new_pool()
             future = self._pool.submit(prove_in_worker, circuit, job.inputs, str(self.srs_for(circuit)))
         self._running[job.receipt_id] = future
-        future.add_done_callback(lambda _: self._wake.set())
+        started = time.monotonic()
+
+        def done(_: object) -> None:
+            if self.metrics is not None:
+                self.metrics.proving.observe(time.monotonic() - started)  # queue wait in the pool included
+            self._wake.set()
+
+        future.add_done_callback(done)
 
     def _collect(self) -> int:
         finished = 0

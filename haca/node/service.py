@@ -112,6 +112,7 @@ def build_node(settings: NodeSettings) -> Node:
     context = NodeContext(key, config.chain_id, models, settings.modes, gate, store, settler.notify, settings.price)
     context.enclave = enclave
     context.llm_queue = settings.llm_queue
+    settler.metrics = context.metrics
     prover = None
     circuits = {s.model_id: s.circuit for s in models.values() if s.circuit is not None}
     if Mode.ZKML in settings.modes and circuits:
@@ -122,6 +123,7 @@ def build_node(settings: NodeSettings) -> Node:
             store, circuits, lambda c: srs_file(srs_dir, c.logrows), settings.provers, on_proof=settler.wake
         )
         context.on_proof_job = prover.notify
+        prover.metrics = context.metrics
     return Node(settings, context, settler, chain, enclave, prover)
 
 

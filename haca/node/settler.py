@@ -24,6 +24,7 @@ from haca.client.chain import ChainClient
 from haca.client.errors import HacaError, TxRejected
 from haca.crypto.keys import PrivateKey
 from haca.node.chainview import ChainView
+from haca.node.metrics import Metrics
 from haca.node.receipts import ReceiptStore, StoredReceipt
 from haca.types import codes
 from haca.types.batch import (
@@ -114,6 +115,7 @@ class Settler:
         self._last_queued = self._first_queued = time.monotonic()
         self._waiting_since: float | None = None  # when the oldest batchable receipt not yet sent arrived
         self._single_only: set[str] = set()  # receipts a batch could not settle: MsgSettle decides them
+        self.metrics: Metrics | None = None  # the node's, when it runs in one
         # A sent tx may still be in a mempool: its receipts are re-sent only after this many passes
         # without a chain record (passes are `flush_interval` apart while nothing else changes).
         self.resubmit_after = resubmit_after
@@ -207,7 +209,7 @@ class Settler:
                     log.warning("batch_refused", receipts=len(chunk), mode=mode, reason=str(exc))
                     done += self._send_single(chunk)
                     continue
-                self._mark_submitted(chunk, tx_hash)
+                self._mark_submitted(chunk, tx_hash, "batch")
                 sent.append((chunk, msg, tx_hash))
                 nonce += 1
         return done + sum(self._await_batch(chunk, msg, tx_hash) for chunk, msg, tx_hash in sent)
@@ -240,6 +242,7 @@ class Settler:
         status = Status.VERIFIED if msg.mode == Mode.TEE else Status.SETTLED
         settled = [r for i, r in enumerate(chunk) if i not in rejected]
         self.store.mark([r.item.receipt.id for r in settled], status, height=outcome.height)
+        self._count(settled, status)
         retry = [r for i, r in enumerate(chunk) if i in rejected and not self._settled_on_chain(r)]
         if retry:  # each gets its verdict from MsgSettle, which names why the chain refuses it
             self._send_single(retry)
@@ -276,6 +279,7 @@ class Settler:
         if record is None or record["receipt_id"] != receipt_id:
             return False
         self.store.mark([receipt_id], record_status(record), height=int(record["height"]))
+        self._count([stored], record_status(record))
         self._unseen_passes.pop(receipt_id, None)
         self._refresh_view(receipt.receipt.client, None)  # a batch item's record (a pointer) names no client
         self.settled_total += 1
@@ -320,7 +324,19 @@ class Settler:
     def _settle_tx(self, chunk: list[StoredReceipt], nonce: int | None = None) -> bytes:
         return self.chain.sign(self.key, (MsgSettle(tuple(r.item for r in chunk)),), nonce=nonce)
 
-    def _mark_submitted(self, chunk: list[StoredReceipt], tx_hash: str) -> None:
+    def _count(self, receipts: list[StoredReceipt], status: str) -> None:
+        """Receipts whose settlement ended: by status, and (settled ones) the lag since the answer."""
+        if self.metrics is None or not receipts:
+            return
+        self.metrics.settled.labels(str(status)).inc(len(receipts))
+        if status in (Status.SETTLED, Status.VERIFIED):
+            now = time.time()
+            for stored in receipts:
+                self.metrics.settlement_lag.observe(max(0.0, now - stored.item.receipt.receipt.timestamp))
+
+    def _mark_submitted(self, chunk: list[StoredReceipt], tx_hash: str, kind: str = "single") -> None:
+        if self.metrics is not None:
+            self.metrics.settlement_txs.labels(kind).inc()
         ids = [r.item.receipt.id for r in chunk]
         self.store.mark(ids, Status.SUBMITTED, tx_hash=tx_hash)
         self._unseen_passes.update((rid, 0) for rid in ids)
@@ -371,6 +387,7 @@ class Settler:
             by_status.setdefault(statuses.get(rid, Status.SETTLED), []).append(rid)
         for status, marked in sorted(by_status.items()):
             self.store.mark(marked, status, height=outcome.height)
+            self._count([r for r in chunk if r.item.receipt.id in set(marked)], status)
         self._settled_chunk(chunk)
         self.settled_total += len(ids)
         log.info("settled", receipts=len(ids), height=outcome.height, tx=tx_hash)
@@ -398,6 +415,7 @@ class Settler:
         if self._settled_on_chain(stored):
             return 1
         self.store.mark([receipt_id], Status.REJECTED, error=exc.log or str(exc))
+        self._count([stored], Status.REJECTED)
         self.rejected_total += 1
         log.warning("settlement_rejected", receipt=receipt_id, reason=exc.log or str(exc))
         return 1

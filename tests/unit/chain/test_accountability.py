@@ -14,6 +14,7 @@ import time
 from pathlib import Path
 
 import pytest
+from prometheus_client import generate_latest
 from tendermint.abci import types_pb2 as abci
 
 from haca.chain import errors
@@ -24,6 +25,7 @@ from haca.types.gov import MsgUpdateParams
 from haca.types.inference import MsgClaim, MsgDeposit, MsgReportEquivocation, MsgSettle
 from haca.types.receipt import SignedReceipt
 from haca.types.staking import MsgBond, MsgUnbond
+from tests.metricshelpers import samples, value
 from tests.unit.chain import apphelpers
 from tests.unit.chain.apphelpers import Node
 from tests.unit.chain.test_tee import (
@@ -289,6 +291,9 @@ def test_two_answers_to_one_request_are_slashed_on_sight_and_the_reporter_reward
     assert stake(chain, NODE.address)["bonded"] == str(STAKE - slashed)
     assert chain.balance(MALLORY.address) == reporter - apphelpers.fee_of(raw) + reward
     holds(chain)
+    scraped = samples(generate_latest(chain.app.metrics.registry).decode())
+    assert value(scraped, "haca_chain_slashes_total", reason="equivocation") == 1
+    assert value(scraped, "haca_chain_slashed_tokens_total", reason="equivocation") == slashed
     rejected(chain, MALLORY, MsgReportEquivocation(first, second), errors.ClaimConflict.code, "already reported")
 
 

@@ -13,6 +13,7 @@ import json
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from prometheus_client import generate_latest
 from tendermint.abci import types_pb2 as abci
 
 from haca.chain.modules.inference.keeper import ESCROW_ACCOUNT, settled_index_key
@@ -34,6 +35,7 @@ from haca.types.inference import MsgClaim, MsgDeposit, MsgRevokeAllowance, MsgSe
 from haca.types.payment import PaymentAuthorization, SignedPayment, SpendingAllowance
 from haca.types.receipt import Receipt, SignedReceipt
 from haca.types.tx import decode_tx
+from tests.metricshelpers import samples, value
 from tests.unit.chain import apphelpers
 from tests.unit.chain.apphelpers import CHAIN_ID, Node
 from tests.unit.chain.test_tee import (
@@ -439,3 +441,26 @@ def test_an_allowance_listed_twice_to_charge_past_its_cap_is_refused_and_no_bala
     spent = chain.answer("/inference/allowance", json.dumps(small.value.to_json()).encode())["spent"]
     assert spent == "0"
     holds(chain)
+
+
+def test_the_app_metrics_count_what_committed_and_parse(chain):
+    def scrape() -> dict:
+        return samples(generate_latest(chain.app.metrics.registry).decode())
+
+    before = scrape()
+    pay = allowance()
+    entries = [(receipt(chain, 700 + n), pay) for n in range(5)] + [(receipt(chain, 700), pay)]  # one twice
+    ok(chain.deliver(NODE, batch(entries)))
+    after = scrape()
+
+    def delta(name: str, **labels: str) -> float:
+        return value(after, name, **labels) - value(before, name, **labels)
+
+    assert delta("haca_chain_receipts_settled_total", mode="tee", status="verified") == 5
+    assert delta("haca_chain_batch_items_rejected_total") == 1
+    assert delta("haca_chain_batches_total", mode="tee") == 1
+    assert delta("haca_chain_txs_total", result="ok") == 1
+    assert value(after, "haca_chain_height") == chain.height
+    assert value(after, "haca_chain_burned_tokens") == chain.supply()[1]
+    assert delta("haca_chain_finalize_block_seconds_count") == 1
+    assert ("haca_chain_verdict_cache_total", frozenset({("result", "hit")})) in after

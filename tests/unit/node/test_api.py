@@ -29,6 +29,7 @@ from haca.node.payments import PaymentGate
 from haca.node.receipts import ReceiptStore
 from haca.runtime.onnx import OnnxModel
 from haca.types.tensor import Tensor
+from tests.metricshelpers import samples
 from tests.unit.node.nodehelpers import CHAIN_ID, CLIENT, DENOM, HEIGHT, NODE, FakeView
 from tests.unit.node.nodehelpers import manifest as chain_manifest
 
@@ -352,6 +353,9 @@ def test_metrics_count_inferences_refusals_latency_and_pending_receipts(node):
     response = node.client.get("/metrics")
     assert response.status_code == 200 and response.headers["content-type"].startswith("text/plain")
     text = response.text
+    families = {name for name, _ in samples(text)}  # prometheus_client's parser reads it
+    for name in ("haca_llm_queue_depth", "haca_proof_seconds_count", "haca_settlement_lag_seconds_count"):
+        assert name in families
     assert metric(text, 'haca_inferences_total{mode="vanilla",model="double"}') == 1
     assert metric(text, "haca_inference_seconds_count") == 1
     for status in ("402", "404", "409"):

@@ -29,6 +29,7 @@ from haca.types.llm import LlmRequest, parse_request, text_hash
 from haca.types.payment import PaymentAuthorization
 from haca.types.receipt import SignedReceipt
 from haca.types.x402 import PAYMENT_REQUIRED_HEADER
+from tests.metricshelpers import samples, value
 from tests.unit.node.nodehelpers import CHAIN_ID, CLIENT, DENOM, HEIGHT, NODE, FakeView, x_payment
 from tests.unit.node.nodehelpers import manifest as chain_manifest
 
@@ -301,3 +302,21 @@ def test_requests_past_the_queue_get_429_and_the_rest_are_served(tmp_path: Path,
             assert refused.json()["error"]["code"] == "rate_limit_exceeded"
         # the first one hung up: its slot frees at its next token
         assert post(node.url + "/v1/chat/completions", json=CHAT, headers=bearer(node)).status_code == 200
+
+
+def test_llm_requests_tokens_and_first_token_time_are_counted_in_the_metrics(node: Node):
+    before = samples(httpx.get(node.url + "/metrics").text)
+    response = post(node.url + "/v1/chat/completions", json={**CHAT, "temperature": 0}, headers=bearer(node))
+    assert response.status_code == 200, response.text
+    usage, finish = response.json()["usage"], response.json()["choices"][0]["finish_reason"]
+    after = samples(httpx.get(node.url + "/metrics").text)
+
+    def delta(name: str, **labels: str) -> float:
+        return value(after, name, **labels) - value(before, name, **labels)
+
+    mode = SignedReceipt.from_json(response.json()["haca"]["receipt"]).receipt.mode
+    assert delta("haca_llm_requests_total", model="smollm2", mode=mode, finish=finish) == 1
+    assert delta("haca_llm_tokens_total", model="smollm2", kind="prompt") == usage["prompt_tokens"]
+    assert delta("haca_llm_tokens_total", model="smollm2", kind="completion") == usage["completion_tokens"]
+    assert delta("haca_llm_first_token_seconds_count") == 1
+    assert value(after, "haca_llm_queue_depth") == 0  # nothing running or waiting once it answered
