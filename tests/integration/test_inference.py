@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import base64
 import json
+import time
 
 import httpx
 import numpy as np
@@ -14,7 +15,8 @@ from haca.client.payment import ReceiptInvalid, verify_answer
 from haca.client.sdk import Client
 from haca.devnet.layout import example_models_dir
 from haca.devnet.services import EXAMPLE_PRICES
-from tests.integration.helpers import genesis_supply, module_accounts
+from tests.integration.helpers import genesis_supply, module_accounts, wait_height
+from tests.metricshelpers import samples, value
 
 pytestmark = pytest.mark.devnet
 MODELS = json.loads((example_models_dir() / "manifest.json").read_text())["models"]
@@ -160,10 +162,40 @@ def test_models_endpoint_lists_the_registered_models(inference_devnet):
     assert {m["name"]: m["id"] for m in data} == chain_models
 
 
-def test_metrics_count_inferences(client, inference_devnet):
-    client.infer("iris", MODELS[0]["example_input"])
-    text = httpx.get(f"{node_url(inference_devnet)}/metrics").text
-    assert 'haca_inferences_total{mode="vanilla",model="iris"}' in text
+def test_the_node_and_app_metrics_parse_and_move_with_traffic(client, inference_devnet):
+    """The node's /metrics and every validator's app metrics (URLs from `devnet status`) parse
+    with prometheus_client's parser, and count the inference, its settlement and its block."""
+    status = inference_devnet.net.status()
+    app_urls = [v["metrics"] for v in status["validators"]]
+    assert all(url.startswith("http://127.0.0.1:") for url in app_urls)
+    node_metrics = f"{node_url(inference_devnet)}/metrics"
+    node_before, apps_before = samples(httpx.get(node_metrics).text), [samples(httpx.get(u).text) for u in app_urls]
+    result = client.infer("iris", MODELS[0]["example_input"])
+    record = client.wait_settled(result.receipt_id)
+    deadline = time.monotonic() + 30
+    while True:  # the node counts a settlement once its settler has seen the tx commit
+        node_after = samples(httpx.get(node_metrics).text)
+        if value(node_after, "haca_receipts_settled_total", status="settled") > value(
+            node_before, "haca_receipts_settled_total", status="settled"
+        ):
+            break
+        assert time.monotonic() < deadline, "the node never counted the settlement"
+        time.sleep(0.3)
+
+    def moved(after: dict, before: dict, name: str, **labels: str) -> float:
+        return value(after, name, **labels) - value(before, name, **labels)
+
+    assert moved(node_after, node_before, "haca_inferences_total", model="iris", mode="vanilla") == 1
+    assert moved(node_after, node_before, "haca_inference_seconds_count") == 1
+    assert moved(node_after, node_before, "haca_settlement_lag_seconds_count") >= 1
+    assert moved(node_after, node_before, "haca_settlement_txs_total", kind="single") >= 1
+    wait_height(inference_devnet.client.rpc, int(record["height"]) + 1)
+    for url, before in zip(app_urls, apps_before, strict=True):  # every validator counted that block
+        after = samples(httpx.get(url).text)
+        assert moved(after, before, "haca_chain_receipts_settled_total", mode="vanilla", status="settled") >= 1
+        assert moved(after, before, "haca_chain_txs_total", result="ok") >= 1
+        assert value(after, "haca_chain_height") >= int(record["height"])
+        assert value(after, "haca_chain_burned_tokens") > value(before, "haca_chain_burned_tokens")
 
 
 def test_api_key_allowance_pays_until_its_cap_then_402(inference_devnet, client):
@@ -195,7 +227,6 @@ def test_revoked_api_key_is_refused(inference_devnet, client):
     node = inference_devnet.config.extra["nodes"][0]["address"]
     api_key = client.create_api_key(node, cap=10**6, expires_in=1_000, nonce=4242)
     client.chain.send_msgs(client.key, (MsgRevokeAllowance(node, 4242),))
-    import time
 
     time.sleep(1.2)  # the node caches allowance state for a second
     response = httpx.post(
