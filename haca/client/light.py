@@ -8,7 +8,6 @@ the RPC node that served them.
 from __future__ import annotations
 
 import base64
-import hashlib
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
@@ -19,6 +18,7 @@ from tendermint.crypto import keys_pb2
 from tendermint.types import canonical_pb2, types_pb2, validator_pb2
 
 from haca.client.errors import HacaError
+from haca.crypto.merkle import merkle_root  # RFC 6962, as CometBFT's merkle.HashFromByteSlices
 from haca.types.encoding import encode_uvarint
 
 BLOCK_ID_FLAG_COMMIT = 2
@@ -135,16 +135,6 @@ def validator_set_hash(validators: list[TrustedValidator]) -> bytes:
         simple = validator_pb2.SimpleValidator(pub_key=keys_pb2.PublicKey(ed25519=v.pub_key), voting_power=v.power)
         leaves.append(simple.SerializeToString())
     return merkle_root(leaves)
-
-
-def merkle_root(items: list[bytes]) -> bytes:
-    """RFC 6962 tree hash, as CometBFT's merkle.HashFromByteSlices."""
-    if not items:
-        return hashlib.sha256(b"").digest()
-    if len(items) == 1:
-        return hashlib.sha256(b"\x00" + items[0]).digest()
-    split = 1 << ((len(items) - 1).bit_length() - 1)
-    return hashlib.sha256(b"\x01" + merkle_root(items[:split]) + merkle_root(items[split:])).digest()
 
 
 def parse_rfc3339_nanos(text: str) -> tuple[int, int]:
