@@ -14,7 +14,7 @@ LLAMA_CMAKE_ARGS := $(if $(filter x86_64,$(shell uname -m)),-DGGML_NATIVE=OFF -D
 .PHONY: setup demo test test-fast bench fuzz lint clean
 FUZZ_SECONDS ?= 60
 
-setup: $(VENV)/.installed .tools/bin/cometbft build/gen/.ok build/models/.ok build/circuits/.ok explorer/node_modules/.ok
+setup: $(VENV)/.installed .tools/bin/cometbft build/gen/.ok build/models/.ok build/circuits/.ok build/explorer/.ok
 
 $(VENV)/.installed: pyproject.toml
 	@test -x $(PY) || python3 -m venv $(VENV)
@@ -31,6 +31,14 @@ $(VENV)/.installed: pyproject.toml
 # The explorer's JS dependencies (npm, pinned by package-lock.json): its in-browser light client.
 explorer/node_modules/.ok: explorer/package.json explorer/package-lock.json
 	@cd explorer && npm ci --no-audit --no-fund --loglevel=error
+	@touch $@
+
+# The explorer page: its JS bundled (esbuild, no CDN) with the static files into build/explorer.
+build/explorer/.ok: explorer/node_modules/.ok $(wildcard explorer/src/*.js explorer/static/*)
+	@mkdir -p build/explorer
+	@explorer/node_modules/.bin/esbuild explorer/src/app.js --bundle --format=esm --minify \
+	  --log-level=warning --outfile=build/explorer/app.js
+	@cp explorer/static/* build/explorer/
 	@touch $@
 
 .tools/bin/cometbft: scripts/install_cometbft.sh
@@ -51,7 +59,14 @@ build/circuits/.ok: scripts/build_circuits.py build/models/.ok
 demo: setup
 	@$(HACA) demo --home $(DEMO_HOME) $(if $(KEEP),--keep,)
 
-test: setup
+# Browser tests drive Debian's Chromium (Playwright never downloads one): installed here if missing.
+CHROMIUM := /usr/bin/chromium
+SUDO := $(if $(filter 0,$(shell id -u)),,sudo)
+$(CHROMIUM):
+	@echo "installing Debian's chromium for the explorer's browser test"
+	@$(SUDO) apt-get update -qq && DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -qq chromium >/dev/null
+
+test: setup $(CHROMIUM)
 	@$(PY) -m pytest -n 2 --dist loadfile
 
 test-fast: setup

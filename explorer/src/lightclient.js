@@ -17,6 +17,7 @@ export class VerifyError extends Error {
   constructor(step, message) {
     super(`${step}: ${message}`);
     this.step = step;
+    this.reason = message; // without the step's name
   }
 }
 

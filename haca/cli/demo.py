@@ -42,6 +42,7 @@ def demo(
                 f"\nThe network keeps running. Try:\n  {h} devnet status\n  {h} model list\n"
                 f"  {h} infer -m iris --input '[[5.1, 3.5, 1.4, 0.2]]'\n  {h} query supply\n"
                 f"  {h} allowance create --node {net.status()['nodes'][0]['address']} --max 1000000\n"
+                f"Watch it in the explorer: {net.status().get('explorer') or f'{h} explorer'}\n"
                 f"Stop it with: {h} devnet down\n"
                 "(haca is .venv/bin/haca: `source .venv/bin/activate` puts it on your PATH)"
             )
@@ -55,6 +56,8 @@ def _show_network(status: dict[str, Any]) -> None:
     for v in status["validators"]:
         console.print(f"   {v['name']}  {v['rpc']}  height {v['height']}  app hash {v['app_hash'][:16]}…")
     console.print(f"   model hub {status['hub']}")
+    if status.get("explorer"):
+        console.print(f"   explorer {status['explorer']} (open it in a browser: it checks each receipt there)")
     for n in status["nodes"]:
         console.print(f"   inference node {n['name']} {n['url']} ({n['address']}), modes {', '.join(n['modes'])}")
 

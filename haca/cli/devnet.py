@@ -18,7 +18,10 @@ from haca.devnet.network import Devnet, up
 devnet_app = typer.Typer(help="Run a local multi-validator devnet on loopback.", no_args_is_help=True)
 validator_app = typer.Typer(help="Run one validator (CometBFT + HACA app) of a network.", no_args_is_help=True)
 NodeArg = Annotated[
-    str | None, typer.Argument(metavar="NODE", help="val0…valN, hub or node0 (default: all)", show_default=False)
+    str | None,
+    typer.Argument(
+        metavar="NODE", help="val0…valN, hub, attester0, node0 or explorer (default: all)", show_default=False
+    ),
 ]
 
 
@@ -99,6 +102,8 @@ def _print_status(net: Devnet, json_out: bool) -> None:
         console.print(t)
         if status["hub"]:
             console.print(f"hub {status['hub']}")
+        if status.get("explorer"):
+            console.print(f"explorer {status['explorer']}")
         for n in status["nodes"]:
             console.print(f"node {n['name']} {n['url']} {n['address']} running={'yes' if n['running'] else 'no'}")
         console.print(f"use it: haca --home {status['home']} … (e.g. haca query supply --home {status['home']})")

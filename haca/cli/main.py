@@ -12,6 +12,7 @@ from haca.cli.attestation import attestation_app
 from haca.cli.chain import query_app, tx_app
 from haca.cli.demo import demo
 from haca.cli.devnet import devnet_app, validator_app
+from haca.cli.explorer import explorer
 from haca.cli.gov import gov_app
 from haca.cli.hub import hub_app
 from haca.cli.inference import allowance_app, deposit, escrow, infer, node_app, receipt_app, verify, withdraw
@@ -60,6 +61,7 @@ app.command("verify")(verify)
 app.command("chat")(chat)
 app.command("completion")(completion)
 app.command("demo")(demo)
+app.command("explorer")(explorer)
 
 
 def main() -> None:

@@ -75,7 +75,7 @@ class ServiceRecord:
     """A hub or an inference node run by the devnet."""
 
     name: str
-    kind: str  # "hub" | "attester" | "node"
+    kind: str  # "hub" | "attester" | "node" | "explorer"
     port: int  # an attester's is 0: it listens on a Unix socket
     pid: int = 0
     address: str = ""  # a node's account
@@ -135,7 +135,7 @@ class Devnet:
         if validators < 1:
             raise DevnetError("a devnet needs at least one validator")
         self.dir.mkdir(parents=True, exist_ok=True)
-        ports = free_ports(3 * validators + 2)
+        ports = free_ports(3 * validators + 3)
         metrics_ports = ports[2 * validators : 3 * validators]
         state = DevnetState(chain_id)
         identities = []
@@ -181,6 +181,7 @@ class Devnet:
                 ServiceRecord("attester0", "attester", 0),
                 ServiceRecord("node0", "node", ports[-1], address=node_key.address),
             ]
+        state.services.append(ServiceRecord("explorer", "explorer", ports[-3]))
         self.save(state)
         self._write_client_home(state)
         return state
@@ -270,6 +271,11 @@ class Devnet:
                 self.save(state)
                 services.wait_http(f"{svc.url}/healthz", svc.pid, "hub", logs / "hub.log")
                 services.register_example_models(self.home, svc.url)
+            elif svc.kind == "explorer":
+                log = logs / "explorer.log"
+                svc.pid = spawn(services.explorer_command(self.home, svc.port), log)
+                self.save(state)
+                services.wait_http(f"{svc.url}/healthz", svc.pid, "explorer", log)
             elif svc.kind == "attester":
                 socket = self.attester_socket(svc.name)
                 socket.unlink(missing_ok=True)
@@ -339,11 +345,12 @@ class Devnet:
             "home": str(self.home),
             "validators": validators,
             "hub": None,
+            "explorer": None,
             "nodes": [],
         }
         for svc in state.services:
-            if svc.kind == "hub":
-                answer["hub"] = svc.url
+            if svc.kind in ("hub", "explorer"):
+                answer[svc.kind] = svc.url
             elif svc.kind == "node":
                 answer["nodes"].append(
                     {

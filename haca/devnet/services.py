@@ -1,5 +1,5 @@
-"""The devnet's inference side: a model hub, the example models registered on chain, and one
-inference node (`node0`), each a background process like the validators."""
+"""The devnet's services: a model hub, the example models registered on chain, one inference node
+(`node0`) and the explorer, each a background process like the validators."""
 
 from __future__ import annotations
 
@@ -50,6 +50,11 @@ def hub_uploaders() -> list[str]:
 def hub_command(root: Path, port: int) -> list[str]:
     uploaders = [arg for address in hub_uploaders() for arg in ("--uploader", address)]
     return [sys.executable, "-m", "haca.hub.main", "--root", str(root), "--port", str(port), *uploaders]
+
+
+def explorer_command(home: Path, port: int) -> list[str]:
+    """The explorer, for the devnet's client home (its RPC endpoints and trusted validators)."""
+    return [sys.executable, "-m", "haca.explorer.main", "--home", str(home), "--port", str(port)]
 
 
 # the devnet node serves tee through its DEV attester and zkml for the models with a circuit

@@ -1,6 +1,7 @@
 """The dependency direction of DESIGN.md holds: crypto ← types ← proofs ← chain, node, client;
 the chain never imports node, runtime, client or devnet code; node, client and the attester
-never import the chain (they reach it over RPC); the hub's server does not build on the client SDK."""
+never import the chain (they reach it over RPC), nor does the explorer; the hub's server does not
+build on the client SDK."""
 
 from __future__ import annotations
 
@@ -22,6 +23,8 @@ FORBIDDEN = {
     "node": {"chain", "cli", "devnet"},
     "client": {"chain", "node", "runtime", "hub", "cli", "devnet", "attester"},
     "attester": {"chain", "node", "client", "runtime", "hub", "cli", "devnet"},
+    # the explorer reads CometBFT RPC and the app's queries only (its page checks what it shows)
+    "explorer": {"chain", "node", "runtime", "hub", "cli", "devnet", "attester", "proofs"},
 }
 
 

@@ -1,0 +1,128 @@
+// Reading the chain from the page: JSON-RPC through the explorer's pass-through (untrusted), and
+// proven reads checked here with the light client against the trusted validator set.
+
+import {
+  VerifyError,
+  base64ToBytes,
+  bytesToHex,
+  hexToBytes,
+  validatorsFromRpc,
+  verifySignedHeader,
+  verifyStateProof,
+} from "./lightclient.js";
+
+export class NotFound extends Error {}
+
+let config = null;
+
+export async function loadConfig() {
+  if (!config) config = await (await fetch("/config.json")).json();
+  return config;
+}
+
+let nextId = 1;
+
+export async function rpc(method, params = {}) {
+  const response = await fetch("/rpc", {
+    method: "POST",
+    headers: { "content-type": "application/json" },
+    body: JSON.stringify({ jsonrpc: "2.0", id: nextId++, method, params }),
+  });
+  const doc = await response.json();
+  if (doc.error) throw new Error(`${method}: ${doc.error.message || JSON.stringify(doc.error)} ${doc.error.data || ""}`);
+  return doc.result;
+}
+
+const hexOf = (text) => bytesToHex(new TextEncoder().encode(text));
+
+async function abciQuery(path, data, { prove = false, height = 0 } = {}) {
+  const result = await rpc("abci_query", { path, data: hexOf(data), height: String(height), prove });
+  const response = result.response;
+  if (Number(response.code || 0) !== 0) {
+    if (Number(response.code) === 14) throw new NotFound(response.log);
+    throw new Error(`${path}: ${response.log}`);
+  }
+  return response;
+}
+
+export async function query(path, data = "", height = 0) {
+  const response = await abciQuery(path, data, { height });
+  return JSON.parse(new TextDecoder().decode(base64ToBytes(response.value)));
+}
+
+// A proven read: the answer, and each step of its check. Never throws for a failed check: the
+// result says which step failed, so the page can show it (a NotFound is thrown: nothing to check).
+export async function provenQuery(path, data) {
+  const steps = [];
+  const step = (name, ok, detail = "") => steps.push({ name, ok, detail });
+  let answer = null;
+  try {
+    const cfg = await loadConfig();
+    const response = await abciQuery(path, data, { prove: true });
+    answer = JSON.parse(new TextDecoder().decode(base64ToBytes(response.value)));
+    const ops = (response.proofOps && response.proofOps.ops) || [];
+    if (ops.length === 0) throw new VerifyError("proof", "the answer carries no state proof");
+    step("answer with a state proof", true, `${ops.length} proof op(s) at height ${response.height}`);
+    const height = Number(response.height);
+    const commit = await waitCommit(height + 1);
+    const appHash = verifySignedHeader(commit.signed_header, validatorsFromRpc(cfg.validators), cfg.chain_id);
+    step("header signed by more than 2/3 of the trusted validators", true, `height ${height + 1}`);
+    const shown = [];
+    for (const op of ops) shown.push(verifyStateProof(appHash, base64ToBytes(op.key), base64ToBytes(op.data)));
+    step("Merkle-Patricia proof against the app hash", true, bytesToHex(appHash).slice(0, 16) + "…");
+    if (ops.length === 1 && bytesToHex(shown[0]) !== bytesToHex(base64ToBytes(response.value))) {
+      throw new VerifyError("answer", "the answer is not the value the proof shows");
+    }
+    step("answer equals the proven value", true);
+    return { answer, steps, verified: true };
+  } catch (err) {
+    if (err instanceof NotFound) throw err; // nothing to check: the caller says "not found"
+    const name = err instanceof VerifyError ? err.step : "query";
+    const reason = err instanceof VerifyError ? err.reason : err.message;
+    step(name, false, reason);
+    return { answer, steps, verified: false, failed: name, error: reason };
+  }
+}
+
+async function waitCommit(height, tries = 40) {
+  for (let i = 0; ; i++) {
+    try {
+      return await rpc("commit", { height: String(height) });
+    } catch (err) {
+      if (i >= tries) throw err;
+      await new Promise((r) => setTimeout(r, 250));
+    }
+  }
+}
+
+export async function head() {
+  const status = await rpc("status");
+  return Number(status.sync_info.latest_block_height);
+}
+
+// A tx by its hash (64 hex, with or without 0x): JSON-RPC takes the hash bytes as base64.
+export async function txByHash(hash) {
+  const bytes = hexToBytes(hash);
+  let binary = "";
+  for (const b of bytes) binary += String.fromCharCode(b);
+  try {
+    return await rpc("tx", { hash: btoa(binary), prove: false });
+  } catch (err) {
+    if (/not found/i.test(err.message)) throw new NotFound(`no tx ${hash}`);
+    throw err;
+  }
+}
+
+export function decodeTx(b64) {
+  try {
+    return JSON.parse(new TextDecoder().decode(base64ToBytes(b64)));
+  } catch {
+    return null;
+  }
+}
+
+export function eventAttrs(event) {
+  const out = {};
+  for (const a of event.attributes || []) out[a.key] = a.value;
+  return out;
+}
