@@ -63,12 +63,12 @@ function receipt(id) {
   return rec;
 }
 
-// The receipts a block's txs carry (settle, claim): their node-clock answer time, for the trust gap.
-function readTxs(block, results) {
-  const txs = block.block.data.txs || [];
+// The receipts txs carry (settle, claim): their node-clock answer time, for the trust gap. `outcomes`:
+// the txs' results in a block (a failed tx carries nothing); none for txs still in the mempool.
+function readTxs(txs, outcomes = null) {
+  const found = [];
   txs.forEach((raw, i) => {
-    const outcome = (results.txs_results || [])[i] || {};
-    if (Number(outcome.code || 0) !== 0) return;
+    if (outcomes && Number((outcomes[i] || {}).code || 0) !== 0) return;
     const tx = decodeTx(raw);
     for (const msg of (tx && tx.msgs) || []) {
       const items = msg.type === "inference/settle" ? msg.value.items || [] : [];
@@ -79,9 +79,19 @@ function readTxs(block, results) {
         const rec = receipt(r.id);
         Object.assign(rec, { timestamp: Number(r.timestamp) * 1000, node: r.node, client: r.client, mode: r.mode });
         Object.assign(rec, { model_id: r.model_id, fee: r.fee, request_id: r.request_id });
+        found.push(rec);
       }
     }
   });
+  return found;
+}
+
+// Settlements and claims waiting in the mempool: their receipts show as submitted until a block has them.
+async function readMempool() {
+  const pending = await rpc("unconfirmed_txs", { limit: "50" });
+  for (const rec of readTxs(pending.txs || [])) {
+    if (!rec.settledHeight && rec.status !== "claimed") rec.status = "submitted";
+  }
 }
 
 function readEvents(height, time, results) {
@@ -115,7 +125,7 @@ async function ingest(height) {
   ]);
   const header = block.block.header;
   const time = Date.parse(header.time);
-  readTxs(block, results);
+  readTxs(block.block.data.txs || [], results.txs_results || []);
   readEvents(height, time, results);
   seen.blocks.unshift({
     height,
@@ -137,6 +147,7 @@ async function poll() {
     if (!seen.height) seen.height = seen.firstHeight = Math.max(0, latest - BACKFILL);
     const until = Math.min(latest, seen.height + PER_TICK);
     for (let h = seen.height + 1; h <= until; h++) await ingest(h);
+    if (until === latest) await readMempool();
     seen.error = "";
   } catch (err) {
     seen.error = `the chain did not answer: ${err.message}`;
@@ -163,7 +174,7 @@ function table(headers, rows, empty = "nothing yet") {
 function trustGap(rec) {
   if (!rec.timestamp) return `<span class="muted">—</span>`;
   if (rec.settledTime) return seconds(Math.max(0, rec.settledTime - rec.timestamp));
-  return `<span class="status status-claimed">open ${seconds(Math.max(0, Date.now() - rec.timestamp))}</span>`;
+  return `<span class="status status-open">open ${seconds(Math.max(0, Date.now() - rec.timestamp))}</span>`;
 }
 
 function receiptRows(limit) {

@@ -24,7 +24,18 @@ from haca.client.config import ClientConfig
 
 # What the page may ask the chain: reads only (never broadcast_*, never unsafe_*)
 READ_METHODS = frozenset(
-    {"status", "block", "blockchain", "block_results", "commit", "validators", "abci_query", "tx", "genesis"}
+    {
+        "status",
+        "block",
+        "blockchain",
+        "block_results",
+        "commit",
+        "validators",
+        "abci_query",
+        "tx",
+        "genesis",
+        "unconfirmed_txs",
+    }
 )
 ASSETS = Path(haca.__file__).resolve().parents[1] / "build" / "explorer"
 MAX_RPC_BODY = 64 * 1024

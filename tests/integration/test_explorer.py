@@ -14,9 +14,12 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from playwright.sync_api import sync_playwright
+from playwright.sync_api import expect, sync_playwright
 
 from haca.client.sdk import Client
+from haca.types.inference import MsgClaim
+from haca.types.receipt import SignedReceipt
+from tests.integration.test_zkml import EXAMPLE as ZK_EXAMPLE
 
 pytestmark = [pytest.mark.devnet, pytest.mark.browser]
 ROOT = Path(__file__).resolve().parents[2]
@@ -70,16 +73,24 @@ def shot(pg: Any, name: str) -> None:
 
 
 def test_the_page_follows_the_chain_and_a_new_receipt_turns_verified(page, explorer_url, inference_devnet):
+    """A zkml answer is in the trust gap while the node proves it (seconds); its client claims it,
+    which puts it on chain: the page shows it claimed, then verified once the proof settles."""
     page.goto(explorer_url)
     page.wait_for_function("Number(document.getElementById('height')?.textContent) > 2", timeout=WAIT_MS)
     with Client.from_home(inference_devnet.home, "dev3") as client:
         client.deposit(10**9)
-        rid = client.infer("iris", IRIS_INPUT, mode="tee").receipt_id
+        rid = client.infer("mlp-regressor", ZK_EXAMPLE, mode="zkml").receipt_id
+        signed = SignedReceipt.from_json(client.node_receipt(rid)["receipt"])
+        client.chain.send_msgs(client.key, (MsgClaim(signed),))
     row = page.locator("#receipts tr", has=page.locator(f'a[href="#/receipt/{rid}"]'))
-    row.wait_for(timeout=WAIT_MS)
-    row.locator(".status-verified").wait_for(timeout=WAIT_MS)
-    assert row.locator("td").nth(1).inner_text() == "tee"
-    assert row.locator("td").nth(3).inner_text().endswith(" s")  # the trust gap, answer → settled
+    status = row.locator("td").nth(2)
+    expect(status).to_have_text("claimed", timeout=WAIT_MS)
+    assert row.locator("td").nth(3).inner_text().startswith("open")  # in the trust gap
+    shot(page, "overview-claimed")
+    expect(status).to_have_text("verified", timeout=3 * WAIT_MS)
+    assert row.locator("td").nth(1).inner_text() == "zkml"
+    gap = row.locator("td").nth(3).inner_text()  # the trust gap, answer → settled: the proving time
+    assert gap.endswith(" s") and not gap.startswith("<"), gap
     # the settlement fee was burned: the chart's last point is above zero
     chart = page.locator("#burn-chart")
     page.wait_for_function("Number(document.getElementById('burn-chart').dataset.lastBurned) > 0", timeout=WAIT_MS)
