@@ -11,6 +11,7 @@ import pytest
 
 from haca.client.sdk import Client
 from haca.devnet.processes import free_ports, signal_group, spawn, wait_group_gone
+from tests.integration.helpers import wait_height
 
 pytestmark = [pytest.mark.devnet, pytest.mark.slow]
 RECEIPTS = 100
@@ -55,7 +56,9 @@ def test_sigkilled_node_settles_each_queued_receipt_exactly_once(inference_devne
     node_address = net.keys.get("dev7").address
     pid = start_node(net, port, tmp_path / "node", tmp_path / "node.log", flush_interval=3600)  # settler idle
     with Client(url, net.keys.get("dev2").key, net.clients()[1]) as client:
-        client.deposit(10**9)
+        deposited = client.deposit(10**9)
+        for rpc in net.clients():  # committed on val1; the node reads val0, which may be a block behind
+            wait_height(rpc.rpc, deposited.height)
         escrow_before, node_before = client.escrow(), net.client.balance(node_address)
         receipts = [client.infer("iris", [[5.0, 3.4, 1.5, 0.2 + i / 1000]]) for i in range(RECEIPTS)]
         assert httpx.get(f"{url}/healthz").json()["pending_receipts"] == RECEIPTS
