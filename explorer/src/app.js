@@ -13,6 +13,7 @@ import {
   Tooltip,
 } from "chart.js";
 import { NotFound, decodeTx, eventAttrs, head, loadConfig, provenQuery, query, rpc, txByHash } from "./chain.js";
+import { hexToBytes } from "./lightclient.js";
 
 Chart.register(LineController, LineElement, PointElement, LinearScale, CategoryScale, Filler, Tooltip);
 
@@ -37,6 +38,7 @@ const seen = {
   feesToNodes: 0n,
   settlementBurned: 0n,
   error: "",
+  unreadable: "", // the last block the page could not read in full
 };
 
 const short = (text, n = 10) => (text && text.length > n + 4 ? `${text.slice(0, n)}…` : text || "");
@@ -47,6 +49,13 @@ const amount = (value) => {
     return BigInt(value).toLocaleString("en-US");
   } catch {
     return esc(value);
+  }
+};
+const big = (value) => {
+  try {
+    return BigInt(value ?? 0);
+  } catch {
+    return 0n;
   }
 };
 const statusTag = (status) => `<span class="status status-${esc(status)}">${esc(status)}</span>`;
@@ -70,10 +79,11 @@ function readTxs(txs, outcomes = null) {
   txs.forEach((raw, i) => {
     if (outcomes && Number((outcomes[i] || {}).code || 0) !== 0) return;
     const tx = decodeTx(raw);
-    for (const msg of (tx && tx.msgs) || []) {
-      const items = msg.type === "inference/settle" ? msg.value.items || [] : [];
-      const signed = items.map((item) => item.receipt);
-      if (msg.type === "inference/claim") signed.push(msg.value.receipt);
+    for (const msg of tx && Array.isArray(tx.msgs) ? tx.msgs : []) {
+      const value = (msg && msg.value) || {};
+      const items = msg.type === "inference/settle" && Array.isArray(value.items) ? value.items : [];
+      const signed = items.map((item) => item && item.receipt);
+      if (msg.type === "inference/claim") signed.push(value.receipt);
       for (const r of signed) {
         if (!r || !r.id) continue;
         const rec = receipt(r.id);
@@ -101,8 +111,8 @@ function readEvents(height, time, results) {
     if (event.type === "settle") {
       const rec = receipt(a.receipt_id);
       Object.assign(rec, a, { settledHeight: height, settledTime: time });
-      seen.feesToNodes += BigInt(a.fee || 0);
-      seen.settlementBurned += BigInt(a.settlement_fee || 0);
+      seen.feesToNodes += big(a.fee);
+      seen.settlementBurned += big(a.settlement_fee);
     } else if (event.type === "claim" && a.receipt_id) {
       const rec = receipt(a.receipt_id);
       if (!rec.settledHeight) Object.assign(rec, { status: "claimed", claimHeight: height });
@@ -111,34 +121,37 @@ function readEvents(height, time, results) {
       if (a.receipt_id && seen.receipts.has(a.receipt_id)) seen.receipts.get(a.receipt_id).status = "failed";
     } else if (event.type === "settle_batch") {
       seen.batches.unshift({ height, ...a });
-      seen.feesToNodes += BigInt(a.fees || 0);
-      seen.settlementBurned += BigInt(a.burned || 0);
+      seen.feesToNodes += big(a.fees);
+      seen.settlementBurned += big(a.burned);
     }
   }
 }
 
+// One block: fetched whole first (a failure there is retried next poll), then read once; a block
+// the page cannot read in full is reported and passed, never re-read (that would count it twice).
 async function ingest(height) {
   const [block, results, supply] = await Promise.all([
     rpc("block", { height: String(height) }),
     rpc("block_results", { height: String(height) }),
     query("/bank/supply", "", height).catch(() => null), // a pruned height has no state: no point
   ]);
-  const header = block.block.header;
-  const time = Date.parse(header.time);
-  readTxs(block.block.data.txs || [], results.txs_results || []);
-  readEvents(height, time, results);
-  seen.blocks.unshift({
-    height,
-    time,
-    hash: block.block_id.hash,
-    txs: (block.block.data.txs || []).length,
-    proposer: header.proposer_address,
-  });
-  seen.blocks.length = Math.min(seen.blocks.length, KEEP_BLOCKS);
-  if (supply) seen.burned.push({ height, burned: BigInt(supply.burned), total: BigInt(supply.total) });
+  try {
+    const header = block.block.header;
+    const txs = block.block.data.txs || [];
+    const time = Date.parse(header.time);
+    const row = { height, time, hash: block.block_id.hash, txs: txs.length, proposer: header.proposer_address };
+    const point = supply ? { height, burned: BigInt(supply.burned), total: BigInt(supply.total) } : null;
+    seen.blockTime = time;
+    seen.appHash = header.app_hash;
+    seen.blocks.unshift(row);
+    seen.blocks.length = Math.min(seen.blocks.length, KEEP_BLOCKS);
+    if (point) seen.burned.push(point);
+    readTxs(txs, results.txs_results || []);
+    readEvents(height, time, results);
+  } catch (err) {
+    seen.unreadable = `block ${height} could not be read in full: ${err.message}`;
+  }
   seen.height = height;
-  seen.blockTime = time;
-  seen.appHash = header.app_hash;
 }
 
 async function poll() {
@@ -151,9 +164,10 @@ async function poll() {
     seen.error = "";
   } catch (err) {
     seen.error = `the chain did not answer: ${err.message}`;
+  } finally {
+    setTimeout(poll, POLL_MS);
   }
   if (current && current.live) current.update();
-  setTimeout(poll, POLL_MS);
 }
 
 // --- views -------------------------------------------------------------------------------------
@@ -218,7 +232,7 @@ function cards() {
     ["burned", last ? `<span id="burned">${amount(last.burned)}</span> ${esc(denom)}` : "…"],
     ["fees paid to nodes (seen)", `${amount(seen.feesToNodes)} ${esc(denom)}`],
   ];
-  const error = seen.error ? `<p class="error">${esc(seen.error)}</p>` : "";
+  const error = [seen.error, seen.unreadable].filter(Boolean).map((e) => `<p class="error">${esc(e)}</p>`).join("");
   return error + `<div class="cards">${items.map(([l, v]) => `<div class="card"><div class="label">${l}</div><div class="value">${v}</div></div>`).join("")}</div>`;
 }
 
@@ -297,14 +311,16 @@ function onceView(load) {
     live: false,
     async mount() {
       view.innerHTML = `<p class="muted">loading…</p>`;
+      let html;
       try {
-        view.innerHTML = await load();
+        html = await load();
       } catch (err) {
-        view.innerHTML =
+        html =
           err instanceof NotFound
             ? `<p class="notfound">Not found: ${esc(err.message)}</p>`
             : `<p class="error">The chain did not answer: ${esc(err.message)}</p>`;
       }
+      if (current === this) view.innerHTML = html; // not if the reader has moved on meanwhile
     },
   };
 }
@@ -352,6 +368,9 @@ const modelsView = () =>
   });
 
 const CHECK_STEPS = {
+  "trusted set": "the trusted validator set (pinned in this browser)",
+  validators: "the trusted validator set's keys",
+  "header height": "the header's height",
   query: "the chain's answer",
   proof: "the state proof",
   chain: "the header's chain id",
@@ -376,12 +395,17 @@ function kv(record) {
     .join("")}</dl>`;
 }
 
+// Where the app keeps a settled receipt's record (haca/chain/modules/inference/keeper.py RECEIPT_PREFIX).
+function receiptKey(id) {
+  return new Uint8Array([...new TextEncoder().encode("inference/receipt/"), ...hexToBytes(id)]);
+}
+
 const receiptView = (id) =>
   onceView(async () => {
     const local = seen.receipts.get(id);
     let result;
     try {
-      result = await provenQuery("/inference/receipt", id);
+      result = await provenQuery("/inference/receipt", id, receiptKey(id));
     } catch (err) {
       if (!(err instanceof NotFound)) throw err;
       const claim = await optional(query("/inference/claim", id));
@@ -389,6 +413,9 @@ const receiptView = (id) =>
         return section(`Receipt ${id}`, `<p>${statusTag("claimed")} in the trust gap: a client claimed it and its evidence has not settled yet.</p>${claim ? kv(claim) : ""}`);
       }
       throw new NotFound(`no receipt ${id} has settled${local ? "" : " (a batched receipt: see its node's batch)"}`);
+    }
+    if (result.verified && result.answer.receipt_id !== id) {
+      result = { ...result, verified: false, failed: "answer", error: `the proven record is receipt ${result.answer.receipt_id}'s` };
     }
     const gap = local && local.timestamp && local.settledTime ? `<p>trust gap (answer → settled): ${seconds(local.settledTime - local.timestamp)}</p>` : "";
     const record = result.answer ? `${result.verified ? "" : "<p><b>What the server answered (NOT verified):</b></p>"}${kv(result.answer)}` : "";
@@ -398,8 +425,9 @@ const receiptView = (id) =>
   });
 
 function msgSummary(msg) {
-  if (msg.type === "inference/settle") return `${esc(msg.type)} (${(msg.value.items || []).length} receipts)`;
-  if (msg.type === "inference/settle_batch") return `${esc(msg.type)} (${esc(msg.value.count ?? "")} receipts)`;
+  const items = msg.value && Array.isArray(msg.value.items) ? msg.value.items.length : 0;
+  if (msg.type === "inference/settle") return `${esc(msg.type)} (${items} receipts)`;
+  if (msg.type === "inference/settle_batch") return `${esc(msg.type)} (${esc((msg.value || {}).count ?? "")} receipts)`;
   return esc(msg.type);
 }
 
@@ -503,8 +531,9 @@ const ROUTES = {
 function route() {
   const [, name = "", arg = ""] = location.hash.replace(/^#/, "").split("/");
   const make = ROUTES[name];
-  current = make ? make(arg) : notFoundView(encodeURIComponent(`no page ${location.hash}`));
-  current.mount();
+  const next = make ? make(arg) : notFoundView(encodeURIComponent(`no page ${location.hash}`));
+  current = next;
+  next.mount();
 }
 
 async function start() {

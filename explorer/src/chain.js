@@ -6,6 +6,7 @@ import {
   base64ToBytes,
   bytesToHex,
   hexToBytes,
+  validatorSetHash,
   validatorsFromRpc,
   verifySignedHeader,
   verifyStateProof,
@@ -50,27 +51,53 @@ export async function query(path, data = "", height = 0) {
   return JSON.parse(new TextDecoder().decode(base64ToBytes(response.value)));
 }
 
-// A proven read: the answer, and each step of its check. Never throws for a failed check: the
-// result says which step failed, so the page can show it (a NotFound is thrown: nothing to check).
-export async function provenQuery(path, data) {
+const PROOF_OP_TYPE = "haca:mpt";
+
+// The trusted validator set comes with the page's config; this browser pins its hash per chain on
+// first use, so a server that later swaps in a set of its own (and headers it signs) is caught.
+function pinTrustedSet(chainId, validators) {
+  const hash = bytesToHex(validatorSetHash(validators));
+  const slot = `haca-explorer/trusted-set/${chainId}`;
+  const pinned = window.localStorage.getItem(slot);
+  if (pinned === null) {
+    window.localStorage.setItem(slot, hash);
+    return `${hash.slice(0, 16)}… pinned in this browser now (first use)`;
+  }
+  if (pinned !== hash) {
+    throw new VerifyError("trusted set", `the server's validator set ${hash.slice(0, 16)}… is not the one pinned here, ${pinned.slice(0, 16)}…`);
+  }
+  return `${hash.slice(0, 16)}… as pinned in this browser`;
+}
+
+// A proven read of the one state key `key` (bytes): the answer, and each step of its check. Never
+// throws for a failed check: the result says which step failed, so the page can show it (a
+// NotFound is thrown: nothing to check).
+export async function provenQuery(path, data, key) {
   const steps = [];
   const step = (name, ok, detail = "") => steps.push({ name, ok, detail });
   let answer = null;
   try {
     const cfg = await loadConfig();
+    const trusted = validatorsFromRpc(cfg.validators);
+    step("trusted validator set", true, pinTrustedSet(cfg.chain_id, trusted));
     const response = await abciQuery(path, data, { prove: true });
     answer = JSON.parse(new TextDecoder().decode(base64ToBytes(response.value)));
     const ops = (response.proofOps && response.proofOps.ops) || [];
-    if (ops.length === 0) throw new VerifyError("proof", "the answer carries no state proof");
-    step("answer with a state proof", true, `${ops.length} proof op(s) at height ${response.height}`);
+    if (ops.length !== 1) throw new VerifyError("proof", `one state proof expected, the answer carries ${ops.length}`);
+    const [op] = ops;
+    if (op.type !== PROOF_OP_TYPE) throw new VerifyError("proof", `a proof of type ${op.type}, not ${PROOF_OP_TYPE}`);
+    if (bytesToHex(base64ToBytes(op.key)) !== bytesToHex(key)) throw new VerifyError("proof", "the proof is for another state key");
     const height = Number(response.height);
+    step("answer with a state proof of its key", true, `at height ${height}`);
     const commit = await waitCommit(height + 1);
-    const appHash = verifySignedHeader(commit.signed_header, validatorsFromRpc(cfg.validators), cfg.chain_id);
+    if (Number(commit.signed_header.header.height) !== height + 1) {
+      throw new VerifyError("header height", `asked for the header at ${height + 1}, got ${commit.signed_header.header.height}`);
+    }
+    const appHash = verifySignedHeader(commit.signed_header, trusted, cfg.chain_id);
     step("header signed by more than 2/3 of the trusted validators", true, `height ${height + 1}`);
-    const shown = [];
-    for (const op of ops) shown.push(verifyStateProof(appHash, base64ToBytes(op.key), base64ToBytes(op.data)));
+    const shown = verifyStateProof(appHash, key, base64ToBytes(op.data));
     step("Merkle-Patricia proof against the app hash", true, bytesToHex(appHash).slice(0, 16) + "…");
-    if (ops.length === 1 && bytesToHex(shown[0]) !== bytesToHex(base64ToBytes(response.value))) {
+    if (shown === null || bytesToHex(shown) !== bytesToHex(base64ToBytes(response.value))) {
       throw new VerifyError("answer", "the answer is not the value the proof shows");
     }
     step("answer equals the proven value", true);

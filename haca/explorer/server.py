@@ -83,10 +83,17 @@ def create_app(
             return _error(400, "invalid_call", "a JSON-RPC call needs a method")
         if call["method"] not in READ_METHODS:
             return _error(403, "method_not_allowed", f"the explorer passes read methods only: {sorted(READ_METHODS)}")
+        params = call.get("params", {})
+        if not isinstance(params, dict | list):
+            return _error(400, "invalid_call", "JSON-RPC params are an object or a list")
+        # Forward a call rebuilt from what was checked, never the raw body: CometBFT's JSON decoding
+        # matches keys case-insensitively, so {"method": "status", "Method": "broadcast_tx_sync"}
+        # would otherwise run the second.
+        forwarded = {"jsonrpc": "2.0", "id": call.get("id"), "method": call["method"], "params": params}
         last = ""
         for url in config.rpc:  # the first RPC that answers
             try:
-                answer = await http.post(url, content=body, headers={"content-type": "application/json"})
+                answer = await http.post(url, json=forwarded)
             except httpx.HTTPError as exc:
                 last = type(exc).__name__
                 continue

@@ -109,7 +109,7 @@ def test_search_finds_the_receipt_and_the_browser_verifies_it(page, explorer_url
     assert check.inner_text().startswith("verified here")
     assert page.locator("#receipt-status .status").inner_text() == "verified"
     assert page.locator("ol.steps li.bad").count() == 0
-    assert page.locator("ol.steps li.ok").count() == 4
+    assert page.locator("ol.steps li.ok").count() == 5  # trusted set, answer + proof, header, MPT, value
     shot(page, "receipt-verified")
 
 
@@ -168,6 +168,25 @@ def test_an_rpc_answer_tampered_in_transit_is_caught_at_its_step(page, explorer_
     assert check.inner_text().startswith("NOT verified: the check failed at")
     assert page.locator("ol.steps li.bad").count() == 1
     shot(page, f"receipt-tampered-{name.replace(' ', '-')}")
+
+
+def test_a_server_that_swaps_the_trusted_validator_set_is_caught(page, explorer_url, receipt_id):
+    """The page pins the trusted set's hash on first use; a config.json with another set (a
+    server that would sign its own headers) fails the check at "trusted set"."""
+    page.goto(f"{explorer_url}/#/receipt/{receipt_id}")
+    expect(page.locator("#check")).to_have_attribute("data-result", "verified", timeout=WAIT_MS)
+
+    def swapped(route: Any) -> None:
+        config = route.fetch().json()
+        config["validators"][0]["voting_power"] = "1000"
+        route.fulfill(status=200, content_type="application/json", body=json.dumps(config))
+
+    page.route("**/config.json", swapped)
+    page.reload()
+    check = page.locator("#check")
+    expect(check).to_have_attribute("data-result", "failed", timeout=WAIT_MS)
+    assert check.get_attribute("data-step") == "trusted set"
+    shot(page, "receipt-swapped-validator-set")
 
 
 @pytest.mark.parametrize(

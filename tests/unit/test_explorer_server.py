@@ -89,9 +89,10 @@ def test_a_read_call_passes_through_to_the_first_rpc_that_answers(client: TestCl
         ("{not json", 400, "invalid_json"),
         (json.dumps([{"method": "status"}]), 400, "invalid_call"),
         (json.dumps({"id": 1}), 400, "invalid_call"),
+        (json.dumps({"id": 1, "method": "status", "params": "x"}), 400, "invalid_call"),
         (json.dumps({"method": "status", "pad": "x" * MAX_RPC_BODY}), 413, "too_large"),
     ],
-    ids=["broadcast", "unsafe", "not-json", "batch", "no-method", "too-large"],
+    ids=["broadcast", "unsafe", "not-json", "batch", "no-method", "bad-params", "too-large"],
 )
 def test_a_bad_or_writing_call_is_refused_and_never_reaches_the_chain(
     client: TestClient, rpc: FakeRpc, body: str, status: int, code: str
@@ -100,6 +101,13 @@ def test_a_bad_or_writing_call_is_refused_and_never_reaches_the_chain(
     assert answer.status_code == status
     assert answer.json()["error"]["code"] == code
     assert rpc.calls == []
+
+
+def test_the_chain_gets_the_checked_call_only(client: TestClient, rpc: FakeRpc) -> None:
+    """CometBFT reads JSON keys case-insensitively: a second "Method" must not ride along."""
+    body = '{"jsonrpc": "2.0", "id": 3, "method": "status", "Method": "broadcast_tx_sync", "params": {}}'
+    assert client.post("/rpc", content=body, headers={"content-type": "application/json"}).status_code == 200
+    assert rpc.calls == [("http://up.invalid:2", {"jsonrpc": "2.0", "id": 3, "method": "status", "params": {}})]
 
 
 def test_no_rpc_answering_is_a_502_json_error(assets: Path) -> None:
