@@ -28,13 +28,13 @@ class ChainView:
         self._manifests: dict[str, tuple[int, dict[str, Any] | None]] = {}
         self._lock = threading.Lock()
 
-    def _cached(self, key: tuple[str, str], load: Callable[[], Any]) -> Any:
+    def _cached(self, key: tuple[str, str], load: Callable[[], Any], fresh: bool = False) -> Any:
         now = time.monotonic()
         with self._lock:
             hit = self._cache.get(key)
             if hit is not None:
                 self._cache.move_to_end(key)
-        if hit is not None and now - hit[0] < self.ttl:
+        if hit is not None and now - hit[0] < self.ttl and not fresh:
             return hit[1]
         value = load()
         with self._lock:
@@ -47,15 +47,17 @@ class ChainView:
     def height(self) -> int:
         return int(self._cached(("height", ""), self.chain.rpc.height))
 
-    def available_escrow(self, client: str) -> int:
+    def available_escrow(self, client: str, fresh: bool = False) -> int:
         """The client's escrow for this node less what it is withdrawing: funds being withdrawn
-        are paid out after the chain's delay, so the node never serves against them."""
+        are paid out after the chain's delay, so the node never serves against them. `fresh`:
+        read the chain now, not the cached value (before refusing a client that may just have
+        deposited)."""
 
         def load() -> int:
             (lane,) = self.chain.query("/inference/escrow", f"{client}/{self.node}".encode())["lanes"]
             return int(lane["available"])
 
-        return int(self._cached(("escrow", client), load))
+        return int(self._cached(("escrow", client), load, fresh))
 
     def allowance(self, allowance: SpendingAllowance) -> tuple[int, int]:
         """(spent on chain, height its revocation takes effect or 0) for an allowance."""

@@ -51,7 +51,7 @@ class PaymentView(Protocol):
 
     def height(self) -> int: ...
 
-    def available_escrow(self, client: str) -> int: ...
+    def available_escrow(self, client: str, fresh: bool = False) -> int: ...
 
     def allowance(self, allowance: SpendingAllowance) -> tuple[int, int]: ...
 
@@ -359,6 +359,8 @@ class PaymentGate:
         count, fees = self.store.unsettled_charges(client)
         pending = (fees + self.chain.settlement_fee(fees, count) if count else 0) + self._held.get(client, 0)
         cost = fee + self.chain.settlement_fee(fee)
+        if available < pending + cost:  # a deposit since the cached read pays: read once more first
+            available = self.chain.available_escrow(client, fresh=True)
         if available < pending + cost:
             raise PaymentRequired(
                 f"escrow of {client} for this node is {available} (less withdrawals), with {pending} unsettled:"

@@ -1,5 +1,5 @@
-"""The node's chain view: reads cached for its TTL, and the cache bounded (least recently used
-entries dropped), so a node seeing many clients does not grow without limit."""
+"""The node's chain view: reads cached for its TTL (a fresh read on demand), and the cache bounded
+(least recently used entries dropped), so a node seeing many clients does not grow without limit."""
 
 from __future__ import annotations
 
@@ -24,6 +24,15 @@ def test_escrow_reads_are_cached_within_the_ttl():
     view = ChainView(chain, "0xnode", ttl=60)  # type: ignore[arg-type]
     assert view.available_escrow("0xa") == view.available_escrow("0xa") == len(b"0xa/0xnode")
     assert chain.queries == [b"0xa/0xnode"]
+
+
+def test_a_fresh_escrow_read_goes_to_the_chain_and_refreshes_the_cache():
+    chain = CountingChain()
+    view = ChainView(chain, "0xnode", ttl=60)  # type: ignore[arg-type]
+    view.available_escrow("0xa")
+    view.available_escrow("0xa", fresh=True)
+    view.available_escrow("0xa")
+    assert chain.queries == [b"0xa/0xnode", b"0xa/0xnode"]
 
 
 def test_the_cache_keeps_at_most_max_entries_dropping_the_least_recently_used():

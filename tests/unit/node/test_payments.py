@@ -555,3 +555,21 @@ MALFORMED_KEYS = {
 @pytest.mark.parametrize("case", list(MALFORMED_KEYS))
 def test_a_malformed_api_key_is_a_402(gate, case):
     assert refused(gate, MALFORMED_KEYS[case]).startswith("invalid API key: ")
+
+
+class StaleView(FakeView):
+    """A view whose cached escrow read predates the client's deposit: only a fresh read sees it."""
+
+    def available_escrow(self, client: str, fresh: bool = False) -> int:
+        return self.escrows.get(client, 0) if fresh else 0
+
+
+def test_a_deposit_newer_than_the_cached_escrow_read_pays(store):
+    view = StaleView()
+    view.escrows[CLIENT.address] = need(PRICE, 1)
+    gate = PaymentGate(NODE.address, CHAIN_ID, DENOM, view, store, settle_margin=MARGIN)
+    assert accept(gate, {"x-payment": x_payment(authorization())}).reserved == need(PRICE, 1)
+    # and a fresh read that still does not cover it is refused with what it shows
+    view.escrows[CLIENT.address] = need(PRICE, 1) - 1
+    other = {"x-payment": x_payment(authorization(request_id=request_id(2)))}
+    assert refused(gate, other) == short(need(PRICE, 1) - 1, need(PRICE, 1))
