@@ -47,6 +47,12 @@ class ChainView:
     def height(self) -> int:
         return int(self._cached(("height", ""), self.chain.rpc.height))
 
+    def note_height(self, height: int) -> None:
+        """The latest height, read just now by someone else (the chain follower): cached as fresh."""
+        with self._lock:
+            self._cache[("height", "")] = (time.monotonic(), height)
+            self._cache.move_to_end(("height", ""))
+
     def available_escrow(self, client: str, fresh: bool = False) -> int:
         """The client's escrow for this node less what it is withdrawing: funds being withdrawn
         are paid out after the chain's delay, so the node never serves against them. `fresh`:

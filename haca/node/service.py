@@ -21,8 +21,9 @@ from haca.crypto.keys import PrivateKey
 from haca.hub.client import HubClient
 from haca.node.api import create_app
 from haca.node.chainview import ChainView
-from haca.node.context import NodeContext, ServedModel
+from haca.node.context import NodeContext, ServedModel, current_quotes
 from haca.node.enclave import EnclaveKey
+from haca.node.follower import ChainFollower
 from haca.node.payments import PaymentGate
 from haca.node.prover import Prover
 from haca.node.receipts import ReceiptStore
@@ -79,11 +80,14 @@ class Node:
     chain: ChainClient
     enclave: EnclaveKey | None = None
     prover: Prover | None = None
+    follower: ChainFollower | None = None
 
     def app(self) -> Any:
         return create_app(self.context)
 
     def close(self) -> None:
+        if self.follower is not None:
+            self.follower.stop()
         if self.prover is not None:
             self.prover.stop()
         if self.enclave is not None:
@@ -124,7 +128,8 @@ def build_node(settings: NodeSettings) -> Node:
         )
         context.on_proof_job = prover.notify
         prover.metrics = context.metrics
-    return Node(settings, context, settler, chain, enclave, prover)
+    follower = ChainFollower(chain.rpc.height, view.note_height, lambda: current_quotes(context))
+    return Node(settings, context, settler, chain, enclave, prover, follower)
 
 
 def root_signer(chain_id: str, key: PrivateKey, enclave: EnclaveKey | None) -> Callable[[MsgSettleBatch], bytes]:
@@ -257,6 +262,8 @@ def register(chain: ChainClient, key: PrivateKey, settings: NodeSettings, models
 def run_node(settings: NodeSettings) -> None:
     node = build_node(settings)
     node.settler.start()
+    if node.follower is not None:
+        node.follower.start()
     if node.enclave is not None:
         node.enclave.start()
     if node.prover is not None:
