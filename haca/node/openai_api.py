@@ -22,6 +22,7 @@ import base64
 import threading
 import time
 from collections.abc import AsyncIterator
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any
 
@@ -57,13 +58,18 @@ DEFAULT_QUEUE = 8
 
 
 class Admission:
-    """At most `slots` requests run on a model; `queue` more wait; the rest get 429."""
+    """At most `slots` requests run on a model; `queue` more wait; the rest get 429. The model runs
+    on this admission's own `slots` threads, never the event loop's shared pool: llama.cpp keeps a
+    team of compute threads per calling thread, and an idle team spin-waits, so generation moving
+    between pool threads left a second team spinning against the working one (the node's decode
+    fell to ~0.65x of bare llama-cpp-python on 2 cores once a burst had used two pool threads)."""
 
     def __init__(self, slots: int, queue: int = DEFAULT_QUEUE) -> None:
         self.slots, self.queue = slots, queue
         self._semaphore = asyncio.Semaphore(slots)
         self.waiting = 0
         self.running = 0
+        self.executor = ThreadPoolExecutor(slots, thread_name_prefix="llm")
 
     async def enter(self) -> None:
         if self._semaphore.locked() and self.waiting >= self.queue:
@@ -205,7 +211,7 @@ class _Run:
         self._started, self._first_token = time.perf_counter(), False
 
     def start(self) -> None:
-        self.loop.run_in_executor(None, self._work)
+        self.loop.run_in_executor(self.admission.executor, self._work)
 
     def cancel(self) -> None:
         self.cancelled.set()

@@ -6,6 +6,7 @@ budget a payment covers, 429 past the queue, and a client that leaves mid-stream
 from __future__ import annotations
 
 import base64
+import concurrent.futures
 import json
 import socket
 import threading
@@ -320,3 +321,28 @@ def test_llm_requests_tokens_and_first_token_time_are_counted_in_the_metrics(nod
     assert delta("haca_llm_tokens_total", model="smollm2", kind="completion") == usage["completion_tokens"]
     assert delta("haca_llm_first_token_seconds_count") == 1
     assert value(after, "haca_llm_queue_depth") == 0  # nothing running or waiting once it answered
+
+
+def test_every_generation_runs_on_the_models_own_thread(tmp_path: Path, llm: LlmModel, monkeypatch):
+    """llama.cpp keeps a team of compute threads per calling thread (an idle team spin-waits), so
+    one slot's generations must all run on one thread, however requests arrive."""
+    threads: list[str] = []
+    generate = llm.generate
+
+    def recording(*args: Any, **kw: Any) -> Any:
+        threads.append(threading.current_thread().name)
+        return generate(*args, **kw)
+
+    monkeypatch.setattr(llm, "generate", recording)
+    for node in serve(tmp_path, llm):
+        url, headers = node.url + "/v1/chat/completions", bearer(node)
+
+        def ask(_: int, url: str = url, headers: dict[str, str] = headers) -> httpx.Response:
+            return post(url, json=CHAT, headers=headers)
+
+        with concurrent.futures.ThreadPoolExecutor(3) as pool:  # a burst: two wait while one runs
+            answers = list(pool.map(ask, range(3)))
+        answers.append(ask(3))
+        assert [a.status_code for a in answers] == [200] * 4
+    assert len(threads) == 4
+    assert set(threads) == {"llm_0"}
