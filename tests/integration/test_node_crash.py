@@ -55,6 +55,14 @@ def test_sigkilled_node_settles_each_queued_receipt_exactly_once(inference_devne
     url = f"http://127.0.0.1:{port}"
     node_address = net.keys.get("dev7").address
     pid = start_node(net, port, tmp_path / "node", tmp_path / "node.log", flush_interval=3600)  # settler idle
+    try:
+        _crash_and_settle(net, url, port, tmp_path, node_address, pid)
+    finally:  # whichever node runs now stops with the test (the first one too, if the test fails early)
+        signal_group(pid, signal.SIGKILL)
+        wait_group_gone(pid, time.monotonic() + 10)
+
+
+def _crash_and_settle(net, url: str, port: int, tmp_path, node_address: str, pid: int) -> None:
     with Client(url, net.keys.get("dev2").key, net.clients()[1]) as client:
         deposited = client.deposit(10**9)
         for rpc in net.clients():  # committed on val1; the node reads val0, which may be a block behind
