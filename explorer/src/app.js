@@ -28,7 +28,6 @@ const seen = {
   config: null,
   height: 0,
   appHash: "",
-  blockTime: null,
   firstHeight: 0,
   blocks: [], // newest first
   receipts: new Map(), // receipt id -> what the chain said of it
@@ -141,7 +140,6 @@ async function ingest(height) {
     const time = Date.parse(header.time);
     const row = { height, time, hash: block.block_id.hash, txs: txs.length, proposer: header.proposer_address };
     const point = supply ? { height, burned: BigInt(supply.burned), total: BigInt(supply.total) } : null;
-    seen.blockTime = time;
     seen.appHash = header.app_hash;
     seen.blocks.unshift(row);
     seen.blocks.length = Math.min(seen.blocks.length, KEEP_BLOCKS);
@@ -191,8 +189,9 @@ function trustGap(rec) {
   return `<span class="status status-open">open ${seconds(Math.max(0, Date.now() - rec.timestamp))}</span>`;
 }
 
-function receiptRows(limit) {
-  const all = [...seen.receipts.values()].sort(
+// The receipts seen (those `keep` selects), newest first, as table rows.
+function receiptRows(limit, keep = () => true) {
+  const all = [...seen.receipts.values()].filter(keep).sort(
     (a, b) => (b.settledHeight || b.claimHeight || 1e15) - (a.settledHeight || a.claimHeight || 1e15),
   );
   return all.slice(0, limit).map((r) => [
@@ -468,10 +467,10 @@ const txView = (hash) =>
 const addressView = (address) =>
   onceView(async () => {
     const [balance, stake, node] = await Promise.all([query("/bank/balance", address), query("/staking/stake", address), optional(query("/registry/node", address))]);
-    const mine = [...seen.receipts.values()].filter((r) => r.node === address || r.client === address);
+    const mine = receiptRows(500, (r) => r.node === address || r.client === address);
     return (
       section(`Address ${address}`, kv({ balance: balance.balance, denom: balance.denom, bonded: stake.bonded, unbonding: stake.unbonding, node: node ? (node.modes || []).join(", ") : "not a node" })) +
-      section("Receipts (seen)", table(RECEIPT_HEADERS, mine.map((r) => [link("receipt", r.id), esc(r.mode), statusTag(r.status), trustGap(r), r.node ? link("address", r.node) : "", amount(r.fee), String(r.settledHeight || "")]), "none seen"))
+      section("Receipts (seen)", table(RECEIPT_HEADERS, mine, "none seen"))
     );
   });
 
@@ -486,11 +485,12 @@ async function search(text) {
   if (ADDRESS.test(q)) return `#/address/${q.toLowerCase()}`;
   if (/^[0-9]{1,15}$/.test(q)) return `#/block/${Number(q)}`;
   if (HASH32.test(q)) {
-    const id = `0x${q.replace(/^0x/, "").toLowerCase()}`;
+    const bare = q.replace(/^0x/, "");
+    const id = `0x${bare.toLowerCase()}`;
     if (seen.receipts.has(id) || (await optional(query("/inference/receipt", id))) || (await optional(query("/inference/claim", id)))) {
       return `#/receipt/${id}`;
     }
-    if (await optional(txByHash(q.replace(/^0x/, "")))) return `#/tx/${q.replace(/^0x/, "").toUpperCase()}`;
+    if (await optional(txByHash(bare))) return `#/tx/${bare.toUpperCase()}`;
     return `#/notfound/${encodeURIComponent(`no receipt or tx with id ${q}`)}`;
   }
   return `#/notfound/${encodeURIComponent(`“${q.slice(0, 80)}” is not a receipt id, tx hash, address (0x + 40 hex) or block height`)}`;

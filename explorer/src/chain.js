@@ -5,6 +5,7 @@ import {
   VerifyError,
   base64ToBytes,
   bytesToHex,
+  equal,
   hexToBytes,
   validatorSetHash,
   validatorsFromRpc,
@@ -86,7 +87,7 @@ export async function provenQuery(path, data, key) {
     if (ops.length !== 1) throw new VerifyError("proof", `one state proof expected, the answer carries ${ops.length}`);
     const [op] = ops;
     if (op.type !== PROOF_OP_TYPE) throw new VerifyError("proof", `a proof of type ${op.type}, not ${PROOF_OP_TYPE}`);
-    if (bytesToHex(base64ToBytes(op.key)) !== bytesToHex(key)) throw new VerifyError("proof", "the proof is for another state key");
+    if (!equal(base64ToBytes(op.key), key)) throw new VerifyError("proof", "the proof is for another state key");
     const height = Number(response.height);
     step("answer with a state proof of its key", true, `at height ${height}`);
     const commit = await waitCommit(height + 1);
@@ -97,7 +98,7 @@ export async function provenQuery(path, data, key) {
     step("header signed by more than 2/3 of the trusted validators", true, `height ${height + 1}`);
     const shown = verifyStateProof(appHash, key, base64ToBytes(op.data));
     step("Merkle-Patricia proof against the app hash", true, bytesToHex(appHash).slice(0, 16) + "…");
-    if (shown === null || bytesToHex(shown) !== bytesToHex(base64ToBytes(response.value))) {
+    if (!equal(shown, base64ToBytes(response.value))) {
       throw new VerifyError("answer", "the answer is not the value the proof shows");
     }
     step("answer equals the proven value", true);

@@ -50,7 +50,7 @@ function concat(...parts) {
   return out;
 }
 
-function equal(a, b) {
+export function equal(a, b) {
   return a.length === b.length && a.every((x, i) => x === b[i]);
 }
 
@@ -304,14 +304,4 @@ export function verifyStateProof(root, keyBytes, proofBytes) {
     ref = node[1]; // an extension
   }
   throw new VerifyError("proof", "the proof is deeper than any key");
-}
-
-// A proven query: the value `key` holds in the state at `height` (app hash from header height+1).
-export function verifyProvenValue({ signedHeader, validators, chainId, key, proof, value }) {
-  const appHash = verifySignedHeader(signedHeader, validators, chainId);
-  const shown = verifyStateProof(appHash, key, proof);
-  if (!equal(shown, value)) {
-    throw new VerifyError("proof", "the state proof shows another value than the answer");
-  }
-  return appHash;
 }
