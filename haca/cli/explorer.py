@@ -19,6 +19,6 @@ def explorer(
     validator set) until interrupted. Receipt pages are checked in the browser, not trusted."""
     from haca.explorer.main import run_explorer
 
-    resolved, config = load_config(home)
+    _, config = load_config(home)
     console.print(f"explorer for {config.chain_id} on http://{host}:{port}/ (Ctrl-C stops it)")
-    run_explorer(resolved, host, port)
+    run_explorer(config, host, port)

@@ -17,10 +17,9 @@ from haca.client.config import ClientConfig
 from haca.explorer.server import create_app
 
 
-def run_explorer(home: Path, host: str = "127.0.0.1", port: int = 8700) -> None:
-    """Serve the explorer for the chain `home`'s client config names, until interrupted (blocks)."""
-    app = create_app(ClientConfig.load(home))
-    uvicorn.run(app, host=host, port=port, log_level="warning", access_log=False)
+def run_explorer(config: ClientConfig, host: str = "127.0.0.1", port: int = 8700) -> None:
+    """Serve the explorer for the chain a client config names, until interrupted (blocks)."""
+    uvicorn.run(create_app(config), host=host, port=port, log_level="warning", access_log=False)
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -29,7 +28,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--port", type=int, required=True)
     parser.add_argument("--host", default="127.0.0.1")
     args = parser.parse_args(argv)
-    run_explorer(args.home, args.host, args.port)
+    run_explorer(ClientConfig.load(args.home), args.host, args.port)
 
 
 if __name__ == "__main__":

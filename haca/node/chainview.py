@@ -37,21 +37,22 @@ class ChainView:
         if hit is not None and now - hit[0] < self.ttl and not fresh:
             return hit[1]
         value = load()
+        self._put(key, now, value)
+        return value
+
+    def _put(self, key: tuple[str, str], at: float, value: Any) -> None:
         with self._lock:
-            self._cache[key] = (now, value)
+            self._cache[key] = (at, value)
             self._cache.move_to_end(key)
             while len(self._cache) > self.max_entries:
                 self._cache.popitem(last=False)
-        return value
 
     def height(self) -> int:
         return int(self._cached(("height", ""), self.chain.rpc.height))
 
     def note_height(self, height: int) -> None:
         """The latest height, read just now by someone else (the chain follower): cached as fresh."""
-        with self._lock:
-            self._cache[("height", "")] = (time.monotonic(), height)
-            self._cache.move_to_end(("height", ""))
+        self._put(("height", ""), time.monotonic(), height)
 
     def available_escrow(self, client: str, fresh: bool = False) -> int:
         """The client's escrow for this node less what it is withdrawing: funds being withdrawn
