@@ -121,3 +121,10 @@ class ClaimConflict(ChainError):
     """A claim for a receipt that is already claimed, settled, or not claimable."""
 
     code = codes.CLAIM_CONFLICT
+
+
+class ClaimWindowNotCovered(ChainError):
+    """A claim on a receipt whose payment does not leave the node the whole claim window to settle
+    (it expires, or the allowance is revoked, before the deadline), or on a receipt too old to claim."""
+
+    code = codes.CLAIM_WINDOW_NOT_COVERED
