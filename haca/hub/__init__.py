@@ -20,6 +20,7 @@ from haca.hub.errors import (
     SignatureRequired,
     UploaderNotAllowed,
     UploadForbidden,
+    UploadTimeout,
     UploadUnauthorized,
 )
 from haca.hub.store import DEFAULT_MAX_SIZE, BlobInfo, BlobStore, parse_blob_id
@@ -40,6 +41,7 @@ __all__ = [
     "SignatureInvalid",
     "SignatureRequired",
     "UploadForbidden",
+    "UploadTimeout",
     "UploadUnauthorized",
     "UploaderNotAllowed",
     "parse_blob_id",

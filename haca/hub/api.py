@@ -9,15 +9,20 @@
 
 Every error is JSON `{"error": {"code", "message"}}`: 400 bad id or request, or bytes other than the
 signed ones; 401 an upload without a valid, unexpired signature; 403 a signer that is not an uploader
-or is over its quota; 404 unknown blob or route, 405 wrong method, 413 too large, 415 not
-octet-stream, 422 request validation. Downloads need no signature.
+or is over its quota; 404 unknown blob or route, 405 wrong method, 408 a body that did not arrive
+within its deadline, 413 too large, 415 not octet-stream, 422 request validation. Downloads need no
+signature.
 
 The signature is checked, and the quota reserved, before a byte of the body is read; the body is
-hashed as it streams and stored only if it is exactly the signed sha256 and size.
+hashed as it streams and stored only if it is exactly the signed sha256 and size. The whole body
+must arrive within `upload_deadline(size)` seconds (a base plus the time at a minimum rate), like
+the node's BODY_DEADLINE_S: a sender trickling bytes cannot hold a connection, its quota
+reservation and a temporary file for ever.
 """
 
 from __future__ import annotations
 
+import asyncio
 import time
 from collections.abc import Callable
 from typing import Any
@@ -37,6 +42,7 @@ from haca.hub.errors import (
     HubError,
     InvalidBlobId,
     UploadForbidden,
+    UploadTimeout,
     UploadUnauthorized,
 )
 from haca.hub.quota import UploadLedger
@@ -44,6 +50,8 @@ from haca.hub.store import ID_PREFIX, BlobStore, BlobWriter, parse_blob_id
 
 CONTENT_SHA256_HEADER = "X-Content-Sha256"
 UPLOAD_MEDIA_TYPES = ("application/octet-stream", "")
+BODY_DEADLINE_S = 30.0  # any upload's body gets this long, plus its size at MIN_UPLOAD_RATE
+MIN_UPLOAD_RATE = 1 << 20  # bytes/s: a 2 GiB model must arrive within ~35 minutes
 
 HUB_ERROR_STATUS: dict[type[HubError], int] = {
     InvalidBlobId: 400,
@@ -53,6 +61,7 @@ HUB_ERROR_STATUS: dict[type[HubError], int] = {
     ContentMismatch: 400,
     UploadUnauthorized: 401,
     UploadForbidden: 403,
+    UploadTimeout: 408,
 }
 UPLOAD_AUTH_SCHEME = 'HACA-Upload realm="hub"'  # WWW-Authenticate of a 401: sign a HubUpload (haca.hub.auth)
 HTTP_STATUS_CODES = {
@@ -85,9 +94,21 @@ def hub_error_status(exc: HubError) -> int:
     return 400
 
 
-def create_app(store: BlobStore, ledger: UploadLedger | None = None, clock: Callable[[], float] = time.time) -> FastAPI:
+def upload_deadline(size: int, base_s: float = BODY_DEADLINE_S, min_rate: int = MIN_UPLOAD_RATE) -> float:
+    """Seconds the body of a `size`-byte upload may take in all."""
+    return base_s + size / min_rate
+
+
+def create_app(
+    store: BlobStore,
+    ledger: UploadLedger | None = None,
+    clock: Callable[[], float] = time.time,
+    body_deadline_s: float = BODY_DEADLINE_S,
+    min_upload_rate: int = MIN_UPLOAD_RATE,
+) -> FastAPI:
     """The hub over `store`. `ledger` holds the uploaders and their quotas (None: nobody may
-    upload, a read-only hub); `clock` gives the time that upload signatures expire against."""
+    upload, a read-only hub); `clock` gives the time that upload signatures expire against;
+    an upload's body must arrive within `body_deadline_s` + size / `min_upload_rate` seconds."""
     ledger = ledger if ledger is not None else UploadLedger(store.root, {})
     app = FastAPI(title="HACA model hub", version="1", docs_url=None, redoc_url=None, openapi_url=None)
     app.state.store = store
@@ -145,11 +166,19 @@ def create_app(store: BlobStore, ledger: UploadLedger | None = None, clock: Call
         writer: BlobWriter | None = None
         try:
             writer = await run_in_threadpool(store.writer)
-            async for chunk in request.stream():
-                if chunk:
-                    if writer.size + len(chunk) > grant.size:
-                        raise ContentMismatch(f"the body is longer than the signed {grant.size} bytes")
-                    writer.write(chunk)
+            deadline = upload_deadline(grant.size, body_deadline_s, min_upload_rate)
+            try:
+                async with asyncio.timeout(deadline):
+                    async for chunk in request.stream():
+                        if chunk:
+                            if writer.size + len(chunk) > grant.size:
+                                raise ContentMismatch(f"the body is longer than the signed {grant.size} bytes")
+                            writer.write(chunk)
+            except TimeoutError:
+                raise UploadTimeout(
+                    f"the body ({grant.size} bytes) did not arrive within {deadline:.0f} s "
+                    f"({writer.size} bytes came): upload at {min_upload_rate} bytes/s or faster"
+                ) from None
             if writer.size != grant.size or writer.hexdigest != grant.sha256:
                 raise ContentMismatch(
                     f"the body ({writer.size} bytes, sha256 {writer.hexdigest}) is not the signed one "

@@ -83,6 +83,13 @@ class ContentMismatch(HubError):
     code = "upload_content_mismatch"
 
 
+class UploadTimeout(HubError):
+    """The body did not arrive within the upload's deadline (HTTP 408): a slow sender may not hold
+    a connection, its reservation and a temporary file open for ever."""
+
+    code = "upload_timeout"
+
+
 ERRORS_BY_CODE: dict[str, type[HubError]] = {
     cls.code: cls
     for cls in (
@@ -100,5 +107,6 @@ ERRORS_BY_CODE: dict[str, type[HubError]] = {
         UploaderNotAllowed,
         QuotaExceeded,
         ContentMismatch,
+        UploadTimeout,
     )
 }

@@ -1,10 +1,22 @@
 """Who may upload to a hub, and how many bytes each.
 
-The hub is started with a set of uploader accounts, each with a byte quota. Stored bytes are charged
-to the account whose upload first stored them, in `<root>/uploads.json` (rewritten atomically before
-each new blob is renamed into place): `{"version": 1, "blobs": {"<sha256 hex>": {"uploader": "0x…", "size": N}}}`.
-Re-uploading a blob the hub already has costs nothing. While an upload streams, its size is
-reserved against the quota, so concurrent uploads cannot together exceed it.
+The hub is started with a set of uploader accounts, each with a byte quota. Stored blobs are charged
+to the account whose upload first stored them. Re-uploading a blob the hub already has costs nothing.
+While an upload streams, its charge is reserved against the quota, so concurrent uploads cannot
+together exceed it.
+
+What a blob costs (`blob_charge`): its size rounded up to a whole 4 KiB block, plus a fixed 4 KiB per
+blob. A blob occupies whole filesystem blocks, an inode and a directory entry, and a ledger record,
+whatever its length: charged by its bare length, a flood of 3-byte blobs grew the disk ~1,900 times
+the quota. So a 3-byte blob costs 8 KiB, a 1 MiB blob 1 MiB + 4 KiB.
+
+The ledger is append-only, `<root>/uploads.jsonl`: one fsynced JSON line per event, written before
+the blob is renamed into place (so a crash leaves a charge, which makes the retry free, never an
+uncharged blob), `{"sha256", "uploader", "size"}` to charge a blob and `{"sha256", "drop": true}`
+to take back the charge of a blob whose rename failed. An upload appends one line (O(1)); the
+whole file is read once, at start. A last line cut short by a crash is ignored (its blob was never
+renamed into place); any other unreadable line stops the hub from starting. A hub that kept the
+earlier `uploads.json` (rewritten whole on every upload) has it imported once into the new file.
 """
 
 from __future__ import annotations
@@ -13,23 +25,32 @@ import contextlib
 import json
 import os
 import re
-import tempfile
 import threading
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import IO, Any
 
 from haca.crypto.keys import normalize_address
 from haca.hub.errors import HubError, QuotaExceeded, UploaderNotAllowed
 from haca.hub.store import BlobInfo, BlobWriter, fsync_dir
 
-LEDGER_NAME = "uploads.json"
-LEDGER_VERSION = 1
+LEDGER_NAME = "uploads.jsonl"
+LEGACY_LEDGER_NAME = "uploads.json"  # the earlier format, imported once
+LEGACY_LEDGER_VERSION = 1
 DEFAULT_QUOTA = 10 * 1024**3  # 10 GiB per uploader unless given
+BLOCK_SIZE = 4096  # what a filesystem allocates a file in
+BLOB_OVERHEAD = 4096  # per blob: inode, directory entry, ledger line
 
 _SIZE = re.compile(r"([0-9]+)\s*([kmgt]?)(i?b)?", re.IGNORECASE)
 _UNITS = {"": 1, "k": 1 << 10, "m": 1 << 20, "g": 1 << 30, "t": 1 << 40}
+_HEX64 = re.compile(r"[0-9a-f]{64}")
+
+
+def blob_charge(size: int) -> int:
+    """What storing a blob of `size` bytes costs its uploader's quota: whole 4 KiB blocks plus a
+    fixed 4 KiB per blob (see the module docstring)."""
+    return BLOB_OVERHEAD + -(-size // BLOCK_SIZE) * BLOCK_SIZE
 
 
 def parse_size(text: str) -> int:
@@ -82,8 +103,8 @@ def build_quotas(
 
 @dataclass
 class Reservation:
-    """Bytes held against an uploader's quota while its upload streams; `cost` is 0 for a blob the
-    hub already had."""
+    """Quota held against an uploader while its upload streams; `cost` is 0 for a blob the hub
+    already had."""
 
     ledger: UploadLedger
     uploader: str
@@ -97,7 +118,7 @@ class Reservation:
 
 
 class UploadLedger:
-    """Quotas (fixed at start) and the bytes each uploader has stored (durable, in the hub's root)."""
+    """Quotas (fixed at start) and what each uploader has stored (durable, in the hub's root)."""
 
     def __init__(self, root: Path | str, quotas: Mapping[str, int]) -> None:
         self.path = Path(root) / LEDGER_NAME
@@ -105,16 +126,18 @@ class UploadLedger:
         if any(q < 0 for q in self.quotas.values()):
             raise ValueError("quotas must be >= 0")
         self._lock = threading.Lock()  # the in-memory tables, held briefly
-        self._commit_lock = threading.Lock()  # one blob commit + ledger write at a time
+        self._commit_lock = threading.Lock()  # one blob commit + ledger append at a time
         self._pending: dict[str, int] = {}
         self._blobs: dict[str, tuple[str, int]] = self._load()
         self._used: dict[str, int] = {}
         for uploader, size in self._blobs.values():
-            self._used[uploader] = self._used.get(uploader, 0) + size
+            self._used[uploader] = self._used.get(uploader, 0) + blob_charge(size)
+        self._file: IO[str] | None = None  # opened for appending at the first write
 
     # --- queries --------------------------------------------------------------------------------
 
     def used(self, uploader: str) -> int:
+        """The quota the uploader's stored blobs take (`blob_charge` of each)."""
         with self._lock:
             return self._used.get(normalize_address(uploader), 0)
 
@@ -133,17 +156,18 @@ class UploadLedger:
     # --- an upload ------------------------------------------------------------------------------
 
     def reserve(self, uploader: str, sha256_hex: str, size: int, already_stored: bool) -> Reservation:
-        """Hold `size` bytes of the uploader's quota (none when the blob is already stored);
-        UploaderNotAllowed / QuotaExceeded otherwise."""
+        """Hold the blob's charge against the uploader's quota (none when the blob is already
+        stored); UploaderNotAllowed / QuotaExceeded otherwise."""
         quota = self.require_uploader(uploader)
         with self._lock:
-            cost = 0 if already_stored or sha256_hex in self._blobs else size
+            cost = 0 if already_stored or sha256_hex in self._blobs else blob_charge(size)
             used, pending = self._used.get(uploader, 0), self._pending.get(uploader, 0)
             if used + pending + cost > quota:
                 raise QuotaExceeded(
-                    f"{uploader} has stored {used} of its {quota} bytes"
+                    f"{uploader} has used {used} of its {quota} bytes"
                     + (f" ({pending} more in uploads under way)" if pending else "")
-                    + f": a new blob of {size} bytes does not fit"
+                    + f": a new blob of {size} bytes (charged {cost}: whole {BLOCK_SIZE}-byte blocks"
+                    f" + {BLOB_OVERHEAD} per blob) does not fit"
                 )
             self._pending[uploader] = pending + cost
         return Reservation(self, uploader, sha256_hex, size, cost)
@@ -153,43 +177,43 @@ class UploadLedger:
             self._release(reservation)
 
     def commit(self, reservation: Reservation, writer: BlobWriter) -> BlobInfo:
-        """Store the written blob, charging its bytes once to the uploader if they are new. The
-        charge is written before the blob is renamed into place, so a crash between the two leaves
-        a charge (that makes the retry free), never an uncharged blob; a charge that cannot be
-        written stores nothing. Commits are serialised; reservations (a short lock) are not held
-        up by one."""
+        """Store the written blob, charging it once to the uploader if it is new. The charge is
+        appended before the blob is renamed into place, so a crash between the two leaves a charge
+        (that makes the retry free), never an uncharged blob; a charge that cannot be written stores
+        nothing. Commits are serialised; reservations (a short lock) are not held up by one."""
         try:
             with self._commit_lock:
                 digest = writer.hexdigest
                 stored = (writer.directory / digest).is_file()
                 with self._lock:
                     new = not stored and digest not in self._blobs
-                    if new:
-                        self._blobs[digest] = (reservation.uploader, writer.size)
-                    snapshot = dict(self._blobs)
                 if new:
-                    try:
-                        self._save(snapshot)
-                    except BaseException:
-                        with self._lock:
-                            del self._blobs[digest]
-                        raise
+                    self._append({"sha256": digest, "uploader": reservation.uploader, "size": writer.size})
+                    with self._lock:
+                        self._blobs[digest] = (reservation.uploader, writer.size)
                 try:
                     info = writer.commit()
                 except BaseException:
                     if new:
                         with self._lock:
                             del self._blobs[digest]
-                            snapshot = dict(self._blobs)
-                        with contextlib.suppress(OSError):
-                            self._save(snapshot)  # if this fails too, the charge stays (the retry is free)
+                        with contextlib.suppress(OSError):  # if this fails too, the charge stays (the retry is free)
+                            self._append({"sha256": digest, "drop": True})
                     raise
                 if new:
                     with self._lock:
-                        self._used[reservation.uploader] = self._used.get(reservation.uploader, 0) + info.size
+                        self._used[reservation.uploader] = self._used.get(reservation.uploader, 0) + blob_charge(
+                            info.size
+                        )
         finally:
             self.release(reservation)
         return info
+
+    def close(self) -> None:
+        with self._commit_lock:
+            if self._file is not None:
+                self._file.close()
+                self._file = None
 
     # --- plumbing -------------------------------------------------------------------------------
 
@@ -203,34 +227,67 @@ class UploadLedger:
         else:
             self._pending.pop(reservation.uploader, None)
 
+    def _append(self, record: Mapping[str, Any]) -> None:
+        """One fsynced line at the end of the ledger (called under the commit lock)."""
+        if self._file is None:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            created = not self.path.exists()
+            self._file = open(self.path, "a", encoding="utf-8")  # noqa: SIM115 (kept open: one line per upload)
+            if created:
+                fsync_dir(self.path.parent)
+        self._file.write(json.dumps(record, separators=(",", ":"), sort_keys=True) + "\n")
+        self._file.flush()
+        os.fsync(self._file.fileno())
+
     def _load(self) -> dict[str, tuple[str, int]]:
+        legacy = self.path.with_name(LEGACY_LEDGER_NAME)
+        if not self.path.exists() and legacy.exists():
+            self._import_legacy(legacy)
         if not self.path.exists():
             return {}
+        blobs: dict[str, tuple[str, int]] = {}
         try:
-            doc = json.loads(self.path.read_text())
-            if doc.get("version") != LEDGER_VERSION:
-                raise ValueError(f"unknown version {doc.get('version')!r}")
-            return {
-                str(digest): (normalize_address(entry["uploader"]), int(entry["size"]))
-                for digest, entry in doc["blobs"].items()
-            }
+            text = self.path.read_text(encoding="utf-8")
+            lines = text.split("\n")
+            if lines and lines[-1]:
+                lines.pop()  # cut short by a crash before its fsync returned: its blob was never renamed in
+            for number, line in enumerate(lines, 1):
+                if line:
+                    self._replay(blobs, json.loads(line), number)
         except (OSError, ValueError, KeyError, TypeError, AttributeError) as exc:
             raise HubError(f"upload ledger {self.path} is unreadable ({exc}); refusing to start") from exc
+        return blobs
 
-    def _save(self, blobs: Mapping[str, tuple[str, int]]) -> None:
-        doc: dict[str, Any] = {
-            "version": LEDGER_VERSION,
-            "blobs": {d: {"uploader": u, "size": s} for d, (u, s) in sorted(blobs.items())},
-        }
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        fd, name = tempfile.mkstemp(prefix=".uploads-", dir=self.path.parent)
+    @staticmethod
+    def _replay(blobs: dict[str, tuple[str, int]], record: dict[str, Any], number: int) -> None:
+        digest = record["sha256"]
+        if not isinstance(digest, str) or not _HEX64.fullmatch(digest):
+            raise ValueError(f"line {number}: bad sha256")
+        if record.get("drop") is True:
+            blobs.pop(digest, None)
+            return
+        size = record["size"]
+        if not isinstance(size, int) or isinstance(size, bool) or size < 0:
+            raise ValueError(f"line {number}: bad size")
+        blobs.setdefault(digest, (normalize_address(record["uploader"]), size))
+
+    def _import_legacy(self, legacy: Path) -> None:
+        """The earlier whole-file ledger, written out as the append-only one (then renamed aside)."""
         try:
-            with os.fdopen(fd, "w") as out:
-                json.dump(doc, out, indent=1)
-                out.flush()
-                os.fsync(out.fileno())
-            os.replace(name, self.path)
-        except BaseException:
-            Path(name).unlink(missing_ok=True)
-            raise
+            doc = json.loads(legacy.read_text())
+            if doc.get("version") != LEGACY_LEDGER_VERSION:
+                raise ValueError(f"unknown version {doc.get('version')!r}")
+            records = [
+                {"sha256": str(d), "uploader": normalize_address(e["uploader"]), "size": int(e["size"])}
+                for d, e in sorted(doc["blobs"].items())
+            ]
+        except (OSError, ValueError, KeyError, TypeError, AttributeError) as exc:
+            raise HubError(f"upload ledger {legacy} is unreadable ({exc}); refusing to start") from exc
+        partial = self.path.with_name(LEDGER_NAME + ".import")
+        with open(partial, "w", encoding="utf-8") as out:
+            out.writelines(json.dumps(r, separators=(",", ":"), sort_keys=True) + "\n" for r in records)
+            out.flush()
+            os.fsync(out.fileno())
+        os.replace(partial, self.path)
+        legacy.replace(legacy.with_name(LEGACY_LEDGER_NAME + ".imported"))
         fsync_dir(self.path.parent)

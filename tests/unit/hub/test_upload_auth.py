@@ -27,7 +27,15 @@ from haca.hub.auth import (
     upload_headers,
 )
 from haca.hub.errors import HubError, QuotaExceeded, UploaderNotAllowed
-from haca.hub.quota import LEDGER_NAME, UploadLedger, build_quotas, parse_size, parse_uploader
+from haca.hub.quota import (
+    LEDGER_NAME,
+    LEGACY_LEDGER_NAME,
+    UploadLedger,
+    blob_charge,
+    build_quotas,
+    parse_size,
+    parse_uploader,
+)
 from haca.hub.store import TMP_PREFIX, BlobInfo, BlobStore
 from tests.unit.hub.conftest import STRANGER, UPLOADER
 
@@ -36,10 +44,10 @@ with warnings.catch_warnings():  # starlette asks for `httpx2` for its TestClien
     from fastapi.testclient import TestClient
 
 LIMIT = 64 * 1024
-QUOTA = 3000
-DATA = bytes(range(256)) * 10  # 2560 bytes: fits the quota once
+DATA = bytes(range(256)) * 10  # 2560 bytes, charged one block + the per-blob overhead (8 KiB)
+QUOTA = blob_charge(len(DATA)) + 4096  # DATA fits once
 OTHER = b"o" * len(DATA)  # same size, other bytes
-MORE = b"m" * 1000  # 2560 + 1000 > QUOTA
+MORE = b"m" * 1000  # another 8 KiB charge: does not fit beside DATA
 OCTET = {"Content-Type": "application/octet-stream"}
 
 
@@ -100,7 +108,7 @@ def test_upload_over_quota_is_403_and_changes_nothing(hub: Hub) -> None:
     assert hub.upload(DATA, signed(DATA)).status_code == 201
     blobs, used, ledger = hub.store.list(), hub.ledger.used(UPLOADER.address), hub.ledger.path.read_bytes()
     assert error_of(hub.upload(MORE, signed(MORE))) == (403, "upload_quota_exceeded")
-    assert hub.store.list() == blobs and hub.ledger.used(UPLOADER.address) == used == len(DATA)
+    assert hub.store.list() == blobs and hub.ledger.used(UPLOADER.address) == used == blob_charge(len(DATA))
     assert hub.ledger.path.read_bytes() == ledger
 
 
@@ -191,17 +199,18 @@ def test_an_honest_upload_is_stored_and_counts_against_the_quota_once(hub: Hub) 
     assert first.status_code == again.status_code == 201
     assert first.json() == again.json() == {"id": "sha256:" + hex_of(DATA), "size": len(DATA)}
     assert hub.store.list() == [BlobInfo("sha256:" + hex_of(DATA), len(DATA))]
-    assert hub.ledger.used(UPLOADER.address) == len(DATA)
-    doc = json.loads(hub.ledger.path.read_text())
-    assert doc == {"version": 1, "blobs": {hex_of(DATA): {"uploader": UPLOADER.address, "size": len(DATA)}}}
+    assert hub.ledger.used(UPLOADER.address) == blob_charge(len(DATA))
+    lines = [json.loads(line) for line in hub.ledger.path.read_text().splitlines()]
+    assert lines == [{"sha256": hex_of(DATA), "uploader": UPLOADER.address, "size": len(DATA)}]
     reopened = UploadLedger(hub.store.root, {UPLOADER.address: QUOTA})  # durable across restarts
-    assert reopened.used(UPLOADER.address) == len(DATA) and reopened.charged_to(hex_of(DATA)) == UPLOADER.address
+    assert reopened.used(UPLOADER.address) == blob_charge(len(DATA))
+    assert reopened.charged_to(hex_of(DATA)) == UPLOADER.address
 
 
 def test_an_uploader_at_its_quota_may_still_re_upload_a_stored_blob(hub: Hub) -> None:
     assert hub.upload(DATA, signed(DATA)).status_code == 201
     assert hub.upload(DATA, signed(DATA)).status_code == 201
-    assert hub.ledger.used(UPLOADER.address) == len(DATA)
+    assert hub.ledger.used(UPLOADER.address) == blob_charge(len(DATA))
 
 
 def test_a_blob_stored_by_one_uploader_costs_another_nothing(tmp_path: Path) -> None:
@@ -212,14 +221,14 @@ def test_a_blob_stored_by_one_uploader_costs_another_nothing(tmp_path: Path) -> 
         assert client.post("/v1/blobs", content=DATA, headers=signed(DATA, STRANGER)).status_code == 201
         refused = client.post("/v1/blobs", content=MORE, headers=signed(MORE, STRANGER))
     assert error_of(refused) == (403, "upload_quota_exceeded")
-    assert ledger.used(UPLOADER.address) == len(DATA) and ledger.used(STRANGER.address) == 0
+    assert ledger.used(UPLOADER.address) == blob_charge(len(DATA)) and ledger.used(STRANGER.address) == 0
 
 
 def test_a_failed_ledger_write_keeps_no_uncharged_blob(hub: Hub, monkeypatch: pytest.MonkeyPatch) -> None:
     def disk_full(*args: Any) -> None:
         raise OSError("no space left on device")
 
-    monkeypatch.setattr(hub.ledger, "_save", disk_full)
+    monkeypatch.setattr(hub.ledger, "_append", disk_full)
     assert error_of(hub.upload(DATA, signed(DATA)))[0] == 500
     assert hub.nothing_stored() and hub.ledger.used(UPLOADER.address) == 0
 
@@ -241,18 +250,28 @@ def test_a_failed_rename_takes_the_charge_back(tmp_path: Path, monkeypatch: pyte
     with pytest.raises(OSError):
         ledger.commit(reservation, writer)
     writer.abort()
-    assert ledger.used(UPLOADER.address) == 0 and json.loads(ledger.path.read_text())["blobs"] == {}
-    assert reservation.released and store.list() == []
+    assert ledger.used(UPLOADER.address) == 0 and reservation.released and store.list() == []
+    reopened = UploadLedger(store.root, {UPLOADER.address: QUOTA})  # the drop is on disk too
+    assert reopened.used(UPLOADER.address) == 0 and reopened.charged_to(hex_of(DATA)) is None
 
 
 def test_a_charge_left_by_a_crash_makes_the_retry_free(tmp_path: Path) -> None:
     store = BlobStore(tmp_path)
-    entry = {"uploader": UPLOADER.address, "size": len(DATA)}  # charged, then the hub died before the rename
-    (tmp_path / LEDGER_NAME).write_text(json.dumps({"version": 1, "blobs": {hex_of(DATA): entry}}))
-    ledger = UploadLedger(store.root, {UPLOADER.address: len(DATA)})  # exactly at its quota
+    entry = {"sha256": hex_of(DATA), "uploader": UPLOADER.address, "size": len(DATA)}  # then the hub died
+    (tmp_path / LEDGER_NAME).write_text(json.dumps(entry) + "\n" + '{"sha256": "cut sho')  # and a torn line
+    ledger = UploadLedger(store.root, {UPLOADER.address: blob_charge(len(DATA))})  # exactly at its quota
     with TestClient(create_app(store, ledger), raise_server_exceptions=False) as client:
         assert client.post("/v1/blobs", content=DATA, headers=signed(DATA)).status_code == 201
-    assert ledger.used(UPLOADER.address) == len(DATA) and store.exists("sha256:" + hex_of(DATA))
+    assert ledger.used(UPLOADER.address) == blob_charge(len(DATA)) and store.exists("sha256:" + hex_of(DATA))
+
+
+def test_the_earlier_whole_file_ledger_is_imported_once(tmp_path: Path) -> None:
+    entry = {"uploader": UPLOADER.address, "size": len(DATA)}
+    (tmp_path / LEGACY_LEDGER_NAME).write_text(json.dumps({"version": 1, "blobs": {hex_of(DATA): entry}}))
+    ledger = UploadLedger(tmp_path, {UPLOADER.address: QUOTA})
+    assert ledger.used(UPLOADER.address) == blob_charge(len(DATA)) and ledger.charged_to(hex_of(DATA))
+    assert not (tmp_path / LEGACY_LEDGER_NAME).exists() and (tmp_path / LEDGER_NAME).exists()
+    assert UploadLedger(tmp_path, {UPLOADER.address: QUOTA}).used(UPLOADER.address) == blob_charge(len(DATA))
 
 
 def test_uploads_under_way_hold_their_bytes_against_the_quota(tmp_path: Path) -> None:
@@ -268,7 +287,7 @@ def test_uploads_under_way_hold_their_bytes_against_the_quota(tmp_path: Path) ->
 
 
 def test_an_unreadable_ledger_stops_the_hub_from_starting(tmp_path: Path) -> None:
-    (tmp_path / LEDGER_NAME).write_text("{not json")
+    (tmp_path / LEDGER_NAME).write_text("{not json\n")
     with pytest.raises(HubError, match="refusing to start"):
         UploadLedger(tmp_path, {UPLOADER.address: QUOTA})
 
