@@ -1,13 +1,27 @@
-"""Chain client: queries (optionally proven against a signed header) and signed txs."""
+"""Chain client: queries (optionally proven against a signed header) and signed txs.
+
+Proven means recent. A state proof only shows that a value was committed at some height; an RPC
+that answers every proven query from an older state (with that state's real header) passes every
+signature and proof check while serving, say, a balance since spent. So a proven answer is accepted
+only for a height at least the latest header the client has verified less `max_proof_lag` blocks
+(`StaleProof` otherwise). The latest height is learnt only from headers the client verified itself
+(more than 2/3 of the trusted voting power signed them): before each proven query it asks the RPC for
+its latest commit and verifies it, and it keeps the highest height verified so far, over every call
+and every endpoint, so an RPC (or a failover endpoint) that serves an old commit as its latest cannot
+move the floor back. A height no honest validator signed cannot be shown, so the floor cannot be
+pushed up either. The window lets honest endpoints a few blocks apart, and a block committed between
+the two calls, pass.
+"""
 
 from __future__ import annotations
 
 import json
+import threading
 import time
 from dataclasses import dataclass
 from typing import Any
 
-from haca.client.errors import ChainUnavailable, HacaError, ProofInvalid, RpcError, TxRejected
+from haca.client.errors import ChainUnavailable, HacaError, ProofInvalid, RpcError, StaleProof, TxRejected
 from haca.client.light import LightClientError, validators_from_rpc, verify_signed_header
 from haca.client.rpc import CometRpc, b64
 from haca.crypto.keys import PrivateKey
@@ -15,6 +29,9 @@ from haca.crypto.state_proof import ProofError, verify_proof
 from haca.types.tx import Msg, build_tx
 
 PROOF_OP_TYPE = "haca:mpt"
+# Blocks a proven answer may be behind the latest verified header: honest endpoints a few blocks
+# apart, and a block committed between the latest-commit call and the query, must still pass.
+DEFAULT_MAX_PROOF_LAG = 5
 
 
 @dataclass(frozen=True)
@@ -39,16 +56,28 @@ class TxOutcome:
 
 
 class ChainClient:
-    def __init__(self, rpc_urls: list[str], chain_id: str, validators: list[dict[str, Any]] | None = None) -> None:
+    def __init__(
+        self,
+        rpc_urls: list[str],
+        chain_id: str,
+        validators: list[dict[str, Any]] | None = None,
+        max_proof_lag: int = DEFAULT_MAX_PROOF_LAG,
+    ) -> None:
         """`rpc_urls`: every RPC endpoint of the chain, in order of preference; calls fail over
         between them (see CometRpc). `validators` is the trusted validator set (RPC `validators`
         shape, e.g. from genesis); without it, headers are checked against the set the answering
-        RPC node reports."""
+        RPC node reports. `max_proof_lag`: how many blocks a proven answer may be behind the latest
+        header verified (see the module's docstring)."""
         if not rpc_urls:
             raise HacaError("no RPC URL configured")
+        if max_proof_lag < 0:
+            raise ValueError("max_proof_lag must not be negative")
         self.rpc = CometRpc(rpc_urls)
         self.chain_id = chain_id
         self.trusted = validators_from_rpc(validators) if validators else None
+        self.max_proof_lag = max_proof_lag
+        self._latest_verified = 0  # the highest height of a header verified here, never lowered
+        self._latest_lock = threading.Lock()  # AsyncClient calls from worker threads
 
     def close(self) -> None:
         self.rpc.close()
@@ -69,11 +98,29 @@ class ChainClient:
         answer = self.query("/bank/supply")
         return {"denom": answer["denom"], "total": int(answer["total"]), "burned": int(answer["burned"])}
 
+    @property
+    def latest_verified_height(self) -> int:
+        """The highest height of a header this client has verified (0 before any)."""
+        return self._latest_verified
+
+    def verify_latest(self) -> int:
+        """Verify the RPC's latest commit (light client) and return the highest height verified so
+        far: that commit's, or a higher one seen before (an RPC cannot move it back)."""
+        signed = self.rpc.call("commit")["signed_header"]  # no height: the latest commit
+        try:
+            height = int(signed["header"]["height"])
+        except (KeyError, TypeError, ValueError) as exc:
+            raise ProofInvalid(f"the latest commit is malformed: {exc!r}") from exc
+        self._verify_header(signed, height)
+        return self._latest_verified
+
     def query_proven(self, path: str, data: bytes = b"", timeout: float = 15.0) -> ProvenValue:
         """Query with prove=true and check the proof against the app hash CometBFT committed
-        for that state: it is in the header of the next height, which 2/3 of validators signed."""
+        for that state: it is in the header of the next height, which 2/3 of validators signed.
+        StaleProof when the answer's height is too far behind the latest verified header."""
+        self.verify_latest()
         response = self.rpc.abci_query(path, data, prove=True)
-        height = int(response["height"])
+        height = self._fresh_height(path, response)
         ops = (response.get("proofOps") or {}).get("ops") or []
         if len(ops) != 1 or ops[0]["type"] != PROOF_OP_TYPE:
             raise ProofInvalid(f"{path}: expected one {PROOF_OP_TYPE} proof op, got {ops}")
@@ -85,13 +132,28 @@ class ChainClient:
             raise ProofInvalid(str(exc)) from exc
         return ProvenValue(json.loads(b64(response["value"])), key, raw, height, app_hash)
 
+    def query_proven_value(self, path: str, data: bytes = b"", timeout: float = 15.0) -> tuple[dict[str, Any], int]:
+        """For a query whose answer is the one state value it proves (a manifest, a node's
+        registration): that value as the proof shows it, and its height. ProofInvalid when the
+        RPC's answer is not the proven value."""
+        proven = self.query_proven(path, data, timeout)
+        try:
+            value = json.loads(proven.raw) if proven.raw else None
+        except ValueError:
+            value = None
+        if not isinstance(value, dict) or value != proven.answer:
+            raise ProofInvalid(f"{path}: the answer is not the value the proof shows")
+        return value, proven.height
+
     def query_proven_keys(
         self, path: str, data: bytes = b"", timeout: float = 15.0
     ) -> tuple[dict[str, Any], dict[bytes, bytes], int]:
         """Query with prove=true; every proof op is checked against the app hash of that height
-        (light-client verified). The answer, each proven key's value (b"" where absent), the height."""
+        (light-client verified), which must be recent as in query_proven. The answer, each proven
+        key's value (b"" where absent), the height."""
+        self.verify_latest()
         response = self.rpc.abci_query(path, data, prove=True)
-        height = int(response["height"])
+        height = self._fresh_height(path, response)
         ops = (response.get("proofOps") or {}).get("ops") or []
         if not ops or any(op["type"] != PROOF_OP_TYPE for op in ops):
             raise ProofInvalid(f"{path}: expected {PROOF_OP_TYPE} proof ops, got {ops}")
@@ -105,6 +167,23 @@ class ChainClient:
                 raise ProofInvalid(str(exc)) from exc
         return json.loads(b64(response["value"])), values, height
 
+    def _fresh_height(self, path: str, response: dict[str, Any]) -> int:
+        """The height a proven answer is for, refused (StaleProof) when it is more than
+        `max_proof_lag` blocks behind the latest header verified."""
+        try:
+            height = int(response["height"])
+        except (KeyError, TypeError, ValueError) as exc:
+            raise ProofInvalid(f"{path}: the answer names no height: {exc!r}") from exc
+        latest = self._latest_verified
+        if height < latest - self.max_proof_lag:
+            raise StaleProof(
+                f"{path}: the RPC answered with the state of height {height}, but header {latest} is"
+                f" verified: a proven answer may be at most {self.max_proof_lag} blocks behind",
+                height,
+                latest,
+            )
+        return height
+
     def app_hash_after(self, height: int, timeout: float = 15.0) -> bytes:
         """The app hash of the state at `height`, from the header of height+1 after checking that
         more than 2/3 of the validators' voting power signed it (light-client verification)."""
@@ -117,11 +196,23 @@ class ChainClient:
                 if time.monotonic() > deadline:
                     raise
                 time.sleep(0.2)
-        validators = self.trusted or validators_from_rpc(self.rpc.validators(height + 1))
+        return self._verify_header(signed, height + 1)
+
+    def _verify_header(self, signed: dict[str, Any], height: int) -> bytes:
+        """Check a `commit` answer is header `height`, signed by more than 2/3 of the validators'
+        power; note its height as verified and return its app hash."""
+        validators = self.trusted or validators_from_rpc(self.rpc.validators(height))
         try:
-            return verify_signed_header(signed, validators, self.chain_id)
+            if str(signed["header"]["height"]) != str(height):  # the height asked for, not another
+                raise LightClientError(f"the RPC answered header {signed['header']['height']}")
+            app_hash = verify_signed_header(signed, validators, self.chain_id)
         except LightClientError as exc:
-            raise ProofInvalid(f"header {height + 1}: {exc}") from exc
+            raise ProofInvalid(f"header {height}: {exc}") from exc
+        except (KeyError, TypeError, ValueError) as exc:
+            raise ProofInvalid(f"header {height} is malformed: {exc!r}") from exc
+        with self._latest_lock:
+            self._latest_verified = max(self._latest_verified, height)
+        return app_hash
 
     def proven_balance(self, address: str) -> int:
         proven = self.query_proven("/bank/balance", address.encode())

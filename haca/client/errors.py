@@ -51,3 +51,17 @@ class ProofInvalid(HacaError):
 
 class NotFound(HacaError):
     code = "not_found"
+
+
+class StaleProof(ProofInvalid):
+    """A proven answer for a state older than the latest header the client has verified, less the
+    window it allows (`ChainClient.max_proof_lag`): its signatures and proof may all check, yet the
+    value may be one that has since changed (a balance since spent). `height` is the answer's,
+    `latest` the highest height verified."""
+
+    code = "proof_stale"
+
+    def __init__(self, message: str, height: int = 0, latest: int = 0) -> None:
+        super().__init__(message)
+        self.height = height
+        self.latest = latest
