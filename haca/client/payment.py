@@ -8,11 +8,11 @@ import json
 import secrets
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Protocol
 
 import numpy as np
 
-from haca.client.errors import HacaError
+from haca.client.errors import HacaError, ProofInvalid, QueryFailed
 from haca.crypto.keys import PrivateKey
 from haca.proofs.receipt import EvidenceError
 from haca.proofs.verifier import EnclaveStanding, VerifyContext, verifiers, verify
@@ -25,6 +25,7 @@ from haca.types.registry import PRICE_UNITS, request_fee, request_rows
 from haca.types.tensor import TensorError, parse_input, schema_from_json, tensors_from_json, tensors_hash
 
 _VERIFIERS = verifiers()
+TERMS_LAG_BLOCKS = 5  # how far the quoted terms' height may be from the chain's (proven) height, either way
 
 
 class PaymentRequiredError(HacaError):
@@ -93,6 +94,52 @@ class PaymentOffer:
             int(extra["suggested_expiry"]),
             int(extra["terms_height"]),
         )
+
+
+class ProvenReader(Protocol):
+    """What a payer reads the chain's terms through: proven queries (ChainClient)."""
+
+    def query_proven_value(self, path: str, data: bytes = b"") -> tuple[dict[str, Any], int]: ...
+
+
+def chain_terms(
+    chain: ProvenReader, model_id: str, model: str, mode: str, node: str, terms_height: int
+) -> dict[str, Any]:
+    """The model's manifest in effect at the quoted `terms_height`, and the node's registration,
+    both read with state proofs against light-client-verified headers (recent ones: see
+    haca.client.chain), so that neither the node nor the RPC sets the price a payer is bounded by.
+    The quoted height must be near the proven one; the manifest must be for `model_id`, named
+    `model`, in effect by then, and the chain must register `node` for `mode`."""
+    try:
+        manifest, height = chain.query_proven_value("/registry/model_in_effect", f"{model_id}@{terms_height}".encode())
+        registered, _ = chain.query_proven_value("/registry/node", node.lower().encode())
+    except QueryFailed as exc:
+        raise PaymentRequiredError(f"the node's offer is not backed by the chain: {exc}") from exc
+    if not height - TERMS_LAG_BLOCKS <= terms_height <= height + TERMS_LAG_BLOCKS:
+        raise PaymentRequiredError(f"node quotes the terms of height {terms_height}; the chain is at {height}")
+    # The proof shows a stored manifest, not which one the RPC chose: check it is this model's, in effect.
+    if manifest.get("model_id") != model_id:
+        raise ProofInvalid(f"the proven manifest is for model {manifest.get('model_id')}, not {model_id}")
+    if int(manifest.get("effective_height", 0)) > terms_height:
+        raise ProofInvalid(
+            f"the proven manifest takes effect at height {manifest['effective_height']}, after {terms_height}"
+        )
+    if manifest.get("name") != model:
+        raise ReceiptInvalid(f"node offers {model_id} as {model!r}; the chain names it {manifest.get('name')!r}")
+    if str(registered.get("address", "")).lower() != node.lower():
+        raise ProofInvalid(f"the proven registration is for {registered.get('address')}, not the node {node}")
+    if mode not in registered.get("modes", []):
+        raise PaymentRequiredError(f"node {node} is not registered on chain for mode {mode!r}")
+    return manifest
+
+
+def chain_max_amount(manifest: Mapping[str, Any]) -> int:
+    """The most one request can cost at the model's terms on chain (`manifest`): what a node
+    quotes as its x402 amount when it charges exactly the model's prices."""
+    price, unit, rows = int(manifest["price"]), str(manifest["price_unit"]), int(manifest["max_rows"])
+    if unit == "token":  # prompt and completion tokens share the context
+        return rows * max(price, int(manifest.get("completion_price", 0)))
+    return request_fee(price, unit, rows)
 
 
 def accept_fee(offer: PaymentOffer, rows: int, max_fee: int | None, manifest: dict[str, Any]) -> int:

@@ -28,6 +28,7 @@ from haca.client.payment import (
     PaymentRequiredError,
     ReceiptInvalid,
     accept_fee,
+    chain_terms,
     create_api_key,
     input_rows,
     sign_payment,
@@ -42,8 +43,6 @@ from haca.types.modes import Mode, Status
 from haca.types.payment import PaymentAuthorization
 from haca.types.receipt import Receipt, SignedReceipt
 from haca.types.x402 import PAYMENT_REQUIRED_HEADER
-
-TERMS_LAG_BLOCKS = 5  # how far the quoted terms' height may be from the chain's, either way
 
 
 class NodeError(HacaError):
@@ -257,24 +256,9 @@ class _Base:
     def _terms(self, offer: PaymentOffer) -> dict[str, Any]:
         """The chain's terms for the offer: the manifest in effect at the quoted height (which
         must be the model the node names, and a height near the chain's own), for a node the
-        chain has registered in that mode."""
-        height = self.chain.rpc.height()
-        if not height - TERMS_LAG_BLOCKS <= offer.terms_height <= height + TERMS_LAG_BLOCKS:
-            raise PaymentRequiredError(
-                f"node quotes the terms of height {offer.terms_height}; the chain is at {height}"
-            )
-        try:
-            manifest = self.chain.query("/registry/model_in_effect", f"{offer.model_id}@{offer.terms_height}".encode())
-            node = self.chain.query("/registry/node", offer.node.encode())
-        except QueryFailed as exc:
-            raise PaymentRequiredError(f"the node's offer is not backed by the chain: {exc}") from exc
-        if manifest["name"] != offer.model:
-            raise ReceiptInvalid(
-                f"node offers {offer.model_id} as {offer.model!r}; the chain names it {manifest['name']!r}"
-            )
-        if offer.mode not in node["modes"]:
-            raise PaymentRequiredError(f"node {offer.node} is not registered on chain for mode {offer.mode!r}")
-        return manifest
+        chain has registered in that mode; read with state proofs (haca.client.payment.chain_terms),
+        so that the RPC cannot raise the price the fee is bounded by."""
+        return chain_terms(self.chain, offer.model_id, offer.model, offer.mode, offer.node, offer.terms_height)
 
     def _payment(self, input: Any, offer: PaymentOffer, max_fee: int | None) -> tuple[dict[str, Any], int]:
         manifest = self._terms(offer)
