@@ -40,6 +40,7 @@ from haca.chain.modules.tee.module import TeeModule
 from haca.chain.state import CachedState, ReadableState
 from haca.chain.store import INDEX_PREFIX, CommitStore, StagedBlock
 from haca.chain.tx import TxResult, TxRunner
+from haca.chain.windows import evidence_windows_error
 from haca.proofs.zk.srs import pinned_srs
 from haca.types import codes
 from haca.types.encoding import canonical_json
@@ -77,6 +78,9 @@ class HistoricalState:
 class HacaApp(BaseApplication):
     """Snapshots and vote extensions are not used: BaseApplication answers them."""
 
+    def _params_problem(self, state: ReadableState) -> str:
+        return evidence_windows_error(self.inference.params(state), self.staking.params(state))
+
     def __init__(self, store: CommitStore, srs_dir: Path | None = None) -> None:
         self.store = store
         self.auth = AuthKeeper()
@@ -107,7 +111,7 @@ class HacaApp(BaseApplication):
             TeeModule(self.tee, self.registry, self.gov),
             InferenceModule(self.inference, self.registry, self.bank, self.tee),
         ]
-        self.modules.append(GovModule(self.gov, self.modules))
+        self.modules.append(GovModule(self.gov, self.modules, self._params_problem))
         self.queries: dict[str, Query] = {}
         for module in self.modules:
             for msg_type, handler in module.handlers().items():

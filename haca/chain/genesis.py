@@ -14,6 +14,7 @@ from haca.chain.modules.inference.keeper import InferenceParams
 from haca.chain.modules.registry.keeper import RegistryParams
 from haca.chain.modules.staking.keeper import STAKING_ACCOUNT, StakingParams
 from haca.chain.params import parse_params
+from haca.chain.windows import evidence_windows_error
 from haca.crypto.keys import normalize_address
 from haca.proofs.tee.policy import TeePolicy
 from haca.types.encoding import parse_uint
@@ -120,6 +121,8 @@ def parse_app_genesis(raw: bytes) -> AppGenesis:
         raise InvalidGenesis(f"invalid app_state: {exc}") from exc
     if len({a.address for a in accounts}) != len(accounts):
         raise InvalidGenesis("invalid app_state: an account is listed twice")
+    if windows := evidence_windows_error(inference, staking):
+        raise InvalidGenesis(f"invalid app_state: {windows}")
     if STAKING_ACCOUNT in {a.address for a in accounts}:
         raise InvalidGenesis("invalid app_state: the staking module account holds only bonds")
     return AppGenesis(

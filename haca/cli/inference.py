@@ -16,6 +16,7 @@ from haca.client.errors import HacaError
 from haca.client.sdk import Client
 from haca.types.inference import MsgClaim, MsgRevokeAllowance
 from haca.types.modes import Mode, Status
+from haca.types.payment import SignedPayment
 from haca.types.receipt import SignedReceipt
 
 receipt_app = typer.Typer(help="Inspect receipts.", no_args_is_help=True)
@@ -254,17 +255,24 @@ def receipt_claim(
     home: HomeOption = None,
     json_out: JsonOption = False,
 ) -> None:
-    """Claim a tee or zkml receipt whose evidence has not settled: its fee is held from your escrow;
-    if no valid evidence settles before the deadline, the node is slashed and you get the fee back
-    plus compensation. The receipt comes from --receipt, else from the node."""
+    """Claim a tee or zkml receipt whose evidence has not settled: its fee and settlement fee are held
+    from your escrow; if no valid evidence settles before the deadline, the node is slashed and you
+    get them back plus compensation. The claim shows the payment you signed for the receipt, which
+    must last past the deadline. The receipt (and payment) come from --receipt, else from the node."""
     with _client(home, from_, node) as client:
+        stored: dict[str, Any] = {}
         if receipt_file is not None:
-            signed = _signed_receipt(receipt_file)
-        else:
-            signed = SignedReceipt.from_json(client.node_receipt(receipt_id)["receipt"])
+            doc = json.loads(receipt_file.read_text())
+            stored = doc if "receipt" in doc else {"receipt": doc}
+        if "payment" not in stored:  # the node keeps the payment with the receipt it answered
+            stored = {**client.node_receipt(receipt_id), **stored}
+        signed = SignedReceipt.from_json(stored["receipt"])
         if signed.id != receipt_id.lower():
             raise HacaError(f"the receipt given is {signed.id}, not {receipt_id}")
-        outcome = client.chain.send_msgs(client.key, (MsgClaim(signed),))
+        payment = SignedPayment.from_json(stored["payment"])
+        if payment.signer() != client.key.address:
+            raise HacaError(f"the payment for {signed.id} is not signed by {client.key.address}")
+        outcome = client.chain.send_msgs(client.key, (MsgClaim(signed, payment),))
         claim = client.chain.query("/inference/claim", signed.id.encode())
     tx = outcome if isinstance(outcome, str) else outcome.hash
     answer = {"receipt_id": signed.id, "hash": tx, "deadline": claim["deadline"], "fee_held": claim["fee"]}

@@ -40,11 +40,9 @@ DEV_ROOT_DIR = "dev-root"  # the devnet's DEV attestation root (key and certific
 
 
 # A devnet's minimum stakes: a node must bond to serve, more for the verified modes (what it can
-# be slashed from when a claim against it expires or it equivocates); short periods so tests see
-# unbonding and claims play out.
-DEVNET_STAKING = StakingParams(
-    unbonding_period=20, min_stake_vanilla=10**18, min_stake_tee=10**20, min_stake_zkml=10**20
-)
+# be slashed from when a claim against it expires or it equivocates). The unbonding period is the
+# default one: it must outlast the claim window and deadline (haca.chain.windows).
+DEVNET_STAKING = StakingParams(min_stake_vanilla=10**18, min_stake_tee=10**20, min_stake_zkml=10**20)
 
 
 class DevnetError(RuntimeError):

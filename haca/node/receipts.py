@@ -73,6 +73,8 @@ class StoredReceipt:
     def to_json(self) -> dict[str, Any]:
         return {
             "receipt": self.item.receipt.to_json(),
+            # the client's own signed payment: what it shows with a claim (MsgClaim)
+            "payment": self.item.payment.to_json(),
             "status": self.status,
             "tx_hash": self.tx_hash,
             "settled_height": self.height,

@@ -60,6 +60,15 @@ RECEIPT_REFUSALS = frozenset(
 )
 
 
+# Refusals whose cause can go away while the payment lasts: the client tops its lane up, governance
+# approves the measurement again, a late heartbeat extends the enclave's coverage. Such a receipt
+# is tried again every `retry_interval` seconds until its payment expires, never given up at once
+# (a client holding it could otherwise claim it and get the node slashed).
+TRANSIENT_REFUSALS = frozenset(
+    {codes.INSUFFICIENT_ESCROW, codes.MEASUREMENT_NOT_APPROVED, codes.ENCLAVE_NOT_IN_GOOD_STANDING}
+)
+
+
 @dataclass(frozen=True)
 class FlushPolicy:
     """When the batchable receipts waiting at the node go to the chain as MsgSettleBatch."""
@@ -106,6 +115,7 @@ class Settler:
         resubmit_after: int = 5,
         flush: FlushPolicy | None = None,
         sign_root: RootSigner | None = None,
+        retry_interval: float = 5.0,
     ) -> None:
         self.store, self.chain, self.view, self.key = store, chain, view, key
         self.batch_size, self.flush_interval, self.max_inflight = batch_size, flush_interval, max_inflight
@@ -120,6 +130,8 @@ class Settler:
         # without a chain record (passes are `flush_interval` apart while nothing else changes).
         self.resubmit_after = resubmit_after
         self._unseen_passes: dict[str, int] = {}  # receipt id -> passes since its tx was sent
+        self.retry_interval = retry_interval  # seconds between tries of a receipt refused for a transient cause
+        self._retry_at: dict[str, float] = {}  # receipt id -> when to try it again
         self.tx_lock = threading.Lock()  # held while txs of the node's account are in flight
         self._wake = threading.Event()
         self._stop = threading.Event()
@@ -172,7 +184,7 @@ class Settler:
             self._waiting_since = None
             return 0
         done = self._reconcile([r for r in batch if r.status == Status.SUBMITTED])
-        pending = [r for r in batch if r.status == Status.PENDING]
+        pending = [r for r in batch if r.status == Status.PENDING and self._may_try(r.item.receipt.id)]
         if self.flush is not None:
             batched = [r for r in pending if batchable(r) and r.item.receipt.id not in self._single_only]
             pending = [r for r in pending if not batchable(r) or r.item.receipt.id in self._single_only]
@@ -408,16 +420,32 @@ class Settler:
         if forget is not None:
             forget(client, allowance_id)
 
+    def _may_try(self, receipt_id: str) -> bool:
+        due = self._retry_at.get(receipt_id)
+        if due is None:
+            return True
+        if time.monotonic() < due:
+            return False
+        del self._retry_at[receipt_id]
+        return True
+
     def _rejected(self, stored: StoredReceipt, exc: TxRejected) -> int:
         """The chain refused this receipt. If it settled it before (the node crashed after the
-        tx committed; the resend is now refused, for whatever reason), that is what counts."""
+        tx committed; the resend is now refused, for whatever reason), that is what counts. A
+        transient refusal leaves it pending, to be tried again while its payment lasts."""
         receipt_id = stored.item.receipt.id
         if self._settled_on_chain(stored):
             return 1
-        self.store.mark([receipt_id], Status.REJECTED, error=exc.log or str(exc))
+        reason = exc.log or str(exc)
+        if exc.abci_code in TRANSIENT_REFUSALS and self.view.height() <= stored.item.payment.value.expiry:
+            self.store.mark([receipt_id], Status.PENDING, error=f"refused for now, will retry: {reason}")
+            self._retry_at[receipt_id] = time.monotonic() + self.retry_interval
+            log.info("settlement_deferred", receipt=receipt_id, reason=reason)
+            return 1
+        self.store.mark([receipt_id], Status.REJECTED, error=reason)
         self._count([stored], Status.REJECTED)
         self.rejected_total += 1
-        log.warning("settlement_rejected", receipt=receipt_id, reason=exc.log or str(exc))
+        log.warning("settlement_rejected", receipt=receipt_id, reason=reason)
         return 1
 
 

@@ -148,27 +148,33 @@ class MsgSettle:
 @register_msg
 @dataclass(frozen=True)
 class MsgClaim:
-    """A client holding a node-signed tee or zkml receipt demands its evidence: the fee is held from
-    the client's escrow; if no valid evidence for that receipt settles within the claim deadline
-    (param), the node is slashed, the client gets the fee back plus compensation, and the receipt
-    ends `failed`."""
+    """A client holding a node-signed tee or zkml receipt demands its evidence, showing the payment
+    it signed for it: the fee and its settlement fee are held from the client's escrow; if no valid
+    evidence for that receipt settles within the claim deadline (param), the node is slashed, the
+    client gets the fee back plus compensation, and the receipt ends `failed`. The payment must
+    leave the node the whole window (it may not expire, or be revoked, before the deadline): a
+    client cannot get an honest node slashed by paying with an authorisation that ends first."""
 
     type_name: ClassVar[str] = "inference/claim"
     eip712_name: ClassVar[str] = "MsgClaim"
-    eip712_fields: ClassVar[list[tuple[str, str]]] = [("receipt", "string")]
+    eip712_fields: ClassVar[list[tuple[str, str]]] = [("receipt", "string"), ("payment", "string")]
 
     receipt: SignedReceipt
+    payment: SignedPayment
 
     def to_json(self) -> dict[str, Any]:
-        return {"receipt": self.receipt.to_json()}
+        return {"receipt": self.receipt.to_json(), "payment": self.payment.to_json()}
 
     def to_eip712(self) -> dict[str, Any]:
-        return {"receipt": canonical_json(self.receipt.to_json()).decode()}
+        return {
+            "receipt": canonical_json(self.receipt.to_json()).decode(),
+            "payment": canonical_json(self.payment.to_json()).decode(),
+        }
 
     @classmethod
     def from_json(cls, value: dict[str, Any]) -> MsgClaim:
-        doc = f.require_fields(value, {"receipt"}, cls.type_name)
-        return cls(SignedReceipt.from_json(doc["receipt"]))
+        doc = f.require_fields(value, {"receipt", "payment"}, cls.type_name)
+        return cls(SignedReceipt.from_json(doc["receipt"]), SignedPayment.from_json(doc["payment"]))
 
 
 @register_msg

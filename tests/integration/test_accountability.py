@@ -97,7 +97,7 @@ def test_an_honest_node_settles_its_claimed_receipt_and_keeps_its_stake(net, hon
     node, client = honest["node"], honest["client"]
     item = tee_item(net, honest, 1, net.height())
     stake, balance = stake_of(net, node.address), net.chain.balance(client.address)
-    net.send("dev6", MsgClaim(item.receipt))
+    net.send("dev6", MsgClaim(item.receipt, item.payment))
     tx_fee = balance - net.chain.balance(client.address)
     assert net.chain.query("/inference/claim", item.receipt.id.encode())["fee"] == str(item.receipt.receipt.fee)
     outcome = net.send("dev5", MsgSettle((item,)))  # the node's evidence lands before the deadline
@@ -116,20 +116,22 @@ def test_a_silent_node_is_slashed_after_the_deadline_and_the_client_refunded_and
     node, client = rogue["node"], rogue["client"]
     item = tee_item(net, rogue, 100, net.height())  # the answer the rogue node gave; it never settles it
     path = net.home / "silent-receipt.json"
-    path.write_text(json.dumps({"receipt": item.receipt.to_json()}))
+    path.write_text(json.dumps({"receipt": item.receipt.to_json(), "payment": item.payment.to_json()}))
     stake, balance = stake_of(net, node.address), net.chain.balance(client.address)
     escrow, burned = net.escrow(client.address, node.address), net.chain.supply()["burned"]
     claimed = haca(net, "receipt", "claim", item.receipt.id, "--receipt", str(path), "--from", "dev3")
     tx_fee = balance - net.chain.balance(client.address)
-    assert net.escrow(client.address, node.address) == escrow - item.receipt.receipt.fee  # held by the claim
+    fee = item.receipt.receipt.fee
+    held = fee + net.settlement_fee(fee)
+    assert net.escrow(client.address, node.address) == escrow - held  # held by the claim
     wait_for_height(net, int(claimed["deadline"]) + 1)
     params = net.chain.query("/inference/params")
     slashed = stake * int(params["claim_slash_bps"]) // 10_000
     compensation = slashed * int(params["claim_compensation_bps"]) // 10_000
     assert stake_of(net, node.address) == stake - slashed
     # the held fee comes back to the client's balance (out of escrow), with the compensation
-    assert net.chain.balance(client.address) == balance - tx_fee + item.receipt.receipt.fee + compensation
-    assert net.escrow(client.address, node.address) == escrow - item.receipt.receipt.fee
+    assert net.chain.balance(client.address) == balance - tx_fee + held + compensation
+    assert net.escrow(client.address, node.address) == escrow - held
     record = net.chain.query("/inference/receipt", item.receipt.id.encode())
     assert record["status"] == "failed" and record["slashed"] == str(slashed)
     assert net.chain.supply()["burned"] >= burned + slashed - compensation
@@ -195,16 +197,16 @@ def test_a_lying_zkml_node_cannot_settle_its_wrong_answer_and_is_slashed_when_cl
 
     stake, balance = stake_of(net, liar.address), net.chain.balance(client_key.address)
     escrow = net.escrow(client_key.address, liar.address)
-    outcome = net.send("dev8", MsgClaim(signed))
+    outcome = net.send("dev8", MsgClaim(signed, item.payment))
     deadline = int(net.chain.query("/inference/claim", signed.id.encode())["deadline"])
     wait_for_height(net, deadline + 1)
     params = net.chain.query("/inference/params")
     slashed = stake * int(params["claim_slash_bps"]) // 10_000
     compensation = slashed * int(params["claim_compensation_bps"]) // 10_000
     assert stake_of(net, liar.address) == stake - slashed
-    fee = lie.fee
-    assert net.chain.balance(client_key.address) == balance - tx_fee_of(net, outcome.hash) + fee + compensation
-    assert net.escrow(client_key.address, liar.address) == escrow - fee
+    held = lie.fee + net.settlement_fee(lie.fee)
+    assert net.chain.balance(client_key.address) == balance - tx_fee_of(net, outcome.hash) + held + compensation
+    assert net.escrow(client_key.address, liar.address) == escrow - held
     assert net.chain.query("/inference/receipt", signed.id.encode())["status"] == "failed"
     with pytest.raises(TxRejected) as late:  # the slash took it under the minimum: it is paid for nothing now
         net.send("dev7", MsgSettle((item,)))

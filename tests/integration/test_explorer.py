@@ -18,6 +18,7 @@ from playwright.sync_api import expect, sync_playwright
 
 from haca.client.sdk import Client
 from haca.types.inference import MsgClaim
+from haca.types.payment import SignedPayment
 from haca.types.receipt import SignedReceipt
 from tests.integration.test_zkml import EXAMPLE as ZK_EXAMPLE
 
@@ -80,8 +81,9 @@ def test_the_page_follows_the_chain_and_a_new_receipt_turns_verified(page, explo
     with Client.from_home(inference_devnet.home, "dev3") as client:
         client.deposit(10**9)
         rid = client.infer("mlp-regressor", ZK_EXAMPLE, mode="zkml").receipt_id
-        signed = SignedReceipt.from_json(client.node_receipt(rid)["receipt"])
-        client.chain.send_msgs(client.key, (MsgClaim(signed),))
+        stored = client.node_receipt(rid)
+        signed, payment = SignedReceipt.from_json(stored["receipt"]), SignedPayment.from_json(stored["payment"])
+        client.chain.send_msgs(client.key, (MsgClaim(signed, payment),))
     row = page.locator("#receipts tr", has=page.locator(f'a[href="#/receipt/{rid}"]'))
     status = row.locator("td").nth(2)
     expect(status).to_have_text("claimed", timeout=WAIT_MS)

@@ -47,7 +47,8 @@ from tests.unit.chain.test_tee import (
 )
 
 STAKE, MIN_TEE = 10**9, 10**8
-DEADLINE, UNBONDING = 6, 8
+DEADLINE, CLAIM_WINDOW = 6, 10
+UNBONDING = CLAIM_WINDOW + DEADLINE  # the shortest the chain accepts (haca.chain.windows)
 VALIDATOR_KEY = bytes(range(32))  # an ed25519 public key (any 32 bytes do for the app)
 OPERATOR = PrivateKey.from_seed("validator operator")
 VALIDATOR_STAKE = 5 * 10**9
@@ -63,7 +64,7 @@ def accountable_genesis(dev):
     base = genesis(dev)
     return dataclasses.replace(
         base,
-        inference=dataclasses.replace(base.inference, claim_deadline=DEADLINE),
+        inference=dataclasses.replace(base.inference, claim_deadline=DEADLINE, claim_window=CLAIM_WINDOW),
         staking=STAKING,
         bonds=((NODE.address, STAKE), (OPERATOR.address, VALIDATOR_STAKE)),
         validators=((base64.b64encode(VALIDATOR_KEY).decode(), OPERATOR.address),),
@@ -169,17 +170,18 @@ def test_the_authority_changes_staking_params_by_governance(chain):
 def test_an_honest_node_settles_a_claimed_receipt_in_time_is_paid_and_keeps_its_stake(chain):
     item = tee_item(chain, 1)
     escrow = chain.escrow(CLIENT.address, NODE.address)
-    ok(chain.deliver(CLIENT, MsgClaim(item.receipt)))
+    ok(chain.deliver(CLIENT, MsgClaim(item.receipt, item.payment)))
     claim = chain.answer("/inference/claim", item.receipt.id.encode())
+    settlement_fee = chain.app.inference.params(chain.app.store).settlement_fee_for(FEE)
     assert claim["deadline"] == chain.height + DEADLINE and claim["fee"] == str(FEE)
-    assert chain.escrow(CLIENT.address, NODE.address) == escrow - FEE  # held by the claim
+    assert claim["held"] == str(FEE + settlement_fee)
+    assert chain.escrow(CLIENT.address, NODE.address) == escrow - FEE - settlement_fee  # held by the claim
     holds(chain)
     result = chain.deliver(NODE, MsgSettle((item,)))
     ok(result)
     assert {e.type for e in result.events} >= {"claim_resolved", "settle"}
     assert chain.answer("/inference/receipt", item.receipt.id.encode())["status"] == "verified"
     assert chain.query("/inference/claim", item.receipt.id.encode()).code == errors.NotFound.code
-    settlement_fee = chain.app.inference.params(chain.app.store).settlement_fee_for(FEE)
     assert chain.escrow(CLIENT.address, NODE.address) == escrow - FEE - settlement_fee
     blocks_until(chain, chain.height + DEADLINE + 1)
     assert stake(chain, NODE.address)["bonded"] == str(STAKE)  # stake intact
@@ -188,7 +190,7 @@ def test_an_honest_node_settles_a_claimed_receipt_in_time_is_paid_and_keeps_its_
 
 def test_a_silent_node_is_slashed_at_the_deadline_and_the_client_refunded_and_compensated(chain):
     item = tee_item(chain, 2)
-    ok(chain.deliver(CLIENT, MsgClaim(item.receipt)))
+    ok(chain.deliver(CLIENT, MsgClaim(item.receipt, item.payment)))
     deadline = chain.height + DEADLINE
     client_balance, escrow = chain.balance(CLIENT.address), chain.escrow(CLIENT.address, NODE.address)
     _, burned = chain.supply()
@@ -206,7 +208,8 @@ def test_a_silent_node_is_slashed_at_the_deadline_and_the_client_refunded_and_co
         str(compensation),
     )
     assert stake(chain, NODE.address)["bonded"] == str(STAKE - slashed)
-    assert chain.balance(CLIENT.address) == client_balance + FEE + compensation  # fee back + compensation
+    held = FEE + params.settlement_fee_for(FEE)
+    assert chain.balance(CLIENT.address) == client_balance + held + compensation  # fee back + compensation
     assert chain.escrow(CLIENT.address, NODE.address) == escrow
     assert chain.supply()[1] == burned + slashed - compensation  # the rest is burned
     assert chain.answer("/inference/receipt", item.receipt.id.encode())["status"] == "failed"
@@ -220,7 +223,7 @@ def test_a_silent_node_is_slashed_at_the_deadline_and_the_client_refunded_and_co
 
 def test_unbonding_does_not_escape_a_pending_claim(chain):
     item = tee_item(chain, 3)
-    ok(chain.deliver(CLIENT, MsgClaim(item.receipt)))
+    ok(chain.deliver(CLIENT, MsgClaim(item.receipt, item.payment)))
     deadline = chain.height + DEADLINE
     ok(chain.deliver(NODE, MsgUnbond(STAKE)))  # everything, at once
     assert stake(chain, NODE.address)["bonded"] == "0"
@@ -238,8 +241,8 @@ def test_unbonding_due_before_a_claims_deadline_waits_for_it(chain):
     ok(chain.deliver(NODE, MsgUnbond(10)))
     release = chain.height + UNBONDING
     item = tee_item(chain, 4)
-    blocks_until(chain, release - DEADLINE + 2)
-    ok(chain.deliver(CLIENT, MsgClaim(item.receipt)))
+    blocks_until(chain, release - DEADLINE - 1)  # the latest the receipt may be claimed (its window)
+    ok(chain.deliver(CLIENT, MsgClaim(item.receipt, item.payment)))
     deadline = chain.height + DEADLINE
     assert deadline >= release
     result = (blocks_until(chain, release - 1), chain.block())[1]
@@ -256,22 +259,26 @@ def test_unbonding_due_before_a_claims_deadline_waits_for_it(chain):
     ],
 )
 def test_claims_that_cannot_be_made_are_refused(chain, who, change, code, log):
-    item = tee_item(chain, 5)
+    item = tee_item(chain, 5)  # (its payment is for the receipt as the node signed it)
     signed = item.receipt
     if isinstance(change, dict):
         receipt = dataclasses.replace(signed.receipt, **change)
         signed = SignedReceipt(receipt, receipt.sign(ENCLAVE))
     elif change == "unsigned":
         signed = SignedReceipt(signed.receipt, signed.receipt.sign(MALLORY))
-    rejected(chain, MALLORY if who == "mallory" else CLIENT, MsgClaim(signed), code, log)
+    rejected(chain, MALLORY if who == "mallory" else CLIENT, MsgClaim(signed, item.payment), code, log)
 
 
 def test_a_receipt_is_claimed_once_and_a_settled_one_not_at_all(chain):
     item, settled = tee_item(chain, 6), tee_item(chain, 7)
-    ok(chain.deliver(CLIENT, MsgClaim(item.receipt)))
-    rejected(chain, CLIENT, MsgClaim(item.receipt), errors.ClaimConflict.code, "already claimed")
+    ok(chain.deliver(CLIENT, MsgClaim(item.receipt, item.payment)))
+    rejected(chain, CLIENT, MsgClaim(item.receipt, item.payment), errors.ClaimConflict.code, "already claimed")
     ok(chain.deliver(NODE, MsgSettle((settled,))))
-    rejected(chain, CLIENT, MsgClaim(settled.receipt), errors.ClaimConflict.code, "already settled")
+    rejected(chain, CLIENT, MsgClaim(settled.receipt, settled.payment), errors.ClaimConflict.code, "already settled")
+
+
+def claim_of(item):
+    return item.receipt, item.payment
 
 
 # --- equivocation ------------------------------------------------------------------------------
@@ -332,5 +339,5 @@ def test_a_duplicate_vote_slashes_the_validator_and_removes_it_from_the_set_once
 
 
 def test_escrow_account_still_covers_lanes_and_claims(chain):
-    ok(chain.deliver(CLIENT, MsgClaim(tee_item(chain, 10).receipt)))
+    ok(chain.deliver(CLIENT, MsgClaim(*claim_of(tee_item(chain, 10)))))
     assert chain.balance(ESCROW_ACCOUNT) == chain.app.inference.total_escrow(chain.app.store)

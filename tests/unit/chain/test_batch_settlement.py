@@ -369,9 +369,9 @@ def test_a_claimed_receipt_settled_in_a_batch_resolves_its_claim(chain):
     pay = allowance()
     r = receipt(chain, 42)
     signed = SignedReceipt(r, r.sign(ENCLAVE))
-    ok(chain.deliver(CLIENT, MsgClaim(signed)))
+    ok(chain.deliver(CLIENT, MsgClaim(signed, pay)))
     held = chain.escrow(CLIENT.address, NODE.address)
-    assert chain.answer("/inference/claim", r.id.encode())["fee"] == str(FEE)
+    assert chain.answer("/inference/claim", r.id.encode())["held"] == str(FEE + SF)
     msg = batch([(r, pay), (receipt(chain, 43), pay)])
     result = chain.deliver(NODE, msg)
     ok(result)
@@ -381,7 +381,7 @@ def test_a_claimed_receipt_settled_in_a_batch_resolves_its_claim(chain):
     ]
     assert chain.query("/inference/claim", r.id.encode()).code == codes.NOT_FOUND
     # The held fee went back to the lane and paid the receipt: the lane pays 2 fees, less the one held.
-    assert chain.escrow(CLIENT.address, NODE.address) == held + FEE - 2 * (FEE + SF)
+    assert chain.escrow(CLIENT.address, NODE.address) == held + (FEE + SF) - 2 * (FEE + SF)
     assert chain.balance(ESCROW_ACCOUNT) == chain.escrow(CLIENT.address, NODE.address) + chain.escrow(
         MALLORY.address, NODE.address
     )

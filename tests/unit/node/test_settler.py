@@ -49,7 +49,7 @@ class FakeChain:
         # Faults a test injects.
         self.invalid: dict[str, str] = {}  # receipt id -> log: refused by CheckTx and in blocks
         self.invalid_code = codes.INVALID_PAYMENT
-        self.fail_in_block: dict[str, str] = {}  # receipt id -> log: passes CheckTx, fails in its block, then invalid
+        self.fail_in_block: dict[str, str] = {}  # receipt id -> log: passes CheckTx, expires in its block, then invalid
         self.check_faults: list[TxRejected] = []  # the next broadcasts raise these
         self.names_items = False
         self.broadcast_lost = 0  # the next N accepted broadcasts answer with an RPC error
@@ -146,7 +146,7 @@ class FakeChain:
                 index = next(i for i, item in enumerate(items) if item.receipt.id == failing[0])
                 prefix = f"item {index} (receipt {failing[0]}): " if self.names_items else ""
                 log = prefix + self.fail_in_block.pop(failing[0])
-                code, self.invalid[failing[0]] = codes.INSUFFICIENT_ESCROW, log
+                code, self.invalid[failing[0]] = codes.AUTHORIZATION_EXPIRED, log
             if not code:
                 for item in items:
                     receipt = item.receipt.receipt
@@ -173,6 +173,9 @@ class RecordView:
     def __init__(self, chain: FakeChain) -> None:
         self.chain = chain
         self.lookups: list[str] = []
+
+    def height(self) -> int:
+        return self.chain.height
 
     def receipt_record(self, receipt_id: str) -> dict[str, Any] | None:
         self.lookups.append(receipt_id)
@@ -285,7 +288,7 @@ def test_a_batch_failing_in_finalize_block_naming_its_receipt_rejects_it_and_res
     settler, store, chain, ids = make(tmp_path, 3, batch_size=3)
     chain.names_items = True
     bad = ids[1]
-    chain.fail_in_block[bad] = "escrow of client is 0; fee 11 + settlement fee 3 needed"
+    chain.fail_in_block[bad] = "payment expired at height 100; this is height 101"
     settler.run_once()
     assert statuses(store, ids) == ["pending", "rejected", "pending"]
     drain(settler, chain)
@@ -329,12 +332,12 @@ def test_already_settled_for_a_request_settled_under_another_receipt_is_a_final_
 def test_a_batch_failing_in_finalize_block_is_retried_one_receipt_per_tx(tmp_path):
     settler, store, chain, ids = make(tmp_path, 3, batch_size=3)
     bad = ids[1]
-    chain.fail_in_block[bad] = "escrow of client is 0; fee 11 + settlement fee 3 needed"  # withdrawn meanwhile
+    chain.fail_in_block[bad] = "payment expired at height 100; this is height 101"  # expired meanwhile
     settler.run_once()
     assert [len(b) for _, b in chain.signed] == [3, 1, 1, 1]
-    assert chain.results[next(iter(chain.by_hash))][1] == codes.INSUFFICIENT_ESCROW  # the batch failed in its block
+    assert chain.results[next(iter(chain.by_hash))][1] == codes.AUTHORIZATION_EXPIRED  # the batch failed in its block
     assert statuses(store, ids) == ["settled", "rejected", "settled"]
-    assert "escrow of client is 0" in (store.get(bad).error or "")  # type: ignore[union-attr]
+    assert "payment expired at height 100" in (store.get(bad).error or "")  # type: ignore[union-attr]
     assert sorted(chain.ledger_ids()) == sorted([ids[0], ids[2]])
 
 
@@ -437,7 +440,7 @@ def test_every_queued_receipt_is_paid_exactly_once_or_rejected_for_its_own_fault
             elif fault == "broadcast_lost":  # the node never learns the tx hash (or crashed right after)
                 chain.broadcast_lost = 1
             elif fault == "fail_in_block" and victim:
-                chain.fail_in_block[victim] = "escrow of client ran out"
+                chain.fail_in_block[victim] = "payment expired"
                 poisoned.add(victim)
             elif fault == "invalid" and victim:
                 chain.invalid[victim] = "payment expired"
@@ -525,3 +528,39 @@ def test_a_receipt_the_chain_settled_is_marked_settled_even_when_its_resend_is_r
     settler.run_once()  # back up after the authorisation expired: the resend is refused before AlreadySettled
     assert chain.ledger_ids() == ids
     assert statuses(store, ids) == ["settled"]
+
+
+# --- transient refusals ------------------------------------------------------------------------
+
+
+def test_a_receipt_refused_for_a_transient_cause_is_retried_until_it_settles(tmp_path, monkeypatch):
+    """Issue 19: a refusal whose cause can go away (a drained lane topped up, a measurement approved
+    again) never gives a receipt up while its payment lasts: a client holding it could claim it."""
+    settler, store, chain, ids = make(tmp_path, 2, batch_size=1, max_inflight=1)
+    bad = ids[1]
+    chain.invalid[bad] = "escrow of client for node is 0; fee 11 + settlement fee 3 needed"
+    chain.invalid_code = codes.INSUFFICIENT_ESCROW
+    now = [1000.0]
+    monkeypatch.setattr("haca.node.settler.time.monotonic", lambda: now[0])
+    for _ in range(3):
+        settler.run_once()
+        chain.produce_block()
+    assert statuses(store, ids) == ["settled", "pending"]
+    assert "will retry" in (store.get(bad).error or "")  # type: ignore[union-attr]
+    tries = len([1 for _, batch in chain.signed if bad in batch])
+    settler.run_once()  # before the retry interval: not tried again
+    assert len([1 for _, batch in chain.signed if bad in batch]) == tries
+    del chain.invalid[bad]  # the client topped its lane up
+    now[0] += settler.retry_interval
+    drain(settler, chain)
+    assert statuses(store, ids) == ["settled", "settled"]
+    assert sorted(chain.ledger_ids()) == sorted(ids)
+
+
+def test_a_transient_refusal_after_the_payment_expired_is_final(tmp_path):
+    settler, store, chain, ids = make(tmp_path, 1, batch_size=1, max_inflight=1)
+    chain.height = 10**6 + 1  # past the payment's expiry (nodehelpers.per_request: 10**6)
+    chain.invalid[ids[0]] = "measurement dev:ab is not approved for model 'iris' (revoked or never)"
+    chain.invalid_code = codes.MEASUREMENT_NOT_APPROVED
+    settler.run_once()
+    assert statuses(store, ids) == ["rejected"]

@@ -3,7 +3,7 @@ policy); from anyone else they are refused with `unauthorized` and change nothin
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
 from haca.chain.errors import InvalidMessage
@@ -21,9 +21,13 @@ if TYPE_CHECKING:
 class GovModule(Module):
     name = "gov"
 
-    def __init__(self, keeper: GovKeeper, modules: Sequence[Module]) -> None:
+    def __init__(
+        self, keeper: GovKeeper, modules: Sequence[Module], consistency: Callable[[ReadableState], str] | None = None
+    ) -> None:
         self.keeper = keeper
         self.modules = modules  # the app's modules, whose params an authority may change
+        # why the params, all modules' together, are unsound ("" when sound): checked after a change
+        self.consistency = consistency
 
     def handlers(self) -> Mapping[type, Handler]:
         return {MsgUpdateParams: self._update_params}
@@ -37,6 +41,8 @@ class GovModule(Module):
             params = target.update_params(ctx.state, msg.params)
         except ValueError as exc:
             raise InvalidMessage(f"{msg.module} params: {exc}") from exc
+        if self.consistency is not None and (problem := self.consistency(ctx.state)):
+            raise InvalidMessage(f"{msg.module} params: {problem}")  # the tx fails: nothing is kept
         attrs = {"module": msg.module, "signer": ctx.signer, **{k: str(v) for k, v in sorted(params.items())}}
         return [Event("update_params", attrs)]
 

@@ -41,7 +41,8 @@ from haca.chain.errors import (
 from haca.chain.events import Event
 from haca.chain.modules.inference.claims import resolve_claim
 from haca.chain.modules.inference.keeper import InferenceKeeper
-from haca.chain.modules.inference.settle import check_authorisation, check_fee
+from haca.chain.modules.inference.payment import check_authorisation
+from haca.chain.modules.inference.settle import check_fee
 from haca.chain.modules.registry.keeper import RegistryKeeper
 from haca.chain.modules.tee.keeper import TeeKeeper
 from haca.chain.tx import TxContext

@@ -18,9 +18,10 @@ from __future__ import annotations
 
 from typing import Any
 
-from haca.chain.errors import ClaimConflict, InvalidEvidence, Unauthorized
+from haca.chain.errors import ClaimConflict, ClaimWindowNotCovered, InvalidEvidence, Unauthorized
 from haca.chain.events import Event
-from haca.chain.modules.inference.keeper import ESCROW_ACCOUNT, InferenceKeeper
+from haca.chain.modules.inference.keeper import ESCROW_ACCOUNT, InferenceKeeper, claim_held
+from haca.chain.modules.inference.payment import check_payment_for
 from haca.chain.modules.registry.keeper import RegistryKeeper
 from haca.chain.modules.tee.keeper import TeeKeeper
 from haca.chain.state import CachedState, ReadableState
@@ -28,6 +29,7 @@ from haca.chain.tx import TxContext
 from haca.crypto.keys import SignatureError
 from haca.types.inference import MsgClaim, MsgReportEquivocation
 from haca.types.modes import Mode, Status
+from haca.types.payment import SpendingAllowance
 from haca.types.receipt import SignedReceipt
 
 BPS = 10_000
@@ -61,20 +63,50 @@ def handle_claim(
     if receipt.mode not in CLAIMABLE:
         raise ClaimConflict(f"a {receipt.mode} receipt carries no evidence to claim; only tee and zkml ones do")
     registry.node(ctx.state, receipt.node)  # NotFound for an unregistered node
-    receipt_signed_by_node(tee, ctx.state, signed)
+    signer = receipt_signed_by_node(tee, ctx.state, signed)
     if keeper.claim(ctx.state, signed.id) is not None:
         raise ClaimConflict(f"receipt {signed.id} is already claimed")
     if (settled := keeper.settled_receipt(ctx.state, receipt.client, receipt.request_id)) is not None:
         raise ClaimConflict(f"request {receipt.request_id} was already settled by receipt {settled}")
-    keeper.take_from_escrow(ctx.state, receipt.client, receipt.node, receipt.fee)  # held for the claim
-    deadline = ctx.height + keeper.params(ctx.state).claim_deadline
+    params = keeper.params(ctx.state)
+    deadline = ctx.height + params.claim_deadline
+    manifest = registry.model_in_effect(ctx.state, receipt.model_id, receipt.height_hint)
+    if receipt.height_hint > ctx.height:
+        raise ClaimConflict(f"receipt claims height {receipt.height_hint}, the chain is at {ctx.height}")
+    if ctx.height > receipt.height_hint + params.claim_window:
+        # Bounded so that a node's unbonding (>= claim_window + claim_deadline) outlasts every
+        # claim on what it signed while bonded.
+        raise ClaimWindowNotCovered(
+            f"receipt of height {receipt.height_hint} is older than the claim window of {params.claim_window} blocks"
+        )
+    auth = check_payment_for(ctx, keeper, receipt, msg.payment)
+    # The node must have had the whole window to settle: a payment that ends before the deadline
+    # would make a slash follow from what the client signed, not from the node's fault.
+    if auth.expiry < deadline:
+        raise ClaimWindowNotCovered(
+            f"the payment expires at height {auth.expiry}, before the claim deadline {deadline}:"
+            " the node could not settle it in the claim window"
+        )
+    if isinstance(auth, SpendingAllowance):
+        revoked = keeper.revoked_from(ctx.state, auth.client, auth.node, auth.nonce)
+        if revoked and revoked <= deadline:
+            raise ClaimWindowNotCovered(
+                f"the allowance is revoked from height {revoked}, before the claim deadline {deadline}"
+            )
+    held = receipt.fee + params.settlement_fee_for(receipt.fee)
+    keeper.take_from_escrow(ctx.state, receipt.client, receipt.node, held)  # the settlement can always pay
     claim = {
         "client": receipt.client,
         "node": receipt.node,
         "request_id": receipt.request_id,
         "model_id": receipt.model_id,
+        "model_name": manifest["name"],
         "mode": receipt.mode,
         "fee": str(receipt.fee),
+        "held": str(held),
+        "signer": signer,
+        "payment": msg.payment.kind,
+        "nonce": auth.nonce if isinstance(auth, SpendingAllowance) else 0,
         "height": ctx.height,
         "deadline": deadline,
     }
@@ -90,20 +122,51 @@ def resolve_claim(keeper: InferenceKeeper, state: CachedState, receipt_id: str) 
     if claim is None:
         return None
     keeper.drop_claim(state, receipt_id, claim)
-    keeper.return_to_escrow(state, claim["client"], claim["node"], int(claim["fee"]))
+    keeper.return_to_escrow(state, claim["client"], claim["node"], claim_held(claim))
     return Event("claim_resolved", {"receipt_id": receipt_id, "node": claim["node"], "client": claim["client"]})
 
 
-def expire_claims(keeper: InferenceKeeper, state: CachedState, height: int) -> list[Event]:
-    """Claims whose deadline is this height and whose evidence never settled: slash and refund."""
+def outside_cause(keeper: InferenceKeeper, tee: TeeKeeper, state: ReadableState, claim: dict[str, Any]) -> str:
+    """Why the claimed receipt could not settle for a cause outside the node's control during the
+    claim window ("" when none): then the claim is voided, never slashed.
+
+    - the client revoked the allowance it paid with, effective before the deadline;
+    - governance took the enclave's measurement approval away at some point of the window (it is
+      not approved now, or its approval is newer than the claim: a revocation came between).
+    An expired authorisation or a drained lane cannot happen: a claim needs a payment that outlasts
+    the deadline and holds the fee and the settlement fee from the lane."""
+    if claim.get("payment") == "allowance":
+        revoked = keeper.revoked_from(state, claim["client"], claim["node"], int(claim["nonce"]))
+        if revoked and revoked <= int(claim["deadline"]):
+            return f"the client revoked its allowance from height {revoked}"
+    record = tee.enclave(state, claim.get("signer", ""))
+    if record is not None and claim["mode"] == Mode.TEE:
+        scope = tee.approved_scope(state, record["measurement_id"], [claim["model_name"]])
+        if scope is None:
+            return f"governance revoked the approval of measurement {record['measurement_id']}"
+        approval = tee.approval(state, scope, record["measurement_id"])
+        if approval is not None and int(approval["height"]) > int(claim["height"]):
+            return f"governance revoked and re-approved measurement {record['measurement_id']} during the window"
+    return ""
+
+
+def expire_claims(keeper: InferenceKeeper, tee: TeeKeeper, state: CachedState, height: int) -> list[Event]:
+    """Claims whose deadline is this height and whose evidence never settled: slash and refund, or,
+    when an outside cause kept the receipt from settling, void the claim (the held amount goes back
+    to the lane; the receipt may still settle while its payment lasts)."""
     events = []
     params = keeper.params(state)
     for receipt_id in keeper.claims_due(state, height):
         claim = keeper.claim(state, receipt_id)
         assert claim is not None
         keeper.drop_claim(state, receipt_id, claim)
-        client, node, fee = claim["client"], claim["node"], int(claim["fee"])
-        keeper.bank.send(state, ESCROW_ACCOUNT, client, fee)  # the held fee, back to the client
+        client, node, held = claim["client"], claim["node"], claim_held(claim)
+        if cause := outside_cause(keeper, tee, state, claim):
+            keeper.return_to_escrow(state, client, node, held)
+            attrs = {"receipt_id": receipt_id, "node": node, "client": client, "reason": cause}
+            events.append(Event("claim_voided", attrs))
+            continue
+        keeper.bank.send(state, ESCROW_ACCOUNT, client, held)  # the held fee, back to the client
         slashed = keeper.staking.slash(state, node, params.claim_slash_bps)
         compensation = slashed * params.claim_compensation_bps // BPS
         keeper.staking.pay_out(state, client, compensation)
@@ -123,7 +186,7 @@ def expire_claims(keeper: InferenceKeeper, state: CachedState, height: int) -> l
             "reason": "claim_expired: no valid evidence settled before the deadline",
             "slashed": str(slashed),
             "compensation": str(compensation),
-            "refunded": str(fee),
+            "refunded": str(held),
         }
         keeper.record_settlement(state, record)  # the request can never settle now
         attrs = {

@@ -17,7 +17,8 @@
     inference/receipt/<receipt id:32>                               -> settlement record JSON
     inference/allowance_spent/<allowance id:32>                     -> amount charged so far
     inference/allowance_revoked/<client:20><node:20><nonce:u64be>   -> height from which it is revoked
-    inference/claim/<receipt id:32>                                 -> claim JSON (client, node, fee held, deadline)
+    inference/claim/<receipt id:32>                                 -> claim JSON (client, node, fee + settlement
+                                                                       fee held, signer, payment kind, deadline)
     inference/claim_due/<deadline:u64be><receipt id:32>             -> "" (claims expiring at that height)
     inference/node_claim/<node:20><deadline:u64be><receipt id:32>   -> "" (a node's pending claims)
     inference/equivocation/<node:20><client:20><request id:32>      -> height it was reported (slashed once)
@@ -81,6 +82,7 @@ class InferenceParams:
         "settlement_fee": 10**18,
         "settlement_fee_bps": 10_000,
         "claim_deadline": 1 << 32,
+        "claim_window": 1 << 32,
         "claim_slash_bps": 10_000,
         "claim_compensation_bps": 10_000,
         "equivocation_slash_bps": 10_000,
@@ -92,6 +94,7 @@ class InferenceParams:
     settlement_fee: int = 100  # flat part of the burned settlement fee, per receipt
     settlement_fee_bps: int = 500  # plus this share of the inference fee (basis points)
     claim_deadline: int = 50  # blocks a node has to settle a claimed receipt with its evidence
+    claim_window: int = 500  # blocks after its height that a receipt may be claimed (unbonding outlasts it)
     claim_slash_bps: int = 1_000  # share of the node's stake slashed for a claim it let expire
     claim_compensation_bps: int = 5_000  # share of that slash paid to the claiming client (the rest burned)
     equivocation_slash_bps: int = 2_000  # share of the node's stake slashed for two answers to one request
@@ -103,6 +106,11 @@ class InferenceParams:
 
     def to_json(self) -> dict[str, int]:
         return asdict(self)
+
+
+def claim_held(claim: dict[str, Any]) -> int:
+    """What a claim holds from its lane: fee and settlement fee (older claims held the fee only)."""
+    return int(claim.get("held", claim["fee"]))
 
 
 def _addr(address: str) -> bytes:
@@ -204,7 +212,7 @@ class InferenceKeeper:
     def total_escrow(self, state: ReadableState) -> int:
         """Everything ESCROW_ACCOUNT owes: the lanes and the fees pending claims hold."""
         lanes = sum(int(v) for _, v in state.iter_prefix(ESCROW_PREFIX))
-        return lanes + sum(int(json.loads(v)["fee"]) for _, v in state.iter_prefix(CLAIM_PREFIX))
+        return lanes + sum(claim_held(json.loads(v)) for _, v in state.iter_prefix(CLAIM_PREFIX))
 
     def take_from_escrow(self, state: CachedState, client: str, node: str, amount: int) -> None:
         """Move `amount` out of the lane (it stays in ESCROW_ACCOUNT, e.g. held by a claim)."""

@@ -79,7 +79,7 @@ class InferenceModule(Module):
 
     def end_block(self, ctx: BlockContext) -> BlockResult:
         # At the end of the deadline block: evidence settled in that very block still counts.
-        return BlockResult(claims.expire_claims(self.keeper, ctx.state, ctx.height))
+        return BlockResult(claims.expire_claims(self.keeper, self.tee, ctx.state, ctx.height))
 
     def invariants(self) -> Mapping[str, Invariant]:
         return {"escrow_matches_module_account": lambda s: escrow_matches_module_account(self.keeper, self.bank, s)}

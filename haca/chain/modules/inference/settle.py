@@ -17,9 +17,7 @@ from typing import Any
 
 from haca.chain.errors import (
     AlreadySettled,
-    AuthorizationExpired,
     EnclaveNotInGoodStanding,
-    FeeAboveLimit,
     InsufficientEscrow,
     InvalidEvidence,
     InvalidPayment,
@@ -29,16 +27,16 @@ from haca.chain.errors import (
 from haca.chain.events import Event
 from haca.chain.modules.inference.claims import resolve_claim
 from haca.chain.modules.inference.keeper import InferenceKeeper
+from haca.chain.modules.inference.payment import check_payment_for
 from haca.chain.modules.registry.keeper import RegistryKeeper
 from haca.chain.modules.tee.keeper import TeeKeeper
 from haca.chain.tx import TxContext
-from haca.crypto.keys import SignatureError
 from haca.proofs.receipt import EvidenceError
 from haca.proofs.verifier import CircuitArtefacts, EnclaveLapsed, MeasurementRevoked, VerifyContext, verify
 from haca.proofs.zk.srs import srs_file
 from haca.types.inference import SettlementItem
 from haca.types.modes import Mode
-from haca.types.payment import PaymentAuthorization, SignedPayment, SpendingAllowance
+from haca.types.payment import SpendingAllowance
 from haca.types.registry import token_fee
 
 
@@ -144,39 +142,8 @@ def _circuit(
     return CircuitArtefacts(settings, vk, ref["settings_hash"], ref["vk_hash"], srs)
 
 
-def check_authorisation(ctx: TxContext, payment: SignedPayment, node: str) -> PaymentAuthorization | SpendingAllowance:
-    """What holds for either kind of payment: its client signed it, for this node and chain, and
-    it has not expired at this height."""
-    try:
-        client = payment.signer()
-    except SignatureError as exc:
-        raise InvalidPayment(f"payment signature: {exc}") from exc
-    auth = payment.value
-    if client != auth.client:
-        raise InvalidPayment(f"payment is signed by {client}, not by its client {auth.client}")
-    if auth.node != node:
-        raise InvalidPayment(f"payment authorises node {auth.node}, not {node}")
-    if auth.chain_id != ctx.chain_id:
-        raise InvalidPayment(f"payment is for chain {auth.chain_id!r}")
-    if ctx.height > auth.expiry:
-        raise AuthorizationExpired(f"payment expired at height {auth.expiry}; this is height {ctx.height}")
-    return auth
-
-
 def _check_payment(ctx: TxContext, keeper: InferenceKeeper, item: SettlementItem) -> None:
-    receipt, payment = item.receipt.receipt, item.payment
-    if payment.value.client != receipt.client:
-        raise InvalidPayment(f"payment is from {payment.value.client}, not from the receipt's client {receipt.client}")
-    auth = check_authorisation(ctx, payment, receipt.node)
-    if isinstance(auth, PaymentAuthorization):
-        if (auth.request_id, auth.model_id, auth.mode) != (receipt.request_id, receipt.model_id, receipt.mode):
-            raise InvalidPayment("payment authorises another request, model or mode than the receipt's")
-        if receipt.fee > auth.max_fee:
-            raise FeeAboveLimit(f"fee {receipt.fee} exceeds the authorised max fee {auth.max_fee}")
-    elif isinstance(auth, SpendingAllowance):
-        if keeper.is_revoked(ctx.state, auth.client, auth.node, auth.nonce, ctx.height):
-            raise InvalidPayment(f"allowance nonce {auth.nonce} was revoked by {auth.client}")
-        spent = keeper.allowance_spent(ctx.state, auth.id)
-        if spent + receipt.fee > auth.cap:
-            raise FeeAboveLimit(f"allowance cap {auth.cap}: {spent} spent, fee {receipt.fee} would exceed it")
+    receipt = item.receipt.receipt
+    auth = check_payment_for(ctx, keeper, receipt, item.payment)
+    if isinstance(auth, SpendingAllowance):
         keeper.add_allowance_spent(ctx.state, auth.id, receipt.fee)

@@ -55,7 +55,7 @@ class StakingParams:
         "double_sign_slash_bps": BPS,
     }
 
-    unbonding_period: int = 100  # blocks between MsgUnbond and the payout
+    unbonding_period: int = 600  # blocks between MsgUnbond and the payout (>= claim window + deadline)
     min_stake_vanilla: int = 0  # a node serving a mode must keep at least this bonded
     min_stake_tee: int = 0
     min_stake_zkml: int = 0

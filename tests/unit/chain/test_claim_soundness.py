@@ -1,0 +1,184 @@
+"""Issue 19, in-process: a claim slashes only the node's own fault. Each attack a client (or
+governance) could use to get an honest node slashed is performed; afterwards the node's stake is
+intact, every honest balance and lane is what it should be, and the supply invariant holds.
+
+- a payment that expires before the claim deadline cannot back a claim (code 26);
+- a receipt older than the claim window cannot be claimed (code 26), so the unbonding period,
+  which must outlast window + deadline (genesis and governance refuse otherwise), covers it;
+- an allowance revoked before the deadline cannot back a claim; one revoked later voids it;
+- a claim holds fee + settlement fee, so withdrawing the rest of the lane cannot make the
+  settlement fail;
+- a measurement revoked during the window voids the claim (no slash), and the receipt settles
+  once the measurement is approved again."""
+
+from __future__ import annotations
+
+import dataclasses
+
+import pytest
+
+from haca.chain import errors
+from haca.chain.genesis import parse_app_genesis
+from haca.chain.modules.staking.keeper import StakingParams
+from haca.types.encoding import canonical_json
+from haca.types.gov import MsgUpdateParams
+from haca.types.inference import MsgClaim, MsgRevokeAllowance, MsgSettle, MsgWithdraw, SettlementItem
+from haca.types.payment import PaymentAuthorization, SignedPayment, SpendingAllowance
+from haca.types.tee import MsgApproveMeasurement, MsgRevokeMeasurement
+from tests.unit.chain import apphelpers
+from tests.unit.chain import test_accountability as accountability
+from tests.unit.chain.apphelpers import Node
+from tests.unit.chain.test_accountability import (
+    CLAIM_WINDOW,
+    DEADLINE,
+    STAKE,
+    accountable_genesis,
+    blocks_until,
+    holds,
+    ok,
+    rejected,
+    stake,
+)
+from tests.unit.chain.test_tee import AUTHORITY, CHAIN_ID, CLIENT, DEV_MID, FEE, NODE, tee_item
+
+# the same chain as the accountability tests: a bonded tee node with an attested enclave
+dev, chain = accountability.dev, accountability.chain
+
+
+def settlement_fee(chain: Node) -> int:
+    return chain.app.inference.params(chain.app.store).settlement_fee_for(FEE)
+
+
+def paid_with(item: SettlementItem, payment: SignedPayment) -> SettlementItem:
+    return SettlementItem(item.receipt, payment, item.evidence)
+
+
+def authorization(item: SettlementItem, expiry: int) -> SignedPayment:
+    r = item.receipt.receipt
+    auth = PaymentAuthorization(CHAIN_ID, r.client, r.node, r.request_id, r.model_id, r.mode, FEE, expiry)
+    return SignedPayment("request", auth, auth.sign(CLIENT))
+
+
+def allowance(nonce: int) -> SignedPayment:
+    value = SpendingAllowance(CHAIN_ID, CLIENT.address, NODE.address, 10**9, expiry=10**9, nonce=nonce)
+    return SignedPayment("allowance", value, value.sign(CLIENT))
+
+
+def test_a_payment_expiring_before_the_claim_deadline_cannot_back_a_claim(chain):
+    """Attack 1/3: the client pays with an authorisation that ends inside the claim window, then
+    claims at once: refused, the node is never exposed."""
+    item = tee_item(chain, 100)
+    short = authorization(item, expiry=chain.height + DEADLINE)  # the deadline is height+1 + DEADLINE
+    rejected(chain, CLIENT, MsgClaim(item.receipt, short), errors.ClaimWindowNotCovered.code, "before the claim")
+    # Just long enough is accepted: the node has the whole window.
+    ok(chain.deliver(CLIENT, MsgClaim(item.receipt, authorization(item, expiry=chain.height + 1 + DEADLINE))))
+    holds(chain)
+
+
+def test_a_claim_must_show_the_payment_of_its_own_receipt(chain):
+    item, other = tee_item(chain, 101), tee_item(chain, 102)
+    msg = MsgClaim(item.receipt, other.payment)
+    rejected(chain, CLIENT, msg, errors.InvalidPayment.code, "another request")
+
+
+def test_a_receipt_older_than_the_claim_window_cannot_be_claimed(chain):
+    item = tee_item(chain, 103)
+    blocks_until(chain, item.receipt.receipt.height_hint + CLAIM_WINDOW)
+    msg = MsgClaim(item.receipt, item.payment)
+    rejected(chain, CLIENT, msg, errors.ClaimWindowNotCovered.code, "older than the claim window")
+
+
+def test_an_allowance_revoked_before_the_deadline_cannot_back_a_claim_and_one_revoked_later_voids_it(chain):
+    revoked, later = allowance(11), allowance(12)
+    first, second = paid_with(tee_item(chain, 104), revoked), paid_with(tee_item(chain, 105), later)
+    ok(chain.deliver(CLIENT, MsgRevokeAllowance(NODE.address, 11)))
+    msg = MsgClaim(first.receipt, first.payment)
+    rejected(chain, CLIENT, msg, errors.ClaimWindowNotCovered.code, "allowance is revoked from height")
+    escrow = chain.escrow(CLIENT.address, NODE.address)
+    ok(chain.deliver(CLIENT, MsgClaim(second.receipt, second.payment)))
+    deadline = chain.height + DEADLINE
+    ok(chain.deliver(CLIENT, MsgRevokeAllowance(NODE.address, 12)))  # effective before the deadline
+    blocks_until(chain, deadline - 1)
+    events = chain.block().events
+    assert [e.type for e in events if e.type in ("slash", "claim_voided")] == ["claim_voided"]
+    assert stake(chain, NODE.address)["bonded"] == str(STAKE)
+    assert chain.escrow(CLIENT.address, NODE.address) == escrow  # the held amount is back in the lane
+    holds(chain)
+
+
+def test_a_claim_holds_the_settlement_fee_so_a_drained_lane_cannot_fail_the_settlement(chain):
+    ok(chain.deliver(AUTHORITY, MsgUpdateParams("inference", {"withdraw_delay": "2"})))  # paid inside the window
+    item = tee_item(chain, 106)
+    ok(chain.deliver(CLIENT, MsgClaim(item.receipt, item.payment)))
+    rest = chain.escrow(CLIENT.address, NODE.address)
+    ok(chain.deliver(CLIENT, MsgWithdraw(NODE.address, rest)))  # everything the lane has left
+    blocks_until(chain, chain.height + chain.app.inference.params(chain.app.store).withdraw_delay + 1)
+    assert chain.escrow(CLIENT.address, NODE.address) == 0
+    node_balance = chain.balance(NODE.address)
+    raw = chain.tx(NODE, MsgSettle((item,)))
+    ok(chain.block([raw]).tx_results[0])
+    assert chain.answer("/inference/receipt", item.receipt.id.encode())["status"] == "verified"
+    assert chain.balance(NODE.address) == node_balance + FEE - apphelpers.fee_of(raw)
+    assert stake(chain, NODE.address)["bonded"] == str(STAKE)
+    holds(chain)
+
+
+def test_a_measurement_revoked_during_the_window_voids_the_claim_and_the_receipt_settles_after_reapproval(chain):
+    """Attack 4: governance revokes the enclave's measurement while a client holds a receipt, the
+    client claims: the claim is voided at the deadline, not slashed; approved again, it settles."""
+    item = tee_item(chain, 107)
+    escrow = chain.escrow(CLIENT.address, NODE.address)
+    ok(chain.deliver(CLIENT, MsgClaim(item.receipt, item.payment)))
+    deadline = chain.height + DEADLINE
+    ok(chain.deliver(AUTHORITY, MsgRevokeMeasurement(DEV_MID, "*")))
+    refused = chain.deliver(NODE, MsgSettle((item,)))
+    assert refused.code == errors.MeasurementNotApproved.code, refused.log
+    blocks_until(chain, deadline - 1)
+    events = chain.block().events
+    assert [e.type for e in events if e.type in ("slash", "claim_voided")] == ["claim_voided"]
+    assert stake(chain, NODE.address)["bonded"] == str(STAKE)
+    assert chain.escrow(CLIENT.address, NODE.address) == escrow
+    ok(chain.deliver(AUTHORITY, MsgApproveMeasurement(DEV_MID, "*")))
+    ok(chain.deliver(NODE, MsgSettle((item,))))
+    assert chain.escrow(CLIENT.address, NODE.address) == escrow - FEE - settlement_fee(chain)
+    holds(chain)
+
+
+def test_a_measurement_revoked_and_approved_again_inside_the_window_still_voids_the_claim(chain):
+    item = tee_item(chain, 108)
+    ok(chain.deliver(CLIENT, MsgClaim(item.receipt, item.payment)))
+    deadline = chain.height + DEADLINE
+    ok(chain.deliver(AUTHORITY, MsgRevokeMeasurement(DEV_MID, "*")))
+    ok(chain.deliver(AUTHORITY, MsgApproveMeasurement(DEV_MID, "*")))
+    blocks_until(chain, deadline - 1)
+    events = chain.block().events
+    assert [e.type for e in events if e.type in ("slash", "claim_voided")] == ["claim_voided"]
+    assert stake(chain, NODE.address)["bonded"] == str(STAKE)
+    holds(chain)
+
+
+def test_a_silent_node_with_an_approved_measurement_is_still_slashed(chain):
+    item = tee_item(chain, 109)
+    ok(chain.deliver(CLIENT, MsgClaim(item.receipt, item.payment)))
+    blocks_until(chain, chain.height + DEADLINE - 1)
+    events = chain.block().events
+    assert [e.type for e in events if e.type in ("slash", "claim_voided")] == ["slash"]
+    assert int(stake(chain, NODE.address)["bonded"]) < STAKE
+
+
+def test_governance_cannot_shorten_unbonding_below_the_claim_window_and_deadline(chain):
+    short = str(CLAIM_WINDOW + DEADLINE - 1)
+    msg = MsgUpdateParams("staking", {"unbonding_period": short})
+    rejected(chain, AUTHORITY, msg, errors.InvalidMessage.code, "stake would leave before the claims")
+    longer = MsgUpdateParams("inference", {"claim_deadline": str(DEADLINE + 1)})
+    rejected(chain, AUTHORITY, longer, errors.InvalidMessage.code, "stake would leave before the claims")
+    ok(chain.deliver(AUTHORITY, MsgUpdateParams("inference", {"claim_window": str(CLAIM_WINDOW - 1)})))
+    ok(chain.deliver(AUTHORITY, MsgUpdateParams("inference", {"claim_deadline": str(DEADLINE + 1)})))
+
+
+def test_a_genesis_whose_unbonding_is_shorter_than_the_claim_window_and_deadline_is_refused(dev):
+    base = accountable_genesis(dev)
+    bad = dataclasses.replace(base, staking=StakingParams(unbonding_period=CLAIM_WINDOW + DEADLINE - 1))
+    with pytest.raises(errors.InvalidGenesis, match="stake would leave before the claims"):
+        parse_app_genesis(canonical_json(bad.to_json()))
+    parse_app_genesis(canonical_json(base.to_json()))  # the same with the unbonding it needs
