@@ -8,11 +8,12 @@ with a `PAYMENT-SIGNATURE` header. `HacaEscrowScheme` signs a per-request `Payme
     from x402 import x402Client
     from x402.http.clients.httpx import x402HttpxClient
 
+    from haca.client.config import ClientConfig, connect
     from haca.client.x402 import HacaEscrowScheme, offer_policy
     from haca.crypto.keys import PrivateKey
     from haca.types.x402 import caip2_network
 
-    chain = connect(ClientConfig.load(home))  # haca.client.config: proven reads of the chain
+    chain = connect(ClientConfig.load(home))  # a ChainClient: the model's price, read with proofs
     client = x402Client()  # the async client: the httpx transport awaits it
     client.register(caip2_network("haca-devnet"), HacaEscrowScheme(PrivateKey.from_hex(...), chain=chain))
     client.register_policy(offer_policy("iris", "vanilla"))  # the node's 402 lists every model and mode
@@ -21,6 +22,7 @@ with a `PAYMENT-SIGNATURE` header. `HacaEscrowScheme` signs a per-request `Payme
         answer = await http.post(f"{node_url}/v1/infer", json=body)
 
 `x402Client().register("haca:*", …)` pays on any HACA chain (with `chain`: only on that chain).
+The chain reads are blocking HTTP calls made inside the x402 client's (synchronous) scheme call.
 
 Every payment is bounded, as `haca.Client`'s are (there is no unbounded default): with `chain` (a
 `ChainClient`, or anything with its `chain_id` and `query_proven_value`), the scheme reads the
