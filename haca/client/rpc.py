@@ -3,9 +3,12 @@
 One `CometRpc` holds every configured endpoint and fails over between them. A transport failure
 (connection refused, timeout, an HTTP answer that is not JSON-RPC) moves the call to the next
 endpoint; the one that answered is used first from then on (sticky), and an endpoint that failed is
-skipped for `retry_after` seconds. An answer — a JSON-RPC error, an ABCI query with a nonzero
-code — is final: it is raised as is and never retried elsewhere. When no endpoint answers, the call
-raises `ChainUnavailable` naming every endpoint tried or skipped.
+skipped for `retry_after` seconds. With `slow_after`, an endpoint that answered but took longer than
+that is tried after the others from then on (an overloaded node does not hold every call while
+another answers at once); the node reads the chain so, with short timeouts. An answer — a JSON-RPC
+error, an ABCI query with a nonzero code — is final: it is raised as is and never retried
+elsewhere. When no endpoint answers, the call raises `ChainUnavailable` naming every endpoint tried
+or skipped.
 """
 
 from __future__ import annotations
@@ -42,6 +45,7 @@ class CometRpc:
         timeout: float = 10.0,
         connect_timeout: float = CONNECT_TIMEOUT,
         retry_after: float = RETRY_AFTER,
+        slow_after: float | None = None,
     ) -> None:
         """`urls`: one endpoint or several of the same chain, in order of preference."""
         self.urls = [u.rstrip("/") for u in ([urls] if isinstance(urls, str) else urls)]
@@ -50,6 +54,7 @@ class CometRpc:
         limits = httpx.Timeout(timeout, connect=min(connect_timeout, timeout))
         self._http = [httpx.Client(base_url=url, timeout=limits) for url in self.urls]
         self.retry_after = retry_after
+        self.slow_after = slow_after
         self._current = 0  # the endpoint that answered last
         self._down_until = [0.0] * len(self.urls)  # monotonic time before which an endpoint is skipped
         self._lock = threading.Lock()
@@ -83,6 +88,12 @@ class CometRpc:
                 if self._current == index:
                     self._current = (index + 1) % len(self.urls)
 
+    def _demote(self, index: int) -> None:
+        """A slow answer: the next endpoint is tried first from now on (this one stays live)."""
+        with self._lock:
+            if self._current == index and len(self.urls) > 1:
+                self._current = (index + 1) % len(self.urls)
+
     def _post(self, index: int, payload: dict[str, Any]) -> dict[str, Any]:
         try:
             resp = self._http[index].post("/", json=payload)
@@ -104,6 +115,7 @@ class CometRpc:
         live, skipped = self._candidates()
         failures, maybe_delivered = [], False
         for index in live:
+            started = time.monotonic()
             try:
                 doc = self._post(index, payload)
             except _Unreachable as exc:
@@ -111,7 +123,9 @@ class CometRpc:
                 failures.append(f"{self.urls[index]}: {exc}")
                 maybe_delivered = maybe_delivered or exc.maybe_delivered
                 continue
-            if index != self._current or self._down_until[index]:
+            if self.slow_after is not None and time.monotonic() - started > self.slow_after:
+                self._demote(index)
+            elif index != self._current or self._down_until[index]:
                 self._mark(index, ok=True)
             return doc, maybe_delivered
         failures += [f"{self.urls[i]}: skipped, failed in the last {self.retry_after:g}s" for i in skipped]

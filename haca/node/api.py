@@ -33,6 +33,7 @@ from haca.node.errors import (
     ModelNotFound,
     ModeNotSupported,
     NodeError,
+    Overloaded,
     PaymentRequired,
     ReceiptNotFound,
     RequestTimeout,
@@ -40,11 +41,9 @@ from haca.node.errors import (
     error_body,
 )
 from haca.node.openai_api import OPENAI_ROUTES, add_openai_routes
-from haca.node.payments import (
-    Quote,
-    payment_response_headers,
-)
+from haca.node.payments import AcceptedPayment, Quote, payment_response_headers, settle_reads
 from haca.node.x402v2 import payment_required_header
+from haca.proofs.zk.proof import ProofError
 from haca.runtime.onnx import InvalidInput, OnnxModel
 from haca.types.modes import Mode, Status
 from haca.types.registry import model_kind, request_rows
@@ -93,7 +92,8 @@ def create_app(ctx: NodeContext) -> FastAPI:
             headers = {PAYMENT_REQUIRED_HEADER: payment_required_header(requirements, str(request.url))}
             body = error_body(402, exc.code, str(exc)) if request.url.path in OPENAI_ROUTES else requirements
             return JSONResponse(body, 402, headers)
-        return JSONResponse(error_body(exc.status, exc.code, str(exc), exc.param), exc.status)
+        retry = {"Retry-After": str(exc.retry_after)} if isinstance(exc, Overloaded) else None
+        return JSONResponse(error_body(exc.status, exc.code, str(exc), exc.param), exc.status, retry)
 
     @app.exception_handler(StarletteHTTPException)
     async def http_error(request: Request, exc: StarletteHTTPException) -> JSONResponse:
@@ -116,10 +116,15 @@ def create_app(ctx: NodeContext) -> FastAPI:
     @app.post("/v1/infer")
     async def infer(request: Request) -> Response:
         started = time.perf_counter()
-        quotes = route_quotes(ctx, llm=False)
+        quotes = await settle_reads(route_quotes, ctx, llm=False)
         try:
-            # Payment first, from the headers alone: an unpaid request never has its body read.
-            pending = ctx.gate.check(request.headers, quotes)
+            # Payment first, from the headers alone: an unpaid (or replayed) request never has its
+            # body read. The chain reads it needs are awaited off the event loop.
+            pending = await ctx.gate.check_async(request.headers, quotes)
+        except PaymentRequired as exc:
+            raise await _with_requirements(exc, quotes, request) from None
+        accepted: AcceptedPayment | None = None
+        try:
             try:
                 async with asyncio.timeout(BODY_DEADLINE_S):  # a paid body trickled in cannot outlive its payment
                     raw = await read_body(request)
@@ -142,17 +147,23 @@ def create_app(ctx: NodeContext) -> FastAPI:
                 raise InvalidInputError("the input has no rows")
             if rows > quote.max_rows:
                 raise TooManyRows(f"{rows} rows; {quote.model_name!r} takes at most {quote.max_rows} per request")
-            accepted = ctx.gate.charge(pending, quote, rows)
+            accepted = await settle_reads(ctx.gate.charge, pending, quote, rows)
         except PaymentRequired as exc:
-            raise PaymentRequired(
-                str(exc), ctx.gate.requirements(quotes.values(), str(exc), str(request.url))
-            ) from None
+            raise await _with_requirements(exc, quotes, request) from None
+        finally:
+            if accepted is None:  # refused before the work: the same payment may be sent again
+                ctx.gate.abandon(pending)
         try:
             assert isinstance(served.model, OnnxModel)
             outputs = await run_in_threadpool(served.model.run, inputs)
             zk: ZkAnswer | None = None
             if mode == Mode.ZKML:  # the answer is what the circuit computes, committed before it is proved
-                zk = await run_in_threadpool(zk_answer, served, inputs, outputs)
+                try:
+                    zk = await run_in_threadpool(zk_answer, served, inputs, outputs)
+                except ProofError as exc:  # e.g. an input far outside the range the circuit was calibrated on
+                    raise InvalidInputError(
+                        f"this input cannot be proved by {served.name!r}'s circuit: {exc}"
+                    ) from None
                 outputs = zk.outputs
             signed = await queue_receipt(ctx, quote, accepted, tensors_hash(inputs), tensors_hash(outputs), zk)
         finally:
@@ -170,6 +181,12 @@ def create_app(ctx: NodeContext) -> FastAPI:
         headers = payment_response_headers(accepted, ctx.chain_id, signed.id)
         return Response(orjson.dumps(answer), media_type="application/json", headers=headers)
 
+    async def _with_requirements(
+        exc: PaymentRequired, quotes: dict[tuple[str, str], Quote], request: Request
+    ) -> PaymentRequired:
+        requirements = await settle_reads(ctx.gate.requirements, quotes.values(), str(exc), str(request.url))
+        return PaymentRequired(str(exc), requirements)
+
     @app.get("/v1/receipts/{receipt_id}")
     async def get_receipt(receipt_id: str) -> dict[str, Any]:
         stored = ctx.store.get(receipt_id.lower())
@@ -180,7 +197,7 @@ def create_app(ctx: NodeContext) -> FastAPI:
     @app.get("/v1/models")
     async def list_models() -> dict[str, Any]:
         unique = {s.model_id: s for s in ctx.models.values()}
-        quotes = current_quotes(ctx)
+        quotes = await settle_reads(current_quotes, ctx)
         return {"object": "list", "data": [describe(s, quotes) for s in unique.values()]}
 
     @app.get("/healthz")

@@ -1,64 +1,198 @@
-"""The node's read-only view of the chain: short-lived caches over RPC queries, so the request
-path does not wait on the chain for every inference."""
+"""The node's read-only view of the chain: caches over RPC queries, so the request path does not
+wait on the chain for every inference, and never waits on it inline on the event loop.
+
+A read is *fresh* for `ttl` seconds. After that, and for up to `max_stale` seconds, the cached
+value is still answered (stale-while-revalidate) while one refresh runs in a worker thread. A read
+that has no usable value — a miss, or a caller asking for a value newer than `recheck` seconds —
+is done in a worker thread too: on the event loop it raises `ReadPending`, which the caller awaits
+(`PaymentGate.check_async` and the routes do) and then asks again; off the loop (the settler, the
+follower, tools) it is read inline as before. One read per key is in flight at a time, so many
+requests missing the same entry share it, and `recheck` bounds how often a client whose escrow
+does not cover a request makes the node read it again (the negative cache).
+"""
 
 from __future__ import annotations
 
+import asyncio
 import threading
 import time
-from collections import OrderedDict
+from collections import OrderedDict, deque
 from collections.abc import Callable
+from concurrent.futures import Future, ThreadPoolExecutor
 from typing import Any
 
 from haca.client.chain import ChainClient
-from haca.client.errors import QueryFailed
+from haca.client.errors import ChainUnavailable, QueryFailed
 from haca.types.encoding import canonical_json
 from haca.types.payment import SpendingAllowance
 
 CACHE_ENTRIES = 100_000  # least recently used entries beyond this are dropped (one per client / allowance)
+MAX_STALE = 30.0  # seconds a cached value is still served while the chain does not answer a refresh
+RECHECK = 2.0  # seconds before a value that refused a request may be read again (the negative cache)
+READ_WAIT = 3.0  # seconds a request waits for a chain read before it is a 503
+READ_THREADS = 4
+MAX_PENDING_READS = 512  # reads queued past this are refused at once (503), not piled up behind a stall
+DEFAULT_BLOCK_SECONDS = 0.5  # until two heights were seen; short is the safe side (deadlines in blocks)
+BLOCK_SAMPLES = 32
+
+
+class ReadPending(Exception):
+    """A chain read the event loop must not wait for inline: it runs in a worker thread; await
+    `wait()` (bounded by `timeout`), then ask the view again."""
+
+    def __init__(self, future: Future[Any], timeout: float) -> None:
+        super().__init__("chain read pending")
+        self.future, self.timeout = future, timeout
+
+    async def wait(self) -> None:
+        """Wait for the read; its error (ChainUnavailable, QueryFailed...) is raised here."""
+        try:
+            await asyncio.wait_for(asyncio.shield(asyncio.wrap_future(self.future)), self.timeout)
+        except TimeoutError:
+            raise ChainUnavailable(f"a chain read took longer than {self.timeout:g}s") from None
+
+
+def on_event_loop() -> bool:
+    try:
+        asyncio.get_running_loop()
+    except RuntimeError:
+        return False
+    return True
 
 
 class ChainView:
-    def __init__(self, chain: ChainClient, node: str, ttl: float = 1.0, max_entries: int = CACHE_ENTRIES) -> None:
+    def __init__(
+        self,
+        chain: ChainClient,
+        node: str,
+        ttl: float = 1.0,
+        max_entries: int = CACHE_ENTRIES,
+        max_stale: float = MAX_STALE,
+        recheck: float = RECHECK,
+        read_wait: float = READ_WAIT,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
         self.chain = chain
         self.node = node  # escrow is read for this node's lanes
-        self.ttl = ttl
+        self.ttl, self.max_stale, self.recheck, self.read_wait = ttl, max(ttl, max_stale), recheck, read_wait
         self.max_entries = max_entries
+        self.clock = clock
         # bounded: every client or API key ever seen would otherwise stay in memory for good
         self._cache: OrderedDict[tuple[str, str], tuple[float, Any]] = OrderedDict()
         self._manifests: dict[str, tuple[int, dict[str, Any] | None]] = {}
+        self._loading: dict[tuple[str, str], Future[Any]] = {}  # key -> the one read in flight for it
         self._lock = threading.Lock()
+        self._reads = ThreadPoolExecutor(READ_THREADS, thread_name_prefix="chain-read")
+        self._heights: deque[tuple[int, float]] = deque(maxlen=BLOCK_SAMPLES)  # (height, when first seen)
+
+    def close(self) -> None:
+        self._reads.shutdown(wait=False, cancel_futures=True)
+
+    # --- the cache ----------------------------------------------------------------------------------
 
     def _cached(self, key: tuple[str, str], load: Callable[[], Any], fresh: bool = False) -> Any:
-        now = time.monotonic()
+        """The value of `key`: cached when fresh enough, else read (see the module doc). `fresh`:
+        a value read within `recheck` seconds, not merely within the TTL."""
+        now = self.clock()
         with self._lock:
             hit = self._cache.get(key)
             if hit is not None:
                 self._cache.move_to_end(key)
-        if hit is not None and now - hit[0] < self.ttl and not fresh:
+        age = now - hit[0] if hit is not None else float("inf")
+        if hit is not None and age < (self.recheck if fresh else self.ttl):
             return hit[1]
-        value = load()
-        self._put(key, now, value)
-        return value
+        if not on_event_loop():  # a worker thread may wait: read inline
+            value = load()
+            self._put(key, now, value)
+            return value
+        future = self._load(key, load)
+        if not fresh and hit is not None and age < self.max_stale:
+            return hit[1]  # stale while it revalidates
+        raise ReadPending(future, self.read_wait)
+
+    def _load(self, key: tuple[str, str], load: Callable[[], Any]) -> Future[Any]:
+        """Start reading `key` in a worker thread unless a read of it is in flight already."""
+        with self._lock:
+            future = self._loading.get(key)
+            if future is not None:
+                return future
+            if len(self._loading) >= MAX_PENDING_READS:
+                failed: Future[Any] = Future()
+                failed.set_exception(ChainUnavailable("too many chain reads are waiting for the chain"))
+                return failed
+            future = Future()
+            self._loading[key] = future
+        started = self.clock()
+
+        def run() -> None:
+            try:
+                value = load()
+            except BaseException as exc:
+                with self._lock:
+                    if self._loading.get(key) is future:
+                        del self._loading[key]
+                future.set_exception(exc)
+                return
+            with self._lock:
+                current = self._loading.get(key) is future  # not forgotten meanwhile (a settlement)
+                if current:
+                    del self._loading[key]
+            if current:
+                self._put(key, started, value)  # as old as the moment the read began
+            future.set_result(value)
+
+        try:
+            self._reads.submit(run)
+        except RuntimeError as exc:  # the pool is shut down (the node is stopping)
+            with self._lock:
+                self._loading.pop(key, None)
+            future.set_exception(ChainUnavailable(f"the node is stopping: {exc}"))
+        return future
 
     def _put(self, key: tuple[str, str], at: float, value: Any) -> None:
         with self._lock:
+            old = self._cache.get(key)
+            if old is not None and old[0] > at:
+                return  # a newer value arrived while this read was on its way
             self._cache[key] = (at, value)
             self._cache.move_to_end(key)
             while len(self._cache) > self.max_entries:
                 self._cache.popitem(last=False)
 
+    # --- reads --------------------------------------------------------------------------------------
+
     def height(self) -> int:
-        return int(self._cached(("height", ""), self.chain.rpc.height))
+        def load() -> int:
+            height = self.chain.rpc.height()
+            self._saw_height(height)
+            return height
+
+        return int(self._cached(("height", ""), load))
 
     def note_height(self, height: int) -> None:
         """The latest height, read just now by someone else (the chain follower): cached as fresh."""
-        self._put(("height", ""), time.monotonic(), height)
+        self._saw_height(height)
+        self._put(("height", ""), self.clock(), height)
+
+    def _saw_height(self, height: int) -> None:
+        now = self.clock()
+        with self._lock:
+            if not self._heights or height > self._heights[-1][0]:
+                self._heights.append((height, now))
+
+    def block_interval(self) -> float:
+        """Seconds per block, measured over the heights seen lately (the follower sees each one)."""
+        with self._lock:
+            if len(self._heights) < 2:
+                return DEFAULT_BLOCK_SECONDS
+            (h0, t0), (h1, t1) = self._heights[0], self._heights[-1]
+        return max((t1 - t0) / (h1 - h0), 0.01)
 
     def available_escrow(self, client: str, fresh: bool = False) -> int:
         """The client's escrow for this node less what it is withdrawing: funds being withdrawn
         are paid out after the chain's delay, so the node never serves against them. `fresh`:
-        read the chain now, not the cached value (before refusing a client that may just have
-        deposited)."""
+        a value read within `recheck` seconds (before refusing a client that may just have
+        deposited; at most one read per client per `recheck`, however often it is refused)."""
 
         def load() -> int:
             (lane,) = self.chain.query("/inference/escrow", f"{client}/{self.node}".encode())["lanes"]
@@ -83,21 +217,36 @@ class ChainView:
             hit = self._manifests.get(model_id)
         if hit is not None and hit[0] == height:  # one entry per model: the terms at the latest height asked
             return hit[1]
-        try:
-            manifest: dict[str, Any] | None = self.chain.query(
-                "/registry/model_in_effect", f"{model_id}@{height}".encode()
-            )
-        except QueryFailed:
-            manifest = None
-        with self._lock:
-            self._manifests[model_id] = (height, manifest)
-        return manifest
+
+        def load() -> dict[str, Any] | None:
+            try:
+                manifest: dict[str, Any] | None = self.chain.query(
+                    "/registry/model_in_effect", f"{model_id}@{height}".encode()
+                )
+            except QueryFailed:
+                manifest = None
+            with self._lock:
+                self._manifests[model_id] = (height, manifest)
+            return manifest
+
+        if not on_event_loop():
+            return load()
+        raise ReadPending(self._load(("manifest", f"{model_id}@{height}"), load), self.read_wait)
+
+    def params(self) -> dict[str, Any]:
+        """The inference module's params (cached like any read)."""
+        params: dict[str, Any] = self._cached(("params", ""), lambda: self.chain.query("/inference/params"))
+        return params
 
     def settlement_fee(self, fees: int, count: int = 1) -> int:
         """What the chain burns from a client's escrow on top of `count` fees totalling `fees`
         (an upper bound when count > 1: per-receipt rounding only lowers it). Params cached."""
-        params = self._cached(("params", ""), lambda: self.chain.query("/inference/params"))
+        params = self.params()
         return count * int(params["settlement_fee"]) + fees * int(params["settlement_fee_bps"]) // 10_000
+
+    def claim_deadline(self) -> int:
+        """Blocks a node has to settle a claimed receipt (the chain's `claim_deadline`)."""
+        return int(self.params()["claim_deadline"])
 
     def receipt_record(self, receipt_id: str) -> dict[str, Any] | None:
         """The chain's settlement record of a receipt settled alone (uncached), or None."""
@@ -115,8 +264,10 @@ class ChainView:
             return None
 
     def forget(self, client: str, allowance_id: str | None = None) -> None:
-        """Drop cached chain state a settlement just changed, so the next request sees it."""
+        """Drop cached chain state a settlement just changed, so the next request sees it (a read
+        in flight began before the settlement: its answer is not cached either)."""
         with self._lock:
-            self._cache.pop(("escrow", client), None)
-            if allowance_id:
-                self._cache.pop(("allowance", allowance_id), None)
+            keys = [("escrow", client)] + ([("allowance", allowance_id)] if allowance_id else [])
+            for key in keys:
+                self._cache.pop(key, None)
+                self._loading.pop(key, None)

@@ -10,6 +10,7 @@ from typing import Any
 from fastapi import Request
 
 from haca.crypto.keys import PrivateKey
+from haca.node.chainview import ReadPending
 from haca.node.enclave import EnclaveKey
 from haca.node.errors import EnclaveUnavailable, PayloadTooLarge, RequestConflict
 from haca.node.metrics import Metrics
@@ -76,10 +77,21 @@ class NodeContext:
 
 def current_quotes(ctx: NodeContext) -> dict[tuple[str, str], Quote]:
     """What every served (model id, mode) costs now: the terms in effect on chain at the current
-    height, recomputed once per block."""
+    height, recomputed once per block. On the event loop, while the terms of a new height are
+    still being read (ReadPending), those of the height before are used: a receipt's height hint
+    names the terms it was priced by, and the chain judges it by them."""
     height = ctx.gate.chain.height()
     if ctx.quotes is not None and ctx.quotes[0] == height:
         return ctx.quotes[1]
+    try:
+        return _quotes_at(ctx, height)
+    except ReadPending:
+        if ctx.quotes is None:
+            raise
+        return ctx.quotes[1]
+
+
+def _quotes_at(ctx: NodeContext, height: int) -> dict[tuple[str, str], Quote]:
     quotes: dict[tuple[str, str], Quote] = {}
     for served in {s.model_id: s for s in ctx.models.values()}.values():
         manifest = ctx.gate.chain.manifest_in_effect(served.model_id, height)

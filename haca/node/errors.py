@@ -87,6 +87,18 @@ class ContextLengthExceeded(NodeError):
     code = "context_length_exceeded"
 
 
+class Overloaded(NodeError):
+    """Work the node could not finish (and settle) in time now, e.g. a zkml proof behind too long
+    a proving backlog: retry after `retry_after` seconds (the Retry-After header)."""
+
+    status = 503
+    code = "overloaded"
+
+    def __init__(self, message: str, retry_after: int = 1) -> None:
+        super().__init__(message)
+        self.retry_after = retry_after
+
+
 class TooManyRequests(NodeError):
     """Every slot is busy and the wait queue is full."""
 

@@ -41,7 +41,7 @@ from haca.node.errors import (
     RequestTimeout,
     TooManyRequests,
 )
-from haca.node.payments import AcceptedPayment, PaymentGate, Quote, payment_response_headers
+from haca.node.payments import AcceptedPayment, PaymentGate, Quote, payment_response_headers, settle_reads
 from haca.runtime.llm import BudgetExhausted, ContextExceeded, LlmModel, Outcome
 from haca.types.llm import LlmRequest, LlmRequestError, parse_request, text_hash
 from haca.types.modes import Mode, Status
@@ -96,6 +96,7 @@ class LlmCall:
     quote: Quote
     accepted: AcceptedPayment
     created: int
+    deadline: float  # monotonic time generation stops, so the receipt settles before the authorisation expires
 
 
 def add_openai_routes(app: FastAPI, ctx: NodeContext, admissions: dict[str, Admission]) -> None:
@@ -114,7 +115,7 @@ async def _serve(ctx: NodeContext, admissions: dict[str, Admission], http: Reque
     try:
         await admission.enter()
     except TooManyRequests:
-        ctx.gate.release(call.accepted)
+        ctx.gate.release(call.accepted, spent=False)  # nothing ran: the payment may be sent again
         raise
     ctx.metrics.llm_queue.set(sum(a.running + a.waiting for a in admissions.values()))
     run = _Run(ctx, call, admission)
@@ -135,10 +136,15 @@ async def _serve(ctx: NodeContext, admissions: dict[str, Admission], http: Reque
 
 
 async def _accept(ctx: NodeContext, http: Request, kind: str) -> LlmCall:
-    """Payment from the headers, then the body; the most the request may cost is held."""
-    llm_quotes = route_quotes(ctx, llm=True)
+    """Payment from the headers, then the body; the most the request may cost is held, and the
+    moment generation must stop for the receipt to settle before the authorisation expires."""
+    llm_quotes = await settle_reads(route_quotes, ctx, llm=True)
     try:
-        pending = ctx.gate.check(http.headers, llm_quotes)
+        pending = await ctx.gate.check_async(http.headers, llm_quotes)
+    except PaymentRequired as exc:
+        raise await _with_requirements(ctx, exc, llm_quotes, http) from None
+    accepted: AcceptedPayment | None = None
+    try:
         try:
             async with asyncio.timeout(BODY_DEADLINE_S):
                 raw = await read_body(http)
@@ -169,12 +175,24 @@ async def _accept(ctx: NodeContext, http: Request, kind: str) -> LlmCall:
             ).with_param("max_tokens")
         if mode == Mode.TEE:  # before the work: an enclave that cannot sign must not be charged for
             enclave_of(ctx).require_covered(quote.height)
+        # The receipt must be signed while the authorisation can still settle: generation (and
+        # the wait for a slot) stops in time, whatever max_tokens asked for.
+        deadline = time.monotonic() + await settle_reads(ctx.gate.seconds_left, pending.payment.value.expiry)
         worst = quote.token_fee(llm.context - request.max_tokens, request.max_tokens)
-        accepted = ctx.gate.charge_up_to(pending, quote, worst)
+        accepted = await settle_reads(ctx.gate.charge_up_to, pending, quote, worst)
     except PaymentRequired as exc:
-        requirements = ctx.gate.requirements(_offered_first(llm_quotes), str(exc), str(http.url))
-        raise PaymentRequired(str(exc), requirements) from None
-    return LlmCall(served, llm, request, quote, accepted, int(time.time()))
+        raise await _with_requirements(ctx, exc, llm_quotes, http) from None
+    finally:
+        if accepted is None:  # refused before the work: the same payment may be sent again
+            ctx.gate.abandon(pending)
+    return LlmCall(served, llm, request, quote, accepted, int(time.time()), deadline)
+
+
+async def _with_requirements(
+    ctx: NodeContext, exc: PaymentRequired, quotes: dict[tuple[str, str], Quote], http: Request
+) -> PaymentRequired:
+    requirements = await settle_reads(ctx.gate.requirements, _offered_first(quotes), str(exc), str(http.url))
+    return PaymentRequired(str(exc), requirements)
 
 
 def _mode(
@@ -237,6 +255,7 @@ class _Run:
                 self._push,
                 lambda prompt_tokens: call.quote.completion_budget(budget, prompt_tokens),
                 self.cancelled,
+                call.deadline,
             )
         except ContextExceeded as exc:
             error: Exception = ContextLengthExceeded(str(exc)).with_param("messages")

@@ -10,25 +10,39 @@ Payment is checked in two steps so that an unpaid request costs almost nothing:
 2. `charge(pending, quote, rows)`, once the body is parsed and the work is known: the fee is the
    quote's price for that many rows; it must be within what was authorised, and it is held
    against the escrow (and the allowance's cap) until the receipt is queued.
+
+The routes call both through `settle_reads` (`check_async` for step 1): the chain view never reads
+the chain inline on the event loop, so a read it has not cached is awaited in a worker thread and
+the step run again. `check_async` also claims the request id, so the same authorisation sent again
+is refused before its body is read, and a request id whose work began is never served again.
+
+Work is accepted only if it can be settled in time. Each offer's `min_expiry` (in the 402, and
+exactly what is enforced) is the height plus `settle_margin` blocks, plus for zkml the blocks the
+proving backlog and this proof take, and for an LLM the blocks of `llm_seconds` of generation. A
+zkml request is refused (503, Retry-After) when its proof cannot be made and settled within the
+chain's claim deadline, and an LLM stops generating when its authorisation nears expiry.
 """
 
 from __future__ import annotations
 
 import base64
 import json
+import math
 import secrets
-from collections import OrderedDict
-from collections.abc import Iterable, Mapping
+import threading
+from collections import OrderedDict, deque
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, replace
-from typing import Any, Protocol
+from typing import Any, ParamSpec, Protocol, TypeVar
 
 from haca.crypto.keys import SignatureError
-from haca.node.errors import PaymentRequired, RequestConflict
+from haca.node.chainview import DEFAULT_BLOCK_SECONDS, ReadPending
+from haca.node.errors import Overloaded, PaymentRequired, RequestConflict
 from haca.node.receipts import ReceiptStore
 from haca.node.x402v2 import decode_payment_signature
 from haca.node.x402v2 import payment_response_header as payment_response_header_v2
 from haca.types import fields
-from haca.types.modes import Mode
+from haca.types.modes import Mode, Status
 from haca.types.payment import (
     AUTHORIZATION_FIELDS,
     PaymentAuthorization,
@@ -44,6 +58,52 @@ X402_VERSION = 1
 PAYMENT_HEADER = "x-payment"
 PAYMENT_RESPONSE_HEADER = "X-PAYMENT-RESPONSE"
 SIGNER_CACHE_SIZE = 4096
+SPENT_IDS = 100_000  # request ids whose work began and did not end in a receipt, remembered (LRU)
+MAX_READS = 8  # chain reads one payment step may wait for before it gives up (it needs 3 or 4)
+DEFAULT_CLAIM_DEADLINE = 50  # blocks; the chain's `claim_deadline` when the view does not tell it
+CLAIM_SAFETY = 0.8  # share of the claim deadline the node plans to use (block times vary)
+DEFAULT_PROOF_SECONDS = 15.0  # a proof's time until the prover has measured one
+LLM_SECONDS = 20.0  # generation an LLM request's authorisation must leave time for
+PROOF_SAMPLES = 16
+
+P = ParamSpec("P")
+T = TypeVar("T")
+
+
+async def settle_reads(step: Callable[P, T], *args: P.args, **kwargs: P.kwargs) -> T:
+    """Run a payment step on the event loop; a chain read it lacks (ReadPending) is awaited off
+    the loop and the step run again (each step mutates nothing before its reads are done)."""
+    for _ in range(MAX_READS):
+        try:
+            return step(*args, **kwargs)
+        except ReadPending as pending:
+            await pending.wait()
+    return step(*args, **kwargs)
+
+
+class ProvingLoad:
+    """What the node's provers are committed to: proofs queued or running (`backlog`, the
+    receipts still proving), how many run at once, and how long one takes (the slowest of the
+    last few measured, `DEFAULT_PROOF_SECONDS` before the first)."""
+
+    def __init__(
+        self, backlog: Callable[[], int], workers: int = 1, proof_seconds: float = DEFAULT_PROOF_SECONDS
+    ) -> None:
+        self.backlog, self.workers, self.initial = backlog, max(1, workers), proof_seconds
+        self._samples: deque[float] = deque(maxlen=PROOF_SAMPLES)
+        self._lock = threading.Lock()  # the prover's thread observes, the event loop reads
+
+    @property
+    def measured(self) -> bool:
+        return bool(self._samples)
+
+    def observe(self, seconds: float) -> None:
+        with self._lock:
+            self._samples.append(seconds)
+
+    def proof_seconds(self) -> float:
+        with self._lock:
+            return max(self._samples) if self._samples else self.initial
 
 
 class PaymentView(Protocol):
@@ -119,6 +179,7 @@ class AcceptedPayment:
     reserved: int = 0  # escrow held for this request until its receipt is queued (see release)
     allowance_id: str = ""
     allowance_held: int = 0  # allowance cap held likewise
+    mode: str = ""
 
 
 class PaymentGate:
@@ -132,17 +193,76 @@ class PaymentGate:
         settle_margin: int = 5,
         authorization_blocks: int = 100,
         proving_blocks: int = 1000,
+        proving: ProvingLoad | None = None,
+        llm_seconds: float = LLM_SECONDS,
     ) -> None:
         self.node, self.chain_id, self.denom = node, chain_id, denom
         self.chain, self.store = chain, store
         self._held: dict[str, int] = {}  # client -> escrow held by requests in flight
         self._held_allowance: dict[str, int] = {}  # allowance id -> cap held by requests in flight
         self._in_flight: set[tuple[str, str]] = set()  # (client, request id) charged, receipt not yet queued
+        self._claimed: set[tuple[str, str]] = set()  # (client, request id) past check_async, not yet released
+        self._spent: OrderedDict[tuple[str, str], None] = OrderedDict()  # work began, no receipt came of it
+        self._zk_in_flight = 0  # zkml requests charged whose proof job is not queued yet
         self._signers: OrderedDict[bytes, str] = OrderedDict()  # API key -> its signer (recovery is the cost)
         self.settle_margin = settle_margin  # blocks the settler needs before an authorisation expires
         self.authorization_blocks = authorization_blocks
         # zkml answers settle only once proved: their authorisations must outlast a slow prove
         self.proving_blocks = proving_blocks
+        self.proving = proving or ProvingLoad(lambda: store.count(Status.PROVING.value))
+        self.llm_seconds = llm_seconds
+
+    # --- time: what the node can settle before an authorisation expires or a claim's deadline ---
+
+    def block_seconds(self) -> float:
+        """Seconds per block as the chain view measures them (a default for views that do not)."""
+        measure = getattr(self.chain, "block_interval", None)
+        return float(measure()) if measure is not None else DEFAULT_BLOCK_SECONDS
+
+    def claim_deadline(self) -> int:
+        read = getattr(self.chain, "claim_deadline", None)
+        return int(read()) if read is not None else DEFAULT_CLAIM_DEADLINE
+
+    def proving_seconds(self) -> float:
+        """Until a zkml request admitted now has its proof: the proofs ahead of it, spread over
+        the workers, then its own."""
+        ahead = self.proving.backlog() + self._zk_in_flight
+        return math.ceil((ahead + 1) / self.proving.workers) * self.proving.proof_seconds()
+
+    def min_expiry(self, quote: Quote, height: int) -> int:
+        """The earliest expiry this node accepts for `quote` now: the settle margin, plus the
+        blocks the work itself may take before its receipt can settle."""
+        blocks = self.settle_margin
+        if quote.mode == Mode.ZKML:
+            blocks += math.ceil(self.proving_seconds() / self.block_seconds())
+        elif quote.price_unit == "token":
+            blocks += math.ceil(self.llm_seconds / self.block_seconds())
+        return height + blocks
+
+    def seconds_left(self, expiry: int) -> float:
+        """How long work paid by an authorisation expiring at `expiry` may go on and its receipt
+        still settle (the settle margin kept): an LLM stops generating then."""
+        blocks = expiry - self.settle_margin - self.chain.height()
+        return max(0.0, blocks * self.block_seconds())
+
+    def _admit(self, quote: Quote) -> None:
+        """zkml: refuse (503) a proof that could not be made and settled within the claim deadline
+        if the client claimed the receipt at once. The first proof is admitted unmeasured."""
+        if quote.mode != Mode.ZKML:
+            return
+        block = self.block_seconds()
+        budget = self.claim_deadline() * block * CLAIM_SAFETY - self.settle_margin * block
+        needed = self.proving_seconds()
+        if needed <= budget:
+            return
+        if not self.proving.measured and self.proving.backlog() + self._zk_in_flight == 0:
+            return  # nothing else to measure the prover with
+        retry = max(1, math.ceil(needed - budget))
+        raise Overloaded(
+            f"the prover is busy: this proof would be ready in {needed:.0f} s, and a zkml answer must settle"
+            f" within {budget:.0f} s of a claim; retry in {retry} s",
+            retry_after=retry,
+        )
 
     # --- 402 ------------------------------------------------------------------------------------
 
@@ -155,6 +275,8 @@ class PaymentGate:
         }
 
     def _accept(self, quote: Quote, resource: str, height: int) -> dict[str, Any]:
+        least = self.min_expiry(quote, height)
+        suggested = self.proving_blocks if quote.mode == Mode.ZKML else self.authorization_blocks
         per = quote.price_unit
         if quote.price_unit == "token":
             per = f"prompt token, {quote.completion_price} per completion token"
@@ -178,15 +300,33 @@ class PaymentGate:
                 "max_rows": quote.max_rows,
                 "terms_height": quote.height,
                 "height": height,
-                "min_expiry": height + self.settle_margin,
-                "suggested_expiry": height
-                + (self.proving_blocks if quote.mode == Mode.ZKML else self.authorization_blocks),
+                "min_expiry": least,
+                "suggested_expiry": max(least, height + suggested),
                 "eip712": {"primaryType": "PaymentAuthorization", "fields": AUTHORIZATION_FIELDS},
                 "api_key": "or send 'Authorization: Bearer haca_…' from `haca allowance create`",
             },
         }
 
     # --- step 1: before the body ----------------------------------------------------------------
+
+    async def check_async(self, headers: Mapping[str, str], quotes: Mapping[tuple[str, str], Quote]) -> PendingPayment:
+        """`check` without blocking the event loop on the chain, then claim the request id: until
+        `abandon` or `release`, the same authorisation sent again is a 409 before its body is read."""
+        pending = await settle_reads(self.check, headers, quotes)
+        self.claim(pending)
+        return pending
+
+    def claim(self, pending: PendingPayment) -> None:
+        if pending.authorization is None:
+            return  # an allowance request has a fresh id of its own
+        request = (pending.client, pending.request_id)
+        if request in self._claimed or request in self._in_flight:
+            raise RequestConflict(f"request id {pending.request_id} is being served")
+        self._claimed.add(request)
+
+    def abandon(self, pending: PendingPayment) -> None:
+        """The request ended before it was charged (a bad body, a refusal): its id may be sent again."""
+        self._claimed.discard((pending.client, pending.request_id))
 
     def check(self, headers: Mapping[str, str], quotes: Mapping[tuple[str, str], Quote]) -> PendingPayment:
         """Check the request's payment from its headers alone; PaymentRequired (402) says what
@@ -233,10 +373,13 @@ class PaymentGate:
         quote = quotes.get((auth.model_id, auth.mode))
         if quote is None:
             raise PaymentRequired(f"this node does not serve {auth.model_id} in mode {auth.mode!r}")
+        self._expiry_covers(quote, auth.expiry)
         if auth.max_fee < quote.fee(1):
             raise PaymentRequired(f"max fee {auth.max_fee} is below the price {quote.fee(1)}")
-        if (auth.client, auth.request_id) in self._in_flight or self.store.has_request(auth.client, auth.request_id):
+        request = (auth.client, auth.request_id)
+        if request in self._in_flight or request in self._spent or self.store.has_request(*request):
             raise RequestConflict(f"request id {auth.request_id} was already served")
+        self._admit(quote)
         self._escrow_covers(auth.client, auth.max_fee, hold=False)
         return PendingPayment(SignedPayment("request", auth, signature), auth.client, auth.request_id)
 
@@ -284,6 +427,16 @@ class PaymentGate:
         if expiry < self.chain.height() + self.settle_margin:
             raise PaymentRequired(f"payment expires at height {expiry}, too soon to settle (now {self.chain.height()})")
 
+    def _expiry_covers(self, quote: Quote, expiry: int) -> None:
+        """The expiry leaves time for this mode's work and its settlement (the 402's min_expiry)."""
+        height = self.chain.height()
+        least = self.min_expiry(quote, height)
+        if expiry < least:
+            raise PaymentRequired(
+                f"payment expires at height {expiry}, too soon to settle (now {height}):"
+                f" {quote.mode} on {quote.model_name} needs an expiry of at least {least}"
+            )
+
     # --- step 2: the work is known --------------------------------------------------------------
 
     def charge(self, pending: PendingPayment, quote: Quote, rows: int) -> AcceptedPayment:
@@ -328,12 +481,17 @@ class PaymentGate:
             if (auth.model_id, auth.mode) != (quote.model_id, quote.mode):
                 raise PaymentRequired("authorisation is for another model or mode than the request's")
             request = (pending.client, pending.request_id)
-            # The same X-PAYMENT sent twice at once passes `check` twice: only one is charged and run.
-            if request in self._in_flight or self.store.has_request(*request):
+            # The same X-PAYMENT sent twice at once may pass `check` twice: only one is charged and run.
+            if request in self._in_flight or request in self._spent or self.store.has_request(*request):
                 raise RequestConflict(f"request id {pending.request_id} is being or was already served")
+        if auth is None:  # an allowance's mode is known only now (a per-request one's was checked)
+            self._expiry_covers(quote, value.expiry)
+        self._admit(quote)
+        if auth is not None:
             reserved = self._escrow_covers(pending.client, fee, hold=True)
             self._in_flight.add(request)
-            return AcceptedPayment(pending.payment, pending.client, pending.request_id, fee, reserved)
+            self._count_zk(quote.mode, +1)
+            return AcceptedPayment(pending.payment, pending.client, pending.request_id, fee, reserved, mode=quote.mode)
         allowance = pending.payment.value
         assert isinstance(allowance, SpendingAllowance)
         spent, revoked_from = self.chain.allowance(allowance)
@@ -347,9 +505,14 @@ class PaymentGate:
             )
         reserved = self._escrow_covers(pending.client, fee, hold=True)
         self._held_allowance[allowance.id] = held + fee
+        self._count_zk(quote.mode, +1)
         return AcceptedPayment(
-            pending.payment, pending.client, pending.request_id, fee, reserved, allowance.id, allowance_held=fee
+            pending.payment, pending.client, pending.request_id, fee, reserved, allowance.id, fee, quote.mode
         )
+
+    def _count_zk(self, mode: str, delta: int) -> None:
+        if mode == Mode.ZKML:
+            self._zk_in_flight = max(0, self._zk_in_flight + delta)
 
     def _escrow_covers(self, client: str, fee: int, hold: bool) -> int:
         """The client's escrow for this node, less what it is withdrawing, must pay this fee and
@@ -370,12 +533,22 @@ class PaymentGate:
             self._held[client] = self._held.get(client, 0) + cost
         return cost
 
-    def release(self, accepted: AcceptedPayment) -> None:
+    def release(self, accepted: AcceptedPayment, spent: bool = True) -> None:
         """Drop the hold taken by `charge` once the receipt is queued (it then counts as
         unsettled) or the request failed. Check, hold and release run on the event loop thread,
-        so concurrent requests of one client cannot together overdraw its escrow or allowance."""
+        so concurrent requests of one client cannot together overdraw its escrow or allowance.
+        `spent`: the work began, so the request id is never served again even without a receipt
+        (a replay would get the work again for free); False when it was refused before the work."""
         _drop(self._held, accepted.client, accepted.reserved)
-        self._in_flight.discard((accepted.client, accepted.request_id))
+        request = (accepted.client, accepted.request_id)
+        self._in_flight.discard(request)
+        self._claimed.discard(request)
+        self._count_zk(accepted.mode, -1)
+        if spent and not accepted.allowance_id:
+            self._spent[request] = None
+            self._spent.move_to_end(request)
+            while len(self._spent) > SPENT_IDS:
+                self._spent.popitem(last=False)
         if accepted.allowance_id:
             _drop(self._held_allowance, accepted.allowance_id, accepted.allowance_held)
 

@@ -18,6 +18,7 @@ from pathlib import Path
 import structlog
 
 from haca.node.metrics import Metrics
+from haca.node.payments import ProvingLoad
 from haca.node.receipts import ProofJob, ReceiptStore
 from haca.proofs.zk.circuit import Circuit
 
@@ -52,6 +53,7 @@ class Prover:
         self._thread = threading.Thread(target=self._loop, name="prover", daemon=True)
         self.proved_total = self.failed_total = 0
         self.metrics: Metrics | None = None  # the node's, when it runs in one
+        self.load: ProvingLoad | None = None  # the payment gate's estimate, fed each proof's time
 
     def _new_pool(self) -> ProcessPoolExecutor:
         return ProcessPoolExecutor(self.workers, mp_context=multiprocessing.get_context("spawn"))
@@ -112,9 +114,12 @@ class Prover:
         self._running[job.receipt_id] = future
         started = time.monotonic()
 
-        def done(_: object) -> None:
+        def done(finished: Future[bytes]) -> None:
+            seconds = time.monotonic() - started  # queue wait in the pool included
             if self.metrics is not None:
-                self.metrics.proving.observe(time.monotonic() - started)  # queue wait in the pool included
+                self.metrics.proving.observe(seconds)
+            if self.load is not None and not finished.cancelled() and finished.exception() is None:
+                self.load.observe(seconds)
             self._wake.set()
 
         future.add_done_callback(done)

@@ -17,6 +17,7 @@ from haca.attester.client import AsyncAttesterClient, AttesterClient, AttesterEr
 from haca.client.chain import ChainClient
 from haca.client.config import ClientConfig, KeyStore, connect
 from haca.client.errors import ConfigError, QueryFailed
+from haca.client.rpc import CometRpc
 from haca.crypto.keys import PrivateKey
 from haca.hub.client import HubClient
 from haca.node.api import create_app
@@ -38,6 +39,9 @@ from haca.types.registry import MsgRegisterNode, model_kind
 from haca.types.staking import MsgBond
 
 log = structlog.get_logger("haca.node")
+
+READ_TIMEOUT_S = 2.0  # a chain read on the request path; CometBFT answers a query in milliseconds
+SLOW_READ_S = 0.5
 
 
 @dataclass
@@ -81,6 +85,7 @@ class Node:
     enclave: EnclaveKey | None = None
     prover: Prover | None = None
     follower: ChainFollower | None = None
+    view: ChainView | None = None
 
     def app(self) -> Any:
         return create_app(self.context)
@@ -95,6 +100,9 @@ class Node:
         self.settler.stop()
         self.context.store.close()
         self.chain.close()
+        if self.view is not None:
+            self.view.close()
+            self.view.chain.close()
 
 
 def build_node(settings: NodeSettings) -> Node:
@@ -107,8 +115,10 @@ def build_node(settings: NodeSettings) -> Node:
     models = load_models(chain, HubClient(hub_url), settings)
     register(chain, key, settings, models)
     store = ReceiptStore(settings.data / "receipts.db")
-    view = ChainView(chain, key.address)
+    reads = read_client(config)
+    view = ChainView(reads, key.address)
     gate = PaymentGate(key.address, config.chain_id, config.denom, view, store)
+    gate.proving.workers = max(1, settings.provers)
     settler = Settler(store, chain, view, key, settings.batch_size, settings.flush_interval)
     enclave = open_enclave(chain, key, settings, settler.tx_lock) if Mode.TEE in settings.modes else None
     if settings.batches is not None:
@@ -128,8 +138,19 @@ def build_node(settings: NodeSettings) -> Node:
         )
         context.on_proof_job = prover.notify
         prover.metrics = context.metrics
-    follower = ChainFollower(chain.rpc.height, view.note_height, lambda: current_quotes(context))
-    return Node(settings, context, settler, chain, enclave, prover, follower)
+        prover.load = gate.proving  # measured proof times set what zkml work the node admits
+    follower = ChainFollower(reads.rpc.height, view.note_height, lambda: current_quotes(context))
+    return Node(settings, context, settler, chain, enclave, prover, follower, view)
+
+
+def read_client(config: ClientConfig) -> ChainClient:
+    """The chain client the request path reads through: short timeouts, and an endpoint slower
+    than SLOW_READ_S tried after the others, so a stalled RPC holds no request for long (the
+    settler keeps the default client: its txs may take a while)."""
+    reads = connect(config)
+    reads.rpc.close()
+    reads.rpc = CometRpc(config.rpc, timeout=READ_TIMEOUT_S, connect_timeout=1.0, slow_after=SLOW_READ_S)
+    return reads
 
 
 def root_signer(chain_id: str, key: PrivateKey, enclave: EnclaveKey | None) -> Callable[[MsgSettleBatch], bytes]:

@@ -13,6 +13,7 @@ import importlib.util
 import os
 import queue
 import threading
+import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -56,6 +57,7 @@ class Meter:
     max_tokens: int
     budget: Callable[[int], int] | None = None  # prompt tokens -> most completion tokens paid for
     cancelled: threading.Event = field(default_factory=threading.Event)
+    deadline: float | None = None  # time.monotonic() past which no token is generated
     prompt_tokens: int = 0
     completion_tokens: int = 0
     limit: int = 0  # completion tokens allowed once the prompt is known
@@ -95,7 +97,9 @@ def _metered_llama_class() -> type:
             for token in super().generate(tokens, *args, **kwargs):
                 if meter.cancelled.is_set():
                     return
-                if meter.completion_tokens >= meter.limit:
+                if meter.completion_tokens >= meter.limit or (
+                    meter.deadline is not None and time.monotonic() >= meter.deadline
+                ):
                     meter.stopped_by_budget = True
                     return  # llama-cpp-python then ends with finish_reason "length"
                 if not llama_cpp.llama_vocab_is_eog(self._model.vocab, token):
@@ -127,10 +131,12 @@ class LlmModel:
         emit: Callable[[str], None],
         budget: Callable[[int], int] | None = None,
         cancelled: threading.Event | None = None,
+        deadline: float | None = None,
     ) -> Outcome:
         """Run `request` on a free instance (the caller bounds concurrency to `slots`), calling
-        `emit` with each piece of text as it comes; blocking."""
-        meter = Meter(request.max_tokens, budget, cancelled or threading.Event())
+        `emit` with each piece of text as it comes; blocking. Generation stops (finish_reason
+        "length") at `deadline` (time.monotonic()): the node's receipt must be signed in time."""
+        meter = Meter(request.max_tokens, budget, cancelled or threading.Event(), deadline)
         llm = self._free.get()
         try:
             llm.meter = meter

@@ -28,7 +28,7 @@ def test_escrow_reads_are_cached_within_the_ttl():
 
 def test_a_fresh_escrow_read_goes_to_the_chain_and_refreshes_the_cache():
     chain = CountingChain()
-    view = ChainView(chain, "0xnode", ttl=60)  # type: ignore[arg-type]
+    view = ChainView(chain, "0xnode", ttl=60, recheck=0)  # type: ignore[arg-type]
     view.available_escrow("0xa")
     view.available_escrow("0xa", fresh=True)
     view.available_escrow("0xa")

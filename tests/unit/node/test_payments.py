@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import base64
 import json
+import math
 import re
 from dataclasses import replace
 from pathlib import Path
@@ -18,7 +19,8 @@ import pytest
 import haca.node.payments as payments
 from haca.client.payment import PaymentOffer, sign_payment
 from haca.node.errors import PaymentRequired, RequestConflict
-from haca.node.payments import AcceptedPayment, PaymentGate, PendingPayment, Quote
+from haca.node.chainview import DEFAULT_BLOCK_SECONDS
+from haca.node.payments import DEFAULT_PROOF_SECONDS, LLM_SECONDS, AcceptedPayment, PaymentGate, PendingPayment, Quote
 from haca.node.receipts import ReceiptStore
 from haca.types.payment import PaymentAuthorization, SpendingAllowance, encode_api_key
 from tests.unit.node.nodehelpers import (
@@ -119,6 +121,18 @@ def accept(
     return gate.charge(pending, quote, rows)
 
 
+def least_expiry(quote: Quote) -> int:
+    """The earliest expiry the gate takes for `quote` on an idle node (the fake view measures no
+    block time, so the default is used): the settle margin, plus the blocks of one unmeasured
+    proof (zkml) or of the generation time an LLM request may take."""
+    blocks = MARGIN
+    if quote.mode == "zkml":
+        blocks += math.ceil(DEFAULT_PROOF_SECONDS / DEFAULT_BLOCK_SECONDS)
+    elif quote.price_unit == "token":
+        blocks += math.ceil(LLM_SECONDS / DEFAULT_BLOCK_SECONDS)
+    return HEIGHT + blocks
+
+
 def assert_x402(requirements: dict[str, Any], error: str, quotes: list[Quote]) -> None:
     assert requirements["x402Version"] == 1
     assert requirements["error"] == error
@@ -140,7 +154,7 @@ def assert_x402(requirements: dict[str, Any], error: str, quotes: list[Quote]) -
         assert (extra["terms_height"], extra["height"]) == (quote.height, HEIGHT)
         # a zkml answer settles only once proved: its authorisation is suggested to last longer
         lasts = 1000 if quote.mode == "zkml" else 100
-        assert extra["min_expiry"] == HEIGHT + MARGIN and extra["suggested_expiry"] == HEIGHT + lasts
+        assert extra["min_expiry"] == least_expiry(quote) and extra["suggested_expiry"] == HEIGHT + lasts
         offer = PaymentOffer.from_402(requirements, quote.model_name, quote.mode)  # what a client needs is there
         assert offer == PaymentOffer(
             CHAIN_ID,
