@@ -18,8 +18,8 @@ import pytest
 
 import haca.node.payments as payments
 from haca.client.payment import PaymentOffer, sign_payment
-from haca.node.errors import PaymentRequired, RequestConflict
 from haca.node.chainview import DEFAULT_BLOCK_SECONDS
+from haca.node.errors import PaymentRequired, RequestConflict
 from haca.node.payments import DEFAULT_PROOF_SECONDS, LLM_SECONDS, AcceptedPayment, PaymentGate, PendingPayment, Quote
 from haca.node.receipts import ReceiptStore
 from haca.types.payment import PaymentAuthorization, SpendingAllowance, encode_api_key
