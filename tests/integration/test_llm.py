@@ -150,7 +150,8 @@ def test_an_x402_client_with_the_haca_scheme_registered_pays_and_its_receipt_set
 
     async def pay() -> httpx.Response:
         x402 = x402Client()
-        x402.register(caip2_network(net.handle.config.chain_id), HacaEscrowScheme(key))
+        # bounded by the model's price on chain, read with proofs
+        x402.register(caip2_network(net.handle.config.chain_id), HacaEscrowScheme(key, chain=net.chain))
         async with httpx.AsyncClient(transport=x402_httpx_transport(x402, wire), timeout=60) as http:
             body = {"model": EXAMPLE_LLM, "messages": MESSAGES, "max_tokens": 12}
             return await http.post(net.url + "/v1/chat/completions", json=body)

@@ -11,7 +11,6 @@ import dataclasses
 import json
 from collections.abc import Callable, Iterator
 from pathlib import Path
-from types import SimpleNamespace
 from typing import Any
 
 import httpx
@@ -332,18 +331,17 @@ def test_no_receipt_at_all_is_refused() -> None:
 
 
 class FakeChain:
-    """What the SDK reads from the chain for an LLM offer: the height, the model's terms in effect
-    and the node's registration."""
+    """What the SDK reads from the chain for an LLM offer, as proven reads at the node's height:
+    the model's terms in effect and the node's registration."""
 
     def __init__(self, manifest: dict[str, Any]) -> None:
         self.manifest = manifest
-        self.rpc = SimpleNamespace(height=lambda: node_helpers.HEIGHT)
 
-    def query(self, path: str, data: bytes) -> dict[str, Any]:
+    def query_proven_value(self, path: str, data: bytes = b"") -> tuple[dict[str, Any], int]:
         if path == "/registry/model_in_effect":
-            return self.manifest
+            return self.manifest, node_helpers.HEIGHT
         if path == "/registry/node":
-            return {"address": node_helpers.NODE.address, "modes": ["vanilla"]}
+            return {"address": node_helpers.NODE.address, "modes": ["vanilla"]}, node_helpers.HEIGHT
         raise QueryFailed(path)
 
     def close(self) -> None:

@@ -39,6 +39,7 @@ KEY = PrivateKey.from_seed("client")
 NODE = PrivateKey.from_seed("node").address
 IRIS, MLP = "sha256:" + "ab" * 32, "sha256:" + "cd" * 32
 URL = "http://node.test/v1/infer"
+ONE_TOKEN = 10**18  # an explicit max fee as high as x402's default cap (the chain's price bound: test_payer_bounds)
 
 
 def accept(model_id: str, model: str, mode: str, amount: int, expiry: int) -> dict[str, Any]:
@@ -93,7 +94,7 @@ def signed_authorization(payload: PaymentPayload | PaymentPayloadV1) -> tuple[Pa
 
 
 def test_the_sync_client_pays_the_first_offer_with_a_signature_the_node_accepts() -> None:
-    client = x402ClientSync().register(NETWORK, HacaEscrowScheme(KEY))  # default spend controls
+    client = x402ClientSync().register(NETWORK, HacaEscrowScheme(KEY, max_fee=ONE_TOKEN))  # default spend controls
     payload = client.create_payment_payload(payment_required())
     assert isinstance(payload, PaymentPayload)
     assert (payload.x402_version, payload.accepted.scheme, payload.accepted.network) == (2, "haca-escrow", NETWORK)
@@ -120,9 +121,17 @@ def test_the_async_client_with_an_offer_policy_pays_the_offer_asked_for() -> Non
     auth, signer = signed_authorization(payload)
     assert signer == KEY.address
     assert (auth.model_id, auth.mode, auth.max_fee, auth.expiry) == (MLP, "tee", 160_000, 111)
-    by_id = x402ClientSync().register(NETWORK, HacaEscrowScheme(KEY)).register_policy(offer_policy(MLP, "tee"))
+    by_id = (
+        x402ClientSync()
+        .register(NETWORK, HacaEscrowScheme(KEY, max_fee=ONE_TOKEN))
+        .register_policy(offer_policy(MLP, "tee"))
+    )
     assert signed_authorization(by_id.create_payment_payload(payment_required()))[0].model_id == MLP
-    nothing = x402ClientSync().register(NETWORK, HacaEscrowScheme(KEY)).register_policy(offer_policy("iris", "zkml"))
+    nothing = (
+        x402ClientSync()
+        .register(NETWORK, HacaEscrowScheme(KEY, max_fee=ONE_TOKEN))
+        .register_policy(offer_policy("iris", "zkml"))
+    )
     with pytest.raises(NoMatchingRequirementsError, match="filtered out by policies"):
         nothing.create_payment_payload(payment_required())
 
@@ -137,7 +146,7 @@ def test_an_amount_above_the_max_fee_is_refused() -> None:
 
 
 def test_default_spend_controls_know_the_denom_and_cap_one_whole_token() -> None:
-    scheme = HacaEscrowScheme(KEY)
+    scheme = HacaEscrowScheme(KEY, max_fee=ONE_TOKEN)
     assert scheme.find_default_asset("opg", NETWORK) == {
         "asset": "opg",
         "name": "HACA opg",
@@ -153,7 +162,7 @@ def test_default_spend_controls_know_the_denom_and_cap_one_whole_token() -> None
 
 
 def test_spend_controls_a_caller_sets_bound_what_is_signed() -> None:
-    capped = x402ClientSync().register(NETWORK, HacaEscrowScheme(KEY))
+    capped = x402ClientSync().register(NETWORK, HacaEscrowScheme(KEY, max_fee=ONE_TOKEN))
     capped.set_spend_controls(
         {"allowed_assets": [{"network": "haca:*", "asset": "opg", "max_amount_per_payment": "9999"}]}
     )
@@ -166,8 +175,12 @@ def test_spend_controls_a_caller_sets_bound_what_is_signed() -> None:
     # The cap x402Client passes to the scheme is enforced by the scheme too.
     requirement = payment_required().accepts[0]
     with pytest.raises(PaymentRequiredError, match="more than the spend cap 9999"):
-        HacaEscrowScheme(KEY).create_payment_payload(requirement, PaymentPayloadContext(max_amount_per_payment="9999"))
-    assert HacaEscrowScheme(KEY).create_payment_payload(requirement, PaymentPayloadContext())["signature"]
+        HacaEscrowScheme(KEY, max_fee=ONE_TOKEN).create_payment_payload(
+            requirement, PaymentPayloadContext(max_amount_per_payment="9999")
+        )
+    assert HacaEscrowScheme(KEY, max_fee=ONE_TOKEN).create_payment_payload(requirement, PaymentPayloadContext())[
+        "signature"
+    ]
 
 
 @pytest.mark.parametrize(
@@ -183,7 +196,7 @@ def test_spend_controls_a_caller_sets_bound_what_is_signed() -> None:
 def test_unusable_requirements_are_refused(change: dict[str, Any], message: str) -> None:
     requirement: PaymentRequirements = payment_required().accepts[0].model_copy(update=change)
     with pytest.raises(PaymentRequiredError, match=message):
-        HacaEscrowScheme(KEY).create_payment_payload(requirement)
+        HacaEscrowScheme(KEY, max_fee=ONE_TOKEN).create_payment_payload(requirement)
 
 
 def test_the_httpx_wrapper_retries_a_402_with_a_payment_signature() -> None:
@@ -206,7 +219,7 @@ def test_the_httpx_wrapper_retries_a_402_with_a_payment_signature() -> None:
         async with httpx.AsyncClient(transport=x402_httpx_transport(client, httpx.MockTransport(node))) as http:
             return await http.post(URL, json={"model": "iris", "mode": "vanilla", "input": [[1, 2, 3, 4]]})
 
-    answer = asyncio.run(call(HacaEscrowScheme(KEY)))
+    answer = asyncio.run(call(HacaEscrowScheme(KEY, max_fee=ONE_TOKEN)))
     assert answer.status_code == 200
     settled = decode_payment_response_header(answer.headers[PAYMENT_RESPONSE_HEADER])
     assert (settled.payer, settled.amount, settled.network) == (KEY.address, "10000", NETWORK)
