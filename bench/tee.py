@@ -434,7 +434,7 @@ def attester_round_trip(socket_path: Path, platform_dir: Path, chain_id: str, n:
     receipt = replace(make_item("tee", 1, "rtt").receipt.receipt, chain_id=chain_id)  # the attester's chain
     local, handled = [], []
     enclave = DevEnclave(platform_dir)
-    enclave.attest(chain_id, bytes(32))
+    enclave.attest(chain_id, "0x" + "00" * 20, bytes(32))
     handler = RequestHandler(enclave)
     for i in range(n):
         r = replace(receipt, timestamp=i)

@@ -52,8 +52,8 @@ class _Broken(Exception):
 # -- messages (shared by both clients) -------------------------------------------------------------------
 
 
-def _attest_request(chain_id: str, nonce: bytes) -> dict[str, Any]:
-    return {"op": "attest", "chain_id": chain_id, "nonce": bytes(nonce).hex()}
+def _attest_request(chain_id: str, node: str, nonce: bytes) -> dict[str, Any]:
+    return {"op": "attest", "chain_id": chain_id, "node": node, "nonce": bytes(nonce).hex()}
 
 
 def _sign_request(receipt: Receipt) -> dict[str, Any]:
@@ -121,8 +121,8 @@ class AttesterClient:
     def key(self) -> dict[str, Any]:
         return self._call({"op": "key"})
 
-    def attest(self, chain_id: str, nonce: bytes) -> Attestation:
-        return _attestation(self._call(_attest_request(chain_id, nonce)))
+    def attest(self, chain_id: str, node: str, nonce: bytes) -> Attestation:
+        return _attestation(self._call(_attest_request(chain_id, node, nonce)))
 
     def sign_receipt(self, receipt: Receipt) -> bytes:
         return _signature(self._call(_sign_request(receipt)))
@@ -240,8 +240,8 @@ class AsyncAttesterClient:
     async def key(self) -> dict[str, Any]:
         return await self._call({"op": "key"})
 
-    async def attest(self, chain_id: str, nonce: bytes) -> Attestation:
-        return _attestation(await self._call(_attest_request(chain_id, nonce)))
+    async def attest(self, chain_id: str, node: str, nonce: bytes) -> Attestation:
+        return _attestation(await self._call(_attest_request(chain_id, node, nonce)))
 
     async def sign_receipt(self, receipt: Receipt) -> bytes:
         return _signature(await self._call(_sign_request(receipt)))

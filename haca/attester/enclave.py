@@ -48,11 +48,11 @@ class DevEnclave:
         with self._lock:
             return frozenset(self._attested_chains)
 
-    def attest(self, chain_id: str, nonce: bytes, now: int | None = None) -> Attestation:
-        """Dev evidence binding this enclave's key to `chain_id` after `nonce` (a block hash)."""
+    def attest(self, chain_id: str, node: str, nonce: bytes, now: int | None = None) -> Attestation:
+        """Dev evidence binding this enclave's key to `node` on `chain_id` after `nonce` (a block hash)."""
         if not isinstance(chain_id, str) or not chain_id:
             raise ValueError("chain_id must be a non-empty string")
-        report_data = key_binding(chain_id, self.address, bytes(nonce))
+        report_data = key_binding(chain_id, node, self.address, bytes(nonce))
         evidence = make_dev_evidence(
             self._platform_key_pem,
             self._platform_chain_pem,

@@ -103,22 +103,25 @@ class RequestHandler:
         return self._key_answer
 
     def _attest(self, request: dict[str, Any]) -> dict[str, Any]:
-        chain_id, nonce_hex = request.get("chain_id"), request.get("nonce")
+        chain_id, nonce_hex, node = request.get("chain_id"), request.get("nonce"), request.get("node")
         if not isinstance(chain_id, str) or not chain_id:
             raise ValueError("attest needs chain_id, a non-empty string")
+        if not isinstance(node, str):
+            raise ValueError("attest needs node, the address of the node registering the key")
+        node = fields.address(node, "node")
         if not isinstance(nonce_hex, str):
             raise ValueError("attest needs nonce, hex text")
         try:
             nonce = bytes.fromhex(nonce_hex.removeprefix("0x"))
         except ValueError:
             raise ValueError("nonce is not hex") from None
-        att = self.enclave.attest(chain_id, nonce)
+        att = self.enclave.attest(chain_id, node, nonce)
         log.info("attester.attested", chain_id=chain_id, nonce=nonce.hex(), address=self.enclave.address)
         return {
             "format": att.format,
             "evidence": base64.b64encode(att.evidence).decode(),
             "endorsements": base64.b64encode(att.endorsements).decode(),
-            "report_data": key_binding(chain_id, self.enclave.address, nonce).hex(),
+            "report_data": key_binding(chain_id, node, self.enclave.address, nonce).hex(),
         }
 
     def _sign_receipt(self, request: dict[str, Any]) -> dict[str, Any]:

@@ -174,7 +174,7 @@ def _reverify_attestation(
     at = int(attestation["time"])
     claims = verify_attestation(evidence, at, policy.root_pems())
     policy.check_claims(claims, at)
-    check_binding(claims, chain_id, key, bytes.fromhex(attestation["nonce"][2:]))
+    check_binding(claims, chain_id, standing.node, key, bytes.fromhex(attestation["nonce"][2:]))
     if measurement_id(claims) != standing.measurement_id:
         raise EvidenceError("the attestation's measurement is not the one the chain recorded")
     return claims.to_json()

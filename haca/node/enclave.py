@@ -53,7 +53,7 @@ class EnclaveKey:
         """Register (or re-attest) the key with a nonce from the latest block; the new good-until."""
         height = self.chain.rpc.height()
         block_hash = bytes.fromhex(self.chain.rpc.block(height)["block_id"]["hash"])
-        attestation = self.attester.attest(self.chain.chain_id, block_hash)
+        attestation = self.attester.attest(self.chain.chain_id, self.account.address, block_hash)
         msg = MsgAttestEnclave(self.address, attestation.format, attestation.evidence, attestation.endorsements, height)
         with self.tx_lock:
             outcome = self.chain.send_msgs(self.account, (msg,))

@@ -53,7 +53,7 @@ def rogue(net: Net) -> dict[str, Any]:
     net.send("dev2", MsgRegisterNode("http://127.0.0.1:9", ("tee", "vanilla"), ("iris",), 0))
     net.send("dev3", MsgDeposit(net.key("dev2").address, 10**9))
     enclave = PrivateKey.from_seed("accountability rogue enclave")
-    net.send("dev2", net.attest_msg(enclave))
+    net.send("dev2", net.attest_msg(net.key("dev2").address, enclave))
     return {"node": net.key("dev2"), "client": net.key("dev3"), "enclave": enclave}
 
 
@@ -64,7 +64,7 @@ def honest(net: Net) -> dict[str, Any]:
     net.send("dev5", MsgRegisterNode("http://127.0.0.1:8", ("tee", "vanilla"), ("iris",), 0))
     net.send("dev6", MsgDeposit(net.key("dev5").address, 10**9))
     enclave = PrivateKey.from_seed("accountability honest enclave")
-    net.send("dev5", net.attest_msg(enclave))
+    net.send("dev5", net.attest_msg(net.key("dev5").address, enclave))
     escrow = net.escrow(net.key("dev6").address, net.key("dev5").address)
     return {"node": net.key("dev5"), "client": net.key("dev6"), "enclave": enclave, "escrow": escrow}
 

@@ -76,12 +76,13 @@ class Net:
         assert self.chain.balance(self.key(signer).address) == before
 
     def attest_msg(
-        self, enclave: PrivateKey, *, nonce_height: int | None = None, bound_key: str | None = None
+        self, node: str, enclave: PrivateKey, *, nonce_height: int | None = None, bound_key: str | None = None
     ) -> MsgAttestEnclave:
-        """Dev evidence registering `enclave`, bound to the hash of block `nonce_height` (default: latest)."""
+        """Dev evidence registering `enclave` for `node`, bound to the hash of block `nonce_height`
+        (default: latest)."""
         height = self.height() if nonce_height is None else nonce_height
         nonce = bytes.fromhex(self.chain.rpc.block(height)["block_id"]["hash"])
-        report = key_binding(self.chain_id, bound_key or enclave.address, nonce)
+        report = key_binding(self.chain_id, node, bound_key or enclave.address, nonce)
         now = int(time.time())
         evidence = make_dev_evidence(self.platform_key, self.platform_chain, dev_measurement(), report, now)
         return MsgAttestEnclave(enclave.address, "dev", evidence, b"", height)
@@ -189,18 +190,23 @@ def test_haca_verify_exits_0_for_the_tee_receipt_and_1_for_a_vanilla_one(net):
 
 def test_report_data_that_does_not_bind_the_key_is_refused(net, rogue):
     other = PrivateKey.from_seed("someone else's key")
-    msg = net.attest_msg(rogue["enclave"], bound_key=other.address)
+    msg = net.attest_msg(rogue["node"].address, rogue["enclave"], bound_key=other.address)
     net.refused("dev2", msg, codes.INVALID_ATTESTATION, "the report data does not bind key")
     assert net.chain.query("/tee/node_enclaves", rogue["node"].address.encode())["enclaves"] == []
 
 
 def test_a_stale_nonce_is_refused(net, rogue):
     stale = net.height() - NONCE_WINDOW - 1
-    net.refused("dev2", net.attest_msg(rogue["enclave"], nonce_height=stale), codes.INVALID_ATTESTATION, "stale nonce")
+    net.refused(
+        "dev2",
+        net.attest_msg(rogue["node"].address, rogue["enclave"], nonce_height=stale),
+        codes.INVALID_ATTESTATION,
+        "stale nonce",
+    )
 
 
 def test_a_tee_receipt_signed_by_the_node_account_key_is_refused(net, rogue):
-    net.send("dev2", net.attest_msg(rogue["enclave"]))
+    net.send("dev2", net.attest_msg(rogue["node"].address, rogue["enclave"]))
     escrow = net.escrow(rogue["client"].address, rogue["node"].address)
     forged = tee_item(net, rogue, 1, net.height(), signer=rogue["node"])
     net.refused("dev2", MsgSettle((forged,)), codes.INVALID_EVIDENCE, "signed by the node's account key")
@@ -208,7 +214,7 @@ def test_a_tee_receipt_signed_by_the_node_account_key_is_refused(net, rogue):
 
 
 def test_after_a_missed_heartbeat_receipts_stop_settling(net, rogue):
-    net.send("dev2", net.attest_msg(rogue["enclave"]))
+    net.send("dev2", net.attest_msg(rogue["node"].address, rogue["enclave"]))
     record = net.chain.query("/tee/enclave", rogue["enclave"].address.encode())["enclave"]
     good_until = int(record["good_until"])
     inside = tee_item(net, rogue, 2, net.height())
@@ -224,13 +230,18 @@ def test_after_a_missed_heartbeat_receipts_stop_settling(net, rogue):
 
 
 def test_a_revoked_measurement_stops_receipts_at_once(net, rogue):
-    net.send("dev2", net.attest_msg(rogue["enclave"]))
+    net.send("dev2", net.attest_msg(rogue["node"].address, rogue["enclave"]))
     signed_before = tee_item(net, rogue, 4, net.height())
     net.send("dev0", MsgRevokeMeasurement(DEV_MID, "*"))
     try:
         escrow = net.escrow(rogue["client"].address, rogue["node"].address)
         net.refused("dev2", MsgSettle((signed_before,)), codes.MEASUREMENT_NOT_APPROVED, "not approved")
-        net.refused("dev2", net.attest_msg(rogue["enclave"]), codes.MEASUREMENT_NOT_APPROVED, "not approved")
+        net.refused(
+            "dev2",
+            net.attest_msg(rogue["node"].address, rogue["enclave"]),
+            codes.MEASUREMENT_NOT_APPROVED,
+            "not approved",
+        )
         assert net.escrow(rogue["client"].address, rogue["node"].address) == escrow
     finally:
         net.send("dev0", MsgApproveMeasurement(DEV_MID, "*"))
@@ -240,7 +251,7 @@ def test_dev_evidence_is_refused_once_the_chain_forbids_dev(net, rogue):
     formats = net.chain.query("/tee/policy")["formats"]
     net.send("dev0", MsgSetTeePolicy({"formats": [f for f in formats if f != "dev"]}))
     try:
-        msg = net.attest_msg(rogue["enclave"])
+        msg = net.attest_msg(rogue["node"].address, rogue["enclave"])
         net.refused("dev2", msg, codes.INVALID_ATTESTATION, "the DEV attester is not allowed on this chain")
     finally:
         net.send("dev0", MsgSetTeePolicy({"formats": formats}))

@@ -1,8 +1,9 @@
 """What an enclave binds into its evidence when it registers a key, and how a measurement is named.
 
-The report data of a key registration is SHA-512(tag ‖ chain id ‖ key ‖ nonce), each part
-length-prefixed, so the evidence can only register this key, on this chain, after the block whose
-hash is the nonce: a replayed or pre-made document fails the binding.
+The report data of a key registration is SHA-512(tag ‖ chain id ‖ node ‖ key ‖ nonce), each part
+length-prefixed, so the evidence can only register this key, for this node, on this chain, after
+the block whose hash is the nonce: a replayed or pre-made document fails the binding, and another
+node submitting the same evidence first cannot take the key (and lock its node out of it).
 """
 
 from __future__ import annotations
@@ -11,7 +12,7 @@ import hashlib
 
 from haca.proofs.tee.claims import AttestationError, Claims
 
-KEY_BINDING_TAG = b"HACA-TEE-KEY-BINDING/v1"
+KEY_BINDING_TAG = b"HACA-TEE-KEY-BINDING/v2"
 
 # The registers that identify the code an enclave runs, per format (the rest is platform or data).
 MEASUREMENT_REGISTERS: dict[str, tuple[str, ...]] = {
@@ -27,9 +28,11 @@ def _framed(*parts: bytes) -> bytes:
     return b"".join(len(p).to_bytes(4, "big") + p for p in parts)
 
 
-def key_binding(chain_id: str, key: str, nonce: bytes) -> bytes:
-    """The 64 bytes of report data that register `key` (a 0x address) on `chain_id` after `nonce`."""
-    return hashlib.sha512(_framed(KEY_BINDING_TAG, chain_id.encode(), key.lower().encode(), nonce)).digest()
+def key_binding(chain_id: str, node: str, key: str, nonce: bytes) -> bytes:
+    """The 64 bytes of report data that register `key` (a 0x address) for `node` (a 0x address) on
+    `chain_id` after `nonce`."""
+    parts = (KEY_BINDING_TAG, chain_id.encode(), node.lower().encode(), key.lower().encode(), nonce)
+    return hashlib.sha512(_framed(*parts)).digest()
 
 
 def measurement_id(claims: Claims) -> str:

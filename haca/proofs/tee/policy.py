@@ -114,11 +114,12 @@ class TeePolicy:
             )
 
 
-def check_binding(claims: Claims, chain_id: str, key: str, nonce: bytes) -> None:
-    """The evidence's report data must be key_binding(chain id, key, nonce), exactly."""
-    if claims.report_data != key_binding(chain_id, key, nonce):
+def check_binding(claims: Claims, chain_id: str, node: str, key: str, nonce: bytes) -> None:
+    """The evidence's report data must be key_binding(chain id, node, key, nonce), exactly."""
+    if claims.report_data != key_binding(chain_id, node, key, nonce):
         raise AttestationError(
-            "binding", f"the report data does not bind key {key} to chain {chain_id!r} and the nonce given"
+            "binding",
+            f"the report data does not bind key {key} to node {node} on chain {chain_id!r} and the nonce given",
         )
 
 

@@ -28,6 +28,7 @@ from haca.types.receipt import Receipt
 
 CHAIN_ID = "haca-devnet"
 NONCE = bytes.fromhex("ab" * 32)
+NODE_ADDRESS = "0x" + "5e" * 20  # the node the enclave registers its key for
 CLIENT = PrivateKey.from_seed("client")
 
 
@@ -84,7 +85,7 @@ def running(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Running]:
 @pytest.fixture(scope="module")
 def attested(running: Running) -> Running:
     with AttesterClient(running.socket_path) as client:
-        client.attest(CHAIN_ID, NONCE)
+        client.attest(CHAIN_ID, NODE_ADDRESS, NONCE)
     return running
 
 
@@ -120,17 +121,17 @@ def test_key_with_both_clients(running: Running) -> None:
 def test_attested_evidence_verifies_and_binds_the_enclave_key(running: Running) -> None:
     now = int(time.time())
     with AttesterClient(running.socket_path) as client:
-        att = client.attest(CHAIN_ID, NONCE)
+        att = client.attest(CHAIN_ID, NODE_ADDRESS, NONCE)
 
     async def main() -> Attestation:
         async with AsyncAttesterClient(running.socket_path) as client:
-            return await client.attest("other-chain", NONCE)
+            return await client.attest("other-chain", NODE_ADDRESS, NONCE)
 
     async_att = asyncio.run(main())
     for chain_id, a in ((CHAIN_ID, att), ("other-chain", async_att)):
         claims = verify_attestation(a, now, {"dev": running.root_pem})
         assert claims.dev and claims.format == "dev" and claims.debug is False
-        assert claims.report_data == key_binding(chain_id, running.enclave.address, NONCE)
+        assert claims.report_data == key_binding(chain_id, NODE_ADDRESS, running.enclave.address, NONCE)
         assert claims.measurements == {"measurement": dev_measurement()}
         assert abs(claims.time - now) <= 5
         AttestationPolicy().check(claims)
@@ -239,7 +240,9 @@ def test_each_enclave_start_is_a_new_key_and_debug_is_claimed(running: Running) 
     a, b = DevEnclave(running.platform_dir), DevEnclave(running.platform_dir, debug=True)
     assert a.address != b.address and a.measurement == b.measurement == dev_measurement()
     assert a.attested_chains == frozenset()
-    claims = verify_attestation(b.attest(CHAIN_ID, NONCE, now=1_800_000_000), 1_800_000_000, {"dev": running.root_pem})
+    claims = verify_attestation(
+        b.attest(CHAIN_ID, NODE_ADDRESS, NONCE, now=1_800_000_000), 1_800_000_000, {"dev": running.root_pem}
+    )
     assert claims.debug is True and claims.time == 1_800_000_000
     with pytest.raises(AttestationError) as e:
         AttestationPolicy().check(claims)

@@ -120,10 +120,12 @@ def attest(
     platform: str = "",
     evidence_time: int | None = None,
     fmt: str = "dev",
+    node: str = NODE.address,
 ) -> MsgAttestEnclave:
-    """What a dev enclave holding `key` sends to (re-)register it, nonce = the last block's hash."""
+    """What a dev enclave holding `key` sends to (re-)register it for `node`, nonce = the last
+    block's hash."""
     nonce_height = chain.height if nonce_height is None else nonce_height
-    report = key_binding(CHAIN_ID, bound_key or key.address, block_hash_of(nonce_height))
+    report = key_binding(CHAIN_ID, node, bound_key or key.address, block_hash_of(nonce_height))
     evidence = make_dev_evidence(
         dev[f"{platform}key"],
         dev[f"{platform}chain"],
@@ -314,7 +316,16 @@ def test_the_node_account_key_cannot_be_registered_as_its_enclave_key(chain, dev
 
 def test_a_key_registered_by_one_node_cannot_be_claimed_by_another(chain, dev):
     ok(chain.deliver(NODE, attest(chain, dev)))
-    rejected(chain, NODE_B, attest(chain, dev), errors.Unauthorized.code, "is registered by node")
+    rejected(chain, NODE_B, attest(chain, dev, node=NODE_B.address), errors.Unauthorized.code, "is registered by node")
+
+
+def test_evidence_made_for_one_node_cannot_be_registered_first_by_another(chain, dev):
+    """Issue 19: the report data binds the node, so another tee node copying the evidence from the
+    mempool and submitting it first cannot take the enclave key and lock its node out of it."""
+    msg = attest(chain, dev)  # made by NODE's enclave, for NODE
+    rejected(chain, NODE_B, msg, errors.InvalidAttestation.code, "does not bind key")
+    ok(chain.deliver(NODE, msg))  # the rightful node registers its own key
+    assert chain.answer("/tee/enclave", ENCLAVE.address.encode())["enclave"]["node"] == NODE.address
 
 
 # --- receipts not signed by an attested key -------------------------------------------------------

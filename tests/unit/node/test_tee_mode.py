@@ -51,7 +51,7 @@ def attester(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
 def enclave_key(socket: Path, good_until: int) -> EnclaveKey:
     """The node's handle on its enclave, as if the chain had attested the key up to `good_until`."""
     sync = AttesterClient(socket)
-    sync.attest(CHAIN_ID, b"\x01" * 32)  # the enclave signs only for a chain it attested for
+    sync.attest(CHAIN_ID, NODE.address, b"\x01" * 32)  # the enclave signs only for a chain it attested for
     key = EnclaveKey(None, NODE, sync, AsyncAttesterClient(socket), threading.Lock())  # type: ignore[arg-type]
     key.good_until, key.attested_height = good_until, HEIGHT - 10
     return key

@@ -34,7 +34,7 @@ from haca.proofs.tee.dev import (
 CHAIN_ID = "haca-devnet"
 NONCE = bytes(range(32))
 KEY = PrivateKey.from_seed("dev-enclave")
-REPORT_DATA = key_binding(CHAIN_ID, KEY.address, NONCE)
+REPORT_DATA = key_binding(CHAIN_ID, "0x" + "5e" * 20, KEY.address, NONCE)
 MEASUREMENT = bytes([7]) * 32
 
 

@@ -45,7 +45,7 @@ def handle_attest_enclave(
         policy.check_format(msg.format)
         claims = _verified(tee, attestation, ctx.time, policy)
         policy.check_claims(claims, ctx.time)
-        check_binding(claims, ctx.chain_id, msg.key, nonce)
+        check_binding(claims, ctx.chain_id, ctx.signer, msg.key, nonce)
         mid = measurement_id(claims)
     except AttestationError as exc:
         raise InvalidAttestation(f"{msg.format} attestation refused: {exc}") from exc
