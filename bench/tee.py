@@ -256,7 +256,7 @@ def start_chain(work: Path, dev: tuple[bytes, bytes, bytes]) -> Chain:
     chain.block([chain.tx(OWNER, MODEL)])
     node_msg = MsgRegisterNode("http://node:8000", ("tee", "vanilla"), (MODEL.name,), 0)
     chain.block([chain.tx(NODE, node_msg), chain.tx(CLIENT, MsgDeposit(NODE.address, 10**12))])
-    report = key_binding(CHAIN_ID, ENCLAVE.address, chain.block_hash(chain.height))
+    report = key_binding(CHAIN_ID, NODE.address, ENCLAVE.address, chain.block_hash(chain.height))
     evidence = make_dev_evidence(
         platform_key, platform_chain, dev_measurement(), report, chain.block_time(chain.height + 1)
     )

@@ -82,7 +82,7 @@ def _scope(value: Any) -> str:
 @dataclass(frozen=True)
 class MsgAttestEnclave:
     """A node registers an enclave key, or re-attests it (a heartbeat): `evidence` must bind
-    key_binding(chain id, key, hash of block `nonce_height`) as its report data."""
+    key_binding(chain id, node, key, hash of block `nonce_height`) as its report data."""
 
     type_name: ClassVar[str] = "tee/attest_enclave"
     eip712_name: ClassVar[str] = "MsgAttestEnclave"
