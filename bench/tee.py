@@ -330,7 +330,7 @@ def attestation_cases(dev: tuple[bytes, bytes, bytes]) -> dict[str, tuple[Attest
     nitro, tdx, snp = FIXTURES / "nitro", FIXTURES / "tdx", FIXTURES / "snp"
     root, platform_key, platform_chain = dev
     now = int(time.time())
-    report = key_binding(CHAIN_ID, ENCLAVE.address, bytes(32))
+    report = key_binding(CHAIN_ID, NODE.address, ENCLAVE.address, bytes(32))
     dev_doc = make_dev_evidence(platform_key, platform_chain, dev_measurement(), report, now)
     return {
         "nitro": (Attestation("nitro", (nitro / "nitro_attestation.bin").read_bytes()), 1766668537, {}),
