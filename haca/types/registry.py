@@ -212,29 +212,41 @@ MAX_CIRCUIT_BYTES = 1 << 20  # a verifying key (EZKL's grow with the circuit: ~8
 @dataclass(frozen=True)
 class MsgRegisterCircuit:
     """Store an EZKL circuit's settings and verifying key on chain, by their sha256, so validators
-    verify zkml proofs with no network. Anyone may; a model names them by hash."""
+    verify zkml proofs with no network. Anyone may; a model names them by hash.
+
+    `model_id` (the sha256 of the ONNX bytes the circuit was compiled from) records, under the
+    signer's name, that the circuit is those bytes' circuit: a manifest may then name a circuit
+    only for the model id it was registered for (several registrations may bind one circuit to
+    several ids; nobody can take a binding away). "" registers the artefacts unbound (kept for
+    registrations made before bindings existed). The chain cannot check the claim itself: it
+    would have to recompile the model."""
 
     type_name: ClassVar[str] = "registry/register_circuit"
     eip712_name: ClassVar[str] = "MsgRegisterCircuit"
-    eip712_fields: ClassVar[list[tuple[str, str]]] = [("settings", "bytes"), ("vk", "bytes")]
+    eip712_fields: ClassVar[list[tuple[str, str]]] = [("settings", "bytes"), ("vk", "bytes"), ("modelId", "string")]
 
     settings: bytes
     vk: bytes
+    model_id: str = ""
 
     def to_json(self) -> dict[str, Any]:
-        return {"settings": "0x" + self.settings.hex(), "vk": "0x" + self.vk.hex()}
+        doc = {"settings": "0x" + self.settings.hex(), "vk": "0x" + self.vk.hex()}
+        return {**doc, "model_id": self.model_id} if self.model_id else doc
 
     def to_eip712(self) -> dict[str, Any]:
-        return {"settings": self.settings, "vk": self.vk}
+        return {"settings": self.settings, "vk": self.vk, "modelId": self.model_id}
 
     @classmethod
     def from_json(cls, value: dict[str, Any]) -> MsgRegisterCircuit:
-        doc = f.require_fields(value, {"settings", "vk"}, cls.type_name)
+        if not isinstance(value, dict):
+            raise ValueError(f"{cls.type_name} must be an object")
+        doc = f.require_fields({k: v for k, v in value.items() if k != "model_id"}, {"settings", "vk"}, cls.type_name)
         settings = f.hex_bytes(doc["settings"], "settings", MAX_SCHEMA_BYTES * 16)
         vk = f.hex_bytes(doc["vk"], "vk", MAX_CIRCUIT_BYTES)
         if not settings or not vk:
             raise ValueError("settings and vk must not be empty")
-        return cls(settings, vk)
+        model_id = f.model_id(value["model_id"]) if "model_id" in value else ""
+        return cls(settings, vk, model_id)
 
 
 @register_msg

@@ -136,6 +136,34 @@ def test_registering_another_name_with_a_model_id_owned_by_someone_else_does_not
         assert result.code == errors.Unauthorized.code
 
 
+def test_a_squatter_registering_the_uploaders_model_id_first_does_not_lock_the_uploader_out(chain):
+    """Issue 19: MALLORY saw OWNER's bytes on the hub and registered their id first under a name of
+    its own; OWNER still registers its own bytes under its own name."""
+    assert_ok(chain.deliver(MALLORY, dataclasses.replace(IRIS, name="iris-squat", price=1)))
+    assert chain.deliver(OWNER, IRIS).code == 0
+
+
+def test_a_model_id_under_several_names_resolves_to_the_name_the_node_serves(chain):
+    assert_ok(chain.deliver(MALLORY, dataclasses.replace(IRIS, name="iris-squat", price=1)))
+    assert_ok(chain.deliver(OWNER, IRIS))
+    assert_ok(chain.deliver(NODE_A, NODE_IRIS))  # serves OWNER's "iris"
+    height = chain.height
+    served = chain.answer("/registry/model_in_effect", f"{IRIS.model_id}@{height}@{NODE_A.address}".encode())
+    assert (served["name"], served["owner"], served["price"]) == ("iris", OWNER.address, "1000")
+    # without a node (or for a node serving neither name): the first name registered for the bytes
+    first = chain.answer("/registry/model_in_effect", f"{IRIS.model_id}@{height}".encode())
+    assert (first["name"], first["owner"]) == ("iris-squat", MALLORY.address)
+    other = chain.answer("/registry/model_in_effect", f"{IRIS.model_id}@{height}@{NODE_B.address}".encode())
+    assert other["name"] == "iris-squat"
+    bad = chain.query("/registry/model_in_effect", f"{IRIS.model_id}@{height}@nobody".encode())
+    assert bad.code == errors.InvalidQuery.code
+    # a node cannot list two names of one model id: its receipts, which name the bytes, would be ambiguous
+    both = dataclasses.replace(NODE_IRIS, models=("iris", "iris-squat"))
+    assert_rejected_without_state_change(
+        chain, NODE_B, chain.tx(NODE_B, both), errors.InvalidMessage.code, "same bytes"
+    )
+
+
 def test_models_query_lists_the_latest_version_of_every_model_by_name(chain):
     assert chain.answer("/registry/models") == {"models": []}
     chain.block([chain.tx(OWNER, IRIS), chain.tx(OWNER, DIGITS, offset=1), chain.tx(OWNER, IRIS_V2, offset=2)])

@@ -1,5 +1,6 @@
 """registry queries: /registry/model (data "name" or "name@version"), /registry/models,
-/registry/model_in_effect (data "sha256:<hex>@height": the terms that apply at that height),
+/registry/model_in_effect (data "sha256:<hex>@height[@node]": the terms that apply at that height, under
+the name that node serves those bytes by),
 /registry/node (data address), /registry/nodes."""
 
 from __future__ import annotations
@@ -32,14 +33,16 @@ def query_model(registry: RegistryKeeper, state: ReadableState, data: bytes) -> 
 def query_model_in_effect(
     registry: RegistryKeeper, state: ReadableState, data: bytes
 ) -> tuple[dict[str, Any], list[bytes]]:
-    model_id, _, height_text = data.decode(errors="replace").partition("@")
+    model_id, _, rest = data.decode(errors="replace").partition("@")
+    height_text, at, node_text = rest.partition("@")
     try:
         fields.model_id(model_id)
     except ValueError as exc:
-        raise InvalidQuery(f"query data must be 'sha256:<hex>@height': {exc}") from exc
+        raise InvalidQuery(f"query data must be 'sha256:<hex>@height[@node]': {exc}") from exc
     if not (height_text.isascii() and height_text.isdigit() and len(height_text) <= 19):
-        raise InvalidQuery("query data must be 'sha256:<hex>@height' (height a decimal number)")
-    manifest = registry.model_in_effect(state, model_id, int(height_text))
+        raise InvalidQuery("query data must be 'sha256:<hex>@height[@node]' (height a decimal number)")
+    node = address_arg(node_text.encode()) if at else None  # the name that node serves these bytes by
+    manifest = registry.model_in_effect(state, model_id, int(height_text), node)
     return manifest, [model_key(manifest["name"], manifest["version"])]
 
 
