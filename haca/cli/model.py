@@ -221,7 +221,8 @@ def build_and_publish_circuit(
     ):
         ref[field_name] = upload_file(hub_url, path, json_out, key).id
     settings, vk = circuit.settings_path.read_bytes(), circuit.vk_path.read_bytes()
-    client.send_msgs(key, (MsgRegisterCircuit(settings, vk),), wait=True)
+    # declared as the circuit of FILE's bytes: a manifest may name it only for that model id
+    client.send_msgs(key, (MsgRegisterCircuit(settings, vk, circuit.model_sha256),), wait=True)
     return ref
 
 

@@ -61,10 +61,14 @@ def verify_zkml_receipt(
     if not proof:
         return replace(result, reason="the node has no proof for this receipt yet")
     try:
-        manifest = chain.query_proven("/registry/model_in_effect", f"{receipt.model_id}@{receipt.height_hint}".encode())
+        # the terms of the name this node serves the bytes by (several names may hold one model id)
+        at = f"{receipt.model_id}@{receipt.height_hint}@{receipt.node}"
+        manifest = chain.query_proven("/registry/model_in_effect", at.encode())
         pinned = json.loads(manifest.raw).get("circuit")
         if not pinned:
             return replace(result, reason=f"model {receipt.model_id} has no zkml circuit on chain")
+        if pinned.get("input_visibility") not in ("hashed", "public") or pinned.get("output_visibility") != "public":
+            return replace(result, reason="the model's circuit does not bind the input and the output")
         settings, vk = _proven_blob(chain, pinned["settings_hash"]), _proven_blob(chain, pinned["vk_hash"])
         logrows = int(pinned["logrows"])
         _, values, _ = chain.query_proven_keys("/registry/srs")

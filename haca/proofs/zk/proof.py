@@ -5,6 +5,23 @@ commitment — bytes with bytes, no floats).
 
 Instances are EZKL's field elements as 64 hex digits (little-endian), one list per public tensor
 (for a hashed input: its Poseidon hash; for a public output: the quantized values).
+
+On the wire (a node's stored evidence, settlement txs, what validators and clients verify) a proof
+travels in a compact binary form, `encode_proof` / `decode_proof`: EZKL's proof JSON is ~22 KB for
+a ~3.8 KB proof (the proof bytes twice, as a list of numbers and as hex, plus pretty-printed
+instances), and a settlement tx pays per byte, so a zkml receipt cost its node more in tx fees than
+it earned. The encoding, all integers big-endian, nothing optional, nothing after:
+
+    "HZK", 0x01                    magic, then format version 1
+    u32 P, then P bytes            EZKL's proof transcript (1 <= P <= MAX_PROOF_BYTES)
+    u16 R (1..MAX_INSTANCE_ROWS)   rows of public instances
+    per row: u32 N, then N x 32    field elements as EZKL's 32 little-endian bytes, each < the
+                                   BN254 scalar modulus (one encoding per value)
+
+`ezkl_proof_json` turns it back into the JSON EZKL's verifier reads ({"instances", "proof"}).
+Evidence in the earlier form, EZKL's proof JSON (starting with "{"), is still decoded: a node's
+receipt queue (haca/node/receipts.py) keeps proofs made before the upgrade until they settle, and
+blocks settled with JSON proofs must replay to the same verdicts.
 """
 
 from __future__ import annotations
@@ -23,6 +40,10 @@ from haca.proofs.zk.circuit import Circuit
 
 Instances = tuple[tuple[str, ...], ...]
 MAX_PROOF_BYTES = 1 << 20
+PROOF_MAGIC = b"HZK\x01"
+MAX_INSTANCE_ROWS = 64
+FELT_BYTES = 32
+BN254_R = 21888242871839275222246405745257275088548364400416034343698204186575808495617  # scalar field
 
 
 class ProofError(EvidenceError):
@@ -31,7 +52,7 @@ class ProofError(EvidenceError):
 
 @dataclass(frozen=True)
 class ZkProof:
-    proof: bytes  # EZKL's proof JSON, as it wrote it
+    proof: bytes  # the wire encoding (`encode_proof`): what a node stores and settles with
     instances: Instances
 
 
@@ -53,17 +74,112 @@ def parse_instances(value: Any) -> Instances:
     return tuple(rows)
 
 
+def encode_proof(transcript: bytes, instances: Instances) -> bytes:
+    """The wire form of EZKL's proof transcript and its public instances (see the module docstring)."""
+    if not 1 <= len(transcript) <= MAX_PROOF_BYTES:
+        raise ProofError(f"a proof transcript is 1 to {MAX_PROOF_BYTES} bytes, not {len(transcript)}")
+    if not 1 <= len(instances) <= MAX_INSTANCE_ROWS:
+        raise ProofError(f"a proof has 1 to {MAX_INSTANCE_ROWS} rows of instances, not {len(instances)}")
+    out = [PROOF_MAGIC, len(transcript).to_bytes(4, "big"), transcript, len(instances).to_bytes(2, "big")]
+    for row in instances:
+        out.append(len(row).to_bytes(4, "big"))
+        out.extend(_felt_bytes(felt) for felt in row)
+    return b"".join(out)
+
+
+def encode_ezkl_proof(proof_json: bytes) -> bytes:
+    """EZKL's proof JSON (as `ezkl.prove` wrote it) in the wire form."""
+    transcript, instances = _decode_json(proof_json)
+    return encode_proof(transcript, instances)
+
+
+def decode_proof(data: bytes) -> tuple[bytes, Instances]:
+    """(EZKL's proof transcript, its public instances) from the wire form; ProofError naming what is
+    wrong for anything else: a bad magic, a length past the end, a field element out of range,
+    bytes left over."""
+    if not data.startswith(PROOF_MAGIC):
+        raise ProofError("the proof is not in HACA's binary proof encoding (magic HZK\\x01)")
+    reader = _Reader(data, len(PROOF_MAGIC))
+    size = reader.uint(4, "proof length")
+    if not 1 <= size <= MAX_PROOF_BYTES:
+        raise ProofError(f"the proof transcript length {size} is not 1 to {MAX_PROOF_BYTES}")
+    transcript = reader.take(size, "proof transcript")
+    rows_count = reader.uint(2, "instance row count")
+    if not 1 <= rows_count <= MAX_INSTANCE_ROWS:
+        raise ProofError(f"the proof has {rows_count} rows of instances; 1 to {MAX_INSTANCE_ROWS} expected")
+    rows = []
+    for r in range(rows_count):
+        count = reader.uint(4, f"instance row {r} length")
+        raw = reader.take(count * FELT_BYTES, f"instance row {r}")  # bounded by what is left, not by `count`
+        felts = []
+        for i in range(count):
+            felt = raw[i * FELT_BYTES : (i + 1) * FELT_BYTES]
+            if int.from_bytes(felt, "little") >= BN254_R:
+                raise ProofError(f"instance {r}.{i} is not a field element (not below the BN254 modulus)")
+            felts.append(felt.hex())
+        rows.append(tuple(felts))
+    if reader.offset != len(data):
+        raise ProofError(f"{len(data) - reader.offset} bytes follow the proof's last instance")
+    return transcript, tuple(rows)
+
+
+def ezkl_proof_json(evidence: bytes) -> bytes:
+    """What EZKL's verifier reads for this evidence: the proof JSON rebuilt from the wire form (only
+    the fields `ezkl.verify` uses), or earlier evidence that is EZKL's JSON already, as it is."""
+    if evidence.startswith(PROOF_MAGIC):
+        transcript, instances = decode_proof(evidence)
+        return json.dumps({"instances": [list(row) for row in instances], "proof": list(transcript)}).encode()
+    _decode_json(evidence)
+    return evidence
+
+
 def proof_instances(proof: bytes) -> Instances:
-    """The public instances a proof claims (not yet verified)."""
+    """The public instances a proof claims (not yet verified), from the wire form or, for evidence
+    made before it, EZKL's proof JSON."""
+    if proof.startswith(PROOF_MAGIC):
+        return decode_proof(proof)[1]
+    return _decode_json(proof)[1]
+
+
+def _decode_json(proof: bytes) -> tuple[bytes, Instances]:
     if len(proof) > MAX_PROOF_BYTES:
         raise ProofError(f"the proof is {len(proof)} bytes; at most {MAX_PROOF_BYTES}")
     try:
         doc = json.loads(proof)
     except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-        raise ProofError(f"the proof is not EZKL proof JSON: {exc}") from None
+        raise ProofError(f"the proof is neither HACA's binary proof encoding nor EZKL proof JSON: {exc}") from None
     if not isinstance(doc, dict) or not isinstance(doc.get("proof"), (str, list)):
         raise ProofError("the proof is not EZKL proof JSON (no proof field)")
-    return parse_instances(doc.get("instances"))
+    instances = parse_instances(doc.get("instances"))
+    transcript = doc["proof"]
+    try:
+        raw = bytes.fromhex(transcript.removeprefix("0x")) if isinstance(transcript, str) else bytes(transcript)
+    except (ValueError, TypeError):
+        raise ProofError("the proof field is neither hex nor a list of bytes") from None
+    return raw, instances
+
+
+def _felt_bytes(felt: str) -> bytes:
+    raw = bytes.fromhex(felt)
+    if len(raw) != FELT_BYTES or int.from_bytes(raw, "little") >= BN254_R:
+        raise ProofError(f"instance {felt!r} is not a field element")
+    return raw
+
+
+@dataclass
+class _Reader:
+    data: bytes
+    offset: int
+
+    def take(self, n: int, what: str) -> bytes:
+        if n > len(self.data) - self.offset:
+            raise ProofError(f"the proof is cut short: {what} needs {n} bytes, {len(self.data) - self.offset} left")
+        chunk = self.data[self.offset : self.offset + n]
+        self.offset += n
+        return chunk
+
+    def uint(self, n: int, what: str) -> int:
+        return int.from_bytes(self.take(n, what), "big")
 
 
 def instances_commitment(instances: Instances) -> str:
@@ -122,7 +238,8 @@ def prove(circuit: Circuit, inputs: Sequence[Sequence[float]], srs_path: Path) -
         except RuntimeError as exc:
             raise ProofError(f"ezkl could not prove: {exc}") from exc
         raw = proof.read_bytes()
-    return ZkProof(raw, proof_instances(raw))
+    transcript, instances = _decode_json(raw)
+    return ZkProof(encode_proof(transcript, instances), instances)
 
 
 _artefacts: Path | None = None  # this process's content-addressed copies of settings and keys
@@ -144,13 +261,14 @@ def _artefact_file(data: bytes, suffix: str) -> Path:
 
 def verify_proof(proof: bytes, settings: bytes, vk: bytes, srs_path: Path) -> Instances:
     """The proof's public instances if it verifies against this verifying key and settings;
-    ProofError with the reason otherwise. Deterministic: validators and clients run exactly this."""
+    ProofError with the reason otherwise. Deterministic: validators and clients run exactly this.
+    `proof` is the wire form (or, made before it, EZKL's proof JSON)."""
     import ezkl
 
     instances = proof_instances(proof)
     settings_path, vk_path = _artefact_file(settings, ".json"), _artefact_file(vk, ".key")
     with tempfile.NamedTemporaryFile(prefix="haca-proof-", suffix=".json") as proof_file:
-        proof_file.write(proof)
+        proof_file.write(ezkl_proof_json(proof))
         proof_file.flush()
         try:
             ok = ezkl.verify(proof_file.name, str(settings_path), str(vk_path), str(srs_path), False)

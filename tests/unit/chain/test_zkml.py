@@ -16,7 +16,15 @@ from haca.chain.genesis import AppGenesis, GenesisAccount
 from haca.chain.modules.inference.keeper import InferenceParams
 from haca.crypto.hashing import sha256
 from haca.crypto.keys import PrivateKey
-from haca.proofs.zk.proof import Instances, ZkProof, instances_commitment
+from haca.proofs.zk.proof import (
+    PROOF_MAGIC,
+    Instances,
+    ZkProof,
+    decode_proof,
+    encode_ezkl_proof,
+    encode_proof,
+    instances_commitment,
+)
 from haca.proofs.zk.srs import SrsError
 from haca.types.inference import MsgDeposit, MsgSettle, SettlementItem
 from haca.types.payment import PaymentAuthorization, SignedPayment
@@ -35,26 +43,37 @@ SCHEMA_IN = {"x": {"dtype": "float32", "shape": [1, 4]}}
 SCHEMA_OUT = {"y": {"dtype": "float32", "shape": [1, 3]}}
 
 
+def wire(proof: ZkProof) -> ZkProof:
+    """The proof as nodes settle it (a proof cached on disk before the binary encoding is JSON)."""
+    return proof if proof.proof.startswith(PROOF_MAGIC) else ZkProof(encode_ezkl_proof(proof.proof), proof.instances)
+
+
 @pytest.fixture(scope="module")
 def zk():  # type: ignore[no-untyped-def]
     a, b = tiny_circuit(1), tiny_circuit(2)
     return {
         "a": a,
         "b": b,
-        "proof": cached_proof(a, INPUT),
-        "other_input": cached_proof(a, OTHER_INPUT),
-        "other_model": cached_proof(b, INPUT),
+        "proof": wire(cached_proof(a, INPUT)),
+        "other_input": wire(cached_proof(a, OTHER_INPUT)),
+        "other_model": wire(cached_proof(b, INPUT)),
     }
+
+
+def model_id_of(name: str) -> str:
+    return "sha256:" + sha256(name.encode()).hex()
 
 
 def model_msg(name: str, circuit, modes: tuple[str, ...] = ("vanilla", "zkml")) -> MsgRegisterModel:  # type: ignore[no-untyped-def]
     ref = {"settings_hash": circuit.settings_hash, "vk_hash": circuit.vk_hash} if "zkml" in modes else None
-    model_id = "sha256:" + sha256(name.encode()).hex()
-    return MsgRegisterModel(name, model_id, SCHEMA_IN, SCHEMA_OUT, modes, PRICE, circuit=ref)
+    return MsgRegisterModel(name, model_id_of(name), SCHEMA_IN, SCHEMA_OUT, modes, PRICE, circuit=ref)
 
 
-def circuit_msg(circuit) -> MsgRegisterCircuit:  # type: ignore[no-untyped-def]
-    return MsgRegisterCircuit(circuit.settings_path.read_bytes(), circuit.vk_path.read_bytes())
+def circuit_msg(circuit, model: str = "") -> MsgRegisterCircuit:  # type: ignore[no-untyped-def]
+    """Register `circuit`, declared as the circuit of model `model`'s bytes (unbound for "")."""
+    return MsgRegisterCircuit(
+        circuit.settings_path.read_bytes(), circuit.vk_path.read_bytes(), model_id_of(model) if model else ""
+    )
 
 
 def genesis(zk) -> AppGenesis:  # type: ignore[no-untyped-def]
@@ -72,7 +91,9 @@ def chain(tmp_path, zk):  # type: ignore[no-untyped-def]
     node.init(genesis(zk))
     node.block()
     results = list(
-        node.block([node.tx(OWNER, circuit_msg(zk["a"])), node.tx(OWNER, circuit_msg(zk["b"]), offset=1)]).tx_results
+        node.block(
+            [node.tx(OWNER, circuit_msg(zk["a"], "tiny")), node.tx(OWNER, circuit_msg(zk["b"], "tiny-b"), offset=1)]
+        ).tx_results
     )
     models = (model_msg("tiny", zk["a"]), model_msg("tiny-b", zk["b"]), model_msg("plain", zk["a"], ("vanilla",)))
     results += node.block([node.tx(OWNER, m, offset=i) for i, m in enumerate(models)]).tx_results
@@ -156,7 +177,7 @@ def test_a_proof_under_another_models_key_is_refused(chain, zk):
 
 @pytest.mark.parametrize(
     "evidence, reason",
-    [(b"garbage", "not EZKL proof JSON"), (b"", "settles only with its proof")],
+    [(b"garbage", "neither HACA's binary proof encoding nor EZKL proof JSON"), (b"", "settles only with its proof")],
     ids=["garbage", "no_proof"],
 )
 def test_a_garbage_proof_or_none_is_refused(chain, zk, evidence, reason):
@@ -165,11 +186,65 @@ def test_a_garbage_proof_or_none_is_refused(chain, zk, evidence, reason):
 
 
 def test_a_truncated_proof_is_refused(chain, zk):
-    doc = json.loads(zk["proof"].proof)
-    doc["proof"] = doc["proof"][: len(doc["proof"]) // 2]
-    doc["hex_proof"] = doc["hex_proof"][: len(doc["hex_proof"]) // 2]
-    item = dataclasses.replace(zk_item(chain, 6, zk["proof"]), evidence=json.dumps(doc).encode())
+    transcript, instances = decode_proof(zk["proof"].proof)
+    half = encode_proof(transcript[: len(transcript) // 2], instances)
+    item = dataclasses.replace(zk_item(chain, 6, zk["proof"]), evidence=half)
     rejected(chain, item, errors.InvalidEvidence.code, "does not verify")
+
+
+def test_a_malformed_binary_proof_is_refused(chain, zk):
+    item = dataclasses.replace(zk_item(chain, 10, zk["proof"]), evidence=zk["proof"].proof + b"\x00")
+    rejected(chain, item, errors.InvalidEvidence.code, "bytes follow the proof's last instance")
+
+
+def test_a_proof_in_ezkls_json_still_settles(chain, zk):
+    """Evidence stored before the binary encoding (a node's receipt queue) still settles."""
+    from haca.proofs.zk.proof import ezkl_proof_json
+
+    item = dataclasses.replace(zk_item(chain, 11, zk["proof"]), evidence=ezkl_proof_json(zk["proof"].proof))
+    (result,) = chain.block([chain.tx(NODE, MsgSettle((item,)))]).tx_results
+    assert result.code == 0, result.log
+
+
+def _settings(zk, **run_args) -> bytes:  # type: ignore[no-untyped-def]
+    settings = json.loads(zk["a"].settings_path.read_bytes())
+    settings["run_args"].update(run_args)
+    return json.dumps(settings).encode()
+
+
+@pytest.mark.parametrize(
+    ("run_args", "reason"),
+    [
+        ({"input_visibility": "Private"}, "does not bind the input"),
+        ({"input_visibility": {"Hashed": {"hash_is_public": False, "outlets": []}}}, "does not bind the input"),
+        ({"output_visibility": "Private"}, "does not bind the output"),
+        ({"output_visibility": {"Hashed": {"hash_is_public": True, "outlets": []}}}, "does not bind the output"),
+        ({"param_visibility": "Private"}, "params must be fixed"),
+        ({"param_visibility": "Public"}, "params must be fixed"),
+    ],
+    ids=[
+        "private_input",
+        "unpublished_input_hash",
+        "private_output",
+        "hashed_output",
+        "private_params",
+        "public_params",
+    ],
+)
+def test_a_circuit_that_does_not_bind_input_and_output_is_refused_at_registration(chain, zk, run_args, reason):
+    msg = MsgRegisterCircuit(_settings(zk, **run_args), zk["a"].vk_path.read_bytes(), model_id_of("tiny"))
+    apphelpers.assert_rejected_without_state_change(
+        chain, OWNER, chain.tx(OWNER, msg), errors.InvalidMessage.code, reason, 3 * FUNDS
+    )
+
+
+def test_a_circuit_declared_for_other_bytes_is_refused_until_declared_for_these(chain, zk):
+    copy = model_msg("tiny-copy", zk["a"])  # other bytes naming circuit a, which OWNER declared for "tiny"
+    apphelpers.assert_rejected_without_state_change(
+        chain, OWNER, chain.tx(OWNER, copy), errors.Unauthorized.code, "registered for other model ids", 3 * FUNDS
+    )
+    assert chain.deliver(OWNER, circuit_msg(zk["a"], "tiny-copy")).code == 0  # declared for these bytes too
+    assert chain.deliver(OWNER, copy).code == 0
 
 
 def test_a_zkml_receipt_settled_after_its_authorisation_expired_is_refused(chain, zk):

@@ -13,8 +13,13 @@ import pytest
 
 from haca.proofs.zk.circuit import Circuit, build_circuit
 from haca.proofs.zk.proof import (
+    PROOF_MAGIC,
     ProofError,
     ZkProof,
+    decode_proof,
+    encode_ezkl_proof,
+    encode_proof,
+    ezkl_proof_json,
     instances_commitment,
     proof_instances,
     verify_proof,
@@ -37,7 +42,10 @@ class Setup:
 @pytest.fixture(scope="module")
 def zk() -> Setup:
     circuit, other = tiny_circuit(1), tiny_circuit(2)
-    return Setup(circuit, other, srs_of(circuit), cached_proof(circuit, INPUT))
+    proof = cached_proof(circuit, INPUT)
+    if not proof.proof.startswith(PROOF_MAGIC):  # a proof cached on disk before the binary encoding
+        proof = ZkProof(encode_ezkl_proof(proof.proof), proof.instances)
+    return Setup(circuit, other, srs_of(circuit), proof)
 
 
 def test_a_proof_verifies_and_carries_the_instances_the_witness_gave_at_answer_time(zk):
@@ -54,28 +62,38 @@ def test_a_proof_verifies_and_carries_the_instances_the_witness_gave_at_answer_t
 def test_plain_ezkl_verify_accepts_the_same_files(zk, tmp_path):
     import ezkl
 
-    (tmp_path / "proof.json").write_bytes(zk.proof.proof)
+    (tmp_path / "proof.json").write_bytes(ezkl_proof_json(zk.proof.proof))
     args = (str(zk.circuit.settings_path), str(zk.circuit.vk_path), str(zk.srs), False)
     assert ezkl.verify(str(tmp_path / "proof.json"), *args) is True
 
 
+def test_the_binary_proof_round_trips_and_verifies_like_the_json_it_came_from(zk):
+    """The wire form is a fraction of EZKL's JSON, decodes to the same transcript and instances,
+    and verifies to the same instances as the JSON (which stored evidence may still hold)."""
+    transcript, instances = decode_proof(zk.proof.proof)
+    assert encode_proof(transcript, instances) == zk.proof.proof and instances == zk.proof.instances
+    legacy = ezkl_proof_json(zk.proof.proof)
+    assert encode_ezkl_proof(legacy) == zk.proof.proof and len(zk.proof.proof) < len(legacy)
+    settings, vk = zk.circuit.settings_path.read_bytes(), zk.circuit.vk_path.read_bytes()
+    assert verify_proof(legacy, settings, vk, zk.srs) == verify_proof(zk.proof.proof, settings, vk, zk.srs)
+
+
 def _tampered(proof: bytes, change) -> bytes:  # type: ignore[no-untyped-def]
-    doc = json.loads(proof)
-    change(doc)
-    return json.dumps(doc).encode()
+    transcript, instances = decode_proof(proof)
+    rows = [list(row) for row in instances]
+    transcript = change(bytearray(transcript), rows)
+    return encode_proof(bytes(transcript), tuple(tuple(row) for row in rows))
 
 
-def _flip_proof_byte(doc: dict) -> None:
-    text = doc["hex_proof"] if doc.get("hex_proof") else None
-    if isinstance(doc["proof"], list):
-        doc["proof"][40] ^= 1
-    if text:
-        doc["hex_proof"] = text[:90] + ("0" if text[90] != "0" else "1") + text[91:]
+def _flip_proof_byte(transcript: bytearray, rows: list[list[str]]) -> bytearray:
+    transcript[40] ^= 1
+    return transcript
 
 
-def _change_output(doc: dict) -> None:
-    felt = doc["instances"][0][1]
-    doc["instances"][0][1] = ("1" if felt[0] != "1" else "2") + felt[1:]
+def _change_output(transcript: bytearray, rows: list[list[str]]) -> bytearray:
+    felt = rows[0][1]
+    rows[0][1] = ("1" if felt[0] != "1" else "2") + felt[1:]
+    return transcript
 
 
 @pytest.mark.parametrize(
@@ -102,8 +120,8 @@ def test_a_proof_under_another_models_key_or_settings_does_not_verify(zk):
 @pytest.mark.parametrize(
     "proof, reason",
     [
-        (b"", "not EZKL proof JSON"),
-        (b"garbage", "not EZKL proof JSON"),
+        (b"", "neither HACA's binary proof encoding nor EZKL proof JSON"),
+        (b"garbage", "neither HACA's binary proof encoding nor EZKL proof JSON"),
         (b'{"instances": [["00"]], "proof": "00"}', "64 hex digits"),
         (b'{"proof": "00"}', "no public instances"),
     ],
@@ -115,14 +133,10 @@ def test_a_garbage_or_truncated_proof_is_refused_with_a_reason(zk, proof, reason
 
 
 def test_a_truncated_proof_does_not_verify(zk):
-    doc = json.loads(zk.proof.proof)
-    for key in ("proof", "hex_proof"):
-        if isinstance(doc.get(key), list | str):
-            doc[key] = doc[key][: len(doc[key]) // 2]
+    transcript, instances = decode_proof(zk.proof.proof)
+    half = encode_proof(transcript[: len(transcript) // 2], instances)  # well-formed, but half a proof
     with pytest.raises(ProofError, match="does not verify"):
-        verify_proof(
-            json.dumps(doc).encode(), zk.circuit.settings_path.read_bytes(), zk.circuit.vk_path.read_bytes(), zk.srs
-        )
+        verify_proof(half, zk.circuit.settings_path.read_bytes(), zk.circuit.vk_path.read_bytes(), zk.srs)
 
 
 def test_a_built_circuit_is_reused_and_names_its_artefacts_by_hash(zk, tmp_path):
