@@ -182,3 +182,17 @@ def test_a_genesis_whose_unbonding_is_shorter_than_the_claim_window_and_deadline
     with pytest.raises(errors.InvalidGenesis, match="stake would leave before the claims"):
         parse_app_genesis(canonical_json(bad.to_json()))
     parse_app_genesis(canonical_json(base.to_json()))  # the same with the unbonding it needs
+
+
+def test_a_minimum_stake_raised_by_governance_during_the_window_voids_the_claim(chain):
+    item = tee_item(chain, 110)
+    ok(chain.deliver(CLIENT, MsgClaim(item.receipt, item.payment)))
+    deadline = chain.height + DEADLINE
+    ok(chain.deliver(AUTHORITY, MsgUpdateParams("staking", {"min_stake_tee": str(2 * STAKE)})))
+    refused = chain.deliver(NODE, MsgSettle((item,)))
+    assert refused.code == errors.InsufficientStake.code, refused.log
+    blocks_until(chain, deadline - 1)
+    events = chain.block().events
+    assert [e.type for e in events if e.type in ("slash", "claim_voided")] == ["claim_voided"]
+    assert stake(chain, NODE.address)["bonded"] == str(STAKE)
+    holds(chain)

@@ -107,6 +107,8 @@ def handle_claim(
         "signer": signer,
         "payment": msg.payment.kind,
         "nonce": auth.nonce if isinstance(auth, SpendingAllowance) else 0,
+        # the mode's minimum stake now: governance raising it later is not the node's fault
+        "min_stake": str(keeper.staking.params(ctx.state).min_stake((receipt.mode,))),
         "height": ctx.height,
         "deadline": deadline,
     }
@@ -132,13 +134,18 @@ def outside_cause(keeper: InferenceKeeper, tee: TeeKeeper, state: ReadableState,
 
     - the client revoked the allowance it paid with, effective before the deadline;
     - governance took the enclave's measurement approval away at some point of the window (it is
-      not approved now, or its approval is newer than the claim: a revocation came between).
+      not approved now, or its approval is newer than the claim: a revocation came between);
+    - governance raised the mode's minimum stake above a bond that met the minimum of the claim's
+      height (a node under the minimum cannot be paid).
     An expired authorisation or a drained lane cannot happen: a claim needs a payment that outlasts
     the deadline and holds the fee and the settlement fee from the lane."""
     if claim.get("payment") == "allowance":
         revoked = keeper.revoked_from(state, claim["client"], claim["node"], int(claim["nonce"]))
         if revoked and revoked <= int(claim["deadline"]):
             return f"the client revoked its allowance from height {revoked}"
+    bonded, least = keeper.staking.bonded(state, claim["node"]), int(claim.get("min_stake", 0))
+    if least <= bonded < keeper.staking.params(state).min_stake((claim["mode"],)):
+        return "governance raised the minimum stake of the mode above the node's bond"
     record = tee.enclave(state, claim.get("signer", ""))
     if record is not None and claim["mode"] == Mode.TEE:
         scope = tee.approved_scope(state, record["measurement_id"], [claim["model_name"]])
