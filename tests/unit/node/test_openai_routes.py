@@ -60,7 +60,20 @@ def _free_port() -> int:
         return int(s.getsockname()[1])
 
 
-def serve(tmp_path: Path, llm: LlmModel, queue: int = 8) -> Iterator[Node]:
+class TimedView(FakeView):
+    """A chain whose blocks come every `block` seconds (as the node's chain view measures them)."""
+
+    def __init__(self, block: float) -> None:
+        super().__init__()
+        self.block = block
+
+    def block_interval(self) -> float:
+        return self.block
+
+
+def serve(
+    tmp_path: Path, llm: LlmModel, queue: int = 8, view: FakeView | None = None, **gate_options: Any
+) -> Iterator[Node]:
     manifest = chain_manifest(
         name="smollm2",
         model_id=MODEL_ID,
@@ -74,10 +87,10 @@ def serve(tmp_path: Path, llm: LlmModel, queue: int = 8) -> Iterator[Node]:
     manifest.update(kind="gguf", completion_price=str(COMPLETION_PRICE))
     served = ServedModel(manifest, llm)
     store = ReceiptStore(tmp_path / "receipts.db")
-    view = FakeView()
+    view = view or FakeView()
     view.escrows[CLIENT.address] = 10**9
     view.manifests[MODEL_ID] = manifest
-    gate = PaymentGate(NODE.address, CHAIN_ID, DENOM, view, store)  # type: ignore[arg-type]
+    gate = PaymentGate(NODE.address, CHAIN_ID, DENOM, view, store, **gate_options)  # type: ignore[arg-type]
     ctx = NodeContext(NODE, CHAIN_ID, {"smollm2": served, MODEL_ID: served}, ("vanilla",), gate, store)
     ctx.llm_queue = queue
     port = _free_port()
@@ -346,3 +359,51 @@ def test_every_generation_runs_on_the_models_own_thread(tmp_path: Path, llm: Llm
         assert [a.status_code for a in answers] == [200] * 4
     assert len(threads) == 4
     assert set(threads) == {"llm_0"}
+
+
+# --- issue 19: no work the node cannot be paid for ------------------------------------------------
+
+
+def test_generation_stops_in_time_for_the_receipt_to_settle_before_the_authorisation_expires(
+    tmp_path: Path, llm: LlmModel
+):
+    # Blocks of 0.1 s and 1 s of generation asked of an authorisation: the least expiry is
+    # height + 5 (settle margin) + 10, and generation must stop 5 blocks before it.
+    for node in serve(tmp_path, llm, view=TimedView(0.1), llm_seconds=1.0):
+        required = json.loads(
+            base64.b64decode(post(node.url + "/v1/chat/completions", json=CHAT).headers[PAYMENT_REQUIRED_HEADER])
+        )
+        least = required["accepts"][0]["extra"]["min_expiry"]
+        assert least == HEIGHT + 5 + 10
+        request = {**CHAT, "messages": [{"role": "user", "content": "Write a long story."}], "max_tokens": 400}
+
+        def pay(n: int, expiry: int) -> dict[str, str]:
+            auth = PaymentAuthorization(
+                CHAIN_ID, CLIENT.address, NODE.address, "0x" + f"{n:064x}", MODEL_ID, "vanilla", 10**6, expiry
+            )
+            return {"X-PAYMENT": x_payment(auth)}
+
+        refused = post(node.url + "/v1/chat/completions", json=request, headers=pay(1, least - 1))
+        assert refused.status_code == 402 and refused.json()["error"]["code"] == "payment_required"
+        response = post(node.url + "/v1/chat/completions", json=request, headers=pay(2, least))
+        assert response.status_code == 200, response.text
+        doc = response.json()
+        assert doc["choices"][0]["finish_reason"] == "length" and doc["usage"]["completion_tokens"] < 400
+        receipt = stored_receipt(node, SignedReceipt.from_json(doc["haca"]["receipt"]).id)
+        text = doc["choices"][0]["message"]["content"]
+        assert_receipt_charges_usage(receipt, doc["usage"], request, text)
+
+
+def test_a_replayed_payment_whose_prompt_it_did_not_cover_is_refused_before_its_body_is_read(node: Node):
+    # The least payment, with a prompt of hundreds of tokens: refused once the prompt is counted
+    # (402); sent again, it is a 409 before the body is even parsed (here: not JSON at all).
+    auth = PaymentAuthorization(
+        CHAIN_ID, CLIENT.address, NODE.address, "0x" + "09" * 32, MODEL_ID, "vanilla", PROMPT_PRICE, HEIGHT + 100
+    )
+    header = {"X-PAYMENT": x_payment(auth)}
+    request = {**CHAT, "messages": [{"role": "user", "content": "word " * 300}]}
+    first = post(node.url + "/v1/chat/completions", json=request, headers=header)
+    assert first.status_code == 402, first.text
+    replay = post(node.url + "/v1/chat/completions", content=b"{" * 1000, headers=header)
+    assert replay.status_code == 409 and replay.json()["error"]["code"] == "request_conflict"
+    assert node.store.unsettled_count() == 0

@@ -17,7 +17,7 @@ from fastapi.testclient import TestClient
 from haca.client.payment import PaymentOffer, ReceiptInvalid, sign_payment, verify_answer
 from haca.node.api import create_app
 from haca.node.context import NodeContext, ServedModel
-from haca.node.payments import PaymentGate
+from haca.node.payments import PaymentGate, ProvingLoad
 from haca.node.receipts import ReceiptStore
 from haca.proofs.receipt import EvidenceError
 from haca.proofs.zk.instances import check_answer_instances, dequantized_outputs
@@ -141,3 +141,53 @@ def test_a_receipt_of_a_zkml_answer_is_signed_by_the_node(zknode):
     _, response = ask(zknode)
     signed = SignedReceipt.from_json(response.json()["receipt"])
     assert signed.receipt.mode == "zkml" and signed.receipt.signer(signed.signature) == NODE.address
+
+
+# --- issue 19: work the node could not settle in time is refused before it is done -------------
+
+
+def zk_offer(node: ZkNode) -> tuple[PaymentOffer, dict[str, Any]]:
+    required = node.client.post("/v1/infer", json={"model": "tiny"}).json()
+    (accept,) = [a for a in required["accepts"] if a["extra"]["mode"] == "zkml"]
+    return PaymentOffer.from_402(required, "tiny", "zkml"), accept["extra"]
+
+
+def test_a_zkml_payment_expiring_before_its_proof_can_settle_is_a_402_stating_the_min_expiry(zknode):
+    offer, extra = zk_offer(zknode)
+    least = extra["min_expiry"]
+    assert least > extra["height"] + 5  # the settle margin alone does not leave time to prove
+    _, header = sign_payment(CLIENT, dataclasses.replace(offer, expiry=least - 1), PRICE)
+    body = {"model": "tiny", "mode": "zkml", "input": INPUT}
+    response = zknode.client.post("/v1/infer", json=body, headers={"X-PAYMENT": header})
+    assert response.status_code == 402
+    assert f"needs an expiry of at least {least}" in response.json()["error"]
+    assert zknode.store.unsettled_count() == 0
+    _, header = sign_payment(CLIENT, dataclasses.replace(offer, expiry=least), PRICE)  # exactly the 402's
+    assert zknode.client.post("/v1/infer", json=body, headers={"X-PAYMENT": header}).status_code == 200
+
+
+def test_a_zkml_request_behind_too_long_a_proving_backlog_is_a_503_before_any_work(zknode, monkeypatch):
+    offer, _ = zk_offer(zknode)
+    _, header = sign_payment(CLIENT, offer, PRICE)
+    gate = zknode.client.app.state.context.gate  # type: ignore[attr-defined]
+    gate.proving = ProvingLoad(lambda: 5, workers=1, proof_seconds=13.0)  # 6 x 13 s > 50 blocks of 0.5 s
+    gate.proving.observe(13.0)
+
+    def no_work(*args: Any) -> Any:
+        raise AssertionError("the model ran")
+
+    monkeypatch.setattr(OnnxModel, "run", no_work)
+    body = {"model": "tiny", "mode": "zkml", "input": INPUT}
+    response = zknode.client.post("/v1/infer", json=body, headers={"X-PAYMENT": header})
+    assert response.status_code == 503 and response.json()["error"]["code"] == "overloaded"
+    assert int(response.headers["retry-after"]) >= 1
+    assert zknode.store.unsettled_count() == 0 and zknode.jobs == [] and gate._held == {}
+
+
+def test_a_zkml_input_far_outside_the_calibrated_range_is_a_json_422(zknode):
+    offer, _ = zk_offer(zknode)
+    _, header = sign_payment(CLIENT, offer, PRICE)
+    body = {"model": "tiny", "mode": "zkml", "input": [[1e6, 0.0, 0.0, 0.0]]}
+    response = zknode.client.post("/v1/infer", json=body, headers={"X-PAYMENT": header})
+    assert response.status_code == 422 and response.json()["error"]["code"] == "invalid_input"
+    assert zknode.store.unsettled_count() == 0 and zknode.jobs == []
