@@ -48,15 +48,29 @@ from pathlib import Path
 from typing import Any
 
 import haca
+from haca.chain.modules.auth.keeper import FeeParams
+from haca.chain.modules.inference.keeper import InferenceParams
 from haca.client.sdk import Client
 from haca.crypto.keys import PrivateKey
 from haca.devnet.network import Devnet, up
+from haca.devnet.services import EXAMPLE_PRICES
 from haca.proofs.verifier import CircuitArtefacts, VerdictCache, VerifyContext, ZkmlVerifier
 from haca.proofs.zk.circuit import Circuit, build_circuit, load_circuit
-from haca.proofs.zk.proof import Instances, instances_commitment, proof_instances, prove, verify_proof
+from haca.proofs.zk.proof import (
+    Instances,
+    decode_proof,
+    ezkl_proof_json,
+    instances_commitment,
+    proof_instances,
+    prove,
+    verify_proof,
+)
 from haca.proofs.zk.srs import file_sha256, make_dev_srs, srs_file
+from haca.types.inference import MsgSettle, SettlementItem
 from haca.types.modes import Status
+from haca.types.payment import PaymentAuthorization, SignedPayment
 from haca.types.receipt import Receipt, SignedReceipt
+from haca.types.tx import build_tx
 
 ROOT = Path(__file__).resolve().parent
 REPO = ROOT.parent
@@ -69,6 +83,8 @@ BENCH_CIRCUITS = BUILD / "bench-circuits"
 BENCH_SRS = BENCH_CIRCUITS / "srs"  # dev SRS of the other sizes, made here once
 TARGET_RATIO = 1.1
 TARGET_VERIFIED_PER_S = 20
+TARGET_FEE_RATIO = 1.0  # a zkml receipt's settlement tx fee at most the inference fee it earns
+BATCH_FIGURE = 5  # receipts per settlement tx for the per-receipt fee in a shared tx
 SIZES = ("tiny", "mlp-regressor", "digits-cnn")
 SMALL = ("tiny", "mlp-regressor")  # the circuits the verified/s target is for
 DIGITS_LOGROWS = 16
@@ -229,12 +245,54 @@ def settings_rows(circuit: Circuit) -> dict[str, Any]:
     }
 
 
-def proof_sizes(proof: bytes) -> dict[str, int]:
-    """The proof JSON's size and the size of the proof itself (its bytes, without the JSON around them)."""
-    doc = json.loads(proof)
-    raw = doc.get("hex_proof") or ""
-    size = (len(raw) - 2) // 2 if isinstance(raw, str) and raw.startswith("0x") else len(doc.get("proof") or [])
-    return {"json_bytes": len(proof), "proof_bytes": size}
+def proof_sizes(wire: bytes, ezkl_json: bytes | None = None) -> dict[str, int]:
+    """The wire form's size (what a settlement carries), the proof transcript's, and the JSON EZKL
+    writes for the same proof (what travelled before the binary encoding)."""
+    sizes = {"wire_bytes": len(wire), "proof_bytes": len(decode_proof(wire)[0])}
+    return {**sizes, "json_bytes": len(ezkl_json)} if ezkl_json is not None else sizes
+
+
+def settlement_fees(name: str, wire: bytes, ezkl_json: bytes | None = None) -> dict[str, Any]:
+    """At devnet prices (genesis fee params, the example model's price): the tx fee a node pays to
+    settle one zkml receipt alone (a MsgSettle of one item, proof included) against the inference
+    fee it earns. The settlement fee proper is burned from the client's escrow, not the node's."""
+    price = EXAMPLE_PRICES.get(name)
+    fees = FeeParams()
+    instances = proof_instances(wire)
+    receipt = SignedReceipt.from_json(zkml_receipt(instances, price or 0))
+    auth = PaymentAuthorization(
+        CHAIN_ID,
+        CLIENT.address,
+        NODE.address,
+        receipt.receipt.request_id,
+        receipt.receipt.model_id,
+        "zkml",
+        receipt.receipt.fee,
+        10**9,
+    )
+    payment = SignedPayment("request", auth, auth.sign(CLIENT))
+
+    def tx_fee(evidence: bytes, items: int = 1) -> int:
+        msg = MsgSettle(tuple(SettlementItem(receipt, payment, evidence) for _ in range(items)))
+        return build_tx(NODE, CHAIN_ID, 0, (msg,), fees.tx_fee_base, fees.tx_fee_per_byte).fee
+
+    out: dict[str, Any] = {
+        "tx_fee_base": fees.tx_fee_base,
+        "tx_fee_per_byte": fees.tx_fee_per_byte,
+        "settlement_tx_fee": tx_fee(wire),
+        # the settler packs several proofs per tx, sharing its base fee and envelope
+        f"settlement_tx_fee_per_receipt_batch_of_{BATCH_FIGURE}": tx_fee(wire, BATCH_FIGURE) // BATCH_FIGURE,
+        "inference_fee": price,
+        "burned_settlement_fee": InferenceParams().settlement_fee_for(price) if price is not None else None,
+    }
+    if ezkl_json is not None:
+        out["settlement_tx_fee_ezkl_json"] = tx_fee(ezkl_json)
+    if price:
+        out["tx_fee_per_inference_fee"] = round(out["settlement_tx_fee"] / price, 3)
+        batched = out[f"settlement_tx_fee_per_receipt_batch_of_{BATCH_FIGURE}"]
+        out[f"tx_fee_per_inference_fee_batch_of_{BATCH_FIGURE}"] = round(batched / price, 3)
+        out["ratio_met"] = out["tx_fee_per_inference_fee"] <= TARGET_FEE_RATIO
+    return out
 
 
 # --- (a) prove and verify: HACA against raw EZKL -----------------------------------------------------------
@@ -265,7 +323,7 @@ class RawEzkl:
         return bool(ezkl.verify(str(proof_file), str(c.settings_path), str(c.vk_path), str(self.srs), False))
 
 
-def zkml_receipt(instances: Instances) -> dict[str, Any]:
+def zkml_receipt(instances: Instances, fee: int = 1_000) -> dict[str, Any]:
     """A node-signed zkml receipt committing to these instances, as JSON (decoded afresh per check)."""
     receipt = Receipt(
         chain_id=CHAIN_ID,
@@ -276,7 +334,7 @@ def zkml_receipt(instances: Instances) -> dict[str, Any]:
         mode="zkml",
         input_hash="0x" + "11" * 32,
         output_hash="0x" + "22" * 32,
-        fee=1_000,
+        fee=fee,
         height_hint=10,
         timestamp=int(time.time()),
         instances_hash=instances_commitment(instances),
@@ -297,7 +355,7 @@ def bench_prove_verify(
     proofs: list[bytes] = []
     detail: list[dict[str, float]] = []
     loads: list[dict[str, float]] = []
-    haca_proof = b""
+    haca_proof, raw_json = b"", b""
     for r in range(rounds):
         times: dict[str, list[float]] = {"haca": [], "raw": []}
         for p in range(proves):
@@ -308,9 +366,11 @@ def bench_prove_verify(
                 proofs.append(proof)
                 if who == "haca":
                     haca_proof = proof
+                else:
+                    raw_json = proof
         made = proof_instances(haca_proof)
         proof_file = work / name / f"verify-{r}.json"
-        proof_file.write_bytes(haca_proof)
+        proof_file.write_bytes(ezkl_proof_json(haca_proof))  # raw EZKL reads its JSON
         receipt_json = zkml_receipt(made)
         vtimes: dict[str, list[float]] = {"haca": [], "raw": [], "validator": []}
         for v in range(-1, verifies):  # call -1 of each: a warm-up, not timed
@@ -349,7 +409,8 @@ def bench_prove_verify(
         (keep / f"{i}.json").write_bytes(proof)
     result: dict[str, Any] = {
         "circuit": {**settings_rows(circuit), "input_visibility": circuit.input_visibility},
-        "proof": proof_sizes(proofs[0]),
+        "proof": proof_sizes(haca_proof, raw_json),
+        "settlement": settlement_fees(name, haca_proof, raw_json),
         "proves_per_side_per_round": proves,
         "verifies_per_side_per_round": verifies,
         "rounds_detail": detail,
@@ -705,7 +766,13 @@ def ezkl_version() -> str:
 
 
 def summary(result: dict[str, Any]) -> dict[str, Any]:
-    out: dict[str, Any] = {"targets": {"ratio_vs_ezkl_max": TARGET_RATIO, "verified_per_s_min": TARGET_VERIFIED_PER_S}}
+    out: dict[str, Any] = {
+        "targets": {
+            "ratio_vs_ezkl_max": TARGET_RATIO,
+            "verified_per_s_min": TARGET_VERIFIED_PER_S,
+            "settlement_tx_fee_per_inference_fee_max": TARGET_FEE_RATIO,
+        }
+    }
     for name, s in result["sizes"].items():
         per_s = s["one_core"]["zk_proofs_verified_per_s"]
         row: dict[str, Any] = {
@@ -721,7 +788,11 @@ def summary(result: dict[str, Any]) -> dict[str, Any]:
             "verify_ratio_met": s["verify_ratio_vs_ezkl"]["median"] <= TARGET_RATIO,
             "validator_verify_ratio_vs_ezkl": s["validator_verify_ratio_vs_ezkl"],
             "proof_json_bytes": s["proof"]["json_bytes"],
+            "proof_wire_bytes": s["proof"]["wire_bytes"],
             "proof_bytes": s["proof"]["proof_bytes"],
+            "settlement_tx_fee": s["settlement"]["settlement_tx_fee"],
+            "inference_fee": s["settlement"]["inference_fee"],
+            "settlement_tx_fee_per_inference_fee": s["settlement"].get("tx_fee_per_inference_fee"),
             "zk_proofs_verified_per_s_one_core": per_s,
         }
         if name in SMALL:
