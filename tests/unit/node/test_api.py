@@ -180,7 +180,9 @@ def test_a_paid_inference_answers_the_output_with_a_node_signed_receipt_queued_b
             "settled_height": None,
             "error": None,
             "evidence": None,  # vanilla: no proof
+            "payment": stored.json()["payment"],  # what a claim on it must show (checked below)
         }
+        assert stored.json()["payment"]["value"]["request_id"] == auth.request_id
     stored_item = node.store.get(signed.id)
     assert stored_item is not None and stored_item.item.payment.value == auth
 
