@@ -14,6 +14,7 @@ import pytest
 from haca.client.sdk import Client
 from haca.client.zk import proof_from_chain
 from haca.devnet.layout import dev_srs_dir, example_models_dir
+from haca.proofs.zk.proof import ezkl_proof_json
 from haca.proofs.zk.srs import file_sha256, srs_file
 from tests.integration.helpers import assert_devnet_supply_holds, settlement_fee
 
@@ -51,7 +52,7 @@ def test_a_zkml_inference_answers_at_once_then_turns_verified_and_pays_the_node(
     import ezkl
 
     proof = tmp_path / "proof.json"
-    proof.write_bytes(bytes.fromhex(stored["evidence"][2:]))
+    proof.write_bytes(ezkl_proof_json(bytes.fromhex(stored["evidence"][2:])))  # the wire form, as EZKL JSON
     for name, digest in (
         ("settings.json", manifest["circuit"]["settings_hash"]),
         ("vk.key", manifest["circuit"]["vk_hash"]),

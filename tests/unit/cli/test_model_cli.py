@@ -15,7 +15,7 @@ from typer.testing import CliRunner
 from haca.cli.model import manifest_json, model_app, parse_modes, resolve_hub
 from haca.client.config import ClientConfig, KeyStore
 from haca.hub.api import create_app
-from haca.hub.quota import UploadLedger
+from haca.hub.quota import UploadLedger, blob_charge
 from haca.hub.schema import ONNX_DTYPES, onnx_schemas
 from haca.hub.store import BlobStore
 from tests.unit.hub.conftest import STRANGER, UPLOADER
@@ -236,7 +236,7 @@ def test_upload_to_a_hub(home: Path, model_file: Path, tmp_path: Path) -> None:
         assert code == 0 and again == answer
         human = runner.invoke(model_app, ["upload", str(model_file)])
         assert human.exit_code == 0 and answer["id"] in human.stdout
-    assert ledger.used(UPLOADER.address) == model_file.stat().st_size  # charged once
+    assert ledger.used(UPLOADER.address) == blob_charge(model_file.stat().st_size)  # charged once
 
 
 def test_upload_signed_by_a_non_uploader_is_refused(home: Path, model_file: Path, tmp_path: Path) -> None:
