@@ -111,7 +111,8 @@ def chain_terms(
     The quoted height must be near the proven one; the manifest must be for `model_id`, named
     `model`, in effect by then, and the chain must register `node` for `mode`."""
     try:
-        manifest, height = chain.query_proven_value("/registry/model_in_effect", f"{model_id}@{terms_height}".encode())
+        at = f"{model_id}@{terms_height}@{node.lower()}"  # under the name this node serves the bytes by
+        manifest, height = chain.query_proven_value("/registry/model_in_effect", at.encode())
         registered, _ = chain.query_proven_value("/registry/node", node.lower().encode())
     except QueryFailed as exc:
         raise PaymentRequiredError(f"the node's offer is not backed by the chain: {exc}") from exc

@@ -128,7 +128,8 @@ def verify_tee_receipt(chain: ChainClient, signed: SignedReceipt) -> ReceiptVeri
         signer = receipt_signer(signed)
     except EvidenceError as exc:
         return replace(result, reason=str(exc))
-    manifest = chain.query("/registry/model_in_effect", f"{receipt.model_id}@{receipt.height_hint}".encode())
+    at = f"{receipt.model_id}@{receipt.height_hint}@{receipt.node}"
+    manifest = chain.query("/registry/model_in_effect", at.encode())
     try:
         standing, attestation, height = proven_standing(chain, signer, receipt.height_hint, manifest["name"])
     except QueryFailed:

@@ -144,7 +144,8 @@ def _register(chain: ChainClient, publisher: Any, entry: dict[str, Any], model_i
     ref = None
     if circuit is not None:  # its settings and verifying key go on chain first, by hash
         chain.send_msgs(
-            publisher, (MsgRegisterCircuit(circuit.settings_path.read_bytes(), circuit.vk_path.read_bytes()),)
+            publisher,
+            (MsgRegisterCircuit(circuit.settings_path.read_bytes(), circuit.vk_path.read_bytes(), model_id),),
         )
         ref = {"settings_hash": circuit.settings_hash, "vk_hash": circuit.vk_hash}
     msg = MsgRegisterModel(entry["name"], model_id, schema, outputs, modes, price, unit, max_rows, ref)

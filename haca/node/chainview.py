@@ -221,7 +221,7 @@ class ChainView:
         def load() -> dict[str, Any] | None:
             try:
                 manifest: dict[str, Any] | None = self.chain.query(
-                    "/registry/model_in_effect", f"{model_id}@{height}".encode()
+                    "/registry/model_in_effect", f"{model_id}@{height}@{self.node}".encode()
                 )
             except QueryFailed:
                 manifest = None

@@ -481,7 +481,7 @@ TX_BUDGET = 200_000  # below the chain's 256 KiB tx limit, with room for the env
 
 def settlement_chunks(receipts: list[StoredReceipt], batch_size: int) -> list[list[StoredReceipt]]:
     """Batches of at most `batch_size` receipts whose tx stays within the chain's size limit
-    (a zkml proof is ~45 KB as hex: a few per tx)."""
+    (a zkml proof is ~8 KB as hex: a few per tx)."""
     chunks: list[list[StoredReceipt]] = []
     current: list[StoredReceipt] = []
     size = 0

@@ -181,7 +181,9 @@ class _BatchRun:
         key = (model, height)
         if key not in self._models:
             try:
-                manifest = self.registry.model_in_effect(self.ctx.state, self.msg.models[model], height)
+                manifest = self.registry.model_in_effect(
+                    self.ctx.state, self.msg.models[model], height, self.ctx.signer
+                )
                 if self.msg.mode not in manifest["modes"]:
                     raise Unauthorized(f"model {manifest['name']!r} does not allow mode {self.msg.mode!r}")
                 if manifest["name"] not in self.node["models"]:

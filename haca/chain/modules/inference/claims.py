@@ -70,7 +70,7 @@ def handle_claim(
         raise ClaimConflict(f"request {receipt.request_id} was already settled by receipt {settled}")
     params = keeper.params(ctx.state)
     deadline = ctx.height + params.claim_deadline
-    manifest = registry.model_in_effect(ctx.state, receipt.model_id, receipt.height_hint)
+    manifest = registry.model_in_effect(ctx.state, receipt.model_id, receipt.height_hint, receipt.node)
     if receipt.height_hint > ctx.height:
         raise ClaimConflict(f"receipt claims height {receipt.height_hint}, the chain is at {ctx.height}")
     if ctx.height > receipt.height_hint + params.claim_window:

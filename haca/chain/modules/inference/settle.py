@@ -50,7 +50,7 @@ def settle_item(
         raise InvalidPayment(f"receipt is for chain {receipt.chain_id!r}")
     if receipt.height_hint > ctx.height:
         raise InvalidPayment(f"receipt claims height {receipt.height_hint}, the chain is at {ctx.height}")
-    manifest = registry.model_in_effect(ctx.state, receipt.model_id, receipt.height_hint)
+    manifest = registry.model_in_effect(ctx.state, receipt.model_id, receipt.height_hint, receipt.node)
     node = registry.node(ctx.state, ctx.signer)
     if receipt.mode not in manifest["modes"]:
         raise Unauthorized(f"model {manifest['name']!r} does not allow mode {receipt.mode!r}")
