@@ -21,6 +21,7 @@ import httpx
 
 from haca.chain.genesis import AppGenesis, GenesisAccount, TeeGenesis
 from haca.chain.home import ValidatorHome, unix_socket_path
+from haca.chain.modules.inference.keeper import InferenceParams
 from haca.chain.modules.staking.keeper import StakingParams
 from haca.chain.supervisor import ValidatorError, configure, init_validator
 from haca.client.config import ClientConfig, KeyStore
@@ -41,8 +42,16 @@ DEV_ROOT_DIR = "dev-root"  # the devnet's DEV attestation root (key and certific
 
 # A devnet's minimum stakes: a node must bond to serve, more for the verified modes (what it can
 # be slashed from when a claim against it expires or it equivocates). The unbonding period is the
-# default one: it must outlast the claim window and deadline (haca.chain.windows).
-DEVNET_STAKING = StakingParams(min_stake_vanilla=10**18, min_stake_tee=10**20, min_stake_zkml=10**20)
+# default one plus the longer claim deadline: it must outlast the claim window and deadline
+# (haca.chain.windows). A devnet's blocks come every few hundred ms, so its claim deadline is
+# counted in more blocks than a real chain's: a node must be able to prove a zkml answer inside it.
+DEVNET_INFERENCE = InferenceParams(claim_deadline=200)
+DEVNET_STAKING = StakingParams(
+    unbonding_period=DEVNET_INFERENCE.claim_window + DEVNET_INFERENCE.claim_deadline,
+    min_stake_vanilla=10**18,
+    min_stake_tee=10**20,
+    min_stake_zkml=10**20,
+)
 
 
 class DevnetError(RuntimeError):
@@ -212,6 +221,7 @@ class Devnet:
                 authorities=(authority,),
                 tee=tee,
                 srs=srs,
+                inference=DEVNET_INFERENCE,
                 staking=DEVNET_STAKING,
                 bonds=tuple(
                     sorted(
