@@ -106,26 +106,39 @@ class ChainClient:
     def verify_latest(self) -> int:
         """Verify the RPC's latest commit (light client) and return the highest height verified so
         far: that commit's, or a higher one seen before (an RPC cannot move it back)."""
+        self._latest_header()
+        return self._latest_verified
+
+    def _latest_header(self) -> tuple[int, bytes]:
+        """The RPC's latest commit, verified: (its height, its app hash)."""
         signed = self.rpc.call("commit")["signed_header"]  # no height: the latest commit
         try:
             height = int(signed["header"]["height"])
         except (KeyError, TypeError, ValueError) as exc:
             raise ProofInvalid(f"the latest commit is malformed: {exc!r}") from exc
-        self._verify_header(signed, height)
-        return self._latest_verified
+        return height, self._verify_header(signed, height)
+
+    def _proven_response(self, path: str, data: bytes, timeout: float) -> tuple[dict[str, Any], int, bytes]:
+        """A prove=true answer, its height (fresh: see _fresh_height) and the verified app hash its
+        proofs are checked against. The state asked for is the one just before the latest verified
+        header, whose app hash that header carries: no wait for the next block."""
+        header_height, header_app_hash = self._latest_header()
+        at = header_height - 1 if header_height > 1 else 0
+        response = self.rpc.abci_query(path, data, height=at, prove=True)
+        height = self._fresh_height(path, response)
+        if at and height == at:
+            return response, height, header_app_hash
+        return response, height, self.app_hash_after(height, timeout)
 
     def query_proven(self, path: str, data: bytes = b"", timeout: float = 15.0) -> ProvenValue:
         """Query with prove=true and check the proof against the app hash CometBFT committed
         for that state: it is in the header of the next height, which 2/3 of validators signed.
         StaleProof when the answer's height is too far behind the latest verified header."""
-        self.verify_latest()
-        response = self.rpc.abci_query(path, data, prove=True)
-        height = self._fresh_height(path, response)
+        response, height, app_hash = self._proven_response(path, data, timeout)
         ops = (response.get("proofOps") or {}).get("ops") or []
         if len(ops) != 1 or ops[0]["type"] != PROOF_OP_TYPE:
             raise ProofInvalid(f"{path}: expected one {PROOF_OP_TYPE} proof op, got {ops}")
         key, proof = b64(response["key"]), b64(ops[0]["data"])
-        app_hash = self.app_hash_after(height, timeout)
         try:
             raw = verify_proof(app_hash, key, proof)
         except ProofError as exc:
@@ -151,13 +164,10 @@ class ChainClient:
         """Query with prove=true; every proof op is checked against the app hash of that height
         (light-client verified), which must be recent as in query_proven. The answer, each proven
         key's value (b"" where absent), the height."""
-        self.verify_latest()
-        response = self.rpc.abci_query(path, data, prove=True)
-        height = self._fresh_height(path, response)
+        response, height, app_hash = self._proven_response(path, data, timeout)
         ops = (response.get("proofOps") or {}).get("ops") or []
         if not ops or any(op["type"] != PROOF_OP_TYPE for op in ops):
             raise ProofInvalid(f"{path}: expected {PROOF_OP_TYPE} proof ops, got {ops}")
-        app_hash = self.app_hash_after(height, timeout)
         values: dict[bytes, bytes] = {}
         for op in ops:
             key = b64(op["key"])

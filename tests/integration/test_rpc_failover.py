@@ -13,6 +13,7 @@ import pytest
 
 from haca.client.config import ClientConfig, connect
 from haca.client.sdk import Client
+from haca.node.chainview import MAX_STALE
 
 from .helpers import wait_height
 
@@ -71,7 +72,8 @@ def test_with_every_validator_stopped_the_node_answers_503_json_and_recovers(inf
         for validator in validators:
             net.net.stop(validator.name)
         try:
-            time.sleep(1.5)  # past the node's short chain caches
+            # past what the node serves while it cannot refresh (stale-while-revalidate, MAX_STALE)
+            time.sleep(MAX_STALE + 1.5)
             # the node's 402 quotes an expiry from the chain height: with no RPC answering, a 503
             response = httpx.post(f"{node_url(net)}/v1/infer", json={"model": "iris", "input": IRIS}, timeout=30)
             assert response.status_code == 503, response.text
