@@ -21,7 +21,15 @@ import time
 from dataclasses import dataclass
 from typing import Any
 
-from haca.client.errors import ChainUnavailable, HacaError, ProofInvalid, RpcError, StaleProof, TxRejected
+from haca.client.errors import (
+    ChainUnavailable,
+    HacaError,
+    ProofInvalid,
+    QueryFailed,
+    RpcError,
+    StaleProof,
+    TxRejected,
+)
 from haca.client.light import LightClientError, validators_from_rpc, verify_signed_header
 from haca.client.rpc import CometRpc, b64
 from haca.crypto.keys import PrivateKey
@@ -121,10 +129,18 @@ class ChainClient:
     def _proven_response(self, path: str, data: bytes, timeout: float) -> tuple[dict[str, Any], int, bytes]:
         """A prove=true answer, its height (fresh: see _fresh_height) and the verified app hash its
         proofs are checked against. The state asked for is the one just before the latest verified
-        header, whose app hash that header carries: no wait for the next block."""
+        header, whose app hash that header carries: no wait for the next block. When that state has
+        nothing at the path (a record the last block wrote), the latest state, checked once the
+        next header exists."""
         header_height, header_app_hash = self._latest_header()
         at = header_height - 1 if header_height > 1 else 0
-        response = self.rpc.abci_query(path, data, height=at, prove=True)
+        try:
+            response = self.rpc.abci_query(path, data, height=at, prove=True)
+        except QueryFailed:
+            if not at:
+                raise
+            at = 0
+            response = self.rpc.abci_query(path, data, prove=True)
         height = self._fresh_height(path, response)
         if at and height == at:
             return response, height, header_app_hash

@@ -43,9 +43,10 @@ DEV_ROOT_DIR = "dev-root"  # the devnet's DEV attestation root (key and certific
 # A devnet's minimum stakes: a node must bond to serve, more for the verified modes (what it can
 # be slashed from when a claim against it expires or it equivocates). The unbonding period is the
 # default one plus the longer claim deadline: it must outlast the claim window and deadline
-# (haca.chain.windows). A devnet's blocks come every few hundred ms, so its claim deadline is
-# counted in more blocks than a real chain's: a node must be able to prove a zkml answer inside it.
-DEVNET_INFERENCE = InferenceParams(claim_deadline=200)
+# (haca.chain.windows). A devnet's blocks come every few hundred ms, so its windows are counted in
+# more blocks than a real chain's: a node must be able to prove a zkml answer inside the deadline,
+# and to settle (a receipt settles within the claim window of its height) across a restart.
+DEVNET_INFERENCE = InferenceParams(claim_deadline=200, claim_window=2000)
 DEVNET_STAKING = StakingParams(
     unbonding_period=DEVNET_INFERENCE.claim_window + DEVNET_INFERENCE.claim_deadline,
     min_stake_vanilla=10**18,

@@ -8,6 +8,7 @@ import json
 import sqlite3
 import threading
 import time
+from collections.abc import Collection
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -204,12 +205,16 @@ class ReceiptStore:
             ).fetchone()
         return _stored(row) if row else None
 
-    def unsettled(self, limit: int) -> list[StoredReceipt]:
+    def unsettled(self, limit: int, exclude: Collection[str] = ()) -> list[StoredReceipt]:
+        """The oldest receipts still to settle, but those in `exclude` (the settler's deferred ones:
+        they must not fill the page and starve newer receipts)."""
+        skip = sorted(exclude)
+        held_back = f" AND id NOT IN ({','.join('?' * len(skip))})" if skip else ""
         with self._lock:
             rows = self._db.execute(
                 "SELECT receipt, payment, evidence, status, tx_hash, height, error FROM receipts"
-                f" WHERE status IN ({_SETTLEABLE_SQL}) ORDER BY created LIMIT ?",
-                (limit,),
+                f" WHERE status IN ({_SETTLEABLE_SQL}){held_back} ORDER BY created LIMIT ?",
+                (*skip, limit),
             ).fetchall()
         return [_stored(row) for row in rows]
 

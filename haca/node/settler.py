@@ -116,6 +116,7 @@ class Settler:
         flush: FlushPolicy | None = None,
         sign_root: RootSigner | None = None,
         retry_interval: float = 5.0,
+        claims_interval: float = 5.0,
     ) -> None:
         self.store, self.chain, self.view, self.key = store, chain, view, key
         self.batch_size, self.flush_interval, self.max_inflight = batch_size, flush_interval, max_inflight
@@ -132,6 +133,12 @@ class Settler:
         self._unseen_passes: dict[str, int] = {}  # receipt id -> passes since its tx was sent
         self.retry_interval = retry_interval  # seconds between tries of a receipt refused for a transient cause
         self._retry_at: dict[str, float] = {}  # receipt id -> when to try it again
+        # Pending claims on this node's receipts, read every `claims_interval` s: a claimed receipt
+        # settles on its claim (the chain's hold pays), so it is tried again whatever became of the
+        # node's own payment for it, alone, until it settles or the claim ends.
+        self.claims_interval = claims_interval
+        self._claims_read = float("-inf")
+        self._claimed: set[str] = set()
         self.tx_lock = threading.Lock()  # held while txs of the node's account are in flight
         self._wake = threading.Event()
         self._stop = threading.Event()
@@ -179,7 +186,10 @@ class Settler:
         limit = self.batch_size * self.max_inflight
         if self.flush is not None:
             limit = max(limit, self.flush.max_receipts * self.max_inflight)
-        batch = self.store.unsettled(limit)
+        self._follow_claims()
+        now = time.monotonic()
+        deferred = {rid for rid, due in self._retry_at.items() if due > now}
+        batch = self.store.unsettled(limit, exclude=deferred)
         if not batch:
             self._waiting_since = None
             return 0
@@ -420,6 +430,40 @@ class Settler:
         if forget is not None:
             forget(client, allowance_id)
 
+    def _follow_claims(self) -> None:
+        """Put this node's claimed receipts back in the queue (a refusal of the node's own payment,
+        an expiry, is no reason to leave them: the claim pays), to be settled alone."""
+        now = time.monotonic()
+        if now - self._claims_read < self.claims_interval:
+            return
+        self._claims_read = now
+        try:
+            answer = self.chain.query("/inference/node_claims", self.key.address.encode())
+        except (HacaError, AttributeError, KeyError):  # (test doubles without the query)
+            return
+        claimed = {str(c["receipt_id"]) for c in answer.get("claims", [])}
+        for receipt_id in sorted(claimed - self._claimed):
+            stored = self.store.get(receipt_id)
+            if stored is None:
+                continue
+            self._single_only.add(receipt_id)
+            self._retry_at.pop(receipt_id, None)
+            if stored.status == Status.REJECTED:
+                self.store.mark([receipt_id], Status.PENDING, error="claimed: settling on the claim")
+                log.info("claimed_receipt_requeued", receipt=receipt_id)
+        self._claimed = claimed
+
+    def _retry_until(self, stored: StoredReceipt) -> int:
+        """The last height a receipt refused for a transient cause is worth trying again at: its
+        payment's expiry, and (unclaimed) the end of the chain's settlement window of its height."""
+        until = stored.item.payment.value.expiry
+        if stored.item.receipt.id in self._claimed:
+            return 1 << 62  # the claim pays until it ends
+        params = getattr(self.view, "params", None)
+        if params is not None:
+            until = min(until, stored.item.receipt.receipt.height_hint + int(params()["claim_window"]))
+        return until
+
     def _may_try(self, receipt_id: str) -> bool:
         due = self._retry_at.get(receipt_id)
         if due is None:
@@ -437,7 +481,7 @@ class Settler:
         if self._settled_on_chain(stored):
             return 1
         reason = exc.log or str(exc)
-        if exc.abci_code in TRANSIENT_REFUSALS and self.view.height() <= stored.item.payment.value.expiry:
+        if exc.abci_code in TRANSIENT_REFUSALS and self.view.height() <= self._retry_until(stored):
             self.store.mark([receipt_id], Status.PENDING, error=f"refused for now, will retry: {reason}")
             self._retry_at[receipt_id] = time.monotonic() + self.retry_interval
             log.info("settlement_deferred", receipt=receipt_id, reason=reason)

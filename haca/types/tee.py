@@ -29,6 +29,7 @@ NODE_KEY_PREFIX = PREFIX + b"node_key/"
 COVER_PREFIX = PREFIX + b"cover/"
 ATTESTATION_PREFIX = PREFIX + b"attestation/"
 LAPSE_PREFIX = PREFIX + b"lapse/"
+REVOKED_PREFIX = PREFIX + b"revoked/"
 
 
 def addr_bytes(address: str) -> bytes:
@@ -41,6 +42,10 @@ def u64(value: int) -> bytes:
 
 def approval_key(scope: str, measurement_id: str) -> bytes:
     return APPROVAL_PREFIX + scope.encode() + b"/" + measurement_id.encode()
+
+
+def revoked_key(scope: str, measurement_id: str) -> bytes:
+    return REVOKED_PREFIX + scope.encode() + b"/" + measurement_id.encode()
 
 
 def enclave_key(key: str) -> bytes:

@@ -365,7 +365,9 @@ def test_bad_items_are_skipped_and_recorded_while_the_others_settle_exactly(chai
     holds(chain)
 
 
-def test_a_claimed_receipt_settled_in_a_batch_resolves_its_claim(chain):
+def test_a_claimed_receipt_is_left_out_of_a_batch_and_settles_alone_by_its_claim(chain):
+    """A claim is the receipt's payment (its hold, its terms): a batch skips the claimed item (code
+    25), the rest settle, and inference/settle of the receipt resolves the claim."""
     pay = allowance()
     r = receipt(chain, 42)
     signed = SignedReceipt(r, r.sign(ENCLAVE))
@@ -373,15 +375,16 @@ def test_a_claimed_receipt_settled_in_a_batch_resolves_its_claim(chain):
     held = chain.escrow(CLIENT.address, NODE.address)
     assert chain.answer("/inference/claim", r.id.encode())["held"] == str(FEE + SF)
     msg = batch([(r, pay), (receipt(chain, 43), pay)])
-    result = chain.deliver(NODE, msg)
+    ok(chain.deliver(NODE, msg))
+    record = chain.answer("/inference/batch", msg.header(CHAIN_ID, NODE.address).id.encode())
+    assert [(x["index"], x["code"]) for x in record["rejected"]] == [(0, codes.CLAIM_CONFLICT)]
+    assert chain.escrow(CLIENT.address, NODE.address) == held - (FEE + SF)  # the other receipt paid
+    result = chain.deliver(NODE, MsgSettle((SettlementItem(signed, pay),)))
     ok(result)
-    assert [e.type for e in result.events if e.type in ("claim_resolved", "settle_batch")] == [
-        "claim_resolved",
-        "settle_batch",
-    ]
+    assert [e.type for e in result.events] == ["tx", "burn", "claim_resolved", "settle"]
     assert chain.query("/inference/claim", r.id.encode()).code == codes.NOT_FOUND
-    # The held fee went back to the lane and paid the receipt: the lane pays 2 fees, less the one held.
-    assert chain.escrow(CLIENT.address, NODE.address) == held + (FEE + SF) - 2 * (FEE + SF)
+    # The hold went back to the lane and paid the receipt: the lane paid two receipts in all.
+    assert chain.escrow(CLIENT.address, NODE.address) == held - (FEE + SF)
     assert chain.balance(ESCROW_ACCOUNT) == chain.escrow(CLIENT.address, NODE.address) + chain.escrow(
         MALLORY.address, NODE.address
     )

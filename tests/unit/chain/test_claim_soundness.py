@@ -5,7 +5,10 @@ intact, every honest balance and lane is what it should be, and the supply invar
 - a payment that expires before the claim deadline cannot back a claim (code 26);
 - a receipt older than the claim window cannot be claimed (code 26), so the unbonding period,
   which must outlast window + deadline (genesis and governance refuse otherwise), covers it;
-- an allowance revoked before the deadline cannot back a claim; one revoked later voids it;
+- an allowance revoked before the deadline cannot back a claim; the claim is the receipt's payment
+  from then on (its hold pays, at its terms), so nothing the client does later stops the
+  settlement or voids the claim;
+- a receipt settles and is claimed only within the claim window of its height hint;
 - a claim holds fee + settlement fee, so withdrawing the rest of the lane cannot make the
   settlement fail;
 - a measurement revoked during the window voids the claim (no slash), and the receipt settles
@@ -88,22 +91,67 @@ def test_a_receipt_older_than_the_claim_window_cannot_be_claimed(chain):
     rejected(chain, CLIENT, msg, errors.ClaimWindowNotCovered.code, "older than the claim window")
 
 
-def test_an_allowance_revoked_before_the_deadline_cannot_back_a_claim_and_one_revoked_later_voids_it(chain):
-    revoked, later = allowance(11), allowance(12)
-    first, second = paid_with(tee_item(chain, 104), revoked), paid_with(tee_item(chain, 105), later)
+def test_an_allowance_revoked_before_the_deadline_cannot_back_a_claim(chain):
+    first = paid_with(tee_item(chain, 104), allowance(11))
     ok(chain.deliver(CLIENT, MsgRevokeAllowance(NODE.address, 11)))
     msg = MsgClaim(first.receipt, first.payment)
     rejected(chain, CLIENT, msg, errors.ClaimWindowNotCovered.code, "allowance is revoked from height")
-    escrow = chain.escrow(CLIENT.address, NODE.address)
-    ok(chain.deliver(CLIENT, MsgClaim(second.receipt, second.payment)))
-    deadline = chain.height + DEADLINE
-    ok(chain.deliver(CLIENT, MsgRevokeAllowance(NODE.address, 12)))  # effective before the deadline
+
+
+def test_a_client_revoking_its_allowance_after_claiming_cannot_stop_the_settlement_nor_void_the_claim(chain):
+    """The claim is the receipt's payment: revoking the allowance after it changes nothing (a silent
+    node is still slashed, an honest one is still paid)."""
+    ok(chain.deliver(AUTHORITY, MsgUpdateParams("inference", {"revoke_delay": "1"})))  # effective inside the window
+    silent, honest = paid_with(tee_item(chain, 105), allowance(12)), paid_with(tee_item(chain, 111), allowance(12))
+    ok(chain.deliver(CLIENT, MsgClaim(silent.receipt, silent.payment)))
+    ok(chain.deliver(CLIENT, MsgClaim(honest.receipt, honest.payment)))
+    deadline = chain.height - 1 + DEADLINE
+    ok(chain.deliver(CLIENT, MsgRevokeAllowance(NODE.address, 12)))
+    chain.block()
+    ok(chain.deliver(NODE, MsgSettle((honest,))))  # after the revocation took effect
+    assert chain.answer("/inference/receipt", honest.receipt.id.encode())["status"] == "verified"
     blocks_until(chain, deadline - 1)
     events = chain.block().events
-    assert [e.type for e in events if e.type in ("slash", "claim_voided")] == ["claim_voided"]
-    assert stake(chain, NODE.address)["bonded"] == str(STAKE)
-    assert chain.escrow(CLIENT.address, NODE.address) == escrow  # the held amount is back in the lane
+    assert [e.type for e in events if e.type in ("slash", "claim_voided")] == ["slash"]
     holds(chain)
+
+
+def test_a_claim_is_the_payment_the_node_settles_with_even_after_its_own_authorisation_expired(chain):
+    """The client pays with a short authorisation, withdraws, lets it expire, then claims with a
+    fresh one for the same request: the node settles the receipt on the claim (its hold pays)."""
+    item = tee_item(chain, 112)
+    short = paid_with(item, authorization(item, expiry=chain.height + 3))
+    blocks_until(chain, chain.height + 4)
+    refused = chain.deliver(NODE, MsgSettle((short,)))
+    assert refused.code == errors.AuthorizationExpired.code, refused.log
+    ok(chain.deliver(CLIENT, MsgClaim(item.receipt, authorization(item, expiry=chain.height + 100))))
+    node_balance = chain.balance(NODE.address)
+    raw = chain.tx(NODE, MsgSettle((short,)))  # the node's own (expired) payment: the claim pays
+    result = chain.block([raw]).tx_results[0]
+    ok(result)
+    assert chain.answer("/inference/receipt", item.receipt.id.encode())["status"] == "verified"
+    assert chain.balance(NODE.address) == node_balance + FEE - apphelpers.fee_of(raw)
+    assert stake(chain, NODE.address)["bonded"] == str(STAKE)
+    holds(chain)
+
+
+def test_a_receipt_with_an_old_height_hint_can_neither_settle_nor_be_claimed(chain):
+    """A node cannot sign receipts with old height hints to make them unclaimable and still be paid."""
+    blocks_until(chain, CLAIM_WINDOW + 3)
+    old = tee_item(chain, 113, height_hint=chain.height - CLAIM_WINDOW - 1)
+    refused = chain.deliver(NODE, MsgSettle((old,)))
+    assert refused.code == errors.AuthorizationExpired.code and "settlement window" in refused.log, refused.log
+    rejected(chain, CLIENT, MsgClaim(old.receipt, old.payment), errors.ClaimWindowNotCovered.code, "older than")
+
+
+def test_an_approval_widened_during_the_window_does_not_void_the_claim(chain):
+    item = tee_item(chain, 114)
+    ok(chain.deliver(CLIENT, MsgClaim(item.receipt, item.payment)))
+    deadline = chain.height + DEADLINE
+    ok(chain.deliver(AUTHORITY, MsgApproveMeasurement(DEV_MID, "llm")))  # no revocation: nothing outside
+    blocks_until(chain, deadline - 1)
+    events = chain.block().events
+    assert [e.type for e in events if e.type in ("slash", "claim_voided")] == ["slash"]
 
 
 def test_a_claim_holds_the_settlement_fee_so_a_drained_lane_cannot_fail_the_settlement(chain):

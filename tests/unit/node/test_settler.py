@@ -564,3 +564,50 @@ def test_a_transient_refusal_after_the_payment_expired_is_final(tmp_path):
     chain.invalid_code = codes.MEASUREMENT_NOT_APPROVED
     settler.run_once()
     assert statuses(store, ids) == ["rejected"]
+
+
+def test_deferred_receipts_do_not_starve_newer_ones(tmp_path, monkeypatch):
+    """Receipts refused for a transient cause wait out of the page the settler reads: a node whose
+    oldest receipts all wait still settles the newer ones (else their payments would run out)."""
+    settler, store, chain, ids = make(tmp_path, 3, batch_size=1, max_inflight=1)
+    monkeypatch.setattr(settler, "batch_size", 1)
+    monkeypatch.setattr(settler, "max_inflight", 2)  # a page of 2: the two waiting ones would fill it
+    chain.invalid_code = codes.INSUFFICIENT_ESCROW
+    for rid in ids[:2]:
+        chain.invalid[rid] = "escrow of client for node is 0; fee 11 + settlement fee 3 needed"
+    for _ in range(4):
+        settler.run_once()
+        chain.produce_block()
+    assert statuses(store, ids) == ["pending", "pending", "settled"]
+
+
+class ClaimsChain(FakeChain):
+    """The fake chain with pending claims on some of the node's receipts."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.claims: list[str] = []
+
+    def query(self, path: str, data: bytes = b"") -> dict[str, Any]:
+        assert path == "/inference/node_claims" and data == NODE.address.encode()
+        return {"node": NODE.address, "claims": [{"receipt_id": rid, "deadline": 200} for rid in self.claims]}
+
+
+def test_a_claimed_receipt_is_settled_on_its_claim_even_after_the_node_gave_it_up(tmp_path):
+    """Issue 19: the node's own payment expired (final refusal), then the client claims the receipt:
+    the claim pays, so the settler puts it back and settles it alone."""
+    store = ReceiptStore(tmp_path / "receipts.db")
+    chain = ClaimsChain()
+    settler = Settler(store, chain, RecordView(chain), NODE, 1, 1.0, 1, claims_interval=0.0)  # type: ignore[arg-type]
+    rid = queue(store, 0)
+    chain.invalid[rid] = "payment expired at height 90; this is height 100"
+    chain.invalid_code = codes.AUTHORIZATION_EXPIRED
+    settler.run_once()
+    assert statuses(store, [rid]) == ["rejected"]
+    chain.claims.append(rid)
+    del chain.invalid[rid]  # on chain, a claimed receipt's payment is its claim
+    settler.run_once()  # reads the claims, puts the receipt back, sends it
+    chain.produce_block()
+    drain(settler, chain)
+    assert statuses(store, [rid]) == ["settled"]
+    assert chain.ledger_ids() == [rid]

@@ -30,6 +30,7 @@ from typing import Any
 from haca.chain.errors import (
     AlreadySettled,
     ChainError,
+    ClaimConflict,
     EnclaveNotInGoodStanding,
     FeeAboveLimit,
     InsufficientEscrow,
@@ -39,10 +40,9 @@ from haca.chain.errors import (
     Unauthorized,
 )
 from haca.chain.events import Event
-from haca.chain.modules.inference.claims import resolve_claim
 from haca.chain.modules.inference.keeper import InferenceKeeper
 from haca.chain.modules.inference.payment import check_authorisation
-from haca.chain.modules.inference.settle import check_fee
+from haca.chain.modules.inference.settle import check_fee, check_settlement_window
 from haca.chain.modules.registry.keeper import RegistryKeeper
 from haca.chain.modules.tee.keeper import TeeKeeper
 from haca.chain.tx import TxContext
@@ -87,16 +87,16 @@ def settle_batch(
 
     run = _BatchRun(ctx, registry, tee, keeper, msg, node, signer)
     status = (Status.VERIFIED if msg.mode == Mode.TEE else Status.SETTLED).value
-    # A claimed receipt's fee is held out of its lane; settling it returns the fee to the lane first.
-    claims = {rid: keeper.claim(state, rid) for rid in keeper.node_claims(state, node_address)}
-    claimed = {rid: int(claim["fee"]) for rid, claim in claims.items() if claim is not None}
+    # A claimed receipt is paid by its claim (hold and terms): it settles alone, by inference/settle.
+    claimed = keeper.node_claims(state, node_address)
     events: list[Event] = []
     rejected: list[dict[str, Any]] = []
     for index, item in enumerate(msg.items):
         receipt_id = "0x" + ids[index].hex()
-        held = claimed.get(receipt_id, 0)
         try:
-            run.check(index, held)
+            if receipt_id in claimed:
+                raise ClaimConflict(f"receipt {receipt_id} is claimed: it settles alone (inference/settle)")
+            run.check(index)
         except ChainError as exc:
             rejected.append({"index": index, "code": exc.code, "log": str(exc)[:MAX_REASON]})
             continue
@@ -104,9 +104,6 @@ def settle_batch(
         mark = f'{{"batch":"{batch_id}","height":{ctx.height},"index":{index},"receipt_id":"{receipt_id}",'
         mark += f'"status":"{status}"}}'
         keeper.record_batch_item(state, run.clients[item.allowance], item.request_id, mark.encode())
-        if receipt_id in claimed and (resolved := resolve_claim(keeper, state, receipt_id)) is not None:
-            events.append(resolved)
-            run.returned(item.allowance, held)
     fees, burned = run.pay(keeper, state)
     record = {
         "batch_id": batch_id,
@@ -215,17 +212,13 @@ class _BatchRun:
             self.lane_escrow[lane] = have
         return have
 
-    def returned(self, allowance: int, amount: int) -> None:
-        """A claim's held fee went back to the lane in state: the cached lane follows."""
-        lane = self.lane_of[allowance]
-        self.lane_escrow[lane] = self._escrow(lane) + amount
-
-    def check(self, index: int, held: int = 0) -> None:
+    def check(self, index: int) -> None:
         """Raise the item's refusal, or count it as settling (fees added to the running sums)."""
         item = self.msg.items[index]
         a = item.allowance
         if item.height_hint > self.ctx.height:
             raise InvalidPayment(f"receipt claims height {item.height_hint}, the chain is at {self.ctx.height}")
+        check_settlement_window(self.ctx.height, item.height_hint, self.params.claim_window)
         manifest = self._manifest(item.model, item.height_hint)
         if self.msg.mode == Mode.TEE:
             self._check_enclave(item.model, item.height_hint, manifest["name"])
@@ -244,7 +237,7 @@ class _BatchRun:
             raise AlreadySettled(f"request 0x{item.request_id.hex()} of {client} was settled by receipt {previous}")
         lane = self.lane_of[a]
         settlement_fee = self.params.settlement_fee_for(item.fee)
-        owed, have = self.lane_owed[lane], self._escrow(lane) + held
+        owed, have = self.lane_owed[lane], self._escrow(lane)
         if have < owed + item.fee + settlement_fee:
             raise InsufficientEscrow(
                 f"escrow of {client} for {self.ctx.signer} is {have}, {owed} already charged in this batch;"

@@ -18,7 +18,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from haca.chain.errors import ClaimConflict, ClaimWindowNotCovered, InvalidEvidence, Unauthorized
+from haca.chain.errors import ClaimConflict, ClaimWindowNotCovered, InvalidEvidence, NotFound, Unauthorized
 from haca.chain.events import Event
 from haca.chain.modules.inference.keeper import ESCROW_ACCOUNT, InferenceKeeper, claim_held
 from haca.chain.modules.inference.payment import check_payment_for
@@ -70,7 +70,10 @@ def handle_claim(
         raise ClaimConflict(f"request {receipt.request_id} was already settled by receipt {settled}")
     params = keeper.params(ctx.state)
     deadline = ctx.height + params.claim_deadline
-    manifest = registry.model_in_effect(ctx.state, receipt.model_id, receipt.height_hint, receipt.node)
+    try:
+        manifest = registry.model_in_effect(ctx.state, receipt.model_id, receipt.height_hint, receipt.node)
+    except NotFound:  # the node lists the bytes under another name now: that must not make it unclaimable
+        manifest = registry.model_in_effect(ctx.state, receipt.model_id, receipt.height_hint)
     if receipt.height_hint > ctx.height:
         raise ClaimConflict(f"receipt claims height {receipt.height_hint}, the chain is at {ctx.height}")
     if ctx.height > receipt.height_hint + params.claim_window:
@@ -93,8 +96,11 @@ def handle_claim(
             raise ClaimWindowNotCovered(
                 f"the allowance is revoked from height {revoked}, before the claim deadline {deadline}"
             )
+        keeper.add_allowance_spent(ctx.state, auth.id, receipt.fee)  # reserved under the cap for the claim
     held = receipt.fee + params.settlement_fee_for(receipt.fee)
-    keeper.take_from_escrow(ctx.state, receipt.client, receipt.node, held)  # the settlement can always pay
+    # From here the claim is the receipt's payment: its settlement draws on this hold (at this
+    # settlement fee) whatever the client does with its lane, allowance or other authorisations.
+    keeper.take_from_escrow(ctx.state, receipt.client, receipt.node, held)
     claim = {
         "client": receipt.client,
         "node": receipt.node,
@@ -106,7 +112,8 @@ def handle_claim(
         "held": str(held),
         "signer": signer,
         "payment": msg.payment.kind,
-        "nonce": auth.nonce if isinstance(auth, SpendingAllowance) else 0,
+        "allowance_id": auth.id if isinstance(auth, SpendingAllowance) else "",
+        "height_hint": receipt.height_hint,
         # the mode's minimum stake now: governance raising it later is not the node's fault
         "min_stake": str(keeper.staking.params(ctx.state).min_stake((receipt.mode,))),
         "height": ctx.height,
@@ -117,50 +124,51 @@ def handle_claim(
     return [Event("claim", attrs)]
 
 
-def resolve_claim(keeper: InferenceKeeper, state: CachedState, receipt_id: str) -> Event | None:
-    """The claimed receipt is settling with valid evidence: its held fee goes back to the lane, from
-    which the settlement pays it as usual."""
+def resolve_claim(keeper: InferenceKeeper, state: CachedState, receipt_id: str) -> tuple[Event, dict[str, Any]] | None:
+    """The claimed receipt is settling with valid evidence: its hold goes back to the lane, from
+    which the settlement pays it (the claim's fee and settlement fee; its allowance was charged
+    when the claim was made). The event and the claim, or None when the receipt is not claimed."""
     claim = keeper.claim(state, receipt_id)
     if claim is None:
         return None
     keeper.drop_claim(state, receipt_id, claim)
     keeper.return_to_escrow(state, claim["client"], claim["node"], claim_held(claim))
-    return Event("claim_resolved", {"receipt_id": receipt_id, "node": claim["node"], "client": claim["client"]})
+    event = Event("claim_resolved", {"receipt_id": receipt_id, "node": claim["node"], "client": claim["client"]})
+    return event, claim
+
+
+def _release_reservation(keeper: InferenceKeeper, state: CachedState, claim: dict[str, Any]) -> None:
+    """A claim that ends without a settlement gives back what it reserved under its allowance's cap."""
+    if claim.get("allowance_id"):
+        keeper.add_allowance_spent(state, claim["allowance_id"], -int(claim["fee"]))
 
 
 def outside_cause(keeper: InferenceKeeper, tee: TeeKeeper, state: ReadableState, claim: dict[str, Any]) -> str:
-    """Why the claimed receipt could not settle for a cause outside the node's control during the
-    claim window ("" when none): then the claim is voided, never slashed.
+    """Why the claimed receipt could not settle for a cause outside the node's control ("" when
+    none): then the claim is voided, never slashed.
 
-    - the client revoked the allowance it paid with, effective before the deadline;
-    - governance took the enclave's measurement approval away at some point of the window (it is
-      not approved now, or its approval is newer than the claim: a revocation came between);
+    - governance revoked the enclave's measurement (for the model or for all) after the receipt
+      was signed: recorded per revocation, so neither a later re-approval nor a widened approval
+      changes the answer, and a measurement never approved for the model is the node's fault;
     - governance raised the mode's minimum stake above a bond that met the minimum of the claim's
       height (a node under the minimum cannot be paid).
-    An expired authorisation or a drained lane cannot happen: a claim needs a payment that outlasts
-    the deadline and holds the fee and the settlement fee from the lane."""
-    if claim.get("payment") == "allowance":
-        revoked = keeper.revoked_from(state, claim["client"], claim["node"], int(claim["nonce"]))
-        if revoked and revoked <= int(claim["deadline"]):
-            return f"the client revoked its allowance from height {revoked}"
+    The client's own acts cannot stop the settlement: the claim is the payment (its hold pays, its
+    allowance share is reserved), so an expiry, a revocation or a drained lane changes nothing."""
     bonded, least = keeper.staking.bonded(state, claim["node"]), int(claim.get("min_stake", 0))
     if least <= bonded < keeper.staking.params(state).min_stake((claim["mode"],)):
         return "governance raised the minimum stake of the mode above the node's bond"
     record = tee.enclave(state, claim.get("signer", ""))
     if record is not None and claim["mode"] == Mode.TEE:
-        scope = tee.approved_scope(state, record["measurement_id"], [claim["model_name"]])
-        if scope is None:
-            return f"governance revoked the approval of measurement {record['measurement_id']}"
-        approval = tee.approval(state, scope, record["measurement_id"])
-        if approval is not None and int(approval["height"]) > int(claim["height"]):
-            return f"governance revoked and re-approved measurement {record['measurement_id']} during the window"
+        revoked = tee.revoked_at(state, record["measurement_id"], claim["model_name"])
+        if revoked and revoked >= int(claim.get("height_hint", claim["height"])):
+            return f"governance revoked measurement {record['measurement_id']} at height {revoked}"
     return ""
 
 
 def expire_claims(keeper: InferenceKeeper, tee: TeeKeeper, state: CachedState, height: int) -> list[Event]:
     """Claims whose deadline is this height and whose evidence never settled: slash and refund, or,
     when an outside cause kept the receipt from settling, void the claim (the held amount goes back
-    to the lane; the receipt may still settle while its payment lasts)."""
+    to the lane; the receipt may still settle with its own payment)."""
     events = []
     params = keeper.params(state)
     for receipt_id in keeper.claims_due(state, height):
@@ -168,6 +176,7 @@ def expire_claims(keeper: InferenceKeeper, tee: TeeKeeper, state: CachedState, h
         assert claim is not None
         keeper.drop_claim(state, receipt_id, claim)
         client, node, held = claim["client"], claim["node"], claim_held(claim)
+        _release_reservation(keeper, state, claim)
         if cause := outside_cause(keeper, tee, state, claim):
             keeper.return_to_escrow(state, client, node, held)
             attrs = {"receipt_id": receipt_id, "node": node, "client": client, "reason": cause}

@@ -57,6 +57,7 @@ class InferenceModule(Module):
             "/inference/allowance": lambda s, d: queries.query_allowance(keeper, s, d),
             "/inference/params": lambda s, d: queries.query_params(keeper, s, d),
             "/inference/claim": lambda s, d: queries.query_claim(keeper, s, d),
+            "/inference/node_claims": lambda s, d: queries.query_node_claims(keeper, s, d),
             "/inference/request": lambda s, d: queries.query_request(keeper, s, d),
             "/inference/batch": lambda s, d: queries.query_batch(keeper, s, d),
         }

@@ -106,6 +106,16 @@ def query_claim(keeper: InferenceKeeper, state: ReadableState, data: bytes) -> A
     return {"receipt_id": receipt_id, **claim}, [CLAIM_PREFIX + bytes.fromhex(receipt_id[2:])]
 
 
+def query_node_claims(keeper: InferenceKeeper, state: ReadableState, data: bytes) -> Answer:
+    """The receipt ids of a node's pending claims, in deadline order (data: the node's address):
+    what its settler must settle before they expire, whatever became of its own payments."""
+    node = address_arg(data)
+    ids = sorted(keeper.node_claims(state, node))
+    claims = [(keeper.claim(state, rid), rid) for rid in ids]
+    ordered = sorted((int(c["deadline"]), rid) for c, rid in claims if c is not None)
+    return {"node": node, "claims": [{"receipt_id": rid, "deadline": d} for d, rid in ordered]}, []
+
+
 def query_request(keeper: InferenceKeeper, state: ReadableState, data: bytes) -> Answer:
     """How a client's request settled (data "client/request id"): alone, its receipt's record
     (proven); in a batch, {receipt_id, batch, index, status, height} from the derived index, which

@@ -17,6 +17,7 @@ from typing import Any
 
 from haca.chain.errors import (
     AlreadySettled,
+    AuthorizationExpired,
     EnclaveNotInGoodStanding,
     InsufficientEscrow,
     InvalidEvidence,
@@ -26,7 +27,7 @@ from haca.chain.errors import (
 )
 from haca.chain.events import Event
 from haca.chain.modules.inference.claims import resolve_claim
-from haca.chain.modules.inference.keeper import InferenceKeeper
+from haca.chain.modules.inference.keeper import InferenceKeeper, claim_held
 from haca.chain.modules.inference.payment import check_payment_for
 from haca.chain.modules.registry.keeper import RegistryKeeper
 from haca.chain.modules.tee.keeper import TeeKeeper
@@ -50,6 +51,12 @@ def settle_item(
         raise InvalidPayment(f"receipt is for chain {receipt.chain_id!r}")
     if receipt.height_hint > ctx.height:
         raise InvalidPayment(f"receipt claims height {receipt.height_hint}, the chain is at {ctx.height}")
+    params = keeper.params(ctx.state)
+    claimed = keeper.claim(ctx.state, item.receipt.id) is not None
+    if not claimed:
+        # A receipt settles within the claim window of its height: a node cannot sign receipts
+        # with old height hints to make them unclaimable and still be paid for them.
+        check_settlement_window(ctx.height, receipt.height_hint, params.claim_window)
     manifest = registry.model_in_effect(ctx.state, receipt.model_id, receipt.height_hint, receipt.node)
     node = registry.node(ctx.state, ctx.signer)
     if receipt.mode not in manifest["modes"]:
@@ -76,13 +83,18 @@ def settle_item(
     except EvidenceError as exc:
         raise InvalidEvidence(str(exc)) from exc
     check_fee(manifest, receipt.fee, receipt.prompt_tokens, receipt.completion_tokens, receipt.height_hint)
-    _check_payment(ctx, keeper, item)
+    if not claimed:
+        _check_payment(ctx, keeper, item)
+    # (a claimed receipt's payment is its claim: checked when it was made, its hold pays)
     if (previous := keeper.settled_receipt(ctx.state, receipt.client, receipt.request_id)) is not None:
         raise AlreadySettled(f"request {receipt.request_id} of {receipt.client} was settled by receipt {previous}")
     resolved = resolve_claim(keeper, ctx.state, item.receipt.id)  # a claimed receipt's evidence arrived
 
     # The client's escrow pays the inference fee to the node and the settlement fee to the burn.
-    settlement_fee = keeper.params(ctx.state).settlement_fee_for(receipt.fee)
+    settlement_fee = params.settlement_fee_for(receipt.fee)
+    payment_kind = item.payment.kind
+    if resolved is not None:  # at the claim's terms
+        settlement_fee, payment_kind = claim_held(resolved[1]) - receipt.fee, str(resolved[1]["payment"])
     escrow = keeper.escrow(ctx.state, receipt.client, receipt.node)
     if escrow < receipt.fee + settlement_fee:
         raise InsufficientEscrow(
@@ -102,13 +114,21 @@ def settle_item(
         "mode": receipt.mode,
         "fee": str(receipt.fee),
         "settlement_fee": str(settlement_fee),
-        "payment": item.payment.kind,
+        "payment": payment_kind,
     }
     if verdict.enclave is not None:  # tee: which attested key signed it, and whether that was the DEV attester
         record.update(enclave_key=verdict.signer, attestation=verdict.enclave.format, dev=verdict.enclave.dev)
     keeper.record_settlement(ctx.state, record)
     settled = Event("settle", {k: str(v) for k, v in record.items()})
-    return [settled] if resolved is None else [resolved, settled]
+    return [settled] if resolved is None else [resolved[0], settled]
+
+
+def check_settlement_window(height: int, height_hint: int, window: int) -> None:
+    if height > height_hint + window:
+        raise AuthorizationExpired(
+            f"receipt of height {height_hint} is older than the settlement window of {window} blocks"
+            f" (this is height {height}): it can no longer be settled, nor claimed"
+        )
 
 
 def check_fee(manifest: dict[str, Any], fee: int, prompt_tokens: int, completion_tokens: int, height: int) -> None:

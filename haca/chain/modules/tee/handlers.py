@@ -122,5 +122,5 @@ def handle_revoke(tee: TeeKeeper, gov: GovKeeper, ctx: TxContext, msg: MsgRevoke
     gov.require_authority(ctx.state, ctx.signer)
     if tee.approval(ctx.state, msg.model, msg.measurement_id) is None:
         raise NotFound(f"measurement {msg.measurement_id} is not approved for {msg.model!r}")
-    tee.revoke(ctx.state, msg.model, msg.measurement_id)
+    tee.revoke(ctx.state, msg.model, msg.measurement_id, ctx.height)
     return [Event("measurement_revoked", {"signer": ctx.signer, **msg.to_json()})]

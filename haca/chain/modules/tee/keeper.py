@@ -7,6 +7,8 @@ tee/node_key/<node:20><key:20>               -> b"" (a node's enclave keys)
 tee/cover/<key:20><start:u64be>              -> last height covered ("good until") of a coverage segment
 tee/attestation/<key:20><start:u64be>        -> the attestation that opened that segment (re-verifiable)
 tee/lapse/<height:u64be><key:20>             -> b"" (the key lapses at that height unless re-attested)
+tee/revoked/<scope>/<measurement id>         -> the height of its latest revocation (claims on receipts
+                                                signed before it are voided, not slashed)
 
 An attestation at height a covers receipts with height hints in [a, a + heartbeat_interval]. A
 heartbeat inside a segment extends it; one after a lapse opens a new segment, so receipts signed
@@ -19,7 +21,7 @@ import json
 from dataclasses import dataclass
 from typing import Any
 
-from haca.chain.state import CachedState, ReadableState
+from haca.chain.state import CachedState, ReadableState, get_int, set_int
 from haca.proofs.tee.policy import TeePolicy
 from haca.proofs.verifier import EnclaveStanding, VerdictCache
 from haca.types.encoding import canonical_json
@@ -36,6 +38,7 @@ from haca.types.tee import (
     cover_key,
     enclave_key,
     lapse_key,
+    revoked_key,
     u64,
 )
 
@@ -66,8 +69,14 @@ class TeeKeeper:
     def approve(self, state: CachedState, scope: str, measurement_id: str, height: int, authority: str) -> None:
         state.set(approval_key(scope, measurement_id), canonical_json({"height": height, "authority": authority}))
 
-    def revoke(self, state: CachedState, scope: str, measurement_id: str) -> None:
+    def revoke(self, state: CachedState, scope: str, measurement_id: str, height: int) -> None:
         state.delete(approval_key(scope, measurement_id))
+        set_int(state, revoked_key(scope, measurement_id), height)
+
+    def revoked_at(self, state: ReadableState, measurement_id: str, model: str) -> int:
+        """The latest height at which governance revoked the measurement for `model` or for every
+        model ("*"); 0 when it never did."""
+        return max(get_int(state, revoked_key(scope, measurement_id)) for scope in (GLOBAL_SCOPE, model))
 
     def approved_scope(self, state: ReadableState, measurement_id: str, models: list[str]) -> str | None:
         """The scope ("*" or one of `models`) under which the measurement is approved now, if any."""
