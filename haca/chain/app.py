@@ -240,9 +240,13 @@ class HacaApp(BaseApplication):
             raw = bytes(item)
             if size + len(raw) > req.max_tx_bytes:
                 break
-            # Drop what would fail entirely (e.g. a tx made stale by one committed just before).
-            result = self.runner.run(state, raw, atomic=True)
-            if result.ok:
+            # Drop what would fail entirely (e.g. a tx made stale by one committed just before),
+            # but keep a tx whose evidence fails to verify: CheckTx left its proof to the block, so
+            # its sender pays the fee for the verification it caused (its messages are undone).
+            scratch = state.branch()
+            result = self.runner.run(scratch, raw, atomic=False)
+            if result.ok or (not result.ante_failed and result.code == codes.INVALID_EVIDENCE):
+                scratch.write()
                 chosen.append(raw)
                 results.append(result)
                 size += len(raw)

@@ -21,7 +21,7 @@ from typing import Any, Protocol, TypeVar
 
 from haca.crypto.hashing import sha256
 from haca.proofs.receipt import EvidenceError, receipt_signer
-from haca.proofs.zk.proof import instances_commitment, verify_proof
+from haca.proofs.zk.proof import instances_commitment, proof_instances, verify_proof
 from haca.types.modes import Mode, Status
 from haca.types.receipt import SignedReceipt
 
@@ -91,6 +91,9 @@ class VerifyContext:
     # tee: the chain's record of an enclave key, judged for this receipt's height and model
     enclave: Callable[[str], EnclaveStanding | None] = _no_enclave
     circuit: CircuitArtefacts | None = None  # zkml: the model's circuit
+    # CheckTx: leave an uncached zkml proof to the block, where its tx fee is charged whatever the
+    # verdict (a junk proof refused in CheckTx would cost the validator a verify and the sender nothing)
+    defer_proof: bool = False
 
 
 @dataclass(frozen=True)
@@ -120,8 +123,16 @@ class VerdictCache:
         self._entries: OrderedDict[bytes, Any] = OrderedDict()
         self.hits = self.misses = 0
 
+    @staticmethod
+    def _key(parts: tuple[bytes, ...]) -> bytes:
+        return sha256(b"".join(len(p).to_bytes(4, "big") + p for p in parts))
+
+    def peek(self, parts: tuple[bytes, ...]) -> Any:
+        """The cached result for `parts`, or None (nothing is computed)."""
+        return self._entries.get(self._key(parts))
+
     def get(self, parts: tuple[bytes, ...], compute: Callable[[], T]) -> T:
-        key = sha256(b"".join(len(p).to_bytes(4, "big") + p for p in parts))
+        key = self._key(parts)
         if key in self._entries:
             self.hits += 1
             self._entries.move_to_end(key)
@@ -205,12 +216,15 @@ class ZkmlVerifier(_SignatureVerifier):
         circuit = ctx.circuit
         if circuit is None:
             raise EvidenceError("the model has no circuit on chain to verify a proof against")
-        parts = (b"zkml", sha256(evidence), circuit.vk_hash.encode(), circuit.settings_hash.encode())
-        instances = self.cache.get(parts, lambda: verify_proof(evidence, circuit.settings, circuit.vk, circuit.srs))
-        if instances_commitment(instances) != signed.receipt.instances_hash:
+        # Cheap first: the proof decodes and claims the instances the receipt commits to.
+        if instances_commitment(proof_instances(evidence)) != signed.receipt.instances_hash:
             raise EvidenceError(
                 "the proof's public instances are not the ones the receipt commits to (another input or output)"
             )
+        parts = (b"zkml", sha256(evidence), circuit.vk_hash.encode(), circuit.settings_hash.encode())
+        if ctx.defer_proof and self.cache.peek(parts) is None:
+            return Verdict(Status.VERIFIED, signer)  # provisional: the block verifies the proof
+        self.cache.get(parts, lambda: verify_proof(evidence, circuit.settings, circuit.vk, circuit.srs))
         return Verdict(Status.VERIFIED, signer)
 
 

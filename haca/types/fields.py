@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import base64
+import binascii
 import re
 from typing import Any
 
@@ -72,6 +74,19 @@ def text(value: Any, field: str, max_len: int = 256) -> str:
     if not isinstance(value, str) or not value or len(value) > max_len:
         raise ValueError(f"{field}: expected a non-empty string of at most {max_len} characters")
     return value
+
+
+def base64_bytes(value: Any, field: str, max_len: int = 1 << 20) -> bytes:
+    """Standard base64 with padding, in its one canonical spelling (one byte string, one text)."""
+    if not isinstance(value, str) or len(value) > (max_len + 2) // 3 * 4:
+        raise ValueError(f"{field}: expected base64 of at most {max_len} bytes")
+    try:
+        raw = base64.b64decode(value, validate=True)
+    except (ValueError, binascii.Error) as exc:
+        raise ValueError(f"{field}: bad base64") from exc
+    if base64.b64encode(raw).decode() != value:
+        raise ValueError(f"{field}: base64 not in its canonical form")
+    return raw
 
 
 def hex_bytes(value: Any, field: str, max_len: int = 1 << 20) -> bytes:

@@ -10,6 +10,7 @@ import json
 import shutil
 
 import pytest
+from tendermint.abci import types_pb2 as abci
 
 from haca.chain import errors
 from haca.chain.genesis import AppGenesis, GenesisAccount
@@ -140,6 +141,27 @@ def rejected(chain: Node, item: SettlementItem, code: int, log_part: str) -> Non
     apphelpers.assert_rejected_without_state_change(chain, NODE, raw, code, log_part, 3 * FUNDS)
 
 
+def refused_in_its_block(chain: Node, item: SettlementItem, log_part: str) -> None:
+    """A proof that decodes and claims the receipt's instances but does not verify: CheckTx leaves
+    the EZKL verification to the block (it would cost the validator and the sender nothing), where
+    the tx fails with invalid_evidence and its sender pays the tx fee; nothing else changes."""
+    raw = chain.tx(NODE, MsgSettle((item,)))
+    assert chain.check(raw).code == 0
+    before = chain.dump()
+    (result,) = chain.block([raw]).tx_results
+    assert result.code == errors.InvalidEvidence.code and log_part in result.log, result.log
+    account = apphelpers.balance_key(NODE.address)
+    after = chain.dump()
+    assert apphelpers.changed_keys(before, after) == {
+        account,
+        apphelpers.nonce_key(NODE.address),
+        apphelpers.SUPPLY_KEY,
+        apphelpers.BURNED_KEY,
+    }
+    assert int(after[account]) == int(before[account]) - apphelpers.fee_of(raw)
+    assert chain.invariant_violations(3 * FUNDS) == []
+
+
 def test_a_zkml_receipt_with_its_proof_settles_verified_paying_the_node_and_burning_the_fee(chain, zk):
     item = zk_item(chain, 1, zk["proof"])
     node_before, escrow_before = chain.balance(NODE.address), chain.escrow(CLIENT.address, NODE.address)
@@ -172,7 +194,7 @@ def test_a_receipt_with_a_tampered_output_is_refused(chain, zk):
 
 def test_a_proof_under_another_models_key_is_refused(chain, zk):
     item = zk_item(chain, 4, zk["other_model"])  # proven with tiny-b's circuit, settled as tiny
-    rejected(chain, item, errors.InvalidEvidence.code, "does not verify")
+    refused_in_its_block(chain, item, "does not verify")
 
 
 @pytest.mark.parametrize(
@@ -189,7 +211,7 @@ def test_a_truncated_proof_is_refused(chain, zk):
     transcript, instances = decode_proof(zk["proof"].proof)
     half = encode_proof(transcript[: len(transcript) // 2], instances)
     item = dataclasses.replace(zk_item(chain, 6, zk["proof"]), evidence=half)
-    rejected(chain, item, errors.InvalidEvidence.code, "does not verify")
+    refused_in_its_block(chain, item, "does not verify")
 
 
 def test_a_malformed_binary_proof_is_refused(chain, zk):
@@ -319,4 +341,19 @@ def test_a_proof_checked_against_swapped_settings_is_refused(chain, zk):
     node_msg = MsgRegisterNode("http://node:8000", ("vanilla", "zkml"), ("plain", "tiny", "tiny-b", "tiny-swapped"), 0)
     assert chain.deliver(NODE, node_msg).code == 0
     item = zk_item(chain, 9, zk["proof"], model="tiny-swapped")
-    rejected(chain, item, errors.InvalidEvidence.code, "does not verify")
+    refused_in_its_block(chain, item, "does not verify")
+
+
+def proposal(chain: Node, raw: bytes) -> list[bytes]:
+    req = abci.RequestPrepareProposal(height=chain.height + 1, txs=[raw], max_tx_bytes=1 << 24)
+    req.time.seconds = apphelpers.block_time(chain.height + 1)
+    return list(chain.app.prepare_proposal(req).txs)
+
+
+def test_a_proposal_keeps_a_tx_whose_proof_fails_so_its_sender_pays_and_drops_other_failures(chain, zk):
+    """CheckTx leaves the proof to the block: a proposer that dropped a failing proof would verify
+    it again every block for free; kept, its sender pays. Any other failing tx is still dropped."""
+    junk = chain.tx(NODE, MsgSettle((zk_item(chain, 11, zk["other_model"]),)))
+    assert proposal(chain, junk) == [junk]
+    vanilla_only = chain.tx(NODE, MsgSettle((zk_item(chain, 12, zk["proof"], model="plain"),)))
+    assert proposal(chain, vanilla_only) == []

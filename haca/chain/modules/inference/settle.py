@@ -73,6 +73,7 @@ def settle_item(
         node,
         enclave=lambda key: tee.standing(ctx.state, key, receipt.height_hint, manifest["name"]),
         circuit=_circuit(registry, keeper, ctx, manifest) if receipt.mode == Mode.ZKML else None,
+        defer_proof=ctx.checking,
     )
     try:
         verdict = verify(keeper.verifiers, item.receipt, item.evidence, vctx)
