@@ -78,7 +78,8 @@ class ChainView:
         self.max_entries = max_entries
         self.clock = clock
         # bounded: every client or API key ever seen would otherwise stay in memory for good
-        self._cache: OrderedDict[tuple[str, str], tuple[float, Any]] = OrderedDict()
+        # key -> (when the read began, value, the head height known then)
+        self._cache: OrderedDict[tuple[str, str], tuple[float, Any, int]] = OrderedDict()
         self._manifests: dict[str, tuple[int, dict[str, Any] | None]] = {}
         self._loading: dict[tuple[str, str], Future[Any]] = {}  # key -> the one read in flight for it
         self._lock = threading.Lock()
@@ -92,18 +93,20 @@ class ChainView:
 
     def _cached(self, key: tuple[str, str], load: Callable[[], Any], fresh: bool = False) -> Any:
         """The value of `key`: cached when fresh enough, else read (see the module doc). `fresh`:
-        a value read within `recheck` seconds, not merely within the TTL."""
+        a value read within `recheck` seconds, not merely within the TTL, and since the last new
+        block the view has seen (a deposit lands in a block: one read per client per block at most)."""
         now = self.clock()
         with self._lock:
             hit = self._cache.get(key)
             if hit is not None:
                 self._cache.move_to_end(key)
         age = now - hit[0] if hit is not None else float("inf")
-        if hit is not None and age < (self.recheck if fresh else self.ttl):
+        if hit is not None and age < (self.recheck if fresh else self.ttl) and (not fresh or hit[2] >= self._head()):
             return hit[1]
         if not on_event_loop():  # a worker thread may wait: read inline
+            head = self._head()
             value = load()
-            self._put(key, now, value)
+            self._put(key, now, value, head)
             return value
         future = self._load(key, load)
         if not fresh and hit is not None and age < self.max_stale:
@@ -122,7 +125,7 @@ class ChainView:
                 return failed
             future = Future()
             self._loading[key] = future
-        started = self.clock()
+        started, head = self.clock(), self._head()
 
         def run() -> None:
             try:
@@ -138,7 +141,7 @@ class ChainView:
                 if current:
                     del self._loading[key]
             if current:
-                self._put(key, started, value)  # as old as the moment the read began
+                self._put(key, started, value, head)  # as old as the moment the read began
             future.set_result(value)
 
         try:
@@ -149,12 +152,17 @@ class ChainView:
             future.set_exception(ChainUnavailable(f"the node is stopping: {exc}"))
         return future
 
-    def _put(self, key: tuple[str, str], at: float, value: Any) -> None:
+    def _head(self) -> int:
+        """The highest height this view has seen (0 before any): no read."""
+        with self._lock:
+            return self._heights[-1][0] if self._heights else 0
+
+    def _put(self, key: tuple[str, str], at: float, value: Any, head: int = 0) -> None:
         with self._lock:
             old = self._cache.get(key)
             if old is not None and old[0] > at:
                 return  # a newer value arrived while this read was on its way
-            self._cache[key] = (at, value)
+            self._cache[key] = (at, value, head)
             self._cache.move_to_end(key)
             while len(self._cache) > self.max_entries:
                 self._cache.popitem(last=False)

@@ -62,6 +62,9 @@ SPENT_IDS = 100_000  # request ids whose work began and did not end in a receipt
 MAX_READS = 8  # chain reads one payment step may wait for before it gives up (it needs 3 or 4)
 DEFAULT_CLAIM_DEADLINE = 50  # blocks; the chain's `claim_deadline` when the view does not tell it
 CLAIM_SAFETY = 0.8  # share of the claim deadline the node plans to use (block times vary)
+# A payment must outlast twice the proving time the node expects: a proof slowed by load (a busy
+# machine, the first proof before any was measured) must still settle before the payment expires.
+EXPIRY_PROVING_SAFETY = 2
 DEFAULT_PROOF_SECONDS = 15.0  # a proof's time until the prover has measured one
 LLM_SECONDS = 20.0  # generation an LLM request's authorisation must leave time for
 PROOF_SAMPLES = 16
@@ -234,7 +237,7 @@ class PaymentGate:
         blocks the work itself may take before its receipt can settle."""
         blocks = self.settle_margin
         if quote.mode == Mode.ZKML:
-            blocks += math.ceil(self.proving_seconds() / self.block_seconds())
+            blocks += math.ceil(EXPIRY_PROVING_SAFETY * self.proving_seconds() / self.block_seconds())
         elif quote.price_unit == "token":
             blocks += math.ceil(self.llm_seconds / self.block_seconds())
         return height + blocks

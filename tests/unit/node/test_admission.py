@@ -173,14 +173,15 @@ def zk_gate(tmp_path: Path, backlog: int, proof_seconds: float, block: float = 1
 
 def test_the_zkml_min_expiry_covers_the_backlog_this_proof_and_the_settle_margin(tmp_path: Path):
     gate = zk_gate(tmp_path, backlog=2, proof_seconds=4.0, block=2.0)
-    assert gate.min_expiry(ZK_QUOTE, HEIGHT) == HEIGHT + 5 + (2 + 1) * 4 // 2
+    # the settle margin, then twice the proofs ahead and this one (seconds) in blocks
+    assert gate.min_expiry(ZK_QUOTE, HEIGHT) == HEIGHT + 5 + 2 * (2 + 1) * 4 // 2
     (offer,) = gate.requirements([ZK_QUOTE], "payment required", "r")["accepts"]
-    assert offer["extra"]["min_expiry"] == HEIGHT + 11
-    short = authorization(mode="zkml", expiry=HEIGHT + 10)
-    with pytest.raises(PaymentRequired, match="needs an expiry of at least 111"):
+    assert offer["extra"]["min_expiry"] == HEIGHT + 17
+    short = authorization(mode="zkml", expiry=HEIGHT + 16)
+    with pytest.raises(PaymentRequired, match="needs an expiry of at least 117"):
         gate.check({"x-payment": x_payment(short)}, {(MODEL_ID, "zkml"): ZK_QUOTE})
     assert gate.check(
-        {"x-payment": x_payment(authorization(mode="zkml", expiry=HEIGHT + 11))}, {(MODEL_ID, "zkml"): ZK_QUOTE}
+        {"x-payment": x_payment(authorization(mode="zkml", expiry=HEIGHT + 17))}, {(MODEL_ID, "zkml"): ZK_QUOTE}
     )
 
 

@@ -47,3 +47,19 @@ def test_the_cache_keeps_at_most_max_entries_dropping_the_least_recently_used():
     assert chain.queries.count(b"0xa/0xnode") == 1
     view.available_escrow("0xb")
     assert chain.queries.count(b"0xb/0xnode") == 2  # read again: it was dropped
+
+
+def test_a_fresh_escrow_read_happens_once_per_new_block_however_often_the_client_is_refused():
+    """The negative cache: an unfunded client replaying its payment costs one chain read per block
+    (a deposit lands in a block, so the next block's read sees it), not one per request."""
+    chain = CountingChain()
+    view = ChainView(chain, "0xnode", ttl=60, recheck=60)  # type: ignore[arg-type]
+    view.note_height(10)
+    view.available_escrow("0xa")
+    for _ in range(5):  # refused again and again within block 10: no read
+        view.available_escrow("0xa", fresh=True)
+    assert len(chain.queries) == 1
+    view.note_height(11)  # a new block: the deposit may be in it
+    view.available_escrow("0xa", fresh=True)
+    view.available_escrow("0xa", fresh=True)
+    assert len(chain.queries) == 2

@@ -20,7 +20,15 @@ import haca.node.payments as payments
 from haca.client.payment import PaymentOffer, sign_payment
 from haca.node.chainview import DEFAULT_BLOCK_SECONDS
 from haca.node.errors import PaymentRequired, RequestConflict
-from haca.node.payments import DEFAULT_PROOF_SECONDS, LLM_SECONDS, AcceptedPayment, PaymentGate, PendingPayment, Quote
+from haca.node.payments import (
+    DEFAULT_PROOF_SECONDS,
+    EXPIRY_PROVING_SAFETY,
+    LLM_SECONDS,
+    AcceptedPayment,
+    PaymentGate,
+    PendingPayment,
+    Quote,
+)
 from haca.node.receipts import ReceiptStore
 from haca.types.payment import PaymentAuthorization, SpendingAllowance, encode_api_key
 from tests.unit.node.nodehelpers import (
@@ -124,10 +132,11 @@ def accept(
 def least_expiry(quote: Quote) -> int:
     """The earliest expiry the gate takes for `quote` on an idle node (the fake view measures no
     block time, so the default is used): the settle margin, plus the blocks of one unmeasured
-    proof (zkml) or of the generation time an LLM request may take."""
+    proof (zkml, twice: its time may stretch under load) or of the generation time an LLM request
+    may take."""
     blocks = MARGIN
     if quote.mode == "zkml":
-        blocks += math.ceil(DEFAULT_PROOF_SECONDS / DEFAULT_BLOCK_SECONDS)
+        blocks += math.ceil(EXPIRY_PROVING_SAFETY * DEFAULT_PROOF_SECONDS / DEFAULT_BLOCK_SECONDS)
     elif quote.price_unit == "token":
         blocks += math.ceil(LLM_SECONDS / DEFAULT_BLOCK_SECONDS)
     return HEIGHT + blocks
