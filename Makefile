@@ -79,6 +79,7 @@ bench: setup
 	@$(PY) bench/zk.py
 	@$(PY) bench/llm.py
 	@$(PY) bench/settlement.py
+	@$(PY) bench/stalled_rpc.py
 
 fuzz: setup
 	@set -e; for target in fuzz/fuzz_*.py; do echo "== $$target"; \
