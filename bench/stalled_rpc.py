@@ -120,7 +120,9 @@ def main(argv: list[str] | None = None) -> int:
     for route in ("healthz_ms", "paid_known_client_ms"):
         healthy = [statistics.median(r["healthy"][route]) for r in rounds]
         stalled = [statistics.median(r["stalled"][route]) for r in rounds]
-        summary[f"{route}_p50_ratio_stalled_vs_healthy"] = spread([s / h for s, h in zip(stalled, healthy, strict=True)])
+        summary[f"{route}_p50_ratio_stalled_vs_healthy"] = spread(
+            [s / h for s, h in zip(stalled, healthy, strict=True)]
+        )
     met = all(summary[f"stalled_{route}_max"]["median"] < TARGET_MS for route in ("healthz_ms", "paid_known_client_ms"))
     result = {
         "bench": "stalled_rpc",
