@@ -94,9 +94,16 @@ class TxRunner:
         msg_state = ante_state.branch()
         msg_events: list[Event] = []
         try:
-            for msg in tx.msgs:
-                ctx = TxContext(msg_state, tx.signer, self.height, self.chain_id, self.time, checking=checking)
-                msg_events += self.handlers[type(msg)](ctx, msg)
+            try:
+                for msg in tx.msgs:
+                    ctx = TxContext(msg_state, tx.signer, self.height, self.chain_id, self.time, checking=checking)
+                    msg_events += self.handlers[type(msg)](ctx, msg)
+            except (ChainError, MemoryError):
+                raise  # (MemoryError: not a property of the tx, it must not become a verdict validators may not share)
+            except Exception as exc:
+                # A bug a tx can reach (a parser's RecursionError, say) fails that tx, the same on
+                # every validator, instead of taking the ABCI connection and the chain down with it.
+                raise ChainError(f"internal error: {type(exc).__name__}: {exc}"[:500]) from exc
         except ChainError as error:
             if atomic:
                 return TxResult.failure(error, ante_failed=False)

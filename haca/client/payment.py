@@ -194,6 +194,16 @@ def sign_payment(key: PrivateKey, offer: PaymentOffer, fee: int) -> tuple[Paymen
     return auth, base64.b64encode(json.dumps(payload).encode()).decode()
 
 
+def check_height_hint(height_hint: int, terms_height: int) -> None:
+    """A receipt's height hint must be the height the node quoted (within TERMS_LAG_BLOCKS): a
+    receipt signed with an old hint leaves its client little or none of the claim window."""
+    if abs(height_hint - terms_height) > TERMS_LAG_BLOCKS:
+        raise ReceiptInvalid(
+            f"answer does not verify: the receipt's height hint {height_hint} is not the quoted height {terms_height}"
+            f" (± {TERMS_LAG_BLOCKS}): an old hint would shorten the time to claim it"
+        )
+
+
 def create_api_key(key: PrivateKey, chain_id: str, node: str, cap: int, expiry: int, nonce: int) -> str:
     allowance = SpendingAllowance(chain_id, key.address, node.lower(), cap, expiry, nonce)
     return encode_api_key(allowance, allowance.sign(key))

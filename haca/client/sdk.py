@@ -29,6 +29,7 @@ from haca.client.payment import (
     ReceiptInvalid,
     accept_fee,
     chain_terms,
+    check_height_hint,
     create_api_key,
     input_rows,
     sign_payment,
@@ -292,6 +293,7 @@ class _Base:
             enclave = enclave_lookup(self.chain, manifest["name"], hint)
         circuit = manifest.get("circuit") if offer.mode == Mode.ZKML else None
         signed = verify_answer(answer, input, manifest["input_schema"], offer.node, auth, enclave, circuit)
+        check_height_hint(signed.receipt.height_hint, offer.terms_height)
         return InferenceResult(answer["output"], signed, answer.get("status", Status.PENDING), self.node_url)
 
     # --- LLMs (the node's OpenAI-compatible routes) -------------------------------------------
@@ -337,6 +339,7 @@ class _Base:
                 raise LlmReceiptInvalid("format", "the receipt has no height hint")
             enclave = enclave_lookup(self.chain, call.manifest["name"], hint)
         signed = verify_llm_answer(receipt, call.request, text, usage, call.offer, call.auth, enclave)
+        check_height_hint(signed.receipt.height_hint, call.offer.terms_height)
         counts = {k: int(usage.get(k, 0)) for k in ("prompt_tokens", "completion_tokens", "total_tokens")}
         status = str(haca.get("status", Status.PENDING))
         return LlmResult(text, finish_reason, counts, signed, signed.receipt.mode, status, body, self.node_url)

@@ -13,6 +13,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from haca.proofs.zk.proof import PROOF_MAGIC, ProofError, encode_ezkl_proof
 from haca.types.inference import SettlementItem
 from haca.types.modes import UNSETTLED, Status
 from haca.types.payment import SignedPayment
@@ -208,15 +209,14 @@ class ReceiptStore:
     def unsettled(self, limit: int, exclude: Collection[str] = ()) -> list[StoredReceipt]:
         """The oldest receipts still to settle, but those in `exclude` (the settler's deferred ones:
         they must not fill the page and starve newer receipts)."""
-        skip = sorted(exclude)
-        held_back = f" AND id NOT IN ({','.join('?' * len(skip))})" if skip else ""
+        skip = frozenset(exclude)  # filtered here: any number of them (SQLite bounds a query's parameters)
         with self._lock:
             rows = self._db.execute(
-                "SELECT receipt, payment, evidence, status, tx_hash, height, error FROM receipts"
-                f" WHERE status IN ({_SETTLEABLE_SQL}){held_back} ORDER BY created LIMIT ?",
-                (*skip, limit),
+                "SELECT id, receipt, payment, evidence, status, tx_hash, height, error FROM receipts"
+                f" WHERE status IN ({_SETTLEABLE_SQL}) ORDER BY created LIMIT ?",
+                (limit + len(skip),),
             ).fetchall()
-        return [_stored(row) for row in rows]
+        return [_stored(row[1:]) for row in rows if row[0] not in skip][:limit]
 
     def count(self, status: str) -> int:
         with self._lock:
@@ -267,8 +267,20 @@ class ReceiptStore:
         self._db.close()
 
 
+def _wire_evidence(evidence: bytes) -> bytes:
+    """A zkml proof queued before the binary encoding (EZKL's JSON, this node's own) in the form
+    the chain takes; anything else as it is (the chain names what is wrong with it)."""
+    if not evidence or evidence.startswith(PROOF_MAGIC):
+        return evidence
+    try:
+        return encode_ezkl_proof(evidence)
+    except ProofError:
+        return evidence
+
+
 def _stored(row: tuple[Any, ...]) -> StoredReceipt:
     receipt, payment, evidence, status, tx_hash, height, error = row
+    evidence = _wire_evidence(bytes(evidence))
     item = SettlementItem(
         SignedReceipt.from_json(json.loads(receipt)), SignedPayment.from_json(json.loads(payment)), bytes(evidence)
     )

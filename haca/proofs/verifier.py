@@ -21,7 +21,7 @@ from typing import Any, Protocol, TypeVar
 
 from haca.crypto.hashing import sha256
 from haca.proofs.receipt import EvidenceError, receipt_signer
-from haca.proofs.zk.proof import instances_commitment, proof_instances, verify_proof
+from haca.proofs.zk.proof import PROOF_MAGIC, instances_commitment, proof_instances, verify_proof
 from haca.types.modes import Mode, Status
 from haca.types.receipt import SignedReceipt
 
@@ -101,6 +101,7 @@ class Verdict:
     status: Status  # SETTLED (signed, not independently verified) or VERIFIED
     signer: str  # the key that signed the receipt
     enclave: EnclaveStanding | None = None  # tee: the attested key that signed it (dev: DEV attester)
+    provisional: bool = False  # CheckTx: the proof is left to the block (VerifyContext.defer_proof)
 
     @property
     def dev(self) -> bool:
@@ -216,6 +217,8 @@ class ZkmlVerifier(_SignatureVerifier):
         circuit = ctx.circuit
         if circuit is None:
             raise EvidenceError("the model has no circuit on chain to verify a proof against")
+        if not evidence.startswith(PROOF_MAGIC):  # the chain takes only the binary form (no JSON parser on it)
+            raise EvidenceError("a zkml proof must be in HACA's binary proof encoding (magic HZK\\x01)")
         # Cheap first: the proof decodes and claims the instances the receipt commits to.
         if instances_commitment(proof_instances(evidence)) != signed.receipt.instances_hash:
             raise EvidenceError(
@@ -223,7 +226,7 @@ class ZkmlVerifier(_SignatureVerifier):
             )
         parts = (b"zkml", sha256(evidence), circuit.vk_hash.encode(), circuit.settings_hash.encode())
         if ctx.defer_proof and self.cache.peek(parts) is None:
-            return Verdict(Status.VERIFIED, signer)  # provisional: the block verifies the proof
+            return Verdict(Status.VERIFIED, signer, provisional=True)  # the block verifies the proof
         self.cache.get(parts, lambda: verify_proof(evidence, circuit.settings, circuit.vk, circuit.srs))
         return Verdict(Status.VERIFIED, signer)
 

@@ -29,6 +29,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import re
 import tempfile
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -141,13 +142,30 @@ def proof_instances(proof: bytes) -> Instances:
     return _decode_json(proof)[1]
 
 
+MAX_JSON_DEPTH = 16  # EZKL's proof JSON nests a few levels; deeper input is hostile
+
+
+def _check_nesting(text: bytes) -> None:
+    """Refuse JSON nested deeper than MAX_JSON_DEPTH before parsing it: deep enough nesting makes
+    the C JSON scanner overflow its thread's stack (a segfault, not an exception)."""
+    depth = 0
+    for match in _BRACKETS.finditer(text):
+        depth += 1 if match.group() in (b"[", b"{") else -1
+        if depth > MAX_JSON_DEPTH:
+            raise ProofError(f"the proof JSON nests deeper than {MAX_JSON_DEPTH} levels")
+
+
+_BRACKETS = re.compile(rb"[\[\]{}]")
+
+
 def _decode_json(proof: bytes) -> tuple[bytes, Instances]:
     if len(proof) > MAX_PROOF_BYTES:
         raise ProofError(f"the proof is {len(proof)} bytes; at most {MAX_PROOF_BYTES}")
+    _check_nesting(proof)
     try:
         doc = json.loads(proof)
-    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-        raise ProofError(f"the proof is neither HACA's binary proof encoding nor EZKL proof JSON: {exc}") from None
+    except (json.JSONDecodeError, UnicodeDecodeError, RecursionError) as exc:  # (deep nesting: RecursionError)
+        raise ProofError(f"the proof is neither HACA's binary proof encoding nor EZKL proof JSON: {exc!r}") from None
     if not isinstance(doc, dict) or not isinstance(doc.get("proof"), (str, list)):
         raise ProofError("the proof is not EZKL proof JSON (no proof field)")
     instances = parse_instances(doc.get("instances"))

@@ -244,3 +244,14 @@ def test_a_minimum_stake_raised_by_governance_during_the_window_voids_the_claim(
     assert [e.type for e in events if e.type in ("slash", "claim_voided")] == ["claim_voided"]
     assert stake(chain, NODE.address)["bonded"] == str(STAKE)
     holds(chain)
+
+
+def test_a_measurement_revoked_and_approved_again_before_the_claim_leaves_the_node_to_settle(chain):
+    """The node had the measurement back for the whole window: silent, it is slashed."""
+    item = tee_item(chain, 115)
+    ok(chain.deliver(AUTHORITY, MsgRevokeMeasurement(DEV_MID, "*")))
+    ok(chain.deliver(AUTHORITY, MsgApproveMeasurement(DEV_MID, "*")))
+    ok(chain.deliver(CLIENT, MsgClaim(item.receipt, item.payment)))
+    blocks_until(chain, chain.height + DEADLINE - 1)
+    events = chain.block().events
+    assert [e.type for e in events if e.type in ("slash", "claim_voided")] == ["slash"]

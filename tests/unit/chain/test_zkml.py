@@ -20,14 +20,16 @@ from haca.crypto.keys import PrivateKey
 from haca.proofs.zk.proof import (
     PROOF_MAGIC,
     Instances,
+    ProofError,
     ZkProof,
     decode_proof,
     encode_ezkl_proof,
     encode_proof,
     instances_commitment,
+    proof_instances,
 )
 from haca.proofs.zk.srs import SrsError
-from haca.types.inference import MsgDeposit, MsgSettle, SettlementItem
+from haca.types.inference import MsgClaim, MsgDeposit, MsgSettle, SettlementItem
 from haca.types.payment import PaymentAuthorization, SignedPayment
 from haca.types.receipt import Receipt, SignedReceipt
 from haca.types.registry import MsgRegisterCircuit, MsgRegisterModel, MsgRegisterNode
@@ -199,7 +201,7 @@ def test_a_proof_under_another_models_key_is_refused(chain, zk):
 
 @pytest.mark.parametrize(
     "evidence, reason",
-    [(b"garbage", "neither HACA's binary proof encoding nor EZKL proof JSON"), (b"", "settles only with its proof")],
+    [(b"garbage", "must be in HACA's binary proof encoding"), (b"", "settles only with its proof")],
     ids=["garbage", "no_proof"],
 )
 def test_a_garbage_proof_or_none_is_refused(chain, zk, evidence, reason):
@@ -219,13 +221,13 @@ def test_a_malformed_binary_proof_is_refused(chain, zk):
     rejected(chain, item, errors.InvalidEvidence.code, "bytes follow the proof's last instance")
 
 
-def test_a_proof_in_ezkls_json_still_settles(chain, zk):
-    """Evidence stored before the binary encoding (a node's receipt queue) still settles."""
+def test_a_proof_in_ezkls_json_is_refused_on_chain(chain, zk):
+    """The chain takes only the binary form: it runs no JSON parser on evidence (deep nesting
+    overflows the C scanner's stack). A node converts proofs it queued as JSON before sending."""
     from haca.proofs.zk.proof import ezkl_proof_json
 
     item = dataclasses.replace(zk_item(chain, 11, zk["proof"]), evidence=ezkl_proof_json(zk["proof"].proof))
-    (result,) = chain.block([chain.tx(NODE, MsgSettle((item,)))]).tx_results
-    assert result.code == 0, result.log
+    rejected(chain, item, errors.InvalidEvidence.code, "binary proof encoding")
 
 
 def _settings(zk, **run_args) -> bytes:  # type: ignore[no-untyped-def]
@@ -357,3 +359,21 @@ def test_a_proposal_keeps_a_tx_whose_proof_fails_so_its_sender_pays_and_drops_ot
     assert proposal(chain, junk) == [junk]
     vanilla_only = chain.tx(NODE, MsgSettle((zk_item(chain, 12, zk["proof"], model="plain"),)))
     assert proposal(chain, vanilla_only) == []
+
+
+def test_deeply_nested_evidence_is_refused_not_a_crash(chain, zk):
+    """Evidence that is not the binary form is read as EZKL's JSON: nesting deep enough to exhaust
+    the parser's recursion is refused (invalid evidence) like any malformed proof."""
+    item = dataclasses.replace(zk_item(chain, 13, zk["proof"]), evidence=b"[" * 200_000)
+    rejected(chain, item, errors.InvalidEvidence.code, "binary proof encoding")
+    with pytest.raises(ProofError, match="nests deeper"):  # a client reading a node's stored proof
+        proof_instances(b"[" * 200_000)
+
+
+def test_a_settlement_whose_proof_is_left_to_the_block_does_not_keep_the_claim_out_of_the_mempool(chain, zk):
+    """CheckTx records nothing for a receipt whose proof it did not verify: a node sending a junk
+    proof cannot make the client's claim look settled to the mempool."""
+    item = zk_item(chain, 14, zk["other_model"])  # decodes, claims the receipt's instances, does not verify
+    assert chain.check(chain.tx(NODE, MsgSettle((item,)))).code == 0
+    claim = chain.check(chain.tx(CLIENT, MsgClaim(item.receipt, item.payment)))
+    assert claim.code == 0, claim.log

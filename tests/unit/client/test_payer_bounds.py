@@ -253,3 +253,13 @@ def test_the_async_sdk_bounds_the_fee_likewise(rpc: Callable[..., ChainClient]) 
     with pytest.raises(ProofInvalid, match="not the value the proof shows"):
         asyncio.run(infer())
     assert node.payments == []
+
+
+def test_a_receipt_whose_height_hint_is_not_the_quoted_height_is_refused():
+    """A node signing with an old height hint would leave its client little of the claim window."""
+    from haca.client.payment import TERMS_LAG_BLOCKS, ReceiptInvalid, check_height_hint
+
+    check_height_hint(100 - TERMS_LAG_BLOCKS, 100)
+    check_height_hint(100 + TERMS_LAG_BLOCKS, 100)
+    with pytest.raises(ReceiptInvalid, match="height hint 94 is not the quoted height 100"):
+        check_height_hint(100 - TERMS_LAG_BLOCKS - 1, 100)

@@ -62,3 +62,17 @@ def test_unsettled_totals_follow_marks_and_survive_reopen(tmp_path):
     assert reopened.get(receipts[2].id).error == "bad" and reopened.get(receipts[0].id).height == 5
     reopened.mark([receipts[2].id], "pending")  # a rejected receipt retried counts again
     assert reopened.unsettled_charges(CLIENT.address) == (2, 70)
+
+
+def test_a_proof_queued_as_ezkl_json_is_read_back_in_the_binary_form_the_chain_takes(tmp_path):
+    """A node's queue may hold proofs stored before the binary encoding; the chain takes only that
+    encoding (it runs no JSON parser on evidence), so the store hands them out converted."""
+    from haca.proofs.zk.proof import encode_proof, ezkl_proof_json
+
+    binary = encode_proof(bytes(range(40)), (("01" + "00" * 31, "02" + "00" * 31),))
+    store = ReceiptStore(tmp_path / "r.db")
+    store.add(receipt(1, 10), per_request(1), evidence=ezkl_proof_json(binary))
+    stored = store.get(receipt(1, 10).id)
+    assert stored is not None and stored.item.evidence == binary
+    (pending,) = store.unsettled(10)
+    assert pending.item.evidence == binary

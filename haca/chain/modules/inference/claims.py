@@ -114,8 +114,10 @@ def handle_claim(
         "payment": msg.payment.kind,
         "allowance_id": auth.id if isinstance(auth, SpendingAllowance) else "",
         "height_hint": receipt.height_hint,
-        # the mode's minimum stake now: governance raising it later is not the node's fault
+        # the mode's minimum stake and the node's bond now: governance raising the minimum above
+        # that bond during the window is not the node's fault (an unbond after the claim is)
         "min_stake": str(keeper.staking.params(ctx.state).min_stake((receipt.mode,))),
+        "bonded": str(keeper.staking.bonded(ctx.state, receipt.node)),
         "height": ctx.height,
         "deadline": deadline,
     }
@@ -148,20 +150,25 @@ def outside_cause(keeper: InferenceKeeper, tee: TeeKeeper, state: ReadableState,
     none): then the claim is voided, never slashed.
 
     - governance revoked the enclave's measurement (for the model or for all) after the receipt
-      was signed: recorded per revocation, so neither a later re-approval nor a widened approval
-      changes the answer, and a measurement never approved for the model is the node's fault;
-    - governance raised the mode's minimum stake above a bond that met the minimum of the claim's
-      height (a node under the minimum cannot be paid).
+      was signed, and it is not approved at the deadline, or the revocation came during the
+      window (revocations are recorded by height: a measurement never approved for the model, or
+      revoked and approved again before the claim, is the node's to settle);
+    - governance raised the mode's minimum stake during the window above the bond the node had
+      when the claim was made, which met the minimum then (a node under the minimum cannot be
+      paid; unbonding after the claim does not count).
     The client's own acts cannot stop the settlement: the claim is the payment (its hold pays, its
     allowance share is reserved), so an expiry, a revocation or a drained lane changes nothing."""
-    bonded, least = keeper.staking.bonded(state, claim["node"]), int(claim.get("min_stake", 0))
+    least, bonded = int(claim.get("min_stake", 0)), int(claim.get("bonded", -1))
     if least <= bonded < keeper.staking.params(state).min_stake((claim["mode"],)):
         return "governance raised the minimum stake of the mode above the node's bond"
     record = tee.enclave(state, claim.get("signer", ""))
     if record is not None and claim["mode"] == Mode.TEE:
-        revoked = tee.revoked_at(state, record["measurement_id"], claim["model_name"])
-        if revoked and revoked >= int(claim.get("height_hint", claim["height"])):
-            return f"governance revoked measurement {record['measurement_id']} at height {revoked}"
+        mid, model = record["measurement_id"], claim["model_name"]
+        revoked = tee.revoked_at(state, mid, model)
+        approved_now = tee.approved_scope(state, mid, [model]) is not None
+        after_receipt = revoked and revoked >= int(claim.get("height_hint", claim["height"]))
+        if after_receipt and (not approved_now or revoked >= int(claim["height"])):
+            return f"governance revoked measurement {mid} at height {revoked}"
     return ""
 
 

@@ -89,6 +89,10 @@ def settle_item(
     # (a claimed receipt's payment is its claim: checked when it was made, its hold pays)
     if (previous := keeper.settled_receipt(ctx.state, receipt.client, receipt.request_id)) is not None:
         raise AlreadySettled(f"request {receipt.request_id} of {receipt.client} was settled by receipt {previous}")
+    if verdict.provisional:
+        # CheckTx with the proof left to the block: the mempool's state must not show the receipt
+        # settled (a junk proof would keep the client's claim out of the mempool until it fails).
+        return []
     resolved = resolve_claim(keeper, ctx.state, item.receipt.id)  # a claimed receipt's evidence arrived
 
     # The client's escrow pays the inference fee to the node and the settlement fee to the burn.
