@@ -11,7 +11,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from haca.client.chain import ChainClient
+from haca.client.chain import DEFAULT_MAX_PROOF_LAG, ChainClient
 from haca.client.errors import ConfigError, KeyNotFound
 from haca.crypto.keys import PrivateKey
 
@@ -32,6 +32,8 @@ class ClientConfig:
     default_key: str = ""
     validators: list[dict[str, Any]] = field(default_factory=list)  # trusted set for light-client checks
     extra: dict[str, Any] = field(default_factory=dict)  # later: hub, nodes
+    # blocks a proven answer may be behind the latest header verified (haca.client.chain)
+    max_proof_lag: int = DEFAULT_MAX_PROOF_LAG
 
     @classmethod
     def load(cls, home: Path) -> ClientConfig:
@@ -95,4 +97,4 @@ class KeyStore:
 
 def connect(config: ClientConfig) -> ChainClient:
     """A chain client for a client config, trusting the validator set the config names."""
-    return ChainClient(config.rpc, config.chain_id, config.validators or None)
+    return ChainClient(config.rpc, config.chain_id, config.validators or None, max_proof_lag=config.max_proof_lag)

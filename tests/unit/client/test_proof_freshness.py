@@ -96,3 +96,16 @@ def test_proven_keys_queries_are_bounded_too(serve: Callable[..., RpcServer]) ->
     pinned = serve(answer_height=5)
     with pytest.raises(StaleProof):
         client(pinned.url).query_proven_keys("/bank/balance", ALICE.encode())
+
+
+def test_the_proof_lag_a_client_allows_comes_from_its_config(tmp_path):
+    from haca.client.config import ClientConfig, connect
+
+    ClientConfig("c", ["http://127.0.0.1:1"], max_proof_lag=2).save(tmp_path)
+    chain = connect(ClientConfig.load(tmp_path))
+    try:
+        assert chain.max_proof_lag == 2
+    finally:
+        chain.close()
+    ClientConfig("c", ["http://127.0.0.1:1"]).save(tmp_path)
+    assert ClientConfig.load(tmp_path).max_proof_lag == 5  # the default when a config names none
