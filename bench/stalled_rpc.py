@@ -28,19 +28,10 @@ import httpx
 ROOT = Path(__file__).resolve().parent
 sys.path.insert(0, str(ROOT.parent))
 
-from haca.client.chain import ChainClient  # noqa: E402
 from haca.client.payment import PaymentOffer, sign_payment  # noqa: E402
-from haca.client.rpc import CometRpc  # noqa: E402
-from haca.node.api import create_app  # noqa: E402
-from haca.node.chainview import ChainView  # noqa: E402
-from haca.node.context import NodeContext, ServedModel  # noqa: E402
-from haca.node.payments import PaymentGate  # noqa: E402
-from haca.node.receipts import ReceiptStore  # noqa: E402
-from haca.runtime.onnx import OnnxModel  # noqa: E402
-from tests.unit.node.nodehelpers import CHAIN_ID, CLIENT, DENOM, NODE  # noqa: E402
-from tests.unit.node.nodehelpers import manifest as chain_manifest  # noqa: E402
-from tests.unit.node.test_api import INPUT, MAX_ROWS, OUTPUT_SCHEMA, PRICE, SCHEMA, build_double  # noqa: E402
-from tests.unit.node.test_stalled_rpc import FakeRpc  # noqa: E402
+from tests.unit.node.nodehelpers import CLIENT  # noqa: E402
+from tests.unit.node.test_api import INPUT, PRICE  # noqa: E402
+from tests.unit.node.test_stalled_rpc import node_over_fake_rpc  # noqa: E402
 
 RESULTS = ROOT / "results" / "stalled_rpc.json"
 TARGET_MS = 100.0
@@ -52,24 +43,9 @@ def spread(values: Sequence[float]) -> dict[str, float]:
 
 async def one_round(work: Path, requests: int) -> dict[str, dict[str, list[float]]]:
     """Per state (healthy, stalled) and route: the latencies in ms of `requests` calls."""
-    path = work / "double.onnx"
-    model_id = build_double(path)
-    manifest = chain_manifest(
-        model_id=model_id, price=PRICE, max_rows=MAX_ROWS, input_schema=SCHEMA, output_schema=OUTPUT_SCHEMA
-    )
-    rpc = FakeRpc(manifest)
-    rpc.escrows[CLIENT.address] = 10**12
-    chain = ChainClient([rpc.url], CHAIN_ID)
-    chain.rpc.close()
-    chain.rpc = CometRpc(rpc.url, timeout=10.0)
-    view = ChainView(chain, NODE.address, ttl=0.2)
-    store = ReceiptStore(work / "receipts.db")
-    gate = PaymentGate(NODE.address, CHAIN_ID, DENOM, view, store)
-    served = ServedModel(manifest, OnnxModel(path))
-    ctx = NodeContext(NODE, CHAIN_ID, {"double": served, model_id: served}, ("vanilla",), gate, store)
     out: dict[str, dict[str, list[float]]] = {}
-    try:
-        transport = httpx.ASGITransport(app=create_app(ctx))
+    with node_over_fake_rpc(work, 10**12, read_wait=3.0) as node:
+        transport = httpx.ASGITransport(app=node.app)
         async with httpx.AsyncClient(transport=transport, base_url="http://node", timeout=60) as http:
             required = (await http.post("/v1/infer", json={"model": "double"})).json()
             offer = PaymentOffer.from_402(required, "double", "vanilla")
@@ -89,14 +65,9 @@ async def one_round(work: Path, requests: int) -> dict[str, dict[str, list[float
                 out[state] = {"healthz_ms": healthz, "paid_known_client_ms": infer}
 
             await measure("healthy")
-            rpc.stall()
+            node.rpc.stall()
             await asyncio.sleep(0.3)  # past the view's TTL: every cached read is stale now
             await measure("stalled")
-    finally:
-        rpc.close()
-        view.close()
-        chain.close()
-        store.close()
     return out
 
 

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import contextlib
 import json
 import threading
 import time
@@ -104,20 +105,22 @@ class Node:
     store: ReceiptStore
 
 
-@pytest.fixture
-def node(tmp_path: Path) -> Iterator[Node]:
-    path = tmp_path / "double.onnx"
+@contextlib.contextmanager
+def node_over_fake_rpc(work: Path, escrow: int, read_wait: float = READ_WAIT) -> Iterator[Node]:
+    """The node's app (a real ChainView and CometRpc) over a FakeRpc, CLIENT holding `escrow`
+    (bench/stalled_rpc.py measures the same node)."""
+    path = work / "double.onnx"
     model_id = build_double(path)
     manifest = chain_manifest(
         model_id=model_id, price=PRICE, max_rows=MAX_ROWS, input_schema=SCHEMA, output_schema=OUTPUT_SCHEMA
     )
     rpc = FakeRpc(manifest)
-    rpc.escrows[CLIENT.address] = 10**6
+    rpc.escrows[CLIENT.address] = escrow
     chain = ChainClient([rpc.url], CHAIN_ID)
     chain.rpc.close()
     chain.rpc = CometRpc(rpc.url, timeout=RPC_TIMEOUT)
-    view = ChainView(chain, NODE.address, ttl=0.2, read_wait=READ_WAIT)
-    store = ReceiptStore(tmp_path / "receipts.db")
+    view = ChainView(chain, NODE.address, ttl=0.2, read_wait=read_wait)
+    store = ReceiptStore(work / "receipts.db")
     gate = PaymentGate(NODE.address, CHAIN_ID, DENOM, view, store)
     served = ServedModel(manifest, OnnxModel(path))
     ctx = NodeContext(NODE, CHAIN_ID, {"double": served, model_id: served}, ("vanilla",), gate, store)
@@ -128,6 +131,12 @@ def node(tmp_path: Path) -> Iterator[Node]:
         view.close()
         chain.close()
         store.close()
+
+
+@pytest.fixture
+def node(tmp_path: Path) -> Iterator[Node]:
+    with node_over_fake_rpc(tmp_path, 10**6) as built:
+        yield built
 
 
 def test_a_stalled_rpc_leaves_healthz_and_known_clients_served_from_the_cache(node: Node):
