@@ -48,6 +48,13 @@ from tests.unit.chain.test_tee import AUTHORITY, CHAIN_ID, CLIENT, DEV_MID, FEE,
 dev, chain = accountability.dev, accountability.chain
 
 
+def outcome_at(chain: Node, deadline: int) -> str:
+    """What ends the claims due at `deadline` (the block is made): "slash" or "claim_voided"."""
+    blocks_until(chain, deadline - 1)
+    (kind,) = [e.type for e in chain.block().events if e.type in ("slash", "claim_voided")]
+    return kind
+
+
 def settlement_fee(chain: Node) -> int:
     return chain.app.inference.params(chain.app.store).settlement_fee_for(FEE)
 
@@ -110,9 +117,7 @@ def test_a_client_revoking_its_allowance_after_claiming_cannot_stop_the_settleme
     chain.block()
     ok(chain.deliver(NODE, MsgSettle((honest,))))  # after the revocation took effect
     assert chain.answer("/inference/receipt", honest.receipt.id.encode())["status"] == "verified"
-    blocks_until(chain, deadline - 1)
-    events = chain.block().events
-    assert [e.type for e in events if e.type in ("slash", "claim_voided")] == ["slash"]
+    assert outcome_at(chain, deadline) == "slash"
     holds(chain)
 
 
@@ -149,9 +154,7 @@ def test_an_approval_widened_during_the_window_does_not_void_the_claim(chain):
     ok(chain.deliver(CLIENT, MsgClaim(item.receipt, item.payment)))
     deadline = chain.height + DEADLINE
     ok(chain.deliver(AUTHORITY, MsgApproveMeasurement(DEV_MID, "llm")))  # no revocation: nothing outside
-    blocks_until(chain, deadline - 1)
-    events = chain.block().events
-    assert [e.type for e in events if e.type in ("slash", "claim_voided")] == ["slash"]
+    assert outcome_at(chain, deadline) == "slash"
 
 
 def test_a_claim_holds_the_settlement_fee_so_a_drained_lane_cannot_fail_the_settlement(chain):
@@ -181,9 +184,7 @@ def test_a_measurement_revoked_during_the_window_voids_the_claim_and_the_receipt
     ok(chain.deliver(AUTHORITY, MsgRevokeMeasurement(DEV_MID, "*")))
     refused = chain.deliver(NODE, MsgSettle((item,)))
     assert refused.code == errors.MeasurementNotApproved.code, refused.log
-    blocks_until(chain, deadline - 1)
-    events = chain.block().events
-    assert [e.type for e in events if e.type in ("slash", "claim_voided")] == ["claim_voided"]
+    assert outcome_at(chain, deadline) == "claim_voided"
     assert stake(chain, NODE.address)["bonded"] == str(STAKE)
     assert chain.escrow(CLIENT.address, NODE.address) == escrow
     ok(chain.deliver(AUTHORITY, MsgApproveMeasurement(DEV_MID, "*")))
@@ -198,9 +199,7 @@ def test_a_measurement_revoked_and_approved_again_inside_the_window_still_voids_
     deadline = chain.height + DEADLINE
     ok(chain.deliver(AUTHORITY, MsgRevokeMeasurement(DEV_MID, "*")))
     ok(chain.deliver(AUTHORITY, MsgApproveMeasurement(DEV_MID, "*")))
-    blocks_until(chain, deadline - 1)
-    events = chain.block().events
-    assert [e.type for e in events if e.type in ("slash", "claim_voided")] == ["claim_voided"]
+    assert outcome_at(chain, deadline) == "claim_voided"
     assert stake(chain, NODE.address)["bonded"] == str(STAKE)
     holds(chain)
 
@@ -208,9 +207,7 @@ def test_a_measurement_revoked_and_approved_again_inside_the_window_still_voids_
 def test_a_silent_node_with_an_approved_measurement_is_still_slashed(chain):
     item = tee_item(chain, 109)
     ok(chain.deliver(CLIENT, MsgClaim(item.receipt, item.payment)))
-    blocks_until(chain, chain.height + DEADLINE - 1)
-    events = chain.block().events
-    assert [e.type for e in events if e.type in ("slash", "claim_voided")] == ["slash"]
+    assert outcome_at(chain, chain.height + DEADLINE) == "slash"
     assert int(stake(chain, NODE.address)["bonded"]) < STAKE
 
 
@@ -239,9 +236,7 @@ def test_a_minimum_stake_raised_by_governance_during_the_window_voids_the_claim(
     ok(chain.deliver(AUTHORITY, MsgUpdateParams("staking", {"min_stake_tee": str(2 * STAKE)})))
     refused = chain.deliver(NODE, MsgSettle((item,)))
     assert refused.code == errors.InsufficientStake.code, refused.log
-    blocks_until(chain, deadline - 1)
-    events = chain.block().events
-    assert [e.type for e in events if e.type in ("slash", "claim_voided")] == ["claim_voided"]
+    assert outcome_at(chain, deadline) == "claim_voided"
     assert stake(chain, NODE.address)["bonded"] == str(STAKE)
     holds(chain)
 
@@ -252,6 +247,4 @@ def test_a_measurement_revoked_and_approved_again_before_the_claim_leaves_the_no
     ok(chain.deliver(AUTHORITY, MsgRevokeMeasurement(DEV_MID, "*")))
     ok(chain.deliver(AUTHORITY, MsgApproveMeasurement(DEV_MID, "*")))
     ok(chain.deliver(CLIENT, MsgClaim(item.receipt, item.payment)))
-    blocks_until(chain, chain.height + DEADLINE - 1)
-    events = chain.block().events
-    assert [e.type for e in events if e.type in ("slash", "claim_voided")] == ["slash"]
+    assert outcome_at(chain, chain.height + DEADLINE) == "slash"
