@@ -197,14 +197,14 @@ def enclave_of(ctx: NodeContext) -> EnclaveKey:
     return ctx.enclave
 
 
-async def read_body(request: Request) -> bytes:
+async def read_body(request: Request, limit: int = MAX_BODY_BYTES) -> bytes:
     declared = request.headers.get("content-length")
-    if declared and declared.isdigit() and int(declared) > MAX_BODY_BYTES:
-        raise PayloadTooLarge(f"body is {declared} bytes; the limit is {MAX_BODY_BYTES}")
+    if declared and declared.isdigit() and int(declared) > limit:
+        raise PayloadTooLarge(f"body is {declared} bytes; the limit is {limit}")
     chunks, size = [], 0
     async for chunk in request.stream():
         size += len(chunk)
-        if size > MAX_BODY_BYTES:
-            raise PayloadTooLarge(f"body exceeds the {MAX_BODY_BYTES}-byte limit")
+        if size > limit:
+            raise PayloadTooLarge(f"body exceeds the {limit}-byte limit")
         chunks.append(chunk)
     return b"".join(chunks)

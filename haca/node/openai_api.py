@@ -21,7 +21,7 @@ import asyncio
 import base64
 import threading
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any
@@ -31,7 +31,15 @@ import structlog
 from fastapi import FastAPI, Request
 from fastapi.responses import Response, StreamingResponse
 
-from haca.node.context import NodeContext, ServedModel, enclave_of, queue_receipt, read_body, route_quotes
+from haca.node.context import (
+    MAX_BODY_BYTES,
+    NodeContext,
+    ServedModel,
+    enclave_of,
+    queue_receipt,
+    read_body,
+    route_quotes,
+)
 from haca.node.errors import (
     ContextLengthExceeded,
     InvalidRequest,
@@ -135,6 +143,20 @@ async def _serve(ctx: NodeContext, admissions: dict[str, Admission], http: Reque
     )
 
 
+# A request body an LLM's context could hold: this many bytes a token (escaped unicode in JSON is up
+# to 12 a token) plus room for the JSON around the messages. A prompt past it is refused (413)
+# before it is read whole or tokenised: one cheap payment replayed with a 1 MB prompt held a slot
+# for the tokeniser each time and was never charged (its tokens did not fit the context).
+BODY_BYTES_PER_TOKEN = 16
+BODY_SLACK_BYTES = 16 * 1024
+
+
+def llm_body_limit(quotes: Iterable[Quote]) -> int:
+    """The largest request body any served LLM could take (context tokens = a quote's max_rows)."""
+    most = max((q.max_rows for q in quotes if q.price_unit == "token"), default=0)
+    return min(MAX_BODY_BYTES, BODY_SLACK_BYTES + BODY_BYTES_PER_TOKEN * most)
+
+
 async def _accept(ctx: NodeContext, http: Request, kind: str) -> LlmCall:
     """Payment from the headers, then the body; the most the request may cost is held, and the
     moment generation must stop for the receipt to settle before the authorisation expires."""
@@ -147,7 +169,7 @@ async def _accept(ctx: NodeContext, http: Request, kind: str) -> LlmCall:
     try:
         try:
             async with asyncio.timeout(BODY_DEADLINE_S):
-                raw = await read_body(http)
+                raw = await read_body(http, llm_body_limit(llm_quotes.values()))
         except TimeoutError:
             raise RequestTimeout(f"the body did not arrive within {BODY_DEADLINE_S:.0f} s") from None
         try:

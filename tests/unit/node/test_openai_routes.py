@@ -407,3 +407,15 @@ def test_a_replayed_payment_whose_prompt_it_did_not_cover_is_refused_before_its_
     replay = post(node.url + "/v1/chat/completions", content=b"{" * 1000, headers=header)
     assert replay.status_code == 409 and replay.json()["error"]["code"] == "request_conflict"
     assert node.store.unsettled_count() == 0
+
+
+def test_a_prompt_larger_than_any_context_could_hold_is_refused_before_it_is_read_or_tokenised(node: Node):
+    """One cheap API-key payment replayed with a 1 MB prompt held the only slot for the tokeniser
+    each time, uncharged (its tokens never fit the context): such a body is a 413 while it arrives."""
+    request = {**CHAT, "messages": [{"role": "user", "content": "word " * 200_000}]}
+    answer = post(node.url + "/v1/chat/completions", json=request, headers=bearer(node))
+    assert answer.status_code == 413, answer.text
+    assert answer.json()["error"]["code"] == "payload_too_large"
+    assert node.store.unsettled_count() == 0
+    # a prompt the context can hold is still served
+    assert post(node.url + "/v1/chat/completions", json=CHAT, headers=bearer(node)).status_code == 200
