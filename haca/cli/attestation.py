@@ -13,9 +13,10 @@ from haca.proofs.tee.attestation import Attestation, verify_attestation
 from haca.proofs.tee.binding import measurement_id
 from haca.proofs.tee.claims import AttestationError, AttestationPolicy, Claims
 from haca.proofs.tee.dev import DEV_LABEL
+from haca.proofs.tee.nvidia import verify_nvidia_report
 
 attestation_app = typer.Typer(help="Verify TEE attestation evidence offline.", no_args_is_help=True)
-FORMAT_NAMES = ("nitro", "tdx", "sgx", "snp", "dev")
+FORMAT_NAMES = ("nitro", "tdx", "sgx", "snp", "dev")  # CPU TEEs (an enclave key's evidence); GPUs: "nvidia"
 
 
 class AttestationRefused(HacaError):
@@ -62,7 +63,7 @@ def verify_file(
 @cli_command
 def verify(
     file: Annotated[Path, typer.Argument(exists=True, dir_okay=False, readable=True, metavar="FILE")],
-    fmt: Annotated[str, typer.Option("--format", help="nitro, tdx, sgx, snp or dev")],
+    fmt: Annotated[str, typer.Option("--format", help="nitro, tdx, sgx, snp, dev or nvidia")],
     at: Annotated[int, typer.Option("--at", help="verify as of this time (unix seconds)")],
     collateral: Annotated[Path | None, typer.Option("--collateral", help="tdx/sgx: DCAP collateral JSON")] = None,
     root: Annotated[
@@ -70,15 +71,23 @@ def verify(
         typer.Option("--root", help="nitro: root certificate PEM (default: AWS's); dev: the DEV root PEM (required)"),
     ] = None,
     vcek: Annotated[Path | None, typer.Option("--vcek", help="snp: the VCEK certificate (DER)")] = None,
-    chain: Annotated[Path | None, typer.Option("--chain", help="snp: ASK+ARK PEM (default: AMD's)")] = None,
+    chain: Annotated[
+        Path | None, typer.Option("--chain", help="snp: ASK+ARK PEM (default: AMD's); nvidia: the GPU's chain PEM")
+    ] = None,
     allow_debug: Annotated[bool, typer.Option("--allow-debug", help="accept a debug enclave")] = False,
     allow_status: Annotated[
         list[str] | None, typer.Option("--allow-status", help="TCB statuses to accept besides UpToDate")
     ] = None,
+    nonce: Annotated[str | None, typer.Option("--nonce", help="nvidia: the nonce (hex) the report must bind")] = None,
     json_out: JsonOption = False,
 ) -> None:
     """Print the Claims of FILE; exit 0 only when it verifies at --at and the policy holds
-    (default: debug refused, TCB status UpToDate), else 1 naming the step that failed."""
+    (default: debug refused, TCB status UpToDate), else 1 naming the step that failed. `--format
+    nvidia`: an NVIDIA GPU report (SPDM GET_MEASUREMENTS + signed MEASUREMENTS) with its certificate
+    chain (--chain, leaf first) to the pinned NVIDIA Device Identity root (or --root), bound to --nonce."""
+    if fmt == "nvidia":
+        _verify_gpu(file, at, chain, root, nonce, json_out)
+        return
     policy = AttestationPolicy(allow_debug, ("UpToDate", *(allow_status or ())))
     try:
         claims = verify_file(file, fmt, at, collateral, root, vcek, chain)
@@ -100,5 +109,29 @@ def verify(
         console.print(f"  {'report_data':<18} {doc['report_data']}")
         console.print(f"  {'debug':<18} {claims.debug}")
         console.print(f"  {'time':<18} {claims.time}")
+
+    emit(json_out, doc, human)
+
+
+def _verify_gpu(file: Path, at: int, chain: Path | None, root: Path | None, nonce: str | None, json_out: bool) -> None:
+    if chain is None or nonce is None:
+        raise HacaError("--format nvidia needs --chain (the GPU's certificate chain PEM, leaf first) and --nonce (hex)")
+    try:
+        expected = bytes.fromhex(nonce.removeprefix("0x"))
+    except ValueError:
+        raise HacaError("--nonce must be hex") from None
+    try:
+        report = verify_nvidia_report(
+            file.read_bytes(), chain.read_bytes(), at, expected, root.read_bytes() if root is not None else None
+        )
+    except AttestationError as exc:
+        raise AttestationRefused(str(exc)) from exc
+    doc = report.to_json()
+
+    def human() -> None:
+        console.print(f"[bold]nvidia[/bold] GPU report verifies (at {at}), bound to nonce {report.nonce.hex()}")
+        console.print(f"  {'driver_version':<18} {report.driver_version}")
+        console.print(f"  {'measurements':<18} {len(report.measurements)}")
+        console.print(f"  {'root':<18} {doc['root']}")
 
     emit(json_out, doc, human)

@@ -1,0 +1,103 @@
+"""NVIDIA GPU evidence (issue 20, item 4: the verifier): the real H100 report from NVIDIA/nvtrust
+verifies with its nonce against the pinned NVIDIA Device Identity root and reports its
+measurements and driver; each must-fail case of the fixture's README fails at the named step."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+from cryptography import x509
+from cryptography.hazmat.primitives.serialization import Encoding
+from typer.testing import CliRunner
+
+from haca.cli.main import app
+from haca.proofs.tee.claims import AttestationError
+from haca.proofs.tee.nvidia import REQUEST_BYTES, SIGNATURE_BYTES, parse_report_text, verify_nvidia_report
+
+FIXTURES = Path(__file__).resolve().parents[2] / "fixtures" / "tee" / "nvidia"
+REPORT = parse_report_text((FIXTURES / "hopperAttestationReport.txt").read_bytes())
+CHAIN = (FIXTURES / "hopperCertChain.txt").read_bytes()
+NONCE = bytes.fromhex("931d8dd0add203ac3d8b4fbde75e115278eefcdceac5b87671a748f32364dfcb")
+AT = 1_800_000_000  # every certificate is valid until 9999
+
+
+def flipped(data: bytes, offset: int) -> bytes:
+    return data[:offset] + bytes([data[offset] ^ 1]) + data[offset + 1 :]
+
+
+def test_the_h100_fixture_verifies_with_its_nonce_and_reports_its_facts():
+    report = verify_nvidia_report(REPORT, CHAIN, AT, NONCE)
+    assert report.nonce == NONCE and len(report.measurements) == 64
+    assert all(len(value) == 48 for value in report.measurements.values())
+    assert report.driver_version == "550.90.07"
+    assert (report.fields["project"], report.fields["chip_info"], report.fields["chip_sku"]) == ("882", "1010", "0200")
+    assert len(report.signer_chain) == 5 and report.signer_chain[-1] == "O=NVIDIA,CN=NVIDIA Device Identity CA"
+    assert verify_nvidia_report((FIXTURES / "hopperAttestationReport.txt").read_bytes(), CHAIN, AT, NONCE) == report
+
+
+@pytest.mark.parametrize(
+    "offset",
+    [4, REQUEST_BYTES + 8 + 7 + 5, len(REPORT) - SIGNATURE_BYTES - 5],  # (header 8, block head 7)
+    ids=["nonce", "measurement", "opaque-data"],
+)
+def test_a_changed_byte_of_nonce_measurement_or_opaque_data_fails_the_signature(offset):
+    with pytest.raises(AttestationError) as refused:
+        verify_nvidia_report(flipped(REPORT, offset), CHAIN, AT, None)
+    assert refused.value.step == "signature"
+
+
+def test_a_chain_not_ending_at_the_pinned_root_fails_the_chain():
+    certs = x509.load_pem_x509_certificates(CHAIN)
+    short = b"".join(c.public_bytes(Encoding.PEM) for c in certs[:-1])  # stops at NVIDIA GH100 Identity
+    with pytest.raises(AttestationError, match="not the pinned root") as refused:
+        verify_nvidia_report(REPORT, short, AT, NONCE)
+    assert refused.value.step == "chain"
+
+
+def test_an_altered_certificate_fails_the_chain():
+    certs = x509.load_pem_x509_certificates(CHAIN)
+    der = bytearray(certs[1].public_bytes(Encoding.DER))
+    der[-10] ^= 1  # inside the issuer's signature over it
+    altered = x509.load_der_x509_certificate(bytes(der))
+    pem = b"".join(c.public_bytes(Encoding.PEM) for c in (certs[0], altered, *certs[2:]))
+    with pytest.raises(AttestationError, match="is not signed by") as refused:
+        verify_nvidia_report(REPORT, pem, AT, NONCE)
+    assert refused.value.step == "chain"
+
+
+def test_a_nonce_other_than_the_expected_one_is_refused_as_not_bound():
+    with pytest.raises(AttestationError, match="not the expected") as refused:
+        verify_nvidia_report(REPORT, CHAIN, AT, bytes(32))
+    assert refused.value.step == "binding"
+
+
+@pytest.mark.parametrize(
+    ("data", "message"),
+    [(REPORT[:30], "ends inside its GET_MEASUREMENTS request"), (REPORT + b"\x00", "follow the signature")],
+    ids=["truncated", "trailing"],
+)
+def test_a_malformed_report_fails_its_format(data, message):
+    with pytest.raises(AttestationError, match=message) as refused:
+        verify_nvidia_report(data, CHAIN, AT, None)
+    assert refused.value.step == "format"
+
+
+def run(*args: str) -> tuple[int, dict]:
+    result = CliRunner().invoke(app, ["attestation", "verify", *args, "--json"])
+    return result.exit_code, json.loads(result.stdout)
+
+
+def test_the_cli_prints_the_driver_the_measurement_count_and_the_root():
+    args = (str(FIXTURES / "hopperAttestationReport.txt"), "--format", "nvidia", "--at", str(AT))
+    code, doc = run(*args, "--chain", str(FIXTURES / "hopperCertChain.txt"), "--nonce", NONCE.hex())
+    assert code == 0, doc
+    assert (doc["driver_version"], len(doc["measurements"]), doc["root"]) == (
+        "550.90.07",
+        64,
+        "O=NVIDIA,CN=NVIDIA Device Identity CA",
+    )
+    code, doc = run(*args, "--chain", str(FIXTURES / "hopperCertChain.txt"), "--nonce", "00" * 32)
+    assert code == 1 and doc["error"]["code"] == "attestation_refused"
+    assert doc["error"]["message"].startswith("binding:")
