@@ -35,6 +35,13 @@ def key_binding(chain_id: str, node: str, key: str, nonce: bytes) -> bytes:
     return hashlib.sha512(_framed(*parts)).digest()
 
 
+def gpu_report_nonce(chain_id: str, node: str, key: str, nonce: bytes) -> bytes:
+    """The 32-byte SPDM nonce a GPU report must carry to vouch for the same enclave key as the CPU
+    evidence: SHA-256 of that key's binding (report data), so one registration binds both, and a
+    GPU report made for another key, node, chain or block is refused as not bound."""
+    return hashlib.sha256(key_binding(chain_id, node, key, nonce)).digest()
+
+
 def measurement_id(claims: Claims) -> str:
     """`<format>:<sha256 hex>` over the format's code-identity registers: what an authority approves."""
     names = MEASUREMENT_REGISTERS.get(claims.format)
