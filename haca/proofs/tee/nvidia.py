@@ -31,6 +31,7 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.hazmat.primitives.asymmetric.utils import encode_dss_signature
 from cryptography.hazmat.primitives.serialization import Encoding
 
+from haca.proofs.reader import BoundedReader
 from haca.proofs.tee.claims import AttestationError, check_validity
 
 SPDM_VERSION = 0x11
@@ -71,19 +72,10 @@ class GpuReport:
         }
 
 
-class _Reader:
-    def __init__(self, data: bytes, offset: int = 0) -> None:
-        self.data, self.offset = data, offset
-
-    def take(self, n: int, what: str) -> bytes:
-        if n < 0 or self.offset + n > len(self.data):
-            raise AttestationError("format", f"the report ends inside its {what}")
-        out = self.data[self.offset : self.offset + n]
-        self.offset += n
-        return out
-
-    def uint_le(self, n: int, what: str) -> int:
-        return int.from_bytes(self.take(n, what), "little")
+def _reader(data: bytes) -> BoundedReader:
+    return BoundedReader(
+        data, lambda what, _needed, _left: AttestationError("format", f"the report ends inside its {what}")
+    )
 
 
 def parse_report_text(text: bytes) -> bytes:
@@ -96,14 +88,14 @@ def parse_report_text(text: bytes) -> bytes:
 
 
 def _measurements(record: bytes, count: int) -> dict[int, bytes]:
-    reader, out = _Reader(record), {}
+    reader, out = _reader(record), {}
     for _ in range(count):
-        index = reader.uint_le(1, "measurement index")
+        index = reader.uint(1, "measurement index", "little")
         reader.take(1, "measurement specification")
-        size = reader.uint_le(2, "measurement size")
-        block = _Reader(reader.take(size, f"measurement {index}"))
+        size = reader.uint(2, "measurement size", "little")
+        block = _reader(reader.take(size, f"measurement {index}"))
         block.take(1, f"measurement {index} type")
-        value_size = block.uint_le(2, f"measurement {index} value size")
+        value_size = block.uint(2, f"measurement {index} value size", "little")
         value = block.take(value_size, f"measurement {index} value")
         if block.offset != size:
             raise AttestationError("format", f"measurement {index} has bytes after its value")
@@ -116,10 +108,10 @@ def _measurements(record: bytes, count: int) -> dict[int, bytes]:
 
 
 def _opaque(data: bytes) -> dict[int, bytes]:
-    reader, out = _Reader(data), {}
+    reader, out = _reader(data), {}
     while reader.offset < len(data):
-        kind = reader.uint_le(2, "opaque field type")
-        size = reader.uint_le(2, f"opaque field {kind} length")
+        kind = reader.uint(2, "opaque field type", "little")
+        size = reader.uint(2, f"opaque field {kind} length", "little")
         out[kind] = reader.take(size, f"opaque field {kind}")
     return out
 
@@ -168,7 +160,7 @@ def verify_nvidia_report(
     chain to the pinned root, and (when `expected_nonce` is given) the nonce it binds.
     AttestationError naming the step (format, signature, chain, expired, binding) otherwise."""
     data = parse_report_text(report)
-    reader = _Reader(data)
+    reader = _reader(data)
     request = reader.take(REQUEST_BYTES, "GET_MEASUREMENTS request")
     if request[0] != SPDM_VERSION or request[1] != GET_MEASUREMENTS:
         raise AttestationError("format", "the report does not start with an SPDM 1.1 GET_MEASUREMENTS request")
@@ -178,10 +170,10 @@ def verify_nvidia_report(
     header = reader.take(4, "MEASUREMENTS header")
     if header[0] != SPDM_VERSION or header[1] != MEASUREMENTS:
         raise AttestationError("format", "the response is not an SPDM 1.1 MEASUREMENTS response")
-    count = reader.uint_le(1, "number of measurement blocks")
-    record = reader.take(reader.uint_le(3, "measurement record length"), "measurement record")
+    count = reader.uint(1, "number of measurement blocks", "little")
+    record = reader.take(reader.uint(3, "measurement record length", "little"), "measurement record")
     reader.take(NONCE_BYTES, "responder nonce")
-    opaque_data = reader.take(reader.uint_le(2, "opaque data length"), "opaque data")
+    opaque_data = reader.take(reader.uint(2, "opaque data length", "little"), "opaque data")
     signed = data[: reader.offset]
     signature = reader.take(SIGNATURE_BYTES, "signature")
     if reader.offset != len(data):

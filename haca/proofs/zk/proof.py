@@ -36,6 +36,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from haca.proofs.reader import BoundedReader
 from haca.proofs.receipt import EvidenceError
 from haca.proofs.zk.circuit import Circuit
 
@@ -100,7 +101,7 @@ def decode_proof(data: bytes) -> tuple[bytes, Instances]:
     bytes left over."""
     if not data.startswith(PROOF_MAGIC):
         raise ProofError("the proof is not in HACA's binary proof encoding (magic HZK\\x01)")
-    reader = _Reader(data, len(PROOF_MAGIC))
+    reader = BoundedReader(data, _cut_short, len(PROOF_MAGIC))
     size = reader.uint(4, "proof length")
     if not 1 <= size <= MAX_PROOF_BYTES:
         raise ProofError(f"the proof transcript length {size} is not 1 to {MAX_PROOF_BYTES}")
@@ -184,20 +185,8 @@ def _felt_bytes(felt: str) -> bytes:
     return raw
 
 
-@dataclass
-class _Reader:
-    data: bytes
-    offset: int
-
-    def take(self, n: int, what: str) -> bytes:
-        if n > len(self.data) - self.offset:
-            raise ProofError(f"the proof is cut short: {what} needs {n} bytes, {len(self.data) - self.offset} left")
-        chunk = self.data[self.offset : self.offset + n]
-        self.offset += n
-        return chunk
-
-    def uint(self, n: int, what: str) -> int:
-        return int.from_bytes(self.take(n, what), "big")
+def _cut_short(what: str, needed: int, left: int) -> ProofError:
+    return ProofError(f"the proof is cut short: {what} needs {needed} bytes, {left} left")
 
 
 def instances_commitment(instances: Instances) -> str:
