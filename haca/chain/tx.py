@@ -94,26 +94,27 @@ class TxRunner:
         msg_state = ante_state.branch()
         msg_events: list[Event] = []
         try:
-            try:
-                for msg in tx.msgs:
-                    ctx = TxContext(msg_state, tx.signer, self.height, self.chain_id, self.time, checking=checking)
-                    msg_events += self.handlers[type(msg)](ctx, msg)
-            except (ChainError, MemoryError):
-                raise  # (MemoryError: not a property of the tx, it must not become a verdict validators may not share)
-            except Exception as exc:
-                # A bug a tx can reach (a parser's RecursionError, say) fails that tx, the same on
-                # every validator, instead of taking the ABCI connection and the chain down with it.
-                raise ChainError(f"internal error: {type(exc).__name__}: {exc}"[:500]) from exc
-        except ChainError as error:
-            if atomic:
-                return TxResult.failure(error, ante_failed=False)
+            for msg in tx.msgs:
+                ctx = TxContext(msg_state, tx.signer, self.height, self.chain_id, self.time, checking=checking)
+                msg_events += self.handlers[type(msg)](ctx, msg)
+        except ChainError as exc:
+            failure = exc
+        except MemoryError:
+            raise  # not a property of the tx: it must not become a verdict validators may not share
+        except Exception as exc:
+            # A bug a tx can reach (a parser's RecursionError, say) fails that tx, the same on every
+            # validator, instead of taking the ABCI connection and the chain down with it.
+            failure = ChainError(f"internal error: {type(exc).__name__}: {exc}"[:500])
+        else:
+            msg_state.write()
             ante_state.write()
-            result = TxResult.failure(error, ante_failed=False)
-            result.events = events  # the fee and nonce stand; the undone messages report nothing
-            return result
-        msg_state.write()
+            return TxResult(events=events + msg_events)
+        if atomic:
+            return TxResult.failure(failure, ante_failed=False)
         ante_state.write()
-        return TxResult(events=events + msg_events)
+        result = TxResult.failure(failure, ante_failed=False)
+        result.events = events  # the fee and nonce stand; the undone messages report nothing
+        return result
 
     def decode_verified(self, raw: bytes) -> Tx:
         """Decode, check the chain id and the signature (cached by tx hash)."""
