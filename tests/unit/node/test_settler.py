@@ -52,10 +52,15 @@ class FakeChain:
         self.fail_in_block: dict[str, str] = {}  # receipt id -> log: passes CheckTx, expires in its block, then invalid
         self.check_faults: list[TxRejected] = []  # the next broadcasts raise these
         self.names_items = False
+        self.claims: list[str] = []  # receipt ids with a pending claim on chain
         self.broadcast_lost = 0  # the next N accepted broadcasts answer with an RPC error
         self.wait_faults: list[str] = []  # next wait_tx: "slow" (no block yet), "lost" (block, no answer), "dropped"
 
     # --- what the settler calls ----------------------------------------------------------------
+
+    def query(self, path: str, data: bytes = b"") -> dict[str, Any]:
+        assert path == "/inference/node_claims" and data == NODE.address.encode()
+        return {"node": NODE.address, "claims": [{"receipt_id": rid, "deadline": 200} for rid in self.claims]}
 
     def nonce(self, address: str) -> int:
         assert address == NODE.address
@@ -176,6 +181,9 @@ class RecordView:
 
     def height(self) -> int:
         return self.chain.height
+
+    def params(self) -> dict[str, Any]:
+        return {"claim_window": 2000}
 
     def receipt_record(self, receipt_id: str) -> dict[str, Any] | None:
         self.lookups.append(receipt_id)
@@ -581,23 +589,11 @@ def test_deferred_receipts_do_not_starve_newer_ones(tmp_path, monkeypatch):
     assert statuses(store, ids) == ["pending", "pending", "settled"]
 
 
-class ClaimsChain(FakeChain):
-    """The fake chain with pending claims on some of the node's receipts."""
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.claims: list[str] = []
-
-    def query(self, path: str, data: bytes = b"") -> dict[str, Any]:
-        assert path == "/inference/node_claims" and data == NODE.address.encode()
-        return {"node": NODE.address, "claims": [{"receipt_id": rid, "deadline": 200} for rid in self.claims]}
-
-
 def test_a_claimed_receipt_is_settled_on_its_claim_even_after_the_node_gave_it_up(tmp_path):
     """Issue 19: the node's own payment expired (final refusal), then the client claims the receipt:
     the claim pays, so the settler puts it back and settles it alone."""
     store = ReceiptStore(tmp_path / "receipts.db")
-    chain = ClaimsChain()
+    chain = FakeChain()
     settler = Settler(store, chain, RecordView(chain), NODE, 1, 1.0, 1, claims_interval=0.0)  # type: ignore[arg-type]
     rid = queue(store, 0)
     chain.invalid[rid] = "payment expired at height 90; this is height 100"
