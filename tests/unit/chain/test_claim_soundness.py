@@ -27,6 +27,7 @@ from haca.types.encoding import canonical_json
 from haca.types.gov import MsgUpdateParams
 from haca.types.inference import MsgClaim, MsgRevokeAllowance, MsgSettle, MsgWithdraw, SettlementItem
 from haca.types.payment import PaymentAuthorization, SignedPayment, SpendingAllowance
+from haca.types.staking import MsgUnbond
 from haca.types.tee import MsgApproveMeasurement, MsgRevokeMeasurement
 from tests.unit.chain import apphelpers
 from tests.unit.chain import test_accountability as accountability
@@ -248,3 +249,31 @@ def test_a_measurement_revoked_and_approved_again_before_the_claim_leaves_the_no
     ok(chain.deliver(AUTHORITY, MsgApproveMeasurement(DEV_MID, "*")))
     ok(chain.deliver(CLIENT, MsgClaim(item.receipt, item.payment)))
     assert outcome_at(chain, chain.height + DEADLINE) == "slash"
+
+
+def allowance_spent(chain: Node, payment: SignedPayment) -> int:
+    return int(chain.answer("/inference/allowance", canonical_json(payment.value.to_json()))["spent"])
+
+
+def test_a_claim_reserves_its_fee_under_the_allowance_cap_and_an_expired_claim_gives_it_back(chain):
+    """The client cannot spend past its cap through a claim: the claimed fee counts against the cap
+    while the claim runs, and is released when the claim ends without a settlement."""
+    pay = allowance(13)
+    item = paid_with(tee_item(chain, 116), pay)
+    ok(chain.deliver(CLIENT, MsgClaim(item.receipt, item.payment)))
+    assert allowance_spent(chain, pay) == FEE
+    assert outcome_at(chain, chain.height + DEADLINE) == "slash"
+    assert allowance_spent(chain, pay) == 0
+    holds(chain)
+
+
+def test_a_node_unbonding_after_a_minimum_stake_raise_is_still_slashed(chain):
+    """The void for a raised minimum judges the bond the node had at the claim: a node that unbonds
+    below the new minimum after the claim cannot dress its silence up as governance's doing."""
+    item = tee_item(chain, 117)
+    ok(chain.deliver(CLIENT, MsgClaim(item.receipt, item.payment)))
+    deadline = chain.height + DEADLINE
+    ok(chain.deliver(AUTHORITY, MsgUpdateParams("staking", {"min_stake_tee": str(STAKE)})))  # met exactly
+    ok(chain.deliver(NODE, MsgUnbond(1)))  # now one under it, by its own act
+    assert outcome_at(chain, deadline) == "slash"
+    holds(chain)
