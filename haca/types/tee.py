@@ -12,6 +12,7 @@ from haca.types.encoding import canonical_json
 from haca.types.tx import register_msg
 
 ATTESTATION_FORMATS = ("nitro", "tdx", "sgx", "snp", "dev")
+GPU_EVIDENCE_FORMATS = ("nvidia", "dev-gpu")  # GPU reports that ride along a CPU attestation
 MAX_EVIDENCE_BYTES = 64 * 1024
 MAX_ENDORSEMENTS_BYTES = 64 * 1024
 MAX_POLICY_BYTES = 32 * 1024
@@ -81,6 +82,18 @@ def _measurement_id(value: Any) -> str:
 
 def _scope(value: Any) -> str:
     return GLOBAL_SCOPE if value == GLOBAL_SCOPE else f.name(value, "model")
+
+
+@dataclass(frozen=True)
+class GpuEvidence:
+    """One GPU's confidential-computing report, bound to the same enclave key as the CPU evidence
+    it travels with (its nonce is `haca.proofs.tee.binding.gpu_report_nonce` of that binding).
+    `report`: nvidia: the SPDM GET_MEASUREMENTS request and signed response; `chain`: the GPU's
+    certificate chain (PEM, leaf first)."""
+
+    format: str  # one of GPU_EVIDENCE_FORMATS
+    report: bytes
+    chain: bytes
 
 
 @register_msg

@@ -1,0 +1,1 @@
+"""The enclave: the trust boundary that runs models, signs the receipts it produced, and attests its key."""
