@@ -28,6 +28,11 @@ from haca.types.tee import GpuEvidence
 
 CC_FEATURE_ENABLED = 1  # NVML_CC_SYSTEM_FEATURE_ENABLED
 CC_DEVTOOLS_ON = 1  # NVML_CC_SYSTEM_DEVTOOLS_MODE_ON
+_CC_CALLS = (
+    "nvmlSystemGetConfComputeState",
+    "nvmlDeviceGetConfComputeGpuAttestationReport",
+    "nvmlDeviceGetConfComputeGpuCertificate",
+)
 SPDM_NONCE_AT = 4  # the requester's nonce in the GET_MEASUREMENTS request
 
 
@@ -59,6 +64,11 @@ class NvmlGpus:
 
     def __init__(self, nvml: Any = None) -> None:
         self.nvml = nvml if nvml is not None else load_nvml()
+        missing = [call for call in _CC_CALLS if not hasattr(self.nvml, call)]
+        if missing:
+            raise PlatformUnavailable(
+                f"this nvidia-ml-py has no confidential-computing calls ({', '.join(missing)}): upgrade it"
+            )
 
     def reports(self, nonce: bytes) -> list[GpuEvidence]:
         if len(nonce) != GPU_NONCE_SIZE:

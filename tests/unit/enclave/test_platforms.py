@@ -21,7 +21,7 @@ from cryptography.hazmat.primitives.serialization import Encoding
 from haca.enclave import platforms
 from haca.enclave.evidence import PlatformUnavailable, open_platform
 from haca.enclave.platforms import detect_platform, to_pem
-from haca.enclave.platforms.nitro import NitroPlatform, NsmError
+from haca.enclave.platforms.nitro import NSM_IOCTL, NitroPlatform, NsmError
 from haca.enclave.platforms.nvml import NvmlGpus
 from haca.enclave.platforms.tsm import VCEK_GUID, VLEK_GUID, LinuxConfigFs, TsmError, TsmPlatform
 from haca.proofs.tee.attestation import Attestation, verify_attestation
@@ -224,6 +224,19 @@ def test_nitro_without_the_nsm_device_is_unavailable(tmp_path: Path) -> None:
         NitroPlatform(tmp_path / "nsm")
 
 
+def test_the_nsm_ioctl_is_iowr_0x0a_0_of_two_iovecs() -> None:
+    """CONTRACT: the request number the NSM driver answers: _IOWR(0x0A, 0, struct of two iovecs)."""
+    assert NSM_IOCTL == 0xC0200A00
+
+
+def test_the_ioctl_transport_on_a_device_that_is_not_the_nsm_is_a_clear_error(tmp_path: Path) -> None:
+    """CONTRACT: the real transport builds its message and calls ioctl; a plain file refuses it (ENOTTY)."""
+    device = tmp_path / "nsm"
+    device.touch()
+    with pytest.raises(NsmError, match=r"the NSM request on .* failed"):
+        NitroPlatform(device).attest(BINDING)
+
+
 # --- NVML -----------------------------------------------------------------------------------------
 
 
@@ -305,6 +318,12 @@ def test_no_gpu_is_unavailable() -> None:
     """CONTRACT: NVML seeing no GPU: PlatformUnavailable."""
     with pytest.raises(PlatformUnavailable, match="no GPU"):
         NvmlGpus(NvmlDouble(gpus=0)).reports(GPU_NONCE)
+
+
+def test_an_nvml_without_the_cc_calls_is_unavailable() -> None:
+    """CONTRACT: an nvidia-ml-py too old for confidential computing is named, not failed on later."""
+    with pytest.raises(PlatformUnavailable, match="no confidential-computing calls"):
+        NvmlGpus(SimpleNamespace(NVMLError=Exception))
 
 
 def test_without_pynvml_the_nvidia_gpus_are_unavailable(monkeypatch: pytest.MonkeyPatch) -> None:
