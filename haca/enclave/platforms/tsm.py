@@ -170,9 +170,10 @@ class TsmPlatform:
         self.fs: ConfigFs = fs or LinuxConfigFs()
         require_interface(root)
         if provider == "tdx" and (collateral is None or not collateral.is_file()):
+            given = f"{collateral} is not a file" if collateral else "none given"
             raise PlatformUnavailable(
                 "tdx evidence needs its DCAP collateral (JSON for this platform's FMSPC, from a PCCS or "
-                f"Intel's PCS; a guest cannot fetch it offline): {collateral or 'no collateral file'} given"
+                f"Intel's PCS; a guest cannot fetch it offline): {given}"
             )
 
     def attest(self, report_data: bytes) -> Attestation:
