@@ -21,6 +21,7 @@ from typing import Any, Protocol, TypeVar
 
 from haca.crypto.hashing import sha256
 from haca.proofs.receipt import EvidenceError, receipt_signer
+from haca.proofs.tee.policy import gpu_missing
 from haca.proofs.zk.proof import PROOF_MAGIC, instances_commitment, proof_instances, verify_proof
 from haca.types.modes import Mode, Status
 from haca.types.receipt import SignedReceipt
@@ -46,8 +47,9 @@ class EnclaveStanding:
     measurement_id: str
     dev: bool
     covered: bool  # an attestation covers the receipt's height
-    approved: bool  # its measurement is approved for the receipt's model now
+    approved: bool  # its measurement is approved for the receipt's model now (and GPU rule met)
     detail: str = ""  # why not, in words
+    gpus: int = 0  # verified GPU reports its latest attestation carried
 
     @classmethod
     def from_record(cls, record: Mapping[str, Any], covered: bool, approved: bool, detail: str = "") -> EnclaveStanding:
@@ -61,6 +63,7 @@ class EnclaveStanding:
             covered=covered,
             approved=approved,
             detail=detail,
+            gpus=len(record.get("gpus") or ()),
         )
 
 
@@ -94,6 +97,9 @@ class VerifyContext:
     # CheckTx: leave an uncached zkml proof to the block, where its tx fee is charged whatever the
     # verdict (a junk proof refused in CheckTx would cost the validator a verify and the sender nothing)
     defer_proof: bool = False
+    # tee: the TEE policy's gpu_required (models, or "*", whose receipts need an enclave attested
+    # with a GPU report); the chain's standing already folds it into `approved`, a client passes it
+    gpu_required: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -195,6 +201,9 @@ class TeeVerifier(_SignatureVerifier):
             raise EvidenceError(f"receipt is signed by {signer}, which is not an enclave key attested for node {node}")
         if not standing.approved:
             raise MeasurementRevoked(standing.detail)
+        model = str(ctx.manifest.get("name", ""))
+        if missing := gpu_missing(ctx.gpu_required, standing.gpus, signer, model):
+            raise MeasurementRevoked(missing)
         if not standing.covered:
             raise EnclaveLapsed(standing.detail)
         return Verdict(Status.VERIFIED, signer, standing)

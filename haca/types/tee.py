@@ -16,6 +16,9 @@ GPU_EVIDENCE_FORMATS = ("nvidia", "dev-gpu")  # GPU reports that ride along a CP
 MAX_EVIDENCE_BYTES = 64 * 1024
 MAX_ENDORSEMENTS_BYTES = 64 * 1024
 MAX_POLICY_BYTES = 32 * 1024
+MAX_GPUS = 8  # GPU reports one attestation may carry
+MAX_GPU_REPORT_BYTES = 32 * 1024
+MAX_GPU_CHAIN_CHARS = 16 * 1024  # PEM text of a GPU's certificate chain
 GLOBAL_SCOPE = "*"  # a measurement approved for every model
 
 
@@ -88,19 +91,68 @@ def _scope(value: Any) -> str:
 class GpuEvidence:
     """One GPU's confidential-computing report, bound to the same enclave key as the CPU evidence
     it travels with (its nonce is `haca.proofs.tee.binding.gpu_report_nonce` of that binding).
-    `report`: nvidia: the SPDM GET_MEASUREMENTS request and signed response; `chain`: the GPU's
-    certificate chain (PEM, leaf first)."""
+    `report`: nvidia: the SPDM GET_MEASUREMENTS request and signed response; dev-gpu: the DEV GPU
+    document (haca.proofs.tee.dev_gpu). `chain`: the GPU's certificate chain, PEM text, leaf first.
+
+    JSON: ``{"format": "nvidia", "report": "0x<hex>", "chain": "-----BEGIN CERTIFICATE-----..."}``."""
 
     format: str  # one of GPU_EVIDENCE_FORMATS
     report: bytes
     chain: bytes
+
+    def to_json(self) -> dict[str, Any]:
+        return {"format": self.format, "report": "0x" + self.report.hex(), "chain": self.chain.decode("ascii")}
+
+    @classmethod
+    def from_json(cls, value: Any, what: str = "gpu") -> GpuEvidence:
+        doc = f.require_fields(value, {"format", "report", "chain"}, what)
+        if doc["format"] not in GPU_EVIDENCE_FORMATS:
+            raise ValueError(f"{what}.format: expected one of {list(GPU_EVIDENCE_FORMATS)}")
+        report = f.hex_bytes(doc["report"], f"{what}.report", MAX_GPU_REPORT_BYTES)
+        if not report:
+            raise ValueError(f"{what}.report: must not be empty")
+        chain = doc["chain"]
+        if (
+            not isinstance(chain, str)
+            or not chain.isascii()
+            or len(chain) > MAX_GPU_CHAIN_CHARS
+            or not chain.lstrip().startswith("-----BEGIN CERTIFICATE-----")
+        ):
+            raise ValueError(
+                f"{what}.chain: expected PEM certificate text (leaf first) of at most {MAX_GPU_CHAIN_CHARS} characters"
+            )
+        return cls(str(doc["format"]), report, chain.encode("ascii"))
+
+
+def gpus_json(gpus: tuple[GpuEvidence, ...]) -> list[dict[str, Any]]:
+    return [g.to_json() for g in gpus]
+
+
+def gpus_eip712(gpus: tuple[GpuEvidence, ...]) -> bytes:
+    """What an attestation's signature covers of its GPU reports: nothing (empty bytes) when it has
+    none, else the canonical JSON of their list (each as in `GpuEvidence.to_json`, in order)."""
+    return canonical_json(gpus_json(gpus)) if gpus else b""
+
+
+def parse_gpus(value: Any) -> tuple[GpuEvidence, ...]:
+    """The `gpus` field: a non-empty list of at most MAX_GPUS distinct reports (omitted when none)."""
+    if not isinstance(value, list) or not 1 <= len(value) <= MAX_GPUS:
+        raise ValueError(f"gpus: expected a list of 1 to {MAX_GPUS} GPU reports (omit the field when there are none)")
+    gpus = tuple(GpuEvidence.from_json(item, f"gpus[{i}]") for i, item in enumerate(value))
+    for i, gpu in enumerate(gpus):
+        for j in range(i):
+            if gpus[j].report == gpu.report:
+                raise ValueError(f"gpus[{i}]: the same report as gpus[{j}] (one report per GPU)")
+    return gpus
 
 
 @register_msg
 @dataclass(frozen=True)
 class MsgAttestEnclave:
     """A node registers an enclave key, or re-attests it (a heartbeat): `evidence` must bind
-    key_binding(chain id, node, key, hash of block `nonce_height`) as its report data."""
+    key_binding(chain id, node, key, hash of block `nonce_height`) as its report data, and each of
+    `gpus` (the enclave's confidential GPUs, none or up to MAX_GPUS) must carry
+    gpu_report_nonce(the same) as its nonce. JSON: `gpus` is omitted when empty."""
 
     type_name: ClassVar[str] = "tee/attest_enclave"
     eip712_name: ClassVar[str] = "MsgAttestEnclave"
@@ -110,6 +162,7 @@ class MsgAttestEnclave:
         ("evidence", "bytes"),
         ("endorsements", "bytes"),
         ("nonceHeight", "uint64"),
+        ("gpus", "bytes"),  # gpus_eip712: empty when the attestation has no GPU reports
     ]
 
     key: str  # the enclave's receipt-signing address
@@ -117,15 +170,19 @@ class MsgAttestEnclave:
     evidence: bytes
     endorsements: bytes  # tdx/sgx: DCAP collateral JSON; snp: VCEK (DER); others: empty
     nonce_height: int
+    gpus: tuple[GpuEvidence, ...] = ()
 
     def to_json(self) -> dict[str, Any]:
-        return {
+        doc: dict[str, Any] = {
             "key": self.key,
             "format": self.format,
             "evidence": "0x" + self.evidence.hex(),
             "endorsements": "0x" + self.endorsements.hex(),
             "nonce_height": self.nonce_height,
         }
+        if self.gpus:
+            doc["gpus"] = gpus_json(self.gpus)
+        return doc
 
     def to_eip712(self) -> dict[str, Any]:
         return {
@@ -134,11 +191,15 @@ class MsgAttestEnclave:
             "evidence": self.evidence,
             "endorsements": self.endorsements,
             "nonceHeight": self.nonce_height,
+            "gpus": gpus_eip712(self.gpus),
         }
 
     @classmethod
     def from_json(cls, value: dict[str, Any]) -> MsgAttestEnclave:
-        doc = f.require_fields(value, {"key", "format", "evidence", "endorsements", "nonce_height"}, cls.type_name)
+        names = {"key", "format", "evidence", "endorsements", "nonce_height"}
+        if isinstance(value, dict) and "gpus" in value:
+            names.add("gpus")
+        doc = f.require_fields(value, names, cls.type_name)
         evidence = f.hex_bytes(doc["evidence"], "evidence", MAX_EVIDENCE_BYTES)
         if not evidence:
             raise ValueError("evidence: must not be empty")
@@ -148,6 +209,7 @@ class MsgAttestEnclave:
             evidence,
             f.hex_bytes(doc["endorsements"], "endorsements", MAX_ENDORSEMENTS_BYTES),
             f.uint(doc["nonce_height"], "nonce_height", 64),
+            parse_gpus(doc["gpus"]) if "gpus" in doc else (),
         )
 
 

@@ -21,6 +21,7 @@ binding), and a report for another nonce is refused as not bound.
 from __future__ import annotations
 
 import itertools
+import re
 from dataclasses import dataclass, field
 from importlib import resources
 
@@ -41,35 +42,96 @@ NONCE_BYTES = 32
 SIGNATURE_BYTES = 96  # P-384: r ‖ s
 CHAIN_MAX_CERTS = 8
 PINNED_ROOT = "nvidia_device_identity_ca.pem"  # NVIDIA Device Identity CA (from NVIDIA/nvtrust)
-# NVIDIA's opaque-data field types worth naming (the rest are reported by number).
+# NVIDIA's opaque-data field types worth naming (the rest are reported by number). Note: NVIDIA's
+# own verifier (nvtrust) names 15 CHIP_SKU, 17 PROJECT and 18 PROJECT_SKU; these labels are kept
+# as they were for compatibility, and `GpuReport.board` spells the nvtrust order out.
 OPAQUE_NAMES = {3: "driver_version", 15: "project", 17: "chip_info", 18: "chip_sku"}
+OPAQUE_VBIOS_VERSION = 6
+_CHIP = re.compile(r"^[A-Z]{2}[0-9]{3}$")  # an NVIDIA chip name: GH100, GB100, …
 
 
 @dataclass(frozen=True)
 class GpuReport:
-    """What a verified NVIDIA GPU report says."""
+    """What a verified GPU report says (NVIDIA's, or the DEV GPU evidence of haca.proofs.tee.dev_gpu:
+    the policy treats both alike)."""
 
     nonce: bytes  # the requester's nonce the GPU signed
-    measurements: dict[int, bytes]  # measurement index -> its value (48 bytes on Hopper)
+    measurements: dict[int, bytes]  # measurement index (SPDM block index) -> its value (48 bytes on Hopper)
     opaque: dict[int, bytes]  # NVIDIA opaque-data fields: type -> value
     signer_chain: tuple[str, ...]  # certificate subjects, leaf to the pinned root
     slot: int = 0
     fields: dict[str, str] = field(default_factory=dict)  # opaque fields with a name, as text
+    chip: str = ""  # the GPU's chip (nvidia: from the leaf certificate, e.g. "GH100"), "" if unknown
+    vbios_version: str = ""  # nvidia: lower-case "96.00.9f.00.01", as NVIDIA's RIMs spell it
+    format: str = "nvidia"  # one of haca.types.tee.GPU_EVIDENCE_FORMATS
+    dev: bool = False  # DEV GPU evidence: DEV-MODE, NOT FOR PRODUCTION
 
     @property
     def driver_version(self) -> str:
         return self.fields.get("driver_version", "")
 
+    @property
+    def board(self) -> str:
+        """nvidia: PROJECT_PROJECTSKU_CHIPSKU as NVIDIA names VBIOS RIMs (e.g. "1010_0200_882"), or ""."""
+        parts = [_text(self.opaque.get(kind, b"")).strip().upper() for kind in (17, 18, 15)]
+        return "_".join(parts) if all(parts) else ""
+
+    def golden_keys(self) -> tuple[str, ...]:
+        """The golden-value entries (TeePolicy.gpu_golden) this report is compared with: its driver's
+        ("<chip>/driver/<driver version>") and, when it reports one, its VBIOS's
+        ("<chip>/vbios/<vbios version>"); see `haca.proofs.tee.rim` for how NVIDIA's RIMs map to them."""
+        keys = [golden_key(self.chip or "unknown", "driver", self.driver_version or "unknown")]
+        if self.vbios_version:
+            keys.append(golden_key(self.chip or "unknown", "vbios", self.vbios_version))
+        return tuple(keys)
+
+    def summary(self) -> dict[str, object]:
+        """What the chain's enclave record keeps of this GPU (canonical JSON, no measurement values)."""
+        return {
+            "format": self.format,
+            "chip": self.chip,
+            "board": self.board,
+            "driver_version": self.driver_version,
+            "vbios_version": self.vbios_version,
+            "dev": self.dev,
+        }
+
     def to_json(self) -> dict[str, object]:
         return {
-            "format": "nvidia",
+            "format": self.format,
             "nonce": self.nonce.hex(),
             "measurements": {str(i): v.hex() for i, v in sorted(self.measurements.items())},
             "driver_version": self.driver_version,
             "fields": dict(sorted(self.fields.items())),
+            "chip": self.chip,
+            "vbios_version": self.vbios_version,
+            "golden_keys": list(self.golden_keys()),
+            "dev": self.dev,
             "signer_chain": list(self.signer_chain),
             "root": self.signer_chain[-1] if self.signer_chain else "",
         }
+
+
+def golden_key(chip: str, component: str, version: str) -> str:
+    """The name of a golden-value entry: "<chip>/<component>/<version>" (component: driver or vbios)."""
+    return f"{chip}/{component}/{version.lower()}"
+
+
+def vbios_version(raw: bytes) -> str:
+    """NVIDIA's opaque VBIOS version field (8 bytes, little-endian) as "xx.xx.xx.xx.xx", lower case
+    (nvtrust's format_vbios_version: the high half's four bytes, then the low half's top byte)."""
+    if len(raw) != 8:
+        return ""
+    value = raw[::-1].hex()  # big-endian hex of the little-endian field
+    digits = value[8:] + value[6:8]
+    return ".".join(digits[i : i + 2] for i in range(0, len(digits), 2))
+
+
+def chip_of(subject: x509.Name) -> str:
+    """The chip named by an NVIDIA device certificate ("GH100 A01 GSP FMC LF" -> "GH100"), or ""."""
+    names = subject.get_attributes_for_oid(x509.NameOID.COMMON_NAME)
+    first = str(names[0].value).split(" ")[0] if names else ""
+    return first if _CHIP.fullmatch(first) else ""
 
 
 def _reader(data: bytes) -> BoundedReader:
@@ -197,4 +259,5 @@ def verify_nvidia_report(
             "binding", f"the report is for nonce {nonce.hex()}, not the expected {expected_nonce.hex()}"
         )
     fields = {name: _text(opaque[kind]) for kind, name in OPAQUE_NAMES.items() if kind in opaque}
-    return GpuReport(nonce, measurements, opaque, chain, slot, fields)
+    vbios = vbios_version(opaque.get(OPAQUE_VBIOS_VERSION, b""))
+    return GpuReport(nonce, measurements, opaque, chain, slot, fields, chip_of(certs[0].subject), vbios)

@@ -17,11 +17,21 @@ from haca.chain.modules.registry.keeper import RegistryKeeper
 from haca.chain.modules.tee.keeper import TeeKeeper
 from haca.chain.tx import TxContext
 from haca.proofs.tee.attestation import Attestation, verify_attestation
-from haca.proofs.tee.binding import measurement_id
+from haca.proofs.tee.binding import gpu_report_nonce, measurement_id
 from haca.proofs.tee.claims import AttestationError, Claims
+from haca.proofs.tee.gpu import verify_gpu
+from haca.proofs.tee.nvidia import GpuReport
 from haca.proofs.tee.policy import TeePolicy, check_binding
 from haca.types.modes import Mode
-from haca.types.tee import GLOBAL_SCOPE, MsgApproveMeasurement, MsgAttestEnclave, MsgRevokeMeasurement, MsgSetTeePolicy
+from haca.types.tee import (
+    GLOBAL_SCOPE,
+    GpuEvidence,
+    MsgApproveMeasurement,
+    MsgAttestEnclave,
+    MsgRevokeMeasurement,
+    MsgSetTeePolicy,
+    gpus_json,
+)
 
 
 def handle_attest_enclave(
@@ -53,6 +63,8 @@ def handle_attest_enclave(
         raise InvalidAttestation(f"enclave key {msg.key} was registered with measurement {previous['measurement_id']}")
     if tee.approved_scope(ctx.state, mid, list(node["models"])) is None:
         raise MeasurementNotApproved(f"measurement {mid} is not approved for any of the node's models {node['models']}")
+    gpu_nonce = gpu_report_nonce(ctx.chain_id, ctx.signer, msg.key, nonce)
+    gpus = [_checked_gpu(tee, policy, i, gpu, ctx.time, gpu_nonce).summary() for i, gpu in enumerate(msg.gpus)]
     record = {
         "key": msg.key,
         "node": ctx.signer,
@@ -61,6 +73,7 @@ def handle_attest_enclave(
         "dev": claims.dev,
         "debug": claims.debug,
         "tcb_status": claims.tcb_status,
+        "gpus": gpus,
     }
     evidence = {
         "format": msg.format,
@@ -70,10 +83,13 @@ def handle_attest_enclave(
         "nonce": "0x" + nonce.hex(),  # the block hash it bound: checkable long after the hash is pruned
         "height": ctx.height,
         "time": ctx.time,  # the block time it verified at: a client re-verifies at this time
+        "gpus": gpus_json(msg.gpus),  # each bound to gpu_report_nonce(chain id, node, key, nonce)
     }
     segment = tee.record_attestation(ctx.state, record, evidence, ctx.height, policy.heartbeat_interval)
     kind = "register" if previous is None else "heartbeat"
     attrs = {"node": ctx.signer, "key": msg.key, "kind": kind, "measurement_id": mid, "dev": str(claims.dev).lower()}
+    if gpus:
+        attrs["gpus"] = str(len(gpus))
     return [Event("enclave_attested", {**attrs, "good_until": str(segment.until)})]
 
 
@@ -95,6 +111,21 @@ def _verified(tee: TeeKeeper, attestation: Attestation, now: int, policy: TeePol
     root = roots.get(attestation.format, b"")
     parts = (attestation.format.encode(), attestation.evidence, attestation.endorsements, root, now.to_bytes(8, "big"))
     return tee.cache.get(parts, lambda: verify_attestation(attestation, now, roots))
+
+
+def _checked_gpu(tee: TeeKeeper, policy: TeePolicy, index: int, gpu: GpuEvidence, now: int, nonce: bytes) -> GpuReport:
+    """GPU report `index` verified (cached like CPU attestations) and held to the policy's formats
+    and golden values; InvalidAttestation naming the GPU and the step otherwise."""
+    try:
+        policy.check_gpu_format(gpu.format)
+        roots = policy.root_pems()
+        root = roots.get("nvidia" if gpu.format == "nvidia" else "dev", b"")
+        parts = (b"gpu", gpu.format.encode(), gpu.report, gpu.chain, root, now.to_bytes(8, "big"), nonce)
+        report = tee.cache.get(parts, lambda: verify_gpu(gpu, now, roots, nonce))
+        policy.check_gpu(report)
+    except AttestationError as exc:
+        raise InvalidAttestation(f"GPU {index} ({gpu.format}) evidence refused: {exc}") from exc
+    return report
 
 
 def handle_set_policy(tee: TeeKeeper, gov: GovKeeper, ctx: TxContext, msg: MsgSetTeePolicy) -> list[Event]:

@@ -2,7 +2,8 @@
 
 tee/policy                                   -> TeePolicy JSON
 tee/approval/<scope>/<measurement id>        -> {"height", "authority"}   (scope: a model name or "*")
-tee/enclave/<key:20>                         -> the enclave key's record (node, format, measurement, …)
+tee/enclave/<key:20>                         -> the enclave key's record (node, format, measurement, …,
+                                                "gpus": a summary per GPU report of its latest attestation)
 tee/node_key/<node:20><key:20>               -> b"" (a node's enclave keys)
 tee/cover/<key:20><start:u64be>              -> last height covered ("good until") of a coverage segment
 tee/attestation/<key:20><start:u64be>        -> the attestation that opened that segment (re-verifiable)
@@ -22,7 +23,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from haca.chain.state import CachedState, ReadableState, get_int, set_int
-from haca.proofs.tee.policy import TeePolicy
+from haca.proofs.tee.policy import TeePolicy, gpu_missing
 from haca.proofs.verifier import EnclaveStanding, VerdictCache
 from haca.types.encoding import canonical_json
 from haca.types.tee import (
@@ -61,6 +62,11 @@ class TeeKeeper:
 
     def set_policy(self, state: CachedState, policy: TeePolicy) -> None:
         state.set(POLICY_KEY, canonical_json(policy.to_json()))
+
+    def gpu_required(self, state: ReadableState) -> tuple[str, ...]:
+        """The policy's gpu_required, read without validating the whole policy (roots and all)."""
+        raw = state.get(POLICY_KEY)
+        return tuple(json.loads(raw).get("gpu_required", ())) if raw else ()
 
     def approval(self, state: ReadableState, scope: str, measurement_id: str) -> dict[str, Any] | None:
         raw = state.get(approval_key(scope, measurement_id))
@@ -156,6 +162,7 @@ class TeeKeeper:
             return None
         segment = self.segment_at(state, key, height)
         scope = self.approved_scope(state, record["measurement_id"], [model])
+        missing = gpu_missing(self.gpu_required(state), len(record.get("gpus") or ()), key, model)
         if segment is None:
             detail = (
                 f"no attestation of enclave key {key} covers height {height}"
@@ -165,5 +172,6 @@ class TeeKeeper:
         elif scope is None:
             detail = f"measurement {record['measurement_id']} is not approved for model {model!r} (revoked or never)"
         else:
-            detail = ""
-        return EnclaveStanding.from_record(record, segment is not None, scope is not None, detail)
+            detail = missing
+        approved = scope is not None and not missing
+        return EnclaveStanding.from_record(record, segment is not None, approved, detail)
