@@ -135,3 +135,49 @@ def _verify_gpu(file: Path, at: int, chain: Path | None, root: Path | None, nonc
         console.print(f"  {'root':<18} {doc['root']}")
 
     emit(json_out, doc, human)
+
+
+@attestation_app.command("rim-import")
+@cli_command
+def rim_import(
+    files: Annotated[list[Path], typer.Argument(exists=True, dir_okay=False, readable=True, metavar="FILE...")],
+    root: Annotated[
+        Path | None, typer.Option("--root", help="the RIM root certificate PEM (default: NVIDIA's, pinned)")
+    ] = None,
+    at: Annotated[
+        int | None, typer.Option("--at", help="verify the signers' certificates as of this time (unix seconds)")
+    ] = None,
+    json_out: JsonOption = False,
+) -> None:
+    """Verify NVIDIA RIMs (signed SWID tags of a GPU driver or VBIOS) and print the TEE policy
+    fragment {"gpu_golden": {...}} holding their golden values. The authority proposes it as a
+    MsgSetTeePolicy (tee/set_policy); note that it replaces the whole gpu_golden field, so merge
+    it with the entries already in /tee/policy first."""
+    import time
+
+    from haca.proofs.tee.rim import import_rim
+
+    now = int(time.time()) if at is None else at
+    root_pem = root.read_bytes() if root is not None else None
+    entries = []
+    for file in files:
+        try:
+            entries.append(import_rim(file.read_bytes(), root_pem, now))
+        except AttestationError as exc:
+            raise AttestationRefused(f"{file}: {exc}") from exc
+    golden: dict[str, dict[str, list[str]]] = {}
+    for entry in entries:
+        if entry.key in golden:
+            raise HacaError(f"two RIMs give golden values for {entry.key}")
+        golden.update(entry.policy_entry())
+    doc = {"gpu_golden": dict(sorted(golden.items()))}
+
+    def human() -> None:
+        for entry in entries:
+            console.print(
+                f"[bold]{entry.key}[/bold]: {len(entry.measurements)} golden measurements,"
+                f" signed by {entry.signer_chain[0]}"
+            )
+        console.print_json(data=doc)
+
+    emit(json_out, doc, human)
