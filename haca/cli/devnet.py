@@ -20,7 +20,7 @@ validator_app = typer.Typer(help="Run one validator (CometBFT + HACA app) of a n
 NodeArg = Annotated[
     str | None,
     typer.Argument(
-        metavar="NODE", help="val0…valN, hub, attester0, node0 or explorer (default: all)", show_default=False
+        metavar="NODE", help="val0…valN, hub, enclave0, node0 or explorer (default: all)", show_default=False
     ),
 ]
 

@@ -29,9 +29,10 @@ from haca.devnet import services
 from haca.devnet.accounts import DEV_BALANCE, NODE_BOND, VALIDATOR_BOND, dev_keys, operator_key, service_keys
 from haca.devnet.layout import dev_srs_dir
 from haca.devnet.processes import free_ports, process_alive, signal_group, spawn, wait_group_gone
+from haca.enclave.measure import enclave_measurement
 from haca.proofs.tee.binding import measurement_id
 from haca.proofs.tee.claims import Claims
-from haca.proofs.tee.dev import dev_measurement, issue_dev_platform, make_dev_root
+from haca.proofs.tee.dev import issue_dev_platform, make_dev_root
 from haca.proofs.tee.policy import TeePolicy
 from haca.proofs.zk.srs import srs_file
 from haca.types.tee import GLOBAL_SCOPE
@@ -83,8 +84,8 @@ class ServiceRecord:
     """A hub or an inference node run by the devnet."""
 
     name: str
-    kind: str  # "hub" | "attester" | "node" | "explorer"
-    port: int  # an attester's is 0: it listens on a Unix socket
+    kind: str  # "hub" | "enclave" | "node" | "explorer"
+    port: int  # an enclave's is 0: it listens on a Unix socket
     pid: int = 0
     address: str = ""  # a node's account
 
@@ -183,10 +184,10 @@ class Devnet:
             )
         if inference:
             node_key = dict(service_keys())["node0"]
-            issue_dev_platform(self.dir / DEV_ROOT_DIR, self.dir / "attester0")
+            issue_dev_platform(self.dir / DEV_ROOT_DIR, self.dir / "enclave0")
             state.services = [
                 ServiceRecord("hub", "hub", ports[-2]),
-                ServiceRecord("attester0", "attester", 0),
+                ServiceRecord("enclave0", "enclave", 0),
                 ServiceRecord("node0", "node", ports[-1], address=node_key.address),
             ]
         state.services.append(ServiceRecord("explorer", "explorer", ports[-3]))
@@ -202,9 +203,10 @@ class Devnet:
         srs = (
             tuple(sorted({(c.logrows, c.srs_hash) for c in services.example_circuits().values()})) if inference else ()
         )
-        # The DEV attester is allowed on a devnet only, explicitly, with this devnet's own root.
+        # The DEV platform is allowed on a devnet only, explicitly, with this devnet's own root; its
+        # measurement is that of the enclave's code and runtime in this tree (`haca enclave measure`).
         dev_root = make_dev_root(self.dir / DEV_ROOT_DIR).decode()
-        dev_claims = Claims("dev", {"measurement": dev_measurement()}, b"", False, "UpToDate", dev=True)
+        dev_claims = Claims("dev", {"measurement": enclave_measurement()}, b"", False, "UpToDate", dev=True)
         tee = TeeGenesis(
             TeePolicy(formats=("dev", "nitro", "sgx", "snp", "tdx"), roots={"dev": dev_root}),
             ((GLOBAL_SCOPE, measurement_id(dev_claims)),),
@@ -285,22 +287,26 @@ class Devnet:
                 svc.pid = spawn(services.explorer_command(self.home, svc.port), log)
                 self.save(state)
                 services.wait_http(f"{svc.url}/healthz", svc.pid, "explorer", log)
-            elif svc.kind == "attester":
-                socket = self.attester_socket(svc.name)
+            elif svc.kind == "enclave":
+                socket = self.enclave_socket(svc.name)
                 socket.unlink(missing_ok=True)
-                command = services.attester_command(socket, self.dir / svc.name)
+                hub = next((s.url for s in state.services if s.kind == "hub"), "")
+                node = "node" + svc.name.removeprefix("enclave")
+                command = services.enclave_command(
+                    socket, self.dir / svc.name, self.home / "node" / node / "models", hub
+                )
                 svc.pid = spawn(command, logs / f"{svc.name}.log")
                 self.save(state)
                 services.wait_socket(socket, svc.pid, svc.name, logs / f"{svc.name}.log")
             else:
-                attester = self.attester_socket("attester" + svc.name.removeprefix("node"))
-                command = services.node_command(self.home, svc.name, svc.port, attester)
+                enclave = self.enclave_socket("enclave" + svc.name.removeprefix("node"))
+                command = services.node_command(self.home, svc.name, svc.port, enclave)
                 svc.pid = spawn(command, logs / f"{svc.name}.log")
                 self.save(state)
                 services.wait_http(f"{svc.url}/healthz", svc.pid, svc.name, logs / f"{svc.name}.log")
         self.save(state)
 
-    def attester_socket(self, name: str) -> Path:
+    def enclave_socket(self, name: str) -> Path:
         return unix_socket_path(self.dir / name / "enclave.sock")
 
     def stop(self, name: str | None = None, kill: bool = False, timeout: float = 20.0) -> None:

@@ -57,15 +57,15 @@ def explorer_command(home: Path, port: int) -> list[str]:
     return [sys.executable, "-m", "haca.explorer.main", "--home", str(home), "--port", str(port)]
 
 
-# the devnet node serves tee through its DEV attester and zkml for the models with a circuit
+# the devnet node serves tee through its enclave (DEV platform) and zkml for the models with a circuit
 NODE_MODES = (Mode.TEE, Mode.VANILLA, Mode.ZKML)
 
 
-def node_command(home: Path, key: str, port: int, attester: Path | None = None) -> list[str]:
-    """A node serving vanilla, and tee and zkml too when it has an enclave (`attester`'s socket)."""
+def node_command(home: Path, key: str, port: int, enclave: Path | None = None) -> list[str]:
+    """A node serving vanilla, and tee and zkml too when it has an enclave (its socket)."""
     args = ["--home", str(home), "--key", key, "--port", str(port)]
-    if attester is not None:
-        args += ["--modes", ",".join(NODE_MODES), "--attester", str(attester)]
+    if enclave is not None:
+        args += ["--modes", ",".join(NODE_MODES), "--enclave", str(enclave)]
         args += ["--circuits", str(example_circuits_dir()), "--srs-dir", str(dev_srs_dir())]
     return [sys.executable, "-m", "haca.node.main", *args]
 
@@ -79,10 +79,12 @@ def example_circuits() -> dict[str, Circuit]:
     return {name: c for name, c in found.items() if c is not None}
 
 
-def attester_command(socket: Path, platform_dir: Path) -> list[str]:
-    """The DEV attester: a software enclave (DEV-MODE, NOT FOR PRODUCTION) holding node0's tee key."""
-    args = ["serve", "--socket", str(socket), "--platform-dir", str(platform_dir)]
-    return [sys.executable, "-m", "haca.attester", *args]
+def enclave_command(socket: Path, platform_dir: Path, models_dir: Path, hub: str) -> list[str]:
+    """The node's enclave on the DEV platform (DEV-MODE, NOT FOR PRODUCTION): it runs the tee
+    requests, loading the models itself from the node's model cache or the hub."""
+    args = ["serve", "--socket", str(socket), "--platform", "dev", "--platform-dir", str(platform_dir)]
+    args += ["--models-dir", str(models_dir), "--hub", hub]
+    return [sys.executable, "-m", "haca.enclave", *args]
 
 
 def start_service(args: list[str], log: Path) -> int:

@@ -3,7 +3,6 @@
 
 from __future__ import annotations
 
-import asyncio
 import time
 from typing import Any
 
@@ -16,14 +15,14 @@ from starlette.concurrency import run_in_threadpool
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from haca.client.errors import ChainUnavailable, HacaError
+from haca.enclave.client import EnclaveRefusal
 from haca.node.context import (
+    MAX_BODY_BYTES,
     NodeContext,
     ServedModel,
     ZkAnswer,
     current_quotes,
     enclave_of,
-    queue_receipt,
-    read_body,
     route_quotes,
     zk_answer,
 )
@@ -36,21 +35,21 @@ from haca.node.errors import (
     Overloaded,
     PaymentRequired,
     ReceiptNotFound,
-    RequestTimeout,
     TooManyRows,
     error_body,
 )
 from haca.node.openai_api import OPENAI_ROUTES, add_openai_routes
 from haca.node.payments import AcceptedPayment, Quote, payment_response_headers, settle_reads
+from haca.node.pipeline import PaidRequest, keep, kept, local_receipt, tee_terms
 from haca.node.x402v2 import payment_required_header
 from haca.proofs.zk.proof import ProofError
 from haca.runtime.onnx import InvalidInput, OnnxModel
 from haca.types.modes import Mode, Status
+from haca.types.receipt import SignedReceipt
 from haca.types.registry import model_kind, request_rows
 from haca.types.tensor import Tensor, tensors_hash, tensors_to_json
 from haca.types.x402 import PAYMENT_REQUIRED_HEADER
 
-BODY_DEADLINE_S = 10.0
 INLINE_PARSE_BYTES = 16 << 10  # bodies up to this size are parsed on the event loop (cheaper than a thread hop)
 
 
@@ -117,29 +116,14 @@ def create_app(ctx: NodeContext) -> FastAPI:
     async def infer(request: Request) -> Response:
         started = time.perf_counter()
         quotes = await settle_reads(route_quotes, ctx, llm=False)
-        try:
-            # Payment first, from the headers alone: an unpaid (or replayed) request never has its
-            # body read. The chain reads it needs are awaited off the event loop.
-            pending = await ctx.gate.check_async(request.headers, quotes)
-        except PaymentRequired as exc:
-            raise await _with_requirements(exc, quotes, request) from None
-        accepted: AcceptedPayment | None = None
-        try:
-            try:
-                async with asyncio.timeout(BODY_DEADLINE_S):  # a paid body trickled in cannot outlive its payment
-                    raw = await read_body(request)
-            except TimeoutError:
-                raise RequestTimeout(f"the body did not arrive within {BODY_DEADLINE_S:.0f} s") from None
+        async with PaidRequest(ctx, request, quotes) as paid:
+            raw = await paid.body(MAX_BODY_BYTES)
             metrics.bodies_parsed.labels("small" if len(raw) <= INLINE_PARSE_BYTES else "large").inc()
             if len(raw) <= INLINE_PARSE_BYTES:
-                served, mode, inputs = _parse_request(ctx, raw)
+                served, mode, inputs, raw_input = _parse_request(ctx, raw)
             else:  # a large body is parsed off the event loop, so other requests go on meanwhile
-                served, mode, inputs = await run_in_threadpool(_parse_request, ctx, raw)
-            quote = quotes.get((served.model_id, mode))
-            if quote is None:
-                raise ModeNotSupported(f"{served.name!r} is not offered in mode {mode!r} at this height")
-            if mode == Mode.TEE:  # before the work: an enclave that cannot sign must not be charged for
-                enclave_of(ctx).require_covered(quote.height)
+                served, mode, inputs, raw_input = await run_in_threadpool(_parse_request, ctx, raw)
+            quote = paid.quote(served.model_id, served.name, mode)
             rows = request_rows([t.shape for t in inputs.values()])
             if mode == Mode.ZKML and rows != 1:
                 raise TooManyRows(f"{rows} rows; a zkml circuit proves one row per request")
@@ -147,45 +131,25 @@ def create_app(ctx: NodeContext) -> FastAPI:
                 raise InvalidInputError("the input has no rows")
             if rows > quote.max_rows:
                 raise TooManyRows(f"{rows} rows; {quote.model_name!r} takes at most {quote.max_rows} per request")
-            accepted = await settle_reads(ctx.gate.charge, pending, quote, rows)
-        except PaymentRequired as exc:
-            raise await _with_requirements(exc, quotes, request) from None
-        finally:
-            if accepted is None:  # refused before the work: the same payment may be sent again
-                ctx.gate.abandon(pending)
+            accepted = await paid.hold(ctx.gate.charge, quote, rows)
+        zk: ZkAnswer | None = None
         try:
-            assert isinstance(served.model, OnnxModel)
-            outputs = await run_in_threadpool(served.model.run, inputs)
-            zk: ZkAnswer | None = None
-            if mode == Mode.ZKML:  # the answer is what the circuit computes, committed before it is proved
-                try:
-                    zk = await run_in_threadpool(zk_answer, served, inputs, outputs)
-                except ProofError as exc:  # e.g. an input far outside the range the circuit was calibrated on
-                    raise InvalidInputError(
-                        f"this input cannot be proved by {served.name!r}'s circuit: {exc}"
-                    ) from None
-                outputs = zk.outputs
-            signed = await queue_receipt(ctx, quote, accepted, tensors_hash(inputs), tensors_hash(outputs), zk)
+            if mode == Mode.TEE:  # the enclave runs its own copy of the model and signs what it computed
+                output, signed = await _in_enclave(ctx, served, raw_input, tee_terms(ctx, quote, accepted))
+            else:
+                output, signed, zk = await _locally(ctx, served, quote, accepted, inputs)
+            keep(ctx, signed, accepted, zk)
         finally:
             ctx.gate.release(accepted)  # the receipt now counts as unsettled, or the request failed
-        if ctx.on_receipt is not None:
-            ctx.on_receipt()
+        kept(ctx, proof_job=zk is not None)
         metrics.inferences.labels(quote.model_name, mode).inc()
         metrics.latency.observe(time.perf_counter() - started)
-        answer: dict[str, Any] = {"output": tensors_to_json(outputs), "receipt": signed.to_json()}
+        answer: dict[str, Any] = {"output": output, "receipt": signed.to_json()}
         answer["status"] = Status.PROVING if zk else Status.PENDING
         if zk is not None:
             answer["zk"] = {"instances": [list(row) for row in zk.instances]}
-            if ctx.on_proof_job is not None:
-                ctx.on_proof_job()
         headers = payment_response_headers(accepted, ctx.chain_id, signed.id)
         return Response(orjson.dumps(answer), media_type="application/json", headers=headers)
-
-    async def _with_requirements(
-        exc: PaymentRequired, quotes: dict[tuple[str, str], Quote], request: Request
-    ) -> PaymentRequired:
-        requirements = await settle_reads(ctx.gate.requirements, quotes.values(), str(exc), str(request.url))
-        return PaymentRequired(str(exc), requirements)
 
     @app.get("/v1/receipts/{receipt_id}")
     async def get_receipt(receipt_id: str) -> dict[str, Any]:
@@ -217,8 +181,34 @@ def create_app(ctx: NodeContext) -> FastAPI:
     return app
 
 
-def _parse_request(ctx: NodeContext, raw: bytes) -> tuple[ServedModel, str, dict[str, Tensor]]:
-    """The body as (model, mode, input tensors); a NodeError (4xx) when it is not a valid request."""
+async def _locally(
+    ctx: NodeContext, served: ServedModel, quote: Quote, accepted: AcceptedPayment, inputs: dict[str, Tensor]
+) -> tuple[Any, SignedReceipt, ZkAnswer | None]:
+    """vanilla and zkml: the node's runtime computes; zkml commits to the circuit's answer before proving it."""
+    assert isinstance(served.model, OnnxModel)
+    outputs = await run_in_threadpool(served.model.run, inputs)
+    zk: ZkAnswer | None = None
+    if quote.mode == Mode.ZKML:
+        try:
+            zk = await run_in_threadpool(zk_answer, served, inputs, outputs)
+        except ProofError as exc:  # e.g. an input far outside the range the circuit was calibrated on
+            raise InvalidInputError(f"this input cannot be proved by {served.name!r}'s circuit: {exc}") from None
+        outputs = zk.outputs
+    signed = local_receipt(ctx, quote, accepted, tensors_hash(inputs), tensors_hash(outputs), zk)
+    return tensors_to_json(outputs), signed, zk
+
+
+async def _in_enclave(ctx: NodeContext, served: ServedModel, raw_input: Any, terms: Any) -> tuple[Any, SignedReceipt]:
+    """tee: the input exactly as the client sent it goes to the enclave; its outputs and receipt come back."""
+    try:
+        return await enclave_of(ctx).infer(served.model_id, raw_input, terms)
+    except EnclaveRefusal as exc:  # the enclave judged the input itself (the host checked it too)
+        raise InvalidInputError(exc.reason) from None
+
+
+def _parse_request(ctx: NodeContext, raw: bytes) -> tuple[ServedModel, str, dict[str, Tensor], Any]:
+    """The body as (model, mode, input tensors, the input as sent); a NodeError (4xx) when it is not
+    a valid request."""
     try:
         body = orjson.loads(raw)
     except (ValueError, RecursionError) as exc:
@@ -232,7 +222,7 @@ def _parse_request(ctx: NodeContext, raw: bytes) -> tuple[ServedModel, str, dict
     if not isinstance(served.model, OnnxModel):
         raise InvalidRequest(f"{served.name!r} is a language model: use POST /v1/chat/completions or /v1/completions")
     try:
-        return served, mode, served.model.prepare(body["input"])
+        return served, mode, served.model.prepare(body["input"]), body["input"]
     except InvalidInput as exc:
         raise InvalidInputError(str(exc)) from exc
 

@@ -1,9 +1,8 @@
 """What the node's HTTP routes share: the node's context (key, models, payment gate, receipt
-store, enclave), the quotes in effect, and queueing a signed receipt before an answer leaves."""
+store, enclave), the quotes in effect, and the body reader."""
 
 from __future__ import annotations
 
-import time
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -12,17 +11,16 @@ from fastapi import Request
 from haca.crypto.keys import PrivateKey
 from haca.node.chainview import ReadPending
 from haca.node.enclave import EnclaveKey
-from haca.node.errors import EnclaveUnavailable, PayloadTooLarge, RequestConflict
+from haca.node.errors import EnclaveUnavailable, PayloadTooLarge
 from haca.node.metrics import Metrics
-from haca.node.payments import AcceptedPayment, PaymentGate, Quote
-from haca.node.receipts import DuplicateRequest, ProofJob, ReceiptStore
+from haca.node.payments import PaymentGate, Quote
+from haca.node.receipts import ReceiptStore
 from haca.proofs.zk.circuit import Circuit
 from haca.proofs.zk.instances import dequantized_outputs
-from haca.proofs.zk.proof import Instances, instances_commitment, witness_instances
+from haca.proofs.zk.proof import Instances, witness_instances
 from haca.runtime.llm import LlmModel
 from haca.runtime.onnx import OnnxModel
 from haca.types.modes import Mode
-from haca.types.receipt import NO_INSTANCES, Receipt, SignedReceipt
 from haca.types.tensor import Tensor
 
 MAX_BODY_BYTES = 1 << 20
@@ -67,7 +65,7 @@ class NodeContext:
     on_receipt: Any = None  # called after a receipt is queued (wakes the settler)
     price: int = 0  # the node's own price per unit; the fee is max(this, the model's price)
     quotes: tuple[int, dict[tuple[str, str], Quote]] | None = None  # (height, quotes) last computed
-    enclave: EnclaveKey | None = None  # tee: the attested key in the enclave that signs tee receipts
+    enclave: EnclaveKey | None = None  # tee: the enclave that runs tee requests and signs their receipts
     on_proof_job: Any = None  # zkml: called after a receipt is queued for proving (wakes the prover)
     llm_queue: int = 8  # LLM requests that may wait for a slot (per model); more get 429
     # (height, tensor models' quotes, LLMs' quotes): current_quotes split per route
@@ -149,46 +147,6 @@ def zk_answer(served: ServedModel, inputs: dict[str, Tensor], outputs: dict[str,
         for name, array in zip(names, values, strict=True)
     }
     return ZkAnswer(instances, circuit_outputs, flat)
-
-
-async def queue_receipt(
-    ctx: NodeContext,
-    quote: Quote,
-    accepted: AcceptedPayment,
-    input_hash: str,
-    output_hash: str,
-    zk: ZkAnswer | None = None,
-    tokens: tuple[int, int] = (0, 0),
-) -> SignedReceipt:
-    """Sign the receipt (tee: inside the enclave) and write it to the durable queue before the
-    answer leaves."""
-    receipt = Receipt(
-        chain_id=ctx.chain_id,
-        node=ctx.key.address,
-        client=accepted.client,
-        request_id=accepted.request_id,
-        model_id=quote.model_id,
-        mode=quote.mode,
-        input_hash=input_hash,
-        output_hash=output_hash,
-        fee=accepted.fee,
-        height_hint=quote.height,  # the chain judges the fee by the terms in effect here
-        timestamp=int(time.time()),
-        instances_hash=instances_commitment(zk.instances) if zk else NO_INSTANCES,
-        prompt_tokens=tokens[0],
-        completion_tokens=tokens[1],
-    )
-    if quote.mode == Mode.TEE:
-        signature = await enclave_of(ctx).sign(receipt)
-    else:
-        signature = receipt.sign(ctx.key)
-    signed = SignedReceipt(receipt, signature)
-    job = ProofJob(signed.id, quote.model_id, zk.inputs, 0) if zk else None
-    try:
-        ctx.store.add(signed, accepted.payment, proof_job=job)
-    except DuplicateRequest as exc:
-        raise RequestConflict(str(exc)) from exc
-    return signed
 
 
 def enclave_of(ctx: NodeContext) -> EnclaveKey:

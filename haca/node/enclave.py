@@ -1,7 +1,11 @@
-"""The node's side of tee mode: its enclave (the attester process) holds the receipt key; the
-node only asks it to sign. The node keeps that key registered on chain: it attests once at
-start, then re-attests (a heartbeat) when half the covered blocks are gone, and refuses tee
-requests once its coverage would not include the receipt's height.
+"""The node's side of tee mode: the enclave runs the model and signs the receipt; the node (the
+untrusted host) forwards the paid request with the terms it quoted, and keeps what comes back.
+
+The node keeps the enclave's key registered on chain: it attests once at start, then re-attests (a
+heartbeat) when half the covered blocks are gone, and refuses tee requests once its coverage would
+not include the receipt's height. What the enclave answers is checked before it is stored: a
+receipt for another request, model, node or terms, or signed by another key (the enclave restarted
+with a new one), is not kept, and the request fails with 503.
 
 Attestation txs are sent by the node's account, as settlement txs are: both take the settler's
 transaction lock, so their nonces never collide.
@@ -9,22 +13,40 @@ transaction lock, so their nonces never collide.
 
 from __future__ import annotations
 
-import asyncio
 import threading
 from typing import Any
 
 import structlog
 
-from haca.attester.client import AsyncAttesterClient, AttesterClient, AttesterError
 from haca.client.chain import ChainClient
 from haca.client.errors import HacaError
 from haca.crypto.keys import PrivateKey
+from haca.enclave.client import AsyncEnclaveClient, EnclaveClient, EnclaveError, Generation
+from haca.enclave.runtime import Terms
 from haca.node.errors import EnclaveUnavailable
-from haca.types.receipt import Receipt
+from haca.node.payments import AcceptedPayment, Quote
+from haca.types.batch import MsgSettleBatch
+from haca.types.modes import Mode
+from haca.types.receipt import SignedReceipt
 from haca.types.tee import MsgAttestEnclave
 
 log = structlog.get_logger("haca.enclave")
-MAX_SIGN_BATCH = 256  # the attester's sign_receipts limit
+
+
+def terms_for(chain_id: str, node: str, quote: Quote, accepted: AcceptedPayment) -> Terms:
+    """The terms a tee request runs on: the quote in effect and what the payment holds."""
+    return Terms(
+        chain_id=chain_id,
+        node=node,
+        client=accepted.client,
+        request_id=accepted.request_id,
+        height_hint=quote.height,
+        unit_price=quote.unit_price,
+        price_unit=quote.price_unit,
+        max_rows=quote.max_rows,
+        completion_price=quote.completion_price,
+        budget=accepted.fee,
+    )
 
 
 class EnclaveKey:
@@ -32,35 +54,47 @@ class EnclaveKey:
         self,
         chain: ChainClient,
         account: PrivateKey,
-        attester: AttesterClient,
-        signer: AsyncAttesterClient,
+        enclave: EnclaveClient,
+        runner: AsyncEnclaveClient,
         tx_lock: threading.Lock,
         poll_interval: float = 1.0,
     ) -> None:
-        self.chain, self.account, self.attester, self.signer = chain, account, attester, signer
+        self.chain, self.account, self.enclave, self.runner = chain, account, enclave, runner
         self.tx_lock, self.poll_interval = tx_lock, poll_interval
-        info = attester.key()
+        info = enclave.key()
         self.address: str = info["address"]
         self.dev: bool = bool(info.get("dev"))
+        self.platform: str = str(info.get("platform", ""))
         self.good_until = 0  # the last height the chain says this key is covered at
         self.attested_height = 0
-        self._waiting: list[tuple[Receipt, asyncio.Future[bytes]]] = []  # receipts to sign in the next batch
-        self._flushing = False
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._loop, name="enclave-heartbeat", daemon=True)
+
+    def load(self, model_id: str, kind: str, context: int = 0, slots: int = 1) -> None:
+        """Have the enclave load a model itself (it fetches and hashes the bytes)."""
+        answer = self.enclave.load(model_id, kind, context, slots)
+        log.info("enclave_model_loaded", model_id=model_id, provider=answer.get("provider"))
 
     def attest(self) -> int:
         """Register (or re-attest) the key with a nonce from the latest block; the new good-until."""
         height = self.chain.rpc.height()
         block_hash = bytes.fromhex(self.chain.rpc.block(height)["block_id"]["hash"])
-        attestation = self.attester.attest(self.chain.chain_id, self.account.address, block_hash)
-        msg = MsgAttestEnclave(self.address, attestation.format, attestation.evidence, attestation.endorsements, height)
+        evidence = self.enclave.attest(self.chain.chain_id, self.account.address, block_hash)
+        cpu = evidence.cpu
+        msg = MsgAttestEnclave(self.address, cpu.format, cpu.evidence, cpu.endorsements, height, evidence.gpus)
         with self.tx_lock:
             outcome = self.chain.send_msgs(self.account, (msg,))
         assert not isinstance(outcome, str)
         self.good_until = _good_until(outcome.events) or self.good_until
         self.attested_height = outcome.height
-        log.info("enclave_attested", key=self.address, height=outcome.height, good_until=self.good_until, dev=self.dev)
+        log.info(
+            "enclave_attested",
+            key=self.address,
+            height=outcome.height,
+            good_until=self.good_until,
+            dev=self.dev,
+            gpus=len(evidence.gpus),
+        )
         return self.good_until
 
     def start(self) -> None:
@@ -78,13 +112,13 @@ class EnclaveKey:
     def _loop(self) -> None:
         while not self._stop.wait(self.poll_interval):
             try:
-                address = self.attester.key()["address"]
+                address = self.enclave.key()["address"]
                 if address != self.address:  # the enclave restarted: a new key, never attested
                     log.warning("enclave_rekeyed", old=self.address, new=address)
                     self.address, self.good_until, self.attested_height = address, 0, 0
                 if self.due(self.chain.rpc.height()):
                     self.attest()
-            except (HacaError, AttesterError, KeyError, ValueError) as exc:  # retried next poll
+            except (HacaError, EnclaveError, KeyError, ValueError) as exc:  # retried next poll
                 log.warning("enclave_heartbeat_failed", key=self.address, error=str(exc))
 
     def require_covered(self, height: int) -> None:
@@ -94,38 +128,55 @@ class EnclaveKey:
                 f" this request is at {height}: re-attesting, retry shortly"
             )
 
-    async def sign(self, receipt: Receipt) -> bytes:
-        """The enclave's signature on a tee receipt; EnclaveUnavailable when the key is not covered
-        at the receipt's height or the enclave does not answer. Receipts that arrive while a batch
-        is out go together in the next one: one round trip to the enclave per batch."""
-        self.require_covered(receipt.height_hint)
-        future: asyncio.Future[bytes] = asyncio.get_running_loop().create_future()
-        self._waiting.append((receipt, future))
-        if not self._flushing:
-            self._flushing = True
-            asyncio.get_running_loop().create_task(self._flush())
-        return await future
+    # --- running requests in the enclave -----------------------------------------------------------
 
-    async def _flush(self) -> None:
+    async def infer(self, model_id: str, raw_input: Any, terms: Terms) -> tuple[dict[str, Any], SignedReceipt]:
+        """The enclave's outputs (JSON tensors) and its receipt for them; EnclaveRefusal when it
+        refuses the request, EnclaveUnavailable when it cannot answer or answers wrongly."""
+        self.require_covered(terms.height_hint)
         try:
-            while self._waiting:
-                batch, self._waiting = self._waiting[:MAX_SIGN_BATCH], self._waiting[MAX_SIGN_BATCH:]
-                try:
-                    if len(batch) == 1:
-                        results: list[bytes | AttesterError] = [await self.signer.sign_receipt(batch[0][0])]
-                    else:
-                        results = list(await self.signer.sign_receipts([r for r, _ in batch]))
-                except Exception as exc:  # AttesterError, or a bug: every waiter gets an answer
-                    results = [AttesterError(str(exc))] * len(batch)
-                for (_, future), result in zip(batch, results, strict=True):
-                    if future.done():
-                        continue
-                    if isinstance(result, bytes):
-                        future.set_result(result)
-                    else:
-                        future.set_exception(EnclaveUnavailable(f"the enclave did not sign: {result}"))
-        finally:
-            self._flushing = False
+            output, signed = await self.runner.infer(model_id, raw_input, terms)
+        except EnclaveError as exc:
+            if _refusal_code(exc) in ("invalid_input", "invalid_request"):
+                raise
+            raise EnclaveUnavailable(f"the enclave did not run the request: {exc}") from exc
+        self.check(signed, model_id, terms)
+        return output, signed
+
+    def generate(self, model_id: str, kind: str, body: Any, terms: Terms, seconds: float) -> Generation:
+        self.require_covered(terms.height_hint)
+        return self.runner.generate(model_id, kind, body, terms, seconds)
+
+    def check(self, signed: SignedReceipt, model_id: str, terms: Terms) -> None:
+        """The receipt is for this request on these terms, and signed by the registered key."""
+        receipt = signed.receipt
+        expected = {
+            "chain_id": terms.chain_id,
+            "node": terms.node,
+            "client": terms.client,
+            "request_id": terms.request_id,
+            "model_id": model_id,
+            "mode": Mode.TEE,
+            "height_hint": terms.height_hint,
+        }
+        wrong = sorted(k for k, v in expected.items() if getattr(receipt, k) != v)
+        if terms.price_unit == "token" and receipt.fee > terms.budget:
+            wrong.append("fee")
+        if wrong:
+            raise EnclaveUnavailable(f"the enclave's receipt does not match the request ({', '.join(wrong)}): not kept")
+        signer = receipt.signer(signed.signature)
+        if signer != self.address:
+            raise EnclaveUnavailable(
+                f"the receipt is signed by {signer}, not the registered enclave key {self.address}"
+                " (the enclave restarted?): re-attesting, retry shortly"
+            )
+
+    def sign_batch(self, chain_id: str, node: str, batch: MsgSettleBatch) -> bytes:
+        return self.enclave.sign_batch(chain_id, node, batch)
+
+
+def _refusal_code(exc: Exception) -> str:
+    return str(getattr(exc, "code", ""))
 
 
 def _good_until(events: list[dict[str, Any]]) -> int:

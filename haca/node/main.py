@@ -20,8 +20,10 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--endpoint", default="")
     parser.add_argument("--models", default="", help="comma-separated model names (default: all registered)")
     parser.add_argument("--price", type=int, default=0)
-    parser.add_argument("--modes", default="vanilla", help="comma-separated modes to serve (vanilla, tee)")
-    parser.add_argument("--attester", type=Path, default=None, help="tee: the enclave's Unix socket")
+    parser.add_argument("--modes", default="vanilla", help="comma-separated modes to serve (vanilla, tee, zkml)")
+    parser.add_argument(
+        "--enclave", type=Path, default=None, help="tee: the enclave's Unix socket (haca enclave serve)"
+    )
     parser.add_argument("--circuits", type=Path, default=None, help="zkml: built circuits, a folder per model")
     parser.add_argument("--srs-dir", type=Path, default=None, help="zkml: the network's SRS files")
     parser.add_argument("--provers", type=int, default=1, help="zkml: prover worker processes")
@@ -52,7 +54,7 @@ def main(argv: list[str] | None = None) -> None:
             models=[m for m in args.models.split(",") if m],
             price=args.price,
             modes=tuple(sorted({m for m in args.modes.split(",") if m})),
-            attester=args.attester,
+            enclave=args.enclave,
             circuits=args.circuits,
             srs_dir=args.srs_dir,
             provers=args.provers,

@@ -21,7 +21,7 @@ import asyncio
 import base64
 import threading
 import time
-from collections.abc import AsyncIterator, Iterable
+from collections.abc import AsyncIterator, Iterable, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any
@@ -31,25 +31,20 @@ import structlog
 from fastapi import FastAPI, Request
 from fastapi.responses import Response, StreamingResponse
 
-from haca.node.context import (
-    MAX_BODY_BYTES,
-    NodeContext,
-    ServedModel,
-    enclave_of,
-    queue_receipt,
-    read_body,
-    route_quotes,
-)
+from haca.enclave.client import EnclaveError, EnclaveRefusal, Generation
+from haca.node.context import MAX_BODY_BYTES, NodeContext, ServedModel, enclave_of, route_quotes
 from haca.node.errors import (
     ContextLengthExceeded,
+    EnclaveUnavailable,
     InvalidRequest,
     ModelNotFound,
     ModeNotSupported,
+    NodeError,
     PaymentRequired,
-    RequestTimeout,
     TooManyRequests,
 )
 from haca.node.payments import AcceptedPayment, PaymentGate, Quote, payment_response_headers, settle_reads
+from haca.node.pipeline import PaidRequest, keep, kept, local_receipt, tee_terms
 from haca.runtime.llm import BudgetExhausted, ContextExceeded, LlmModel, Outcome
 from haca.types.llm import LlmRequest, LlmRequestError, parse_request, text_hash
 from haca.types.modes import Mode, Status
@@ -61,7 +56,6 @@ OPENAI_ROUTES = ("/v1/chat/completions", "/v1/completions")
 RECEIPT_HEADER = "x-haca-receipt"
 MODE_HEADER = "x-haca-mode"
 MODE_PREFERENCE = (Mode.TEE, Mode.VANILLA)
-BODY_DEADLINE_S = 10.0
 DEFAULT_QUEUE = 8
 
 
@@ -105,6 +99,7 @@ class LlmCall:
     accepted: AcceptedPayment
     created: int
     deadline: float  # monotonic time generation stops, so the receipt settles before the authorisation expires
+    body: Any = None  # the request body as the client sent it (tee: what the enclave parses and hashes)
 
 
 def add_openai_routes(app: FastAPI, ctx: NodeContext, admissions: dict[str, Admission]) -> None:
@@ -161,17 +156,8 @@ async def _accept(ctx: NodeContext, http: Request, kind: str) -> LlmCall:
     """Payment from the headers, then the body; the most the request may cost is held, and the
     moment generation must stop for the receipt to settle before the authorisation expires."""
     llm_quotes = await settle_reads(route_quotes, ctx, llm=True)
-    try:
-        pending = await ctx.gate.check_async(http.headers, llm_quotes)
-    except PaymentRequired as exc:
-        raise await _with_requirements(ctx, exc, llm_quotes, http) from None
-    accepted: AcceptedPayment | None = None
-    try:
-        try:
-            async with asyncio.timeout(BODY_DEADLINE_S):
-                raw = await read_body(http, llm_body_limit(llm_quotes.values()))
-        except TimeoutError:
-            raise RequestTimeout(f"the body did not arrive within {BODY_DEADLINE_S:.0f} s") from None
+    async with PaidRequest(ctx, http, llm_quotes, _offered_first) as paid:
+        raw = await paid.body(llm_body_limit(llm_quotes.values()))
         try:
             body = orjson.loads(raw)
         except orjson.JSONDecodeError as exc:
@@ -187,34 +173,19 @@ async def _accept(ctx: NodeContext, http: Request, kind: str) -> LlmCall:
                 "model"
             )
         llm = served.llm
-        mode = _mode(ctx, http, pending.authorization.mode if pending.authorization else None, served, llm_quotes)
-        quote = llm_quotes.get((served.model_id, mode))
-        if quote is None:
-            raise ModeNotSupported(f"{served.name!r} is not offered in mode {mode!r} at this height")
+        authorization = paid.payment.authorization
+        mode = _mode(ctx, http, authorization.mode if authorization else None, served, llm_quotes)
+        quote = paid.quote(served.model_id, served.name, mode)
         if request.max_tokens >= llm.context:
             raise ContextLengthExceeded(
                 f"max_tokens is {request.max_tokens}; this model's maximum context length is {llm.context} tokens"
             ).with_param("max_tokens")
-        if mode == Mode.TEE:  # before the work: an enclave that cannot sign must not be charged for
-            enclave_of(ctx).require_covered(quote.height)
         # The receipt must be signed while the authorisation can still settle: generation (and
         # the wait for a slot) stops in time, whatever max_tokens asked for.
-        deadline = time.monotonic() + await settle_reads(ctx.gate.seconds_left, pending.payment.value.expiry)
+        deadline = time.monotonic() + await settle_reads(ctx.gate.seconds_left, paid.payment.payment.value.expiry)
         worst = quote.token_fee(llm.context - request.max_tokens, request.max_tokens)
-        accepted = await settle_reads(ctx.gate.charge_up_to, pending, quote, worst)
-    except PaymentRequired as exc:
-        raise await _with_requirements(ctx, exc, llm_quotes, http) from None
-    finally:
-        if accepted is None:  # refused before the work: the same payment may be sent again
-            ctx.gate.abandon(pending)
-    return LlmCall(served, llm, request, quote, accepted, int(time.time()), deadline)
-
-
-async def _with_requirements(
-    ctx: NodeContext, exc: PaymentRequired, quotes: dict[tuple[str, str], Quote], http: Request
-) -> PaymentRequired:
-    requirements = await settle_reads(ctx.gate.requirements, _offered_first(quotes), str(exc), str(http.url))
-    return PaymentRequired(str(exc), requirements)
+        accepted = await paid.hold(ctx.gate.charge_up_to, quote, worst)
+    return LlmCall(served, llm, request, quote, accepted, int(time.time()), deadline, body)
 
 
 def _mode(
@@ -231,7 +202,7 @@ def _mode(
     raise ModeNotSupported(f"{served.name!r} is offered in no mode at this height")
 
 
-def _offered_first(quotes: dict[tuple[str, str], Quote]) -> list[Quote]:
+def _offered_first(quotes: Mapping[tuple[str, str], Quote]) -> list[Quote]:
     """The 402's offers, the preferred mode of each model first (x402 clients take the first
     one they can pay)."""
     rank = {str(mode): i for i, mode in enumerate(MODE_PREFERENCE)}
@@ -239,22 +210,29 @@ def _offered_first(quotes: dict[tuple[str, str], Quote]) -> list[Quote]:
 
 
 class _Run:
-    """The model running in a worker thread, its text coming back to the event loop as events;
-    the receipt is queued when it ends, whether or not anyone is still listening."""
+    """The model running — in a worker thread (vanilla), or in the enclave (tee) — its text coming
+    back to the event loop as events; the receipt is queued when it ends, whether or not anyone is
+    still listening."""
 
     def __init__(self, ctx: NodeContext, call: LlmCall, admission: Admission) -> None:
         self.ctx, self.call, self.admission = ctx, call, admission
         self.loop = asyncio.get_running_loop()
         self.events: asyncio.Queue[str | Outcome | Exception] = asyncio.Queue()
         self.cancelled = threading.Event()
+        self._generation: Generation | None = None
         self._done: asyncio.Future[tuple[Outcome, SignedReceipt]] = self.loop.create_future()
         self._started, self._first_token = time.perf_counter(), False
 
     def start(self) -> None:
-        self.loop.run_in_executor(self.admission.executor, self._work)
+        if self.call.quote.mode == Mode.TEE:
+            self.loop.create_task(self._in_enclave())
+        else:
+            self.loop.run_in_executor(self.admission.executor, self._work)
 
     def cancel(self) -> None:
         self.cancelled.set()
+        if self._generation is not None:
+            self.loop.create_task(self._generation.cancel())
 
     async def next_event(self) -> str | Outcome | Exception:
         return await self.events.get()
@@ -262,11 +240,14 @@ class _Run:
     async def finished(self) -> tuple[Outcome, SignedReceipt]:
         return await asyncio.shield(self._done)
 
-    def _push(self, event: str | Outcome | Exception) -> None:
+    def _emit(self, event: str | Outcome | Exception) -> None:
         if not self._first_token:
             self._first_token = True
             self.ctx.metrics.llm_first_token.observe(time.perf_counter() - self._started)
-        self.loop.call_soon_threadsafe(self.events.put_nowait, event)
+        self.events.put_nowait(event)
+
+    def _push(self, event: str | Outcome | Exception) -> None:
+        self.loop.call_soon_threadsafe(self._emit, event)
 
     def _work(self) -> None:
         call = self.call
@@ -290,27 +271,61 @@ class _Run:
         else:
             self._finish_soon(outcome)
 
+    async def _in_enclave(self) -> None:
+        """tee: the request body as the client sent it goes to the enclave, which parses it, runs
+        its own copy of the model, and ends the stream with the receipt it signed."""
+        call, ctx = self.call, self.ctx
+        terms = tee_terms(ctx, call.quote, call.accepted)
+        result: Outcome | Exception
+        signed: SignedReceipt | None = None
+        try:
+            enclave = enclave_of(ctx)
+            seconds = max(0.001, call.deadline - time.monotonic())
+            generation = enclave.generate(call.served.model_id, call.request.kind, call.body, terms, seconds)
+            self._generation = generation
+            if self.cancelled.is_set():
+                await generation.cancel()
+            async for piece in generation:
+                self._emit(piece)
+            assert generation.result is not None
+            done = generation.result
+            enclave.check(done.receipt, call.served.model_id, terms)
+            result = Outcome(done.text, done.finish_reason, done.prompt_tokens, done.completion_tokens)
+            signed = done.receipt
+        except EnclaveRefusal as exc:
+            result = _refused(exc)
+        except NodeError as exc:
+            result = exc
+        except EnclaveError as exc:
+            result = EnclaveUnavailable(f"the enclave did not run the request: {exc}")
+        finally:
+            self._generation = None
+        await self._finish(result, signed)
+
     def _finish_soon(self, result: Outcome | Exception) -> None:
         self.loop.call_soon_threadsafe(lambda: self.loop.create_task(self._finish(result)))
 
-    async def _finish(self, result: Outcome | Exception) -> None:
-        """Charge what was used, sign and queue the receipt, free the slot and the hold."""
+    async def _finish(self, result: Outcome | Exception, signed: SignedReceipt | None = None) -> None:
+        """Charge what was used, queue the receipt (signed here, or by the enclave), free the slot
+        and the hold."""
         call, ctx = self.call, self.ctx
         self.admission.leave()
         ctx.metrics.llm_queue.dec()
         try:
             if isinstance(result, Exception):
                 raise result
-            fee = call.quote.token_fee(result.prompt_tokens, result.completion_tokens)
-            charged = PaymentGate.settle_fee(call.accepted, fee)
-            signed = await queue_receipt(
-                ctx,
-                call.quote,
-                charged,
-                call.request.hash(call.served.model_id),
-                text_hash(result.text),
-                tokens=(result.prompt_tokens, result.completion_tokens),
-            )
+            if signed is None:
+                fee = call.quote.token_fee(result.prompt_tokens, result.completion_tokens)
+                charged = PaymentGate.settle_fee(call.accepted, fee)
+                signed = local_receipt(
+                    ctx,
+                    call.quote,
+                    charged,
+                    call.request.hash(call.served.model_id),
+                    text_hash(result.text),
+                    tokens=(result.prompt_tokens, result.completion_tokens),
+                )
+            keep(ctx, signed, call.accepted)
         except Exception as exc:
             self.events.put_nowait(exc)
             self._done.set_exception(exc)
@@ -318,14 +333,24 @@ class _Run:
             return
         finally:
             ctx.gate.release(call.accepted)
-        if ctx.on_receipt is not None:
-            ctx.on_receipt()
+        kept(ctx)
         metrics, name, mode = ctx.metrics, call.served.name, call.quote.mode
         metrics.llm_requests.labels(name, mode, result.finish_reason).inc()
         metrics.llm_tokens.labels(name, "prompt").inc(result.prompt_tokens)
         metrics.llm_tokens.labels(name, "completion").inc(result.completion_tokens)
         self.events.put_nowait(result)
         self._done.set_result((result, signed))
+
+
+def _refused(exc: EnclaveRefusal) -> Exception:
+    """The enclave's refusal as the error the client gets (it judged the request itself)."""
+    if exc.code == "context_exceeded":
+        return ContextLengthExceeded(exc.reason).with_param("messages")
+    if exc.code == "budget_exhausted":
+        return PaymentRequired(f"{exc.reason}: authorise more")
+    if exc.code == "invalid_request":
+        return InvalidRequest(exc.reason).with_param(exc.param)
+    return EnclaveUnavailable(f"the enclave did not run the request: {exc.reason}")
 
 
 async def _sse(call: LlmCall, run: _Run, first: str | Outcome | Exception) -> AsyncIterator[bytes]:

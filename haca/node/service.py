@@ -13,12 +13,12 @@ from typing import Any
 import structlog
 import uvicorn
 
-from haca.attester.client import AsyncAttesterClient, AttesterClient, AttesterError
 from haca.client.chain import ChainClient
 from haca.client.config import ClientConfig, KeyStore, connect
 from haca.client.errors import ConfigError, QueryFailed
 from haca.client.rpc import CometRpc
 from haca.crypto.keys import PrivateKey
+from haca.enclave.client import AsyncEnclaveClient, EnclaveClient, EnclaveError
 from haca.hub.client import HubClient
 from haca.node.api import create_app
 from haca.node.chainview import ChainView
@@ -59,7 +59,7 @@ class NodeSettings:
     batch_size: int = 64  # receipts per settlement tx (the chain takes at most 64)
     flush_interval: float = 1.0
     batches: FlushPolicy | None = None  # settle batchable receipts in MsgSettleBatch, flushed by this policy
-    attester: Path | None = None  # tee: the enclave's (attester's) Unix socket
+    enclave: Path | None = None  # tee: the enclave's Unix socket (it runs the tee requests)
     circuits: Path | None = None  # zkml: built circuits, one folder per model name (<dir>/<name>/circuit.json)
     srs_dir: Path | None = None  # zkml: the network's SRS files (kzg<logrows>.srs)
     provers: int = 1  # zkml: prover worker processes
@@ -120,7 +120,7 @@ def build_node(settings: NodeSettings) -> Node:
     gate = PaymentGate(key.address, config.chain_id, config.denom, view, store)
     gate.proving.workers = max(1, settings.provers)
     settler = Settler(store, chain, view, key, settings.batch_size, settings.flush_interval)
-    enclave = open_enclave(chain, key, settings, settler.tx_lock) if Mode.TEE in settings.modes else None
+    enclave = open_enclave(chain, key, settings, settler.tx_lock, models) if Mode.TEE in settings.modes else None
     if settings.batches is not None:
         settler.flush, settler.sign_root = settings.batches, root_signer(config.chain_id, key, enclave)
     context = NodeContext(key, config.chain_id, models, settings.modes, gate, store, settler.notify, settings.price)
@@ -154,31 +154,42 @@ def read_client(config: ClientConfig) -> ChainClient:
 
 
 def root_signer(chain_id: str, key: PrivateKey, enclave: EnclaveKey | None) -> Callable[[MsgSettleBatch], bytes]:
-    """Who signs a batch's root: the node's account key for vanilla, its enclave for tee."""
+    """Who signs a batch's root: the node's account key for vanilla, its enclave for tee (only over
+    receipts the enclave produced: it refuses anything else, and those receipts settle alone)."""
 
     def sign(batch: MsgSettleBatch) -> bytes:
         if batch.mode == Mode.TEE:
             if enclave is None:
                 raise ValueError("a tee batch needs the enclave, and this node has none")
             try:
-                return enclave.attester.sign_batch(chain_id, key.address, batch)
-            except AttesterError as exc:
+                return enclave.sign_batch(chain_id, key.address, batch)
+            except EnclaveError as exc:
                 raise ValueError(f"the enclave did not sign the batch: {exc}") from exc
         return batch.header(chain_id, key.address).sign(key)
 
     return sign
 
 
-def open_enclave(chain: ChainClient, key: PrivateKey, settings: NodeSettings, tx_lock: threading.Lock) -> EnclaveKey:
-    """Connect to the enclave and register its key on chain (tee mode is refused until it is)."""
-    if settings.attester is None:
-        raise ConfigError("mode tee needs an enclave: pass --attester SOCKET (the attester process's socket)")
+def open_enclave(
+    chain: ChainClient,
+    key: PrivateKey,
+    settings: NodeSettings,
+    tx_lock: threading.Lock,
+    models: dict[str, ServedModel],
+) -> EnclaveKey:
+    """Connect to the enclave, have it load the tee models itself (it fetches and hashes their
+    bytes), and register its key on chain (tee mode is refused until it is)."""
+    if settings.enclave is None:
+        raise ConfigError("mode tee needs an enclave: pass --enclave SOCKET (the `haca enclave serve` socket)")
     try:
-        attester, signer = AttesterClient(settings.attester), AsyncAttesterClient(settings.attester)
-        enclave = EnclaveKey(chain, key, attester, signer, tx_lock)
+        enclave = EnclaveKey(chain, key, EnclaveClient(settings.enclave), AsyncEnclaveClient(settings.enclave), tx_lock)
+        for served in {s.model_id: s for s in models.values()}.values():
+            if Mode.TEE in served.manifest["modes"]:
+                llm = served.llm
+                enclave.load(served.model_id, model_kind(served.manifest), *((llm.context, llm.slots) if llm else ()))
         enclave.attest()
-    except AttesterError as exc:
-        raise ConfigError(f"the enclave at {settings.attester} did not answer: {exc}") from exc
+    except EnclaveError as exc:
+        raise ConfigError(f"the enclave at {settings.enclave} did not answer: {exc}") from exc
     if enclave.dev:
         log.warning("dev_enclave", key=enclave.address, note="DEV-MODE, NOT FOR PRODUCTION")
     return enclave

@@ -48,10 +48,12 @@ def available_providers() -> list[str]:
 
 
 class OnnxModel:
-    def __init__(self, path: Path, providers: list[str] | None = None) -> None:
+    def __init__(self, source: Path | bytes, providers: list[str] | None = None) -> None:
+        """`source`: the model file, or its bytes (an enclave loads the very bytes it hashed)."""
         options = ort.SessionOptions()
         options.log_severity_level = 3
-        self.session = ort.InferenceSession(str(path), options, providers=providers or available_providers())
+        model = source if isinstance(source, bytes) else str(source)
+        self.session = ort.InferenceSession(model, options, providers=providers or available_providers())
         self.inputs = {i.name: _spec(i) for i in self.session.get_inputs()}
         self.outputs = {o.name: _spec(o) for o in self.session.get_outputs()}
         self.output_names = [o.name for o in self.session.get_outputs()]

@@ -20,9 +20,10 @@ import httpx
 import pytest
 
 from haca.client.batch import prove_batched_receipt
+from haca.client.config import ClientConfig
 from haca.client.errors import ProofInvalid
 from haca.devnet.processes import free_ports, signal_group, spawn, wait_group_gone
-from haca.devnet.services import attester_command, wait_http, wait_socket
+from haca.devnet.services import enclave_command, wait_http, wait_socket
 from haca.types.encoding import canonical_json
 from haca.types.inference import MsgDeposit
 from haca.types.payment import SpendingAllowance, encode_api_key
@@ -42,22 +43,23 @@ def net(inference_devnet) -> Net:
 
 @pytest.fixture(scope="module")
 def batching_node(net: Net, tmp_path_factory: pytest.TempPathFactory) -> Any:
-    """dev5 as a tee node for iris with its own DEV attester, settling in batches of up to 1,000
-    (a long idle time and age, so the 1,000 receipts go as one full batch)."""
+    """dev5 as a tee node for iris with its own enclave (DEV platform), settling in batches of up to
+    1,000 (a long idle time and age, so the 1,000 receipts go as one full batch)."""
     work = tmp_path_factory.mktemp("batching-node")
-    socket = work / "attester.sock"
-    platform = Path(net.home) / "devnet" / "attester0"
-    attester_pid = spawn(attester_command(socket, platform), work / "attester.log")
-    wait_socket(socket, attester_pid, "attester", work / "attester.log")
+    socket = work / "enclave.sock"
+    platform = Path(net.home) / "devnet" / "enclave0"
+    hub = str(ClientConfig.load(Path(net.home)).extra["hub"])
+    enclave_pid = spawn(enclave_command(socket, platform, work / "data" / "models", hub), work / "enclave.log")
+    wait_socket(socket, enclave_pid, "enclave", work / "enclave.log")
     (port,) = free_ports(1)
     args = ["--home", str(net.home), "--key", "dev5", "--port", str(port), "--models", "iris"]
-    args += ["--modes", "tee,vanilla", "--attester", str(socket), "--data-dir", str(work / "data")]
+    args += ["--modes", "tee,vanilla", "--enclave", str(socket), "--data-dir", str(work / "data")]
     args += ["--settle-batches", "--batch-max", str(RECEIPTS), "--batch-idle", "30", "--batch-max-age", "600"]
     node_pid = spawn([sys.executable, "-m", "haca.node.main", *args], work / "node.log")
     url = f"http://127.0.0.1:{port}"
     wait_http(f"{url}/healthz", node_pid, "batching node", work / "node.log", timeout=180)
     yield {"url": url, "node": net.key("dev5").address, "log": work / "node.log"}
-    for pid in (node_pid, attester_pid):  # spawn starts each in its own session: its group id is its pid
+    for pid in (node_pid, enclave_pid):  # spawn starts each in its own session: its group id is its pid
         signal_group(pid, signal.SIGTERM)
         wait_group_gone(pid, time.monotonic() + 10)
 

@@ -25,10 +25,11 @@ from haca.client.sdk import AsyncClient, Client
 from haca.crypto.hashing import sha256
 from haca.crypto.keys import PrivateKey
 from haca.devnet.layout import example_models_dir
+from haca.enclave.measure import enclave_measurement
 from haca.node.service import ensure_stake
 from haca.proofs.tee.binding import key_binding, measurement_id
 from haca.proofs.tee.claims import Claims
-from haca.proofs.tee.dev import PLATFORM_CERT_FILE, PLATFORM_KEY_FILE, dev_measurement, make_dev_evidence
+from haca.proofs.tee.dev import PLATFORM_CERT_FILE, PLATFORM_KEY_FILE, make_dev_evidence
 from haca.types import codes
 from haca.types.inference import MsgDeposit, MsgSettle, SettlementItem
 from haca.types.payment import PaymentAuthorization, SignedPayment
@@ -41,7 +42,7 @@ pytestmark = pytest.mark.devnet
 MODELS = {m["name"]: m for m in json.loads((example_models_dir() / "manifest.json").read_text())["models"]}
 IRIS_INPUT = MODELS["iris"]["example_input"]
 HEARTBEAT, NONCE_WINDOW = 16, 10
-DEV_MID = measurement_id(Claims("dev", {"measurement": dev_measurement()}, b"", False, "UpToDate"))
+DEV_MID = measurement_id(Claims("dev", {"measurement": enclave_measurement()}, b"", False, "UpToDate"))
 
 
 class Net:
@@ -84,7 +85,7 @@ class Net:
         nonce = bytes.fromhex(self.chain.rpc.block(height)["block_id"]["hash"])
         report = key_binding(self.chain_id, node, bound_key or enclave.address, nonce)
         now = int(time.time())
-        evidence = make_dev_evidence(self.platform_key, self.platform_chain, dev_measurement(), report, now)
+        evidence = make_dev_evidence(self.platform_key, self.platform_chain, enclave_measurement(), report, now)
         return MsgAttestEnclave(enclave.address, "dev", evidence, b"", height)
 
     def escrow(self, client: str, node: str) -> int:

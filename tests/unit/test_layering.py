@@ -1,7 +1,8 @@
 """The dependency direction of DESIGN.md holds: crypto ← types ← proofs ← chain, node, client;
-the chain never imports node, runtime, client or devnet code; node, client and the attester
+the chain never imports node, runtime, client or devnet code; node, client and the enclave
 never import the chain (they reach it over RPC), nor does the explorer; the hub's server does not
-build on the client SDK."""
+build on the client SDK; the enclave imports nothing of the host node, the chain or the client (its
+measurement covers what it imports, see haca.enclave.measure)."""
 
 from __future__ import annotations
 
@@ -19,12 +20,12 @@ FORBIDDEN = {
     "proofs": {"chain", "node", "client", "runtime", "hub", "cli", "devnet"},
     "chain": {"node", "client", "runtime", "hub", "cli", "devnet"},
     "hub": {"chain", "node", "runtime", "cli", "devnet", "client"},
-    # node, client and the attester reach the chain over RPC (or a socket) only
+    # node and client reach the chain over RPC only
     "node": {"chain", "cli", "devnet"},
-    "client": {"chain", "node", "runtime", "hub", "cli", "devnet", "attester"},
-    "attester": {"chain", "node", "client", "runtime", "hub", "cli", "devnet"},
+    "client": {"chain", "node", "runtime", "hub", "cli", "devnet", "enclave"},
+    "enclave": {"chain", "node", "client", "cli", "devnet", "explorer"},
     # the explorer reads CometBFT RPC and the app's queries only (its page checks what it shows)
-    "explorer": {"chain", "node", "runtime", "hub", "cli", "devnet", "attester", "proofs"},
+    "explorer": {"chain", "node", "runtime", "hub", "cli", "devnet", "enclave", "proofs"},
 }
 
 

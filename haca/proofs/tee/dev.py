@@ -52,9 +52,6 @@ MAX_CERT_SIZE = 4096
 MAX_CABUNDLE = 16
 MAX_DOCUMENT_SIZE = 64 * 1024
 
-# The files whose bytes are the dev enclave's "code": changing either changes its measurement.
-_HACA = Path(__file__).resolve().parents[2]
-MEASURED_SOURCES = ("attester/enclave.py", "proofs/tee/dev.py")
 
 _PAYLOAD_FIELDS = frozenset(
     ("format", "label", "measurement", "report_data", "debug", "time", "certificate", "cabundle")
@@ -219,11 +216,6 @@ def measure_sources(sources: Mapping[str, bytes]) -> bytes:
             h.update(len(part).to_bytes(8, "big"))
             h.update(part)
     return h.digest()
-
-
-def dev_measurement() -> bytes:
-    """The dev enclave's measurement: `measure_sources` over the code it runs (`MEASURED_SOURCES`)."""
-    return measure_sources({f"haca/{rel}": (_HACA / rel).read_bytes() for rel in MEASURED_SOURCES})
 
 
 def make_dev_evidence(

@@ -18,12 +18,12 @@ from haca.chain.modules.inference.keeper import InferenceParams
 from haca.crypto.hashing import sha256
 from haca.crypto.keys import PrivateKey
 from haca.crypto.state_proof import verify_proof
+from haca.enclave.measure import enclave_measurement
 from haca.proofs.tee.binding import key_binding, measurement_id
 from haca.proofs.tee.claims import Claims
 from haca.proofs.tee.dev import (
     PLATFORM_CERT_FILE,
     PLATFORM_KEY_FILE,
-    dev_measurement,
     issue_dev_platform,
     make_dev_evidence,
     make_dev_root,
@@ -46,7 +46,7 @@ PARAMS = InferenceParams(withdraw_delay=5, revoke_delay=4, settlement_fee=100, s
 HEARTBEAT, NONCE_WINDOW = 6, 5
 PRICE, FEE = 1_000, 2_000
 SF = PARAMS.settlement_fee_for(FEE)
-DEV_MID = measurement_id(Claims("dev", {"measurement": dev_measurement()}, b"", False, "UpToDate"))
+DEV_MID = measurement_id(Claims("dev", {"measurement": enclave_measurement()}, b"", False, "UpToDate"))
 SCHEMA = {"x": {"dtype": "float32", "shape": [1, 4]}}
 LLM = MsgRegisterModel("llm", "sha256:" + sha256(b"llm").hex(), SCHEMA, SCHEMA, ("tee", "vanilla"), PRICE)
 NODE_MSG = MsgRegisterNode("http://node:8000", ("tee", "vanilla"), ("llm",), 0)
@@ -129,7 +129,7 @@ def attest(
     evidence = make_dev_evidence(
         dev[f"{platform}key"],
         dev[f"{platform}chain"],
-        dev_measurement(),
+        enclave_measurement(),
         report,
         block_time(chain.height + 1) if evidence_time is None else evidence_time,
         debug,

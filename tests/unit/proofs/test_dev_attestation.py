@@ -17,13 +17,13 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 
 from haca.crypto.keys import PrivateKey
+from haca.enclave.measure import enclave_measurement
 from haca.proofs.tee.attestation import Attestation, verify_attestation
 from haca.proofs.tee.binding import key_binding, measurement_id
 from haca.proofs.tee.claims import AttestationError, AttestationPolicy
 from haca.proofs.tee.dev import (
     DEV_LABEL,
     ROOT_COMMON_NAME,
-    dev_measurement,
     issue_dev_platform,
     make_dev_evidence,
     make_dev_root,
@@ -210,15 +210,15 @@ def test_measurement_id_is_stable_and_follows_the_code(devnet: Devnet) -> None:
     first = measurement_id(verify_dev(devnet.evidence(), devnet.now, devnet.root_pem))
     assert first == measurement_id(verify_dev(devnet.evidence(debug=True), devnet.now, devnet.root_pem))
     assert first.startswith("dev:") and len(first) == 4 + 64
-    assert dev_measurement() == dev_measurement() and len(dev_measurement()) == 32
-    other = measurement_id(verify_dev(devnet.evidence(measurement=dev_measurement()), devnet.now, devnet.root_pem))
+    assert enclave_measurement() == enclave_measurement() and len(enclave_measurement()) == 32
+    other = measurement_id(verify_dev(devnet.evidence(measurement=enclave_measurement()), devnet.now, devnet.root_pem))
     assert other != first
-    sources = {"haca/attester/enclave.py": b"code", "haca/proofs/tee/dev.py": b"more"}
+    sources = {"haca/enclave/runtime.py": b"code", "haca/proofs/tee/dev.py": b"more"}
     assert measure_sources(sources) == measure_sources(dict(reversed(sources.items())))
     assert measure_sources(sources) != measure_sources({**sources, "haca/proofs/tee/dev.py": b"more "})
     # Length framing: moving bytes from one file to the next is a different measurement.
     assert measure_sources(sources) != measure_sources(
-        {"haca/attester/enclave.py": b"codem", "haca/proofs/tee/dev.py": b"ore"}
+        {"haca/enclave/runtime.py": b"codem", "haca/proofs/tee/dev.py": b"ore"}
     )
 
 

@@ -1,3 +1,0 @@
-from haca.attester.main import main
-
-main()

@@ -1,0 +1,3 @@
+from haca.enclave.main import main
+
+main()
