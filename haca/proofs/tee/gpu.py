@@ -4,9 +4,12 @@ client and the CLI all call `verify_gpu`."""
 from __future__ import annotations
 
 from collections.abc import Mapping
+from typing import Any
 
+from haca.proofs.tee.binding import gpu_report_nonce
 from haca.proofs.tee.claims import AttestationError
 from haca.proofs.tee.nvidia import GpuReport
+from haca.proofs.tee.policy import TeePolicy
 from haca.types.tee import GPU_EVIDENCE_FORMATS, GpuEvidence
 
 
@@ -31,3 +34,21 @@ def verify_gpu(
     raise AttestationError(
         "format", f"unknown GPU evidence format {evidence.format!r}; known: {list(GPU_EVIDENCE_FORMATS)}"
     )
+
+
+def reverify_gpus(
+    attestation: Mapping[str, Any], policy: TeePolicy, chain_id: str, node: str, key: str
+) -> list[dict[str, object]]:
+    """A client's re-verification of the GPU reports the chain stored with an attestation (its
+    `/tee/enclave` answer's "attestation"), at the block time the chain verified them, against the
+    proven policy: the GPU summaries the chain's record should hold. AttestationError otherwise."""
+    nonce = gpu_report_nonce(chain_id, node, key, bytes.fromhex(str(attestation["nonce"])[2:]))
+    now, roots = int(attestation["time"]), policy.root_pems()
+    summaries = []
+    for doc in attestation.get("gpus") or ():
+        gpu = GpuEvidence.from_json(doc)
+        policy.check_gpu_format(gpu.format)
+        report = verify_gpu(gpu, now, roots, nonce)
+        policy.check_gpu(report)
+        summaries.append(report.summary())
+    return summaries

@@ -25,6 +25,7 @@ from haca.proofs.tee.dev import (
     make_dev_root,
 )
 from haca.proofs.tee.dev_gpu import DEV_GPU_DRIVER_VERSION, DEV_GPU_MEASUREMENTS, make_dev_gpu_report
+from haca.proofs.tee.gpu import reverify_gpus
 from haca.proofs.tee.nvidia import parse_report_text
 from haca.proofs.tee.policy import TeePolicy
 from haca.types.inference import MsgDeposit, MsgSettle, SettlementItem
@@ -217,3 +218,11 @@ def test_the_real_nvidia_report_through_the_chain_is_refused_only_at_binding(cha
     gpu = GpuEvidence("nvidia", report, (NVIDIA / "hopperCertChain.txt").read_bytes())
     msg = attest(chain, dev, gpus=(gpu,))
     rejected(chain, NODE, msg, errors.InvalidAttestation.code, "GPU 0 (nvidia) evidence refused: binding")
+
+
+def test_a_client_re_verifies_the_stored_gpu_reports_to_the_records_gpu_summary(chain, dev):
+    ok(chain.deliver(NODE, attest(chain, dev)))
+    answer = chain.answer("/tee/enclave", f"{ENCLAVE.address}@{chain.height}/llm".encode())
+    policy = TeePolicy.from_json(chain.answer("/tee/policy"))
+    summaries = reverify_gpus(answer["attestation"], policy, CHAIN_ID, NODE.address, ENCLAVE.address)
+    assert summaries == answer["enclave"]["gpus"]
