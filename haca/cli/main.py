@@ -12,6 +12,7 @@ from haca.cli.attestation import attestation_app
 from haca.cli.chain import query_app, tx_app
 from haca.cli.demo import demo
 from haca.cli.devnet import devnet_app, validator_app
+from haca.cli.enclave import enclave_app
 from haca.cli.explorer import explorer
 from haca.cli.gov import gov_app
 from haca.cli.hub import hub_app
@@ -53,6 +54,7 @@ app.add_typer(allowance_app, name="allowance")
 app.add_typer(stake_app, name="stake")
 app.add_typer(gov_app, name="gov")
 app.add_typer(attestation_app, name="attestation")
+app.add_typer(enclave_app, name="enclave")
 app.command("deposit")(deposit)
 app.command("withdraw")(withdraw)
 app.command("escrow")(escrow)

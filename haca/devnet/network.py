@@ -33,6 +33,7 @@ from haca.enclave.measure import enclave_measurement
 from haca.proofs.tee.binding import measurement_id
 from haca.proofs.tee.claims import Claims
 from haca.proofs.tee.dev import issue_dev_platform, make_dev_root
+from haca.proofs.tee.dev_gpu import dev_gpu_golden
 from haca.proofs.tee.policy import TeePolicy
 from haca.proofs.zk.srs import srs_file
 from haca.types.tee import GLOBAL_SCOPE
@@ -207,8 +208,15 @@ class Devnet:
         # measurement is that of the enclave's code and runtime in this tree (`haca enclave measure`).
         dev_root = make_dev_root(self.dir / DEV_ROOT_DIR).decode()
         dev_claims = Claims("dev", {"measurement": enclave_measurement()}, b"", False, "UpToDate", dev=True)
+        # Its enclave brings DEV GPU evidence too: the policy takes it, with the DEV GPU's golden values.
+        policy = TeePolicy(
+            formats=("dev", "nitro", "sgx", "snp", "tdx"),
+            roots={"dev": dev_root},
+            gpu_formats=("dev-gpu", "nvidia"),
+            gpu_golden=TeePolicy.from_json({"gpu_golden": dev_gpu_golden()}).gpu_golden,
+        )
         tee = TeeGenesis(
-            TeePolicy(formats=("dev", "nitro", "sgx", "snp", "tdx"), roots={"dev": dev_root}),
+            policy,
             ((GLOBAL_SCOPE, measurement_id(dev_claims)),),
         )
         template.update(

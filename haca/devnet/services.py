@@ -79,10 +79,10 @@ def example_circuits() -> dict[str, Circuit]:
     return {name: c for name, c in found.items() if c is not None}
 
 
-def enclave_command(socket: Path, platform_dir: Path, models_dir: Path, hub: str) -> list[str]:
-    """The node's enclave on the DEV platform (DEV-MODE, NOT FOR PRODUCTION): it runs the tee
-    requests, loading the models itself from the node's model cache or the hub."""
-    args = ["serve", "--socket", str(socket), "--platform", "dev", "--platform-dir", str(platform_dir)]
+def enclave_command(socket: Path, platform_dir: Path, models_dir: Path, hub: str, gpu: str = "dev") -> list[str]:
+    """The node's enclave on the DEV platform with a DEV GPU (DEV-MODE, NOT FOR PRODUCTION): it runs
+    the tee requests, loading the models itself from the node's model cache or the hub."""
+    args = ["serve", "--socket", str(socket), "--platform", "dev", "--platform-dir", str(platform_dir), "--gpu", gpu]
     args += ["--models-dir", str(models_dir), "--hub", hub]
     return [sys.executable, "-m", "haca.enclave", *args]
 

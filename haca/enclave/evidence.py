@@ -71,9 +71,18 @@ class DevPlatform:
         return Attestation(format="dev", evidence=evidence, endorsements=b"")
 
 
-def open_platform(name: str, measurement: bytes, platform_dir: Path | None = None, debug: bool = False) -> CpuPlatform:
+def open_platform(
+    name: str,
+    measurement: bytes,
+    platform_dir: Path | None = None,
+    debug: bool = False,
+    collateral: Path | None = None,
+    vcek: Path | None = None,
+) -> CpuPlatform:
     """The CPU platform `name` (PLATFORMS); ``auto`` takes the one this machine has and says which,
-    and never chooses ``dev``: a machine without a TEE is an error, not a silent fall-back."""
+    and never chooses ``dev``: a machine without a TEE is an error, not a silent fall-back.
+    `collateral`: tdx, the DCAP collateral JSON file (a guest cannot fetch it offline); `vcek`: snp,
+    the chip's VCEK when the host's certificate table has none."""
     if name not in PLATFORMS:
         raise PlatformUnavailable(f"unknown platform {name!r}; known: {list(PLATFORMS)}")
     if name == "auto":
@@ -93,7 +102,7 @@ def open_platform(name: str, measurement: bytes, platform_dir: Path | None = Non
     if name in ("tdx", "snp"):
         from haca.enclave.platforms.tsm import TsmPlatform
 
-        return TsmPlatform(name)
+        return TsmPlatform(name, collateral=collateral, vcek=vcek)
     from haca.enclave.platforms.nitro import NitroPlatform
 
     return NitroPlatform()

@@ -36,6 +36,8 @@ def _parser() -> argparse.ArgumentParser:
     serve.add_argument("--socket", type=Path, required=True, help="the Unix socket path (made 0600)")
     serve.add_argument("--platform", choices=PLATFORMS, default="auto", help="where the evidence comes from")
     serve.add_argument("--platform-dir", type=Path, default=None, help="dev: holds platform.key and platform.pem")
+    serve.add_argument("--tdx-collateral", type=Path, default=None, help="tdx: the DCAP collateral JSON file")
+    serve.add_argument("--snp-vcek", type=Path, default=None, help="snp: the VCEK, if the host's table has none")
     serve.add_argument("--gpu", choices=GPU_PLATFORMS, default="none", help="GPU evidence to attach")
     serve.add_argument("--models-dir", type=Path, default=None, help="model files named <sha256 hex>.<kind>")
     serve.add_argument("--hub", default="", help="a hub to fetch models the directory lacks")
@@ -58,7 +60,9 @@ async def serve(args: argparse.Namespace) -> None:
     from haca.enclave.server import EnclaveServer
 
     measurement = enclave_measurement()
-    platform = open_platform(args.platform, measurement, args.platform_dir, args.debug)
+    platform = open_platform(
+        args.platform, measurement, args.platform_dir, args.debug, args.tdx_collateral, args.snp_vcek
+    )
     gpus = open_gpus(args.gpu, args.platform_dir)
     models = ModelStore(args.models_dir, args.hub)
     enclave = Enclave(platform, measurement, models, gpus)

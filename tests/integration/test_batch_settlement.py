@@ -1,6 +1,6 @@
 """Issue 11 on a live 4-validator devnet: a node started with `--settle-batches` serves 1,000 tee
 inferences paid by one allowance, and its settler sends them as ONE MsgSettleBatch whose root its
-enclave (a DEV attester process of its own) signs; the chain checks every item and stores the root.
+enclave (an enclave process of its own, DEV platform) signs; the chain checks every item and stores the root.
 A client then proves from the chain alone that its receipt is in that batch (`haca receipt show ID
 --prove`), and a tampered receipt fails the proof. Escrow, allowance spend and supply are exact."""
 

@@ -1,5 +1,5 @@
 """`haca chat` and `haca completion` on a live 4-validator devnet whose node serves SmolLM2-135M
-(tee through the DEV attester, and vanilla): one-shot answers (streamed, or one JSON object), an
+(tee through the enclave on the DEV platform, and vanilla): one-shot answers (streamed, or one JSON object), an
 interactive conversation on stdin, receipts charging exactly usage x the per-token prices that
 settle on chain (tee: verified), and a --max-fee too low for the prompt refused before paying."""
 

@@ -50,7 +50,7 @@ class Net:
         self.handle, self.home = handle, handle.home
         self.chain = handle.client
         self.chain_id = handle.config.chain_id
-        platform = Path(self.home) / "devnet" / "attester0"
+        platform = Path(self.home) / "devnet" / "enclave0"
         self.platform_key = (platform / PLATFORM_KEY_FILE).read_bytes()
         self.platform_chain = (platform / PLATFORM_CERT_FILE).read_bytes()
 
