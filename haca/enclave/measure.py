@@ -41,7 +41,13 @@ def _imports(name: str, path: Path) -> set[str]:
     """The haca modules `path` imports (a `from pkg import name` counts name when it is a module)."""
     found: set[str] = set()
     package = name if path.name == "__init__.py" else name.rpartition(".")[0]
-    for node in ast.walk(ast.parse(path.read_bytes(), str(path))):
+    tree = ast.parse(path.read_bytes(), str(path))
+    # A module's PEP 562 `__getattr__` runs only when someone asks the module for that name (haca's
+    # own lazily exported client SDK): what it would import is not what importing the module runs.
+    lazy = {id(n) for f in tree.body if isinstance(f, ast.FunctionDef) and f.name == "__getattr__" for n in ast.walk(f)}
+    for node in ast.walk(tree):
+        if id(node) in lazy:
+            continue
         if isinstance(node, ast.Import):
             found.update(alias.name for alias in node.names if alias.name.startswith("haca"))
         elif isinstance(node, ast.ImportFrom):

@@ -237,6 +237,7 @@ def test_the_measurement_covers_the_enclaves_code_and_its_native_runtimes():
     assert any(name.startswith("onnxruntime/") for name in files)
     assert any(name.startswith("llama_cpp/") for name in files)
     assert "haca/node/api.py" not in files and "haca/chain/app.py" not in files  # the host's code is not in it
+    assert "haca/client/sdk.py" not in files  # haca's lazily exported SDK is not imported by importing haca
 
 
 def test_the_same_tree_and_wheels_give_the_same_measurement_in_another_process():
