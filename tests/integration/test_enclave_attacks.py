@@ -24,6 +24,7 @@ from typing import Any
 import pytest
 
 from haca.client.config import ClientConfig
+from haca.client.sdk import Client
 from haca.devnet.layout import example_models_dir
 from haca.devnet.processes import signal_group, spawn, wait_group_gone
 from haca.devnet.services import enclave_command, wait_socket
@@ -37,7 +38,7 @@ from haca.types.inference import MsgDeposit, MsgSettle, SettlementItem
 from haca.types.payment import PaymentAuthorization, SignedPayment, SpendingAllowance
 from haca.types.receipt import SignedReceipt
 from haca.types.registry import MsgRegisterNode
-from haca.types.tee import MsgAttestEnclave
+from haca.types.tee import MsgAttestEnclave, MsgSetTeePolicy
 from tests.integration.test_tee import IRIS_INPUT, MODELS, Net
 
 pytestmark = pytest.mark.devnet
@@ -229,3 +230,45 @@ def test_model_bytes_that_do_not_hash_to_the_model_id_are_refused_at_load(net, h
     with pytest.raises(EnclaveRefusal, match=f"hash to {host.ids['iris']}, not {host.ids['mlp-regressor']}"):
         host.enclave.load(host.ids["mlp-regressor"], "onnx")
     assert host.ids["mlp-regressor"] not in host.enclave.key()["models"]
+
+
+# --- GPU evidence required (last: it changes the module devnet's TEE policy) -----------------------------
+
+
+def test_with_gpu_evidence_required_only_an_enclave_attested_with_a_gpu_report_settles_verified(net, host, tmp_path):
+    net.send("dev0", MsgSetTeePolicy({"gpu_required": ["iris"]}))
+    # node0's enclave (DEV platform + DEV GPU) keeps serving iris verified, end to end through the node
+    with Client.from_home(net.home, "dev6") as client:
+        client.deposit(10**9, net.node0)
+        result = client.infer("iris", IRIS_INPUT, mode="tee")
+        verification = client.wait_verified(result.receipt_id, timeout=90)
+    assert verification.verified and verification.chain_status == "verified", verification.reason
+    # an enclave of the same code without GPU evidence, registered by dev4: its iris receipt is refused
+    socket = tmp_path / "nogpu.sock"
+    platform = Path(net.home) / "devnet" / "enclave0"
+    pid = spawn(enclave_command(socket, platform, host.models, "", gpu="none"), tmp_path / "nogpu.log")
+    try:
+        wait_socket(socket, pid, "enclave", tmp_path / "nogpu.log")
+        with EnclaveClient(socket) as plain:
+            plain.load(host.ids["iris"], "onnx")
+            height = net.height()
+            nonce = bytes.fromhex(net.chain.rpc.block(height)["block_id"]["hash"])
+            evidence = plain.attest(net.chain_id, host.node, nonce)
+            assert evidence.gpus == ()
+            cpu = evidence.cpu
+            key = plain.key()["address"]
+            net.send(HOST, MsgAttestEnclave(key, cpu.format, cpu.evidence, cpu.endorsements, height))
+            t, payment = terms(net, host, "iris", 9)
+            _, signed = plain.infer(host.ids["iris"], IRIS_INPUT, t)
+    finally:
+        signal_group(pid, signal.SIGTERM)
+        wait_group_gone(pid, time.monotonic() + 10)
+    before = balances(net, host)
+    net.refused(
+        HOST,
+        MsgSettle((SettlementItem(signed, payment, b""),)),
+        codes.MEASUREMENT_NOT_APPROVED,
+        "requires GPU evidence",
+    )
+    assert balances(net, host) == before
+    net.assert_supply_holds()
