@@ -7,7 +7,10 @@ requests (max_tokens 128, temperature 0, a fixed seed, distinct prompts that do 
   bare     llama_cpp.Llama in this process, create_chat_completion(stream=True).
   node     the same requests over HTTP (httpx, streaming) to POST /v1/chat/completions on node0 of a
            1-validator devnet, paid with one allowance API key (Authorization: Bearer haca_…), mode
-           vanilla, and tee (receipts signed in the devnet's DEV attester) as a separate figure.
+           vanilla (the node's own llama.cpp), and tee as a separate figure: the node forwards the
+           request to its enclave (`haca enclave serve`, DEV platform, another process on a Unix socket),
+           which runs the model in its own llama.cpp (same n_ctx, same threads), streams the pieces back
+           and signs the receipt it computed.
 
 TTFT: from sending the request to the first chunk with content. tokens/s: (completion tokens - 1) / (end -
 first content), end being the last chunk (the node's carries usage and the receipt); end to end:
@@ -172,24 +175,27 @@ def paired(
     bare: Callable[[int], dict[str, Any]],
     node: Callable[[int], dict[str, Any]],
     n: int,
-    node_pid: int,
+    pids: dict[str, int],
     settle: Callable[[], float],
 ) -> tuple[dict[str, Any], list[str]]:
     """`n` requests, each bare then through the node, never at once, the network settled after each
     node request (untimed). Both llama instances see the same sequence of prompts, so their prompt
     caches hold the same prefix at every request. The figures are medians over the requests: of each
     side, and of each pair's node / bare ratio and node - bare TTFT. CPU seconds per request: this
-    process running bare, the node process (its settling included) and this process as its client."""
-    pairs, cpu, waits = [], {"bare": 0.0, "node": 0.0, "client": 0.0}, []
+    process running bare, the node process (its settling included), the enclave process (tee: it runs
+    the model) and this process as its client."""
+    pairs, waits = [], []
+    cpu = {"bare": 0.0, "client": 0.0, **{name: 0.0 for name in pids}}
     for i in range(n):
         c = time.process_time()
         b = bare(i)
         cpu["bare"] += time.process_time() - c
-        c, p = time.process_time(), cpu_seconds(node_pid)
+        c, p = time.process_time(), {name: cpu_seconds(pid) for name, pid in pids.items()}
         x = node(i)
         cpu["client"] += time.process_time() - c
         waits.append(settle())
-        cpu["node"] += cpu_seconds(node_pid) - p
+        for name, pid in pids.items():
+            cpu[name] += cpu_seconds(pid) - p[name]
         pairs.append((b, x))
     out: dict[str, Any] = {
         "bare": {k: round(median([b[k] for b, _ in pairs]), 3) for k in KEYS},
@@ -247,14 +253,15 @@ def floor_ms(http: httpx.Client, url: str, n: int, pause: float = 0.0) -> float:
 
 def bench(home: Path, args: argparse.Namespace) -> dict[str, Any]:
     llm = llama_cpp.Llama(str(smollm2_path()), n_ctx=CONTEXT, n_threads=THREADS, verbose=False, seed=0)
-    print(f"devnet (1 validator, hub, DEV attester, node0 serving {EXAMPLE_LLM}) in {home} …", flush=True)
+    print(f"devnet (1 validator, hub, DEV enclave0, node0 serving {EXAMPLE_LLM}) in {home} …", flush=True)
     started = time.perf_counter()
     net = Devnet(home)
     try:
         up(home, validators=1, timeout_commit=args.timeout_commit, inference=True)
         result: dict[str, Any] = {"devnet_startup_s": round(time.perf_counter() - started, 1)}
         node = net.status()["nodes"][0]
-        node_pid = next(svc.pid for svc in net.load().services if svc.name == node["name"])
+        services = {svc.name: svc.pid for svc in net.load().services}
+        pids = {"node": services[node["name"]], "enclave": services["enclave0"]}
         with Client.from_home(home, "dev1") as client:
             client.deposit(10**15, node["address"])
             api_key = client.create_api_key(node["address"], cap=10**14, expires_in=10**7)
@@ -292,11 +299,9 @@ def bench(home: Path, args: argparse.Namespace) -> dict[str, Any]:
         for r in range(args.rounds):
             row: dict[str, Any] = {}
             for mode in ("vanilla", "tee"):
-                row[mode], ends = paired(
-                    side("bare", args.max_tokens), side(mode, args.max_tokens), n, node_pid, settle
-                )
+                row[mode], ends = paired(side("bare", args.max_tokens), side(mode, args.max_tokens), n, pids, settle)
                 finishes += ends
-                short, _ = paired(side("bare", 2), side(mode, 2), args.short_requests, node_pid, lambda: 0.0)
+                short, _ = paired(side("bare", 2), side(mode, 2), args.short_requests, pids, lambda: 0.0)
                 row[mode]["short_ttft_added_ms"] = short["ttft_added_ms"]
                 row[mode]["short_ttft_ms"] = {"bare": short["bare"]["ttft_ms"], "node": short["node"]["ttft_ms"]}
             bare_seq = concurrent(side("bare", args.max_tokens), 1, c * args.per_client)

@@ -39,6 +39,8 @@ from haca.devnet.processes import free_ports, http_ok
 
 ROOT = Path(__file__).resolve().parent
 RESULTS = ROOT / "results" / "node_overhead.json"
+TARGET_C16, TARGET_C1 = 0.7, 0.6  # node req/s / minimal FastAPI req/s, median of the rounds
+TARGET_P99_C1 = 2.0  # node p99 / minimal FastAPI p99 at concurrency 1, median of the rounds
 
 
 def percentile(values: list[float], q: float) -> float:
@@ -138,6 +140,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         m for m in json.loads((example_models_dir() / "manifest.json").read_text())["models"] if m["name"] == args.model
     )
     model_path = example_models_dir() / entry["file"]
+    load_before = round(os.getloadavg()[0], 2)
     work = ROOT / ".work" / "node_overhead"
     shutil.rmtree(work, ignore_errors=True)
     print(f"devnet (1 validator, hub, node0) in {work} …", flush=True)
@@ -177,6 +180,10 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
                 measured[f"ratio_vs_fastapi_c{concurrency}"] = round(
                     measured[f"node_c{concurrency}"]["rps"] / measured[f"fastapi_c{concurrency}"]["rps"], 3
                 )
+                measured[f"p99_vs_fastapi_c{concurrency}"] = round(
+                    measured[f"node_c{concurrency}"]["p99_ms"] / measured[f"fastapi_c{concurrency}"]["p99_ms"], 3
+                )
+                measured[f"loadavg_1m_c{concurrency}"] = round(os.getloadavg()[0], 2)
             rounds.append(measured)
         result["rounds_detail"] = rounds
         median_round = sorted(rounds, key=lambda r: r["ratio_vs_fastapi_c16"])[len(rounds) // 2]
@@ -184,6 +191,18 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             result[key] = median_round[key]
         for c in (1, 16):
             result[f"ratio_vs_fastapi_c{c}"] = spread([r[f"ratio_vs_fastapi_c{c}"] for r in rounds])
+            result[f"p99_vs_fastapi_c{c}"] = spread([r[f"p99_vs_fastapi_c{c}"] for r in rounds])
+            for target in ("fastapi", "node"):
+                for figure in ("p50_ms", "p99_ms", "rps"):
+                    result[f"{target}_c{c}_{figure}"] = spread([r[f"{target}_c{c}"][figure] for r in rounds])
+        result["targets"] = {
+            "ratio_vs_fastapi_c16_min": TARGET_C16,
+            "ratio_vs_fastapi_c1_min": TARGET_C1,
+            "p99_vs_fastapi_c1_max": TARGET_P99_C1,
+            "ratio_c16_met": result["ratio_vs_fastapi_c16"]["median"] >= TARGET_C16,
+            "ratio_c1_met": result["ratio_vs_fastapi_c1"]["median"] >= TARGET_C1,
+            "p99_c1_met": result["p99_vs_fastapi_c1"]["median"] <= TARGET_P99_C1,
+        }
 
         print("paid latency alone, then with 4 senders of unpaid 1 MB bodies …", flush=True)
         flood_body = json.dumps({"model": args.model, "input": [entry["example_input"][0]] * 40_000}).encode()
@@ -216,9 +235,23 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         baseline.terminate()
         baseline.wait(10)
         Devnet(work / "home").stop()
-    result["machine"] = {"cpus": os.cpu_count(), "python": platform.python_version(), "onnxruntime": ort.__version__}
+    result["machine"] = {
+        "cpus": os.cpu_count(),
+        "python": platform.python_version(),
+        "onnxruntime": ort.__version__,
+        "haca_source": haca_source(),
+        "loadavg_1m_before": load_before,
+        "loadavg_1m_after": round(os.getloadavg()[0], 2),
+    }
     result["date"] = datetime.now(UTC).isoformat(timespec="seconds")
     return result
+
+
+def haca_source() -> str:
+    done = subprocess.run(
+        ["git", "-C", str(ROOT.parent), "describe", "--always", "--dirty"], capture_output=True, text=True, check=False
+    )
+    return done.stdout.strip() if done.returncode == 0 else "?"
 
 
 def main() -> None:
@@ -234,12 +267,19 @@ def main() -> None:
     for key in ("bare", "fastapi_c1", "node_c1", "fastapi_c16", "node_c16"):
         r = result[key]
         print(f"{key:<14}{r['p50_ms']:>9}{r['p99_ms']:>9}{r['rps']:>9}")
-    c1, c16 = result["ratio_vs_fastapi_c1"], result["ratio_vs_fastapi_c16"]
-    print(
-        f"\nnode / minimal FastAPI throughput over {c16['runs']} rounds (min / median / max):"
-        f" c1 {c1['min']} / {c1['median']} / {c1['max']}, c16 {c16['min']} / {c16['median']} / {c16['max']}"
-        " (target: median >= 0.7 at c16)"
-    )
+    c1, c16, p99 = result["ratio_vs_fastapi_c1"], result["ratio_vs_fastapi_c16"], result["p99_vs_fastapi_c1"]
+    met = result["targets"]
+
+    def says(ok: bool) -> str:
+        return "met" if ok else "NOT met"
+
+    print(f"\nnode / minimal FastAPI over {c16['runs']} rounds (min / median / max):")
+    for label, s, target, key, sign in (
+        ("req/s c16", c16, TARGET_C16, "ratio_c16_met", ">="),
+        ("req/s c1 ", c1, TARGET_C1, "ratio_c1_met", ">="),
+        ("p99 c1   ", p99, TARGET_P99_C1, "p99_c1_met", "<="),
+    ):
+        print(f"  {label} {s['min']} / {s['median']} / {s['max']} (target {sign} {target}: {says(met[key])})")
     fl = result["unpaid_flood"]["p50_ratio"]
     print(f"paid p50 latency with 4 unpaid 1 MB senders / alone: {fl['min']} / {fl['median']} / {fl['max']}")
     print(f"wrote {RESULTS}")

@@ -12,10 +12,13 @@ the same machine; every ratio is tee / vanilla within one round, reported as min
   attest     verify_attestation on the real nitro, tdx and snp fixtures (at their pinned times) and on
              DEV evidence, µs each and as a multiple of one vanilla receipt verification.
   node       p50 latency of paid POST /v1/infer in mode tee and mode vanilla on node0 of a 1-validator
-             devnet (tee receipts signed in its DEV attester over a Unix socket), concurrency 1 and 16,
-             pre-signed payments; tee_vs_vanilla_latency_ratio (target <= 1.05 at both concurrencies).
-             Also: the same requests interleaved tee/vanilla in one load, the node's and the attester's
-             CPU per request, and the attester's sign_receipt round trip against signing in process.
+             devnet, concurrency 1 and 16, pre-signed payments; tee_vs_vanilla_latency_ratio (target <= 1.05
+             at both concurrencies). In tee mode the node forwards the request to its enclave (`haca enclave
+             serve`, DEV platform, a separate process on a Unix socket), which runs the model itself and
+             signs the receipt it computed; in vanilla mode the node runs the model and signs. Also: the same
+             requests interleaved tee/vanilla in one load, the node's and the enclave's CPU per request, the
+             enclave's infer round trip against running the model (and signing) in process, and that round
+             trip from another process while vanilla load keeps the cores busy.
 
 Results: bench/results/tee.json. The devnet lives in bench/.work/ and is stopped and deleted at the end,
 also on an error or SIGTERM.
@@ -42,13 +45,9 @@ from pathlib import Path
 from typing import Any
 
 import httpx
-import orjson
 from tendermint.abci import types_pb2 as abci
 
 import haca
-from haca.attester.client import AsyncAttesterClient, AttesterClient
-from haca.attester.enclave import DevEnclave
-from haca.attester.server import RequestHandler
 from haca.chain.app import HacaApp
 from haca.chain.genesis import AppGenesis, GenesisAccount, TeeGenesis
 from haca.chain.modules.auth.keeper import FeeParams
@@ -59,19 +58,24 @@ from haca.crypto.hashing import sha256
 from haca.crypto.keys import PrivateKey
 from haca.devnet.layout import example_models_dir
 from haca.devnet.network import Devnet, up
+from haca.enclave.client import AsyncEnclaveClient, EnclaveClient
+from haca.enclave.evidence import open_platform
+from haca.enclave.measure import enclave_measurement
+from haca.enclave.models import ModelStore
+from haca.enclave.runtime import Enclave, Terms
 from haca.proofs.tee.attestation import Attestation, verify_attestation
 from haca.proofs.tee.binding import key_binding, measurement_id
 from haca.proofs.tee.claims import Claims
 from haca.proofs.tee.dev import (
     PLATFORM_CERT_FILE,
     PLATFORM_KEY_FILE,
-    dev_measurement,
     issue_dev_platform,
     make_dev_evidence,
     make_dev_root,
 )
 from haca.proofs.tee.policy import TeePolicy
 from haca.proofs.verifier import EnclaveStanding, TeeVerifier, VanillaVerifier, VerdictCache, VerifyContext
+from haca.runtime.onnx import OnnxModel
 from haca.types.inference import MAX_SETTLEMENT_ITEMS, MsgDeposit, MsgSettle, SettlementItem
 from haca.types.payment import PaymentAuthorization, SignedPayment
 from haca.types.receipt import Receipt, SignedReceipt
@@ -241,7 +245,7 @@ def start_chain(work: Path, dev: tuple[bytes, bytes, bytes]) -> Chain:
     """A chain with the dev format allowed, the dev measurement approved, MODEL and NODE registered
     (tee and vanilla), CLIENT's escrow for NODE funded and ENCLAVE registered for NODE."""
     root, platform_key, platform_chain = dev
-    dev_mid = measurement_id(Claims("dev", {"measurement": dev_measurement()}, b"", False, "UpToDate"))
+    dev_mid = measurement_id(Claims("dev", {"measurement": enclave_measurement()}, b"", False, "UpToDate"))
     policy = TeePolicy(formats=("dev",), roots={"dev": root.decode()}, heartbeat_interval=1_000_000)
     genesis = AppGenesis(
         fees=FEES,
@@ -258,7 +262,7 @@ def start_chain(work: Path, dev: tuple[bytes, bytes, bytes]) -> Chain:
     chain.block([chain.tx(NODE, node_msg), chain.tx(CLIENT, MsgDeposit(NODE.address, 10**12))])
     report = key_binding(CHAIN_ID, NODE.address, ENCLAVE.address, chain.block_hash(chain.height))
     evidence = make_dev_evidence(
-        platform_key, platform_chain, dev_measurement(), report, chain.block_time(chain.height + 1)
+        platform_key, platform_chain, enclave_measurement(), report, chain.block_time(chain.height + 1)
     )
     chain.block([chain.tx(NODE, MsgAttestEnclave(ENCLAVE.address, "dev", evidence, b"", chain.height))])
     return chain
@@ -331,7 +335,7 @@ def attestation_cases(dev: tuple[bytes, bytes, bytes]) -> dict[str, tuple[Attest
     root, platform_key, platform_chain = dev
     now = int(time.time())
     report = key_binding(CHAIN_ID, NODE.address, ENCLAVE.address, bytes(32))
-    dev_doc = make_dev_evidence(platform_key, platform_chain, dev_measurement(), report, now)
+    dev_doc = make_dev_evidence(platform_key, platform_chain, enclave_measurement(), report, now)
     return {
         "nitro": (Attestation("nitro", (nitro / "nitro_attestation.bin").read_bytes()), 1766668537, {}),
         "tdx": (
@@ -416,80 +420,126 @@ def node_requests(
     return [(body, {"X-PAYMENT": sign_payment(client.key, offer, fee)[1]}) for _ in range(n)]
 
 
-def check_tee_answer(client: Client, url: str, model: str, example: Any) -> dict[str, Any]:
-    """One paid tee request: its receipt must be signed by a key other than the node's account key."""
-    ((body, headers),) = node_requests(client, url, model, example, "tee", 1)
-    answer = httpx.post(url, content=body, headers={"content-type": "application/json", **headers}).json()
-    signed = SignedReceipt.from_json(answer["receipt"])
+def check_tee_answer(client: Client, url: str, model: str, example: Any, socket_path: Path) -> dict[str, Any]:
+    """One paid tee request: its receipt must be signed by the enclave's key (not the node's account
+    key), and its output must equal a vanilla request's (the enclave ran the same model)."""
+    answers = {}
+    for mode in ("tee", "vanilla"):
+        ((body, headers),) = node_requests(client, url, model, example, mode, 1)
+        answers[mode] = httpx.post(url, content=body, headers={"content-type": "application/json", **headers}).json()
+    signed = SignedReceipt.from_json(answers["tee"]["receipt"])
     signer = signed.receipt.signer(signed.signature)
-    if signed.receipt.mode != "tee" or signer == signed.receipt.node:
-        raise RuntimeError(f"the tee answer's receipt is mode {signed.receipt.mode}, signed by {signer}")
-    return {"enclave_key": signer, "node": signed.receipt.node}
+    with EnclaveClient(socket_path) as enclave:
+        enclave_key = enclave.key()["address"]
+    if signed.receipt.mode != "tee" or signer != enclave_key or signer == signed.receipt.node:
+        raise RuntimeError(
+            f"the tee answer's receipt is mode {signed.receipt.mode}, signed by {signer}, not the enclave {enclave_key}"
+        )
+    if answers["tee"]["output"] != answers["vanilla"]["output"]:
+        raise RuntimeError(f"tee output {answers['tee']['output']} != vanilla {answers['vanilla']['output']}")
+    return {"enclave_key": signer, "node": signed.receipt.node, "output_equals_vanilla": True}
 
 
-def attester_round_trip(socket_path: Path, platform_dir: Path, chain_id: str, n: int) -> dict[str, float]:
-    """sign_receipt through the attester's socket (sync and asyncio clients, one at a time), against
-    what the node does instead in vanilla mode (Receipt.sign in process) and against the attester's
-    own work on one request (its RequestHandler on a DevEnclave in this process): p50 µs of each."""
-    receipt = replace(make_item("tee", 1, "rtt").receipt.receipt, chain_id=chain_id)  # the attester's chain
-    local, handled = [], []
-    enclave = DevEnclave(platform_dir)
-    enclave.attest(chain_id, "0x" + "00" * 20, bytes(32))
-    handler = RequestHandler(enclave)
-    for i in range(n):
-        r = replace(receipt, timestamp=i)
-        t = time.perf_counter()
-        r.sign(NODE)
-        local.append(time.perf_counter() - t)
-        frame = orjson.dumps({"op": "sign_receipt", "receipt": replace(receipt, timestamp=i).to_json()})
-        t = time.perf_counter()
-        handler.handle(frame)
-        handled.append(time.perf_counter() - t)
-    sync = []
-    with AttesterClient(socket_path) as attester:
+def bench_terms(chain_id: str, node: str) -> Terms:
+    """Terms for one iris request on the devnet's chain for `node` (the enclave takes prices as given)."""
+    return Terms(chain_id, node, CLIENT.address, "0x" + secrets.token_bytes(32).hex(), 1, 1_000, "request", 1_000)
+
+
+def enclave_round_trip(
+    socket_path: Path, platform_dir: Path, model_path: Path, example: Any, chain_id: str, node: str, n: int
+) -> dict[str, float]:
+    """One tee infer through the enclave's socket (sync and asyncio clients, one at a time: the whole
+    round trip, model run and receipt signature in the enclave process), against what the node does
+    instead in vanilla mode (OnnxModel prepare + run in process; its receipt signature is
+    `vanilla_sign_in_process`), and against the enclave's own work on one request (an Enclave runtime
+    on a DEV platform in this process: prepare, run, hash inputs and outputs, sign): p50 µs of each.
+    The devnet's enclave has attested for (`chain_id`, `node`): the node registered it at start."""
+    data = model_path.read_bytes()
+    model_id = "sha256:" + sha256(data).hex()
+    local_model = OnnxModel(data)
+    receipt = replace(make_item("tee", 1, "rtt").receipt.receipt, chain_id=chain_id)
+    models = WORK / f"enclave-models-{os.getpid()}"
+    models.mkdir(parents=True, exist_ok=True)
+    (models / f"{model_id.removeprefix('sha256:')}.onnx").write_bytes(data)
+    store = ModelStore(models)
+    try:
+        enclave = Enclave(open_platform("dev", enclave_measurement(), platform_dir), enclave_measurement(), store)
+        enclave.attest(chain_id, node, bytes(32))
+        enclave.load(model_id, "onnx", 0, 1)
+        terms = [bench_terms(chain_id, node) for _ in range(n)]
+        run_local, sign_local, handled = [], [], []
         for _ in range(50):
-            attester.sign_receipt(receipt)
+            local_model.run(local_model.prepare(example))
+            enclave.infer(model_id, example, terms[0])
         for i in range(n):
+            t = time.perf_counter()
+            local_model.run(local_model.prepare(example))
+            run_local.append(time.perf_counter() - t)
             r = replace(receipt, timestamp=i)
             t = time.perf_counter()
-            attester.sign_receipt(r)
+            r.sign(NODE)
+            sign_local.append(time.perf_counter() - t)
+            t = time.perf_counter()
+            enclave.infer(model_id, example, terms[i])
+            handled.append(time.perf_counter() - t)
+    finally:
+        store.close()
+        shutil.rmtree(models, ignore_errors=True)
+    sync = []
+    with EnclaveClient(socket_path) as remote:
+        if model_id not in remote.key()["models"]:
+            raise RuntimeError(f"the devnet's enclave has not loaded {model_id}")
+        for _ in range(50):
+            remote.infer(model_id, example, terms[0])
+        for i in range(n):
+            t = time.perf_counter()
+            remote.infer(model_id, example, terms[i])
             sync.append(time.perf_counter() - t)
 
     async def run_async() -> list[float]:
         out = []
-        async with AsyncAttesterClient(socket_path, pool_size=1) as attester:
+        remote = AsyncEnclaveClient(socket_path, pool_size=1)
+        try:
             for _ in range(50):
-                await attester.sign_receipt(receipt)
+                await remote.infer(model_id, example, terms[0])
             for i in range(n):
-                r = replace(receipt, timestamp=i)
                 t = time.perf_counter()
-                await attester.sign_receipt(r)
+                await remote.infer(model_id, example, terms[i])
                 out.append(time.perf_counter() - t)
+        finally:
+            await remote.close()
         return out
 
     asynchronous = asyncio.run(run_async())
+    us = 1e6
     return {
         "calls": n,
-        "sign_in_process_p50_us": round(percentile(local, 0.5) * 1e6, 1),
-        "attester_handler_in_process_p50_us": round(percentile(handled, 0.5) * 1e6, 1),
-        "socket_sync_p50_us": round(percentile(sync, 0.5) * 1e6, 1),
-        "socket_async_p50_us": round(percentile(asynchronous, 0.5) * 1e6, 1),
-        "socket_async_p99_us": round(percentile(asynchronous, 0.99) * 1e6, 1),
+        "vanilla_run_in_process_p50_us": round(percentile(run_local, 0.5) * us, 1),
+        "vanilla_sign_in_process_p50_us": round(percentile(sign_local, 0.5) * us, 1),
+        "enclave_infer_in_process_p50_us": round(percentile(handled, 0.5) * us, 1),
+        "socket_sync_p50_us": round(percentile(sync, 0.5) * us, 1),
+        "socket_async_p50_us": round(percentile(asynchronous, 0.5) * us, 1),
+        "socket_async_p99_us": round(percentile(asynchronous, 0.99) * us, 1),
+        "socket_async_minus_vanilla_run_and_sign_p50_us": round(
+            (percentile(asynchronous, 0.5) - percentile(run_local, 0.5) - percentile(sign_local, 0.5)) * us, 1
+        ),
     }
 
 
 PROBE = """
-import json, sys, time
-from haca.attester.client import AttesterClient
-from haca.types.receipt import Receipt
-socket_path, receipt, seconds = sys.argv[1], Receipt.from_json(json.loads(sys.argv[2])), float(sys.argv[3])
+import json, secrets, sys, time
+from haca.enclave.client import EnclaveClient
+from haca.enclave.runtime import Terms
+socket_path, model_id, example, terms = sys.argv[1], sys.argv[2], json.loads(sys.argv[3]), json.loads(sys.argv[4])
+seconds = float(sys.argv[5])
 out = []
-with AttesterClient(socket_path) as attester:
-    attester.sign_receipt(receipt)
+with EnclaveClient(socket_path) as enclave:
+    enclave.infer(model_id, example, Terms.from_json(terms))
     end = time.perf_counter() + seconds
     while time.perf_counter() < end:
+        terms["request_id"] = "0x" + secrets.token_bytes(32).hex()
         t = time.perf_counter()
-        attester.sign_receipt(receipt)
+        enclave.infer(model_id, example, Terms.from_json(terms))
         out.append(time.perf_counter() - t)
         time.sleep(0.002)
 out.sort()
@@ -497,19 +547,32 @@ print(json.dumps({"calls": len(out), "p50_us": out[len(out) // 2] * 1e6, "p90_us
 """
 
 
-def attester_under_load(
-    socket_path: Path, chain_id: str, url: str, reqs: list[tuple[bytes, dict[str, str]]], concurrency: int
+def enclave_under_load(
+    socket_path: Path,
+    model_id: str,
+    example: Any,
+    terms: Terms,
+    url: str,
+    reqs: list[tuple[bytes, dict[str, str]]],
+    concurrency: int,
 ) -> dict[str, float]:
-    """The attester's sign_receipt round trip seen from a third process, sequential calls 2 ms apart,
-    first with the machine idle, then while `reqs` (vanilla) load the node at `concurrency`: how long a
-    request waits for the attester process to get a core when the node, the client and the validator
+    """The enclave's infer round trip seen from a third process, sequential calls 2 ms apart, first
+    with the machine idle, then while `reqs` (vanilla) load the node at `concurrency`: how long a tee
+    request waits for the enclave process to get a core when the node, the client and the validator
     keep both busy."""
-    receipt = replace(make_item("tee", 1, "probe").receipt.receipt, chain_id=chain_id)
-    args = [sys.executable, "-c", PROBE, str(socket_path), json.dumps(receipt.to_json())]
+    args = [
+        sys.executable,
+        "-c",
+        PROBE,
+        str(socket_path),
+        model_id,
+        json.dumps(example),
+        json.dumps(terms.to_json()),
+    ]
     idle = json.loads(subprocess.run([*args, "1.5"], capture_output=True, text=True, check=True).stdout)
     probe = subprocess.Popen([*args, "1.5"], stdout=subprocess.PIPE, text=True)
     try:
-        time.sleep(0.2)  # the probe is connected before the load starts
+        time.sleep(0.3)  # the probe is connected before the load starts
         asyncio.run(load(url, reqs, concurrency))
         loaded = json.loads(probe.communicate(timeout=60)[0])
     finally:
@@ -532,11 +595,12 @@ def cpu_seconds(pid: int) -> float:
 
 
 def bench_node(work: Path, platform_dir: Path, args: argparse.Namespace) -> dict[str, Any]:
-    """`platform_dir`: a DEV platform for the attester's handler run in this process."""
+    """`platform_dir`: a DEV platform for the enclave runtime run in this process."""
     home = work / "home"
     manifest = json.loads((example_models_dir() / "manifest.json").read_text())
-    example = next(m for m in manifest["models"] if m["name"] == args.model)["example_input"]
-    print(f"devnet (1 validator, hub, DEV attester, node0 tee+vanilla) in {home} …", flush=True)
+    entry = next(m for m in manifest["models"] if m["name"] == args.model)
+    example, model_path = entry["example_input"], example_models_dir() / entry["file"]
+    print(f"devnet (1 validator, hub, DEV enclave0, node0 tee+vanilla) in {home} …", flush=True)
     started = time.perf_counter()
     net = Devnet(home)
     try:
@@ -546,9 +610,9 @@ def bench_node(work: Path, platform_dir: Path, args: argparse.Namespace) -> dict
         client.deposit(10**15)
         url = f"{net.status()['nodes'][0]['url']}/v1/infer"
         pids = {svc.name: svc.pid for svc in net.load().services}
-        measured = {"node": pids["node0"], "attester": pids["attester0"]}
+        measured = {"node": pids["node0"], "enclave": pids["enclave0"]}
         result: dict[str, Any] = {"model": args.model, "devnet_startup_s": startup_s}
-        result["tee_answer"] = check_tee_answer(client, url, args.model, example)
+        result["tee_answer"] = check_tee_answer(client, url, args.model, example, net.enclave_socket("enclave0"))
         for concurrency in (1, 16):  # warm-up, both modes
             for mode in ("tee", "vanilla"):
                 asyncio.run(load(url, node_requests(client, url, args.model, example, mode, 100), concurrency))
@@ -599,13 +663,16 @@ def bench_node(work: Path, platform_dir: Path, args: argparse.Namespace) -> dict
         for c in ("c1", "c16"):
             keys = [k for k in detail[0][c] if not k.endswith("p99_ms") and k != "other_cometbft_processes"]
             result[c] = {key: spread([d[c][key] for d in detail]) for key in keys}
-        print("attester sign_receipt round trip …", flush=True)
-        result["attester_round_trip"] = attester_round_trip(
-            net.attester_socket("attester0"), platform_dir, client.chain.chain_id, 2000
+        print("enclave infer round trip …", flush=True)
+        node_address = net.status()["nodes"][0]["address"]
+        socket_path = net.enclave_socket("enclave0")
+        result["enclave_round_trip"] = enclave_round_trip(
+            socket_path, platform_dir, model_path, example, client.chain.chain_id, node_address, 2000
         )
         reqs = node_requests(client, url, args.model, example, "vanilla", 4 * args.batch)
-        result["attester_under_load"] = attester_under_load(
-            net.attester_socket("attester0"), client.chain.chain_id, url, reqs, 16
+        model_id = "sha256:" + sha256(model_path.read_bytes()).hex()
+        result["enclave_under_load"] = enclave_under_load(
+            socket_path, model_id, example, bench_terms(client.chain.chain_id, node_address), url, reqs, 16
         )
         result["node_pending_receipts_after"] = httpx.get(url.replace("/v1/infer", "/healthz")).json()[
             "pending_receipts"
@@ -803,10 +870,10 @@ def main(argv: list[str] | None = None) -> int:
             print(
                 f"           CPU ms/request node tee {fmt(n['tee_node_cpu_ms_per_request'])},"
                 f" vanilla {fmt(n['vanilla_node_cpu_ms_per_request'])};"
-                f" attester (tee) {fmt(n['tee_attester_cpu_ms_per_request'])}"
+                f" enclave (tee) {fmt(n['tee_enclave_cpu_ms_per_request'])}"
             )
-        print(f"  attester round trip: {node['attester_round_trip']}")
-        print(f"  attester round trip from another process: {node['attester_under_load']}")
+        print(f"  enclave infer round trip: {node['enclave_round_trip']}")
+        print(f"  enclave infer round trip from another process: {node['enclave_under_load']}")
     print(f"seconds: {result['seconds']}")
     print(f"wrote {args.output}")
     return 0
