@@ -36,7 +36,7 @@ from haca.types import codes
 from haca.types.batch import assemble_batch
 from haca.types.inference import MsgDeposit, MsgSettle, SettlementItem
 from haca.types.payment import PaymentAuthorization, SignedPayment, SpendingAllowance
-from haca.types.receipt import SignedReceipt
+from haca.types.receipt import Receipt, SignedReceipt
 from haca.types.registry import MsgRegisterNode
 from haca.types.tee import MsgAttestEnclave, MsgSetTeePolicy
 from tests.integration.test_tee import IRIS_INPUT, MODELS, Net
@@ -149,6 +149,28 @@ def generate(host: Host, model_id: str, t: Terms) -> SignedReceipt:
     return asyncio.run(run())
 
 
+def altered_refused_then_honest_settles(
+    net: Net, host: Host, signed: SignedReceipt, altered: Receipt, payment: SignedPayment
+) -> None:
+    """The altered receipt under the enclave's signature is refused (code 19) and moves nothing;
+    the receipt the enclave produced then settles verified and takes exactly its fee."""
+    before = balances(net, host)
+    net.refused(
+        HOST,
+        MsgSettle((SettlementItem(SignedReceipt(altered, signed.signature), payment, b""),)),
+        codes.INVALID_EVIDENCE,
+        "which is not an enclave key attested for node",
+    )
+    assert balances(net, host) == before
+    net.send(HOST, MsgSettle((SettlementItem(signed, payment, b""),)))
+    assert net.chain.query("/inference/receipt", signed.id.encode())["status"] == "verified"
+    _, client_after, escrow_after = balances(net, host)
+    assert client_after == before[1]
+    fee = signed.receipt.fee
+    assert escrow_after == before[2] - fee - net.settlement_fee(fee)
+    net.assert_supply_holds()
+
+
 ALTERATIONS = {
     "output": lambda r: dataclasses.replace(r, output_hash="0x" + "00" * 32),
     "request_hash": lambda r: dataclasses.replace(r, input_hash="0x" + "11" * 32),
@@ -165,21 +187,7 @@ def test_a_host_that_alters_a_tensor_answer_gets_no_verified_settlement(net, hos
         altered = dataclasses.replace(receipt, model_id=host.ids["smollm2"])
     else:
         altered = ALTERATIONS[what](receipt)
-    before = balances(net, host)
-    net.refused(
-        HOST,
-        MsgSettle((SettlementItem(SignedReceipt(altered, signed.signature), payment, b""),)),
-        codes.INVALID_EVIDENCE,
-        "which is not an enclave key attested for node",
-    )
-    assert balances(net, host) == before
-    # the receipt the enclave produced settles verified, and pays exactly its fee
-    net.send(HOST, MsgSettle((SettlementItem(signed, payment, b""),)))
-    assert net.chain.query("/inference/receipt", signed.id.encode())["status"] == "verified"
-    _, client_after, escrow_after = balances(net, host)
-    assert client_after == before[1]
-    assert escrow_after == before[2] - receipt.fee - net.settlement_fee(receipt.fee)
-    net.assert_supply_holds()
+    altered_refused_then_honest_settles(net, host, signed, altered, payment)
 
 
 @pytest.mark.parametrize("what", ["completion_tokens", "prompt_tokens", "output"])
@@ -191,18 +199,7 @@ def test_a_host_that_alters_an_llm_answers_token_counts_or_text_gets_no_verified
         altered = dataclasses.replace(receipt, output_hash="0x" + "22" * 32)
     else:
         altered = dataclasses.replace(receipt, **{what: getattr(receipt, what) + 100})
-    before = balances(net, host)
-    net.refused(
-        HOST,
-        MsgSettle((SettlementItem(SignedReceipt(altered, signed.signature), payment, b""),)),
-        codes.INVALID_EVIDENCE,
-        "which is not an enclave key attested for node",
-    )
-    assert balances(net, host) == before
-    net.send(HOST, MsgSettle((SettlementItem(signed, payment, b""),)))
-    assert net.chain.query("/inference/receipt", signed.id.encode())["status"] == "verified"
-    assert net.escrow(host.client, host.node) == before[2] - receipt.fee - net.settlement_fee(receipt.fee)
-    net.assert_supply_holds()
+    altered_refused_then_honest_settles(net, host, signed, altered, payment)
 
 
 def test_enclave_operations_with_a_forged_receipt_or_root_are_refused(net, host):

@@ -9,7 +9,6 @@ import dataclasses
 import shutil
 import subprocess
 import sys
-import threading
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -20,7 +19,6 @@ from haca.enclave.evidence import DevPlatform
 from haca.enclave.measure import enclave_measurement, measured_files
 from haca.enclave.models import ModelRefused, ModelStore
 from haca.enclave.runtime import Enclave, EnclaveRefused, Terms
-from haca.enclave.server import EnclaveServer
 from haca.proofs.tee.attestation import verify_attestation
 from haca.proofs.tee.binding import key_binding
 from haca.proofs.tee.dev import ROOT_CERT_FILE, issue_dev_platform, make_dev_root
@@ -29,6 +27,7 @@ from haca.types.batch import assemble_batch
 from haca.types.llm import parse_request, text_hash
 from haca.types.payment import SignedPayment, SpendingAllowance
 from haca.types.tensor import tensors_hash
+from tests.unit.enclave.serving import serving
 from tests.unit.node.nodehelpers import CHAIN_ID, CLIENT, HEIGHT, NODE, allowance_payment
 from tests.unit.node.test_api import INPUT, build_double
 
@@ -146,24 +145,8 @@ def claims_time(evidence: bytes) -> int:
 @pytest.fixture(scope="module")
 def served(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Setup]:
     setup = make_enclave(tmp_path_factory.mktemp("served"))
-    server = EnclaveServer(setup.runtime, setup.base / "e.sock")
-    loop = asyncio.new_event_loop()
-    started = threading.Event()
-
-    def serve() -> None:
-        asyncio.set_event_loop(loop)
-        loop.run_until_complete(server.start())
-        started.set()
-        loop.run_forever()
-
-    thread = threading.Thread(target=serve, daemon=True)
-    thread.start()
-    assert started.wait(5)
-    yield setup
-    asyncio.run_coroutine_threadsafe(server.close(), loop).result(5)
-    loop.call_soon_threadsafe(loop.stop)
-    thread.join(5)
-    loop.close()
+    with serving(setup.runtime, setup.base / "e.sock"):
+        yield setup
 
 
 @pytest.mark.parametrize("op", ["sign_receipt", "sign_receipts", "sign"])

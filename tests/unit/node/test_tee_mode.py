@@ -6,7 +6,6 @@ that answers with another key, gets nothing kept; a tee request the enclave cann
 
 from __future__ import annotations
 
-import asyncio
 import dataclasses
 import shutil
 import threading
@@ -20,12 +19,12 @@ from haca.enclave.client import AsyncEnclaveClient, EnclaveClient
 from haca.enclave.evidence import DevPlatform
 from haca.enclave.models import ModelStore
 from haca.enclave.runtime import Enclave
-from haca.enclave.server import EnclaveServer
 from haca.node.enclave import EnclaveKey
 from haca.node.errors import EnclaveUnavailable
 from haca.proofs.tee.dev import issue_dev_platform, make_dev_root
 from haca.proofs.verifier import EnclaveStanding
 from haca.types.receipt import SignedReceipt
+from tests.unit.enclave.serving import serving
 from tests.unit.node.nodehelpers import CHAIN_ID, CLIENT, HEIGHT, NODE
 from tests.unit.node.test_api import INPUT, PRICE, SCHEMA, Node, assert_error, build_double, make_node
 
@@ -47,26 +46,10 @@ def enclave(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RunningEnclave
     shutil.copy(base / "double.onnx", models / (model_id.removeprefix("sha256:") + ".onnx"))
     store = ModelStore(models, private_dir=base / "private")
     runtime = Enclave(DevPlatform(base / "platform", b"\x07" * 32), b"\x07" * 32, store)
-    server = EnclaveServer(runtime, base / "e.sock")
-    loop = asyncio.new_event_loop()
-    started = threading.Event()
-
-    def serve() -> None:
-        asyncio.set_event_loop(loop)
-        loop.run_until_complete(server.start())
-        started.set()
-        loop.run_forever()
-
-    thread = threading.Thread(target=serve, daemon=True)
-    thread.start()
-    assert started.wait(5)
-    with EnclaveClient(base / "e.sock") as client:
-        client.load(model_id, "onnx")
-    yield RunningEnclave(base / "e.sock", runtime)
-    asyncio.run_coroutine_threadsafe(server.close(), loop).result(5)
-    loop.call_soon_threadsafe(loop.stop)
-    thread.join(5)
-    loop.close()
+    with serving(runtime, base / "e.sock"):
+        with EnclaveClient(base / "e.sock") as client:
+            client.load(model_id, "onnx")
+        yield RunningEnclave(base / "e.sock", runtime)
 
 
 def enclave_key(socket: Path, good_until: int) -> EnclaveKey:
