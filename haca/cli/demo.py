@@ -8,14 +8,17 @@ import time
 from typing import Annotated, Any
 
 import typer
+from rich.markup import escape
 from rich.table import Table
 
 import haca.types.messages  # noqa: F401  (registers message types)
 from haca.cli.common import HomeOption, cli_command, client_home, console
 from haca.client.config import ClientConfig
 from haca.client.sdk import Client
+from haca.client.tee import ReceiptVerification, describe_gpu, gpu_architecture
 from haca.devnet.layout import example_models_dir
 from haca.devnet.network import Devnet, up
+from haca.proofs.tee.dev import DEV_LABEL
 from haca.types.bank import MsgSend
 
 DEPOSIT = 10_000_000
@@ -142,8 +145,8 @@ def _run(client: Client, denom: str) -> None:
 
 
 def _llm_step(client: Client, denom: str) -> None:
-    """An LLM chat, streamed from the node's OpenAI-compatible route, signed in the enclave,
-    charged per token used, verified on chain."""
+    """An LLM chat, streamed from the node's OpenAI-compatible route, run and signed inside the
+    enclave, charged per token used, verified on chain."""
     question = "In one sentence, what is a blockchain?"
     console.print(f"[bold]10.[/bold] LLM chat on smollm2 (SmolLM2-135M, llama.cpp) in tee mode: {question!r}")
     console.print("    ", end="")
@@ -164,8 +167,11 @@ def _llm_step(client: Client, denom: str) -> None:
     with console.status("waiting for the LLM receipt to settle…"):
         verification = client.wait_verified(result.receipt_id)
     console.print(
-        f"    settled [bold]{verification.chain_status}[/bold] (signed in the DEV enclave). Any OpenAI client works:"
-        " openai.OpenAI(base_url=NODE_URL + '/v1', api_key=<haca allowance create>)"
+        f"    settled [bold]{verification.chain_status}[/bold]: the model ran, and its answer and receipt were"
+        f" computed and signed inside the enclave (platform {_platform(verification)}){_dev_label(verification)}"
+    )
+    console.print(
+        "    Any OpenAI client works: openai.OpenAI(base_url=NODE_URL + '/v1', api_key=<haca allowance create>)"
     )
 
 
@@ -191,24 +197,49 @@ def _zkml_step(client: Client, example: Any) -> None:
 
 
 def _tee_step(client: Client, example: Any) -> None:
-    """A tee inference: signed inside the node's (DEV) enclave, settled as verified, re-verified here."""
+    """A tee inference: run inside the node's enclave (`haca enclave serve`, on the devnet the DEV
+    platform), computed and signed there, settled as verified, re-verified here."""
     result = client.infer("iris", example, mode="tee")
     with console.status("waiting for the tee receipt to settle and re-verifying it from proven chain state…"):
         verification = client.wait_verified(result.receipt_id)
-    label = " — [bold red]DEV attester: DEV-MODE, NOT FOR PRODUCTION[/bold red]" if verification.dev else ""
     console.print(
         f"[bold]8.[/bold] tee inference on iris: {_summary('iris', result.output)}, receipt "
-        f"{result.receipt_id[:18]}… status [bold]{verification.chain_status}[/bold]{label}"
+        f"{result.receipt_id[:18]}… status [bold]{verification.chain_status}[/bold]{_dev_label(verification)}"
     )
     console.print(
-        f"   signed by enclave key {verification.enclave_key[:10]}… (not the node's account key), attested"
-        f" with {verification.attestation_format} evidence, measurement {verification.measurement_id[:24]}…"
+        f"   computed and signed inside the enclave (platform {_platform(verification)}) by enclave key"
+        f" {verification.enclave_key[:10]}… (not the node's account key), attested with"
+        f" {verification.attestation_format} evidence, measurement {verification.measurement_id[:24]}…"
     )
-    verdict = "verifies" if verification.verified else f"does NOT verify: {verification.reason}"
+    for i, gpu in enumerate(verification.gpus):
+        console.print(f"   GPU {i} attested with it ({gpu.get('format', '?')}): {describe_gpu(gpu)}", markup=False)
+    verdict = "verifies" if verification.verified else f"does NOT verify: {escape(verification.reason)}"
     console.print(
-        f"   `haca verify {result.receipt_id[:10]}…`: the attestation and the receipt signature, checked"
-        f" locally against Merkle-proven chain state, {verdict}"
+        f"   `haca verify {result.receipt_id[:10]}…`: the attestation, its GPU reports, the measurement's approval"
+        f" for {verification.model or 'the model'} and the receipt signature, checked locally against"
+        f" Merkle-proven chain state, {verdict}"
     )
+
+
+def _platform(verification: ReceiptVerification) -> str:
+    """The platform and GPUs on one line: "dev, GPU HACA-DEV-GPU driver haca-dev-1.0 (DEV)",
+    "tdx, GPU GH100 (Hopper) driver 550.54.15"."""
+    text = verification.platform or verification.attestation_format or "?"
+    for gpu in verification.gpus:
+        chip = str(gpu.get("chip") or "unknown chip")
+        arch = gpu_architecture(chip)
+        text += f", GPU {chip}" + (f" ({arch})" if arch else "")
+        if gpu.get("driver_version"):
+            text += f" driver {gpu['driver_version']}"
+        if gpu.get("dev"):
+            text += " (DEV)"
+    return escape(text)
+
+
+def _dev_label(verification: ReceiptVerification) -> str:
+    if not verification.dev:
+        return ""
+    return f" — [bold red]DEV platform: {DEV_LABEL}[/bold red]"
 
 
 def _summary(name: str, output: dict[str, Any]) -> str:

@@ -14,6 +14,8 @@ from haca.cli.common import HomeOption, JsonOption, cli_command, client_home, co
 from haca.client.config import ClientConfig
 from haca.client.errors import HacaError
 from haca.client.sdk import Client
+from haca.client.tee import ReceiptVerification, describe_gpu
+from haca.proofs.tee.dev import DEV_LABEL
 from haca.types.inference import MsgClaim, MsgRevokeAllowance
 from haca.types.modes import Mode, Status
 from haca.types.payment import SignedPayment
@@ -158,32 +160,46 @@ def verify(
     home: HomeOption = None,
     json_out: JsonOption = False,
 ) -> None:
-    """Re-verify a receipt locally: tee — the enclave key's registered attestation and the TEE policy;
-    zkml — the proof, against the circuit and SRS pinned on chain; all read from the chain with
-    Merkle proofs, then the receipt's signature. Exit 0 only if it verifies."""
+    """Re-verify a receipt locally: tee — the model ran inside an enclave: the enclave key's registered
+    attestation (and its GPU reports) and the TEE policy, the measurement's approval for the
+    receipt's model; zkml — the proof, against the circuit and SRS pinned on chain; all read from
+    the chain with Merkle proofs, then the receipt's signature. Exit 0 only if it verifies."""
     with _client(home, None, node) as client:
         result = client.wait_verified(receipt_id) if wait else client.verify_receipt(receipt_id)
     doc = result.to_json()
-
-    def human() -> None:
-        label = " (dev attester: DEV-MODE, NOT FOR PRODUCTION)" if result.dev else ""
-        verdict = "verified" if result.verified else "NOT verified"
-        console.print(f"receipt {result.receipt_id}: [bold]{verdict}[/bold]{label}")
-        console.print(f"  mode {result.mode}  chain status {result.chain_status}")
-        if result.enclave_key:
-            console.print(f"  enclave key {result.enclave_key} ({result.attestation_format})")
-            console.print(f"  measurement {result.measurement_id}")
-            console.print(f"  proofs checked at height {result.proven_height}")
-        if result.mode == Mode.ZKML and result.claims:
-            circuit = result.claims
-            console.print(f"  proof verified here against vk {circuit['vk_hash']} (logrows {circuit['logrows']})")
-            console.print(f"  circuit read from the chain with proofs at height {result.proven_height}")
-        if result.reason:
-            console.print(f"  reason: {result.reason}")
-
-    emit(json_out, doc, human)
+    emit(json_out, doc, lambda: print_verification(result))
     if not result.verified:
         raise NotVerified(result.reason)
+
+
+def print_verification(result: ReceiptVerification) -> None:
+    """`haca verify`'s human output: the verdict, and for tee where the model ran (the platform,
+    the GPUs, the DEV label loud) and what the verdict rests on."""
+    label = f" [bold red](DEV platform: {DEV_LABEL})[/bold red]" if result.dev else ""
+    verdict = "verified" if result.verified else "NOT verified"
+    console.print(f"receipt {result.receipt_id}: [bold]{verdict}[/bold]{label}")
+    console.print(f"  mode {result.mode}  chain status {result.chain_status}")
+    platform = result.platform or result.attestation_format
+    if result.enclave_key and platform:  # the key is an attested enclave's: where it ran
+        where = "computed and signed inside the enclave" if result.verified else "signed by the enclave key"
+        model = f" for model {result.model}" if result.model else ""
+        console.print(f"  {where}{model}, platform {platform}", markup=False, highlight=False)
+        if platform == "dev":
+            console.print(f"    [bold red]!! platform dev: {DEV_LABEL} !![/bold red]")
+        for i, gpu in enumerate(result.gpus):
+            console.print(f"  GPU {i} ({gpu.get('format', '?')}): {describe_gpu(gpu)}", markup=False, highlight=False)
+        if not result.gpus:
+            console.print("  GPUs: none attested")
+    if result.enclave_key:
+        console.print(f"  enclave key {result.enclave_key} ({result.attestation_format})")
+        console.print(f"  measurement {result.measurement_id}")
+        console.print(f"  proofs checked at height {result.proven_height}")
+    if result.mode == Mode.ZKML and result.claims:
+        circuit = result.claims
+        console.print(f"  proof verified here against vk {circuit['vk_hash']} (logrows {circuit['logrows']})")
+        console.print(f"  circuit read from the chain with proofs at height {result.proven_height}")
+    if result.reason:
+        console.print(f"  reason: {result.reason}", markup=False, highlight=False)
 
 
 @receipt_app.command("show")

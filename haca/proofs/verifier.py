@@ -43,7 +43,7 @@ class EnclaveStanding:
 
     key: str
     node: str  # the node that registered the key
-    format: str  # attestation format of its evidence (dev: the labelled DEV attester)
+    format: str  # attestation format of its evidence: the platform (dev: the labelled DEV platform)
     measurement_id: str
     dev: bool
     covered: bool  # an attestation covers the receipt's height
@@ -106,7 +106,7 @@ class VerifyContext:
 class Verdict:
     status: Status  # SETTLED (signed, not independently verified) or VERIFIED
     signer: str  # the key that signed the receipt
-    enclave: EnclaveStanding | None = None  # tee: the attested key that signed it (dev: DEV attester)
+    enclave: EnclaveStanding | None = None  # tee: the attested key that signed it (dev: DEV platform)
     provisional: bool = False  # CheckTx: the proof is left to the block (VerifyContext.defer_proof)
 
     @property
