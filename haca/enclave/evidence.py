@@ -10,37 +10,29 @@ Platforms: ``dev`` (the labelled software attester, DEV-MODE, NOT FOR PRODUCTION
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Protocol
 
+from haca.enclave.platforms.base import (
+    GPU_NONCE_SIZE,
+    REPORT_DATA_SIZE,
+    CpuPlatform,
+    GpuPlatform,
+    PlatformUnavailable,
+)
 from haca.proofs.tee.attestation import Attestation
 from haca.proofs.tee.dev import PLATFORM_CERT_FILE, PLATFORM_KEY_FILE, make_dev_evidence
-from haca.types.tee import GpuEvidence
+
+__all__ = [
+    "GPU_NONCE_SIZE",
+    "CpuPlatform",
+    "DevPlatform",
+    "GpuPlatform",
+    "PlatformUnavailable",
+    "open_gpus",
+    "open_platform",
+]
 
 PLATFORMS = ("auto", "dev", "tdx", "snp", "nitro")
 GPU_PLATFORMS = ("none", "dev", "nvidia")
-REPORT_DATA_SIZE = 64
-GPU_NONCE_SIZE = 32
-
-
-class PlatformUnavailable(RuntimeError):
-    """The platform asked for is not on this machine (or not usable); the message says what is missing."""
-
-
-class CpuPlatform(Protocol):
-    """A CPU TEE that can vouch for 64 bytes of report data."""
-
-    name: str  # "dev" | "tdx" | "snp" | "nitro"
-    dev: bool  # the labelled software attester
-
-    def attest(self, report_data: bytes) -> Attestation: ...
-
-
-class GpuPlatform(Protocol):
-    """The confidential GPUs of this enclave: one report per GPU, each over the same nonce."""
-
-    name: str  # "nvidia" | "dev"
-
-    def reports(self, nonce: bytes) -> list[GpuEvidence]: ...
 
 
 class DevPlatform:

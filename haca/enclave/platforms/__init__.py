@@ -13,7 +13,7 @@ import re
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from haca.enclave.evidence import PlatformUnavailable
+from haca.enclave.platforms.base import PlatformUnavailable
 
 if TYPE_CHECKING:
     from haca.enclave.platforms.tsm import ConfigFs

@@ -23,7 +23,7 @@ from typing import Any, Protocol
 
 import cbor2
 
-from haca.enclave.evidence import REPORT_DATA_SIZE, PlatformUnavailable
+from haca.enclave.platforms.base import REPORT_DATA_SIZE, PlatformUnavailable
 from haca.proofs.tee.attestation import Attestation
 
 NSM_DEVICE = Path("/dev/nsm")

@@ -22,8 +22,8 @@ from __future__ import annotations
 import contextlib
 from typing import Any
 
-from haca.enclave.evidence import GPU_NONCE_SIZE, PlatformUnavailable
 from haca.enclave.platforms import split_certificates, to_pem
+from haca.enclave.platforms.base import GPU_NONCE_SIZE, PlatformUnavailable
 from haca.types.tee import GpuEvidence
 
 CC_FEATURE_ENABLED = 1  # NVML_CC_SYSTEM_FEATURE_ENABLED

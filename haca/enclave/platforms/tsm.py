@@ -29,8 +29,8 @@ import uuid
 from pathlib import Path
 from typing import Protocol
 
-from haca.enclave.evidence import REPORT_DATA_SIZE, PlatformUnavailable
 from haca.enclave.platforms import certificate_der
+from haca.enclave.platforms.base import REPORT_DATA_SIZE, PlatformUnavailable
 from haca.proofs.tee.attestation import Attestation
 
 log = logging.getLogger(__name__)
