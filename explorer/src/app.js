@@ -12,8 +12,9 @@ import {
   PointElement,
   Tooltip,
 } from "chart.js";
-import { NotFound, decodeTx, eventAttrs, head, loadConfig, provenQuery, query, rpc, txByHash } from "./chain.js";
-import { hexToBytes } from "./lightclient.js";
+import { NotFound, decodeTx, eventAttrs, head, loadConfig, provenQuery, provenValues, query, rpc, txByHash } from "./chain.js";
+import { VerifyError, bytesToHex, hexToBytes } from "./lightclient.js";
+import { DEV_LABEL, gpuText, isDev, judgeEnclave, policyKey } from "./tee.js";
 
 Chart.register(LineController, LineElement, PointElement, LinearScale, CategoryScale, Filler, Tooltip);
 
@@ -333,24 +334,49 @@ async function optional(promise) {
   }
 }
 
+// Where an enclave runs its models, as HTML: its platform (the attestation format) and each GPU
+// attested with it, anything DEV labelled loud.
+function platformHtml(record) {
+  const platform = record.format || "?";
+  let html = `<span class="platform" data-platform="${esc(platform)}">platform <b>${esc(platform)}</b></span>`;
+  if (platform === "dev" || record.dev) html += ` <span class="dev">DEV platform: ${esc(DEV_LABEL)}</span>`;
+  const gpus = record.gpus || [];
+  const items = gpus.map(
+    (g) => `<li class="gpu" data-dev="${g.dev ? "true" : "false"}">GPU ${esc(gpuText(g))} <span class="muted">(${esc(g.format)})</span>${g.dev ? ` <span class="dev">DEV GPU: ${esc(DEV_LABEL)}</span>` : ""}</li>`,
+  );
+  html += items.length ? `<ul class="gpus">${items.join("")}</ul>` : ` <span class="muted gpus-none">no GPU attested</span>`;
+  return html;
+}
+
+// A node's enclave keys, latest attested first (the three latest; older keys counted).
+const SHOWN_ENCLAVES = 3;
+function enclaveCells(enclaves) {
+  const latest = [...enclaves].sort((a, b) => Number(b.attested_height || 0) - Number(a.attested_height || 0));
+  const shown = latest.slice(0, SHOWN_ENCLAVES).map(
+    (e) => `<div class="enclave" data-key="${esc(e.key)}">${platformHtml(e)}<div class="muted">key <span class="mono">${esc(short(e.key, 12))}</span>, attested at ${esc(e.attested_height)}, good until ${esc(e.good_until)}</div></div>`,
+  );
+  const older = latest.length - shown.length;
+  return shown.join("") + (older > 0 ? `<div class="muted">and ${older} older key${older > 1 ? "s" : ""}</div>` : "");
+}
+
 const nodesView = () =>
   onceView(async () => {
     const { nodes } = await query("/registry/nodes");
     const rows = [];
     for (const node of nodes) {
       const [stake, enclaves] = await Promise.all([query("/staking/stake", node.address), optional(query("/tee/node_enclaves", node.address))]);
-      const tee = ((enclaves && enclaves.enclaves) || []).map((e) => `${esc(e.format)}${e.dev ? ' <span class="dev">DEV (not for production)</span>' : ""}`);
+      const tee = enclaveCells((enclaves && enclaves.enclaves) || []);
       const slashes = seen.slashes.filter((s) => [s.node, s.address].includes(node.address));
       rows.push([
         link("address", node.address),
         esc((node.modes || []).join(", ")),
         amount(stake.bonded),
-        tee.join("<br>") || `<span class="muted">none</span>`,
+        tee || `<span class="muted">none</span>`,
         slashes.length ? `<span class="status status-slashed">${slashes.length}</span>` : "0",
         esc(node.url || node.endpoint || ""),
       ]);
     }
-    return section("Nodes", table(["node", "modes", "stake (bonded)", "TEE evidence", "slashes (seen)", "endpoint"], rows, "no node registered"));
+    return section("Nodes", table(["node", "modes", "stake (bonded)", "enclaves (platform, GPUs)", "slashes (seen)", "endpoint"], rows, "no node registered"), "nodes");
   });
 
 const modelsView = () =>
@@ -419,9 +445,64 @@ const receiptView = (id) =>
     const gap = local && local.timestamp && local.settledTime ? `<p>trust gap (answer → settled): ${seconds(local.settledTime - local.timestamp)}</p>` : "";
     const record = result.answer ? `${result.verified ? "" : "<p><b>What the server answered (NOT verified):</b></p>"}${kv(result.answer)}` : "";
     const status = result.verified ? statusTag(result.answer.status) : statusTag("unchecked");
-    const dev = result.verified && result.answer.dev ? ' <span class="dev">signed through the DEV attester: DEV-MODE, NOT FOR PRODUCTION</span>' : "";
-    return section(`Receipt ${id}`, `<div id="receipt-status">${status}${dev}</div>${gap}${checkPanel(result)}${record}`);
+    const dev = result.verified && result.answer.dev ? ` <span class="dev">computed and signed inside the enclave on the DEV platform: ${esc(DEV_LABEL)}</span>` : "";
+    // a tee receipt: where it was computed, and the enclave's approval for its model (only once the record is proven)
+    const tee = result.verified && result.answer.enclave_key ? enclavePanel(await enclaveCheck(result.answer)) : "";
+    return section(`Receipt ${id}`, `<div id="receipt-status">${status}${dev}</div>${gap}${checkPanel(result)}${record}`) + tee;
   });
+
+const decodeJson = (bytes) => JSON.parse(new TextDecoder().decode(bytes));
+
+// The enclave that signed a settled tee receipt (`record`, its proven settlement record), checked as
+// `haca verify` checks it: the model's terms (its name), the enclave's record (platform, GPUs), the
+// measurement's approvals and the TEE policy, each proven against a header the trusted validators
+// signed. Never throws: the result names the step that failed.
+async function enclaveCheck(record) {
+  const steps = [];
+  const step = (name, ok, detail = "") => steps.push({ name, ok, detail });
+  let judged = null;
+  try {
+    const terms = await provenValues("/registry/model_in_effect", `${record.model_id}@${record.height}@${record.node}`);
+    const [raw] = [...terms.values.values()];
+    if (terms.values.size !== 1 || !raw.length) throw new VerifyError("proof", "the model's terms come with one proof of them");
+    const manifest = decodeJson(raw);
+    if (manifest.model_id !== record.model_id) throw new VerifyError("answer", `the proven terms are model ${manifest.model_id}'s, not ${record.model_id}'s`);
+    step(`the receipt's model is ${manifest.name} v${manifest.version}`, true, "its terms proven");
+    const [enclave, policy] = await Promise.all([
+      provenValues("/tee/enclave", `${record.enclave_key}@${record.height}/${manifest.name}`),
+      provenValues("/tee/policy", ""),
+    ]);
+    const policyRaw = policy.values.get(bytesToHex(policyKey()));
+    if (!policyRaw || !policyRaw.length) throw new VerifyError("proof", "the answer does not prove the TEE policy");
+    judged = judgeEnclave({ key: record.enclave_key, model: manifest.name, values: enclave.values, policy: decodeJson(policyRaw) });
+    step(`enclave key ${short(record.enclave_key, 12)}: platform ${judged.platform}, ${judged.gpus.length} GPU(s) attested`, true, `record proven at height ${enclave.height}`);
+    if (judged.step === "approval") throw new VerifyError("approval", judged.reason);
+    step(`its measurement is approved for ${judged.scope === "*" ? "every model (*)" : `model ${judged.model}`}`, true, short(judged.record.measurement_id, 24));
+    if (judged.step === "gpu required") throw new VerifyError("gpu required", judged.reason);
+    step(judged.gpuRequired ? `model ${judged.model} requires GPU evidence: met` : `model ${judged.model} does not require GPU evidence`, true, "TEE policy proven");
+    return { verified: true, steps, judged };
+  } catch (err) {
+    if (err instanceof NotFound) {
+      step("enclave", false, err.message);
+      return { verified: false, steps, judged, failed: "enclave", error: err.message };
+    }
+    const name = err instanceof VerifyError ? err.step : "query";
+    const reason = err instanceof VerifyError ? err.reason : err.message;
+    step(name, false, reason);
+    return { verified: false, steps, judged, failed: name, error: reason };
+  }
+}
+
+function enclavePanel(check) {
+  const judged = check.judged;
+  const where = judged ? platformHtml(judged.record) : `<span class="muted">unknown: the enclave's record could not be checked</span>`;
+  const steps = check.steps.map((s) => `<li class="${s.ok ? "ok" : "bad"}">${esc(s.name)}${s.detail ? ` <span class="muted">${esc(s.detail)}</span>` : ""}</li>`);
+  const verdict = check.verified
+    ? `<div id="enclave-check" class="check ok" data-result="verified">verified here: computed and signed inside an enclave whose measurement is approved for model ${esc(judged.model)}${judged.dev ? " (DEV platform)" : ""}</div>`
+    : `<div id="enclave-check" class="check bad" data-result="failed" data-step="${esc(check.failed)}">NOT verified: ${esc(check.failed)}: ${esc(check.error)}</div>`;
+  const note = `<p class="muted">The GPU reports were verified by the validators when the key registered; <code>haca verify</code> re-verifies them.</p>`;
+  return section("Enclave", `${verdict}<div id="enclave-platform" data-dev="${judged && isDev(judged.record) ? "true" : "false"}">${where}</div><ol class="tee-steps">${steps.join("")}</ol>${note}`, "enclave");
+}
 
 function msgSummary(msg) {
   const items = msg.value && Array.isArray(msg.value.items) ? msg.value.items.length : 0;

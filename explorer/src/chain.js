@@ -112,6 +112,38 @@ export async function provenQuery(path, data, key) {
   }
 }
 
+// A proven read of every state key the answer carries a proof for, all against one app hash (that
+// of a header signed by more than 2/3 of the trusted validators): the answer as sent (untrusted),
+// the proven values (a Map: hex of a state key -> its value, empty where the proof shows it absent)
+// and the height. Throws a VerifyError naming the step that failed (a NotFound: nothing to check).
+export async function provenValues(path, data) {
+  const cfg = await loadConfig();
+  const trusted = validatorsFromRpc(cfg.validators);
+  pinTrustedSet(cfg.chain_id, trusted);
+  const response = await abciQuery(path, data, { prove: true });
+  let answer;
+  try {
+    answer = JSON.parse(new TextDecoder().decode(base64ToBytes(response.value)));
+  } catch {
+    throw new VerifyError("input", `${path}: the answer is not JSON`);
+  }
+  const ops = (response.proofOps && response.proofOps.ops) || [];
+  if (!ops.length) throw new VerifyError("proof", `${path}: the answer carries no state proof`);
+  const height = Number(response.height);
+  const commit = await waitCommit(height + 1);
+  if (Number(commit.signed_header.header.height) !== height + 1) {
+    throw new VerifyError("header height", `asked for the header at ${height + 1}, got ${commit.signed_header.header.height}`);
+  }
+  const appHash = verifySignedHeader(commit.signed_header, trusted, cfg.chain_id);
+  const values = new Map();
+  for (const op of ops) {
+    if (op.type !== PROOF_OP_TYPE) throw new VerifyError("proof", `a proof of type ${op.type}, not ${PROOF_OP_TYPE}`);
+    const key = base64ToBytes(op.key);
+    values.set(bytesToHex(key), verifyStateProof(appHash, key, base64ToBytes(op.data)));
+  }
+  return { answer, values, height };
+}
+
 async function waitCommit(height, tries = 40) {
   for (let i = 0; ; i++) {
     try {

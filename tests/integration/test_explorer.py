@@ -1,8 +1,11 @@
 """The explorer in a real browser (Debian's headless Chromium driven by Playwright) against a running
 devnet: the page follows the chain, a new tee receipt appears and is verified, the burn chart has
-data, search finds the receipt, and the in-browser light client says "verified here"; with an RPC
-answer tampered in transit (Playwright intercepts the page's /rpc calls) it names the check that
-failed. Bad search input shows "not found". Screenshots go to build/test-artifacts/explorer/."""
+data, search finds the receipt, and the in-browser light client says "verified here"; the tee
+receipt's page shows where it was computed (platform dev, its DEV GPU, the DEV label) and checks the
+enclave's measurement is approved for the receipt's model, and the nodes page shows each node's
+enclave platform and GPUs; with an RPC answer tampered in transit (Playwright intercepts the page's
+/rpc calls) it names the check that failed. Bad search input shows "not found". Screenshots go to
+build/test-artifacts/explorer/."""
 
 from __future__ import annotations
 
@@ -112,13 +115,45 @@ def test_search_finds_the_receipt_and_the_browser_verifies_it(page, explorer_url
     assert page.locator("#receipt-status .status").inner_text() == "verified"
     assert page.locator("ol.steps li.bad").count() == 0
     assert page.locator("ol.steps li.ok").count() == 5  # trusted set, answer + proof, header, MPT, value
+    # where it was computed, and the enclave's approval for its model, checked from proven state
+    enclave = page.locator("#enclave-check")
+    expect(enclave).to_have_attribute("data-result", "verified", timeout=WAIT_MS)
+    assert enclave.inner_text() == (
+        "verified here: computed and signed inside an enclave whose measurement is approved for model iris"
+        " (DEV platform)"
+    )
+    platform = page.locator("#enclave-platform")
+    assert platform.get_attribute("data-dev") == "true"
+    assert platform.locator(".platform").get_attribute("data-platform") == "dev"
+    assert "DEV platform: DEV-MODE, NOT FOR PRODUCTION" in platform.inner_text()
+    gpu = platform.locator("li.gpu")
+    assert gpu.count() == 1 and gpu.get_attribute("data-dev") == "true"
+    assert gpu.inner_text().startswith("GPU HACA-DEV-GPU, driver haca-dev-1.0 (dev-gpu)")
+    assert "DEV GPU: DEV-MODE, NOT FOR PRODUCTION" in gpu.inner_text()
+    assert page.locator("ol.tee-steps li.ok").count() == 4  # model, enclave record, approval, GPU rule
+    assert page.locator("ol.tee-steps li.bad").count() == 0
+    assert "DEV platform" in page.locator("#receipt-status").inner_text()
     shot(page, "receipt-verified")
+
+
+def test_the_nodes_page_shows_each_enclave_s_platform_and_gpus(page, explorer_url, inference_devnet, receipt_id):
+    node0 = inference_devnet.net.status()["nodes"][0]["address"]
+    page.goto(f"{explorer_url}/#/nodes")
+    row = page.locator("#nodes tr", has=page.locator(f'a[href="#/address/{node0}"]'))
+    enclave = row.locator(".enclave").first
+    enclave.wait_for(timeout=WAIT_MS)
+    assert enclave.locator(".platform").get_attribute("data-platform") == "dev"
+    assert "DEV platform: DEV-MODE, NOT FOR PRODUCTION" in enclave.inner_text()
+    assert enclave.locator("li.gpu").first.inner_text().startswith("GPU HACA-DEV-GPU, driver haca-dev-1.0")
+    shot(page, "nodes")
 
 
 def _tamper_value(result: dict[str, Any]) -> None:
     """The receipt record as the RPC answers it, its fee raised: the proof still shows the real one."""
     response = result["response"]
     record = json.loads(base64.b64decode(response["value"]))
+    if "fee" not in record:  # another proven read (the enclave check's): only the receipt's is tampered
+        return
     record["fee"] = str(int(record["fee"]) * 10)
     response["value"] = base64.b64encode(json.dumps(record, separators=(",", ":")).encode()).decode()
 
