@@ -160,11 +160,11 @@ class Enclave:
         if not isinstance(chain_id, str) or not chain_id:
             raise EnclaveRefused("chain_id must be a non-empty string")
         node = fields.address(node, "node")
-        report_data = key_binding(chain_id, node, self.address, bytes(nonce))
-        cpu = self.platform.attest(report_data)
         gpus: tuple[GpuEvidence, ...] = ()
-        if self.gpus is not None:
+        if self.gpus is not None:  # its own GPUs first: the CPU evidence then binds exactly these reports
             gpus = tuple(self.gpus.reports(gpu_report_nonce(chain_id, node, self.address, bytes(nonce))))
+        report_data = key_binding(chain_id, node, self.address, bytes(nonce), gpus)
+        cpu = self.platform.attest(report_data)
         with self._lock:
             self._attested.add((chain_id, node))
         return EvidenceBundle(cpu, gpus, report_data)

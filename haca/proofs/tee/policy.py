@@ -33,7 +33,7 @@ from cryptography import x509
 
 from haca.proofs.tee.binding import key_binding
 from haca.proofs.tee.claims import FORMATS, TCB_STATUSES, AttestationError, Claims
-from haca.types.tee import GLOBAL_SCOPE, GPU_EVIDENCE_FORMATS
+from haca.types.tee import GLOBAL_SCOPE, GPU_EVIDENCE_FORMATS, GpuEvidence
 
 if TYPE_CHECKING:
     from haca.proofs.tee.nvidia import GpuReport
@@ -214,12 +214,15 @@ def gpu_missing(required: Sequence[str], gpus: int, key: str, model: str) -> str
     )
 
 
-def check_binding(claims: Claims, chain_id: str, node: str, key: str, nonce: bytes) -> None:
-    """The evidence's report data must be key_binding(chain id, node, key, nonce), exactly."""
-    if claims.report_data != key_binding(chain_id, node, key, nonce):
+def check_binding(
+    claims: Claims, chain_id: str, node: str, key: str, nonce: bytes, gpus: Sequence[GpuEvidence] = ()
+) -> None:
+    """The evidence's report data must be key_binding(chain id, node, key, nonce, GPU reports), exactly."""
+    if claims.report_data != key_binding(chain_id, node, key, nonce, gpus):
         raise AttestationError(
             "binding",
-            f"the report data does not bind key {key} to node {node} on chain {chain_id!r} and the nonce given",
+            f"the report data does not bind key {key} to node {node} on chain {chain_id!r}, the nonce given"
+            f" and the {len(gpus)} GPU report(s) sent with it",
         )
 
 

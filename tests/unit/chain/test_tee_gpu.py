@@ -140,12 +140,11 @@ def attest(
     gpu_key: str | None = None,
     gpu_nonce_height: int | None = None,
     measurements: dict[int, bytes] | None = None,
+    bound: tuple[GpuEvidence, ...] | None = None,
 ) -> MsgAttestEnclave:
     """A dev enclave's registration of ENCLAVE with one DEV GPU report (by default bound to the
     same key and nonce as the CPU evidence)."""
     nonce_height = chain.height
-    report = key_binding(CHAIN_ID, NODE.address, ENCLAVE.address, block_hash_of(nonce_height))
-    evidence = make_dev_evidence(dev["key"], dev["chain"], MEASUREMENT, report, block_time(chain.height + 1))
     if gpus is None:
         nonce = gpu_report_nonce(
             CHAIN_ID,
@@ -158,6 +157,11 @@ def attest(
                 dev["key"], dev["chain"], nonce, measurements or DEV_GPU_MEASUREMENTS, DEV_GPU_DRIVER_VERSION
             ),
         )
+    # the enclave binds the GPU reports it sends into its CPU evidence (unless `bound` says otherwise)
+    report = key_binding(
+        CHAIN_ID, NODE.address, ENCLAVE.address, block_hash_of(nonce_height), gpus if bound is None else bound
+    )
+    evidence = make_dev_evidence(dev["key"], dev["chain"], MEASUREMENT, report, block_time(chain.height + 1))
     return MsgAttestEnclave(ENCLAVE.address, "dev", evidence, b"", nonce_height, gpus)
 
 
@@ -226,3 +230,19 @@ def test_a_client_re_verifies_the_stored_gpu_reports_to_the_records_gpu_summary(
     policy = TeePolicy.from_json(chain.answer("/tee/policy"))
     summaries = reverify_gpus(answer["attestation"], policy, CHAIN_ID, NODE.address, ENCLAVE.address)
     assert summaries == answer["enclave"]["gpus"]
+
+
+def test_a_gpu_report_the_cpu_evidence_does_not_bind_is_refused_at_the_cpu_binding(chain, dev):
+    """A host stapling a (valid, correctly nonced) GPU report to an enclave's GPU-less evidence: the
+    CPU report data commits to the GPU reports the enclave itself sent, so it does not verify."""
+    msg = attest(chain, dev, bound=())
+    rejected(chain, NODE, msg, errors.InvalidAttestation.code, "does not bind key")
+    assert chain.answer("/tee/node_enclaves", NODE.address.encode())["enclaves"] == []
+
+
+def test_a_heartbeat_cannot_change_the_gpus_a_key_registered_with(chain, dev):
+    ok(chain.deliver(AUTHORITY, MsgSetTeePolicy({"gpu_required": ["*"]})))
+    ok(chain.deliver(NODE, attest(chain, dev, gpus=())))  # registered without a GPU
+    rejected(chain, NODE, attest(chain, dev), errors.InvalidAttestation.code, "a key's GPUs are fixed at registration")
+    item = tee_item(chain, 3)  # so its receipts never become gpu-verified after the fact
+    rejected(chain, NODE, MsgSettle((item,)), errors.MeasurementNotApproved.code, "requires GPU evidence")

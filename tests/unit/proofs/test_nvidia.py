@@ -4,7 +4,6 @@ measurements and driver; each must-fail case of the fixture's README fails at th
 
 from __future__ import annotations
 
-import hashlib
 import json
 from pathlib import Path
 
@@ -105,14 +104,15 @@ def test_the_cli_prints_the_driver_the_measurement_count_and_the_root():
 
 
 def test_a_gpu_report_is_bound_to_an_enclave_key_through_its_nonce():
-    """The nonce a GPU report must carry for an enclave key is derived from that key's binding:
-    the fixture's nonce binds none of ours, so checked against one it is refused at the binding."""
-    from haca.proofs.tee.binding import gpu_report_nonce, key_binding
+    """The nonce a GPU report must carry for an enclave key is derived from the chain, node, key and
+    block it registers with: the fixture's nonce binds none of ours, so it is refused at the binding."""
+    from haca.proofs.tee.binding import gpu_report_nonce
 
     node, key, block = "0x" + "5e" * 20, "0x" + "ee" * 20, bytes(32)
     expected = gpu_report_nonce("haca-devnet", node, key, block)
     assert len(expected) == 32 and expected != gpu_report_nonce("haca-devnet", "0x" + "5f" * 20, key, block)
-    assert expected == hashlib.sha256(key_binding("haca-devnet", node, key, block)).digest()
+    assert expected != gpu_report_nonce("haca-devnet", node, "0x" + "ef" * 20, block)
+    assert expected != gpu_report_nonce("haca-devnet", node, key, b"\x01" * 32)
     with pytest.raises(AttestationError) as refused:
         verify_nvidia_report(REPORT, CHAIN, AT, expected)
     assert refused.value.step == "binding"

@@ -55,7 +55,7 @@ def handle_attest_enclave(
         policy.check_format(msg.format)
         claims = _verified(tee, attestation, ctx.time, policy)
         policy.check_claims(claims, ctx.time)
-        check_binding(claims, ctx.chain_id, ctx.signer, msg.key, nonce)
+        check_binding(claims, ctx.chain_id, ctx.signer, msg.key, nonce, msg.gpus)
         mid = measurement_id(claims)
     except AttestationError as exc:
         raise InvalidAttestation(f"{msg.format} attestation refused: {exc}") from exc
@@ -65,6 +65,13 @@ def handle_attest_enclave(
         raise MeasurementNotApproved(f"measurement {mid} is not approved for any of the node's models {node['models']}")
     gpu_nonce = gpu_report_nonce(ctx.chain_id, ctx.signer, msg.key, nonce)
     gpus = [_checked_gpu(tee, policy, i, gpu, ctx.time, gpu_nonce).summary() for i, gpu in enumerate(msg.gpus)]
+    if previous is not None and previous.get("gpus", []) != gpus:
+        # A key's GPUs are fixed when it registers: a heartbeat with other (or no) GPUs would let
+        # gpu_required judge receipts signed before by GPUs that were not there then.
+        raise InvalidAttestation(
+            f"enclave key {msg.key} was registered with {len(previous.get('gpus', []))} GPU report(s) that this"
+            " attestation does not repeat: a key's GPUs are fixed at registration (start a new key)"
+        )
     record = {
         "key": msg.key,
         "node": ctx.signer,
