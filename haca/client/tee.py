@@ -40,6 +40,7 @@ from haca.types.tee import (
     approval_key,
     attestation_key,
     enclave_key,
+    parse_gpus,
 )
 
 _TEE = TeeVerifier()
@@ -278,7 +279,9 @@ def _reverify_attestation(
     at = int(attestation["time"])
     claims = verify_attestation(evidence, at, policy.root_pems())
     policy.check_claims(claims, at)
-    check_binding(claims, chain_id, standing.node, key, bytes.fromhex(attestation["nonce"][2:]))
+    stored_gpus = attestation.get("gpus") or []
+    gpus = parse_gpus(stored_gpus) if stored_gpus else ()  # the CPU evidence binds the GPU reports sent with it
+    check_binding(claims, chain_id, standing.node, key, bytes.fromhex(attestation["nonce"][2:]), gpus)
     if measurement_id(claims) != standing.measurement_id:
         raise EvidenceError("the attestation's measurement is not the one the chain recorded")
     return claims.to_json()

@@ -280,6 +280,7 @@ class Generation:
         self._conn: _AsyncConnection | None = None
         self.result: Generated | None = None
         self._cancel_sent = False
+        self._cancel_asked = False  # asked before the connection was there: sent right after the request
 
     async def __aiter__(self) -> AsyncIterator[str]:
         conn = await self._client._checkout()
@@ -287,6 +288,8 @@ class Generation:
         clean = False
         try:
             await conn.send(encode_frame(self._request))
+            if self._cancel_asked:
+                await self.cancel()
             while True:
                 answer = _answer(await conn.receive())
                 if "text" in answer:
@@ -314,6 +317,7 @@ class Generation:
             self._client._checkin(conn, clean)
 
     async def cancel(self) -> None:
+        self._cancel_asked = True
         conn = self._conn
         if conn is not None and not self._cancel_sent:
             self._cancel_sent = True

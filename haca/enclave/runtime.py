@@ -16,6 +16,7 @@ key that must be registered again with fresh evidence.
 
 from __future__ import annotations
 
+import hashlib
 import threading
 import time
 from collections import OrderedDict
@@ -30,7 +31,7 @@ from haca.enclave.evidence import CpuPlatform, GpuPlatform
 from haca.enclave.models import LoadedModel, ModelRefused, ModelStore
 from haca.proofs.tee.attestation import Attestation
 from haca.proofs.tee.binding import gpu_report_nonce, key_binding
-from haca.runtime.llm import LlmModel, Outcome
+from haca.runtime.llm import ContextExceeded, LlmModel, Outcome
 from haca.runtime.onnx import InvalidInput, OnnxModel
 from haca.types import fields
 from haca.types.batch import MsgSettleBatch
@@ -117,11 +118,19 @@ class Terms:
         }
 
     def completion_budget(self, prompt_tokens: int) -> int:
-        """The completion tokens the budget covers after a prompt of `prompt_tokens` tokens."""
+        """The completion tokens the budget covers after a prompt of `prompt_tokens` tokens, and the
+        terms allow (a request's prompt and completion together take at most `max_rows` tokens:
+        the chain refuses a receipt counting more). ContextExceeded when the prompt alone does not fit."""
+        room = self.max_rows - prompt_tokens
+        if room < 1:
+            raise ContextExceeded(
+                f"the prompt is {prompt_tokens} tokens; this model's terms allow {self.max_rows} tokens a request"
+                " (prompt and completion)"
+            )
         left = self.budget - prompt_tokens * self.unit_price
         if left < 0:
             return 0
-        return left // self.completion_price if self.completion_price else self.max_rows
+        return min(room, left // self.completion_price if self.completion_price else room)
 
 
 @dataclass(frozen=True)
@@ -149,6 +158,7 @@ class Enclave:
         self.address = self._key.address
         self._attested: set[tuple[str, str]] = set()  # (chain id, node) this key has evidence for
         self._produced: OrderedDict[bytes, None] = OrderedDict()
+        self._answered: OrderedDict[tuple[str, str, str, str], None] = OrderedDict()  # request ids served
         self._produced_limit = produced_limit
         self._lock = threading.Lock()
 
@@ -190,6 +200,17 @@ class Enclave:
         except ModelRefused as exc:
             raise EnclaveRefused(str(exc)) from exc
 
+    def _answer_once(self, terms: Terms) -> None:
+        """Each request id is served once: a host that could run one paid request again and again
+        could keep the answer it likes best (an LLM samples) and throw the others away."""
+        request = (terms.chain_id, terms.node, terms.client, terms.request_id)
+        with self._lock:
+            if request in self._answered:
+                raise EnclaveRefused(f"request {terms.request_id} of client {terms.client} was already run here")
+            self._answered[request] = None
+            while len(self._answered) > self._produced_limit:
+                self._answered.popitem(last=False)
+
     def infer(self, model_id: str, raw_input: Any, terms: Terms) -> tuple[dict[str, Tensor], SignedReceipt]:
         """Run a tensor model on the request's input as the client sent it; the outputs and the
         receipt this enclave signed for them."""
@@ -206,6 +227,7 @@ class Enclave:
         rows = request_rows([t.shape for t in inputs.values()])
         if not 1 <= rows <= terms.max_rows:
             raise InputRefused(f"{rows} rows; the terms allow 1 to {terms.max_rows}")
+        self._answer_once(terms)
         outputs = loaded.runtime.run(inputs)
         fee = request_fee(terms.unit_price, terms.price_unit, rows)
         receipt = self._receipt(terms, model_id, tensors_hash(inputs), tensors_hash(outputs), fee, (0, 0))
@@ -235,12 +257,17 @@ class Enclave:
         if terms.price_unit != "token":
             raise EnclaveRefused("a language model is priced per token")
         llm, request = self.parse_llm(model_id, body, kind)
-        outcome = llm.generate(request, emit, terms.completion_budget, cancelled, deadline)
+        input_hash = request.hash(model_id)
+        self._answer_once(terms)
+        # Without a client seed, the seed is derived from the request: run again (after a restart,
+        # say) it samples the same text, so the host has no draws to choose from.
+        seed = request.seed if request.seed is not None else _derived_seed(terms, input_hash)
+        outcome = llm.generate(request, emit, terms.completion_budget, cancelled, deadline, seed=seed)
         fee = token_fee(terms.unit_price, terms.completion_price, outcome.prompt_tokens, outcome.completion_tokens)
         receipt = self._receipt(
             terms,
             model_id,
-            request.hash(model_id),
+            input_hash,
             text_hash(outcome.text),
             fee,
             (outcome.prompt_tokens, outcome.completion_tokens),
@@ -301,3 +328,10 @@ class Enclave:
     def produced(self, receipt_id: bytes) -> bool:
         with self._lock:
             return receipt_id in self._produced
+
+
+def _derived_seed(terms: Terms, input_hash: str) -> int:
+    """A sampling seed fixed by the request (its chain, node, client, request id and hash)."""
+    parts = (terms.chain_id, terms.node, terms.client, terms.request_id, input_hash)
+    digest = hashlib.sha256(b"HACA-ENCLAVE-SEED/v1\x00" + "\x00".join(parts).encode()).digest()
+    return int.from_bytes(digest[:4], "big")

@@ -160,7 +160,12 @@ class EnclaveKey:
             "height_hint": terms.height_hint,
         }
         wrong = sorted(k for k, v in expected.items() if getattr(receipt, k) != v)
-        if terms.price_unit == "token" and receipt.fee > terms.budget:
+        if terms.price_unit == "token":
+            if receipt.fee > terms.budget:
+                wrong.append("fee")
+            if receipt.prompt_tokens + receipt.completion_tokens > terms.max_rows:
+                wrong.append("tokens")
+        elif receipt.fee != terms.budget:  # a tensor request's fee is fixed by its rows: what the node held
             wrong.append("fee")
         if wrong:
             raise EnclaveUnavailable(f"the enclave's receipt does not match the request ({', '.join(wrong)}): not kept")

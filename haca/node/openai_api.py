@@ -176,14 +176,17 @@ async def _accept(ctx: NodeContext, http: Request, kind: str) -> LlmCall:
         authorization = paid.payment.authorization
         mode = _mode(ctx, http, authorization.mode if authorization else None, served, llm_quotes)
         quote = paid.quote(served.model_id, served.name, mode)
-        if request.max_tokens >= llm.context:
+        # a request's prompt and completion take at most the model's context, and what its terms
+        # in effect allow (max_rows): the chain refuses a receipt counting more
+        context = min(llm.context, quote.max_rows)
+        if request.max_tokens >= context:
             raise ContextLengthExceeded(
-                f"max_tokens is {request.max_tokens}; this model's maximum context length is {llm.context} tokens"
+                f"max_tokens is {request.max_tokens}; this model's maximum context length is {context} tokens"
             ).with_param("max_tokens")
         # The receipt must be signed while the authorisation can still settle: generation (and
         # the wait for a slot) stops in time, whatever max_tokens asked for.
         deadline = time.monotonic() + await settle_reads(ctx.gate.seconds_left, paid.payment.payment.value.expiry)
-        worst = quote.token_fee(llm.context - request.max_tokens, request.max_tokens)
+        worst = quote.token_fee(context - request.max_tokens, request.max_tokens)
         accepted = await paid.hold(ctx.gate.charge_up_to, quote, worst)
     return LlmCall(served, llm, request, quote, accepted, int(time.time()), deadline, body)
 

@@ -145,11 +145,13 @@ class Quote:
         return token_fee(self.unit_price, self.completion_price, prompt_tokens, completion_tokens)
 
     def completion_budget(self, paid: int, prompt_tokens: int) -> int:
-        """The completion tokens `paid` covers after a prompt of `prompt_tokens` tokens."""
+        """The completion tokens `paid` covers after a prompt of `prompt_tokens` tokens, within the
+        `max_rows` tokens (prompt and completion) a request may count."""
         left = paid - prompt_tokens * self.unit_price
+        room = max(0, self.max_rows - prompt_tokens)
         if left < 0:
             return 0
-        return left // self.completion_price if self.completion_price else self.max_rows
+        return min(room, left // self.completion_price if self.completion_price else room)
 
     @property
     def max_amount(self) -> int:

@@ -132,10 +132,12 @@ class LlmModel:
         budget: Callable[[int], int] | None = None,
         cancelled: threading.Event | None = None,
         deadline: float | None = None,
+        seed: int | None = None,
     ) -> Outcome:
         """Run `request` on a free instance (the caller bounds concurrency to `slots`), calling
         `emit` with each piece of text as it comes; blocking. Generation stops (finish_reason
-        "length") at `deadline` (time.monotonic()): the node's receipt must be signed in time."""
+        "length") at `deadline` (time.monotonic()): the node's receipt must be signed in time.
+        `seed` samples with that seed where the request names none (the enclave fixes one per request)."""
         meter = Meter(request.max_tokens, budget, cancelled or threading.Event(), deadline)
         llm = self._free.get()
         try:
@@ -143,6 +145,8 @@ class LlmModel:
             # Always llama-cpp-python's streaming path (a request without `stream` gets the pieces
             # joined): only it keeps the text when generation is stopped early (budget, cancel).
             params = {**request.params(), "stream": True}
+            if params["seed"] is None and seed is not None:
+                params["seed"] = seed
             if request.kind == "chat":
                 messages = [{"role": role, "content": content} for role, content in request.messages]
                 chunks = llm.create_chat_completion(messages=messages, **params)

@@ -180,7 +180,7 @@ def test_haca_verify_exits_0_for_the_tee_receipt_and_1_for_a_vanilla_one(net):
     haca = [sys.executable, "-m", "haca.cli.main"]
     ok = subprocess.run([*haca, "verify", tee.receipt_id, "--home", str(net.home)], capture_output=True, text=True)
     assert ok.returncode == 0, ok.stdout + ok.stderr
-    assert "verified (dev attester: DEV-MODE, NOT FOR PRODUCTION)" in ok.stdout
+    assert "verified (DEV platform: DEV-MODE, NOT FOR PRODUCTION)" in ok.stdout
     no = subprocess.run([*haca, "verify", vanilla.receipt_id, "--home", str(net.home)], capture_output=True, text=True)
     assert no.returncode == 1
     assert "a vanilla receipt carries no evidence" in no.stdout + no.stderr

@@ -142,12 +142,13 @@ def ok(result: Any) -> None:
 def attest(chain: Node, dev: dict[str, bytes], with_gpu: bool = True) -> MsgAttestEnclave:
     """The dev enclave's registration of ENCLAVE, with one DEV GPU report bound to it (or none)."""
     nonce_height = chain.height
-    report = key_binding(CHAIN_ID, NODE.address, ENCLAVE.address, block_hash_of(nonce_height))
-    evidence = make_dev_evidence(dev["key"], dev["chain"], MEASUREMENT, report, block_time(chain.height + 1))
     gpus: tuple[GpuEvidence, ...] = ()
     if with_gpu:
         nonce = gpu_report_nonce(CHAIN_ID, NODE.address, ENCLAVE.address, block_hash_of(nonce_height))
         gpus = (make_dev_gpu_report(dev["key"], dev["chain"], nonce, DEV_GPU_MEASUREMENTS, DEV_GPU_DRIVER_VERSION),)
+    # the enclave's CPU evidence binds the GPU reports it sends
+    report = key_binding(CHAIN_ID, NODE.address, ENCLAVE.address, block_hash_of(nonce_height), gpus)
+    evidence = make_dev_evidence(dev["key"], dev["chain"], MEASUREMENT, report, block_time(chain.height + 1))
     return MsgAttestEnclave(ENCLAVE.address, "dev", evidence, b"", nonce_height, gpus)
 
 

@@ -22,7 +22,7 @@ from haca.enclave.runtime import Enclave, EnclaveRefused, Terms
 from haca.proofs.tee.attestation import verify_attestation
 from haca.proofs.tee.binding import key_binding
 from haca.proofs.tee.dev import ROOT_CERT_FILE, issue_dev_platform, make_dev_root
-from haca.runtime.llm import smollm2_path
+from haca.runtime.llm import ContextExceeded, smollm2_path
 from haca.types.batch import assemble_batch
 from haca.types.llm import parse_request, text_hash
 from haca.types.payment import SignedPayment, SpendingAllowance
@@ -238,3 +238,57 @@ def _sha256(path: Path) -> str:
     import hashlib
 
     return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+# --- one answer per request; the terms' token limit ----------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def llm_setup(tmp_path_factory: pytest.TempPathFactory) -> Setup:
+    setup = make_enclave(tmp_path_factory.mktemp("llm"))
+    llm_id = "sha256:" + _sha256(smollm2_path())
+    shutil.copy(smollm2_path(), setup.base / "models" / (llm_id.removeprefix("sha256:") + ".gguf"))
+    setup.runtime.load(llm_id, "gguf", 512, 1)
+    return dataclasses.replace(setup, model_id=llm_id)
+
+
+CHAT = {"model": "smollm2", "messages": [{"role": "user", "content": "Name a fruit."}], "max_tokens": 12}
+
+
+def llm_terms(request: int, max_rows: int = 512) -> Terms:
+    request_id = f"0x{request:064x}"
+    return Terms(CHAIN_ID, NODE.address, CLIENT.address, request_id, HEIGHT, 3, "token", max_rows, 7, 10**6)
+
+
+def test_a_request_id_is_run_once_so_the_host_cannot_pick_among_several_answers(llm_setup):
+    runtime = llm_setup.runtime
+    runtime.generate(llm_setup.model_id, CHAT, "chat", llm_terms(1), lambda piece: None)
+    with pytest.raises(EnclaveRefused, match="was already run here"):
+        runtime.generate(llm_setup.model_id, CHAT, "chat", llm_terms(1), lambda piece: None)
+    onnx_id = next(m for m in runtime.models.loaded if m != llm_setup.model_id)
+    runtime.infer(onnx_id, INPUT, terms(5))
+    with pytest.raises(EnclaveRefused, match="was already run here"):  # a tensor request likewise
+        runtime.infer(onnx_id, INPUT, terms(5))
+
+
+def test_without_a_client_seed_the_enclave_samples_with_one_fixed_by_the_request(llm_setup, tmp_path):
+    """Temperature 1 and no seed: the same request run again — here by a restarted enclave, which
+    remembers nothing — samples the same text, so there is nothing to re-roll."""
+    body = {**CHAT, "temperature": 1.0, "max_tokens": 16}
+    first, _ = llm_setup.runtime.generate(llm_setup.model_id, body, "chat", llm_terms(2), lambda piece: None)
+    again = make_enclave(tmp_path)
+    shutil.copy(smollm2_path(), tmp_path / "models" / (llm_setup.model_id[7:] + ".gguf"))
+    again.runtime.load(llm_setup.model_id, "gguf", 512, 1)
+    second, _ = again.runtime.generate(llm_setup.model_id, body, "chat", llm_terms(2), lambda piece: None)
+    assert second.text == first.text
+
+
+def test_an_llm_receipt_never_counts_more_tokens_than_the_terms_allow(llm_setup):
+    runtime = llm_setup.runtime
+    outcome, signed = runtime.generate(
+        llm_setup.model_id, {**CHAT, "max_tokens": 64}, "chat", llm_terms(3, max_rows=40), lambda piece: None
+    )
+    assert outcome.prompt_tokens + outcome.completion_tokens <= 40 and outcome.finish_reason == "length"
+    assert signed.receipt.prompt_tokens + signed.receipt.completion_tokens <= 40
+    with pytest.raises(ContextExceeded, match="allow 10 tokens a request"):
+        runtime.generate(llm_setup.model_id, CHAT, "chat", llm_terms(4, max_rows=10), lambda piece: None)
