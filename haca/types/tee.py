@@ -34,6 +34,7 @@ COVER_PREFIX = PREFIX + b"cover/"
 ATTESTATION_PREFIX = PREFIX + b"attestation/"
 LAPSE_PREFIX = PREFIX + b"lapse/"
 REVOKED_PREFIX = PREFIX + b"revoked/"
+GPU_REQUIRED_PREFIX = PREFIX + b"gpu_required/"
 
 
 def addr_bytes(address: str) -> bytes:
@@ -46,6 +47,10 @@ def u64(value: int) -> bytes:
 
 def approval_key(scope: str, measurement_id: str) -> bytes:
     return APPROVAL_PREFIX + scope.encode() + b"/" + measurement_id.encode()
+
+
+def gpu_required_key(scope: str) -> bytes:
+    return GPU_REQUIRED_PREFIX + scope.encode()
 
 
 def revoked_key(scope: str, measurement_id: str) -> bytes:

@@ -28,7 +28,7 @@ from haca.types.gov import MsgUpdateParams
 from haca.types.inference import MsgClaim, MsgRevokeAllowance, MsgSettle, MsgWithdraw, SettlementItem
 from haca.types.payment import PaymentAuthorization, SignedPayment, SpendingAllowance
 from haca.types.staking import MsgUnbond
-from haca.types.tee import MsgApproveMeasurement, MsgRevokeMeasurement
+from haca.types.tee import MsgApproveMeasurement, MsgRevokeMeasurement, MsgSetTeePolicy
 from tests.unit.chain import apphelpers
 from tests.unit.chain import test_accountability as accountability
 from tests.unit.chain.apphelpers import Node
@@ -276,4 +276,33 @@ def test_a_node_unbonding_after_a_minimum_stake_raise_is_still_slashed(chain):
     ok(chain.deliver(AUTHORITY, MsgUpdateParams("staking", {"min_stake_tee": str(STAKE)})))  # met exactly
     ok(chain.deliver(NODE, MsgUnbond(1)))  # now one under it, by its own act
     assert outcome_at(chain, deadline) == "slash"
+    holds(chain)
+
+
+def test_gpu_evidence_required_by_governance_after_the_receipt_voids_the_claim(chain):
+    """Governance adds the model to gpu_required while a client holds a receipt from an enclave
+    without GPU evidence: the node cannot settle it any more, through no fault of its own, so the
+    claim is voided at the deadline, not slashed; lifted again, the receipt settles."""
+    item = tee_item(chain, 120)
+    escrow, bonded = chain.escrow(CLIENT.address, NODE.address), stake(chain, NODE.address)["bonded"]
+    ok(chain.deliver(CLIENT, MsgClaim(item.receipt, item.payment)))
+    deadline = chain.height + DEADLINE
+    ok(chain.deliver(AUTHORITY, MsgSetTeePolicy({"gpu_required": ["*"]})))
+    refused = chain.deliver(NODE, MsgSettle((item,)))
+    assert refused.code == errors.MeasurementNotApproved.code and "requires GPU evidence" in refused.log
+    assert outcome_at(chain, deadline) == "claim_voided"
+    assert stake(chain, NODE.address)["bonded"] == bonded
+    assert chain.escrow(CLIENT.address, NODE.address) == escrow
+    ok(chain.deliver(AUTHORITY, MsgSetTeePolicy({"gpu_required": []})))
+    ok(chain.deliver(NODE, MsgSettle((item,))))
+    assert chain.escrow(CLIENT.address, NODE.address) == escrow - FEE - settlement_fee(chain)
+    holds(chain)
+
+
+def test_a_receipt_signed_while_gpu_evidence_was_already_required_is_the_nodes_fault(chain):
+    ok(chain.deliver(AUTHORITY, MsgSetTeePolicy({"gpu_required": ["*"]})))
+    blocks_until(chain, chain.height + 1)
+    item = tee_item(chain, 121)  # signed by the GPU-less enclave under the requirement
+    ok(chain.deliver(CLIENT, MsgClaim(item.receipt, item.payment)))
+    assert outcome_at(chain, chain.height + DEADLINE) == "slash"
     holds(chain)

@@ -27,6 +27,7 @@ from haca.chain.modules.tee.keeper import TeeKeeper
 from haca.chain.state import CachedState, ReadableState
 from haca.chain.tx import TxContext
 from haca.crypto.keys import SignatureError
+from haca.proofs.tee.policy import gpu_missing
 from haca.types.inference import MsgClaim, MsgReportEquivocation
 from haca.types.modes import Mode, Status
 from haca.types.payment import SpendingAllowance
@@ -155,7 +156,10 @@ def outside_cause(keeper: InferenceKeeper, tee: TeeKeeper, state: ReadableState,
       revoked and approved again before the claim, is the node's to settle);
     - governance raised the mode's minimum stake during the window above the bond the node had
       when the claim was made, which met the minimum then (a node under the minimum cannot be
-      paid; unbonding after the claim does not count).
+      paid; unbonding after the claim does not count);
+    - governance required GPU evidence for the model (TEE policy gpu_required) after the receipt
+      was signed, and the enclave that signed it has none (a requirement in force when it signed
+      is the node's to meet).
     The client's own acts cannot stop the settlement: the claim is the payment (its hold pays, its
     allowance share is reserved), so an expiry, a revocation or a drained lane changes nothing."""
     least, bonded = int(claim.get("min_stake", 0)), int(claim.get("bonded", -1))
@@ -169,6 +173,10 @@ def outside_cause(keeper: InferenceKeeper, tee: TeeKeeper, state: ReadableState,
         after_receipt = revoked and revoked >= int(claim.get("height_hint", claim["height"]))
         if after_receipt and (not approved_now or revoked >= int(claim["height"])):
             return f"governance revoked measurement {mid} at height {revoked}"
+        if gpu_missing(tee.gpu_required(state), len(record.get("gpus") or ()), record["key"], model):
+            since = tee.gpu_required_since(state, model)
+            if since > int(claim.get("height_hint", claim["height"])):
+                return f"governance required GPU evidence for {model!r} at height {since}, after the receipt"
     return ""
 
 

@@ -137,11 +137,13 @@ def _checked_gpu(tee: TeeKeeper, policy: TeePolicy, index: int, gpu: GpuEvidence
 
 def handle_set_policy(tee: TeeKeeper, gov: GovKeeper, ctx: TxContext, msg: MsgSetTeePolicy) -> list[Event]:
     gov.require_authority(ctx.state, ctx.signer)
+    current = tee.policy(ctx.state)
     try:
-        policy = TeePolicy.from_json(msg.policy, tee.policy(ctx.state))
+        policy = TeePolicy.from_json(msg.policy, current)
     except ValueError as exc:
         raise InvalidMessage(f"tee policy: {exc}") from exc
     tee.set_policy(ctx.state, policy)
+    tee.note_gpu_required(ctx.state, current.gpu_required, policy.gpu_required, ctx.height)
     changed = ",".join(sorted(msg.policy))
     return [Event("tee_policy", {"signer": ctx.signer, "changed": changed})]
 

@@ -10,6 +10,8 @@ tee/attestation/<key:20><start:u64be>        -> the attestation that opened that
 tee/lapse/<height:u64be><key:20>             -> b"" (the key lapses at that height unless re-attested)
 tee/revoked/<scope>/<measurement id>         -> the height of its latest revocation (claims on receipts
                                                 signed before it are voided, not slashed)
+tee/gpu_required/<scope>                     -> the height it was last added to the policy's gpu_required
+                                                (claims on receipts signed before it are voided, not slashed)
 
 An attestation at height a covers receipts with height hints in [a, a + heartbeat_interval]. A
 heartbeat inside a segment extends it; one after a lapse opens a new segment, so receipts signed
@@ -38,6 +40,7 @@ from haca.types.tee import (
     attestation_key,
     cover_key,
     enclave_key,
+    gpu_required_key,
     lapse_key,
     revoked_key,
     u64,
@@ -62,6 +65,19 @@ class TeeKeeper:
 
     def set_policy(self, state: CachedState, policy: TeePolicy) -> None:
         state.set(POLICY_KEY, canonical_json(policy.to_json()))
+
+    def note_gpu_required(
+        self, state: CachedState, before: tuple[str, ...], after: tuple[str, ...], height: int
+    ) -> None:
+        """Record the height at which each scope newly entered gpu_required."""
+        for scope in sorted(set(after) - set(before)):
+            set_int(state, gpu_required_key(scope), height)
+
+    def gpu_required_since(self, state: ReadableState, model: str) -> int:
+        """The height from which `model`'s receipts have needed GPU evidence without a break: the
+        latest addition among the scopes requiring it now ("*", the model); 0 if none does."""
+        required = set(self.gpu_required(state)) & {GLOBAL_SCOPE, model}
+        return min((get_int(state, gpu_required_key(scope)) for scope in required), default=0)
 
     def gpu_required(self, state: ReadableState) -> tuple[str, ...]:
         """The policy's gpu_required, read without validating the whole policy (roots and all)."""
