@@ -13,6 +13,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import os
 import signal
 import sys
 from pathlib import Path
@@ -60,6 +61,8 @@ async def serve(args: argparse.Namespace) -> None:
     from haca.enclave.server import EnclaveServer
 
     measurement = enclave_measurement()
+    if args.platform != "dev":
+        refuse_loaded_code_from_the_environment()
     platform = open_platform(
         args.platform, measurement, args.platform_dir, args.debug, args.tdx_collateral, args.snp_vcek
     )
@@ -85,6 +88,18 @@ async def serve(args: argparse.Namespace) -> None:
     finally:
         await server.close()
         models.close()
+
+
+# Variables that load code the measurement does not cover into the process (a preloaded library,
+# other module paths, a startup file): on hardware the image is measured, not the host's environment.
+UNMEASURED_ENV = ("LD_PRELOAD", "LD_LIBRARY_PATH", "PYTHONPATH", "PYTHONSTARTUP", "PYTHONHOME", "PYTHONUSERBASE")
+
+
+def refuse_loaded_code_from_the_environment() -> None:
+    found = sorted(name for name in UNMEASURED_ENV if os.environ.get(name))
+    if found:
+        names = ", ".join(found)
+        raise PlatformUnavailable(f"refusing to run as an enclave with {names} set: it loads unmeasured code")
 
 
 def measure(files: bool) -> None:

@@ -23,3 +23,10 @@ def test_serve_with_auto_on_a_machine_without_a_tee_is_an_error_not_a_dev_enclav
     assert result.exit_code == 1
     assert "--platform auto found no TEE here" in result.output
     assert not (tmp_path / "e.sock").exists()
+
+
+def test_a_hardware_enclave_refuses_an_environment_that_loads_unmeasured_code(tmp_path, monkeypatch) -> None:
+    monkeypatch.setenv("LD_PRELOAD", "/tmp/evil.so")
+    result = CliRunner().invoke(app, ["enclave", "serve", "--socket", str(tmp_path / "e.sock"), "--platform", "tdx"])
+    assert result.exit_code == 1
+    assert "refusing to run as an enclave with LD_PRELOAD set" in result.output
