@@ -368,8 +368,8 @@ def bench(args: argparse.Namespace) -> dict[str, Any]:
     shutil.rmtree(work, ignore_errors=True)
     home = work / "home"
     events_path = work / "events.json"
-    net = up(home, validators=1, timeout_commit="500ms")
     try:
+        net = up(home, validators=1, timeout_commit="500ms")  # inside: a failed start is stopped too
         state = net.load()
         svc = next(s for s in state.services if s.name == "node0")
         net.stop("node0")
