@@ -49,6 +49,7 @@ from haca.types.batch import MsgSettleBatch
 from haca.types.llm import LlmRequestError
 from haca.types.tensor import tensors_to_json
 
+INLINE_LIMIT_S = 0.0005  # tensor models faster than this run on the event loop, not in the pool
 MAX_FRAME = 8 << 20  # 8 MiB either way: a node's largest body (1 MiB) as JSON, with room
 HEADER_SIZE = 4
 
@@ -94,6 +95,7 @@ class EnclaveServer:
         # llama.cpp keeps a team of compute threads per calling thread: each LLM runs on its own
         # threads (one per slot), never on a shared pool (see haca.node.openai_api.Admission).
         self._llm_threads: dict[str, ThreadPoolExecutor] = {}
+        self._slowest: dict[str, float] = {}  # per tensor model: its slowest recent run (seconds)
         self._ops: dict[str, Callable[[dict[str, Any]], Any]] = {
             "key": self._key,
             "attest": self._attest,
@@ -164,9 +166,20 @@ class EnclaveServer:
     async def _infer(self, request: dict[str, Any]) -> dict[str, Any]:
         model_id, terms = fields.model_id(request.get("model_id")), Terms.from_json(request.get("terms"))
         raw = request.get("input")
-        loop = asyncio.get_running_loop()
-        outputs, signed = await loop.run_in_executor(self._pool, self.enclave.infer, model_id, raw, terms)
+        if self._slowest.get(model_id, INLINE_LIMIT_S) < INLINE_LIMIT_S:
+            # a model that answers in well under a millisecond runs here: a thread hop costs more
+            started = time.perf_counter()
+            outputs, signed = self.enclave.infer(model_id, raw, terms)
+        else:
+            loop = asyncio.get_running_loop()
+            started = time.perf_counter()
+            outputs, signed = await loop.run_in_executor(self._pool, self.enclave.infer, model_id, raw, terms)
+        self._note_time(model_id, time.perf_counter() - started)
         return {"output": tensors_to_json(outputs), "receipt": signed.to_json()}
+
+    def _note_time(self, model_id: str, seconds: float) -> None:
+        """The slowest of this model's recent requests (decaying), which decides where it runs."""
+        self._slowest[model_id] = max(seconds, self._slowest.get(model_id, seconds) * 0.9)
 
     async def _generate(self, request: dict[str, Any], stream: _Stream, send: Callable[[bytes], None]) -> None:
         model_id, terms = fields.model_id(request.get("model_id")), Terms.from_json(request.get("terms"))
