@@ -39,9 +39,7 @@ def serve(
 ) -> None:
     """Serve the enclave on a Unix socket; `--platform auto` never falls back to dev."""
     from haca.enclave.main import serve as serve_enclave
-    from haca.logs import configure_logging
 
-    configure_logging()
     args = argparse.Namespace(
         socket=socket,
         platform=platform,

@@ -67,6 +67,10 @@ async def serve(args: argparse.Namespace) -> None:
         args.platform, measurement, args.platform_dir, args.debug, args.tdx_collateral, args.snp_vcek
     )
     gpus = open_gpus(args.gpu, args.platform_dir)
+    # only now: a refusal above leaves the process's (or a test runner's) output streams alone
+    from haca.logs import configure_logging
+
+    configure_logging()
     models = ModelStore(args.models_dir, args.hub)
     enclave = Enclave(platform, measurement, models, gpus)
     server = EnclaveServer(enclave, args.socket)
@@ -124,9 +128,6 @@ def main(argv: list[str] | None = None) -> None:
         elif args.command == "measure":
             measure(args.files)
         else:
-            from haca.logs import configure_logging
-
-            configure_logging()
             asyncio.run(serve(args))
     except (OSError, ValueError, RuntimeError, PlatformUnavailable) as exc:
         print(f"error: {exc}", file=sys.stderr)
