@@ -31,18 +31,24 @@ from haca.chain.errors import (
     AlreadySettled,
     ChainError,
     ClaimConflict,
-    EnclaveNotInGoodStanding,
     FeeAboveLimit,
-    InsufficientEscrow,
     InvalidEvidence,
     InvalidPayment,
-    MeasurementNotApproved,
     Unauthorized,
 )
 from haca.chain.events import Event
+from haca.chain.modules.inference.checks import (
+    check_escrow,
+    check_fee,
+    check_height_hint,
+    check_mode_registered,
+    check_not_settled,
+    check_settlement_window,
+    check_stake,
+    check_standing,
+)
 from haca.chain.modules.inference.keeper import InferenceKeeper
 from haca.chain.modules.inference.payment import check_authorisation
-from haca.chain.modules.inference.settle import check_fee, check_settlement_window
 from haca.chain.modules.registry.keeper import RegistryKeeper
 from haca.chain.modules.tee.keeper import TeeKeeper
 from haca.chain.tx import TxContext
@@ -60,10 +66,8 @@ def settle_batch(
 ) -> list[Event]:
     node_address, state = ctx.signer, ctx.state
     node = registry.node(state, node_address)
-    if msg.mode not in node["modes"]:
-        raise Unauthorized(f"node {node_address} is not registered for mode {msg.mode!r}")
-    if keeper.staking is not None:
-        keeper.staking.require_stake(state, node_address, (msg.mode,))
+    check_mode_registered(node_address, node, msg.mode)
+    check_stake(keeper, state, node_address, msg.mode)
     ids = msg.receipt_ids(ctx.chain_id, node_address)
     header = msg.header(ctx.chain_id, node_address)
     batch_id = header.id
@@ -197,13 +201,7 @@ class _BatchRun:
         key = (model, height)
         if key not in self._standing:
             self._standing[key] = self.tee.standing(self.ctx.state, self.signer, height, name)
-        standing = self._standing[key]
-        if standing is None:  # the key was checked to be the node's enclave at the start
-            raise InvalidEvidence(f"enclave key {self.signer} is not attested")
-        if not standing.approved:
-            raise MeasurementNotApproved(standing.detail)
-        if not standing.covered:
-            raise EnclaveNotInGoodStanding(standing.detail)
+        check_standing(self.signer, self._standing[key])  # the key was checked to be the node's at the start
 
     def _escrow(self, lane: int) -> int:
         have = self.lane_escrow[lane]
@@ -216,8 +214,7 @@ class _BatchRun:
         """Raise the item's refusal, or count it as settling (fees added to the running sums)."""
         item = self.msg.items[index]
         a = item.allowance
-        if item.height_hint > self.ctx.height:
-            raise InvalidPayment(f"receipt claims height {item.height_hint}, the chain is at {self.ctx.height}")
+        check_height_hint(item.height_hint, self.ctx.height)
         check_settlement_window(self.ctx.height, item.height_hint, self.params.claim_window)
         manifest = self._manifest(item.model, item.height_hint)
         if self.msg.mode == Mode.TEE:
@@ -233,16 +230,11 @@ class _BatchRun:
         if request in self.seen:
             raise AlreadySettled(f"request 0x{item.request_id.hex()} is in this batch twice")
         client = allowance.client
-        if (previous := self.keeper.settled_receipt(self.ctx.state, client, "0x" + item.request_id.hex())) is not None:
-            raise AlreadySettled(f"request 0x{item.request_id.hex()} of {client} was settled by receipt {previous}")
+        check_not_settled(self.keeper, self.ctx.state, client, "0x" + item.request_id.hex())
         lane = self.lane_of[a]
         settlement_fee = self.params.settlement_fee_for(item.fee)
         owed, have = self.lane_owed[lane], self._escrow(lane)
-        if have < owed + item.fee + settlement_fee:
-            raise InsufficientEscrow(
-                f"escrow of {client} for {self.ctx.signer} is {have}, {owed} already charged in this batch;"
-                f" fee {item.fee} + settlement fee {settlement_fee} needed"
-            )
+        check_escrow(have, item.fee, settlement_fee, client, self.ctx.signer, owed)
         self.seen.add(request)
         self.charged[a] += item.fee
         self.burned[a] += settlement_fee

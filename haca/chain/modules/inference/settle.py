@@ -16,16 +16,22 @@ from __future__ import annotations
 from typing import Any
 
 from haca.chain.errors import (
-    AlreadySettled,
-    AuthorizationExpired,
     EnclaveNotInGoodStanding,
-    InsufficientEscrow,
     InvalidEvidence,
     InvalidPayment,
     MeasurementNotApproved,
     Unauthorized,
 )
 from haca.chain.events import Event
+from haca.chain.modules.inference.checks import (
+    check_escrow,
+    check_fee,
+    check_height_hint,
+    check_model_registered,
+    check_not_settled,
+    check_settlement_window,
+    check_stake,
+)
 from haca.chain.modules.inference.claims import resolve_claim
 from haca.chain.modules.inference.keeper import InferenceKeeper, claim_held
 from haca.chain.modules.inference.payment import check_payment_for
@@ -38,7 +44,6 @@ from haca.proofs.zk.srs import srs_file
 from haca.types.inference import SettlementItem
 from haca.types.modes import Mode
 from haca.types.payment import SpendingAllowance
-from haca.types.registry import token_fee
 
 
 def settle_item(
@@ -49,8 +54,7 @@ def settle_item(
         raise Unauthorized(f"receipt is from node {receipt.node}; only that node may settle it")
     if receipt.chain_id != ctx.chain_id:
         raise InvalidPayment(f"receipt is for chain {receipt.chain_id!r}")
-    if receipt.height_hint > ctx.height:
-        raise InvalidPayment(f"receipt claims height {receipt.height_hint}, the chain is at {ctx.height}")
+    check_height_hint(receipt.height_hint, ctx.height)
     params = keeper.params(ctx.state)
     claimed = keeper.claim(ctx.state, item.receipt.id) is not None
     if not claimed:
@@ -59,12 +63,8 @@ def settle_item(
         check_settlement_window(ctx.height, receipt.height_hint, params.claim_window)
     manifest = registry.model_in_effect(ctx.state, receipt.model_id, receipt.height_hint, receipt.node)
     node = registry.node(ctx.state, ctx.signer)
-    if receipt.mode not in manifest["modes"]:
-        raise Unauthorized(f"model {manifest['name']!r} does not allow mode {receipt.mode!r}")
-    if receipt.mode not in node["modes"] or manifest["name"] not in node["models"]:
-        raise Unauthorized(f"node {ctx.signer} is not registered for {manifest['name']!r} in mode {receipt.mode!r}")
-    if keeper.staking is not None:  # a node below the mode's minimum stake cannot be paid for it
-        keeper.staking.require_stake(ctx.state, ctx.signer, (receipt.mode,))
+    check_model_registered(ctx.signer, node, manifest, receipt.mode)
+    check_stake(keeper, ctx.state, ctx.signer, receipt.mode)
     vctx = VerifyContext(
         ctx.chain_id,
         ctx.height,
@@ -87,8 +87,7 @@ def settle_item(
     if not claimed:
         _check_payment(ctx, keeper, item)
     # (a claimed receipt's payment is its claim: checked when it was made, its hold pays)
-    if (previous := keeper.settled_receipt(ctx.state, receipt.client, receipt.request_id)) is not None:
-        raise AlreadySettled(f"request {receipt.request_id} of {receipt.client} was settled by receipt {previous}")
+    check_not_settled(keeper, ctx.state, receipt.client, receipt.request_id)
     if verdict.provisional:
         # CheckTx with the proof left to the block: the mempool's state must not show the receipt
         # settled (a junk proof would keep the client's claim out of the mempool until it fails).
@@ -101,11 +100,7 @@ def settle_item(
     if resolved is not None:  # at the claim's terms
         settlement_fee, payment_kind = claim_held(resolved[1]) - receipt.fee, str(resolved[1]["payment"])
     escrow = keeper.escrow(ctx.state, receipt.client, receipt.node)
-    if escrow < receipt.fee + settlement_fee:
-        raise InsufficientEscrow(
-            f"escrow of {receipt.client} for {receipt.node} is {escrow};"
-            f" fee {receipt.fee} + settlement fee {settlement_fee} needed"
-        )
+    check_escrow(escrow, receipt.fee, settlement_fee, receipt.client, receipt.node)
     keeper.pay_from_escrow(ctx.state, receipt.client, receipt.node, receipt.node, receipt.fee)
     keeper.burn_from_escrow(ctx.state, receipt.client, receipt.node, settlement_fee)
     record: dict[str, Any] = {
@@ -126,32 +121,6 @@ def settle_item(
     keeper.record_settlement(ctx.state, record)
     settled = Event("settle", {k: str(v) for k, v in record.items()})
     return [settled] if resolved is None else [resolved[0], settled]
-
-
-def check_settlement_window(height: int, height_hint: int, window: int) -> None:
-    if height > height_hint + window:
-        raise AuthorizationExpired(
-            f"receipt of height {height_hint} is older than the settlement window of {window} blocks"
-            f" (this is height {height}): it can no longer be settled, nor claimed"
-        )
-
-
-def check_fee(manifest: dict[str, Any], fee: int, prompt_tokens: int, completion_tokens: int, height: int) -> None:
-    """The fee is at least the model's price in effect at the receipt's height: per request (or
-    row: one at least), or, for an LLM, per token for the tokens the receipt says it used."""
-    tokens = prompt_tokens + completion_tokens
-    if manifest["price_unit"] == "token":
-        if tokens > int(manifest["max_rows"]):
-            raise InvalidPayment(f"receipt counts {tokens} tokens; the model allows {manifest['max_rows']} a request")
-        prices = int(manifest["price"]), int(manifest.get("completion_price", 0))
-        floor = token_fee(*prices, prompt_tokens, completion_tokens)
-        what = f" of {prompt_tokens} prompt + {completion_tokens} completion tokens"
-    else:
-        if tokens:
-            raise InvalidPayment(f"receipt counts tokens; model {manifest['name']!r} is not priced per token")
-        floor, what = int(manifest["price"]), ""
-    if fee < floor:
-        raise InvalidPayment(f"fee {fee} is below the price {floor}{what} in effect at height {height}")
 
 
 def _circuit(
