@@ -54,7 +54,7 @@ from haca.chain.modules.tee.keeper import TeeKeeper
 from haca.chain.tx import TxContext
 from haca.crypto.keys import SignatureError
 from haca.proofs.verifier import EnclaveStanding
-from haca.types.batch import MsgSettleBatch
+from haca.types.batch import BatchMark, MsgSettleBatch
 from haca.types.modes import Mode, Status
 from haca.types.payment import SpendingAllowance
 
@@ -104,10 +104,8 @@ def settle_batch(
         except ChainError as exc:
             rejected.append({"index": index, "code": exc.code, "log": str(exc)[:MAX_REASON]})
             continue
-        # canonical JSON (sorted keys, no spaces) of {receipt_id, batch, index, status, height}, built directly
-        mark = f'{{"batch":"{batch_id}","height":{ctx.height},"index":{index},"receipt_id":"{receipt_id}",'
-        mark += f'"status":"{status}"}}'
-        keeper.record_batch_item(state, run.clients[item.allowance], item.request_id, mark.encode())
+        mark = BatchMark(batch_id, ctx.height, index, receipt_id, status)
+        keeper.record_batch_item(state, run.clients[item.allowance], item.request_id, mark.canonical())
     fees, burned = run.pay(keeper, state)
     record = {
         "batch_id": batch_id,
