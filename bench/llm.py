@@ -45,7 +45,7 @@ import json
 import os
 import platform
 import shutil
-import signal
+import statistics
 import sys
 import threading
 import time
@@ -57,8 +57,19 @@ from typing import Any
 import httpx
 import llama_cpp
 import orjson
-from tee import cpu_seconds
-from zk import _terminate, foreign_devnet_processes, haca_source, leftover_processes, meminfo_mb, now, spread
+from common import (
+    cpu_seconds,
+    exit_on_sigterm,
+    fmt,
+    foreign_devnet_processes,
+    loadavg,
+    machine,
+    meminfo_mb,
+    spread,
+    stop_devnet,
+    timestamp,
+    work_dir,
+)
 
 from haca.client.sdk import Client
 from haca.devnet.network import Devnet, up
@@ -67,7 +78,6 @@ from haca.runtime.llm import smollm2_path
 
 ROOT = Path(__file__).resolve().parent
 RESULTS = ROOT / "results" / "llm.json"
-WORK = ROOT / ".work"
 TARGET_TOKENS_PER_S_RATIO = 0.95
 TARGET_TTFT_ADDED_MS = 20.0
 CONTEXT = EXAMPLE_LLM_TERMS[2]
@@ -155,10 +165,6 @@ def node_request(http: httpx.Client, url: str, mode: str, i: int, max_tokens: in
     return figures(start, first, end, last["usage"]["completion_tokens"], finish, "".join(pieces))
 
 
-def median(values: list[float]) -> float:
-    return sorted(values)[len(values) // 2]
-
-
 KEYS = ("ttft_ms", "tokens_per_s", "end_to_end_tokens_per_s", "latency_s")
 
 
@@ -198,15 +204,15 @@ def paired(
             cpu[name] += cpu_seconds(pid) - p[name]
         pairs.append((b, x))
     out: dict[str, Any] = {
-        "bare": {k: round(median([b[k] for b, _ in pairs]), 3) for k in KEYS},
-        "node": {k: round(median([x[k] for _, x in pairs]), 3) for k in KEYS},
-        "tokens_per_s_ratio": round(median([x["tokens_per_s"] / b["tokens_per_s"] for b, x in pairs]), 3),
+        "bare": {k: round(statistics.median([b[k] for b, _ in pairs]), 3) for k in KEYS},
+        "node": {k: round(statistics.median([x[k] for _, x in pairs]), 3) for k in KEYS},
+        "tokens_per_s_ratio": round(statistics.median([x["tokens_per_s"] / b["tokens_per_s"] for b, x in pairs]), 3),
         "end_to_end_ratio": round(
-            median([x["end_to_end_tokens_per_s"] / b["end_to_end_tokens_per_s"] for b, x in pairs]), 3
+            statistics.median([x["end_to_end_tokens_per_s"] / b["end_to_end_tokens_per_s"] for b, x in pairs]), 3
         ),
-        "ttft_added_ms": round(median([x["ttft_ms"] - b["ttft_ms"] for b, x in pairs]), 3),
+        "ttft_added_ms": round(statistics.median([x["ttft_ms"] - b["ttft_ms"] for b, x in pairs]), 3),
         "cpu_s_per_request": {k: round(v / n, 3) for k, v in cpu.items()},
-        "settle_wait_s": round(median(waits), 3),
+        "settle_wait_s": round(statistics.median(waits), 3),
     }
     return out, [r["finish_reason"] for pair in pairs for r in pair]
 
@@ -248,7 +254,7 @@ def floor_ms(http: httpx.Client, url: str, n: int, pause: float = 0.0) -> float:
         times.append((time.perf_counter() - start) * 1e3)
         if status != 404:
             raise RuntimeError(f"a request for an unknown model answered {status}, not 404")
-    return round(median(times), 3)
+    return round(statistics.median(times), 3)
 
 
 def bench(home: Path, args: argparse.Namespace) -> dict[str, Any]:
@@ -357,17 +363,7 @@ def bench(home: Path, args: argparse.Namespace) -> dict[str, Any]:
         }
         return result
     finally:
-        try:
-            if net.exists():
-                net.stop()
-        finally:
-            left = leftover_processes(home)
-            for pid in left:  # ours, by id: a devnet process that outlived stop()
-                with contextlib.suppress(OSError):
-                    os.kill(pid, signal.SIGKILL)
-            shutil.rmtree(home, ignore_errors=True)
-            if left:
-                print(f"killed {len(left)} devnet processes left after stop: {left}", flush=True)
+        stop_devnet(net, home)
 
 
 def gpu() -> str:
@@ -385,16 +381,10 @@ def cpu_model() -> str:
 
 
 def run(args: argparse.Namespace) -> dict[str, Any]:
-    work = WORK / f"llm-{os.getpid()}"
-    work.mkdir(parents=True)
-    load_before, foreign = round(os.getloadavg()[0], 2), foreign_devnet_processes(work)
     started = time.perf_counter()
-    try:
+    with work_dir("llm") as work:
+        load_before, foreign = loadavg(), foreign_devnet_processes(work)
         result = bench(work / "home", args)
-    finally:
-        shutil.rmtree(work, ignore_errors=True)
-        with contextlib.suppress(OSError):
-            WORK.rmdir()
     conc = result[f"concurrency_{args.concurrency}"]
     summary: dict[str, Any] = {}
     for mode in ("vanilla", "tee"):  # vanilla is the headline; tee the same figures with receipts from the enclave
@@ -450,26 +440,17 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         },
         **result,
         "seconds": {"total": round(time.perf_counter() - started, 1)},
-        "machine": {
-            "cpu_count": os.cpu_count(),
-            "cpu_model": cpu_model(),
-            "mem_total_mb": meminfo_mb("MemTotal"),
-            "gpu": gpu(),
-            "llama_cpp_python": llama_cpp.__version__,
-            "llama_supports_gpu_offload": bool(llama_cpp.llama_supports_gpu_offload()),
-            "python": platform.python_version(),
-            "platform": platform.platform(),
-            "haca_source": haca_source(),
-            "loadavg_1m_before": load_before,
-            "loadavg_1m_after": round(os.getloadavg()[0], 2),
-            "other_cometbft_processes_at_start": foreign,
-        },
-        "date": now(),
+        "machine": machine(
+            load_before,
+            foreign,
+            cpu_model=cpu_model(),
+            mem_total_mb=meminfo_mb("MemTotal"),
+            gpu=gpu(),
+            llama_cpp_python=llama_cpp.__version__,
+            llama_supports_gpu_offload=bool(llama_cpp.llama_supports_gpu_offload()),
+        ),
+        "date": timestamp(),
     }
-
-
-def fmt(s: dict[str, float]) -> str:
-    return f"{s['min']} / {s['median']} / {s['max']}"
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -488,7 +469,7 @@ def main(argv: list[str] | None = None) -> int:
         or args.max_tokens < 2
     ):
         parser.error("every count must be positive (max_tokens at least 2)")
-    signal.signal(signal.SIGTERM, _terminate)
+    exit_on_sigterm()
     result = run(args)
     args.output.parent.mkdir(parents=True, exist_ok=True)
     args.output.write_text(json.dumps(result, indent=2) + "\n")

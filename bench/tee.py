@@ -28,31 +28,39 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import contextlib
 import json
 import os
-import platform
 import secrets
 import shutil
-import signal
 import subprocess
 import sys
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import replace
-from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
 import httpx
+from common import (
+    cpu_seconds,
+    exit_on_sigterm,
+    fmt,
+    foreign_devnet_processes,
+    loadavg,
+    machine,
+    node_requests,
+    percentile,
+    post_all,
+    spread,
+    timestamp,
+    work_dir,
+)
 from tendermint.abci import types_pb2 as abci
 
-import haca
 from haca.chain.app import HacaApp
 from haca.chain.genesis import AppGenesis, GenesisAccount, TeeGenesis
 from haca.chain.modules.auth.keeper import FeeParams
 from haca.chain.store import CommitStore
-from haca.client.payment import PaymentOffer, sign_payment
 from haca.client.sdk import Client
 from haca.crypto.hashing import sha256
 from haca.crypto.keys import PrivateKey
@@ -97,24 +105,6 @@ ENCLAVE = PrivateKey.from_seed("bench-tee-enclave")
 FEE = 2_000
 SCHEMA = {"x": {"dtype": "float32", "shape": [1, 4]}}
 MODEL = MsgRegisterModel("bench", "sha256:" + sha256(b"bench").hex(), SCHEMA, SCHEMA, ("tee", "vanilla"), 1_000)
-
-
-# --- statistics -------------------------------------------------------------------------------------------
-
-
-def spread(values: Sequence[float], digits: int = 3) -> dict[str, float]:
-    ordered = sorted(values)
-    return {
-        "min": round(ordered[0], digits),
-        "median": round(ordered[len(ordered) // 2], digits),
-        "max": round(ordered[-1], digits),
-        "runs": len(ordered),
-    }
-
-
-def percentile(values: Sequence[float], q: float) -> float:
-    ordered = sorted(values)
-    return ordered[min(len(ordered) - 1, int(q * len(ordered)))]
 
 
 # --- receipts ---------------------------------------------------------------------------------------------
@@ -383,49 +373,12 @@ def bench_attestations(dev: tuple[bytes, bytes, bytes], rounds: int, reps: int, 
 # --- node latency on a devnet -----------------------------------------------------------------------------
 
 
-async def load(url: str, requests: list[tuple[bytes, dict[str, str]]], concurrency: int) -> list[float]:
-    """Send every request once, `concurrency` in flight; each must answer 200. The latencies (s), in
-    the order of `requests`."""
-    queue: asyncio.Queue[int] = asyncio.Queue()
-    for i in range(len(requests)):
-        queue.put_nowait(i)
-    latencies = [0.0] * len(requests)
-    limits = httpx.Limits(max_connections=concurrency, max_keepalive_connections=concurrency)
-    async with httpx.AsyncClient(limits=limits, timeout=60) as http:
-
-        async def worker() -> None:
-            while not queue.empty():
-                i = queue.get_nowait()
-                body, headers = requests[i]
-                t = time.perf_counter()
-                response = await http.post(url, content=body, headers={"content-type": "application/json", **headers})
-                latencies[i] = time.perf_counter() - t
-                if response.status_code != 200:
-                    raise RuntimeError(f"{url}: HTTP {response.status_code}: {response.text[:300]}")
-
-        await asyncio.gather(*(worker() for _ in range(concurrency)))
-    return latencies
-
-
-def node_requests(
-    client: Client, url: str, model: str, example: Any, mode: str, n: int
-) -> list[tuple[bytes, dict[str, str]]]:
-    """`n` requests in `mode`, each with its own signed payment for that mode (signed here, untimed)."""
-    body = json.dumps({"model": model, "mode": mode, "input": example}).encode()
-    first = httpx.post(url, content=body, headers={"content-type": "application/json"})
-    if first.status_code != 402:
-        raise RuntimeError(f"an unpaid {mode} request answered HTTP {first.status_code}, not 402")
-    offer = PaymentOffer.from_402(first.json(), model, mode)
-    fee = offer.fee(len(example) if offer.price_unit == "row" else 1)
-    return [(body, {"X-PAYMENT": sign_payment(client.key, offer, fee)[1]}) for _ in range(n)]
-
-
 def check_tee_answer(client: Client, url: str, model: str, example: Any, socket_path: Path) -> dict[str, Any]:
     """One paid tee request: its receipt must be signed by the enclave's key (not the node's account
     key), and its output must equal a vanilla request's (the enclave ran the same model)."""
     answers = {}
     for mode in ("tee", "vanilla"):
-        ((body, headers),) = node_requests(client, url, model, example, mode, 1)
+        ((body, headers),) = node_requests(client, url, model, example, 1, mode)
         answers[mode] = httpx.post(url, content=body, headers={"content-type": "application/json", **headers}).json()
     signed = SignedReceipt.from_json(answers["tee"]["receipt"])
     signer = signed.receipt.signer(signed.signature)
@@ -578,7 +531,7 @@ def enclave_under_load(
     probe = subprocess.Popen([*args, "1.5"], stdout=subprocess.PIPE, text=True)
     try:
         time.sleep(0.3)  # the probe is connected before the load starts
-        asyncio.run(load(url, reqs, concurrency))
+        asyncio.run(post_all(url, reqs, concurrency))
         loaded = json.loads(probe.communicate(timeout=60)[0])
     finally:
         if probe.poll() is None:
@@ -591,12 +544,6 @@ def enclave_under_load(
         f"under_c{concurrency}_vanilla_load_p90_us": round(loaded["p90_us"], 1),
         "calls_under_load": loaded["calls"],
     }
-
-
-def cpu_seconds(pid: int) -> float:
-    """User + system CPU seconds of process `pid` so far (all its threads), from /proc."""
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 def bench_node(work: Path, platform_dir: Path, args: argparse.Namespace) -> dict[str, Any]:
@@ -620,7 +567,7 @@ def bench_node(work: Path, platform_dir: Path, args: argparse.Namespace) -> dict
         result["tee_answer"] = check_tee_answer(client, url, args.model, example, net.enclave_socket("enclave0"))
         for concurrency in (1, 16):  # warm-up, both modes
             for mode in ("tee", "vanilla"):
-                asyncio.run(load(url, node_requests(client, url, args.model, example, mode, 100), concurrency))
+                asyncio.run(post_all(url, node_requests(client, url, args.model, example, 100, mode), concurrency))
         detail = []
         for r in range(args.rounds):
             figures: dict[str, Any] = {}
@@ -631,10 +578,10 @@ def bench_node(work: Path, platform_dir: Path, args: argparse.Namespace) -> dict
                 elapsed = {"tee": 0.0, "vanilla": 0.0}
                 for b in range(args.batches):  # A B B A …: tee and vanilla batches take turns
                     for mode in ("tee", "vanilla") if (b + r) % 2 == 0 else ("vanilla", "tee"):
-                        reqs = node_requests(client, url, args.model, example, mode, args.batch)
+                        reqs = node_requests(client, url, args.model, example, args.batch, mode)
                         before = {proc: cpu_seconds(pid) for proc, pid in measured.items()}
                         t = time.perf_counter()
-                        latencies[mode] += asyncio.run(load(url, reqs, concurrency))
+                        latencies[mode] += asyncio.run(post_all(url, reqs, concurrency))[0]
                         elapsed[mode] += time.perf_counter() - t
                         for proc, pid in measured.items():
                             cpu[(mode, proc)] += cpu_seconds(pid) - before[proc]
@@ -651,10 +598,10 @@ def bench_node(work: Path, platform_dir: Path, args: argparse.Namespace) -> dict
                 row["tee_minus_vanilla_p50_ms"] = round(row["tee_p50_ms"] - row["vanilla_p50_ms"], 3)
                 # The same requests interleaved one by one (tee, vanilla, tee, …) in one load: both modes
                 # meet exactly the same machine, so the difference is what tee adds on a request's path.
-                tee_reqs = node_requests(client, url, args.model, example, "tee", args.mixed)
-                vanilla_reqs = node_requests(client, url, args.model, example, "vanilla", args.mixed)
+                tee_reqs = node_requests(client, url, args.model, example, args.mixed, "tee")
+                vanilla_reqs = node_requests(client, url, args.model, example, args.mixed, "vanilla")
                 mixed = [req for pair in zip(tee_reqs, vanilla_reqs, strict=True) for req in pair]
-                mixed_latencies = asyncio.run(load(url, mixed, concurrency))
+                mixed_latencies = asyncio.run(post_all(url, mixed, concurrency))[0]
                 row["mixed_tee_p50_ms"] = round(percentile(mixed_latencies[0::2], 0.5) * 1e3, 3)
                 row["mixed_vanilla_p50_ms"] = round(percentile(mixed_latencies[1::2], 0.5) * 1e3, 3)
                 row["mixed_ratio"] = round(row["mixed_tee_p50_ms"] / row["mixed_vanilla_p50_ms"], 3)
@@ -674,7 +621,7 @@ def bench_node(work: Path, platform_dir: Path, args: argparse.Namespace) -> dict
         result["enclave_round_trip"] = enclave_round_trip(
             socket_path, platform_dir, model_path, example, client.chain.chain_id, node_address, 2000
         )
-        reqs = node_requests(client, url, args.model, example, "vanilla", 4 * args.batch)
+        reqs = node_requests(client, url, args.model, example, 4 * args.batch, "vanilla")
         model_id = "sha256:" + sha256(model_path.read_bytes()).hex()
         result["enclave_under_load"] = enclave_under_load(
             socket_path, model_id, example, bench_terms(client.chain.chain_id, node_address), url, reqs, 16
@@ -693,31 +640,6 @@ def bench_node(work: Path, platform_dir: Path, args: argparse.Namespace) -> dict
 # --- the run ----------------------------------------------------------------------------------------------
 
 
-def haca_source() -> str:
-    root = Path(haca.__file__).resolve().parents[1]
-    done = subprocess.run(
-        ["git", "-C", str(root), "describe", "--always", "--dirty"], capture_output=True, text=True, check=False
-    )
-    return done.stdout.strip() if done.returncode == 0 else str(root)
-
-
-def foreign_devnet_processes(mine: Path) -> int:
-    """CometBFT processes on this machine not under `mine` (other sessions' networks share the cores)."""
-    count = 0
-    for entry in Path("/proc").iterdir():
-        if not entry.name.isdigit():
-            continue
-        with contextlib.suppress(OSError):
-            cmd = (entry / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
-            if "cometbft node" in cmd and str(mine) not in cmd:
-                count += 1
-    return count
-
-
-def _terminate(signum: int, frame: object) -> None:
-    raise SystemExit(128 + signum)  # unwinds through the `finally` blocks that stop the devnet
-
-
 def timed(label: str, fn: Callable[[], dict[str, Any]], seconds: dict[str, float]) -> dict[str, Any]:
     print(f"{label} …", flush=True)
     started = time.perf_counter()
@@ -727,13 +649,10 @@ def timed(label: str, fn: Callable[[], dict[str, Any]], seconds: dict[str, float
 
 
 def run(args: argparse.Namespace) -> dict[str, Any]:
-    work = WORK / f"tee-{os.getpid()}"
-    work.mkdir(parents=True)
-    load_before = round(os.getloadavg()[0], 2)
-    foreign = foreign_devnet_processes(work)
     seconds: dict[str, float] = {}
     result: dict[str, Any] = {"rounds": args.rounds}
-    try:
+    with work_dir("tee") as work:
+        load_before, foreign = loadavg(), foreign_devnet_processes(work)
         dev = dev_platform(work / "dev")
         result["verify"] = timed(
             "verify: TeeVerifier / VanillaVerifier", lambda: bench_verify(args.rounds, args.receipts), seconds
@@ -755,10 +674,6 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
                 lambda: bench_node(work / "node", work / "dev" / "platform", args),
                 seconds,
             )
-    finally:
-        shutil.rmtree(work, ignore_errors=True)
-        with contextlib.suppress(OSError):
-            WORK.rmdir()
     v = result["verify"]
     summary: dict[str, Any] = {
         "tee_receipts_verified_per_s_one_core": v["tee_receipts_verified_per_s_one_core"],
@@ -789,21 +704,9 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         }
     result = {"summary": summary, **result}
     result["seconds"] = seconds
-    result["machine"] = {
-        "cpu_count": os.cpu_count(),
-        "python": platform.python_version(),
-        "platform": platform.platform(),
-        "haca_source": haca_source(),
-        "loadavg_1m_before": load_before,
-        "loadavg_1m_after": round(os.getloadavg()[0], 2),
-        "other_cometbft_processes_at_start": foreign,
-    }
-    result["date"] = datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+    result["machine"] = machine(load_before, foreign)
+    result["date"] = timestamp()
     return result
-
-
-def fmt(s: dict[str, float]) -> str:
-    return f"{s['min']} / {s['median']} / {s['max']}"
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -834,7 +737,7 @@ def main(argv: list[str] | None = None) -> int:
         < 1
     ):
         parser.error("every count must be positive")
-    signal.signal(signal.SIGTERM, _terminate)
+    exit_on_sigterm()
     started = time.perf_counter()
     result = run(args)
     result["seconds"]["total"] = round(time.perf_counter() - started, 1)

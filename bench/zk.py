@@ -34,20 +34,30 @@ import argparse
 import contextlib
 import json
 import os
-import platform
 import resource
 import secrets
-import shutil
-import signal
 import subprocess
 import sys
 import time
-from collections.abc import Callable, Sequence
-from datetime import UTC, datetime
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-import haca
+from common import (
+    exit_on_sigterm,
+    fmt,
+    foreign_devnet_processes,
+    loadavg,
+    machine,
+    mean,
+    meminfo_mb,
+    percentile,
+    spread,
+    stop_devnet,
+    timestamp,
+    work_dir,
+)
+
 from haca.chain.modules.auth.keeper import FeeParams
 from haca.chain.modules.inference.keeper import InferenceParams
 from haca.client.sdk import Client
@@ -75,7 +85,6 @@ from haca.types.tx import build_tx
 ROOT = Path(__file__).resolve().parent
 REPO = ROOT.parent
 RESULTS = ROOT / "results" / "zk.json"
-WORK = ROOT / ".work"
 BUILD = REPO / "build"
 MODELS = BUILD / "models"
 SETUP_SRS = BUILD / "srs"  # make setup's dev SRS (logrows 15)
@@ -95,32 +104,6 @@ BUILD_NOTE = "bench-build.json"  # how long building the circuit took, when this
 CHAIN_ID = "haca-bench-zk"
 NODE = PrivateKey.from_seed("bench-zk-node")
 CLIENT = PrivateKey.from_seed("bench-zk-client")
-
-
-# --- statistics -------------------------------------------------------------------------------------------
-
-
-def spread(values: Sequence[float], digits: int = 3) -> dict[str, float]:
-    ordered = sorted(values)
-    return {
-        "min": round(ordered[0], digits),
-        "median": round(ordered[len(ordered) // 2], digits),
-        "max": round(ordered[-1], digits),
-        "runs": len(ordered),
-    }
-
-
-def percentile(values: Sequence[float], q: float) -> float:
-    ordered = sorted(values)
-    return ordered[min(len(ordered) - 1, int(q * len(ordered)))]
-
-
-def mean(values: Sequence[float]) -> float:
-    return sum(values) / len(values)
-
-
-def now() -> str:
-    return datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
 # --- circuits ---------------------------------------------------------------------------------------------
@@ -228,7 +211,7 @@ def timed_build(build: Callable[[], Circuit]) -> Circuit:
     circuit = build()
     took = time.perf_counter() - started
     if took > 2:
-        (circuit.directory / BUILD_NOTE).write_text(json.dumps({"build_s": round(took, 1), "date": now()}))
+        (circuit.directory / BUILD_NOTE).write_text(json.dumps({"build_s": round(took, 1), "date": timestamp()}))
     return circuit
 
 
@@ -400,7 +383,7 @@ def bench_prove_verify(
         figures["verify_ratio_vs_ezkl"] = round(figures["verify_ms_haca"] / figures["verify_ms_raw"], 3)
         figures["validator_verify_ratio_vs_ezkl"] = round(figures["verify_ms_validator"] / figures["verify_ms_raw"], 3)
         detail.append(figures)
-        load = {"loadavg_1m": round(os.getloadavg()[0], 2), "other_cometbft_processes": foreign_devnet_processes(work)}
+        load = {"loadavg_1m": loadavg(), "other_cometbft_processes": foreign_devnet_processes(work)}
         print(f"  {name} round {r + 1}/{rounds}: {figures} {load}", flush=True)
         loads.append(load)
     keep = work / name / "proofs"
@@ -529,7 +512,7 @@ def bench_trust_gap(work: Path, rounds: int, n: int, poll: float) -> dict[str, A
                     "settle_phase_s_p50": round(percentile([x["settle_phase_s"] for x in rows], 0.5), 3),
                     "settle_phase_s_p95": round(percentile([x["settle_phase_s"] for x in rows], 0.95), 3),
                     "other_cometbft_processes": foreign_devnet_processes(work),
-                    "loadavg_1m": round(os.getloadavg()[0], 2),
+                    "loadavg_1m": loadavg(),
                 }
                 figures["gaps_s"] = [round(x["gap_s"], 3) for x in rows]
                 detail.append(figures)
@@ -542,17 +525,7 @@ def bench_trust_gap(work: Path, rounds: int, n: int, poll: float) -> dict[str, A
                 result[key] = spread([d[key] for d in detail])
         return result
     finally:
-        try:
-            if net.exists():
-                net.stop()
-        finally:
-            left = leftover_processes(home)
-            for pid in left:  # ours, by id: a devnet process that outlived stop()
-                with contextlib.suppress(OSError):
-                    os.kill(pid, signal.SIGKILL)
-            shutil.rmtree(home, ignore_errors=True)
-            if left:
-                print(f"killed {len(left)} devnet processes left after stop: {left}", flush=True)
+        stop_devnet(net, home)
 
 
 # --- (d) where this machine stops coping ------------------------------------------------------------------
@@ -571,13 +544,6 @@ def probe_worker(spec: dict[str, Any]) -> dict[str, Any]:
     verify_ms = (time.perf_counter() - started) * 1e3
     Path(spec["proof_out"]).write_bytes(proof.proof)
     return {"prove_s": round(prove_s, 2), "verify_ms": round(verify_ms, 1), **proof_sizes(proof.proof)}
-
-
-def meminfo_mb(field: str) -> int:
-    for line in Path("/proc/meminfo").read_text().splitlines():
-        if line.startswith(field + ":"):
-            return int(line.split()[1]) // 1024
-    return -1
 
 
 def probe_child_rss(spec: dict[str, Any], timeout: float) -> tuple[int, dict[str, Any] | str, float]:
@@ -611,44 +577,11 @@ def probe_child_rss(spec: dict[str, Any], timeout: float) -> tuple[int, dict[str
 # --- the run ----------------------------------------------------------------------------------------------
 
 
-def haca_source() -> str:
-    root = Path(haca.__file__).resolve().parents[1]
-    done = subprocess.run(
-        ["git", "-C", str(root), "describe", "--always", "--dirty"], capture_output=True, text=True, check=False
-    )
-    return done.stdout.strip() if done.returncode == 0 else str(root)
-
-
-def cmdlines() -> dict[int, str]:
-    out = {}
-    for entry in Path("/proc").iterdir():
-        if entry.name.isdigit():
-            with contextlib.suppress(OSError):
-                out[int(entry.name)] = (entry / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
-    return out
-
-
-def foreign_devnet_processes(mine: Path) -> int:
-    """CometBFT processes on this machine not under `mine` (other sessions' networks share the cores)."""
-    return sum(1 for cmd in cmdlines().values() if "cometbft node" in cmd and str(mine) not in cmd)
-
-
-def leftover_processes(home: Path) -> list[int]:
-    return [pid for pid, cmd in cmdlines().items() if str(home) in cmd and pid != os.getpid()]
-
-
-def _terminate(signum: int, frame: object) -> None:
-    raise SystemExit(128 + signum)  # unwinds through the `finally` blocks that stop the devnet
-
-
 def run(args: argparse.Namespace) -> dict[str, Any]:
-    work = WORK / f"zk-{os.getpid()}"
-    work.mkdir(parents=True)
-    load_before = round(os.getloadavg()[0], 2)
-    foreign = foreign_devnet_processes(work)
     seconds: dict[str, float] = {}
     result: dict[str, Any] = {"rounds": args.rounds}
-    try:
+    with work_dir("zk") as work:
+        load_before, foreign = loadavg(), foreign_devnet_processes(work)
         started = time.perf_counter()
         makers = {"tiny": tiny, "mlp-regressor": mlp_regressor, "digits-cnn": digits_cnn}
         circuits = {name: makers[name]() for name in args.sizes}
@@ -691,14 +624,10 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         if args.probe:
             started = time.perf_counter()
             result["logrows_probe"] = {
-                "date": now(),
+                "date": timestamp(),
                 "rows": bench_probe(work, args.probe_timeout),
             }
             seconds["logrows_probe"] = round(time.perf_counter() - started, 1)
-    finally:
-        shutil.rmtree(work, ignore_errors=True)
-        with contextlib.suppress(OSError):
-            WORK.rmdir()
     if "logrows_probe" not in result and args.output.exists():
         with contextlib.suppress(ValueError, KeyError):
             previous = json.loads(args.output.read_text())["logrows_probe"]
@@ -707,18 +636,8 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     result["summary"] = summary(result)
     result = {"summary": result.pop("summary"), **result}
     result["seconds"] = seconds
-    result["machine"] = {
-        "cpu_count": os.cpu_count(),
-        "mem_total_mb": meminfo_mb("MemTotal"),
-        "python": platform.python_version(),
-        "platform": platform.platform(),
-        "ezkl": ezkl_version(),
-        "haca_source": haca_source(),
-        "loadavg_1m_before": load_before,
-        "loadavg_1m_after": round(os.getloadavg()[0], 2),
-        "other_cometbft_processes_at_start": foreign,
-    }
-    result["date"] = now()
+    result["machine"] = machine(load_before, foreign, mem_total_mb=meminfo_mb("MemTotal"), ezkl=ezkl_version())
+    result["date"] = timestamp()
     return result
 
 
@@ -836,10 +755,6 @@ def summary(result: dict[str, Any]) -> dict[str, Any]:
     return out
 
 
-def fmt(s: dict[str, float]) -> str:
-    return f"{s['min']} / {s['median']} / {s['max']}"
-
-
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--rounds", type=int, default=3, help="rounds of every measurement (default 3)")
@@ -871,7 +786,7 @@ def main(argv: list[str] | None = None) -> int:
     counts = (args.rounds, args.proves, args.big_proves, args.verifies, args.big_verifies, args.inferences)
     if min(counts) < 1 or args.one_core_calls < 4:
         parser.error("every count must be positive (--one-core-calls at least 4)")
-    signal.signal(signal.SIGTERM, _terminate)
+    exit_on_sigterm()
     started = time.perf_counter()
     result = run(args)
     result["seconds"]["total"] = round(time.perf_counter() - started, 1)
