@@ -17,11 +17,9 @@ from __future__ import annotations
 
 import argparse
 import base64
-import contextlib
 import itertools
 import json
 import os
-import platform
 import shutil
 import signal
 import statistics
@@ -30,7 +28,7 @@ import sys
 import threading
 import time
 from collections import Counter
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -38,9 +36,8 @@ from pathlib import Path
 from typing import Any
 
 import httpx
+from common import cpu_times, devnet_pids, exit_on_sigterm, loadavg, machine, timestamp, work_dir
 
-import haca
-import haca.types.messages  # registers MsgSend with the tx decoder
 from haca.chain.home import cometbft_binary
 from haca.chain.supervisor import set_toml_value
 from haca.client.chain import ChainClient
@@ -52,10 +49,8 @@ from haca.types.bank import MsgSend
 from haca.types.tx import build_tx
 
 BENCH = Path(__file__).resolve().parent
-WORK = BENCH / ".work"
 RESULTS = BENCH / "results"
 LOG_LEVEL = "state:info,*:error"  # what the HACA devnet uses
-CLK_TCK = os.sysconf("SC_CLK_TCK")
 
 
 class BenchError(RuntimeError):
@@ -233,16 +228,6 @@ def run_load(
     )
 
 
-def cpu_times(pids: dict[str, int]) -> dict[int, float]:
-    """utime + stime in seconds for each live pid."""
-    out: dict[int, float] = {}
-    for pid in pids.values():
-        with contextlib.suppress(FileNotFoundError, ProcessLookupError):
-            fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-            out[pid] = (int(fields[11]) + int(fields[12])) / CLK_TCK
-    return out
-
-
 def failed_results(rpc: str, blocks: list[Block]) -> Counter[str]:
     """Non-zero DeliverTx (FinalizeBlock) codes across `blocks`, as 'code N: log' counts."""
     failures: Counter[str] = Counter()
@@ -339,36 +324,6 @@ def haca_streams(client: ChainClient, keys: list[PrivateKey], counts: list[int],
         ]
         streams.append(Stream(rpcs[k % len(rpcs)], txs))
     return streams
-
-
-def devnet_pids(net: Devnet) -> dict[str, int]:
-    """{'val0/app': pid, 'val0/cometbft': pid, ...} for the devnet's app and CometBFT processes."""
-    out: dict[str, int] = {}
-    for node in net.load().nodes:
-        for pid in group_members(node.pid):
-            cmdline = proc_cmdline(pid)
-            if "haca.chain.main" in cmdline:
-                out[f"{node.name}/haca_app"] = pid
-            elif any(arg.endswith("cometbft") for arg in cmdline[:1]):
-                out[f"{node.name}/cometbft"] = pid
-            else:
-                out[f"{node.name}/supervisor"] = pid
-    return out
-
-
-def group_members(pgid: int) -> Iterator[int]:
-    for entry in os.listdir("/proc"):
-        if entry.isdigit():
-            with contextlib.suppress(ProcessLookupError):
-                if os.getpgid(int(entry)) == pgid:
-                    yield int(entry)
-
-
-def proc_cmdline(pid: int) -> list[str]:
-    try:
-        return Path(f"/proc/{pid}/cmdline").read_bytes().decode(errors="replace").split("\0")
-    except FileNotFoundError:
-        return []
 
 
 @dataclass
@@ -696,23 +651,6 @@ def round_doc(load: LoadResult) -> dict[str, Any]:
     }
 
 
-def haca_source() -> str:
-    """Where the measured `haca` package came from: its git commit (+dirty) or its path."""
-    root = Path(haca.__file__).resolve().parents[1]
-    done = subprocess.run(
-        ["git", "-C", str(root), "describe", "--always", "--dirty"], capture_output=True, text=True, check=False
-    )
-    return done.stdout.strip() if done.returncode == 0 else str(root)
-
-
-def _terminate(signum: int, frame: object) -> None:
-    raise SystemExit(128 + signum)  # unwinds through the `finally` blocks that stop the networks
-
-
-def loadavg() -> float:
-    return round(os.getloadavg()[0], 2)
-
-
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--txs", type=int, default=2000, help="txs per round and network (default 2000)")
@@ -733,13 +671,10 @@ def main(argv: list[str] | None = None) -> int:
     if min(args.txs, args.rounds, args.senders, args.validators) < 1:
         parser.error("--txs, --rounds, --senders and --validators must be positive")
 
-    signal.signal(signal.SIGTERM, _terminate)
-    WORK.mkdir(parents=True, exist_ok=True)
-    root = WORK / f"chain_tps-{os.getpid()}"
-    root.mkdir()
+    exit_on_sigterm()
     load_before = loadavg()
     runs: dict[str, NetworkRun] = {}
-    try:
+    with work_dir("chain_tps") as root:
         print(
             f"haca: {args.validators} validators, timeout_commit {args.timeout_commit}, "
             f"{args.rounds} x {args.txs} transfers from {args.senders} senders"
@@ -749,10 +684,6 @@ def main(argv: list[str] | None = None) -> int:
         for app in ("kvstore",) if args.no_noop else ("kvstore", "noop"):
             print(f"{app}: {args.validators} validators, same load")
             runs[app] = bench_comet(args, root, app, tx_bytes)
-    finally:
-        shutil.rmtree(root, ignore_errors=True)
-        with contextlib.suppress(OSError):
-            WORK.rmdir()
 
     problems = []
     for name, run in runs.items():
@@ -799,16 +730,8 @@ def main(argv: list[str] | None = None) -> int:
             **({"sign_seconds": [round(x, 3) for x in run.sign_seconds]} if run.sign_seconds else {}),
             "rounds": [round_doc(r) for r in run.rounds],
         }
-    result["machine"] = {
-        "cpu_count": os.cpu_count(),
-        "python": platform.python_version(),
-        "platform": platform.platform(),
-        "cometbft": cometbft_version(),
-        "haca_source": haca_source(),
-        "loadavg_1m_before": load_before,
-        "loadavg_1m_after": loadavg(),
-    }
-    result["date"] = datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+    result["machine"] = machine(load_before, cometbft=cometbft_version())
+    result["date"] = timestamp()
     result["problems"] = problems
     args.output.parent.mkdir(parents=True, exist_ok=True)
     args.output.write_text(json.dumps(result, indent=2) + "\n")

@@ -28,7 +28,6 @@ import json
 import os
 import platform
 import shutil
-import signal
 import statistics
 import sys
 import threading
@@ -39,6 +38,7 @@ from pathlib import Path
 from typing import Any
 
 import httpx
+from common import cpu_times, devnet_pids, exit_on_sigterm, haca_source, loadavg, spread
 
 import haca.types.messages  # noqa: F401  (registers message types with the tx decoder)
 from haca.client.chain import ChainClient
@@ -52,9 +52,6 @@ from haca.types.inference import MsgDeposit, MsgSettle, SettlementItem
 from haca.types.payment import SignedPayment, SpendingAllowance
 from haca.types.receipt import Receipt, SignedReceipt
 from haca.types.registry import MsgRegisterModel, MsgRegisterNode
-
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from chain_tps import cpu_times, devnet_pids, haca_source, loadavg
 
 BENCH = Path(__file__).resolve().parent
 WORK = BENCH / ".work"
@@ -284,14 +281,6 @@ def validators_agree(rpcs: list[str], height: int, timeout: float = 30.0) -> Non
                 time.sleep(0.2)
 
 
-def spread(values: list[float]) -> dict[str, float]:
-    return {"min": round(min(values), 1), "median": round(statistics.median(values), 1), "max": round(max(values), 1)}
-
-
-def _terminate(signum: int, frame: object) -> None:
-    raise SystemExit(128 + signum)
-
-
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--receipts", type=int, default=20_000, help="receipts per batched round")
@@ -302,7 +291,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--timeout-commit", default="500ms")
     parser.add_argument("--output", type=Path, default=RESULTS / "settlement.json")
     args = parser.parse_args(argv)
-    signal.signal(signal.SIGTERM, _terminate)
+    exit_on_sigterm()
     started = datetime.now(UTC)
     load_before = loadavg()
     home = WORK / f"settlement-{os.getpid()}"
@@ -342,18 +331,18 @@ def main(argv: list[str] | None = None) -> int:
         "load_after": loadavg(),
         "haca": haca_source(),
         "params": vars(args) | {"output": str(args.output)},
-        "batched_receipts_per_s": spread([r.per_s for r in batched]),
-        "single_receipts_per_s": spread([r.per_s for r in single]),
-        "batched_over_single": spread(ratios),
+        "batched_receipts_per_s": spread([r.per_s for r in batched], 1, runs=False),
+        "single_receipts_per_s": spread([r.per_s for r in single], 1, runs=False),
+        "batched_over_single": spread(ratios, 1, runs=False),
         "target_batched_receipts_per_s": TARGET,
         "target_met": statistics.median([r.per_s for r in batched]) >= TARGET,
         "validator_app_cpu_us_per_receipt": {
-            "batched": spread([r.doc()["validator_app_cpu_us_per_receipt"] for r in batched]),
-            "single": spread([r.doc()["validator_app_cpu_us_per_receipt"] for r in single]),
+            "batched": spread([r.doc()["validator_app_cpu_us_per_receipt"] for r in batched], 1, runs=False),
+            "single": spread([r.doc()["validator_app_cpu_us_per_receipt"] for r in single], 1, runs=False),
         },
         "settlement_burned_per_block": {
-            "batched": spread([r.doc()["settlement_burned_per_block"] for r in batched]),
-            "single": spread([r.doc()["settlement_burned_per_block"] for r in single]),
+            "batched": spread([r.doc()["settlement_burned_per_block"] for r in batched], 1, runs=False),
+            "single": spread([r.doc()["settlement_burned_per_block"] for r in single], 1, runs=False),
         },
         "rounds": [{"kind": r.kind, **r.doc()} for r in rounds],
     }
