@@ -30,8 +30,8 @@ from typing import Any
 import httpx
 import numpy as np
 import onnxruntime as ort
+from common import Requests, haca_source, node_requests, percentile, post_all, spread
 
-from haca.client.payment import PaymentOffer, sign_payment
 from haca.client.sdk import Client
 from haca.devnet.layout import example_models_dir
 from haca.devnet.network import Devnet, up
@@ -41,11 +41,6 @@ ROOT = Path(__file__).resolve().parent
 RESULTS = ROOT / "results" / "node_overhead.json"
 TARGET_C16, TARGET_C1 = 0.7, 0.6  # node req/s / minimal FastAPI req/s, median of the rounds
 TARGET_P99_C1 = 2.0  # node p99 / minimal FastAPI p99 at concurrency 1, median of the rounds
-
-
-def percentile(values: list[float], q: float) -> float:
-    ordered = sorted(values)
-    return ordered[min(len(ordered) - 1, int(q * len(ordered)))]
 
 
 def summary(latencies: list[float], elapsed: float) -> dict[str, float]:
@@ -72,28 +67,9 @@ def bench_bare(model_path: Path, example: Any, n: int) -> dict[str, float]:
     return summary(latencies, time.perf_counter() - started)
 
 
-async def load(url: str, requests: list[tuple[bytes, dict[str, str]]], concurrency: int) -> dict[str, float]:
+async def load(url: str, requests: Requests, concurrency: int) -> dict[str, float]:
     """Send every request once, `concurrency` in flight; all must answer 200."""
-    queue: asyncio.Queue[tuple[bytes, dict[str, str]]] = asyncio.Queue()
-    for item in requests:
-        queue.put_nowait(item)
-    latencies: list[float] = []
-    limits = httpx.Limits(max_connections=concurrency, max_keepalive_connections=concurrency)
-    async with httpx.AsyncClient(limits=limits, timeout=60) as http:
-
-        async def worker() -> None:
-            while not queue.empty():
-                body, headers = queue.get_nowait()
-                t = time.perf_counter()
-                response = await http.post(url, content=body, headers={"content-type": "application/json", **headers})
-                latencies.append(time.perf_counter() - t)
-                if response.status_code != 200:
-                    raise RuntimeError(f"{url}: HTTP {response.status_code}: {response.text[:300]}")
-
-        started = time.perf_counter()
-        await asyncio.gather(*(worker() for _ in range(concurrency)))
-        elapsed = time.perf_counter() - started
-    return summary(latencies, elapsed)
+    return summary(*await post_all(url, requests, concurrency))
 
 
 async def paid_under_unpaid_flood(
@@ -119,20 +95,6 @@ async def paid_under_unpaid_flood(
         stop.set()
         await asyncio.gather(*tasks)
     return paid, refused[0]
-
-
-def spread(values: list[float]) -> dict[str, float]:
-    ordered = sorted(values)
-    return {"min": ordered[0], "median": ordered[len(ordered) // 2], "max": ordered[-1], "runs": len(ordered)}
-
-
-def node_requests(client: Client, url: str, model: str, example: Any, n: int) -> list[tuple[bytes, dict[str, str]]]:
-    """`n` node requests, each with its own signed payment (signing is the client's cost, done here)."""
-    body = json.dumps({"model": model, "mode": "vanilla", "input": example}).encode()
-    first = httpx.post(url, content=body, headers={"content-type": "application/json"}).json()
-    offer = PaymentOffer.from_402(first, model, "vanilla")
-    fee = offer.fee(len(example) if offer.price_unit == "row" else 1)
-    return [(body, {"X-PAYMENT": sign_payment(client.key, offer, fee)[1]}) for _ in range(n)]
 
 
 def run(args: argparse.Namespace) -> dict[str, Any]:
@@ -190,11 +152,11 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         for key in ("fastapi_c1", "node_c1", "fastapi_c16", "node_c16"):
             result[key] = median_round[key]
         for c in (1, 16):
-            result[f"ratio_vs_fastapi_c{c}"] = spread([r[f"ratio_vs_fastapi_c{c}"] for r in rounds])
-            result[f"p99_vs_fastapi_c{c}"] = spread([r[f"p99_vs_fastapi_c{c}"] for r in rounds])
+            result[f"ratio_vs_fastapi_c{c}"] = spread([r[f"ratio_vs_fastapi_c{c}"] for r in rounds], None)
+            result[f"p99_vs_fastapi_c{c}"] = spread([r[f"p99_vs_fastapi_c{c}"] for r in rounds], None)
             for target in ("fastapi", "node"):
                 for figure in ("p50_ms", "p99_ms", "rps"):
-                    result[f"{target}_c{c}_{figure}"] = spread([r[f"{target}_c{c}"][figure] for r in rounds])
+                    result[f"{target}_c{c}_{figure}"] = spread([r[f"{target}_c{c}"][figure] for r in rounds], None)
         result["targets"] = {
             "ratio_vs_fastapi_c16_min": TARGET_C16,
             "ratio_vs_fastapi_c1_min": TARGET_C1,
@@ -226,7 +188,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             "senders": 4,
             "body_bytes": len(flood_body),
             "rounds_detail": flood,
-            "p50_ratio": spread([f["p50_ratio"] for f in flood]),
+            "p50_ratio": spread([f["p50_ratio"] for f in flood], None),
         }
         receipts = httpx.get(node_url.replace("/v1/infer", "/healthz")).json()["pending_receipts"]
         result["node_pending_receipts_after"] = receipts
@@ -245,13 +207,6 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     }
     result["date"] = datetime.now(UTC).isoformat(timespec="seconds")
     return result
-
-
-def haca_source() -> str:
-    done = subprocess.run(
-        ["git", "-C", str(ROOT.parent), "describe", "--always", "--dirty"], capture_output=True, text=True, check=False
-    )
-    return done.stdout.strip() if done.returncode == 0 else "?"
 
 
 def main() -> None:

@@ -36,6 +36,8 @@ import traceback
 from pathlib import Path
 from typing import Any
 
+from common import group_cpu, node_requests, percentile, thread_cpu
+
 ROOT = Path(__file__).resolve().parent
 RESULTS = ROOT / "results" / "node_stalls.json"
 
@@ -217,17 +219,6 @@ def _describe(handle: Any) -> str:
     return str(name)
 
 
-def thread_cpu(pid: int) -> dict[str, float]:
-    out: dict[str, float] = collections.defaultdict(float)
-    tick = os.sysconf("SC_CLK_TCK")
-    for task in Path(f"/proc/{pid}/task").iterdir():
-        with contextlib.suppress(OSError):
-            name = (task / "comm").read_text().strip()
-            fields = (task / "stat").read_text().rsplit(")", 1)[1].split()
-            out[name] += (int(fields[11]) + int(fields[12])) / tick
-    return dict(out)
-
-
 # --- the bench (client side) ------------------------------------------------------------------------------
 
 
@@ -317,21 +308,6 @@ def analyse(timings: list[tuple[float, float]], events: dict[str, Any], slow_fac
     }
 
 
-def group_cpu(groups: list[int]) -> float:
-    """CPU seconds so far of every process in these process groups (a validator's supervisor, app and
-    CometBFT share one)."""
-    total, tick = 0.0, os.sysconf("SC_CLK_TCK")
-    wanted = set(groups)
-    for entry in Path("/proc").iterdir():
-        if not entry.name.isdigit():
-            continue
-        with contextlib.suppress(OSError, IndexError):
-            fields = (entry / "stat").read_text().rsplit(")", 1)[1].split()
-            if int(fields[2]) in wanted:
-                total += (int(fields[11]) + int(fields[12])) / tick
-    return total
-
-
 def renice(groups: list[int], nice: int) -> None:
     """Lower the CPU priority of every process in these groups (the validator's, the hub's, the enclave's)."""
     for entry in Path("/proc").iterdir():
@@ -346,13 +322,11 @@ def renice(groups: list[int], nice: int) -> None:
 def spread_ms(values: list[float]) -> dict[str, float] | None:
     if not values:
         return None
-    ordered = sorted(values)
-    return {"p50": ordered[len(ordered) // 2], "p99": ordered[int(0.99 * len(ordered))], "max": ordered[-1]}
+    return {"p50": percentile(values, 0.5), "p99": percentile(values, 0.99), "max": max(values)}
 
 
 def bench(args: argparse.Namespace) -> dict[str, Any]:
     import httpx
-    from node_overhead import node_requests
 
     from haca.client.sdk import Client
     from haca.devnet import services
@@ -437,7 +411,6 @@ def main() -> None:
     parser.add_argument("--nice-chain", type=int, default=0, help="renice the devnet's other processes (validator)")
     parser.add_argument("--output", type=Path, default=RESULTS)
     args = parser.parse_args()
-    sys.path.insert(0, str(ROOT))
     result = bench(args)
     result["loadavg_1m"] = round(os.getloadavg()[0], 2)
     result["variant"] = (os.environ.get("NODE_STALLS_VARIANT", "") or "as is") + (

@@ -18,12 +18,12 @@ import statistics
 import sys
 import tempfile
 import time
-from collections.abc import Sequence
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
 import httpx
+from common import spread
 
 ROOT = Path(__file__).resolve().parent
 sys.path.insert(0, str(ROOT.parent))
@@ -35,10 +35,6 @@ from tests.unit.node.test_stalled_rpc import node_over_fake_rpc  # noqa: E402
 
 RESULTS = ROOT / "results" / "stalled_rpc.json"
 TARGET_MS = 100.0
-
-
-def spread(values: Sequence[float]) -> dict[str, float]:
-    return {"min": round(min(values), 2), "median": round(statistics.median(values), 2), "max": round(max(values), 2)}
 
 
 async def one_round(work: Path, requests: int) -> dict[str, dict[str, list[float]]]:
@@ -86,13 +82,13 @@ def main(argv: list[str] | None = None) -> int:
         for route in ("healthz_ms", "paid_known_client_ms"):
             p50 = [statistics.median(r[state][route]) for r in rounds]
             worst = [max(r[state][route]) for r in rounds]
-            summary[f"{state}_{route}_p50"] = spread(p50)
-            summary[f"{state}_{route}_max"] = spread(worst)
+            summary[f"{state}_{route}_p50"] = spread(p50, 2, runs=False)
+            summary[f"{state}_{route}_max"] = spread(worst, 2, runs=False)
     for route in ("healthz_ms", "paid_known_client_ms"):
         healthy = [statistics.median(r["healthy"][route]) for r in rounds]
         stalled = [statistics.median(r["stalled"][route]) for r in rounds]
         summary[f"{route}_p50_ratio_stalled_vs_healthy"] = spread(
-            [s / h for s, h in zip(stalled, healthy, strict=True)]
+            [s / h for s, h in zip(stalled, healthy, strict=True)], 2, runs=False
         )
     met = all(summary[f"stalled_{route}_max"]["median"] < TARGET_MS for route in ("healthz_ms", "paid_known_client_ms"))
     result = {
