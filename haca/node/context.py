@@ -3,6 +3,7 @@ store, enclave), the quotes in effect, and the body reader."""
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -62,11 +63,11 @@ class NodeContext:
     modes: tuple[str, ...]
     gate: PaymentGate
     store: ReceiptStore
-    on_receipt: Any = None  # called after a receipt is queued (wakes the settler)
+    on_receipt: Callable[[], None] | None = None  # called after a receipt is queued (wakes the settler)
     price: int = 0  # the node's own price per unit; the fee is max(this, the model's price)
     quotes: tuple[int, dict[tuple[str, str], Quote]] | None = None  # (height, quotes) last computed
     enclave: EnclaveKey | None = None  # tee: the enclave that runs tee requests and signs their receipts
-    on_proof_job: Any = None  # zkml: called after a receipt is queued for proving (wakes the prover)
+    on_proof_job: Callable[[], None] | None = None  # zkml: called after a proof job is queued (wakes the prover)
     llm_queue: int = 8  # LLM requests that may wait for a slot (per model); more get 429
     # (height, tensor models' quotes, LLMs' quotes): current_quotes split per route
     split_quotes: tuple[int, dict[tuple[str, str], Quote], dict[tuple[str, str], Quote]] | None = None

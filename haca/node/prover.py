@@ -42,6 +42,8 @@ class Prover:
         max_attempts: int = 3,
         poll_interval: float = 0.5,
         on_proof: Callable[[], None] | None = None,
+        metrics: Metrics | None = None,
+        load: ProvingLoad | None = None,
     ) -> None:
         self.store, self.circuits, self.srs_for = store, circuits, srs_for
         self.workers, self.max_attempts, self.poll_interval = workers, max_attempts, poll_interval
@@ -52,8 +54,8 @@ class Prover:
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._loop, name="prover", daemon=True)
         self.proved_total = self.failed_total = 0
-        self.metrics: Metrics | None = None  # the node's, when it runs in one
-        self.load: ProvingLoad | None = None  # the payment gate's estimate, fed each proof's time
+        self.metrics = metrics  # the node's, when it runs in one
+        self.load = load  # the payment gate's estimate, fed each proof's time
 
     def _new_pool(self) -> ProcessPoolExecutor:
         return ProcessPoolExecutor(self.workers, mp_context=multiprocessing.get_context("spawn"))

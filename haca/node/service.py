@@ -25,6 +25,7 @@ from haca.node.chainview import ChainView
 from haca.node.context import NodeContext, ServedModel, current_quotes
 from haca.node.enclave import EnclaveKey
 from haca.node.follower import ChainFollower
+from haca.node.metrics import Metrics
 from haca.node.payments import PaymentGate
 from haca.node.prover import Prover
 from haca.node.receipts import ReceiptStore
@@ -119,14 +120,22 @@ def build_node(settings: NodeSettings) -> Node:
     view = ChainView(reads, key.address)
     gate = PaymentGate(key.address, config.chain_id, config.denom, view, store)
     gate.proving.workers = max(1, settings.provers)
-    settler = Settler(store, chain, view, key, settings.batch_size, settings.flush_interval)
-    enclave = open_enclave(chain, key, settings, settler.tx_lock, models) if Mode.TEE in settings.modes else None
-    if settings.batches is not None:
-        settler.flush, settler.sign_root = settings.batches, root_signer(config.chain_id, key, enclave)
-    context = NodeContext(key, config.chain_id, models, settings.modes, gate, store, settler.notify, settings.price)
-    context.enclave = enclave
-    context.llm_queue = settings.llm_queue
-    settler.metrics = context.metrics
+    metrics = Metrics()  # GET /metrics; the settler and the prover count here too
+    tx_lock = threading.Lock()  # the node account's txs: settlements and enclave attestations
+    enclave = open_enclave(chain, key, settings, tx_lock, models) if Mode.TEE in settings.modes else None
+    batches = settings.batches
+    settler = Settler(
+        store,
+        chain,
+        view,
+        key,
+        settings.batch_size,
+        settings.flush_interval,
+        flush=batches,
+        sign_root=root_signer(config.chain_id, key, enclave) if batches is not None else None,
+        metrics=metrics,
+        tx_lock=tx_lock,
+    )
     prover = None
     circuits = {s.model_id: s.circuit for s in models.values() if s.circuit is not None}
     if Mode.ZKML in settings.modes and circuits:
@@ -134,11 +143,28 @@ def build_node(settings: NodeSettings) -> Node:
         if srs_dir is None:
             raise ConfigError("mode zkml needs --srs-dir (the network's SRS files)")
         prover = Prover(
-            store, circuits, lambda c: srs_file(srs_dir, c.logrows), settings.provers, on_proof=settler.wake
+            store,
+            circuits,
+            lambda c: srs_file(srs_dir, c.logrows),
+            settings.provers,
+            on_proof=settler.wake,
+            metrics=metrics,
+            load=gate.proving,  # measured proof times set what zkml work the node admits
         )
-        context.on_proof_job = prover.notify
-        prover.metrics = context.metrics
-        prover.load = gate.proving  # measured proof times set what zkml work the node admits
+    context = NodeContext(
+        key,
+        config.chain_id,
+        models,
+        settings.modes,
+        gate,
+        store,
+        on_receipt=settler.notify,
+        price=settings.price,
+        enclave=enclave,
+        on_proof_job=prover.notify if prover is not None else None,
+        llm_queue=settings.llm_queue,
+        metrics=metrics,
+    )
     follower = ChainFollower(reads.rpc.height, view.note_height, lambda: current_quotes(context))
     return Node(settings, context, settler, chain, enclave, prover, follower, view)
 

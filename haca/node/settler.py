@@ -117,6 +117,8 @@ class Settler:
         sign_root: RootSigner | None = None,
         retry_interval: float = 5.0,
         claims_interval: float = 5.0,
+        metrics: Metrics | None = None,
+        tx_lock: threading.Lock | None = None,
     ) -> None:
         self.store, self.chain, self.view, self.key = store, chain, view, key
         self.batch_size, self.flush_interval, self.max_inflight = batch_size, flush_interval, max_inflight
@@ -126,7 +128,7 @@ class Settler:
         self._last_queued = self._first_queued = time.monotonic()
         self._waiting_since: float | None = None  # when the oldest batchable receipt not yet sent arrived
         self._single_only: set[str] = set()  # receipts a batch could not settle: MsgSettle decides them
-        self.metrics: Metrics | None = None  # the node's, when it runs in one
+        self.metrics = metrics  # the node's, when it runs in one
         # A sent tx may still be in a mempool: its receipts are re-sent only after this many passes
         # without a chain record (passes are `flush_interval` apart while nothing else changes).
         self.resubmit_after = resubmit_after
@@ -139,7 +141,8 @@ class Settler:
         self.claims_interval = claims_interval
         self._claims_read = float("-inf")
         self._claimed: set[str] = set()
-        self.tx_lock = threading.Lock()  # held while txs of the node's account are in flight
+        # held while txs of the node's account are in flight (shared with the enclave's attestations)
+        self.tx_lock = tx_lock or threading.Lock()
         self._wake = threading.Event()
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._loop, name="settler", daemon=True)
