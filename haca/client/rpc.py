@@ -18,7 +18,7 @@ import hashlib
 import json
 import threading
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import httpx
@@ -46,8 +46,10 @@ class CometRpc:
         connect_timeout: float = CONNECT_TIMEOUT,
         retry_after: float = RETRY_AFTER,
         slow_after: float | None = None,
+        clock: Callable[[], float] = time.monotonic,
     ) -> None:
-        """`urls`: one endpoint or several of the same chain, in order of preference."""
+        """`urls`: one endpoint or several of the same chain, in order of preference. `clock`: the
+        seconds that `retry_after` and `slow_after` are measured in (injectable: tests need not sleep)."""
         self.urls = [u.rstrip("/") for u in ([urls] if isinstance(urls, str) else urls)]
         if not self.urls:
             raise RpcError("no RPC URL configured")
@@ -55,8 +57,9 @@ class CometRpc:
         self._http = [httpx.Client(base_url=url, timeout=limits) for url in self.urls]
         self.retry_after = retry_after
         self.slow_after = slow_after
+        self.clock = clock
         self._current = 0  # the endpoint that answered last
-        self._down_until = [0.0] * len(self.urls)  # monotonic time before which an endpoint is skipped
+        self._down_until = [0.0] * len(self.urls)  # clock time before which an endpoint is skipped
         self._lock = threading.Lock()
 
     @property
@@ -72,7 +75,7 @@ class CometRpc:
 
     def _candidates(self) -> tuple[list[int], list[int]]:
         """(endpoints to try, starting at the current one; endpoints skipped as recently down)."""
-        now = time.monotonic()
+        now = self.clock()
         with self._lock:
             start, down_until = self._current, self._down_until
             order = [(start + i) % len(self.urls) for i in range(len(self.urls))]
@@ -84,7 +87,7 @@ class CometRpc:
             if ok:
                 self._current, self._down_until[index] = index, 0.0
             else:
-                self._down_until[index] = time.monotonic() + self.retry_after
+                self._down_until[index] = self.clock() + self.retry_after
                 if self._current == index:
                     self._current = (index + 1) % len(self.urls)
 
@@ -115,7 +118,7 @@ class CometRpc:
         live, skipped = self._candidates()
         failures, maybe_delivered = [], False
         for index in live:
-            started = time.monotonic()
+            started = self.clock()
             try:
                 doc = self._post(index, payload)
             except _Unreachable as exc:
@@ -123,7 +126,7 @@ class CometRpc:
                 failures.append(f"{self.urls[index]}: {exc}")
                 maybe_delivered = maybe_delivered or exc.maybe_delivered
                 continue
-            if self.slow_after is not None and time.monotonic() - started > self.slow_after:
+            if self.slow_after is not None and self.clock() - started > self.slow_after:
                 self._demote(index)
             elif index != self._current or self._down_until[index]:
                 self._mark(index, ok=True)

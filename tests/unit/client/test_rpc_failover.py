@@ -19,6 +19,7 @@ import pytest
 from haca.client.chain import ChainClient
 from haca.client.errors import ChainUnavailable, QueryFailed, RpcError, TxRejected
 from haca.client.rpc import CometRpc
+from tests.unit.fakeclock import FakeClock
 
 Answer = tuple[int, bytes]  # HTTP status, body
 
@@ -127,16 +128,53 @@ def test_when_the_current_endpoint_fails_the_next_one_takes_over_round_robin(end
 
 def test_a_failed_endpoint_is_skipped_for_retry_after_seconds(endpoints):
     broken, good = endpoints(html_error), endpoints(lambda r: status_at(5))
-    rpc = CometRpc([good.url, broken.url], retry_after=0.3)
-    broken_first = CometRpc([broken.url, good.url], retry_after=0.3)
+    clock = FakeClock()
+    rpc = CometRpc([good.url, broken.url], retry_after=0.3, clock=clock)
+    broken_first = CometRpc([broken.url, good.url], retry_after=0.3, clock=clock)
     assert broken_first.height() == 5 and len(broken.requests) == 1
     good.handler = html_error  # now neither answers
     with pytest.raises(ChainUnavailable):
         broken_first.height()
     assert len(broken.requests) == 1  # skipped: it failed less than 0.3 s ago
-    time.sleep(0.35)
+    clock.advance(0.29)
+    with pytest.raises(ChainUnavailable, match="skipped"):
+        broken_first.height()
+    assert len(broken.requests) == 1  # still within its 0.3 s
+    clock.advance(0.02)  # past it: both are tried again
     good.handler = lambda r: status_at(6)
     assert broken_first.height() == 6 and rpc.height() == 6
+    assert len(broken.requests) == 2 and broken_first.url == good.url  # retried, failed, skipped again
+
+
+def test_a_slow_answer_demotes_its_endpoint_and_the_next_one_is_tried_first(endpoints):
+    clock = FakeClock()
+
+    def slow(request: dict[str, Any]) -> Answer:
+        clock.advance(0.5)  # the answer took 0.5 s by the RPC client's clock
+        return status_at(1)
+
+    overloaded, quick = endpoints(slow), endpoints(lambda r: status_at(2))
+    rpc = CometRpc([overloaded.url, quick.url], slow_after=0.4, clock=clock)
+    assert rpc.height() == 1  # a slow answer is still an answer
+    assert rpc.url == quick.url  # but the next call goes elsewhere first
+    assert [rpc.height() for _ in range(3)] == [2, 2, 2]
+    assert len(overloaded.requests) == 1 and len(quick.requests) == 3
+    overloaded.handler = lambda r: status_at(3)
+    quick.handler = html_error  # demoted is not down: the slow endpoint is still tried, and answers
+    assert rpc.height() == 3 and rpc.url == overloaded.url
+
+
+def test_an_answer_just_within_slow_after_does_not_demote(endpoints):
+    clock = FakeClock()
+
+    def steady(request: dict[str, Any]) -> Answer:
+        clock.advance(0.4)
+        return status_at(1)
+
+    first, second = endpoints(steady), endpoints(lambda r: status_at(2))
+    rpc = CometRpc([first.url, second.url], slow_after=0.4, clock=clock)
+    assert [rpc.height() for _ in range(3)] == [1, 1, 1]
+    assert rpc.url == first.url and second.requests == []
 
 
 def test_a_slow_endpoint_times_out_and_the_call_fails_over(endpoints):
@@ -179,17 +217,17 @@ def test_queries_fail_over_through_the_chain_client(endpoints):
 
 
 def test_when_no_endpoint_answers_chain_unavailable_names_every_endpoint(endpoints):
-    urls = [dead_url(), endpoints(html_error).url, dead_url()]
-    rpc = CometRpc(urls)
+    broken = endpoints(html_error)
+    urls = [dead_url(), broken.url, dead_url()]
+    rpc = CometRpc(urls, clock=FakeClock())  # the clock stands still: every skip period holds
     with pytest.raises(ChainUnavailable) as caught:
         rpc.height()
     assert isinstance(caught.value, RpcError) and caught.value.code == "chain_unavailable"
     assert set(caught.value.endpoints) == set(urls)
     assert all(url in str(caught.value) for url in urls) and "HTTP 502, not JSON" in str(caught.value)
-    started = time.monotonic()
-    with pytest.raises(ChainUnavailable, match="skipped"):  # all recently failed: no new attempt
+    with pytest.raises(ChainUnavailable, match="skipped") as caught:  # all recently failed: no new attempt
         rpc.height()
-    assert time.monotonic() - started < 0.05
+    assert len(broken.requests) == 1 and all(f"{url}: skipped" in str(caught.value) for url in urls)
 
 
 def test_a_chain_client_with_one_dead_endpoint_raises_chain_unavailable():

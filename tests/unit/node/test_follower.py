@@ -10,6 +10,7 @@ from typing import Any
 
 from haca.node.chainview import ChainView
 from haca.node.follower import ChainFollower
+from tests.unit.fakeclock import FakeClock
 
 
 class Rpc:
@@ -38,8 +39,8 @@ def wait_for(cond: Any, timeout: float = 5.0) -> None:
 
 
 def test_the_follower_keeps_the_height_fresh_and_recomputes_at_each_new_height():
-    chain = Chain()
-    view = ChainView(chain, "0xnode", ttl=0.2)  # type: ignore[arg-type]
+    chain, clock = Chain(), FakeClock()
+    view = ChainView(chain, "0xnode", ttl=0.2, clock=clock)  # type: ignore[arg-type]
     refreshed: list[int] = []
     # the follower's own reads bypass the counter: chain.rpc.calls counts the view's reads only
     follower = ChainFollower(lambda: chain.rpc.latest, view.note_height, lambda: refreshed.append(view.height()), 0.02)
@@ -48,7 +49,8 @@ def test_the_follower_keeps_the_height_fresh_and_recomputes_at_each_new_height()
         wait_for(lambda: refreshed and refreshed[-1] == 5)
         chain.rpc.latest = 6
         wait_for(lambda: refreshed[-1] == 6)
-        time.sleep(0.5)  # longer than the view's TTL: without the follower the next read would be an RPC
+        later = clock.advance(0.5)  # longer than the view's TTL: without the follower the next read would be an RPC
+        wait_for(lambda: view._cache[("height", "")][0] >= later)  # the follower's next tick noted it
         assert view.height() == 6
         assert chain.rpc.calls == 0  # every read of the view, the request path's too, was a cache hit
     finally:
@@ -57,7 +59,7 @@ def test_the_follower_keeps_the_height_fresh_and_recomputes_at_each_new_height()
 
 def test_with_the_chain_away_the_follower_keeps_trying_and_catches_up():
     chain = Chain()
-    view = ChainView(chain, "0xnode", ttl=0.2)  # type: ignore[arg-type]
+    view = ChainView(chain, "0xnode", ttl=0.2, clock=FakeClock())  # type: ignore[arg-type]
     chain.rpc.down = True
     follower = ChainFollower(chain.rpc.height, view.note_height, lambda: None, 0.02)
     follower.start()

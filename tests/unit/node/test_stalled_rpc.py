@@ -12,7 +12,7 @@ import contextlib
 import json
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
@@ -30,6 +30,7 @@ from haca.node.context import NodeContext, ServedModel
 from haca.node.payments import PaymentGate
 from haca.node.receipts import ReceiptStore
 from haca.runtime.onnx import OnnxModel
+from tests.unit.fakeclock import FakeClock
 from tests.unit.node.nodehelpers import CHAIN_ID, CLIENT, DENOM, HEIGHT, NODE, OTHER
 from tests.unit.node.nodehelpers import manifest as chain_manifest
 from tests.unit.node.test_api import INPUT, MAX_ROWS, OUTPUT_SCHEMA, PRICE, SCHEMA, build_double
@@ -106,9 +107,11 @@ class Node:
 
 
 @contextlib.contextmanager
-def node_over_fake_rpc(work: Path, escrow: int, read_wait: float = READ_WAIT) -> Iterator[Node]:
+def node_over_fake_rpc(
+    work: Path, escrow: int, read_wait: float = READ_WAIT, clock: Callable[[], float] = time.monotonic
+) -> Iterator[Node]:
     """The node's app (a real ChainView and CometRpc) over a FakeRpc, CLIENT holding `escrow`
-    (bench/stalled_rpc.py measures the same node)."""
+    (bench/stalled_rpc.py measures the same node). `clock`: the view's and the RPC client's."""
     path = work / "double.onnx"
     model_id = build_double(path)
     manifest = chain_manifest(
@@ -118,8 +121,8 @@ def node_over_fake_rpc(work: Path, escrow: int, read_wait: float = READ_WAIT) ->
     rpc.escrows[CLIENT.address] = escrow
     chain = ChainClient([rpc.url], CHAIN_ID)
     chain.rpc.close()
-    chain.rpc = CometRpc(rpc.url, timeout=RPC_TIMEOUT)
-    view = ChainView(chain, NODE.address, ttl=0.2, read_wait=read_wait)
+    chain.rpc = CometRpc(rpc.url, timeout=RPC_TIMEOUT, clock=clock)
+    view = ChainView(chain, NODE.address, ttl=0.2, read_wait=read_wait, clock=clock)
     store = ReceiptStore(work / "receipts.db")
     gate = PaymentGate(NODE.address, CHAIN_ID, DENOM, view, store)
     served = ServedModel(manifest, OnnxModel(path))
@@ -134,12 +137,17 @@ def node_over_fake_rpc(work: Path, escrow: int, read_wait: float = READ_WAIT) ->
 
 
 @pytest.fixture
-def node(tmp_path: Path) -> Iterator[Node]:
-    with node_over_fake_rpc(tmp_path, 10**6) as built:
+def clock() -> FakeClock:
+    return FakeClock()
+
+
+@pytest.fixture
+def node(tmp_path: Path, clock: FakeClock) -> Iterator[Node]:
+    with node_over_fake_rpc(tmp_path, 10**6, clock=clock) as built:
         yield built
 
 
-def test_a_stalled_rpc_leaves_healthz_and_known_clients_served_from_the_cache(node: Node):
+def test_a_stalled_rpc_leaves_healthz_and_known_clients_served_from_the_cache(node: Node, clock: FakeClock):
     async def scenario() -> dict[str, tuple[int, float, dict[str, Any]]]:
         transport = httpx.ASGITransport(app=node.app)
         async with httpx.AsyncClient(transport=transport, base_url="http://testserver", timeout=30) as http:
@@ -159,7 +167,7 @@ def test_a_stalled_rpc_leaves_healthz_and_known_clients_served_from_the_cache(no
             _, warm = await timed("warm", "POST", "/v1/infer", json={"model": "double", "input": INPUT}, headers=first)
             assert warm[0] == 200, warm  # the client's escrow is read and cached
             node.rpc.stall()
-            await asyncio.sleep(0.3)  # past the TTL: every cached read is stale now
+            clock.advance(0.3)  # past the TTL: every cached read is stale now
             body = {"model": "double", "input": INPUT}
             answers = await asyncio.gather(
                 timed("stranger", "POST", "/v1/infer", json=body, headers=stranger),
