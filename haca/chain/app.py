@@ -41,6 +41,7 @@ from haca.chain.state import CachedState, ReadableState
 from haca.chain.store import INDEX_PREFIX, CommitStore, StagedBlock
 from haca.chain.tx import TxResult, TxRunner
 from haca.chain.windows import evidence_windows_error
+from haca.chain.wiring import unset_hooks
 from haca.proofs.zk.srs import pinned_srs
 from haca.types import codes
 from haca.types.encoding import canonical_json
@@ -83,19 +84,20 @@ class HacaApp(BaseApplication):
 
     def __init__(self, store: CommitStore, srs_dir: Path | None = None) -> None:
         self.store = store
+        # Each keeper takes what it needs from the others when it is built, as the small Protocols
+        # defined next to it (the expected-keeper idea, haca.chain.wiring). Staking and inference
+        # need each other: staking is built first and inference lends it a hook, set once.
         self.auth = AuthKeeper()
-        self.bank = BankKeeper()
-        self.registry = RegistryKeeper()
-        self.tee = TeeKeeper()
-        self.inference = InferenceKeeper(self.bank)
-        self.inference.srs_dir = srs_dir
-        self.gov = GovKeeper()
+        self.bank = BankKeeper(module_accounts=frozenset({ESCROW_ACCOUNT, STAKING_ACCOUNT}))
         self.staking = StakingKeeper(self.bank)
-        # Modules reach each other through these hooks, set here (the expected-keeper idea).
-        self.registry.stake_check = self.staking.require_stake
-        self.inference.staking = self.staking
-        self.staking.slashable_until = self.inference.last_claim_deadline
-        self.bank.module_accounts = frozenset({ESCROW_ACCOUNT, STAKING_ACCOUNT})
+        self.registry = RegistryKeeper(self.staking)
+        self.tee = TeeKeeper()
+        self.inference = InferenceKeeper(self.bank, self.staking, srs_dir=srs_dir)
+        self.gov = GovKeeper()
+        self.staking.slashable_until.set(self.inference.last_claim_deadline)
+        keepers = (self.auth, self.bank, self.staking, self.registry, self.tee, self.inference, self.gov)
+        if unset := unset_hooks(*keepers):
+            raise RuntimeError(f"the app is not fully wired: hooks {unset} are not set")
         self.runner = TxRunner(self.auth, self.bank)
         self.runner.chain_id = auth_keeper.chain_id(store)
         # the verifiers of every mode share one verdict cache (haca.proofs.verifier.verifiers)

@@ -10,7 +10,7 @@ import asyncio
 import contextlib
 import os
 from pathlib import Path
-from typing import Any
+from typing import Protocol
 
 import structlog
 from google.protobuf.message import DecodeError
@@ -39,8 +39,41 @@ APP_METHODS = (
 )
 
 
+class Application(Protocol):
+    """What the server asks of an ABCI application: one answer per request kind it forwards
+    (APP_METHODS). haca.chain.abci.base.BaseApplication answers the ones an app may not use."""
+
+    def info(self, req: abci.RequestInfo, /) -> abci.ResponseInfo: ...
+
+    def init_chain(self, req: abci.RequestInitChain, /) -> abci.ResponseInitChain: ...
+
+    def query(self, req: abci.RequestQuery, /) -> abci.ResponseQuery: ...
+
+    def check_tx(self, req: abci.RequestCheckTx, /) -> abci.ResponseCheckTx: ...
+
+    def commit(self, req: abci.RequestCommit, /) -> abci.ResponseCommit: ...
+
+    def list_snapshots(self, req: abci.RequestListSnapshots, /) -> abci.ResponseListSnapshots: ...
+
+    def offer_snapshot(self, req: abci.RequestOfferSnapshot, /) -> abci.ResponseOfferSnapshot: ...
+
+    def load_snapshot_chunk(self, req: abci.RequestLoadSnapshotChunk, /) -> abci.ResponseLoadSnapshotChunk: ...
+
+    def apply_snapshot_chunk(self, req: abci.RequestApplySnapshotChunk, /) -> abci.ResponseApplySnapshotChunk: ...
+
+    def prepare_proposal(self, req: abci.RequestPrepareProposal, /) -> abci.ResponsePrepareProposal: ...
+
+    def process_proposal(self, req: abci.RequestProcessProposal, /) -> abci.ResponseProcessProposal: ...
+
+    def extend_vote(self, req: abci.RequestExtendVote, /) -> abci.ResponseExtendVote: ...
+
+    def verify_vote_extension(self, req: abci.RequestVerifyVoteExtension, /) -> abci.ResponseVerifyVoteExtension: ...
+
+    def finalize_block(self, req: abci.RequestFinalizeBlock, /) -> abci.ResponseFinalizeBlock: ...
+
+
 class AbciServer:
-    def __init__(self, app: Any, socket_path: Path) -> None:
+    def __init__(self, app: Application, socket_path: Path) -> None:
         self.app = app
         self.socket_path = socket_path
         self._server: asyncio.AbstractServer | None = None

@@ -20,9 +20,11 @@ def balance_key(address: str) -> bytes:
 
 
 class BankKeeper:
-    def __init__(self) -> None:
-        # Accounts whose balance a module accounts for (e.g. the inference escrow); set at wiring.
-        self.module_accounts: frozenset[str] = frozenset()
+    def __init__(self, module_accounts: frozenset[str]) -> None:
+        # Accounts whose balance a module accounts for (e.g. the inference escrow): no transfer to them.
+        if not isinstance(module_accounts, frozenset):
+            raise TypeError(f"BankKeeper needs 'module_accounts': a frozenset, got {type(module_accounts).__name__}")
+        self.module_accounts = module_accounts
 
     def balance(self, state: ReadableState, address: str) -> int:
         return get_int(state, balance_key(address))

@@ -22,11 +22,13 @@ class GovModule(Module):
     name = "gov"
 
     def __init__(
-        self, keeper: GovKeeper, modules: Sequence[Module], consistency: Callable[[ReadableState], str] | None = None
+        self, keeper: GovKeeper, modules: Sequence[Module], consistency: Callable[[ReadableState], str]
     ) -> None:
         self.keeper = keeper
         self.modules = modules  # the app's modules, whose params an authority may change
         # why the params, all modules' together, are unsound ("" when sound): checked after a change
+        if not callable(consistency):
+            raise TypeError(f"GovModule needs 'consistency': a function of the state, got {type(consistency).__name__}")
         self.consistency = consistency
 
     def handlers(self) -> Mapping[type, Handler]:
@@ -41,7 +43,7 @@ class GovModule(Module):
             params = target.update_params(ctx.state, msg.params)
         except ValueError as exc:
             raise InvalidMessage(f"{msg.module} params: {exc}") from exc
-        if self.consistency is not None and (problem := self.consistency(ctx.state)):
+        if problem := self.consistency(ctx.state):
             raise InvalidMessage(f"{msg.module} params: {problem}")  # the tx fails: nothing is kept
         attrs = {"module": msg.module, "signer": ctx.signer, **{k: str(v) for k, v in sorted(params.items())}}
         return [Event("update_params", attrs)]

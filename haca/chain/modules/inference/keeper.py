@@ -35,13 +35,15 @@ balance (see invariants.py).
 from __future__ import annotations
 
 import json
+from collections.abc import Iterable
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any, ClassVar, Protocol
+from typing import Any, ClassVar, Protocol, runtime_checkable
 
 from haca.chain.errors import InsufficientEscrow
 from haca.chain.state import CachedState, ReadableState, get_int, set_int
 from haca.chain.store import INDEX_PREFIX
+from haca.chain.wiring import dependency
 from haca.crypto.hashing import keccak256
 from haca.proofs.verifier import verifiers
 from haca.types.encoding import canonical_json
@@ -64,12 +66,38 @@ SETTLED_INDEX_PREFIX = INDEX_PREFIX + PREFIX + b"settled/"
 ESCROW_ACCOUNT = "0x" + keccak256(b"haca/module/inference/escrow")[12:].hex()
 
 
+@runtime_checkable
 class Bank(Protocol):
-    """What this module needs from the bank (the expected-keeper idea)."""
+    """What this module needs from the bank (the expected-keeper idea): moving and burning tokens."""
 
     def send(self, state: CachedState, sender: str, recipient: str, amount: int) -> None: ...
 
     def burn(self, state: CachedState, holder: str, amount: int) -> None: ...
+
+
+class MinStakes(Protocol):
+    def min_stake(self, modes: Iterable[str]) -> int:
+        """The stake a node serving `modes` needs."""
+
+
+@runtime_checkable
+class NodeStake(Protocol):
+    """What this module needs from staking: a node's stake checked against its modes' minimum,
+    read, and slashed (the slashed tokens paid out or burned)."""
+
+    def require_stake(self, state: ReadableState, address: str, modes: Iterable[str]) -> None:
+        """InsufficientStake when `address` has less bonded than serving `modes` needs."""
+
+    def params(self, state: ReadableState) -> MinStakes: ...
+
+    def bonded(self, state: ReadableState, address: str) -> int: ...
+
+    def slash(self, state: CachedState, address: str, bps: int) -> int:
+        """Take `bps` of the account's stake; the amount taken, held for `pay_out` / `burn`."""
+
+    def pay_out(self, state: CachedState, recipient: str, amount: int) -> None: ...
+
+    def burn(self, state: CachedState, amount: int) -> None: ...
 
 
 @dataclass(frozen=True)
@@ -130,13 +158,13 @@ def settled_index_key(client: str, request_id: str) -> bytes:
 
 
 class InferenceKeeper:
-    def __init__(self, bank: Bank) -> None:
-        self.bank = bank
-        self.staking: Any = None  # the StakingKeeper (stake checks, slashing); set at wiring
+    def __init__(self, bank: Bank, staking: NodeStake, srs_dir: Path | None = None) -> None:
+        self.bank = dependency("InferenceKeeper", "bank", bank, Bank)
+        self.staking = dependency("InferenceKeeper", "staking", staking, NodeStake)
         # One verifier per mode, sharing a verdict cache across CheckTx, recheck, proposals and
         # FinalizeBlock (it holds only context-free results, so every validator agrees).
         self.verifiers = verifiers()
-        self.srs_dir: Path | None = None  # zkml: where this validator keeps the genesis SRS files
+        self.srs_dir = srs_dir  # zkml: where this validator keeps the genesis SRS files (None: it has none)
 
     # --- params ---------------------------------------------------------------------------------
 

@@ -42,12 +42,13 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import json
-from collections.abc import Callable
+from collections.abc import Iterable
 from dataclasses import asdict, dataclass
-from typing import Any, ClassVar
+from typing import Any, ClassVar, Protocol, runtime_checkable
 
 from haca.chain.errors import InvalidMessage, NotFound, Unauthorized
 from haca.chain.state import CachedState, ReadableState, get_int, set_int
+from haca.chain.wiring import dependency
 from haca.proofs.zk.circuit import visibility_name
 from haca.types.encoding import canonical_json
 from haca.types.registry import MsgRegisterModel, MsgRegisterNode, srs_key
@@ -164,10 +165,17 @@ def _circuit_pair(ref: dict[str, str]) -> bytes:
     return _hex(ref["settings_hash"]) + _hex(ref["vk_hash"])
 
 
+@runtime_checkable
+class StakeRequirement(Protocol):
+    """What the registry needs from staking: refusing a node bonded below its modes' minimum."""
+
+    def require_stake(self, state: ReadableState, address: str, modes: Iterable[str]) -> None:
+        """InsufficientStake when `address` has less bonded than serving `modes` needs."""
+
+
 class RegistryKeeper:
-    def __init__(self) -> None:
-        # Refuses a node whose bond is below the minimum stake of its modes (staking's; set at wiring).
-        self.stake_check: Callable[[ReadableState, str, tuple[str, ...]], None] = lambda state, address, modes: None
+    def __init__(self, stakes: StakeRequirement) -> None:
+        self.stakes = dependency("RegistryKeeper", "stakes", stakes, StakeRequirement)
 
     def params(self, state: ReadableState) -> RegistryParams:
         raw = state.get(PARAMS_KEY)
@@ -327,7 +335,7 @@ class RegistryKeeper:
         return [json.loads(v) for _, v in state.iter_prefix(NODE_PREFIX)]
 
     def register_node(self, state: CachedState, address: str, msg: MsgRegisterNode, height: int) -> dict[str, Any]:
-        self.stake_check(state, address, msg.modes)  # InsufficientStake below the modes' minimum
+        self.stakes.require_stake(state, address, msg.modes)  # InsufficientStake below the modes' minimum
         served: dict[str, str] = {}
         for name in msg.models:
             manifest = self.model(state, name)

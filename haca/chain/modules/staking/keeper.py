@@ -15,12 +15,13 @@ fault); the slashed tokens stay in STAKING_ACCOUNT until the caller pays them ou
 from __future__ import annotations
 
 import json
-from collections.abc import Callable, Iterable
+from collections.abc import Iterable
 from dataclasses import asdict, dataclass
-from typing import Any, ClassVar, Protocol
+from typing import Any, ClassVar, Protocol, runtime_checkable
 
 from haca.chain.errors import InsufficientStake
 from haca.chain.state import CachedState, ReadableState, get_int, set_int
+from haca.chain.wiring import Hook, dependency
 from haca.crypto.hashing import keccak256
 from haca.types.encoding import canonical_json
 
@@ -34,7 +35,10 @@ STAKING_ACCOUNT = "0x" + keccak256(b"haca/module/staking/bonded")[12:].hex()
 BPS = 10_000
 
 
+@runtime_checkable
 class Bank(Protocol):
+    """What staking needs from the bank: moving, burning and minting (genesis bonds) tokens."""
+
     def send(self, state: CachedState, sender: str, recipient: str, amount: int) -> None: ...
 
     def burn(self, state: CachedState, holder: str, amount: int) -> None: ...
@@ -75,10 +79,10 @@ def _addr(address: str) -> bytes:
 
 class StakingKeeper:
     def __init__(self, bank: Bank) -> None:
-        self.bank = bank
+        self.bank = dependency("StakingKeeper", "bank", bank, Bank)
         # The height up to which `address` must stay slashable (its latest pending claim's deadline;
-        # 0 for none): set by the inference module, which owns claims.
-        self.slashable_until: Callable[[ReadableState, str], int] = lambda state, address: 0
+        # 0 for none): the inference keeper's, which owns claims and needs this keeper to be built.
+        self.slashable_until: Hook[[ReadableState, str], int] = Hook("staking.slashable_until")
 
     # --- params ---------------------------------------------------------------------------------
 
