@@ -152,7 +152,7 @@ def test_path_traversal_never_reaches_the_disk(client: TestClient, tmp_path: Pat
     (tmp_path / "secret").write_bytes(b"secret")
     for path in ("/v1/blobs/../secret", "/v1/blobs/..%2Fsecret", "/v1/blobs/sha256:..%2F..%2Fsecret"):
         response = client.get(path)
-        assert response.status_code in (400, 404)
+        assert response.status_code == 404, path
         assert b"secret" not in response.content or response.headers["content-type"].startswith("application/json")
         assert_error(response, response.status_code)
 
@@ -181,7 +181,7 @@ def test_downloads_need_no_signature(client: TestClient) -> None:
 
 def test_bad_content_length_is_400(client: TestClient) -> None:
     response = client.post("/v1/blobs", content=b"abc", headers={**signed(b"abc"), "Content-Length": "-3"})
-    assert response.status_code in (400, 413, 422)  # refused before any byte is stored
+    assert response.status_code == 400  # refused before any byte is stored
 
 
 def test_request_validation_errors_are_json(store: BlobStore) -> None:

@@ -281,8 +281,10 @@ def test_a_deeply_nested_input_is_a_4xx_json_error_not_a_server_error(node, as_t
         value = f'{{"x": {{"dtype": "float32", "shape": {[1] * depth}, "data": {data}}}}}' if as_tensor else data
         content = f'{{"model": "double", "input": {value}}}'.encode()
         response = client.post("/v1/infer", content=content, headers=headers)
-        assert response.status_code in (400, 422), (depth, response.status_code)
-        assert response.json()["error"]["code"] in ("invalid_request", "invalid_input")
+        outcome = (response.status_code, response.json()["error"]["code"])
+        # past orjson's nesting limit (1024) the body is not JSON at all; within it, the input is refused
+        expected = (400, "invalid_request") if depth > 1022 else (422, "invalid_input")
+        assert outcome == expected, (depth, outcome)
 
 
 def test_a_paid_body_over_one_mib_is_a_413(node):

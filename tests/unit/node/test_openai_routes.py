@@ -156,7 +156,8 @@ def test_a_chat_answer_is_openai_shaped_with_a_receipt_charging_tokens_used_time
     assert doc["object"] == "chat.completion" and doc["model"] == "smollm2"
     (choice,) = doc["choices"]
     text = choice["message"]["content"]
-    assert choice["message"]["role"] == "assistant" and text and choice["finish_reason"] in ("stop", "length")
+    assert choice["message"]["role"] == "assistant" and text
+    assert choice["finish_reason"] == "length"  # greedy decoding of this prompt runs past max_tokens (12)
     usage = doc["usage"]
     assert usage["total_tokens"] == usage["prompt_tokens"] + usage["completion_tokens"]
     receipt = SignedReceipt.from_json(doc["haca"]["receipt"])
