@@ -65,3 +65,64 @@ class StaleProof(ProofInvalid):
         super().__init__(message)
         self.height = height
         self.latest = latest
+
+
+class PaymentRequiredError(HacaError):
+    """The node wants more than the caller allows, or could not be paid."""
+
+    code = "payment_required"
+
+
+class NodeError(HacaError):
+    """The node refused the request (4xx/5xx other than 402). `status` is the HTTP status,
+    `node_code` the code the node's error body names (haca.node.errors), "" if it names none."""
+
+    code = "node_error"
+
+    def __init__(self, message: str, status: int = 0, node_code: str = "") -> None:
+        super().__init__(message)
+        self.status = status
+        self.node_code = node_code
+
+
+class NodeNotFound(NotFound, NodeError):
+    """The node has no such receipt or model (404)."""
+
+
+class NodeRejected(NodeError):
+    """The node refused the request itself (malformed, too large, a mode it does not serve, a
+    replayed request id): sending it again will not help."""
+
+
+class NodeUnavailable(NodeError):
+    """The node cannot serve now (overloaded, rate-limited, its enclave or chain down, timed out):
+    worth retrying later."""
+
+
+_NODE_CODES: dict[str, type[NodeError]] = {
+    "receipt_not_found": NodeNotFound,
+    "model_not_found": NodeNotFound,
+    "overloaded": NodeUnavailable,
+    "rate_limit_exceeded": NodeUnavailable,
+    "enclave_unavailable": NodeUnavailable,
+    "chain_unavailable": NodeUnavailable,
+    "chain_error": NodeUnavailable,
+    "request_timeout": NodeUnavailable,
+}
+
+
+def node_error(status: int, body: object, text: str = "") -> HacaError:
+    """The typed exception for a node's error answer: its HTTP status and JSON body (the OpenAI
+    shape {"error": {"code", "message"}}, or x402's {"error": "..."}), `text` when it is not JSON."""
+    error = body.get("error") if isinstance(body, dict) else None
+    if isinstance(error, dict):
+        message, node_code = str(error.get("message", "")), str(error.get("code") or "")
+    else:
+        message, node_code = (error, "") if isinstance(error, str) else (text[:200], "")
+    if status == 402:
+        return PaymentRequiredError(f"node refused the payment: {message}")
+    kind = _NODE_CODES.get(node_code)
+    if kind is None:
+        kind = NodeNotFound if status == 404 else NodeUnavailable if status in (429, 502, 503, 504) else NodeError
+        kind = NodeRejected if kind is NodeError and 400 <= status < 500 else kind
+    return kind(f"node answered {status}: {message}", status, node_code)

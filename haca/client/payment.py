@@ -13,6 +13,7 @@ from typing import Any, Protocol
 import numpy as np
 
 from haca.client.errors import HacaError, ProofInvalid, QueryFailed
+from haca.client.errors import PaymentRequiredError as PaymentRequiredError  # defined with the node's errors
 from haca.crypto.keys import PrivateKey
 from haca.proofs.receipt import EvidenceError
 from haca.proofs.verifier import EnclaveStanding, VerifyContext, verifiers, verify
@@ -26,12 +27,6 @@ from haca.types.tensor import TensorError, parse_input, schema_from_json, tensor
 
 _VERIFIERS = verifiers()
 TERMS_LAG_BLOCKS = 5  # how far the quoted terms' height may be from the chain's (proven) height, either way
-
-
-class PaymentRequiredError(HacaError):
-    """The node wants more than the caller allows, or could not be paid."""
-
-    code = "payment_required"
 
 
 class InputInvalid(HacaError):
