@@ -292,7 +292,7 @@ def test_async_client_pays_verifies_and_waits_for_settlement(inference_devnet):
 
     async def scenario() -> tuple[dict, object]:
         async with AsyncClient.from_home(inference_devnet.home, "dev3") as client:
-            await asyncio.to_thread(client.deposit, 10**7)
+            await client.deposit(10**7)
             results = await asyncio.gather(*(client.infer("iris", [[6.0, 2.9, 4.5, 1.5 + i / 10]]) for i in range(4)))
             records = await asyncio.gather(*(client.wait_settled(r.receipt_id) for r in results))
             return records, results

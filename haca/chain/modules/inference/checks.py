@@ -73,8 +73,7 @@ def check_model_registered(node_address: str, node: dict[str, Any], manifest: di
 
 def check_stake(keeper: InferenceKeeper, state: ReadableState, node_address: str, mode: str) -> None:
     """A node below the mode's minimum stake cannot be paid for it."""
-    if keeper.staking is not None:
-        keeper.staking.require_stake(state, node_address, (mode,))
+    keeper.staking.require_stake(state, node_address, (mode,))
 
 
 def check_standing(signer: str, standing: EnclaveStanding | None) -> None:
