@@ -187,6 +187,7 @@ class HacaApp(BaseApplication):
             code=result.code,
             codespace=result.codespace,
             log=result.log,
+            data=result.data,
             gas_wanted=1,
             gas_used=1 if result.ok else 0,
         )
@@ -344,6 +345,7 @@ def _exec_result(result: TxResult) -> abci.ExecTxResult:
         code=result.code,
         codespace=result.codespace,
         log=result.log,
+        data=result.data,
         gas_wanted=1,
         gas_used=1,
         events=[_abci_event(e) for e in result.events],

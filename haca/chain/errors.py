@@ -6,10 +6,17 @@ from haca.types import codes
 
 
 class ChainError(Exception):
-    """A tx or query the chain refuses; `code` is what CheckTx/FinalizeBlock/Query report."""
+    """A tx or query the chain refuses; `code` is what CheckTx/FinalizeBlock/Query report.
+    `refused_item`: which item of a multi-item message (and its receipt) caused it, reported to
+    the sender as structured result data, not only in the log text."""
 
     code = codes.INTERNAL
     codespace = "haca"
+    refused_item: tuple[int, str] | None = None
+
+    def naming_item(self, index: int, receipt_id: str) -> ChainError:
+        self.refused_item = (index, receipt_id)
+        return self
 
 
 class TxDecodeFailed(ChainError):

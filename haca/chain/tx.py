@@ -23,6 +23,7 @@ from haca.chain.modules.bank.keeper import BankKeeper
 from haca.chain.state import CachedState
 from haca.crypto.hashing import sha256
 from haca.crypto.keys import SignatureError
+from haca.types.encoding import canonical_json
 from haca.types.tx import Tx, TxDecodeError, decode_tx
 
 Handler = Callable[["TxContext", Any], list[Event]]
@@ -53,6 +54,7 @@ class TxResult:
     log: str = ""
     events: list[Event] = field(default_factory=list)
     ante_failed: bool = False  # nothing could be charged: the tx must not be in a block
+    data: bytes = b""  # a refusal's structured detail (canonical JSON), e.g. which item failed
 
     @property
     def ok(self) -> bool:
@@ -60,7 +62,11 @@ class TxResult:
 
     @classmethod
     def failure(cls, error: ChainError, ante_failed: bool) -> TxResult:
-        return cls(code=error.code, codespace=error.codespace, log=str(error), ante_failed=ante_failed)
+        data = b""
+        if error.refused_item is not None:
+            index, receipt_id = error.refused_item
+            data = canonical_json({"refused_item": {"index": index, "receipt_id": receipt_id}})
+        return cls(code=error.code, codespace=error.codespace, log=str(error), ante_failed=ante_failed, data=data)
 
 
 class TxRunner:

@@ -15,6 +15,7 @@ the two calls, pass.
 
 from __future__ import annotations
 
+import base64
 import json
 import threading
 import time
@@ -265,7 +266,8 @@ class ChainClient:
                 raise TxRejected(f"rejected: this exact tx was already submitted ({exc})") from exc
             raise
         if int(result["code"]) != 0:
-            raise TxRejected(f"rejected (code {result['code']}): {result['log']}", int(result["code"]), result["log"])
+            code, log = int(result["code"]), str(result["log"])
+            raise TxRejected(f"rejected (code {code}): {log}", code, log, _result_data(result))
         return str(result["hash"])
 
     def wait_tx(self, tx_hash: str, timeout: float = 30.0) -> TxOutcome:
@@ -286,10 +288,21 @@ class ChainClient:
         )
         if outcome.code != 0:
             raise TxRejected(
-                f"tx failed in block {outcome.height} (code {outcome.code}): {outcome.log}", outcome.code, outcome.log
+                f"tx failed in block {outcome.height} (code {outcome.code}): {outcome.log}",
+                outcome.code,
+                outcome.log,
+                _result_data(result),
             )
         return outcome
 
     def send_msgs(self, key: PrivateKey, msgs: tuple[Msg, ...], wait: bool = True) -> TxOutcome | str:
         tx_hash = self.broadcast(self.sign(key, msgs))
         return self.wait_tx(tx_hash) if wait else tx_hash
+
+
+def _result_data(result: dict[str, Any]) -> bytes:
+    """A CheckTx or tx result's `data` (base64 in CometBFT's JSON), b"" when absent or malformed."""
+    try:
+        return base64.b64decode(result.get("data") or "", validate=True)
+    except (ValueError, TypeError):
+        return b""

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+
 
 class HacaError(Exception):
     code = "error"
@@ -35,10 +37,22 @@ class TxRejected(HacaError):
 
     code = "tx_rejected"
 
-    def __init__(self, message: str, abci_code: int = 0, log: str = "") -> None:
+    def __init__(self, message: str, abci_code: int = 0, log: str = "", data: bytes = b"") -> None:
         super().__init__(message)
         self.abci_code = abci_code
         self.log = log
+        self.data = data  # the app's structured detail of the refusal (canonical JSON), if any
+
+    @property
+    def refused_receipt(self) -> str | None:
+        """The receipt id of the item a multi-item settlement was refused for, as the chain reports
+        it in the result data (None when the refusal names no item)."""
+        try:
+            detail = json.loads(self.data) if self.data else {}
+            receipt_id = detail["refused_item"]["receipt_id"]
+        except (ValueError, KeyError, TypeError):
+            return None
+        return receipt_id if isinstance(receipt_id, str) else None
 
 
 class QueryFailed(HacaError):

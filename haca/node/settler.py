@@ -11,7 +11,6 @@ receipt: that path gives a receipt its final verdict."""
 
 from __future__ import annotations
 
-import re
 import threading
 import time
 from collections.abc import Callable
@@ -541,17 +540,15 @@ def settlement_chunks(receipts: list[StoredReceipt], batch_size: int) -> list[li
     return chunks
 
 
-_REFUSED_ITEM = re.compile(r"^item \d+ \(receipt (0x[0-9a-f]{64})\): ")
 
 
 def refused_receipt(chunk: list[StoredReceipt], exc: TxRejected) -> StoredReceipt | None:
-    """The receipt of `chunk` a settlement refusal names (the chain prefixes the item), if any."""
+    """The receipt of `chunk` a settlement refusal names (the chain reports the item in the
+    result's data), if any."""
     if exc.abci_code not in RECEIPT_REFUSALS:
         return None
-    match = _REFUSED_ITEM.match(exc.log or "")
-    if match is None:
-        return None
-    return next((r for r in chunk if r.item.receipt.id == match.group(1)), None)
+    receipt_id = exc.refused_receipt
+    return next((r for r in chunk if r.item.receipt.id == receipt_id), None) if receipt_id else None
 
 
 def settled_statuses(events: list[dict[str, Any]]) -> dict[str, Status]:

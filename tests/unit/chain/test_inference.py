@@ -879,3 +879,17 @@ def test_supply_plus_burned_and_escrow_account_match_a_ledger_after_every_block(
                 ledger.assert_matches(chain)
         finally:
             chain.close()
+
+
+@pytest.mark.parametrize("position", [0, 2])
+def test_the_refused_item_is_named_in_the_result_data_of_check_tx_and_of_the_block(chain, position):
+    """A node learns which receipt sank its MsgSettle from structured data, not by parsing the log."""
+    good = [item(make_receipt(1)), item(make_receipt(2))]
+    bad = item(make_receipt(9, fee=PRICE - 1))
+    items = [*good[:position], bad, *good[position:]]
+    raw = settle_tx(chain, *items)
+    expected = {"refused_item": {"index": position, "receipt_id": bad.receipt.id}}
+    checked = chain.check(raw)
+    assert checked.code == errors.InvalidPayment.code and json.loads(checked.data) == expected
+    (result,) = chain.block([raw]).tx_results
+    assert result.code == errors.InvalidPayment.code and json.loads(result.data) == expected

@@ -11,6 +11,7 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import json
+import re
 import tempfile
 from collections import Counter
 from pathlib import Path
@@ -26,6 +27,7 @@ from haca.crypto.keys import PrivateKey
 from haca.node.receipts import ReceiptStore
 from haca.node.settler import Settler
 from haca.types import codes
+from haca.types.encoding import canonical_json
 from haca.types.inference import MsgSettle, SettlementItem
 from tests.unit.node.nodehelpers import NODE, per_request, signed_receipt
 
@@ -89,7 +91,7 @@ class FakeChain:
         in_mempool = {self._request(i): i.receipt.id for r in self.mempool for i in self.txs[r][1]}
         code, log = self._check(items, {**self.settled_requests, **in_mempool})
         if code:
-            raise TxRejected(f"rejected (code {code}): {log}", code, log)
+            raise refusal(f"rejected (code {code}): {log}", code, log)
         self.mempool.append(raw)
         self.cache.add(raw)
         self.accepted.append((nonce, tuple(i.receipt.id for i in items)))
@@ -113,7 +115,7 @@ class FakeChain:
             raise HacaError(f"tx {tx_hash} not committed within {timeout:.0f}s")
         height, code, log = self.results[tx_hash]
         if code:
-            raise TxRejected(f"tx failed in block {height} (code {code}): {log}", code, log)
+            raise refusal(f"tx failed in block {height} (code {code}): {log}", code, log)
         return TxOutcome(tx_hash, height, 0, "", [])
 
     # --- the chain itself ----------------------------------------------------------------------
@@ -170,6 +172,13 @@ class FakeChain:
 
     def ledger_ids(self) -> list[str]:
         return [rid for rid, _ in self.ledger]
+
+
+def refusal(message: str, code: int, log: str) -> TxRejected:
+    """A refusal as the chain reports it: when it names an item, the item is also in the result data."""
+    named = re.match(r"^item (\d+) \(receipt (0x[0-9a-f]{64})\): ", log)
+    detail = {"refused_item": {"index": int(named[1]), "receipt_id": named[2]}} if named else None
+    return TxRejected(message, code, log, canonical_json(detail) if detail else b"")
 
 
 class RecordView:

@@ -37,5 +37,6 @@ def handle_settle(
         try:
             events += settle_item(ctx, registry, tee, keeper, item)
         except ChainError as exc:  # name the receipt, so a node can drop it and resend the rest at once
-            raise type(exc)(f"item {index} (receipt {item.receipt.id}): {exc}") from exc
+            named = type(exc)(f"item {index} (receipt {item.receipt.id}): {exc}")
+            raise named.naming_item(index, item.receipt.id) from exc
     return events

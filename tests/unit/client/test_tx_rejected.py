@@ -1,0 +1,28 @@
+"""A refused tx names the item that sank it in its result data; the client reads it from there."""
+
+from __future__ import annotations
+
+import base64
+
+from haca.client.chain import _result_data
+from haca.client.errors import TxRejected
+from haca.types.encoding import canonical_json
+
+RECEIPT = "0x" + "ab" * 32
+
+
+def test_the_refused_receipt_is_read_from_the_structured_data() -> None:
+    data = canonical_json({"refused_item": {"index": 3, "receipt_id": RECEIPT}})
+    assert TxRejected("rejected", 18, "item 3 (…): …", data).refused_receipt == RECEIPT
+
+
+def test_a_refusal_without_data_or_with_other_data_names_no_receipt() -> None:
+    assert TxRejected("rejected", 18, f"item 3 (receipt {RECEIPT}): no").refused_receipt is None  # not from the log
+    assert TxRejected("rejected", 18, "", b"not json").refused_receipt is None
+    assert TxRejected("rejected", 18, "", canonical_json({"other": 1})).refused_receipt is None
+
+
+def test_cometbft_result_data_is_base64() -> None:
+    data = canonical_json({"refused_item": {"index": 0, "receipt_id": RECEIPT}})
+    assert _result_data({"data": base64.b64encode(data).decode()}) == data
+    assert _result_data({"data": None}) == b"" and _result_data({}) == b"" and _result_data({"data": "%%"}) == b""
