@@ -20,6 +20,7 @@ from haca.devnet.layout import example_models_dir
 from haca.devnet.network import Devnet, up
 from haca.proofs.tee.dev import DEV_LABEL
 from haca.types.bank import MsgSend
+from haca.types.registry import PriceUnit
 
 DEPOSIT = 10_000_000
 
@@ -71,13 +72,13 @@ def _run(client: Client, denom: str) -> None:
     models = chain.query("/registry/models")["models"]
     console.print("[bold]2.[/bold] models registered on chain (bytes in the hub, addressed by sha256):")
     for m in models:
-        if m.get("price_unit") == "token":
+        if m.get("price_unit") == PriceUnit.TOKEN:
             terms = (
                 f"{m['price']} {denom} per prompt token, {m.get('completion_price')} per completion token"
                 f" ({m.get('kind')} LLM, context {m.get('max_rows')} tokens)"
             )
         else:
-            per = "row" if m.get("price_unit") == "row" else "request"
+            per = "row" if m.get("price_unit") == PriceUnit.ROW else "request"
             terms = f"{m['price']} {denom} per {per} (at most {m.get('max_rows')} rows a request)"
         console.print(f"   {m['name']:<14} v{m['version']}  {m['model_id'][:23]}…  {terms}")
 

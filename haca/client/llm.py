@@ -26,7 +26,7 @@ from haca.types.llm import LlmRequest, text_hash
 from haca.types.modes import Mode
 from haca.types.payment import PaymentAuthorization
 from haca.types.receipt import SignedReceipt
-from haca.types.registry import token_fee
+from haca.types.registry import PriceUnit, token_fee
 from haca.types.x402 import SCHEME, chain_id_of
 
 TEMPLATE_TOKENS = 64  # what a chat template (and a BOS token) may add to the prompt's own text
@@ -72,7 +72,7 @@ def llm_offers(header: str) -> list[LlmOffer]:
         accepts = doc["accepts"]
         if not isinstance(accepts, list):
             raise TypeError("'accepts' is not a list")
-        return [_offer(a) for a in accepts if a["scheme"] == SCHEME and a["extra"]["price_unit"] == "token"]
+        return [_offer(a) for a in accepts if a["scheme"] == SCHEME and a["extra"]["price_unit"] == PriceUnit.TOKEN]
     except (binascii.Error, UnicodeDecodeError, json.JSONDecodeError, KeyError, TypeError, ValueError) as exc:
         raise PaymentRequiredError(f"node answered 402 without usable requirements: {exc}") from exc
 
@@ -138,7 +138,7 @@ def llm_max_fee(offer: LlmOffer, request: LlmRequest, max_fee: int | None, manif
                 f"{request.max_tokens} completion tokens at {offer.completion_price}), more than the max fee {max_fee}"
             )
         return fee
-    if manifest.get("price_unit") != "token":
+    if manifest.get("price_unit") != PriceUnit.TOKEN:
         raise PaymentRequiredError(f"{offer.model!r} is not priced per token on chain")
     published = (int(manifest["price"]), int(manifest.get("completion_price", 0)))
     if offer.prompt_price > published[0] or offer.completion_price > published[1]:

@@ -22,7 +22,7 @@ from haca.proofs.zk.proof import instances_commitment, parse_instances
 from haca.types.modes import Mode
 from haca.types.payment import PaymentAuthorization, SpendingAllowance, encode_api_key
 from haca.types.receipt import SignedReceipt
-from haca.types.registry import PRICE_UNITS, request_fee, request_rows
+from haca.types.registry import PRICE_UNITS, PriceUnit, request_fee, request_rows
 from haca.types.tensor import TensorError, parse_input, schema_from_json, tensors_from_json, tensors_hash
 
 _VERIFIERS = verifiers()
@@ -133,7 +133,7 @@ def chain_max_amount(manifest: Mapping[str, Any]) -> int:
     """The most one request can cost at the model's terms on chain (`manifest`): what a node
     quotes as its x402 amount when it charges exactly the model's prices."""
     price, unit, rows = int(manifest["price"]), str(manifest["price_unit"]), int(manifest["max_rows"])
-    if unit == "token":  # prompt and completion tokens share the context
+    if unit == PriceUnit.TOKEN:  # prompt and completion tokens share the context
         return rows * max(price, int(manifest.get("completion_price", 0)))
     return request_fee(price, unit, rows)
 

@@ -38,12 +38,11 @@ from haca.types.batch import MsgSettleBatch
 from haca.types.llm import LlmRequest, parse_request, text_hash
 from haca.types.modes import Mode
 from haca.types.receipt import Receipt, SignedReceipt
-from haca.types.registry import request_fee, request_rows, token_fee
+from haca.types.registry import PRICE_UNITS, PriceUnit, request_fee, request_rows, token_fee
 from haca.types.tee import GpuEvidence
 from haca.types.tensor import Tensor, tensors_hash
 
 PRODUCED_LIMIT = 1 << 18  # receipt ids remembered for batch roots (~40 MB); older ones settle alone
-PRICE_UNITS = ("request", "row", "token")
 
 
 class EnclaveRefused(ValueError):
@@ -218,7 +217,7 @@ class Enclave:
         loaded = self._model(model_id)
         if not isinstance(loaded.runtime, OnnxModel):
             raise EnclaveRefused(f"model {model_id} is a language model: use generate")
-        if terms.price_unit == "token":
+        if terms.price_unit == PriceUnit.TOKEN:
             raise EnclaveRefused("a tensor model is priced per request or per row, not per token")
         try:
             inputs = loaded.runtime.prepare(raw_input)
@@ -254,7 +253,7 @@ class Enclave:
         where the budget would be exceeded, at `deadline` (time.monotonic()), or when cancelled;
         LlmError (ContextExceeded, BudgetExhausted) when it cannot start."""
         self._require_attested(terms.chain_id, terms.node)
-        if terms.price_unit != "token":
+        if terms.price_unit != PriceUnit.TOKEN:
             raise EnclaveRefused("a language model is priced per token")
         llm, request = self.parse_llm(model_id, body, kind)
         input_hash = request.hash(model_id)

@@ -22,6 +22,7 @@ from haca.proofs.zk.proof import Instances, witness_instances
 from haca.runtime.llm import LlmModel
 from haca.runtime.onnx import OnnxModel
 from haca.types.modes import Mode
+from haca.types.registry import PriceUnit
 from haca.types.tensor import Tensor
 
 MAX_BODY_BYTES = 1 << 20
@@ -96,6 +97,8 @@ def _quotes_at(ctx: NodeContext, height: int) -> dict[tuple[str, str], Quote]:
         manifest = ctx.gate.chain.manifest_in_effect(served.model_id, height)
         if manifest is None:
             continue
+        unit = PriceUnit(manifest["price_unit"])
+        completion = max(ctx.price, int(manifest.get("completion_price", 0))) if unit == PriceUnit.TOKEN else 0
         for mode in sorted(set(manifest["modes"]) & set(ctx.modes)):
             if mode == Mode.ZKML and not served.proves:
                 continue  # a proof needs the circuit: without it the node does not offer zkml
@@ -104,10 +107,10 @@ def _quotes_at(ctx: NodeContext, height: int) -> dict[tuple[str, str], Quote]:
                 manifest["name"],
                 mode,
                 max(ctx.price, int(manifest["price"])),
-                manifest["price_unit"],
+                unit,
                 int(manifest["max_rows"]),
                 height,
-                max(ctx.price, int(manifest.get("completion_price", 0))) if manifest["price_unit"] == "token" else 0,
+                completion,
             )
     ctx.quotes = (height, quotes)
     return quotes
@@ -121,8 +124,8 @@ def route_quotes(ctx: NodeContext, llm: bool) -> dict[tuple[str, str], Quote]:
     if ctx.split_quotes is None or ctx.split_quotes[0] != height:  # split once per block, as the quotes are
         ctx.split_quotes = (
             height,
-            {k: q for k, q in quotes.items() if q.price_unit != "token"},
-            {k: q for k, q in quotes.items() if q.price_unit == "token"},
+            {k: q for k, q in quotes.items() if q.price_unit != PriceUnit.TOKEN},
+            {k: q for k, q in quotes.items() if q.price_unit == PriceUnit.TOKEN},
         )
     return ctx.split_quotes[2] if llm else ctx.split_quotes[1]
 

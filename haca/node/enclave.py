@@ -28,6 +28,7 @@ from haca.node.payments import AcceptedPayment, Quote
 from haca.types.batch import MsgSettleBatch
 from haca.types.modes import Mode
 from haca.types.receipt import SignedReceipt
+from haca.types.registry import PriceUnit
 from haca.types.tee import MsgAttestEnclave
 
 log = structlog.get_logger("haca.enclave")
@@ -160,7 +161,7 @@ class EnclaveKey:
             "height_hint": terms.height_hint,
         }
         wrong = sorted(k for k, v in expected.items() if getattr(receipt, k) != v)
-        if terms.price_unit == "token":
+        if terms.price_unit == PriceUnit.TOKEN:
             if receipt.fee > terms.budget:
                 wrong.append("fee")
             if receipt.prompt_tokens + receipt.completion_tokens > terms.max_rows:

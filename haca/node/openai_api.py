@@ -49,6 +49,7 @@ from haca.runtime.llm import BudgetExhausted, ContextExceeded, LlmModel, Outcome
 from haca.types.llm import LlmRequest, LlmRequestError, parse_request, text_hash
 from haca.types.modes import Mode, Status
 from haca.types.receipt import SignedReceipt
+from haca.types.registry import PriceUnit
 
 log = structlog.get_logger("haca.node.llm")
 
@@ -148,7 +149,7 @@ BODY_SLACK_BYTES = 16 * 1024
 
 def llm_body_limit(quotes: Iterable[Quote]) -> int:
     """The largest request body any served LLM could take (context tokens = a quote's max_rows)."""
-    most = max((q.max_rows for q in quotes if q.price_unit == "token"), default=0)
+    most = max((q.max_rows for q in quotes if q.price_unit == PriceUnit.TOKEN), default=0)
     return min(MAX_BODY_BYTES, BODY_SLACK_BYTES + BODY_BYTES_PER_TOKEN * most)
 
 

@@ -50,7 +50,7 @@ from haca.types.payment import (
     SpendingAllowance,
     decode_api_key,
 )
-from haca.types.registry import request_fee, token_fee
+from haca.types.registry import PriceUnit, request_fee, token_fee
 from haca.types.x402 import PAYMENT_RESPONSE_HEADER as PAYMENT_RESPONSE_HEADER_V2
 from haca.types.x402 import PAYMENT_SIGNATURE_HEADER, SCHEME
 
@@ -156,7 +156,7 @@ class Quote:
     @property
     def max_amount(self) -> int:
         """The most one request can cost (the x402 amount a client authorises)."""
-        if self.price_unit == "token":
+        if self.price_unit == PriceUnit.TOKEN:
             return self.max_rows * max(self.unit_price, self.completion_price)
         return self.fee(self.max_rows)
 
@@ -240,7 +240,7 @@ class PaymentGate:
         blocks = self.settle_margin
         if quote.mode == Mode.ZKML:
             blocks += math.ceil(EXPIRY_PROVING_SAFETY * self.proving_seconds() / self.block_seconds())
-        elif quote.price_unit == "token":
+        elif quote.price_unit == PriceUnit.TOKEN:
             blocks += math.ceil(self.llm_seconds / self.block_seconds())
         return height + blocks
 
@@ -283,7 +283,7 @@ class PaymentGate:
         least = self.min_expiry(quote, height)
         suggested = self.proving_blocks if quote.mode == Mode.ZKML else self.authorization_blocks
         per = quote.price_unit
-        if quote.price_unit == "token":
+        if quote.price_unit == PriceUnit.TOKEN:
             per = f"prompt token, {quote.completion_price} per completion token"
         return {
             "scheme": SCHEME,

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from enum import StrEnum
 from typing import Any, ClassVar
 
 from haca.types import fields as f
@@ -12,14 +13,22 @@ from haca.types.tx import register_msg
 
 MAX_SCHEMA_BYTES = 4096
 MAX_NODE_MODELS = 64
-PRICE_UNITS = ("request", "row", "token")
+class PriceUnit(StrEnum):
+    """What a model's price is per: a request, a row of its input, or (an LLM) a token."""
+
+    REQUEST = "request"
+    ROW = "row"
+    TOKEN = "token"
+
+
+PRICE_UNITS = tuple(PriceUnit)
 MODEL_KINDS = ("onnx", "gguf")  # an ONNX graph (onnxruntime) or a GGUF language model (llama.cpp)
 MAX_ROWS_LIMIT = 1 << 20
 
 
 def request_fee(unit_price: int, price_unit: str, rows: int) -> int:
     """What one request of `rows` rows costs: the price per request, or per row."""
-    return unit_price * rows if price_unit == "row" else unit_price
+    return unit_price * rows if price_unit == PriceUnit.ROW else unit_price
 
 
 def token_fee(prompt_price: int, completion_price: int, prompt_tokens: int, completion_tokens: int) -> int:
@@ -155,7 +164,7 @@ class MsgRegisterModel:
         modes = f.modes(doc["modes"])
         if kind == "gguf":
             # An LLM takes text and is priced per token; its answers are not proved in zkml.
-            if doc["price_unit"] != "token":
+            if doc["price_unit"] != PriceUnit.TOKEN:
                 raise ValueError("price_unit: a gguf model is priced per token")
             if doc["input_schema"] != {} or doc["output_schema"] != {}:
                 raise ValueError("input_schema/output_schema: a gguf model takes text: both must be {}")
@@ -163,7 +172,7 @@ class MsgRegisterModel:
                 raise ValueError("modes: a gguf model cannot be offered in zkml")
             schemas: tuple[dict[str, Any], dict[str, Any]] = ({}, {})
         else:
-            if doc["price_unit"] == "token" or completion_price:
+            if doc["price_unit"] == PriceUnit.TOKEN or completion_price:
                 raise ValueError("price_unit: only a gguf model is priced per token")
             schemas = (
                 parse_schema(doc["input_schema"], "input_schema"),

@@ -22,7 +22,7 @@ from haca.chain.errors import (
 from haca.chain.modules.inference.keeper import InferenceKeeper
 from haca.chain.state import ReadableState
 from haca.proofs.verifier import EnclaveStanding
-from haca.types.registry import token_fee
+from haca.types.registry import PriceUnit, token_fee
 
 
 def check_height_hint(height_hint: int, height: int) -> None:
@@ -44,7 +44,7 @@ def check_fee(manifest: dict[str, Any], fee: int, prompt_tokens: int, completion
     """The fee is at least the model's price in effect at the receipt's height: per request (or
     row: one at least), or, for an LLM, per token for the tokens the receipt says it used."""
     tokens = prompt_tokens + completion_tokens
-    if manifest["price_unit"] == "token":
+    if manifest["price_unit"] == PriceUnit.TOKEN:
         if tokens > int(manifest["max_rows"]):
             raise InvalidPayment(f"receipt counts {tokens} tokens; the model allows {manifest['max_rows']} a request")
         prices = int(manifest["price"]), int(manifest.get("completion_price", 0))
