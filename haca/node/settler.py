@@ -540,8 +540,6 @@ def settlement_chunks(receipts: list[StoredReceipt], batch_size: int) -> list[li
     return chunks
 
 
-
-
 def refused_receipt(chunk: list[StoredReceipt], exc: TxRejected) -> StoredReceipt | None:
     """The receipt of `chunk` a settlement refusal names (the chain reports the item in the
     result's data), if any."""

@@ -13,6 +13,8 @@ from haca.types.tx import register_msg
 
 MAX_SCHEMA_BYTES = 4096
 MAX_NODE_MODELS = 64
+
+
 class PriceUnit(StrEnum):
     """What a model's price is per: a request, a row of its input, or (an LLM) a token."""
 
