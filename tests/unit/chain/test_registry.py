@@ -201,7 +201,7 @@ def test_model_query_of_a_missing_model_or_a_malformed_version_answers_its_code(
 def test_model_query_with_an_out_of_range_or_non_ascii_version_answers_an_error_code_instead_of_raising(chain, data):
     assert_ok(chain.deliver(OWNER, IRIS))
     resp = chain.query("/registry/model", data.encode())
-    assert resp.code in (errors.InvalidQuery.code, errors.NotFound.code)
+    assert resp.code == errors.InvalidQuery.code, resp.log  # refused as a query, not looked up
 
 
 # --- nodes -----------------------------------------------------------------------------------------
@@ -305,7 +305,7 @@ def test_check_tx_rejects_a_registry_message_with_a_bad_schema_or_field_as_malfo
     raw = chain.tx(OWNER, msg)
     check_writes = dict(chain.app.check_state.writes)
     resp = chain.check(raw)
-    assert resp.code in (errors.TxDecodeFailed.code, errors.InvalidMessage.code), resp.log
+    assert resp.code == errors.TxDecodeFailed.code, resp.log  # decoding is validation: it never decodes
     assert log_part in resp.log
     assert chain.app.check_state.writes == check_writes
     # Nothing was charged: the owner's next valid tx passes at the same nonce.
