@@ -296,6 +296,7 @@ class Devnet:
                 self.save(state)
                 services.wait_http(f"{svc.url}/healthz", svc.pid, "explorer", log)
             elif svc.kind == "enclave":
+                services.approve_enclave_code(self.home)  # resumed after a code change: approve the new code
                 socket = self.enclave_socket(svc.name)
                 socket.unlink(missing_ok=True)
                 hub = next((s.url for s in state.services if s.kind == "hub"), "")

@@ -16,11 +16,15 @@ from haca.client.errors import QueryFailed
 from haca.devnet.accounts import dev_keys, service_keys
 from haca.devnet.layout import dev_srs_dir, example_circuits_dir, example_models_dir
 from haca.devnet.processes import http_ok, process_alive, spawn
+from haca.enclave.measure import enclave_measurement
 from haca.hub.client import HubClient
+from haca.proofs.tee.binding import measurement_id
+from haca.proofs.tee.claims import Claims
 from haca.proofs.zk.circuit import Circuit, load_circuit
 from haca.runtime.llm import smollm2_path
 from haca.types.modes import Mode
 from haca.types.registry import MsgRegisterCircuit, MsgRegisterModel
+from haca.types.tee import GLOBAL_SCOPE, MsgApproveMeasurement
 
 # Example models and their terms (price in base units, per request or per row, rows per request),
 # registered by the `publisher` key. A settlement costs the node ~2.6k in tx fees per receipt
@@ -109,6 +113,23 @@ def wait_socket(path: Path, pid: int, what: str, log: Path, timeout: float = 60.
         if time.monotonic() > deadline:
             raise ServiceError(f"{what} has no socket {path} after {timeout:.0f}s; see {log}")
         time.sleep(0.1)
+
+
+def approve_enclave_code(home: Path) -> str | None:
+    """The devnet's governance authority (dev0) approves the DEV measurement of the enclave code in
+    this tree for every model, unless the chain already does: a devnet resumed after the code
+    changed would otherwise refuse its own enclave. Returns the measurement id it approved."""
+    mid = measurement_id(Claims("dev", {"measurement": enclave_measurement()}, b"", False, "UpToDate", dev=True))
+    config = ClientConfig.load(home)
+    chain = connect(config)
+    try:
+        approvals = chain.query("/tee/measurements")["approvals"]
+        if any(a["measurement_id"] == mid and a["model"] == GLOBAL_SCOPE for a in approvals):
+            return None
+        chain.send_msgs(KeyStore(home).get("dev0").key, (MsgApproveMeasurement(mid, GLOBAL_SCOPE),))
+        return mid
+    finally:
+        chain.close()
 
 
 def register_example_models(home: Path, hub_url: str) -> list[dict[str, Any]]:

@@ -29,8 +29,11 @@ from haca.devnet.layout import example_models_dir
 from haca.devnet.processes import signal_group, spawn, wait_group_gone
 from haca.devnet.services import enclave_command, wait_socket
 from haca.enclave.client import AsyncEnclaveClient, EnclaveClient, EnclaveRefusal
+from haca.enclave.measure import enclave_measurement
 from haca.enclave.runtime import Terms
 from haca.node.service import ensure_stake
+from haca.proofs.tee.binding import measurement_id
+from haca.proofs.tee.claims import Claims
 from haca.runtime.llm import smollm2_path
 from haca.types import codes
 from haca.types.batch import assemble_batch
@@ -38,7 +41,7 @@ from haca.types.inference import MsgDeposit, MsgSettle, SettlementItem
 from haca.types.payment import PaymentAuthorization, SignedPayment, SpendingAllowance
 from haca.types.receipt import Receipt, SignedReceipt
 from haca.types.registry import MsgRegisterNode
-from haca.types.tee import MsgAttestEnclave, MsgSetTeePolicy
+from haca.types.tee import MsgAttestEnclave, MsgRevokeMeasurement, MsgSetTeePolicy
 from tests.integration.test_tee import IRIS_INPUT, MODELS, Net
 
 pytestmark = pytest.mark.devnet
@@ -269,3 +272,16 @@ def test_with_gpu_evidence_required_only_an_enclave_attested_with_a_gpu_report_s
     )
     assert balances(net, host) == before
     net.assert_supply_holds()
+
+
+def test_a_resumed_devnet_approves_the_enclave_code_of_its_tree(net):
+    """`make demo` resumes a devnet whose genesis approved the code of its day: after the code
+    changes (here: the approval revoked), starting the enclave approves the current measurement."""
+    from haca.devnet.services import approve_enclave_code
+
+    mid = measurement_id(Claims("dev", {"measurement": enclave_measurement()}, b"", False, "UpToDate", dev=True))
+    net.send("dev0", MsgRevokeMeasurement(mid, "*"))
+    assert approve_enclave_code(Path(net.home)) == mid
+    approvals = net.chain.query("/tee/measurements")["approvals"]
+    assert [a["model"] for a in approvals if a["measurement_id"] == mid] == ["*"]
+    assert approve_enclave_code(Path(net.home)) is None  # already approved: nothing sent
