@@ -296,7 +296,6 @@ class Devnet:
                 self.save(state)
                 services.wait_http(f"{svc.url}/healthz", svc.pid, "explorer", log)
             elif svc.kind == "enclave":
-                services.approve_enclave_code(self.home)  # resumed after a code change: approve the new code
                 socket = self.enclave_socket(svc.name)
                 socket.unlink(missing_ok=True)
                 hub = next((s.url for s in state.services if s.kind == "hub"), "")
@@ -309,6 +308,7 @@ class Devnet:
                 services.wait_socket(socket, svc.pid, svc.name, logs / f"{svc.name}.log")
             else:
                 enclave = self.enclave_socket("enclave" + svc.name.removeprefix("node"))
+                services.approve_enclave_code(self.home, enclave)  # resumed after a code change: approve it
                 command = services.node_command(self.home, svc.name, svc.port, enclave)
                 svc.pid = spawn(command, logs / f"{svc.name}.log")
                 self.save(state)

@@ -16,7 +16,7 @@ from haca.client.errors import QueryFailed
 from haca.devnet.accounts import dev_keys, service_keys
 from haca.devnet.layout import dev_srs_dir, example_circuits_dir, example_models_dir
 from haca.devnet.processes import http_ok, process_alive, spawn
-from haca.enclave.measure import enclave_measurement
+from haca.enclave.client import EnclaveClient
 from haca.hub.client import HubClient
 from haca.proofs.tee.binding import measurement_id
 from haca.proofs.tee.claims import Claims
@@ -115,11 +115,14 @@ def wait_socket(path: Path, pid: int, what: str, log: Path, timeout: float = 60.
         time.sleep(0.1)
 
 
-def approve_enclave_code(home: Path) -> str | None:
-    """The devnet's governance authority (dev0) approves the DEV measurement of the enclave code in
-    this tree for every model, unless the chain already does: a devnet resumed after the code
-    changed would otherwise refuse its own enclave. Returns the measurement id it approved."""
-    mid = measurement_id(Claims("dev", {"measurement": enclave_measurement()}, b"", False, "UpToDate", dev=True))
+def approve_enclave_code(home: Path, socket: Path) -> str | None:
+    """The devnet's governance authority (dev0) approves the DEV measurement of the enclave on
+    `socket` (what it reports: the code it runs) for every model, unless the chain already does: a
+    devnet resumed after the code changed would otherwise refuse its own enclave. Returns the
+    measurement id it approved."""
+    with EnclaveClient(socket) as enclave:
+        measurement = bytes.fromhex(str(enclave.key()["measurement"]))
+    mid = measurement_id(Claims("dev", {"measurement": measurement}, b"", False, "UpToDate", dev=True))
     config = ClientConfig.load(home)
     chain = connect(config)
     try:

@@ -276,12 +276,13 @@ def test_with_gpu_evidence_required_only_an_enclave_attested_with_a_gpu_report_s
 
 def test_a_resumed_devnet_approves_the_enclave_code_of_its_tree(net):
     """`make demo` resumes a devnet whose genesis approved the code of its day: after the code
-    changes (here: the approval revoked), starting the enclave approves the current measurement."""
+    changes (here: the approval revoked), starting the node approves what its enclave runs."""
     from haca.devnet.services import approve_enclave_code
 
     mid = measurement_id(Claims("dev", {"measurement": enclave_measurement()}, b"", False, "UpToDate", dev=True))
     net.send("dev0", MsgRevokeMeasurement(mid, "*"))
-    assert approve_enclave_code(Path(net.home)) == mid
+    socket = net.handle.net.enclave_socket("enclave0")
+    assert approve_enclave_code(Path(net.home), socket) == mid
     approvals = net.chain.query("/tee/measurements")["approvals"]
     assert [a["model"] for a in approvals if a["measurement_id"] == mid] == ["*"]
-    assert approve_enclave_code(Path(net.home)) is None  # already approved: nothing sent
+    assert approve_enclave_code(Path(net.home), socket) is None  # already approved: nothing sent
