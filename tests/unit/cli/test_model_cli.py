@@ -71,7 +71,9 @@ def home(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
 
 def run_json(*args: str) -> tuple[int, dict[str, Any]]:
     result = runner.invoke(model_app, [*args, "--json"])
-    assert result.exception is None or isinstance(result.exception, SystemExit), result.exception
+    # a command that fails exits through SystemExit (its code); one that succeeds raises nothing
+    expected = type(None) if result.exit_code == 0 else SystemExit
+    assert type(result.exception) is expected, result.exception
     return result.exit_code, json.loads(result.stdout)
 
 
