@@ -9,6 +9,7 @@ Platforms: ``dev`` (the labelled software attester, DEV-MODE, NOT FOR PRODUCTION
 
 from __future__ import annotations
 
+import time
 from pathlib import Path
 
 from haca.enclave.platforms.base import (
@@ -50,8 +51,6 @@ class DevPlatform:
         make_dev_evidence(self._key_pem, self._chain_pem, measurement, bytes(REPORT_DATA_SIZE), 0, debug)
 
     def attest(self, report_data: bytes, now: int | None = None) -> Attestation:
-        import time
-
         evidence = make_dev_evidence(
             self._key_pem,
             self._chain_pem,

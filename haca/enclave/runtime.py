@@ -292,14 +292,19 @@ class Enclave:
             completion_tokens=tokens[1],
         )
 
+    def _signature(self, digest: bytes) -> bytes:
+        """65 bytes r‖s‖v over an EIP-712 digest (what `PrivateKey.sign` gives, without rebuilding the key)."""
+        signature = self._signer.sign_recoverable(digest, hasher=None)
+        return signature[:64] + bytes([signature[64] + 27])
+
     def _sign(self, receipt: Receipt) -> SignedReceipt:
         digest = receipt.digest
-        signature = self._signer.sign_recoverable(digest, hasher=None)
+        signature = self._signature(digest)
         with self._lock:
             self._produced[digest] = None
             while len(self._produced) > self._produced_limit:
                 self._produced.popitem(last=False)
-        return SignedReceipt(receipt, signature[:64] + bytes([signature[64] + 27]))
+        return SignedReceipt(receipt, signature)
 
     # --- batch roots --------------------------------------------------------------------------
 
@@ -313,16 +318,12 @@ class Enclave:
         with self._lock:
             unknown = [i for i, rid in enumerate(ids) if rid not in self._produced]
         if unknown:
+            more = f" ({len(unknown) - 1} more items likewise)" if len(unknown) > 1 else ""
             raise EnclaveRefused(
-                f"item {unknown[0]} (receipt 0x{ids[unknown[0]].hex()}) and {len(unknown) - 1} more are not"
-                " receipts this enclave produced (or remembers): it signs no root over them; settle them alone"
-                if len(unknown) > 1
-                else f"item {unknown[0]} (receipt 0x{ids[unknown[0]].hex()}) is not a receipt this enclave"
-                " produced (or remembers): it signs no root over it; settle it alone"
+                f"item {unknown[0]} (receipt 0x{ids[unknown[0]].hex()}) is not a receipt this enclave produced"
+                f" (or remembers){more}: it signs no root over it; settle such receipts alone"
             )
-        header = batch.header(chain_id, node)
-        signature = self._signer.sign_recoverable(header.digest, hasher=None)
-        return signature[:64] + bytes([signature[64] + 27])
+        return self._signature(batch.header(chain_id, node).digest)
 
     def produced(self, receipt_id: bytes) -> bool:
         with self._lock:

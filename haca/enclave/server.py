@@ -76,13 +76,6 @@ def refusal(exc: Exception) -> dict[str, Any]:
     return {"error": f"internal error: {type(exc).__name__}: {exc}", "code": "internal"}
 
 
-class _Stream:
-    """One generation in progress on a connection: its cancel flag."""
-
-    def __init__(self) -> None:
-        self.cancelled = threading.Event()
-
-
 class EnclaveServer:
     """`enclave` served on the Unix socket `path` (see the module doc for the protocol)."""
 
@@ -181,7 +174,9 @@ class EnclaveServer:
         """The slowest of this model's recent requests (decaying), which decides where it runs."""
         self._slowest[model_id] = max(seconds, self._slowest.get(model_id, seconds) * 0.9)
 
-    async def _generate(self, request: dict[str, Any], stream: _Stream, send: Callable[[bytes], None]) -> None:
+    async def _generate(
+        self, request: dict[str, Any], cancelled: threading.Event, send: Callable[[bytes], None]
+    ) -> None:
         model_id, terms = fields.model_id(request.get("model_id")), Terms.from_json(request.get("terms"))
         kind, body, seconds = request.get("kind"), request.get("body"), request.get("seconds")
         if kind not in ("chat", "completion"):
@@ -205,7 +200,7 @@ class EnclaveServer:
             kind,
             terms,
             emit,
-            stream.cancelled,
+            cancelled,
             deadline,
         )
         result = {
@@ -224,7 +219,7 @@ class EnclaveServer:
             self._connections.add(task)
             task.add_done_callback(self._connections.discard)
         requests: asyncio.Queue[dict[str, Any] | None] = asyncio.Queue()
-        current: list[_Stream] = []
+        current: list[threading.Event] = []  # the cancel flags of generations in progress
 
         def send(frame: bytes) -> None:
             if not writer.is_closing():
@@ -246,15 +241,15 @@ class EnclaveServer:
                     if not isinstance(request, dict):
                         request = {"op": "?", "_error": "a request is a JSON object"}
                     if request.get("op") == "cancel":
-                        for stream in current:
-                            stream.cancelled.set()
+                        for cancelled in current:
+                            cancelled.set()
                         continue
                     requests.put_nowait(request)
             except (asyncio.IncompleteReadError, ConnectionError):
                 pass
             finally:
-                for stream in current:  # the host went away: stop generating for it
-                    stream.cancelled.set()
+                for cancelled in current:  # the host went away: stop generating for it
+                    cancelled.set()
                 requests.put_nowait(None)
 
         reading = asyncio.ensure_future(read_frames())
@@ -271,7 +266,9 @@ class EnclaveServer:
             with contextlib.suppress(Exception):
                 writer.close()
 
-    async def _answer(self, request: dict[str, Any], current: list[_Stream], send: Callable[[bytes], None]) -> None:
+    async def _answer(
+        self, request: dict[str, Any], current: list[threading.Event], send: Callable[[bytes], None]
+    ) -> None:
         op = request.get("op")
         try:
             if "_error" in request:
@@ -279,12 +276,12 @@ class EnclaveServer:
             if op == "infer":
                 send(encode_frame(await self._infer(request)))
             elif op == "generate":
-                stream = _Stream()
-                current.append(stream)
+                cancelled = threading.Event()
+                current.append(cancelled)
                 try:
-                    await self._generate(request, stream, send)
+                    await self._generate(request, cancelled, send)
                 finally:
-                    current.remove(stream)
+                    current.remove(cancelled)
             elif isinstance(op, str) and op in self._ops:
                 send(encode_frame(self._ops[op](request)))
             else:

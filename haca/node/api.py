@@ -16,6 +16,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from haca.client.errors import ChainUnavailable, HacaError
 from haca.enclave.client import EnclaveRefusal
+from haca.enclave.runtime import Terms
 from haca.node.context import (
     MAX_BODY_BYTES,
     NodeContext,
@@ -198,7 +199,7 @@ async def _locally(
     return tensors_to_json(outputs), signed, zk
 
 
-async def _in_enclave(ctx: NodeContext, served: ServedModel, raw_input: Any, terms: Any) -> tuple[Any, SignedReceipt]:
+async def _in_enclave(ctx: NodeContext, served: ServedModel, raw_input: Any, terms: Terms) -> tuple[Any, SignedReceipt]:
     """tee: the input exactly as the client sent it goes to the enclave; its outputs and receipt come back."""
     try:
         return await enclave_of(ctx).infer(served.model_id, raw_input, terms)

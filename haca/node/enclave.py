@@ -21,7 +21,7 @@ import structlog
 from haca.client.chain import ChainClient
 from haca.client.errors import HacaError
 from haca.crypto.keys import PrivateKey
-from haca.enclave.client import AsyncEnclaveClient, EnclaveClient, EnclaveError, Generation
+from haca.enclave.client import AsyncEnclaveClient, EnclaveClient, EnclaveError, EnclaveRefusal, Generation
 from haca.enclave.runtime import Terms
 from haca.node.errors import EnclaveUnavailable
 from haca.node.payments import AcceptedPayment, Quote
@@ -138,8 +138,8 @@ class EnclaveKey:
         try:
             output, signed = await self.runner.infer(model_id, raw_input, terms)
         except EnclaveError as exc:
-            if _refusal_code(exc) in ("invalid_input", "invalid_request"):
-                raise
+            if isinstance(exc, EnclaveRefusal) and exc.code in ("invalid_input", "invalid_request"):
+                raise  # the client's input: the route answers 4xx
             raise EnclaveUnavailable(f"the enclave did not run the request: {exc}") from exc
         self.check(signed, model_id, terms)
         return output, signed
@@ -179,10 +179,6 @@ class EnclaveKey:
 
     def sign_batch(self, chain_id: str, node: str, batch: MsgSettleBatch) -> bytes:
         return self.enclave.sign_batch(chain_id, node, batch)
-
-
-def _refusal_code(exc: Exception) -> str:
-    return str(getattr(exc, "code", ""))
 
 
 def _good_until(events: list[dict[str, Any]]) -> int:

@@ -21,6 +21,7 @@ from typing import Any, TypeVar
 
 from fastapi import Request
 
+from haca.enclave.runtime import Terms
 from haca.node.context import NodeContext, ZkAnswer, enclave_of, read_body
 from haca.node.enclave import terms_for
 from haca.node.errors import ModeNotSupported, PaymentRequired, RequestConflict, RequestTimeout
@@ -133,7 +134,8 @@ def local_receipt(
     return SignedReceipt(receipt, receipt.sign(ctx.key))
 
 
-def tee_terms(ctx: NodeContext, quote: Quote, accepted: AcceptedPayment) -> Any:
+def tee_terms(ctx: NodeContext, quote: Quote, accepted: AcceptedPayment) -> Terms:
+    """The terms the enclave runs a tee request on: this node's quote and what the payment holds."""
     return terms_for(ctx.chain_id, ctx.key.address, quote, accepted)
 
 

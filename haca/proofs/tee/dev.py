@@ -218,6 +218,20 @@ def measure_sources(sources: Mapping[str, bytes]) -> bytes:
     return h.digest()
 
 
+def load_platform(
+    platform_key_pem: bytes, platform_chain_pem: bytes
+) -> tuple[ec.EllipticCurvePrivateKey, list[x509.Certificate]]:
+    """A dev platform's P-256 key and its certificate chain (leaf first), checked to belong together:
+    what signs DEV evidence, the CPU document and the DEV GPU report alike."""
+    key = serialization.load_pem_private_key(platform_key_pem, password=None)
+    if not isinstance(key, ec.EllipticCurvePrivateKey) or not isinstance(key.curve, ec.SECP256R1):
+        raise ValueError("the platform key is not a P-256 private key")
+    chain = x509.load_pem_x509_certificates(platform_chain_pem)
+    if chain[0].public_key() != key.public_key():
+        raise ValueError("the platform chain's first certificate does not certify the platform key")
+    return key, chain
+
+
 def make_dev_evidence(
     platform_key_pem: bytes,
     platform_chain_pem: bytes,
@@ -231,12 +245,7 @@ def make_dev_evidence(
         raise ValueError(f"a dev measurement is {MEASUREMENT_SIZE} bytes, not {len(measurement)}")
     if len(report_data) != REPORT_DATA_SIZE:
         raise ValueError(f"dev report data is {REPORT_DATA_SIZE} bytes, not {len(report_data)}")
-    key = serialization.load_pem_private_key(platform_key_pem, password=None)
-    if not isinstance(key, ec.EllipticCurvePrivateKey) or not isinstance(key.curve, ec.SECP256R1):
-        raise ValueError("the platform key is not a P-256 private key")
-    chain = x509.load_pem_x509_certificates(platform_chain_pem)
-    if chain[0].public_key() != key.public_key():
-        raise ValueError("the platform chain's first certificate does not certify the platform key")
+    key, chain = load_platform(platform_key_pem, platform_chain_pem)
     payload = cbor2.dumps(
         {
             "format": DEV_FORMAT,

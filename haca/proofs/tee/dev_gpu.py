@@ -27,11 +27,11 @@ from typing import Any
 import cbor2
 from cryptography import x509
 from cryptography.exceptions import InvalidSignature
-from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.asymmetric import ec
 
 from haca.proofs.tee.claims import AttestationError, check_validity
-from haca.proofs.tee.dev import DEV_LABEL, _decode_one, _verify_chain
+from haca.proofs.tee.dev import DEV_LABEL, _decode_one, _verify_chain, load_platform
 from haca.proofs.tee.nvidia import GpuReport, golden_key
 from haca.types.tee import GpuEvidence
 
@@ -79,12 +79,7 @@ def make_dev_gpu_report(
         0 <= i <= 255 and 1 <= len(v) <= MAX_MEASUREMENT_BYTES for i, v in measurements.items()
     ):
         raise ValueError(f"measurements: 1 to {MAX_MEASUREMENTS}, index 0..255, 1..{MAX_MEASUREMENT_BYTES} bytes")
-    key = serialization.load_pem_private_key(platform_key_pem, password=None)
-    if not isinstance(key, ec.EllipticCurvePrivateKey) or not isinstance(key.curve, ec.SECP256R1):
-        raise ValueError("the platform key is not a P-256 private key")
-    chain = x509.load_pem_x509_certificates(platform_chain_pem)
-    if chain[0].public_key() != key.public_key():
-        raise ValueError("the platform chain's first certificate does not certify the platform key")
+    key, _ = load_platform(platform_key_pem, platform_chain_pem)
     payload = cbor2.dumps(
         {
             "format": DEV_GPU_FORMAT,
