@@ -5,9 +5,11 @@ from __future__ import annotations
 
 import contextlib
 import os
+import random
 import signal
 import socket
 import subprocess
+import tempfile
 import time
 from pathlib import Path
 
@@ -39,18 +41,61 @@ def wait_group_gone(pgid: int, deadline: float) -> None:
         time.sleep(0.05)
 
 
-def free_ports(count: int) -> list[int]:
-    """Ports the OS reports free on loopback now (held open together so they are distinct)."""
-    sockets = []
+# Ports are chosen below the kernel's ephemeral range: a port picked there (bind to 0) and left
+# unbound until its service starts can be taken meanwhile by any outgoing connection on the machine,
+# which made a devnet's hub die with "address in use" under a parallel test run.
+_PORT_FLOOR = 15000
+_RESERVATION_TTL_S = 3600.0
+
+
+def _ephemeral_floor() -> int:
     try:
-        for _ in range(count):
-            s = socket.socket()
-            s.bind(("127.0.0.1", 0))
-            sockets.append(s)
-        return [s.getsockname()[1] for s in sockets]
-    finally:
-        for s in sockets:
-            s.close()
+        return int(Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()[0])
+    except (OSError, ValueError, IndexError):
+        return 32768
+
+
+def _bindable(port: int) -> bool:
+    with socket.socket() as s:
+        try:
+            s.bind(("127.0.0.1", port))
+        except OSError:
+            return False
+    return True
+
+
+def _reserve(port: int) -> bool:
+    """Claim `port` for this machine's devnets for an hour (a file per port, created exclusively), so
+    two devnets made at once by parallel test workers never pick the same free port."""
+    folder = Path(tempfile.gettempdir()) / "haca-ports"
+    folder.mkdir(exist_ok=True)
+    mark = folder / str(port)
+    with contextlib.suppress(FileNotFoundError):
+        if time.time() - mark.stat().st_mtime > _RESERVATION_TTL_S:
+            mark.unlink()
+    try:
+        os.close(os.open(mark, os.O_CREAT | os.O_EXCL | os.O_WRONLY))
+    except FileExistsError:
+        return False
+    return True
+
+
+def free_ports(count: int) -> list[int]:
+    """Distinct loopback ports free now, outside the ephemeral range and reserved against other
+    devnets being made on this machine at the same time."""
+    ceiling = _ephemeral_floor()
+    floor = _PORT_FLOOR if ceiling - _PORT_FLOOR > 1000 else 1024
+    rng = random.SystemRandom()
+    chosen: list[int] = []
+    for _ in range(50 * count + 100):
+        if len(chosen) == count:
+            return chosen
+        port = rng.randrange(floor, ceiling)
+        if port not in chosen and _bindable(port) and _reserve(port):
+            chosen.append(port)
+    if len(chosen) == count:
+        return chosen
+    raise OSError(f"no {count} free loopback ports found between {floor} and {ceiling}")
 
 
 def http_ok(url: str) -> bool:
