@@ -13,6 +13,7 @@ from rich.table import Table
 
 import haca.types.messages  # noqa: F401  (registers message types)
 from haca.cli.common import HomeOption, cli_command, client_home, console
+from haca.client import records
 from haca.client.config import ClientConfig
 from haca.client.sdk import Client
 from haca.client.tee import ReceiptVerification, describe_gpu, gpu_architecture
@@ -68,19 +69,17 @@ def _show_network(status: dict[str, Any]) -> None:
 
 def _run(client: Client, denom: str) -> None:
     chain = client.chain
-    node = chain.query("/registry/nodes")["nodes"][0]["address"]
-    models = chain.query("/registry/models")["models"]
+    node = records.node_registrations(chain)[0].address
     console.print("[bold]2.[/bold] models registered on chain (bytes in the hub, addressed by sha256):")
-    for m in models:
-        if m.get("price_unit") == PriceUnit.TOKEN:
+    for m in records.manifests(chain):
+        if m.price_unit == PriceUnit.TOKEN:
             terms = (
-                f"{m['price']} {denom} per prompt token, {m.get('completion_price')} per completion token"
-                f" ({m.get('kind')} LLM, context {m.get('max_rows')} tokens)"
+                f"{m.price} {denom} per prompt token, {m.completion_price} per completion token"
+                f" ({m.kind} LLM, context {m.max_rows} tokens)"
             )
         else:
-            per = "row" if m.get("price_unit") == PriceUnit.ROW else "request"
-            terms = f"{m['price']} {denom} per {per} (at most {m.get('max_rows')} rows a request)"
-        console.print(f"   {m['name']:<14} v{m['version']}  {m['model_id'][:23]}…  {terms}")
+            terms = f"{m.price} {denom} per {m.price_unit.value} (at most {m.max_rows} rows a request)"
+        console.print(f"   {m.name:<14} v{m.version}  {m.model_id[:23]}…  {terms}")
 
     supply_before, node_before = chain.supply(), chain.balance(node)
     client.deposit(DEPOSIT, node)
@@ -110,12 +109,12 @@ def _run(client: Client, denom: str) -> None:
     )
 
     with console.status("waiting for the node to settle the receipts on chain…"):
-        records = [client.wait_settled(r.receipt_id) for r in results]
+        settled = [client.wait_settled(r.receipt_id) for r in results]
     fees = sum(r.receipt.receipt.fee for r in results)
-    burned_settlement = sum(int(r["settlement_fee"]) for r in records)
+    burned_settlement = sum(int(r["settlement_fee"]) for r in settled)
     console.print(
-        f"[bold]5.[/bold] settled in block(s) {sorted({int(r['height']) for r in records})}: "
-        f"status {records[0]['status']} (vanilla: signed, not independently verified)"
+        f"[bold]5.[/bold] settled in block(s) {sorted({int(r['height']) for r in settled})}: "
+        f"status {settled[0]['status']} (vanilla: signed, not independently verified)"
     )
 
     supply_after = chain.supply()

@@ -15,9 +15,11 @@ from rich.progress import BarColumn, DownloadColumn, Progress, TextColumn, TimeR
 from rich.table import Table
 
 from haca.cli.common import HomeOption, JsonOption, cli_command, client_home, console, emit, err_console, keystore
+from haca.client import records
 from haca.client.chain import ChainClient, TxOutcome
 from haca.client.config import ClientConfig, StoredKey, connect
 from haca.client.errors import ConfigError, HacaError, NotFound, QueryFailed
+from haca.client.records import parse_answer
 from haca.client.rpc import b64
 from haca.crypto.keys import PrivateKey
 from haca.hub.client import HubClient
@@ -25,7 +27,7 @@ from haca.hub.schema import onnx_schemas
 from haca.hub.store import BlobInfo
 from haca.types import codes
 from haca.types import fields as f
-from haca.types.registry import MsgRegisterModel
+from haca.types.registry import ModelManifest, MsgRegisterModel
 
 model_app = typer.Typer(help="Upload models to the hub and register their manifests on chain.", no_args_is_help=True)
 
@@ -110,28 +112,27 @@ def parse_modes(text: str) -> tuple[str, ...]:
     return f.modes([m.strip() for m in text.split(",") if m.strip()], "--modes")
 
 
-def manifest_json(manifest: dict[str, Any]) -> dict[str, Any]:
-    """A chain manifest for display: `model_id` as `id`, price as an int, the rest as stored."""
+def manifest_json(manifest: ModelManifest) -> dict[str, Any]:
+    """A chain manifest for display: `model_id` as `id`, prices as ints, the rest as stored."""
+    stored = manifest.to_json()
     shown: dict[str, Any] = {
-        "id": manifest["model_id"],
-        "name": manifest["name"],
-        "version": int(manifest["version"]),
-        "modes": list(manifest["modes"]),
-        "price": int(manifest["price"]),
-        "price_unit": manifest.get("price_unit", "request"),
-        "max_rows": manifest.get("max_rows"),
-        "effective_height": manifest.get("effective_height"),
-        "owner": manifest.get("owner", ""),
-        "input_schema": manifest.get("input_schema", {}),
-        "output_schema": manifest.get("output_schema", {}),
+        "id": manifest.model_id,
+        "name": manifest.name,
+        "version": manifest.version,
+        "modes": list(manifest.modes),
+        "price": manifest.price,
+        "price_unit": manifest.price_unit.value,
+        "max_rows": manifest.max_rows,
+        "effective_height": manifest.effective_height,
+        "owner": manifest.owner,
+        "input_schema": manifest.input_schema,
+        "output_schema": manifest.output_schema,
+        "completion_price": manifest.completion_price,
     }
-    for key, value in manifest.items():
-        if key != "model_id" and key not in shown:
-            shown[key] = value
-    return shown
+    return shown | {k: v for k, v in stored.items() if k != "model_id" and k not in shown}
 
 
-def query_model(client: ChainClient, ref: str) -> dict[str, Any] | None:
+def query_model(client: ChainClient, ref: str) -> ModelManifest | None:
     """The manifest for "name" (latest) or "name@version"; None if there is none."""
     result = client.rpc.call("abci_query", path="/registry/model", data=ref.encode().hex(), height="0", prove=False)
     response = result["response"]
@@ -140,8 +141,7 @@ def query_model(client: ChainClient, ref: str) -> dict[str, Any] | None:
         return None
     if code:
         raise QueryFailed(f"/registry/model {ref}: {response.get('log', '')}")
-    manifest: dict[str, Any] = json.loads(b64(response["value"]))
-    return manifest
+    return parse_answer(ModelManifest.from_json, json.loads(b64(response["value"])), "model manifest")
 
 
 def upload_key(from_: str, home: Path | None) -> StoredKey:
@@ -280,17 +280,17 @@ def register(
         if new_version:
             if current is None:
                 raise NotFound(f"no model {name!r}: register it first with 'haca model create'")
-            if current.get("owner") != signer.address:
-                raise NotOwner(f"model {name!r} belongs to {current.get('owner')}, not {signer.address}")
-            mode_list = mode_list or tuple(current["modes"])
-            price = int(current["price"]) if price is None else price
-            price_unit = price_unit or current.get("price_unit")
-            max_rows = max_rows or current.get("max_rows")
+            if current.owner != signer.address:
+                raise NotOwner(f"model {name!r} belongs to {current.owner}, not {signer.address}")
+            mode_list = mode_list or current.modes
+            price = current.price if price is None else price
+            price_unit = price_unit or current.price_unit.value
+            max_rows = max_rows or current.max_rows
             if completion_price is None and kind == "gguf":
-                completion_price = int(current.get("completion_price", 0))
+                completion_price = current.completion_price
         elif current is not None:
             raise ModelExists(
-                f"model {name!r} already exists (version {current['version']}, owner {current.get('owner')}): "
+                f"model {name!r} already exists (version {current.version}, owner {current.owner}): "
                 "add a version with 'haca model version'"
             )
         if mode_list is None or price is None:
@@ -428,7 +428,7 @@ def list_models(home: HomeOption = None, json_out: JsonOption = False) -> None:
     """Every registered model at its latest version."""
     config = ClientConfig.load(client_home(home))
     with chain_client(config) as client:
-        manifests = client.query("/registry/models")["models"]
+        manifests = records.manifests(client)
     rows = [
         {k: v for k, v in manifest_json(m).items() if k in ("id", "name", "version", "modes", "price")}
         for m in manifests

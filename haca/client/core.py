@@ -39,6 +39,7 @@ from haca.types.llm import LlmRequest
 from haca.types.modes import Mode, Status
 from haca.types.payment import PaymentAuthorization
 from haca.types.receipt import Receipt, SignedReceipt
+from haca.types.registry import ModelManifest
 from haca.types.x402 import PAYMENT_REQUIRED_HEADER
 
 
@@ -48,7 +49,7 @@ class Paid:
 
     response: httpx.Response
     offer: PaymentOffer
-    manifest: dict[str, Any]
+    manifest: ModelManifest
     auth: PaymentAuthorization
 
 
@@ -79,21 +80,21 @@ class ClientCore:
         self._node_address = node_address.lower() if node_address else None
         self.srs_dir: Path | None = None  # zkml: the network's genesis SRS files, to verify proofs locally
 
-    def _terms(self, offer: PaymentOffer) -> dict[str, Any]:
+    def _terms(self, offer: PaymentOffer) -> ModelManifest:
         """The chain's terms for the offer: the manifest in effect at the quoted height (which
         must be the model the node names, and a height near the chain's own), for a node the
         chain has registered in that mode; read with state proofs (haca.client.payment.chain_terms),
         so that the RPC cannot raise the price the fee is bounded by."""
         return chain_terms(self.chain, offer.model_id, offer.model, offer.mode, offer.node, offer.terms_height)
 
-    def _enclave(self, mode: str, manifest: dict[str, Any], receipt: Any, refuse: Exception) -> Any:
+    def _enclave(self, mode: str, manifest: ModelManifest, receipt: Any, refuse: Exception) -> Any:
         """tee: the key that signed must be one the chain attested for this node (None otherwise)."""
         if mode != Mode.TEE:
             return None
         hint = receipt.get("height_hint") if isinstance(receipt, dict) else None
         if not isinstance(hint, int):
             raise refuse
-        return enclave_lookup(self.chain, manifest["name"], hint)
+        return enclave_lookup(self.chain, manifest.name, hint)
 
     # --- paying: probe -> 402 -> terms -> fee -> sign -> paid request ---------------------------
 
@@ -118,8 +119,8 @@ class ClientCore:
         return Paid(paid, offer, manifest, auth)
 
     def _infer_flow(self, model: str, input: Any, mode: str, max_fee: int | None) -> Flow[InferenceResult]:
-        def fee(offer: PaymentOffer, manifest: dict[str, Any]) -> int:
-            return accept_fee(offer, input_rows(input, manifest["input_schema"]), max_fee, manifest)
+        def fee(offer: PaymentOffer, manifest: ModelManifest) -> int:
+            return accept_fee(offer, input_rows(input, manifest.input_schema), max_fee, manifest)
 
         body = {"model": model, "mode": mode, "input": input}
         paid = yield from self._pay_flow(
@@ -137,8 +138,8 @@ class ClientCore:
         receipt = answer.get("receipt") if isinstance(answer, dict) else None
         no_hint = ReceiptInvalid("answer does not verify: the receipt has no height hint")
         enclave = self._enclave(paid.offer.mode, paid.manifest, receipt, no_hint)
-        circuit = paid.manifest.get("circuit") if paid.offer.mode == Mode.ZKML else None
-        schema = paid.manifest["input_schema"]
+        circuit = paid.manifest.circuit if paid.offer.mode == Mode.ZKML else None
+        schema = paid.manifest.input_schema
         signed = verify_answer(answer, input, schema, paid.offer.node, paid.auth, enclave, circuit)
         check_height_hint(signed.receipt.height_hint, paid.offer.terms_height)
         return InferenceResult(answer["output"], signed, answer.get("status", Status.PENDING), self.node_url)
@@ -157,7 +158,7 @@ class ClientCore:
                 raise PaymentRequiredError(f"node answered 402 without a {PAYMENT_REQUIRED_HEADER} header")
             return select_offer(llm_offers(header), model, options.mode)
 
-        def fee(offer: LlmOffer, manifest: dict[str, Any]) -> int:
+        def fee(offer: LlmOffer, manifest: ModelManifest) -> int:
             return llm_max_fee(offer, request, options.max_fee, manifest)
 
         url, body = f"{self.node_url}{path}", request.to_openai()

@@ -26,7 +26,7 @@ from haca.types.llm import LlmRequest, text_hash
 from haca.types.modes import Mode
 from haca.types.payment import PaymentAuthorization
 from haca.types.receipt import SignedReceipt
-from haca.types.registry import PriceUnit, token_fee
+from haca.types.registry import ModelManifest, PriceUnit, token_fee
 from haca.types.x402 import SCHEME, chain_id_of
 
 TEMPLATE_TOKENS = 64  # what a chat template (and a BOS token) may add to the prompt's own text
@@ -121,7 +121,7 @@ def prompt_token_bound(request: LlmRequest) -> int:
     return len(request.prompt.encode()) + TEMPLATE_TOKENS
 
 
-def llm_max_fee(offer: LlmOffer, request: LlmRequest, max_fee: int | None, manifest: Mapping[str, Any]) -> int:
+def llm_max_fee(offer: LlmOffer, request: LlmRequest, max_fee: int | None, manifest: ModelManifest) -> int:
     """The fee to authorise for `request` on `offer`: its prompt bound (never more than the context
     leaves after `max_tokens`) at the prompt price plus `max_tokens` at the completion price.
     Refused when above `max_fee`, or, without one, when the node's per-token prices are above the
@@ -138,9 +138,9 @@ def llm_max_fee(offer: LlmOffer, request: LlmRequest, max_fee: int | None, manif
                 f"{request.max_tokens} completion tokens at {offer.completion_price}), more than the max fee {max_fee}"
             )
         return fee
-    if manifest.get("price_unit") != PriceUnit.TOKEN:
+    if manifest.price_unit != PriceUnit.TOKEN:
         raise PaymentRequiredError(f"{offer.model!r} is not priced per token on chain")
-    published = (int(manifest["price"]), int(manifest.get("completion_price", 0)))
+    published = (manifest.price, manifest.completion_price)
     if offer.prompt_price > published[0] or offer.completion_price > published[1]:
         raise PaymentRequiredError(
             f"node asks {offer.prompt_price} per prompt token and {offer.completion_price} per completion token,"
@@ -172,7 +172,7 @@ def verify_llm_answer(
         raise LlmReceiptInvalid("request", f"an LLM receipt in mode {r.mode!r}: LLMs are served in tee or vanilla")
     try:
         # The same verifier the validators run, with what the client knows: the node it paid.
-        context = VerifyContext(r.chain_id, 0, 0, {}, {"address": node}, enclave=enclave or (lambda key: None))
+        context = VerifyContext(r.chain_id, 0, 0, "", node, enclave=enclave or (lambda key: None))
         verify(_VERIFIERS, signed, b"", context)
     except EvidenceError as exc:
         raise LlmReceiptInvalid("signer", f"receipt signature does not verify: {exc}") from exc

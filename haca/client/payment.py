@@ -6,14 +6,15 @@ from __future__ import annotations
 import base64
 import json
 import secrets
-from collections.abc import Callable, Mapping
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, Protocol
+from typing import Any
 
 import numpy as np
 
-from haca.client.errors import HacaError, ProofInvalid, QueryFailed
+from haca.client.errors import HacaError, QueryFailed
 from haca.client.errors import PaymentRequiredError as PaymentRequiredError  # defined with the node's errors
+from haca.client.records import ProvenReader, proven_manifest, proven_node
 from haca.crypto.keys import PrivateKey
 from haca.proofs.receipt import EvidenceError
 from haca.proofs.verifier import EnclaveStanding, VerifyContext, verifiers, verify
@@ -22,7 +23,7 @@ from haca.proofs.zk.proof import instances_commitment, parse_instances
 from haca.types.modes import Mode
 from haca.types.payment import PaymentAuthorization, SpendingAllowance, encode_api_key
 from haca.types.receipt import SignedReceipt
-from haca.types.registry import PRICE_UNITS, PriceUnit, request_fee, request_rows
+from haca.types.registry import PRICE_UNITS, CircuitRecord, ModelManifest, PriceUnit, request_fee, request_rows
 from haca.types.tensor import TensorError, parse_input, schema_from_json, tensors_from_json, tensors_hash
 
 _VERIFIERS = verifiers()
@@ -91,54 +92,38 @@ class PaymentOffer:
         )
 
 
-class ProvenReader(Protocol):
-    """What a payer reads the chain's terms through: proven queries (ChainClient)."""
-
-    def query_proven_value(self, path: str, data: bytes = b"") -> tuple[dict[str, Any], int]: ...
-
-
 def chain_terms(
     chain: ProvenReader, model_id: str, model: str, mode: str, node: str, terms_height: int
-) -> dict[str, Any]:
+) -> ModelManifest:
     """The model's manifest in effect at the quoted `terms_height`, and the node's registration,
     both read with state proofs against light-client-verified headers (recent ones: see
     haca.client.chain), so that neither the node nor the RPC sets the price a payer is bounded by.
     The quoted height must be near the proven one; the manifest must be for `model_id`, named
     `model`, in effect by then, and the chain must register `node` for `mode`."""
     try:
-        at = f"{model_id}@{terms_height}@{node.lower()}"  # under the name this node serves the bytes by
-        manifest, height = chain.query_proven_value("/registry/model_in_effect", at.encode())
-        registered, _ = chain.query_proven_value("/registry/node", node.lower().encode())
+        # under the name this node serves the bytes by
+        manifest, height = proven_manifest(chain, model_id, terms_height, node)
+        registered = proven_node(chain, node)
     except QueryFailed as exc:
         raise PaymentRequiredError(f"the node's offer is not backed by the chain: {exc}") from exc
     if not height - TERMS_LAG_BLOCKS <= terms_height <= height + TERMS_LAG_BLOCKS:
         raise PaymentRequiredError(f"node quotes the terms of height {terms_height}; the chain is at {height}")
-    # The proof shows a stored manifest, not which one the RPC chose: check it is this model's, in effect.
-    if manifest.get("model_id") != model_id:
-        raise ProofInvalid(f"the proven manifest is for model {manifest.get('model_id')}, not {model_id}")
-    if int(manifest.get("effective_height", 0)) > terms_height:
-        raise ProofInvalid(
-            f"the proven manifest takes effect at height {manifest['effective_height']}, after {terms_height}"
-        )
-    if manifest.get("name") != model:
-        raise ReceiptInvalid(f"node offers {model_id} as {model!r}; the chain names it {manifest.get('name')!r}")
-    if str(registered.get("address", "")).lower() != node.lower():
-        raise ProofInvalid(f"the proven registration is for {registered.get('address')}, not the node {node}")
-    if mode not in registered.get("modes", []):
+    if manifest.name != model:
+        raise ReceiptInvalid(f"node offers {model_id} as {model!r}; the chain names it {manifest.name!r}")
+    if mode not in registered.modes:
         raise PaymentRequiredError(f"node {node} is not registered on chain for mode {mode!r}")
     return manifest
 
 
-def chain_max_amount(manifest: Mapping[str, Any]) -> int:
+def chain_max_amount(manifest: ModelManifest) -> int:
     """The most one request can cost at the model's terms on chain (`manifest`): what a node
     quotes as its x402 amount when it charges exactly the model's prices."""
-    price, unit, rows = int(manifest["price"]), str(manifest["price_unit"]), int(manifest["max_rows"])
-    if unit == PriceUnit.TOKEN:  # prompt and completion tokens share the context
-        return rows * max(price, int(manifest.get("completion_price", 0)))
-    return request_fee(price, unit, rows)
+    if manifest.price_unit == PriceUnit.TOKEN:  # prompt and completion tokens share the context
+        return manifest.max_rows * max(manifest.price, manifest.completion_price)
+    return manifest.fee(manifest.max_rows)
 
 
-def accept_fee(offer: PaymentOffer, rows: int, max_fee: int | None, manifest: dict[str, Any]) -> int:
+def accept_fee(offer: PaymentOffer, rows: int, max_fee: int | None, manifest: ModelManifest) -> int:
     """The fee to sign for `rows` rows on `offer`, after checking it is one the caller accepts:
     at most `max_fee`, or, without one, at most the model's price on chain (its terms in effect at
     the quoted height). A node's own registered price can change at once, so it never raises the
@@ -150,7 +135,7 @@ def accept_fee(offer: PaymentOffer, rows: int, max_fee: int | None, manifest: di
         if fee > max_fee:
             raise PaymentRequiredError(f"node asks {fee}, more than the max fee {max_fee}")
         return fee
-    published = request_fee(int(manifest["price"]), manifest["price_unit"], rows)
+    published = manifest.fee(rows)
     if fee > published:
         raise PaymentRequiredError(
             f"node asks {fee}, more than the model's price on chain ({published} for {rows} rows);"
@@ -211,7 +196,7 @@ def verify_answer(
     node: str,
     auth: PaymentAuthorization | None = None,
     enclave: Callable[[str], EnclaveStanding | None] | None = None,
-    circuit: Mapping[str, Any] | None = None,
+    circuit: CircuitRecord | None = None,
 ) -> SignedReceipt:
     """Check a node's answer without trusting the node: the receipt is signed by `node` (tee: by
     an enclave key `enclave` says the chain attested for it) and commits to this input and this
@@ -221,9 +206,7 @@ def verify_answer(
         if signed.receipt.node != node.lower():
             raise ReceiptInvalid(f"receipt is signed by {signed.receipt.node}, not by the node {node}")
         # The same verifier the validators run, with what the client knows: the node it paid.
-        context = VerifyContext(
-            signed.receipt.chain_id, 0, 0, {}, {"address": node.lower()}, enclave=enclave or (lambda key: None)
-        )
+        context = VerifyContext(signed.receipt.chain_id, 0, 0, "", node.lower(), enclave=enclave or (lambda key: None))
         if signed.receipt.mode == Mode.ZKML:  # signed by the node; its proof comes later (see _check_zk_answer)
             _VERIFIERS[Mode.VANILLA].verify(signed, b"", context)
         else:
@@ -250,7 +233,7 @@ def verify_answer(
 def _check_zk_answer(
     answer: dict[str, Any],
     instances_hash: str,
-    circuit: Mapping[str, Any] | None,
+    circuit: CircuitRecord | None,
     inputs: dict[str, Any],
     outputs: dict[str, Any],
 ) -> None:

@@ -23,6 +23,7 @@ from typing import Any
 
 from haca.client.chain import ChainClient
 from haca.client.errors import HacaError, ProofInvalid, QueryFailed
+from haca.client.records import proven_manifest
 from haca.proofs.receipt import EvidenceError, receipt_signer
 from haca.proofs.tee.attestation import Attestation, verify_attestation
 from haca.proofs.tee.binding import measurement_id
@@ -202,16 +203,6 @@ def proven_policy(chain: ChainClient) -> TeePolicy:
     return TeePolicy.from_json(json.loads(proven.raw))
 
 
-def proven_manifest(chain: ChainClient, model_id: str, height: int, node: str) -> dict[str, Any]:
-    """The model terms in effect for `model_id` at `height` under the name `node` serves it by, as
-    the proof shows them (the model name the enclave's approval is checked for); ProofInvalid when
-    the RPC answers a manifest of other bytes."""
-    manifest, _ = chain.query_proven_value("/registry/model_in_effect", f"{model_id}@{height}@{node}".encode())
-    if manifest.get("model_id") != model_id:
-        raise ProofInvalid(f"the chain answered the terms of model {manifest.get('model_id')}, not {model_id}")
-    return manifest
-
-
 def verify_tee_receipt(chain: ChainClient, signed: SignedReceipt) -> ReceiptVerification:
     """Re-verify a receipt against proven chain state; never raises for a receipt that does not
     verify (the verdict says why), only for a chain that cannot be read or proven."""
@@ -224,11 +215,11 @@ def verify_tee_receipt(chain: ChainClient, signed: SignedReceipt) -> ReceiptVeri
     except EvidenceError as exc:
         return replace(result, reason=str(exc))
     try:
-        manifest = proven_manifest(chain, receipt.model_id, receipt.height_hint, receipt.node)
+        manifest, _ = proven_manifest(chain, receipt.model_id, receipt.height_hint, receipt.node)
     except QueryFailed as exc:
         reason = f"model {receipt.model_id} has no terms on chain at height {receipt.height_hint}: {exc}"
         return replace(result, reason=reason, enclave_key=signer)
-    model = str(manifest["name"])
+    model = manifest.name
     result = replace(result, model=model)
     try:
         proven = proven_enclave(chain, signer, receipt.height_hint, model)
@@ -256,8 +247,8 @@ def verify_tee_receipt(chain: ChainClient, signed: SignedReceipt) -> ReceiptVeri
             receipt.chain_id,
             proven.height,
             0,
-            manifest,
-            {"address": receipt.node},
+            model,
+            receipt.node,
             enclave=lambda key: standing if key == signer else None,
             gpu_required=policy.gpu_required,
         )

@@ -7,12 +7,12 @@ receipt's commitment, and the receipt's signature checked — the very ZkmlVerif
 from __future__ import annotations
 
 import hashlib
-import json
 from dataclasses import replace
 from pathlib import Path
 
 from haca.client.chain import ChainClient
 from haca.client.errors import ProofInvalid, QueryFailed
+from haca.client.records import proven_manifest
 from haca.client.tee import ReceiptVerification, chain_status
 from haca.proofs.receipt import EvidenceError
 from haca.proofs.verifier import CircuitArtefacts, VerifyContext, ZkmlVerifier
@@ -62,29 +62,28 @@ def verify_zkml_receipt(
         return replace(result, reason="the node has no proof for this receipt yet")
     try:
         # the terms of the name this node serves the bytes by (several names may hold one model id)
-        at = f"{receipt.model_id}@{receipt.height_hint}@{receipt.node}"
-        manifest = chain.query_proven("/registry/model_in_effect", at.encode())
-        pinned = json.loads(manifest.raw).get("circuit")
-        if not pinned:
+        manifest, proven_height = proven_manifest(chain, receipt.model_id, receipt.height_hint, receipt.node)
+        pinned = manifest.circuit
+        if pinned is None:
             return replace(result, reason=f"model {receipt.model_id} has no zkml circuit on chain")
-        if pinned.get("input_visibility") not in ("hashed", "public") or pinned.get("output_visibility") != "public":
+        if pinned.input_visibility not in ("hashed", "public") or pinned.output_visibility != "public":
             return replace(result, reason="the model's circuit does not bind the input and the output")
-        settings, vk = _proven_blob(chain, pinned["settings_hash"]), _proven_blob(chain, pinned["vk_hash"])
-        logrows = int(pinned["logrows"])
+        settings, vk = _proven_blob(chain, pinned.settings_hash), _proven_blob(chain, pinned.vk_hash)
+        logrows = pinned.logrows
         _, values, _ = chain.query_proven_keys("/registry/srs")
         srs_pin = values.get(srs_key(logrows), b"").decode()
     except QueryFailed as exc:
         return replace(result, reason=str(exc))
-    if srs_pin != pinned["srs_hash"]:
+    if srs_pin != pinned.srs_hash:
         return replace(result, reason=f"genesis pins no SRS of logrows {logrows} matching the manifest's")
-    details = {"vk_hash": pinned["vk_hash"], "settings_hash": pinned["settings_hash"], "logrows": logrows}
-    result = replace(result, claims=details, proven_height=manifest.height)
+    details = {"vk_hash": pinned.vk_hash, "settings_hash": pinned.settings_hash, "logrows": logrows}
+    result = replace(result, claims=details, proven_height=proven_height)
     if srs_dir is None:
         return replace(result, reason="no SRS directory configured (the network's genesis SRS files)")
     try:
         srs = pinned_srs(srs_dir, logrows, srs_pin)
-        circuit = CircuitArtefacts(settings, vk, pinned["settings_hash"], pinned["vk_hash"], srs)
-        context = VerifyContext(receipt.chain_id, 0, 0, {}, {"address": receipt.node}, circuit=circuit)
+        circuit = CircuitArtefacts(settings, vk, pinned.settings_hash, pinned.vk_hash, srs)
+        context = VerifyContext(receipt.chain_id, 0, 0, "", receipt.node, circuit=circuit)
         _ZKML.verify(signed, proof, context)
     except (EvidenceError, SrsError) as exc:
         return replace(result, reason=str(exc))

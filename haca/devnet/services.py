@@ -10,6 +10,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+from haca.client import records
 from haca.client.chain import ChainClient
 from haca.client.config import ClientConfig, KeyStore, connect
 from haca.client.errors import QueryFailed
@@ -23,7 +24,7 @@ from haca.proofs.tee.claims import Claims
 from haca.proofs.zk.circuit import Circuit, load_circuit
 from haca.runtime.llm import smollm2_path
 from haca.types.modes import Mode
-from haca.types.registry import MsgRegisterCircuit, MsgRegisterModel
+from haca.types.registry import ModelManifest, MsgRegisterCircuit, MsgRegisterModel
 from haca.types.tee import GLOBAL_SCOPE, MsgApproveMeasurement
 
 # Example models and their terms (price in base units, per request or per row, rows per request),
@@ -135,7 +136,7 @@ def approve_enclave_code(home: Path, socket: Path) -> str | None:
         chain.close()
 
 
-def register_example_models(home: Path, hub_url: str) -> list[dict[str, Any]]:
+def register_example_models(home: Path, hub_url: str) -> list[ModelManifest]:
     """Upload the example models to the hub and register each on chain (once: idempotent)."""
     models_dir = example_models_dir()
     manifest_path = models_dir / "manifest.json"
@@ -157,10 +158,10 @@ def register_example_models(home: Path, hub_url: str) -> list[dict[str, Any]]:
     return registered
 
 
-def _register(chain: ChainClient, publisher: Any, entry: dict[str, Any], model_id: str) -> dict[str, Any]:
+def _register(chain: ChainClient, publisher: Any, entry: dict[str, Any], model_id: str) -> ModelManifest:
     with contextlib.suppress(QueryFailed):
-        current = chain.query("/registry/model", entry["name"].encode())
-        if current["model_id"] == model_id:
+        current = records.manifest(chain, entry["name"])
+        if current.model_id == model_id:
             return current
     schema = {entry["input"]["name"]: {"dtype": entry["input"]["dtype"], "shape": _dims(entry["input"]["shape"])}}
     outputs = {o["name"]: {"dtype": o["dtype"], "shape": _dims(o["shape"])} for o in entry["outputs"]}
@@ -176,14 +177,13 @@ def _register(chain: ChainClient, publisher: Any, entry: dict[str, Any], model_i
         ref = {"settings_hash": circuit.settings_hash, "vk_hash": circuit.vk_hash}
     msg = MsgRegisterModel(entry["name"], model_id, schema, outputs, modes, price, unit, max_rows, ref)
     chain.send_msgs(publisher, (msg,))
-    result: dict[str, Any] = chain.query("/registry/model", entry["name"].encode())
-    return result
+    return records.manifest(chain, entry["name"])
 
 
-def _register_llm(chain: ChainClient, publisher: Any, model_id: str) -> dict[str, Any]:
+def _register_llm(chain: ChainClient, publisher: Any, model_id: str) -> ModelManifest:
     with contextlib.suppress(QueryFailed):
-        current = chain.query("/registry/model", EXAMPLE_LLM.encode())
-        if current["model_id"] == model_id:
+        current = records.manifest(chain, EXAMPLE_LLM)
+        if current.model_id == model_id:
             return current
     prompt_price, completion_price, context = EXAMPLE_LLM_TERMS
     modes = (Mode.TEE, Mode.VANILLA)
@@ -191,8 +191,7 @@ def _register_llm(chain: ChainClient, publisher: Any, model_id: str) -> dict[str
         EXAMPLE_LLM, model_id, {}, {}, modes, prompt_price, "token", context, None, "gguf", completion_price
     )
     chain.send_msgs(publisher, (msg,))
-    result: dict[str, Any] = chain.query("/registry/model", EXAMPLE_LLM.encode())
-    return result
+    return records.manifest(chain, EXAMPLE_LLM)
 
 
 def _dims(shape: list[Any]) -> list[int]:

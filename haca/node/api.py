@@ -47,7 +47,7 @@ from haca.proofs.zk.proof import ProofError
 from haca.runtime.onnx import InvalidInput, OnnxModel
 from haca.types.modes import Mode, Status
 from haca.types.receipt import SignedReceipt
-from haca.types.registry import model_kind, request_rows
+from haca.types.registry import request_rows
 from haca.types.tensor import Tensor, tensors_hash, tensors_to_json
 from haca.types.x402 import PAYMENT_REQUIRED_HEADER
 
@@ -59,20 +59,20 @@ def describe(served: ServedModel, quotes: dict[tuple[str, str], Quote]) -> dict[
     offered = [q for (model_id, _), q in quotes.items() if model_id == served.model_id]
     terms = offered[0] if offered else None
     return {
-        "id": m["model_id"],
-        "name": m["name"],
-        "version": m["version"],
+        "id": m.model_id,
+        "name": m.name,
+        "version": m.version,
         "modes": [q.mode for q in offered],
         "price": terms.unit_price if terms else None,
-        "price_unit": terms.price_unit if terms else m["price_unit"],
-        "max_rows": terms.max_rows if terms else m["max_rows"],
-        "input_schema": m["input_schema"],
-        "output_schema": m["output_schema"],
+        "price_unit": terms.price_unit if terms else m.price_unit,
+        "max_rows": terms.max_rows if terms else m.max_rows,
+        "input_schema": m.input_schema,
+        "output_schema": m.output_schema,
         "provider": served.model.provider,
-        "kind": model_kind(m),
+        "kind": m.kind,
         "object": "model",  # the OpenAI API's fields
         "created": 0,
-        "owned_by": m.get("owner", ""),
+        "owned_by": m.owner,
     }
 
 
@@ -231,7 +231,7 @@ def _parse_request(ctx: NodeContext, raw: bytes) -> tuple[ServedModel, str, dict
 def _resolve(ctx: NodeContext, body: dict[str, Any]) -> tuple[ServedModel, str]:
     name, mode = body["model"], body.get("mode", Mode.VANILLA)
     if not isinstance(name, str) or name not in ctx.models:
-        names = sorted({s.manifest["name"] for s in ctx.models.values()})
+        names = sorted({s.name for s in ctx.models.values()})
         raise ModelNotFound(f"model {name!r} is not served here; models: {names}")
     served = ctx.models[name]
     if not isinstance(mode, str) or mode not in ctx.modes:

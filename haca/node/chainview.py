@@ -23,8 +23,10 @@ from typing import Any
 
 from haca.client.chain import ChainClient
 from haca.client.errors import ChainUnavailable, QueryFailed
+from haca.client.records import parse_answer
 from haca.types.encoding import canonical_json
 from haca.types.payment import SpendingAllowance
+from haca.types.registry import ModelManifest
 
 CACHE_ENTRIES = 100_000  # least recently used entries beyond this are dropped (one per client / allowance)
 MAX_STALE = 30.0  # seconds a cached value is still served while the chain does not answer a refresh
@@ -80,7 +82,7 @@ class ChainView:
         # bounded: every client or API key ever seen would otherwise stay in memory for good
         # key -> (when the read began, value, the head height known then)
         self._cache: OrderedDict[tuple[str, str], tuple[float, Any, int]] = OrderedDict()
-        self._manifests: dict[str, tuple[int, dict[str, Any] | None]] = {}
+        self._manifests: dict[str, tuple[int, ModelManifest | None]] = {}
         self._loading: dict[tuple[str, str], Future[Any]] = {}  # key -> the one read in flight for it
         self._lock = threading.Lock()
         self._reads = ThreadPoolExecutor(READ_THREADS, thread_name_prefix="chain-read")
@@ -218,7 +220,7 @@ class ChainView:
         spent, revoked_from = self._cached(("allowance", allowance.id), load)
         return spent, revoked_from
 
-    def manifest_in_effect(self, model_id: str, height: int) -> dict[str, Any] | None:
+    def manifest_in_effect(self, model_id: str, height: int) -> ModelManifest | None:
         """The model's terms in effect at `height` (None before its first registration)."""
 
         with self._lock:
@@ -226,11 +228,10 @@ class ChainView:
         if hit is not None and hit[0] == height:  # one entry per model: the terms at the latest height asked
             return hit[1]
 
-        def load() -> dict[str, Any] | None:
+        def load() -> ModelManifest | None:
             try:
-                manifest: dict[str, Any] | None = self.chain.query(
-                    "/registry/model_in_effect", f"{model_id}@{height}@{self.node}".encode()
-                )
+                answer = self.chain.query("/registry/model_in_effect", f"{model_id}@{height}@{self.node}".encode())
+                manifest: ModelManifest | None = parse_answer(ModelManifest.from_json, answer, "model manifest")
             except QueryFailed:
                 manifest = None
             with self._lock:

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any
 
 from fastapi import Request
 
@@ -22,7 +21,7 @@ from haca.proofs.zk.proof import Instances, witness_instances
 from haca.runtime.llm import LlmModel
 from haca.runtime.onnx import OnnxModel
 from haca.types.modes import Mode
-from haca.types.registry import PriceUnit
+from haca.types.registry import ModelManifest, PriceUnit
 from haca.types.tensor import Tensor
 
 MAX_BODY_BYTES = 1 << 20
@@ -30,7 +29,7 @@ MAX_BODY_BYTES = 1 << 20
 
 @dataclass(frozen=True)
 class ServedModel:
-    manifest: dict[str, Any]  # the on-chain manifest the node loaded (its terms come from the chain per height)
+    manifest: ModelManifest  # the on-chain manifest the node loaded (its terms come from the chain per height)
     model: OnnxModel | LlmModel  # an ONNX graph, or (kind gguf) a language model
     circuit: Circuit | None = None  # zkml: this model's EZKL circuit (its vk matching the manifest's)
 
@@ -40,11 +39,11 @@ class ServedModel:
 
     @property
     def model_id(self) -> str:
-        return str(self.manifest["model_id"])
+        return self.manifest.model_id
 
     @property
     def name(self) -> str:
-        return str(self.manifest["name"])
+        return self.manifest.name
 
     @property
     def proves(self) -> bool:
@@ -97,18 +96,18 @@ def _quotes_at(ctx: NodeContext, height: int) -> dict[tuple[str, str], Quote]:
         manifest = ctx.gate.chain.manifest_in_effect(served.model_id, height)
         if manifest is None:
             continue
-        unit = PriceUnit(manifest["price_unit"])
-        completion = max(ctx.price, int(manifest.get("completion_price", 0))) if unit == PriceUnit.TOKEN else 0
-        for mode in sorted(set(manifest["modes"]) & set(ctx.modes)):
+        unit = manifest.price_unit
+        completion = max(ctx.price, manifest.completion_price) if unit == PriceUnit.TOKEN else 0
+        for mode in sorted(set(manifest.modes) & set(ctx.modes)):
             if mode == Mode.ZKML and not served.proves:
                 continue  # a proof needs the circuit: without it the node does not offer zkml
             quotes[(served.model_id, mode)] = Quote(
                 served.model_id,
-                manifest["name"],
+                manifest.name,
                 mode,
-                max(ctx.price, int(manifest["price"])),
+                max(ctx.price, manifest.price),
                 unit,
-                int(manifest["max_rows"]),
+                manifest.max_rows,
                 height,
                 completion,
             )
@@ -142,10 +141,9 @@ def zk_answer(served: ServedModel, inputs: dict[str, Tensor], outputs: dict[str,
     assert served.circuit is not None and isinstance(served.model, OnnxModel)
     flat = [[float(v) for v in inputs[name].values] for name in served.model.inputs]
     instances = witness_instances(served.circuit, flat)
-    facts = {"input_visibility": served.circuit.input_visibility, "output_scales": served.circuit.output_scales}
     names = served.model.output_names
     sizes = [len(outputs[name].values) for name in names]
-    values = dequantized_outputs(instances, facts, sizes)
+    values = dequantized_outputs(instances, served.circuit, sizes)
     circuit_outputs = {
         name: Tensor("float32", outputs[name].shape, tuple(float(v) for v in array))
         for name, array in zip(names, values, strict=True)

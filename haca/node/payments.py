@@ -50,7 +50,7 @@ from haca.types.payment import (
     SpendingAllowance,
     decode_api_key,
 )
-from haca.types.registry import PriceUnit, request_fee, token_fee
+from haca.types.registry import ModelManifest, PriceUnit, request_fee, token_fee
 from haca.types.x402 import PAYMENT_RESPONSE_HEADER as PAYMENT_RESPONSE_HEADER_V2
 from haca.types.x402 import PAYMENT_SIGNATURE_HEADER, SCHEME
 
@@ -120,7 +120,7 @@ class PaymentView(Protocol):
 
     def settlement_fee(self, fees: int, count: int = 1) -> int: ...
 
-    def manifest_in_effect(self, model_id: str, height: int) -> dict[str, Any] | None: ...
+    def manifest_in_effect(self, model_id: str, height: int) -> ModelManifest | None: ...
 
 
 @dataclass(frozen=True)

@@ -13,6 +13,7 @@ from typing import Any
 import structlog
 import uvicorn
 
+from haca.client import records
 from haca.client.chain import ChainClient
 from haca.client.config import ClientConfig, KeyStore, connect
 from haca.client.errors import ConfigError, QueryFailed
@@ -36,7 +37,7 @@ from haca.runtime.llm import LlmModel
 from haca.runtime.onnx import OnnxModel
 from haca.types.batch import MsgSettleBatch
 from haca.types.modes import Mode
-from haca.types.registry import MsgRegisterNode, model_kind
+from haca.types.registry import ModelManifest, MsgRegisterNode, NodeRegistration
 from haca.types.staking import MsgBond
 
 log = structlog.get_logger("haca.node")
@@ -210,9 +211,9 @@ def open_enclave(
     try:
         enclave = EnclaveKey(chain, key, EnclaveClient(settings.enclave), AsyncEnclaveClient(settings.enclave), tx_lock)
         for served in {s.model_id: s for s in models.values()}.values():
-            if Mode.TEE in served.manifest["modes"]:
+            if Mode.TEE in served.manifest.modes:
                 llm = served.llm
-                enclave.load(served.model_id, model_kind(served.manifest), *((llm.context, llm.slots) if llm else ()))
+                enclave.load(served.model_id, served.manifest.kind, *((llm.context, llm.slots) if llm else ()))
         enclave.attest()
     except EnclaveError as exc:
         raise ConfigError(f"the enclave at {settings.enclave} did not answer: {exc}") from exc
@@ -222,50 +223,50 @@ def open_enclave(
 
 
 def load_models(chain: ChainClient, hub: HubClient, settings: NodeSettings) -> dict[str, ServedModel]:
-    names = settings.models or [m["name"] for m in chain.query("/registry/models")["models"]]
+    names = settings.models or [m.name for m in records.manifests(chain)]
     served: dict[str, ServedModel] = {}
     cache = settings.data / "models"
     cache.mkdir(parents=True, exist_ok=True)
     for name in names:
-        manifest = chain.query("/registry/model", name.encode())
-        if not set(manifest["modes"]) & set(settings.modes):
+        manifest = records.manifest(chain, name)
+        if not set(manifest.modes) & set(settings.modes):
             continue
-        kind = model_kind(manifest)
-        path = cache / (manifest["model_id"].removeprefix("sha256:") + "." + kind)
+        kind = manifest.kind
+        path = cache / (manifest.model_id.removeprefix("sha256:") + "." + kind)
         if not path.exists():
-            hub.download(manifest["model_id"], path)  # verifies the bytes hash to the id
+            hub.download(manifest.model_id, path)  # verifies the bytes hash to the id
         if kind == "gguf":
-            llm = LlmModel(path, context=int(manifest["max_rows"]), slots=settings.llm_slots)
+            llm = LlmModel(path, context=manifest.max_rows, slots=settings.llm_slots)
             model = ServedModel(manifest, llm)
         else:
             model = ServedModel(manifest, OnnxModel(path), _circuit_for(settings, manifest, hub))
-        served[name] = served[manifest["model_id"]] = model
-        log.info("model_loaded", name=name, version=manifest["version"], id=manifest["model_id"])
+        served[name] = served[manifest.model_id] = model
+        log.info("model_loaded", name=name, version=manifest.version, id=manifest.model_id)
     if not served:
         raise ConfigError(f"none of the models {names} can be served in modes {list(settings.modes)}")
     return served
 
 
-def _circuit_for(settings: NodeSettings, manifest: dict[str, Any], hub: HubClient) -> Circuit | None:
+def _circuit_for(settings: NodeSettings, manifest: ModelManifest, hub: HubClient) -> Circuit | None:
     """zkml: this model's circuit — built here (--circuits) or fetched from the hub by the hashes the
     manifest pins — if its settings and verifying key are the ones the chain verifies against."""
-    pinned = manifest.get("circuit")
-    if Mode.ZKML not in settings.modes or not pinned:
+    pinned = manifest.circuit
+    if Mode.ZKML not in settings.modes or pinned is None:
         return None
-    circuit = load_circuit(settings.circuits / manifest["name"]) if settings.circuits else None
-    if circuit is None and "pk_hash" in pinned and settings.srs_dir is not None:
+    circuit = load_circuit(settings.circuits / manifest.name) if settings.circuits else None
+    if circuit is None and pinned.pk_hash is not None and settings.srs_dir is not None:
         circuit = fetch_circuit(
             hub,
-            pinned,
-            settings.data / "circuits" / manifest["model_id"].removeprefix("sha256:"),
-            manifest["model_id"],
-            srs_file(settings.srs_dir, int(pinned["logrows"])),
+            pinned.ref(),
+            settings.data / "circuits" / manifest.model_id.removeprefix("sha256:"),
+            manifest.model_id,
+            srs_file(settings.srs_dir, pinned.logrows),
         )
     if circuit is None:
-        log.warning("no_circuit", model=manifest["name"], note="zkml is not offered for it")
+        log.warning("no_circuit", model=manifest.name, note="zkml is not offered for it")
         return None
-    if (circuit.settings_hash, circuit.vk_hash) != (pinned["settings_hash"], pinned["vk_hash"]):
-        log.warning("circuit_mismatch", model=manifest["name"], local=circuit.vk_hash, chain=pinned["vk_hash"])
+    if (circuit.settings_hash, circuit.vk_hash) != (pinned.settings_hash, pinned.vk_hash):
+        log.warning("circuit_mismatch", model=manifest.name, local=circuit.vk_hash, chain=pinned.vk_hash)
         return None
     return circuit
 
@@ -305,13 +306,13 @@ def ensure_stake(chain: ChainClient, key: PrivateKey, modes: tuple[str, ...], st
 
 
 def register(chain: ChainClient, key: PrivateKey, settings: NodeSettings, models: dict[str, ServedModel]) -> None:
-    names = tuple(sorted({s.manifest["name"] for s in models.values()}))
+    names = tuple(sorted({s.name for s in models.values()}))
     ensure_stake(chain, key, settings.modes, settings.stake)
     msg = MsgRegisterNode(settings.public_url, tuple(sorted(settings.modes)), names, settings.price)
     current = None
     with contextlib.suppress(QueryFailed):
-        current = chain.query("/registry/node", key.address.encode())
-    if current is not None and {k: current[k] for k in ("endpoint", "modes", "models", "price")} == msg.to_json():
+        current = records.node_registration(chain, key.address)
+    if current is not None and current == NodeRegistration.registered(msg, key.address, current.height):
         return
     chain.send_msgs(key, (msg,))
     log.info("node_registered", address=key.address, endpoint=settings.public_url, models=list(names))

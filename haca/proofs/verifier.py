@@ -89,8 +89,8 @@ class VerifyContext:
     chain_id: str
     height: int  # the block being executed (the client: the height it read the chain at)
     time: int  # that block's time, unix seconds, from its header (never a wall clock on chain)
-    manifest: Mapping[str, Any]  # the model's terms in effect at the receipt's height hint
-    node: Mapping[str, Any]  # the node's registry record
+    model: str  # the name of the model whose terms are in effect at the receipt's height hint ("" unknown)
+    node: str  # the address of the node the receipt is settled for (the chain: the tx signer)
     # tee: the chain's record of an enclave key, judged for this receipt's height and model
     enclave: Callable[[str], EnclaveStanding | None] = _no_enclave
     circuit: CircuitArtefacts | None = None  # zkml: the model's circuit
@@ -172,7 +172,7 @@ class VanillaVerifier(_SignatureVerifier):
         if evidence:
             raise EvidenceError("vanilla receipts carry no evidence")
         signer = self.signer(signed)
-        node = str(ctx.node.get("address", ""))
+        node = ctx.node
         if signer != node or signed.receipt.node != node:
             raise EvidenceError(f"receipt names node {signed.receipt.node} but is signed by {signer}")
         return Verdict(Status.SETTLED, signer)
@@ -189,7 +189,7 @@ class TeeVerifier(_SignatureVerifier):
         if evidence:
             raise EvidenceError("tee receipts carry no evidence: the enclave key is attested on chain")
         signer = self.signer(signed)
-        node = str(ctx.node.get("address", ""))
+        node = ctx.node
         if signed.receipt.node != node:
             raise EvidenceError(f"receipt names node {signed.receipt.node}, not {node}")
         if signer == node:
@@ -201,8 +201,7 @@ class TeeVerifier(_SignatureVerifier):
             raise EvidenceError(f"receipt is signed by {signer}, which is not an enclave key attested for node {node}")
         if not standing.approved:
             raise MeasurementRevoked(standing.detail)
-        model = str(ctx.manifest.get("name", ""))
-        if missing := gpu_missing(ctx.gpu_required, standing.gpus, signer, model):
+        if missing := gpu_missing(ctx.gpu_required, standing.gpus, signer, ctx.model):
             raise MeasurementRevoked(missing)
         if not standing.covered:
             raise EnclaveLapsed(standing.detail)
@@ -218,7 +217,7 @@ class ZkmlVerifier(_SignatureVerifier):
 
     def verify(self, signed: SignedReceipt, evidence: bytes, ctx: VerifyContext) -> Verdict:
         signer = self.signer(signed)
-        node = str(ctx.node.get("address", ""))
+        node = ctx.node
         if signer != node or signed.receipt.node != node:
             raise EvidenceError(f"receipt names node {signed.receipt.node} but is signed by {signer}")
         if not evidence:

@@ -38,11 +38,6 @@ def token_fee(prompt_price: int, completion_price: int, prompt_tokens: int, comp
     return prompt_tokens * prompt_price + completion_tokens * completion_price
 
 
-def model_kind(manifest: dict[str, Any]) -> str:
-    """A manifest's kind (manifests registered before kinds existed are ONNX)."""
-    return str(manifest.get("kind", "onnx"))
-
-
 def request_rows(shapes: list[tuple[int, ...]]) -> int:
     """A request's rows: the largest leading (batch) dimension among its input tensors (1 for scalars)."""
     return max((shape[0] if shape else 1) for shape in shapes) if shapes else 1
@@ -303,3 +298,202 @@ class MsgRegisterNode:
         if len(names) != len(models):
             raise ValueError("models: a model is listed twice")
         return cls(endpoint, f.modes(doc["modes"]), names, f.uint(doc["price"], "price"))
+
+
+# --- what the registry stores and answers ---------------------------------------------------------
+
+VISIBILITIES = ("public", "hashed", "private", "fixed")
+
+
+def _scales(value: Any, field: str) -> tuple[int, ...]:
+    if not isinstance(value, list) or not all(isinstance(v, int) and not isinstance(v, bool) for v in value):
+        raise ValueError(f"{field}: expected a list of integers")
+    return tuple(value)
+
+
+@dataclass(frozen=True)
+class CircuitRecord:
+    """A zkml manifest's circuit as the chain recorded it: the artefacts by hash, what its settings
+    say is public (integers and names only), and the SRS genesis pins for its size."""
+
+    settings_hash: str
+    vk_hash: str
+    logrows: int
+    input_visibility: str  # "public" | "hashed" | "private" | "fixed"
+    output_visibility: str
+    input_scales: tuple[int, ...]  # what a client quantizes its input and dequantizes outputs by
+    output_scales: tuple[int, ...]
+    srs_hash: str
+    compiled_hash: str | None = None  # the hub blobs a node may prove with (optional)
+    pk_hash: str | None = None
+
+    def ref(self) -> dict[str, str]:
+        """The artefacts by hash, as a manifest names them (MsgRegisterModel.circuit)."""
+        out = {"settings_hash": self.settings_hash, "vk_hash": self.vk_hash}
+        if self.pk_hash is not None and self.compiled_hash is not None:
+            out |= {"compiled_hash": self.compiled_hash, "pk_hash": self.pk_hash}
+        return out
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            **self.ref(),
+            "logrows": self.logrows,
+            "input_visibility": self.input_visibility,
+            "output_visibility": self.output_visibility,
+            "input_scales": list(self.input_scales),
+            "output_scales": list(self.output_scales),
+            "srs_hash": self.srs_hash,
+        }
+
+    @classmethod
+    def from_json(cls, value: Any) -> CircuitRecord:
+        facts = {"logrows", "input_visibility", "output_visibility", "input_scales", "output_scales", "srs_hash"}
+        if not isinstance(value, dict):
+            raise ValueError("circuit must be an object")
+        ref = _circuit({k: v for k, v in value.items() if k not in facts}, True)
+        doc = f.require_fields({k: v for k, v in value.items() if k in facts}, facts, "circuit")
+        logrows = doc["logrows"]
+        if not isinstance(logrows, int) or isinstance(logrows, bool) or not 1 <= logrows <= 28:
+            raise ValueError("circuit.logrows: expected an integer from 1 to 28")
+        for side in ("input", "output"):
+            if doc[f"{side}_visibility"] not in VISIBILITIES:
+                raise ValueError(f"circuit.{side}_visibility: expected one of {list(VISIBILITIES)}")
+        assert ref is not None
+        return cls(
+            ref["settings_hash"],
+            ref["vk_hash"],
+            logrows,
+            doc["input_visibility"],
+            doc["output_visibility"],
+            _scales(doc["input_scales"], "circuit.input_scales"),
+            _scales(doc["output_scales"], "circuit.output_scales"),
+            f.model_id(doc["srs_hash"], "circuit.srs_hash"),
+            ref.get("compiled_hash"),
+            ref.get("pk_hash"),
+        )
+
+
+@dataclass(frozen=True)
+class ModelManifest:
+    """A registered version of a model: the terms it was registered with (MsgRegisterModel's fields,
+    the circuit recorded in full), who owns the name, and from which height the terms apply."""
+
+    name: str
+    model_id: str
+    input_schema: dict[str, Any]
+    output_schema: dict[str, Any]
+    modes: tuple[str, ...]
+    price: int
+    price_unit: PriceUnit
+    max_rows: int
+    circuit: CircuitRecord | None
+    kind: str
+    completion_price: int
+    version: int
+    owner: str
+    height: int  # registered at
+    effective_height: int  # its terms apply to receipts served from this height
+
+    @classmethod
+    def registered(
+        cls, msg: MsgRegisterModel, circuit: CircuitRecord | None, version: int, owner: str, height: int, effective: int
+    ) -> ModelManifest:
+        return cls(
+            msg.name,
+            msg.model_id,
+            msg.input_schema,
+            msg.output_schema,
+            msg.modes,
+            msg.price,
+            PriceUnit(msg.price_unit),
+            msg.max_rows,
+            circuit,
+            msg.kind,
+            msg.completion_price,
+            version,
+            owner,
+            height,
+            effective,
+        )
+
+    def fee(self, rows: int) -> int:
+        """What one request of `rows` rows costs at this version's price (not for token pricing)."""
+        return request_fee(self.price, self.price_unit, rows)
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "name": self.name,
+            "model_id": self.model_id,
+            "input_schema": self.input_schema,
+            "output_schema": self.output_schema,
+            "modes": list(self.modes),
+            "price": str(self.price),
+            "price_unit": self.price_unit.value,
+            "max_rows": self.max_rows,
+            "circuit": self.circuit.to_json() if self.circuit else None,
+            "kind": self.kind,
+            "completion_price": str(self.completion_price),
+            "version": self.version,
+            "owner": self.owner,
+            "height": self.height,
+            "effective_height": self.effective_height,
+        }
+
+    @classmethod
+    def from_json(cls, value: Any) -> ModelManifest:
+        """ValueError naming the field unless `value` is a manifest as the chain answers it."""
+        record = {"version", "owner", "height", "effective_height"}
+        if not isinstance(value, dict):
+            raise ValueError("a model manifest must be an object")
+        doc = f.require_fields({k: v for k, v in value.items() if k in record}, record, "manifest")
+        circuit = CircuitRecord.from_json(value["circuit"]) if value.get("circuit") is not None else None
+        terms = {k: v for k, v in value.items() if k not in record}
+        msg = MsgRegisterModel.from_json({**terms, "circuit": circuit.ref() if circuit else None})
+        version = doc["version"]
+        if not isinstance(version, int) or isinstance(version, bool) or not 1 <= version < 1 << 32:
+            raise ValueError("version: expected an integer from 1")
+        return cls.registered(
+            msg,
+            circuit,
+            version,
+            f.address(doc["owner"], "owner"),
+            _height(doc["height"], "height"),
+            _height(doc["effective_height"], "effective_height"),
+        )
+
+
+def _height(value: Any, field: str) -> int:
+    if not isinstance(value, int) or isinstance(value, bool) or not 0 <= value < 1 << 63:
+        raise ValueError(f"{field}: expected a block height")
+    return value
+
+
+@dataclass(frozen=True)
+class NodeRegistration:
+    """An inference node as registered: MsgRegisterNode's fields, its address, and the height of
+    its last registration."""
+
+    endpoint: str
+    modes: tuple[str, ...]
+    models: tuple[str, ...]  # model names
+    price: int
+    address: str
+    height: int
+
+    def to_json(self) -> dict[str, Any]:
+        msg = MsgRegisterNode(self.endpoint, self.modes, self.models, self.price)
+        return {**msg.to_json(), "address": self.address, "height": self.height}
+
+    @classmethod
+    def registered(cls, msg: MsgRegisterNode, address: str, height: int) -> NodeRegistration:
+        return cls(msg.endpoint, msg.modes, msg.models, msg.price, address, height)
+
+    @classmethod
+    def from_json(cls, value: Any) -> NodeRegistration:
+        """ValueError naming the field unless `value` is a node registration as the chain answers it."""
+        if not isinstance(value, dict):
+            raise ValueError("a node registration must be an object")
+        record = {"address", "height"}
+        doc = f.require_fields({k: v for k, v in value.items() if k in record}, record, "node")
+        msg = MsgRegisterNode.from_json({k: v for k, v in value.items() if k not in record})
+        return cls.registered(msg, f.address(doc["address"], "address"), _height(doc["height"], "height"))

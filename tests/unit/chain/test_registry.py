@@ -128,12 +128,11 @@ def test_registering_a_name_owned_by_another_account_is_rejected_unauthorized_wi
 def test_registering_another_name_with_a_model_id_owned_by_someone_else_does_not_take_over_that_id(chain):
     assert_ok(chain.deliver(OWNER, IRIS))
     copycat = dataclasses.replace(IRIS, name="iris-copy", price=0, modes=("tee",))
-    result = chain.deliver(MALLORY, copycat)
-    # Either the copy is refused, or the id keeps resolving to the owner's manifest.
-    if result.code == 0:
-        assert chain.app.registry.model_by_id(chain.app.store, IRIS.model_id)["owner"] == OWNER.address
-    else:
-        assert result.code == errors.Unauthorized.code
+    # A model id is content (issue 19): the copy registers under its own name, and the id keeps
+    # resolving to the first name registered for it, the owner's.
+    assert_ok(chain.deliver(MALLORY, copycat))
+    assert chain.app.registry.model_by_id(chain.app.store, IRIS.model_id).owner == OWNER.address
+    assert chain.app.registry.names_of(chain.app.store, IRIS.model_id) == ["iris", "iris-copy"]
 
 
 def test_a_squatter_registering_the_uploaders_model_id_first_does_not_lock_the_uploader_out(chain):

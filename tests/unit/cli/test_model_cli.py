@@ -18,6 +18,7 @@ from haca.hub.api import create_app
 from haca.hub.quota import UploadLedger, blob_charge
 from haca.hub.schema import ONNX_DTYPES, onnx_schemas
 from haca.hub.store import BlobStore
+from haca.types.registry import ModelManifest
 from tests.unit.hub.conftest import STRANGER, UPLOADER
 from tests.unit.hub.server import serve
 
@@ -164,7 +165,7 @@ def test_manifest_json_renames_model_id_and_prices_as_int() -> None:
         "height": 9,
         "effective_height": 29,
     }
-    shown = manifest_json(manifest)
+    shown = manifest_json(ModelManifest.from_json(manifest))
     assert shown["id"] == manifest["model_id"] and "model_id" not in shown
     assert shown["price"] == 1000 and shown["version"] == 2 and shown["height"] == 9
     assert (shown["price_unit"], shown["max_rows"], shown["effective_height"]) == ("row", 32, 29)

@@ -6,8 +6,9 @@ from __future__ import annotations
 import pytest
 
 from haca.client.payment import PaymentOffer, PaymentRequiredError, accept_fee
+from tests.unit.node.nodehelpers import manifest as chain_manifest
 
-MANIFEST = {"price": "100", "price_unit": "row", "max_rows": 8}
+MANIFEST = chain_manifest(price=100, price_unit="row", max_rows=8)
 
 
 def offer(unit_price: int, price_unit: str = "row", max_rows: int = 8) -> PaymentOffer:

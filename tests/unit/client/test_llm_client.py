@@ -39,14 +39,16 @@ from haca.runtime.llm import LlmModel, smollm2_path
 from haca.types.llm import LlmRequest, parse_request, text_hash
 from haca.types.payment import PaymentAuthorization
 from haca.types.receipt import Receipt, SignedReceipt
+from haca.types.registry import ModelManifest, NodeRegistration, PriceUnit
 from haca.types.x402 import caip2_network
+from tests.unit.node.nodehelpers import manifest as chain_manifest
 
 CHAIN_ID = "haca-test"
 NODE, CLIENT, OTHER = PrivateKey.from_seed("node"), PrivateKey.from_seed("client"), PrivateKey.from_seed("other")
 ENCLAVE = PrivateKey.from_seed("enclave")
 MODEL_ID = "sha256:" + "5e" * 32
 PROMPT_PRICE, COMPLETION_PRICE, CONTEXT = 100, 200, 2048
-MANIFEST = {"name": "smollm2", "price": str(PROMPT_PRICE), "price_unit": "token", "completion_price": "200"}
+MANIFEST = chain_manifest("smollm2", price=PROMPT_PRICE, price_unit="token", kind="gguf", completion_price=200)
 TEXT = "Blue is a colour."
 USAGE = {"prompt_tokens": 30, "completion_tokens": 6, "total_tokens": 36}
 
@@ -193,7 +195,7 @@ def test_max_tokens_that_fill_the_context_and_a_model_not_priced_per_token_are_r
     with pytest.raises(InputInvalid, match="context is 2048"):
         llm_max_fee(offer(), chat(max_tokens=CONTEXT), 10**12, MANIFEST)
     with pytest.raises(PaymentRequiredError, match="not priced per token"):
-        llm_max_fee(offer(), chat(), None, {**MANIFEST, "price_unit": "request"})
+        llm_max_fee(offer(), chat(), None, dataclasses.replace(MANIFEST, price_unit=PriceUnit.REQUEST))
 
 
 # --- checking the answer ---------------------------------------------------------------------------
@@ -334,14 +336,17 @@ class FakeChain:
     """What the SDK reads from the chain for an LLM offer, as proven reads at the node's height:
     the model's terms in effect and the node's registration."""
 
-    def __init__(self, manifest: dict[str, Any]) -> None:
+    def __init__(self, manifest: ModelManifest) -> None:
         self.manifest = manifest
 
     def query_proven_value(self, path: str, data: bytes = b"") -> tuple[dict[str, Any], int]:
         if path == "/registry/model_in_effect":
-            return self.manifest, node_helpers.HEIGHT
+            return self.manifest.to_json(), node_helpers.HEIGHT
         if path == "/registry/node":
-            return {"address": node_helpers.NODE.address, "modes": ["vanilla"]}, node_helpers.HEIGHT
+            registration = NodeRegistration(
+                "http://node.test", ("vanilla",), ("smollm2",), 0, node_helpers.NODE.address, 1
+            )
+            return registration.to_json(), node_helpers.HEIGHT
         raise QueryFailed(path)
 
     def close(self) -> None:

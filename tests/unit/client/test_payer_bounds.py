@@ -41,6 +41,7 @@ IRIS_INPUT = [[5.1, 3.5, 1.4, 0.2]]
 
 def manifest(price: int = PRICE, price_unit: str = "request", max_rows: int = 8, **extra: Any) -> dict[str, Any]:
     """The model's terms in effect, as the chain stores them."""
+    llm = extra.get("kind") == "gguf"
     return {
         "name": "iris",
         "model_id": IRIS,
@@ -49,14 +50,26 @@ def manifest(price: int = PRICE, price_unit: str = "request", max_rows: int = 8,
         "price": str(price),
         "price_unit": price_unit,
         "max_rows": max_rows,
+        "circuit": None,
+        "kind": "onnx",
+        "completion_price": "0",
+        "owner": "0x" + "77" * 20,
+        "height": 1,
         "effective_height": 1,
-        "input_schema": {"x": {"dtype": "float32", "shape": [-1, 4]}},
-        "output_schema": {"y": {"dtype": "float32", "shape": [-1, 3]}},
+        "input_schema": {} if llm else {"x": {"dtype": "float32", "shape": [-1, 4]}},
+        "output_schema": {} if llm else {"y": {"dtype": "float32", "shape": [-1, 3]}},
         **extra,
     }
 
 
-REGISTRATION = {"address": NODE, "modes": ["vanilla"], "height": 1}
+REGISTRATION = {
+    "address": NODE,
+    "endpoint": "http://node.test",
+    "modes": ["vanilla"],
+    "models": ["iris"],
+    "price": "0",
+    "height": 1,
+}
 
 
 @dataclass
@@ -165,14 +178,29 @@ def test_the_bound_is_the_most_one_request_costs_at_the_chains_terms(
 @pytest.mark.parametrize(
     ("chain", "kwargs", "message"),
     [
-        (ProvenTerms(node={"address": NODE, "modes": ["tee"]}), {}, "not registered on chain for mode 'vanilla'"),
+        (ProvenTerms(node={**REGISTRATION, "modes": ["tee"]}), {}, "not registered on chain for mode 'vanilla'"),
         (ProvenTerms(chain_id="haca-other"), {}, "not 'haca-other'"),
         (ProvenTerms(), {"terms_height": TERMS_HEIGHT - 6}, "quotes the terms of height 14"),
+        (ProvenTerms(manifest=manifest(price_unit="ounce")), {}, "the chain's model manifest is malformed: price_unit"),
     ],
 )
 def test_an_offer_the_chain_does_not_back_is_refused(chain: ProvenTerms, kwargs: dict[str, Any], message: str) -> None:
     with pytest.raises(PaymentRequiredError, match=message):
         signed_fee(HacaEscrowScheme(KEY, chain=chain), PRICE, **kwargs)
+
+
+@pytest.mark.parametrize(
+    ("chain", "message"),
+    [
+        (ProvenTerms(manifest=manifest(model_id="sha256:" + "9" * 64)), "answered the terms of model sha256:9999"),
+        (ProvenTerms(manifest=manifest(effective_height=TERMS_HEIGHT + 1)), "takes effect at height 21, after 20"),
+        (ProvenTerms(node={**REGISTRATION, "address": "0x" + "66" * 20}), "the proven registration is for 0x6666"),
+    ],
+)
+def test_a_proven_record_that_is_not_the_one_asked_for_is_refused(chain: ProvenTerms, message: str) -> None:
+    """A proof shows a stored record, not that the RPC picked the right one: the client checks."""
+    with pytest.raises(ProofInvalid, match=message):
+        signed_fee(HacaEscrowScheme(KEY, chain=chain), PRICE)
 
 
 # --- proven reads through a fake RPC: the scheme, haca.Client and haca.AsyncClient ----------------

@@ -10,6 +10,7 @@ from typing import Any
 from haca.crypto.keys import PrivateKey
 from haca.types.payment import PaymentAuthorization, SignedPayment, SpendingAllowance
 from haca.types.receipt import Receipt, SignedReceipt
+from haca.types.registry import CircuitRecord, ModelManifest
 
 CHAIN_ID = "haca-test"
 DENOM = "opg"
@@ -71,10 +72,14 @@ def manifest(
     price_unit: str = "request",
     max_rows: int = 64,
     modes: tuple[str, ...] = ("vanilla",),
+    kind: str = "onnx",
+    completion_price: int = 0,
+    circuit: CircuitRecord | None = None,
     **schemas: Any,
-) -> dict[str, Any]:
-    """An on-chain manifest as /registry/model_in_effect answers it."""
-    return {
+) -> ModelManifest:
+    """An on-chain manifest as /registry/model_in_effect answers it (parsed, as the node reads it)."""
+    llm = kind == "gguf"
+    doc = {
         "name": name,
         "model_id": model_id,
         "version": 1,
@@ -82,12 +87,16 @@ def manifest(
         "price": str(price),
         "price_unit": price_unit,
         "max_rows": max_rows,
+        "circuit": circuit.to_json() if circuit else None,
+        "kind": kind,
+        "completion_price": str(completion_price),
         "owner": OTHER.address,
         "height": 1,
         "effective_height": 1,
-        "input_schema": schemas.get("input_schema", {"x": {"dtype": "float32", "shape": [-1, 2]}}),
-        "output_schema": schemas.get("output_schema", {"y": {"dtype": "float32", "shape": [-1, 2]}}),
+        "input_schema": {} if llm else schemas.get("input_schema", {"x": {"dtype": "float32", "shape": [-1, 2]}}),
+        "output_schema": {} if llm else schemas.get("output_schema", {"y": {"dtype": "float32", "shape": [-1, 2]}}),
     }
+    return ModelManifest.from_json(doc)
 
 
 class FakeView:
@@ -99,7 +108,7 @@ class FakeView:
         self.spent: dict[str, int] = {}  # allowance id -> settled on chain
         self.revoked: dict[str, int] = {}  # allowance id -> height its revocation takes effect
         self.records: dict[str, dict[str, Any]] = {}  # receipt id -> settlement record
-        self.manifests: dict[str, dict[str, Any]] = {}  # model id -> terms in effect
+        self.manifests: dict[str, ModelManifest] = {}  # model id -> terms in effect
 
     def height(self) -> int:
         return self.current_height
@@ -110,7 +119,7 @@ class FakeView:
     def allowance(self, allowance: SpendingAllowance) -> tuple[int, int]:
         return self.spent.get(allowance.id, 0), self.revoked.get(allowance.id, 0)
 
-    def manifest_in_effect(self, model_id: str, height: int) -> dict[str, Any] | None:
+    def manifest_in_effect(self, model_id: str, height: int) -> ModelManifest | None:
         return self.manifests.get(model_id)
 
     def settlement_fee(self, fees: int, count: int = 1) -> int:

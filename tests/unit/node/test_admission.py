@@ -20,6 +20,7 @@ from haca.node.errors import Overloaded, PaymentRequired
 from haca.node.payments import CLAIM_SAFETY, PaymentGate, ProvingLoad, Quote
 from haca.node.receipts import ReceiptStore
 from haca.runtime.onnx import OnnxModel
+from haca.types.registry import ModelManifest
 from haca.types.tensor import Tensor
 from tests.unit.node.nodehelpers import CHAIN_ID, CLIENT, DENOM, HEIGHT, MODEL_ID, NODE, OTHER, FakeView, x_payment
 from tests.unit.node.test_api import PRICE, Node, assert_error, body, make_node, offer_of
@@ -29,7 +30,7 @@ from tests.unit.node.test_payments import authorization
 class FakeChain:
     """What ChainView reads, from dicts, counting the escrow queries."""
 
-    def __init__(self, manifest: dict[str, Any]) -> None:
+    def __init__(self, manifest: ModelManifest) -> None:
         self.manifest = manifest
         self.escrows: dict[str, int] = {}
         self.escrow_reads: list[str] = []
@@ -46,7 +47,7 @@ class FakeChain:
         if path == "/inference/params":
             return {"settlement_fee": "3", "settlement_fee_bps": "100", "claim_deadline": 50}
         assert path == "/registry/model_in_effect", path
-        return self.manifest
+        return self.manifest.to_json()
 
 
 class Clock:

@@ -28,6 +28,7 @@ from haca.node.context import MAX_BODY_BYTES, NodeContext, ServedModel
 from haca.node.payments import PaymentGate
 from haca.node.receipts import ReceiptStore
 from haca.runtime.onnx import OnnxModel
+from haca.types.registry import ModelManifest
 from haca.types.tensor import Tensor
 from tests.metricshelpers import samples
 from tests.unit.node.nodehelpers import CHAIN_ID, CLIENT, DENOM, HEIGHT, NODE, FakeView
@@ -60,7 +61,7 @@ class Node:
     store: ReceiptStore
     view: FakeView
     db: Path
-    manifest: dict[str, Any]
+    manifest: ModelManifest
     queued_before_answer: list[list[tuple[str, str]]]  # what the database held each time a receipt was queued
 
 
@@ -141,7 +142,7 @@ def test_an_unpaid_inference_is_a_402_with_x402_requirements_and_queues_nothing(
     assert accept["scheme"] == "haca-escrow" and accept["network"] == CHAIN_ID and accept["asset"] == DENOM
     assert accept["maxAmountRequired"] == str(PRICE) and accept["payTo"] == NODE.address
     assert accept["resource"] == "http://testserver/v1/infer"
-    assert accept["extra"]["model_id"] == node.manifest["model_id"] and accept["extra"]["mode"] == "vanilla"
+    assert accept["extra"]["model_id"] == node.manifest.model_id and accept["extra"]["mode"] == "vanilla"
     extra = accept["extra"]
     assert (extra["price"], extra["price_unit"], extra["max_rows"], extra["terms_height"]) == (
         str(PRICE),
@@ -159,11 +160,11 @@ def test_a_paid_inference_answers_the_output_with_a_node_signed_receipt_queued_b
     answer = response.json()
     assert answer["status"] == "pending"
     assert answer["output"] == {"y": {"dtype": "float32", "shape": [1, 2], "data": [[3.0, -4.0]]}}
-    signed = verify_answer(answer, INPUT, node.manifest["input_schema"], NODE.address, auth)  # signature, hashes
+    signed = verify_answer(answer, INPUT, node.manifest.input_schema, NODE.address, auth)  # signature, hashes
     receipt = signed.receipt
     assert receipt.signer(signed.signature) == NODE.address
     assert (receipt.client, receipt.request_id, receipt.fee) == (CLIENT.address, auth.request_id, PRICE)
-    assert (receipt.chain_id, receipt.model_id, receipt.mode) == (CHAIN_ID, node.manifest["model_id"], "vanilla")
+    assert (receipt.chain_id, receipt.model_id, receipt.mode) == (CHAIN_ID, node.manifest.model_id, "vanilla")
     assert receipt.height_hint == HEIGHT
     assert answer["receipt"]["id"] == signed.id
     assert node.queued_before_answer == [[(signed.id, "pending")]]
@@ -189,8 +190,8 @@ def test_a_paid_inference_answers_the_output_with_a_node_signed_receipt_queued_b
 
 def test_a_model_can_be_named_by_its_id(node):
     _, headers = paid_headers(node)
-    response = node.client.post("/v1/infer", json=body(model=node.manifest["model_id"]), headers=headers)
-    assert response.status_code == 200 and response.json()["receipt"]["model_id"] == node.manifest["model_id"]
+    response = node.client.post("/v1/infer", json=body(model=node.manifest.model_id), headers=headers)
+    assert response.status_code == 200 and response.json()["receipt"]["model_id"] == node.manifest.model_id
 
 
 def test_replaying_an_x_payment_is_a_409_and_queues_no_second_receipt(node):
@@ -317,7 +318,7 @@ def test_models_lists_each_served_model_once_with_its_price_and_schemas(node):
     assert doc["object"] == "list" and len(doc["data"]) == 1  # served under its name and its id
     entry = doc["data"][0]
     assert {k: v for k, v in entry.items() if k != "provider"} == {
-        "id": node.manifest["model_id"],
+        "id": node.manifest.model_id,
         "name": "double",
         "version": 1,
         "modes": ["vanilla"],
@@ -329,7 +330,7 @@ def test_models_lists_each_served_model_once_with_its_price_and_schemas(node):
         "kind": "onnx",
         "object": "model",  # what OpenAI clients read (models.list)
         "created": 0,
-        "owned_by": node.manifest["owner"],
+        "owned_by": node.manifest.owner,
     }
     assert entry["provider"].endswith("ExecutionProvider")
 

@@ -5,6 +5,7 @@ before its body is parsed."""
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import threading
 from dataclasses import replace
 from pathlib import Path
@@ -74,12 +75,12 @@ def test_quotes_and_receipts_follow_the_terms_in_effect_at_the_nodes_height(tmp_
     # The owner raises the price (issue 7, item 5): the node quotes the new price from the
     # height it takes effect, and each receipt names the height whose terms it was served on.
     node = make_node(tmp_path)
-    model_id = node.manifest["model_id"]
+    model_id = node.manifest.model_id
     auth, header = sign_payment(CLIENT, offer_of(node), PRICE)
     before = node.client.post("/v1/infer", json={"model": "double", "input": rows(1)}, headers={"X-PAYMENT": header})
     assert verify_answer(before.json(), rows(1), SCHEMA, NODE.address, auth).receipt.height_hint == HEIGHT
     node.view.current_height = HEIGHT + 1
-    node.view.manifests[model_id] = {**node.manifest, "version": 2, "price": str(PRICE * 3)}
+    node.view.manifests[model_id] = dataclasses.replace(node.manifest, version=2, price=PRICE * 3)
     offer = offer_of(node)
     assert (offer.unit_price, offer.terms_height) == (3 * PRICE, HEIGHT + 1)
     _, old_price = sign_payment(CLIENT, offer, PRICE)

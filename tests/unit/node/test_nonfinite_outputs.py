@@ -26,8 +26,10 @@ from haca.node.context import NodeContext, ServedModel
 from haca.node.payments import PaymentGate
 from haca.node.receipts import ReceiptStore
 from haca.runtime.onnx import OnnxModel
+from haca.types.registry import ModelManifest
 from haca.types.tensor import Tensor, tensors_hash
 from tests.unit.node.nodehelpers import CHAIN_ID, CLIENT, DENOM, NODE, FakeView
+from tests.unit.node.nodehelpers import manifest as chain_manifest
 
 PRICE = 5
 INPUT = [[1.0, -1.0, 0.0]]
@@ -70,24 +72,21 @@ class Node:
     client: TestClient
     model: OnnxModel
     store: ReceiptStore
-    manifest: dict[str, Any]
+    manifest: ModelManifest
 
 
 def make_node(tmp_path: Path, dtype: str) -> Node:
     path = tmp_path / "nonfinite.onnx"
     model_id = build_nonfinite(path, dtype)
     schema = {"x": {"dtype": dtype, "shape": [1, 3]}}
-    manifest = {
-        "model_id": model_id,
-        "name": "nonfinite",
-        "version": 1,
-        "modes": ["vanilla"],
-        "price": str(PRICE),
-        "price_unit": "request",
-        "max_rows": 1,
-        "input_schema": schema,
-        "output_schema": {name: {"dtype": dtype, "shape": [1, 3]} for name in EXPECTED},
-    }
+    manifest = chain_manifest(
+        "nonfinite",
+        model_id,
+        PRICE,
+        max_rows=1,
+        input_schema=schema,
+        output_schema={name: {"dtype": dtype, "shape": [1, 3]} for name in EXPECTED},
+    )
     model = OnnxModel(path, ["CPUExecutionProvider"])
     served = ServedModel(manifest, model)
     store = ReceiptStore(tmp_path / "node" / "receipts.db")
@@ -120,7 +119,7 @@ def test_an_honest_answer_with_nan_and_infinities_passes_the_clients_check(tmp_p
         name: {"dtype": dtype, "shape": [1, 3], "data": data} for name, data in EXPECTED_WIRE.items()
     }
 
-    signed = verify_answer(answer, INPUT, node.manifest["input_schema"], NODE.address, auth)  # no ReceiptInvalid
+    signed = verify_answer(answer, INPUT, node.manifest.input_schema, NODE.address, auth)  # no ReceiptInvalid
 
     receipt = signed.receipt
     expected = {name: Tensor(dtype, (1, 3), values) for name, values in EXPECTED.items()}
@@ -154,7 +153,7 @@ def test_an_answer_with_the_old_null_encoding_fails_the_clients_check(tmp_path: 
     answer = orjson.loads(orjson.dumps(answer).replace(b'"Infinity"', b"null"))
     assert answer["output"]["ratio"]["data"] == [[None, None, None]]
     with pytest.raises(ReceiptInvalid, match="expected numbers for dtype float32"):
-        verify_answer(answer, INPUT, node.manifest["input_schema"], NODE.address, auth)
+        verify_answer(answer, INPUT, node.manifest.input_schema, NODE.address, auth)
 
 
 @pytest.mark.parametrize("value", ["NaN", "Infinity", "-Infinity"])

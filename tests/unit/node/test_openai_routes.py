@@ -81,10 +81,9 @@ def serve(
         price_unit="token",
         max_rows=CONTEXT,
         modes=("vanilla",),
-        input_schema={},
-        output_schema={},
+        kind="gguf",
+        completion_price=COMPLETION_PRICE,
     )
-    manifest.update(kind="gguf", completion_price=str(COMPLETION_PRICE))
     served = ServedModel(manifest, llm)
     store = ReceiptStore(tmp_path / "receipts.db")
     view = view or FakeView()

@@ -30,6 +30,7 @@ from haca.node.context import NodeContext, ServedModel
 from haca.node.payments import PaymentGate
 from haca.node.receipts import ReceiptStore
 from haca.runtime.onnx import OnnxModel
+from haca.types.registry import ModelManifest
 from tests.unit.fakeclock import FakeClock
 from tests.unit.node.nodehelpers import CHAIN_ID, CLIENT, DENOM, HEIGHT, NODE, OTHER
 from tests.unit.node.nodehelpers import manifest as chain_manifest
@@ -43,7 +44,7 @@ class FakeRpc:
     """A CometBFT JSON-RPC endpoint answering `status` and the node's ABCI queries from dicts;
     `stall()` makes it accept every request and never answer (until `close()`)."""
 
-    def __init__(self, manifest: dict[str, Any]) -> None:
+    def __init__(self, manifest: ModelManifest) -> None:
         self.manifest = manifest
         self.escrows: dict[str, int] = {}
         self.queries: list[str] = []
@@ -84,7 +85,7 @@ class FakeRpc:
         elif path == "/inference/params":
             value = {"settlement_fee": "3", "settlement_fee_bps": "100", "claim_deadline": 50}
         elif path == "/registry/model_in_effect":
-            value = self.manifest
+            value = self.manifest.to_json()
         else:
             raise AssertionError(f"unexpected query {path}")
         return {"response": {"code": 0, "value": base64.b64encode(json.dumps(value).encode()).decode()}}

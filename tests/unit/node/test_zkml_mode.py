@@ -26,6 +26,7 @@ from haca.proofs.zk.srs import file_sha256
 from haca.runtime.onnx import OnnxModel
 from haca.types.modes import Status
 from haca.types.receipt import SignedReceipt
+from haca.types.registry import CircuitRecord, ModelManifest
 from tests.unit.node.nodehelpers import CHAIN_ID, CLIENT, DENOM, NODE, FakeView
 from tests.unit.node.nodehelpers import manifest as chain_manifest
 from tests.zkhelpers import INPUT, OTHER_INPUT, ROOT, tiny_circuit
@@ -41,24 +42,25 @@ def circuit():  # type: ignore[no-untyped-def]
     return tiny_circuit(1)
 
 
-def facts(circuit) -> dict[str, Any]:  # type: ignore[no-untyped-def]
+def facts(circuit) -> CircuitRecord:  # type: ignore[no-untyped-def]
     """The manifest's circuit record, as the chain derives it from the stored settings."""
-    return {
-        "settings_hash": circuit.settings_hash,
-        "vk_hash": circuit.vk_hash,
-        "logrows": circuit.logrows,
-        "input_visibility": circuit.input_visibility,
-        "output_visibility": circuit.output_visibility,
-        "input_scales": list(circuit.input_scales),
-        "output_scales": list(circuit.output_scales),
-    }
+    return CircuitRecord(
+        circuit.settings_hash,
+        circuit.vk_hash,
+        circuit.logrows,
+        circuit.input_visibility,
+        circuit.output_visibility,
+        tuple(circuit.input_scales),
+        tuple(circuit.output_scales),
+        circuit.srs_hash,
+    )
 
 
 @dataclasses.dataclass
 class ZkNode:
     client: TestClient
     store: ReceiptStore
-    manifest: dict[str, Any]
+    manifest: ModelManifest
     jobs: list[int]
 
 
@@ -68,9 +70,8 @@ def zknode(tmp_path: Path, circuit) -> Iterator[ZkNode]:  # type: ignore[no-unty
     model_id = file_sha256(model_path)
     manifest = chain_manifest(
         name="tiny", model_id=model_id, price=PRICE, max_rows=4, modes=("vanilla", "zkml"),
-        input_schema=SCHEMA, output_schema=OUT_SCHEMA,
+        input_schema=SCHEMA, output_schema=OUT_SCHEMA, circuit=facts(circuit),
     )  # fmt: skip
-    manifest["circuit"] = facts(circuit)
     served = ServedModel(manifest, OnnxModel(model_path), circuit)
     store = ReceiptStore(tmp_path / "receipts.db")
     view = FakeView()
@@ -96,7 +97,7 @@ def test_a_zkml_answer_comes_at_once_with_its_instances_and_queues_the_proof(zkn
     assert response.status_code == 200, response.text
     answer = response.json()
     assert answer["status"] == Status.PROVING
-    signed = verify_answer(answer, INPUT, SCHEMA, NODE.address, auth, circuit=zknode.manifest["circuit"])
+    signed = verify_answer(answer, INPUT, SCHEMA, NODE.address, auth, circuit=zknode.manifest.circuit)
     instances = witness_instances(circuit, INPUT)
     assert [tuple(row) for row in answer["zk"]["instances"]] == list(instances)
     assert signed.receipt.instances_hash == instances_commitment(instances)
@@ -115,7 +116,7 @@ def test_the_client_refuses_instances_that_are_not_the_receipts(zknode, circuit)
     other = witness_instances(circuit, OTHER_INPUT)
     answer["zk"]["instances"] = [list(row) for row in other]
     with pytest.raises(ReceiptInvalid, match="not the ones the receipt commits to"):
-        verify_answer(answer, INPUT, SCHEMA, NODE.address, auth, circuit=zknode.manifest["circuit"])
+        verify_answer(answer, INPUT, SCHEMA, NODE.address, auth, circuit=zknode.manifest.circuit)
     with pytest.raises(ReceiptInvalid, match="against the model's circuit"):
         verify_answer(response.json(), INPUT, SCHEMA, NODE.address, auth)
 

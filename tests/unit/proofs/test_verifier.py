@@ -27,7 +27,7 @@ def signed(mode: str = Mode.VANILLA, key: PrivateKey = NODE) -> SignedReceipt:
 
 
 def context(node: str = NODE.address) -> VerifyContext:
-    return VerifyContext("c", 6, 1_700_000_000, {"modes": ["vanilla"]}, {"address": node})
+    return VerifyContext("c", 6, 1_700_000_000, "m", node)
 
 
 def test_a_vanilla_receipt_signed_by_its_node_settles_unverified() -> None:

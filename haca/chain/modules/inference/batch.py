@@ -57,6 +57,7 @@ from haca.proofs.verifier import EnclaveStanding
 from haca.types.batch import BatchMark, MsgSettleBatch
 from haca.types.modes import Mode, Status
 from haca.types.payment import SpendingAllowance
+from haca.types.registry import ModelManifest, NodeRegistration
 
 MAX_REASON = 300  # a rejection's reason as stored (the batch record stays bounded)
 
@@ -138,7 +139,7 @@ class _BatchRun:
         tee: TeeKeeper,
         keeper: InferenceKeeper,
         msg: MsgSettleBatch,
-        node: dict[str, Any],
+        node: NodeRegistration,
         signer: str,
     ) -> None:
         self.ctx, self.registry, self.tee, self.keeper, self.msg = ctx, registry, tee, keeper, msg
@@ -153,7 +154,7 @@ class _BatchRun:
         self.lane_of = self._lanes()
         self.lane_owed = [0] * len(msg.allowances)  # charged + burned so far, per lane (first allowance)
         self.seen: set[tuple[bytes, bytes]] = set()
-        self._models: dict[tuple[int, int], dict[str, Any] | ChainError] = {}
+        self._models: dict[tuple[int, int], ModelManifest | ChainError] = {}
         self._standing: dict[tuple[int, int], EnclaveStanding | None] = {}
 
     def _allowance_error(self, index: int) -> ChainError | None:
@@ -176,17 +177,17 @@ class _BatchRun:
         first: dict[bytes, int] = {}
         return [first.setdefault(client, index) for index, client in enumerate(self.clients)]
 
-    def _manifest(self, model: int, height: int) -> dict[str, Any]:
+    def _manifest(self, model: int, height: int) -> ModelManifest:
         key = (model, height)
         if key not in self._models:
             try:
                 manifest = self.registry.model_in_effect(
                     self.ctx.state, self.msg.models[model], height, self.ctx.signer
                 )
-                if self.msg.mode not in manifest["modes"]:
-                    raise Unauthorized(f"model {manifest['name']!r} does not allow mode {self.msg.mode!r}")
-                if manifest["name"] not in self.node["models"]:
-                    raise Unauthorized(f"node {self.ctx.signer} is not registered for {manifest['name']!r}")
+                if self.msg.mode not in manifest.modes:
+                    raise Unauthorized(f"model {manifest.name!r} does not allow mode {self.msg.mode!r}")
+                if manifest.name not in self.node.models:
+                    raise Unauthorized(f"node {self.ctx.signer} is not registered for {manifest.name!r}")
                 self._models[key] = manifest
             except ChainError as exc:
                 self._models[key] = exc
@@ -216,7 +217,7 @@ class _BatchRun:
         check_settlement_window(self.ctx.height, item.height_hint, self.params.claim_window)
         manifest = self._manifest(item.model, item.height_hint)
         if self.msg.mode == Mode.TEE:
-            self._check_enclave(item.model, item.height_hint, manifest["name"])
+            self._check_enclave(item.model, item.height_hint, manifest.name)
         check_fee(manifest, item.fee, item.prompt_tokens, item.completion_tokens, item.height_hint)
         if (error := self.allowance_error[a]) is not None:
             raise type(error)(str(error))

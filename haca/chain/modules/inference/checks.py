@@ -7,8 +7,6 @@ before, and the client's lane covering fee + settlement fee. (What a payment mus
 
 from __future__ import annotations
 
-from typing import Any
-
 from haca.chain.errors import (
     AlreadySettled,
     AuthorizationExpired,
@@ -22,7 +20,7 @@ from haca.chain.errors import (
 from haca.chain.modules.inference.keeper import InferenceKeeper
 from haca.chain.state import ReadableState
 from haca.proofs.verifier import EnclaveStanding
-from haca.types.registry import PriceUnit, token_fee
+from haca.types.registry import ModelManifest, NodeRegistration, PriceUnit, token_fee
 
 
 def check_height_hint(height_hint: int, height: int) -> None:
@@ -40,35 +38,34 @@ def check_settlement_window(height: int, height_hint: int, window: int) -> None:
         )
 
 
-def check_fee(manifest: dict[str, Any], fee: int, prompt_tokens: int, completion_tokens: int, height: int) -> None:
+def check_fee(manifest: ModelManifest, fee: int, prompt_tokens: int, completion_tokens: int, height: int) -> None:
     """The fee is at least the model's price in effect at the receipt's height: per request (or
     row: one at least), or, for an LLM, per token for the tokens the receipt says it used."""
     tokens = prompt_tokens + completion_tokens
-    if manifest["price_unit"] == PriceUnit.TOKEN:
-        if tokens > int(manifest["max_rows"]):
-            raise InvalidPayment(f"receipt counts {tokens} tokens; the model allows {manifest['max_rows']} a request")
-        prices = int(manifest["price"]), int(manifest.get("completion_price", 0))
-        floor = token_fee(*prices, prompt_tokens, completion_tokens)
+    if manifest.price_unit == PriceUnit.TOKEN:
+        if tokens > manifest.max_rows:
+            raise InvalidPayment(f"receipt counts {tokens} tokens; the model allows {manifest.max_rows} a request")
+        floor = token_fee(manifest.price, manifest.completion_price, prompt_tokens, completion_tokens)
         what = f" of {prompt_tokens} prompt + {completion_tokens} completion tokens"
     else:
         if tokens:
-            raise InvalidPayment(f"receipt counts tokens; model {manifest['name']!r} is not priced per token")
-        floor, what = int(manifest["price"]), ""
+            raise InvalidPayment(f"receipt counts tokens; model {manifest.name!r} is not priced per token")
+        floor, what = manifest.price, ""
     if fee < floor:
         raise InvalidPayment(f"fee {fee} is below the price {floor}{what} in effect at height {height}")
 
 
-def check_mode_registered(node_address: str, node: dict[str, Any], mode: str) -> None:
-    if mode not in node["modes"]:
+def check_mode_registered(node_address: str, node: NodeRegistration, mode: str) -> None:
+    if mode not in node.modes:
         raise Unauthorized(f"node {node_address} is not registered for mode {mode!r}")
 
 
-def check_model_registered(node_address: str, node: dict[str, Any], manifest: dict[str, Any], mode: str) -> None:
+def check_model_registered(node_address: str, node: NodeRegistration, manifest: ModelManifest, mode: str) -> None:
     """The model's terms allow the mode, and the node is registered for that model in that mode."""
-    if mode not in manifest["modes"]:
-        raise Unauthorized(f"model {manifest['name']!r} does not allow mode {mode!r}")
-    if mode not in node["modes"] or manifest["name"] not in node["models"]:
-        raise Unauthorized(f"node {node_address} is not registered for {manifest['name']!r} in mode {mode!r}")
+    if mode not in manifest.modes:
+        raise Unauthorized(f"model {manifest.name!r} does not allow mode {mode!r}")
+    if mode not in node.modes or manifest.name not in node.models:
+        raise Unauthorized(f"node {node_address} is not registered for {manifest.name!r} in mode {mode!r}")
 
 
 def check_stake(keeper: InferenceKeeper, state: ReadableState, node_address: str, mode: str) -> None:

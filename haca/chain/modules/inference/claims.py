@@ -107,7 +107,7 @@ def handle_claim(
         "node": receipt.node,
         "request_id": receipt.request_id,
         "model_id": receipt.model_id,
-        "model_name": manifest["name"],
+        "model_name": manifest.name,
         "mode": receipt.mode,
         "fee": str(receipt.fee),
         "held": str(held),

@@ -44,6 +44,7 @@ from haca.proofs.zk.srs import srs_file
 from haca.types.inference import SettlementItem
 from haca.types.modes import Mode
 from haca.types.payment import SpendingAllowance
+from haca.types.registry import ModelManifest
 
 
 def settle_item(
@@ -69,9 +70,9 @@ def settle_item(
         ctx.chain_id,
         ctx.height,
         ctx.time,
-        manifest,
-        node,
-        enclave=lambda key: tee.standing(ctx.state, key, receipt.height_hint, manifest["name"]),
+        manifest.name,
+        ctx.signer,
+        enclave=lambda key: tee.standing(ctx.state, key, receipt.height_hint, manifest.name),
         circuit=_circuit(registry, keeper, ctx, manifest) if receipt.mode == Mode.ZKML else None,
         defer_proof=ctx.checking,
     )
@@ -124,16 +125,16 @@ def settle_item(
 
 
 def _circuit(
-    registry: RegistryKeeper, keeper: InferenceKeeper, ctx: TxContext, manifest: dict[str, Any]
+    registry: RegistryKeeper, keeper: InferenceKeeper, ctx: TxContext, manifest: ModelManifest
 ) -> CircuitArtefacts | None:
-    ref = manifest.get("circuit")
-    if not ref:
+    ref = manifest.circuit
+    if ref is None:
         return None
-    settings, vk = registry.blob(ctx.state, ref["settings_hash"]), registry.blob(ctx.state, ref["vk_hash"])
+    settings, vk = registry.blob(ctx.state, ref.settings_hash), registry.blob(ctx.state, ref.vk_hash)
     if settings is None or vk is None or keeper.srs_dir is None:
         return None  # the verifier refuses: nothing to verify against
-    srs = srs_file(keeper.srs_dir, int(ref["logrows"]))
-    return CircuitArtefacts(settings, vk, ref["settings_hash"], ref["vk_hash"], srs)
+    srs = srs_file(keeper.srs_dir, ref.logrows)
+    return CircuitArtefacts(settings, vk, ref.settings_hash, ref.vk_hash, srs)
 
 
 def _check_payment(ctx: TxContext, keeper: InferenceKeeper, item: SettlementItem) -> None:

@@ -11,7 +11,7 @@ from haca.types.registry import MsgRegisterCircuit, MsgRegisterModel, MsgRegiste
 
 def handle_register_model(registry: RegistryKeeper, ctx: TxContext, msg: MsgRegisterModel) -> list[Event]:
     manifest = registry.register_model(ctx.state, ctx.signer, msg, ctx.height)
-    attrs = {"name": msg.name, "version": str(manifest["version"]), "model_id": msg.model_id, "owner": ctx.signer}
+    attrs = {"name": msg.name, "version": str(manifest.version), "model_id": msg.model_id, "owner": ctx.signer}
     return [Event("register_model", attrs)]
 
 

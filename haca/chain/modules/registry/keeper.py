@@ -51,7 +51,14 @@ from haca.chain.state import CachedState, ReadableState, get_int, set_int
 from haca.chain.wiring import dependency
 from haca.proofs.zk.circuit import visibility_name
 from haca.types.encoding import canonical_json
-from haca.types.registry import MsgRegisterModel, MsgRegisterNode, srs_key
+from haca.types.registry import (
+    CircuitRecord,
+    ModelManifest,
+    MsgRegisterModel,
+    MsgRegisterNode,
+    NodeRegistration,
+    srs_key,
+)
 
 PREFIX = b"registry/"
 MODEL_PREFIX = PREFIX + b"model/"
@@ -217,7 +224,7 @@ class RegistryKeeper:
     def srs_hashes(self, state: ReadableState) -> dict[int, str]:
         return {k[len(SRS_PREFIX)]: v.decode() for k, v in state.iter_prefix(SRS_PREFIX)}
 
-    def circuit(self, state: ReadableState, ref: dict[str, str], model_id: str | None = None) -> dict[str, Any]:
+    def circuit(self, state: ReadableState, ref: dict[str, str], model_id: str | None = None) -> CircuitRecord:
         """A zkml manifest's circuit record: the pinned hashes, its size and visibility, its SRS.
         With `model_id` (a manifest being registered): InvalidMessage for a circuit whose visibility
         does not bind input and output, Unauthorized for one declared for other model ids only."""
@@ -239,20 +246,19 @@ class RegistryKeeper:
         srs = self.srs_hash(state, facts["logrows"])
         if srs is None:
             raise NotFound(f"no SRS of logrows {facts['logrows']} is pinned in this chain's genesis")
-        return {**ref, **facts, "srs_hash": srs}
+        return CircuitRecord.from_json({**ref, **facts, "srs_hash": srs})
 
     def latest_version(self, state: ReadableState, name: str) -> int:
         return get_int(state, LATEST_PREFIX + name.encode())
 
-    def model(self, state: ReadableState, name: str, version: int = 0) -> dict[str, Any]:
+    def model(self, state: ReadableState, name: str, version: int = 0) -> ModelManifest:
         version = version or self.latest_version(state, name)
         raw = state.get(model_key(name, version)) if version else None
         if raw is None:
             raise NotFound(f"no model {name!r}" + (f" version {version}" if version else ""))
-        manifest: dict[str, Any] = json.loads(raw)
-        return manifest
+        return ModelManifest.from_json(json.loads(raw))
 
-    def model_by_id(self, state: ReadableState, model_id: str) -> dict[str, Any]:
+    def model_by_id(self, state: ReadableState, model_id: str) -> ModelManifest:
         """The latest version of the first name registered for these bytes."""
         raw = state.get(BY_ID_PREFIX + _hex(model_id))
         if raw is None:
@@ -268,7 +274,7 @@ class RegistryKeeper:
 
     def model_in_effect(
         self, state: ReadableState, model_id: str, height: int, node: str | None = None
-    ) -> dict[str, Any]:
+    ) -> ModelManifest:
         """The manifest whose terms apply to these model bytes at `height` (NotFound before the
         first registration took effect): under the name `node` serves them by, if its registration
         lists one, else under the first name registered for them. A model has few versions, so the
@@ -276,7 +282,7 @@ class RegistryKeeper:
         names = self.names_of(state, model_id)
         if node is not None and len(names) > 1:
             with contextlib.suppress(NotFound):
-                served = set(self.node(state, node)["models"])
+                served = set(self.node(state, node).models)
                 names = [n for n in names if n in served] or names
         for name in names[:1]:
             prefix, found = _at_prefix(model_id, name), None
@@ -289,14 +295,14 @@ class RegistryKeeper:
                 return self.model(state, ref_name, int(version))
         raise NotFound(f"no registered model has id {model_id} at height {height}")
 
-    def models(self, state: ReadableState) -> list[dict[str, Any]]:
+    def models(self, state: ReadableState) -> list[ModelManifest]:
         return [
             self.model(state, k[len(LATEST_PREFIX) :].decode(), int(v)) for k, v in state.iter_prefix(LATEST_PREFIX)
         ]
 
-    def register_model(self, state: CachedState, owner: str, msg: MsgRegisterModel, height: int) -> dict[str, Any]:
+    def register_model(self, state: CachedState, owner: str, msg: MsgRegisterModel, height: int) -> ModelManifest:
         latest = self.latest_version(state, msg.name)
-        if latest and self.model(state, msg.name, latest)["owner"] != owner:
+        if latest and self.model(state, msg.name, latest).owner != owner:
             raise Unauthorized(f"model name {msg.name!r} belongs to another owner")
         # A model id is content: other names may hold the same bytes (see the module docstring). What
         # is per name: the first version of these bytes under this name takes effect at once, a later
@@ -305,16 +311,9 @@ class RegistryKeeper:
         first_here = state.get(name_key) is None
         effective = height if first_here else height + self.params(state).price_delay
         circuit = self.circuit(state, msg.circuit, msg.model_id) if msg.circuit else None
-        manifest = {
-            **msg.to_json(),
-            "circuit": circuit,
-            "version": latest + 1,
-            "owner": owner,
-            "height": height,
-            "effective_height": effective,
-        }
+        manifest = ModelManifest.registered(msg, circuit, latest + 1, owner, height, effective)
         ref = f"{msg.name}/{latest + 1}".encode()
-        state.set(model_key(msg.name, latest + 1), canonical_json(manifest))
+        state.set(model_key(msg.name, latest + 1), canonical_json(manifest.to_json()))
         set_int(state, LATEST_PREFIX + msg.name.encode(), latest + 1)
         if first_here:
             state.set(name_key, height.to_bytes(8, "big"))
@@ -324,28 +323,27 @@ class RegistryKeeper:
         state.set(_at_prefix(msg.model_id, msg.name) + effective.to_bytes(8, "big"), ref)
         return manifest
 
-    def node(self, state: ReadableState, address: str) -> dict[str, Any]:
+    def node(self, state: ReadableState, address: str) -> NodeRegistration:
         raw = state.get(node_key(address))
         if raw is None:
             raise NotFound(f"{address} is not a registered inference node")
-        node: dict[str, Any] = json.loads(raw)
-        return node
+        return NodeRegistration.from_json(json.loads(raw))
 
-    def nodes(self, state: ReadableState) -> list[dict[str, Any]]:
-        return [json.loads(v) for _, v in state.iter_prefix(NODE_PREFIX)]
+    def nodes(self, state: ReadableState) -> list[NodeRegistration]:
+        return [NodeRegistration.from_json(json.loads(v)) for _, v in state.iter_prefix(NODE_PREFIX)]
 
-    def register_node(self, state: CachedState, address: str, msg: MsgRegisterNode, height: int) -> dict[str, Any]:
+    def register_node(self, state: CachedState, address: str, msg: MsgRegisterNode, height: int) -> NodeRegistration:
         self.stakes.require_stake(state, address, msg.modes)  # InsufficientStake below the modes' minimum
         served: dict[str, str] = {}
         for name in msg.models:
             manifest = self.model(state, name)
-            if not set(manifest["modes"]) & set(msg.modes):
+            if not set(manifest.modes) & set(msg.modes):
                 raise Unauthorized(
-                    f"model {name!r} allows modes {manifest['modes']}, the node offers {list(msg.modes)}"
+                    f"model {name!r} allows modes {list(manifest.modes)}, the node offers {list(msg.modes)}"
                 )
             # its receipts name the bytes, not the name: one name per model id, or they are ambiguous
-            if (other := served.setdefault(manifest["model_id"], name)) != name:
-                raise InvalidMessage(f"models {other!r} and {name!r} are the same bytes ({manifest['model_id']})")
-        node = {**msg.to_json(), "address": address, "height": height}
-        state.set(node_key(address), canonical_json(node))
+            if (other := served.setdefault(manifest.model_id, name)) != name:
+                raise InvalidMessage(f"models {other!r} and {name!r} are the same bytes ({manifest.model_id})")
+        node = NodeRegistration.registered(msg, address, height)
+        state.set(node_key(address), canonical_json(node.to_json()))
         return node

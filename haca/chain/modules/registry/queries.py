@@ -27,7 +27,7 @@ def query_model(registry: RegistryKeeper, state: ReadableState, data: bytes) -> 
     if version_text and not (version_text.isascii() and version_text.isdigit() and len(version_text) <= 9):
         raise InvalidQuery("query data must be 'name' or 'name@version' (version a decimal number)")
     manifest = registry.model(state, name, int(version_text or 0))
-    return manifest, [model_key(name, manifest["version"])]
+    return manifest.to_json(), [model_key(name, manifest.version)]
 
 
 def query_model_in_effect(
@@ -43,7 +43,7 @@ def query_model_in_effect(
         raise InvalidQuery("query data must be 'sha256:<hex>@height[@node]' (height a decimal number)")
     node = address_arg(node_text.encode()) if at else None  # the name that node serves these bytes by
     manifest = registry.model_in_effect(state, model_id, int(height_text), node)
-    return manifest, [model_key(manifest["name"], manifest["version"])]
+    return manifest.to_json(), [model_key(manifest.name, manifest.version)]
 
 
 def query_params(registry: RegistryKeeper, state: ReadableState, data: bytes) -> tuple[dict[str, Any], list[bytes]]:
@@ -52,17 +52,17 @@ def query_params(registry: RegistryKeeper, state: ReadableState, data: bytes) ->
 
 def query_models(registry: RegistryKeeper, state: ReadableState, data: bytes) -> tuple[dict[str, Any], list[bytes]]:
     models = registry.models(state)
-    return {"models": models}, [LATEST_PREFIX + m["name"].encode() for m in models]
+    return {"models": [m.to_json() for m in models]}, [LATEST_PREFIX + m.name.encode() for m in models]
 
 
 def query_node(registry: RegistryKeeper, state: ReadableState, data: bytes) -> tuple[dict[str, Any], list[bytes]]:
     address = address_arg(data)
-    return registry.node(state, address), [node_key(address)]
+    return registry.node(state, address).to_json(), [node_key(address)]
 
 
 def query_nodes(registry: RegistryKeeper, state: ReadableState, data: bytes) -> tuple[dict[str, Any], list[bytes]]:
     nodes = registry.nodes(state)
-    return {"nodes": nodes}, [node_key(n["address"]) for n in nodes]
+    return {"nodes": [n.to_json() for n in nodes]}, [node_key(n.address) for n in nodes]
 
 
 def query_srs(registry: RegistryKeeper, state: ReadableState, data: bytes) -> tuple[dict[str, Any], list[bytes]]:

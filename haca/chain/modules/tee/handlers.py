@@ -43,7 +43,7 @@ def handle_attest_enclave(
         node = registry.node(ctx.state, ctx.signer)
     except NotFound as exc:
         raise Unauthorized(f"{ctx.signer} is not a registered node: register it before its enclave") from exc
-    if Mode.TEE not in node["modes"]:
+    if Mode.TEE not in node.modes:
         raise Unauthorized(f"node {ctx.signer} is not registered for mode 'tee'")
     previous = tee.enclave(ctx.state, msg.key)
     if previous is not None and previous["node"] != ctx.signer:
@@ -61,8 +61,10 @@ def handle_attest_enclave(
         raise InvalidAttestation(f"{msg.format} attestation refused: {exc}") from exc
     if previous is not None and previous["measurement_id"] != mid:
         raise InvalidAttestation(f"enclave key {msg.key} was registered with measurement {previous['measurement_id']}")
-    if tee.approved_scope(ctx.state, mid, list(node["models"])) is None:
-        raise MeasurementNotApproved(f"measurement {mid} is not approved for any of the node's models {node['models']}")
+    if tee.approved_scope(ctx.state, mid, list(node.models)) is None:
+        raise MeasurementNotApproved(
+            f"measurement {mid} is not approved for any of the node's models {list(node.models)}"
+        )
     gpu_nonce = gpu_report_nonce(ctx.chain_id, ctx.signer, msg.key, nonce)
     gpus = [_checked_gpu(tee, policy, i, gpu, ctx.time, gpu_nonce).summary() for i, gpu in enumerate(msg.gpus)]
     if previous is not None and previous.get("gpus", []) != gpus:
