@@ -148,7 +148,7 @@ def bench_verify(rounds: int, n: int) -> dict[str, Any]:
     standings = {
         ENCLAVE.address: EnclaveStanding(ENCLAVE.address, NODE.address, "dev", "0x" + "00" * 32, True, True, True)
     }
-    ctx = VerifyContext(CHAIN_ID, 20, 1_700_000_000, {"name": MODEL.name}, {"address": NODE.address}, standings.get)
+    ctx = VerifyContext(CHAIN_ID, 20, 1_700_000_000, MODEL.name, NODE.address, standings.get)
     detail = []
     for r in range(rounds):
         figures: dict[str, Any] = {}

@@ -334,7 +334,7 @@ def bench_prove_verify(
     settings, vk = circuit.settings_path.read_bytes(), circuit.vk_path.read_bytes()
     raw = RawEzkl(circuit, inputs, work / name)
     artefacts = CircuitArtefacts(settings, vk, circuit.settings_hash, circuit.vk_hash, srs)
-    ctx = VerifyContext(CHAIN_ID, 20, 1_700_000_000, {}, {"address": NODE.address}, circuit=artefacts)
+    ctx = VerifyContext(CHAIN_ID, 20, 1_700_000_000, "", NODE.address, circuit=artefacts)
     proofs: list[bytes] = []
     detail: list[dict[str, float]] = []
     loads: list[dict[str, float]] = []
