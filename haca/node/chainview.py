@@ -24,9 +24,11 @@ from typing import Any
 from haca.client.chain import ChainClient
 from haca.client.errors import ChainUnavailable, QueryFailed
 from haca.client.records import parse_answer
+from haca.types.batch import BatchMark
 from haca.types.encoding import canonical_json
 from haca.types.payment import SpendingAllowance
 from haca.types.registry import ModelManifest
+from haca.types.settlement import SettlementRecord, request_settlement
 
 CACHE_ENTRIES = 100_000  # least recently used entries beyond this are dropped (one per client / allowance)
 MAX_STALE = 30.0  # seconds a cached value is still served while the chain does not answer a refresh
@@ -257,18 +259,20 @@ class ChainView:
         """Blocks a node has to settle a claimed receipt (the chain's `claim_deadline`)."""
         return int(self.params()["claim_deadline"])
 
-    def receipt_record(self, receipt_id: str) -> dict[str, Any] | None:
+    def receipt_record(self, receipt_id: str) -> SettlementRecord | None:
         """The chain's settlement record of a receipt settled alone (uncached), or None."""
         try:
-            return self.chain.query("/inference/receipt", receipt_id.encode())
+            answer = self.chain.query("/inference/receipt", receipt_id.encode())
+            return parse_answer(SettlementRecord.from_json, answer, "settlement record")
         except QueryFailed:
             return None
 
-    def request_record(self, client: str, request_id: str) -> dict[str, Any] | None:
-        """How the chain settled a client's request (uncached), or None: receipt_id, status and
-        height, alone or in a batch (then also batch and index)."""
+    def request_record(self, client: str, request_id: str) -> SettlementRecord | BatchMark | None:
+        """How the chain settled a client's request (uncached), or None: the receipt's record, or
+        its request's mark in the batch it settled in."""
         try:
-            return self.chain.query("/inference/request", f"{client}/{request_id}".encode())
+            answer = self.chain.query("/inference/request", f"{client}/{request_id}".encode())
+            return parse_answer(request_settlement, answer, "request settlement")
         except QueryFailed:
             return None
 

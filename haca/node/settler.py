@@ -300,10 +300,10 @@ class Settler:
         receipt = stored.item.receipt
         record = self.view.request_record(receipt.receipt.client, receipt.receipt.request_id)
         receipt_id = receipt.id
-        if record is None or record["receipt_id"] != receipt_id:
+        if record is None or record.receipt_id != receipt_id:
             return False
-        self.store.mark([receipt_id], record_status(record), height=int(record["height"]))
-        self._count([stored], record_status(record))
+        self.store.mark([receipt_id], Status(record.status), height=record.height)
+        self._count([stored], Status(record.status))
         self._unseen_passes.pop(receipt_id, None)
         self._refresh_view(receipt.receipt.client, None)  # a batch item's record (a pointer) names no client
         self.settled_total += 1
@@ -557,8 +557,3 @@ def settled_statuses(events: list[dict[str, Any]]) -> dict[str, Status]:
             attrs = {a["key"]: a["value"] for a in event.get("attributes", [])}
             out[attrs["receipt_id"]] = Status(attrs.get("status", Status.SETTLED))
     return out
-
-
-def record_status(record: dict[str, object]) -> Status:
-    """The status a chain settlement record gives its receipt (settled, or verified)."""
-    return Status(str(record.get("status", Status.SETTLED)))

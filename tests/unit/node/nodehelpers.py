@@ -11,6 +11,7 @@ from haca.crypto.keys import PrivateKey
 from haca.types.payment import PaymentAuthorization, SignedPayment, SpendingAllowance
 from haca.types.receipt import Receipt, SignedReceipt
 from haca.types.registry import CircuitRecord, ModelManifest
+from haca.types.settlement import SettlementRecord
 
 CHAIN_ID = "haca-test"
 DENOM = "opg"
@@ -107,7 +108,7 @@ class FakeView:
         self.escrows: dict[str, int] = {}  # client -> escrow for this node, less withdrawals
         self.spent: dict[str, int] = {}  # allowance id -> settled on chain
         self.revoked: dict[str, int] = {}  # allowance id -> height its revocation takes effect
-        self.records: dict[str, dict[str, Any]] = {}  # receipt id -> settlement record
+        self.records: dict[str, SettlementRecord] = {}  # receipt id -> settlement record
         self.manifests: dict[str, ModelManifest] = {}  # model id -> terms in effect
 
     def height(self) -> int:
@@ -125,9 +126,9 @@ class FakeView:
     def settlement_fee(self, fees: int, count: int = 1) -> int:
         return count * SETTLEMENT_FEE_FLAT + fees * SETTLEMENT_FEE_BPS // 10_000
 
-    def receipt_record(self, receipt_id: str) -> dict[str, Any] | None:
+    def receipt_record(self, receipt_id: str) -> SettlementRecord | None:
         return self.records.get(receipt_id)
 
-    def request_record(self, client: str, request_id: str) -> dict[str, Any] | None:
-        found = [r for r in self.records.values() if (r.get("client"), r.get("request_id")) == (client, request_id)]
+    def request_record(self, client: str, request_id: str) -> SettlementRecord | None:
+        found = [r for r in self.records.values() if (r.client, r.request_id) == (client, request_id)]
         return found[0] if found else None

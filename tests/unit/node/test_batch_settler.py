@@ -5,14 +5,13 @@ limits, and recognising a receipt the chain settled in a batch (whose record is 
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
 
 import pytest
 
 from haca.crypto.keys import PrivateKey
 from haca.node.receipts import ReceiptStore, StoredReceipt
 from haca.node.settler import FlushPolicy, Settler, batch_chunks
-from haca.types.batch import MAX_BATCH_ALLOWANCES, MAX_BATCH_ITEMS
+from haca.types.batch import MAX_BATCH_ALLOWANCES, MAX_BATCH_ITEMS, BatchMark
 from haca.types.inference import SettlementItem
 from haca.types.modes import Status
 from haca.types.payment import SpendingAllowance
@@ -63,12 +62,12 @@ def test_chunks_stay_within_the_batch_limit_on_distinct_allowances():
 class PointerView:
     """A chain view whose request record is a batch item's: a pointer with no client field."""
 
-    def __init__(self, mark: dict[str, Any]) -> None:
+    def __init__(self, mark: BatchMark) -> None:
         self.mark = mark
         self.forgotten: list[str] = []
 
-    def request_record(self, client: str, request_id: str) -> dict[str, Any] | None:
-        return dict(self.mark)
+    def request_record(self, client: str, request_id: str) -> BatchMark | None:
+        return self.mark
 
     def forget(self, client: str, allowance_id: str | None = None) -> None:
         self.forgotten.append(client)
@@ -79,8 +78,7 @@ def test_a_receipt_the_chain_settled_in_a_batch_is_recognised_from_its_pointer(t
     receipt = stored(1, client)
     store = ReceiptStore(tmp_path / "receipts.db")
     store.add(receipt.item.receipt, receipt.item.payment)
-    mark = {"receipt_id": receipt.item.receipt.id, "batch": "0x" + "ab" * 32, "index": 7, "status": "verified"}
-    view = PointerView({**mark, "height": 42})
+    view = PointerView(BatchMark("0x" + "ab" * 32, 42, 7, receipt.item.receipt.id, "verified"))
     settler = Settler(store, None, view, NODE)  # type: ignore[arg-type]
     assert settler._settled_on_chain(receipt)
     found = store.get(receipt.item.receipt.id)

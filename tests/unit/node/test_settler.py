@@ -29,6 +29,8 @@ from haca.node.settler import Settler
 from haca.types import codes
 from haca.types.encoding import canonical_json
 from haca.types.inference import MsgSettle, SettlementItem
+from haca.types.modes import Status
+from haca.types.settlement import SettlementRecord
 from tests.unit.node.nodehelpers import NODE, per_request, signed_receipt
 
 POOL = [(signed_receipt(i, fee=10 + i), per_request(i)) for i in range(48)]  # signed once, reused
@@ -43,7 +45,7 @@ class FakeChain:
         self.txs: dict[bytes, tuple[int, tuple[SettlementItem, ...]]] = {}
         self.by_hash: dict[str, bytes] = {}
         self.results: dict[str, tuple[int, int, str]] = {}  # tx hash -> (height, code, log)
-        self.records: dict[str, dict[str, Any]] = {}  # receipt id -> settlement record
+        self.records: dict[str, SettlementRecord] = {}  # receipt id -> settlement record
         self.settled_requests: dict[tuple[str, str], str] = {}  # (client, request id) -> receipt id
         self.ledger: list[tuple[str, int]] = []  # (receipt id, height) of every settlement committed
         self.signed: list[tuple[int | None, tuple[str, ...]]] = []  # (nonce asked for, receipt ids)
@@ -157,14 +159,19 @@ class FakeChain:
             if not code:
                 for item in items:
                     receipt = item.receipt.receipt
-                    self.records[item.receipt.id] = {
-                        "receipt_id": item.receipt.id,
-                        "status": "settled",
-                        "height": self.height,
-                        "client": receipt.client,
-                        "request_id": receipt.request_id,
-                        "fee": str(receipt.fee),
-                    }
+                    self.records[item.receipt.id] = SettlementRecord(
+                        item.receipt.id,
+                        Status.SETTLED,
+                        self.height,
+                        receipt.node,
+                        receipt.client,
+                        receipt.request_id,
+                        receipt.model_id,
+                        receipt.mode,
+                        receipt.fee,
+                        0,
+                        item.payment.kind,
+                    )
                     self.settled_requests[self._request(item)] = item.receipt.id
                     self.ledger.append((item.receipt.id, self.height))
             self.results[hashlib.sha256(raw).hexdigest().upper()] = (self.height, code, log)
@@ -194,12 +201,11 @@ class RecordView:
     def params(self) -> dict[str, Any]:
         return {"claim_window": 2000}
 
-    def receipt_record(self, receipt_id: str) -> dict[str, Any] | None:
+    def receipt_record(self, receipt_id: str) -> SettlementRecord | None:
         self.lookups.append(receipt_id)
-        record = self.chain.records.get(receipt_id)
-        return dict(record) if record is not None else None
+        return self.chain.records.get(receipt_id)
 
-    def request_record(self, client: str, request_id: str) -> dict[str, Any] | None:
+    def request_record(self, client: str, request_id: str) -> SettlementRecord | None:
         receipt_id = self.chain.settled_requests.get((client, request_id))
         return self.receipt_record(receipt_id) if receipt_id is not None else None
 
@@ -489,7 +495,7 @@ def assert_store_agrees_with_chain(store: ReceiptStore, chain: FakeChain, queued
         assert stored is not None
         record = chain.records.get(rid)
         if stored.status == "settled":
-            assert record is not None and stored.height == record["height"], f"{rid} settled only in the node's view"
+            assert record is not None and stored.height == record.height, f"{rid} settled only in the node's view"
         if stored.status == "rejected":
             assert record is None and rid in poisoned, f"{rid} rejected, yet the chain settled it or it was valid"
 

@@ -16,11 +16,9 @@ node's stake (the staking module).
 
 from __future__ import annotations
 
-from typing import Any
-
 from haca.chain.errors import ClaimConflict, ClaimWindowNotCovered, InvalidEvidence, NotFound, Unauthorized
 from haca.chain.events import Event
-from haca.chain.modules.inference.keeper import ESCROW_ACCOUNT, InferenceKeeper, claim_held
+from haca.chain.modules.inference.keeper import ESCROW_ACCOUNT, InferenceKeeper
 from haca.chain.modules.inference.payment import check_payment_for
 from haca.chain.modules.registry.keeper import RegistryKeeper
 from haca.chain.modules.tee.keeper import TeeKeeper
@@ -32,6 +30,7 @@ from haca.types.inference import MsgClaim, MsgReportEquivocation
 from haca.types.modes import Mode, Status
 from haca.types.payment import SpendingAllowance
 from haca.types.receipt import SignedReceipt
+from haca.types.settlement import ClaimPenalty, ClaimRecord, SettlementRecord
 
 BPS = 10_000
 CLAIMABLE = (Mode.TEE, Mode.ZKML)
@@ -102,32 +101,32 @@ def handle_claim(
     # From here the claim is the receipt's payment: its settlement draws on this hold (at this
     # settlement fee) whatever the client does with its lane, allowance or other authorisations.
     keeper.take_from_escrow(ctx.state, receipt.client, receipt.node, held)
-    claim = {
-        "client": receipt.client,
-        "node": receipt.node,
-        "request_id": receipt.request_id,
-        "model_id": receipt.model_id,
-        "model_name": manifest.name,
-        "mode": receipt.mode,
-        "fee": str(receipt.fee),
-        "held": str(held),
-        "signer": signer,
-        "payment": msg.payment.kind,
-        "allowance_id": auth.id if isinstance(auth, SpendingAllowance) else "",
-        "height_hint": receipt.height_hint,
+    claim = ClaimRecord(
+        receipt.client,
+        receipt.node,
+        receipt.request_id,
+        receipt.model_id,
+        manifest.name,
+        receipt.mode,
+        receipt.fee,
+        held,
+        signer,
+        msg.payment.kind,
+        auth.id if isinstance(auth, SpendingAllowance) else "",
+        receipt.height_hint,
         # the mode's minimum stake and the node's bond now: governance raising the minimum above
         # that bond during the window is not the node's fault (an unbond after the claim is)
-        "min_stake": str(keeper.staking.params(ctx.state).min_stake((receipt.mode,))),
-        "bonded": str(keeper.staking.bonded(ctx.state, receipt.node)),
-        "height": ctx.height,
-        "deadline": deadline,
-    }
+        keeper.staking.params(ctx.state).min_stake((receipt.mode,)),
+        keeper.staking.bonded(ctx.state, receipt.node),
+        ctx.height,
+        deadline,
+    )
     keeper.add_claim(ctx.state, signed.id, claim)
     attrs = {"receipt_id": signed.id, "client": receipt.client, "node": receipt.node, "deadline": str(deadline)}
     return [Event("claim", attrs)]
 
 
-def resolve_claim(keeper: InferenceKeeper, state: CachedState, receipt_id: str) -> tuple[Event, dict[str, Any]] | None:
+def resolve_claim(keeper: InferenceKeeper, state: CachedState, receipt_id: str) -> tuple[Event, ClaimRecord] | None:
     """The claimed receipt is settling with valid evidence: its hold goes back to the lane, from
     which the settlement pays it (the claim's fee and settlement fee; its allowance was charged
     when the claim was made). The event and the claim, or None when the receipt is not claimed."""
@@ -135,18 +134,18 @@ def resolve_claim(keeper: InferenceKeeper, state: CachedState, receipt_id: str) 
     if claim is None:
         return None
     keeper.drop_claim(state, receipt_id, claim)
-    keeper.return_to_escrow(state, claim["client"], claim["node"], claim_held(claim))
-    event = Event("claim_resolved", {"receipt_id": receipt_id, "node": claim["node"], "client": claim["client"]})
+    keeper.return_to_escrow(state, claim.client, claim.node, claim.held)
+    event = Event("claim_resolved", {"receipt_id": receipt_id, "node": claim.node, "client": claim.client})
     return event, claim
 
 
-def _release_reservation(keeper: InferenceKeeper, state: CachedState, claim: dict[str, Any]) -> None:
+def _release_reservation(keeper: InferenceKeeper, state: CachedState, claim: ClaimRecord) -> None:
     """A claim that ends without a settlement gives back what it reserved under its allowance's cap."""
-    if claim.get("allowance_id"):
-        keeper.add_allowance_spent(state, claim["allowance_id"], -int(claim["fee"]))
+    if claim.allowance_id:
+        keeper.add_allowance_spent(state, claim.allowance_id, -claim.fee)
 
 
-def outside_cause(keeper: InferenceKeeper, tee: TeeKeeper, state: ReadableState, claim: dict[str, Any]) -> str:
+def outside_cause(keeper: InferenceKeeper, tee: TeeKeeper, state: ReadableState, claim: ClaimRecord) -> str:
     """Why the claimed receipt could not settle for a cause outside the node's control ("" when
     none): then the claim is voided, never slashed.
 
@@ -162,20 +161,19 @@ def outside_cause(keeper: InferenceKeeper, tee: TeeKeeper, state: ReadableState,
       is the node's to meet).
     The client's own acts cannot stop the settlement: the claim is the payment (its hold pays, its
     allowance share is reserved), so an expiry, a revocation or a drained lane changes nothing."""
-    least, bonded = int(claim.get("min_stake", 0)), int(claim.get("bonded", -1))
-    if least <= bonded < keeper.staking.params(state).min_stake((claim["mode"],)):
+    if claim.min_stake <= claim.bonded < keeper.staking.params(state).min_stake((claim.mode,)):
         return "governance raised the minimum stake of the mode above the node's bond"
-    record = tee.enclave(state, claim.get("signer", ""))
-    if record is not None and claim["mode"] == Mode.TEE:
-        mid, model = record["measurement_id"], claim["model_name"]
+    record = tee.enclave(state, claim.signer)
+    if record is not None and claim.mode == Mode.TEE:
+        mid, model = record["measurement_id"], claim.model_name
         revoked = tee.revoked_at(state, mid, model)
         approved_now = tee.approved_scope(state, mid, [model]) is not None
-        after_receipt = revoked and revoked >= int(claim.get("height_hint", claim["height"]))
-        if after_receipt and (not approved_now or revoked >= int(claim["height"])):
+        after_receipt = revoked and revoked >= claim.height_hint
+        if after_receipt and (not approved_now or revoked >= claim.height):
             return f"governance revoked measurement {mid} at height {revoked}"
         if gpu_missing(tee.gpu_required(state), len(record.get("gpus") or ()), record["key"], model):
             since = tee.gpu_required_since(state, model)
-            if since > int(claim.get("height_hint", claim["height"])):
+            if since > claim.height_hint:
                 return f"governance required GPU evidence for {model!r} at height {since}, after the receipt"
     return ""
 
@@ -190,7 +188,7 @@ def expire_claims(keeper: InferenceKeeper, tee: TeeKeeper, state: CachedState, h
         claim = keeper.claim(state, receipt_id)
         assert claim is not None
         keeper.drop_claim(state, receipt_id, claim)
-        client, node, held = claim["client"], claim["node"], claim_held(claim)
+        client, node, held = claim.client, claim.node, claim.held
         _release_reservation(keeper, state, claim)
         if cause := outside_cause(keeper, tee, state, claim):
             keeper.return_to_escrow(state, client, node, held)
@@ -202,23 +200,21 @@ def expire_claims(keeper: InferenceKeeper, tee: TeeKeeper, state: CachedState, h
         compensation = slashed * params.claim_compensation_bps // BPS
         keeper.staking.pay_out(state, client, compensation)
         keeper.staking.burn(state, slashed - compensation)
-        record: dict[str, Any] = {
-            "receipt_id": receipt_id,
-            "status": Status.FAILED.value,
-            "height": height,
-            "node": node,
-            "client": client,
-            "request_id": claim["request_id"],
-            "model_id": claim["model_id"],
-            "mode": claim["mode"],
-            "fee": "0",
-            "settlement_fee": "0",
-            "payment": "claim",
-            "reason": "claim_expired: no valid evidence settled before the deadline",
-            "slashed": str(slashed),
-            "compensation": str(compensation),
-            "refunded": str(held),
-        }
+        reason = "claim_expired: no valid evidence settled before the deadline"
+        record = SettlementRecord(
+            receipt_id,
+            Status.FAILED,
+            height,
+            node,
+            client,
+            claim.request_id,
+            claim.model_id,
+            claim.mode,
+            0,
+            0,
+            "claim",
+            penalty=ClaimPenalty(reason, slashed, compensation, held),
+        )
         keeper.record_settlement(state, record)  # the request can never settle now
         attrs = {
             "node": node,

@@ -47,6 +47,7 @@ from haca.chain.wiring import dependency
 from haca.crypto.hashing import keccak256
 from haca.proofs.verifier import verifiers
 from haca.types.encoding import canonical_json
+from haca.types.settlement import ClaimRecord, SettlementRecord
 
 PREFIX = b"inference/"
 PARAMS_KEY = PREFIX + b"params"
@@ -134,11 +135,6 @@ class InferenceParams:
 
     def to_json(self) -> dict[str, int]:
         return asdict(self)
-
-
-def claim_held(claim: dict[str, Any]) -> int:
-    """What a claim holds from its lane: fee and settlement fee (older claims held the fee only)."""
-    return int(claim.get("held", claim["fee"]))
 
 
 def _addr(address: str) -> bytes:
@@ -240,7 +236,7 @@ class InferenceKeeper:
     def total_escrow(self, state: ReadableState) -> int:
         """Everything ESCROW_ACCOUNT owes: the lanes and the fees pending claims hold."""
         lanes = sum(int(v) for _, v in state.iter_prefix(ESCROW_PREFIX))
-        return lanes + sum(claim_held(json.loads(v)) for _, v in state.iter_prefix(CLAIM_PREFIX))
+        return lanes + sum(ClaimRecord.from_json(json.loads(v)).held for _, v in state.iter_prefix(CLAIM_PREFIX))
 
     def take_from_escrow(self, state: CachedState, client: str, node: str, amount: int) -> None:
         """Move `amount` out of the lane (it stays in ESCROW_ACCOUNT, e.g. held by a claim)."""
@@ -254,21 +250,21 @@ class InferenceKeeper:
 
     # --- claims ---------------------------------------------------------------------------------
 
-    def claim(self, state: ReadableState, receipt_id: str) -> dict[str, Any] | None:
+    def claim(self, state: ReadableState, receipt_id: str) -> ClaimRecord | None:
         raw = state.get(CLAIM_PREFIX + bytes.fromhex(receipt_id[2:]))
-        return json.loads(raw) if raw else None
+        return ClaimRecord.from_json(json.loads(raw)) if raw else None
 
-    def add_claim(self, state: CachedState, receipt_id: str, claim: dict[str, Any]) -> None:
-        rid, deadline = bytes.fromhex(receipt_id[2:]), int(claim["deadline"]).to_bytes(8, "big")
-        state.set(CLAIM_PREFIX + rid, canonical_json(claim))
+    def add_claim(self, state: CachedState, receipt_id: str, claim: ClaimRecord) -> None:
+        rid, deadline = bytes.fromhex(receipt_id[2:]), claim.deadline.to_bytes(8, "big")
+        state.set(CLAIM_PREFIX + rid, canonical_json(claim.to_json()))
         state.set(CLAIM_DUE_PREFIX + deadline + rid, b"")
-        state.set(NODE_CLAIM_PREFIX + _addr(claim["node"]) + deadline + rid, b"")
+        state.set(NODE_CLAIM_PREFIX + _addr(claim.node) + deadline + rid, b"")
 
-    def drop_claim(self, state: CachedState, receipt_id: str, claim: dict[str, Any]) -> None:
-        rid, deadline = bytes.fromhex(receipt_id[2:]), int(claim["deadline"]).to_bytes(8, "big")
+    def drop_claim(self, state: CachedState, receipt_id: str, claim: ClaimRecord) -> None:
+        rid, deadline = bytes.fromhex(receipt_id[2:]), claim.deadline.to_bytes(8, "big")
         state.delete(CLAIM_PREFIX + rid)
         state.delete(CLAIM_DUE_PREFIX + deadline + rid)
-        state.delete(NODE_CLAIM_PREFIX + _addr(claim["node"]) + deadline + rid)
+        state.delete(NODE_CLAIM_PREFIX + _addr(claim.node) + deadline + rid)
 
     def claims_due(self, state: ReadableState, height: int) -> list[str]:
         """The receipts whose claims expire at `height` (by their height prefix)."""
@@ -321,15 +317,15 @@ class InferenceKeeper:
         prefix = NODE_CLAIM_PREFIX + _addr(node)
         return {"0x" + key[len(prefix) + 8 :].hex() for key, _ in state.iter_prefix(prefix)}
 
-    def record_settlement(self, state: CachedState, record: dict[str, Any]) -> None:
-        state.set(settled_key(record["client"], record["request_id"]), record["receipt_id"].encode())
-        mark = canonical_json({"receipt_id": record["receipt_id"]})
-        state.set(settled_index_key(record["client"], record["request_id"]), mark)
-        state.set(RECEIPT_PREFIX + bytes.fromhex(record["receipt_id"][2:]), canonical_json(record))
+    def record_settlement(self, state: CachedState, record: SettlementRecord) -> None:
+        state.set(settled_key(record.client, record.request_id), record.receipt_id.encode())
+        mark = canonical_json({"receipt_id": record.receipt_id})
+        state.set(settled_index_key(record.client, record.request_id), mark)
+        state.set(RECEIPT_PREFIX + bytes.fromhex(record.receipt_id[2:]), canonical_json(record.to_json()))
 
-    def receipt(self, state: ReadableState, receipt_id: str) -> dict[str, Any] | None:
+    def receipt(self, state: ReadableState, receipt_id: str) -> SettlementRecord | None:
         raw = state.get(RECEIPT_PREFIX + bytes.fromhex(receipt_id[2:]))
-        return json.loads(raw) if raw else None
+        return SettlementRecord.from_json(json.loads(raw)) if raw else None
 
     # --- allowances -----------------------------------------------------------------------------
 

@@ -69,7 +69,7 @@ def query_receipt(keeper: InferenceKeeper, state: ReadableState, data: bytes) ->
     record = keeper.receipt(state, receipt_id)
     if record is None:
         raise NotFound(f"receipt {receipt_id} has not been settled")
-    return record, [RECEIPT_PREFIX + bytes.fromhex(receipt_id[2:])]
+    return record.to_json(), [RECEIPT_PREFIX + bytes.fromhex(receipt_id[2:])]
 
 
 def query_allowance(keeper: InferenceKeeper, state: ReadableState, data: bytes) -> Answer:
@@ -103,7 +103,7 @@ def query_claim(keeper: InferenceKeeper, state: ReadableState, data: bytes) -> A
     claim = keeper.claim(state, receipt_id)
     if claim is None:
         raise NotFound(f"receipt {receipt_id} has no pending claim")
-    return {"receipt_id": receipt_id, **claim}, [CLAIM_PREFIX + bytes.fromhex(receipt_id[2:])]
+    return {"receipt_id": receipt_id, **claim.to_json()}, [CLAIM_PREFIX + bytes.fromhex(receipt_id[2:])]
 
 
 def query_node_claims(keeper: InferenceKeeper, state: ReadableState, data: bytes) -> Answer:
@@ -112,7 +112,7 @@ def query_node_claims(keeper: InferenceKeeper, state: ReadableState, data: bytes
     node = address_arg(data)
     ids = sorted(keeper.node_claims(state, node))
     claims = [(keeper.claim(state, rid), rid) for rid in ids]
-    ordered = sorted((int(c["deadline"]), rid) for c, rid in claims if c is not None)
+    ordered = sorted((c.deadline, rid) for c, rid in claims if c is not None)
     return {"node": node, "claims": [{"receipt_id": rid, "deadline": d} for d, rid in ordered]}, []
 
 
@@ -130,7 +130,10 @@ def query_request(keeper: InferenceKeeper, state: ReadableState, data: bytes) ->
     if "batch" in mark:
         return mark, []
     record = keeper.receipt(state, mark["receipt_id"])
-    return record or mark, [settled_key(client, request_id), RECEIPT_PREFIX + bytes.fromhex(mark["receipt_id"][2:])]
+    return record.to_json() if record else mark, [
+        settled_key(client, request_id),
+        RECEIPT_PREFIX + bytes.fromhex(mark["receipt_id"][2:]),
+    ]
 
 
 def query_batch(keeper: InferenceKeeper, state: ReadableState, data: bytes) -> Answer:

@@ -13,8 +13,6 @@ node covers fee + settlement fee.
 
 from __future__ import annotations
 
-from typing import Any
-
 from haca.chain.errors import (
     EnclaveNotInGoodStanding,
     InvalidEvidence,
@@ -33,7 +31,7 @@ from haca.chain.modules.inference.checks import (
     check_stake,
 )
 from haca.chain.modules.inference.claims import resolve_claim
-from haca.chain.modules.inference.keeper import InferenceKeeper, claim_held
+from haca.chain.modules.inference.keeper import InferenceKeeper
 from haca.chain.modules.inference.payment import check_payment_for
 from haca.chain.modules.registry.keeper import RegistryKeeper
 from haca.chain.modules.tee.keeper import TeeKeeper
@@ -45,6 +43,7 @@ from haca.types.inference import SettlementItem
 from haca.types.modes import Mode
 from haca.types.payment import SpendingAllowance
 from haca.types.registry import ModelManifest
+from haca.types.settlement import EnclaveSigner, SettlementRecord
 
 
 def settle_item(
@@ -99,28 +98,29 @@ def settle_item(
     settlement_fee = params.settlement_fee_for(receipt.fee)
     payment_kind = item.payment.kind
     if resolved is not None:  # at the claim's terms
-        settlement_fee, payment_kind = claim_held(resolved[1]) - receipt.fee, str(resolved[1]["payment"])
+        settlement_fee, payment_kind = resolved[1].held - receipt.fee, resolved[1].payment
     escrow = keeper.escrow(ctx.state, receipt.client, receipt.node)
     check_escrow(escrow, receipt.fee, settlement_fee, receipt.client, receipt.node)
     keeper.pay_from_escrow(ctx.state, receipt.client, receipt.node, receipt.node, receipt.fee)
     keeper.burn_from_escrow(ctx.state, receipt.client, receipt.node, settlement_fee)
-    record: dict[str, Any] = {
-        "receipt_id": item.receipt.id,
-        "status": verdict.status.value,
-        "height": ctx.height,
-        "node": receipt.node,
-        "client": receipt.client,
-        "request_id": receipt.request_id,
-        "model_id": receipt.model_id,
-        "mode": receipt.mode,
-        "fee": str(receipt.fee),
-        "settlement_fee": str(settlement_fee),
-        "payment": payment_kind,
-    }
-    if verdict.enclave is not None:  # tee: which attested key signed it, and whether that was the DEV attester
-        record.update(enclave_key=verdict.signer, attestation=verdict.enclave.format, dev=verdict.enclave.dev)
+    # tee: which attested key signed it, and whether that was the DEV attester
+    enclave = EnclaveSigner(verdict.signer, verdict.enclave.format, verdict.enclave.dev) if verdict.enclave else None
+    record = SettlementRecord(
+        item.receipt.id,
+        verdict.status,
+        ctx.height,
+        receipt.node,
+        receipt.client,
+        receipt.request_id,
+        receipt.model_id,
+        receipt.mode,
+        receipt.fee,
+        settlement_fee,
+        payment_kind,
+        enclave,
+    )
     keeper.record_settlement(ctx.state, record)
-    settled = Event("settle", {k: str(v) for k, v in record.items()})
+    settled = Event("settle", {k: str(v) for k, v in record.to_json().items()})
     return [settled] if resolved is None else [resolved[0], settled]
 
 
