@@ -475,7 +475,7 @@ def one_inference(client: Client, example: Any, poll: float) -> dict[str, float]
     status, proved = wait_status(lambda: str(client.node_receipt(rid)["status"]), {Status.PROVING}, 300, poll)
     if status in (Status.FAILED, Status.REJECTED):
         raise RuntimeError(f"node receipt {rid} ended {status}")
-    status, verified = wait_status(lambda: str(client.receipt_status(rid)["status"]), {Status.PENDING}, 300, poll)
+    status, verified = wait_status(lambda: str(client.receipt_status(rid).status), {Status.PENDING}, 300, poll)
     if status != Status.VERIFIED:
         raise RuntimeError(f"chain record of {rid} is {status}, not verified")
     return {

@@ -111,10 +111,10 @@ def _run(client: Client, denom: str) -> None:
     with console.status("waiting for the node to settle the receipts on chain…"):
         settled = [client.wait_settled(r.receipt_id) for r in results]
     fees = sum(r.receipt.receipt.fee for r in results)
-    burned_settlement = sum(int(r["settlement_fee"]) for r in settled)
+    burned_settlement = sum(r.record.settlement_fee if r.record else 0 for r in settled)
     console.print(
-        f"[bold]5.[/bold] settled in block(s) {sorted({int(r['height']) for r in settled})}: "
-        f"status {settled[0]['status']} (vanilla: signed, not independently verified)"
+        f"[bold]5.[/bold] settled in block(s) {sorted({r.height for r in settled})}: "
+        f"status {settled[0].status} (vanilla: signed, not independently verified)"
     )
 
     supply_after = chain.supply()
@@ -186,7 +186,7 @@ def _zkml_step(client: Client, example: Any) -> None:
     verification = client.verify_receipt(result.receipt_id)
     console.print(
         f"[bold]9.[/bold] zkml inference on mlp-regressor: {_summary('mlp-regressor', result.output)}, answered in"
-        f" {answered * 1000:.0f} ms ({result.status}); proof verified on chain → [bold]{record['status']}[/bold]"
+        f" {answered * 1000:.0f} ms ({result.status}); proof verified on chain → [bold]{record.status}[/bold]"
         f" after {gap:.1f} s (the trust gap)"
     )
     verdict = "verifies" if verification.verified else f"does NOT verify: {verification.reason}"

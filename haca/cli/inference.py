@@ -132,7 +132,7 @@ def infer(
         raise HacaError(f"--input is not JSON: {exc}") from exc
     with _client(home, from_, node) as client:
         result = client.infer(model, value, mode, max_fee)
-        status = client.wait_settled(result.receipt_id)["status"] if wait else result.status
+        status = client.wait_settled(result.receipt_id).status if wait else result.status
     answer: dict[str, Any] = {"output": result.output, "receipt": result.receipt.to_json(), "status": status}
 
     def human() -> None:
@@ -221,13 +221,15 @@ def receipt_show(
     receipt settled in a batch gets its Merkle inclusion path to the batch root the chain stores."""
     with _client(home, None, node) as client:
         signed = _signed_receipt(receipt_file) if receipt_file is not None else None
-        record = client.receipt_status(receipt_id, signed.receipt if signed else None)
-        if record["status"] == Status.PENDING and signed is None:
+        node_view: dict[str, Any] | None = None
+        status = client.receipt_status(receipt_id, signed.receipt if signed else None)
+        if status.status == Status.PENDING and signed is None:
             node_view = client.node_receipt(receipt_id)
             signed = SignedReceipt.from_json(node_view["receipt"])
-            record = client.receipt_status(receipt_id, signed.receipt)
-            if record["status"] == Status.PENDING:
-                record = {"receipt_id": receipt_id, **node_view}
+            status = client.receipt_status(receipt_id, signed.receipt)
+        record = status.to_json()
+        if status.status == Status.PENDING and node_view is not None:
+            record = {"receipt_id": receipt_id, **node_view}
         if prove:
             record = {**record, "proof": _prove_settled(client, receipt_id, signed)}
     emit(json_out, record, lambda: _print_fields(record))

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import base64
 import binascii
+import contextlib
 import json
 import time
 from dataclasses import dataclass
@@ -30,16 +31,28 @@ from haca.client.payment import (
     sign_payment,
     verify_answer,
 )
-from haca.client.results import CHAT_PATH, COMPLETION_PATH, InferenceResult, LlmOptions, LlmResult, Messages, Streamed
+from haca.client.records import parse_answer
+from haca.client.results import (
+    CHAT_PATH,
+    COMPLETION_PATH,
+    InferenceResult,
+    LlmOptions,
+    LlmResult,
+    Messages,
+    ReceiptStatus,
+    Streamed,
+)
 from haca.client.tee import ReceiptVerification, enclave_lookup, verify_tee_receipt
 from haca.client.zk import proof_from_chain, verify_zkml_receipt
 from haca.crypto.keys import PrivateKey
+from haca.types.batch import BatchMark
 from haca.types.inference import MsgDeposit, MsgWithdraw
 from haca.types.llm import LlmRequest
 from haca.types.modes import Mode, Status
 from haca.types.payment import PaymentAuthorization
 from haca.types.receipt import Receipt, SignedReceipt
 from haca.types.registry import ModelManifest
+from haca.types.settlement import SettlementRecord, request_settlement
 from haca.types.x402 import PAYMENT_REQUIRED_HEADER
 
 
@@ -231,30 +244,31 @@ class ClientCore:
         stored = yield from self._node_receipt_flow(receipt)
         return checked_receipt(stored, receipt), stored
 
-    def _receipt_status_now(self, receipt_id: str, receipt: Receipt | None = None) -> dict[str, Any]:
+    def _receipt_status_now(self, receipt_id: str, receipt: Receipt | None = None) -> ReceiptStatus:
         """Client.receipt_status, blocking (chain reads): run it as a flow's `Work`."""
-        try:
-            return self.chain.query("/inference/receipt", receipt_id.encode())
-        except QueryFailed:
-            pass
+        answer = None
+        with contextlib.suppress(QueryFailed):
+            answer = self.chain.query("/inference/receipt", receipt_id.encode())
+        if answer is not None:
+            record = parse_answer(SettlementRecord.from_json, answer, "settlement record")
+            return ReceiptStatus(receipt_id, record.status, record=record, receipt=receipt)
         if receipt is not None:
-            try:
-                mark = self.chain.query("/inference/request", f"{receipt.client}/{receipt.request_id}".encode())
-            except QueryFailed:
-                mark = {}
-            if mark.get("receipt_id") == receipt_id and "batch" in mark:
-                return {**mark, "node": receipt.node, "client": receipt.client, "fee": str(receipt.fee)}
-        return {"receipt_id": receipt_id, "status": Status.PENDING.value}
+            with contextlib.suppress(QueryFailed):
+                answer = self.chain.query("/inference/request", f"{receipt.client}/{receipt.request_id}".encode())
+            found = parse_answer(request_settlement, answer, "request settlement") if answer is not None else None
+            if isinstance(found, BatchMark) and found.receipt_id == receipt_id:
+                return ReceiptStatus(receipt_id, Status(found.status), batch=found, receipt=receipt)
+        return ReceiptStatus(receipt_id, Status.PENDING, receipt=receipt)
 
-    def _receipt_status_flow(self, receipt_id: str, receipt: Receipt | None) -> Flow[dict[str, Any]]:
+    def _receipt_status_flow(self, receipt_id: str, receipt: Receipt | None) -> Flow[ReceiptStatus]:
         return (yield work(self._receipt_status_now, receipt_id, receipt))
 
-    def _wait_settled_flow(self, receipt_id: str, timeout: float) -> Flow[dict[str, Any]]:
+    def _wait_settled_flow(self, receipt_id: str, timeout: float) -> Flow[ReceiptStatus]:
         deadline = time.monotonic() + timeout
         receipt: Receipt | None = None
         while True:
             record = yield from self._receipt_status_flow(receipt_id, receipt)
-            if record["status"] != Status.PENDING:
+            if record.status != Status.PENDING:
                 return record
             if receipt is None:  # it may settle in a batch: its request's mark is found by the receipt
                 receipt = (yield from self._signed_flow(receipt_id))[0].receipt

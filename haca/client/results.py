@@ -12,8 +12,45 @@ import httpx
 
 from haca.client.errors import NodeError
 from haca.client.payment import InputInvalid
+from haca.types.batch import BatchMark
 from haca.types.llm import LlmRequest, LlmRequestError, parse_request
-from haca.types.receipt import SignedReceipt
+from haca.types.modes import Status
+from haca.types.receipt import Receipt, SignedReceipt
+from haca.types.settlement import SettlementRecord
+
+
+@dataclass(frozen=True)
+class ReceiptStatus:
+    """Where a receipt stands on chain: pending, settled alone (the chain's `record`), or settled
+    in a batch (its request's `batch` mark; the receipt, when known, gives its node, client and fee)."""
+
+    receipt_id: str
+    status: Status
+    record: SettlementRecord | None = None
+    batch: BatchMark | None = None
+    receipt: Receipt | None = None
+
+    @property
+    def height(self) -> int:
+        """The block it settled in (0 while pending)."""
+        found = self.record or self.batch
+        return found.height if found is not None else 0
+
+    @property
+    def fee(self) -> int | None:
+        """What the node was paid (None when neither the record nor the receipt is known)."""
+        if self.record is not None:
+            return self.record.fee
+        return self.receipt.fee if self.receipt is not None else None
+
+    def to_json(self) -> dict[str, Any]:
+        if self.record is not None:
+            return self.record.to_json()
+        if self.batch is not None:
+            r = self.receipt
+            extra = {"node": r.node, "client": r.client, "fee": str(r.fee)} if r is not None else {}
+            return {**self.batch.to_json(), **extra}
+        return {"receipt_id": self.receipt_id, "status": self.status.value}
 
 
 @dataclass(frozen=True)

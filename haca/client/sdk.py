@@ -26,6 +26,7 @@ from haca.client.results import (
     LlmResult,
     LlmStream,
     Messages,
+    ReceiptStatus,
 )
 from haca.client.tee import ReceiptVerification
 from haca.crypto.keys import PrivateKey
@@ -111,13 +112,13 @@ class Client(ClientCore):
         """The node's record of a receipt (NotFound if it has none)."""
         return self._run(self._node_receipt_flow(receipt_id))
 
-    def receipt_status(self, receipt_id: str, receipt: Receipt | None = None) -> dict[str, Any]:
-        """The chain's settlement record if settled, else {"status": "pending"}. A receipt settled
-        in a batch has no record of its own, only its request's mark (found with the receipt's
-        client and request id): pass `receipt` to find it."""
+    def receipt_status(self, receipt_id: str, receipt: Receipt | None = None) -> ReceiptStatus:
+        """Where the receipt stands: the chain's settlement record if it settled alone, else pending.
+        A receipt settled in a batch has no record of its own, only its request's mark (found
+        with the receipt's client and request id): pass `receipt` to find it."""
         return self._run(self._receipt_status_flow(receipt_id, receipt))
 
-    def wait_settled(self, receipt_id: str, timeout: float = 60.0) -> dict[str, Any]:
+    def wait_settled(self, receipt_id: str, timeout: float = 60.0) -> ReceiptStatus:
         return self._run(self._wait_settled_flow(receipt_id, timeout))
 
     def verify_receipt(self, receipt: str | SignedReceipt) -> ReceiptVerification:
@@ -217,11 +218,11 @@ class AsyncClient(ClientCore):
         """As Client.node_receipt."""
         return await self._run(self._node_receipt_flow(receipt_id))
 
-    async def receipt_status(self, receipt_id: str, receipt: Receipt | None = None) -> dict[str, Any]:
+    async def receipt_status(self, receipt_id: str, receipt: Receipt | None = None) -> ReceiptStatus:
         """As Client.receipt_status (its chain reads in a worker thread)."""
         return await self._run(self._receipt_status_flow(receipt_id, receipt))
 
-    async def wait_settled(self, receipt_id: str, timeout: float = 60.0) -> dict[str, Any]:
+    async def wait_settled(self, receipt_id: str, timeout: float = 60.0) -> ReceiptStatus:
         """As Client.wait_settled."""
         return await self._run(self._wait_settled_flow(receipt_id, timeout))
 

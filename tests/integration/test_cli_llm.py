@@ -80,7 +80,7 @@ def test_a_vanilla_chat_answer_charges_usage_times_the_prices_and_settles(net: N
     assert_charges_usage(answer, "vanilla")
     with Client.from_home(net.home, KEY) as client:
         record = client.wait_settled(answer["receipt_id"], timeout=90)
-    assert record["status"] == "settled" and int(record["fee"]) == answer["fee"]
+    assert record.status == "settled" and record.fee == answer["fee"]
 
 
 def test_without_a_mode_the_node_s_preferred_one_tee_is_paid(net: Net) -> None:

@@ -67,7 +67,7 @@ def receipt_id(inference_devnet) -> str:
     with Client.from_home(inference_devnet.home, "dev2") as client:
         client.deposit(10**9)
         result = client.infer("iris", IRIS_INPUT, mode="tee")
-        assert client.wait_settled(result.receipt_id, 90)["status"] == "verified"
+        assert client.wait_settled(result.receipt_id, 90).status == "verified"
         return result.receipt_id
 
 

@@ -88,8 +88,9 @@ def test_settlement_pays_the_node_burns_the_settlement_fee_and_keeps_supply(clie
     record = client.wait_settled(result.receipt_id)
     fee = result.receipt.receipt.fee
     settlement_fee = int(params["settlement_fee"]) + fee * int(params["settlement_fee_bps"]) // 10_000
-    assert record["status"] == "settled" and int(record["fee"]) == fee == EXAMPLE_PRICES["mlp-regressor"]
-    assert int(record["settlement_fee"]) == settlement_fee
+    assert record.record is not None and record.status == "settled"
+    assert record.record.fee == fee == EXAMPLE_PRICES["mlp-regressor"]
+    assert record.record.settlement_fee == settlement_fee
     tx_fee = tx_fee_of(net, client.node_receipt(result.receipt_id)["tx_hash"])
     assert net.client.balance(node) == node_before + fee - tx_fee  # the node pays its settlement tx's fee
     assert client.escrow() == escrow_before - fee - settlement_fee
@@ -189,12 +190,12 @@ def test_the_node_and_app_metrics_parse_and_move_with_traffic(client, inference_
     assert moved(node_after, node_before, "haca_inference_seconds_count") == 1
     assert moved(node_after, node_before, "haca_settlement_lag_seconds_count") >= 1
     assert moved(node_after, node_before, "haca_settlement_txs_total", kind="single") >= 1
-    wait_height(inference_devnet.client.rpc, int(record["height"]) + 1)
+    wait_height(inference_devnet.client.rpc, record.height + 1)
     for url, before in zip(app_urls, apps_before, strict=True):  # every validator counted that block
         after = samples(httpx.get(url).text)
         assert moved(after, before, "haca_chain_receipts_settled_total", mode="vanilla", status="settled") >= 1
         assert moved(after, before, "haca_chain_txs_total", result="ok") >= 1
-        assert value(after, "haca_chain_height") >= int(record["height"])
+        assert value(after, "haca_chain_height") >= record.height
         assert value(after, "haca_chain_burned_tokens") > value(before, "haca_chain_burned_tokens")
 
 
@@ -212,7 +213,8 @@ def test_api_key_allowance_pays_until_its_cap_then_402(inference_devnet, client)
     third = httpx.post(f"{url}/v1/infer", json=body, headers=headers)
     assert third.status_code == 402 and "cap" in third.json()["error"]
     for receipt_id in receipts:
-        assert client.wait_settled(receipt_id)["payment"] == "allowance"
+        settled = client.wait_settled(receipt_id).record
+        assert settled is not None and settled.payment == "allowance"
     from haca.types.encoding import canonical_json
     from haca.types.payment import decode_api_key
 
@@ -298,7 +300,7 @@ def test_async_client_pays_verifies_and_waits_for_settlement(inference_devnet):
             return records, results
 
     records, results = asyncio.run(scenario())
-    assert [r["status"] for r in records] == ["settled"] * 4
+    assert [r.status for r in records] == ["settled"] * 4
     assert len({r.receipt_id for r in results}) == 4
 
 

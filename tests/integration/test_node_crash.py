@@ -80,11 +80,13 @@ def _crash_and_settle(net, url: str, port: int, tmp_path, node_address: str, pid
             signal_group(pid, signal.SIGTERM)
             wait_group_gone(pid, time.monotonic() + 20)
         fee = receipts[0].receipt.receipt.fee
-        settlement_fee = int(records[0]["settlement_fee"])
-        assert {r["receipt_id"] for r in records} == {r.receipt_id for r in receipts}
-        assert all(r["status"] == "settled" for r in records)
+        settled = [r.record for r in records]
+        assert None not in settled, "each receipt settled alone"
+        settlement_fee = settled[0].settlement_fee  # type: ignore[union-attr]
+        assert {r.receipt_id for r in records} == {r.receipt_id for r in receipts}
+        assert all(r.status == "settled" for r in records)
         assert client.escrow() == escrow_before - RECEIPTS * (fee + settlement_fee)
-        tx_hashes = {h for h in (_settle_tx(net, r["height"], node_address) for r in records) for h in h}
+        tx_hashes = {h for h in (_settle_tx(net, r.height, node_address) for r in records) for h in h}
         tx_fees = sum(_tx_fee(net, h) for h in tx_hashes)
         assert net.client.balance(node_address) == node_before + RECEIPTS * fee - tx_fees
 

@@ -229,8 +229,8 @@ def test_2_receipts_served_before_a_revocation_all_settle_and_later_requests_are
             )
         assert refused.status_code == 402 and "revoked" in refused.json()["error"]
         records = settle_all(client, [a.json()["receipt"]["id"] for a in answers])
-        assert [r["status"] for r in records] == ["settled"] * len(answers)
-        assert max(int(r["height"]) for r in records) < outcome.height + int(net.params()["revoke_delay"])
+        assert [r.status for r in records] == ["settled"] * len(answers)
+        assert max(r.height for r in records) < outcome.height + int(net.params()["revoke_delay"])
         charged = len(answers) * (price + net.settlement_fee(price))
         assert client.escrow() == escrow_before - charged
         fees = settlement_tx_fees(net, client, [a.json()["receipt"]["id"] for a in answers])
@@ -259,8 +259,8 @@ def test_3_requests_raced_against_a_withdrawal_are_refused_or_paid(net):
                 refused += 1
         assert refused > 0
         records = settle_all(client, served)
-        assert [r["status"] for r in records] == ["settled"] * len(served)
-        assert all(int(r["height"]) < release for r in records)
+        assert [r.status for r in records] == ["settled"] * len(served)
+        assert all(r.height < release for r in records)
         wait_height(net.chain.rpc, release + 1)
         cost = len(served) * (price + net.settlement_fee(price))
         assert net.escrow(client.key.address, net.node) == 0
@@ -313,10 +313,10 @@ def test_4_a_deposit_for_one_node_is_not_spent_at_another(net, second_node):
             t.join(60)
         assert isinstance(results["b"], PaymentRequiredError) and "escrow" in str(results["b"])
         record = at_a.wait_settled(results["a"].receipt_id)
-        assert record["status"] == "settled" and int(record["fee"]) == price
+        assert record.status == "settled" and record.fee == price
         assert net.escrow(at_a.key.address, net.node) == 0
         at_b.deposit(one)  # now node B is backed by its own deposit
-        assert at_b.wait_settled(at_b.infer("iris", IRIS_INPUT).receipt_id)["status"] == "settled"
+        assert at_b.wait_settled(at_b.infer("iris", IRIS_INPUT).receipt_id).status == "settled"
         assert net.escrow(at_b.key.address, node_b) == 0
     net.assert_supply_holds()
 
@@ -347,12 +347,12 @@ def test_5_raising_a_price_does_not_void_the_receipts_served_before_it_takes_eff
         assert manifest["effective_height"] == outcome.height + int(net.chain.query("/registry/params")["price_delay"])
         served.append(client.infer("digits-cnn", example))  # still quoted at the old price
         records = settle_all(client, [r.receipt_id for r in served])
-        assert [(r["status"], int(r["fee"])) for r in records] == [("settled", price)] * len(served)
+        assert [(r.status, r.fee) for r in records] == [("settled", price)] * len(served)
         wait_height(net.chain.rpc, manifest["effective_height"] + 1)
         time.sleep(1.2)  # the node reads the chain height through a one-second cache
         after = client.infer("digits-cnn", example)
         assert after.receipt.receipt.fee == 3 * price
-        assert client.wait_settled(after.receipt_id)["fee"] == str(3 * price)
+        assert client.wait_settled(after.receipt_id).fee == 3 * price
     net.assert_supply_holds()
 
 
@@ -384,7 +384,7 @@ def test_6_a_request_beyond_the_row_limit_is_refused_and_per_row_prices_charge_e
         result = client.infer("mlp-regressor", three)
         assert result.receipt.receipt.fee == 3 * price
         record = client.wait_settled(result.receipt_id)
-        assert int(record["fee"]) == 3 * price
+        assert record.fee == 3 * price
         assert client.escrow() == escrow - 3 * price - net.settlement_fee(3 * price)
     net.assert_supply_holds()
 
@@ -428,7 +428,7 @@ def test_8_an_answer_with_nan_passes_the_clients_check_and_settles_once(net):
         assert result.receipt.receipt.input_hash == tensors_hash(
             parse_input(huge, schema_from_json(manifest["input_schema"]))
         )
-        assert client.wait_settled(result.receipt_id)["status"] == "settled"
+        assert client.wait_settled(result.receipt_id).status == "settled"
         assert client.escrow() == escrow - price - net.settlement_fee(price)
     net.assert_supply_holds()
 

@@ -29,7 +29,7 @@ def node_url(net) -> str:
 def paid_inference_settles(client: Client) -> None:
     result = client.infer("iris", IRIS)
     record = client.wait_settled(result.receipt_id, timeout=90)
-    assert record["status"] == "settled", record
+    assert record.status == "settled", record
 
 
 def test_paid_inferences_settle_with_validator_0_stopped(inference_devnet):

@@ -42,8 +42,8 @@ def test_a_zkml_inference_answers_at_once_then_turns_verified_and_pays_the_node(
     # The proof is on chain too, in the settlement tx: a client can check it after the node is gone.
     assert proof_from_chain(inference_devnet.client, result.receipt_id) == bytes.fromhex(stored["evidence"][2:])
     assert verification.claims["vk_hash"] == manifest["circuit"]["vk_hash"]
-    assert record["status"] == "verified" and record["mode"] == "zkml"
-    fee = int(record["fee"])
+    assert record.record is not None and (record.status, record.record.mode) == ("verified", "zkml")
+    fee = record.record.fee
     escrow_after = int(chain.query("/inference/escrow", f"{client.key.address}/{node}".encode())["escrow"])
     assert escrow_after == escrow_before - fee - settlement_fee(chain, fee)
     assert_devnet_supply_holds(inference_devnet)

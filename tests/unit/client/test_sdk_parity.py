@@ -28,10 +28,12 @@ from haca.client.errors import (
 from haca.client.results import LlmOptions
 from haca.client.sdk import AsyncClient, Client
 from haca.crypto.keys import PrivateKey
+from haca.types.modes import Status
+from haca.types.settlement import SettlementRecord
 
 KEY = PrivateKey.from_seed("parity client")
 NODE = PrivateKey.from_seed("parity node").address
-RID = "ab" * 32
+RID = "0x" + "ab" * 32
 EVIDENCE = b"proof from the node"
 
 
@@ -61,7 +63,11 @@ class StubChain:
     def query(self, path: str, data: bytes) -> dict[str, Any]:
         if path == "/inference/escrow":
             return self._seen(path, {"escrow": "7"})  # type: ignore[no-any-return]
-        return self._seen(path, {"receipt_id": data.decode(), "status": "settled"})  # type: ignore[no-any-return]
+        assert path == "/inference/receipt", path
+        record = SettlementRecord(
+            data.decode(), Status.SETTLED, 9, NODE, KEY.address, RID, "sha256:" + "1" * 64, "vanilla", 5, 1, "allowance"
+        )
+        return self._seen(path, record.to_json())  # type: ignore[no-any-return]
 
     def send_msgs(self, key: PrivateKey, msgs: tuple[Any, ...]) -> TxOutcome:
         return self._seen("send_msgs", TxOutcome("0xtx", 5, 0, "", []))  # type: ignore[no-any-return]
@@ -194,7 +200,7 @@ def test_no_async_method_blocks_the_event_loop(monkeypatch: pytest.MonkeyPatch) 
             ]
 
     results = asyncio.run(run())
-    assert results[0] == NODE.lower() and results[1] == 7 and results[6]["status"] == "settled"
+    assert results[0] == NODE.lower() and results[1] == 7 and results[6].status == "settled" and results[6].fee == 5
     assert "send_msgs" in chain.calls and "height" in chain.calls
 
 
