@@ -23,7 +23,7 @@ from typing import Any
 
 from haca.client.chain import ChainClient
 from haca.client.errors import HacaError, ProofInvalid, QueryFailed
-from haca.client.records import proven_manifest
+from haca.client.records import parse_answer, proven_manifest
 from haca.proofs.receipt import EvidenceError, receipt_signer
 from haca.proofs.tee.attestation import Attestation, verify_attestation
 from haca.proofs.tee.binding import measurement_id
@@ -37,6 +37,7 @@ from haca.types.receipt import SignedReceipt
 from haca.types.tee import (
     COVER_PREFIX,
     GLOBAL_SCOPE,
+    EnclaveRecord,
     addr_bytes,
     approval_key,
     attestation_key,
@@ -113,7 +114,8 @@ def describe_platform(platform: str, gpus: Sequence[Mapping[str, Any]] = ()) -> 
 
 def _standing(answer: dict[str, Any]) -> EnclaveStanding:
     covered, approved = bool(answer["covered"]), bool(answer["approved"])
-    return EnclaveStanding.from_record(answer["enclave"], covered, approved, str(answer.get("detail", "")))
+    record = parse_answer(EnclaveRecord.from_json, answer["enclave"], "enclave record")
+    return EnclaveStanding.from_record(record, covered, approved, str(answer.get("detail", "")))
 
 
 def enclave_lookup(chain: ChainClient, model: str, height: int) -> Callable[[str], EnclaveStanding | None]:
@@ -134,7 +136,7 @@ class ProvenEnclave:
     """An enclave key's standing for one receipt, each part from proven state."""
 
     standing: EnclaveStanding  # approved: its measurement is approved for the model or for "*" (GPU rule apart)
-    record: dict[str, Any]  # the chain's enclave record (platform, measurement, GPU summary, …)
+    record: EnclaveRecord  # the chain's enclave record (platform, measurement, GPU summary, …)
     attestation: dict[str, Any] | None  # the attestation that opened the coverage of the receipt's height
     height: int  # the height the proofs are from
 
@@ -146,9 +148,10 @@ def proven_enclave(chain: ChainClient, key: str, height: int, model: str) -> Pro
     answer: the measurement's approval for `model` or for every model ("*") now (the GPU rule is the
     verifier's, with the proven policy's gpu_required)."""
     answer, values, proven_height = chain.query_proven_keys("/tee/enclave", f"{key}@{height}/{model}".encode())
-    record = _proven_json(values, enclave_key(key), "enclave record")
-    if record != answer["enclave"]:
+    stored = _proven_json(values, enclave_key(key), "enclave record")
+    if stored != answer["enclave"]:
         raise ProofInvalid("the enclave record answered is not the proven one")
+    record = parse_answer(EnclaveRecord.from_json, stored, "enclave record")
     prefix = COVER_PREFIX + addr_bytes(key)
     covering = [
         int.from_bytes(k[len(prefix) :], "big")
@@ -160,7 +163,7 @@ def proven_enclave(chain: ChainClient, key: str, height: int, model: str) -> Pro
         attestation = _proven_json(values, attestation_key(key, covering[0]), "attestation")
         if attestation != answer.get("attestation"):
             raise ProofInvalid("the attestation answered is not the proven one")
-    mid = str(record["measurement_id"])
+    mid = record.measurement_id
     approvals = [approval_key(GLOBAL_SCOPE, mid), approval_key(model, mid)]
     if any(k not in values for k in approvals):
         raise ProofInvalid("the answer does not prove the measurement's approvals")
@@ -173,7 +176,7 @@ def proven_enclave(chain: ChainClient, key: str, height: int, model: str) -> Pro
     elif not covering:
         detail = (
             f"no attestation of enclave key {key} covers height {height} (last attested at"
-            f" {record.get('attested_height')}, good until {record.get('good_until')}):"
+            f" {record.attested_height}, good until {record.good_until}):"
             " a heartbeat was missed or the key was not yet registered"
         )
     else:
@@ -226,7 +229,7 @@ def verify_tee_receipt(chain: ChainClient, signed: SignedReceipt) -> ReceiptVeri
     except QueryFailed:
         reason = f"receipt is signed by {signer}, which is not an enclave key registered on chain"
         return replace(result, reason=reason, enclave_key=signer)
-    standing, gpus = proven.standing, list(proven.record.get("gpus") or [])
+    standing, gpus = proven.standing, list(proven.record.gpus)
     result = replace(
         result,
         enclave_key=signer,

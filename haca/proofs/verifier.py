@@ -25,6 +25,7 @@ from haca.proofs.tee.policy import gpu_missing
 from haca.proofs.zk.proof import PROOF_MAGIC, instances_commitment, proof_instances, verify_proof
 from haca.types.modes import Mode, Status
 from haca.types.receipt import SignedReceipt
+from haca.types.tee import EnclaveRecord
 
 T = TypeVar("T")
 
@@ -52,18 +53,18 @@ class EnclaveStanding:
     gpus: int = 0  # verified GPU reports its latest attestation carried
 
     @classmethod
-    def from_record(cls, record: Mapping[str, Any], covered: bool, approved: bool, detail: str = "") -> EnclaveStanding:
+    def from_record(cls, record: EnclaveRecord, covered: bool, approved: bool, detail: str = "") -> EnclaveStanding:
         """From the chain's enclave record (`/tee/enclave`) and its judgement for one receipt."""
         return cls(
-            key=str(record["key"]),
-            node=str(record["node"]),
-            format=str(record["format"]),
-            measurement_id=str(record["measurement_id"]),
-            dev=bool(record["dev"]),
+            key=record.key,
+            node=record.node,
+            format=record.format,
+            measurement_id=record.measurement_id,
+            dev=record.dev,
             covered=covered,
             approved=approved,
             detail=detail,
-            gpus=len(record.get("gpus") or ()),
+            gpus=len(record.gpus),
         )
 
 

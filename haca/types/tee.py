@@ -290,3 +290,95 @@ class MsgSetTeePolicy:
         if len(canonical_json(policy)) > MAX_POLICY_BYTES:
             raise ValueError(f"policy: at most {MAX_POLICY_BYTES} bytes")
         return cls(json.loads(canonical_json(policy)))
+
+
+# --- what the tee module stores and answers about an enclave key --------------------------------
+
+_GPU_SUMMARY_FIELDS = {"format", "chip", "board", "driver_version", "vbios_version", "dev"}
+
+
+def _gpu_summary(value: Any, what: str) -> dict[str, Any]:
+    doc = f.require_fields(value, _GPU_SUMMARY_FIELDS, what)
+    if not isinstance(doc["dev"], bool) or not all(isinstance(doc[k], str) for k in _GPU_SUMMARY_FIELDS - {"dev"}):
+        raise ValueError(f"{what}: dev is true or false, the other fields are strings")
+    return dict(doc)
+
+
+def _measurement(value: Any) -> str:
+    """`<format>:<sha256 hex>` (haca.proofs.tee.binding.measurement_id)."""
+    platform, _, digest = value.partition(":") if isinstance(value, str) else ("", "", "")
+    if not (platform and len(digest) == 64 and all(c in "0123456789abcdef" for c in digest)):
+        raise ValueError("measurement_id: expected '<format>:' followed by 64 lower-case hex digits")
+    return str(value)
+
+
+def _flag(value: Any, field: str) -> bool:
+    if not isinstance(value, bool):
+        raise ValueError(f"{field}: expected true or false")
+    return value
+
+
+def _block(value: Any, field: str) -> int:
+    if not isinstance(value, int) or isinstance(value, bool) or not 0 <= value < 1 << 63:
+        raise ValueError(f"{field}: expected a block height")
+    return value
+
+
+@dataclass(frozen=True)
+class EnclaveRecord:
+    """An attested enclave key (`/tee/enclave`'s "enclave"): the node that registered it, what its
+    latest attestation showed (platform format, measurement, DEV or debug, TCB status, a summary of
+    each GPU report), and its coverage: registered, last attested, good until."""
+
+    key: str
+    node: str
+    format: str  # attestation format: the platform ("dev" for the labelled DEV platform)
+    measurement_id: str
+    dev: bool
+    debug: bool
+    tcb_status: str
+    gpus: tuple[dict[str, Any], ...]  # per GPU report: format, chip, board, driver/VBIOS version, dev
+    registered_height: int = 0
+    attested_height: int = 0
+    good_until: int = 0
+    lapsed: bool = False  # its coverage ended without a heartbeat (until it attests again)
+
+    def to_json(self) -> dict[str, Any]:
+        lapsed = {"lapsed": True} if self.lapsed else {}
+        return lapsed | {
+            "key": self.key,
+            "node": self.node,
+            "format": self.format,
+            "measurement_id": self.measurement_id,
+            "dev": self.dev,
+            "debug": self.debug,
+            "tcb_status": self.tcb_status,
+            "gpus": [dict(g) for g in self.gpus],
+            "registered_height": self.registered_height,
+            "attested_height": self.attested_height,
+            "good_until": self.good_until,
+        }
+
+    @classmethod
+    def from_json(cls, value: Any) -> EnclaveRecord:
+        names = set(cls.__dataclass_fields__) - (
+            {"lapsed"} if isinstance(value, dict) and "lapsed" not in value else set()
+        )
+        doc = f.require_fields(value, names, "enclave record")
+        gpus = doc["gpus"]
+        if not isinstance(gpus, list) or len(gpus) > MAX_GPUS:
+            raise ValueError(f"gpus: expected a list of at most {MAX_GPUS} GPU summaries")
+        return cls(
+            f.address(doc["key"], "key"),
+            f.address(doc["node"], "node"),
+            f.text(doc["format"], "format", 32),
+            _measurement(doc["measurement_id"]),
+            _flag(doc["dev"], "dev"),
+            _flag(doc["debug"], "debug"),
+            f.text(doc["tcb_status"], "tcb_status", 64),
+            tuple(_gpu_summary(g, f"gpus[{i}]") for i, g in enumerate(gpus)),
+            _block(doc["registered_height"], "registered_height"),
+            _block(doc["attested_height"], "attested_height"),
+            _block(doc["good_until"], "good_until"),
+            _flag(doc.get("lapsed", False), "lapsed"),
+        )

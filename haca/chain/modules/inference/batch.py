@@ -84,7 +84,7 @@ def settle_batch(
     if msg.mode == Mode.TEE:
         if signer == node_address:
             raise InvalidEvidence("a tee batch root must be signed by an attested enclave key, not the node's")
-        if known is None or known["node"] != node_address:
+        if known is None or known.node != node_address:
             raise InvalidEvidence(f"batch root is signed by {signer}, not an enclave key attested for {node_address}")
     if ctx.checking:  # an item's failure never fails the tx: the block checks every item
         keeper.record_batch(state, {"batch_id": batch_id, "checked": True})
@@ -115,7 +115,7 @@ def settle_batch(
         "root": "0x" + header.root.hex(),
         "count": header.count,
         "signer": signer,
-        **({"attestation": known["format"], "dev": known["dev"]} if known is not None else {}),
+        **({"attestation": known.format, "dev": known.dev} if known is not None else {}),
         "height": ctx.height,
         "settled": header.count - len(rejected),
         "rejected": rejected,

@@ -47,7 +47,7 @@ def receipt_signed_by_node(tee: TeeKeeper, state: ReadableState, signed: SignedR
     if signer == receipt.node:
         return signer
     record = tee.enclave(state, signer)
-    if record is not None and record.get("node") == receipt.node:
+    if record is not None and record.node == receipt.node:
         return signer
     raise InvalidEvidence(f"receipt {signed.id} is signed by {signer}, neither node {receipt.node} nor its enclave")
 
@@ -165,13 +165,13 @@ def outside_cause(keeper: InferenceKeeper, tee: TeeKeeper, state: ReadableState,
         return "governance raised the minimum stake of the mode above the node's bond"
     record = tee.enclave(state, claim.signer)
     if record is not None and claim.mode == Mode.TEE:
-        mid, model = record["measurement_id"], claim.model_name
+        mid, model = record.measurement_id, claim.model_name
         revoked = tee.revoked_at(state, mid, model)
         approved_now = tee.approved_scope(state, mid, [model]) is not None
         after_receipt = revoked and revoked >= claim.height_hint
         if after_receipt and (not approved_now or revoked >= claim.height):
             return f"governance revoked measurement {mid} at height {revoked}"
-        if gpu_missing(tee.gpu_required(state), len(record.get("gpus") or ()), record["key"], model):
+        if gpu_missing(tee.gpu_required(state), len(record.gpus), record.key, model):
             since = tee.gpu_required_since(state, model)
             if since > claim.height_hint:
                 return f"governance required GPU evidence for {model!r} at height {since}, after the receipt"

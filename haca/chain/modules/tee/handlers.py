@@ -25,6 +25,7 @@ from haca.proofs.tee.policy import TeePolicy, check_binding
 from haca.types.modes import Mode
 from haca.types.tee import (
     GLOBAL_SCOPE,
+    EnclaveRecord,
     GpuEvidence,
     MsgApproveMeasurement,
     MsgAttestEnclave,
@@ -46,8 +47,8 @@ def handle_attest_enclave(
     if Mode.TEE not in node.modes:
         raise Unauthorized(f"node {ctx.signer} is not registered for mode 'tee'")
     previous = tee.enclave(ctx.state, msg.key)
-    if previous is not None and previous["node"] != ctx.signer:
-        raise Unauthorized(f"enclave key {msg.key} is registered by node {previous['node']}")
+    if previous is not None and previous.node != ctx.signer:
+        raise Unauthorized(f"enclave key {msg.key} is registered by node {previous.node}")
     policy = tee.policy(ctx.state)
     nonce = _fresh_nonce(ctx, policy, msg.nonce_height)
     attestation = Attestation(msg.format, msg.evidence, msg.endorsements)
@@ -59,31 +60,25 @@ def handle_attest_enclave(
         mid = measurement_id(claims)
     except AttestationError as exc:
         raise InvalidAttestation(f"{msg.format} attestation refused: {exc}") from exc
-    if previous is not None and previous["measurement_id"] != mid:
-        raise InvalidAttestation(f"enclave key {msg.key} was registered with measurement {previous['measurement_id']}")
+    if previous is not None and previous.measurement_id != mid:
+        raise InvalidAttestation(f"enclave key {msg.key} was registered with measurement {previous.measurement_id}")
     if tee.approved_scope(ctx.state, mid, list(node.models)) is None:
         raise MeasurementNotApproved(
             f"measurement {mid} is not approved for any of the node's models {list(node.models)}"
         )
     gpu_nonce = gpu_report_nonce(ctx.chain_id, ctx.signer, msg.key, nonce)
     gpus = [_checked_gpu(tee, policy, i, gpu, ctx.time, gpu_nonce).summary() for i, gpu in enumerate(msg.gpus)]
-    if previous is not None and previous.get("gpus", []) != gpus:
+    if previous is not None and list(previous.gpus) != gpus:
         # A key's GPUs are fixed when it registers: a heartbeat with other (or no) GPUs would let
         # gpu_required judge receipts signed before by GPUs that were not there then.
         raise InvalidAttestation(
-            f"enclave key {msg.key} was registered with {len(previous.get('gpus', []))} GPU report(s) that this"
+            f"enclave key {msg.key} was registered with {len(previous.gpus)} GPU report(s) that this"
             " attestation does not repeat: a key's GPUs are fixed at registration (start a new key)"
         )
-    record = {
-        "key": msg.key,
-        "node": ctx.signer,
-        "format": msg.format,
-        "measurement_id": mid,
-        "dev": claims.dev,
-        "debug": claims.debug,
-        "tcb_status": claims.tcb_status,
-        "gpus": gpus,
-    }
+    # its coverage heights (registered, attested, good until) are the keeper's to set
+    record = EnclaveRecord(
+        msg.key, ctx.signer, msg.format, mid, claims.dev, claims.debug, claims.tcb_status, tuple(gpus)
+    )
     evidence = {
         "format": msg.format,
         "evidence": "0x" + msg.evidence.hex(),

@@ -21,7 +21,7 @@ in the gap never settle. A node's heartbeats keep one segment (one key) per unin
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 from haca.chain.state import CachedState, ReadableState, get_int, set_int
@@ -35,6 +35,7 @@ from haca.types.tee import (
     LAPSE_PREFIX,
     NODE_KEY_PREFIX,
     POLICY_KEY,
+    EnclaveRecord,
     addr_bytes,
     approval_key,
     attestation_key,
@@ -116,9 +117,9 @@ class TeeKeeper:
 
     # --- enclave keys -----------------------------------------------------------------------
 
-    def enclave(self, state: ReadableState, key: str) -> dict[str, Any] | None:
+    def enclave(self, state: ReadableState, key: str) -> EnclaveRecord | None:
         raw = state.get(enclave_key(key))
-        return json.loads(raw) if raw else None
+        return EnclaveRecord.from_json(json.loads(raw)) if raw else None
 
     def node_keys(self, state: ReadableState, node: str) -> list[str]:
         prefix = NODE_KEY_PREFIX + addr_bytes(node)
@@ -138,13 +139,14 @@ class TeeKeeper:
     def record_attestation(
         self,
         state: CachedState,
-        record: dict[str, Any],
+        record: EnclaveRecord,
         attestation: dict[str, Any],
         height: int,
         interval: int,
     ) -> Segment:
-        """Store an attestation of `record["key"]` at `height`: extend the open segment or open one."""
-        key = record["key"]
+        """Store an attestation of `record.key` at `height` (what it showed: `record`, its coverage
+        heights set here): extend the open segment or open one."""
+        key = record.key
         previous = self.enclave(state, key)
         segments = self.segments(state, key)
         last = segments[-1] if segments else None
@@ -157,10 +159,10 @@ class TeeKeeper:
             state.set(attestation_key(key, height), canonical_json(attestation))
         state.set(cover_key(key, segment.start), str(until).encode())
         state.set(lapse_key(until + 1, key), b"")
-        registered = previous["registered_height"] if previous else height
-        record = {**record, "registered_height": registered, "attested_height": height, "good_until": until}
-        state.set(enclave_key(key), canonical_json(record))
-        state.set(NODE_KEY_PREFIX + addr_bytes(record["node"]) + addr_bytes(key), b"")
+        registered = previous.registered_height if previous else height
+        record = replace(record, registered_height=registered, attested_height=height, good_until=until)
+        state.set(enclave_key(key), canonical_json(record.to_json()))
+        state.set(NODE_KEY_PREFIX + addr_bytes(record.node) + addr_bytes(key), b"")
         return segment
 
     def lapsing(self, state: ReadableState, height: int) -> list[str]:
@@ -177,16 +179,16 @@ class TeeKeeper:
         if record is None:
             return None
         segment = self.segment_at(state, key, height)
-        scope = self.approved_scope(state, record["measurement_id"], [model])
-        missing = gpu_missing(self.gpu_required(state), len(record.get("gpus") or ()), key, model)
+        scope = self.approved_scope(state, record.measurement_id, [model])
+        missing = gpu_missing(self.gpu_required(state), len(record.gpus), key, model)
         if segment is None:
             detail = (
                 f"no attestation of enclave key {key} covers height {height}"
-                f" (last attested at {record['attested_height']}, good until {record['good_until']}):"
+                f" (last attested at {record.attested_height}, good until {record.good_until}):"
                 " a heartbeat was missed or the key was not yet registered"
             )
         elif scope is None:
-            detail = f"measurement {record['measurement_id']} is not approved for model {model!r} (revoked or never)"
+            detail = f"measurement {record.measurement_id} is not approved for model {model!r} (revoked or never)"
         else:
             detail = missing
         approved = scope is not None and not missing

@@ -5,6 +5,7 @@ coverage ended are marked lapsed (found by their height prefix)."""
 from __future__ import annotations
 
 from collections.abc import Mapping
+from dataclasses import replace
 from typing import TYPE_CHECKING, Any
 
 from haca.chain.events import Event
@@ -60,9 +61,9 @@ class TeeModule(Module):
         for key in self.keeper.lapsing(ctx.state, ctx.height):
             self.keeper.drop_lapse(ctx.state, ctx.height, key)
             record = self.keeper.enclave(ctx.state, key)
-            if record is None or record["good_until"] != ctx.height - 1:
+            if record is None or record.good_until != ctx.height - 1:
                 continue
-            ctx.state.set(enclave_key(key), canonical_json({**record, "lapsed": True}))
-            attrs = {"node": record["node"], "key": key, "good_until": str(record["good_until"])}
+            ctx.state.set(enclave_key(key), canonical_json(replace(record, lapsed=True).to_json()))
+            attrs = {"node": record.node, "key": key, "good_until": str(record.good_until)}
             result.events.append(Event("enclave_lapsed", attrs))
         return result

@@ -36,7 +36,7 @@ def query_measurements(tee: TeeKeeper, state: ReadableState, data: bytes) -> Ans
 def query_node_enclaves(tee: TeeKeeper, state: ReadableState, data: bytes) -> Answer:
     node = address_arg(data)
     keys = tee.node_keys(state, node)
-    enclaves = [tee.enclave(state, key) for key in keys]
+    enclaves = [e.to_json() for e in (tee.enclave(state, key) for key in keys) if e is not None]
     return {"node": node, "enclaves": enclaves}, [enclave_key(key) for key in keys]
 
 
@@ -48,7 +48,7 @@ def query_enclave(tee: TeeKeeper, state: ReadableState, data: bytes) -> Answer:
         raise NotFound(f"{key} is not a registered enclave key")
     segments = tee.segments(state, key)
     answer: dict[str, Any] = {
-        "enclave": record,
+        "enclave": record.to_json(),
         "segments": [{"start": s.start, "until": s.until} for s in segments],
     }
     keys = [enclave_key(key)] + [cover_key(key, s.start) for s in segments]
@@ -76,5 +76,5 @@ def query_enclave(tee: TeeKeeper, state: ReadableState, data: bytes) -> Answer:
     )
     if segment is not None:
         keys.append(attestation_key(key, segment.start))
-    keys += [approval_key(GLOBAL_SCOPE, record["measurement_id"]), approval_key(model, record["measurement_id"])]
+    keys += [approval_key(GLOBAL_SCOPE, record.measurement_id), approval_key(model, record.measurement_id)]
     return answer, keys
