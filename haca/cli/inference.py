@@ -13,10 +13,11 @@ import haca.types.messages  # noqa: F401  (registers message types)
 from haca.cli.common import HomeOption, JsonOption, cli_command, client_home, console, emit
 from haca.client.config import ClientConfig
 from haca.client.errors import HacaError
+from haca.client.records import parse_answer
 from haca.client.sdk import Client
 from haca.client.tee import ReceiptVerification, describe_gpu
 from haca.proofs.tee.dev import DEV_LABEL
-from haca.types.inference import MsgClaim, MsgRevokeAllowance
+from haca.types.inference import EscrowAnswer, MsgClaim, MsgRevokeAllowance
 from haca.types.modes import Mode, Status
 from haca.types.payment import SignedPayment
 from haca.types.receipt import SignedReceipt
@@ -95,16 +96,17 @@ def withdraw(
 def escrow(from_: KeyOption = None, home: HomeOption = None, json_out: JsonOption = False) -> None:
     """Your escrow per node and pending withdrawals."""
     with _client(home, from_) as client:
-        answer = client.chain.query("/inference/escrow", client.key.address.encode())
-    emit(json_out, answer, lambda: _print_lanes(answer))
+        doc = client.chain.query("/inference/escrow", client.key.address.encode())
+        answer = parse_answer(EscrowAnswer.from_json, doc, "escrow")
+    emit(json_out, answer.to_json(), lambda: _print_lanes(answer))
 
 
-def _print_lanes(answer: dict[str, Any]) -> None:
-    console.print(f"{answer['address']}: {answer['escrow']} in escrow")
-    for lane in answer["lanes"]:
-        pending = ", ".join(f"{w['amount']} at height {w['release_height']}" for w in lane["withdrawals"])
+def _print_lanes(answer: EscrowAnswer) -> None:
+    console.print(f"{answer.address}: {answer.escrow} in escrow")
+    for lane in answer.lanes:
+        pending = ", ".join(f"{w.amount} at height {w.release_height}" for w in lane.withdrawals)
         console.print(
-            f"  for node {lane['node']}: {lane['escrow']} ({lane['available']} available"
+            f"  for node {lane.node}: {lane.escrow} ({lane.available} available"
             + (f"; withdrawing {pending})" if pending else ")")
         )
 

@@ -46,7 +46,7 @@ from haca.client.tee import ReceiptVerification, enclave_lookup, verify_tee_rece
 from haca.client.zk import proof_from_chain, verify_zkml_receipt
 from haca.crypto.keys import PrivateKey
 from haca.types.batch import BatchMark
-from haca.types.inference import MsgDeposit, MsgWithdraw
+from haca.types.inference import EscrowAnswer, MsgDeposit, MsgWithdraw
 from haca.types.llm import LlmRequest
 from haca.types.modes import Mode, Status
 from haca.types.payment import PaymentAuthorization
@@ -319,7 +319,8 @@ class ClientCore:
 
     def _escrow_flow(self, node: str | None) -> Flow[int]:
         data = f"{self.key.address}/{node or (yield from self._node_address_flow())}"
-        return int((yield work(self.chain.query, "/inference/escrow", data.encode()))["escrow"])
+        answer = yield work(self.chain.query, "/inference/escrow", data.encode())
+        return parse_answer(EscrowAnswer.from_json, answer, "escrow").escrow
 
     def _api_key_flow(self, node: str, cap: int, expires_in: int, nonce: int | None) -> Flow[str]:
         expiry = (yield work(self.chain.rpc.height)) + expires_in

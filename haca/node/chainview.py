@@ -26,6 +26,7 @@ from haca.client.errors import ChainUnavailable, QueryFailed
 from haca.client.records import parse_answer
 from haca.types.batch import BatchMark
 from haca.types.encoding import canonical_json
+from haca.types.inference import EscrowAnswer
 from haca.types.payment import SpendingAllowance
 from haca.types.registry import ModelManifest
 from haca.types.settlement import SettlementRecord, request_settlement
@@ -207,8 +208,9 @@ class ChainView:
         deposited; at most one read per client per `recheck`, however often it is refused)."""
 
         def load() -> int:
-            (lane,) = self.chain.query("/inference/escrow", f"{client}/{self.node}".encode())["lanes"]
-            return int(lane["available"])
+            answer = self.chain.query("/inference/escrow", f"{client}/{self.node}".encode())
+            (lane,) = parse_answer(EscrowAnswer.from_json, answer, "escrow").lanes
+            return lane.available
 
         return int(self._cached(("escrow", client), load, fresh))
 

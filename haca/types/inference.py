@@ -212,3 +212,80 @@ class MsgReportEquivocation:
     def from_json(cls, value: dict[str, Any]) -> MsgReportEquivocation:
         doc = f.require_fields(value, {"first", "second"}, cls.type_name)
         return cls(SignedReceipt.from_json(doc["first"]), SignedReceipt.from_json(doc["second"]))
+
+
+# --- what /inference/escrow answers ---------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Withdrawal:
+    """Escrow announced for withdrawal, paid back at `release_height`."""
+
+    release_height: int
+    amount: int
+
+    def to_json(self) -> dict[str, Any]:
+        return {"release_height": self.release_height, "amount": str(self.amount)}
+
+    @classmethod
+    def from_json(cls, value: Any) -> Withdrawal:
+        doc = f.require_fields(value, {"release_height", "amount"}, "withdrawal")
+        return cls(f.uint(doc["release_height"], "release_height", 63), f.uint(doc["amount"], "amount"))
+
+
+@dataclass(frozen=True)
+class EscrowLane:
+    """What one client holds for one node: its escrow, what is being withdrawn, and what the node
+    may still serve against (escrow less withdrawals)."""
+
+    node: str
+    escrow: int
+    withdrawing: int
+    available: int
+    withdrawals: tuple[Withdrawal, ...]
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "node": self.node,
+            "escrow": str(self.escrow),
+            "withdrawing": str(self.withdrawing),
+            "available": str(self.available),
+            "withdrawals": [w.to_json() for w in self.withdrawals],
+        }
+
+    @classmethod
+    def from_json(cls, value: Any) -> EscrowLane:
+        doc = f.require_fields(value, {"node", "escrow", "withdrawing", "available", "withdrawals"}, "lane")
+        if not isinstance(doc["withdrawals"], list):
+            raise ValueError("withdrawals: expected a list")
+        return cls(
+            f.address(doc["node"], "node"),
+            f.uint(doc["escrow"], "escrow"),
+            f.uint(doc["withdrawing"], "withdrawing"),
+            f.uint(doc["available"], "available"),
+            tuple(Withdrawal.from_json(w) for w in doc["withdrawals"]),
+        )
+
+
+@dataclass(frozen=True)
+class EscrowAnswer:
+    """A client's escrow (`/inference/escrow`): in total, and per node lane (one lane when asked
+    for one node)."""
+
+    address: str
+    escrow: int
+    lanes: tuple[EscrowLane, ...]
+
+    def to_json(self) -> dict[str, Any]:
+        return {"address": self.address, "escrow": str(self.escrow), "lanes": [lane.to_json() for lane in self.lanes]}
+
+    @classmethod
+    def from_json(cls, value: Any) -> EscrowAnswer:
+        doc = f.require_fields(value, {"address", "escrow", "lanes"}, "escrow")
+        if not isinstance(doc["lanes"], list):
+            raise ValueError("lanes: expected a list")
+        lanes = tuple(EscrowLane.from_json(lane) for lane in doc["lanes"])
+        escrow = f.uint(doc["escrow"], "escrow")
+        if escrow != sum(lane.escrow for lane in lanes):
+            raise ValueError("escrow: not the sum of its lanes")
+        return cls(f.address(doc["address"], "address"), escrow, lanes)

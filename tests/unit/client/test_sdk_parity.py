@@ -28,6 +28,7 @@ from haca.client.errors import (
 from haca.client.results import LlmOptions
 from haca.client.sdk import AsyncClient, Client
 from haca.crypto.keys import PrivateKey
+from haca.types.inference import EscrowAnswer, EscrowLane
 from haca.types.modes import Status
 from haca.types.settlement import SettlementRecord
 
@@ -62,7 +63,8 @@ class StubChain:
 
     def query(self, path: str, data: bytes) -> dict[str, Any]:
         if path == "/inference/escrow":
-            return self._seen(path, {"escrow": "7"})  # type: ignore[no-any-return]
+            lane = EscrowLane(NODE, 7, 0, 7, ())
+            return self._seen(path, EscrowAnswer(KEY.address, 7, (lane,)).to_json())  # type: ignore[no-any-return]
         assert path == "/inference/receipt", path
         record = SettlementRecord(
             data.decode(), Status.SETTLED, 9, NODE, KEY.address, RID, "sha256:" + "1" * 64, "vanilla", 5, 1, "allowance"

@@ -8,6 +8,7 @@ import json
 from typing import Any
 
 from haca.crypto.keys import PrivateKey
+from haca.types.inference import EscrowAnswer, EscrowLane
 from haca.types.payment import PaymentAuthorization, SignedPayment, SpendingAllowance
 from haca.types.receipt import Receipt, SignedReceipt
 from haca.types.registry import CircuitRecord, ModelManifest
@@ -64,6 +65,11 @@ def x_payment(auth: PaymentAuthorization, signer: PrivateKey = CLIENT, **overrid
     }
     doc.update(overrides)
     return base64.b64encode(json.dumps(doc).encode()).decode()
+
+
+def escrow_answer(available: int, client: str = "0x" + "c1" * 20, node: str = "0x" + "d1" * 20) -> dict[str, Any]:
+    """/inference/escrow's answer for one lane with `available` in it and nothing withdrawing."""
+    return EscrowAnswer(client, available, (EscrowLane(node, available, 0, available, ()),)).to_json()
 
 
 def manifest(

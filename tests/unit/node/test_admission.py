@@ -22,7 +22,18 @@ from haca.node.receipts import ReceiptStore
 from haca.runtime.onnx import OnnxModel
 from haca.types.registry import ModelManifest
 from haca.types.tensor import Tensor
-from tests.unit.node.nodehelpers import CHAIN_ID, CLIENT, DENOM, HEIGHT, MODEL_ID, NODE, OTHER, FakeView, x_payment
+from tests.unit.node.nodehelpers import (
+    CHAIN_ID,
+    CLIENT,
+    DENOM,
+    HEIGHT,
+    MODEL_ID,
+    NODE,
+    OTHER,
+    FakeView,
+    escrow_answer,
+    x_payment,
+)
 from tests.unit.node.test_api import PRICE, Node, assert_error, body, make_node, offer_of
 from tests.unit.node.test_payments import authorization
 
@@ -43,7 +54,7 @@ class FakeChain:
         if path == "/inference/escrow":
             client = data.decode().split("/")[0]
             self.escrow_reads.append(client)
-            return {"lanes": [{"available": str(self.escrows.get(client, 0))}]}
+            return escrow_answer(self.escrows.get(client, 0))
         if path == "/inference/params":
             return {"settlement_fee": "3", "settlement_fee_bps": "100", "claim_deadline": 50}
         assert path == "/registry/model_in_effect", path

@@ -12,6 +12,7 @@ import pytest
 
 from haca.node.chainview import ChainView, ReadPending
 from tests.unit.fakeclock import FakeClock
+from tests.unit.node.nodehelpers import escrow_answer
 
 
 class CountingChain:
@@ -26,7 +27,7 @@ class CountingChain:
     def query(self, path: str, data: bytes = b"") -> dict[str, Any]:
         assert self.gate.wait(10), "never released"
         self.queries.append(data)
-        return {"lanes": [{"available": str(len(data) + self.extra)}]}
+        return escrow_answer(len(data) + self.extra)
 
 
 ESCROW = len(b"0xa/0xnode")

@@ -32,7 +32,7 @@ from haca.node.receipts import ReceiptStore
 from haca.runtime.onnx import OnnxModel
 from haca.types.registry import ModelManifest
 from tests.unit.fakeclock import FakeClock
-from tests.unit.node.nodehelpers import CHAIN_ID, CLIENT, DENOM, HEIGHT, NODE, OTHER
+from tests.unit.node.nodehelpers import CHAIN_ID, CLIENT, DENOM, HEIGHT, NODE, OTHER, escrow_answer
 from tests.unit.node.nodehelpers import manifest as chain_manifest
 from tests.unit.node.test_api import INPUT, MAX_ROWS, OUTPUT_SCHEMA, PRICE, SCHEMA, build_double
 
@@ -81,7 +81,7 @@ class FakeRpc:
         value: dict[str, Any]
         if path == "/inference/escrow":
             client = data.split("/")[0]
-            value = {"lanes": [{"available": str(self.escrows.get(client, 0))}]}
+            value = escrow_answer(self.escrows.get(client, 0))
         elif path == "/inference/params":
             value = {"settlement_fee": "3", "settlement_fee_bps": "100", "claim_deadline": 50}
         elif path == "/registry/model_in_effect":

@@ -9,6 +9,7 @@ from typing import Any
 import pytest
 
 from haca.types.batch import BatchMark
+from haca.types.inference import EscrowAnswer, EscrowLane, Withdrawal
 from haca.types.modes import Status
 from haca.types.settlement import (
     ClaimPenalty,
@@ -91,3 +92,19 @@ def test_claim_and_enclave_records_round_trip() -> None:
 def test_a_malformed_record_is_refused_naming_the_field(parse: Any, doc: dict[str, Any], message: str) -> None:
     with pytest.raises(ValueError, match=message):
         parse(doc)
+
+
+def test_an_escrow_answer_round_trips_and_its_total_is_the_sum_of_its_lanes() -> None:
+    lanes = (EscrowLane(A, 500, 200, 300, (Withdrawal(40, 200),)), EscrowLane(C, 70, 0, 70, ()))
+    answer = EscrowAnswer(B, 570, lanes)
+    doc = answer.to_json()
+    assert doc["lanes"][0] == {
+        "node": A,
+        "escrow": "500",
+        "withdrawing": "200",
+        "available": "300",
+        "withdrawals": [{"release_height": 40, "amount": "200"}],
+    }
+    assert EscrowAnswer.from_json(doc) == answer
+    with pytest.raises(ValueError, match="escrow: not the sum of its lanes"):
+        EscrowAnswer.from_json({**doc, "escrow": "571"})

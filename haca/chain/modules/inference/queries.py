@@ -23,6 +23,7 @@ from haca.chain.modules.inference.keeper import (
 from haca.chain.query_args import address_arg
 from haca.chain.state import ReadableState
 from haca.types import fields
+from haca.types.inference import EscrowAnswer, EscrowLane, Withdrawal
 from haca.types.payment import SpendingAllowance
 
 Answer = tuple[dict[str, Any], list[bytes]]
@@ -32,29 +33,23 @@ def query_escrow(keeper: InferenceKeeper, state: ReadableState, data: bytes) -> 
     client_part, slash, node_part = data.partition(b"/")
     client = address_arg(client_part)
     nodes = [address_arg(node_part)] if slash else keeper.lanes(state, client)
-    lanes = [_lane(keeper, state, client, node) for node in nodes]
-    total = sum(int(lane["escrow"]) for lane in lanes)
-    answer = {"address": client, "escrow": str(total), "lanes": lanes}
+    lanes = tuple(_lane(keeper, state, client, node) for node in nodes)
+    answer = EscrowAnswer(client, sum(lane.escrow for lane in lanes), lanes)
     keys = [ESCROW_PREFIX + lane_key(client, node) for node in nodes]
     keys += [
-        LANE_WITHDRAWAL_PREFIX + lane_key(client, lane["node"]) + int(w["release_height"]).to_bytes(8, "big")
+        LANE_WITHDRAWAL_PREFIX + lane_key(client, lane.node) + w.release_height.to_bytes(8, "big")
         for lane in lanes
-        for w in lane["withdrawals"]
+        for w in lane.withdrawals
     ]
-    return answer, keys
+    return answer.to_json(), keys
 
 
-def _lane(keeper: InferenceKeeper, state: ReadableState, client: str, node: str) -> dict[str, Any]:
+def _lane(keeper: InferenceKeeper, state: ReadableState, client: str, node: str) -> EscrowLane:
     escrow, withdrawals = keeper.escrow(state, client, node), keeper.withdrawals(state, client, node)
     withdrawing = sum(amount for _, amount in withdrawals)
-    pending = [{"release_height": h, "amount": str(a)} for h, a in withdrawals]
-    return {
-        "node": node,
-        "escrow": str(escrow),
-        "withdrawing": str(withdrawing),
-        "available": str(escrow - min(escrow, withdrawing)),  # what the node may still serve against
-        "withdrawals": pending,
-    }
+    pending = tuple(Withdrawal(h, a) for h, a in withdrawals)
+    # available: what the node may still serve against
+    return EscrowLane(node, escrow, withdrawing, escrow - min(escrow, withdrawing), pending)
 
 
 def _bytes32_arg(data: bytes, what: str) -> str:
