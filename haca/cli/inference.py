@@ -258,7 +258,7 @@ def _prove_settled(client: Client, receipt_id: str, signed: SignedReceipt | None
         "verified": True,
         "settled": f"item {proof.index} of {proof.count} in batch {proof.batch_id}",
         "height": inclusion.height,
-        "root": inclusion.batch["root"],
+        "root": inclusion.batch.root,
         "path": [("0x" + p.hex()) for p in proof.path],
     }
 

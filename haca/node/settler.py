@@ -21,6 +21,7 @@ import structlog
 
 from haca.client.chain import ChainClient
 from haca.client.errors import HacaError, TxRejected
+from haca.client.records import parse_answer
 from haca.crypto.keys import PrivateKey
 from haca.node.chainview import ChainView
 from haca.node.metrics import Metrics
@@ -31,6 +32,7 @@ from haca.types.batch import (
     MAX_BATCH_ALLOWANCES,
     MAX_BATCH_ITEMS,
     MAX_BATCH_MODELS,
+    BatchRecord,
     MsgSettleBatch,
     assemble_batch,
 )
@@ -261,8 +263,8 @@ class Settler:
         except HacaError:
             return 0  # not committed yet: reconciled on a later pass
         batch_id = msg.header(self.chain.chain_id, self.key.address).id
-        record = self.chain.query("/inference/batch", batch_id.encode())
-        rejected = {int(r["index"]) for r in record["rejected"]}
+        answer = self.chain.query("/inference/batch", batch_id.encode())
+        rejected = {r.index for r in parse_answer(BatchRecord.from_json, answer, "batch record").rejected}
         status = Status.VERIFIED if msg.mode == Mode.TEE else Status.SETTLED
         settled = [r for i, r in enumerate(chunk) if i not in rejected]
         self.store.mark([r.item.receipt.id for r in settled], status, height=outcome.height)

@@ -428,3 +428,90 @@ class BatchMark:
             f.bytes32(doc["receipt_id"], "receipt_id"),
             status,
         )
+
+
+@dataclass(frozen=True)
+class RejectedItem:
+    """A batch item the chain refused: its index, the refusal's ABCI code and reason."""
+
+    index: int
+    code: int
+    log: str
+
+    def to_json(self) -> dict[str, Any]:
+        return {"index": self.index, "code": self.code, "log": self.log}
+
+    @classmethod
+    def from_json(cls, value: Any) -> RejectedItem:
+        doc = f.require_fields(value, {"index", "code", "log"}, "rejected item")
+        if not isinstance(doc["log"], str):
+            raise ValueError("rejected item log: expected a string")
+        return cls(f.uint(doc["index"], "index", 32), f.uint(doc["code"], "code", 32), doc["log"])
+
+
+@dataclass(frozen=True)
+class BatchRecord:
+    """A settled batch (`/inference/batch`): what its root signature covered, who signed it (tee:
+    the enclave key, its platform and whether that was DEV), what settled and what was refused."""
+
+    batch_id: str
+    node: str
+    mode: str
+    root: str  # 0x + 64 hex
+    count: int
+    signer: str
+    height: int
+    settled: int
+    rejected: tuple[RejectedItem, ...]
+    fees: int  # to the node
+    settlement_fees: int  # burned
+    attestation: str | None = None  # tee: the signing enclave's attestation format
+    dev: bool | None = None
+
+    def to_json(self) -> dict[str, Any]:
+        tee = {"attestation": self.attestation, "dev": self.dev} if self.attestation is not None else {}
+        return {
+            "batch_id": self.batch_id,
+            "node": self.node,
+            "mode": self.mode,
+            "root": self.root,
+            "count": self.count,
+            "signer": self.signer,
+            **tee,
+            "height": self.height,
+            "settled": self.settled,
+            "rejected": [r.to_json() for r in self.rejected],
+            "fees": str(self.fees),
+            "settlement_fees": str(self.settlement_fees),
+        }
+
+    @classmethod
+    def from_json(cls, value: Any) -> BatchRecord:
+        names = {"batch_id", "node", "mode", "root", "count", "signer", "height", "settled", "rejected", "fees"}
+        names |= {"settlement_fees"}
+        tee = isinstance(value, dict) and ("attestation" in value or "dev" in value)
+        doc = f.require_fields(value, names | ({"attestation", "dev"} if tee else set()), "batch record")
+        if not isinstance(doc["rejected"], list):
+            raise ValueError("rejected: expected a list")
+        if tee and not isinstance(doc["dev"], bool):
+            raise ValueError("dev: expected true or false")
+        count = f.uint(doc["count"], "count", 32)
+        rejected = tuple(RejectedItem.from_json(r) for r in doc["rejected"])
+        settled = f.uint(doc["settled"], "settled", 32)
+        if settled + len(rejected) != count or any(r.index >= count for r in rejected):
+            raise ValueError("settled and rejected items do not add up to the batch's count")
+        return cls(
+            f.bytes32(doc["batch_id"], "batch_id"),
+            f.address(doc["node"], "node"),
+            f.mode(doc["mode"]),
+            f.bytes32(doc["root"], "root"),
+            count,
+            f.address(doc["signer"], "signer"),
+            f.uint(doc["height"], "height", 63),
+            settled,
+            rejected,
+            f.uint(doc["fees"], "fees"),
+            f.uint(doc["settlement_fees"], "settlement_fees"),
+            f.text(doc["attestation"], "attestation", 32) if tee else None,
+            doc["dev"] if tee else None,
+        )

@@ -8,7 +8,7 @@ from typing import Any
 
 import pytest
 
-from haca.types.batch import BatchMark
+from haca.types.batch import BatchMark, BatchRecord, RejectedItem
 from haca.types.inference import EscrowAnswer, EscrowLane, Withdrawal
 from haca.types.modes import Status
 from haca.types.settlement import (
@@ -108,3 +108,22 @@ def test_an_escrow_answer_round_trips_and_its_total_is_the_sum_of_its_lanes() ->
     assert EscrowAnswer.from_json(doc) == answer
     with pytest.raises(ValueError, match="escrow: not the sum of its lanes"):
         EscrowAnswer.from_json({**doc, "escrow": "571"})
+
+
+def test_a_batch_record_round_trips_and_its_items_add_up() -> None:
+    record = BatchRecord(
+        "0x" + "66" * 32, A, "tee", "0x" + "77" * 32, 3, C, 12, 2, (RejectedItem(1, 16, "payment expired"),),
+        200, 6, "dev", True,
+    )  # fmt: skip
+    doc = record.to_json()
+    assert (doc["attestation"], doc["dev"], doc["fees"], doc["rejected"]) == (
+        "dev",
+        True,
+        "200",
+        [{"index": 1, "code": 16, "log": "payment expired"}],
+    )
+    assert BatchRecord.from_json(doc) == record
+    vanilla = dataclasses.replace(record, mode="vanilla", signer=A, attestation=None, dev=None)
+    assert "attestation" not in vanilla.to_json() and BatchRecord.from_json(vanilla.to_json()) == vanilla
+    with pytest.raises(ValueError, match="do not add up to the batch's count"):
+        BatchRecord.from_json({**doc, "settled": 3})

@@ -54,7 +54,7 @@ from haca.chain.modules.tee.keeper import TeeKeeper
 from haca.chain.tx import TxContext
 from haca.crypto.keys import SignatureError
 from haca.proofs.verifier import EnclaveStanding
-from haca.types.batch import BatchMark, MsgSettleBatch
+from haca.types.batch import BatchMark, BatchRecord, MsgSettleBatch, RejectedItem
 from haca.types.modes import Mode, Status
 from haca.types.payment import SpendingAllowance
 from haca.types.registry import ModelManifest, NodeRegistration
@@ -72,7 +72,7 @@ def settle_batch(
     ids = msg.receipt_ids(ctx.chain_id, node_address)
     header = msg.header(ctx.chain_id, node_address)
     batch_id = header.id
-    if keeper.batch(state, batch_id) is not None:
+    if keeper.batch_seen(state, batch_id):
         raise AlreadySettled(f"batch {batch_id} was settled before")
     try:
         signer = header.signer(msg.signature)
@@ -87,7 +87,7 @@ def settle_batch(
         if known is None or known.node != node_address:
             raise InvalidEvidence(f"batch root is signed by {signer}, not an enclave key attested for {node_address}")
     if ctx.checking:  # an item's failure never fails the tx: the block checks every item
-        keeper.record_batch(state, {"batch_id": batch_id, "checked": True})
+        keeper.mark_batch_checked(state, batch_id)
         return []
 
     run = _BatchRun(ctx, registry, tee, keeper, msg, node, signer)
@@ -95,7 +95,7 @@ def settle_batch(
     # A claimed receipt is paid by its claim (hold and terms): it settles alone, by inference/settle.
     claimed = keeper.node_claims(state, node_address)
     events: list[Event] = []
-    rejected: list[dict[str, Any]] = []
+    rejected: list[RejectedItem] = []
     for index, item in enumerate(msg.items):
         receipt_id = "0x" + ids[index].hex()
         try:
@@ -103,27 +103,29 @@ def settle_batch(
                 raise ClaimConflict(f"receipt {receipt_id} is claimed: it settles alone (inference/settle)")
             run.check(index)
         except ChainError as exc:
-            rejected.append({"index": index, "code": exc.code, "log": str(exc)[:MAX_REASON]})
+            rejected.append(RejectedItem(index, exc.code, str(exc)[:MAX_REASON]))
             continue
         mark = BatchMark(batch_id, ctx.height, index, receipt_id, status)
         keeper.record_batch_item(state, run.clients[item.allowance], item.request_id, mark.canonical())
     fees, burned = run.pay(keeper, state)
-    record = {
-        "batch_id": batch_id,
-        "node": node_address,
-        "mode": msg.mode,
-        "root": "0x" + header.root.hex(),
-        "count": header.count,
-        "signer": signer,
-        **({"attestation": known.format, "dev": known.dev} if known is not None else {}),
-        "height": ctx.height,
-        "settled": header.count - len(rejected),
-        "rejected": rejected,
-        "fees": str(fees),
-        "settlement_fees": str(burned),
-    }
+    record = BatchRecord(
+        batch_id,
+        node_address,
+        msg.mode,
+        "0x" + header.root.hex(),
+        header.count,
+        signer,
+        ctx.height,
+        header.count - len(rejected),
+        tuple(rejected),
+        fees,
+        burned,
+        known.format if known is not None else None,
+        known.dev if known is not None else None,
+    )
     keeper.record_batch(state, record)
-    attrs = {k: str(record[k]) for k in ("batch_id", "node", "mode", "root", "count", "settled", "fees")}
+    stored = record.to_json()
+    attrs = {k: str(stored[k]) for k in ("batch_id", "node", "mode", "root", "count", "settled", "fees")}
     events.append(Event("settle_batch", {**attrs, "rejected": str(len(rejected)), "burned": str(burned)}))
     return events
 

@@ -46,6 +46,7 @@ from haca.chain.store import INDEX_PREFIX
 from haca.chain.wiring import dependency
 from haca.crypto.hashing import keccak256
 from haca.proofs.verifier import verifiers
+from haca.types.batch import BatchRecord
 from haca.types.encoding import canonical_json
 from haca.types.settlement import ClaimRecord, SettlementRecord
 
@@ -305,12 +306,20 @@ class InferenceKeeper:
         """A batch item's one write, to the derived index: where its request's receipt settled."""
         state.set(SETTLED_INDEX_PREFIX + client + request_id, record)
 
-    def batch(self, state: ReadableState, batch_id: str) -> dict[str, Any] | None:
-        raw = state.get(BATCH_PREFIX + bytes.fromhex(batch_id[2:]))
-        return json.loads(raw) if raw else None
+    def batch_seen(self, state: ReadableState, batch_id: str) -> bool:
+        """Whether the batch settled (or, in CheckTx's state, was checked): it is taken once."""
+        return state.get(BATCH_PREFIX + bytes.fromhex(batch_id[2:])) is not None
 
-    def record_batch(self, state: CachedState, record: dict[str, Any]) -> None:
-        state.set(BATCH_PREFIX + bytes.fromhex(record["batch_id"][2:]), canonical_json(record))
+    def batch(self, state: ReadableState, batch_id: str) -> BatchRecord | None:
+        raw = state.get(BATCH_PREFIX + bytes.fromhex(batch_id[2:]))
+        return BatchRecord.from_json(json.loads(raw)) if raw else None
+
+    def record_batch(self, state: CachedState, record: BatchRecord) -> None:
+        state.set(BATCH_PREFIX + bytes.fromhex(record.batch_id[2:]), canonical_json(record.to_json()))
+
+    def mark_batch_checked(self, state: CachedState, batch_id: str) -> None:
+        """CheckTx: the batch passed, so the mempool takes no second tx of it (never committed)."""
+        state.set(BATCH_PREFIX + bytes.fromhex(batch_id[2:]), canonical_json({"batch_id": batch_id, "checked": True}))
 
     def node_claims(self, state: ReadableState, node: str) -> set[str]:
         """The receipt ids of the node's pending claims (a node has few)."""

@@ -137,4 +137,4 @@ def query_batch(keeper: InferenceKeeper, state: ReadableState, data: bytes) -> A
     record = keeper.batch(state, batch_id)
     if record is None:
         raise NotFound(f"batch {batch_id} has not been settled")
-    return record, [BATCH_PREFIX + bytes.fromhex(batch_id[2:])]
+    return record.to_json(), [BATCH_PREFIX + bytes.fromhex(batch_id[2:])]
