@@ -21,6 +21,7 @@ from haca.types.inference import EscrowAnswer, MsgClaim, MsgRevokeAllowance
 from haca.types.modes import Mode, Status
 from haca.types.payment import SignedPayment
 from haca.types.receipt import SignedReceipt
+from haca.types.settlement import ClaimRecord
 
 receipt_app = typer.Typer(help="Inspect receipts.", no_args_is_help=True)
 allowance_app = typer.Typer(help="Spending allowances (bearer API keys) for a node.", no_args_is_help=True)
@@ -293,15 +294,18 @@ def receipt_claim(
         if payment.signer() != client.key.address:
             raise HacaError(f"the payment for {signed.id} is not signed by {client.key.address}")
         outcome = client.chain.send_msgs(client.key, (MsgClaim(signed, payment),))
-        claim = client.chain.query("/inference/claim", signed.id.encode())
+        doc = client.chain.query("/inference/claim", signed.id.encode())
+        claim = parse_answer(
+            lambda d: ClaimRecord.from_json({k: v for k, v in d.items() if k != "receipt_id"}), doc, "claim"
+        )
     tx = outcome if isinstance(outcome, str) else outcome.hash
-    answer = {"receipt_id": signed.id, "hash": tx, "deadline": claim["deadline"], "fee_held": claim["fee"]}
+    answer = {"receipt_id": signed.id, "hash": tx, "deadline": claim.deadline, "fee_held": str(claim.fee)}
     emit(
         json_out,
         answer,
         lambda: console.print(
-            f"claimed {signed.id}: fee {claim['fee']} held; the node must settle its evidence by height"
-            f" {claim['deadline']} or be slashed"
+            f"claimed {signed.id}: fee {claim.fee} held; the node must settle its evidence by height"
+            f" {claim.deadline} or be slashed"
         ),
     )
 

@@ -34,6 +34,7 @@ from haca.proofs.tee.policy import TeePolicy, check_binding
 from haca.proofs.verifier import EnclaveStanding, TeeVerifier, VerifyContext
 from haca.types.modes import Mode, Status
 from haca.types.receipt import SignedReceipt
+from haca.types.settlement import SettlementRecord
 from haca.types.tee import (
     COVER_PREFIX,
     GLOBAL_SCOPE,
@@ -309,4 +310,4 @@ def chain_status(chain: ChainClient, receipt_id: str) -> str:
         return Status.PENDING.value
     if not proven.raw or json.loads(proven.raw) != proven.answer:
         raise HacaError("the settlement record answered is not the proven one")
-    return str(proven.answer["status"])
+    return parse_answer(SettlementRecord.from_json, proven.answer, "settlement record").status.value
