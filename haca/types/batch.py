@@ -507,7 +507,7 @@ class BatchRecord:
             f.bytes32(doc["root"], "root"),
             count,
             f.address(doc["signer"], "signer"),
-            f.uint(doc["height"], "height", 63),
+            f.height(doc["height"], "height"),
             settled,
             rejected,
             f.uint(doc["fees"], "fees"),

@@ -70,6 +70,19 @@ def uint(value: Any, field: str, bits: int = 256) -> int:
     return parse_uint(value, field, bits)
 
 
+def height(value: Any, field: str) -> int:
+    """A block height: a JSON integer (not bool, not a string), 0 to 2^63 - 1."""
+    if not isinstance(value, int) or isinstance(value, bool) or not 0 <= value < 1 << 63:
+        raise ValueError(f"{field}: expected a block height")
+    return value
+
+
+def flag(value: Any, field: str) -> bool:
+    if not isinstance(value, bool):
+        raise ValueError(f"{field}: expected true or false")
+    return value
+
+
 def text(value: Any, field: str, max_len: int = 256) -> str:
     if not isinstance(value, str) or not value or len(value) > max_len:
         raise ValueError(f"{field}: expected a non-empty string of at most {max_len} characters")

@@ -230,7 +230,7 @@ class Withdrawal:
     @classmethod
     def from_json(cls, value: Any) -> Withdrawal:
         doc = f.require_fields(value, {"release_height", "amount"}, "withdrawal")
-        return cls(f.uint(doc["release_height"], "release_height", 63), f.uint(doc["amount"], "amount"))
+        return cls(f.height(doc["release_height"], "release_height"), f.uint(doc["amount"], "amount"))
 
 
 @dataclass(frozen=True)

@@ -420,19 +420,26 @@ class ModelManifest:
         """What one request of `rows` rows costs at this version's price (not for token pricing)."""
         return request_fee(self.price, self.price_unit, rows)
 
+    def terms(self) -> MsgRegisterModel:
+        """The message this version was registered with (its circuit as the manifest named it)."""
+        return MsgRegisterModel(
+            self.name,
+            self.model_id,
+            self.input_schema,
+            self.output_schema,
+            self.modes,
+            self.price,
+            self.price_unit.value,
+            self.max_rows,
+            self.circuit.ref() if self.circuit else None,
+            self.kind,
+            self.completion_price,
+        )
+
     def to_json(self) -> dict[str, Any]:
         return {
-            "name": self.name,
-            "model_id": self.model_id,
-            "input_schema": self.input_schema,
-            "output_schema": self.output_schema,
-            "modes": list(self.modes),
-            "price": str(self.price),
-            "price_unit": self.price_unit.value,
-            "max_rows": self.max_rows,
+            **self.terms().to_json(),
             "circuit": self.circuit.to_json() if self.circuit else None,
-            "kind": self.kind,
-            "completion_price": str(self.completion_price),
             "version": self.version,
             "owner": self.owner,
             "height": self.height,
@@ -457,15 +464,9 @@ class ModelManifest:
             circuit,
             version,
             f.address(doc["owner"], "owner"),
-            _height(doc["height"], "height"),
-            _height(doc["effective_height"], "effective_height"),
+            f.height(doc["height"], "height"),
+            f.height(doc["effective_height"], "effective_height"),
         )
-
-
-def _height(value: Any, field: str) -> int:
-    if not isinstance(value, int) or isinstance(value, bool) or not 0 <= value < 1 << 63:
-        raise ValueError(f"{field}: expected a block height")
-    return value
 
 
 @dataclass(frozen=True)
@@ -496,4 +497,4 @@ class NodeRegistration:
         record = {"address", "height"}
         doc = f.require_fields({k: v for k, v in value.items() if k in record}, record, "node")
         msg = MsgRegisterNode.from_json({k: v for k, v in value.items() if k not in record})
-        return cls.registered(msg, f.address(doc["address"], "address"), _height(doc["height"], "height"))
+        return cls.registered(msg, f.address(doc["address"], "address"), f.height(doc["height"], "height"))

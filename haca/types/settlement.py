@@ -31,13 +31,6 @@ _FAILURE_FIELDS = {"reason", "slashed", "compensation", "refunded"}
 _PAYMENTS = ("request", "allowance", "claim")  # a settlement payment's kind, or "claim" (the hold paid)
 
 
-def height(value: Any, field: str) -> int:
-    """A block height: a JSON integer (not bool), 0 to 2^63 - 1."""
-    if not isinstance(value, int) or isinstance(value, bool) or not 0 <= value < 1 << 63:
-        raise ValueError(f"{field}: expected a block height")
-    return value
-
-
 def _payment(value: Any, field: str = "payment") -> str:
     if value not in _PAYMENTS:
         raise ValueError(f"{field}: expected one of {list(_PAYMENTS)}")
@@ -122,8 +115,6 @@ class SettlementRecord:
             raise ValueError(f"status: expected one of {[s.value for s in Status]}") from None
         enclave = None
         if tee:
-            if not isinstance(doc["dev"], bool):
-                raise ValueError("dev: expected true or false")
             enclave = EnclaveSigner(
                 f.address(doc["enclave_key"], "enclave_key"), f.text(doc["attestation"], "attestation"), doc["dev"]
             )
@@ -138,7 +129,7 @@ class SettlementRecord:
         return cls(
             f.bytes32(doc["receipt_id"], "receipt_id"),
             status,
-            height(doc["height"], "height"),
+            f.height(doc["height"], "height"),
             f.address(doc["node"], "node"),
             f.address(doc["client"], "client"),
             f.bytes32(doc["request_id"], "request_id"),
@@ -212,11 +203,11 @@ class ClaimRecord:
             f.address(doc["signer"], "signer"),
             _payment(doc["payment"]),
             f.bytes32(allowance, "allowance_id") if allowance else "",
-            height(doc["height_hint"], "height_hint"),
+            f.height(doc["height_hint"], "height_hint"),
             f.uint(doc["min_stake"], "min_stake"),
             f.uint(doc["bonded"], "bonded"),
-            height(doc["height"], "height"),
-            height(doc["deadline"], "deadline"),
+            f.height(doc["height"], "height"),
+            f.height(doc["deadline"], "deadline"),
         )
 
 

@@ -312,18 +312,6 @@ def _measurement(value: Any) -> str:
     return str(value)
 
 
-def _flag(value: Any, field: str) -> bool:
-    if not isinstance(value, bool):
-        raise ValueError(f"{field}: expected true or false")
-    return value
-
-
-def _block(value: Any, field: str) -> int:
-    if not isinstance(value, int) or isinstance(value, bool) or not 0 <= value < 1 << 63:
-        raise ValueError(f"{field}: expected a block height")
-    return value
-
-
 @dataclass(frozen=True)
 class EnclaveRecord:
     """An attested enclave key (`/tee/enclave`'s "enclave"): the node that registered it, what its
@@ -373,12 +361,12 @@ class EnclaveRecord:
             f.address(doc["node"], "node"),
             f.text(doc["format"], "format", 32),
             _measurement(doc["measurement_id"]),
-            _flag(doc["dev"], "dev"),
-            _flag(doc["debug"], "debug"),
+            f.flag(doc["dev"], "dev"),
+            f.flag(doc["debug"], "debug"),
             f.text(doc["tcb_status"], "tcb_status", 64),
             tuple(_gpu_summary(g, f"gpus[{i}]") for i, g in enumerate(gpus)),
-            _block(doc["registered_height"], "registered_height"),
-            _block(doc["attested_height"], "attested_height"),
-            _block(doc["good_until"], "good_until"),
-            _flag(doc.get("lapsed", False), "lapsed"),
+            f.height(doc["registered_height"], "registered_height"),
+            f.height(doc["attested_height"], "attested_height"),
+            f.height(doc["good_until"], "good_until"),
+            f.flag(doc.get("lapsed", False), "lapsed"),
         )
