@@ -18,6 +18,9 @@ from haca.chain.modules.bank.keeper import BURNED_KEY, SUPPLY_KEY, balance_key
 from haca.chain.store import CommitStore
 from haca.crypto.hashing import sha256
 from haca.crypto.keys import PrivateKey
+from haca.types.inference import SettlementItem
+from haca.types.payment import PaymentAuthorization, SignedPayment
+from haca.types.receipt import Receipt, SignedReceipt
 from haca.types.tx import Msg, build_tx, decode_tx
 
 CHAIN_ID = "haca-unit"
@@ -166,3 +169,28 @@ def assert_rejected_without_state_change(
     assert changed_keys(before, after) == {account, nonce_key(key.address), SUPPLY_KEY, BURNED_KEY}
     assert int(after[account]) == int(before[account]) - fee_of(raw)
     assert chain.invariant_violations(genesis_supply) == []
+
+
+def tee_item(
+    node: PrivateKey, client: PrivateKey, signer: PrivateKey, model_id: str, fee: int, height_hint: int, tag: str
+) -> SettlementItem:
+    """A tee receipt of `node` for `client` (request `tag`), signed by `signer` (an enclave key, or
+    not), paid by a per-request authorisation of exactly `fee`: a MsgSettle item."""
+    receipt = Receipt(
+        chain_id=CHAIN_ID,
+        node=node.address,
+        client=client.address,
+        request_id="0x" + sha256(tag.encode()).hex(),
+        model_id=model_id,
+        mode="tee",
+        input_hash="0x" + sha256(b"input").hex(),
+        output_hash="0x" + sha256(b"output").hex(),
+        fee=fee,
+        height_hint=height_hint,
+        timestamp=1_700_000_000,
+    )
+    auth = PaymentAuthorization(
+        CHAIN_ID, client.address, node.address, receipt.request_id, model_id, "tee", max_fee=fee, expiry=10**9
+    )
+    payment = SignedPayment("request", auth, auth.sign(client))
+    return SettlementItem(SignedReceipt(receipt, receipt.sign(signer)), payment, b"")

@@ -30,8 +30,6 @@ from haca.proofs.tee.dev import (
 )
 from haca.proofs.tee.policy import TeePolicy
 from haca.types.inference import MsgDeposit, MsgSettle, SettlementItem
-from haca.types.payment import PaymentAuthorization, SignedPayment
-from haca.types.receipt import Receipt, SignedReceipt
 from haca.types.registry import MsgRegisterModel, MsgRegisterNode
 from haca.types.tee import MsgApproveMeasurement, MsgAttestEnclave, MsgRevokeMeasurement, MsgSetTeePolicy
 from tests.unit.chain import apphelpers
@@ -138,24 +136,8 @@ def attest(
 
 
 def tee_item(chain: Node, n: int, *, signer: PrivateKey = ENCLAVE, height_hint: int | None = None) -> SettlementItem:
-    receipt = Receipt(
-        chain_id=CHAIN_ID,
-        node=NODE.address,
-        client=CLIENT.address,
-        request_id="0x" + sha256(f"tee-request-{n}".encode()).hex(),
-        model_id=LLM.model_id,
-        mode="tee",
-        input_hash="0x" + sha256(b"input").hex(),
-        output_hash="0x" + sha256(b"output").hex(),
-        fee=FEE,
-        height_hint=chain.height if height_hint is None else height_hint,
-        timestamp=1_700_000_000,
-    )
-    auth = PaymentAuthorization(
-        CHAIN_ID, CLIENT.address, NODE.address, receipt.request_id, receipt.model_id, "tee", max_fee=FEE, expiry=10**9
-    )
-    payment = SignedPayment("request", auth, auth.sign(CLIENT))
-    return SettlementItem(SignedReceipt(receipt, receipt.sign(signer)), payment, b"")
+    hint = chain.height if height_hint is None else height_hint
+    return apphelpers.tee_item(NODE, CLIENT, signer, LLM.model_id, FEE, hint, f"tee-request-{n}")
 
 
 def ok(result) -> None:

@@ -29,8 +29,6 @@ from haca.proofs.tee.gpu import reverify_gpus
 from haca.proofs.tee.nvidia import parse_report_text
 from haca.proofs.tee.policy import TeePolicy
 from haca.types.inference import MsgDeposit, MsgSettle, SettlementItem
-from haca.types.payment import PaymentAuthorization, SignedPayment
-from haca.types.receipt import Receipt, SignedReceipt
 from haca.types.registry import MsgRegisterModel, MsgRegisterNode
 from haca.types.tee import GpuEvidence, MsgAttestEnclave, MsgSetTeePolicy
 from tests.unit.chain import apphelpers
@@ -112,24 +110,7 @@ def rejected(chain: Node, key: PrivateKey, msg, code: int, log_part: str) -> Non
 
 
 def tee_item(chain: Node, n: int) -> SettlementItem:
-    receipt = Receipt(
-        chain_id=CHAIN_ID,
-        node=NODE.address,
-        client=CLIENT.address,
-        request_id="0x" + sha256(f"gpu-request-{n}".encode()).hex(),
-        model_id=LLM.model_id,
-        mode="tee",
-        input_hash="0x" + sha256(b"input").hex(),
-        output_hash="0x" + sha256(b"output").hex(),
-        fee=FEE,
-        height_hint=chain.height,
-        timestamp=1_700_000_000,
-    )
-    auth = PaymentAuthorization(
-        CHAIN_ID, CLIENT.address, NODE.address, receipt.request_id, receipt.model_id, "tee", max_fee=FEE, expiry=10**9
-    )
-    payment = SignedPayment("request", auth, auth.sign(CLIENT))
-    return SettlementItem(SignedReceipt(receipt, receipt.sign(ENCLAVE)), payment, b"")
+    return apphelpers.tee_item(NODE, CLIENT, ENCLAVE, LLM.model_id, FEE, chain.height, f"gpu-request-{n}")
 
 
 def attest(

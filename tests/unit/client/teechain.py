@@ -33,8 +33,6 @@ from haca.proofs.tee.dev import (
 from haca.proofs.tee.dev_gpu import DEV_GPU_DRIVER_VERSION, DEV_GPU_MEASUREMENTS, make_dev_gpu_report
 from haca.proofs.tee.policy import TeePolicy
 from haca.types.inference import MsgDeposit, SettlementItem
-from haca.types.payment import PaymentAuthorization, SignedPayment
-from haca.types.receipt import Receipt, SignedReceipt
 from haca.types.registry import MsgRegisterModel, MsgRegisterNode
 from haca.types.tee import GpuEvidence, MsgAttestEnclave
 from tests.unit.chain import apphelpers
@@ -153,21 +151,4 @@ def attest(chain: Node, dev: dict[str, bytes], with_gpu: bool = True) -> MsgAtte
 
 
 def tee_item(chain: Node, model: MsgRegisterModel, n: int) -> SettlementItem:
-    receipt = Receipt(
-        chain_id=CHAIN_ID,
-        node=NODE.address,
-        client=CLIENT.address,
-        request_id="0x" + sha256(f"platform-request-{n}".encode()).hex(),
-        model_id=model.model_id,
-        mode="tee",
-        input_hash="0x" + sha256(b"input").hex(),
-        output_hash="0x" + sha256(b"output").hex(),
-        fee=FEE,
-        height_hint=chain.height,
-        timestamp=1_700_000_000,
-    )
-    auth = PaymentAuthorization(
-        CHAIN_ID, CLIENT.address, NODE.address, receipt.request_id, receipt.model_id, "tee", max_fee=FEE, expiry=10**9
-    )
-    payment = SignedPayment("request", auth, auth.sign(CLIENT))
-    return SettlementItem(SignedReceipt(receipt, receipt.sign(ENCLAVE)), payment, b"")
+    return apphelpers.tee_item(NODE, CLIENT, ENCLAVE, model.model_id, FEE, chain.height, f"platform-request-{n}")
