@@ -119,6 +119,10 @@ class LlmOptions:
     seed: int | None = None
     stop: str | Sequence[str] | None = None
     max_fee: int | None = None
+    frequency_penalty: float = 0.0
+    presence_penalty: float = 0.0
+    # chat: {"type": "json_object"} or {"type": "json_schema", "json_schema": {"name", "schema", ...}}
+    response_format: Mapping[str, Any] | None = None
 
     @classmethod
     def of(cls, options: LlmOptions | None, overrides: Mapping[str, Any]) -> LlmOptions:
@@ -134,7 +138,10 @@ class LlmOptions:
         stops = [self.stop] if isinstance(self.stop, str) else list(self.stop) if self.stop is not None else None
         sampling = {"max_tokens": self.max_tokens, "temperature": self.temperature, "top_p": self.top_p}
         body: dict[str, Any] = {"model": model, "stream": stream, **sampling}
-        body.update({k: v for k, v in {"seed": self.seed, "stop": stops}.items() if v is not None})
+        optional = {"seed": self.seed, "stop": stops, "response_format": self.response_format}
+        body.update({k: v for k, v in optional.items() if v is not None})
+        penalties = {"frequency_penalty": self.frequency_penalty, "presence_penalty": self.presence_penalty}
+        body.update({k: v for k, v in penalties.items() if v})
         try:
             if kind == "chat":
                 if isinstance(content, str):
@@ -157,6 +164,9 @@ class LlmParams(TypedDict, total=False):
     seed: int | None
     stop: str | Sequence[str] | None
     max_fee: int | None
+    frequency_penalty: float
+    presence_penalty: float
+    response_format: Mapping[str, Any] | None
 
 
 def _message(message: Mapping[str, Any] | tuple[str, str]) -> dict[str, Any]:

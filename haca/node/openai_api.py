@@ -45,7 +45,7 @@ from haca.node.errors import (
 )
 from haca.node.payments import AcceptedPayment, PaymentGate, Quote, payment_response_headers, settle_reads
 from haca.node.pipeline import PaidRequest, keep, kept, local_receipt, tee_terms
-from haca.runtime.llm import BudgetExhausted, ContextExceeded, LlmModel, Outcome
+from haca.runtime.llm import BudgetExhausted, ContextExceeded, GrammarError, LlmModel, Outcome, grammar_for
 from haca.types.llm import LlmRequest, LlmRequestError, parse_request, text_hash
 from haca.types.modes import Mode, Status
 from haca.types.receipt import SignedReceipt
@@ -165,7 +165,10 @@ async def _accept(ctx: NodeContext, http: Request, kind: str) -> LlmCall:
             raise InvalidRequest(f"We could not parse the JSON body of your request: {exc}") from exc
         try:
             request = parse_request(body, kind)
+            grammar_for(request)  # a schema that cannot constrain generation is refused before any charge
         except LlmRequestError as exc:
+            raise InvalidRequest(str(exc)).with_param(exc.param) from exc
+        except GrammarError as exc:
             raise InvalidRequest(str(exc)).with_param(exc.param) from exc
         served = ctx.models.get(request.model)
         if served is None or served.llm is None:

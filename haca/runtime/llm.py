@@ -9,7 +9,9 @@ at a token budget (what the client's payment covers) and stops when the client h
 
 from __future__ import annotations
 
+import functools
 import importlib.util
+import json
 import os
 import queue
 import threading
@@ -35,6 +37,39 @@ class ContextExceeded(LlmError):
 
 class BudgetExhausted(LlmError):
     """What the payment covers does not pay for the prompt and one completion token."""
+
+
+class GrammarError(LlmError):
+    """A response format (JSON schema) that cannot become a grammar; `param` names the field."""
+
+    param = "response_format.json_schema.schema"
+
+
+@functools.lru_cache(maxsize=64)
+def _grammar(format_text: str) -> Any:
+    from llama_cpp import LlamaGrammar
+    from llama_cpp.llama_grammar import JSON_GBNF
+
+    response_format = json.loads(format_text)
+    if response_format["type"] == "json_object":
+        return LlamaGrammar.from_string(JSON_GBNF, verbose=False)
+    schema = json.dumps(response_format["json_schema"]["schema"])
+    try:
+        return LlamaGrammar.from_json_schema(schema, verbose=False)
+    except (AssertionError, ValueError, KeyError, TypeError, RecursionError) as exc:
+        raise GrammarError(f"the JSON schema cannot be turned into a grammar: {exc}") from None
+
+
+def grammar_for(request: LlmRequest) -> Any:
+    """The llama.cpp grammar a request's response_format constrains its output to (None for free
+    text); GrammarError for a schema the converter cannot take. Cached per schema."""
+    text = request.response_format_text()
+    return _grammar(text) if text else None
+
+
+def template_messages(request: LlmRequest) -> list[dict[str, str]]:
+    """The messages as the model's chat template takes them: a "developer" message is a system one."""
+    return [{"role": "system" if r == "developer" else r, "content": c} for r, c in request.messages]
 
 
 def smollm2_path() -> Path:
@@ -147,9 +182,11 @@ class LlmModel:
             params = {**request.params(), "stream": True}
             if params["seed"] is None and seed is not None:
                 params["seed"] = seed
+            grammar = grammar_for(request)
+            if grammar is not None:
+                params["grammar"] = grammar
             if request.kind == "chat":
-                messages = [{"role": role, "content": content} for role, content in request.messages]
-                chunks = llm.create_chat_completion(messages=messages, **params)
+                chunks = llm.create_chat_completion(messages=template_messages(request), **params)
             else:
                 chunks = llm.create_completion(request.prompt, **params)
             pieces, finish = [], "length"

@@ -5,20 +5,44 @@ the whole output text. The node and the client compute both with this code."""
 from __future__ import annotations
 
 import hashlib
+import json
 import math
+import re
 from dataclasses import dataclass
 from typing import Any
 
 from haca.types.encoding import canonical_json
 
-ROLES = ("system", "user", "assistant")
+ROLES = ("system", "developer", "user", "assistant")  # "developer": OpenAI's newer name for system
 DEFAULT_MAX_TOKENS = 256  # OpenAI's default is "the rest of the context": a bound keeps the reserved fee sane
 MAX_STOP = 4
 MAX_STOP_LENGTH = 256
 MAX_MESSAGES = 1024
-# Parameters accepted only at the value that changes nothing (we do not implement them).
-NEUTRAL = {"n": 1, "logprobs": None, "echo": False, "best_of": 1, "suffix": None, "tools": None}
-IGNORED = ("user", "stream_options", "logit_bias", "metadata", "store", "frequency_penalty", "presence_penalty")
+MAX_SCHEMA_CHARS = 16 << 10  # a response_format's JSON schema, as JSON text
+# Parameters accepted only at a value that changes nothing (we do not implement them): any other
+# value is refused with a 400 naming the parameter, never dropped.
+NEUTRAL: dict[str, Any] = {
+    "n": 1,
+    "logprobs": None,
+    "top_logprobs": None,
+    "echo": False,
+    "best_of": 1,
+    "suffix": None,
+    "tools": None,
+    "tool_choice": None,
+    "parallel_tool_calls": None,
+    "logit_bias": None,
+    "store": None,
+}
+NEUTRAL_ALSO: dict[str, tuple[Any, ...]] = {  # further values that change nothing
+    "logprobs": (False,),
+    "logit_bias": ({},),
+    "store": (False,),
+    "tool_choice": ("none",),
+    "tools": ([],),
+}
+IGNORED = ("user", "metadata", "stream_options")  # they do not shape the output
+_SCHEMA_NAME = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
 
 
 class LlmRequestError(ValueError):
@@ -43,6 +67,11 @@ class LlmRequest:
     seed: int | None = None
     stop: tuple[str, ...] = ()
     stream: bool = False
+    frequency_penalty: float = 0.0
+    presence_penalty: float = 0.0
+    # None: free text; {"type": "json_object"} or {"type": "json_schema", "json_schema": {...}}:
+    # the output is constrained by a grammar from it (haca.runtime.llm.grammar_for)
+    response_format: dict[str, Any] | None = None
 
     def params(self) -> dict[str, Any]:
         """The sampling parameters, as llama-cpp-python takes them."""
@@ -52,7 +81,16 @@ class LlmRequest:
             "top_p": self.top_p,
             "seed": self.seed,
             "stop": list(self.stop) or None,
+            "frequency_penalty": self.frequency_penalty,
+            "presence_penalty": self.presence_penalty,
         }
+
+    def response_format_text(self) -> str:
+        """The response format as canonical JSON text ("" for free text): what the request hash
+        covers and what the grammar is built from (floats in a schema as Python writes them)."""
+        if self.response_format is None:
+            return ""
+        return json.dumps(self.response_format, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
 
     def hash(self, model_id: str) -> str:
         """0x sha256 of the canonical request: what a receipt's input hash is. Floats are written
@@ -66,6 +104,13 @@ class LlmRequest:
             "seed": self.seed,
             "stop": list(self.stop),
         }
+        # added only when set, so a plain request hashes as it always did
+        if self.frequency_penalty:
+            doc["frequency_penalty"] = repr(self.frequency_penalty)
+        if self.presence_penalty:
+            doc["presence_penalty"] = repr(self.presence_penalty)
+        if self.response_format is not None:
+            doc["response_format"] = self.response_format_text()
         if self.kind == "chat":
             doc["messages"] = [{"role": role, "content": content} for role, content in self.messages]
         else:
@@ -79,6 +124,11 @@ class LlmRequest:
             del body["stop"]
         if self.seed is None:
             del body["seed"]
+        for name in ("frequency_penalty", "presence_penalty"):
+            if not body[name]:
+                del body[name]
+        if self.response_format is not None:
+            body["response_format"] = self.response_format
         if self.kind == "chat":
             body["messages"] = [{"role": role, "content": content} for role, content in self.messages]
         else:
@@ -99,12 +149,13 @@ def parse_request(body: Any, kind: str) -> LlmRequest:
     if not isinstance(model, str) or not model:
         raise LlmRequestError("you must provide a model parameter", "model")
     known = {"model", "max_tokens", "max_completion_tokens", "temperature", "top_p", "seed", "stop", "stream"}
-    known |= {"messages"} if kind == "chat" else {"prompt"}
+    known |= {"frequency_penalty", "presence_penalty"}
+    known |= {"messages", "response_format"} if kind == "chat" else {"prompt"}
     for name, value in body.items():
         if name in known or name in IGNORED:
             continue
         if name in NEUTRAL:
-            if value != NEUTRAL[name]:
+            if value != NEUTRAL[name] and value not in NEUTRAL_ALSO.get(name, ()):
                 raise LlmRequestError(f"{name}={value!r} is not supported by this node", name)
             continue
         raise LlmRequestError(f"Unrecognized request argument supplied: {name}", name)
@@ -130,7 +181,48 @@ def parse_request(body: Any, kind: str) -> LlmRequest:
         _seed(body.get("seed")),
         _stop(body.get("stop")),
         _flag(body.get("stream", False), "stream"),
+        _number(body.get("frequency_penalty", 0.0), "frequency_penalty", -2.0, 2.0),
+        _number(body.get("presence_penalty", 0.0), "presence_penalty", -2.0, 2.0),
+        _response_format(body.get("response_format")),
     )
+
+
+def _response_format(value: Any) -> dict[str, Any] | None:
+    """`response_format`: text (None), JSON mode, or a JSON schema the output must follow."""
+    if value is None:
+        return None
+    if not isinstance(value, dict) or value.get("type") not in ("text", "json_object", "json_schema"):
+        raise LlmRequestError(
+            "response_format must be {'type': 'text' | 'json_object' | 'json_schema', ...}", "response_format"
+        )
+    kind = value["type"]
+    extra = sorted(set(value) - ({"type", "json_schema"} if kind == "json_schema" else {"type"}))
+    if extra:
+        raise LlmRequestError(f"response_format: unexpected fields {extra}", f"response_format.{extra[0]}")
+    if kind == "text":
+        return None
+    if kind == "json_object":
+        return {"type": "json_object"}
+    spec = value.get("json_schema")
+    param = "response_format.json_schema"
+    if not isinstance(spec, dict) or not isinstance(spec.get("name"), str) or not _SCHEMA_NAME.fullmatch(spec["name"]):
+        raise LlmRequestError("json_schema needs a name of 1-64 letters, digits, '_' or '-'", f"{param}.name")
+    unknown = sorted(set(spec) - {"name", "schema", "strict", "description"})
+    if unknown:
+        raise LlmRequestError(f"json_schema: unexpected fields {unknown}", f"{param}.{unknown[0]}")
+    if not isinstance(spec.get("schema"), dict):
+        raise LlmRequestError("json_schema.schema must be a JSON schema object", f"{param}.schema")
+    if "strict" in spec and not isinstance(spec["strict"], bool | None):
+        raise LlmRequestError("json_schema.strict must be a boolean", f"{param}.strict")
+    if "description" in spec and not isinstance(spec["description"], str):
+        raise LlmRequestError("json_schema.description must be a string", f"{param}.description")
+    try:
+        text = json.dumps(spec["schema"], allow_nan=False)
+    except ValueError as exc:
+        raise LlmRequestError(f"json_schema.schema: {exc}", f"{param}.schema") from exc
+    if len(text) > MAX_SCHEMA_CHARS:
+        raise LlmRequestError(f"json_schema.schema: at most {MAX_SCHEMA_CHARS} characters of JSON", f"{param}.schema")
+    return {"type": "json_schema", "json_schema": {k: spec[k] for k in sorted(spec) if spec[k] is not None}}
 
 
 def _messages(value: Any) -> tuple[tuple[str, str], ...]:

@@ -221,6 +221,25 @@ def test_a_text_completion_is_answered_and_charged_likewise(node: Node):
         ),
         ("/v1/chat/completions", {**CHAT, "temperature": 3}, 400, "invalid_request", "temperature"),
         ("/v1/chat/completions", {**CHAT, "n": 2}, 400, "invalid_request", "n"),
+        ("/v1/chat/completions", {**CHAT, "logit_bias": {"50256": -100}}, 400, "invalid_request", "logit_bias"),
+        ("/v1/chat/completions", {**CHAT, "frequency_penalty": 2.5}, 400, "invalid_request", "frequency_penalty"),
+        (
+            "/v1/chat/completions",
+            {
+                **CHAT,
+                "response_format": {"type": "json_schema", "json_schema": {"name": "x", "schema": {"type": "foo"}}},
+            },
+            400,
+            "invalid_request",
+            "response_format.json_schema.schema",
+        ),
+        (
+            "/v1/chat/completions",
+            {**CHAT, "response_format": {"type": "yaml"}},
+            400,
+            "invalid_request",
+            "response_format",
+        ),
         ("/v1/completions", {"model": "smollm2", "prompt": 5}, 400, "invalid_request", "prompt"),
     ],
 )
