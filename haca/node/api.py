@@ -58,13 +58,18 @@ def describe(served: ServedModel, quotes: dict[tuple[str, str], Quote]) -> dict[
     m = served.manifest
     offered = [q for (model_id, _), q in quotes.items() if model_id == served.model_id]
     terms = offered[0] if offered else None
+    # `id` is what requests name (an OpenAI client's models.list shows it); the content hash, also
+    # accepted as `model`, is `model_id`
+    llm = {"completion_price": terms.completion_price if terms else m.completion_price} if m.kind == "gguf" else {}
     return {
-        "id": m.model_id,
+        "id": m.name,
+        "model_id": m.model_id,
         "name": m.name,
         "version": m.version,
         "modes": [q.mode for q in offered],
         "price": terms.unit_price if terms else None,
         "price_unit": terms.price_unit if terms else m.price_unit,
+        **llm,
         "max_rows": terms.max_rows if terms else m.max_rows,
         "input_schema": m.input_schema,
         "output_schema": m.output_schema,

@@ -160,7 +160,7 @@ def test_models_endpoint_lists_the_registered_models(inference_devnet):
     data = httpx.get(f"{node_url(inference_devnet)}/v1/models").json()["data"]
     assert sorted(m["name"] for m in data) == ["digits-cnn", "iris", "mlp-regressor", "smollm2"]
     chain_models = {m["name"]: m["model_id"] for m in inference_devnet.client.query("/registry/models")["models"]}
-    assert {m["name"]: m["id"] for m in data} == chain_models
+    assert {m["id"]: m["model_id"] for m in data} == chain_models  # id: the name requests use
 
 
 def test_the_node_and_app_metrics_parse_and_move_with_traffic(client, inference_devnet):

@@ -93,9 +93,9 @@ def llama() -> Llama:
 
 def test_the_openai_client_chats_completes_streams_and_lists_models_with_llama_cpps_text(net, api_key, llama):
     client = net.openai(api_key)
-    ids = [m.id for m in client.models.list()]
+    listed = {m.id: m.model_extra for m in client.models.list()}  # id: the name a request uses
     smollm2 = net.chain.query("/registry/model", EXAMPLE_LLM.encode())
-    assert smollm2["model_id"] in ids and smollm2["kind"] == "gguf"
+    assert listed[EXAMPLE_LLM]["model_id"] == smollm2["model_id"] and smollm2["kind"] == "gguf"
 
     params: dict[str, Any] = {"max_tokens": 24, "temperature": 0, "seed": 7}
     chat = client.chat.completions.create(model=EXAMPLE_LLM, messages=MESSAGES, **params)  # type: ignore[arg-type]

@@ -318,7 +318,8 @@ def test_models_lists_each_served_model_once_with_its_price_and_schemas(node):
     assert doc["object"] == "list" and len(doc["data"]) == 1  # served under its name and its id
     entry = doc["data"][0]
     assert {k: v for k, v in entry.items() if k != "provider"} == {
-        "id": node.manifest.model_id,
+        "id": "double",
+        "model_id": node.manifest.model_id,
         "name": "double",
         "version": 1,
         "modes": ["vanilla"],
