@@ -53,6 +53,7 @@ from haca.types.payment import PaymentAuthorization
 from haca.types.receipt import Receipt, SignedReceipt
 from haca.types.registry import ModelManifest
 from haca.types.settlement import SettlementRecord, request_settlement
+from haca.types.tools import ToolCall, tool_calls_of
 from haca.types.x402 import PAYMENT_REQUIRED_HEADER
 
 
@@ -188,12 +189,20 @@ class ClientCore:
             body = paid.response.json()
             choice = body["choices"][0]
             text = choice["message"]["content"] if request.kind == "chat" else choice["text"]
+            called = choice["message"].get("tool_calls") if request.kind == "chat" else None
             finish_reason = str(choice.get("finish_reason") or "")
         except (ValueError, KeyError, IndexError, TypeError) as exc:
             raise NodeError(f"node answered a malformed completion: {exc}") from exc
+        if called and text is None:
+            text = ""  # a call: the text the receipt covers is haca.output_text
         if not isinstance(text, str) or not isinstance(body, dict):
             raise NodeError("node answered a malformed completion")
-        return self._llm_checked(paid, request, text, body, finish_reason, paid.response.headers.get("x-haca-receipt"))
+        result = self._llm_checked(
+            paid, request, text, body, finish_reason, paid.response.headers.get("x-haca-receipt")
+        )
+        if (called or []) != [c.to_json() for c in result.tool_calls]:
+            raise LlmReceiptInvalid("tool_calls", "the answer's tool_calls are not the calls its generated text makes")
+        return result
 
     def _llm_checked(
         self,
@@ -221,11 +230,15 @@ class ClientCore:
         enclave = self._enclave(paid.offer.mode, paid.manifest, receipt, no_hint)
         offer = paid.offer
         assert isinstance(offer, LlmOffer)
+        calls: tuple[ToolCall, ...] = ()
+        if "output_text" in haca:  # a tool call: the generated text is sent once, not as content
+            text, calls = _called(request, offer, text, haca["output_text"])
         signed = verify_llm_answer(receipt, request, text, usage, offer, paid.auth, enclave)
         check_height_hint(signed.receipt.height_hint, offer.terms_height)
         counts = {k: int(usage.get(k, 0)) for k in ("prompt_tokens", "completion_tokens", "total_tokens")}
         status = str(haca.get("status", Status.PENDING))
-        return LlmResult(text, finish_reason, counts, signed, signed.receipt.mode, status, body, self.node_url)
+        mode = signed.receipt.mode
+        return LlmResult(text, finish_reason, counts, signed, mode, status, body, self.node_url, calls)
 
     # --- receipts -------------------------------------------------------------------------------
 
@@ -325,3 +338,15 @@ class ClientCore:
     def _api_key_flow(self, node: str, cap: int, expires_in: int, nonce: int | None) -> Flow[str]:
         expiry = (yield work(self.chain.rpc.height)) + expires_in
         return create_api_key(self.key, self.chain.chain_id, node, cap, expiry, nonce if nonce is not None else expiry)
+
+
+def _called(request: LlmRequest, offer: LlmOffer, streamed: str, output_text: Any) -> tuple[str, tuple[ToolCall, ...]]:
+    """A tool-call answer's generated text (what the receipt's output hash covers) and the calls it
+    makes, derived here as the node derives them; LlmReceiptInvalid unless it is a call of the
+    request's tools and no text was sent besides."""
+    if not isinstance(output_text, str) or streamed:
+        raise LlmReceiptInvalid("output_hash", "a tool-call answer carries its generated text once, in output_text")
+    calls = tool_calls_of(output_text, request.hash(offer.model_id), request.callable_tools)
+    if not calls:
+        raise LlmReceiptInvalid("tool_calls", "the answer's output_text is no call of the request's tools")
+    return output_text, calls

@@ -27,6 +27,7 @@ from haca.types.modes import Mode
 from haca.types.payment import PaymentAuthorization
 from haca.types.receipt import SignedReceipt
 from haca.types.registry import ModelManifest, PriceUnit, token_fee
+from haca.types.tools import tools_prompt
 from haca.types.x402 import SCHEME, chain_id_of
 
 TEMPLATE_TOKENS = 64  # what a chat template (and a BOS token) may add to the prompt's own text
@@ -116,7 +117,12 @@ def prompt_token_bound(request: LlmRequest) -> int:
     """At most how many tokens the request's prompt is once templated: a token is at least one
     byte of text, and the template adds a bounded number per message and overall."""
     if request.kind == "chat":
-        text = sum(len(role.encode()) + len(content.encode()) for role, content in request.messages)
+        text = sum(len(f"{m.role}{m.content}{m.tool_call_id}".encode()) for m in request.messages)
+        text += sum(
+            len(json.dumps([c.to_json() for c in m.tool_calls]).encode()) for m in request.messages if m.tool_calls
+        )
+        if request.callable_tools:  # the functions, described in a system message of their own
+            text += len(tools_prompt(request.callable_tools, request.tool_choice).encode()) + MESSAGE_TOKENS
         return text + MESSAGE_TOKENS * len(request.messages) + TEMPLATE_TOKENS
     return len(request.prompt.encode()) + TEMPLATE_TOKENS
 

@@ -17,6 +17,7 @@ from haca.types.llm import LlmRequest, LlmRequestError, parse_request
 from haca.types.modes import Status
 from haca.types.receipt import Receipt, SignedReceipt
 from haca.types.settlement import SettlementRecord
+from haca.types.tools import ToolCall
 
 
 @dataclass(frozen=True)
@@ -84,6 +85,9 @@ class LlmResult:
     status: str
     body: dict[str, Any]  # the node's answer (non-streamed) or its last chunk (streamed)
     node_url: str
+    # the functions the model called, derived from the generated text the receipt covers (`text`
+    # is then that text: the call as JSON)
+    tool_calls: tuple[ToolCall, ...] = ()
 
     @property
     def receipt_id(self) -> str:
@@ -95,6 +99,7 @@ class LlmResult:
 
     def to_json(self) -> dict[str, Any]:
         return {
+            "tool_calls": [c.to_json() for c in self.tool_calls],
             "text": self.text,
             "finish_reason": self.finish_reason,
             "usage": self.usage,
@@ -123,6 +128,8 @@ class LlmOptions:
     presence_penalty: float = 0.0
     # chat: {"type": "json_object"} or {"type": "json_schema", "json_schema": {"name", "schema", ...}}
     response_format: Mapping[str, Any] | None = None
+    tools: Sequence[Mapping[str, Any]] | None = None  # chat: OpenAI function tools
+    tool_choice: str | Mapping[str, Any] | None = None  # "auto" | "none" | "required" | a named function
 
     @classmethod
     def of(cls, options: LlmOptions | None, overrides: Mapping[str, Any]) -> LlmOptions:
@@ -138,7 +145,8 @@ class LlmOptions:
         stops = [self.stop] if isinstance(self.stop, str) else list(self.stop) if self.stop is not None else None
         sampling = {"max_tokens": self.max_tokens, "temperature": self.temperature, "top_p": self.top_p}
         body: dict[str, Any] = {"model": model, "stream": stream, **sampling}
-        optional = {"seed": self.seed, "stop": stops, "response_format": self.response_format}
+        optional: dict[str, Any] = {"seed": self.seed, "stop": stops, "response_format": self.response_format}
+        optional |= {"tools": list(self.tools) if self.tools else None, "tool_choice": self.tool_choice}
         body.update({k: v for k, v in optional.items() if v is not None})
         penalties = {"frequency_penalty": self.frequency_penalty, "presence_penalty": self.presence_penalty}
         body.update({k: v for k, v in penalties.items() if v})
@@ -167,6 +175,8 @@ class LlmParams(TypedDict, total=False):
     frequency_penalty: float
     presence_penalty: float
     response_format: Mapping[str, Any] | None
+    tools: Sequence[Mapping[str, Any]] | None
+    tool_choice: str | Mapping[str, Any] | None
 
 
 def _message(message: Mapping[str, Any] | tuple[str, str]) -> dict[str, Any]:

@@ -50,6 +50,7 @@ from haca.types.llm import LlmRequest, LlmRequestError, parse_request, text_hash
 from haca.types.modes import Mode, Status
 from haca.types.receipt import SignedReceipt
 from haca.types.registry import PriceUnit
+from haca.types.tools import ToolCall, tool_calls_of
 
 log = structlog.get_logger("haca.node.llm")
 
@@ -373,9 +374,14 @@ async def _sse(call: LlmCall, run: _Run, first: str | Outcome | Exception) -> As
             yield _event(_error_event(event))
             return
         outcome, signed = await run.finished()
-        last = _chunk(call, {}, outcome.finish_reason) if call.request.kind == "chat" else _chunk(call, "", outcome)
+        calls = _tool_calls(call, outcome)
+        if calls:  # held back while generated: sent whole, as the API's tool_calls delta
+            deltas = [{"index": i, **c.to_json()} for i, c in enumerate(calls)]
+            yield _event(_chunk(call, {"tool_calls": deltas}, None))
+        finish = _finish_reason(outcome, calls)
+        last = _chunk(call, {}, finish) if call.request.kind == "chat" else _chunk(call, "", outcome)
         last["usage"] = _usage(outcome)
-        last["haca"] = _haca(call, signed)
+        last["haca"] = _haca(call, signed, outcome if calls else None)
         yield _event(last)
         yield b"data: [DONE]\n\n"
     finally:
@@ -416,25 +422,41 @@ def _usage(outcome: Outcome) -> dict[str, int]:
     return {"prompt_tokens": prompt, "completion_tokens": completion, "total_tokens": prompt + completion}
 
 
-def _haca(call: LlmCall, signed: SignedReceipt) -> dict[str, Any]:
-    return {
+def _haca(call: LlmCall, signed: SignedReceipt, called: Outcome | None = None) -> dict[str, Any]:
+    doc = {
         "receipt": signed.to_json(),
         "status": Status.PENDING,
         "mode": call.quote.mode,
         "request_hash": signed.receipt.input_hash,
         "price": {"prompt": str(call.quote.unit_price), "completion": str(call.quote.completion_price)},
     }
+    if called is not None:  # the text the receipt's output hash covers, from which the calls derive
+        doc["output_text"] = called.text
+    return doc
+
+
+def _tool_calls(call: LlmCall, outcome: Outcome) -> tuple[ToolCall, ...]:
+    tools = call.request.callable_tools
+    return tool_calls_of(outcome.text, call.request.hash(call.served.model_id), tools) if tools else ()
+
+
+def _finish_reason(outcome: Outcome, calls: tuple[ToolCall, ...]) -> str:
+    return "tool_calls" if calls and outcome.finish_reason == "stop" else outcome.finish_reason
 
 
 def _completion_body(call: LlmCall, outcome: Outcome, signed: SignedReceipt) -> dict[str, Any]:
     if call.request.kind == "chat":
-        message = {"role": "assistant", "content": outcome.text}
+        calls = _tool_calls(call, outcome)
+        message: dict[str, Any] = {"role": "assistant", "content": None if calls else outcome.text}
+        if calls:
+            message["tool_calls"] = [c.to_json() for c in calls]
         choice: dict[str, Any] = {"index": 0, "message": message, "logprobs": None}
-        choice["finish_reason"] = outcome.finish_reason
+        choice["finish_reason"] = _finish_reason(outcome, calls)
         head = _head(call, "chat.completion")
-    else:
-        choice = {"index": 0, "text": outcome.text, "logprobs": None, "finish_reason": outcome.finish_reason}
-        head = _head(call, "text_completion")
+        body = {**head, "choices": [choice], "usage": _usage(outcome)}
+        return body | {"haca": _haca(call, signed, outcome if calls else None)}
+    choice = {"index": 0, "text": outcome.text, "logprobs": None, "finish_reason": outcome.finish_reason}
+    head = _head(call, "text_completion")
     return {**head, "choices": [choice], "usage": _usage(outcome), "haca": _haca(call, signed)}
 
 

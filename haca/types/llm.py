@@ -12,8 +12,17 @@ from dataclasses import dataclass
 from typing import Any
 
 from haca.types.encoding import canonical_json
+from haca.types.tools import (
+    FunctionTool,
+    ToolCall,
+    ToolError,
+    callable_tools,
+    parse_tool_choice,
+    parse_tools,
+    tools_text,
+)
 
-ROLES = ("system", "developer", "user", "assistant")  # "developer": OpenAI's newer name for system
+ROLES = ("system", "developer", "user", "assistant", "tool")  # "developer": OpenAI's newer name for system
 DEFAULT_MAX_TOKENS = 256  # OpenAI's default is "the rest of the context": a bound keeps the reserved fee sane
 MAX_STOP = 4
 MAX_STOP_LENGTH = 256
@@ -28,9 +37,6 @@ NEUTRAL: dict[str, Any] = {
     "echo": False,
     "best_of": 1,
     "suffix": None,
-    "tools": None,
-    "tool_choice": None,
-    "parallel_tool_calls": None,
     "logit_bias": None,
     "store": None,
 }
@@ -38,8 +44,6 @@ NEUTRAL_ALSO: dict[str, tuple[Any, ...]] = {  # further values that change nothi
     "logprobs": (False,),
     "logit_bias": ({},),
     "store": (False,),
-    "tool_choice": ("none",),
-    "tools": ([],),
 }
 IGNORED = ("user", "metadata", "stream_options")  # they do not shape the output
 _SCHEMA_NAME = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
@@ -54,12 +58,31 @@ class LlmRequestError(ValueError):
 
 
 @dataclass(frozen=True)
+class ChatMessage:
+    """One message of a chat: its role and text; an assistant's earlier tool calls, or the id of
+    the call a tool message answers."""
+
+    role: str
+    content: str
+    tool_calls: tuple[ToolCall, ...] = ()
+    tool_call_id: str = ""
+
+    def to_json(self) -> dict[str, Any]:
+        doc: dict[str, Any] = {"role": self.role, "content": self.content}
+        if self.tool_calls:
+            doc["tool_calls"] = [c.to_json() for c in self.tool_calls]
+        if self.tool_call_id:
+            doc["tool_call_id"] = self.tool_call_id
+        return doc
+
+
+@dataclass(frozen=True)
 class LlmRequest:
     """One chat or text completion: `messages` for chat, `prompt` for a completion."""
 
     kind: str  # "chat" | "completion"
     model: str
-    messages: tuple[tuple[str, str], ...] = ()  # (role, content)
+    messages: tuple[ChatMessage, ...] = ()
     prompt: str = ""
     max_tokens: int = DEFAULT_MAX_TOKENS
     temperature: float = 1.0
@@ -72,6 +95,14 @@ class LlmRequest:
     # None: free text; {"type": "json_object"} or {"type": "json_schema", "json_schema": {...}}:
     # the output is constrained by a grammar from it (haca.runtime.llm.grammar_for)
     response_format: dict[str, Any] | None = None
+    tools: tuple[FunctionTool, ...] = ()
+    tool_choice: str = "none"  # "auto" | "none" | "required" | "function:<name>"
+    parallel_tool_calls: bool | None = None
+
+    @property
+    def callable_tools(self) -> tuple[FunctionTool, ...]:
+        """The functions the model may call in its answer (none under tool_choice "none")."""
+        return callable_tools(self.tools, self.tool_choice)
 
     def params(self) -> dict[str, Any]:
         """The sampling parameters, as llama-cpp-python takes them."""
@@ -111,8 +142,13 @@ class LlmRequest:
             doc["presence_penalty"] = repr(self.presence_penalty)
         if self.response_format is not None:
             doc["response_format"] = self.response_format_text()
+        if self.tools:
+            doc["tools"] = tools_text(self.tools)
+            doc["tool_choice"] = self.tool_choice
+        if self.parallel_tool_calls is not None:
+            doc["parallel_tool_calls"] = self.parallel_tool_calls
         if self.kind == "chat":
-            doc["messages"] = [{"role": role, "content": content} for role, content in self.messages]
+            doc["messages"] = [m.to_json() for m in self.messages]
         else:
             doc["prompt"] = self.prompt
         return "0x" + hashlib.sha256(b"haca/llm-request\x00" + canonical_json(doc)).hexdigest()
@@ -129,8 +165,15 @@ class LlmRequest:
                 del body[name]
         if self.response_format is not None:
             body["response_format"] = self.response_format
+        if self.tools:
+            body["tools"] = [t.to_json() for t in self.tools]
+            choice = self.tool_choice
+            named = {"type": "function", "function": {"name": choice.removeprefix("function:")}}
+            body["tool_choice"] = named if choice.startswith("function:") else choice
+        if self.parallel_tool_calls is not None:
+            body["parallel_tool_calls"] = self.parallel_tool_calls
         if self.kind == "chat":
-            body["messages"] = [{"role": role, "content": content} for role, content in self.messages]
+            body["messages"] = [m.to_json() for m in self.messages]
         else:
             body["prompt"] = self.prompt
         return body
@@ -150,7 +193,8 @@ def parse_request(body: Any, kind: str) -> LlmRequest:
         raise LlmRequestError("you must provide a model parameter", "model")
     known = {"model", "max_tokens", "max_completion_tokens", "temperature", "top_p", "seed", "stop", "stream"}
     known |= {"frequency_penalty", "presence_penalty"}
-    known |= {"messages", "response_format"} if kind == "chat" else {"prompt"}
+    chat_only = {"messages", "response_format", "tools", "tool_choice", "parallel_tool_calls"}
+    known |= chat_only if kind == "chat" else {"prompt"}
     for name, value in body.items():
         if name in known or name in IGNORED:
             continue
@@ -159,7 +203,7 @@ def parse_request(body: Any, kind: str) -> LlmRequest:
                 raise LlmRequestError(f"{name}={value!r} is not supported by this node", name)
             continue
         raise LlmRequestError(f"Unrecognized request argument supplied: {name}", name)
-    messages: tuple[tuple[str, str], ...] = ()
+    messages: tuple[ChatMessage, ...] = ()
     prompt = ""
     if kind == "chat":
         messages = _messages(body.get("messages"))
@@ -184,7 +228,23 @@ def parse_request(body: Any, kind: str) -> LlmRequest:
         _number(body.get("frequency_penalty", 0.0), "frequency_penalty", -2.0, 2.0),
         _number(body.get("presence_penalty", 0.0), "presence_penalty", -2.0, 2.0),
         _response_format(body.get("response_format")),
+        *_tools(body),
     )
+
+
+def _tools(body: dict[str, Any]) -> tuple[tuple[FunctionTool, ...], str, bool | None]:
+    try:
+        tools = parse_tools(body.get("tools"))
+        choice = parse_tool_choice(body.get("tool_choice"), tools)
+    except ToolError as exc:
+        raise LlmRequestError(str(exc), exc.param) from exc
+    parallel = body.get("parallel_tool_calls")
+    if parallel is not None and not isinstance(parallel, bool):
+        raise LlmRequestError("parallel_tool_calls must be a boolean", "parallel_tool_calls")
+    if callable_tools(tools, choice) and body.get("response_format") not in (None, {"type": "text"}):
+        # the answer is either a call or text in that format: one grammar cannot say both yet
+        raise LlmRequestError("response_format together with callable tools is not supported", "response_format")
+    return tools, choice, parallel
 
 
 def _response_format(value: Any) -> dict[str, Any] | None:
@@ -225,7 +285,7 @@ def _response_format(value: Any) -> dict[str, Any] | None:
     return {"type": "json_schema", "json_schema": {k: spec[k] for k in sorted(spec) if spec[k] is not None}}
 
 
-def _messages(value: Any) -> tuple[tuple[str, str], ...]:
+def _messages(value: Any) -> tuple[ChatMessage, ...]:
     if not isinstance(value, list) or not value:
         raise LlmRequestError("messages must be a non-empty array", "messages")
     if len(value) > MAX_MESSAGES:
@@ -239,8 +299,33 @@ def _messages(value: Any) -> tuple[tuple[str, str], ...]:
             raise LlmRequestError(
                 f"Invalid value for 'messages[{i}].role': {role!r}; supported: {list(ROLES)}", f"messages[{i}].role"
             )
-        out.append((str(role), _content(message.get("content"), f"messages[{i}].content")))
+        out.append(_message(message, str(role), f"messages[{i}]"))
     return tuple(out)
+
+
+def _message(message: dict[str, Any], role: str, param: str) -> ChatMessage:
+    unknown = sorted(set(message) - {"role", "content", "name", "tool_calls", "tool_call_id", "refusal"})
+    if unknown:
+        raise LlmRequestError(f"unexpected fields {unknown}", f"{param}.{unknown[0]}")
+    calls: tuple[ToolCall, ...] = ()
+    if role == "assistant" and message.get("tool_calls"):
+        value = message["tool_calls"]
+        if not isinstance(value, list):
+            raise LlmRequestError("tool_calls must be an array", f"{param}.tool_calls")
+        try:
+            calls = tuple(ToolCall.from_json(c, f"{param}.tool_calls[{j}]") for j, c in enumerate(value))
+        except ToolError as exc:
+            raise LlmRequestError(str(exc), exc.param) from exc
+    elif message.get("tool_calls"):
+        raise LlmRequestError("only an assistant message has tool_calls", f"{param}.tool_calls")
+    call_id = message.get("tool_call_id", "")
+    if role == "tool" and (not isinstance(call_id, str) or not call_id):
+        raise LlmRequestError("a tool message names the tool_call_id it answers", f"{param}.tool_call_id")
+    if role != "tool" and call_id:
+        raise LlmRequestError("only a tool message has a tool_call_id", f"{param}.tool_call_id")
+    content = message.get("content")
+    text = "" if content is None and calls else _content(content, f"{param}.content")
+    return ChatMessage(role, text, calls, call_id)
 
 
 def _content(value: Any, param: str) -> str:

@@ -448,3 +448,50 @@ def test_the_sdk_refuses_a_max_fee_below_the_bound_before_paying(node: routes.No
     with sdk(node) as client, pytest.raises(InputInvalid, match="temperature"):
         client.chat("smollm2", [{"role": "user", "content": "Hi"}], temperature=3)
     assert node.store.unsettled_count() == 0  # nothing was sent with a payment
+
+
+WEATHER = {
+    "type": "function",
+    "function": {
+        "name": "get_weather",
+        "parameters": {
+            "type": "object",
+            "properties": {"city": {"type": "string", "maxLength": 30}},
+            "required": ["city"],
+        },
+    },
+}
+ASK_WEATHER = [{"role": "user", "content": "What is the weather in Paris?"}]
+
+
+def test_the_sdk_checks_a_tool_call_against_the_text_its_receipt_covers(node: routes.Node) -> None:
+    with sdk(node) as client:
+        result = client.chat(
+            "smollm2", ASK_WEATHER, max_tokens=40, temperature=0, tools=[WEATHER], tool_choice="required"
+        )
+    (call,) = result.tool_calls
+    assert call.name == "get_weather" and set(json.loads(call.arguments)) == {"city"}
+    assert result.finish_reason == "tool_calls" and json.loads(result.text)["name"] == "get_weather"
+    assert result.body["choices"][0]["message"]["tool_calls"] == [call.to_json()]
+
+
+@pytest.mark.parametrize(
+    ("reason", "change"),
+    [
+        # the same call written otherwise: the calls derived agree, the receipt's text hash does not
+        (
+            "output_hash",
+            lambda body: body["haca"].update(output_text=json.dumps(json.loads(body["haca"]["output_text"]))),
+        ),
+        (
+            "tool_calls",
+            lambda body: body["choices"][0]["message"]["tool_calls"][0]["function"].update(arguments='{"city":"Oslo"}'),
+        ),
+    ],
+)
+def test_the_sdk_refuses_a_tool_call_changed_on_the_way(
+    node: routes.Node, reason: str, change: Callable[[dict[str, Any]], None]
+) -> None:
+    with sdk(node, Tampering(change)) as client, pytest.raises(LlmReceiptInvalid) as caught:
+        client.chat("smollm2", ASK_WEATHER, max_tokens=40, temperature=0, tools=[WEATHER], tool_choice="required")
+    assert caught.value.reason == reason
