@@ -126,7 +126,7 @@ def test_a_thousand_tee_receipts_settle_in_one_batch_and_a_client_proves_its_own
     assert len(shown["proof"]["path"]) == 10
     # ... and with the SDK; a receipt with another output is not the one the chain settled.
     inclusion = prove_batched_receipt(net.chain, mine.receipt)
-    assert inclusion.proof.receipt_id == mine.id and inclusion.batch["root"] == batch["root"]
+    assert inclusion.proof.receipt_id == mine.id and inclusion.batch.root == batch["root"]
     forged = dataclasses.replace(mine.receipt, output_hash="0x" + "ab" * 32)
     with pytest.raises(ProofInvalid, match="settled with receipt"):
         prove_batched_receipt(net.chain, forged)

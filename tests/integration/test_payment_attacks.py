@@ -249,7 +249,14 @@ def test_3_requests_raced_against_a_withdrawal_are_refused_or_paid(net):
         balance_before, node_before = net.chain.balance(client.key.address), net.chain.balance(net.node)
         start_height = net.chain.rpc.height()
         first = client.infer("iris", IRIS_INPUT)
-        outcome = client.withdraw(deposit)  # everything, while a receipt is still unsettled
+        for _ in range(3):  # everything in escrow, while its receipt may still be unsettled
+            try:
+                outcome = client.withdraw(net.escrow(client.key.address, net.node))
+                break
+            except TxRejected:  # the receipt settled between the read and the withdrawal: read again
+                continue
+        else:
+            pytest.fail("the escrow could not be withdrawn")
         release = outcome.height + int(net.params()["withdraw_delay"])
         served, refused = [first.receipt_id], 0
         while net.chain.rpc.height() < release:
