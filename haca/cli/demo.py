@@ -142,6 +142,54 @@ def _run(client: Client, denom: str) -> None:
     _tee_step(client, examples["iris"]["example_input"])
     _zkml_step(client, examples["mlp-regressor"]["example_input"])
     _llm_step(client, denom)
+    _agent_steps(client)
+
+
+WEATHER_TOOL = {
+    "type": "function",
+    "function": {
+        "name": "get_weather",
+        "description": "The current weather in a city",
+        "parameters": {
+            "type": "object",
+            "properties": {"city": {"type": "string", "maxLength": 40}},
+            "required": ["city"],
+            "additionalProperties": False,
+        },
+    },
+}
+CITY_SCHEMA = {
+    "type": "object",
+    "properties": {"city": {"type": "string", "maxLength": 40}, "country": {"type": "string", "maxLength": 40}},
+    "required": ["city", "country"],
+    "additionalProperties": False,
+}
+
+
+def _agent_steps(client: Client) -> None:
+    """What agents need, on the same small model: a tool call and an answer in a JSON schema, each
+    generated under a grammar, receipted (the receipt commits to the tools or the schema) and
+    verified on chain."""
+    question = [{"role": "user", "content": "What is the weather in Paris?"}]
+    call = client.chat("smollm2", question, mode="tee", max_tokens=40, temperature=0.0, tools=[WEATHER_TOOL],
+                       tool_choice="required")  # fmt: skip
+    (made,) = call.tool_calls
+    console.print(
+        f"[bold]11.[/bold] tool calling: asked {question[0]['content']!r} with a get_weather tool, the model calls"
+        f" {made.name}({made.arguments}); the receipt commits to the tools and to that call"
+    )
+    schema = {"type": "json_schema", "json_schema": {"name": "city", "schema": CITY_SCHEMA, "strict": True}}
+    structured = client.chat(
+        "smollm2", [{"role": "user", "content": "Name a famous city."}], mode="tee", max_tokens=48,
+        temperature=0.0, response_format=schema,
+    )  # fmt: skip
+    console.print(
+        f"    structured output under a JSON schema: {structured.text}"
+        f" (parses: {sorted(json.loads(structured.text))}); the receipt commits to the schema"
+    )
+    with console.status("waiting for both receipts to settle…"):
+        checks = [client.wait_verified(r.receipt_id) for r in (call, structured)]
+    console.print(f"    both settled [bold]{checks[0].chain_status}[/bold] and {checks[1].chain_status}")
 
 
 def _llm_step(client: Client, denom: str) -> None:
