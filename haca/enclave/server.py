@@ -11,7 +11,7 @@ carries one request at a time; requests are answered in order.
   "provider"}``: the enclave fetches and hashes the bytes itself (`haca.enclave.models`)
 - ``{"op": "infer", "model_id", "input": <the request's input JSON>, "terms": Terms}`` →
   ``{"output": tensors, "receipt": SignedReceipt}``
-- ``{"op": "generate", "model_id", "kind": "chat"|"completion", "body": <the OpenAI request body>,
+- ``{"op": "generate", "model_id", "kind": "chat"|"completion"|"response", "body": <the OpenAI request body>,
   "terms": Terms, "seconds": float}`` → any number of ``{"text": piece}`` frames, then ``{"outcome":
   {"text", "finish_reason", "prompt_tokens", "completion_tokens"}, "receipt": SignedReceipt}``. While
   it streams, the host may send ``{"op": "cancel"}``: generation stops at the next token and the
@@ -179,8 +179,8 @@ class EnclaveServer:
     ) -> None:
         model_id, terms = fields.model_id(request.get("model_id")), Terms.from_json(request.get("terms"))
         kind, body, seconds = request.get("kind"), request.get("body"), request.get("seconds")
-        if kind not in ("chat", "completion"):
-            raise EnclaveRefused("kind: expected chat or completion")
+        if kind not in ("chat", "completion", "response"):
+            raise EnclaveRefused("kind: expected chat, completion or response (the OpenAI API the body is for)")
         if not isinstance(seconds, (int, float)) or isinstance(seconds, bool) or seconds <= 0:
             raise EnclaveRefused("seconds: expected a positive number (how long generation may run)")
         executor = self._llm_threads.get(model_id)

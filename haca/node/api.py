@@ -39,9 +39,10 @@ from haca.node.errors import (
     TooManyRows,
     error_body,
 )
-from haca.node.openai_api import OPENAI_ROUTES, add_openai_routes
+from haca.node.openai_api import OPENAI_ROUTES, Admission, add_openai_routes
 from haca.node.payments import AcceptedPayment, Quote, payment_response_headers, settle_reads
 from haca.node.pipeline import PaidRequest, keep, kept, local_receipt, tee_terms
+from haca.node.responses_api import add_responses_route
 from haca.node.x402v2 import payment_required_header
 from haca.proofs.zk.proof import ProofError
 from haca.runtime.onnx import InvalidInput, OnnxModel
@@ -85,7 +86,9 @@ def create_app(ctx: NodeContext) -> FastAPI:
     app = FastAPI(title="HACA inference node", version="1")
     app.state.context = ctx
     metrics = ctx.metrics
-    add_openai_routes(app, ctx, {})
+    admissions: dict[str, Admission] = {}  # one per LLM, shared by its routes
+    add_openai_routes(app, ctx, admissions)
+    add_responses_route(app, ctx, admissions)
 
     @app.exception_handler(NodeError)
     async def node_error(request: Request, exc: NodeError) -> JSONResponse:

@@ -21,7 +21,7 @@ import asyncio
 import base64
 import threading
 import time
-from collections.abc import AsyncIterator, Iterable, Mapping
+from collections.abc import AsyncIterator, Callable, Iterable, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any
@@ -54,7 +54,7 @@ from haca.types.tools import ToolCall, tool_calls_of
 
 log = structlog.get_logger("haca.node.llm")
 
-OPENAI_ROUTES = ("/v1/chat/completions", "/v1/completions")
+OPENAI_ROUTES = ("/v1/chat/completions", "/v1/completions", "/v1/responses")
 RECEIPT_HEADER = "x-haca-receipt"
 MODE_HEADER = "x-haca-mode"
 MODE_PREFERENCE = (Mode.TEE, Mode.VANILLA)
@@ -102,6 +102,7 @@ class LlmCall:
     created: int
     deadline: float  # monotonic time generation stops, so the receipt settles before the authorisation expires
     body: Any = None  # the request body as the client sent it (tee: what the enclave parses and hashes)
+    api: str = "chat"  # the route's API: "chat" | "completion" | "response" (the enclave parses the body as it)
 
 
 def add_openai_routes(app: FastAPI, ctx: NodeContext, admissions: dict[str, Admission]) -> None:
@@ -115,6 +116,19 @@ def add_openai_routes(app: FastAPI, ctx: NodeContext, admissions: dict[str, Admi
 
 
 async def _serve(ctx: NodeContext, admissions: dict[str, Admission], http: Request, kind: str) -> Response:
+    return await serve_llm(ctx, admissions, http, kind, _completion_body, _sse)
+
+
+async def serve_llm(
+    ctx: NodeContext,
+    admissions: dict[str, Admission],
+    http: Request,
+    kind: str,
+    body_of: Callable[[LlmCall, Outcome, SignedReceipt], dict[str, Any]],
+    events_of: Callable[[LlmCall, Run, str | Outcome | Exception], AsyncIterator[bytes]],
+) -> Response:
+    """One paid LLM request through an OpenAI route: accepted and held, queued for a slot, run (here
+    or in the enclave), answered whole by `body_of` or streamed by `events_of`."""
     call = await _accept(ctx, http, kind)
     admission = admissions.setdefault(call.served.model_id, Admission(call.llm.slots, ctx.llm_queue))
     try:
@@ -123,18 +137,18 @@ async def _serve(ctx: NodeContext, admissions: dict[str, Admission], http: Reque
         ctx.gate.release(call.accepted, spent=False)  # nothing ran: the payment may be sent again
         raise
     ctx.metrics.llm_queue.set(sum(a.running + a.waiting for a in admissions.values()))
-    run = _Run(ctx, call, admission)
+    run = Run(ctx, call, admission)
     run.start()
     if not call.request.stream:
         outcome, signed = await run.finished()
-        body = _completion_body(call, outcome, signed)
+        body = body_of(call, outcome, signed)
         return Response(orjson.dumps(body), media_type="application/json", headers=_paid_headers(ctx, call, signed))
     first = await run.next_event()  # a prompt refused (too long, not covered) is an error answer, not a stream
     if isinstance(first, Exception):
         await run.finished()
         raise first
     return StreamingResponse(
-        _sse(call, run, first),
+        events_of(call, run, first),
         media_type="text/event-stream",
         headers={"Cache-Control": "no-cache", "x-haca-request-id": call.accepted.request_id},
     )
@@ -193,7 +207,7 @@ async def _accept(ctx: NodeContext, http: Request, kind: str) -> LlmCall:
         deadline = time.monotonic() + await settle_reads(ctx.gate.seconds_left, paid.payment.payment.value.expiry)
         worst = quote.token_fee(context - request.max_tokens, request.max_tokens)
         accepted = await paid.hold(ctx.gate.charge_up_to, quote, worst)
-    return LlmCall(served, llm, request, quote, accepted, int(time.time()), deadline, body)
+    return LlmCall(served, llm, request, quote, accepted, int(time.time()), deadline, body, kind)
 
 
 def _mode(
@@ -217,7 +231,7 @@ def _offered_first(quotes: Mapping[tuple[str, str], Quote]) -> list[Quote]:
     return sorted(quotes.values(), key=lambda q: (q.model_name, rank.get(q.mode, len(rank))))
 
 
-class _Run:
+class Run:
     """The model running — in a worker thread (vanilla), or in the enclave (tee) — its text coming
     back to the event loop as events; the receipt is queued when it ends, whether or not anyone is
     still listening."""
@@ -289,7 +303,7 @@ class _Run:
         try:
             enclave = enclave_of(ctx)
             seconds = max(0.001, call.deadline - time.monotonic())
-            generation = enclave.generate(call.served.model_id, call.request.kind, call.body, terms, seconds)
+            generation = enclave.generate(call.served.model_id, call.api, call.body, terms, seconds)
             self._generation = generation
             if self.cancelled.is_set():
                 await generation.cancel()
@@ -361,28 +375,28 @@ def _refused(exc: EnclaveRefusal) -> Exception:
     return EnclaveUnavailable(f"the enclave did not run the request: {exc.reason}")
 
 
-async def _sse(call: LlmCall, run: _Run, first: str | Outcome | Exception) -> AsyncIterator[bytes]:
+async def _sse(call: LlmCall, run: Run, first: str | Outcome | Exception) -> AsyncIterator[bytes]:
     """Server-sent events in the OpenAI shape; the last chunk carries usage and the receipt."""
     event: str | Outcome | Exception = first
     try:
         if call.request.kind == "chat":
-            yield _event(_chunk(call, {"role": "assistant", "content": ""}, None))
+            yield sse_event(_chunk(call, {"role": "assistant", "content": ""}, None))
         while isinstance(event, str):
-            yield _event(_chunk(call, {"content": event} if call.request.kind == "chat" else event, None))
+            yield sse_event(_chunk(call, {"content": event} if call.request.kind == "chat" else event, None))
             event = await run.next_event()
         if isinstance(event, Exception):
-            yield _event(_error_event(event))
+            yield sse_event(error_event(event))
             return
         outcome, signed = await run.finished()
-        calls = _tool_calls(call, outcome)
+        calls = tool_calls_for(call, outcome)
         if calls:  # held back while generated: sent whole, as the API's tool_calls delta
             deltas = [{"index": i, **c.to_json()} for i, c in enumerate(calls)]
-            yield _event(_chunk(call, {"tool_calls": deltas}, None))
-        finish = _finish_reason(outcome, calls)
+            yield sse_event(_chunk(call, {"tool_calls": deltas}, None))
+        finish = finish_reason_of(outcome, calls)
         last = _chunk(call, {}, finish) if call.request.kind == "chat" else _chunk(call, "", outcome)
-        last["usage"] = _usage(outcome)
-        last["haca"] = _haca(call, signed, outcome if calls else None)
-        yield _event(last)
+        last["usage"] = usage_of(outcome)
+        last["haca"] = haca_of(call, signed, outcome if calls else None)
+        yield sse_event(last)
         yield b"data: [DONE]\n\n"
     finally:
         run.cancel()  # the client went away (or the stream ended): stop at the next token
@@ -397,11 +411,11 @@ def _chunk(call: LlmCall, delta: dict[str, Any] | str, finish: str | Outcome | N
     return {**_head(call, "text_completion"), "choices": [choice]}
 
 
-def _event(doc: dict[str, Any]) -> bytes:
+def sse_event(doc: dict[str, Any]) -> bytes:
     return b"data: " + orjson.dumps(doc) + b"\n\n"
 
 
-def _error_event(exc: Exception) -> dict[str, Any]:
+def error_event(exc: Exception) -> dict[str, Any]:
     code = getattr(exc, "code", "server_error")
     return {"error": {"message": str(exc), "type": "server_error", "param": None, "code": code}}
 
@@ -417,12 +431,12 @@ def _head(call: LlmCall, obj: str) -> dict[str, Any]:
     }
 
 
-def _usage(outcome: Outcome) -> dict[str, int]:
+def usage_of(outcome: Outcome) -> dict[str, int]:
     prompt, completion = outcome.prompt_tokens, outcome.completion_tokens
     return {"prompt_tokens": prompt, "completion_tokens": completion, "total_tokens": prompt + completion}
 
 
-def _haca(call: LlmCall, signed: SignedReceipt, called: Outcome | None = None) -> dict[str, Any]:
+def haca_of(call: LlmCall, signed: SignedReceipt, called: Outcome | None = None) -> dict[str, Any]:
     doc = {
         "receipt": signed.to_json(),
         "status": Status.PENDING,
@@ -435,29 +449,29 @@ def _haca(call: LlmCall, signed: SignedReceipt, called: Outcome | None = None) -
     return doc
 
 
-def _tool_calls(call: LlmCall, outcome: Outcome) -> tuple[ToolCall, ...]:
+def tool_calls_for(call: LlmCall, outcome: Outcome) -> tuple[ToolCall, ...]:
     tools = call.request.callable_tools
     return tool_calls_of(outcome.text, call.request.hash(call.served.model_id), tools) if tools else ()
 
 
-def _finish_reason(outcome: Outcome, calls: tuple[ToolCall, ...]) -> str:
+def finish_reason_of(outcome: Outcome, calls: tuple[ToolCall, ...]) -> str:
     return "tool_calls" if calls and outcome.finish_reason == "stop" else outcome.finish_reason
 
 
 def _completion_body(call: LlmCall, outcome: Outcome, signed: SignedReceipt) -> dict[str, Any]:
     if call.request.kind == "chat":
-        calls = _tool_calls(call, outcome)
+        calls = tool_calls_for(call, outcome)
         message: dict[str, Any] = {"role": "assistant", "content": None if calls else outcome.text}
         if calls:
             message["tool_calls"] = [c.to_json() for c in calls]
         choice: dict[str, Any] = {"index": 0, "message": message, "logprobs": None}
-        choice["finish_reason"] = _finish_reason(outcome, calls)
+        choice["finish_reason"] = finish_reason_of(outcome, calls)
         head = _head(call, "chat.completion")
-        body = {**head, "choices": [choice], "usage": _usage(outcome)}
-        return body | {"haca": _haca(call, signed, outcome if calls else None)}
+        body = {**head, "choices": [choice], "usage": usage_of(outcome)}
+        return body | {"haca": haca_of(call, signed, outcome if calls else None)}
     choice = {"index": 0, "text": outcome.text, "logprobs": None, "finish_reason": outcome.finish_reason}
     head = _head(call, "text_completion")
-    return {**head, "choices": [choice], "usage": _usage(outcome), "haca": _haca(call, signed)}
+    return {**head, "choices": [choice], "usage": usage_of(outcome), "haca": haca_of(call, signed)}
 
 
 def receipt_header(signed: SignedReceipt) -> str:

@@ -12,6 +12,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from haca.types.encoding import canonical_json
+from haca.types.responses import ResponsesRequestError, chat_body_of
 from haca.types.tools import (
     FunctionTool,
     ToolCall,
@@ -185,7 +186,13 @@ def text_hash(text: str) -> str:
 
 
 def parse_request(body: Any, kind: str) -> LlmRequest:
-    """An OpenAI chat (`kind` "chat") or completion request body, checked as the API does."""
+    """An OpenAI chat (`kind` "chat"), completion, or Responses API ("response": read as the chat
+    it means, haca.types.responses) request body, checked as the API does."""
+    if kind == "response":
+        try:
+            body, kind = chat_body_of(body), "chat"
+        except ResponsesRequestError as exc:
+            raise LlmRequestError(str(exc), exc.param) from exc
     if not isinstance(body, dict):
         raise LlmRequestError("the request body must be a JSON object")
     model = body.get("model")
