@@ -50,6 +50,9 @@ def terms_for(chain_id: str, node: str, quote: Quote, accepted: AcceptedPayment)
     )
 
 
+NONCE_LAG_BLOCKS = 2  # how far behind the latest block an attestation's nonce block is (see EnclaveKey.attest)
+
+
 class EnclaveKey:
     def __init__(
         self,
@@ -77,8 +80,10 @@ class EnclaveKey:
         log.info("enclave_model_loaded", model_id=model_id, provider=answer.get("provider"))
 
     def attest(self) -> int:
-        """Register (or re-attest) the key with a nonce from the latest block; the new good-until."""
-        height = self.chain.rpc.height()
+        """Register (or re-attest) the key with a nonce from a recent block; the new good-until. The
+        block is two behind the latest the RPC reports: the tx may be checked by a validator a block
+        or two behind that one (RPC failover), which refuses a nonce from a block it does not have."""
+        height = max(1, self.chain.rpc.height() - NONCE_LAG_BLOCKS)
         block_hash = bytes.fromhex(self.chain.rpc.block(height)["block_id"]["hash"])
         evidence = self.enclave.attest(self.chain.chain_id, self.account.address, block_hash)
         cpu = evidence.cpu
