@@ -115,11 +115,24 @@ def figures(
     }
 
 
-def bare_request(llm: Any, i: int, max_tokens: int) -> dict[str, Any]:
+# The structured-output case (issue 22): the same prompts answered as this schema's JSON, under the
+# grammar llama.cpp builds from it (the node builds the same one from response_format)
+STORY_SCHEMA = {
+    "type": "object",
+    "properties": {"title": {"type": "string"}, "paragraphs": {"type": "array", "items": {"type": "string"}}},
+    "required": ["title", "paragraphs"],
+    "additionalProperties": False,
+}
+STORY_FORMAT = {"type": "json_schema", "json_schema": {"name": "story", "schema": STORY_SCHEMA, "strict": True}}
+
+
+def bare_request(llm: Any, i: int, max_tokens: int, structured: bool = False) -> dict[str, Any]:
     start, first, pieces, finish = time.perf_counter(), None, [], None
+    grammar = llama_cpp.LlamaGrammar.from_json_schema(json.dumps(STORY_SCHEMA), verbose=False) if structured else None
     stream = llm.create_chat_completion(
-        messages=messages(i), max_tokens=max_tokens, temperature=0.0, top_p=1.0, seed=SEED, stop=None, stream=True
-    )
+        messages=messages(i), max_tokens=max_tokens, temperature=0.0, top_p=1.0, seed=SEED, stop=None, stream=True,
+        grammar=grammar,
+    )  # fmt: skip
     for chunk in stream:
         choice = chunk["choices"][0]
         if piece := choice["delta"].get("content"):
@@ -132,7 +145,9 @@ def bare_request(llm: Any, i: int, max_tokens: int) -> dict[str, Any]:
     return figures(start, first, end, tokens, finish, text)
 
 
-def node_request(http: httpx.Client, url: str, mode: str, i: int, max_tokens: int) -> dict[str, Any]:
+def node_request(
+    http: httpx.Client, url: str, mode: str, i: int, max_tokens: int, structured: bool = False
+) -> dict[str, Any]:
     body = {
         "model": EXAMPLE_LLM,
         "messages": messages(i),
@@ -140,6 +155,7 @@ def node_request(http: httpx.Client, url: str, mode: str, i: int, max_tokens: in
         "temperature": 0.0,
         "seed": SEED,
         "stream": True,
+        **({"response_format": STORY_FORMAT} if structured else {}),
     }
     start, first, pieces, last = time.perf_counter(), None, [], None
     end = start
@@ -281,10 +297,10 @@ def bench(home: Path, args: argparse.Namespace) -> dict[str, Any]:
                 clients.append(local.http)
             return local.http
 
-        def side(mode: str, max_tokens: int) -> Callable[[int], dict[str, Any]]:
+        def side(mode: str, max_tokens: int, structured: bool = False) -> Callable[[int], dict[str, Any]]:
             if mode == "bare":
-                return lambda i: bare_request(llm, i, max_tokens)
-            return lambda i: node_request(http(), url, mode, i, max_tokens)
+                return lambda i: bare_request(llm, i, max_tokens, structured)
+            return lambda i: node_request(http(), url, mode, i, max_tokens, structured)
 
         n, c = args.requests, args.concurrency
 
@@ -294,6 +310,8 @@ def bench(home: Path, args: argparse.Namespace) -> dict[str, Any]:
         def settle() -> float:
             return settled(probe, node["url"])
 
+        if args.only_structured:
+            return result | structured_case(side, n, args, pids, settle, clients)
         print("warm-up: every prompt once, bare, vanilla and tee …", flush=True)
         warm = {mode: [side(mode, args.max_tokens)(i) for i in range(n)] for mode in ("bare", "vanilla", "tee")}
         same = [w["text"] == b["text"] for m in ("vanilla", "tee") for w, b in zip(warm[m], warm["bare"], strict=True)]
@@ -322,8 +340,7 @@ def bench(home: Path, args: argparse.Namespace) -> dict[str, Any]:
             row["loadavg_1m"] = round(os.getloadavg()[0], 2)
             print(f"round {r + 1}/{args.rounds}: {json.dumps(row)}", flush=True)
             detail.append(row)
-        for h in clients:
-            h.close()
+        result |= structured_case(side, n, args, pids, settle, clients)
         result["rounds_detail"] = detail
         for mode in ("vanilla", "tee"):
             rows = [d[mode] for d in detail]
@@ -366,6 +383,43 @@ def bench(home: Path, args: argparse.Namespace) -> dict[str, Any]:
         stop_devnet(net, home)
 
 
+def structured_case(
+    side: Callable[..., Callable[[int], dict[str, Any]]],
+    n: int,
+    args: argparse.Namespace,
+    pids: dict[str, int],
+    settle: Callable[[], float],
+    clients: list[httpx.Client],
+) -> dict[str, Any]:
+    """Issue 22's target: the node's tokens/s with a JSON schema (response_format) against bare
+    llama-cpp-python with the same grammar, vanilla, paired like the plain case; rounds as --rounds.
+    Closes the HTTP clients."""
+    print("structured output: warm-up, then paired rounds …", flush=True)
+    for i in range(n):
+        side("bare", args.max_tokens, True)(i), side("vanilla", args.max_tokens, True)(i)
+    settle()
+    rows, outputs = [], []
+    for r in range(args.rounds):
+        row, _ = paired(side("bare", args.max_tokens, True), side("vanilla", args.max_tokens, True), n, pids, settle)
+        rows.append(row)
+        print(f"structured round {r + 1}/{args.rounds}: {json.dumps(row)}", flush=True)
+    outputs.append(side("vanilla", args.max_tokens, True)(0)["text"][:120])
+    for h in clients:
+        h.close()
+    return {
+        "structured": {
+            "schema": STORY_SCHEMA,
+            "tokens_per_s_ratio": spread([x["tokens_per_s_ratio"] for x in rows]),
+            "node_tokens_per_s": spread([x["node"]["tokens_per_s"] for x in rows]),
+            "bare_tokens_per_s": spread([x["bare"]["tokens_per_s"] for x in rows]),
+            "ttft_added_ms": spread([x["ttft_added_ms"] for x in rows]),
+            "target_tokens_per_s_ratio": 0.9,
+            "target_met": statistics.median([x["tokens_per_s_ratio"] for x in rows]) >= 0.9,
+            "example_output": outputs[0],
+        }
+    }
+
+
 def gpu() -> str:
     if shutil.which("nvidia-smi") is None and not Path("/dev/nvidia0").exists():
         return "none"
@@ -385,8 +439,14 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     with work_dir("llm") as work:
         load_before, foreign = loadavg(), foreign_devnet_processes(work)
         result = bench(work / "home", args)
+    if args.only_structured:
+        return {
+            "summary": {"structured": result["structured"]},
+            **result,
+            "seconds": round(time.perf_counter() - started, 1),
+        }
     conc = result[f"concurrency_{args.concurrency}"]
-    summary: dict[str, Any] = {}
+    summary: dict[str, Any] = {"structured_tokens_per_s_ratio": result["structured"]["tokens_per_s_ratio"]}
     for mode in ("vanilla", "tee"):  # vanilla is the headline; tee the same figures with receipts from the enclave
         x = result[mode]
         figures = {
@@ -463,6 +523,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--per-client", type=int, default=2, help="requests per concurrent client (default 2)")
     parser.add_argument("--timeout-commit", default="1s", help="the devnet's timeout_commit (default 1s)")
     parser.add_argument("--output", type=Path, default=RESULTS)
+    parser.add_argument("--only-structured", action="store_true", help="only the structured-output case (issue 22)")
     args = parser.parse_args(argv)
     if (
         min(args.rounds, args.requests, args.short_requests, args.concurrency, args.per_client) < 1
@@ -470,9 +531,17 @@ def main(argv: list[str] | None = None) -> int:
     ):
         parser.error("every count must be positive (max_tokens at least 2)")
     exit_on_sigterm()
+    if args.only_structured and args.output == RESULTS:
+        args.output = RESULTS.with_name("llm_structured.json")
     result = run(args)
     args.output.parent.mkdir(parents=True, exist_ok=True)
     args.output.write_text(json.dumps(result, indent=2) + "\n")
+    x = result["structured"]
+    ok = "met" if x["target_met"] else "NOT met"
+    print(f"\nstructured output: tokens/s node with the schema / bare with its grammar {fmt(x['tokens_per_s_ratio'])}"
+          f" (target >= 0.9: {ok})")  # fmt: skip
+    if args.only_structured:
+        return 0
 
     s, c = result["summary"], args.concurrency
     print("\nfigure (min / median / max over rounds)")
