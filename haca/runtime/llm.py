@@ -93,8 +93,11 @@ def grammar_for(request: LlmRequest) -> Any:
     tools = request.callable_tools
     if tools:
         return _tool_grammar(json.dumps(call_schema(tools)), request.tool_choice == "auto")
-    text = request.response_format_text()
-    return _grammar(text) if text else None
+    if request.response_format is None:
+        return None
+    # built from the schema as sent, not the key-sorted text the hash covers: the order of a schema's
+    # properties is the order the grammar writes them in
+    return _grammar(json.dumps(request.response_format, ensure_ascii=False))
 
 
 def template_messages(request: LlmRequest) -> list[dict[str, str]]:

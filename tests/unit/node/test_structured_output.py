@@ -151,3 +151,19 @@ def test_a_schema_that_cannot_become_a_grammar_is_refused_and_nothing_is_charged
         )
     assert refused.value.body["param"] == "response_format.json_schema.schema"  # type: ignore[index]
     assert node.store.unsettled_count() == before
+
+
+def test_the_answer_writes_properties_in_the_schemas_order(client):
+    """The request hash reads the schema key-sorted; the grammar must not: the order of a schema's
+    properties is the order the answer writes them in (as bare llama.cpp does)."""
+    schema = {
+        "type": "object",
+        "properties": {"zeta": {"type": "string", "maxLength": 10}, "alpha": {"type": "integer"}},
+        "required": ["zeta", "alpha"],
+        "additionalProperties": False,
+    }
+    answer = client.chat.completions.create(
+        model="smollm2", messages=[{"role": "user", "content": "Fill it in."}], max_tokens=64, temperature=0,
+        response_format={"type": "json_schema", "json_schema": {"name": "ordered", "schema": schema}},
+    )  # fmt: skip
+    assert list(json.loads(answer.choices[0].message.content)) == ["zeta", "alpha"]
