@@ -26,6 +26,7 @@ from haca.client.sdk import Client
 from haca.client.x402 import HacaEscrowScheme
 from haca.devnet.services import EXAMPLE_LLM, EXAMPLE_LLM_TERMS
 from haca.runtime.llm import smollm2_path
+from haca.types.llm import parse_request, text_hash
 from haca.types.payment import PaymentAuthorization
 from haca.types.receipt import SignedReceipt
 from haca.types.x402 import PAYMENT_RESPONSE_HEADER, PAYMENT_SIGNATURE_HEADER, caip2_network
@@ -228,3 +229,50 @@ def test_haca_model_create_registers_a_gguf_file_as_an_llm_priced_per_token(net,
     manifest = net.chain.query("/registry/model", b"other-llm")
     assert manifest["kind"] == "gguf" and manifest["completion_price"] == "9" and manifest["max_rows"] == 1024
     assert manifest["input_schema"] == {} and manifest["output_schema"] == {}
+
+
+WEATHER = {
+    "type": "function",
+    "function": {
+        "name": "get_weather",
+        "parameters": {
+            "type": "object",
+            "properties": {"city": {"type": "string", "maxLength": 40}},
+            "required": ["city"],
+            "additionalProperties": False,
+        },
+    },
+}
+
+
+def test_agent_requests_settle_verified_and_their_receipts_commit_to_what_shaped_them(net, api_key):
+    """Issue 22 on the devnet, tee (node0's preferred mode for an LLM): a tool call, a JSON-schema
+    answer and a Responses API call by the unmodified openai client each settle `verified`; each
+    receipt's input hash is the request as sent (tools, schema, Responses input) and its output hash
+    the text generated, and `haca verify` re-verifies each from proven chain state."""
+    client, model_id = net.openai(api_key), net.chain.query("/registry/model", EXAMPLE_LLM.encode())["model_id"]
+    asked = {"model": EXAMPLE_LLM, "messages": MESSAGES, "max_tokens": 40, "temperature": 0}
+    tool_body = {**asked, "tools": [WEATHER], "tool_choice": "required"}
+    call = client.chat.completions.create(**tool_body)
+    (made,) = call.choices[0].message.tool_calls
+    assert made.function.name == "get_weather" and set(json.loads(made.function.arguments)) == {"city"}
+    schema = {"type": "object", "properties": {"answer": {"type": "string", "maxLength": 40}}, "required": ["answer"]}
+    format_body = {**asked, "response_format": {"type": "json_schema", "json_schema": {"name": "a", "schema": schema}}}
+    structured = client.chat.completions.create(**format_body)
+    assert set(json.loads(structured.choices[0].message.content)) == {"answer"}
+    responses_body = {"model": EXAMPLE_LLM, "input": "Name a colour.", "max_output_tokens": 12, "temperature": 0}
+    response = client.responses.create(**responses_body)
+    assert response.output_text
+    answers = [
+        (call.model_extra["haca"], parse_request(tool_body, "chat"), call.model_extra["haca"]["output_text"]),
+        (structured.model_extra["haca"], parse_request(format_body, "chat"), structured.choices[0].message.content),
+        (response.model_extra["haca"], parse_request(responses_body, "response"), response.output_text),
+    ]
+    with Client.from_home(net.home, "dev1") as sdk:
+        for haca, request, text in answers:
+            receipt = SignedReceipt.from_json(haca["receipt"]).receipt
+            assert receipt.mode == "tee" and receipt.input_hash == request.hash(model_id)
+            assert receipt.output_hash == text_hash(text)
+            verification = sdk.wait_verified(haca["receipt"]["id"], timeout=120)
+            assert verification.verified and verification.chain_status == "verified", verification.reason
+    assert_devnet_supply_holds(net.handle)
