@@ -130,6 +130,7 @@ class LlmOptions:
     response_format: Mapping[str, Any] | None = None
     tools: Sequence[Mapping[str, Any]] | None = None  # chat: OpenAI function tools
     tool_choice: str | Mapping[str, Any] | None = None  # "auto" | "none" | "required" | a named function
+    logprobs: int | None = None  # each token's log probability and this many alternatives (in LlmResult.body)
 
     @classmethod
     def of(cls, options: LlmOptions | None, overrides: Mapping[str, Any]) -> LlmOptions:
@@ -148,6 +149,8 @@ class LlmOptions:
         optional: dict[str, Any] = {"seed": self.seed, "stop": stops, "response_format": self.response_format}
         optional |= {"tools": list(self.tools) if self.tools else None, "tool_choice": self.tool_choice}
         body.update({k: v for k, v in optional.items() if v is not None})
+        if self.logprobs is not None:
+            body |= {"logprobs": True, "top_logprobs": self.logprobs} if kind == "chat" else {"logprobs": self.logprobs}
         penalties = {"frequency_penalty": self.frequency_penalty, "presence_penalty": self.presence_penalty}
         body.update({k: v for k, v in penalties.items() if v})
         try:
@@ -177,6 +180,7 @@ class LlmParams(TypedDict, total=False):
     response_format: Mapping[str, Any] | None
     tools: Sequence[Mapping[str, Any]] | None
     tool_choice: str | Mapping[str, Any] | None
+    logprobs: int | None
 
 
 def _message(message: Mapping[str, Any] | tuple[str, str]) -> dict[str, Any]:

@@ -70,6 +70,7 @@ class Generated:
     prompt_tokens: int
     completion_tokens: int
     receipt: SignedReceipt
+    logprobs: tuple[dict[str, Any], ...] | None = None  # as haca.runtime.llm.Outcome's (not signed)
 
 
 def _answer(body: bytes) -> dict[str, Any]:
@@ -304,6 +305,7 @@ class Generation:
                     int(outcome["prompt_tokens"]),
                     int(outcome["completion_tokens"]),
                     _receipt(answer),
+                    tuple(outcome["logprobs"]) if isinstance(outcome.get("logprobs"), list) else None,
                 )
                 clean = True
                 return

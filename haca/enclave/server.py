@@ -13,7 +13,7 @@ carries one request at a time; requests are answered in order.
   ``{"output": tensors, "receipt": SignedReceipt}``
 - ``{"op": "generate", "model_id", "kind": "chat"|"completion"|"response", "body": <the OpenAI request body>,
   "terms": Terms, "seconds": float}`` → any number of ``{"text": piece}`` frames, then ``{"outcome":
-  {"text", "finish_reason", "prompt_tokens", "completion_tokens"}, "receipt": SignedReceipt}``. While
+  {"text", "finish_reason", "prompt_tokens", "completion_tokens", ["logprobs"]}, "receipt": SignedReceipt}``. While
   it streams, the host may send ``{"op": "cancel"}``: generation stops at the next token and the
   receipt (prompt + tokens produced) still comes.
 - ``{"op": "sign_batch", "chain_id", "node", "batch": MsgSettleBatch}`` → ``{"signature": "0x…"}``, only
@@ -209,6 +209,8 @@ class EnclaveServer:
             "prompt_tokens": outcome.prompt_tokens,
             "completion_tokens": outcome.completion_tokens,
         }
+        if outcome.logprobs is not None:
+            result["logprobs"] = list(outcome.logprobs)
         send(encode_frame({"outcome": result, "receipt": signed.to_json()}))
 
     # --- connections ---------------------------------------------------------------------------------

@@ -312,7 +312,7 @@ class Run:
             assert generation.result is not None
             done = generation.result
             enclave.check(done.receipt, call.served.model_id, terms)
-            result = Outcome(done.text, done.finish_reason, done.prompt_tokens, done.completion_tokens)
+            result = Outcome(done.text, done.finish_reason, done.prompt_tokens, done.completion_tokens, done.logprobs)
             signed = done.receipt
         except EnclaveRefusal as exc:
             result = _refused(exc)
@@ -394,6 +394,7 @@ async def _sse(call: LlmCall, run: Run, first: str | Outcome | Exception) -> Asy
             yield sse_event(_chunk(call, {"tool_calls": deltas}, None))
         finish = finish_reason_of(outcome, calls)
         last = _chunk(call, {}, finish) if call.request.kind == "chat" else _chunk(call, "", outcome)
+        last["choices"][0]["logprobs"] = logprobs_of(call, outcome)  # all of them, with the last chunk
         last["usage"] = usage_of(outcome)
         last["haca"] = haca_of(call, signed, outcome if calls else None)
         yield sse_event(last)
@@ -454,6 +455,26 @@ def tool_calls_for(call: LlmCall, outcome: Outcome) -> tuple[ToolCall, ...]:
     return tool_calls_of(outcome.text, call.request.hash(call.served.model_id), tools) if tools else ()
 
 
+def logprobs_of(call: LlmCall, outcome: Outcome) -> dict[str, Any] | None:
+    """The answer's `logprobs`: the chat shape ({"content": [per token]}) or the completion one
+    (tokens, token_logprobs, top_logprobs, text_offset). Not covered by the receipt: they are floats
+    of the model's distribution, reported as computed (the node's word, or the enclave's)."""
+    if outcome.logprobs is None:
+        return None
+    if call.request.kind == "chat":
+        return {"content": list(outcome.logprobs), "refusal": None}
+    offsets, at = [], 0
+    for entry in outcome.logprobs:
+        offsets.append(at)
+        at += len(entry["token"])
+    return {
+        "tokens": [e["token"] for e in outcome.logprobs],
+        "token_logprobs": [e["logprob"] for e in outcome.logprobs],
+        "top_logprobs": [{t["token"]: t["logprob"] for t in e["top_logprobs"]} for e in outcome.logprobs],
+        "text_offset": offsets,
+    }
+
+
 def finish_reason_of(outcome: Outcome, calls: tuple[ToolCall, ...]) -> str:
     return "tool_calls" if calls and outcome.finish_reason == "stop" else outcome.finish_reason
 
@@ -464,12 +485,13 @@ def _completion_body(call: LlmCall, outcome: Outcome, signed: SignedReceipt) -> 
         message: dict[str, Any] = {"role": "assistant", "content": None if calls else outcome.text}
         if calls:
             message["tool_calls"] = [c.to_json() for c in calls]
-        choice: dict[str, Any] = {"index": 0, "message": message, "logprobs": None}
+        choice: dict[str, Any] = {"index": 0, "message": message, "logprobs": logprobs_of(call, outcome)}
         choice["finish_reason"] = finish_reason_of(outcome, calls)
         head = _head(call, "chat.completion")
         body = {**head, "choices": [choice], "usage": usage_of(outcome)}
         return body | {"haca": haca_of(call, signed, outcome if calls else None)}
-    choice = {"index": 0, "text": outcome.text, "logprobs": None, "finish_reason": outcome.finish_reason}
+    choice = {"index": 0, "text": outcome.text, "logprobs": logprobs_of(call, outcome)}
+    choice["finish_reason"] = outcome.finish_reason
     head = _head(call, "text_completion")
     return {**head, "choices": [choice], "usage": usage_of(outcome), "haca": haca_of(call, signed)}
 

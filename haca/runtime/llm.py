@@ -143,6 +143,8 @@ class Meter:
     completion_tokens: int = 0
     limit: int = 0  # completion tokens allowed once the prompt is known
     stopped_by_budget: bool = False
+    top_logprobs: int | None = None  # report each token's log probability and this many alternatives
+    logprobs: list[dict[str, Any]] = field(default_factory=list)
 
 
 @dataclass(frozen=True)
@@ -151,6 +153,26 @@ class Outcome:
     finish_reason: str  # "stop" | "length" | "cancelled"
     prompt_tokens: int
     completion_tokens: int
+    # per generated token, the OpenAI chat shape: {"token", "logprob", "bytes", "top_logprobs": [...]}
+    # (the model's own distribution, before penalties and grammar); None when not asked for
+    logprobs: tuple[dict[str, Any], ...] | None = None
+
+
+def _logprob_entry(llm: Any, token: int, top: int) -> dict[str, Any]:
+    """The log probability of `token` under the logits the model sampled it from, and the `top`
+    most likely tokens there."""
+    import numpy as np
+
+    logits = np.ctypeslib.as_array(llm._ctx.get_logits(), shape=(llm.n_vocab(),)).astype(np.float64)
+    shifted = logits - logits.max()
+    logprobs = shifted - np.log(np.exp(shifted).sum())
+
+    def entry(t: int) -> dict[str, Any]:
+        raw = llm.detokenize([t], special=False)
+        return {"token": raw.decode("utf-8", errors="replace"), "logprob": float(logprobs[t]), "bytes": list(raw)}
+
+    best: Any = np.argsort(-logprobs, kind="stable")[:top] if top else []
+    return {**entry(token), "top_logprobs": [entry(int(t)) for t in best]}
 
 
 def _metered_llama_class() -> type:
@@ -185,6 +207,8 @@ def _metered_llama_class() -> type:
                     return  # llama-cpp-python then ends with finish_reason "length"
                 if not llama_cpp.llama_vocab_is_eog(self._model.vocab, token):
                     meter.completion_tokens += 1  # every non end-of-generation token it yields, it keeps
+                    if meter.top_logprobs is not None:
+                        meter.logprobs.append(_logprob_entry(self, token, meter.top_logprobs))
                 yield token
 
     return MeteredLlama
@@ -220,6 +244,7 @@ class LlmModel:
         "length") at `deadline` (time.monotonic()): the node's receipt must be signed in time.
         `seed` samples with that seed where the request names none (the enclave fixes one per request)."""
         meter = Meter(request.max_tokens, budget, cancelled or threading.Event(), deadline)
+        meter.top_logprobs = request.logprobs
         llm = self._free.get()
         try:
             llm.meter = meter
@@ -260,7 +285,8 @@ class LlmModel:
                 finish = "cancelled"
             elif meter.stopped_by_budget:
                 finish = "length"
-            return Outcome("".join(pieces), finish, meter.prompt_tokens, meter.completion_tokens)
+            logprobs = tuple(meter.logprobs) if request.logprobs is not None else None
+            return Outcome("".join(pieces), finish, meter.prompt_tokens, meter.completion_tokens, logprobs)
         finally:
             llm.meter = None
             self._free.put(llm)

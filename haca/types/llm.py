@@ -28,13 +28,15 @@ DEFAULT_MAX_TOKENS = 256  # OpenAI's default is "the rest of the context": a bou
 MAX_STOP = 4
 MAX_STOP_LENGTH = 256
 MAX_MESSAGES = 1024
-MAX_SCHEMA_CHARS = 16 << 10  # a response_format's JSON schema, as JSON text
+MAX_SCHEMA_CHARS = 16 << 10
+MAX_TOP_LOGPROBS = {
+    "chat": 20,
+    "completion": 5,
+}  # the OpenAI API's limits  # a response_format's JSON schema, as JSON text
 # Parameters accepted only at a value that changes nothing (we do not implement them): any other
 # value is refused with a 400 naming the parameter, never dropped.
 NEUTRAL: dict[str, Any] = {
     "n": 1,
-    "logprobs": None,
-    "top_logprobs": None,
     "echo": False,
     "best_of": 1,
     "suffix": None,
@@ -42,7 +44,6 @@ NEUTRAL: dict[str, Any] = {
     "store": None,
 }
 NEUTRAL_ALSO: dict[str, tuple[Any, ...]] = {  # further values that change nothing
-    "logprobs": (False,),
     "logit_bias": ({},),
     "store": (False,),
 }
@@ -99,6 +100,9 @@ class LlmRequest:
     tools: tuple[FunctionTool, ...] = ()
     tool_choice: str = "none"  # "auto" | "none" | "required" | "function:<name>"
     parallel_tool_calls: bool | None = None
+    # None: no log probabilities; k: each generated token's, with the k most likely alternatives
+    # (chat: logprobs true and top_logprobs k; completion: logprobs k)
+    logprobs: int | None = None
 
     @property
     def callable_tools(self) -> tuple[FunctionTool, ...]:
@@ -148,6 +152,8 @@ class LlmRequest:
             doc["tool_choice"] = self.tool_choice
         if self.parallel_tool_calls is not None:
             doc["parallel_tool_calls"] = self.parallel_tool_calls
+        if self.logprobs is not None:
+            doc["logprobs"] = self.logprobs
         if self.kind == "chat":
             doc["messages"] = [m.to_json() for m in self.messages]
         else:
@@ -173,6 +179,12 @@ class LlmRequest:
             body["tool_choice"] = named if choice.startswith("function:") else choice
         if self.parallel_tool_calls is not None:
             body["parallel_tool_calls"] = self.parallel_tool_calls
+        if self.logprobs is not None:
+            body |= (
+                {"logprobs": True, "top_logprobs": self.logprobs}
+                if self.kind == "chat"
+                else {"logprobs": self.logprobs}
+            )
         if self.kind == "chat":
             body["messages"] = [m.to_json() for m in self.messages]
         else:
@@ -199,7 +211,7 @@ def parse_request(body: Any, kind: str) -> LlmRequest:
     if not isinstance(model, str) or not model:
         raise LlmRequestError("you must provide a model parameter", "model")
     known = {"model", "max_tokens", "max_completion_tokens", "temperature", "top_p", "seed", "stop", "stream"}
-    known |= {"frequency_penalty", "presence_penalty"}
+    known |= {"frequency_penalty", "presence_penalty", "logprobs", "top_logprobs"}
     chat_only = {"messages", "response_format", "tools", "tool_choice", "parallel_tool_calls"}
     known |= chat_only if kind == "chat" else {"prompt"}
     for name, value in body.items():
@@ -236,7 +248,26 @@ def parse_request(body: Any, kind: str) -> LlmRequest:
         _number(body.get("presence_penalty", 0.0), "presence_penalty", -2.0, 2.0),
         _response_format(body.get("response_format")),
         *_tools(body),
+        _logprobs(body, kind),
     )
+
+
+def _logprobs(body: dict[str, Any], kind: str) -> int | None:
+    """How many alternatives to report per generated token (None: no log probabilities)."""
+    most = MAX_TOP_LOGPROBS[kind]
+    if kind == "completion":
+        value = body.get("logprobs")
+        if value is not None and (not _is_int(value) or not 0 <= value <= most):
+            raise LlmRequestError(f"logprobs must be an integer from 0 to {most}", "logprobs")
+        return value if value is None else int(value)
+    wanted, top = body.get("logprobs"), body.get("top_logprobs")
+    if wanted is not None and not isinstance(wanted, bool):
+        raise LlmRequestError("logprobs must be a boolean", "logprobs")
+    if top is not None and (not _is_int(top) or not 0 <= top <= most):
+        raise LlmRequestError(f"top_logprobs must be an integer from 0 to {most}", "top_logprobs")
+    if top is not None and not wanted:
+        raise LlmRequestError("top_logprobs needs logprobs: true", "top_logprobs")
+    return (top or 0) if wanted else None
 
 
 def _tools(body: dict[str, Any]) -> tuple[tuple[FunctionTool, ...], str, bool | None]:

@@ -188,6 +188,7 @@ def test_an_llm_streams_from_the_enclave_and_ends_with_the_receipt_it_signed(ser
     llm_id = "sha256:" + _sha256(smollm2_path())
     shutil.copy(smollm2_path(), served.base / "models" / (llm_id.removeprefix("sha256:") + ".gguf"))
     body = {"model": "smollm2", "messages": [{"role": "user", "content": "Name a colour."}], "max_tokens": 8}
+    body |= {"logprobs": True, "top_logprobs": 1}  # computed in the enclave, returned with the outcome
     llm_terms = Terms(CHAIN_ID, NODE.address, CLIENT.address, "0x" + "77" * 32, HEIGHT, 3, "token", 512, 7, 10**6)
     with EnclaveClient(served.base / "e.sock") as sync:
         sync.load(llm_id, "gguf", 512, 1)
@@ -202,6 +203,7 @@ def test_an_llm_streams_from_the_enclave_and_ends_with_the_receipt_it_signed(ser
     pieces, result = asyncio.run(run())
     receipt = result.receipt.receipt
     assert "".join(pieces) == result.text and result.completion_tokens >= 1
+    assert result.logprobs is not None and "".join(e["token"] for e in result.logprobs) == result.text
     assert receipt.input_hash == parse_request(body, "chat").hash(llm_id)
     assert receipt.output_hash == text_hash(result.text)
     assert receipt.fee == 3 * result.prompt_tokens + 7 * result.completion_tokens

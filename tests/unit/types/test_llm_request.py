@@ -39,11 +39,14 @@ def test_a_plain_request_hashes_as_before_and_each_new_field_changes_the_hash() 
 
 
 def test_what_the_sdk_sends_is_read_back_as_the_same_request() -> None:
-    options = LlmOptions(max_tokens=32, frequency_penalty=0.25, presence_penalty=-1.0, response_format=FORMAT)
+    options = LlmOptions(
+        max_tokens=32, frequency_penalty=0.25, presence_penalty=-1.0, response_format=FORMAT, logprobs=2
+    )
     request = options.request("chat", "m", [("developer", "be brief"), ("user", "hi")], False)
     again = parse_request(request.to_openai(), "chat")
     assert again == request and again.hash("sha256:" + "1" * 64) == request.hash("sha256:" + "1" * 64)
     assert request.response_format == FORMAT and request.params()["frequency_penalty"] == 0.25
+    assert request.logprobs == 2 and request.to_openai()["top_logprobs"] == 2
 
 
 @pytest.mark.parametrize("extra", [{"logprobs": False}, {"tools": []}, {"store": False}, {"logit_bias": {}}])
@@ -54,7 +57,9 @@ def test_a_value_that_changes_nothing_is_accepted(extra: dict[str, Any]) -> None
 @pytest.mark.parametrize(
     ("extra", "param"),
     [
-        ({"logprobs": True}, "logprobs"),
+        ({"top_logprobs": 3}, "top_logprobs"),  # without logprobs: true
+        ({"logprobs": True, "top_logprobs": 21}, "top_logprobs"),
+        ({"logprobs": 2}, "logprobs"),  # chat's logprobs is a boolean
         ({"logit_bias": {"1": 5}}, "logit_bias"),
         ({"store": True}, "store"),
         ({"presence_penalty": -3}, "presence_penalty"),
