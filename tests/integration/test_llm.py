@@ -18,7 +18,11 @@ from typing import Any
 import httpx
 import openai
 import pytest
+from langchain_core.tools import tool as lc_tool
+from langchain_openai import ChatOpenAI
 from llama_cpp import Llama
+from openai.lib._parsing._completions import type_to_response_format_param
+from pydantic import BaseModel
 from x402 import x402Client
 from x402.http.clients.httpx import x402_httpx_transport
 
@@ -276,3 +280,92 @@ def test_agent_requests_settle_verified_and_their_receipts_commit_to_what_shaped
             verification = sdk.wait_verified(haca["receipt"]["id"], timeout=120)
             assert verification.verified and verification.chain_status == "verified", verification.reason
     assert_devnet_supply_holds(net.handle)
+
+
+class Colour(BaseModel):
+    name: str
+
+
+def _settles_verified(net: Net, receipt: dict[str, Any], request: Any, text: str) -> None:
+    """The receipt commits to `request` (an LlmRequest) and `text`, and settles verified, re-verified
+    by the SDK from proven chain state."""
+    model_id = net.chain.query("/registry/model", EXAMPLE_LLM.encode())["model_id"]
+    signed = SignedReceipt.from_json(receipt).receipt
+    assert signed.input_hash == request.hash(model_id) and signed.output_hash == text_hash(text)
+    with Client.from_home(net.home, "dev1") as sdk:
+        verification = sdk.wait_verified(receipt["id"], timeout=120)
+    assert verification.verified and verification.chain_status == "verified", verification.reason
+
+
+def test_every_agent_feature_through_the_official_clients_settles_verified(net, api_key):
+    """Issue 22's acceptance on the devnet: parse() with a Pydantic model, JSON mode, logprobs, a
+    streamed tool call, a follow-up turn with the tool's result, a streamed Responses call, and
+    LangChain's bind_tools and with_structured_output; each receipt commits to what was sent and
+    generated and settles verified."""
+    client = net.openai(api_key)
+    base = {"model": EXAMPLE_LLM, "messages": MESSAGES, "max_tokens": 40, "temperature": 0}
+
+    parsed = client.chat.completions.parse(**base, response_format=Colour)
+    assert isinstance(parsed.choices[0].message.parsed, Colour)
+    sent = {**base, "response_format": type_to_response_format_param(Colour)}
+    _settles_verified(net, parsed.model_extra["haca"]["receipt"], parse_request(sent, "chat"),
+                      parsed.choices[0].message.content)  # fmt: skip
+
+    json_mode = {**base, "response_format": {"type": "json_object"}, "logprobs": True, "top_logprobs": 2}
+    json_mode |= {
+        "messages": [{"role": "user", "content": "Return a JSON object with a key colour naming one colour."}]
+    }
+    json_mode["max_tokens"] = 64
+    answer = client.chat.completions.create(**json_mode)
+    json.loads(answer.choices[0].message.content)
+    assert "".join(t.token for t in answer.choices[0].logprobs.content) == answer.choices[0].message.content
+    _settles_verified(net, answer.model_extra["haca"]["receipt"], parse_request(json_mode, "chat"),
+                      answer.choices[0].message.content)  # fmt: skip
+
+    tools = {**base, "tools": [WEATHER], "tool_choice": "required", "stream": True}
+    chunks = list(client.chat.completions.create(**tools))
+    ((call,),) = [c.choices[0].delta.tool_calls for c in chunks if c.choices[0].delta.tool_calls]
+    haca = chunks[-1].model_extra["haca"]
+    _settles_verified(net, haca["receipt"], parse_request(tools, "chat"), haca["output_text"])
+
+    follow = {
+        **base,
+        "tools": [WEATHER],
+        "tool_choice": "none",
+        "messages": [
+            *MESSAGES,
+            {"role": "assistant", "content": None, "tool_calls": [{"id": call.id, "type": "function",
+                                                                    "function": call.function.model_dump()}]},
+            {"role": "tool", "tool_call_id": call.id, "content": "18 degrees and sunny"},
+        ],
+    }  # fmt: skip
+    answer = client.chat.completions.create(**follow)
+    _settles_verified(net, answer.model_extra["haca"]["receipt"], parse_request(follow, "chat"),
+                      answer.choices[0].message.content)  # fmt: skip
+
+    responses = {"model": EXAMPLE_LLM, "input": "Name a colour.", "max_output_tokens": 12, "temperature": 0,
+                 "stream": True}  # fmt: skip
+    events = list(client.responses.create(**responses))
+    done = events[-1].response
+    _settles_verified(net, done.model_extra["haca"]["receipt"], parse_request(responses, "response"), done.output_text)
+
+    chat = ChatOpenAI(model=EXAMPLE_LLM, base_url=net.url + "/v1", api_key=api_key, temperature=0, max_tokens=40,
+                      max_retries=0, include_response_headers=True)  # fmt: skip
+    message = chat.bind_tools([get_weather], tool_choice="get_weather").invoke("What is the weather in Paris?")
+    assert message.tool_calls[0]["name"] == "get_weather"
+    receipt = json.loads(base64.urlsafe_b64decode(message.response_metadata["headers"]["x-haca-receipt"]))
+    with Client.from_home(net.home, "dev1") as sdk:
+        assert sdk.wait_verified(receipt["id"], timeout=120).verified
+    structured = chat.with_structured_output(Colour, include_raw=True).invoke("Name a colour.")
+    raw = structured["raw"]
+    receipt = json.loads(base64.urlsafe_b64decode(raw.response_metadata["headers"]["x-haca-receipt"]))
+    assert SignedReceipt.from_json(receipt).receipt.output_hash == text_hash(raw.content)
+    with Client.from_home(net.home, "dev1") as sdk:
+        assert sdk.wait_verified(receipt["id"], timeout=120).verified
+    assert_devnet_supply_holds(net.handle)
+
+
+@lc_tool
+def get_weather(city: str) -> str:
+    """The current weather in a city."""
+    return f"sunny in {city}"
