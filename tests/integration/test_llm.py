@@ -349,6 +349,14 @@ def test_every_agent_feature_through_the_official_clients_settles_verified(net, 
     done = events[-1].response
     _settles_verified(net, done.model_extra["haca"]["receipt"], parse_request(responses, "response"), done.output_text)
 
+    tool = {"type": "function", **WEATHER["function"]}  # the Responses API's flat function tool
+    called = {"model": EXAMPLE_LLM, "input": "Weather in Rome?", "tools": [tool], "tool_choice": "required",
+              "max_output_tokens": 40, "temperature": 0}  # fmt: skip
+    response = client.responses.create(**called)
+    assert response.output[0].type == "function_call" and response.output[0].name == "get_weather"
+    haca = response.model_extra["haca"]
+    _settles_verified(net, haca["receipt"], parse_request(called, "response"), haca["output_text"])
+
     chat = ChatOpenAI(model=EXAMPLE_LLM, base_url=net.url + "/v1", api_key=api_key, temperature=0, max_tokens=40,
                       max_retries=0, include_response_headers=True)  # fmt: skip
     message = chat.bind_tools([get_weather], tool_choice="get_weather").invoke("What is the weather in Paris?")
