@@ -15,6 +15,7 @@ from haca.crypto.hashing import sha256
 from haca.crypto.keys import PrivateKey
 from haca.crypto.state_proof import verify_proof
 from haca.types.encoding import canonical_json
+from haca.types.gov import MsgUpdateParams
 from haca.types.registry import MsgRegisterModel, MsgRegisterNode
 from tests.unit.chain import apphelpers
 from tests.unit.chain.apphelpers import FEES, Node
@@ -309,3 +310,33 @@ def test_check_tx_rejects_a_registry_message_with_a_bad_schema_or_field_as_malfo
     assert chain.app.check_state.writes == check_writes
     # Nothing was charged: the owner's next valid tx passes at the same nonce.
     assert chain.check(chain.tx(OWNER, IRIS)).code == 0
+
+
+def test_a_lowered_price_delay_never_puts_a_newer_version_in_effect_before_the_one_it_follows(tmp_path):
+    """Issue 23's finding: v2 is registered under a long price_delay, governance then lowers it, and
+    v3 (registered later) would take effect before v2 — so v3's terms, then v2's older ones, would
+    apply in turn. A version's terms never take effect before those of the version it follows."""
+    authority = PrivateKey.from_seed("registry-authority")
+    genesis = dataclasses.replace(
+        GENESIS,
+        accounts=(*GENESIS.accounts, GenesisAccount(authority.address, FUNDS)),
+        authorities=(authority.address,),
+    )
+    chain = Node(tmp_path / "state.db")
+    chain.init(genesis)
+    chain.block()
+    try:
+        assert_ok(chain.deliver(OWNER, IRIS))
+        assert_ok(chain.deliver(OWNER, dataclasses.replace(IRIS, price=2_000)))  # v2, effective after 20 blocks
+        v2 = chain.answer("/registry/model", b"iris@2")
+        assert_ok(chain.deliver(authority, MsgUpdateParams("registry", {"price_delay": 1})))
+        assert_ok(chain.deliver(OWNER, dataclasses.replace(IRIS, price=3_000)))  # v3
+        v3 = chain.answer("/registry/model", b"iris@3")
+        assert v3["effective_height"] == v2["effective_height"] > v3["height"] + 1
+        versions = [
+            chain.answer("/registry/model_in_effect", f"{IRIS.model_id}@{h}".encode())["version"]
+            for h in range(v2["height"], v2["effective_height"] + 2)
+        ]
+        assert versions == sorted(versions) and versions[-1] == 3 and 2 not in versions  # v3 replaces v2 at once
+    finally:
+        chain.close()

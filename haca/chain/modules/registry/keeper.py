@@ -310,6 +310,11 @@ class RegistryKeeper:
         name_key = NAMES_PREFIX + _hex(msg.model_id) + b"/" + msg.name.encode()
         first_here = state.get(name_key) is None
         effective = height if first_here else height + self.params(state).price_delay
+        if latest:
+            # never before the version it follows takes effect: governance lowering price_delay
+            # between two registrations would otherwise put the newer terms in effect first, then the
+            # older ones back (issue 23: versions' effective heights reordered)
+            effective = max(effective, self.model(state, msg.name, latest).effective_height)
         circuit = self.circuit(state, msg.circuit, msg.model_id) if msg.circuit else None
         manifest = ModelManifest.registered(msg, circuit, latest + 1, owner, height, effective)
         ref = f"{msg.name}/{latest + 1}".encode()
