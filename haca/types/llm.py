@@ -28,24 +28,17 @@ DEFAULT_MAX_TOKENS = 256  # OpenAI's default is "the rest of the context": a bou
 MAX_STOP = 4
 MAX_STOP_LENGTH = 256
 MAX_MESSAGES = 1024
-MAX_SCHEMA_CHARS = 16 << 10
-MAX_TOP_LOGPROBS = {
-    "chat": 20,
-    "completion": 5,
-}  # the OpenAI API's limits  # a response_format's JSON schema, as JSON text
+MAX_SCHEMA_CHARS = 16 << 10  # a response_format's JSON schema, as JSON text
+MAX_TOP_LOGPROBS = {"chat": 20, "completion": 5}  # the OpenAI API's limits
 # Parameters accepted only at a value that changes nothing (we do not implement them): any other
 # value is refused with a 400 naming the parameter, never dropped.
-NEUTRAL: dict[str, Any] = {
-    "n": 1,
-    "echo": False,
-    "best_of": 1,
-    "suffix": None,
-    "logit_bias": None,
-    "store": None,
-}
-NEUTRAL_ALSO: dict[str, tuple[Any, ...]] = {  # further values that change nothing
-    "logit_bias": ({},),
-    "store": (False,),
+NEUTRAL: dict[str, tuple[Any, ...]] = {
+    "n": (1,),
+    "echo": (False,),
+    "best_of": (1,),
+    "suffix": (None,),
+    "logit_bias": (None, {}),
+    "store": (None, False),
 }
 IGNORED = ("user", "metadata", "stream_options")  # they do not shape the output
 _SCHEMA_NAME = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
@@ -218,7 +211,7 @@ def parse_request(body: Any, kind: str) -> LlmRequest:
         if name in known or name in IGNORED:
             continue
         if name in NEUTRAL:
-            if value != NEUTRAL[name] and value not in NEUTRAL_ALSO.get(name, ()):
+            if value not in NEUTRAL[name]:
                 raise LlmRequestError(f"{name}={value!r} is not supported by this node", name)
             continue
         raise LlmRequestError(f"Unrecognized request argument supplied: {name}", name)
