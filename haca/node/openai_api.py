@@ -388,7 +388,7 @@ async def _sse(call: LlmCall, run: Run, first: str | Outcome | Exception) -> Asy
             yield sse_event(error_event(event))
             return
         outcome, signed = await run.finished()
-        calls = tool_calls_for(call, outcome)
+        calls = tool_calls_for(call, outcome, signed)
         if calls:  # held back while generated: sent whole, as the API's tool_calls delta
             deltas = [{"index": i, **c.to_json()} for i, c in enumerate(calls)]
             yield sse_event(_chunk(call, {"tool_calls": deltas}, None))
@@ -450,9 +450,11 @@ def haca_of(call: LlmCall, signed: SignedReceipt, called: Outcome | None = None)
     return doc
 
 
-def tool_calls_for(call: LlmCall, outcome: Outcome) -> tuple[ToolCall, ...]:
+def tool_calls_for(call: LlmCall, outcome: Outcome, signed: SignedReceipt) -> tuple[ToolCall, ...]:
+    """The calls the generated text makes; their ids derive from the request hash the receipt
+    already carries (computed when it was signed, here or in the enclave)."""
     tools = call.request.callable_tools
-    return tool_calls_of(outcome.text, call.request.hash(call.served.model_id), tools) if tools else ()
+    return tool_calls_of(outcome.text, signed.receipt.input_hash, tools) if tools else ()
 
 
 def logprobs_of(call: LlmCall, outcome: Outcome) -> dict[str, Any] | None:
@@ -481,7 +483,7 @@ def finish_reason_of(outcome: Outcome, calls: tuple[ToolCall, ...]) -> str:
 
 def _completion_body(call: LlmCall, outcome: Outcome, signed: SignedReceipt) -> dict[str, Any]:
     if call.request.kind == "chat":
-        calls = tool_calls_for(call, outcome)
+        calls = tool_calls_for(call, outcome, signed)
         message: dict[str, Any] = {"role": "assistant", "content": None if calls else outcome.text}
         if calls:
             message["tool_calls"] = [c.to_json() for c in calls]

@@ -103,7 +103,7 @@ def _format(response_format: dict[str, Any] | None) -> dict[str, Any]:
 
 
 def response_body(call: LlmCall, outcome: Outcome, signed: SignedReceipt) -> dict[str, Any]:
-    calls = tool_calls_for(call, outcome)
+    calls = tool_calls_for(call, outcome, signed)
     output = _output(call, outcome.text, calls, "completed")
     doc = _response(call, "completed", output, outcome)
     doc["haca"] = haca_of(call, signed, outcome if calls else None)
@@ -145,7 +145,7 @@ async def response_events(call: LlmCall, run: Run, first: str | Outcome | Except
             yield b"data: " + orjson.dumps(error_event(event_now)) + b"\n\n"
             return
         outcome, signed = await run.finished()
-        calls = tool_calls_for(call, outcome)
+        calls = tool_calls_for(call, outcome, signed)
         output = _output(call, outcome.text, calls, "completed")
         if calls:
             for index, (made, done) in enumerate(zip(calls, output, strict=True)):
