@@ -302,7 +302,8 @@ class RegistryKeeper:
 
     def register_model(self, state: CachedState, owner: str, msg: MsgRegisterModel, height: int) -> ModelManifest:
         latest = self.latest_version(state, msg.name)
-        if latest and self.model(state, msg.name, latest).owner != owner:
+        previous = self.model(state, msg.name, latest) if latest else None
+        if previous is not None and previous.owner != owner:
             raise Unauthorized(f"model name {msg.name!r} belongs to another owner")
         # A model id is content: other names may hold the same bytes (see the module docstring). What
         # is per name: the first version of these bytes under this name takes effect at once, a later
@@ -310,11 +311,11 @@ class RegistryKeeper:
         name_key = NAMES_PREFIX + _hex(msg.model_id) + b"/" + msg.name.encode()
         first_here = state.get(name_key) is None
         effective = height if first_here else height + self.params(state).price_delay
-        if latest:
+        if previous is not None:
             # never before the version it follows takes effect: governance lowering price_delay
             # between two registrations would otherwise put the newer terms in effect first, then the
             # older ones back (issue 23: versions' effective heights reordered)
-            effective = max(effective, self.model(state, msg.name, latest).effective_height)
+            effective = max(effective, previous.effective_height)
         circuit = self.circuit(state, msg.circuit, msg.model_id) if msg.circuit else None
         manifest = ModelManifest.registered(msg, circuit, latest + 1, owner, height, effective)
         ref = f"{msg.name}/{latest + 1}".encode()
