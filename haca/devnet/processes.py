@@ -87,9 +87,9 @@ def free_ports(count: int) -> list[int]:
     floor = _PORT_FLOOR if ceiling - _PORT_FLOOR > 1000 else 1024
     rng = random.SystemRandom()
     chosen: list[int] = []
-    for _ in range(50 * count + 100):
-        if len(chosen) == count:
-            return chosen
+    tries = 50 * count + 100
+    while len(chosen) < count and tries:
+        tries -= 1
         port = rng.randrange(floor, ceiling)
         if port not in chosen and _bindable(port) and _reserve(port):
             chosen.append(port)
