@@ -5,18 +5,16 @@ gets the Pydantic model; each answer carries a receipt committing to what LangCh
 from __future__ import annotations
 
 from collections.abc import Iterator
-from pathlib import Path
 
 import pytest
 from langchain_core.tools import tool
 from langchain_openai import ChatOpenAI
 from pydantic import BaseModel
 
-from haca.runtime.llm import LlmModel, smollm2_path
 from haca.types.llm import text_hash
 from haca.types.receipt import Receipt
 from haca.types.tools import call_id
-from tests.unit.node.test_openai_routes import CONTEXT, MODEL_ID, Node, serve
+from tests.unit.node.test_openai_routes import MODEL_ID, Node, module_node
 
 
 @tool
@@ -32,7 +30,7 @@ class Colour(BaseModel):
 
 @pytest.fixture(scope="module")
 def node(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Node]:
-    yield from serve(Path(tmp_path_factory.mktemp("langchain")), LlmModel(smollm2_path(), context=CONTEXT))
+    yield from module_node(tmp_path_factory, "langchain")
 
 
 @pytest.fixture(scope="module")

@@ -7,14 +7,12 @@ from __future__ import annotations
 
 import math
 from collections.abc import Iterator
-from pathlib import Path
 
 import openai
 import pytest
 
-from haca.runtime.llm import LlmModel, smollm2_path
 from haca.types.llm import parse_request
-from tests.unit.node.test_openai_routes import CONTEXT, MODEL_ID, Node, serve, stored_receipt
+from tests.unit.node.test_openai_routes import MODEL_ID, Node, module_node, openai_client, stored_receipt
 
 ASK = {
     "model": "smollm2",
@@ -26,12 +24,12 @@ ASK = {
 
 @pytest.fixture(scope="module")
 def node(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Node]:
-    yield from serve(Path(tmp_path_factory.mktemp("logprobs")), LlmModel(smollm2_path(), context=CONTEXT))
+    yield from module_node(tmp_path_factory, "logprobs")
 
 
 @pytest.fixture(scope="module")
 def client(node: Node) -> openai.OpenAI:
-    return openai.OpenAI(base_url=node.url + "/v1", api_key=node.api_key, max_retries=0, timeout=120)
+    return openai_client(node)
 
 
 def test_a_chat_reports_each_tokens_logprob_and_its_top_alternatives(client, node: Node):

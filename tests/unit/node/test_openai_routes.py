@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 import httpx
+import openai
 import pytest
 import uvicorn
 
@@ -111,6 +112,16 @@ def serve(
 @pytest.fixture
 def node(tmp_path: Path, llm: LlmModel) -> Iterator[Node]:
     yield from serve(tmp_path, llm)
+
+
+def module_node(tmp_path_factory: pytest.TempPathFactory, tag: str) -> Iterator[Node]:
+    """A node serving smollm2 for a whole test module (its own model instance and store)."""
+    yield from serve(Path(tmp_path_factory.mktemp(tag)), LlmModel(smollm2_path(), context=CONTEXT))
+
+
+def openai_client(node: Node) -> openai.OpenAI:
+    """The official client, unmodified, paying `node` with its API key."""
+    return openai.OpenAI(base_url=node.url + "/v1", api_key=node.api_key, max_retries=0, timeout=120)
 
 
 def post(url: str, **kw: Any) -> httpx.Response:

@@ -6,14 +6,12 @@ from __future__ import annotations
 
 import json
 from collections.abc import Iterator
-from pathlib import Path
 
 import openai
 import pytest
 
-from haca.runtime.llm import LlmModel, smollm2_path
 from haca.types.llm import parse_request, text_hash
-from tests.unit.node.test_openai_routes import CONTEXT, MODEL_ID, Node, bearer, post, serve, stored_receipt
+from tests.unit.node.test_openai_routes import MODEL_ID, Node, bearer, module_node, openai_client, post, stored_receipt
 
 WEATHER = {
     "type": "function",
@@ -29,18 +27,13 @@ WEATHER = {
 
 
 @pytest.fixture(scope="module")
-def llm() -> LlmModel:
-    return LlmModel(smollm2_path(), context=CONTEXT)
-
-
-@pytest.fixture(scope="module")
-def node(tmp_path_factory: pytest.TempPathFactory, llm: LlmModel) -> Iterator[Node]:
-    yield from serve(Path(tmp_path_factory.mktemp("responses")), llm)
+def node(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Node]:
+    yield from module_node(tmp_path_factory, "responses")
 
 
 @pytest.fixture(scope="module")
 def client(node: Node) -> openai.OpenAI:
-    return openai.OpenAI(base_url=node.url + "/v1", api_key=node.api_key, max_retries=0, timeout=120)
+    return openai_client(node)
 
 
 def test_a_text_response_is_answered_and_its_receipt_covers_the_request_and_text(client, node: Node):

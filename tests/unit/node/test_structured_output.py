@@ -7,16 +7,14 @@ from __future__ import annotations
 
 import json
 from collections.abc import Iterator
-from pathlib import Path
 from typing import Any
 
 import openai
 import pytest
 from pydantic import BaseModel
 
-from haca.runtime.llm import LlmModel, smollm2_path
 from haca.types.llm import parse_request, text_hash
-from tests.unit.node.test_openai_routes import CONTEXT, MODEL_ID, Node, serve, stored_receipt
+from tests.unit.node.test_openai_routes import MODEL_ID, Node, module_node, openai_client, stored_receipt
 
 PERSON = {
     "type": "object",
@@ -33,18 +31,13 @@ class City(BaseModel):
 
 
 @pytest.fixture(scope="module")
-def llm() -> LlmModel:
-    return LlmModel(smollm2_path(), context=CONTEXT)
-
-
-@pytest.fixture(scope="module")
-def node(tmp_path_factory: pytest.TempPathFactory, llm: LlmModel) -> Iterator[Node]:
-    yield from serve(Path(tmp_path_factory.mktemp("structured")), llm)
+def node(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Node]:
+    yield from module_node(tmp_path_factory, "structured")
 
 
 @pytest.fixture(scope="module")
 def client(node: Node) -> openai.OpenAI:
-    return openai.OpenAI(base_url=node.url + "/v1", api_key=node.api_key, max_retries=0, timeout=120)
+    return openai_client(node)
 
 
 def receipt_covers(node: Node, answer: Any, body: dict[str, Any]) -> None:
