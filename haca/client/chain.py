@@ -94,8 +94,14 @@ class ChainClient:
     # --- queries ------------------------------------------------------------------------------
 
     def query(self, path: str, data: bytes = b"", height: int = 0) -> dict[str, Any]:
-        answer: dict[str, Any] = json.loads(b64(self.rpc.abci_query(path, data, height)["value"]))
-        return answer
+        return self.query_with_height(path, data, height)[0]
+
+    def query_with_height(self, path: str, data: bytes = b"", height: int = 0) -> tuple[dict[str, Any], int]:
+        """An unproven answer and the height of the state it was read from (the answering RPC's
+        latest when `height` is 0: a lagging RPC answers an older state)."""
+        response = self.rpc.abci_query(path, data, height)
+        answer: dict[str, Any] = json.loads(b64(response["value"]))
+        return answer, int(response.get("height") or 0)
 
     def balance(self, address: str) -> int:
         return int(self.query("/bank/balance", address.encode())["balance"])

@@ -49,7 +49,7 @@ from haca.types.batch import BatchMark
 from haca.types.inference import EscrowAnswer, MsgDeposit, MsgWithdraw
 from haca.types.llm import LlmRequest
 from haca.types.modes import Mode, Status
-from haca.types.payment import PaymentAuthorization
+from haca.types.payment import MIN_HEIGHT_HEADER, PaymentAuthorization
 from haca.types.receipt import Receipt, SignedReceipt
 from haca.types.registry import ModelManifest
 from haca.types.settlement import SettlementRecord, request_settlement
@@ -93,6 +93,7 @@ class ClientCore:
         self.chain = chain
         self._node_address = node_address.lower() if node_address else None
         self.srs_dir: Path | None = None  # zkml: the network's genesis SRS files, to verify proofs locally
+        self.min_height = 0  # the block of this client's last deposit: sent with payments (MIN_HEIGHT_HEADER)
 
     def _terms(self, offer: PaymentOffer) -> ModelManifest:
         """The chain's terms for the offer: the manifest in effect at the quoted height (which
@@ -127,10 +128,16 @@ class ClientCore:
         manifest = yield work(self._terms, offer)
         fee = yield work(fee_of, offer, manifest)
         auth, header = sign_payment(self.key, offer, fee)
-        paid = yield Send("POST", url, body, {"X-PAYMENT": header}, stream)
+        paid = yield Send("POST", url, body, self._payment_headers(header), stream)
         if paid.status_code != 200:
             raise_for(paid)
         return Paid(paid, offer, manifest, auth)
+
+    def _payment_headers(self, x_payment: str) -> dict[str, str]:
+        headers = {"X-PAYMENT": x_payment}
+        if self.min_height:  # a node whose RPC has not seen our deposit yet reads it again first
+            headers[MIN_HEIGHT_HEADER] = str(self.min_height)
+        return headers
 
     def _infer_flow(self, model: str, input: Any, mode: str, max_fee: int | None) -> Flow[InferenceResult]:
         def fee(offer: PaymentOffer, manifest: ModelManifest) -> int:
@@ -328,6 +335,8 @@ class ClientCore:
         msg = kind(node or (yield from self._node_address_flow()), amount)
         outcome = yield work(self.chain.send_msgs, self.key, (msg,))
         assert isinstance(outcome, TxOutcome)
+        if kind is MsgDeposit:
+            self.min_height = max(self.min_height, outcome.height)
         return outcome
 
     def _escrow_flow(self, node: str | None) -> Flow[int]:

@@ -91,6 +91,11 @@ class CometRpc:
                 if self._current == index:
                     self._current = (index + 1) % len(self.urls)
 
+    def rotate(self) -> None:
+        """Ask the next endpoint first from now on (the current one answers, but behind the chain)."""
+        with self._lock:
+            self._current = (self._current + 1) % len(self.urls)
+
     def _demote(self, index: int) -> None:
         """A slow answer: the next endpoint is tried first from now on (this one stays live)."""
         with self._lock:

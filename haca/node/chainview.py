@@ -9,6 +9,14 @@ is done in a worker thread too: on the event loop it raises `ReadPending`, which
 follower, tools) it is read inline as before. One read per key is in flight at a time, so many
 requests missing the same entry share it, and `recheck` bounds how often a client whose escrow
 does not cover a request makes the node read it again (the negative cache).
+
+Reads of a client's escrow and allowance never go back in height. Each key has a *floor*: the
+height of the last answer cached for it, raised by `forget(..., height)` to the block a settlement
+committed in and by a client naming the height its payment depends on (`at_least`: its deposit's
+block). An RPC answering a state below the floor (a validator a block or more behind) is asked
+again, then another endpoint, for up to `LAG_WAIT` seconds, and its answer is never cached: a
+settled receipt's fee cannot come back as spendable escrow, and a deposit the client has seen
+committed is not refused by a node reading a lagging validator.
 """
 
 from __future__ import annotations
@@ -19,7 +27,7 @@ import time
 from collections import OrderedDict, deque
 from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
-from typing import Any
+from typing import Any, NamedTuple
 
 from haca.client.chain import ChainClient
 from haca.client.errors import ChainUnavailable, QueryFailed
@@ -39,6 +47,15 @@ READ_THREADS = 4
 MAX_PENDING_READS = 512  # reads queued past this are refused at once (503), not piled up behind a stall
 DEFAULT_BLOCK_SECONDS = 0.5  # until two heights were seen; short is the safe side (deadlines in blocks)
 BLOCK_SAMPLES = 32
+LAG_WAIT = 2.0  # seconds a read waits for an RPC to reach a key's floor before it is a 503
+LAG_POLL = 0.05
+
+
+class Cached(NamedTuple):
+    at: float  # when the read began
+    value: Any
+    head: int  # the head height this view knew then
+    state_height: int  # the height of the state the answer was read from (0: not known)
 
 
 class ReadPending(Exception):
@@ -83,8 +100,8 @@ class ChainView:
         self.max_entries = max_entries
         self.clock = clock
         # bounded: every client or API key ever seen would otherwise stay in memory for good
-        # key -> (when the read began, value, the head height known then)
-        self._cache: OrderedDict[tuple[str, str], tuple[float, Any, int]] = OrderedDict()
+        self._cache: OrderedDict[tuple[str, str], Cached] = OrderedDict()
+        self._floors: OrderedDict[tuple[str, str], int] = OrderedDict()  # key -> least height an answer may have
         self._manifests: dict[str, tuple[int, ModelManifest | None]] = {}
         self._loading: dict[tuple[str, str], Future[Any]] = {}  # key -> the one read in flight for it
         self._lock = threading.Lock()
@@ -96,29 +113,35 @@ class ChainView:
 
     # --- the cache ----------------------------------------------------------------------------------
 
-    def _cached(self, key: tuple[str, str], load: Callable[[], Any], fresh: bool = False) -> Any:
+    def _cached(
+        self, key: tuple[str, str], load: Callable[[], tuple[Any, int]], fresh: bool = False, at_least: int = 0
+    ) -> Any:
         """The value of `key`: cached when fresh enough, else read (see the module doc). `fresh`:
         a value read within `recheck` seconds, not merely within the TTL, and since the last new
-        block the view has seen (a deposit lands in a block: one read per client per block at most)."""
+        block the view has seen (a deposit lands in a block: one read per client per block at most).
+        `at_least`: a value of the state at this height or later (else read, however fresh).
+        `load` returns (value, the height of the state it was read from)."""
         now = self.clock()
         with self._lock:
             hit = self._cache.get(key)
             if hit is not None:
                 self._cache.move_to_end(key)
-        age = now - hit[0] if hit is not None else float("inf")
-        if hit is not None and age < (self.recheck if fresh else self.ttl) and (not fresh or hit[2] >= self._head()):
-            return hit[1]
+        age = now - hit.at if hit is not None else float("inf")
+        usable = hit is not None and hit.state_height >= at_least and (not fresh or hit.head >= self._head())
+        if usable and age < (self.recheck if fresh else self.ttl):
+            assert hit is not None
+            return hit.value
         if not on_event_loop():  # a worker thread may wait: read inline
             head = self._head()
-            value = load()
-            self._put(key, now, value, head)
+            value, height = load()
+            self._put(key, now, value, head, height)
             return value
         future = self._load(key, load)
-        if not fresh and hit is not None and age < self.max_stale:
-            return hit[1]  # stale while it revalidates
+        if not fresh and hit is not None and age < self.max_stale and hit.state_height >= at_least:
+            return hit.value  # stale while it revalidates
         raise ReadPending(future, self.read_wait)
 
-    def _load(self, key: tuple[str, str], load: Callable[[], Any]) -> Future[Any]:
+    def _load(self, key: tuple[str, str], load: Callable[[], tuple[Any, int]]) -> Future[Any]:
         """Start reading `key` in a worker thread unless a read of it is in flight already."""
         with self._lock:
             future = self._loading.get(key)
@@ -134,7 +157,7 @@ class ChainView:
 
         def run() -> None:
             try:
-                value = load()
+                value, height = load()
             except BaseException as exc:
                 with self._lock:
                     if self._loading.get(key) is future:
@@ -146,7 +169,7 @@ class ChainView:
                 if current:
                     del self._loading[key]
             if current:
-                self._put(key, started, value, head)  # as old as the moment the read began
+                self._put(key, started, value, head, height)  # as old as the moment the read began
             future.set_result(value)
 
         try:
@@ -162,30 +185,64 @@ class ChainView:
         with self._lock:
             return self._heights[-1][0] if self._heights else 0
 
-    def _put(self, key: tuple[str, str], at: float, value: Any, head: int = 0) -> None:
+    def _put(self, key: tuple[str, str], at: float, value: Any, head: int = 0, state_height: int = 0) -> None:
         with self._lock:
             old = self._cache.get(key)
-            if old is not None and old[0] > at:
+            if old is not None and (old.at > at or old.state_height > state_height):
                 return  # a newer value arrived while this read was on its way
-            self._cache[key] = (at, value, head)
+            self._cache[key] = Cached(at, value, head, state_height)
             self._cache.move_to_end(key)
             while len(self._cache) > self.max_entries:
                 self._cache.popitem(last=False)
 
+    # --- floors: reads that never go back in height -------------------------------------------------
+
+    def _raise_floor(self, key: tuple[str, str], height: int) -> None:
+        with self._lock:
+            if height > self._floors.get(key, 0):
+                self._floors[key] = height
+            if key in self._floors:
+                self._floors.move_to_end(key)
+            while len(self._floors) > self.max_entries:
+                self._floors.popitem(last=False)
+
+    def _query_at_least(self, key: tuple[str, str], path: str, data: bytes, at_least: int) -> tuple[Any, int]:
+        """An answer read from the state at the key's floor (or `at_least`) or later; an RPC that
+        answers an older state is asked again (another endpoint after a few tries) for up to
+        `LAG_WAIT` seconds, then the read fails (ChainUnavailable: a 503, never a stale answer)."""
+        with self._lock:
+            floor = max(self._floors.get(key, 0), at_least)
+        deadline = time.monotonic() + LAG_WAIT
+        tries = 0
+        while True:
+            answer, height = self.chain.query_with_height(path, data)
+            if height >= floor:
+                self._raise_floor(key, height)
+                return answer, height
+            tries += 1
+            if time.monotonic() >= deadline:
+                raise ChainUnavailable(
+                    f"{path}: the chain RPC answers the state of height {height}, but this read needs"
+                    f" height {floor} or later (a lagging validator)"
+                )
+            if tries % 4 == 0:
+                self.chain.rpc.rotate()  # this endpoint is stuck behind: ask the next one
+            time.sleep(LAG_POLL)
+
     # --- reads --------------------------------------------------------------------------------------
 
     def height(self) -> int:
-        def load() -> int:
+        def load() -> tuple[int, int]:
             height = self.chain.rpc.height()
             self._saw_height(height)
-            return height
+            return height, height
 
         return int(self._cached(("height", ""), load))
 
     def note_height(self, height: int) -> None:
         """The latest height, read just now by someone else (the chain follower): cached as fresh."""
         self._saw_height(height)
-        self._put(("height", ""), self.clock(), height)
+        self._put(("height", ""), self.clock(), height, state_height=height)
 
     def _saw_height(self, height: int) -> None:
         now = self.clock()
@@ -201,27 +258,31 @@ class ChainView:
             (h0, t0), (h1, t1) = self._heights[0], self._heights[-1]
         return max((t1 - t0) / (h1 - h0), 0.01)
 
-    def available_escrow(self, client: str, fresh: bool = False) -> int:
+    def available_escrow(self, client: str, fresh: bool = False, at_least: int = 0) -> int:
         """The client's escrow for this node less what it is withdrawing: funds being withdrawn
         are paid out after the chain's delay, so the node never serves against them. `fresh`:
         a value read within `recheck` seconds (before refusing a client that may just have
-        deposited; at most one read per client per `recheck`, however often it is refused)."""
+        deposited; at most one read per client per `recheck`, however often it is refused).
+        `at_least`: read from the state at this height or later (the block of the client's deposit)."""
+        key = ("escrow", client)
 
-        def load() -> int:
-            answer = self.chain.query("/inference/escrow", f"{client}/{self.node}".encode())
+        def load() -> tuple[int, int]:
+            answer, height = self._query_at_least(key, "/inference/escrow", f"{client}/{self.node}".encode(), at_least)
             (lane,) = parse_answer(EscrowAnswer.from_json, answer, "escrow").lanes
-            return lane.available
+            return lane.available, height
 
-        return int(self._cached(("escrow", client), load, fresh))
+        return int(self._cached(key, load, fresh, at_least))
 
     def allowance(self, allowance: SpendingAllowance) -> tuple[int, int]:
         """(spent on chain, height its revocation takes effect or 0) for an allowance."""
+        key = ("allowance", allowance.id)
 
-        def load() -> tuple[int, int]:
-            answer = self.chain.query("/inference/allowance", canonical_json(allowance.to_json()))
-            return int(answer["spent"]), int(answer["revoked_from"])
+        def load() -> tuple[tuple[int, int], int]:
+            data = canonical_json(allowance.to_json())
+            answer, height = self._query_at_least(key, "/inference/allowance", data, 0)
+            return (int(answer["spent"]), int(answer["revoked_from"])), height
 
-        spent, revoked_from = self._cached(("allowance", allowance.id), load)
+        spent, revoked_from = self._cached(key, load)
         return spent, revoked_from
 
     def manifest_in_effect(self, model_id: str, height: int) -> ModelManifest | None:
@@ -232,7 +293,7 @@ class ChainView:
         if hit is not None and hit[0] == height:  # one entry per model: the terms at the latest height asked
             return hit[1]
 
-        def load() -> ModelManifest | None:
+        def load() -> tuple[ModelManifest | None, int]:
             try:
                 answer = self.chain.query("/registry/model_in_effect", f"{model_id}@{height}@{self.node}".encode())
                 manifest: ModelManifest | None = parse_answer(ModelManifest.from_json, answer, "model manifest")
@@ -240,15 +301,15 @@ class ChainView:
                 manifest = None
             with self._lock:
                 self._manifests[model_id] = (height, manifest)
-            return manifest
+            return manifest, 0
 
         if not on_event_loop():
-            return load()
+            return load()[0]
         raise ReadPending(self._load(("manifest", f"{model_id}@{height}"), load), self.read_wait)
 
     def params(self) -> dict[str, Any]:
         """The inference module's params (cached like any read)."""
-        params: dict[str, Any] = self._cached(("params", ""), lambda: self.chain.query("/inference/params"))
+        params: dict[str, Any] = self._cached(("params", ""), lambda: self.chain.query_with_height("/inference/params"))
         return params
 
     def settlement_fee(self, fees: int, count: int = 1) -> int:
@@ -278,11 +339,15 @@ class ChainView:
         except QueryFailed:
             return None
 
-    def forget(self, client: str, allowance_id: str | None = None) -> None:
-        """Drop cached chain state a settlement just changed, so the next request sees it (a read
-        in flight began before the settlement: its answer is not cached either)."""
+    def forget(self, client: str, allowance_id: str | None = None, height: int = 0) -> None:
+        """Drop cached chain state a settlement committed at `height` changed, so the next request
+        sees it: a read in flight began before the settlement (its answer is not cached), and the
+        next read must be of that height's state or later (an RPC behind it still shows the fee
+        as escrow)."""
+        keys = [("escrow", client)] + ([("allowance", allowance_id)] if allowance_id else [])
+        for key in keys:
+            self._raise_floor(key, height)
         with self._lock:
-            keys = [("escrow", client)] + ([("allowance", allowance_id)] if allowance_id else [])
             for key in keys:
                 self._cache.pop(key, None)
                 self._loading.pop(key, None)

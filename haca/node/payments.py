@@ -45,6 +45,8 @@ from haca.types import fields
 from haca.types.modes import Mode, Status
 from haca.types.payment import (
     AUTHORIZATION_FIELDS,
+    MIN_HEIGHT_AHEAD,
+    MIN_HEIGHT_HEADER,
     PaymentAuthorization,
     SignedPayment,
     SpendingAllowance,
@@ -114,7 +116,7 @@ class PaymentView(Protocol):
 
     def height(self) -> int: ...
 
-    def available_escrow(self, client: str, fresh: bool = False) -> int: ...
+    def available_escrow(self, client: str, fresh: bool = False, at_least: int = 0) -> int: ...
 
     def allowance(self, allowance: SpendingAllowance) -> tuple[int, int]: ...
 
@@ -168,6 +170,7 @@ class PendingPayment:
     payment: SignedPayment
     client: str
     request_id: str
+    min_height: int = 0  # the block the client's funds arrived in (MIN_HEIGHT_HEADER), 0 if not named
 
     @property
     def authorization(self) -> PaymentAuthorization | None:
@@ -339,19 +342,35 @@ class PaymentGate:
         header = headers.get(PAYMENT_HEADER)
         signature_v2 = headers.get(PAYMENT_SIGNATURE_HEADER)
         bearer = headers.get("authorization", "")
+        min_height = self._min_height(headers.get(MIN_HEIGHT_HEADER.lower()))
         if signature_v2:
             try:
                 payload = decode_payment_signature(signature_v2, self.chain_id)
             except ValueError as exc:
                 raise PaymentRequired(f"invalid {PAYMENT_SIGNATURE_HEADER}: {exc}") from exc
-            return self._authorized(payload, quotes, PAYMENT_SIGNATURE_HEADER)
+            return self._authorized(payload, quotes, PAYMENT_SIGNATURE_HEADER, min_height)
         if header:
-            return self._per_request(header, quotes)
+            return self._per_request(header, quotes, min_height)
         if bearer.lower().startswith("bearer ") and bearer[7:].strip().startswith("haca_"):
-            return self._allowance(bearer[7:].strip(), quotes)
+            return self._allowance(bearer[7:].strip(), quotes, min_height)
         raise PaymentRequired("payment required")
 
-    def _per_request(self, header: str, quotes: Mapping[tuple[str, str], Quote]) -> PendingPayment:
+    def _min_height(self, value: str | None) -> int:
+        """The height the client's funds depend on: at most a block or two ahead of this node's
+        view (its RPC may lag); further ahead is refused at once, so no client can hold a chain
+        read open waiting for a height that is not coming."""
+        if value is None:
+            return 0
+        if not value.isascii() or not value.isdigit() or len(value) > 19:
+            raise PaymentRequired(f"invalid {MIN_HEIGHT_HEADER}: {value[:40]!r} is not a block height")
+        height, now = int(value), self.chain.height()
+        if height > now + MIN_HEIGHT_AHEAD:
+            raise PaymentRequired(
+                f"{MIN_HEIGHT_HEADER} {height} is ahead of the chain as this node reads it (height {now})"
+            )
+        return height
+
+    def _per_request(self, header: str, quotes: Mapping[tuple[str, str], Quote], min_height: int) -> PendingPayment:
         try:
             doc = json.loads(base64.b64decode(header, validate=True))
             fields.require_fields(doc, {"x402Version", "scheme", "network", "payload"}, "X-PAYMENT")
@@ -361,9 +380,11 @@ class PaymentGate:
                 raise ValueError(f"X-PAYMENT: scheme must be {SCHEME!r} on network {self.chain_id!r}")
         except (ValueError, RecursionError) as exc:
             raise PaymentRequired(f"invalid X-PAYMENT: {exc}") from exc
-        return self._authorized(doc["payload"], quotes, "X-PAYMENT")
+        return self._authorized(doc["payload"], quotes, "X-PAYMENT", min_height)
 
-    def _authorized(self, payload: Any, quotes: Mapping[tuple[str, str], Quote], header: str) -> PendingPayment:
+    def _authorized(
+        self, payload: Any, quotes: Mapping[tuple[str, str], Quote], header: str, min_height: int
+    ) -> PendingPayment:
         """A per-request authorisation (`{"authorization", "signature"}`, from either x402 version)."""
         try:
             payload = fields.require_fields(payload, {"authorization", "signature"}, f"{header} payload")
@@ -385,10 +406,10 @@ class PaymentGate:
         if request in self._in_flight or request in self._spent or self.store.has_request(*request):
             raise RequestConflict(f"request id {auth.request_id} was already served")
         self._admit(quote)
-        self._escrow_covers(auth.client, auth.max_fee, hold=False)
-        return PendingPayment(SignedPayment("request", auth, signature), auth.client, auth.request_id)
+        self._escrow_covers(auth.client, auth.max_fee, hold=False, at_least=min_height)
+        return PendingPayment(SignedPayment("request", auth, signature), auth.client, auth.request_id, min_height)
 
-    def _allowance(self, token: str, quotes: Mapping[tuple[str, str], Quote]) -> PendingPayment:
+    def _allowance(self, token: str, quotes: Mapping[tuple[str, str], Quote], min_height: int) -> PendingPayment:
         try:
             payment = decode_api_key(token)
             signer = self._signer(payment)
@@ -408,8 +429,8 @@ class PaymentGate:
         pending = self.store.unsettled_allowance(allowance.id) + self._held_allowance.get(allowance.id, 0)
         if spent + pending + cheapest > allowance.cap:
             raise PaymentRequired(f"API key allowance cap {allowance.cap} reached ({spent} settled, {pending} pending)")
-        self._escrow_covers(allowance.client, cheapest, hold=False)
-        return PendingPayment(payment, allowance.client, "0x" + secrets.token_bytes(32).hex())
+        self._escrow_covers(allowance.client, cheapest, hold=False, at_least=min_height)
+        return PendingPayment(payment, allowance.client, "0x" + secrets.token_bytes(32).hex(), min_height)
 
     def _signer(self, payment: SignedPayment) -> str:
         """The allowance's signer, remembered per (allowance, signature): an API key is sent with
@@ -493,7 +514,7 @@ class PaymentGate:
             self._expiry_covers(quote, value.expiry)
         self._admit(quote)
         if auth is not None:
-            reserved = self._escrow_covers(pending.client, fee, hold=True)
+            reserved = self._escrow_covers(pending.client, fee, hold=True, at_least=pending.min_height)
             self._in_flight.add(request)
             self._count_zk(quote.mode, +1)
             return AcceptedPayment(pending.payment, pending.client, pending.request_id, fee, reserved, mode=quote.mode)
@@ -508,7 +529,7 @@ class PaymentGate:
             raise PaymentRequired(
                 f"API key allowance cap {allowance.cap} reached ({spent} settled, {unsettled} pending, {fee} asked)"
             )
-        reserved = self._escrow_covers(pending.client, fee, hold=True)
+        reserved = self._escrow_covers(pending.client, fee, hold=True, at_least=pending.min_height)
         self._held_allowance[allowance.id] = held + fee
         self._count_zk(quote.mode, +1)
         return AcceptedPayment(
@@ -519,16 +540,17 @@ class PaymentGate:
         if mode == Mode.ZKML:
             self._zk_in_flight = max(0, self._zk_in_flight + delta)
 
-    def _escrow_covers(self, client: str, fee: int, hold: bool) -> int:
+    def _escrow_covers(self, client: str, fee: int, hold: bool, at_least: int = 0) -> int:
         """The client's escrow for this node, less what it is withdrawing, must pay this fee and
         every unsettled or in-flight one, each with its settlement fee; with `hold` the amount is
-        held for this request and returned."""
+        held for this request and returned. `at_least`: before refusing, the escrow is read from
+        that height's state or later (the client's deposit block)."""
         available = self.chain.available_escrow(client)
         count, fees = self.store.unsettled_charges(client)
         pending = (fees + self.chain.settlement_fee(fees, count) if count else 0) + self._held.get(client, 0)
         cost = fee + self.chain.settlement_fee(fee)
         if available < pending + cost:  # a deposit since the cached read pays: read once more first
-            available = self.chain.available_escrow(client, fresh=True)
+            available = self.chain.available_escrow(client, fresh=True, at_least=at_least)
         if available < pending + cost:
             raise PaymentRequired(
                 f"escrow of {client} for this node is {available} (less withdrawals), with {pending} unsettled:"

@@ -272,7 +272,7 @@ class Settler:
         retry = [r for i, r in enumerate(chunk) if i in rejected and not self._settled_on_chain(r)]
         if retry:  # each gets its verdict from MsgSettle, which names why the chain refuses it
             self._send_single(retry)
-        self._settled_chunk(chunk)
+        self._settled_chunk(chunk, outcome.height)
         self.settled_total += len(settled)
         log.info("settled_batch", batch=batch_id, receipts=len(settled), rejected=len(rejected), height=outcome.height)
         return len(chunk)
@@ -307,7 +307,8 @@ class Settler:
         self.store.mark([receipt_id], Status(record.status), height=record.height)
         self._count([stored], Status(record.status))
         self._unseen_passes.pop(receipt_id, None)
-        self._refresh_view(receipt.receipt.client, None)  # a batch item's record (a pointer) names no client
+        # a batch item's record (a pointer) names no allowance
+        self._refresh_view(receipt.receipt.client, None, record.height)
         self.settled_total += 1
         return True
 
@@ -414,25 +415,26 @@ class Settler:
         for status, marked in sorted(by_status.items()):
             self.store.mark(marked, status, height=outcome.height)
             self._count([r for r in chunk if r.item.receipt.id in set(marked)], status)
-        self._settled_chunk(chunk)
+        self._settled_chunk(chunk, outcome.height)
         self.settled_total += len(ids)
         log.info("settled", receipts=len(ids), height=outcome.height, tx=tx_hash)
         return len(ids)
 
-    def _settled_chunk(self, chunk: list[StoredReceipt]) -> None:
-        """A tx of these receipts committed: stop counting its passes, refresh what it changed."""
+    def _settled_chunk(self, chunk: list[StoredReceipt], height: int) -> None:
+        """A tx of these receipts committed at `height`: stop counting its passes, refresh what it changed."""
         for stored in chunk:
             self._unseen_passes.pop(stored.item.receipt.id, None)
             payment = stored.item.payment
             allowance_id = payment.value.id if isinstance(payment.value, SpendingAllowance) else None
-            self._refresh_view(stored.item.receipt.receipt.client, allowance_id)
+            self._refresh_view(stored.item.receipt.receipt.client, allowance_id, height)
 
-    def _refresh_view(self, client: str, allowance_id: str | None) -> None:
+    def _refresh_view(self, client: str, allowance_id: str | None, height: int) -> None:
         """Settled receipts leave the node's unsettled counts; the cached escrow (and allowance
-        spend) must not lag behind them, or the gate would accept what the escrow cannot pay."""
+        spend) must not lag behind them — nor be read again from a validator that has not seen
+        block `height` yet — or the gate would accept what the escrow cannot pay."""
         forget = getattr(self.view, "forget", None)  # test doubles may not cache at all
         if forget is not None:
-            forget(client, allowance_id)
+            forget(client, allowance_id, height)
 
     def _follow_claims(self) -> None:
         """Put this node's claimed receipts back in the queue (a refusal of the node's own payment,

@@ -120,7 +120,7 @@ class FakeView:
     def height(self) -> int:
         return self.current_height
 
-    def available_escrow(self, client: str, fresh: bool = False) -> int:
+    def available_escrow(self, client: str, fresh: bool = False, at_least: int = 0) -> int:
         return self.escrows.get(client, 0)
 
     def allowance(self, allowance: SpendingAllowance) -> tuple[int, int]:

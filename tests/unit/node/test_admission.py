@@ -60,6 +60,9 @@ class FakeChain:
         assert path == "/registry/model_in_effect", path
         return self.manifest.to_json()
 
+    def query_with_height(self, path: str, data: bytes = b"") -> tuple[dict[str, Any], int]:
+        return self.query(path, data), HEIGHT
+
 
 class Clock:
     def __init__(self) -> None:

@@ -69,7 +69,7 @@ class PointerView:
     def request_record(self, client: str, request_id: str) -> BatchMark | None:
         return self.mark
 
-    def forget(self, client: str, allowance_id: str | None = None) -> None:
+    def forget(self, client: str, allowance_id: str | None = None, height: int = 0) -> None:
         self.forgotten.append(client)
 
 

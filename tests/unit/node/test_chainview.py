@@ -10,6 +10,7 @@ from typing import Any
 
 import pytest
 
+from haca.client.errors import ChainUnavailable
 from haca.node.chainview import ChainView, ReadPending
 from tests.unit.fakeclock import FakeClock
 from tests.unit.node.nodehelpers import escrow_answer
@@ -28,6 +29,9 @@ class CountingChain:
         assert self.gate.wait(10), "never released"
         self.queries.append(data)
         return escrow_answer(len(data) + self.extra)
+
+    def query_with_height(self, path: str, data: bytes = b"") -> tuple[dict[str, Any], int]:
+        return self.query(path, data), 0
 
 
 ESCROW = len(b"0xa/0xnode")
@@ -141,3 +145,68 @@ def test_on_the_event_loop_a_value_past_max_stale_is_waited_for():
         assert asyncio.run(on_loop()) == ESCROW + 5
     finally:
         view.close()
+
+
+class LaggingChain:
+    """Two RPC endpoints of one chain: the first answers the state of `behind_height` (a validator
+    that has not seen the latest block), the second the latest. `rpc.rotate()` moves to the next."""
+
+    def __init__(self, escrow_by_height: dict[int, int], behind_height: int) -> None:
+        self.escrow_by_height = escrow_by_height
+        self.latest = max(escrow_by_height)
+        self.behind_height = behind_height
+        self.current = 0  # the endpoint asked
+        self.rotations = 0
+        self.rpc = self
+
+    def rotate(self) -> None:
+        self.rotations += 1
+        self.current = (self.current + 1) % 2
+
+    def query_with_height(self, path: str, data: bytes = b"") -> tuple[dict[str, Any], int]:
+        height = self.behind_height if self.current == 0 else self.latest
+        return escrow_answer(self.escrow_by_height[height]), height
+
+
+def test_after_a_settlement_a_lagging_rpc_never_refills_the_escrow_with_the_fee_already_paid():
+    """The attack on the node: its receipts for 0xa settle in block 11 (escrow 1,000 → 400) and
+    leave its unsettled count, then its RPC — a validator still at block 10 — answers 1,000 again.
+    The view asks again, then another endpoint, and caches only the state of block 11."""
+    chain = LaggingChain({10: 1000, 11: 400}, behind_height=10)
+    view = ChainView(chain, "0xnode", ttl=60)  # type: ignore[arg-type]
+    chain.current = 1
+    assert view.available_escrow("0xa") == 400  # read at 11 (the settlement already in)
+    chain.current = 0  # the node's RPC fails over to a lagging validator
+    view.forget("0xa", None, height=11)
+    assert view.available_escrow("0xa") == 400
+    assert chain.rotations == 1  # asked the lagging endpoint four times, then the next one
+    assert view._cache[("escrow", "0xa")].state_height == 11
+
+
+def test_a_read_that_stays_behind_the_settlement_is_a_503_not_the_old_escrow(monkeypatch: pytest.MonkeyPatch):
+    monkeypatch.setattr("haca.node.chainview.LAG_WAIT", 0.2)
+    chain = LaggingChain({10: 1000, 11: 400}, behind_height=10)
+    chain.rotate = lambda: None  # type: ignore[method-assign]  # every endpoint is behind
+    view = ChainView(chain, "0xnode", ttl=60)  # type: ignore[arg-type]
+    view.forget("0xa", None, height=11)
+    with pytest.raises(ChainUnavailable, match="answers the state of height 10, but this read needs height 11"):
+        view.available_escrow("0xa")
+    assert ("escrow", "0xa") not in view._cache
+
+
+def test_escrow_reads_never_go_back_in_height_even_without_a_settlement():
+    chain = LaggingChain({10: 1000, 11: 400}, behind_height=10)
+    view = ChainView(chain, "0xnode", ttl=0)  # type: ignore[arg-type]
+    chain.current = 1
+    assert view.available_escrow("0xa") == 400
+    chain.current = 0
+    assert view.available_escrow("0xa") == 400  # the answer at 10 is refused: 11 was seen
+
+
+def test_a_client_naming_its_deposit_block_is_read_from_that_block_or_later():
+    """One block behind: the client deposited in block 11 and pays at once; the node's cached
+    escrow (block 10) does not cover it, and a lagging RPC still shows block 10."""
+    chain = LaggingChain({10: 0, 11: 5000}, behind_height=10)
+    view = ChainView(chain, "0xnode", ttl=60, recheck=60)  # type: ignore[arg-type]
+    assert view.available_escrow("0xa") == 0  # cached, at 10
+    assert view.available_escrow("0xa", fresh=True, at_least=11) == 5000

@@ -583,7 +583,7 @@ def test_a_malformed_api_key_is_a_402(gate, case):
 class StaleView(FakeView):
     """A view whose cached escrow read predates the client's deposit: only a fresh read sees it."""
 
-    def available_escrow(self, client: str, fresh: bool = False) -> int:
+    def available_escrow(self, client: str, fresh: bool = False, at_least: int = 0) -> int:
         return self.escrows.get(client, 0) if fresh else 0
 
 
@@ -596,3 +596,40 @@ def test_a_deposit_newer_than_the_cached_escrow_read_pays(store):
     view.escrows[CLIENT.address] = need(PRICE, 1) - 1
     other = {"x-payment": x_payment(authorization(request_id=request_id(2)))}
     assert refused(gate, other) == short(need(PRICE, 1) - 1, need(PRICE, 1))
+
+
+class LaggingView(FakeView):
+    """A view over an RPC one block behind the client: the deposit (in block HEIGHT) is seen only
+    by a read of that height's state or later, which is what `at_least` asks for."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.reads: list[int] = []
+
+    def available_escrow(self, client: str, fresh: bool = False, at_least: int = 0) -> int:
+        self.reads.append(at_least)
+        return self.escrows.get(client, 0) if at_least >= HEIGHT else 0
+
+
+def test_a_client_naming_its_deposit_block_is_served_by_a_node_reading_a_validator_a_block_behind(store):
+    view = LaggingView()
+    view.escrows[CLIENT.address] = need(PRICE, 1)
+    gate = PaymentGate(NODE.address, CHAIN_ID, DENOM, view, store, settle_margin=MARGIN)
+    without = {"x-payment": x_payment(authorization(request_id=request_id(1)))}
+    assert refused(gate, without) == short(0, 0)  # the old 402: the deposit not yet seen
+    with_height = {"x-payment": x_payment(authorization(request_id=request_id(2))), "x-haca-min-height": str(HEIGHT)}
+    assert accept(gate, with_height).reserved == need(PRICE, 1)
+    assert view.reads[-1] == HEIGHT
+
+
+@pytest.mark.parametrize("value", ["12a", "-1", "", "1" * 20, "١٢"])
+def test_a_malformed_min_height_is_a_402(gate, value):
+    headers = {"x-payment": x_payment(authorization()), "x-haca-min-height": value}
+    assert refused(gate, headers) == f"invalid X-HACA-Min-Height: {value[:40]!r} is not a block height"
+
+
+def test_a_min_height_far_ahead_of_the_chain_is_refused_at_once_not_waited_for(gate):
+    headers = {"x-payment": x_payment(authorization()), "x-haca-min-height": str(HEIGHT + 3)}
+    assert refused(gate, headers) == (
+        f"X-HACA-Min-Height {HEIGHT + 3} is ahead of the chain as this node reads it (height {HEIGHT})"
+    )
