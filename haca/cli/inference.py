@@ -322,6 +322,9 @@ def _print_fields(record: dict[str, Any]) -> None:
 def allowance_create(
     node: Annotated[str, typer.Option("--node", help="the node's address")],
     max_amount: Annotated[int, typer.Option("--max", min=1, help="cap on what the node may charge in total")],
+    per_request: Annotated[
+        int, typer.Option("--per-request", min=0, help="most the node may charge for one request (0: the cap only)")
+    ] = 0,
     expires_in: Annotated[int, typer.Option("--expires-in", min=1, help="blocks from now")] = 100_000,
     nonce: Annotated[int | None, typer.Option("--nonce", help="to revoke it later (default: expiry height)")] = None,
     from_: KeyOption = None,
@@ -332,8 +335,9 @@ def allowance_create(
     config = ClientConfig.load(client_home(home))
     node_url = next((n["url"] for n in config.extra.get("nodes", []) if n["address"] == node.lower()), None)
     with _client(home, from_, node_url or "http://unused") as client:
-        api_key = client.create_api_key(node, max_amount, expires_in, nonce)
-    emit(json_out, {"api_key": api_key, "node": node.lower(), "cap": max_amount}, lambda: console.print(api_key))
+        api_key = client.create_api_key(node, max_amount, expires_in, nonce, per_request)
+    shown = {"api_key": api_key, "node": node.lower(), "cap": max_amount, "max_per_request": per_request}
+    emit(json_out, shown, lambda: console.print(api_key))
 
 
 @allowance_app.command("revoke")

@@ -344,9 +344,10 @@ class ClientCore:
         answer = yield work(self.chain.query, "/inference/escrow", data.encode())
         return parse_answer(EscrowAnswer.from_json, answer, "escrow").escrow
 
-    def _api_key_flow(self, node: str, cap: int, expires_in: int, nonce: int | None) -> Flow[str]:
+    def _api_key_flow(self, node: str, cap: int, expires_in: int, nonce: int | None, max_per_request: int) -> Flow[str]:
         expiry = (yield work(self.chain.rpc.height)) + expires_in
-        return create_api_key(self.key, self.chain.chain_id, node, cap, expiry, nonce if nonce is not None else expiry)
+        nonce = nonce if nonce is not None else expiry
+        return create_api_key(self.key, self.chain.chain_id, node, cap, expiry, nonce, max_per_request)
 
 
 def _called(request: LlmRequest, offer: LlmOffer, streamed: str, output_text: Any) -> tuple[str, tuple[ToolCall, ...]]:

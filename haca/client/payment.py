@@ -184,8 +184,11 @@ def check_height_hint(height_hint: int, terms_height: int) -> None:
         )
 
 
-def create_api_key(key: PrivateKey, chain_id: str, node: str, cap: int, expiry: int, nonce: int) -> str:
-    allowance = SpendingAllowance(chain_id, key.address, node.lower(), cap, expiry, nonce)
+def create_api_key(
+    key: PrivateKey, chain_id: str, node: str, cap: int, expiry: int, nonce: int, max_per_request: int = 0
+) -> str:
+    """A bearer API key: an allowance for `node` of `cap` in all and `max_per_request` per request (0: cap only)."""
+    allowance = SpendingAllowance(chain_id, key.address, node.lower(), cap, expiry, nonce, max_per_request)
     return encode_api_key(allowance, allowance.sign(key))
 
 

@@ -150,8 +150,12 @@ class Client(ClientCore):
         """What this client holds in escrow for `node` (default: this client's node)."""
         return self._run(self._escrow_flow(node))
 
-    def create_api_key(self, node: str, cap: int, expires_in: int, nonce: int | None = None) -> str:
-        return self._run(self._api_key_flow(node, cap, expires_in, nonce))
+    def create_api_key(
+        self, node: str, cap: int, expires_in: int, nonce: int | None = None, max_per_request: int = 0
+    ) -> str:
+        """A bearer API key for `node`: at most `cap` in all and `max_per_request` for one request
+        (0: the cap only), for `expires_in` blocks; revocable on chain by `nonce`."""
+        return self._run(self._api_key_flow(node, cap, expires_in, nonce, max_per_request))
 
 
 class AsyncClient(ClientCore):
@@ -254,9 +258,11 @@ class AsyncClient(ClientCore):
         """As Client.escrow."""
         return await self._run(self._escrow_flow(node))
 
-    async def create_api_key(self, node: str, cap: int, expires_in: int, nonce: int | None = None) -> str:
+    async def create_api_key(
+        self, node: str, cap: int, expires_in: int, nonce: int | None = None, max_per_request: int = 0
+    ) -> str:
         """As Client.create_api_key."""
-        return await self._run(self._api_key_flow(node, cap, expires_in, nonce))
+        return await self._run(self._api_key_flow(node, cap, expires_in, nonce, max_per_request))
 
 
 def _from_home(cls: type[Any], home: Path | str | None, key: str | None, node_url: str | None) -> Any:

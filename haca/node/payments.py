@@ -426,6 +426,8 @@ class PaymentGate:
             # settles within the chain's revoke delay.
             raise PaymentRequired(f"API key allowance was revoked on chain (effective at height {revoked_from})")
         cheapest = min((q.fee(1) for q in quotes.values()), default=0)
+        if (too_much := allowance.per_request_limit(cheapest)) is not None:
+            raise PaymentRequired(f"API key allowance: no request here costs so little ({too_much})")
         pending = self.store.unsettled_allowance(allowance.id) + self._held_allowance.get(allowance.id, 0)
         if spent + pending + cheapest > allowance.cap:
             raise PaymentRequired(f"API key allowance cap {allowance.cap} reached ({spent} settled, {pending} pending)")
@@ -486,6 +488,8 @@ class PaymentGate:
             spent, _ = self.chain.allowance(allowance)
             unsettled = self.store.unsettled_allowance(allowance.id) + self._held_allowance.get(allowance.id, 0)
             amount = min(worst, allowance.cap - spent - unsettled)
+            if allowance.max_per_request:
+                amount = min(amount, allowance.max_per_request)
         if amount < quote.fee(1):
             least = quote.fee(1)
             raise PaymentRequired(f"the payment covers {max(amount, 0)}; the least this request costs is {least}")
@@ -523,6 +527,8 @@ class PaymentGate:
         spent, revoked_from = self.chain.allowance(allowance)
         if revoked_from:
             raise PaymentRequired(f"API key allowance was revoked on chain (effective at height {revoked_from})")
+        if (too_much := allowance.per_request_limit(fee)) is not None:
+            raise PaymentRequired(f"API key allowance: {too_much}")
         held = self._held_allowance.get(allowance.id, 0)
         unsettled = self.store.unsettled_allowance(allowance.id) + held
         if spent + unsettled + fee > allowance.cap:

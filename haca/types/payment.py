@@ -1,8 +1,9 @@
 """Client-signed payment authorisations (EIP-712):
 
 - `PaymentAuthorization`: pay one request (node, request id, model, mode, max fee, expiry height).
-- `SpendingAllowance`: let one node charge up to `cap` until `expiry` (revocable on chain by
-  nonce); carried as a bearer API key so any OpenAI-style client can pay.
+- `SpendingAllowance`: let one node charge up to `cap` in all, and at most `max_per_request` for
+  any one request (0: only the cap), until `expiry` (revocable on chain by nonce); carried as a
+  bearer API key so any OpenAI-style client can pay.
 """
 
 from __future__ import annotations
@@ -35,6 +36,7 @@ ALLOWANCE_FIELDS = [
     ("cap", "uint256"),
     ("expiry", "uint64"),
     ("nonce", "uint64"),
+    ("maxPerRequest", "uint256"),
 ]
 API_KEY_PREFIX = "haca_"
 # The chain height a paid request depends on (the block of the client's deposit): a node whose RPC is
@@ -107,6 +109,9 @@ class SpendingAllowance:
     cap: int
     expiry: int
     nonce: int
+    # The most one request may be charged (0: only the cap bounds it): a key handed to an agent
+    # cannot be drained by one long generation or one request priced at the whole cap.
+    max_per_request: int = 0
 
     def eip712_message(self) -> dict[str, Any]:
         return {
@@ -116,7 +121,14 @@ class SpendingAllowance:
             "cap": self.cap,
             "expiry": self.expiry,
             "nonce": self.nonce,
+            "maxPerRequest": self.max_per_request,
         }
+
+    def per_request_limit(self, fee: int) -> str | None:
+        """Why `fee` is more than one request may be charged under this allowance, or None."""
+        if self.max_per_request and fee > self.max_per_request:
+            return f"fee {fee} exceeds the allowance's maximum per request {self.max_per_request}"
+        return None
 
     @cached_property
     def id(self) -> str:
@@ -136,6 +148,7 @@ class SpendingAllowance:
             "cap": str(self.cap),
             "expiry": self.expiry,
             "nonce": self.nonce,
+            "max_per_request": str(self.max_per_request),
         }
 
     @classmethod
@@ -148,6 +161,7 @@ class SpendingAllowance:
             cap=f.uint(doc["cap"], "cap"),
             expiry=f.uint(doc["expiry"], "expiry", 64),
             nonce=f.uint(doc["nonce"], "nonce", 64),
+            max_per_request=f.uint(doc["max_per_request"], "max_per_request"),
         )
 
 

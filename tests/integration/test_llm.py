@@ -33,6 +33,7 @@ from haca.runtime.llm import smollm2_path
 from haca.types.llm import parse_request, text_hash
 from haca.types.payment import PaymentAuthorization
 from haca.types.receipt import SignedReceipt
+from haca.types.registry import token_fee
 from haca.types.x402 import PAYMENT_RESPONSE_HEADER, PAYMENT_SIGNATURE_HEADER, caip2_network
 from tests.integration.helpers import assert_devnet_supply_holds, settlement_fee
 
@@ -118,6 +119,33 @@ def test_the_openai_client_chats_completes_streams_and_lists_models_with_llama_c
     completion = client.completions.create(model=EXAMPLE_LLM, prompt="The sky is", **params)
     bare = llama.create_completion("The sky is", **params)
     assert completion.choices[0].text == bare["choices"][0]["text"]
+
+
+def test_an_api_key_with_a_maximum_per_request_stops_a_long_generation_there_and_is_charged_no_more(net, api_key):
+    """The attack an agent's key invites: one request that takes the whole cap. The key allows the
+    prompt and 6 completion tokens per request; asked for 64, the node generates at most 6 and the
+    chain settles that fee — the rest of the escrow stays the client's."""
+    prompt_price, completion_price, _ = EXAMPLE_LLM_TERMS
+    probe = net.openai(api_key).chat.completions.create(model=EXAMPLE_LLM, messages=MESSAGES, max_tokens=1)
+    assert probe.usage is not None
+    most = token_fee(prompt_price, completion_price, probe.usage.prompt_tokens, 6)
+    created = net.haca(
+        "allowance", "create", "--node", net.node, "--max", str(10**8), "--per-request", str(most), "--from", "dev1"
+    )
+    assert created["max_per_request"] == most
+    key = net.handle.keys.get("dev1").key
+    net.wait_node_settled()
+    escrow_before = net.escrow(key.address)
+    chat = net.openai(str(created["api_key"])).chat.completions.create(
+        model=EXAMPLE_LLM, messages=MESSAGES, max_tokens=64, temperature=0
+    )
+    receipt = SignedReceipt.from_json((chat.model_extra or {})["haca"]["receipt"]).receipt
+    assert chat.usage is not None and chat.usage.completion_tokens <= 6
+    assert receipt.fee == token_fee(prompt_price, completion_price, receipt.prompt_tokens, receipt.completion_tokens)
+    assert receipt.fee <= most
+    net.wait_node_settled()
+    assert net.escrow(key.address) == escrow_before - receipt.fee - settlement_fee(net.chain, receipt.fee)
+    assert_devnet_supply_holds(net.handle)
 
 
 def test_a_tee_chat_settles_verified_charging_usage_times_price_and_burning_the_settlement_fee(net, api_key):

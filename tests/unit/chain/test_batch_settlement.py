@@ -76,8 +76,12 @@ def ok(result) -> None:
     assert result.code == 0, result.log
 
 
-def allowance(client: PrivateKey = CLIENT, cap: int = CAP, nonce: int = 1, node: str = NODE.address) -> SignedPayment:
-    value = SpendingAllowance(CHAIN_ID, client.address, node, cap, expiry=10**9, nonce=nonce)
+def allowance(
+    client: PrivateKey = CLIENT, cap: int = CAP, nonce: int = 1, node: str = NODE.address, max_per_request: int = 0
+) -> SignedPayment:
+    value = SpendingAllowance(
+        CHAIN_ID, client.address, node, cap, expiry=10**9, nonce=nonce, max_per_request=max_per_request
+    )
     return SignedPayment("allowance", value, value.sign(client))
 
 
@@ -362,6 +366,25 @@ def test_bad_items_are_skipped_and_recorded_while_the_others_settle_exactly(chai
     assert chain.balance(NODE.address) == node_balance + 4 * FEE - apphelpers.fee_of(raw)
     assert chain.supply()[1] - burned == 4 * SF + apphelpers.fee_of(raw)
     assert record["fees"] == str(4 * FEE) and record["settlement_fees"] == str(4 * SF)
+    holds(chain)
+
+
+def test_a_batch_item_above_its_allowances_maximum_per_request_is_refused_and_pays_nothing(chain):
+    """The attack: a node holding an agent's API key (cap far above one fee, at most FEE per
+    request) charges one request FEE + 1. That item is refused; the one at FEE settles."""
+    limited = allowance(nonce=41, max_per_request=FEE)
+    entries = [(receipt(chain, 50, fee=FEE + 1), limited), (receipt(chain, 51), limited)]
+    escrow, node_balance = chain.escrow(CLIENT.address, NODE.address), chain.balance(NODE.address)
+    msg = batch(entries)
+    raw = chain.tx(NODE, msg)
+    (result,) = chain.block([raw]).tx_results
+    ok(result)
+    record = batch_record(chain, msg)
+    assert [(r["index"], r["code"], r["log"]) for r in record["rejected"]] == [
+        (0, codes.FEE_ABOVE_LIMIT, f"fee {FEE + 1} exceeds the allowance's maximum per request {FEE}")
+    ]
+    assert chain.escrow(CLIENT.address, NODE.address) == escrow - (FEE + SF)
+    assert chain.balance(NODE.address) == node_balance + FEE - apphelpers.fee_of(raw)
     holds(chain)
 
 

@@ -544,6 +544,11 @@ def _allowance_below_the_fee(chain: Node) -> tuple[PrivateKey, bytes]:
     return NODE, settle_tx(chain, item(make_receipt(1), pay_allowance(allowance(FEE - 1))))
 
 
+def _allowance_whose_per_request_maximum_is_below_the_fee(chain: Node) -> tuple[PrivateKey, bytes]:
+    """The cap would allow it; the most one request may cost does not."""
+    return NODE, settle_tx(chain, item(make_receipt(1), pay_allowance(allowance(10**9, max_per_request=FEE - 1))))
+
+
 REJECTIONS: list[tuple[Case, int, str]] = [
     (_settled_twice, errors.AlreadySettled.code, "was settled by receipt"),
     (_same_request_with_another_receipt, errors.AlreadySettled.code, request_id(1)),
@@ -575,6 +580,11 @@ REJECTIONS: list[tuple[Case, int, str]] = [
     (_allowance_signed_by_someone_else, errors.InvalidPayment.code, f"signed by {MALLORY.address}"),
     (_allowance_for_another_chain, errors.InvalidPayment.code, "other-chain"),
     (_allowance_below_the_fee, errors.FeeAboveLimit.code, f"allowance cap {FEE - 1}"),
+    (
+        _allowance_whose_per_request_maximum_is_below_the_fee,
+        errors.FeeAboveLimit.code,
+        f"fee {FEE} exceeds the allowance's maximum per request {FEE - 1}",
+    ),
 ]
 
 

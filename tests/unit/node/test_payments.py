@@ -633,3 +633,24 @@ def test_a_min_height_far_ahead_of_the_chain_is_refused_at_once_not_waited_for(g
     assert refused(gate, headers) == (
         f"X-HACA-Min-Height {HEIGHT + 3} is ahead of the chain as this node reads it (height {HEIGHT})"
     )
+
+
+def test_an_api_keys_maximum_per_request_bounds_each_charge_and_what_an_llm_may_hold(gate):
+    """An agent's key: cap 10,000, at most 2 rows' price per request. Three rows are refused
+    (402, the hold dropped), two are charged, and a request of unknown cost holds at most the
+    maximum, so the generation stops there."""
+    limited = allowance(max_per_request=2 * ROW_PRICE)
+    pending = gate.check(bearer(limited), ROW_QUOTES)
+    assert refused_charge(gate, pending, ROW_QUOTE, 3) == (
+        f"API key allowance: fee {3 * ROW_PRICE} exceeds the allowance's maximum per request {2 * ROW_PRICE}"
+    )
+    assert gate.charge(gate.check(bearer(limited), ROW_QUOTES), ROW_QUOTE, 2).fee == 2 * ROW_PRICE
+    worst = 10 * ROW_PRICE
+    assert gate.charge_up_to(gate.check(bearer(limited), ROW_QUOTES), ROW_QUOTE, worst).fee == 2 * ROW_PRICE
+
+
+def test_an_api_key_whose_maximum_per_request_is_below_every_price_is_refused_before_the_body(gate):
+    assert refused(gate, bearer(allowance(max_per_request=PRICE - 1))) == (
+        f"API key allowance: no request here costs so little (fee {PRICE} exceeds the allowance's"
+        f" maximum per request {PRICE - 1})"
+    )

@@ -224,6 +224,8 @@ class _BatchRun:
         if (error := self.allowance_error[a]) is not None:
             raise type(error)(str(error))
         allowance = self.msg.spending[a]
+        if (too_much := allowance.per_request_limit(item.fee)) is not None:
+            raise FeeAboveLimit(too_much)
         used = self.spent[a] + self.charged[a]
         if used + item.fee > allowance.cap:
             raise FeeAboveLimit(f"allowance cap {allowance.cap}: {used} spent, fee {item.fee} would exceed it")

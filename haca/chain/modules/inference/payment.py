@@ -35,8 +35,8 @@ def check_payment_for(
 ) -> PaymentAuthorization | SpendingAllowance:
     """The client's payment pays this receipt now: signed by the receipt's client for its node and
     chain, unexpired; a per-request authorisation names the receipt's request, model and mode and
-    allows its fee; an allowance is not revoked and its cap leaves room for the fee. Nothing is
-    charged (settlement and claims share these checks)."""
+    allows its fee; an allowance is not revoked, its maximum per request allows the fee and its cap
+    leaves room for it. Nothing is charged (settlement and claims share these checks)."""
     if payment.value.client != receipt.client:
         raise InvalidPayment(f"payment is from {payment.value.client}, not from the receipt's client {receipt.client}")
     auth = check_authorisation(ctx, payment, receipt.node)
@@ -48,6 +48,8 @@ def check_payment_for(
     else:
         if keeper.is_revoked(ctx.state, auth.client, auth.node, auth.nonce, ctx.height):
             raise InvalidPayment(f"allowance nonce {auth.nonce} was revoked by {auth.client}")
+        if (too_much := auth.per_request_limit(receipt.fee)) is not None:
+            raise FeeAboveLimit(too_much)
         spent = keeper.allowance_spent(ctx.state, auth.id)
         if spent + receipt.fee > auth.cap:
             raise FeeAboveLimit(f"allowance cap {auth.cap}: {spent} spent, fee {receipt.fee} would exceed it")
