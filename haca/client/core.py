@@ -17,7 +17,7 @@ import httpx
 
 from haca.client.batch import BatchInclusion, prove_batched_receipt
 from haca.client.chain import ChainClient, TxOutcome
-from haca.client.errors import HacaError, NodeError, PaymentRequiredError, QueryFailed, node_error
+from haca.client.errors import AnswerLost, HacaError, NodeError, PaymentRequiredError, QueryFailed, node_error
 from haca.client.flows import Flow, Send, Sleep, work
 from haca.client.llm import LlmOffer, LlmReceiptInvalid, llm_max_fee, llm_offers, select_offer, verify_llm_answer
 from haca.client.payment import (
@@ -35,6 +35,7 @@ from haca.client.records import parse_answer
 from haca.client.results import (
     CHAT_PATH,
     COMPLETION_PATH,
+    FetchedOutput,
     InferenceResult,
     LlmOptions,
     LlmResult,
@@ -47,12 +48,14 @@ from haca.client.zk import proof_from_chain, verify_zkml_receipt
 from haca.crypto.keys import PrivateKey
 from haca.types.batch import BatchMark
 from haca.types.inference import EscrowAnswer, MsgDeposit, MsgWithdraw
-from haca.types.llm import LlmRequest
+from haca.types.llm import LlmRequest, text_hash
 from haca.types.modes import Mode, Status
+from haca.types.outputs import OUTPUT_SIGNATURE_HEADER, sign_output_request
 from haca.types.payment import MIN_HEIGHT_HEADER, PaymentAuthorization
 from haca.types.receipt import Receipt, SignedReceipt
 from haca.types.registry import ModelManifest
 from haca.types.settlement import SettlementRecord, request_settlement
+from haca.types.tensor import TensorError, tensors_from_json, tensors_hash
 from haca.types.tools import ToolCall, tool_calls_of
 from haca.types.x402 import PAYMENT_REQUIRED_HEADER
 
@@ -128,7 +131,10 @@ class ClientCore:
         manifest = yield work(self._terms, offer)
         fee = yield work(fee_of, offer, manifest)
         auth, header = sign_payment(self.key, offer, fee)
-        paid = yield Send("POST", url, body, self._payment_headers(header), stream)
+        try:
+            paid = yield Send("POST", url, body, self._payment_headers(header), stream)
+        except httpx.TransportError as exc:  # sent; the answer may be lost after the node queued the receipt
+            paid = yield from self._lost_answer_flow(url, auth.request_id, exc)
         if paid.status_code != 200:
             raise_for(paid)
         return Paid(paid, offer, manifest, auth)
@@ -138,6 +144,19 @@ class ClientCore:
         if self.min_height:  # a node whose RPC has not seen our deposit yet reads it again first
             headers[MIN_HEIGHT_HEADER] = str(self.min_height)
         return headers
+
+    def _lost_answer_flow(self, url: str, request_id: str, lost: httpx.TransportError) -> Flow[httpx.Response]:
+        """A tensor answer lost on the way is fetched again (GET /v1/outputs: the output and receipt
+        the node kept, checked as any answer); an LLM's is left to `fetch_output` (AnswerLost)."""
+        message = f"the answer to request {request_id} was lost ({lost!r}): if the node served it, fetch_output gets it"
+        if not url.endswith("/v1/infer"):
+            raise AnswerLost(message, request_id) from lost
+        try:
+            fetched = yield from self._output_flow(request_id)
+        except (HacaError, httpx.TransportError) as exc:
+            raise AnswerLost(f"{message}; fetching it failed: {exc}", request_id) from lost
+        answer = {**fetched.output, "receipt": fetched.receipt.to_json(), "status": fetched.status}
+        return httpx.Response(200, json=answer, request=httpx.Request("POST", url))
 
     def _infer_flow(self, model: str, input: Any, mode: str, max_fee: int | None) -> Flow[InferenceResult]:
         def fee(offer: PaymentOffer, manifest: ModelManifest) -> int:
@@ -338,6 +357,35 @@ class ClientCore:
         if kind is MsgDeposit:
             self.min_height = max(self.min_height, outcome.height)
         return outcome
+
+    def _output_flow(self, request_id: str) -> Flow[FetchedOutput]:
+        """GET /v1/outputs/{request_id}, signed by this client (only the paying client gets it);
+        the output must be what the receipt's output hash commits to, for this client's request."""
+        node = yield from self._node_address_flow()
+        signature = sign_output_request(self.key, self.chain.chain_id, node, request_id)
+        headers = {OUTPUT_SIGNATURE_HEADER: "0x" + signature.hex()}
+        response = yield Send("GET", f"{self.node_url}/v1/outputs/{request_id}", headers=headers)
+        if response.status_code != 200:
+            raise_for(response)
+        try:
+            doc = response.json()
+            signed = SignedReceipt.from_json(doc["receipt"])
+            output = {k: doc[k] for k in ("output", "zk", "text", "finish_reason") if k in doc}
+            if "text" in doc:
+                committed = text_hash(doc["text"])
+            else:
+                committed = tensors_hash(tensors_from_json(doc["output"], "output"))
+        except (KeyError, TypeError, ValueError, TensorError) as exc:
+            raise ReceiptInvalid(f"the node's output does not parse: {exc}") from exc
+        r = signed.receipt
+        if (r.client, r.request_id, r.node) != (self.key.address, request_id.lower(), node):
+            raise ReceiptInvalid("the node answered the output of another request, client or node")
+        if r.output_hash != committed:
+            raise ReceiptInvalid("the node's output is not the one its receipt commits to")
+        # tee: signed by an enclave key, checked when it settles (wait_verified); else by the node
+        if r.mode != Mode.TEE and r.signer(signed.signature) != node:
+            raise ReceiptInvalid("the output's receipt is not signed by the node")
+        return FetchedOutput(r.request_id, signed, output, str(doc.get("status", "")))
 
     def _escrow_flow(self, node: str | None) -> Flow[int]:
         data = f"{self.key.address}/{node or (yield from self._node_address_flow())}"

@@ -108,6 +108,15 @@ class NodeRejected(NodeError):
     replayed request id): sending it again will not help."""
 
 
+class AnswerLost(NodeError):
+    """The paid request reached the node but its answer did not come back: if the node served it,
+    its output is kept for this client (`Client.fetch_output(request_id)`) until the payment expires."""
+
+    def __init__(self, message: str, request_id: str) -> None:
+        super().__init__(message)
+        self.request_id = request_id
+
+
 class NodeUnavailable(NodeError):
     """The node cannot serve now (overloaded, rate-limited, its enclave or chain down, timed out):
     worth retrying later."""

@@ -55,6 +55,24 @@ class ReceiptStatus:
 
 
 @dataclass(frozen=True)
+class FetchedOutput:
+    """A paid request's output fetched again from the node (its answer was lost on the way),
+    checked to be what the receipt commits to: `output` is the tensor answer's fields ("output",
+    and "zk" for zkml) or an LLM's ("text", "finish_reason")."""
+
+    request_id: str
+    receipt: SignedReceipt
+    output: dict[str, Any]
+    status: str
+
+    @property
+    def text(self) -> str | None:
+        """An LLM's generated text (None for a tensor answer)."""
+        text = self.output.get("text")
+        return text if isinstance(text, str) else None
+
+
+@dataclass(frozen=True)
 class InferenceResult:
     output: dict[str, Any]  # {name: {"dtype", "shape", "data"}}
     receipt: SignedReceipt

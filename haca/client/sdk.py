@@ -20,6 +20,7 @@ from haca.client.errors import HacaError, NodeError
 from haca.client.flows import Flow, T, run_async, run_sync
 from haca.client.results import (
     AsyncLlmStream,
+    FetchedOutput,
     InferenceResult,
     LlmOptions,
     LlmParams,
@@ -139,6 +140,11 @@ class Client(ClientCore):
         """The node's account: from the client's config, else as the node reports it."""
         return self._run(self._node_address_flow())
 
+    def fetch_output(self, request_id: str) -> FetchedOutput:
+        """The output of a request this client paid for, from the node again (its answer was lost
+        on the way): checked against the receipt, which `wait_verified` then checks on chain."""
+        return self._run(self._output_flow(request_id))
+
     def deposit(self, amount: int, node: str | None = None) -> TxOutcome:
         """Escrow `amount` for `node` (default: this client's node); only that node is paid from it."""
         return self._run(self._escrow_msg_flow(MsgDeposit, amount, node))
@@ -245,6 +251,10 @@ class AsyncClient(ClientCore):
     async def node_address(self) -> str:
         """As Client.node_address."""
         return await self._run(self._node_address_flow())
+
+    async def fetch_output(self, request_id: str) -> FetchedOutput:
+        """As Client.fetch_output."""
+        return await self._run(self._output_flow(request_id))
 
     async def deposit(self, amount: int, node: str | None = None) -> TxOutcome:
         """As Client.deposit."""

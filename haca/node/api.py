@@ -40,6 +40,7 @@ from haca.node.errors import (
     error_body,
 )
 from haca.node.openai_api import OPENAI_ROUTES, Admission, add_openai_routes
+from haca.node.outputs import output_answer
 from haca.node.payments import AcceptedPayment, Quote, payment_response_headers, settle_reads
 from haca.node.pipeline import PaidRequest, keep, kept, local_receipt, tee_terms
 from haca.node.responses_api import add_responses_route
@@ -147,16 +148,16 @@ def create_app(ctx: NodeContext) -> FastAPI:
                 output, signed = await _in_enclave(ctx, served, raw_input, tee_terms(ctx, quote, accepted))
             else:
                 output, signed, zk = await _locally(ctx, served, quote, accepted, inputs)
-            keep(ctx, signed, accepted, zk)
+            answer: dict[str, Any] = {"output": output}
+            if zk is not None:
+                answer["zk"] = {"instances": [list(row) for row in zk.instances]}
+            keep(ctx, signed, accepted, answer, zk)  # the output kept for the client, as answered
         finally:
             ctx.gate.release(accepted)  # the receipt now counts as unsettled, or the request failed
         kept(ctx, proof_job=zk is not None)
         metrics.inferences.labels(quote.model_name, mode).inc()
         metrics.latency.observe(time.perf_counter() - started)
-        answer: dict[str, Any] = {"output": output, "receipt": signed.to_json()}
-        answer["status"] = Status.PROVING if zk else Status.PENDING
-        if zk is not None:
-            answer["zk"] = {"instances": [list(row) for row in zk.instances]}
+        answer = {**answer, "receipt": signed.to_json(), "status": Status.PROVING if zk else Status.PENDING}
         headers = payment_response_headers(accepted, ctx.chain_id, signed.id)
         return Response(orjson.dumps(answer), media_type="application/json", headers=headers)
 
@@ -166,6 +167,11 @@ def create_app(ctx: NodeContext) -> FastAPI:
         if stored is None:
             raise ReceiptNotFound(f"this node has no receipt {receipt_id}")
         return stored.to_json()
+
+    @app.get("/v1/outputs/{request_id}")
+    async def get_output(request_id: str, request: Request) -> dict[str, Any]:
+        """The output of a paid request whose answer was lost, for its paying client (haca.node.outputs)."""
+        return await run_in_threadpool(output_answer, ctx, request.headers, request_id)
 
     @app.get("/v1/models")
     async def list_models() -> dict[str, Any]:

@@ -40,6 +40,16 @@ class ReceiptNotFound(NodeError):
     code = "receipt_not_found"
 
 
+class OutputNotFound(NodeError):
+    status = 404
+    code = "output_not_found"
+
+
+class Unauthenticated(NodeError):
+    status = 401
+    code = "unauthenticated"
+
+
 class PayloadTooLarge(NodeError):
     status = 413
     code = "payload_too_large"

@@ -347,7 +347,7 @@ class Run:
                     text_hash(result.text),
                     tokens=(result.prompt_tokens, result.completion_tokens),
                 )
-            keep(ctx, signed, call.accepted)
+            keep(ctx, signed, call.accepted, {"text": result.text, "finish_reason": result.finish_reason})
         except Exception as exc:
             self.events.put_nowait(exc)
             self._done.set_exception(exc)

@@ -37,12 +37,13 @@ from typing import Any, ParamSpec, Protocol, TypeVar
 
 from haca.crypto.keys import SignatureError
 from haca.node.chainview import DEFAULT_BLOCK_SECONDS, ReadPending
-from haca.node.errors import Overloaded, PaymentRequired, RequestConflict
+from haca.node.errors import InvalidRequest, Overloaded, PaymentRequired, RequestConflict
 from haca.node.receipts import ReceiptStore
 from haca.node.x402v2 import decode_payment_signature
 from haca.node.x402v2 import payment_response_header as payment_response_header_v2
 from haca.types import fields
 from haca.types.modes import Mode, Status
+from haca.types.outputs import IDEMPOTENCY_HEADER, idempotency_key, idempotent_request_id
 from haca.types.payment import (
     AUTHORIZATION_FIELDS,
     MIN_HEIGHT_AHEAD,
@@ -171,6 +172,7 @@ class PendingPayment:
     client: str
     request_id: str
     min_height: int = 0  # the block the client's funds arrived in (MIN_HEIGHT_HEADER), 0 if not named
+    idempotent: bool = False  # an API-key request whose id comes from its Idempotency-Key (not fresh)
 
     @property
     def authorization(self) -> PaymentAuthorization | None:
@@ -325,7 +327,7 @@ class PaymentGate:
         return pending
 
     def claim(self, pending: PendingPayment) -> None:
-        if pending.authorization is None:
+        if pending.authorization is None and not pending.idempotent:
             return  # an allowance request has a fresh id of its own
         request = (pending.client, pending.request_id)
         if request in self._claimed or request in self._in_flight:
@@ -352,8 +354,25 @@ class PaymentGate:
         if header:
             return self._per_request(header, quotes, min_height)
         if bearer.lower().startswith("bearer ") and bearer[7:].strip().startswith("haca_"):
-            return self._allowance(bearer[7:].strip(), quotes, min_height)
+            pending = self._allowance(bearer[7:].strip(), quotes, min_height)
+            key = headers.get(IDEMPOTENCY_HEADER.lower())
+            return pending if key is None else self._idempotent(pending, key)
         raise PaymentRequired("payment required")
+
+    def _idempotent(self, pending: PendingPayment, key: str) -> PendingPayment:
+        """An API-key request with an Idempotency-Key: its id is derived from the allowance and the
+        key, so a retry is the same request — refused (409) once served, never charged twice."""
+        try:
+            key = idempotency_key(key)
+        except ValueError as exc:
+            raise InvalidRequest(str(exc)) from None
+        request_id = idempotent_request_id(pending.payment.value.id, key)  # type: ignore[union-attr]
+        if self.store.has_request(pending.client, request_id):
+            raise RequestConflict(
+                f"request {request_id} (this Idempotency-Key) was already served: fetch its output with"
+                f" GET /v1/outputs/{request_id} and the same Authorization and {IDEMPOTENCY_HEADER} headers"
+            )
+        return replace(pending, request_id=request_id, idempotent=True)
 
     def _min_height(self, value: str | None) -> int:
         """The height the client's funds depend on: at most a block or two ahead of this node's
@@ -507,10 +526,10 @@ class PaymentGate:
         # The body may have taken a while: what `check` saw must still hold now.
         value = pending.payment.value
         self._common(value.node, value.chain_id, value.expiry)
-        if auth is not None:
-            if (auth.model_id, auth.mode) != (quote.model_id, quote.mode):
+        request = (pending.client, pending.request_id)
+        if auth is not None or pending.idempotent:
+            if auth is not None and (auth.model_id, auth.mode) != (quote.model_id, quote.mode):
                 raise PaymentRequired("authorisation is for another model or mode than the request's")
-            request = (pending.client, pending.request_id)
             # The same X-PAYMENT sent twice at once may pass `check` twice: only one is charged and run.
             if request in self._in_flight or request in self._spent or self.store.has_request(*request):
                 raise RequestConflict(f"request id {pending.request_id} is being or was already served")
@@ -537,6 +556,8 @@ class PaymentGate:
             )
         reserved = self._escrow_covers(pending.client, fee, hold=True, at_least=pending.min_height)
         self._held_allowance[allowance.id] = held + fee
+        if pending.idempotent:
+            self._in_flight.add(request)
         self._count_zk(quote.mode, +1)
         return AcceptedPayment(
             pending.payment, pending.client, pending.request_id, fee, reserved, allowance.id, fee, quote.mode

@@ -139,11 +139,18 @@ def tee_terms(ctx: NodeContext, quote: Quote, accepted: AcceptedPayment) -> Term
     return terms_for(ctx.chain_id, ctx.key.address, quote, accepted)
 
 
-def keep(ctx: NodeContext, signed: SignedReceipt, accepted: AcceptedPayment, zk: ZkAnswer | None = None) -> None:
-    """Write the receipt (and a zkml proof job) to the durable queue before the answer leaves."""
+def keep(
+    ctx: NodeContext,
+    signed: SignedReceipt,
+    accepted: AcceptedPayment,
+    output: dict[str, Any],
+    zk: ZkAnswer | None = None,
+) -> None:
+    """Write the receipt (and a zkml proof job) to the durable queue before the answer leaves,
+    with the output it commits to (fetchable by the paying client if the answer is lost)."""
     job = ProofJob(signed.id, signed.receipt.model_id, zk.inputs, 0) if zk else None
     try:
-        ctx.store.add(signed, accepted.payment, proof_job=job)
+        ctx.store.add(signed, accepted.payment, proof_job=job, output=output)
     except DuplicateRequest as exc:
         raise RequestConflict(str(exc)) from exc
 

@@ -1,6 +1,9 @@
 """The node's durable receipt queue (SQLite, WAL). A receipt is written before its answer is
 sent, so an accepted inference is never lost; the settler moves it pending → submitted →
-settled (or rejected). `synchronous=NORMAL` in WAL mode survives a process kill."""
+settled (or rejected). `synchronous=NORMAL` in WAL mode survives a process kill.
+
+With each receipt the output its hash commits to is kept (`outputs`), until the payment expires:
+a client whose response was lost can fetch what it paid for (haca.types.outputs)."""
 
 from __future__ import annotations
 
@@ -16,6 +19,7 @@ from typing import Any
 from haca.proofs.zk.proof import PROOF_MAGIC, ProofError, encode_ezkl_proof
 from haca.types.inference import SettlementItem
 from haca.types.modes import UNSETTLED, Status
+from haca.types.outputs import StoredOutput
 from haca.types.payment import SignedPayment
 from haca.types.receipt import SignedReceipt
 
@@ -37,6 +41,13 @@ CREATE TABLE IF NOT EXISTS receipts (
 );
 CREATE INDEX IF NOT EXISTS receipts_status ON receipts (status, created);
 CREATE INDEX IF NOT EXISTS receipts_client ON receipts (client, status);
+CREATE TABLE IF NOT EXISTS outputs (
+    request_key TEXT PRIMARY KEY,
+    receipt_id TEXT NOT NULL,
+    output TEXT NOT NULL,
+    expiry INTEGER NOT NULL
+);
+CREATE INDEX IF NOT EXISTS outputs_expiry ON outputs (expiry);
 CREATE TABLE IF NOT EXISTS proof_jobs (
     receipt_id TEXT PRIMARY KEY REFERENCES receipts (id),
     circuit TEXT NOT NULL,
@@ -124,10 +135,16 @@ class ReceiptStore:
             self._unsettled_allowance[allowance_id] -= fee
 
     def add(
-        self, receipt: SignedReceipt, payment: SignedPayment, evidence: bytes = b"", proof_job: ProofJob | None = None
+        self,
+        receipt: SignedReceipt,
+        payment: SignedPayment,
+        evidence: bytes = b"",
+        proof_job: ProofJob | None = None,
+        output: dict[str, Any] | None = None,
     ) -> None:
         """Queue a receipt (durably, before its answer leaves). A zkml receipt comes with its proof
-        job and waits in `proving` until the proof is stored."""
+        job and waits in `proving` until the proof is stored. `output`: what the receipt's output
+        hash commits to, kept for the paying client until the payment expires."""
         r = receipt.receipt
         allowance_id = getattr(payment.value, "id", None) if payment.kind == "allowance" else None
         row = (
@@ -154,6 +171,11 @@ class ReceiptStore:
                     self._db.execute(
                         "INSERT INTO proof_jobs (receipt_id, circuit, inputs) VALUES (?, ?, ?)",
                         (receipt.id, proof_job.circuit, json.dumps(proof_job.inputs)),
+                    )
+                if output is not None:
+                    self._db.execute(
+                        "INSERT INTO outputs (request_key, receipt_id, output, expiry) VALUES (?, ?, ?, ?)",
+                        (row[1], receipt.id, json.dumps(output), payment.value.expiry),
                     )
                 self._db.execute("COMMIT")
             except sqlite3.IntegrityError as exc:
@@ -197,6 +219,21 @@ class ReceiptStore:
         with self._lock:
             row = self._db.execute("SELECT 1 FROM receipts WHERE request_key = ?", (f"{client}:{request_id}",))
             return row.fetchone() is not None
+
+    def output(self, client: str, request_id: str) -> StoredOutput | None:
+        """The output kept for a client's request (None: none, or its payment expired and it was dropped)."""
+        with self._lock:
+            row = self._db.execute(
+                "SELECT receipt_id, output, expiry FROM outputs WHERE request_key = ?", (f"{client}:{request_id}",)
+            ).fetchone()
+        if row is None:
+            return None
+        return StoredOutput(request_id, row[0], json.loads(row[1]), int(row[2]))
+
+    def drop_outputs(self, expired_before: int) -> int:
+        """Forget the outputs of payments that expired before this height; how many were dropped."""
+        with self._lock:
+            return self._db.execute("DELETE FROM outputs WHERE expiry < ?", (expired_before,)).rowcount
 
     def get(self, receipt_id: str) -> StoredReceipt | None:
         with self._lock:

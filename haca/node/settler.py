@@ -136,6 +136,7 @@ class Settler:
         self._unseen_passes: dict[str, int] = {}  # receipt id -> passes since its tx was sent
         self.retry_interval = retry_interval  # seconds between tries of a receipt refused for a transient cause
         self._retry_at: dict[str, float] = {}  # receipt id -> when to try it again
+        self._outputs_checked = float("-inf")  # when expired outputs were last dropped
         # Pending claims on this node's receipts, read every `claims_interval` s: a claimed receipt
         # settles on its claim (the chain's hold pays), so it is tried again whatever became of the
         # node's own payment for it, alone, until it settles or the claim ends.
@@ -177,12 +178,23 @@ class Settler:
             self._wake.wait(wait)
             self._wake.clear()
             try:
+                self._drop_expired_outputs()
                 while not self._stop.is_set():
                     with self.tx_lock:
                         if not self.run_once():
                             break
             except Exception:  # keep settling after a transient RPC failure
                 log.exception("settler_error")
+
+    def _drop_expired_outputs(self) -> None:
+        """Outputs are kept for their client until the payment expires (at most once a minute)."""
+        now = time.monotonic()
+        if now < self._outputs_checked + 60:
+            return
+        self._outputs_checked = now
+        dropped = self.store.drop_outputs(self.view.height())
+        if dropped:
+            log.info("outputs_dropped", outputs=dropped)
 
     def run_once(self) -> int:
         """Settle up to `max_inflight` batches (consecutive nonces, one block); return how many

@@ -11,6 +11,7 @@ import numpy as np
 import onnxruntime as ort
 import pytest
 
+from haca.client.errors import NodeError
 from haca.client.payment import ReceiptInvalid, verify_answer
 from haca.client.sdk import Client
 from haca.devnet.layout import example_models_dir
@@ -357,3 +358,55 @@ def test_model_cli_create_version_list_show_against_the_chain(inference_devnet, 
     first = haca("model", "show", "scaler@1")
     assert first["id"] == created["id"] and first["input_schema"] == {"x": {"dtype": "float32", "shape": [1, 2]}}
     assert first["owner"] == inference_devnet.keys.get("dev4").address
+
+
+class LosingTransport(httpx.HTTPTransport):
+    """Delivers the paid request, then drops the node's answer (a connection reset on the way back)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.lost = 0
+
+    def handle_request(self, request: httpx.Request) -> httpx.Response:
+        response = super().handle_request(request)
+        if request.method == "POST" and "x-payment" in request.headers and not self.lost:
+            response.read()
+            response.close()
+            self.lost += 1
+            raise httpx.ReadError("connection reset after the request was sent", request=request)
+        return response
+
+
+def test_an_answer_lost_after_the_receipt_was_queued_is_fetched_again_and_paid_for_once(client, inference_devnet):
+    """The client pays, the node serves and queues the receipt, the answer is lost on the way: the
+    SDK fetches the kept output (GET /v1/outputs, signed by the client), checks it like any answer,
+    and the chain charges the escrow once. Another client asking for it finds nothing."""
+    net = inference_devnet
+    entry = next(m for m in MODELS if m["name"] == "mlp-regressor")
+    client.wait_settled(client.infer("iris", MODELS[0]["example_input"]).receipt_id)  # drain earlier receipts
+    escrow_before = client.escrow()
+    transport = LosingTransport()
+    losing = Client.from_home(net.home, "dev1")
+    losing.http = httpx.Client(transport=transport, timeout=30)
+    try:
+        result = losing.infer("mlp-regressor", entry["example_input"])
+    finally:
+        losing.close()
+    assert transport.lost == 1
+    assert result.output == client.infer("mlp-regressor", entry["example_input"]).output  # the model's real answer
+    record = client.wait_settled(result.receipt_id)
+    assert record.record is not None and (record.status, record.record.receipt_id) == ("settled", result.receipt_id)
+    fee = result.receipt.receipt.fee
+    params = net.client.query("/inference/params")
+    settlement_fee = int(params["settlement_fee"]) + fee * int(params["settlement_fee_bps"]) // 10_000
+    client.wait_settled(client.infer("iris", MODELS[0]["example_input"]).receipt_id)
+    iris_fee = EXAMPLE_PRICES["iris"]
+    iris_sf = int(params["settlement_fee"]) + iris_fee * int(params["settlement_fee_bps"]) // 10_000
+    second = EXAMPLE_PRICES["mlp-regressor"]
+    second_sf = int(params["settlement_fee"]) + second * int(params["settlement_fee_bps"]) // 10_000
+    # the lost answer, the comparison run and the drain: each charged exactly once
+    assert client.escrow() == escrow_before - (fee + settlement_fee) - (second + second_sf) - (iris_fee + iris_sf)
+    with Client.from_home(net.home, "dev2") as other, pytest.raises(NodeError, match="no output of request"):
+        other.fetch_output(result.receipt.receipt.request_id)
+    supply = net.client.supply()
+    assert all_balances(net) == supply["total"] and supply["total"] + supply["burned"] == genesis_supply(net)
