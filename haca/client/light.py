@@ -70,8 +70,17 @@ def verify_signed_header(signed_header: dict[str, Any], validators: list[Trusted
     header_hash = hash_header(header)
     if commit["block_id"]["hash"].lower() != header_hash.hex() or commit["height"] != header["height"]:
         raise LightClientError("commit is not for this header")
-    by_address = {v.address: v for v in validators}
     total = sum(v.power for v in validators)
+    signed_power = commit_power(commit, validators, chain_id)
+    if signed_power * 3 <= total * 2:
+        raise LightClientError(f"commit signed by {signed_power} of {total} voting power, not more than 2/3")
+    return bytes.fromhex(header["app_hash"])
+
+
+def commit_power(commit: dict[str, Any], validators: list[TrustedValidator], chain_id: str) -> int:
+    """The voting power of `validators` (matched by address, each counted once) whose precommit
+    for the commit's block is in it and verifies; a bad signature from one of them is an error."""
+    by_address = {v.address: v for v in validators}
     signed_power = 0
     seen: set[bytes] = set()
     for sig in commit["signatures"]:
@@ -90,9 +99,7 @@ def verify_signed_header(signed_header: dict[str, Any], validators: list[Trusted
         except InvalidSignature as exc:
             raise LightClientError(f"bad precommit signature from validator {address.hex()}") from exc
         signed_power += validator.power
-    if signed_power * 3 <= total * 2:
-        raise LightClientError(f"commit signed by {signed_power} of {total} voting power, not more than 2/3")
-    return bytes.fromhex(header["app_hash"])
+    return signed_power
 
 
 def precommit_sign_bytes(chain_id: str, height: int, round_: int, block_id: dict[str, Any], timestamp: str) -> bytes:

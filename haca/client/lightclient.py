@@ -22,23 +22,18 @@ Headers and validator sets come from `fetch(height) -> LightBlock` (any RPC, tru
 
 from __future__ import annotations
 
-import base64
 import bisect
 import threading
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-from cryptography.exceptions import InvalidSignature
-from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
-
 from haca.client.light import (
-    BLOCK_ID_FLAG_COMMIT,
     LightClientError,
     TrustedValidator,
+    commit_power,
     hash_header,
     parse_rfc3339_nanos,
-    precommit_sign_bytes,
     validator_set_hash,
 )
 
@@ -109,26 +104,10 @@ def check_light_block(block: LightBlock, chain_id: str) -> None:
 
 def signed_power(block: LightBlock, validators: tuple[TrustedValidator, ...], chain_id: str) -> tuple[int, int]:
     """(power of `validators` whose valid precommit for the block is in its commit, their total)."""
-    commit = block.signed_header["commit"]
-    by_address = {v.address: v for v in validators}
-    seen: set[bytes] = set()
-    signed = 0
-    for sig in commit["signatures"]:
-        if sig["block_id_flag"] != BLOCK_ID_FLAG_COMMIT:
-            continue
-        address = bytes.fromhex(sig["validator_address"])
-        validator = by_address.get(address)
-        if validator is None or address in seen:
-            continue
-        seen.add(address)
-        message = precommit_sign_bytes(
-            chain_id, int(commit["height"]), int(commit["round"]), commit["block_id"], sig["timestamp"]
-        )
-        try:
-            Ed25519PublicKey.from_public_bytes(validator.pub_key).verify(base64.b64decode(sig["signature"]), message)
-        except InvalidSignature as exc:
-            raise HeaderRefused(f"header {block.height}: bad precommit signature from {address.hex()}") from exc
-        signed += validator.power
+    try:
+        signed = commit_power(block.signed_header["commit"], list(validators), chain_id)
+    except LightClientError as exc:
+        raise HeaderRefused(f"header {block.height}: {exc}") from exc
     return signed, sum(v.power for v in validators)
 
 
