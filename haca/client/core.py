@@ -17,7 +17,15 @@ import httpx
 
 from haca.client.batch import BatchInclusion, prove_batched_receipt
 from haca.client.chain import ChainClient, TxOutcome
-from haca.client.errors import AnswerLost, HacaError, NodeError, PaymentRequiredError, QueryFailed, node_error
+from haca.client.errors import (
+    AnswerLost,
+    HacaError,
+    NodeError,
+    NodeNotFound,
+    PaymentRequiredError,
+    QueryFailed,
+    node_error,
+)
 from haca.client.flows import Flow, Send, Sleep, work
 from haca.client.llm import LlmOffer, LlmReceiptInvalid, llm_max_fee, llm_offers, select_offer, verify_llm_answer
 from haca.client.payment import (
@@ -58,6 +66,8 @@ from haca.types.settlement import SettlementRecord, request_settlement
 from haca.types.tensor import TensorError, tensors_from_json, tensors_hash
 from haca.types.tools import ToolCall, tool_calls_of
 from haca.types.x402 import PAYMENT_REQUIRED_HEADER
+
+LOST_ANSWER_TRIES = 3  # fetches of a lost answer's output, a second apart (its request may still run)
 
 
 @dataclass(frozen=True)
@@ -133,6 +143,8 @@ class ClientCore:
         auth, header = sign_payment(self.key, offer, fee)
         try:
             paid = yield Send("POST", url, body, self._payment_headers(header), stream)
+        except (httpx.ConnectError, httpx.ConnectTimeout):
+            raise  # the request never reached the node: nothing was served or charged
         except httpx.TransportError as exc:  # sent; the answer may be lost after the node queued the receipt
             paid = yield from self._lost_answer_flow(url, auth.request_id, exc)
         if paid.status_code != 200:
@@ -151,10 +163,16 @@ class ClientCore:
         message = f"the answer to request {request_id} was lost ({lost!r}): if the node served it, fetch_output gets it"
         if not url.endswith("/v1/infer"):
             raise AnswerLost(message, request_id) from lost
-        try:
-            fetched = yield from self._output_flow(request_id)
-        except (HacaError, httpx.TransportError) as exc:
-            raise AnswerLost(f"{message}; fetching it failed: {exc}", request_id) from lost
+        for attempt in range(LOST_ANSWER_TRIES):  # a slow request may still be running: its receipt comes
+            try:
+                fetched = yield from self._output_flow(request_id)
+                break
+            except NodeNotFound as exc:
+                if attempt + 1 == LOST_ANSWER_TRIES:
+                    raise AnswerLost(f"{message}; the node has no output for it: {exc}", request_id) from lost
+                yield Sleep(1.0)
+            except (HacaError, httpx.TransportError) as exc:
+                raise AnswerLost(f"{message}; fetching it failed: {exc}", request_id) from lost
         answer = {**fetched.output, "receipt": fetched.receipt.to_json(), "status": fetched.status}
         return httpx.Response(200, json=answer, request=httpx.Request("POST", url))
 
@@ -382,8 +400,11 @@ class ClientCore:
             raise ReceiptInvalid("the node answered the output of another request, client or node")
         if r.output_hash != committed:
             raise ReceiptInvalid("the node's output is not the one its receipt commits to")
-        # tee: signed by an enclave key, checked when it settles (wait_verified); else by the node
-        if r.mode != Mode.TEE and r.signer(signed.signature) != node:
+        if r.mode == Mode.TEE:  # signed by an enclave key the chain attested for this node
+            verdict = yield work(verify_tee_receipt, self.chain, signed)
+            if not verdict.verified:
+                raise ReceiptInvalid(f"the output's receipt does not verify: {verdict.reason}")
+        elif r.signer(signed.signature) != node:
             raise ReceiptInvalid("the output's receipt is not signed by the node")
         return FetchedOutput(r.request_id, signed, output, str(doc.get("status", "")))
 

@@ -124,6 +124,7 @@ class NodeUnavailable(NodeError):
 
 _NODE_CODES: dict[str, type[NodeError]] = {
     "receipt_not_found": NodeNotFound,
+    "output_not_found": NodeNotFound,
     "model_not_found": NodeNotFound,
     "overloaded": NodeUnavailable,
     "rate_limit_exceeded": NodeUnavailable,

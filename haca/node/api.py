@@ -169,9 +169,11 @@ def create_app(ctx: NodeContext) -> FastAPI:
         return stored.to_json()
 
     @app.get("/v1/outputs/{request_id}")
-    async def get_output(request_id: str, request: Request) -> dict[str, Any]:
-        """The output of a paid request whose answer was lost, for its paying client (haca.node.outputs)."""
-        return await run_in_threadpool(output_answer, ctx, request.headers, request_id)
+    async def get_output(request_id: str, request: Request) -> Response:
+        """The output of a paid request whose answer was lost, for its paying client (haca.node.outputs);
+        read and encoded off the event loop (an output may be megabytes)."""
+        body = await run_in_threadpool(lambda: orjson.dumps(output_answer(ctx, request.headers, request_id)))
+        return Response(body, media_type="application/json")
 
     @app.get("/v1/models")
     async def list_models() -> dict[str, Any]:

@@ -207,16 +207,23 @@ class ChainView:
                 self._floors.popitem(last=False)
 
     def _query_at_least(self, key: tuple[str, str], path: str, data: bytes, at_least: int) -> tuple[Any, int]:
-        """An answer read from the state at the key's floor (or `at_least`) or later; an RPC that
-        answers an older state is asked again (another endpoint after a few tries) for up to
-        `LAG_WAIT` seconds, then the read fails (ChainUnavailable: a 503, never a stale answer)."""
+        """An answer read from the state at the key's floor or later; an RPC that answers an older
+        state is asked again (another endpoint after a few tries) for up to `LAG_WAIT` seconds,
+        then the read fails (ChainUnavailable: a 503, never a stale answer). A height a client
+        names (`at_least`) is not waited for — anyone can name one, and a read thread held for it
+        is a thread the node's own reads lack: an answer below it fails at once (503, retry)."""
         with self._lock:
-            floor = max(self._floors.get(key, 0), at_least)
+            floor = self._floors.get(key, 0)
         deadline = time.monotonic() + LAG_WAIT
         tries = 0
         while True:
             answer, height = self.chain.query_with_height(path, data)
             if height >= floor:
+                if height < at_least:
+                    raise ChainUnavailable(
+                        f"{path}: this node's chain RPC is at height {height}, before the height {at_least}"
+                        " the payment names: retry in a moment"
+                    )
                 self._raise_floor(key, height)
                 return answer, height
             tries += 1

@@ -46,7 +46,6 @@ from haca.types.modes import Mode, Status
 from haca.types.outputs import IDEMPOTENCY_HEADER, idempotency_key, idempotent_request_id
 from haca.types.payment import (
     AUTHORIZATION_FIELDS,
-    MIN_HEIGHT_AHEAD,
     MIN_HEIGHT_HEADER,
     PaymentAuthorization,
     SignedPayment,
@@ -374,20 +373,16 @@ class PaymentGate:
             )
         return replace(pending, request_id=request_id, idempotent=True)
 
-    def _min_height(self, value: str | None) -> int:
-        """The height the client's funds depend on: at most a block or two ahead of this node's
-        view (its RPC may lag); further ahead is refused at once, so no client can hold a chain
-        read open waiting for a height that is not coming."""
+    @staticmethod
+    def _min_height(value: str | None) -> int:
+        """The height the client's funds depend on. It only matters when the cached escrow does
+        not cover the request: then the escrow is read again, and an RPC not yet at this height
+        is a 503 to retry (haca.node.chainview), never waited for."""
         if value is None:
             return 0
-        if not value.isascii() or not value.isdigit() or len(value) > 19:
+        if not value.isascii() or not value.isdigit() or len(value) > 18:
             raise PaymentRequired(f"invalid {MIN_HEIGHT_HEADER}: {value[:40]!r} is not a block height")
-        height, now = int(value), self.chain.height()
-        if height > now + MIN_HEIGHT_AHEAD:
-            raise PaymentRequired(
-                f"{MIN_HEIGHT_HEADER} {height} is ahead of the chain as this node reads it (height {now})"
-            )
-        return height
+        return int(value)
 
     def _per_request(self, header: str, quotes: Mapping[tuple[str, str], Quote], min_height: int) -> PendingPayment:
         try:

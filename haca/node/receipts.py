@@ -11,7 +11,8 @@ import json
 import sqlite3
 import threading
 import time
-from collections.abc import Collection
+from collections.abc import Collection, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -56,6 +57,11 @@ CREATE TABLE IF NOT EXISTS proof_jobs (
     error TEXT
 );
 """
+
+# Outputs are kept until the payment expires, but never longer than this many blocks after the
+# receipt (an allowance may run for months; disk is not free).
+OUTPUT_RETENTION_BLOCKS = 100_000
+DROP_CHUNK = 1000  # outputs deleted per statement, the lock released between them
 
 _UNSETTLED_SQL = ", ".join(f"'{status}'" for status in UNSETTLED)
 _SETTLEABLE_SQL = f"'{Status.PENDING.value}', '{Status.SUBMITTED.value}'"  # a proving receipt waits for its proof
@@ -114,6 +120,18 @@ class ReceiptStore:
         ):
             self._track(rid, client, allowance_id, int(fee))
 
+    @contextmanager
+    def _transaction(self) -> Iterator[None]:
+        """BEGIN … COMMIT on the shared connection (the caller holds the lock); anything raised in
+        between rolls back, so one bad row can never leave the connection inside a transaction."""
+        self._db.execute("BEGIN")
+        try:
+            yield
+        except BaseException:
+            self._db.execute("ROLLBACK")
+            raise
+        self._db.execute("COMMIT")
+
     def _track(self, receipt_id: str, client: str, allowance_id: str | None, fee: int) -> None:
         self._charge[receipt_id] = (client, allowance_id, fee)
         count, total = self._unsettled.get(client, (0, 0))
@@ -159,27 +177,26 @@ class ReceiptStore:
             (Status.PROVING if proof_job else Status.PENDING).value,
             time.time(),
         )
+        kept_until = min(payment.value.expiry, r.height_hint + OUTPUT_RETENTION_BLOCKS)
         with self._lock:
             try:
-                self._db.execute("BEGIN")
-                self._db.execute(
-                    "INSERT INTO receipts (id, request_key, client, allowance_id, fee, receipt, payment, evidence,"
-                    " status, created) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
-                    row,
-                )
-                if proof_job is not None:
+                with self._transaction():
                     self._db.execute(
-                        "INSERT INTO proof_jobs (receipt_id, circuit, inputs) VALUES (?, ?, ?)",
-                        (receipt.id, proof_job.circuit, json.dumps(proof_job.inputs)),
+                        "INSERT INTO receipts (id, request_key, client, allowance_id, fee, receipt, payment, evidence,"
+                        " status, created) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                        row,
                     )
-                if output is not None:
-                    self._db.execute(
-                        "INSERT INTO outputs (request_key, receipt_id, output, expiry) VALUES (?, ?, ?, ?)",
-                        (row[1], receipt.id, json.dumps(output), payment.value.expiry),
-                    )
-                self._db.execute("COMMIT")
+                    if proof_job is not None:
+                        self._db.execute(
+                            "INSERT INTO proof_jobs (receipt_id, circuit, inputs) VALUES (?, ?, ?)",
+                            (receipt.id, proof_job.circuit, json.dumps(proof_job.inputs)),
+                        )
+                    if output is not None:
+                        self._db.execute(
+                            "INSERT INTO outputs (request_key, receipt_id, output, expiry) VALUES (?, ?, ?, ?)",
+                            (row[1], receipt.id, json.dumps(output), kept_until),
+                        )
             except sqlite3.IntegrityError as exc:
-                self._db.execute("ROLLBACK")
                 raise DuplicateRequest(f"request {r.request_id} of {r.client} already has a receipt") from exc
             self._track(receipt.id, r.client, allowance_id, r.fee)
 
@@ -196,14 +213,12 @@ class ReceiptStore:
 
     def proof_done(self, receipt_id: str, proof: bytes) -> None:
         """Store the proof as the receipt's evidence: it is ready to settle."""
-        with self._lock:
-            self._db.execute("BEGIN")
+        with self._lock, self._transaction():
             self._db.execute(
                 "UPDATE receipts SET evidence = ?, status = ? WHERE id = ? AND status = ?",
                 (proof, Status.PENDING.value, receipt_id, Status.PROVING.value),
             )
             self._db.execute("DELETE FROM proof_jobs WHERE receipt_id = ?", (receipt_id,))
-            self._db.execute("COMMIT")
 
     def proof_failed(self, receipt_id: str, error: str, final: bool) -> None:
         """One more failed attempt; with `final`, the receipt ends `failed` with the reason (it
@@ -231,9 +246,18 @@ class ReceiptStore:
         return StoredOutput(request_id, row[0], json.loads(row[1]), int(row[2]))
 
     def drop_outputs(self, expired_before: int) -> int:
-        """Forget the outputs of payments that expired before this height; how many were dropped."""
-        with self._lock:
-            return self._db.execute("DELETE FROM outputs WHERE expiry < ?", (expired_before,)).rowcount
+        """Forget the outputs kept until before this height, a chunk at a time (the request path
+        shares the lock); how many were dropped."""
+        dropped = 0
+        while True:
+            with self._lock:
+                done = self._db.execute(
+                    "DELETE FROM outputs WHERE rowid IN (SELECT rowid FROM outputs WHERE expiry < ? LIMIT ?)",
+                    (expired_before, DROP_CHUNK),
+                ).rowcount
+            dropped += done
+            if done < DROP_CHUNK:
+                return dropped
 
     def get(self, receipt_id: str) -> StoredReceipt | None:
         with self._lock:
@@ -253,7 +277,17 @@ class ReceiptStore:
                 f" WHERE status IN ({_SETTLEABLE_SQL}) ORDER BY created LIMIT ?",
                 (limit + len(skip),),
             ).fetchall()
-        return [_stored(row[1:]) for row in rows if row[0] not in skip][:limit]
+        out, unreadable = [], []
+        for row in rows:
+            if row[0] in skip:
+                continue
+            try:
+                out.append(_stored(row[1:]))
+            except ValueError as exc:  # e.g. a payment signed under an older EIP-712 type: it can never settle
+                unreadable.append((row[0], f"unreadable after an upgrade: {exc}"))
+        for rid, reason in unreadable:
+            self.mark([rid], Status.FAILED, error=reason)
+        return out[:limit]
 
     def count(self, status: str) -> int:
         with self._lock:
@@ -282,12 +316,12 @@ class ReceiptStore:
         error: str | None = None,
     ) -> None:
         with self._lock:
-            self._db.execute("BEGIN")
-            self._db.executemany(
-                "UPDATE receipts SET status = ?, tx_hash = COALESCE(?, tx_hash), height = ?, error = ? WHERE id = ?",
-                [(status, tx_hash, height, error, rid) for rid in receipt_ids],
-            )
-            self._db.execute("COMMIT")
+            with self._transaction():
+                self._db.executemany(
+                    "UPDATE receipts SET status = ?, tx_hash = COALESCE(?, tx_hash), height = ?, error = ?"
+                    " WHERE id = ?",
+                    [(status, tx_hash, height, error, rid) for rid in receipt_ids],
+                )
             for rid in receipt_ids:
                 if status in UNSETTLED:
                     if rid not in self._charge:

@@ -179,6 +179,9 @@ class Settler:
             self._wake.clear()
             try:
                 self._drop_expired_outputs()
+            except Exception:  # a failure here must not cost a settling pass
+                log.exception("drop_outputs_error")
+            try:
                 while not self._stop.is_set():
                     with self.tx_lock:
                         if not self.run_once():

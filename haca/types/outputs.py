@@ -22,7 +22,7 @@ from haca.types import fields as f
 OUTPUT_REQUEST_FIELDS = [("chainId", "string"), ("node", "address"), ("requestId", "bytes32")]
 OUTPUT_SIGNATURE_HEADER = "X-HACA-Output-Signature"
 IDEMPOTENCY_HEADER = "Idempotency-Key"
-MAX_IDEMPOTENCY_KEY = 255  # characters
+MIN_IDEMPOTENCY_KEY, MAX_IDEMPOTENCY_KEY = 16, 255  # characters: random ones (a UUID), not guessable
 
 
 def _message(chain_id: str, node: str, request_id: str) -> dict[str, Any]:
@@ -40,9 +40,15 @@ def output_requester(chain_id: str, node: str, request_id: str, signature: bytes
 
 
 def idempotency_key(value: str) -> str:
-    """An Idempotency-Key header value: printable ASCII, 1 to 255 characters (ValueError otherwise)."""
-    if not 0 < len(value) <= MAX_IDEMPOTENCY_KEY or not value.isascii() or not value.isprintable():
-        raise ValueError(f"{IDEMPOTENCY_HEADER} must be 1 to {MAX_IDEMPOTENCY_KEY} printable ASCII characters")
+    """An Idempotency-Key header value: 16 to 255 printable ASCII characters (ValueError otherwise).
+    It must be random (a UUID): the API key is public once its allowance settles and the request
+    id derived from the key is on chain, so a guessable key lets others fetch the output — or
+    take the key first with a request of their own."""
+    if not MIN_IDEMPOTENCY_KEY <= len(value) <= MAX_IDEMPOTENCY_KEY or not value.isascii() or not value.isprintable():
+        raise ValueError(
+            f"{IDEMPOTENCY_HEADER} must be {MIN_IDEMPOTENCY_KEY} to {MAX_IDEMPOTENCY_KEY} printable ASCII"
+            " characters, random per request (a UUID)"
+        )
     return value
 
 

@@ -40,9 +40,8 @@ ALLOWANCE_FIELDS = [
 ]
 API_KEY_PREFIX = "haca_"
 # The chain height a paid request depends on (the block of the client's deposit): a node whose RPC is
-# behind it reads the escrow again, from that height or later, before it answers 402.
+# behind it answers 503 (retry) rather than 402 when its cached escrow does not cover the request.
 MIN_HEIGHT_HEADER = "X-HACA-Min-Height"
-MIN_HEIGHT_AHEAD = 2  # blocks a client's height may be ahead of the node's view (its RPC may lag)
 
 
 @dataclass(frozen=True)

@@ -209,4 +209,19 @@ def test_a_client_naming_its_deposit_block_is_read_from_that_block_or_later():
     chain = LaggingChain({10: 0, 11: 5000}, behind_height=10)
     view = ChainView(chain, "0xnode", ttl=60, recheck=60)  # type: ignore[arg-type]
     assert view.available_escrow("0xa") == 0  # cached, at 10
+    with pytest.raises(ChainUnavailable, match="at height 10, before the height 11 the payment names"):
+        view.available_escrow("0xa", fresh=True, at_least=11)  # a 503 to retry, not a 402
+    assert chain.rotations == 0  # a height a client names is never waited for nor rotated for
+    chain.current = 1  # a moment later the RPC has block 11
     assert view.available_escrow("0xa", fresh=True, at_least=11) == 5000
+
+
+def test_a_client_naming_a_height_far_ahead_holds_no_read_thread(monkeypatch: pytest.MonkeyPatch):
+    """Anyone can name a height; the read answers at once (503) rather than polling for it."""
+    slept: list[float] = []
+    monkeypatch.setattr("haca.node.chainview.time.sleep", slept.append)
+    chain = LaggingChain({10: 0, 11: 5000}, behind_height=10)
+    view = ChainView(chain, "0xnode", ttl=60)  # type: ignore[arg-type]
+    with pytest.raises(ChainUnavailable):
+        view.available_escrow("0xa", fresh=True, at_least=10**9)
+    assert slept == [] and chain.rotations == 0

@@ -80,10 +80,10 @@ def test_an_idempotency_key_makes_an_api_key_retry_a_409_charged_once_and_the_ou
     """An agent's answer is lost; it retries with the same Idempotency-Key: refused (409) with
     where to fetch it, and only one receipt is charged; the output is fetched with the same headers."""
     api_key = create_api_key(CLIENT, CHAIN_ID, NODE.address, cap=100, expiry=HEIGHT + 1000, nonce=1)
-    headers = {"Authorization": f"Bearer {api_key}", "Idempotency-Key": "order-42"}
+    headers = {"Authorization": f"Bearer {api_key}", "Idempotency-Key": "order-42-7f3c9a1e5b2d"}
     first = node.client.post("/v1/infer", json=body(), headers=headers)
     assert first.status_code == 200, first.text
-    request_id = idempotent_request_id(decode_api_key(api_key).value.id, "order-42")  # type: ignore[union-attr]
+    request_id = idempotent_request_id(decode_api_key(api_key).value.id, "order-42-7f3c9a1e5b2d")  # type: ignore[union-attr]
     assert first.json()["receipt"]["request_id"] == request_id
     message = assert_error(node.client.post("/v1/infer", json=body(), headers=headers), 409, "request_conflict")
     assert f"GET /v1/outputs/{request_id}" in message
@@ -96,15 +96,28 @@ def test_an_idempotency_key_makes_an_api_key_retry_a_409_charged_once_and_the_ou
         401,
         "unauthenticated",
     )
-    other_key = {**headers, "Idempotency-Key": "order-43"}
+    other_key = {**headers, "Idempotency-Key": "order-43-7f3c9a1e5b2d"}
     assert_error(node.client.get(f"/v1/outputs/{request_id}", headers=other_key), 404, "output_not_found")
 
 
-def test_an_idempotency_key_that_is_not_printable_ascii_is_a_400(node):
+@pytest.mark.parametrize(
+    "key", ["x" * 256, "short-and-guessy", "tab\tinside-the-key-0123"], ids=["too_long", "too_short", "not_printable"]
+)
+def test_an_idempotency_key_too_short_too_long_or_not_printable_is_a_400(node, key):
     api_key = create_api_key(CLIENT, CHAIN_ID, NODE.address, cap=100, expiry=HEIGHT + 1000, nonce=1)
-    headers = {"Authorization": f"Bearer {api_key}", "Idempotency-Key": "x" * 256}
-    assert_error(node.client.post("/v1/infer", json=body(), headers=headers), 400, "invalid_request")
+    headers = {"Authorization": f"Bearer {api_key}", "Idempotency-Key": key[:15] if key.startswith("short") else key}
+    message = assert_error(node.client.post("/v1/infer", json=body(), headers=headers), 400, "invalid_request")
+    assert message == "Idempotency-Key must be 16 to 255 printable ASCII characters, random per request (a UUID)"
     assert node.store.unsettled_count() == 0
+
+
+def test_an_api_key_request_whose_payment_never_expires_is_kept_within_the_retention_bound(node):
+    """An allowance expiring at 2**64 - 1 once wedged the receipt database (an integer too large
+    for SQLite inside an open transaction): it is served, and so is the next request."""
+    api_key = create_api_key(CLIENT, CHAIN_ID, NODE.address, cap=100, expiry=2**64 - 1, nonce=1)
+    headers = {"Authorization": f"Bearer {api_key}"}
+    assert [node.client.post("/v1/infer", json=body(), headers=headers).status_code for _ in range(2)] == [200, 200]
+    assert node.store.unsettled_count() == 2
 
 
 def test_outputs_are_dropped_once_their_payment_has_expired(node):

@@ -628,13 +628,6 @@ def test_a_malformed_min_height_is_a_402(gate, value):
     assert refused(gate, headers) == f"invalid X-HACA-Min-Height: {value[:40]!r} is not a block height"
 
 
-def test_a_min_height_far_ahead_of_the_chain_is_refused_at_once_not_waited_for(gate):
-    headers = {"x-payment": x_payment(authorization()), "x-haca-min-height": str(HEIGHT + 3)}
-    assert refused(gate, headers) == (
-        f"X-HACA-Min-Height {HEIGHT + 3} is ahead of the chain as this node reads it (height {HEIGHT})"
-    )
-
-
 def test_an_api_keys_maximum_per_request_bounds_each_charge_and_what_an_llm_may_hold(gate):
     """An agent's key: cap 10,000, at most 2 rows' price per request. Three rows are refused
     (402, the hold dropped), two are charged, and a request of unknown cost holds at most the
