@@ -31,7 +31,14 @@ from haca.client.errors import (
     StaleProof,
     TxRejected,
 )
-from haca.client.light import LightClientError, validators_from_rpc, verify_signed_header
+from haca.client.light import (
+    LightClientError,
+    TrustedValidator,
+    validator_set_hash,
+    validators_from_rpc,
+    verify_signed_header,
+)
+from haca.client.lightclient import LightBlock, LightClient
 from haca.client.rpc import CometRpc, b64
 from haca.crypto.keys import PrivateKey
 from haca.crypto.state_proof import ProofError, verify_proof
@@ -41,6 +48,9 @@ PROOF_OP_TYPE = "haca:mpt"
 # Blocks a proven answer may be behind the latest verified header: honest endpoints a few blocks
 # apart, and a block committed between the latest-commit call and the query, must still pass.
 DEFAULT_MAX_PROOF_LAG = 5
+# Seconds a verified header may be skipped from (haca.client.lightclient): below the chain's
+# unbonding time, so a set that signs a fork within it can still be slashed.
+DEFAULT_TRUSTING_PERIOD = 7 * 24 * 3600
 
 
 @dataclass(frozen=True)
@@ -71,12 +81,15 @@ class ChainClient:
         chain_id: str,
         validators: list[dict[str, Any]] | None = None,
         max_proof_lag: int = DEFAULT_MAX_PROOF_LAG,
+        trusting_period: float = DEFAULT_TRUSTING_PERIOD,
     ) -> None:
         """`rpc_urls`: every RPC endpoint of the chain, in order of preference; calls fail over
         between them (see CometRpc). `validators` is the trusted validator set (RPC `validators`
         shape, e.g. from genesis); without it, headers are checked against the set the answering
         RPC node reports. `max_proof_lag`: how many blocks a proven answer may be behind the latest
-        header verified (see the module's docstring)."""
+        header verified (see the module's docstring). With `validators`, headers are verified by a
+        light client anchored at them that follows validator-set changes (haca.client.lightclient),
+        skipping only from headers younger than `trusting_period` seconds."""
         if not rpc_urls:
             raise HacaError("no RPC URL configured")
         if max_proof_lag < 0:
@@ -87,6 +100,11 @@ class ChainClient:
         self.max_proof_lag = max_proof_lag
         self._latest_verified = 0  # the highest height of a header verified here, never lowered
         self._latest_lock = threading.Lock()  # AsyncClient calls from worker threads
+        self.trusting_period = trusting_period
+        self._light: LightClient | None = None
+        self._sets: dict[str, tuple[TrustedValidator, ...]] = {}  # validators_hash (hex) -> the set
+        if self.trusted:
+            self._sets[validator_set_hash(self.trusted).hex()] = tuple(self.trusted)
 
     def close(self) -> None:
         self.rpc.close()
@@ -131,6 +149,14 @@ class ChainClient:
             height = int(signed["header"]["height"])
         except (KeyError, TypeError, ValueError) as exc:
             raise ProofInvalid(f"the latest commit is malformed: {exc!r}") from exc
+        latest = self._latest_verified
+        if height < latest - self.max_proof_lag:  # an RPC behind: nothing it proves could be fresh
+            raise StaleProof(
+                f"the RPC's latest commit is header {height}, but header {latest} is verified: it is more"
+                f" than {self.max_proof_lag} blocks behind",
+                height,
+                latest,
+            )
         return height, self._verify_header(signed, height)
 
     def _proven_response(self, path: str, data: bytes, timeout: float) -> tuple[dict[str, Any], int, bytes]:
@@ -234,11 +260,13 @@ class ChainClient:
     def _verify_header(self, signed: dict[str, Any], height: int) -> bytes:
         """Check a `commit` answer is header `height`, signed by more than 2/3 of the validators'
         power; note its height as verified and return its app hash."""
-        validators = self.trusted or validators_from_rpc(self.rpc.validators(height))
         try:
             if str(signed["header"]["height"]) != str(height):  # the height asked for, not another
                 raise LightClientError(f"the RPC answered header {signed['header']['height']}")
-            app_hash = verify_signed_header(signed, validators, self.chain_id)
+            if self.trusted is None:  # no trusted set configured: the answering RPC's own (tools, tests)
+                app_hash = verify_signed_header(signed, validators_from_rpc(self.rpc.validators(height)), self.chain_id)
+            else:
+                app_hash = self._light_client(signed).verify(self._light_block(signed)).app_hash
         except LightClientError as exc:
             raise ProofInvalid(f"header {height}: {exc}") from exc
         except (KeyError, TypeError, ValueError) as exc:
@@ -246,6 +274,46 @@ class ChainClient:
         with self._latest_lock:
             self._latest_verified = max(self._latest_verified, height)
         return app_hash
+
+    # --- the light client ---------------------------------------------------------------------
+
+    def _validator_set(self, height: int, expected_hash: str) -> tuple[TrustedValidator, ...]:
+        """The validator set a header names by hash: known ones from memory, others from the RPC
+        (a set that does not hash to what the header says is refused by the light client)."""
+        known = self._sets.get(expected_hash.lower())
+        if known is not None:
+            return known
+        fetched = tuple(validators_from_rpc(self.rpc.validators(height)))
+        self._sets[validator_set_hash(list(fetched)).hex()] = fetched
+        return fetched
+
+    def _light_block(self, signed: dict[str, Any]) -> LightBlock:
+        header = signed["header"]
+        height = int(header["height"])
+        validators = self._validator_set(height, header["validators_hash"])
+        return LightBlock(signed, validators, self._validator_set(height + 1, header["next_validators_hash"]))
+
+    def _fetch_light_block(self, height: int) -> LightBlock:
+        return self._light_block(self.rpc.commit(height)["signed_header"])
+
+    def _light_client(self, first: dict[str, Any]) -> LightClient:
+        """The light client, anchored at the first header verified when the configured set signed
+        it, else at header 1 (genesis: the configured set is the chain's first)."""
+        with self._latest_lock:
+            if self._light is not None:
+                return self._light
+        assert self.trusted is not None
+        trusted_hash = validator_set_hash(self.trusted).hex()
+        anchor = self._light_block(first)
+        if anchor.header["validators_hash"].lower() != trusted_hash:
+            anchor = self._fetch_light_block(1)
+            if anchor.header["validators_hash"].lower() != trusted_hash:
+                raise LightClientError("header 1 is not signed by the configured validator set")
+        light = LightClient(self.chain_id, anchor, self._fetch_light_block, int(self.trusting_period), time.time)
+        with self._latest_lock:
+            if self._light is None:
+                self._light = light
+            return self._light
 
     def proven_balance(self, address: str) -> int:
         proven = self.query_proven("/bank/balance", address.encode())

@@ -5,14 +5,14 @@ The client holds *trusted light blocks* — a signed header with the validator s
 and of the next — starting from one anchor (genesis, or a height and hash the operator trusts).
 It never trusts a header on its own word:
 
-- **forwards** from the highest trusted block T to a header H: adjacent (H = T + 1) when H's
+- **forwards** from the closest trusted block T below a header H: adjacent (H = T + 1) when H's
   validators are T's next validators; otherwise (skipping) when validators holding more than
   `trust_level` (1/3) of T's next set's power signed H's commit. In both cases more than 2/3 of
   H's own validators' power must have signed it. A skip that lacks the 1/3 is bisected: the
   header halfway is verified first, then H from it. A set that has since lost its power cannot
   sign its way forward from a block that names its successors.
-- **backwards** (H below the highest trusted block): header by header down the `last_block_id`
-  hash chain from the lowest trusted block above H — no signature of an old set is believed.
+- **backwards** (H below every trusted block, e.g. below a recent anchor): header by header down
+  the `last_block_id` hash chain from the lowest trusted block — no signature is needed.
 - **trusting period**: a trusted block older than `trusting_period` seconds (which must be below
   the unbonding period: after it, a set's stake may be gone and its signatures worth nothing) is
   not used to skip from; a client whose every trusted block has expired must be given a new anchor.
@@ -140,16 +140,30 @@ class LightClient:
             return self._trusted[self._heights[-1]]
 
     def verified(self, height: int) -> LightBlock:
-        """The light block at `height`, verified from the trusted blocks (and remembered)."""
+        """The light block at `height`, fetched and verified from the trusted blocks (remembered)."""
         with self._lock:
             known = self._trusted.get(height)
-            heights = list(self._heights)
+            lowest = self._heights[0]
         if known is not None:
             return known
-        if height > heights[-1]:
-            return self._forward(self._trusted[heights[-1]], self.fetch(height))
-        above = heights[bisect.bisect_right(heights, height)]
-        return self._backward(self._trusted[above], height)
+        if height < lowest:
+            return self._backward(self._trusted[lowest], height)
+        return self.verify(self.fetch(height))
+
+    def verify(self, block: LightBlock) -> LightBlock:
+        """`block`, fetched by the caller, verified: forwards from the closest trusted block below
+        it, else backwards from the lowest one; another header at a trusted height is refused."""
+        with self._lock:
+            known = self._trusted.get(block.height)
+            heights = list(self._heights)
+        if known is None:
+            below = bisect.bisect_left(heights, block.height)
+            if below:
+                return self._forward(self._trusted[heights[below - 1]], block)
+            known = self._backward(self._trusted[heights[0]], block.height)
+        if known.hash != block.hash:
+            raise HeaderRefused(f"header {block.height} is not the header trusted at that height")
+        return known
 
     # --- forwards ---------------------------------------------------------------------------------
 
@@ -158,7 +172,7 @@ class LightClient:
         now = self.clock()
         if trusted.time + self.trusting_period <= now:
             raise TrustExpired(
-                f"the latest trusted header ({trusted.height}) is older than the trusting period"
+                f"the trusted header {trusted.height} is older than the trusting period"
                 f" ({self.trusting_period}s): give the client a new trusted height and hash"
             )
         pending = [target]
@@ -187,9 +201,7 @@ class LightClient:
         if block.height == trusted.height + 1:
             if block.header["validators_hash"].lower() != trusted.header["next_validators_hash"].lower():
                 raise HeaderRefused(f"header {block.height}'s validators are not the next of trusted {trusted.height}")
-            if block.header["last_block_id"]["hash"].lower() != trusted.hash.hex():
-                raise HeaderRefused(f"header {block.height} does not follow trusted header {trusted.height}")
-            return
+            return  # more than 2/3 of the set the trusted header named signed it (check_light_block)
         signed, total = signed_power(block, trusted.next_validators, self.chain_id)
         numerator, denominator = TRUST_LEVEL
         if signed * denominator <= total * numerator:

@@ -9,8 +9,10 @@ from __future__ import annotations
 import base64
 import json
 import threading
+import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
@@ -23,6 +25,7 @@ from haca.crypto.hashing import sha256
 from haca.crypto.state_proof import encode_proof
 
 CHAIN_ID = "haca-fake"
+GENESIS_TIME = int(time.time()) - 3600  # headers an hour old: well inside the light client's trusting period
 VALIDATOR_KEYS = [Ed25519PrivateKey.from_private_bytes(sha256(f"fake validator {i}".encode())) for i in range(4)]
 
 
@@ -43,16 +46,20 @@ def _validators() -> list[dict[str, Any]]:
 VALIDATORS = _validators()  # the trusted set (RPC `validators` shape), as a client config names it
 
 
-def signed_header(height: int, app_hash: bytes) -> dict[str, Any]:
-    """A `commit` answer for `height` whose header carries `app_hash`, signed by every validator."""
+def signed_header(height: int, app_hash: bytes, last_hash: bytes | None = None) -> dict[str, Any]:
+    """A `commit` answer for `height` whose header carries `app_hash`, signed by every validator;
+    `last_hash`: the previous header's hash (the chain of hashes a light client walks back down)."""
     trusted = light.validators_from_rpc(VALIDATORS)
     tag = lambda text: sha256(f"{height} {text}".encode()).hex().upper()  # noqa: E731
     header = {
         "version": {"block": "11", "app": "1"},
         "chain_id": CHAIN_ID,
         "height": str(height),
-        "time": f"2026-01-01T00:{height // 60 % 60:02d}:{height % 60:02d}.5Z",
-        "last_block_id": {"hash": tag("last"), "parts": {"total": 1, "hash": tag("parts")}},
+        "time": datetime.fromtimestamp(GENESIS_TIME + height, UTC).strftime("%Y-%m-%dT%H:%M:%S") + ".5Z",
+        "last_block_id": {
+            "hash": (last_hash.hex().upper() if last_hash else tag("last")),
+            "parts": {"total": 1, "hash": tag("parts")},
+        },
         "last_commit_hash": tag("commit"),
         "data_hash": tag("data"),
         "validators_hash": light.validator_set_hash(trusted).hex().upper(),
@@ -109,7 +116,8 @@ class FakeChain:
 
     def commit(self, height: int) -> dict[str, Any]:
         if height not in self._headers:
-            self._headers[height] = signed_header(height, self.trie(height - 1).root_hash)
+            last = light.hash_header(self.commit(height - 1)["header"]) if height > 2 else None
+            self._headers[height] = signed_header(height, self.trie(height - 1).root_hash, last)
         return self._headers[height]
 
     def handle(self, method: str, params: dict[str, Any]) -> Any:

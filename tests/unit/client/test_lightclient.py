@@ -6,23 +6,28 @@ its way past a trusted block that names its successors; backwards, only the hash
 from __future__ import annotations
 
 import base64
-from collections.abc import Callable
+import time
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
+from typing import Any
 
 import pytest
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
 
 from haca.client import light
+from haca.client.chain import ChainClient
+from haca.client.errors import ProofInvalid
 from haca.client.light import TrustedValidator
 from haca.client.lightclient import HeaderRefused, LightBlock, LightClient, TrustExpired
 from haca.crypto.hashing import sha256
+from tests.unit.client.chainfake import RpcServer
 
 CHAIN_ID = "haca-light"
 KEYS = [Ed25519PrivateKey.from_private_bytes(sha256(f"light validator {i}".encode())) for i in range(10)]
 SET_A, SET_B, SET_C = (0, 1, 2, 3), (2, 3, 4, 5), (6, 7, 8, 9)
-T0 = 1_800_000_000  # genesis time (seconds)
+T0 = int(time.time()) - 10_000  # genesis time (seconds): in the past, for ChainClient (real clock)
 
 
 def set_at(height: int) -> tuple[int, ...]:
@@ -105,9 +110,9 @@ class Rpc:
         return self.blocks[height]
 
 
-def client(rpc: Rpc, now: int = T0 + 100, trusting_period: int = 3600) -> LightClient:
+def client(rpc: Rpc, now: int = T0 + 100, trusting_period: int = 3600, anchor: int = 1) -> LightClient:
     clock: Callable[[], float] = lambda: now  # noqa: E731
-    return LightClient(CHAIN_ID, rpc.blocks[1], rpc, trusting_period, clock)
+    return LightClient(CHAIN_ID, rpc.blocks[anchor], rpc, trusting_period, clock)
 
 
 def test_a_header_two_set_changes_ahead_of_the_anchor_is_verified_by_bisection():
@@ -153,18 +158,26 @@ def test_from_the_anchor_alone_a_set_with_no_overlap_cannot_skip_even_by_bisecti
         client(Rpc(forged)).verified(30)
 
 
-def test_backwards_only_the_hash_chain_counts():
+def test_below_the_anchor_only_the_hash_chain_counts():
+    """Anchored at 30 (a trusted height and hash, as an operator gives one): header 25 is reached
+    down the hash chain; a header 26 with another state is refused whoever signed it."""
+    rpc = Rpc(honest_chain(40))
+    lc = client(rpc, anchor=30)
+    assert lc.verified(25).app_hash == sha256(b"state 25")
+    assert rpc.fetched == [29, 28, 27, 26, 25]
+    forged = dict(rpc.blocks)
+    forged[26] = make_block(26, rpc.blocks[25].hash, SET_C, SET_C, app_hash=sha256(b"mallory's state"))
+    with pytest.raises(HeaderRefused, match="header 26 is not the one header 27 follows"):
+        client(Rpc(forged), anchor=30).verified(25)
+
+
+def test_another_header_at_a_trusted_height_is_refused():
     rpc = Rpc(honest_chain(40))
     lc = client(rpc)
     lc.verified(30)
-    assert lc.verified(25).app_hash == sha256(b"state 25")
-    lc2 = client(rpc)
-    lc2.verified(30)
-    forged = dict(rpc.blocks)  # a header 26 with another state, "signed" by the old set A
-    forged[26] = make_block(26, rpc.blocks[25].hash, SET_A, SET_C, app_hash=sha256(b"mallory's state"))
-    lc2.fetch = Rpc(forged)
-    with pytest.raises(HeaderRefused, match="header 26 is not the one header 27 follows"):
-        lc2.verified(25)
+    other = make_block(30, rpc.blocks[29].hash, SET_C, SET_C, app_hash=sha256(b"mallory's state"))
+    with pytest.raises(HeaderRefused, match="header 30 is not the header trusted at that height"):
+        lc.verify(other)
 
 
 def test_a_commit_of_exactly_two_thirds_of_its_own_set_is_refused():
@@ -201,3 +214,57 @@ def test_the_anchor_must_be_well_formed():
     bad = make_block(1, b"", SET_A, SET_A, signers=SET_A[:1])
     with pytest.raises(HeaderRefused):
         LightClient(CHAIN_ID, bad, Rpc(blocks), 3600, lambda: T0)
+
+
+# --- ChainClient: the light client behind every proven read ----------------------------------------
+
+
+class SyntheticRpc:
+    """The synthetic chain above as CometBFT JSON-RPC (`commit`, `validators`), for ChainClient."""
+
+    def __init__(self, blocks: dict[int, LightBlock]) -> None:
+        self.blocks = blocks
+        self.tip = max(blocks)
+
+    def handle(self, method: str, params: dict[str, Any]) -> Any:
+        height = int(params.get("height") or self.tip)
+        if method == "commit":
+            return {"signed_header": self.blocks[height].signed_header, "canonical": True}
+        if method == "validators":
+            members = set_at(height)
+            return {"validators": [rpc_validator(i) for i in members], "count": str(len(members))}
+        raise LookupError(f"method {method} not found")
+
+
+def rpc_validator(i: int) -> dict[str, Any]:
+    v = validator(i)
+    key = {"type": "tendermint/PubKeyEd25519", "value": base64.b64encode(v.pub_key).decode()}
+    return {"address": v.address.hex().upper(), "pub_key": key, "voting_power": str(v.power)}
+
+
+@pytest.fixture
+def synthetic() -> Iterator[Callable[[dict[int, LightBlock]], str]]:
+    servers: list[RpcServer] = []
+
+    def serve(blocks: dict[int, LightBlock]) -> str:
+        servers.append(RpcServer(SyntheticRpc(blocks)))  # type: ignore[arg-type]
+        return servers[-1].url
+
+    yield serve
+    for server in servers:
+        server.close()
+
+
+def test_a_chain_client_configured_with_the_genesis_set_verifies_headers_after_two_set_changes(synthetic):
+    url = synthetic(honest_chain(30))
+    chain = ChainClient([url], CHAIN_ID, [rpc_validator(i) for i in SET_A], trusting_period=10**10)
+    assert chain.verify_latest() == 30  # anchored at header 1 (set A), bisected through B to C
+    assert chain.app_hash_after(24) == sha256(b"state 25")
+
+
+def test_a_chain_client_refuses_a_latest_header_forged_by_a_set_it_does_not_trust(synthetic):
+    blocks = honest_chain(30)
+    blocks[30] = make_block(30, blocks[29].hash, (0, 1, 8, 9), (0, 1, 8, 9))  # half of A with strangers
+    chain = ChainClient([synthetic(blocks)], CHAIN_ID, [rpc_validator(i) for i in SET_A], trusting_period=10**10)
+    with pytest.raises(ProofInvalid, match="header 30"):
+        chain.verify_latest()
