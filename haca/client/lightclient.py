@@ -202,6 +202,8 @@ class LightClient:
             if block.header["validators_hash"].lower() != trusted.header["next_validators_hash"].lower():
                 raise HeaderRefused(f"header {block.height}'s validators are not the next of trusted {trusted.height}")
             return  # more than 2/3 of the set the trusted header named signed it (check_light_block)
+        if block.header["validators_hash"].lower() == trusted.header["next_validators_hash"].lower():
+            return  # the trusted next set itself, more than 2/3 of it: more than the trust level
         signed, total = signed_power(block, trusted.next_validators, self.chain_id)
         numerator, denominator = TRUST_LEVEL
         if signed * denominator <= total * numerator:
