@@ -206,7 +206,10 @@ class HacaApp(BaseApplication):
         self.check_state = state.branch()  # genesis funds are spendable before block 1 commits
         self.staged = self.store.stage_root(state.writes)
         log.info("init_chain", chain_id=req.chain_id, accounts=len(genesis.accounts), supply=genesis.total_supply)
-        return abci.ResponseInitChain(app_hash=self.staged.root)
+        # The genesis set by stake replaces CometBFT's genesis list (none named: CometBFT's stands).
+        staking = next(m for m in self.modules if isinstance(m, StakingModule))
+        validators = [_validator_update(u) for u in staking.genesis_validators(state)]
+        return abci.ResponseInitChain(app_hash=self.staged.root, validators=validators)
 
     def _check_srs(self, state: ReadableState) -> None:
         """Every SRS file genesis pins must be here, byte for byte, before this validator verifies

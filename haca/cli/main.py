@@ -21,6 +21,7 @@ from haca.cli.keys import app as keys_app
 from haca.cli.llm import chat, completion
 from haca.cli.model import model_app
 from haca.cli.staking import stake_app
+from haca.cli.validators import validator_create  # noqa: F401  (adds create/edit/leave/list to validator_app)
 
 app = typer.Typer(
     name="haca",

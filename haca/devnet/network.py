@@ -54,7 +54,12 @@ DEVNET_STAKING = StakingParams(
     min_stake_vanilla=10**18,
     min_stake_tee=10**20,
     min_stake_zkml=10**20,
+    power_unit=VALIDATOR_BOND // 10,  # each genesis validator: power 10
+    min_validator_stake=VALIDATOR_BOND // 10,
 )
+
+
+GENESIS_POWER = VALIDATOR_BOND // DEVNET_STAKING.power_unit
 
 
 class DevnetError(RuntimeError):
@@ -156,33 +161,9 @@ class Devnet:
             record = NodeRecord(f"val{i}", str(root), ports[2 * i], ports[2 * i + 1], ident.node_id)
             record.metrics_port = metrics_ports[i]
             state.nodes.append(record)
-        genesis = self._genesis(chain_id, identities, inference)
-        srs = sorted({(c.logrows, c.srs_hash) for c in services.example_circuits().values()}) if inference else []
+        genesis = json.dumps(self._genesis(chain_id, identities, inference), indent=2)
         for node in state.nodes:
-            home = ValidatorHome(Path(node.home))
-            home.genesis.write_text(json.dumps(genesis, indent=2))
-            home.app_dir.mkdir(parents=True, exist_ok=True)
-            home.app_config.write_text(json.dumps({"metrics_port": node.metrics_port}) + "\n")
-            home.srs_dir.mkdir(parents=True, exist_ok=True)
-            for logrows, _ in srs:  # the SRS is a genesis artefact: every validator holds the files
-                shutil.copyfile(srs_file(dev_srs_dir(), logrows), srs_file(home.srs_dir, logrows))
-            peers = ",".join(f"{n.node_id}@127.0.0.1:{n.p2p_port}" for n in state.nodes if n is not node)
-            configure(
-                home,
-                {
-                    ("rpc", "laddr"): f"tcp://127.0.0.1:{node.rpc_port}",
-                    ("p2p", "laddr"): f"tcp://127.0.0.1:{node.p2p_port}",
-                    ("p2p", "persistent_peers"): peers,
-                    ("p2p", "addr_book_strict"): False,
-                    ("p2p", "allow_duplicate_ip"): True,
-                    ("consensus", "timeout_commit"): timeout_commit,
-                    # zkml: a circuit's verifying key or a batch of proofs in one tx (CometBFT's
-                    # defaults are 1 MiB per tx and 1 MB per RPC body; blocks take 21 MiB)
-                    ("mempool", "max_tx_bytes"): MAX_TX_BYTES,
-                    ("rpc", "max_body_bytes"): 3 * MAX_TX_BYTES,
-                    ("", "log_level"): "state:info,*:error",
-                },
-            )
+            self._configure_node(node, [n for n in state.nodes if n is not node], genesis, timeout_commit, inference)
         if inference:
             node_key = dict(service_keys())["node0"]
             issue_dev_platform(self.dir / DEV_ROOT_DIR, self.dir / "enclave0")
@@ -195,6 +176,54 @@ class Devnet:
         self.save(state)
         self._write_client_home(state)
         return state
+
+    @staticmethod
+    def _configure_node(
+        node: NodeRecord, peers: list[NodeRecord], genesis: str, timeout_commit: str, inference: bool
+    ) -> None:
+        home = ValidatorHome(Path(node.home))
+        home.genesis.write_text(genesis)
+        home.app_dir.mkdir(parents=True, exist_ok=True)
+        home.app_config.write_text(json.dumps({"metrics_port": node.metrics_port}) + "\n")
+        home.srs_dir.mkdir(parents=True, exist_ok=True)
+        srs = sorted({(c.logrows, c.srs_hash) for c in services.example_circuits().values()}) if inference else []
+        for logrows, _ in srs:  # the SRS is a genesis artefact: every validator holds the files
+            shutil.copyfile(srs_file(dev_srs_dir(), logrows), srs_file(home.srs_dir, logrows))
+        configure(
+            home,
+            {
+                ("rpc", "laddr"): f"tcp://127.0.0.1:{node.rpc_port}",
+                ("p2p", "laddr"): f"tcp://127.0.0.1:{node.p2p_port}",
+                ("p2p", "persistent_peers"): ",".join(f"{n.node_id}@127.0.0.1:{n.p2p_port}" for n in peers),
+                ("p2p", "addr_book_strict"): False,
+                ("p2p", "allow_duplicate_ip"): True,
+                ("consensus", "timeout_commit"): timeout_commit,
+                # zkml: a circuit's verifying key or a batch of proofs in one tx (CometBFT's
+                # defaults are 1 MiB per tx and 1 MB per RPC body; blocks take 21 MiB)
+                ("mempool", "max_tx_bytes"): MAX_TX_BYTES,
+                ("rpc", "max_body_bytes"): 3 * MAX_TX_BYTES,
+                ("", "log_level"): "state:info,*:error",
+            },
+        )
+
+    def add_validator(self, name: str, timeout_commit: str = "300ms") -> NodeRecord:
+        """A new validator home for the running devnet (`start(name)` runs it): the same genesis,
+        the others as its peers. It replays the chain from genesis and follows it as a full node
+        until an operator makes it a validator (`haca validator create --validator-home`)."""
+        state = self.load()
+        if any(n.name == name for n in state.nodes) or any(s.name == name for s in state.services):
+            raise DevnetError(f"{name!r} is taken")
+        root = self.dir / name
+        ident = init_validator(root, name)
+        rpc_port, p2p_port, metrics_port = free_ports(3)
+        record = NodeRecord(name, str(root), rpc_port, p2p_port, ident.node_id)
+        record.metrics_port = metrics_port
+        genesis = ValidatorHome(Path(state.nodes[0].home)).genesis.read_text()
+        inference = any(s.kind == "node" for s in state.services)
+        self._configure_node(record, list(state.nodes), genesis, timeout_commit, inference)
+        state.nodes.append(record)
+        self.save(state)
+        return record
 
     def _genesis(self, chain_id: str, identities: list[Any], inference: bool = True) -> dict[str, Any]:
         template = json.loads(ValidatorHome(self.dir / "val0").genesis.read_text())
@@ -224,7 +253,9 @@ class Devnet:
             chain_id=chain_id,
             initial_height="1",
             validators=[
-                {"address": v.address, "pub_key": v.pub_key, "power": "10", "name": v.moniker} for v in identities
+                # what the app answers InitChain with (power by stake); the clients' trusted set
+                {"address": v.address, "pub_key": v.pub_key, "power": str(GENESIS_POWER), "name": v.moniker}
+                for v in identities
             ],
             app_hash="",
             app_state=AppGenesis(

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import base64
 from dataclasses import dataclass
 from typing import Any, ClassVar, Self
 
@@ -49,3 +50,102 @@ class MsgUnbond(_StakeMsg):
 
     type_name: ClassVar[str] = "staking/unbond"
     eip712_name: ClassVar[str] = "MsgUnbond"
+
+
+MAX_MONIKER = 64
+
+
+def _moniker(value: Any) -> str:
+    moniker = f.text(value, "moniker", MAX_MONIKER)
+    if not moniker.isprintable():
+        raise ValueError("moniker: printable characters only")
+    return moniker
+
+
+def consensus_pub_key(value: Any) -> bytes:
+    """A validator's consensus key: an ed25519 public key, 32 bytes, base64 (as CometBFT writes it)."""
+    raw = f.base64_bytes(value, "pub_key", 32)
+    if len(raw) != 32:
+        raise ValueError("pub_key: expected a 32-byte ed25519 public key (base64)")
+    return raw
+
+
+@register_msg
+@dataclass(frozen=True)
+class MsgCreateValidator:
+    """Make the signer the operator of a validator with consensus key `pub_key`, bonding
+    `self_bond` more: its voting power is its operator's bonded stake in units of the `power_unit`
+    param, and it joins the set (CometBFT applies it two blocks later) when that puts it among the
+    `max_validators` most powerful with at least `min_validator_stake` bonded."""
+
+    type_name: ClassVar[str] = "staking/create_validator"
+    eip712_name: ClassVar[str] = "MsgCreateValidator"
+    eip712_fields: ClassVar[list[tuple[str, str]]] = [
+        ("pubKey", "bytes"),
+        ("moniker", "string"),
+        ("selfBond", "uint256"),
+    ]
+
+    pub_key: bytes
+    moniker: str
+    self_bond: int
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "pub_key": base64.b64encode(self.pub_key).decode(),
+            "moniker": self.moniker,
+            "self_bond": str(self.self_bond),
+        }
+
+    def to_eip712(self) -> dict[str, Any]:
+        return {"pubKey": self.pub_key, "moniker": self.moniker, "selfBond": self.self_bond}
+
+    @classmethod
+    def from_json(cls, value: dict[str, Any]) -> MsgCreateValidator:
+        doc = f.require_fields(value, {"pub_key", "moniker", "self_bond"}, cls.type_name)
+        return cls(consensus_pub_key(doc["pub_key"]), _moniker(doc["moniker"]), f.uint(doc["self_bond"], "self_bond"))
+
+
+@register_msg
+@dataclass(frozen=True)
+class MsgEditValidator:
+    """Rename the signer's validator."""
+
+    type_name: ClassVar[str] = "staking/edit_validator"
+    eip712_name: ClassVar[str] = "MsgEditValidator"
+    eip712_fields: ClassVar[list[tuple[str, str]]] = [("moniker", "string")]
+
+    moniker: str
+
+    def to_json(self) -> dict[str, Any]:
+        return {"moniker": self.moniker}
+
+    def to_eip712(self) -> dict[str, Any]:
+        return {"moniker": self.moniker}
+
+    @classmethod
+    def from_json(cls, value: dict[str, Any]) -> MsgEditValidator:
+        doc = f.require_fields(value, {"moniker"}, cls.type_name)
+        return cls(_moniker(doc["moniker"]))
+
+
+@register_msg
+@dataclass(frozen=True)
+class MsgLeaveValidator:
+    """Take the signer's validator out of the set (power 0, two blocks later). Its stake stays
+    bonded until unbonded (MsgUnbond), and slashable for what it signed while in the set."""
+
+    type_name: ClassVar[str] = "staking/leave_validator"
+    eip712_name: ClassVar[str] = "MsgLeaveValidator"
+    eip712_fields: ClassVar[list[tuple[str, str]]] = []
+
+    def to_json(self) -> dict[str, Any]:
+        return {}
+
+    def to_eip712(self) -> dict[str, Any]:
+        return {}
+
+    @classmethod
+    def from_json(cls, value: dict[str, Any]) -> MsgLeaveValidator:
+        f.require_fields(value, set(), cls.type_name)
+        return cls()

@@ -4,7 +4,14 @@
     staking/bond/<address:20>                        -> bonded amount
     staking/unbonding/<release:u64be><address:20>    -> amount paid back at that height
     staking/unbonding_of/<address:20><release:u64be> -> the same amount, listed per account
-    staking/validator/<consensus address:20>         -> {"pub_key", "operator", "jailed"} JSON
+    staking/validator/<consensus address:20>         -> {"pub_key", "operator", "jailed", "moniker",
+                                                         "power" (last sent to CometBFT), "left"} JSON
+    staking/operator/<address:20>                    -> the consensus address of its validator
+
+A validator's voting power is its operator's bonded stake in `power_unit`s, among the
+`max_validators` most powerful with at least `min_validator_stake` bonded (ties: the lower
+consensus address first), and 0 once jailed or left. At the end of each block the powers that
+changed go to CometBFT, which applies them two blocks later.
 
 Bonded and unbonding tokens sit in the bank under STAKING_ACCOUNT, so the bank's supply invariant
 covers them; the bonds plus the unbonding amounts equal that account's balance (invariants.py).
@@ -31,6 +38,7 @@ BOND_PREFIX = PREFIX + b"bond/"
 UNBONDING_PREFIX = PREFIX + b"unbonding/"
 UNBONDING_OF_PREFIX = PREFIX + b"unbonding_of/"
 VALIDATOR_PREFIX = PREFIX + b"validator/"
+OPERATOR_PREFIX = PREFIX + b"operator/"
 STAKING_ACCOUNT = "0x" + keccak256(b"haca/module/staking/bonded")[12:].hex()
 BPS = 10_000
 
@@ -50,13 +58,16 @@ class Bank(Protocol):
 
 @dataclass(frozen=True)
 class StakingParams:
-    MINIMUMS: ClassVar[dict[str, int]] = {"unbonding_period": 1}
+    MINIMUMS: ClassVar[dict[str, int]] = {"unbonding_period": 1, "power_unit": 1, "max_validators": 1}
     LIMITS: ClassVar[dict[str, int]] = {
         "unbonding_period": 1 << 32,
         "min_stake_vanilla": 10**30,
         "min_stake_tee": 10**30,
         "min_stake_zkml": 10**30,
         "double_sign_slash_bps": BPS,
+        "power_unit": 10**40,
+        "min_validator_stake": 10**40,
+        "max_validators": 1000,
     }
 
     unbonding_period: int = 600  # blocks between MsgUnbond and the payout (>= claim window + deadline)
@@ -64,6 +75,9 @@ class StakingParams:
     min_stake_tee: int = 0
     min_stake_zkml: int = 0
     double_sign_slash_bps: int = 500  # share of a validator's stake burned for a duplicate vote
+    power_unit: int = 10**18  # bonded stake per unit of voting power
+    min_validator_stake: int = 10**18  # a validator with less bonded has no power
+    max_validators: int = 100  # the set: this many most powerful
 
     def min_stake(self, modes: Iterable[str]) -> int:
         """The stake a node serving `modes` needs: the highest of their minimums."""
@@ -209,6 +223,44 @@ class StakingKeeper:
     def validator(self, state: ReadableState, consensus_address: bytes) -> dict[str, Any] | None:
         raw = state.get(VALIDATOR_PREFIX + consensus_address)
         return dict(json.loads(raw)) if raw else None
+
+    def operator_validator(self, state: ReadableState, operator: str) -> bytes | None:
+        """The consensus address of the validator `operator` runs (None: none, or it left)."""
+        return state.get(OPERATOR_PREFIX + _addr(operator))
+
+    def add_validator(self, state: CachedState, consensus_address: bytes, record: dict[str, Any]) -> None:
+        self.set_validator(state, consensus_address, record)
+        state.set(OPERATOR_PREFIX + _addr(record["operator"]), consensus_address)
+
+    def remove_operator(self, state: CachedState, operator: str) -> None:
+        state.delete(OPERATOR_PREFIX + _addr(operator))
+
+    def power(self, state: ReadableState, record: dict[str, Any], params: StakingParams) -> int:
+        """What a validator's power would be by its operator's stake alone (before the top-N cut)."""
+        if record.get("jailed") or record.get("left"):
+            return 0
+        bonded = self.bonded(state, record["operator"])
+        return bonded // params.power_unit if bonded >= params.min_validator_stake else 0
+
+    def power_changes(self, state: CachedState) -> list[tuple[bytes, str, int]]:
+        """Each validator's power now (the top `max_validators` by power, ties by address), stored
+        where it changed: (consensus address, base64 public key, new power) for those, by address."""
+        params = self.params(state)
+        records = [(k[len(VALIDATOR_PREFIX) :], dict(json.loads(v))) for k, v in state.iter_prefix(VALIDATOR_PREFIX)]
+        powers = {address: self.power(state, record, params) for address, record in records}
+        ranked = sorted((a for a, p in powers.items() if p > 0), key=lambda a: (-powers[a], a))
+        in_set = set(ranked[: params.max_validators])
+        changes = []
+        for address, record in sorted(records, key=lambda item: item[0]):
+            want = powers[address] if address in in_set else 0
+            have = record.get("power")
+            if have is None:  # a record from before powers were kept: CometBFT has what stake gives
+                have = want
+            if want != have or "power" not in record:
+                self.set_validator(state, address, {**record, "power": want})
+            if want != have:
+                changes.append((address, str(record["pub_key"]), want))
+        return changes
 
     def validators(self, state: ReadableState) -> list[dict[str, Any]]:
         return [

@@ -1,6 +1,8 @@
 """The staking module: MsgBond / MsgUnbond, the unbonding queue (paid at its height, later while a
-claim is pending), validators' bonds from genesis, and CometBFT's duplicate-vote evidence: the
-validator is slashed and leaves the set (a validator update with power 0)."""
+claim is pending), the validator set by stake (MsgCreateValidator / MsgEditValidator /
+MsgLeaveValidator; powers from bonded stake, sent to CometBFT at the end of each block where they
+changed), and CometBFT's duplicate-vote evidence: the validator is slashed and jailed for good
+(power 0)."""
 
 from __future__ import annotations
 
@@ -9,7 +11,7 @@ import hashlib
 from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any
 
-from haca.chain.errors import InvalidQuery
+from haca.chain.errors import InsufficientStake, InvalidMessage, InvalidQuery, NotFound
 from haca.chain.events import Event
 from haca.chain.module import BlockContext, BlockResult, Invariant, Module, Query, ValidatorUpdate
 from haca.chain.modules.staking.keeper import (
@@ -25,7 +27,7 @@ from haca.chain.params import parse_params
 from haca.chain.state import CachedState, ReadableState
 from haca.chain.tx import Handler, TxContext
 from haca.crypto.keys import normalize_address
-from haca.types.staking import MsgBond, MsgUnbond
+from haca.types.staking import MsgBond, MsgCreateValidator, MsgEditValidator, MsgLeaveValidator, MsgUnbond
 
 if TYPE_CHECKING:
     from haca.chain.genesis import AppGenesis
@@ -45,7 +47,48 @@ class StakingModule(Module):
         self.keeper = keeper
 
     def handlers(self) -> Mapping[type, Handler]:
-        return {MsgBond: self._bond, MsgUnbond: self._unbond}
+        return {
+            MsgBond: self._bond,
+            MsgUnbond: self._unbond,
+            MsgCreateValidator: self._create_validator,
+            MsgEditValidator: self._edit_validator,
+            MsgLeaveValidator: self._leave_validator,
+        }
+
+    def _create_validator(self, ctx: TxContext, msg: MsgCreateValidator) -> list[Event]:
+        if self.keeper.operator_validator(ctx.state, ctx.signer) is not None:
+            raise InvalidMessage(f"{ctx.signer} already operates a validator: edit it, or leave first")
+        address = consensus_address(msg.pub_key)
+        if self.keeper.validator(ctx.state, address) is not None:
+            raise InvalidMessage(f"consensus key of validator {address.hex()} is taken (keys are never reused)")
+        if msg.self_bond:
+            self.keeper.bond(ctx.state, ctx.signer, msg.self_bond)
+        bonded, least = self.keeper.bonded(ctx.state, ctx.signer), self.keeper.params(ctx.state).min_validator_stake
+        if bonded < least:
+            raise InsufficientStake(f"{ctx.signer} has {bonded} bonded; a validator needs at least {least}")
+        pub_key = base64.b64encode(msg.pub_key).decode()
+        record = {"pub_key": pub_key, "operator": ctx.signer, "moniker": msg.moniker, "jailed": False, "power": 0}
+        self.keeper.add_validator(ctx.state, address, record)
+        attrs = {"validator": address.hex(), "operator": ctx.signer, "moniker": msg.moniker, "bonded": str(bonded)}
+        return [Event("create_validator", attrs)]
+
+    def _own_validator(self, ctx: TxContext) -> tuple[bytes, dict[str, Any]]:
+        address = self.keeper.operator_validator(ctx.state, ctx.signer)
+        record = self.keeper.validator(ctx.state, address) if address is not None else None
+        if address is None or record is None:
+            raise NotFound(f"{ctx.signer} operates no validator")
+        return address, record
+
+    def _edit_validator(self, ctx: TxContext, msg: MsgEditValidator) -> list[Event]:
+        address, record = self._own_validator(ctx)
+        self.keeper.set_validator(ctx.state, address, {**record, "moniker": msg.moniker})
+        return [Event("edit_validator", {"validator": address.hex(), "moniker": msg.moniker})]
+
+    def _leave_validator(self, ctx: TxContext, msg: MsgLeaveValidator) -> list[Event]:
+        address, record = self._own_validator(ctx)
+        self.keeper.set_validator(ctx.state, address, {**record, "left": True})
+        self.keeper.remove_operator(ctx.state, ctx.signer)
+        return [Event("leave_validator", {"validator": address.hex(), "operator": ctx.signer})]
 
     def _bond(self, ctx: TxContext, msg: MsgBond) -> list[Event]:
         self.keeper.bond(ctx.state, ctx.signer, msg.amount)
@@ -84,8 +127,9 @@ class StakingModule(Module):
         for address, amount in genesis.bonds:
             self.keeper.bond_genesis(state, address, amount)
         for pub_key, operator in genesis.validators:
-            record = {"pub_key": pub_key, "operator": operator, "jailed": False}
-            self.keeper.set_validator(state, consensus_address(base64.b64decode(pub_key)), record)
+            record = {"pub_key": pub_key, "operator": operator, "moniker": "", "jailed": False}
+            self.keeper.add_validator(state, consensus_address(base64.b64decode(pub_key)), record)
+        self.keeper.power_changes(state)  # the genesis set's powers, by stake (InitChain answers them)
 
     def export_genesis(self, state: ReadableState) -> dict[str, Any]:
         return {"params": self.keeper.params(state).to_json(), "validators": self.keeper.validators(state)}
@@ -116,7 +160,7 @@ class StakingModule(Module):
         bps = self.keeper.params(ctx.state).double_sign_slash_bps
         slashed = self.keeper.slash(ctx.state, record["operator"], bps)
         self.keeper.burn(ctx.state, slashed)
-        self.keeper.set_validator(ctx.state, address, {**record, "jailed": True})
+        self.keeper.set_validator(ctx.state, address, {**record, "jailed": True, "power": 0})
         result.validator_updates.append(ValidatorUpdate("ed25519", base64.b64decode(record["pub_key"]), 0))
         attrs = {
             "validator": address.hex(),
@@ -126,6 +170,22 @@ class StakingModule(Module):
             "reason": "duplicate_vote",
         }
         result.events.append(Event("slash", attrs))
+
+    def end_block(self, ctx: BlockContext) -> BlockResult:
+        """The powers that changed in this block (bonds, unbonds, slashes, joins, leaves)."""
+        result = BlockResult()
+        for address, pub_key, power in self.keeper.power_changes(ctx.state):
+            result.validator_updates.append(ValidatorUpdate("ed25519", base64.b64decode(pub_key), power))
+            result.events.append(Event("validator_power", {"validator": address.hex(), "power": str(power)}))
+        return result
+
+    def genesis_validators(self, state: ReadableState) -> list[ValidatorUpdate]:
+        """The set genesis gives (InitChain's answer): each validator with power, by address."""
+        out = []
+        for record in sorted(self.keeper.validators(state), key=lambda r: r["address"]):
+            if record.get("power"):
+                out.append(ValidatorUpdate("ed25519", base64.b64decode(record["pub_key"]), int(record["power"])))
+        return out
 
     def invariants(self) -> Mapping[str, Invariant]:
         def stake_matches_module_account(state: ReadableState) -> str | None:

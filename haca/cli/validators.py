@@ -1,0 +1,93 @@
+"""`haca validator create|edit|leave|list`: join, rename and leave the validator set by stake (the
+operator's account signs; the consensus key comes from the validator's home)."""
+
+from __future__ import annotations
+
+import base64
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+from rich.table import Table
+
+import haca.types.messages  # noqa: F401  (registers message types)
+from haca.chain.home import ValidatorHome
+from haca.chain.supervisor import identity
+from haca.cli.common import HomeOption, JsonOption, cli_command, client_home, console, emit, keystore
+from haca.cli.devnet import validator_app
+from haca.client.chain import TxOutcome
+from haca.client.config import ClientConfig, connect
+from haca.types.staking import MsgCreateValidator, MsgEditValidator, MsgLeaveValidator
+
+KeyOption = Annotated[str | None, typer.Option("--from", help="the operator's key (default: the home's default key)")]
+
+
+def _send(home: Path | None, from_: str | None, msg: Any) -> dict[str, Any]:
+    config = ClientConfig.load(client_home(home))
+    key = keystore(home).get(from_ or config.default_key).key
+    chain = connect(config)
+    try:
+        outcome = chain.send_msgs(key, (msg,), wait=True)
+    finally:
+        chain.close()
+    assert isinstance(outcome, TxOutcome)
+    return {"hash": outcome.hash, "height": outcome.height, "operator": key.address}
+
+
+@validator_app.command("create")
+@cli_command
+def validator_create(
+    validator_home: Annotated[Path, typer.Option("--validator-home", help="the validator's home (its consensus key)")],
+    moniker: Annotated[str, typer.Option("--moniker")],
+    self_bond: Annotated[int, typer.Option("--self-bond", min=0, help="bond this much more first (base units)")] = 0,
+    from_: KeyOption = None,
+    home: HomeOption = None,
+    json_out: JsonOption = False,
+) -> None:
+    """Make your account the operator of the validator at --validator-home: its power is your
+    bonded stake (in the chain's power units); it joins the set two blocks after this tx when that
+    puts it among the most powerful, with at least the minimum stake."""
+    pub_key = base64.b64decode(identity(ValidatorHome(validator_home)).pub_key["value"])
+    answer = _send(home, from_, MsgCreateValidator(pub_key, moniker, self_bond))
+    emit(json_out, answer, lambda: console.print(f"validator {moniker} created at height {answer['height']}"))
+
+
+@validator_app.command("edit")
+@cli_command
+def validator_edit(
+    moniker: Annotated[str, typer.Option("--moniker")],
+    from_: KeyOption = None,
+    home: HomeOption = None,
+    json_out: JsonOption = False,
+) -> None:
+    """Rename your validator."""
+    answer = _send(home, from_, MsgEditValidator(moniker))
+    emit(json_out, answer, lambda: console.print(f"renamed to {moniker}"))
+
+
+@validator_app.command("leave")
+@cli_command
+def validator_leave(from_: KeyOption = None, home: HomeOption = None, json_out: JsonOption = False) -> None:
+    """Take your validator out of the set (power 0 two blocks later); unbond with `haca stake unbond`."""
+    answer = _send(home, from_, MsgLeaveValidator())
+    emit(json_out, answer, lambda: console.print(f"left the set at height {answer['height']}"))
+
+
+@validator_app.command("list")
+@cli_command
+def validator_list(home: HomeOption = None, json_out: JsonOption = False) -> None:
+    """Every validator the chain knows: consensus address, operator, moniker, power, jailed, left."""
+    chain = connect(ClientConfig.load(client_home(home)))
+    try:
+        validators = chain.query("/staking/validators")["validators"]
+    finally:
+        chain.close()
+
+    def table() -> None:
+        out = Table("address", "operator", "moniker", "power", "status")
+        for v in sorted(validators, key=lambda v: (-int(v.get("power") or 0), v["address"])):
+            status = "jailed" if v.get("jailed") else "left" if v.get("left") else "active"
+            out.add_row(v["address"], v["operator"], v.get("moniker", ""), str(v.get("power", "")), status)
+        console.print(out)
+
+    emit(json_out, {"validators": validators}, table)

@@ -1,0 +1,184 @@
+"""The validator set by stake (issue 24): validators created, edited and left by their operators,
+power = bonded stake / power_unit among the max_validators most powerful, the changes sent to
+CometBFT at the end of the block they happen in, and the genesis set answered at InitChain."""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+from pathlib import Path
+
+import pytest
+
+from haca.chain import errors
+from haca.chain.genesis import AppGenesis, GenesisAccount
+from haca.chain.modules.staking.keeper import StakingParams
+from haca.crypto.keys import PrivateKey
+from haca.types.staking import MsgBond, MsgCreateValidator, MsgEditValidator, MsgLeaveValidator, MsgUnbond
+from tests.unit.chain import apphelpers
+from tests.unit.chain.apphelpers import Node
+
+UNIT = 10**6
+FUNDS = 100 * UNIT
+GENESIS_OPERATOR = PrivateKey.from_seed("genesis operator")
+OPERATORS = [PrivateKey.from_seed(f"operator {i}") for i in range(4)]
+GENESIS_KEY = hashlib.sha256(b"genesis consensus key").digest()
+GENESIS_BOND = 10 * UNIT
+STAKING = StakingParams(power_unit=UNIT, min_validator_stake=2 * UNIT, max_validators=3)
+MINTED = len(OPERATORS) * FUNDS + FUNDS + GENESIS_BOND
+
+
+def consensus_key(i: int) -> bytes:
+    return hashlib.sha256(f"consensus key {i}".encode()).digest()
+
+
+def consensus_address(key: bytes) -> str:
+    return hashlib.sha256(key).digest()[:20].hex()
+
+
+@pytest.fixture
+def chain(tmp_path: Path):
+    node = Node(tmp_path / "state.db")
+    genesis = AppGenesis(
+        accounts=tuple(GenesisAccount(k.address, FUNDS) for k in [*OPERATORS, GENESIS_OPERATOR]),
+        staking=STAKING,
+        bonds=((GENESIS_OPERATOR.address, GENESIS_BOND),),
+        validators=((base64.b64encode(GENESIS_KEY).decode(), GENESIS_OPERATOR.address),),
+    )
+    init = node.init(genesis)
+    assert [(bytes(u.pub_key.ed25519), u.power) for u in init.validators] == [(GENESIS_KEY, 10)]
+    assert updates(node.block()) == []  # the genesis set stands
+    yield node
+    node.close()
+
+
+def updates(response) -> list[tuple[bytes, int]]:
+    return [(bytes(u.pub_key.ed25519), u.power) for u in response.validator_updates]
+
+
+def create(chain: Node, i: int, bond: int, raw: list[bytes] | None = None):
+    tx = chain.tx(OPERATORS[i], MsgCreateValidator(consensus_key(i), f"v{i}", bond))
+    if raw is not None:
+        raw.append(tx)
+    return chain.block([tx])
+
+
+def holds(chain: Node) -> None:
+    assert chain.invariant_violations(MINTED) == []
+
+
+def test_a_created_validator_joins_with_power_from_its_bond_in_the_block_it_was_created(chain):
+    sent: list[bytes] = []
+    response = create(chain, 0, 5 * UNIT, sent)
+    assert [r.code for r in response.tx_results] == [0]
+    assert updates(response) == [(consensus_key(0), 5)]
+    record = next(v for v in chain.answer("/staking/validators")["validators"] if v["moniker"] == "v0")
+    assert record == {
+        "address": consensus_address(consensus_key(0)),
+        "pub_key": base64.b64encode(consensus_key(0)).decode(),
+        "operator": OPERATORS[0].address,
+        "moniker": "v0",
+        "jailed": False,
+        "power": 5,
+    }
+    assert chain.balance(OPERATORS[0].address) == FUNDS - 5 * UNIT - apphelpers.fee_of(sent[0])
+    assert updates(chain.block()) == []  # nothing changed since
+    holds(chain)
+
+
+def test_power_follows_bonds_and_unbonds_and_drops_to_zero_below_the_minimum(chain):
+    create(chain, 0, 5 * UNIT)
+    assert updates(chain.block([chain.tx(OPERATORS[0], MsgBond(3 * UNIT))])) == [(consensus_key(0), 8)]
+    assert updates(chain.block([chain.tx(OPERATORS[0], MsgUnbond(UNIT // 2))])) == [(consensus_key(0), 7)]
+    assert updates(chain.block([chain.tx(OPERATORS[0], MsgUnbond(6 * UNIT))])) == [(consensus_key(0), 0)]
+    holds(chain)
+
+
+def test_only_the_max_validators_most_powerful_are_in_the_set_ties_by_address(chain):
+    """max_validators is 3 and the genesis validator has power 10: two places for three newcomers
+    of power 4, 6 and 4; of the two 4s, the lower consensus address gets in."""
+    response = chain.block(
+        [
+            chain.tx(OPERATORS[0], MsgCreateValidator(consensus_key(0), "v0", 4 * UNIT)),
+            chain.tx(OPERATORS[1], MsgCreateValidator(consensus_key(1), "v1", 6 * UNIT)),
+            chain.tx(OPERATORS[2], MsgCreateValidator(consensus_key(2), "v2", 4 * UNIT)),
+        ]
+    )
+    fours = sorted([0, 2], key=lambda i: consensus_address(consensus_key(i)))
+    assert sorted(updates(response)) == sorted([(consensus_key(1), 6), (consensus_key(fours[0]), 4)])
+    # the one left out gets in once it outweighs the weakest
+    late = fours[1]
+    assert sorted(updates(chain.block([chain.tx(OPERATORS[late], MsgBond(UNIT))]))) == sorted(
+        [(consensus_key(late), 5), (consensus_key(fours[0]), 0)]
+    )
+    holds(chain)
+
+
+def test_a_validator_that_leaves_goes_to_power_zero_and_its_operator_may_come_back_with_a_new_key(chain):
+    create(chain, 0, 5 * UNIT)
+    assert updates(chain.block([chain.tx(OPERATORS[0], MsgLeaveValidator())])) == [(consensus_key(0), 0)]
+    assert chain.answer("/staking/stake", OPERATORS[0].address.encode())["bonded"] == str(5 * UNIT)  # still bonded
+    again = chain.block([chain.tx(OPERATORS[0], MsgCreateValidator(consensus_key(9), "v0 again", 0))])
+    assert [r.code for r in again.tx_results] == [0] and updates(again) == [(consensus_key(9), 5)]
+    holds(chain)
+
+
+def test_edit_renames_only_the_signers_validator(chain):
+    create(chain, 0, 5 * UNIT)
+    chain.block([chain.tx(OPERATORS[0], MsgEditValidator("renamed"))])
+    assert any(v["moniker"] == "renamed" for v in chain.answer("/staking/validators")["validators"])
+    raw = chain.tx(OPERATORS[1], MsgEditValidator("nobody"))
+    apphelpers.assert_rejected_without_state_change(
+        chain, OPERATORS[1], raw, errors.NotFound.code, "operates no validator", MINTED
+    )
+
+
+@pytest.mark.parametrize(
+    ("case", "code", "log_part"),
+    [
+        ("second_validator", errors.InvalidMessage.code, "already operates a validator"),
+        ("key_taken", errors.InvalidMessage.code, "is taken (keys are never reused)"),
+        ("below_minimum", errors.InsufficientStake.code, f"a validator needs at least {2 * UNIT}"),
+        ("bond_above_balance", errors.InsufficientFunds.code, ""),
+    ],
+)
+def test_a_validator_that_may_not_be_created_is_refused_and_changes_nothing(chain, case, code, log_part):
+    create(chain, 0, 5 * UNIT)
+    msg = {
+        "second_validator": (OPERATORS[0], MsgCreateValidator(consensus_key(5), "twice", UNIT)),
+        "key_taken": (OPERATORS[1], MsgCreateValidator(consensus_key(0), "copycat", 5 * UNIT)),
+        "below_minimum": (OPERATORS[1], MsgCreateValidator(consensus_key(1), "small", UNIT)),
+        "bond_above_balance": (OPERATORS[1], MsgCreateValidator(consensus_key(1), "rich", 2 * FUNDS)),
+    }[case]
+    raw = chain.tx(msg[0], msg[1])
+    apphelpers.assert_rejected_without_state_change(chain, msg[0], raw, code, log_part, MINTED)
+
+
+def test_a_malformed_consensus_key_is_refused_at_decoding():
+    with pytest.raises(ValueError, match="32-byte ed25519 public key"):
+        MsgCreateValidator.from_json({"pub_key": base64.b64encode(b"short").decode(), "moniker": "x", "self_bond": "1"})
+    with pytest.raises(ValueError, match="printable"):
+        MsgCreateValidator.from_json(
+            {"pub_key": base64.b64encode(consensus_key(0)).decode(), "moniker": "a\nb", "self_bond": "1"}
+        )
+
+
+def test_the_same_blocks_give_the_same_updates_and_app_hash_on_every_validator(tmp_path: Path):
+    """Determinism: two apps fed the same blocks agree on every update and every app hash."""
+    nodes = []
+    for name in ("a", "b"):
+        node = Node(tmp_path / f"{name}.db")
+        node.init(
+            AppGenesis(
+                accounts=tuple(GenesisAccount(k.address, FUNDS) for k in OPERATORS),
+                staking=STAKING,
+            )
+        )
+        nodes.append(node)
+    txs = [
+        [apphelpers.signed_tx(OPERATORS[i], 0, MsgCreateValidator(consensus_key(i), f"v{i}", (i + 2) * UNIT))]
+        for i in range(4)
+    ]
+    seen = [[(updates(n.block(t)), n.info().last_block_app_hash) for t in txs] for n in nodes]
+    assert seen[0] == seen[1]
+    assert [u for u, _ in seen[0]][-1] == [(consensus_key(3), 5), (consensus_key(0), 0)]  # 5 > 2: top 3 of 4
