@@ -20,6 +20,7 @@ from haca.cli.inference import allowance_app, deposit, escrow, infer, node_app, 
 from haca.cli.keys import app as keys_app
 from haca.cli.llm import chat, completion
 from haca.cli.model import model_app
+from haca.cli.network import network_app
 from haca.cli.staking import stake_app
 from haca.cli.validators import validator_create  # noqa: F401  (adds create/edit/leave/list to validator_app)
 
@@ -47,6 +48,7 @@ app.add_typer(tx_app, name="tx")
 app.add_typer(query_app, name="query")
 app.add_typer(devnet_app, name="devnet")
 app.add_typer(validator_app, name="validator")
+app.add_typer(network_app, name="network")
 app.add_typer(model_app, name="model")
 app.add_typer(hub_app, name="hub")
 app.add_typer(node_app, name="node")

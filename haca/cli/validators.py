@@ -4,6 +4,7 @@ operator's account signs; the consensus key comes from the validator's home)."""
 from __future__ import annotations
 
 import base64
+import json
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -17,7 +18,7 @@ from haca.cli.common import HomeOption, JsonOption, cli_command, client_home, co
 from haca.cli.devnet import validator_app
 from haca.client.chain import TxOutcome
 from haca.client.config import ClientConfig, connect
-from haca.types.staking import MsgCreateValidator, MsgEditValidator, MsgLeaveValidator
+from haca.types.staking import GenesisValidator, MsgCreateValidator, MsgEditValidator, MsgLeaveValidator
 
 KeyOption = Annotated[str | None, typer.Option("--from", help="the operator's key (default: the home's default key)")]
 
@@ -91,3 +92,36 @@ def validator_list(home: HomeOption = None, json_out: JsonOption = False) -> Non
         console.print(out)
 
     emit(json_out, {"validators": validators}, table)
+
+
+@validator_app.command("gentx")
+@cli_command
+def validator_gentx(
+    validator_home: Annotated[
+        Path, typer.Option("--validator-home", help="the validator's home (haca validator init)")
+    ],
+    draft: Annotated[Path, typer.Option("--draft", help="the draft genesis (haca network init)")],
+    bond: Annotated[int, typer.Option("--bond", min=1, help="taken from your genesis balance (base units)")],
+    p2p: Annotated[str, typer.Option("--p2p", help="host:port the other validators dial")],
+    moniker: Annotated[str, typer.Option("--moniker")],
+    out: Annotated[Path, typer.Option("--out", help="where to write the signed entry")],
+    from_: KeyOption = None,
+    home: HomeOption = None,
+    json_out: JsonOption = False,
+) -> None:
+    """Sign your validator's entry for a new network's genesis (haca network collect takes it)."""
+    ident = identity(ValidatorHome(validator_home))
+    key = keystore(home).get(from_).key if from_ else _default_key(home)
+    chain_id = json.loads(draft.read_text())["chain_id"]
+    entry = GenesisValidator(
+        chain_id, key.address, base64.b64decode(ident.pub_key["value"]), moniker, bond, ident.node_id, p2p
+    )
+    GenesisValidator.from_json(entry.to_json())  # the same checks collect makes (node id, p2p, moniker)
+    doc = {"entry": entry.to_json(), "signature": "0x" + entry.sign(key).hex()}
+    out.write_text(json.dumps(doc, indent=2))
+    emit(json_out, {"gentx": str(out), **entry.to_json()}, lambda: console.print(f"signed entry written to {out}"))
+
+
+def _default_key(home: Path | None) -> Any:
+    config = ClientConfig.load(client_home(home))
+    return keystore(home).get(config.default_key).key
