@@ -1,6 +1,6 @@
 // The explorer page: follows the chain block by block over CometBFT RPC and the app's queries,
 // and checks each receipt it shows in this browser (chain.js provenQuery: a state proof against
-// the app hash of a header signed by more than 2/3 of the trusted validators).
+// the app hash of a header the light client verified from the trusted validators, across set changes).
 
 import {
   CategoryScale,

@@ -8,6 +8,7 @@
 //   4. the Merkle-Patricia proof (Ethereum trie, keccak-256 nodes) leads from that app hash to the
 //      key and shows the value.
 // Every failure is a VerifyError naming the step, so the page can say exactly what did not hold.
+// LightClient (below) follows the validator set from the trusted one as it changes.
 
 import { ed25519 } from "@noble/curves/ed25519.js";
 import { sha256 } from "@noble/hashes/sha2.js";
@@ -177,8 +178,17 @@ export function verifySignedHeader(signedHeader, validators, chainId) {
   if (commit.block_id.hash.toLowerCase() !== headerHash || commit.height !== header.height) {
     throw new VerifyError("header hash", "the header does not hash to the block the commit signs");
   }
-  const byAddress = new Map(validators.map((v) => [v.address, v]));
   const total = validators.reduce((n, v) => n + v.power, 0n);
+  const signed = commitPower(commit, validators, chainId);
+  if (signed * 3n <= total * 2n) {
+    throw new VerifyError("signatures", `signed by ${signed} of ${total} voting power, not more than 2/3`);
+  }
+  return hexToBytes(header.app_hash);
+}
+
+// The power of `validators` (matched by address, each once) whose precommit in `commit` verifies.
+export function commitPower(commit, validators, chainId) {
+  const byAddress = new Map(validators.map((v) => [v.address, v]));
   let signed = 0n;
   const seen = new Set();
   for (const sig of commit.signatures) {
@@ -194,10 +204,154 @@ export function verifySignedHeader(signedHeader, validators, chainId) {
     }
     signed += validator.power;
   }
-  if (signed * 3n <= total * 2n) {
-    throw new VerifyError("signatures", `signed by ${signed} of ${total} voting power, not more than 2/3`);
+  return signed;
+}
+
+// --- following validator-set changes (as haca/client/lightclient.py) ------------------------------
+// A light block: {signedHeader, validators, nextValidators} (the sets at its height and the next).
+// From trusted blocks (an anchor first), a header is verified forwards from the closest trusted
+// block below it — adjacent: its validators are the trusted next set; skipping: more than 1/3 of
+// the trusted next set's power signed it, else bisect — and in both cases more than 2/3 of its own
+// set signed it; below every trusted block, down the last_block_id hash chain. No skip from a
+// trusted header older than the trusting period.
+
+const TRUST_NUM = 1n;
+const TRUST_DEN = 3n;
+const MAX_CLOCK_DRIFT = 10;
+const MAX_BACKWARD = 1024;
+
+const blockHeight = (b) => Number(b.signedHeader.header.height);
+const blockTime = (b) => Number(parseRfc3339(b.signedHeader.header.time).seconds);
+const blockHash = (b) => bytesToHex(hashHeader(b.signedHeader.header));
+const sum = (vals) => vals.reduce((n, v) => n + v.power, 0n);
+
+function checkSets(b, chainId) {
+  const h = b.signedHeader.header;
+  if (h.chain_id !== chainId) throw new VerifyError("chain", `header is for ${h.chain_id}, not ${chainId}`);
+  if (h.validators_hash.toLowerCase() !== bytesToHex(validatorSetHash(b.validators))) {
+    throw new VerifyError("validator set", `header ${h.height}: the validators given are not its validators_hash`);
   }
-  return hexToBytes(header.app_hash);
+  if (h.next_validators_hash.toLowerCase() !== bytesToHex(validatorSetHash(b.nextValidators))) {
+    throw new VerifyError("validator set", `header ${h.height}: the next validators given are not its next_validators_hash`);
+  }
+}
+
+export function checkLightBlock(b, chainId) {
+  checkSets(b, chainId);
+  const { header, commit } = b.signedHeader;
+  if (commit.block_id.hash.toLowerCase() !== blockHash(b) || String(commit.height) !== String(header.height)) {
+    throw new VerifyError("header hash", `header ${header.height} does not hash to the block the commit signs`);
+  }
+  const signed = commitPower(commit, b.validators, chainId);
+  const total = sum(b.validators);
+  if (signed * 3n <= total * 2n) {
+    throw new VerifyError("signatures", `header ${header.height}: signed by ${signed} of its ${total} voting power, not more than 2/3`);
+  }
+}
+
+class NotEnoughTrust extends VerifyError {}
+
+export class LightClient {
+  // fetch: async height -> light block (from any RPC); now: () -> seconds.
+  constructor(chainId, anchor, fetch, trustingPeriod, now) {
+    checkLightBlock(anchor, chainId);
+    Object.assign(this, { chainId, fetch, trustingPeriod, now });
+    this.trusted = new Map([[blockHeight(anchor), anchor]]);
+  }
+
+  heights() {
+    return [...this.trusted.keys()].sort((a, b) => a - b);
+  }
+
+  latest() {
+    const hs = this.heights();
+    return this.trusted.get(hs[hs.length - 1]);
+  }
+
+  async verified(height) {
+    const known = this.trusted.get(height);
+    if (known) return known;
+    const lowest = this.heights()[0];
+    if (height < lowest) return this.backward(this.trusted.get(lowest), height);
+    return this.verify(await this.fetch(height));
+  }
+
+  async verify(block) {
+    const height = blockHeight(block);
+    let known = this.trusted.get(height);
+    if (!known) {
+      const below = this.heights().filter((h) => h < height);
+      if (below.length) return this.forward(this.trusted.get(below[below.length - 1]), block);
+      known = await this.backward(this.trusted.get(this.heights()[0]), height);
+    }
+    if (blockHash(known) !== blockHash(block)) {
+      throw new VerifyError("light client", `header ${height} is not the header trusted at that height`);
+    }
+    return known;
+  }
+
+  async forward(trusted, target) {
+    const now = this.now();
+    if (blockTime(trusted) + this.trustingPeriod <= now) {
+      throw new VerifyError("trusting period", `the trusted header ${blockHeight(trusted)} is older than the trusting period (${this.trustingPeriod}s)`);
+    }
+    const pending = [target];
+    while (pending.length) {
+      const block = pending[pending.length - 1];
+      try {
+        this.step(trusted, block, now);
+      } catch (err) {
+        if (!(err instanceof NotEnoughTrust) || blockHeight(block) - blockHeight(trusted) < 2) throw err;
+        pending.push(await this.fetch(Math.floor((blockHeight(trusted) + blockHeight(block)) / 2)));
+        continue;
+      }
+      pending.pop();
+      this.trusted.set(blockHeight(block), block);
+      trusted = block;
+    }
+    return trusted;
+  }
+
+  step(trusted, block, now) {
+    const [h, th] = [blockHeight(block), blockHeight(trusted)];
+    if (h <= th) throw new VerifyError("light client", `header ${h} is not after the trusted header ${th}`);
+    if (blockTime(block) <= blockTime(trusted)) throw new VerifyError("light client", `header ${h}'s time is not after trusted header ${th}'s`);
+    if (blockTime(block) > now + MAX_CLOCK_DRIFT) throw new VerifyError("light client", `header ${h}'s time is in the future`);
+    checkLightBlock(block, this.chainId);
+    const own = block.signedHeader.header.validators_hash.toLowerCase();
+    const next = trusted.signedHeader.header.next_validators_hash.toLowerCase();
+    if (h === th + 1) {
+      if (own !== next) throw new VerifyError("validator set", `header ${h}'s validators are not the next of trusted ${th}`);
+      return;
+    }
+    if (own === next) return;
+    const signed = commitPower(block.signedHeader.commit, trusted.nextValidators, this.chainId);
+    const total = sum(trusted.nextValidators);
+    if (signed * TRUST_DEN <= total * TRUST_NUM) {
+      throw new NotEnoughTrust("signatures", `header ${h}: validators trusted at ${th} signed ${signed} of ${total} power, not more than 1/3`);
+    }
+  }
+
+  async backward(trusted, height) {
+    if (blockHeight(trusted) - height > MAX_BACKWARD) {
+      throw new VerifyError("light client", `header ${height} is too far below the nearest trusted one`);
+    }
+    let block = trusted;
+    while (blockHeight(block) > height) {
+      const below = await this.fetch(blockHeight(block) - 1);
+      const link = block.signedHeader.header.last_block_id.hash.toLowerCase();
+      if (blockHeight(below) !== blockHeight(block) - 1 || blockHash(below) !== link) {
+        throw new VerifyError("header hash", `header ${blockHeight(block) - 1} is not the one header ${blockHeight(block)} follows`);
+      }
+      if (below.signedHeader.header.next_validators_hash.toLowerCase() !== block.signedHeader.header.validators_hash.toLowerCase()) {
+        throw new VerifyError("validator set", `header ${blockHeight(block) - 1}'s next validators are not header ${blockHeight(block)}'s`);
+      }
+      checkSets(below, this.chainId);
+      block = below;
+    }
+    this.trusted.set(blockHeight(block), block);
+    return block;
+  }
 }
 
 // --- RLP and the Merkle-Patricia proof -------------------------------------------------------

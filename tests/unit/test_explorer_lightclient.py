@@ -25,6 +25,7 @@ from haca.crypto.keys import PrivateKey
 from haca.crypto.state_proof import encode_proof
 from haca.types.bank import MsgSend
 from tests.unit.chain.apphelpers import Node, signed_tx
+from tests.unit.client import test_lightclient as lc
 
 ROOT = Path(__file__).resolve().parents[2]
 EXPLORER = ROOT / "explorer"
@@ -189,3 +190,71 @@ def test_the_browser_reads_state_proofs_as_python_does_and_refuses_a_tampered_on
     assert results["absent"]["value"] == ""
     for name in ("tampered leaf", "another root"):
         assert (results[name]["ok"], results[name]["step"]) == (False, "proof"), results[name]
+
+
+# --- across validator-set changes (haca.client.lightclient, explorer LightClient) -------------------
+
+
+def rpc_set(validators: tuple[Any, ...]) -> list[dict[str, Any]]:
+    return [
+        {
+            "address": v.address.hex().upper(),
+            "pub_key": {"type": "tendermint/PubKeyEd25519", "value": base64.b64encode(v.pub_key).decode()},
+            "voting_power": str(v.power),
+        }
+        for v in validators
+    ]
+
+
+def light_case(name: str, blocks: dict, anchor: int, target: int, now: int, before: tuple[int, ...] = ()) -> dict:
+    wire = {
+        str(h): {
+            "signed_header": b.signed_header,
+            "validators": rpc_set(b.validators),
+            "next_validators": rpc_set(b.next_validators),
+        }
+        for h, b in blocks.items()
+    }
+    light_doc = {"chain_id": lc.CHAIN_ID, "anchor": anchor, "target": target, "now": now, "trusting_period": 3600}
+    return {"name": name, "light": {**light_doc, "blocks": wire, "before": list(before)}}
+
+
+def python_outcome(blocks: dict, anchor: int, target: int, now: int, before: tuple[int, ...] = ()) -> str:
+    client = lc.LightClient(lc.CHAIN_ID, blocks[anchor], lambda h: blocks[h], 3600, lambda: now)
+    try:
+        for height in before:
+            client.verified(height)
+        return client.verified(target).app_hash.hex()
+    except light.LightClientError:
+        return "refused"
+
+
+def test_the_browser_follows_set_changes_as_python_does_and_refuses_the_same_forgeries(tmp_path):
+    honest = lc.honest_chain(40)
+    forged_forward = dict(honest)
+    last = honest[30].hash
+    for h in range(31, 36):  # the old set A signing a chain of its own past 30 (whose next set is C)
+        forged_forward[h] = lc.make_block(h, last, lc.SET_A, lc.SET_A, app_hash=sha256(b"mallory's state"))
+        last = forged_forward[h].hash
+    forged_back = dict(honest)
+    forged_back[26] = lc.make_block(26, honest[25].hash, lc.SET_A, lc.SET_C, app_hash=sha256(b"mallory's state"))
+    t = lc.T0 + 100
+    cases = {  # name: (blocks, anchor, target, now, before, the step the browser must name)
+        "two set changes, bisected": (honest, 1, 30, t, (), None),
+        "forged by a set that lost its power": (forged_forward, 1, 35, t, (30,), "validator set"),
+        "below the anchor, down the hash chain": (honest, 30, 25, t, (), None),
+        "a forged header below the anchor": (forged_back, 30, 25, t, (), "header hash"),
+        "past the trusting period": (honest, 1, 30, lc.T0 + 1 + 3600, (), "trusting period"),
+    }
+    results = run_js(
+        [light_case(name, b, a, tg, now, before) for name, (b, a, tg, now, before, _) in cases.items()], tmp_path
+    )
+    for name, (blocks, anchor, target, now, before, step) in cases.items():
+        python = python_outcome(blocks, anchor, target, now, before)
+        if step is None:
+            assert results[name]["ok"] and results[name]["value"] == python, (name, results[name])
+        else:
+            assert python == "refused" and not results[name]["ok"] and results[name]["step"] == step, (
+                name,
+                results[name],
+            )
