@@ -12,7 +12,8 @@ from typing import Annotated, Any, TypeVar
 import typer
 from rich.console import Console
 
-from haca.client.config import ClientConfig, KeyStore, resolve_home
+from haca.client.chain import ChainClient, TxOutcome
+from haca.client.config import ClientConfig, KeyStore, connect, resolve_home
 from haca.client.errors import HacaError
 from haca.hub.errors import HubError
 
@@ -69,3 +70,23 @@ def load_config(home: Path | None) -> tuple[Path, ClientConfig]:
 
 def keystore(home: Path | None) -> KeyStore:
     return KeyStore(resolve_home(home))
+
+
+def send_msg(
+    home: Path | None,
+    from_: str | None,
+    msg: Any,
+    after: Callable[[ChainClient, str], dict[str, Any]] | None = None,
+) -> dict[str, Any]:
+    """Sign `msg` with the key `from_` (default: the home's), send it, wait for it to commit; its
+    hash and height, with what `after(chain, signer address)` reads once it has."""
+    config = ClientConfig.load(client_home(home))
+    key = keystore(home).get(from_ or config.default_key).key
+    chain = connect(config)
+    try:
+        outcome = chain.send_msgs(key, (msg,), wait=True)
+        extra = after(chain, key.address) if after is not None else {}
+    finally:
+        chain.close()
+    assert isinstance(outcome, TxOutcome)
+    return {"hash": outcome.hash, "height": outcome.height, **extra}

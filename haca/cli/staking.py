@@ -8,8 +8,7 @@ from typing import Annotated, Any
 import typer
 
 import haca.types.messages  # noqa: F401  (registers message types)
-from haca.cli.common import HomeOption, JsonOption, cli_command, client_home, console, emit, keystore
-from haca.client.chain import TxOutcome
+from haca.cli.common import HomeOption, JsonOption, cli_command, client_home, console, emit, keystore, send_msg
 from haca.client.config import ClientConfig, connect
 from haca.types.staking import MsgBond, MsgUnbond
 
@@ -18,16 +17,7 @@ KeyOption = Annotated[str | None, typer.Option("--from", help="key name (default
 
 
 def _send(home: Path | None, from_: str | None, msg: Any) -> dict[str, Any]:
-    config = ClientConfig.load(client_home(home))
-    key = keystore(home).get(from_ or config.default_key).key
-    chain = connect(config)
-    try:
-        outcome = chain.send_msgs(key, (msg,), wait=True)
-        stake = chain.query("/staking/stake", key.address.encode())
-    finally:
-        chain.close()
-    assert isinstance(outcome, TxOutcome)
-    return {"hash": outcome.hash, "height": outcome.height, **stake}
+    return send_msg(home, from_, msg, lambda chain, signer: chain.query("/staking/stake", signer.encode()))
 
 
 @stake_app.command("bond")

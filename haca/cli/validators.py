@@ -14,9 +14,8 @@ from rich.table import Table
 import haca.types.messages  # noqa: F401  (registers message types)
 from haca.chain.home import ValidatorHome
 from haca.chain.supervisor import identity
-from haca.cli.common import HomeOption, JsonOption, cli_command, client_home, console, emit, keystore
+from haca.cli.common import HomeOption, JsonOption, cli_command, client_home, console, emit, keystore, send_msg
 from haca.cli.devnet import validator_app
-from haca.client.chain import TxOutcome
 from haca.client.config import ClientConfig, connect
 from haca.types.staking import GenesisValidator, MsgCreateValidator, MsgEditValidator, MsgLeaveValidator
 
@@ -24,15 +23,7 @@ KeyOption = Annotated[str | None, typer.Option("--from", help="the operator's ke
 
 
 def _send(home: Path | None, from_: str | None, msg: Any) -> dict[str, Any]:
-    config = ClientConfig.load(client_home(home))
-    key = keystore(home).get(from_ or config.default_key).key
-    chain = connect(config)
-    try:
-        outcome = chain.send_msgs(key, (msg,), wait=True)
-    finally:
-        chain.close()
-    assert isinstance(outcome, TxOutcome)
-    return {"hash": outcome.hash, "height": outcome.height, "operator": key.address}
+    return send_msg(home, from_, msg, lambda chain, signer: {"operator": signer})
 
 
 @validator_app.command("create")
