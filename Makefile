@@ -13,6 +13,7 @@ LLAMA_CMAKE_ARGS := $(if $(filter x86_64,$(shell uname -m)),-DGGML_NATIVE=OFF -D
 
 .PHONY: setup demo test test-fast bench fuzz lint clean
 FUZZ_SECONDS ?= 60
+FUZZ_RUNS ?=
 
 setup: $(VENV)/.installed .tools/bin/cometbft build/gen/.ok build/models/.ok build/circuits/.ok build/explorer/.ok
 
@@ -81,9 +82,14 @@ bench: setup
 	@$(PY) bench/settlement.py
 	@$(PY) bench/stalled_rpc.py
 
+# Each harness for FUZZ_SECONDS, or for FUZZ_RUNS inputs (`make fuzz FUZZ_RUNS=1000000`: the
+# long mode); crash inputs and logs go to build/fuzz/, and a failure prints the log's traceback.
+FUZZ_LIMIT = $(if $(FUZZ_RUNS),-runs=$(FUZZ_RUNS),-max_total_time=$(FUZZ_SECONDS))
+
 fuzz: setup
-	@set -e; for target in fuzz/fuzz_*.py; do echo "== $$target"; \
-	  $(PY) $$target -max_total_time=$(FUZZ_SECONDS) 2>&1 | tail -3; test $${PIPESTATUS[0]} -eq 0; done
+	@set -e; mkdir -p build/fuzz; for target in fuzz/fuzz_*.py; do name=$$(basename $$target .py); echo "== $$name"; \
+	  $(PY) $$target $(FUZZ_LIMIT) -artifact_prefix=build/fuzz/$$name- > build/fuzz/$$name.log 2>&1 \
+	    || { tail -60 build/fuzz/$$name.log; exit 1; }; grep -E '^Done' build/fuzz/$$name.log; done
 
 lint: setup
 	@$(VENV)/bin/ruff check .

@@ -1,13 +1,19 @@
-"""Fuzz the ABCI frame splitter: any stream, cut anywhere, yields frames or FramingError."""
+"""Fuzz the ABCI frame splitter: any stream, cut anywhere, yields frames or FramingError.
 
-import sys
+Seeds: streams of frames (empty, small, one with a two-byte length), the cut size in the last byte."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
 
 import atheris
+import fuzzlib
 
-with atheris.instrument_imports():
-    from haca.chain.abci.framing import FramingError, take_frames
+with atheris.instrument_imports(include=["haca"]):
+    from haca.chain.abci.framing import FramingError, encode_frame, take_frames
 
 
+@atheris.instrument_func
 def test_one_input(data: bytes) -> None:
     fdp = atheris.FuzzedDataProvider(data)
     cut = fdp.ConsumeIntInRange(0, 64)
@@ -22,6 +28,12 @@ def test_one_input(data: bytes) -> None:
         pass
 
 
+def seeds() -> Iterator[bytes]:
+    # (FuzzedDataProvider takes the cut size from the last byte)
+    yield encode_frame(b"") + encode_frame(b"\x12\x00") + bytes([1])
+    yield b"".join(encode_frame(bytes([i]) * i) for i in range(1, 9)) + bytes([5])
+    yield encode_frame(b"\x22" * 300) + encode_frame(b"\x0a\x02hi") + bytes([64])
+
+
 if __name__ == "__main__":
-    atheris.Setup(sys.argv, test_one_input)
-    atheris.Fuzz()
+    fuzzlib.main("frames", test_one_input, seeds)

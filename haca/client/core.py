@@ -266,8 +266,8 @@ class ClientCore:
         if receipt_header is not None:
             try:
                 in_header = json.loads(base64.urlsafe_b64decode(receipt_header))
-            except (binascii.Error, ValueError) as exc:
-                raise LlmReceiptInvalid("format", f"x-haca-receipt header is malformed: {exc}") from exc
+            except (binascii.Error, ValueError, RecursionError) as exc:
+                raise LlmReceiptInvalid("format", f"x-haca-receipt header is malformed: {exc!r}") from exc
             if not isinstance(receipt, dict) or in_header != receipt:
                 raise LlmReceiptInvalid("format", "the x-haca-receipt header and the body carry different receipts")
         no_hint = LlmReceiptInvalid("format", "the receipt has no height hint")

@@ -74,8 +74,8 @@ def llm_offers(header: str) -> list[LlmOffer]:
         if not isinstance(accepts, list):
             raise TypeError("'accepts' is not a list")
         return [_offer(a) for a in accepts if a["scheme"] == SCHEME and a["extra"]["price_unit"] == PriceUnit.TOKEN]
-    except (binascii.Error, UnicodeDecodeError, json.JSONDecodeError, KeyError, TypeError, ValueError) as exc:
-        raise PaymentRequiredError(f"node answered 402 without usable requirements: {exc}") from exc
+    except (binascii.Error, KeyError, TypeError, ValueError, RecursionError) as exc:  # ValueError: bad JSON too
+        raise PaymentRequiredError(f"node answered 402 without usable requirements: {exc!r}") from exc
 
 
 def _offer(accept: dict[str, Any]) -> LlmOffer:

@@ -228,8 +228,8 @@ class StreamReader:
             return None
         try:
             chunk = json.loads(data)
-        except json.JSONDecodeError as exc:
-            raise NodeError(f"node sent a malformed stream chunk: {exc}") from exc
+        except (ValueError, RecursionError) as exc:  # bad JSON, an integer too long, nesting too deep
+            raise NodeError(f"node sent a malformed stream chunk: {exc!r}") from exc
         if not isinstance(chunk, dict):
             raise NodeError("node sent a malformed stream chunk")
         if "error" in chunk:

@@ -24,7 +24,7 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from typing import Any
 
 from fastapi import FastAPI, Request
@@ -33,7 +33,7 @@ from fastapi.responses import FileResponse, JSONResponse, Response
 from starlette.concurrency import run_in_threadpool
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from haca.hub.auth import verify_upload
+from haca.hub.auth import UploadGrant, verify_upload
 from haca.hub.errors import (
     BlobHashMismatch,
     BlobNotFound,
@@ -94,6 +94,23 @@ def hub_error_status(exc: HubError) -> int:
     return 400
 
 
+def check_upload_headers(headers: Mapping[str, str], grant: UploadGrant, max_size: int) -> None:
+    """An upload's Content-Type and Content-Length against what `grant` signs, before any body byte:
+    UnsupportedMediaType (415), a 400 for a Content-Length that is not a decimal number,
+    ContentMismatch (400) for one that is not the signed size, BlobTooLarge (413)."""
+    media_type = headers.get("content-type", "").split(";")[0].strip().lower()
+    if media_type not in UPLOAD_MEDIA_TYPES:
+        raise UnsupportedMediaType(f"upload the raw bytes as application/octet-stream, not {media_type!r}")
+    length = headers.get("content-length")
+    if length is not None:
+        if not (length.isascii() and length.isdigit()):  # str.isdigit() is also true of "²", which int() refuses
+            raise StarletteHTTPException(400, f"bad Content-Length {length[:40]!r}")
+        if len(length) > 20 or int(length) != grant.size:  # (int() refuses more than 4300 digits)
+            raise ContentMismatch(f"Content-Length {length[:40]} is not the signed size {grant.size}")
+    if grant.size > max_size:
+        raise BlobTooLarge(f"blob of {grant.size} bytes exceeds the size limit of {max_size} bytes")
+
+
 def upload_deadline(size: int, base_s: float = BODY_DEADLINE_S, min_rate: int = MIN_UPLOAD_RATE) -> float:
     """Seconds the body of a `size`-byte upload may take in all."""
     return base_s + size / min_rate
@@ -150,17 +167,7 @@ def create_app(
     async def upload(request: Request) -> JSONResponse:
         grant = verify_upload(request.headers, clock())  # 401 unless signed, before any body byte
         ledger.require_uploader(grant.uploader)  # 403
-        media_type = request.headers.get("content-type", "").split(";")[0].strip().lower()
-        if media_type not in UPLOAD_MEDIA_TYPES:
-            raise UnsupportedMediaType(f"upload the raw bytes as application/octet-stream, not {media_type!r}")
-        length = request.headers.get("content-length")
-        if length is not None:
-            if not length.isdigit():
-                raise StarletteHTTPException(400, f"bad Content-Length {length!r}")
-            if int(length) != grant.size:
-                raise ContentMismatch(f"Content-Length {length} is not the signed size {grant.size}")
-        if grant.size > store.max_size:
-            raise BlobTooLarge(f"blob of {grant.size} bytes exceeds the size limit of {store.max_size} bytes")
+        check_upload_headers(request.headers, grant, store.max_size)
         stored = await run_in_threadpool(store.exists, ID_PREFIX + grant.sha256)
         reservation = await run_in_threadpool(ledger.reserve, grant.uploader, grant.sha256, grant.size, stored)
         writer: BlobWriter | None = None

@@ -47,6 +47,11 @@ class GrammarError(LlmError):
     param = "response_format.json_schema.schema"
 
 
+# What llama-cpp-python's schema converter raises for a schema it cannot take: it reads the client's
+# schema without checking its shape (a property given as a string raised AttributeError).
+_CONVERTER_ERRORS = (AssertionError, ValueError, KeyError, TypeError, AttributeError, IndexError, RecursionError)
+
+
 @functools.lru_cache(maxsize=64)
 def _grammar(format_text: str) -> Any:
     from llama_cpp import LlamaGrammar
@@ -58,7 +63,7 @@ def _grammar(format_text: str) -> Any:
     schema = json.dumps(response_format["json_schema"]["schema"])
     try:
         return LlamaGrammar.from_json_schema(schema, verbose=False)
-    except (AssertionError, ValueError, KeyError, TypeError, RecursionError) as exc:
+    except _CONVERTER_ERRORS as exc:
         raise GrammarError(f"the JSON schema cannot be turned into a grammar: {exc}") from None
 
 
@@ -79,7 +84,7 @@ def _tool_grammar(schema_text: str, optional: bool) -> Any:
 
     try:
         rules = json_schema_to_gbnf(schema_text)
-    except (AssertionError, ValueError, KeyError, TypeError, RecursionError) as exc:
+    except _CONVERTER_ERRORS as exc:
         raise ToolGrammarError(f"a tool's parameters cannot be turned into a grammar: {exc}") from None
     if optional:
         rules = re.sub(r"^root ::=", "call ::=", rules, count=1, flags=re.M) + "\nroot ::= call | text" + _TEXT_RULES

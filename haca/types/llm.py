@@ -30,6 +30,10 @@ MAX_STOP_LENGTH = 256
 MAX_MESSAGES = 1024
 MAX_SCHEMA_CHARS = 16 << 10  # a response_format's JSON schema, as JSON text
 MAX_TOP_LOGPROBS = {"chat": 20, "completion": 5}  # the OpenAI API's limits
+# JSON nesting a request body may have, schemas included. Deeper bodies are refused first: a value
+# nested ~1000 deep (JSON parsers allow 1024) made repr() or json.dumps() raise RecursionError while
+# reading it (a 500, not a 400), and OpenAI's strict schemas nest at most 5 levels.
+MAX_DEPTH = 64
 # Parameters accepted only at a value that changes nothing (we do not implement them): any other
 # value is refused with a 400 naming the parameter, never dropped.
 NEUTRAL: dict[str, tuple[Any, ...]] = {
@@ -193,6 +197,8 @@ def text_hash(text: str) -> str:
 def parse_request(body: Any, kind: str) -> LlmRequest:
     """An OpenAI chat (`kind` "chat"), completion, or Responses API ("response": read as the chat
     it means, haca.types.responses) request body, checked as the API does."""
+    if _deeper_than(body, MAX_DEPTH):
+        raise LlmRequestError(f"the request body nests JSON deeper than {MAX_DEPTH} levels")
     if kind == "response":
         try:
             body, kind = chat_body_of(body), "chat"
@@ -243,6 +249,21 @@ def parse_request(body: Any, kind: str) -> LlmRequest:
         *_tools(body),
         _logprobs(body, kind),
     )
+
+
+def _deeper_than(value: Any, limit: int) -> bool:
+    """Whether `value` (decoded JSON) nests objects and arrays more than `limit` deep; iterative,
+    so any depth is measured without recursing."""
+    stack = [(value, 1)]
+    while stack:
+        item, depth = stack.pop()
+        children = item.values() if isinstance(item, dict) else item if isinstance(item, list) else None
+        if children is None:
+            continue
+        if depth > limit:
+            return True
+        stack.extend((child, depth + 1) for child in children)
+    return False
 
 
 def _logprobs(body: dict[str, Any], kind: str) -> int | None:

@@ -114,7 +114,8 @@ def parse_tool_choice(value: Any, tools: tuple[FunctionTool, ...]) -> str:
         if value != "none" and not tools:
             raise ToolError(f"tool_choice {value!r} needs tools", "tool_choice")
         return value
-    name = value.get("function", {}).get("name") if isinstance(value, dict) else None
+    function = value.get("function") if isinstance(value, dict) else None
+    name = function.get("name") if isinstance(function, dict) else None  # ({"function": "f"}: not a dict)
     if not isinstance(value, dict) or value.get("type") != "function" or not isinstance(name, str):
         raise ToolError("a named tool_choice is {'type': 'function', 'function': {'name': ...}}", "tool_choice")
     if name not in {t.name for t in tools}:

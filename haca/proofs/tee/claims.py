@@ -7,6 +7,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from cryptography import x509
+from cryptography.exceptions import UnsupportedAlgorithm
 
 from haca.proofs.receipt import EvidenceError
 
@@ -29,6 +30,27 @@ class AttestationError(EvidenceError):
     def __init__(self, step: str, message: str) -> None:
         super().__init__(f"{step}: {message}")
         self.step = step
+
+
+# What cryptography raises for a certificate that does not parse, when loaded or when a part it parses
+# lazily (names, extensions, the key) is first read: InvalidVersion is not a ValueError, a name
+# attribute of the wrong string type is a TypeError, a key of an unknown type or curve (read to
+# check a signature, too) is UnsupportedAlgorithm, an extension listed twice is DuplicateExtension.
+CERTIFICATE_ERRORS = (
+    ValueError,
+    TypeError,
+    x509.InvalidVersion,
+    UnsupportedAlgorithm,
+    x509.DuplicateExtension,
+    x509.UnsupportedGeneralNameType,
+)
+
+
+def names_parse(cert: x509.Certificate) -> x509.Certificate:
+    """`cert`, once its subject and issuer parse (cryptography parses names when first read, so a
+    malformed one would otherwise raise wherever a verifier first reads it, e.g. in its refusal)."""
+    _ = cert.subject, cert.issuer  # each read parses the name: ValueError or TypeError when it does not
+    return cert
 
 
 def check_validity(cert: x509.Certificate, what: str, now: int) -> None:

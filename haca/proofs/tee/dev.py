@@ -36,7 +36,7 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 
-from haca.proofs.tee.claims import AttestationError, Claims, check_validity
+from haca.proofs.tee.claims import CERTIFICATE_ERRORS, AttestationError, Claims, check_validity, names_parse
 
 DEV_LABEL = "DEV-MODE, NOT FOR PRODUCTION"
 DEV_FORMAT = "haca-dev/1"
@@ -341,8 +341,8 @@ def _check_payload(payload: Any) -> dict[str, Any]:
 
 def _load_der(der: bytes, what: str) -> x509.Certificate:
     try:
-        return x509.load_der_x509_certificate(der)
-    except (ValueError, TypeError) as e:
+        return names_parse(x509.load_der_x509_certificate(der))
+    except CERTIFICATE_ERRORS as e:
         raise AttestationError("chain", f"the {what} certificate does not parse: {e}") from None
 
 
@@ -350,7 +350,7 @@ def _issued_by(cert: x509.Certificate, issuer: x509.Certificate) -> bool:
     """`issuer` names and signed `cert` (name match and signature, nothing else)."""
     try:
         cert.verify_directly_issued_by(issuer)
-    except (ValueError, TypeError, InvalidSignature):
+    except (*CERTIFICATE_ERRORS, InvalidSignature):  # (an issuer key of an unknown type: UnsupportedAlgorithm)
         return False
     return True
 
@@ -358,7 +358,7 @@ def _issued_by(cert: x509.Certificate, issuer: x509.Certificate) -> bool:
 def _is_ca(cert: x509.Certificate) -> bool:
     try:
         return bool(cert.extensions.get_extension_for_class(x509.BasicConstraints).value.ca)
-    except x509.ExtensionNotFound:
+    except (x509.ExtensionNotFound, *CERTIFICATE_ERRORS):  # (extensions are parsed when first read)
         return False
 
 

@@ -30,7 +30,7 @@ from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.asymmetric import ec
 
-from haca.proofs.tee.claims import AttestationError, check_validity
+from haca.proofs.tee.claims import CERTIFICATE_ERRORS, AttestationError, check_validity, names_parse
 from haca.proofs.tee.dev import DEV_LABEL, _decode_one, _verify_chain, load_platform
 from haca.proofs.tee.nvidia import GpuReport, golden_key
 from haca.types.tee import GpuEvidence
@@ -132,9 +132,9 @@ def verify_dev_gpu(evidence: GpuEvidence, now: int, root_pem: bytes, expected_no
         raise AttestationError("format", f"GPU evidence of format {evidence.format!r} is not dev-gpu")
     payload_raw, signature, fields = _payload(evidence.report)
     try:
-        certs = x509.load_pem_x509_certificates(evidence.chain)
+        certs = [names_parse(c) for c in x509.load_pem_x509_certificates(evidence.chain)]
         roots = x509.load_pem_x509_certificates(root_pem)
-    except ValueError as exc:
+    except CERTIFICATE_ERRORS as exc:
         raise AttestationError("chain", f"a certificate does not parse: {exc}") from None
     if not 1 <= len(certs) <= MAX_CHAIN_CERTS or len(roots) != 1:
         raise AttestationError("chain", f"expected 1 to {MAX_CHAIN_CERTS} chain certificates and one DEV root")

@@ -33,7 +33,7 @@ from cryptography.hazmat.primitives.asymmetric.utils import encode_dss_signature
 from cryptography.hazmat.primitives.serialization import Encoding
 
 from haca.proofs.reader import BoundedReader
-from haca.proofs.tee.claims import AttestationError, check_validity
+from haca.proofs.tee.claims import CERTIFICATE_ERRORS, AttestationError, check_validity, names_parse
 
 SPDM_VERSION = 0x11
 GET_MEASUREMENTS, MEASUREMENTS = 0xE0, 0x60
@@ -185,7 +185,7 @@ def _text(value: bytes) -> str:
 def load_chain(pem: bytes) -> list[x509.Certificate]:
     try:
         certs = x509.load_pem_x509_certificates(pem)
-    except ValueError as exc:
+    except CERTIFICATE_ERRORS as exc:
         raise AttestationError("chain", f"the certificate chain is not PEM: {exc}") from exc
     if not 2 <= len(certs) <= CHAIN_MAX_CERTS:
         raise AttestationError("chain", f"expected 2 to {CHAIN_MAX_CERTS} certificates, leaf first; got {len(certs)}")
@@ -197,12 +197,19 @@ def _check_chain(certs: list[x509.Certificate], root_pem: bytes, now: int) -> tu
         root = x509.load_pem_x509_certificate(root_pem)
     except ValueError as exc:
         raise AttestationError("chain", f"the pinned root is not a PEM certificate: {exc}") from exc
+    for i, cert in enumerate(certs):
+        try:
+            names_parse(cert)
+        except CERTIFICATE_ERRORS as exc:
+            raise AttestationError(
+                "chain", f"certificate {i} of the chain has a name that does not parse: {exc}"
+            ) from None
     if certs[-1].public_bytes(Encoding.DER) != root.public_bytes(Encoding.DER):
         raise AttestationError("chain", f"the chain ends at {certs[-1].subject.rfc4514_string()}, not the pinned root")
     for cert, issuer in itertools.pairwise(certs):
         try:
             cert.verify_directly_issued_by(issuer)
-        except (ValueError, TypeError, InvalidSignature) as exc:
+        except (*CERTIFICATE_ERRORS, InvalidSignature) as exc:
             raise AttestationError(
                 "chain", f"{cert.subject.rfc4514_string()} is not signed by {issuer.subject.rfc4514_string()}"
             ) from exc
@@ -243,7 +250,10 @@ def verify_nvidia_report(
     measurements, opaque = _measurements(record, count), _opaque(opaque_data)
 
     certs = load_chain(chain_pem)
-    leaf_key = certs[0].public_key()
+    try:
+        leaf_key = certs[0].public_key()
+    except CERTIFICATE_ERRORS as exc:  # e.g. a point off its curve, an unknown curve
+        raise AttestationError("signature", f"the leaf certificate's key does not load: {exc}") from None
     if not isinstance(leaf_key, ec.EllipticCurvePublicKey) or leaf_key.curve.name != "secp384r1":
         raise AttestationError("signature", "the leaf certificate's key is not ECDSA P-384")
     r, s = int.from_bytes(signature[:48], "big"), int.from_bytes(signature[48:], "big")

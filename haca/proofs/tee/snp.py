@@ -35,7 +35,7 @@ from cryptography.hazmat.primitives.asymmetric.types import CertificatePublicKey
 from cryptography.hazmat.primitives.asymmetric.utils import encode_dss_signature
 from cryptography.x509.oid import NameOID, SignatureAlgorithmOID
 
-from haca.proofs.tee.claims import AttestationError, Claims, check_validity
+from haca.proofs.tee.claims import CERTIFICATE_ERRORS, AttestationError, Claims, check_validity, names_parse
 
 REPORT_SIZE = 0x4A0  # 1184
 SIGNED_END = 0x2A0  # the signature covers bytes 0x000..0x29F
@@ -111,8 +111,8 @@ def _load_der(der: bytes, what: str) -> x509.Certificate:
         # Every AMD VCEK has serial number 0, which recent `cryptography` warns about.
         warnings.simplefilter("ignore")
         try:
-            return x509.load_der_x509_certificate(bytes(der))
-        except (ValueError, TypeError) as e:
+            return names_parse(x509.load_der_x509_certificate(bytes(der)))
+        except CERTIFICATE_ERRORS as e:
             raise AttestationError("format", f"the {what} certificate does not parse: {e}") from None
 
 
@@ -120,8 +120,8 @@ def _load_chain(pem: bytes, what: str) -> tuple[x509.Certificate, x509.Certifica
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         try:
-            certs = x509.load_pem_x509_certificates(bytes(pem))
-        except (ValueError, TypeError) as e:
+            certs = [names_parse(c) for c in x509.load_pem_x509_certificates(bytes(pem))]
+        except CERTIFICATE_ERRORS as e:
             raise AttestationError("format", f"the {what} does not parse: {e}") from None
     if len(certs) != 2:
         raise AttestationError("format", f"the {what} must hold two certificates (ASK then ARK), not {len(certs)}")
@@ -155,7 +155,7 @@ def _product_line(ask: x509.Certificate, ark: x509.Certificate) -> str:
 def _public_key(cert: x509.Certificate, what: str) -> CertificatePublicKeyTypes:
     try:
         return cert.public_key()
-    except (ValueError, TypeError) as e:  # e.g. an EC point that is not on the curve
+    except CERTIFICATE_ERRORS as e:  # e.g. a point off its curve, an unknown curve
         raise AttestationError("format", f"the {what} certificate's public key does not load: {e}") from None
 
 

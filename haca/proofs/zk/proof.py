@@ -165,7 +165,8 @@ def _decode_json(proof: bytes) -> tuple[bytes, Instances]:
     _check_nesting(proof)
     try:
         doc = json.loads(proof)
-    except (json.JSONDecodeError, UnicodeDecodeError, RecursionError) as exc:  # (deep nesting: RecursionError)
+    # ValueError: a JSONDecodeError, a UnicodeDecodeError, or an integer of more than 4300 digits
+    except (ValueError, RecursionError) as exc:  # (deep nesting: RecursionError)
         raise ProofError(f"the proof is neither HACA's binary proof encoding nor EZKL proof JSON: {exc!r}") from None
     if not isinstance(doc, dict) or not isinstance(doc.get("proof"), (str, list)):
         raise ProofError("the proof is not EZKL proof JSON (no proof field)")

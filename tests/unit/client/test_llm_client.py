@@ -7,6 +7,7 @@ against a real node serving SmolLM2, refusing answers changed on the way."""
 from __future__ import annotations
 
 import asyncio
+import base64
 import dataclasses
 import json
 from collections.abc import Callable, Iterator
@@ -495,3 +496,10 @@ def test_the_sdk_refuses_a_tool_call_changed_on_the_way(
     with sdk(node, Tampering(change)) as client, pytest.raises(LlmReceiptInvalid) as caught:
         client.chat("smollm2", ASK_WEATHER, max_tokens=40, temperature=0, tools=[WEATHER], tool_choice="required")
     assert caught.value.reason == reason
+
+
+def test_a_402_header_nested_too_deep_is_a_payment_required_error_not_a_crash() -> None:
+    """Found while fuzzing: json.loads raises RecursionError for deep nesting, not a ValueError."""
+    deep = base64.b64encode(b"[" * 5000 + b"]" * 5000).decode()
+    with pytest.raises(PaymentRequiredError, match="without usable requirements"):
+        llm_offers(deep)

@@ -11,9 +11,11 @@ from typing import Any
 
 import httpx
 import pytest
+from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from haca.hub.api import CONTENT_SHA256_HEADER, create_app
-from haca.hub.auth import upload_headers
+from haca.hub.api import CONTENT_SHA256_HEADER, check_upload_headers, create_app
+from haca.hub.auth import UploadGrant, upload_headers
+from haca.hub.errors import ContentMismatch
 from haca.hub.quota import UploadLedger
 from haca.hub.store import TMP_PREFIX, BlobStore
 from tests.unit.hub.conftest import UPLOADER
@@ -182,6 +184,24 @@ def test_downloads_need_no_signature(client: TestClient) -> None:
 def test_bad_content_length_is_400(client: TestClient) -> None:
     response = client.post("/v1/blobs", content=b"abc", headers={**signed(b"abc"), "Content-Length": "-3"})
     assert response.status_code == 400  # refused before any byte is stored
+
+
+@pytest.mark.parametrize(
+    ("length", "refusal"),
+    [("\u00b2", StarletteHTTPException), ("7" * 5000, ContentMismatch), ("00001234", None)],
+    ids=["superscript-two", "5000-digits", "leading-zeros"],
+)
+def test_a_content_length_int_cannot_read_is_refused_not_a_500(length: str, refusal: type[Exception] | None) -> None:
+    """Found while writing fuzz/fuzz_hub_upload.py: "²" passes str.isdigit() and a 5000-digit
+    number is more than int() reads; both raised ValueError out of the upload route (a 500)."""
+    grant = UploadGrant(UPLOADER.address, "5e" * 32, 1234, 2_000_000_000)
+    headers = {"content-type": "application/octet-stream", "content-length": length}
+    if refusal is None:
+        check_upload_headers(headers, grant, 1 << 20)
+        return
+    with pytest.raises(refusal) as refused:
+        check_upload_headers(headers, grant, 1 << 20)
+    assert getattr(refused.value, "status_code", 400) == 400
 
 
 def test_request_validation_errors_are_json(store: BlobStore) -> None:

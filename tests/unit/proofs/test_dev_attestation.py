@@ -157,6 +157,49 @@ def test_a_flipped_byte_in_the_leaf_certificate_fails_the_chain(devnet: Devnet) 
         assert step_of(resign(devnet, {**payload, "certificate": flip(leaf, offset)}), devnet) == "chain"
 
 
+def test_a_leaf_whose_subject_does_not_parse_fails_the_chain(devnet: Devnet) -> None:
+    """Found by fuzz/fuzz_dev.py: the leaf's subject CN typed as a BIT STRING. The certificate loads
+    (cryptography parses names when first read) and reading its subject raised a bare TypeError out
+    of verify_dev, in the refusal naming it."""
+    payload, _, _ = split(devnet.evidence())
+    cn = b"\x06\x03\x55\x04\x03\x0c\x11HACA DEV PLATFORM"  # CN, UTF8String of 17 characters
+    assert cn in payload["certificate"]
+    leaf = payload["certificate"].replace(cn, cn[:5] + b"\x03" + cn[6:])  # the same bytes as a BIT STRING
+    with pytest.raises(AttestationError, match="leaf certificate does not parse") as refused:
+        verify_dev(resign(devnet, {**payload, "certificate": leaf}), devnet.now, devnet.root_pem)
+    assert refused.value.step == "chain"
+
+
+def test_a_cabundle_certificate_with_a_key_of_unknown_type_fails_the_chain(devnet: Devnet) -> None:
+    """Found by fuzz/fuzz_dev.py: a leaf the root did not sign, and a cabundle entry whose key type
+    is unknown (id-ecPublicKey 1.2.840.10045.2.1 changed to 1.2.840.1853.2.1): checking the leaf
+    against it raised UnsupportedAlgorithm (not a ValueError) out of verify_dev."""
+    payload, _, _ = split(devnet.evidence())
+    assert len(payload["cabundle"]) == 1
+    ec_key = bytes.fromhex("06072a8648ce3d0201")
+    assert ec_key in payload["cabundle"][0]
+    unknown = payload["cabundle"][0].replace(ec_key, bytes.fromhex("06072a86488e3d0201"), 1)
+    leaf = flip(payload["certificate"], len(payload["certificate"]) - 5)  # no longer signed by the root
+    with pytest.raises(AttestationError, match="cabundle\\[0\\] did not issue") as refused:
+        verify_dev(resign(devnet, {**payload, "certificate": leaf, "cabundle": [unknown]}), devnet.now, devnet.root_pem)
+    assert refused.value.step == "chain"
+
+
+def test_a_cabundle_certificate_with_a_duplicate_extension_fails_the_chain(devnet: Devnet) -> None:
+    """Found by fuzz/fuzz_dev.py: one bit of a cabundle entry's KeyUsage OID (2.5.29.15) flipped
+    makes it a second SubjectKeyIdentifier (2.5.29.14); reading its extensions (is it a CA?) raised
+    x509.DuplicateExtension (not a ValueError) out of verify_dev."""
+    payload, _, _ = split(devnet.evidence())
+    key_usage = b"\x06\x03\x55\x1d\x0f"
+    assert key_usage in payload["cabundle"][0]
+    duplicate = payload["cabundle"][0].replace(key_usage, b"\x06\x03\x55\x1d\x0e", 1)
+    leaf = flip(payload["certificate"], len(payload["certificate"]) - 5)  # no longer signed by the root
+    document = resign(devnet, {**payload, "certificate": leaf, "cabundle": [duplicate]})
+    with pytest.raises(AttestationError, match="cabundle\\[0\\] did not issue") as refused:
+        verify_dev(document, devnet.now, devnet.root_pem)
+    assert refused.value.step == "chain"
+
+
 def test_another_root_fails_the_chain_even_with_its_copy_in_the_cabundle(devnet: Devnet, tmp_path: Path) -> None:
     other = make_devnet(tmp_path)
     document = other.evidence()

@@ -4,12 +4,13 @@ measurements and driver; each must-fail case of the fixture's README fails at th
 
 from __future__ import annotations
 
+import base64
 import json
 from pathlib import Path
 
 import pytest
 from cryptography import x509
-from cryptography.hazmat.primitives.serialization import Encoding
+from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
 from typer.testing import CliRunner
 
 from haca.cli.main import app
@@ -65,6 +66,60 @@ def test_an_altered_certificate_fails_the_chain():
     with pytest.raises(AttestationError, match="is not signed by") as refused:
         verify_nvidia_report(REPORT, pem, AT, NONCE)
     assert refused.value.step == "chain"
+
+
+def test_a_leaf_whose_key_is_not_a_curve_point_fails_the_signature_step():
+    """Found by fuzz/fuzz_nvidia.py: one digit of the leaf's public point changed (the certificate
+    still parses) made `public_key()` raise a bare ValueError ("Invalid key") out of the verifier."""
+    certs = x509.load_pem_x509_certificates(CHAIN)
+    der = bytearray(certs[0].public_bytes(Encoding.DER))
+    point = certs[0].public_key().public_bytes(Encoding.X962, PublicFormat.UncompressedPoint)
+    at = der.find(point) + 46  # the byte fuzz_nvidia changed: '3' -> '7'
+    der[at] = 0x37 if der[at] != 0x37 else 0x33
+    pem = x509.load_der_x509_certificate(bytes(der)).public_bytes(Encoding.PEM)
+    with pytest.raises(AttestationError, match="key does not load") as refused:
+        verify_nvidia_report(REPORT, pem + b"".join(c.public_bytes(Encoding.PEM) for c in certs[1:]), AT, NONCE)
+    assert refused.value.step == "signature"
+
+
+def test_a_leaf_whose_subject_does_not_parse_fails_the_chain_step():
+    """Found by fuzz/fuzz_nvidia.py: six bytes of the leaf's subject shuffled. The certificate
+    loads (cryptography parses names when first read), its signature check fails, and reading its
+    subject for the refusal raised a bare ValueError out of the verifier."""
+    certs = x509.load_pem_x509_certificates(CHAIN)
+    der = bytearray(certs[0].public_bytes(Encoding.DER))
+    der[193:199] = b"\x13C(35\x05"  # fuzz_nvidia's input: a shuffled attribute of the subject
+    leaf = x509.load_der_x509_certificate(bytes(der))
+    pem = b"".join(c.public_bytes(Encoding.PEM) for c in (leaf, *certs[1:]))
+    with pytest.raises(AttestationError, match="name that does not parse") as refused:
+        verify_nvidia_report(REPORT, pem, AT, NONCE)
+    assert refused.value.step == "chain"
+
+
+def test_a_leaf_of_an_unknown_x509_version_fails_the_chain_step():
+    """Found by fuzz/fuzz_nvidia.py: the leaf's version field set to 34 makes cryptography raise
+    x509.InvalidVersion, which is not a ValueError, out of the chain's PEM loading."""
+    certs = x509.load_pem_x509_certificates(CHAIN)
+    der = bytearray(certs[0].public_bytes(Encoding.DER))
+    assert der[8:13] == b"\xa0\x03\x02\x01\x02"  # [0] EXPLICIT INTEGER 2 (v3)
+    der[12] = 34
+    body = base64.encodebytes(bytes(der)).decode()
+    leaf = f"-----BEGIN CERTIFICATE-----\n{body}-----END CERTIFICATE-----\n".encode()
+    with pytest.raises(AttestationError, match="not PEM") as refused:
+        verify_nvidia_report(REPORT, leaf + b"".join(c.public_bytes(Encoding.PEM) for c in certs[1:]), AT, NONCE)
+    assert refused.value.step == "chain"
+
+
+def test_a_leaf_whose_key_is_on_an_unknown_curve_fails_the_signature_step():
+    """Found by fuzz/fuzz_nvidia.py: a leaf whose key names a curve cryptography does not know makes
+    `public_key()` raise UnsupportedAlgorithm (not a ValueError) out of the verifier."""
+    certs = x509.load_pem_x509_certificates(CHAIN)
+    p384 = b"\x06\x05\x2b\x81\x04\x00\x22"  # OID 1.3.132.0.34 (secp384r1), first in the leaf's key
+    der = certs[0].public_bytes(Encoding.DER).replace(p384, p384[:-1] + b"\x7f", 1)  # 1.3.132.0.127
+    leaf = x509.load_der_x509_certificate(der).public_bytes(Encoding.PEM)
+    with pytest.raises(AttestationError, match="key does not load") as refused:
+        verify_nvidia_report(REPORT, leaf + b"".join(c.public_bytes(Encoding.PEM) for c in certs[1:]), AT, NONCE)
+    assert refused.value.step == "signature"
 
 
 def test_a_nonce_other_than_the_expected_one_is_refused_as_not_bound():

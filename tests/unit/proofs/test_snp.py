@@ -4,6 +4,7 @@ a debug report is refused by the default policy."""
 
 from __future__ import annotations
 
+import base64
 import datetime as dt
 import warnings
 from dataclasses import dataclass, replace
@@ -255,6 +256,47 @@ def test_ark_with_one_byte_changed_fails_chain() -> None:
 def test_ask_and_ark_swapped_fails_chain() -> None:
     ask, ark = _real_chain()
     assert step_of(REPORT, chain=_pem([ark, ask])) == "chain"
+
+
+def _der_patched(cert: x509.Certificate, at: int, patch: bytes) -> x509.Certificate:
+    der = bytearray(cert.public_bytes(serialization.Encoding.DER))
+    der[at : at + len(patch)] = patch
+    return x509.load_der_x509_certificate(bytes(der))
+
+
+def test_ask_whose_subject_does_not_parse_fails_format() -> None:
+    """Found by fuzz/fuzz_snp.py: two bytes of the ASK's subject (inside "Advanced Micro Devices", a
+    UTF8String) made invalid UTF-8. The certificate loads (names are parsed when first read) and
+    reading its subject raised a bare ValueError out of verify_snp."""
+    ask, ark = _real_chain()
+    broken = _der_patched(ask, 332, b"\x8d\x9e")
+    assert step_of(REPORT, chain=_pem([broken, ark])) == "format"
+    with pytest.raises(AttestationError, match="does not parse"):
+        verify_snp(REPORT, VCEK, NOW, _pem([broken, ark]))
+
+
+def test_certificates_of_an_unknown_x509_version_fail_format() -> None:
+    """x509.InvalidVersion is not a ValueError: a VCEK or chain certificate whose version field
+    says 34 must still be refused as not parsing (the same input crashed the NVIDIA verifier)."""
+    ask, ark = _real_chain()
+    ask_der = bytearray(ask.public_bytes(serialization.Encoding.DER))
+    assert ask_der[8:13] == b"\xa0\x03\x02\x01\x02"  # [0] EXPLICIT INTEGER 2 (v3)
+    ask_der[12] = 34
+    ask_pem = b"-----BEGIN CERTIFICATE-----\n" + base64.encodebytes(bytes(ask_der)) + b"-----END CERTIFICATE-----\n"
+    assert step_of(REPORT, chain=ask_pem + _pem([ark])) == "format"
+    vcek = bytearray(VCEK)
+    vcek[vcek.index(b"\xa0\x03\x02\x01\x02") + 4] = 34
+    assert step_of(REPORT, vcek=bytes(vcek)) == "format"
+
+
+def test_vcek_whose_key_is_on_an_unknown_curve_fails_format() -> None:
+    """Found by fuzz/fuzz_snp.py: a VCEK whose key names a curve cryptography does not know makes
+    `public_key()` raise UnsupportedAlgorithm (not a ValueError) out of verify_snp."""
+    p384 = b"\x06\x05\x2b\x81\x04\x00\x22"  # OID 1.3.132.0.34 (secp384r1)
+    vcek = VCEK.replace(p384, p384[:-1] + b"\x7f", 1)  # 1.3.132.0.127
+    assert step_of(REPORT, vcek=vcek) == "format"
+    with pytest.raises(AttestationError, match="public key does not load"):
+        verify_snp(REPORT, vcek, NOW, CHAIN)
 
 
 def test_chain_of_one_certificate_fails_format() -> None:

@@ -97,3 +97,13 @@ def test_the_largest_field_element_is_accepted_and_the_encoder_refuses_what_the_
         encode_proof(b"x", ())
     with pytest.raises(ProofError, match="transcript is 1 to"):
         encode_proof(b"", INSTANCES)
+
+
+def test_proof_json_with_an_integer_too_long_to_convert_is_a_proof_error() -> None:
+    """Found while writing fuzz/fuzz_zkproof.py: json.loads refuses an integer of more than 4300
+    digits with a plain ValueError (not a JSONDecodeError), which escaped `proof_instances`."""
+    evidence = b'{"instances": [["' + b"00" * 32 + b'"]], "proof": [' + b"1" * 5000 + b"]}"
+    with pytest.raises(ProofError, match="neither HACA's binary proof encoding nor EZKL proof JSON"):
+        proof_instances(evidence)
+    with pytest.raises(ProofError, match="EZKL proof JSON"):
+        ezkl_proof_json(evidence)

@@ -88,3 +88,75 @@ def test_what_we_do_not_implement_is_refused_naming_the_parameter(extra: dict[st
 
 def test_a_text_response_format_is_free_text() -> None:
     assert parse_request({**BASE, "response_format": {"type": "text"}}, "chat") == parse_request(BASE, "chat")
+
+
+def _nested(depth: int) -> dict[str, Any]:
+    value: dict[str, Any] = {"type": "string"}
+    for _ in range(depth):
+        value = {"type": "object", "properties": {"a": value}}
+    return value
+
+
+def _nested_list(depth: int) -> Any:
+    value: Any = 1
+    for _ in range(depth):
+        value = [value]
+    return value
+
+
+@pytest.mark.parametrize(
+    "extra",
+    [
+        {"tools": [{"type": "function", "function": {"name": "f", "parameters": _nested(500)}}]},
+        {"response_format": {"type": "json_schema", "json_schema": {"name": "n", "schema": _nested(500)}}},
+        {"logit_bias": _nested(500)},
+        {"max_tokens": _nested_list(100)},
+    ],
+    ids=["tool-parameters", "json-schema", "neutral-parameter", "max-tokens"],
+)
+def test_a_body_nested_too_deep_is_refused_before_it_is_read(extra: dict[str, Any]) -> None:
+    """Found while writing fuzz/fuzz_openai.py: a value nested ~1000 deep (orjson takes 1024)
+    raised RecursionError out of parse_request (json.dumps of a schema, repr of a refused value),
+    a 500 instead of a 400. Any body nested deeper than MAX_DEPTH is refused first, whatever the route."""
+    body = {"model": "m", "messages": [{"role": "user", "content": "hi"}], **extra}
+    with pytest.raises(LlmRequestError, match="deeper than 64 levels"):
+        parse_request(body, "chat")
+    with pytest.raises(LlmRequestError, match="deeper than 64 levels"):
+        parse_request({"model": "m", "input": "hi", "metadata": extra}, "response")
+    parse_request({"model": "m", "messages": [{"role": "user", "content": "hi"}], "metadata": _nested(20)}, "chat")
+
+
+def test_a_tool_schema_the_grammar_converter_cannot_read_is_a_grammar_error() -> None:
+    """Found by fuzz/fuzz_openai.py: a property given as a string ({"properties": {"city": "x"}})
+    made llama-cpp-python's converter raise AttributeError out of grammar_for (a 500 on the node)."""
+    from haca.runtime.llm import GrammarError, grammar_for
+
+    parameters = {"type": "object", "properties": {"": "smollm2", "city": {"type": "string"}}}
+    tools = [{"type": "function", "function": {"name": "get_weather", "parameters": parameters}}]
+    request = parse_request({"model": "m", "messages": [{"role": "user", "content": "hi"}], "tools": tools}, "chat")
+    with pytest.raises(GrammarError, match="cannot be turned into a grammar"):
+        grammar_for(request)
+    schema = {"name": "n", "schema": parameters}
+    request = parse_request(
+        {
+            "model": "m",
+            "messages": [{"role": "user", "content": "hi"}],
+            "response_format": {"type": "json_schema", "json_schema": schema},
+        },
+        "chat",
+    )
+    with pytest.raises(GrammarError, match="cannot be turned into a grammar"):
+        grammar_for(request)
+
+
+@pytest.mark.parametrize(
+    "choice", [{"type": "function", "function": "get_weather"}, {"type": "function", "function": []}]
+)
+def test_a_named_tool_choice_whose_function_is_not_an_object_is_refused(choice: dict[str, Any]) -> None:
+    """Found by fuzz/fuzz_openai.py: {"function": "get_weather"} raised AttributeError ('str' object
+    has no attribute 'get') out of parse_request, a 500 instead of a 400 naming tool_choice."""
+    tools = [{"type": "function", "function": {"name": "get_weather"}}]
+    body = {"model": "m", "messages": [{"role": "user", "content": "hi"}], "tools": tools, "tool_choice": choice}
+    with pytest.raises(LlmRequestError, match="named tool_choice") as refused:
+        parse_request(body, "chat")
+    assert refused.value.param == "tool_choice"
