@@ -4,6 +4,7 @@
 import {
   LightClient,
   VerifyError,
+  hashHeader,
   base64ToBytes,
   bytesToHex,
   equal,
@@ -72,7 +73,7 @@ function pinTrustedSet(chainId, validators) {
 
 // Headers are verified by a light client anchored where the trusted (genesis) set signs — else at
 // header 1 — that follows the validator set as it changes (explorer/src/lightclient.js).
-const TRUSTING_PERIOD = 7 * 24 * 3600; // seconds, as the Python client's default
+const TRUSTING_PERIOD = 7 * 24 * 3600; // seconds, when the config names none (as the Python client)
 let lightClient = null;
 const knownSets = new Map(); // validators_hash (hex) -> the set
 
@@ -97,19 +98,28 @@ async function lightBlockOf(signedHeader) {
 
 const fetchLightBlock = async (height) => lightBlockOf((await rpc("commit", { height: String(height) })).signed_header);
 
+// Anchored at the configured trust height and hash, else at header 1 signed by the trusted
+// (genesis) set — never at a header the RPC offers as its latest.
 async function verifiedAppHash(cfg, trusted, signedHeader) {
   const block = await lightBlockOf(signedHeader);
   if (!lightClient) {
     const trustedHash = bytesToHex(validatorSetHash(trusted));
     knownSets.set(trustedHash, trusted);
-    let anchor = block;
-    if (signedHeader.header.validators_hash.toLowerCase() !== trustedHash) {
-      anchor = await fetchLightBlock(1);
-      if (anchor.signedHeader.header.validators_hash.toLowerCase() !== trustedHash) {
-        throw new VerifyError("validator set", "header 1 is not signed by the trusted set");
-      }
+    const height = cfg.trust_height || 1;
+    const anchor = await fetchLightBlock(height);
+    if (Number(anchor.signedHeader.header.height) !== height) {
+      throw new VerifyError("light client", `asked for header ${height}, got ${anchor.signedHeader.header.height}`);
     }
-    lightClient = new LightClient(cfg.chain_id, anchor, fetchLightBlock, TRUSTING_PERIOD, () => Date.now() / 1000);
+    if (cfg.trust_height) {
+      const hash = bytesToHex(hashHeader(anchor.signedHeader.header));
+      if (hash !== String(cfg.trust_hash).toLowerCase().replace(/^0x/, "")) {
+        throw new VerifyError("light client", `header ${height} does not hash to the configured trust hash`);
+      }
+    } else if (anchor.signedHeader.header.validators_hash.toLowerCase() !== trustedHash) {
+      throw new VerifyError("validator set", "header 1 is not signed by the trusted set");
+    }
+    const period = cfg.trusting_period || TRUSTING_PERIOD;
+    lightClient = new LightClient(cfg.chain_id, anchor, fetchLightBlock, period, () => Date.now() / 1000);
   }
   const verified = await lightClient.verify(block);
   return hexToBytes(verified.signedHeader.header.app_hash);

@@ -199,10 +199,14 @@ export function commitPower(commit, validators, chainId) {
     if (!validator || seen.has(address)) continue;
     seen.add(address);
     const message = precommitSignBytes(chainId, commit.height, commit.round, commit.block_id, sig.timestamp);
-    if (!ed25519.verify(base64ToBytes(sig.signature), message, validator.pubKey)) {
-      throw new VerifyError("signatures", `bad precommit signature from validator ${address}`);
+    // A signature that does not verify is not counted (as in the Python client): the rest must carry the power.
+    let valid = false;
+    try {
+      valid = ed25519.verify(base64ToBytes(sig.signature), message, validator.pubKey);
+    } catch {
+      valid = false;
     }
-    signed += validator.power;
+    if (valid) signed += validator.power;
   }
   return signed;
 }
@@ -222,6 +226,10 @@ const MAX_BACKWARD = 1024;
 
 const blockHeight = (b) => Number(b.signedHeader.header.height);
 const blockTime = (b) => Number(parseRfc3339(b.signedHeader.header.time).seconds);
+const blockTimeNs = (b) => {
+  const { seconds, nanos } = parseRfc3339(b.signedHeader.header.time);
+  return seconds * 1000000000n + BigInt(nanos);
+};
 const blockHash = (b) => bytesToHex(hashHeader(b.signedHeader.header));
 const sum = (vals) => vals.reduce((n, v) => n + v.power, 0n);
 
@@ -255,6 +263,9 @@ export class LightClient {
   // fetch: async height -> light block (from any RPC); now: () -> seconds.
   constructor(chainId, anchor, fetch, trustingPeriod, now) {
     checkLightBlock(anchor, chainId);
+    if (blockTime(anchor) + trustingPeriod <= now()) {
+      throw new VerifyError("trusting period", `the anchor, header ${blockHeight(anchor)}, is older than the trusting period: configure a recent trusted height and hash`);
+    }
     Object.assign(this, { chainId, fetch, trustingPeriod, now });
     this.trusted = new Map([[blockHeight(anchor), anchor]]);
   }
@@ -273,7 +284,16 @@ export class LightClient {
     if (known) return known;
     const lowest = this.heights()[0];
     if (height < lowest) return this.backward(this.trusted.get(lowest), height);
-    return this.verify(await this.fetch(height));
+    return this.verify(await this.fetchAt(height));
+  }
+
+  // The RPC must answer the height asked for (another would make bisection go round for ever).
+  async fetchAt(height) {
+    const block = await this.fetch(height);
+    if (blockHeight(block) !== height) {
+      throw new VerifyError("light client", `asked for header ${height}, the RPC answered header ${blockHeight(block)}`);
+    }
+    return block;
   }
 
   async verify(block) {
@@ -302,7 +322,7 @@ export class LightClient {
         this.step(trusted, block, now);
       } catch (err) {
         if (!(err instanceof NotEnoughTrust) || blockHeight(block) - blockHeight(trusted) < 2) throw err;
-        pending.push(await this.fetch(Math.floor((blockHeight(trusted) + blockHeight(block)) / 2)));
+        pending.push(await this.fetchAt(Math.floor((blockHeight(trusted) + blockHeight(block)) / 2)));
         continue;
       }
       pending.pop();
@@ -315,13 +335,16 @@ export class LightClient {
   step(trusted, block, now) {
     const [h, th] = [blockHeight(block), blockHeight(trusted)];
     if (h <= th) throw new VerifyError("light client", `header ${h} is not after the trusted header ${th}`);
-    if (blockTime(block) <= blockTime(trusted)) throw new VerifyError("light client", `header ${h}'s time is not after trusted header ${th}'s`);
+    if (blockTimeNs(block) <= blockTimeNs(trusted)) throw new VerifyError("light client", `header ${h}'s time is not after trusted header ${th}'s`);
     if (blockTime(block) > now + MAX_CLOCK_DRIFT) throw new VerifyError("light client", `header ${h}'s time is in the future`);
     checkLightBlock(block, this.chainId);
     const own = block.signedHeader.header.validators_hash.toLowerCase();
     const next = trusted.signedHeader.header.next_validators_hash.toLowerCase();
     if (h === th + 1) {
       if (own !== next) throw new VerifyError("validator set", `header ${h}'s validators are not the next of trusted ${th}`);
+      if (block.signedHeader.header.last_block_id.hash.toLowerCase() !== blockHash(trusted)) {
+        throw new VerifyError("header hash", `header ${h} does not follow trusted header ${th}`);
+      }
       return;
     }
     if (own === next) return;
@@ -338,7 +361,7 @@ export class LightClient {
     }
     let block = trusted;
     while (blockHeight(block) > height) {
-      const below = await this.fetch(blockHeight(block) - 1);
+      const below = await this.fetchAt(blockHeight(block) - 1);
       const link = block.signedHeader.header.last_block_id.hash.toLowerCase();
       if (blockHeight(below) !== blockHeight(block) - 1 || blockHash(below) !== link) {
         throw new VerifyError("header hash", `header ${blockHeight(block) - 1} is not the one header ${blockHeight(block)} follows`);

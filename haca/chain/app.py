@@ -209,6 +209,10 @@ class HacaApp(BaseApplication):
         # The genesis set by stake replaces CometBFT's genesis list (none named: CometBFT's stands).
         staking = next(m for m in self.modules if isinstance(m, StakingModule))
         validators = [_validator_update(u) for u in staking.genesis_validators(state)]
+        given = {(bytes(v.pub_key.ed25519), v.power) for v in req.validators}
+        if validators and given and given != {(bytes(v.pub_key.ed25519), v.power) for v in validators}:
+            # clients trust genesis.json's list: a chain must not start with another set than it says
+            raise ValueError("genesis.json's validators are not the set the staking genesis gives (keys and powers)")
         return abci.ResponseInitChain(app_hash=self.staged.root, validators=validators)
 
     def _check_srs(self, state: ReadableState) -> None:

@@ -82,14 +82,17 @@ class ChainClient:
         validators: list[dict[str, Any]] | None = None,
         max_proof_lag: int = DEFAULT_MAX_PROOF_LAG,
         trusting_period: float = DEFAULT_TRUSTING_PERIOD,
+        trust_height: int = 0,
+        trust_hash: str = "",
     ) -> None:
         """`rpc_urls`: every RPC endpoint of the chain, in order of preference; calls fail over
         between them (see CometRpc). `validators` is the trusted validator set (RPC `validators`
         shape, e.g. from genesis); without it, headers are checked against the set the answering
         RPC node reports. `max_proof_lag`: how many blocks a proven answer may be behind the latest
         header verified (see the module's docstring). With `validators`, headers are verified by a
-        light client anchored at them that follows validator-set changes (haca.client.lightclient),
-        skipping only from headers younger than `trusting_period` seconds."""
+        light client that follows validator-set changes (haca.client.lightclient), anchored at
+        header 1 signed by them, or at `trust_height` if given (its header must hash to
+        `trust_hash`), skipping only from headers younger than `trusting_period` seconds."""
         if not rpc_urls:
             raise HacaError("no RPC URL configured")
         if max_proof_lag < 0:
@@ -101,6 +104,7 @@ class ChainClient:
         self._latest_verified = 0  # the highest height of a header verified here, never lowered
         self._latest_lock = threading.Lock()  # AsyncClient calls from worker threads
         self.trusting_period = trusting_period
+        self.trust_height, self.trust_hash = trust_height, trust_hash.lower().removeprefix("0x")
         self._light: LightClient | None = None
         self._sets: dict[str, tuple[TrustedValidator, ...]] = {}  # validators_hash (hex) -> the set
         if self.trusted:
@@ -266,7 +270,7 @@ class ChainClient:
             if self.trusted is None:  # no trusted set configured: the answering RPC's own (tools, tests)
                 app_hash = verify_signed_header(signed, validators_from_rpc(self.rpc.validators(height)), self.chain_id)
             else:
-                app_hash = self._light_client(signed).verify(self._light_block(signed)).app_hash
+                app_hash = self._light_client().verify(self._light_block(signed)).app_hash
         except LightClientError as exc:
             raise ProofInvalid(f"header {height}: {exc}") from exc
         except (KeyError, TypeError, ValueError) as exc:
@@ -296,19 +300,23 @@ class ChainClient:
     def _fetch_light_block(self, height: int) -> LightBlock:
         return self._light_block(self.rpc.commit(height)["signed_header"])
 
-    def _light_client(self, first: dict[str, Any]) -> LightClient:
-        """The light client, anchored at the first header verified when the configured set signed
-        it, else at header 1 (genesis: the configured set is the chain's first)."""
+    def _light_client(self) -> LightClient:
+        """The light client, anchored at the configured trust height and hash, else at header 1
+        signed by the configured (genesis) set — never at a header an RPC offers as its latest: a
+        set that has since lost its stake could sign any height it likes."""
         with self._latest_lock:
             if self._light is not None:
                 return self._light
         assert self.trusted is not None
-        trusted_hash = validator_set_hash(self.trusted).hex()
-        anchor = self._light_block(first)
-        if anchor.header["validators_hash"].lower() != trusted_hash:
-            anchor = self._fetch_light_block(1)
-            if anchor.header["validators_hash"].lower() != trusted_hash:
-                raise LightClientError("header 1 is not signed by the configured validator set")
+        height = self.trust_height or 1
+        anchor = self._fetch_light_block(height)
+        if anchor.height != height:
+            raise LightClientError(f"asked for header {height}, the RPC answered header {anchor.height}")
+        if self.trust_height:
+            if anchor.hash.hex() != self.trust_hash:
+                raise LightClientError(f"header {height} does not hash to the configured trust_hash")
+        elif anchor.header["validators_hash"].lower() != validator_set_hash(self.trusted).hex():
+            raise LightClientError("header 1 is not signed by the configured validator set")
         light = LightClient(self.chain_id, anchor, self._fetch_light_block, int(self.trusting_period), time.time)
         with self._latest_lock:
             if self._light is None:

@@ -11,7 +11,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from haca.client.chain import DEFAULT_MAX_PROOF_LAG, ChainClient
+from haca.client.chain import DEFAULT_MAX_PROOF_LAG, DEFAULT_TRUSTING_PERIOD, ChainClient
 from haca.client.errors import ConfigError, KeyNotFound
 from haca.crypto.keys import PrivateKey
 
@@ -34,6 +34,13 @@ class ClientConfig:
     extra: dict[str, Any] = field(default_factory=dict)  # later: hub, nodes
     # blocks a proven answer may be behind the latest header verified (haca.client.chain)
     max_proof_lag: int = DEFAULT_MAX_PROOF_LAG
+    # The light client's trust (haca.client.lightclient): anchored at header 1, signed by
+    # `validators` (genesis), or at `trust_height` whose header hashes to `trust_hash` (a height and
+    # hash from a source you trust, for a chain older than the trusting period); never skipping
+    # from a header older than `trusting_period` seconds — keep it below the chain's unbonding time.
+    trust_height: int = 0
+    trust_hash: str = ""
+    trusting_period: int = DEFAULT_TRUSTING_PERIOD
 
     @classmethod
     def load(cls, home: Path) -> ClientConfig:
@@ -97,4 +104,12 @@ class KeyStore:
 
 def connect(config: ClientConfig) -> ChainClient:
     """A chain client for a client config, trusting the validator set the config names."""
-    return ChainClient(config.rpc, config.chain_id, config.validators or None, max_proof_lag=config.max_proof_lag)
+    return ChainClient(
+        config.rpc,
+        config.chain_id,
+        config.validators or None,
+        max_proof_lag=config.max_proof_lag,
+        trusting_period=config.trusting_period,
+        trust_height=config.trust_height,
+        trust_hash=config.trust_hash,
+    )

@@ -71,6 +71,12 @@ class LightBlock:
         return parse_rfc3339_nanos(self.header["time"])[0]
 
     @property
+    def time_ns(self) -> int:
+        """The header's time in nanoseconds (blocks a fraction of a second apart differ here)."""
+        seconds, nanos = parse_rfc3339_nanos(self.header["time"])
+        return seconds * 1_000_000_000 + nanos
+
+    @property
     def hash(self) -> bytes:
         return hash_header(self.header)
 
@@ -128,6 +134,11 @@ class LightClient:
         the light block at a height, from any RPC. `trusting_period`: seconds, below the chain's
         unbonding period. `clock`: the time now, in seconds."""
         check_light_block(anchor, chain_id)
+        if anchor.time + trusting_period <= clock():
+            raise TrustExpired(
+                f"the anchor, header {anchor.height}, is older than the trusting period ({trusting_period}s):"
+                " give the client a recent trusted height and hash (config trust_height, trust_hash)"
+            )
         self.chain_id, self.fetch, self.trusting_period, self.clock = chain_id, fetch, trusting_period, clock
         self._trusted: dict[int, LightBlock] = {anchor.height: anchor}
         self._heights: list[int] = [anchor.height]  # sorted
@@ -148,7 +159,15 @@ class LightClient:
             return known
         if height < lowest:
             return self._backward(self._trusted[lowest], height)
-        return self.verify(self.fetch(height))
+        return self.verify(self._fetch(height))
+
+    def _fetch(self, height: int) -> LightBlock:
+        """The light block at `height` from the RPC, which must be that height's (an RPC answering
+        another would make bisection go round for ever)."""
+        block = self.fetch(height)
+        if block.height != height:
+            raise HeaderRefused(f"asked for header {height}, the RPC answered header {block.height}")
+        return block
 
     def verify(self, block: LightBlock) -> LightBlock:
         """`block`, fetched by the caller, verified: forwards from the closest trusted block below
@@ -183,7 +202,7 @@ class LightClient:
             except NotEnoughTrust:
                 if block.height - trusted.height < 2:
                     raise
-                pending.append(self.fetch((trusted.height + block.height) // 2))
+                pending.append(self._fetch((trusted.height + block.height) // 2))
                 continue
             pending.pop()
             self._remember(block)
@@ -193,7 +212,7 @@ class LightClient:
     def _verify_step(self, trusted: LightBlock, block: LightBlock, now: float) -> None:
         if block.height <= trusted.height:
             raise HeaderRefused(f"header {block.height} is not after the trusted header {trusted.height}")
-        if block.time <= trusted.time:
+        if block.time_ns <= trusted.time_ns:
             raise HeaderRefused(f"header {block.height}'s time is not after trusted header {trusted.height}'s")
         if block.time > now + MAX_CLOCK_DRIFT:
             raise HeaderRefused(f"header {block.height}'s time is in the future")
@@ -201,6 +220,8 @@ class LightClient:
         if block.height == trusted.height + 1:
             if block.header["validators_hash"].lower() != trusted.header["next_validators_hash"].lower():
                 raise HeaderRefused(f"header {block.height}'s validators are not the next of trusted {trusted.height}")
+            if block.header["last_block_id"]["hash"].lower() != trusted.hash.hex():
+                raise HeaderRefused(f"header {block.height} does not follow trusted header {trusted.height}")
             return  # more than 2/3 of the set the trusted header named signed it (check_light_block)
         if block.header["validators_hash"].lower() == trusted.header["next_validators_hash"].lower():
             return  # the trusted next set itself, more than 2/3 of it: more than the trust level
@@ -224,7 +245,7 @@ class LightClient:
             )
         block = trusted
         while block.height > height:
-            below = self.fetch(block.height - 1)
+            below = self._fetch(block.height - 1)
             if below.height != block.height - 1 or below.hash.hex() != block.header["last_block_id"]["hash"].lower():
                 raise HeaderRefused(f"header {block.height - 1} is not the one header {block.height} follows")
             if below.header["next_validators_hash"].lower() != block.header["validators_hash"].lower():

@@ -60,6 +60,10 @@ DEVNET_STAKING = StakingParams(
 
 
 GENESIS_POWER = VALIDATOR_BOND // DEVNET_STAKING.power_unit
+# A devnet's unbonding period is minutes (tests wait it out); its clients trust its genesis set far
+# longer, so a devnet resumed days later still verifies. A devnet is not a security boundary: a real
+# network's clients keep the trusting period below its unbonding time (haca.client.config).
+DEVNET_TRUSTING_PERIOD = 10 * 365 * 24 * 3600
 
 
 class DevnetError(RuntimeError):
@@ -292,7 +296,12 @@ class Devnet:
             elif svc.kind == "node":
                 extra.setdefault("nodes", []).append({"name": svc.name, "url": svc.url, "address": svc.address})
         config = ClientConfig(
-            state.chain_id, [n.rpc for n in state.nodes], default_key="dev0", validators=trusted, extra=extra
+            state.chain_id,
+            [n.rpc for n in state.nodes],
+            default_key="dev0",
+            validators=trusted,
+            extra=extra,
+            trusting_period=DEVNET_TRUSTING_PERIOD,
         )
         config.save(self.home)
 
@@ -434,6 +443,11 @@ def up(
             net.create(validators, chain_id, timeout_commit, inference)
         except ValidatorError as exc:
             raise DevnetError(str(exc)) from exc
+    else:  # a devnet made before its config named a trusting period: the devnet's, not the default
+        config = ClientConfig.load(home)
+        if config.trusting_period != DEVNET_TRUSTING_PERIOD:
+            config.trusting_period = DEVNET_TRUSTING_PERIOD
+            config.save(home)
     try:
         net.start()
     except services.ServiceError as exc:

@@ -68,7 +68,15 @@ def create_app(
     @app.get("/config.json")
     async def page_config() -> dict[str, Any]:
         nodes = [{"address": n.get("address", ""), "url": n.get("url", "")} for n in config.extra.get("nodes", [])]
-        return {"chain_id": config.chain_id, "denom": config.denom, "validators": config.validators, "nodes": nodes}
+        trust = {"trust_height": config.trust_height, "trust_hash": config.trust_hash}
+        return {
+            "chain_id": config.chain_id,
+            "denom": config.denom,
+            "validators": config.validators,
+            "nodes": nodes,
+            "trusting_period": config.trusting_period,
+            **trust,
+        }
 
     @app.post("/rpc")
     async def rpc(request: Request) -> JSONResponse:

@@ -182,3 +182,61 @@ def test_the_same_blocks_give_the_same_updates_and_app_hash_on_every_validator(t
     seen = [[(updates(n.block(t)), n.info().last_block_app_hash) for t in txs] for n in nodes]
     assert seen[0] == seen[1]
     assert [u for u, _ in seen[0]][-1] == [(consensus_key(3), 5), (consensus_key(0), 0)]  # 5 > 2: top 3 of 4
+
+
+def duplicate_vote(key: bytes, height: int):
+    from tendermint.abci import types_pb2 as abci
+
+    evidence = abci.Misbehavior(type=abci.DUPLICATE_VOTE, height=height, total_voting_power=100)
+    evidence.validator.address = hashlib.sha256(key).digest()[:20]
+    evidence.validator.power = 5
+    return evidence
+
+
+def test_a_double_signer_among_others_is_removed_once_and_its_operator_never_returns(chain):
+    create(chain, 0, 5 * UNIT)
+    response = chain.block(misbehavior=[duplicate_vote(consensus_key(0), chain.height)])
+    assert updates(response) == [(consensus_key(0), 0)]  # one update, from the end of the block
+    assert updates(chain.block(misbehavior=[duplicate_vote(consensus_key(0), chain.height - 1)])) == []
+    raw = chain.tx(OPERATORS[0], MsgCreateValidator(consensus_key(7), "back again", 0))
+    apphelpers.assert_rejected_without_state_change(
+        chain, OPERATORS[0], raw, errors.InvalidMessage.code, "jailed for a duplicate vote", MINTED
+    )
+
+
+def test_evidence_against_a_validator_that_left_slashes_it_but_sends_no_second_removal(chain):
+    """The attack that halted the chain: leave at H, evidence of a vote before arrives later.
+    CometBFT no longer has the validator: a removal would fail the block on every validator."""
+    create(chain, 0, 5 * UNIT)
+    assert updates(chain.block([chain.tx(OPERATORS[0], MsgLeaveValidator())])) == [(consensus_key(0), 0)]
+    bonded = int(chain.answer("/staking/stake", OPERATORS[0].address.encode())["bonded"])
+    response = chain.block(misbehavior=[duplicate_vote(consensus_key(0), chain.height - 1)])
+    assert updates(response) == []
+    assert int(chain.answer("/staking/stake", OPERATORS[0].address.encode())["bonded"]) < bonded  # slashed all the same
+    holds(chain)
+
+
+def test_the_last_validator_leaving_leaves_the_set_as_it_is_until_another_has_the_stake(chain):
+    """The genesis validator alone: its operator leaves; an empty set would halt CometBFT, so no
+    update is sent — until a newcomer can take over, then both changes go together."""
+    left = chain.block([chain.tx(GENESIS_OPERATOR, MsgLeaveValidator())])
+    assert [r.code for r in left.tx_results] == [0] and updates(left) == []
+    assert sorted(updates(create(chain, 0, 5 * UNIT))) == sorted([(GENESIS_KEY, 0), (consensus_key(0), 5)])
+    holds(chain)
+
+
+def test_no_validator_gets_more_power_than_cometbft_can_take(tmp_path: Path):
+    from haca.chain.modules.staking.keeper import MAX_VALIDATOR_POWER
+
+    node = Node(tmp_path / "huge.db")
+    huge = 10**30
+    init = node.init(
+        AppGenesis(
+            accounts=(GenesisAccount(OPERATORS[0].address, FUNDS),),
+            staking=StakingParams(power_unit=1, min_validator_stake=1),
+            bonds=((GENESIS_OPERATOR.address, huge),),
+            validators=((base64.b64encode(GENESIS_KEY).decode(), GENESIS_OPERATOR.address),),
+        )
+    )
+    assert [u.power for u in init.validators] == [MAX_VALIDATOR_POWER]
+    node.close()

@@ -116,15 +116,16 @@ class FakeChain:
 
     def commit(self, height: int) -> dict[str, Any]:
         if height not in self._headers:
-            last = light.hash_header(self.commit(height - 1)["header"]) if height > 2 else None
-            self._headers[height] = signed_header(height, self.trie(height - 1).root_hash, last)
+            last = light.hash_header(self.commit(height - 1)["header"]) if height > 1 else None
+            app_hash = self.trie(height - 1).root_hash if height > 1 else sha256(b"genesis state")
+            self._headers[height] = signed_header(height, app_hash, last)
         return self._headers[height]
 
     def handle(self, method: str, params: dict[str, Any]) -> Any:
         if method == "commit":
             latest = self.latest_commit or self.tip + 1
             height = int(params.get("height") or latest)
-            if height > latest or height < 2:
+            if height > latest or height < 1:
                 raise LookupError(f"height {height} must be less than or equal to the current blockchain height")
             return {"signed_header": self.commit(height), "canonical": True}
         if method == "validators":

@@ -268,3 +268,88 @@ def test_a_chain_client_refuses_a_latest_header_forged_by_a_set_it_does_not_trus
     chain = ChainClient([synthetic(blocks)], CHAIN_ID, [rpc_validator(i) for i in SET_A], trusting_period=10**10)
     with pytest.raises(ProofInvalid, match="header 30"):
         chain.verify_latest()
+
+
+def test_an_rpc_answering_another_height_than_asked_is_refused_not_followed_for_ever():
+    blocks = honest_chain(40)
+    lying = {h: blocks[30] for h in range(2, 41)}  # every answer is header 30
+    lying[1] = blocks[1]
+    with pytest.raises(HeaderRefused, match="asked for header 15, the RPC answered header 30"):
+        client(Rpc(lying)).verified(30)
+
+
+def test_an_adjacent_header_must_follow_the_trusted_one_by_hash():
+    blocks = honest_chain(3)
+    blocks[2] = make_block(2, sha256(b"another parent"), SET_A, SET_A)
+    with pytest.raises(HeaderRefused, match="header 2 does not follow trusted header 1"):
+        client(Rpc(blocks)).verified(2)
+
+
+def test_a_signature_that_does_not_verify_is_not_counted_and_the_rest_still_carry_the_header():
+    """CometBFT accepts some signatures (ZIP-215) OpenSSL does not: one odd signature must not make
+    a header unverifiable while more than 2/3 of the power signed it validly."""
+    blocks = honest_chain(3)
+    commit = blocks[3].signed_header["commit"]
+    raw = bytearray(base64.b64decode(commit["signatures"][0]["signature"]))
+    raw[3] ^= 1
+    commit["signatures"][0]["signature"] = base64.b64encode(bytes(raw)).decode()
+    assert client(Rpc(blocks)).verified(3).app_hash == sha256(b"state 3")  # 3 of 4 still signed
+    raw = bytearray(base64.b64decode(commit["signatures"][1]["signature"]))
+    raw[3] ^= 1
+    commit["signatures"][1]["signature"] = base64.b64encode(bytes(raw)).decode()
+    with pytest.raises(HeaderRefused, match="signed by 20 of its 40 voting power"):
+        client(Rpc(blocks)).verified(3)
+
+
+def test_a_chain_client_anchors_at_a_configured_trusted_height_and_refuses_a_wrong_hash(synthetic):
+    blocks = honest_chain(30)
+    url = synthetic(blocks)
+    genesis_set = [rpc_validator(i) for i in SET_A]
+    trusted = ChainClient([url], CHAIN_ID, genesis_set, trust_height=25, trust_hash=blocks[25].hash.hex())
+    assert trusted.verify_latest() == 30 and trusted.app_hash_after(19) == sha256(b"state 20")  # below: hash chain
+    wrong = ChainClient([url], CHAIN_ID, genesis_set, trust_height=25, trust_hash="00" * 32)
+    with pytest.raises(ProofInvalid, match="does not hash to the configured trust_hash"):
+        wrong.verify_latest()
+
+
+def test_a_chain_client_whose_genesis_is_older_than_the_trusting_period_needs_a_trusted_height(synthetic):
+    url = synthetic(honest_chain(30))
+    old = ChainClient([url], CHAIN_ID, [rpc_validator(i) for i in SET_A], trusting_period=60)
+    with pytest.raises(ProofInvalid, match="older than the trusting period"):
+        old.verify_latest()
+
+
+def test_headers_a_fraction_of_a_second_apart_are_in_order():
+    """Blocks come faster than one a second: time is compared to the nanosecond."""
+    blocks = honest_chain(3)
+    for h, fraction in ((2, "100000000"), (3, "200000000")):
+        header = blocks[h].signed_header["header"]
+        header["time"] = rfc3339(T0 + 2).replace(".25Z", f".{fraction}Z")
+    relinked = {1: blocks[1]}
+    for h in (2, 3):  # re-sign with the new times
+        old = blocks[h]
+        fresh = make_block(h, relinked[h - 1].hash, SET_A, SET_A)
+        fresh.signed_header["header"]["time"] = old.signed_header["header"]["time"]
+        relinked[h] = resign(fresh)
+    assert client(Rpc(relinked)).verified(3).height == 3
+
+
+def resign(block: LightBlock) -> LightBlock:
+    """The block's header signed again by its set (after a test changed the header)."""
+    header = block.signed_header["header"]
+    height = int(header["height"])
+    block_id = {"hash": light.hash_header(header).hex().upper(), "parts": {"total": 1, "hash": "AB" * 32}}
+    signatures = []
+    for v in block.validators:
+        i = next(j for j in range(len(KEYS)) if validator(j).address == v.address)
+        message = light.precommit_sign_bytes(CHAIN_ID, height, 0, block_id, header["time"])
+        signatures.append(
+            {
+                "block_id_flag": 2,
+                "validator_address": v.address.hex().upper(),
+                "timestamp": header["time"],
+                "signature": base64.b64encode(KEYS[i].sign(message)).decode(),
+            }
+        )
+    commit = {"height": str(height), "round": 0, "block_id": block_id, "signatures": signatures}
+    return LightBlock({"header": header, "commit": commit}, block.validators, block.next_validators)

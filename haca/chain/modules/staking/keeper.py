@@ -39,8 +39,12 @@ UNBONDING_PREFIX = PREFIX + b"unbonding/"
 UNBONDING_OF_PREFIX = PREFIX + b"unbonding_of/"
 VALIDATOR_PREFIX = PREFIX + b"validator/"
 OPERATOR_PREFIX = PREFIX + b"operator/"
+TOMBSTONE_PREFIX = PREFIX + b"tombstone/"  # operators jailed for a duplicate vote: never a validator again
 STAKING_ACCOUNT = "0x" + keccak256(b"haca/module/staking/bonded")[12:].hex()
 BPS = 10_000
+# CometBFT refuses a total voting power above MaxInt64 / 8: no validator gets more than that over
+# the most validators a set may have.
+MAX_VALIDATOR_POWER = (2**63 - 1) // 8 // 1000
 
 
 @runtime_checkable
@@ -244,23 +248,34 @@ class StakingKeeper:
 
     def power_changes(self, state: CachedState) -> list[tuple[bytes, str, int]]:
         """Each validator's power now (the top `max_validators` by power, ties by address), stored
-        where it changed: (consensus address, base64 public key, new power) for those, by address."""
+        where it changed: (consensus address, base64 public key, new power) for those, by address.
+        CometBFT is told only what it can apply: no removal of a validator it does not have (one
+        already at 0), no power above its limit, and never an empty set (the changes wait, and the
+        set stays as it is, until someone has the stake to be in it)."""
         params = self.params(state)
         records = [(k[len(VALIDATOR_PREFIX) :], dict(json.loads(v))) for k, v in state.iter_prefix(VALIDATOR_PREFIX)]
-        powers = {address: self.power(state, record, params) for address, record in records}
+        powers = {address: min(self.power(state, record, params), MAX_VALIDATOR_POWER) for address, record in records}
         ranked = sorted((a for a, p in powers.items() if p > 0), key=lambda a: (-powers[a], a))
         in_set = set(ranked[: params.max_validators])
+        if records and not in_set:
+            return []
         changes = []
         for address, record in sorted(records, key=lambda item: item[0]):
             want = powers[address] if address in in_set else 0
             have = record.get("power")
-            if have is None:  # a record from before powers were kept: CometBFT has what stake gives
-                have = want
-            if want != have or "power" not in record:
+            if have is None:  # a genesis record from before powers were kept: CometBFT has it, unless jailed
+                have = 0 if record.get("jailed") else -1  # -1: its power there is not known here: send it
+            if "power" not in record or want != record["power"]:
                 self.set_validator(state, address, {**record, "power": want})
             if want != have:
                 changes.append((address, str(record["pub_key"]), want))
         return changes
+
+    def tombstone(self, state: CachedState, operator: str) -> None:
+        state.set(TOMBSTONE_PREFIX + _addr(operator), b"1")
+
+    def tombstoned(self, state: ReadableState, operator: str) -> bool:
+        return state.get(TOMBSTONE_PREFIX + _addr(operator)) is not None
 
     def validators(self, state: ReadableState) -> list[dict[str, Any]]:
         return [

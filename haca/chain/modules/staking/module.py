@@ -56,6 +56,8 @@ class StakingModule(Module):
         }
 
     def _create_validator(self, ctx: TxContext, msg: MsgCreateValidator) -> list[Event]:
+        if self.keeper.tombstoned(ctx.state, ctx.signer):
+            raise InvalidMessage(f"{ctx.signer} was jailed for a duplicate vote: it may not run a validator again")
         if self.keeper.operator_validator(ctx.state, ctx.signer) is not None:
             raise InvalidMessage(f"{ctx.signer} already operates a validator: edit it, or leave first")
         address = consensus_address(msg.pub_key)
@@ -160,8 +162,9 @@ class StakingModule(Module):
         bps = self.keeper.params(ctx.state).double_sign_slash_bps
         slashed = self.keeper.slash(ctx.state, record["operator"], bps)
         self.keeper.burn(ctx.state, slashed)
-        self.keeper.set_validator(ctx.state, address, {**record, "jailed": True, "power": 0})
-        result.validator_updates.append(ValidatorUpdate("ed25519", base64.b64decode(record["pub_key"]), 0))
+        # jailed for good, the operator too; end_block sends its power 0 (when CometBFT still has it)
+        self.keeper.set_validator(ctx.state, address, {**record, "jailed": True})
+        self.keeper.tombstone(ctx.state, record["operator"])
         attrs = {
             "validator": address.hex(),
             "operator": record["operator"],
