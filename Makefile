@@ -11,7 +11,7 @@ DEMO_HOME ?= $(ROOT)/devnets/demo
 # built natively on one machine may not run on another.
 LLAMA_CMAKE_ARGS := $(if $(filter x86_64,$(shell uname -m)),-DGGML_NATIVE=OFF -DGGML_AVX=ON -DGGML_AVX2=ON -DGGML_FMA=ON -DGGML_F16C=ON,)
 
-.PHONY: setup demo test test-fast bench fuzz lint clean
+.PHONY: setup demo test test-fast bench fuzz chaos lint clean
 FUZZ_SECONDS ?= 60
 FUZZ_RUNS ?=
 
@@ -90,6 +90,12 @@ fuzz: setup
 	@set -e; mkdir -p build/fuzz; for target in fuzz/fuzz_*.py; do name=$$(basename $$target .py); echo "== $$name"; \
 	  $(PY) $$target $(FUZZ_LIMIT) -artifact_prefix=build/fuzz/$$name- > build/fuzz/$$name.log 2>&1 \
 	    || { tail -60 build/fuzz/$$name.log; exit 1; }; grep -E '^Done' build/fuzz/$$name.log; done
+
+# The chaos campaign's long run (issue 23): 30 minutes of every fault under load on a fresh devnet;
+# its report goes to bench/results/chaos.json (`haca devnet chaos --help`; `make test` runs a short
+# version of each scenario, tests/integration/test_chaos.py).
+chaos: setup
+	@$(HACA) devnet chaos --scenario all --duration 1800 --home "$$(mktemp -d)" --out bench/results/chaos.json
 
 lint: setup
 	@$(VENV)/bin/ruff check .

@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 import contextlib
+import json
+import logging
 import shutil
+import sys
 from pathlib import Path
 from typing import Annotated
 
@@ -12,8 +15,10 @@ from rich.table import Table
 
 from haca.chain.home import ValidatorHome
 from haca.chain.supervisor import identity, init_validator, run_validator
-from haca.cli.common import HomeOption, JsonOption, cli_command, client_home, console, emit
+from haca.cli.common import HomeOption, JsonOption, cli_command, client_home, console, emit, err_console
+from haca.devnet.chaos import SCENARIOS, ChaosOptions, ChaosReport, run_chaos
 from haca.devnet.network import Devnet, up
+from haca.logs import configure_logging
 
 devnet_app = typer.Typer(help="Run a local multi-validator devnet on loopback.", no_args_is_help=True)
 validator_app = typer.Typer(help="Run one validator (CometBFT + HACA app) of a network.", no_args_is_help=True)
@@ -90,6 +95,73 @@ def devnet_down(
     emit(
         json_out, {"down": True, "purged": purge}, lambda: console.print("devnet down" + (", purged" if purge else ""))
     )
+
+
+@devnet_app.command("chaos")
+@cli_command
+def devnet_chaos(
+    scenario: Annotated[str, typer.Option("--scenario", help=f"one of: {', '.join(SCENARIOS)}")] = "all",
+    duration: Annotated[float, typer.Option("--duration", min=1, help="seconds of load and faults")] = 300,
+    out: Annotated[Path | None, typer.Option("--out", help="also write the JSON report here")] = None,
+    home: HomeOption = None,
+    json_out: JsonOption = False,
+) -> None:
+    """Faults under load (CometBFT e2e style): validators killed (whole, app only, CometBFT only),
+    paused and disconnected; node, batching node, enclave, provers and hub killed; a TEE
+    measurement revoked and an attestation let expire. Then checks: txs and receipts lost,
+    receipts settled twice, app hashes at every height, the supply invariant. Uses the devnet at
+    --home (created, and stopped afterwards, when there is none). Exit status 1 if a check fails."""
+    if scenario not in SCENARIOS:
+        raise ValueError(f"no scenario {scenario!r}; scenarios: {', '.join(SCENARIOS)}")
+    configure_logging()  # the steps' structured logs go to stderr: stdout is the report
+    logging.getLogger("httpx").setLevel(logging.WARNING)  # one line per request would bury them
+
+    def progress(text: str) -> None:
+        if not json_out:
+            err_console.print(f"[dim]{text}[/dim]", highlight=False)
+
+    report = run_chaos(ChaosOptions(scenario, duration, client_home(home)), progress)
+    document = report.to_json()
+    if out is not None:
+        out.parent.mkdir(parents=True, exist_ok=True)
+        out.write_text(json.dumps(document, indent=2) + "\n")
+    emit(json_out, document, lambda: _print_chaos(report))
+    if not report.ok:
+        sys.exit(1)  # (typer.Exit is a RuntimeError: cli_command would print it as an error)
+
+
+def _print_chaos(report: ChaosReport) -> None:
+    doc = report.to_json()
+    checks = Table("check", "value", "ok", title=f"chaos {report.scenario} ({doc['duration_s']}s)")
+    rows = [
+        (
+            "txs sent / accepted / committed",
+            f"{doc['txs_sent']} / {doc['txs_accepted']} / {doc['txs_committed']}",
+            True,
+        ),
+        ("txs lost", str(doc["txs_lost"]), doc["txs_lost"] == 0),
+        ("receipts served / settled", f"{doc['receipts_served']} / {doc['receipts_settled']}", True),
+        ("receipts lost", str(doc["receipts_lost"]), doc["receipts_lost"] == 0),
+        ("receipts settled twice", str(doc["receipts_double_settled"]), doc["receipts_double_settled"] == 0),
+        ("receipts refused (outside cause)", str(doc["receipts_refused_outside_cause"]), True),
+        (
+            "app hashes agree",
+            f"heights {doc['app_hash_heights'][0]}..{doc['app_hash_heights'][1]}",
+            doc["app_hash_agree"],
+        ),
+        ("largest block gap", f"{doc['largest_block_gap_s']}s at {doc['largest_block_gap_height']}", True),
+        ("supply invariant", "", doc["supply_invariant_ok"]),
+    ]
+    for name, value, ok in rows:
+        checks.add_row(name, value, "[green]yes[/green]" if ok else "[red]NO[/red]")
+    console.print(checks)
+    steps = Table("perturbation", "target", "recovery (s)", "error", title="perturbations")
+    for step in report.steps:
+        recovery = "-" if step.recovery_s is None else f"{step.recovery_s:.2f}"
+        steps.add_row(step.name, step.target, recovery, step.error)
+    console.print(steps)
+    for failure in report.failures():
+        console.print(f"[red]FAILED[/red] {failure}")
 
 
 def _print_status(net: Devnet, json_out: bool) -> None:

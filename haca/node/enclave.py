@@ -70,6 +70,8 @@ class EnclaveKey:
         self.dev: bool = bool(info.get("dev"))
         self.platform: str = str(info.get("platform", ""))
         self.good_until = 0  # the last height the chain says this key is covered at
+        self.covered_from = 0  # where that coverage began: receipts before it, in a lapse, never settle
+        self.loaded: list[tuple[str, str, int, int]] = []  # what `load` asked for: a new enclave loads it again
         self.attested_height = 0
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._loop, name="enclave-heartbeat", daemon=True)
@@ -77,20 +79,24 @@ class EnclaveKey:
     def load(self, model_id: str, kind: str, context: int = 0, slots: int = 1) -> None:
         """Have the enclave load a model itself (it fetches and hashes the bytes)."""
         answer = self.enclave.load(model_id, kind, context, slots)
+        if (model_id, kind, context, slots) not in self.loaded:
+            self.loaded.append((model_id, kind, context, slots))
         log.info("enclave_model_loaded", model_id=model_id, provider=answer.get("provider"))
 
     def attest(self) -> int:
         """Register (or re-attest) the key with a nonce from a recent block; the new good-until. The
         block is two behind the latest the RPC reports: the tx may be checked by a validator a block
         or two behind that one (RPC failover), which refuses a nonce from a block it does not have."""
-        height = max(1, self.chain.rpc.height() - NONCE_LAG_BLOCKS)
-        block_hash = bytes.fromhex(self.chain.rpc.block(height)["block_id"]["hash"])
-        evidence = self.enclave.attest(self.chain.chain_id, self.account.address, block_hash)
-        cpu = evidence.cpu
-        msg = MsgAttestEnclave(self.address, cpu.format, cpu.evidence, cpu.endorsements, height, evidence.gpus)
-        with self.tx_lock:
+        with self.tx_lock:  # the nonce block is chosen once the lock is ours: the settler may hold it long
+            height = max(1, self.chain.rpc.height() - NONCE_LAG_BLOCKS)
+            block_hash = bytes.fromhex(self.chain.rpc.block(height)["block_id"]["hash"])
+            evidence = self.enclave.attest(self.chain.chain_id, self.account.address, block_hash)
+            cpu = evidence.cpu
+            msg = MsgAttestEnclave(self.address, cpu.format, cpu.evidence, cpu.endorsements, height, evidence.gpus)
             outcome = self.chain.send_msgs(self.account, (msg,))
         assert not isinstance(outcome, str)
+        if self.good_until < outcome.height - 1:  # lapsed (or a new key): the chain opened a new segment
+            self.covered_from = outcome.height
         self.good_until = _good_until(outcome.events) or self.good_until
         self.attested_height = outcome.height
         log.info(
@@ -121,7 +127,9 @@ class EnclaveKey:
                 address = self.enclave.key()["address"]
                 if address != self.address:  # the enclave restarted: a new key, never attested
                     log.warning("enclave_rekeyed", old=self.address, new=address)
-                    self.address, self.good_until, self.attested_height = address, 0, 0
+                    for model in self.loaded:  # and no models: loaded first (a failure is retried next poll)
+                        self.load(*model)
+                    self.address, self.good_until, self.attested_height, self.covered_from = address, 0, 0, 0
                 if self.due(self.chain.rpc.height()):
                     self.attest()
             except (HacaError, EnclaveError, KeyError, ValueError) as exc:  # retried next poll
@@ -132,6 +140,11 @@ class EnclaveKey:
             raise EnclaveUnavailable(
                 f"the enclave key's attestation covers blocks up to {self.good_until};"
                 f" this request is at {height}: re-attesting, retry shortly"
+            )
+        if height < self.covered_from:  # in the lapse before the key's coverage resumed
+            raise EnclaveUnavailable(
+                f"the enclave key's attestation covers blocks from {self.covered_from};"
+                f" this request is at {height}: retry shortly"
             )
 
     # --- running requests in the enclave -----------------------------------------------------------
