@@ -336,7 +336,7 @@ class Settler:
             done += rejected
             if tx_hash is None:
                 if refusal is not None and not sent and refusal.abci_code in RECEIPT_REFUSALS:
-                    return done + self._isolate(chunk)  # a refusal that names no receipt
+                    return done + self._isolate(chunk, refusal)  # a refusal that names no receipt
                 break  # a tx-level refusal, or later batches: all stay pending for the next pass
             self._mark_submitted(chunk, tx_hash)
             sent.append((chunk, tx_hash))
@@ -383,10 +383,13 @@ class Settler:
         self.store.mark(ids, Status.SUBMITTED, tx_hash=tx_hash)
         self._unseen_passes.update((rid, 0) for rid in ids)
 
-    def _isolate(self, chunk: list[StoredReceipt]) -> int:
+    def _isolate(self, chunk: list[StoredReceipt], cause: TxRejected) -> int:
         """A batch was refused for one of its receipts: settle them one by one, each waited for,
         so the bad one is found and no other is held back. Stops at the first sign that the
         problem is not a receipt (a tx-level refusal, a tx not yet committed)."""
+        # One receipt a block: a node that isolates pass after pass falls behind its payments'
+        # expiry (seen in the chaos campaign: issue 23): say so, and why.
+        log.warning("settler_isolating", receipts=len(chunk), code=cause.abci_code, reason=cause.log or str(cause))
         done = 0
         nonce = self.chain.nonce(self.key.address)
         for stored in chunk:
@@ -420,7 +423,7 @@ class Settler:
                 return self._rejected(bad, exc)
             if len(chunk) == 1:
                 return self._rejected(chunk[0], exc)
-            return self._isolate(chunk) if isolate else 0
+            return self._isolate(chunk, exc) if isolate else 0
         except HacaError:
             return 0  # not committed yet: reconciled on a later pass
         statuses = settled_statuses(outcome.events)
