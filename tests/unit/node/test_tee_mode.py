@@ -127,6 +127,19 @@ def test_a_tee_request_past_the_keys_coverage_is_a_503_before_anything_is_charge
     assert node.store.unsettled_charges(CLIENT.address) == (0, 0)
 
 
+def test_a_tee_request_at_a_height_before_the_keys_coverage_resumed_is_a_503(tmp_path, enclave):
+    """Found by the chaos campaign: after a lapse the chain covers the key again only from its
+    re-attestation; a receipt for a height in the lapse would never settle (the node loses the fee)."""
+    node, key = tee_node(tmp_path, enclave.socket)
+    assert key is not None
+    key.covered_from = HEIGHT + 1  # re-attested after the quoted height
+    _, headers = pay(node, "tee")
+    response = node.client.post("/v1/infer", json={"model": "double", "mode": "tee", "input": INPUT}, headers=headers)
+    message = assert_error(response, 503, "enclave_unavailable")
+    assert f"covers blocks from {HEIGHT + 1}" in message
+    assert node.store.unsettled_count() == 0
+
+
 def test_a_node_without_an_enclave_refuses_tee_with_a_503(tmp_path):
     node, _ = tee_node(tmp_path, None)
     _, headers = pay(node, "tee")
