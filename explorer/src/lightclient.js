@@ -211,7 +211,7 @@ export function commitPower(commit, validators, chainId) {
   return signed;
 }
 
-// --- following validator-set changes (as haca/client/lightclient.py) ------------------------------
+// --- following validator-set changes (as LightClient in haca/client/light.py) ------------------------------
 // A light block: {signedHeader, validators, nextValidators} (the sets at its height and the next).
 // From trusted blocks (an anchor first), a header is verified forwards from the closest trusted
 // block below it — adjacent: its validators are the trusted next set; skipping: more than 1/3 of

@@ -32,13 +32,14 @@ from haca.client.errors import (
     TxRejected,
 )
 from haca.client.light import (
+    LightBlock,
+    LightClient,
     LightClientError,
     TrustedValidator,
     validator_set_hash,
     validators_from_rpc,
     verify_signed_header,
 )
-from haca.client.lightclient import LightBlock, LightClient
 from haca.client.rpc import CometRpc, b64
 from haca.crypto.keys import PrivateKey
 from haca.crypto.state_proof import ProofError, verify_proof
@@ -48,7 +49,7 @@ PROOF_OP_TYPE = "haca:mpt"
 # Blocks a proven answer may be behind the latest verified header: honest endpoints a few blocks
 # apart, and a block committed between the latest-commit call and the query, must still pass.
 DEFAULT_MAX_PROOF_LAG = 5
-# Seconds a verified header may be skipped from (haca.client.lightclient): below the chain's
+# Seconds a verified header may be skipped from (haca.client.light): below the chain's
 # unbonding time, so a set that signs a fork within it can still be slashed.
 DEFAULT_TRUSTING_PERIOD = 7 * 24 * 3600
 
@@ -90,7 +91,7 @@ class ChainClient:
         shape, e.g. from genesis); without it, headers are checked against the set the answering
         RPC node reports. `max_proof_lag`: how many blocks a proven answer may be behind the latest
         header verified (see the module's docstring). With `validators`, headers are verified by a
-        light client that follows validator-set changes (haca.client.lightclient), anchored at
+        light client that follows validator-set changes (haca.client.light), anchored at
         header 1 signed by them, or at `trust_height` if given (its header must hash to
         `trust_hash`), skipping only from headers younger than `trusting_period` seconds."""
         if not rpc_urls:

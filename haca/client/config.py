@@ -34,7 +34,7 @@ class ClientConfig:
     extra: dict[str, Any] = field(default_factory=dict)  # later: hub, nodes
     # blocks a proven answer may be behind the latest header verified (haca.client.chain)
     max_proof_lag: int = DEFAULT_MAX_PROOF_LAG
-    # The light client's trust (haca.client.lightclient): anchored at header 1, signed by
+    # The light client's trust (haca.client.light): anchored at header 1, signed by
     # `validators` (genesis), or at `trust_height` whose header hashes to `trust_hash` (a height and
     # hash from a source you trust, for a chain older than the trusting period); never skipping
     # from a header older than `trusting_period` seconds — keep it below the chain's unbonding time.

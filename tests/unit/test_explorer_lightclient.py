@@ -193,7 +193,7 @@ def test_the_browser_reads_state_proofs_as_python_does_and_refuses_a_tampered_on
         assert (results[name]["ok"], results[name]["step"]) == (False, "proof"), results[name]
 
 
-# --- across validator-set changes (haca.client.lightclient, explorer LightClient) -------------------
+# --- across validator-set changes (haca.client.light LightClient, explorer LightClient) -------------------
 
 
 def rpc_set(validators: tuple[Any, ...]) -> list[dict[str, Any]]:

@@ -19,8 +19,7 @@ from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
 from haca.client import light
 from haca.client.chain import ChainClient
 from haca.client.errors import ProofInvalid
-from haca.client.light import TrustedValidator
-from haca.client.lightclient import HeaderRefused, LightBlock, LightClient, TrustExpired
+from haca.client.light import HeaderRefused, LightBlock, LightClient, TrustedValidator, TrustExpired
 from haca.crypto.hashing import sha256
 from tests.unit.client.chainfake import RpcServer
 
