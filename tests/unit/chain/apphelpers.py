@@ -56,10 +56,14 @@ class Node:
         app_state = json.dumps(genesis.to_json()).encode()
         return self.app.init_chain(abci.RequestInitChain(chain_id=chain_id, app_state_bytes=app_state))
 
+    def time_of(self, height: int) -> int:
+        """The header time of block `height` (a harness with another block clock overrides it)."""
+        return block_time(height)
+
     def finalize(self, txs: list[bytes], misbehavior: Sequence[abci.Misbehavior] = ()) -> abci.ResponseFinalizeBlock:
         self.height += 1
         request = abci.RequestFinalizeBlock(height=self.height, txs=txs, hash=block_hash_of(self.height))
-        request.time.seconds = block_time(self.height)
+        request.time.seconds = self.time_of(self.height)
         request.misbehavior.extend(misbehavior)
         return self.app.finalize_block(request)
 

@@ -153,12 +153,8 @@ def block_time(height: int) -> int:
 class SmNode(Node):
     """The shared harness with this module's block clock."""
 
-    def finalize(self, txs: list[bytes], misbehavior: Sequence[abci.Misbehavior] = ()) -> abci.ResponseFinalizeBlock:
-        self.height += 1
-        request = abci.RequestFinalizeBlock(height=self.height, txs=txs, hash=block_hash_of(self.height))
-        request.time.seconds = block_time(self.height)
-        request.misbehavior.extend(misbehavior)
-        return self.app.finalize_block(request)
+    def time_of(self, height: int) -> int:
+        return block_time(height)
 
     def replay(self, txs: list[bytes], misbehavior: Sequence[abci.Misbehavior]) -> abci.ResponseFinalizeBlock:
         """The same block through ProcessProposal first (a validator that is not the proposer),
@@ -166,7 +162,7 @@ class SmNode(Node):
         as CometBFT would, and then finalized directly (what a node catching up does)."""
         height = self.height + 1
         proposal = abci.RequestProcessProposal(height=height, txs=txs, hash=block_hash_of(height))
-        proposal.time.seconds = block_time(height)
+        proposal.time.seconds = self.time_of(height)
         proposal.misbehavior.extend(misbehavior)
         self.app.process_proposal(proposal)
         resp = self.finalize(txs, misbehavior)
