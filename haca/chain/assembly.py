@@ -19,6 +19,7 @@ import json
 from typing import Any
 
 from haca.chain.genesis import AppGenesis, GenesisAccount, parse_app_genesis
+from haca.chain.modules.staking.keeper import stake_power
 from haca.crypto.keys import SignatureError
 from haca.types.staking import GenesisValidator
 
@@ -76,7 +77,7 @@ def collect_genesis(
         have = balances.get(entry.operator, 0)
         if entry.bond > have:
             raise GenesisAssemblyError(f"{who}: bonds {entry.bond}, but its genesis balance is {have}")
-        if entry.bond < staking.min_validator_stake or entry.bond // staking.power_unit < 1:
+        if stake_power(entry.bond, staking) < 1:
             raise GenesisAssemblyError(
                 f"{who}: a bond of {entry.bond} is below the minimum validator stake {staking.min_validator_stake}"
                 f" or one power unit ({staking.power_unit})"
@@ -88,7 +89,7 @@ def collect_genesis(
             {
                 "address": hashlib.sha256(entry.pub_key).digest()[:20].hex().upper(),
                 "pub_key": {"type": "tendermint/PubKeyEd25519", "value": pub_key},
-                "power": str(bonds[entry.operator] // staking.power_unit),
+                "power": str(stake_power(bonds[entry.operator], staking)),
                 "name": entry.moniker,
             }
         )

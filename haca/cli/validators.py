@@ -102,7 +102,7 @@ def validator_gentx(
 ) -> None:
     """Sign your validator's entry for a new network's genesis (haca network collect takes it)."""
     ident = identity(ValidatorHome(validator_home))
-    key = keystore(home).get(from_).key if from_ else _default_key(home)
+    key = keystore(home).get(from_ or ClientConfig.load(client_home(home)).default_key).key
     chain_id = json.loads(draft.read_text())["chain_id"]
     entry = GenesisValidator(
         chain_id, key.address, base64.b64decode(ident.pub_key["value"]), moniker, bond, ident.node_id, p2p
@@ -111,8 +111,3 @@ def validator_gentx(
     doc = {"entry": entry.to_json(), "signature": "0x" + entry.sign(key).hex()}
     out.write_text(json.dumps(doc, indent=2))
     emit(json_out, {"gentx": str(out), **entry.to_json()}, lambda: console.print(f"signed entry written to {out}"))
-
-
-def _default_key(home: Path | None) -> Any:
-    config = ClientConfig.load(client_home(home))
-    return keystore(home).get(config.default_key).key

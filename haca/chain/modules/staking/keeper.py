@@ -91,6 +91,14 @@ class StakingParams:
         return asdict(self)
 
 
+def stake_power(bonded: int, params: StakingParams) -> int:
+    """The voting power a bond gives: in `power_unit`s, 0 below `min_validator_stake`, at most
+    MAX_VALIDATOR_POWER (the set's top-N cut aside). Genesis assembly uses it too."""
+    if bonded < params.min_validator_stake:
+        return 0
+    return min(bonded // params.power_unit, MAX_VALIDATOR_POWER)
+
+
 def _addr(address: str) -> bytes:
     return bytes.fromhex(address[2:])
 
@@ -243,8 +251,7 @@ class StakingKeeper:
         """What a validator's power would be by its operator's stake alone (before the top-N cut)."""
         if record.get("jailed") or record.get("left"):
             return 0
-        bonded = self.bonded(state, record["operator"])
-        return bonded // params.power_unit if bonded >= params.min_validator_stake else 0
+        return stake_power(self.bonded(state, record["operator"]), params)
 
     def power_changes(self, state: CachedState) -> list[tuple[bytes, str, int]]:
         """Each validator's power now (the top `max_validators` by power, ties by address), stored
@@ -254,7 +261,7 @@ class StakingKeeper:
         set stays as it is, until someone has the stake to be in it)."""
         params = self.params(state)
         records = [(k[len(VALIDATOR_PREFIX) :], dict(json.loads(v))) for k, v in state.iter_prefix(VALIDATOR_PREFIX)]
-        powers = {address: min(self.power(state, record, params), MAX_VALIDATOR_POWER) for address, record in records}
+        powers = {address: self.power(state, record, params) for address, record in records}
         ranked = sorted((a for a, p in powers.items() if p > 0), key=lambda a: (-powers[a], a))
         in_set = set(ranked[: params.max_validators])
         if records and not in_set:
