@@ -17,6 +17,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import orjson
+
 from haca.proofs.zk.proof import PROOF_MAGIC, ProofError, encode_ezkl_proof
 from haca.types.inference import SettlementItem
 from haca.types.modes import UNSETTLED, Status
@@ -194,7 +196,8 @@ class ReceiptStore:
                     if output is not None:
                         self._db.execute(
                             "INSERT INTO outputs (request_key, receipt_id, output, expiry) VALUES (?, ?, ?, ?)",
-                            (row[1], receipt.id, json.dumps(output), kept_until),
+                            # orjson: an output may be megabytes, encoded here on the request path
+                            (row[1], receipt.id, orjson.dumps(output), kept_until),
                         )
             except sqlite3.IntegrityError as exc:
                 raise DuplicateRequest(f"request {r.request_id} of {r.client} already has a receipt") from exc
