@@ -350,7 +350,7 @@ class ChainClient:
             raise
         if int(result["code"]) != 0:
             code, log = int(result["code"]), str(result["log"])
-            raise TxRejected(f"rejected (code {code}): {log}", code, log, _result_data(result))
+            raise TxRejected(f"rejected (code {code}): {log}", code, log, _result_data(result, CHECK_TX_DATA))
         return str(result["hash"])
 
     def wait_tx(self, tx_hash: str, timeout: float = 30.0) -> TxOutcome:
@@ -383,9 +383,18 @@ class ChainClient:
         return self.wait_tx(tx_hash) if wait else tx_hash
 
 
-def _result_data(result: dict[str, Any]) -> bytes:
-    """A CheckTx or tx result's `data` (base64 in CometBFT's JSON), b"" when absent or malformed."""
+# CometBFT writes a result's `data` two ways: broadcast_tx_sync's (CheckTx) as hex (HexBytes),
+# /tx's (FinalizeBlock) as base64 ([]byte). Hex digits are base64 too, so reading one as the
+# other gives bytes, not an error: a CheckTx refusal would name no receipt.
+CHECK_TX_DATA, TX_RESULT_DATA = "hex", "base64"
+
+
+def _result_data(result: dict[str, Any], encoding: str = TX_RESULT_DATA) -> bytes:
+    """A CheckTx or tx result's `data`, b"" when absent or malformed."""
+    text = result.get("data") or ""
     try:
-        return base64.b64decode(result.get("data") or "", validate=True)
+        if encoding == CHECK_TX_DATA:
+            return bytes.fromhex(text)
+        return base64.b64decode(text, validate=True)
     except (ValueError, TypeError):
         return b""

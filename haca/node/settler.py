@@ -334,6 +334,8 @@ class Settler:
         for chunk in chunks:
             chunk, tx_hash, rejected, refusal = self._send_dropping_refused(chunk, nonce)
             done += rejected
+            if not chunk:
+                continue  # every receipt of it was refused by name: the nonce is still free
             if tx_hash is None:
                 if refusal is not None and not sent and refusal.abci_code in RECEIPT_REFUSALS:
                     return done + self._isolate(chunk, refusal)  # a refusal that names no receipt
@@ -384,14 +386,15 @@ class Settler:
         self._unseen_passes.update((rid, 0) for rid in ids)
 
     def _isolate(self, chunk: list[StoredReceipt], cause: TxRejected) -> int:
-        """A batch was refused for one of its receipts: settle them one by one, each waited for,
-        so the bad one is found and no other is held back. Stops at the first sign that the
-        problem is not a receipt (a tx-level refusal, a tx not yet committed)."""
-        # One receipt a block: a node that isolates pass after pass falls behind its payments'
-        # expiry (seen in the chaos campaign: issue 23): say so, and why.
+        """A tx was refused for one of its receipts without naming it: send each alone, at
+        consecutive nonces in one block, so each refusal names its receipt and no other is held
+        back. Stops at the first refusal that is not about a receipt (the rest stay pending)."""
+        # Sent one a block (each waited for), a chunk took a minute and a node isolating pass
+        # after pass fell behind its payments' expiry (the chaos campaign, issue 23).
         log.warning("settler_isolating", receipts=len(chunk), code=cause.abci_code, reason=cause.log or str(cause))
         done = 0
         nonce = self.chain.nonce(self.key.address)
+        sent: list[tuple[StoredReceipt, str]] = []
         for stored in chunk:
             try:
                 tx_hash = self.chain.broadcast(self._settle_tx([stored], nonce))
@@ -401,12 +404,9 @@ class Settler:
                 done += self._rejected(stored, single)
                 continue
             self._mark_submitted([stored], tx_hash)
+            sent.append((stored, tx_hash))
             nonce += 1
-            settled = self._await([stored], tx_hash, isolate=False)
-            if not settled:
-                break
-            done += settled
-        return done
+        return done + sum(self._await([stored], tx_hash, isolate=False) for stored, tx_hash in sent)
 
     def _await(self, chunk: list[StoredReceipt], tx_hash: str, isolate: bool = True) -> int:
         ids = [r.item.receipt.id for r in chunk]

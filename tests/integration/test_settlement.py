@@ -118,3 +118,17 @@ def test_a_bad_settlement_is_refused_with_a_reason_and_changes_nothing(inference
     assert state(net, p) == before
     with pytest.raises(Exception, match="not been settled"):
         net.client.query("/inference/receipt", settlement.receipt.id.encode())
+
+
+def test_a_refusal_at_checktx_names_the_refused_receipt_in_its_data(inference_devnet, parties):
+    """Issue 23: the settler drops the receipt a refusal names and resends the rest at once. Read
+    from CometBFT's own answer (hex, where /tx's is base64): a refusal that named nothing sent every
+    receipt of the chunk alone, one a block, and the long chaos run lost 1,122 to expiry."""
+    net, p = inference_devnet, parties
+    good, bad = item(net, p), item(net, p, expiry=net.client.rpc.height() - 1)
+    before = state(net, p)
+    with pytest.raises(TxRejected) as rejection:
+        net.client.broadcast(net.client.sign(p["a"], (MsgSettle((good, bad)),)))
+    assert rejection.value.abci_code == codes.AUTHORIZATION_EXPIRED
+    assert rejection.value.refused_receipt == bad.receipt.id
+    assert state(net, p) == before

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import base64
 
-from haca.client.chain import _result_data
+from haca.client.chain import CHECK_TX_DATA, TX_RESULT_DATA, _result_data
 from haca.client.errors import TxRejected
 from haca.types.encoding import canonical_json
 
@@ -22,7 +22,14 @@ def test_a_refusal_without_data_or_with_other_data_names_no_receipt() -> None:
     assert TxRejected("rejected", 18, "", canonical_json({"other": 1})).refused_receipt is None
 
 
-def test_cometbft_result_data_is_base64() -> None:
+def test_a_tx_results_data_is_base64_and_a_checktx_results_is_hex() -> None:
+    """CometBFT writes /tx's data as base64 and broadcast_tx_sync's as hex (issue 23: read as
+    base64, hex gave other bytes, so no CheckTx refusal named its receipt and the settler sent
+    every receipt alone, one a block, until payments expired)."""
     data = canonical_json({"refused_item": {"index": 0, "receipt_id": RECEIPT}})
     assert _result_data({"data": base64.b64encode(data).decode()}) == data
-    assert _result_data({"data": None}) == b"" and _result_data({}) == b"" and _result_data({"data": "%%"}) == b""
+    assert _result_data({"data": data.hex().upper()}, CHECK_TX_DATA) == data
+    assert _result_data({"data": data.hex().upper()}) != data  # the mistake this guards against
+    for encoding in (CHECK_TX_DATA, TX_RESULT_DATA):
+        assert _result_data({"data": None}, encoding) == b"" and _result_data({}, encoding) == b""
+        assert _result_data({"data": "%%"}, encoding) == b""

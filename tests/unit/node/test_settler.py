@@ -604,6 +604,38 @@ def test_deferred_receipts_do_not_starve_newer_ones(tmp_path, monkeypatch):
     assert statuses(store, ids) == ["pending", "pending", "settled"]
 
 
+def test_a_receipt_refused_for_a_transient_cause_pass_after_pass_never_slows_the_others(tmp_path, monkeypatch):
+    """Issue 23's long chaos run: one tee receipt signed in a coverage gap came back every retry
+    interval, and each time every other receipt of its chunk went alone, one a block: the node fell
+    behind and 1,122 payments expired. Named, it costs one CheckTx a pass; all others settle in
+    one tx a pass, in the block of that pass."""
+    settler, store, chain, ids = make(tmp_path, 48, batch_size=16, max_inflight=1)
+    chain.names_items = True
+    stuck = ids[0]
+    chain.invalid[stuck] = "no attestation of enclave key 0xae covers height 447"
+    chain.invalid_code = codes.ENCLAVE_NOT_IN_GOOD_STANDING
+    now = [1000.0]
+    monkeypatch.setattr("haca.node.settler.time.monotonic", lambda: now[0])
+    for _ in range(4):
+        height = chain.height
+        settler.run_once()
+        now[0] += settler.retry_interval  # the stuck one is due again at every pass
+        assert chain.height == height + 1  # one block a pass
+    assert [len(batch) for _, batch in chain.accepted] == [15, 15, 15, 2]  # never one receipt a tx
+    assert statuses(store, ids) == ["pending"] + ["settled"] * 47
+
+
+def test_a_refusal_naming_no_receipt_costs_one_block_not_one_per_receipt(tmp_path):
+    """An unnamed refusal (an older chain) sends the chunk's receipts alone, all in one block."""
+    settler, store, chain, ids = make(tmp_path, 12, batch_size=12, max_inflight=1)
+    chain.invalid[ids[4]] = "payment expired at height 90; this is height 101"
+    height = chain.height
+    settler.run_once()
+    assert chain.height == height + 1
+    assert [len(batch) for _, batch in chain.accepted] == [1] * 11
+    assert statuses(store, ids) == ["settled"] * 4 + ["rejected"] + ["settled"] * 7
+
+
 def test_a_claimed_receipt_is_settled_on_its_claim_even_after_the_node_gave_it_up(tmp_path):
     """Issue 19: the node's own payment expired (final refusal), then the client claims the receipt:
     the claim pays, so the settler puts it back and settles it alone."""
