@@ -25,6 +25,7 @@ from haca.enclave.client import AsyncEnclaveClient, EnclaveClient, EnclaveError,
 from haca.enclave.runtime import Terms
 from haca.node.errors import EnclaveUnavailable
 from haca.node.payments import AcceptedPayment, Quote
+from haca.node.txlock import AccountTxLock
 from haca.types.batch import MsgSettleBatch
 from haca.types.modes import Mode
 from haca.types.receipt import SignedReceipt
@@ -60,7 +61,7 @@ class EnclaveKey:
         account: PrivateKey,
         enclave: EnclaveClient,
         runner: AsyncEnclaveClient,
-        tx_lock: threading.Lock,
+        tx_lock: AccountTxLock,
         poll_interval: float = 1.0,
     ) -> None:
         self.chain, self.account, self.enclave, self.runner = chain, account, enclave, runner

@@ -4,7 +4,6 @@ register it on chain, start the settler, serve HTTP."""
 from __future__ import annotations
 
 import contextlib
-import threading
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -31,6 +30,7 @@ from haca.node.payments import PaymentGate
 from haca.node.prover import Prover
 from haca.node.receipts import ReceiptStore
 from haca.node.settler import FlushPolicy, Settler
+from haca.node.txlock import AccountTxLock
 from haca.proofs.zk.circuit import Circuit, circuit_from_files, load_circuit
 from haca.proofs.zk.srs import srs_file
 from haca.runtime.llm import LlmModel
@@ -122,7 +122,7 @@ def build_node(settings: NodeSettings) -> Node:
     gate = PaymentGate(key.address, config.chain_id, config.denom, view, store)
     gate.proving.workers = max(1, settings.provers)
     metrics = Metrics()  # GET /metrics; the settler and the prover count here too
-    tx_lock = threading.Lock()  # the node account's txs: settlements and enclave attestations
+    tx_lock = AccountTxLock()  # the node account's txs: settlements and enclave attestations
     enclave = open_enclave(chain, key, settings, tx_lock, models) if Mode.TEE in settings.modes else None
     batches = settings.batches
     settler = Settler(
@@ -201,7 +201,7 @@ def open_enclave(
     chain: ChainClient,
     key: PrivateKey,
     settings: NodeSettings,
-    tx_lock: threading.Lock,
+    tx_lock: AccountTxLock,
     models: dict[str, ServedModel],
 ) -> EnclaveKey:
     """Connect to the enclave, have it load the tee models itself (it fetches and hashes their

@@ -26,6 +26,7 @@ from haca.crypto.keys import PrivateKey
 from haca.node.chainview import ChainView
 from haca.node.metrics import Metrics
 from haca.node.receipts import ReceiptStore, StoredReceipt
+from haca.node.txlock import AccountTxLock
 from haca.types import codes
 from haca.types.batch import (
     BATCH_MODES,
@@ -119,7 +120,7 @@ class Settler:
         retry_interval: float = 5.0,
         claims_interval: float = 5.0,
         metrics: Metrics | None = None,
-        tx_lock: threading.Lock | None = None,
+        tx_lock: AccountTxLock | None = None,
     ) -> None:
         self.store, self.chain, self.view, self.key = store, chain, view, key
         self.batch_size, self.flush_interval, self.max_inflight = batch_size, flush_interval, max_inflight
@@ -144,7 +145,7 @@ class Settler:
         self._claims_read = float("-inf")
         self._claimed: set[str] = set()
         # held while txs of the node's account are in flight (shared with the enclave's attestations)
-        self.tx_lock = tx_lock or threading.Lock()
+        self.tx_lock = tx_lock or AccountTxLock()
         self._wake = threading.Event()
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._loop, name="settler", daemon=True)
