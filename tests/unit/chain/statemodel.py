@@ -617,8 +617,8 @@ class Ledger:
             raise Refused(codes.AUTHORIZATION_EXPIRED, "settlement window")
         if r.mode not in NODE_MODES[signer]:
             raise Refused(codes.UNAUTHORIZED, "mode not served")
-        if self.bonded.get(signer, 0) < self.staking.min_stake((r.mode,)):
-            raise Refused(codes.INSUFFICIENT_STAKE, "stake")
+        if not claimed and self.bonded.get(signer, 0) < self.staking.min_stake((r.mode,)):
+            raise Refused(codes.INSUFFICIENT_STAKE, "stake")  # a claimed receipt: its claim pays
         self._verify(served)
         if r.fee < PRICE:
             raise Refused(codes.INVALID_PAYMENT, "below price")

@@ -2,6 +2,7 @@
 
 Checks (any failure rejects the whole MsgSettle, nothing changes):
 the tx signer is the receipt's node and signed it; the receipt's height hint is not in the future;
+the node's bond meets the mode's minimum stake (not for a claimed receipt: its claim pays);
 the model's terms in effect at that height allow the mode and price it at most the fee (terms
 changed later never void a receipt); the node is registered for that model and mode; the mode's
 verifier accepts the signature (vanilla: the node's account key; tee: an enclave key attested for
@@ -64,7 +65,11 @@ def settle_item(
     manifest = registry.model_in_effect(ctx.state, receipt.model_id, receipt.height_hint, receipt.node)
     node = registry.node(ctx.state, ctx.signer)
     check_model_registered(ctx.signer, node, manifest, receipt.mode)
-    check_stake(keeper, ctx.state, ctx.signer, receipt.mode)
+    if not claimed:
+        # The minimum stake bounds new business. A claimed receipt was served while it was met,
+        # and its claim's hold pays: a node slashed (or a minimum raised) since must still be able
+        # to answer it, or one slash would cascade into a slash for every claim that follows.
+        check_stake(keeper, ctx.state, ctx.signer, receipt.mode)
     vctx = VerifyContext(
         ctx.chain_id,
         ctx.height,
