@@ -17,7 +17,13 @@ from haca.chain.supervisor import identity
 from haca.cli.common import HomeOption, JsonOption, cli_command, client_home, console, emit, keystore, send_msg
 from haca.cli.devnet import validator_app
 from haca.client.config import ClientConfig, connect
-from haca.types.staking import GenesisValidator, MsgCreateValidator, MsgEditValidator, MsgLeaveValidator
+from haca.types.staking import (
+    GenesisValidator,
+    MsgCreateValidator,
+    MsgEditValidator,
+    MsgLeaveValidator,
+    MsgUnjail,
+)
 
 KeyOption = Annotated[str | None, typer.Option("--from", help="the operator's key (default: the home's default key)")]
 
@@ -65,10 +71,20 @@ def validator_leave(from_: KeyOption = None, home: HomeOption = None, json_out: 
     emit(json_out, answer, lambda: console.print(f"left the set at height {answer['height']}"))
 
 
+@validator_app.command("unjail")
+@cli_command
+def validator_unjail(from_: KeyOption = None, home: HomeOption = None, json_out: JsonOption = False) -> None:
+    """Bring your validator back after a downtime jail, once its jail time is served (its power
+    returns two blocks later); a validator jailed for a duplicate vote stays jailed."""
+    answer = _send(home, from_, MsgUnjail())
+    emit(json_out, answer, lambda: console.print(f"unjailed at height {answer['height']}"))
+
+
 @validator_app.command("list")
 @cli_command
 def validator_list(home: HomeOption = None, json_out: JsonOption = False) -> None:
-    """Every validator the chain knows: consensus address, operator, moniker, power, jailed, left."""
+    """Every validator the chain knows: consensus address, operator, moniker, power, jailed (until
+    when), left, and blocks missed in its current liveness window."""
     chain = connect(ClientConfig.load(client_home(home)))
     try:
         validators = chain.query("/staking/validators")["validators"]
@@ -76,10 +92,14 @@ def validator_list(home: HomeOption = None, json_out: JsonOption = False) -> Non
         chain.close()
 
     def table() -> None:
-        out = Table("address", "operator", "moniker", "power", "status")
+        out = Table("address", "operator", "moniker", "power", "status", "missed")
         for v in sorted(validators, key=lambda v: (-int(v.get("power") or 0), v["address"])):
             status = "jailed" if v.get("jailed") else "left" if v.get("left") else "active"
-            out.add_row(v["address"], v["operator"], v.get("moniker", ""), str(v.get("power", "")), status)
+            if v.get("jailed_until"):
+                status += f" until {v['jailed_until']}"
+            live = v.get("liveness") or {}
+            missed = f"{live.get('missed', 0)} of {live.get('counter', 0)}"
+            out.add_row(v["address"], v["operator"], v.get("moniker", ""), str(v.get("power", "")), status, missed)
         console.print(out)
 
     emit(json_out, {"validators": validators}, table)

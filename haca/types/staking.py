@@ -153,6 +153,29 @@ class MsgLeaveValidator:
         return cls()
 
 
+@register_msg
+@dataclass(frozen=True)
+class MsgUnjail:
+    """Bring the signer's validator back after a downtime jail (once its jail time is served and
+    its operator still has the minimum stake); its power returns two blocks later. A validator
+    jailed for a duplicate vote is jailed for good."""
+
+    type_name: ClassVar[str] = "staking/unjail"
+    eip712_name: ClassVar[str] = "MsgUnjail"
+    eip712_fields: ClassVar[list[tuple[str, str]]] = []
+
+    def to_json(self) -> dict[str, Any]:
+        return {}
+
+    def to_eip712(self) -> dict[str, Any]:
+        return {}
+
+    @classmethod
+    def from_json(cls, value: dict[str, Any]) -> MsgUnjail:
+        f.require_fields(value, set(), cls.type_name)
+        return cls()
+
+
 GENESIS_VALIDATOR_FIELDS = [
     ("chainId", "string"),
     ("operator", "address"),

@@ -5,6 +5,7 @@ CometBFT at the end of the block they happen in, and the genesis set answered at
 from __future__ import annotations
 
 import base64
+import dataclasses
 import hashlib
 from pathlib import Path
 
@@ -14,7 +15,14 @@ from haca.chain import errors
 from haca.chain.genesis import AppGenesis, GenesisAccount
 from haca.chain.modules.staking.keeper import StakingParams
 from haca.crypto.keys import PrivateKey
-from haca.types.staking import MsgBond, MsgCreateValidator, MsgEditValidator, MsgLeaveValidator, MsgUnbond
+from haca.types.staking import (
+    MsgBond,
+    MsgCreateValidator,
+    MsgEditValidator,
+    MsgLeaveValidator,
+    MsgUnbond,
+    MsgUnjail,
+)
 from tests.unit.chain import apphelpers
 from tests.unit.chain.apphelpers import Node
 
@@ -38,18 +46,24 @@ def consensus_address(key: bytes) -> str:
 
 @pytest.fixture
 def chain(tmp_path: Path):
+    node = genesis_chain(tmp_path, STAKING)
+    yield node
+    node.close()
+
+
+def genesis_chain(tmp_path: Path, staking: StakingParams) -> Node:
+    tmp_path.mkdir(parents=True, exist_ok=True)
     node = Node(tmp_path / "state.db")
     genesis = AppGenesis(
         accounts=tuple(GenesisAccount(k.address, FUNDS) for k in [*OPERATORS, GENESIS_OPERATOR]),
-        staking=STAKING,
+        staking=staking,
         bonds=((GENESIS_OPERATOR.address, GENESIS_BOND),),
         validators=((base64.b64encode(GENESIS_KEY).decode(), GENESIS_OPERATOR.address),),
     )
     init = node.init(genesis)
     assert [(bytes(u.pub_key.ed25519), u.power) for u in init.validators] == [(GENESIS_KEY, 10)]
     assert updates(node.block()) == []  # the genesis set stands
-    yield node
-    node.close()
+    return node
 
 
 def updates(response) -> list[tuple[bytes, int]]:
@@ -80,6 +94,7 @@ def test_a_created_validator_joins_with_power_from_its_bond_in_the_block_it_was_
         "moniker": "v0",
         "jailed": False,
         "power": 5,
+        "liveness": {"counter": 0, "missed": 0},
     }
     assert chain.balance(OPERATORS[0].address) == FUNDS - 5 * UNIT - apphelpers.fee_of(sent[0])
     assert updates(chain.block()) == []  # nothing changed since
@@ -240,3 +255,106 @@ def test_no_validator_gets_more_power_than_cometbft_can_take(tmp_path: Path):
     )
     assert [u.power for u in init.validators] == [MAX_VALIDATOR_POWER]
     node.close()
+
+
+# --- liveness: downtime jailing ----------------------------------------------------------------
+
+WINDOW, JAIL = 10, 5
+LIVENESS = dataclasses.replace(STAKING, signed_blocks_window=WINDOW, min_signed_bps=5000, downtime_jail_blocks=JAIL)
+GENESIS_ADDRESS = hashlib.sha256(GENESIS_KEY).digest()[:20]
+V0_ADDRESS = hashlib.sha256(consensus_key(0)).digest()[:20]
+
+
+@pytest.fixture
+def live_chain(tmp_path: Path):
+    node = genesis_chain(tmp_path, LIVENESS)
+    create(node, 0, 5 * UNIT)  # v0 joins with power 5
+    yield node
+    node.close()
+
+
+def commit(v0_signed: bool) -> list[tuple[bytes, bool]]:
+    return [(GENESIS_ADDRESS, True), (V0_ADDRESS, v0_signed)]
+
+
+def events_of(response, kind: str) -> list[dict[str, str]]:
+    return [{a.key: a.value for a in e.attributes} for e in response.events if e.type == kind]
+
+
+def v0_record(chain: Node) -> dict:
+    return next(v for v in chain.answer("/staking/validators")["validators"] if v["moniker"] == "v0")
+
+
+def test_a_validator_missing_more_than_its_share_of_the_window_is_jailed_then_unjails_after_its_time(live_chain):
+    chain = live_chain
+    for _ in range(WINDOW - 1):  # a full window must be seen before anyone is judged
+        assert updates(chain.block(votes=commit(False))) == []
+    assert v0_record(chain)["liveness"] == {"counter": WINDOW - 1, "missed": WINDOW - 1}
+    response = chain.block(votes=commit(False))
+    assert updates(response) == [(consensus_key(0), 0)]
+    (jail,) = events_of(response, "jail")
+    until = chain.height + JAIL
+    assert jail == {
+        "validator": V0_ADDRESS.hex(),
+        "operator": OPERATORS[0].address,
+        "reason": "downtime",
+        "missed": str(WINDOW),
+        "window": str(WINDOW),
+        "until": str(until),
+    }
+    assert v0_record(chain)["jailed"] is True and v0_record(chain)["jailed_until"] == until
+    bonded = chain.answer("/staking/stake", OPERATORS[0].address.encode())["bonded"]
+    assert bonded == str(5 * UNIT)  # jailed, not slashed
+    early = chain.tx(OPERATORS[0], MsgUnjail())
+    apphelpers.assert_rejected_without_state_change(
+        chain, OPERATORS[0], early, errors.InvalidMessage.code, f"jailed until height {until}", MINTED
+    )
+    while chain.height < until - 1:
+        chain.block(votes=[(GENESIS_ADDRESS, True)])
+    response = chain.block([chain.tx(OPERATORS[0], MsgUnjail())], votes=[(GENESIS_ADDRESS, True)])
+    assert [r.code for r in response.tx_results] == [0]
+    assert updates(response) == [(consensus_key(0), 5)]  # back with the power of its bond
+    assert v0_record(chain)["liveness"] == {"counter": 0, "missed": 0}  # judged afresh
+    holds(chain)
+
+
+def test_a_validator_missing_exactly_its_allowed_share_stays_in_the_set(live_chain):
+    chain = live_chain
+    for i in range(3 * WINDOW):
+        assert updates(chain.block(votes=commit(i % 2 == 0))) == []  # half missed: allowed
+    assert v0_record(chain)["jailed"] is False
+    assert v0_record(chain)["liveness"] == {"counter": 3 * WINDOW, "missed": WINDOW // 2}
+
+
+def test_a_validator_that_is_not_jailed_or_was_jailed_for_a_duplicate_vote_cannot_unjail(live_chain):
+    chain = live_chain
+    raw = chain.tx(OPERATORS[0], MsgUnjail())
+    apphelpers.assert_rejected_without_state_change(
+        chain, OPERATORS[0], raw, errors.InvalidMessage.code, "is not jailed", MINTED
+    )
+    for _ in range(WINDOW):
+        chain.block(votes=commit(False))
+    assert v0_record(chain)["jailed"] is True  # for downtime...
+    response = chain.block(misbehavior=[duplicate_vote(consensus_key(0), chain.height - 1)])
+    assert [e["reason"] for e in events_of(response, "slash")] == ["duplicate_vote"]  # ...no shield from evidence
+    for _ in range(JAIL):
+        chain.block()
+    raw = chain.tx(OPERATORS[0], MsgUnjail())
+    apphelpers.assert_rejected_without_state_change(
+        chain, OPERATORS[0], raw, errors.InvalidMessage.code, "jailed for a duplicate vote: for good", MINTED
+    )
+    holds(chain)
+
+
+def test_liveness_is_counted_the_same_on_every_validator(tmp_path: Path):
+    """Determinism: two apps fed the same blocks and commits agree on every jail and app hash."""
+    chains = [genesis_chain(tmp_path / name, LIVENESS) for name in ("a", "b")]
+    seen = []
+    for node in chains:
+        create(node, 0, 5 * UNIT)
+        seen.append(
+            [(updates(node.block(votes=commit(i % 3 == 0))), node.info().last_block_app_hash) for i in range(15)]
+        )
+        node.close()
+    assert seen[0] == seen[1]
+    assert any(u == [(consensus_key(0), 0)] for u, _ in seen[0])  # missed 2 of 3: jailed
