@@ -55,6 +55,10 @@ def haca_cli(devnet: Any, *args: str) -> dict[str, Any]:
     return dict(json.loads(out.stdout))
 
 
+def validator_of(devnet, operator: str) -> dict:
+    return next(v for v in devnet.client.query("/staking/validators")["validators"] if v["operator"] == operator)
+
+
 def test_a_fifth_validator_joins_by_stake_signs_and_leaves_and_clients_follow_the_set(devnet):
     net, chain = devnet.net, devnet.client
     operator = devnet.keys.get("dev5").key
@@ -74,6 +78,10 @@ def test_a_fifth_validator_joins_by_stake_signs_and_leaves_and_clients_follow_th
     assert seconds < 60
     listed = {v["operator"]: v for v in haca_cli(devnet, "validator", "list")["validators"]}
     assert listed[operator.address]["power"] == 10 and listed[operator.address]["moniker"] == "val4"
+    # CometBFT's commits reach the app's liveness count under the same consensus address
+    wait_for(lambda: validator_of(devnet, operator.address)["liveness"]["counter"] >= 3, 30, "its signatures counted")
+    live = validator_of(devnet, operator.address)["liveness"]
+    assert live["missed"] < live["counter"] and validator_of(devnet, operator.address)["jailed"] is False
 
     # app hashes agree on all five from the block it joined in
     rpcs = [CometRpc(n.rpc) for n in net.load().nodes]
