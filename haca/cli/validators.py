@@ -17,6 +17,7 @@ from haca.chain.supervisor import identity
 from haca.cli.common import HomeOption, JsonOption, cli_command, client_home, console, emit, keystore, send_msg
 from haca.cli.devnet import validator_app
 from haca.client.config import ClientConfig, connect
+from haca.crypto.consensus import consensus_seed, sign_possession
 from haca.types.staking import (
     GenesisValidator,
     MsgCreateValidator,
@@ -45,8 +46,13 @@ def validator_create(
     """Make your account the operator of the validator at --validator-home: its power is your
     bonded stake (in the chain's power units); it joins the set two blocks after this tx when that
     puts it among the most powerful, with at least the minimum stake."""
-    pub_key = base64.b64decode(identity(ValidatorHome(validator_home)).pub_key["value"])
-    answer = _send(home, from_, MsgCreateValidator(pub_key, moniker, self_bond))
+
+    def msg(chain_id: str, operator: str) -> MsgCreateValidator:  # the consensus key signs for this operator
+        key = json.loads((ValidatorHome(validator_home).cometbft / "config" / "priv_validator_key.json").read_text())
+        pub_key, possession = sign_possession(consensus_seed(key), chain_id, operator)
+        return MsgCreateValidator(pub_key, moniker, self_bond, possession)
+
+    answer = _send(home, from_, msg)
     emit(json_out, answer, lambda: console.print(f"validator {moniker} created at height {answer['height']}"))
 
 

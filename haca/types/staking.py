@@ -6,6 +6,7 @@ import base64
 from dataclasses import dataclass
 from typing import Any, ClassVar, Self
 
+from haca.crypto.consensus import SIGNATURE_SIZE
 from haca.crypto.keys import PrivateKey
 from haca.types import eip712
 from haca.types import fields as f
@@ -78,7 +79,9 @@ class MsgCreateValidator:
     """Make the signer the operator of a validator with consensus key `pub_key`, bonding
     `self_bond` more: its voting power is its operator's bonded stake in units of the `power_unit`
     param, and it joins the set (CometBFT applies it two blocks later) when that puts it among the
-    `max_validators` most powerful with at least `min_validator_stake` bonded."""
+    `max_validators` most powerful with at least `min_validator_stake` bonded. `possession`: the
+    consensus key's signature over the chain id and the signer's address
+    (haca.crypto.consensus), so no one can register a key that is not theirs."""
 
     type_name: ClassVar[str] = "staking/create_validator"
     eip712_name: ClassVar[str] = "MsgCreateValidator"
@@ -86,26 +89,42 @@ class MsgCreateValidator:
         ("pubKey", "bytes"),
         ("moniker", "string"),
         ("selfBond", "uint256"),
+        ("possession", "bytes"),
     ]
 
     pub_key: bytes
     moniker: str
     self_bond: int
+    possession: bytes
 
     def to_json(self) -> dict[str, Any]:
         return {
             "pub_key": base64.b64encode(self.pub_key).decode(),
             "moniker": self.moniker,
             "self_bond": str(self.self_bond),
+            "possession": base64.b64encode(self.possession).decode(),
         }
 
     def to_eip712(self) -> dict[str, Any]:
-        return {"pubKey": self.pub_key, "moniker": self.moniker, "selfBond": self.self_bond}
+        return {
+            "pubKey": self.pub_key,
+            "moniker": self.moniker,
+            "selfBond": self.self_bond,
+            "possession": self.possession,
+        }
 
     @classmethod
     def from_json(cls, value: dict[str, Any]) -> MsgCreateValidator:
-        doc = f.require_fields(value, {"pub_key", "moniker", "self_bond"}, cls.type_name)
-        return cls(consensus_pub_key(doc["pub_key"]), _moniker(doc["moniker"]), f.uint(doc["self_bond"], "self_bond"))
+        doc = f.require_fields(value, {"pub_key", "moniker", "self_bond", "possession"}, cls.type_name)
+        possession = f.base64_bytes(doc["possession"], "possession", SIGNATURE_SIZE)
+        if len(possession) != SIGNATURE_SIZE:
+            raise ValueError("possession: expected a 64-byte ed25519 signature (base64)")
+        return cls(
+            consensus_pub_key(doc["pub_key"]),
+            _moniker(doc["moniker"]),
+            f.uint(doc["self_bond"], "self_bond"),
+            possession,
+        )
 
 
 @register_msg

@@ -13,7 +13,7 @@ import hashlib
 from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any
 
-from haca.chain.errors import InsufficientStake, InvalidMessage, InvalidQuery, NotFound
+from haca.chain.errors import InsufficientStake, InvalidMessage, InvalidQuery, NotFound, Unauthorized
 from haca.chain.events import Event
 from haca.chain.module import BlockContext, BlockResult, Invariant, Module, Query, ValidatorUpdate
 from haca.chain.modules.staking.keeper import (
@@ -29,6 +29,7 @@ from haca.chain.modules.staking.keeper import (
 from haca.chain.params import parse_params
 from haca.chain.state import CachedState, ReadableState
 from haca.chain.tx import Handler, TxContext
+from haca.crypto.consensus import verify_possession
 from haca.crypto.keys import normalize_address
 from haca.types.staking import (
     MsgBond,
@@ -71,6 +72,11 @@ class StakingModule(Module):
             raise InvalidMessage(f"{ctx.signer} was jailed for a duplicate vote: it may not run a validator again")
         if self.keeper.operator_validator(ctx.state, ctx.signer) is not None:
             raise InvalidMessage(f"{ctx.signer} already operates a validator: edit it, or leave first")
+        if not verify_possession(msg.pub_key, msg.possession, ctx.chain_id, ctx.signer):
+            raise Unauthorized(
+                "the consensus key's proof of possession does not verify for this signer and chain:"
+                " it must be signed with the validator's own key (haca validator create does)"
+            )
         address = consensus_address(msg.pub_key)
         if self.keeper.validator(ctx.state, address) is not None:
             raise InvalidMessage(f"consensus key of validator {address.hex()} is taken (keys are never reused)")
