@@ -3,7 +3,6 @@ operator's account signs; the consensus key comes from the validator's home)."""
 
 from __future__ import annotations
 
-import base64
 import json
 from pathlib import Path
 from typing import Annotated, Any
@@ -29,6 +28,12 @@ from haca.types.staking import (
 KeyOption = Annotated[str | None, typer.Option("--from", help="the operator's key (default: the home's default key)")]
 
 
+def _possession(validator_home: Path, chain_id: str, operator: str) -> tuple[bytes, bytes]:
+    """The validator's consensus public key and its proof of possession for `operator` on `chain_id`."""
+    key = json.loads((ValidatorHome(validator_home).cometbft / "config" / "priv_validator_key.json").read_text())
+    return sign_possession(consensus_seed(key), chain_id, operator)
+
+
 def _send(home: Path | None, from_: str | None, msg: Any) -> dict[str, Any]:
     return send_msg(home, from_, msg, lambda chain, signer: {"operator": signer})
 
@@ -47,9 +52,8 @@ def validator_create(
     bonded stake (in the chain's power units); it joins the set two blocks after this tx when that
     puts it among the most powerful, with at least the minimum stake."""
 
-    def msg(chain_id: str, operator: str) -> MsgCreateValidator:  # the consensus key signs for this operator
-        key = json.loads((ValidatorHome(validator_home).cometbft / "config" / "priv_validator_key.json").read_text())
-        pub_key, possession = sign_possession(consensus_seed(key), chain_id, operator)
+    def msg(chain_id: str, operator: str) -> MsgCreateValidator:
+        pub_key, possession = _possession(validator_home, chain_id, operator)  # signed for this operator
         return MsgCreateValidator(pub_key, moniker, self_bond, possession)
 
     answer = _send(home, from_, msg)
@@ -130,9 +134,8 @@ def validator_gentx(
     ident = identity(ValidatorHome(validator_home))
     key = keystore(home).get(from_ or ClientConfig.load(client_home(home)).default_key).key
     chain_id = json.loads(draft.read_text())["chain_id"]
-    entry = GenesisValidator(
-        chain_id, key.address, base64.b64decode(ident.pub_key["value"]), moniker, bond, ident.node_id, p2p
-    )
+    pub_key, possession = _possession(validator_home, chain_id, key.address)
+    entry = GenesisValidator(chain_id, key.address, pub_key, moniker, bond, ident.node_id, p2p, possession)
     GenesisValidator.from_json(entry.to_json())  # the same checks collect makes (node id, p2p, moniker)
     doc = {"entry": entry.to_json(), "signature": "0x" + entry.sign(key).hex()}
     out.write_text(json.dumps(doc, indent=2))

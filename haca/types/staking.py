@@ -73,6 +73,13 @@ def consensus_pub_key(value: Any) -> bytes:
     return raw
 
 
+def _possession(value: Any) -> bytes:
+    raw = f.base64_bytes(value, "possession", SIGNATURE_SIZE)
+    if len(raw) != SIGNATURE_SIZE:
+        raise ValueError("possession: expected a 64-byte ed25519 signature (base64)")
+    return raw
+
+
 @register_msg
 @dataclass(frozen=True)
 class MsgCreateValidator:
@@ -116,14 +123,11 @@ class MsgCreateValidator:
     @classmethod
     def from_json(cls, value: dict[str, Any]) -> MsgCreateValidator:
         doc = f.require_fields(value, {"pub_key", "moniker", "self_bond", "possession"}, cls.type_name)
-        possession = f.base64_bytes(doc["possession"], "possession", SIGNATURE_SIZE)
-        if len(possession) != SIGNATURE_SIZE:
-            raise ValueError("possession: expected a 64-byte ed25519 signature (base64)")
         return cls(
             consensus_pub_key(doc["pub_key"]),
             _moniker(doc["moniker"]),
             f.uint(doc["self_bond"], "self_bond"),
-            possession,
+            _possession(doc["possession"]),
         )
 
 
@@ -203,6 +207,7 @@ GENESIS_VALIDATOR_FIELDS = [
     ("bond", "uint256"),
     ("nodeId", "string"),
     ("p2p", "string"),
+    ("possession", "bytes"),
 ]
 
 
@@ -210,7 +215,8 @@ GENESIS_VALIDATOR_FIELDS = [
 class GenesisValidator:
     """One operator's entry for a new network's genesis (`haca validator gentx`): its validator's
     consensus key and peer address, and the bond it takes from the operator's genesis balance —
-    signed by the operator (EIP-712), so `haca network collect` takes no entry it did not sign."""
+    signed by the operator (EIP-712), so `haca network collect` takes no entry it did not sign, with
+    the consensus key's proof of possession for that operator (no one can list another's key)."""
 
     chain_id: str
     operator: str
@@ -219,6 +225,7 @@ class GenesisValidator:
     bond: int
     node_id: str  # CometBFT's node id (hex of 20 bytes)
     p2p: str  # host:port its peers dial
+    possession: bytes  # the consensus key's signature over chain id and operator (haca.crypto.consensus)
 
     def eip712_message(self) -> dict[str, Any]:
         return {
@@ -229,6 +236,7 @@ class GenesisValidator:
             "bond": self.bond,
             "nodeId": self.node_id,
             "p2p": self.p2p,
+            "possession": self.possession,
         }
 
     def sign(self, key: PrivateKey) -> bytes:
@@ -250,6 +258,7 @@ class GenesisValidator:
             "bond": str(self.bond),
             "node_id": self.node_id,
             "p2p": self.p2p,
+            "possession": base64.b64encode(self.possession).decode(),
         }
 
     @classmethod
@@ -270,4 +279,5 @@ class GenesisValidator:
             bond=f.uint(doc["bond"], "bond"),
             node_id=node_id,
             p2p=p2p,
+            possession=_possession(doc["possession"]),
         )
