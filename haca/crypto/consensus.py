@@ -10,8 +10,9 @@ from __future__ import annotations
 import base64
 from typing import Any
 
-from cryptography.exceptions import InvalidSignature
-from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
+import nacl.exceptions
+import nacl.signing
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 POSSESSION_DOMAIN = b"HACA consensus key possession/1\x00"
 PUBLIC_KEY_SIZE, SIGNATURE_SIZE = 32, 64
@@ -38,10 +39,13 @@ def sign_possession(seed: bytes, chain_id: str, operator: str) -> tuple[bytes, b
 
 
 def verify_possession(pub_key: bytes, signature: bytes, chain_id: str, operator: str) -> bool:
+    """libsodium's verification (consensus-critical: one library, one answer on every validator):
+    it refuses a small-order public key, for which a "signature" needs no private key, and
+    non-canonical encodings."""
     if len(pub_key) != PUBLIC_KEY_SIZE or len(signature) != SIGNATURE_SIZE:
         return False
     try:
-        Ed25519PublicKey.from_public_bytes(pub_key).verify(signature, possession_message(chain_id, operator, pub_key))
-    except (InvalidSignature, ValueError):
+        nacl.signing.VerifyKey(pub_key).verify(possession_message(chain_id, operator, pub_key), signature)
+    except (nacl.exceptions.BadSignatureError, nacl.exceptions.ValueError, nacl.exceptions.TypeError):
         return False
     return True

@@ -140,10 +140,13 @@ class EnclaveKey:
                     self.address, self.good_until, self.attested_height, self.covered_from = address, 0, 0, 0
                     self.measurement_id, self.approved, self._approvals_height = "", None, 0
                 height = self.chain.rpc.height()
+                if height != self._approvals_height:  # apart: a refused heartbeat must not keep them stale
+                    try:
+                        self.read_approvals(height)
+                    except (HacaError, KeyError, ValueError) as exc:  # e.g. the key not registered yet
+                        log.warning("enclave_approvals_unread", key=self.address, error=str(exc))
                 if self.due(height):
                     self.attest()
-                if height != self._approvals_height:
-                    self.read_approvals(height)
             except (HacaError, EnclaveError, KeyError, ValueError) as exc:  # retried next poll
                 log.warning("enclave_heartbeat_failed", key=self.address, error=str(exc))
 

@@ -616,6 +616,7 @@ class MinTcbRaised(Perturbation):
                 raise StepFailed(f"node0 did not re-attest with TCB {BEHIND_TCB} under a policy that allows it")
             time.sleep(0.5)
         ctx.governance(MsgSetTeePolicy({"min_tcb_status": "UpToDate"}))
+        enclave = ctx.latest_enclave()  # as of the raise: a heartbeat may have landed just before it
         good_until = int(enclave["good_until"])
         while chain_height(ctx) <= good_until + 1:  # the heartbeats meanwhile are refused: coverage lapses
             if time.monotonic() > deadline:

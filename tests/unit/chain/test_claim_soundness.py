@@ -230,13 +230,24 @@ def test_a_genesis_whose_unbonding_is_shorter_than_the_claim_window_and_deadline
     parse_app_genesis(canonical_json(base.to_json()))  # the same with the unbonding it needs
 
 
-def test_a_minimum_stake_raised_by_governance_during_the_window_voids_the_claim_of_a_silent_node(chain):
+def test_a_minimum_stake_raised_by_governance_during_the_window_is_no_excuse_for_a_silent_node(chain):
+    """It could settle its claimed receipt all the same (the claim pays): silent, it is slashed."""
     item = tee_item(chain, 110)
     ok(chain.deliver(CLIENT, MsgClaim(item.receipt, item.payment)))
     deadline = chain.height + DEADLINE
     ok(chain.deliver(AUTHORITY, MsgUpdateParams("staking", {"min_stake_tee": str(2 * STAKE)})))
-    assert outcome_at(chain, deadline) == "claim_voided"
-    assert stake(chain, NODE.address)["bonded"] == str(STAKE)
+    assert outcome_at(chain, deadline) == "slash"
+    assert int(stake(chain, NODE.address)["bonded"]) < STAKE
+    holds(chain)
+
+
+def test_a_node_under_the_minimum_when_claimed_cannot_settle_the_claim_with_its_hold(chain):
+    """Only a node that met the minimum when the claim was made settles it whatever its bond."""
+    ok(chain.deliver(AUTHORITY, MsgUpdateParams("staking", {"min_stake_tee": str(2 * STAKE)})))
+    item = tee_item(chain, 119)
+    ok(chain.deliver(CLIENT, MsgClaim(item.receipt, item.payment)))
+    refused = chain.deliver(NODE, MsgSettle((item,)))
+    assert refused.code == errors.InsufficientStake.code, refused.log
     holds(chain)
 
 

@@ -377,3 +377,35 @@ def test_liveness_is_counted_the_same_on_every_validator(tmp_path: Path):
         node.close()
     assert seen[0] == seen[1]
     assert any(u == [(consensus_key(0), 0)] for u, _ in seen[0])  # missed 2 of 3: jailed
+
+
+def test_a_validator_jailed_for_downtime_cannot_leave_and_come_back_with_a_new_key_before_its_time(live_chain):
+    chain = live_chain
+    for _ in range(WINDOW):
+        chain.block(votes=commit(False))
+    until = v0_record(chain)["jailed_until"]
+    raw = chain.tx(OPERATORS[0], MsgLeaveValidator())
+    apphelpers.assert_rejected_without_state_change(
+        chain, OPERATORS[0], raw, errors.InvalidMessage.code, f"jailed until height {until}", MINTED
+    )
+    while chain.height < until:
+        chain.block()
+    assert [r.code for r in chain.block([chain.tx(OPERATORS[0], MsgLeaveValidator())]).tx_results] == [0]
+    holds(chain)
+
+
+def test_evidence_against_a_validator_its_operator_left_also_jails_the_one_it_runs_now(chain):
+    """Leave A, create B, then evidence of A's duplicate vote: the operator is tombstoned and B,
+    its validator now, leaves the set too; later evidence against B still slashes."""
+    create(chain, 0, 5 * UNIT)
+    chain.block([chain.tx(OPERATORS[0], MsgLeaveValidator())])
+    assert updates(chain.block([chain.tx(OPERATORS[0], create_msg(8, "b", 0, OPERATORS[0]))])) == [
+        (consensus_key(8), 5)
+    ]
+    response = chain.block(misbehavior=[duplicate_vote(consensus_key(0), chain.height - 3)])
+    assert updates(response) == [(consensus_key(8), 0)]
+    bonded = int(chain.answer("/staking/stake", OPERATORS[0].address.encode())["bonded"])
+    response = chain.block(misbehavior=[duplicate_vote(consensus_key(8), chain.height - 1)])
+    assert [e["reason"] for e in events_of(response, "slash")] == ["duplicate_vote"]
+    assert int(chain.answer("/staking/stake", OPERATORS[0].address.encode())["bonded"]) < bonded
+    holds(chain)

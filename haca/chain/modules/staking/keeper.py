@@ -83,7 +83,7 @@ class StakingParams:
         "power_unit": 10**40,
         "min_validator_stake": 10**40,
         "max_validators": 1000,
-        "signed_blocks_window": 1_000_000,
+        "signed_blocks_window": 100_000,  # a window change forgets every missed-block key at once
         "min_signed_bps": BPS,
         "downtime_jail_blocks": 1 << 32,
     }

@@ -105,8 +105,12 @@ class StakingModule(Module):
 
     def _leave_validator(self, ctx: TxContext, msg: MsgLeaveValidator) -> list[Event]:
         address, record = self._own_validator(ctx)
+        until = int(record.get("jailed_until", 0))
+        if record.get("jailed") and ctx.height < until:  # else leave + create with a new key skips the jail
+            raise InvalidMessage(f"validator {address.hex()} is jailed until height {until}: serve it before leaving")
         self.keeper.set_validator(ctx.state, address, {**record, "left": True})
         self.keeper.remove_operator(ctx.state, ctx.signer)
+        self.keeper.reset_liveness(ctx.state, address)
         return [Event("leave_validator", {"validator": address.hex(), "operator": ctx.signer})]
 
     def _unjail(self, ctx: TxContext, msg: MsgUnjail) -> list[Event]:
@@ -228,14 +232,19 @@ class StakingModule(Module):
     def _double_sign(self, ctx: BlockContext, address: bytes, height: int, result: BlockResult) -> None:
         """Slash the validator's operator (burned) and remove it from the set, once."""
         record = self.keeper.validator(ctx.state, address)
-        if record is None or self.keeper.tombstoned(ctx.state, record["operator"]):
-            return  # unknown to the app, or already removed for an earlier vote (a downtime jail is no shield)
+        if record is None or record.get("double_signed"):
+            return  # unknown to the app, or already punished for an earlier vote (a downtime jail is no shield)
         bps = self.keeper.params(ctx.state).double_sign_slash_bps
         slashed = self.keeper.slash(ctx.state, record["operator"], bps)
         self.keeper.burn(ctx.state, slashed)
         # jailed for good, the operator too; end_block sends its power 0 (when CometBFT still has it)
-        self.keeper.set_validator(ctx.state, address, {**record, "jailed": True})
+        self.keeper.set_validator(ctx.state, address, {**record, "jailed": True, "double_signed": True})
         self.keeper.tombstone(ctx.state, record["operator"])
+        current = self.keeper.operator_validator(ctx.state, record["operator"])
+        if current is not None and current != address:  # it left the one that signed twice for another
+            other = self.keeper.validator(ctx.state, current)
+            if other is not None:
+                self.keeper.set_validator(ctx.state, current, {**other, "jailed": True})
         attrs = {
             "validator": address.hex(),
             "operator": record["operator"],
