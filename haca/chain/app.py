@@ -6,7 +6,7 @@ It sees only ABCI requests and responses (haca.chain.abci owns sockets and frami
 from __future__ import annotations
 
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -50,6 +50,15 @@ log = structlog.get_logger("haca.app")
 PROOF_OP_TYPE = "haca:mpt"
 
 
+@dataclass(frozen=True)
+class BlockFacts:
+    """What CometBFT tells the app about a block besides its txs: the evidence it carries and the
+    previous block's signatures. Part of what makes two executions the same block."""
+
+    misbehavior: tuple[Misbehavior, ...] = ()
+    votes: tuple[tuple[bytes, bool], ...] = ()
+
+
 @dataclass
 class ExecutedBlock:
     height: int
@@ -58,7 +67,7 @@ class ExecutedBlock:
     state: CachedState
     results: list[TxResult]
     block: BlockResult  # what the modules' begin- and end-block hooks did
-    misbehavior: tuple[Misbehavior, ...] = ()  # CometBFT's evidence the block carried
+    facts: BlockFacts = field(default_factory=lambda: BlockFacts())
 
 
 class HistoricalState:
@@ -228,10 +237,8 @@ class HacaApp(BaseApplication):
         """A throwaway state over what the next block starts from (genesis writes included)."""
         return CachedState(self.block_state if self.block_state is not None else self.store)
 
-    def _hooks(
-        self, state: CachedState, height: int, time: int, end: bool, misbehavior: tuple[Misbehavior, ...] = ()
-    ) -> BlockResult:
-        ctx = BlockContext(state, height, time, self.runner.chain_id, misbehavior)
+    def _hooks(self, state: CachedState, height: int, time: int, end: bool, facts: BlockFacts) -> BlockResult:
+        ctx = BlockContext(state, height, time, self.runner.chain_id, facts.misbehavior, facts.votes)
         result = BlockResult()
         for module in self.modules:
             result.extend(module.end_block(ctx) if end else module.begin_block(ctx))
@@ -240,8 +247,8 @@ class HacaApp(BaseApplication):
     def prepare_proposal(self, req: abci.RequestPrepareProposal) -> abci.ResponsePrepareProposal:
         state = self._proposal_scratch()
         time = req.time.seconds
-        misbehavior = _misbehavior(req.misbehavior)
-        block = self._hooks(state, req.height, time, end=False, misbehavior=misbehavior)
+        facts = _facts(req.misbehavior, req.local_last_commit)
+        block = self._hooks(state, req.height, time, end=False, facts=facts)
         self.runner.height, self.runner.time = req.height, time
         chosen: list[bytes] = []
         results: list[TxResult] = []
@@ -260,25 +267,24 @@ class HacaApp(BaseApplication):
                 chosen.append(raw)
                 results.append(result)
                 size += len(raw)
-        block.extend(self._hooks(state, req.height, time, end=True))
+        block.extend(self._hooks(state, req.height, time, end=True, facts=facts))
         # A successful tx changes state the same way atomic or not, so this is the block's
         # execution: the proposer's own ProcessProposal and FinalizeBlock reuse it.
-        self.processed = ExecutedBlock(req.height, time, chosen, state, results, block, misbehavior)
+        self.processed = ExecutedBlock(req.height, time, chosen, state, results, block, facts)
         return abci.ResponsePrepareProposal(txs=chosen)
 
-    def _execute(self, height: int, time: int, txs: list[bytes], misbehavior: tuple[Misbehavior, ...]) -> ExecutedBlock:
+    def _execute(self, height: int, time: int, txs: list[bytes], facts: BlockFacts) -> ExecutedBlock:
         """Run a block on a branch of the state the next block starts from; nothing is kept."""
         state = self._proposal_scratch()
-        block = self._hooks(state, height, time, end=False, misbehavior=misbehavior)
+        block = self._hooks(state, height, time, end=False, facts=facts)
         self.runner.height, self.runner.time = height, time
         results = [self.runner.run(state, raw, atomic=False) for raw in txs]
-        block.extend(self._hooks(state, height, time, end=True))
-        return ExecutedBlock(height, time, txs, state, results, block, misbehavior)
+        block.extend(self._hooks(state, height, time, end=True, facts=facts))
+        return ExecutedBlock(height, time, txs, state, results, block, facts)
 
     def process_proposal(self, req: abci.RequestProcessProposal) -> abci.ResponseProcessProposal:
-        block = self._executed(
-            req.height, req.time.seconds, [bytes(raw) for raw in req.txs], _misbehavior(req.misbehavior)
-        )
+        txs, facts = [bytes(raw) for raw in req.txs], _facts(req.misbehavior, req.proposed_last_commit)
+        block = self._executed(req.height, req.time.seconds, txs, facts)
         rejected = next((r for r in block.results if r.ante_failed), None)
         if rejected is not None:
             log.warning("reject_proposal", height=req.height, reason=rejected.log)
@@ -286,18 +292,11 @@ class HacaApp(BaseApplication):
         self.processed = block  # FinalizeBlock of this very block reuses the execution
         return abci.ResponseProcessProposal(status=abci.ResponseProcessProposal.ACCEPT)
 
-    def _executed(
-        self, height: int, time: int, txs: list[bytes], misbehavior: tuple[Misbehavior, ...]
-    ) -> ExecutedBlock:
+    def _executed(self, height: int, time: int, txs: list[bytes], facts: BlockFacts) -> ExecutedBlock:
         """This block's execution: the one Prepare/ProcessProposal kept if it is the same block."""
         block = self.processed
-        if block is None or (block.height, block.time, block.txs, block.misbehavior) != (
-            height,
-            time,
-            txs,
-            misbehavior,
-        ):
-            block = self._execute(height, time, txs, misbehavior)
+        if block is None or (block.height, block.time, block.txs, block.facts) != (height, time, txs, facts):
+            block = self._execute(height, time, txs, facts)
         return block
 
     def finalize_block(self, req: abci.RequestFinalizeBlock) -> abci.ResponseFinalizeBlock:
@@ -305,9 +304,8 @@ class HacaApp(BaseApplication):
             return self._finalize_block(req)
 
     def _finalize_block(self, req: abci.RequestFinalizeBlock) -> abci.ResponseFinalizeBlock:
-        executed = self._executed(
-            req.height, req.time.seconds, [bytes(raw) for raw in req.txs], _misbehavior(req.misbehavior)
-        )
+        txs, facts = [bytes(raw) for raw in req.txs], _facts(req.misbehavior, req.decided_last_commit)
+        executed = self._executed(req.height, req.time.seconds, txs, facts)
         self.processed = None
         state, results, block = executed.state, executed.results, executed.block
         if self.block_state is not None:  # InitChain's writes come first in this block
@@ -339,11 +337,18 @@ class HacaApp(BaseApplication):
         return abci.ResponseCommit(retain_height=0)
 
 
-def _misbehavior(items: Any) -> tuple[Misbehavior, ...]:
-    """CometBFT's evidence of a block, in a deterministic order (as it comes, which every validator
-    gets the same)."""
-    return tuple(
-        Misbehavior(int(m.type), bytes(m.validator.address), int(m.height), int(m.validator.power)) for m in items
+BLOCK_ID_FLAG_ABSENT = 1  # cometbft.types.BlockIDFlag: the validator's signature is not in the commit
+
+
+def _facts(misbehavior: Any, last_commit: Any) -> BlockFacts:
+    """CometBFT's evidence of a block and the previous block's signatures, in the order they come
+    (which every validator gets the same). A NIL vote is a signature too: the validator was there."""
+    return BlockFacts(
+        tuple(
+            Misbehavior(int(m.type), bytes(m.validator.address), int(m.height), int(m.validator.power))
+            for m in misbehavior
+        ),
+        tuple((bytes(v.validator.address), int(v.block_id_flag) != BLOCK_ID_FLAG_ABSENT) for v in last_commit.votes),
     )
 
 

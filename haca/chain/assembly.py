@@ -20,6 +20,7 @@ from typing import Any
 
 from haca.chain.genesis import AppGenesis, GenesisAccount, parse_app_genesis
 from haca.chain.modules.staking.keeper import stake_power
+from haca.crypto.consensus import verify_possession
 from haca.crypto.keys import SignatureError
 from haca.types.staking import GenesisValidator
 
@@ -68,6 +69,8 @@ def collect_genesis(
             raise GenesisAssemblyError(f"{who}: signed by {signer}, not by its operator")
         if entry.chain_id != draft["chain_id"]:
             raise GenesisAssemblyError(f"{who}: for chain {entry.chain_id!r}, not {draft['chain_id']!r}")
+        if not verify_possession(entry.pub_key, entry.possession, entry.chain_id, entry.operator):
+            raise GenesisAssemblyError(f"{who}: its consensus key's proof of possession does not verify")
         pub_key = base64.b64encode(entry.pub_key).decode()
         if pub_key in seen_keys or entry.operator in seen_operators or entry.node_id in seen_nodes:
             raise GenesisAssemblyError(f"{who}: its consensus key, operator or node id is in another entry")

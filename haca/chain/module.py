@@ -44,6 +44,9 @@ class BlockContext:
     time: int  # unix seconds, from the block header
     chain_id: str
     misbehavior: tuple[Misbehavior, ...] = ()
+    # The previous block's signatures, as CometBFT reports them: (consensus address, signed), in
+    # its order (the set's). A validator absent from the commit did not sign.
+    votes: tuple[tuple[bytes, bool], ...] = ()
 
 
 @dataclass(frozen=True)

@@ -79,9 +79,12 @@ def send_msg(
     after: Callable[[ChainClient, str], dict[str, Any]] | None = None,
 ) -> dict[str, Any]:
     """Sign `msg` with the key `from_` (default: the home's), send it, wait for it to commit; its
-    hash and height, with what `after(chain, signer address)` reads once it has."""
+    hash and height, with what `after(chain, signer address)` reads once it has. `msg` may be made
+    from the chain id and the signer's address: msg(chain_id, signer address)."""
     config = ClientConfig.load(client_home(home))
     key = keystore(home).get(from_ or config.default_key).key
+    if callable(msg):
+        msg = msg(config.chain_id, key.address)
     chain = connect(config)
     try:
         outcome = chain.send_msgs(key, (msg,), wait=True)

@@ -3,7 +3,6 @@ operator's account signs; the consensus key comes from the validator's home)."""
 
 from __future__ import annotations
 
-import base64
 import json
 from pathlib import Path
 from typing import Annotated, Any
@@ -17,9 +16,22 @@ from haca.chain.supervisor import identity
 from haca.cli.common import HomeOption, JsonOption, cli_command, client_home, console, emit, keystore, send_msg
 from haca.cli.devnet import validator_app
 from haca.client.config import ClientConfig, connect
-from haca.types.staking import GenesisValidator, MsgCreateValidator, MsgEditValidator, MsgLeaveValidator
+from haca.crypto.consensus import consensus_seed, sign_possession
+from haca.types.staking import (
+    GenesisValidator,
+    MsgCreateValidator,
+    MsgEditValidator,
+    MsgLeaveValidator,
+    MsgUnjail,
+)
 
 KeyOption = Annotated[str | None, typer.Option("--from", help="the operator's key (default: the home's default key)")]
+
+
+def _possession(validator_home: Path, chain_id: str, operator: str) -> tuple[bytes, bytes]:
+    """The validator's consensus public key and its proof of possession for `operator` on `chain_id`."""
+    key = json.loads((ValidatorHome(validator_home).cometbft / "config" / "priv_validator_key.json").read_text())
+    return sign_possession(consensus_seed(key), chain_id, operator)
 
 
 def _send(home: Path | None, from_: str | None, msg: Any) -> dict[str, Any]:
@@ -39,8 +51,12 @@ def validator_create(
     """Make your account the operator of the validator at --validator-home: its power is your
     bonded stake (in the chain's power units); it joins the set two blocks after this tx when that
     puts it among the most powerful, with at least the minimum stake."""
-    pub_key = base64.b64decode(identity(ValidatorHome(validator_home)).pub_key["value"])
-    answer = _send(home, from_, MsgCreateValidator(pub_key, moniker, self_bond))
+
+    def msg(chain_id: str, operator: str) -> MsgCreateValidator:
+        pub_key, possession = _possession(validator_home, chain_id, operator)  # signed for this operator
+        return MsgCreateValidator(pub_key, moniker, self_bond, possession)
+
+    answer = _send(home, from_, msg)
     emit(json_out, answer, lambda: console.print(f"validator {moniker} created at height {answer['height']}"))
 
 
@@ -65,10 +81,20 @@ def validator_leave(from_: KeyOption = None, home: HomeOption = None, json_out: 
     emit(json_out, answer, lambda: console.print(f"left the set at height {answer['height']}"))
 
 
+@validator_app.command("unjail")
+@cli_command
+def validator_unjail(from_: KeyOption = None, home: HomeOption = None, json_out: JsonOption = False) -> None:
+    """Bring your validator back after a downtime jail, once its jail time is served (its power
+    returns two blocks later); a validator jailed for a duplicate vote stays jailed."""
+    answer = _send(home, from_, MsgUnjail())
+    emit(json_out, answer, lambda: console.print(f"unjailed at height {answer['height']}"))
+
+
 @validator_app.command("list")
 @cli_command
 def validator_list(home: HomeOption = None, json_out: JsonOption = False) -> None:
-    """Every validator the chain knows: consensus address, operator, moniker, power, jailed, left."""
+    """Every validator the chain knows: consensus address, operator, moniker, power, jailed (until
+    when), left, and blocks missed in its current liveness window."""
     chain = connect(ClientConfig.load(client_home(home)))
     try:
         validators = chain.query("/staking/validators")["validators"]
@@ -76,10 +102,14 @@ def validator_list(home: HomeOption = None, json_out: JsonOption = False) -> Non
         chain.close()
 
     def table() -> None:
-        out = Table("address", "operator", "moniker", "power", "status")
+        out = Table("address", "operator", "moniker", "power", "status", "missed")
         for v in sorted(validators, key=lambda v: (-int(v.get("power") or 0), v["address"])):
             status = "jailed" if v.get("jailed") else "left" if v.get("left") else "active"
-            out.add_row(v["address"], v["operator"], v.get("moniker", ""), str(v.get("power", "")), status)
+            if v.get("jailed_until"):
+                status += f" until {v['jailed_until']}"
+            live = v.get("liveness") or {}
+            missed = f"{live.get('missed', 0)} of {live.get('counter', 0)}"
+            out.add_row(v["address"], v["operator"], v.get("moniker", ""), str(v.get("power", "")), status, missed)
         console.print(out)
 
     emit(json_out, {"validators": validators}, table)
@@ -104,9 +134,8 @@ def validator_gentx(
     ident = identity(ValidatorHome(validator_home))
     key = keystore(home).get(from_ or ClientConfig.load(client_home(home)).default_key).key
     chain_id = json.loads(draft.read_text())["chain_id"]
-    entry = GenesisValidator(
-        chain_id, key.address, base64.b64decode(ident.pub_key["value"]), moniker, bond, ident.node_id, p2p
-    )
+    pub_key, possession = _possession(validator_home, chain_id, key.address)
+    entry = GenesisValidator(chain_id, key.address, pub_key, moniker, bond, ident.node_id, p2p, possession)
     GenesisValidator.from_json(entry.to_json())  # the same checks collect makes (node id, p2p, moniker)
     doc = {"entry": entry.to_json(), "signature": "0x" + entry.sign(key).hex()}
     out.write_text(json.dumps(doc, indent=2))

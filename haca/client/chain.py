@@ -16,7 +16,9 @@ the two calls, pass.
 from __future__ import annotations
 
 import base64
+import contextlib
 import json
+import logging
 import threading
 import time
 from dataclasses import dataclass
@@ -44,6 +46,8 @@ from haca.client.rpc import CometRpc, b64
 from haca.crypto.keys import PrivateKey
 from haca.crypto.state_proof import ProofError, verify_proof
 from haca.types.tx import Msg, build_tx
+
+log = logging.getLogger("haca.client.chain")
 
 PROOF_OP_TYPE = "haca:mpt"
 # Blocks a proven answer may be behind the latest verified header: honest endpoints a few blocks
@@ -353,8 +357,12 @@ class ChainClient:
             raise TxRejected(f"rejected (code {code}): {log}", code, log, _result_data(result, CHECK_TX_DATA))
         return str(result["hash"])
 
-    def wait_tx(self, tx_hash: str, timeout: float = 30.0) -> TxOutcome:
+    def wait_tx(self, tx_hash: str, timeout: float = 30.0, raw: bytes | None = None) -> TxOutcome:
+        """The tx's outcome once committed. With its bytes (`raw`), a tx waiting on an endpoint
+        whose chain stopped moving (a validator cut from its peers still answers, and its mempool
+        reaches nobody) is sent again through the next endpoint, which is asked from then on."""
         deadline = time.monotonic() + timeout
+        watch = _HeightWatch(self.rpc, STALLED_AFTER_S)
         while True:
             try:
                 found = self.rpc.tx(tx_hash)
@@ -364,6 +372,8 @@ class ChainClient:
                     if isinstance(exc, ChainUnavailable):
                         raise
                     raise HacaError(f"tx {tx_hash} not committed within {timeout:.0f}s") from None
+                if raw is not None and watch.stalled():
+                    self._resend_elsewhere(raw, tx_hash)
                 time.sleep(0.2)
         result = found["tx_result"]
         outcome = TxOutcome(
@@ -379,14 +389,54 @@ class ChainClient:
         return outcome
 
     def send_msgs(self, key: PrivateKey, msgs: tuple[Msg, ...], wait: bool = True) -> TxOutcome | str:
-        tx_hash = self.broadcast(self.sign(key, msgs))
-        return self.wait_tx(tx_hash) if wait else tx_hash
+        raw = self.sign(key, msgs)
+        tx_hash = self.broadcast(raw)
+        return self.wait_tx(tx_hash, raw=raw) if wait else tx_hash
+
+    def _resend_elsewhere(self, raw: bytes, tx_hash: str) -> None:
+        """The endpoint holding the tx stopped moving: ask the next one first from now on, and give
+        it the same bytes (same hash: the nonce lets it commit at most once)."""
+        if len(self.rpc.urls) < 2:
+            return
+        stalled = self.rpc.url
+        self.rpc.rotate()
+        log.warning("no new block at %s while tx %s waits: sent again through %s", stalled, tx_hash, self.rpc.url)
+        with contextlib.suppress(RpcError):  # already in that mempool, or down too: the wait goes on
+            self.rpc.broadcast_tx_sync(raw)
 
 
 # CometBFT writes a result's `data` two ways: broadcast_tx_sync's (CheckTx) as hex (HexBytes),
 # /tx's (FinalizeBlock) as base64 ([]byte). Hex digits are base64 too, so reading one as the
 # other gives bytes, not an error: a CheckTx refusal would name no receipt.
 CHECK_TX_DATA, TX_RESULT_DATA = "hex", "base64"
+
+
+STALLED_AFTER_S = 6.0  # seconds without a new block at an endpoint while a tx waits there: it is cut off
+
+
+class _HeightWatch:
+    """Whether the endpoint asked first has stopped making blocks (read at most once a second)."""
+
+    def __init__(self, rpc: CometRpc, stalled_after: float) -> None:
+        self.rpc, self.stalled_after = rpc, stalled_after
+        self.height, self.since, self.read_at = -1, time.monotonic(), float("-inf")
+
+    def stalled(self) -> bool:
+        now = time.monotonic()
+        if now - self.read_at < 1.0:
+            return False
+        self.read_at = now
+        try:
+            height = self.rpc.height()
+        except RpcError:
+            return False  # unreachable: the transport's failover handles it
+        if height > self.height:
+            self.height, self.since = height, now
+            return False
+        if now - self.since < self.stalled_after:
+            return False
+        self.height, self.since = -1, now  # judge the next endpoint afresh
+        return True
 
 
 def _result_data(result: dict[str, Any], encoding: str = TX_RESULT_DATA) -> bytes:

@@ -20,7 +20,7 @@ from haca.enclave.platforms.base import (
     PlatformUnavailable,
 )
 from haca.proofs.tee.attestation import Attestation
-from haca.proofs.tee.dev import PLATFORM_CERT_FILE, PLATFORM_KEY_FILE, make_dev_evidence
+from haca.proofs.tee.dev import PLATFORM_CERT_FILE, PLATFORM_KEY_FILE, TCB_STATUS_FILE, make_dev_evidence
 
 __all__ = [
     "GPU_NONCE_SIZE",
@@ -47,6 +47,7 @@ class DevPlatform:
         self._key_pem = (platform_dir / PLATFORM_KEY_FILE).read_bytes()
         self._chain_pem = (platform_dir / PLATFORM_CERT_FILE).read_bytes()
         self.measurement, self.debug = measurement, debug
+        self._tcb_file = platform_dir / TCB_STATUS_FILE
         # Fail at start, not at the first attest, when the platform files are not a usable pair.
         make_dev_evidence(self._key_pem, self._chain_pem, measurement, bytes(REPORT_DATA_SIZE), 0, debug)
 
@@ -58,8 +59,17 @@ class DevPlatform:
             report_data,
             int(time.time()) if now is None else now,
             self.debug,
+            self.tcb_status(),
         )
         return Attestation(format="dev", evidence=evidence, endorsements=b"")
+
+    def tcb_status(self) -> str:
+        """The TCB status the DEV platform reports now: read at each attestation, so a devnet can
+        make it fall behind the chain's minimum and patch it again without restarting the enclave."""
+        try:
+            return self._tcb_file.read_text().strip() or "UpToDate"
+        except FileNotFoundError:
+            return "UpToDate"
 
 
 def open_platform(

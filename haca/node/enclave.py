@@ -3,9 +3,11 @@ untrusted host) forwards the paid request with the terms it quoted, and keeps wh
 
 The node keeps the enclave's key registered on chain: it attests once at start, then re-attests (a
 heartbeat) when half the covered blocks are gone, and refuses tee requests once its coverage would
-not include the receipt's height. What the enclave answers is checked before it is stored: a
-receipt for another request, model, node or terms, or signed by another key (the enclave restarted
-with a new one), is not kept, and the request fails with 503.
+not include the receipt's height, or while the chain does not approve the enclave's measurement
+for the model (read each block: an answer signed while revoked, which the client's SDK refuses,
+would settle once governance approved it again, and charge that client). What the enclave answers
+is checked before it is stored: a receipt for another request, model, node or terms, or signed by
+another key (the enclave restarted with a new one), is not kept, and the request fails with 503.
 
 Attestation txs are sent by the node's account, as settlement txs are: both take the settler's
 transaction lock, so their nonces never collide.
@@ -30,7 +32,7 @@ from haca.types.batch import MsgSettleBatch
 from haca.types.modes import Mode
 from haca.types.receipt import SignedReceipt
 from haca.types.registry import PriceUnit
-from haca.types.tee import MsgAttestEnclave
+from haca.types.tee import GLOBAL_SCOPE, MsgAttestEnclave
 
 log = structlog.get_logger("haca.enclave")
 
@@ -74,6 +76,11 @@ class EnclaveKey:
         self.covered_from = 0  # where that coverage began: receipts before it, in a lapse, never settle
         self.loaded: list[tuple[str, str, int, int]] = []  # what `load` asked for: a new enclave loads it again
         self.attested_height = 0
+        # The scopes ("*" or model names) the chain approves this key's measurement under, read
+        # each block; None until first read (the chain decides meanwhile).
+        self.measurement_id = ""
+        self.approved: frozenset[str] | None = None
+        self._approvals_height = 0
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._loop, name="enclave-heartbeat", daemon=True)
 
@@ -131,10 +138,36 @@ class EnclaveKey:
                     for model in self.loaded:  # and no models: loaded first (a failure is retried next poll)
                         self.load(*model)
                     self.address, self.good_until, self.attested_height, self.covered_from = address, 0, 0, 0
-                if self.due(self.chain.rpc.height()):
+                    self.measurement_id, self.approved, self._approvals_height = "", None, 0
+                height = self.chain.rpc.height()
+                if height != self._approvals_height:  # apart: a refused heartbeat must not keep them stale
+                    try:
+                        self.read_approvals(height)
+                    except (HacaError, KeyError, ValueError) as exc:  # e.g. the key not registered yet
+                        log.warning("enclave_approvals_unread", key=self.address, error=str(exc))
+                if self.due(height):
                     self.attest()
             except (HacaError, EnclaveError, KeyError, ValueError) as exc:  # retried next poll
                 log.warning("enclave_heartbeat_failed", key=self.address, error=str(exc))
+
+    def read_approvals(self, height: int) -> None:
+        """Which scopes the chain approves this key's measurement under, as of `height`."""
+        if not self.measurement_id:
+            record = self.chain.query("/tee/enclave", self.address.encode())["enclave"]
+            self.measurement_id = str(record["measurement_id"])
+        approvals = self.chain.query("/tee/measurements")["approvals"]
+        self.approved = frozenset(str(a["model"]) for a in approvals if a["measurement_id"] == self.measurement_id)
+        self._approvals_height = height
+
+    def require_approved(self, model: str) -> None:
+        """Refuse a tee request for `model` (its name) while the chain approves the enclave's
+        measurement neither for it nor for every model ("*")."""
+        approved = self.approved
+        if approved is not None and GLOBAL_SCOPE not in approved and model not in approved:
+            raise EnclaveUnavailable(
+                f"the enclave's measurement {self.measurement_id} is not approved for model {model!r} on chain"
+                " (revoked?): tee requests are refused until governance approves it again"
+            )
 
     def require_covered(self, height: int) -> None:
         if height > self.good_until:

@@ -88,13 +88,15 @@ class PaidRequest:
             raise RequestTimeout(f"the body did not arrive within {BODY_DEADLINE_S:.0f} s") from None
 
     def quote(self, model_id: str, name: str, mode: str) -> Quote:
-        """The terms of (model, mode) at this height; tee: the enclave must be covered there, checked
-        before anything is charged."""
+        """The terms of (model, mode) at this height; tee: the enclave must be covered there and its
+        measurement approved for the model, checked before anything is charged."""
         quote = self.quotes.get((model_id, mode))
         if quote is None:
             raise ModeNotSupported(f"{name!r} is not offered in mode {mode!r} at this height")
         if mode == Mode.TEE:
-            enclave_of(self.ctx).require_covered(quote.height)
+            enclave = enclave_of(self.ctx)
+            enclave.require_covered(quote.height)
+            enclave.require_approved(name)
         return quote
 
     async def hold(self, charge: Callable[..., AcceptedPayment], *args: Any) -> AcceptedPayment:

@@ -6,6 +6,7 @@ import base64
 from dataclasses import dataclass
 from typing import Any, ClassVar, Self
 
+from haca.crypto.consensus import SIGNATURE_SIZE
 from haca.crypto.keys import PrivateKey
 from haca.types import eip712
 from haca.types import fields as f
@@ -72,13 +73,22 @@ def consensus_pub_key(value: Any) -> bytes:
     return raw
 
 
+def _possession(value: Any) -> bytes:
+    raw = f.base64_bytes(value, "possession", SIGNATURE_SIZE)
+    if len(raw) != SIGNATURE_SIZE:
+        raise ValueError("possession: expected a 64-byte ed25519 signature (base64)")
+    return raw
+
+
 @register_msg
 @dataclass(frozen=True)
 class MsgCreateValidator:
     """Make the signer the operator of a validator with consensus key `pub_key`, bonding
     `self_bond` more: its voting power is its operator's bonded stake in units of the `power_unit`
     param, and it joins the set (CometBFT applies it two blocks later) when that puts it among the
-    `max_validators` most powerful with at least `min_validator_stake` bonded."""
+    `max_validators` most powerful with at least `min_validator_stake` bonded. `possession`: the
+    consensus key's signature over the chain id and the signer's address
+    (haca.crypto.consensus), so no one can register a key that is not theirs."""
 
     type_name: ClassVar[str] = "staking/create_validator"
     eip712_name: ClassVar[str] = "MsgCreateValidator"
@@ -86,26 +96,39 @@ class MsgCreateValidator:
         ("pubKey", "bytes"),
         ("moniker", "string"),
         ("selfBond", "uint256"),
+        ("possession", "bytes"),
     ]
 
     pub_key: bytes
     moniker: str
     self_bond: int
+    possession: bytes
 
     def to_json(self) -> dict[str, Any]:
         return {
             "pub_key": base64.b64encode(self.pub_key).decode(),
             "moniker": self.moniker,
             "self_bond": str(self.self_bond),
+            "possession": base64.b64encode(self.possession).decode(),
         }
 
     def to_eip712(self) -> dict[str, Any]:
-        return {"pubKey": self.pub_key, "moniker": self.moniker, "selfBond": self.self_bond}
+        return {
+            "pubKey": self.pub_key,
+            "moniker": self.moniker,
+            "selfBond": self.self_bond,
+            "possession": self.possession,
+        }
 
     @classmethod
     def from_json(cls, value: dict[str, Any]) -> MsgCreateValidator:
-        doc = f.require_fields(value, {"pub_key", "moniker", "self_bond"}, cls.type_name)
-        return cls(consensus_pub_key(doc["pub_key"]), _moniker(doc["moniker"]), f.uint(doc["self_bond"], "self_bond"))
+        doc = f.require_fields(value, {"pub_key", "moniker", "self_bond", "possession"}, cls.type_name)
+        return cls(
+            consensus_pub_key(doc["pub_key"]),
+            _moniker(doc["moniker"]),
+            f.uint(doc["self_bond"], "self_bond"),
+            _possession(doc["possession"]),
+        )
 
 
 @register_msg
@@ -153,6 +176,29 @@ class MsgLeaveValidator:
         return cls()
 
 
+@register_msg
+@dataclass(frozen=True)
+class MsgUnjail:
+    """Bring the signer's validator back after a downtime jail (once its jail time is served and
+    its operator still has the minimum stake); its power returns two blocks later. A validator
+    jailed for a duplicate vote is jailed for good."""
+
+    type_name: ClassVar[str] = "staking/unjail"
+    eip712_name: ClassVar[str] = "MsgUnjail"
+    eip712_fields: ClassVar[list[tuple[str, str]]] = []
+
+    def to_json(self) -> dict[str, Any]:
+        return {}
+
+    def to_eip712(self) -> dict[str, Any]:
+        return {}
+
+    @classmethod
+    def from_json(cls, value: dict[str, Any]) -> MsgUnjail:
+        f.require_fields(value, set(), cls.type_name)
+        return cls()
+
+
 GENESIS_VALIDATOR_FIELDS = [
     ("chainId", "string"),
     ("operator", "address"),
@@ -161,6 +207,7 @@ GENESIS_VALIDATOR_FIELDS = [
     ("bond", "uint256"),
     ("nodeId", "string"),
     ("p2p", "string"),
+    ("possession", "bytes"),
 ]
 
 
@@ -168,7 +215,8 @@ GENESIS_VALIDATOR_FIELDS = [
 class GenesisValidator:
     """One operator's entry for a new network's genesis (`haca validator gentx`): its validator's
     consensus key and peer address, and the bond it takes from the operator's genesis balance —
-    signed by the operator (EIP-712), so `haca network collect` takes no entry it did not sign."""
+    signed by the operator (EIP-712), so `haca network collect` takes no entry it did not sign, with
+    the consensus key's proof of possession for that operator (no one can list another's key)."""
 
     chain_id: str
     operator: str
@@ -177,6 +225,7 @@ class GenesisValidator:
     bond: int
     node_id: str  # CometBFT's node id (hex of 20 bytes)
     p2p: str  # host:port its peers dial
+    possession: bytes  # the consensus key's signature over chain id and operator (haca.crypto.consensus)
 
     def eip712_message(self) -> dict[str, Any]:
         return {
@@ -187,6 +236,7 @@ class GenesisValidator:
             "bond": self.bond,
             "nodeId": self.node_id,
             "p2p": self.p2p,
+            "possession": self.possession,
         }
 
     def sign(self, key: PrivateKey) -> bytes:
@@ -208,6 +258,7 @@ class GenesisValidator:
             "bond": str(self.bond),
             "node_id": self.node_id,
             "p2p": self.p2p,
+            "possession": base64.b64encode(self.possession).decode(),
         }
 
     @classmethod
@@ -228,4 +279,5 @@ class GenesisValidator:
             bond=f.uint(doc["bond"], "bond"),
             node_id=node_id,
             p2p=p2p,
+            possession=_possession(doc["possession"]),
         )

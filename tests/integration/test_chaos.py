@@ -11,7 +11,7 @@ from haca.devnet.chaos import SCENARIOS, ChaosOptions, run_chaos
 pytestmark = [pytest.mark.devnet, pytest.mark.slow]
 
 # Seconds of load per scenario: a few slots of faults each, the whole module a few minutes on 2 cores.
-DURATIONS = {"validators": 30.0, "services": 40.0, "tee": 30.0}
+DURATIONS = {"validators": 30.0, "services": 40.0, "tee": 40.0}
 
 
 @pytest.mark.parametrize("scenario", list(DURATIONS))

@@ -18,8 +18,10 @@ import pytest
 from haca.chain.home import ValidatorHome
 from haca.chain.supervisor import identity
 from haca.client.chain import ChainClient
+from haca.client.errors import TxRejected
 from haca.client.rpc import CometRpc
 from haca.devnet.accounts import VALIDATOR_BOND
+from haca.types import codes
 from haca.types.staking import MsgCreateValidator, MsgLeaveValidator
 from tests.integration.helpers import assert_devnet_supply_holds, wait_height
 
@@ -55,6 +57,10 @@ def haca_cli(devnet: Any, *args: str) -> dict[str, Any]:
     return dict(json.loads(out.stdout))
 
 
+def validator_of(devnet, operator: str) -> dict:
+    return next(v for v in devnet.client.query("/staking/validators")["validators"] if v["operator"] == operator)
+
+
 def test_a_fifth_validator_joins_by_stake_signs_and_leaves_and_clients_follow_the_set(devnet):
     net, chain = devnet.net, devnet.client
     operator = devnet.keys.get("dev5").key
@@ -74,6 +80,10 @@ def test_a_fifth_validator_joins_by_stake_signs_and_leaves_and_clients_follow_th
     assert seconds < 60
     listed = {v["operator"]: v for v in haca_cli(devnet, "validator", "list")["validators"]}
     assert listed[operator.address]["power"] == 10 and listed[operator.address]["moniker"] == "val4"
+    # CometBFT's commits reach the app's liveness count under the same consensus address
+    wait_for(lambda: validator_of(devnet, operator.address)["liveness"]["counter"] >= 3, 30, "its signatures counted")
+    live = validator_of(devnet, operator.address)["liveness"]
+    assert live["missed"] < live["counter"] and validator_of(devnet, operator.address)["jailed"] is False
 
     # app hashes agree on all five from the block it joined in
     rpcs = [CometRpc(n.rpc) for n in net.load().nodes]
@@ -105,8 +115,10 @@ def test_a_fifth_validator_joins_by_stake_signs_and_leaves_and_clients_follow_th
     net.stop("val4")
 
 
-def test_creating_a_validator_with_a_taken_key_is_refused(devnet):
-    """The consensus key of a genesis validator cannot be claimed by another operator."""
+def test_creating_a_validator_with_another_validators_key_is_refused(devnet):
+    """The consensus key of a genesis validator cannot be claimed by another operator: it cannot
+    prove it holds the key (and a key registered once is never registered again)."""
     genesis_key = base64.b64decode(identity(ValidatorHome(Path(devnet.net.load().nodes[0].home))).pub_key["value"])
-    with pytest.raises(Exception, match="is taken"):
-        devnet.client.send_msgs(devnet.keys.get("dev6").key, (MsgCreateValidator(genesis_key, "thief", 0),))
+    with pytest.raises(TxRejected, match="proof of possession does not verify") as refused:
+        devnet.client.send_msgs(devnet.keys.get("dev6").key, (MsgCreateValidator(genesis_key, "thief", 0, bytes(64)),))
+    assert refused.value.abci_code == codes.UNAUTHORIZED

@@ -18,6 +18,9 @@ How each is made real, without root, on loopback:
   it again.
 - attestation expiry: the governance authority shortens the heartbeat interval and the enclave is
   paused until the chain's coverage of its key lapses; heal: resume it, restore the interval.
+- minimum TCB raised: the enclave's DEV platform reports an out-of-date TCB (a file in its
+  directory), the authority raises the policy's minimum above it: the next heartbeat is refused
+  and coverage lapses; heal: the platform is patched, the policy restored.
 """
 
 from __future__ import annotations
@@ -45,6 +48,7 @@ from haca.devnet.chaos.load import LoadRecorder
 from haca.devnet.chaos.records import ServedReceipt, StepRecord
 from haca.devnet.network import Devnet, DevnetState, NodeRecord, rpc_height
 from haca.devnet.processes import free_ports, group_alive, process_alive, signal_group, wait_group_gone
+from haca.proofs.tee.dev import TCB_STATUS_FILE
 from haca.types.tee import GLOBAL_SCOPE, MsgApproveMeasurement, MsgRevokeMeasurement, MsgSetTeePolicy
 from haca.types.tx import Msg
 
@@ -53,6 +57,7 @@ log = structlog.get_logger("haca.chaos")
 RECOVERY_TIMEOUT_S = 180.0
 SHORT_HEARTBEAT = 12  # blocks: the attestation-expiry step's heartbeat interval
 NOT_APPROVED = "not approved"  # the chain's refusal of a receipt whose measurement was revoked
+BEHIND_TCB = "SWHardeningNeeded"  # the TCB status node0's DEV platform falls back to in raise-min-tcb
 
 
 class StepFailed(RuntimeError):
@@ -580,6 +585,61 @@ class AttestationExpiry(Perturbation):
 
     def recovered(self, ctx: ChaosContext) -> bool:
         return ctx.probe_infer("tee") is not None
+
+
+class MinTcbRaised(Perturbation):
+    """node0's DEV platform falls behind (it reports `BEHIND_TCB`), which the authority first
+    accepts; then it raises the minimum TCB back to UpToDate, under a short heartbeat interval: the
+    key's next heartbeat is refused and its coverage lapses (tee refused). A raised minimum applies
+    at each key's next attestation, so the exposure is at most one heartbeat interval. Heal: the
+    platform is patched (UpToDate again) and the policy restored; recovered once tee is served."""
+
+    kind = "tee-tcb"
+
+    def __init__(self, hold_s: float, wait_s: float = 120.0) -> None:
+        super().__init__("raise-min-tcb", "enclave0", hold_s)
+        self.wait_s = wait_s
+
+    def inject(self, ctx: ChaosContext) -> None:
+        policy = ctx.chain.query("/tee/policy")
+        self.original = {k: policy[k] for k in ("heartbeat_interval", "min_tcb_status")}
+        self.status_file = ctx.net.dir / "enclave0" / TCB_STATUS_FILE
+        ctx.governance(MsgSetTeePolicy({"min_tcb_status": BEHIND_TCB, "heartbeat_interval": SHORT_HEARTBEAT}))
+        self.status_file.write_text(BEHIND_TCB)
+        deadline = time.monotonic() + self.wait_s
+        while True:  # re-attested from the platform that fell behind, under the short interval
+            enclave = ctx.latest_enclave()
+            short = int(enclave["good_until"]) - int(enclave["attested_height"]) <= SHORT_HEARTBEAT
+            if short and enclave.get("tcb_status") == BEHIND_TCB:
+                break
+            if time.monotonic() > deadline:
+                raise StepFailed(f"node0 did not re-attest with TCB {BEHIND_TCB} under a policy that allows it")
+            time.sleep(0.5)
+        ctx.governance(MsgSetTeePolicy({"min_tcb_status": "UpToDate"}))
+        enclave = ctx.latest_enclave()  # as of the raise: a heartbeat may have landed just before it
+        good_until = int(enclave["good_until"])
+        while chain_height(ctx) <= good_until + 1:  # the heartbeats meanwhile are refused: coverage lapses
+            if time.monotonic() > deadline:
+                raise StepFailed(f"the chain did not pass the key's coverage (good until {good_until})")
+            time.sleep(0.3)
+        after = ctx.latest_enclave()
+        if after["key"] == enclave["key"] and int(after["attested_height"]) != int(enclave["attested_height"]):
+            raise StepFailed(f"a heartbeat with TCB {after.get('tcb_status')} was accepted under the raised minimum")
+        self.detail.update(key=enclave["key"], good_until=good_until, lapsed_at_height=chain_height(ctx))
+        served = ctx.probe_infer("tee")
+        self.detail["tee_while_lapsed"] = "served and accepted" if served else ctx.last_probe_error
+
+    def heal(self, ctx: ChaosContext) -> None:
+        if hasattr(self, "status_file"):
+            self.status_file.unlink(missing_ok=True)  # patched: UpToDate
+        if hasattr(self, "original"):
+            ctx.governance(MsgSetTeePolicy(self.original))
+
+    def recovered(self, ctx: ChaosContext) -> bool:
+        return ctx.probe_infer("tee") is not None
+
+    def cleanup(self, ctx: ChaosContext) -> None:
+        self.heal(ctx)
 
 
 def resume_all(ctx: ChaosContext) -> None:

@@ -10,6 +10,7 @@ from haca.devnet.chaos.perturb import (
     BatchNodeKill,
     EnclaveKill,
     MeasurementRevoked,
+    MinTcbRaised,
     Perturbation,
     ProverKill,
     ServiceKill,
@@ -41,7 +42,12 @@ def services() -> list[Perturbation]:
 
 
 def tee() -> list[Perturbation]:
-    return [MeasurementRevoked(hold_s=4.0), AttestationExpiry(hold_s=2.0), EnclaveKill(hold_s=2.0)]
+    return [
+        MeasurementRevoked(hold_s=4.0),
+        AttestationExpiry(hold_s=2.0),
+        EnclaveKill(hold_s=2.0),
+        MinTcbRaised(hold_s=2.0),
+    ]
 
 
 def everything() -> list[Perturbation]:

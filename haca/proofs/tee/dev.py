@@ -9,9 +9,13 @@ every claim says so: the payload carries `DEV_LABEL` and `Claims.dev` is true.
 A document is CBOR ``[payload bstr, signature bstr]``; the payload is exactly one CBOR map::
 
     {"format": "haca-dev/1", "label": DEV_LABEL, "measurement": 32 bytes, "report_data": 64 bytes,
-     "debug": bool, "time": unix seconds, "certificate": leaf DER, "cabundle": [DER, ...]}
+     "debug": bool, "time": unix seconds, "certificate": leaf DER, "cabundle": [DER, ...],
+     "tcb_status": text (optional; absent: "UpToDate")}
 
-and the signature is ECDSA P-256/SHA-256 (DER) over the payload bytes by the leaf certificate's key.
+The TCB status is what the DEV platform reports of itself (the file `TCB_STATUS_FILE` in its
+directory, one of `TCB_STATUSES`), so a devnet can play a platform that falls behind the chain's
+minimum TCB and is patched again. The signature is ECDSA P-256/SHA-256 (DER) over the payload
+bytes by the leaf certificate's key.
 `verify_dev` checks, in order: ``format`` (the CBOR shape, every field's type and size, the label),
 ``chain`` (leaf <- cabundle... <- the supplied root; a root copy in the cabundle is never an anchor),
 ``expired`` (every certificate, the supplied root included, valid at ``now``) and ``signature``.
@@ -36,7 +40,14 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 
-from haca.proofs.tee.claims import CERTIFICATE_ERRORS, AttestationError, Claims, check_validity, names_parse
+from haca.proofs.tee.claims import (
+    CERTIFICATE_ERRORS,
+    TCB_STATUSES,
+    AttestationError,
+    Claims,
+    check_validity,
+    names_parse,
+)
 
 DEV_LABEL = "DEV-MODE, NOT FOR PRODUCTION"
 DEV_FORMAT = "haca-dev/1"
@@ -44,6 +55,7 @@ ROOT_COMMON_NAME = "HACA DEV ROOT - NOT FOR PRODUCTION"
 PLATFORM_COMMON_NAME = "HACA DEV PLATFORM"
 ROOT_KEY_FILE, ROOT_CERT_FILE = "dev_root.key", "dev_root.pem"
 PLATFORM_KEY_FILE, PLATFORM_CERT_FILE = "platform.key", "platform.pem"
+TCB_STATUS_FILE = "tcb_status"  # in the platform directory; absent: "UpToDate"
 MEASUREMENT_SIZE = 32
 REPORT_DATA_SIZE = 64
 VALIDITY = dt.timedelta(days=3652)  # ~10 years: a devnet never has to renew
@@ -56,6 +68,7 @@ MAX_DOCUMENT_SIZE = 64 * 1024
 _PAYLOAD_FIELDS = frozenset(
     ("format", "label", "measurement", "report_data", "debug", "time", "certificate", "cabundle")
 )
+_OPTIONAL_FIELDS = frozenset(("tcb_status",))
 _DECODE_ERRORS = (cbor2.CBORError, ValueError, TypeError, EOFError, OverflowError, RecursionError)
 
 
@@ -239,15 +252,20 @@ def make_dev_evidence(
     report_data: bytes,
     time: int,
     debug: bool = False,
+    tcb_status: str = "UpToDate",
 ) -> bytes:
     """A dev attestation document (see the module doc) signed by the platform key."""
+    if tcb_status not in TCB_STATUSES:
+        raise ValueError(f"a dev TCB status is one of {list(TCB_STATUSES)}, not {tcb_status!r}")
     if len(measurement) != MEASUREMENT_SIZE:
         raise ValueError(f"a dev measurement is {MEASUREMENT_SIZE} bytes, not {len(measurement)}")
     if len(report_data) != REPORT_DATA_SIZE:
         raise ValueError(f"dev report data is {REPORT_DATA_SIZE} bytes, not {len(report_data)}")
     key, chain = load_platform(platform_key_pem, platform_chain_pem)
+    fields: dict[str, Any] = {"tcb_status": tcb_status} if tcb_status != "UpToDate" else {}
     payload = cbor2.dumps(
         {
+            **fields,
             "format": DEV_FORMAT,
             "label": DEV_LABEL,
             "measurement": bytes(measurement),
@@ -308,8 +326,9 @@ def _check_payload(payload: Any) -> dict[str, Any]:
     if not isinstance(payload, Mapping):
         raise AttestationError("format", f"the payload is a CBOR {type(payload).__name__}, not a map")
     keys = set(payload)
-    if keys != _PAYLOAD_FIELDS:
-        missing, unknown = sorted(_PAYLOAD_FIELDS - keys), sorted(map(repr, keys - _PAYLOAD_FIELDS))
+    if not _PAYLOAD_FIELDS <= keys <= _PAYLOAD_FIELDS | _OPTIONAL_FIELDS:
+        known = _PAYLOAD_FIELDS | _OPTIONAL_FIELDS
+        missing, unknown = sorted(_PAYLOAD_FIELDS - keys), sorted(map(repr, keys - known))
         raise AttestationError("format", f"the payload's fields differ (missing {missing}, unknown {unknown})")
     if payload["format"] != DEV_FORMAT:
         raise AttestationError("format", f"format is {payload['format']!r}, not {DEV_FORMAT!r}")
@@ -329,7 +348,11 @@ def _check_payload(payload: Any) -> dict[str, Any]:
         or not all(isinstance(c, bytes) and 1 <= len(c) <= MAX_CERT_SIZE for c in cabundle)
     ):
         raise AttestationError("format", f"cabundle is not an array of at most {MAX_CABUNDLE} DER byte strings")
+    tcb_status = payload.get("tcb_status", "UpToDate")
+    if tcb_status not in TCB_STATUSES:  # a known status only: a policy ranks it
+        raise AttestationError("format", f"tcb_status is {tcb_status!r}, not one of {list(TCB_STATUSES)}")
     return {
+        "tcb_status": tcb_status,
         "measurement": _bytes_field(payload, "measurement", MEASUREMENT_SIZE),
         "report_data": _bytes_field(payload, "report_data", REPORT_DATA_SIZE),
         "debug": debug,
@@ -426,7 +449,7 @@ def verify_dev(document: bytes | str, now: int, root_pem: bytes) -> Claims:
         measurements={"measurement": fields["measurement"]},
         report_data=fields["report_data"],
         debug=fields["debug"],
-        tcb_status="UpToDate",
+        tcb_status=fields["tcb_status"],
         signer_chain=tuple(c.subject.rfc4514_string() for c in chain),
         time=fields["time"],
         extra={"label": DEV_LABEL},

@@ -60,17 +60,29 @@ class Node:
         """The header time of block `height` (a harness with another block clock overrides it)."""
         return block_time(height)
 
-    def finalize(self, txs: list[bytes], misbehavior: Sequence[abci.Misbehavior] = ()) -> abci.ResponseFinalizeBlock:
+    def finalize(
+        self,
+        txs: list[bytes],
+        misbehavior: Sequence[abci.Misbehavior] = (),
+        votes: Sequence[tuple[bytes, bool]] = (),
+    ) -> abci.ResponseFinalizeBlock:
+        """`votes`: the previous block's commit as CometBFT reports it, (consensus address, signed)."""
         self.height += 1
         request = abci.RequestFinalizeBlock(height=self.height, txs=txs, hash=block_hash_of(self.height))
         request.time.seconds = self.time_of(self.height)
         request.misbehavior.extend(misbehavior)
+        for address, signed in votes:
+            vote = request.decided_last_commit.votes.add(block_id_flag=2 if signed else 1)
+            vote.validator.address, vote.validator.power = address, 10
         return self.app.finalize_block(request)
 
     def block(
-        self, txs: Sequence[bytes] = (), misbehavior: Sequence[abci.Misbehavior] = ()
+        self,
+        txs: Sequence[bytes] = (),
+        misbehavior: Sequence[abci.Misbehavior] = (),
+        votes: Sequence[tuple[bytes, bool]] = (),
     ) -> abci.ResponseFinalizeBlock:
-        resp = self.finalize(list(txs), misbehavior)
+        resp = self.finalize(list(txs), misbehavior, votes)
         self.app.commit(abci.RequestCommit())
         return resp
 

@@ -470,8 +470,6 @@ class Ledger:
 
     def outside_cause(self, claim: ModelClaim) -> bool:
         """Governance, not the node, kept the claimed receipt from settling: the claim is voided."""
-        if claim.min_stake <= claim.bonded < self.staking.min_stake((claim.mode,)):
-            return True
         if claim.signer == ENCLAVE.address and claim.mode == "tee":
             revoked = max(self.revoked_at.get("*", 0), self.revoked_at.get(MODEL.name, 0))
             if revoked and revoked >= claim.hint and (not self.approved_now() or revoked >= claim.height):
@@ -617,8 +615,9 @@ class Ledger:
             raise Refused(codes.AUTHORIZATION_EXPIRED, "settlement window")
         if r.mode not in NODE_MODES[signer]:
             raise Refused(codes.UNAUTHORIZED, "mode not served")
-        if self.bonded.get(signer, 0) < self.staking.min_stake((r.mode,)):
-            raise Refused(codes.INSUFFICIENT_STAKE, "stake")
+        met = claimed and self.claims[served.id].bonded >= self.claims[served.id].min_stake
+        if not met and self.bonded.get(signer, 0) < self.staking.min_stake((r.mode,)):
+            raise Refused(codes.INSUFFICIENT_STAKE, "stake")  # a claim made while it was met pays
         self._verify(served)
         if r.fee < PRICE:
             raise Refused(codes.INVALID_PAYMENT, "below price")

@@ -16,6 +16,7 @@ import pytest
 from haca.chain.assembly import GenesisAssemblyError, collect_genesis, draft_genesis
 from haca.chain.genesis import AppGenesis, GenesisAccount, parse_app_genesis
 from haca.chain.modules.staking.keeper import StakingParams
+from haca.crypto.consensus import sign_possession
 from haca.crypto.keys import PrivateKey
 from haca.types.staking import GenesisValidator
 from tests.unit.chain.apphelpers import Node
@@ -38,14 +39,18 @@ def draft() -> dict:
 
 def entry(i: int, bond: int = 10 * UNIT, key: PrivateKey | None = None, **changes) -> tuple[GenesisValidator, bytes]:
     operator = OPERATORS[i]
+    pub_key, possession = sign_possession(
+        hashlib.sha256(f"consensus {i}".encode()).digest(), CHAIN_ID, operator.address
+    )
     value = GenesisValidator(
         CHAIN_ID,
         operator.address,
-        hashlib.sha256(f"consensus {i}".encode()).digest(),
+        pub_key,
         f"val{i}",
         bond,
         hashlib.sha256(f"node {i}".encode()).hexdigest()[:40],
         f"10.0.0.{i + 1}:26656",
+        possession,
     )
     value = dataclasses.replace(value, **changes)
     return value, value.sign(key or operator)
@@ -80,6 +85,7 @@ def test_three_operators_make_a_genesis_whose_set_is_theirs_and_whose_supply_is_
         ("bond_above_balance", f"its genesis balance is {BALANCE}"),
         ("below_minimum", "below the minimum validator stake"),
         ("same_key_twice", "is in another entry"),
+        ("key_not_theirs", "proof of possession does not verify"),
         ("no_entries", "at least one validator"),
     ],
 )
@@ -89,7 +95,17 @@ def test_an_entry_that_cannot_be_in_the_genesis_is_refused_naming_why(case: str,
         "other_chain": [entry(0, chain_id="other-chain")],
         "bond_above_balance": [entry(0, bond=BALANCE + 1)],
         "below_minimum": [entry(0, bond=5 * UNIT - 1)],
-        "same_key_twice": [entry(0), entry(1, pub_key=entry(0)[0].pub_key)],
+        # its holder's key listed twice (the proof made for the second operator): one entry only
+        "same_key_twice": [
+            entry(0),
+            entry(
+                1,
+                pub_key=entry(0)[0].pub_key,
+                possession=sign_possession(hashlib.sha256(b"consensus 0").digest(), CHAIN_ID, OPERATORS[1].address)[1],
+            ),
+        ],
+        # another's key, with the proof its holder made for itself
+        "key_not_theirs": [entry(1, pub_key=entry(0)[0].pub_key, possession=entry(0)[0].possession)],
         "no_entries": [],
     }[case]
     with pytest.raises(GenesisAssemblyError, match=message):

@@ -16,6 +16,7 @@ from hypothesis import strategies as st
 from prometheus_client import generate_latest
 from tendermint.abci import types_pb2 as abci
 
+from haca.chain.app import BlockFacts
 from haca.chain.modules.inference.keeper import ESCROW_ACCOUNT, settled_index_key
 from haca.chain.store import INDEX_PREFIX
 from haca.crypto.hashing import sha256
@@ -440,7 +441,7 @@ def test_the_proposers_execution_of_a_batch_equals_every_other_validators(chain)
     assert list(chain.app.prepare_proposal(request).txs) == [raw]
     proposed = chain.app.processed
     assert proposed is not None
-    executed = chain.app._execute(height, proposed.time, [raw], ())
+    executed = chain.app._execute(height, proposed.time, [raw], BlockFacts())
     assert proposed.state.writes == executed.state.writes
     assert any(k.startswith(b"index/inference/settled/") for k in executed.state.writes)
 

@@ -230,15 +230,71 @@ def test_a_genesis_whose_unbonding_is_shorter_than_the_claim_window_and_deadline
     parse_app_genesis(canonical_json(base.to_json()))  # the same with the unbonding it needs
 
 
-def test_a_minimum_stake_raised_by_governance_during_the_window_voids_the_claim(chain):
+def test_a_minimum_stake_raised_by_governance_during_the_window_is_no_excuse_for_a_silent_node(chain):
+    """It could settle its claimed receipt all the same (the claim pays): silent, it is slashed."""
     item = tee_item(chain, 110)
     ok(chain.deliver(CLIENT, MsgClaim(item.receipt, item.payment)))
     deadline = chain.height + DEADLINE
     ok(chain.deliver(AUTHORITY, MsgUpdateParams("staking", {"min_stake_tee": str(2 * STAKE)})))
+    assert outcome_at(chain, deadline) == "slash"
+    assert int(stake(chain, NODE.address)["bonded"]) < STAKE
+    holds(chain)
+
+
+def test_a_node_under_the_minimum_when_claimed_cannot_settle_the_claim_with_its_hold(chain):
+    """Only a node that met the minimum when the claim was made settles it whatever its bond."""
+    ok(chain.deliver(AUTHORITY, MsgUpdateParams("staking", {"min_stake_tee": str(2 * STAKE)})))
+    item = tee_item(chain, 119)
+    ok(chain.deliver(CLIENT, MsgClaim(item.receipt, item.payment)))
     refused = chain.deliver(NODE, MsgSettle((item,)))
     assert refused.code == errors.InsufficientStake.code, refused.log
-    assert outcome_at(chain, deadline) == "claim_voided"
+    holds(chain)
+
+
+def slash_or_void_events(chain: Node, until: int) -> list[str]:
+    kinds = []
+    while chain.height < until:
+        kinds += [e.type for e in chain.block().events if e.type in ("slash", "claim_voided")]
+        holds(chain)
+    return kinds
+
+
+def test_a_minimum_stake_raised_during_the_window_does_not_stop_the_node_settling_its_claimed_receipt(chain):
+    """The minimum bounds new business; a claimed receipt was served while it was met, and its
+    claim's hold pays."""
+    item = tee_item(chain, 111)
+    escrow = chain.escrow(CLIENT.address, NODE.address)
+    ok(chain.deliver(CLIENT, MsgClaim(item.receipt, item.payment)))
+    deadline = chain.height + DEADLINE
+    ok(chain.deliver(AUTHORITY, MsgUpdateParams("staking", {"min_stake_tee": str(2 * STAKE)})))
+    unclaimed = tee_item(chain, 112)  # new business under the raised minimum: refused
+    assert chain.deliver(NODE, MsgSettle((unclaimed,))).code == errors.InsufficientStake.code
+    ok(chain.deliver(NODE, MsgSettle((item,))))
+    assert chain.answer("/inference/receipt", item.receipt.id.encode())["status"] == "verified"
+    assert chain.escrow(CLIENT.address, NODE.address) == escrow - FEE - settlement_fee(chain)
+    assert slash_or_void_events(chain, deadline + 1) == []
     assert stake(chain, NODE.address)["bonded"] == str(STAKE)
+    holds(chain)
+
+
+def test_one_slash_does_not_cascade_into_a_slash_for_every_claim_that_follows(chain):
+    """A node slashed below the minimum (silent on one claim) still answers its other claims: were
+    its settlements refused for the stake the slash took, each later claim would slash it again."""
+    ok(chain.deliver(AUTHORITY, MsgUpdateParams("staking", {"min_stake_tee": str(STAKE)})))  # met exactly
+    missed, answered = tee_item(chain, 113), tee_item(chain, 114)
+    ok(chain.deliver(CLIENT, MsgClaim(missed.receipt, missed.payment)))
+    first_deadline = chain.height + DEADLINE
+    ok(chain.deliver(CLIENT, MsgClaim(answered.receipt, answered.payment)))
+    second_deadline = chain.height + DEADLINE
+    assert outcome_at(chain, first_deadline) == "slash"
+    after_slash = int(stake(chain, NODE.address)["bonded"])
+    assert after_slash < STAKE  # below the minimum now
+    escrow = chain.escrow(CLIENT.address, NODE.address)
+    ok(chain.deliver(NODE, MsgSettle((answered,))))
+    assert chain.answer("/inference/receipt", answered.receipt.id.encode())["status"] == "verified"
+    assert chain.escrow(CLIENT.address, NODE.address) == escrow  # the claim's hold paid
+    assert slash_or_void_events(chain, second_deadline + 1) == []
+    assert int(stake(chain, NODE.address)["bonded"]) == after_slash
     holds(chain)
 
 

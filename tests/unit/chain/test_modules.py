@@ -94,3 +94,41 @@ def test_a_proposal_executed_at_another_time_is_not_reused(tmp_path: Path) -> No
     finalize.time.seconds = 222
     node.app.finalize_block(finalize)
     assert [s for s in recorder.seen if s[0] == "begin"] == [("begin", 1, 111), ("begin", 1, 222)]
+
+
+class VoteRecorder(Recorder):
+    def begin_block(self, ctx: BlockContext) -> BlockResult:
+        self.seen.append(("votes", ctx.height, ctx.votes))  # type: ignore[arg-type]
+        return BlockResult()
+
+
+def votes_seen(recorder: VoteRecorder) -> list:
+    return [(s[1], s[2]) for s in recorder.seen if s[0] == "votes"]
+
+
+def test_the_block_hooks_see_the_commit_each_abci_call_reports_and_a_proposal_with_other_votes_is_not_reused(
+    tmp_path: Path,
+) -> None:
+    node = Node(tmp_path / "state.db")
+    recorder = VoteRecorder()
+    node.app.modules.append(recorder)
+    node.init(GENESIS)
+    signer, absent = b"\x11" * 20, b"\x22" * 20
+    process = abci.RequestProcessProposal(height=1)
+    for address, flag in ((signer, 2), (absent, 1)):
+        vote = process.proposed_last_commit.votes.add(block_id_flag=flag)
+        vote.validator.address = address
+    node.app.process_proposal(process)
+    same = abci.RequestFinalizeBlock(height=1)
+    same.decided_last_commit.CopyFrom(process.proposed_last_commit)
+    node.app.finalize_block(same)  # the same block: ProcessProposal's execution is reused
+    assert votes_seen(recorder) == [(1, ((signer, True), (absent, False)))]
+    node.app.commit(abci.RequestCommit())
+    recorder.seen.clear()
+    process = abci.RequestProcessProposal(height=2)
+    process.proposed_last_commit.votes.add(block_id_flag=2).validator.address = signer
+    node.app.process_proposal(process)
+    other = abci.RequestFinalizeBlock(height=2)
+    other.decided_last_commit.votes.add(block_id_flag=3).validator.address = absent  # a NIL vote: there
+    node.app.finalize_block(other)
+    assert votes_seen(recorder) == [(2, ((signer, True),)), (2, ((absent, True),))]

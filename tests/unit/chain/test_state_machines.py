@@ -918,19 +918,34 @@ def test_a_batch_replayed_and_a_receipt_settled_twice_are_refused() -> None:
     assert [(r["index"], r["code"]) for r in rejected] == [(1, codes.FEE_ABOVE_LIMIT)]
 
 
-def test_a_minimum_stake_raised_above_the_nodes_bond_voids_the_claim_instead_of_slashing() -> None:
+def test_a_minimum_stake_raised_above_the_nodes_bond_is_no_excuse_for_a_silent_node() -> None:
+    """It could have settled its claimed receipt (the claim pays): silent, it is slashed."""
     m = ChainMachine()
     served = m._serve("RICH", "NODE", "tee", 1_500, "none", "request")
     run_steps(
         m,
         lambda m: m.claim(served, "client", False),
         lambda m: m.update_params(("staking", "min_stake_tee", "6000000"), "AUTHORITY"),
-        lambda m: m.answer_claims("NODE"),  # below the new minimum: cannot be paid (24)
-        lambda m: m.advance(4),  # the deadline passes: voided, no slash
-        lambda m: m.update_params(("staking", "min_stake_tee", "1000000"), "AUTHORITY"),
-        lambda m: m.settle([served], "node"),  # with its own payment, inside the window
+        lambda m: m.advance(4),  # the deadline passes, the node silent
     )
-    assert [b.codes for b in m.blocks if b.codes] == [[0], [0], [codes.INSUFFICIENT_STAKE], [0], [0]]
+    assert [b.codes for b in m.blocks if b.codes] == [[0], [0]]
     events = [e for b in m.blocks for e in b.events]
-    assert "claim_voided" in events and "slash" not in events
-    assert m.ledger.settled[(RICH.address, served.receipt.request_id)] == served.id
+    assert "slash" in events and "claim_voided" not in events
+
+
+def test_a_node_below_a_raised_minimum_still_settles_its_claimed_receipt_but_no_new_one() -> None:
+    m = ChainMachine()
+    claimed = m._serve("RICH", "NODE", "tee", 1_500, "none", "request")
+    unclaimed = m._serve("RICH", "NODE", "tee", 1_500, "none", "request")
+    run_steps(
+        m,
+        lambda m: m.claim(claimed, "client", False),
+        lambda m: m.update_params(("staking", "min_stake_tee", "6000000"), "AUTHORITY"),
+        lambda m: m.answer_claims("NODE"),  # the claim's hold pays
+        lambda m: m.settle([unclaimed], "node"),  # new business under the raised minimum (24)
+        lambda m: m.advance(4),
+    )
+    assert [b.codes for b in m.blocks if b.codes] == [[0], [0], [0], [codes.INSUFFICIENT_STAKE]]
+    events = [e for b in m.blocks for e in b.events]
+    assert "claim_voided" not in events and "slash" not in events
+    assert m.ledger.settled[(RICH.address, claimed.receipt.request_id)] == claimed.id

@@ -17,7 +17,7 @@ from typing import Any
 import pytest
 
 from haca.client.chain import ChainClient
-from haca.client.errors import ChainUnavailable, QueryFailed, RpcError, TxRejected
+from haca.client.errors import ChainUnavailable, HacaError, QueryFailed, RpcError, TxRejected
 from haca.client.rpc import CometRpc
 from tests.unit.fakeclock import FakeClock
 
@@ -301,3 +301,46 @@ def test_wait_tx_during_an_outage_raises_chain_unavailable():
     client = ChainClient([dead_url(), dead_url()], "test")
     with pytest.raises(ChainUnavailable):
         client.wait_tx(TX_HASH, timeout=0.3)
+
+
+# --- a validator cut from its peers ---------------------------------------------------------------
+
+
+def test_a_tx_waiting_at_an_endpoint_that_stopped_making_blocks_is_sent_again_through_the_next(endpoints, monkeypatch):
+    """Issue 23's chaos campaign: a validator cut from its peers still answers — CheckTx passes,
+    its height stands still, and the tx never leaves its mempool. The wait sees the height stand
+    still, asks the next endpoint from then on, and gives it the same bytes."""
+    monkeypatch.setattr("haca.client.chain.STALLED_AFTER_S", 0.5)
+    isolated = endpoints(
+        lambda r: status_at(10) if r["method"] == "status" else broadcaster(checktx=ok({"code": 0, "hash": TX_HASH}))(r)
+    )
+    heights = iter(range(20, 10_000))
+    received: list[str] = []
+
+    def live(request: dict[str, Any]) -> Answer:
+        if request["method"] == "status":
+            return status_at(next(heights))
+        if request["method"] == "broadcast_tx_sync":
+            received.append(request["params"]["tx"])
+            return ok({"code": 0, "hash": TX_HASH, "log": ""})
+        return broadcaster(checktx=ok({}), committed=bool(received))(request)
+
+    other = endpoints(live)
+    client = ChainClient([isolated.url, other.url], "test")
+    assert client.broadcast(RAW) == TX_HASH  # accepted by the isolated validator
+    outcome = client.wait_tx(TX_HASH, timeout=10, raw=RAW)
+    assert outcome.height == 5
+    assert received == [base64.b64encode(RAW).decode()]
+    assert client.rpc.url == other.url  # asked first from now on
+
+
+def test_without_its_bytes_a_wait_at_a_stalled_endpoint_only_waits(endpoints, monkeypatch):
+    monkeypatch.setattr("haca.client.chain.STALLED_AFTER_S", 0.2)
+    isolated = endpoints(
+        lambda r: status_at(10) if r["method"] == "status" else rpc_error("Internal error", "not found")
+    )
+    other = endpoints(broadcaster(checktx=ok({"code": 0, "hash": TX_HASH})))
+    client = ChainClient([isolated.url, other.url], "test")
+    with pytest.raises(HacaError, match="not committed within 2s"):
+        client.wait_tx(TX_HASH, timeout=2)
+    assert other.requests == []

@@ -140,6 +140,47 @@ def test_a_tee_request_at_a_height_before_the_keys_coverage_resumed_is_a_503(tmp
     assert node.store.unsettled_count() == 0
 
 
+class ApprovalsChain:
+    """The two reads the heartbeat makes of the measurement's approvals."""
+
+    def __init__(self, approvals: list[dict[str, str]]) -> None:
+        self.approvals = approvals
+
+    def query(self, path: str, data: bytes = b"") -> dict:
+        if path == "/tee/enclave":
+            return {"enclave": {"key": data.decode(), "measurement_id": "dev:" + "07" * 32}}
+        assert path == "/tee/measurements"
+        return {"approvals": self.approvals}
+
+
+@pytest.mark.parametrize("approved_again", ["*", "double"])
+def test_a_tee_request_while_the_measurement_is_revoked_is_a_503_and_served_again_once_approved(
+    tmp_path, enclave, approved_again
+):
+    """The chaos campaign's revoke-measurement: a node that served while revoked signed receipts
+    that settled once governance approved again, charging clients whose SDK had refused the answer."""
+    mid = "dev:" + "07" * 32
+    chain = ApprovalsChain([{"model": "double", "measurement_id": "dev:" + "08" * 32}])  # another's only
+    node, key = tee_node(tmp_path / "revoked", enclave.socket)
+    assert key is not None
+    key.chain = chain  # type: ignore[assignment]
+    key.read_approvals(HEIGHT)
+    _, headers = pay(node, "tee")
+    response = node.client.post("/v1/infer", json={"model": "double", "mode": "tee", "input": INPUT}, headers=headers)
+    message = assert_error(response, 503, "enclave_unavailable")
+    assert f"measurement {mid} is not approved for model 'double'" in message
+    assert node.store.unsettled_count() == 0 and node.store.unsettled_charges(CLIENT.address) == (0, 0)
+    # approved again, for every model or for this one: read at the next block, served
+    node, key = tee_node(tmp_path / "approved", enclave.socket)
+    assert key is not None
+    key.chain = chain  # type: ignore[assignment]
+    chain.approvals = [{"model": approved_again, "measurement_id": mid}]
+    key.read_approvals(HEIGHT + 1)
+    _, headers = pay(node, "tee")
+    response = node.client.post("/v1/infer", json={"model": "double", "mode": "tee", "input": INPUT}, headers=headers)
+    assert response.status_code == 200, response.text
+
+
 def test_a_node_without_an_enclave_refuses_tee_with_a_503(tmp_path):
     node, _ = tee_node(tmp_path, None)
     _, headers = pay(node, "tee")

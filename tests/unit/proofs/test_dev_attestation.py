@@ -17,6 +17,7 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 
 from haca.crypto.keys import PrivateKey
+from haca.enclave.evidence import DevPlatform
 from haca.enclave.measure import enclave_measurement
 from haca.proofs.tee.attestation import Attestation, verify_attestation
 from haca.proofs.tee.binding import key_binding, measurement_id
@@ -24,12 +25,14 @@ from haca.proofs.tee.claims import AttestationError, AttestationPolicy
 from haca.proofs.tee.dev import (
     DEV_LABEL,
     ROOT_COMMON_NAME,
+    TCB_STATUS_FILE,
     issue_dev_platform,
     make_dev_evidence,
     make_dev_root,
     measure_sources,
     verify_dev,
 )
+from haca.proofs.tee.policy import TeePolicy
 
 CHAIN_ID = "haca-devnet"
 NONCE = bytes(range(32))
@@ -116,6 +119,33 @@ def test_root_and_platform_files_are_private_labelled_and_reused(tmp_path: Path)
         issue_dev_platform(tmp_path / "other", net.platform_dir)
     with pytest.raises(FileNotFoundError):
         issue_dev_platform(tmp_path / "nowhere", tmp_path / "p2")
+
+
+def test_the_platform_reports_the_tcb_status_in_its_directory_and_a_policy_ranks_it(devnet: Devnet) -> None:
+    """The DEV platform can fall behind a chain's minimum TCB and be patched again (the chaos
+    campaign's `raise-min-tcb`, issue 23): the status is signed in the evidence, absent = UpToDate."""
+    platform = DevPlatform(devnet.platform_dir, MEASUREMENT)
+    status_file = devnet.platform_dir / TCB_STATUS_FILE
+    try:
+        status_file.write_text("SWHardeningNeeded\n")
+        claims = verify_dev(platform.attest(REPORT_DATA, devnet.now).evidence, devnet.now, devnet.root_pem)
+        assert claims.tcb_status == "SWHardeningNeeded"
+        TeePolicy(formats=("dev",), min_tcb_status="SWHardeningNeeded").check_claims(claims, devnet.now)
+        with pytest.raises(AttestationError, match="worse than the policy's 'UpToDate'") as refused:
+            TeePolicy(formats=("dev",)).check_claims(claims, devnet.now)
+        assert refused.value.step == "tcb_status"
+        status_file.write_text("UpToDate")  # patched
+        patched = verify_dev(platform.attest(REPORT_DATA, devnet.now).evidence, devnet.now, devnet.root_pem)
+        assert patched.tcb_status == "UpToDate"
+        status_file.write_text("Patched, honest")
+        with pytest.raises(ValueError, match="a dev TCB status is one of"):
+            platform.attest(REPORT_DATA, devnet.now)
+    finally:
+        status_file.unlink(missing_ok=True)
+    # Signed but unknown: refused at the format step (a policy could not rank it).
+    payload, _, _ = split(devnet.evidence())
+    assert step_of(resign(devnet, {**payload, "tcb_status": "Fine"}), devnet) == "format"
+    assert step_of(resign(devnet, {**payload, "tcb_status": 1}), devnet) == "format"
 
 
 def test_evidence_verifies_with_the_facts_it_was_made_with(devnet: Devnet) -> None:

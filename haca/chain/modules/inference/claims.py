@@ -153,16 +153,13 @@ def outside_cause(keeper: InferenceKeeper, tee: TeeKeeper, state: ReadableState,
       was signed, and it is not approved at the deadline, or the revocation came during the
       window (revocations are recorded by height: a measurement never approved for the model, or
       revoked and approved again before the claim, is the node's to settle);
-    - governance raised the mode's minimum stake during the window above the bond the node had
-      when the claim was made, which met the minimum then (a node under the minimum cannot be
-      paid; unbonding after the claim does not count);
     - governance required GPU evidence for the model (TEE policy gpu_required) after the receipt
       was signed, and the enclave that signed it has none (a requirement in force when it signed
       is the node's to meet).
     The client's own acts cannot stop the settlement: the claim is the payment (its hold pays, its
-    allowance share is reserved), so an expiry, a revocation or a drained lane changes nothing."""
-    if claim.min_stake <= claim.bonded < keeper.staking.params(state).min_stake((claim.mode,)):
-        return "governance raised the minimum stake of the mode above the node's bond"
+    allowance share is reserved), so an expiry, a revocation or a drained lane changes nothing.
+    A minimum stake raised during the window is no cause: a node that met the minimum when the
+    claim was made settles its claimed receipt whatever its bond is now (settle.py)."""
     record = tee.enclave(state, claim.signer)
     if record is not None and claim.mode == Mode.TEE:
         mid, model = record.measurement_id, claim.model_name

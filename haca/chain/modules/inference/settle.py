@@ -2,6 +2,7 @@
 
 Checks (any failure rejects the whole MsgSettle, nothing changes):
 the tx signer is the receipt's node and signed it; the receipt's height hint is not in the future;
+the node's bond meets the mode's minimum stake (for a claimed receipt: it did when claimed);
 the model's terms in effect at that height allow the mode and price it at most the fee (terms
 changed later never void a receipt); the node is registered for that model and mode; the mode's
 verifier accepts the signature (vanilla: the node's account key; tee: an enclave key attested for
@@ -56,7 +57,8 @@ def settle_item(
         raise InvalidPayment(f"receipt is for chain {receipt.chain_id!r}")
     check_height_hint(receipt.height_hint, ctx.height)
     params = keeper.params(ctx.state)
-    claimed = keeper.claim(ctx.state, item.receipt.id) is not None
+    claim = keeper.claim(ctx.state, item.receipt.id)
+    claimed = claim is not None
     if not claimed:
         # A receipt settles within the claim window of its height: a node cannot sign receipts
         # with old height hints to make them unclaimable and still be paid for them.
@@ -64,7 +66,11 @@ def settle_item(
     manifest = registry.model_in_effect(ctx.state, receipt.model_id, receipt.height_hint, receipt.node)
     node = registry.node(ctx.state, ctx.signer)
     check_model_registered(ctx.signer, node, manifest, receipt.mode)
-    check_stake(keeper, ctx.state, ctx.signer, receipt.mode)
+    if claim is None or claim.bonded < claim.min_stake:
+        # The minimum stake bounds new business. A claimed receipt whose node met the minimum when
+        # the claim was made is paid by the claim's hold: a node slashed (or a minimum raised)
+        # since must still answer it, or one slash would cascade into one for every later claim.
+        check_stake(keeper, ctx.state, ctx.signer, receipt.mode)
     vctx = VerifyContext(
         ctx.chain_id,
         ctx.height,

@@ -7,6 +7,10 @@
     staking/validator/<consensus address:20>         -> {"pub_key", "operator", "jailed", "moniker",
                                                          "power" (last sent to CometBFT), "left"} JSON
     staking/operator/<address:20>                    -> the consensus address of its validator
+    staking/liveness/<consensus address:20>          -> {"counter", "missed"}: blocks seen in the
+                                                         set, of which missed in the current window
+    staking/missed/<consensus address:20><index:u32be> -> present: the block at that window index
+                                                         was missed
 
 A validator's voting power is its operator's bonded stake in `power_unit`s, among the
 `max_validators` most powerful with at least `min_validator_stake` bonded (ties: the lower
@@ -39,6 +43,8 @@ UNBONDING_PREFIX = PREFIX + b"unbonding/"
 UNBONDING_OF_PREFIX = PREFIX + b"unbonding_of/"
 VALIDATOR_PREFIX = PREFIX + b"validator/"
 OPERATOR_PREFIX = PREFIX + b"operator/"
+LIVENESS_PREFIX = PREFIX + b"liveness/"
+MISSED_PREFIX = PREFIX + b"missed/"
 TOMBSTONE_PREFIX = PREFIX + b"tombstone/"  # operators jailed for a duplicate vote: never a validator again
 STAKING_ACCOUNT = "0x" + keccak256(b"haca/module/staking/bonded")[12:].hex()
 BPS = 10_000
@@ -62,7 +68,12 @@ class Bank(Protocol):
 
 @dataclass(frozen=True)
 class StakingParams:
-    MINIMUMS: ClassVar[dict[str, int]] = {"unbonding_period": 1, "power_unit": 1, "max_validators": 1}
+    MINIMUMS: ClassVar[dict[str, int]] = {
+        "unbonding_period": 1,
+        "power_unit": 1,
+        "max_validators": 1,
+        "signed_blocks_window": 1,
+    }
     LIMITS: ClassVar[dict[str, int]] = {
         "unbonding_period": 1 << 32,
         "min_stake_vanilla": 10**30,
@@ -72,6 +83,9 @@ class StakingParams:
         "power_unit": 10**40,
         "min_validator_stake": 10**40,
         "max_validators": 1000,
+        "signed_blocks_window": 100_000,  # a window change forgets every missed-block key at once
+        "min_signed_bps": BPS,
+        "downtime_jail_blocks": 1 << 32,
     }
 
     unbonding_period: int = 600  # blocks between MsgUnbond and the payout (>= claim window + deadline)
@@ -82,6 +96,11 @@ class StakingParams:
     power_unit: int = 10**18  # bonded stake per unit of voting power
     min_validator_stake: int = 10**18  # a validator with less bonded has no power
     max_validators: int = 100  # the set: this many most powerful
+    # Liveness: a validator that signed fewer than `min_signed_bps` of the last
+    # `signed_blocks_window` blocks is jailed (power 0) for `downtime_jail_blocks`, then may unjail.
+    signed_blocks_window: int = 1000
+    min_signed_bps: int = 5000
+    downtime_jail_blocks: int = 600
 
     def min_stake(self, modes: Iterable[str]) -> int:
         """The stake a node serving `modes` needs: the highest of their minimums."""
@@ -277,6 +296,36 @@ class StakingKeeper:
             if want != have:
                 changes.append((address, str(record["pub_key"]), want))
         return changes
+
+    # --- liveness -------------------------------------------------------------------------------
+
+    def record_vote(self, state: CachedState, address: bytes, signed: bool, params: StakingParams) -> tuple[int, int]:
+        """Count one block of validator `address` (signed or missed) in its sliding window, as a
+        missed-bit per window index; (blocks counted, missed in the window)."""
+        raw = state.get(LIVENESS_PREFIX + address)
+        live = json.loads(raw) if raw else {"counter": 0, "missed": 0}
+        counter, missed = int(live["counter"]), int(live["missed"])
+        bit = MISSED_PREFIX + address + (counter % params.signed_blocks_window).to_bytes(4, "big")
+        was_missed = state.get(bit) is not None
+        if was_missed and signed:
+            state.delete(bit)
+            missed -= 1
+        elif not was_missed and not signed:
+            state.set(bit, b"1")
+            missed += 1
+        counter += 1
+        state.set(LIVENESS_PREFIX + address, canonical_json({"counter": counter, "missed": missed}))
+        return counter, missed
+
+    def reset_liveness(self, state: CachedState, address: bytes) -> None:
+        """Forget a validator's window (jailed, or back from jail: it is judged afresh)."""
+        for key, _ in list(state.iter_prefix(MISSED_PREFIX + address)):
+            state.delete(key)
+        state.delete(LIVENESS_PREFIX + address)
+
+    def liveness(self, state: ReadableState, address: bytes) -> dict[str, int]:
+        raw = state.get(LIVENESS_PREFIX + address)
+        return {k: int(v) for k, v in json.loads(raw).items()} if raw else {"counter": 0, "missed": 0}
 
     def tombstone(self, state: CachedState, operator: str) -> None:
         state.set(TOMBSTONE_PREFIX + _addr(operator), b"1")

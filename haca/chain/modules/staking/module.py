@@ -2,7 +2,9 @@
 claim is pending), the validator set by stake (MsgCreateValidator / MsgEditValidator /
 MsgLeaveValidator; powers from bonded stake, sent to CometBFT at the end of each block where they
 changed), and CometBFT's duplicate-vote evidence: the validator is slashed and jailed for good
-(power 0)."""
+(power 0). Liveness: from each block's commit, a validator in the set that signed fewer than
+`min_signed_bps` of the last `signed_blocks_window` blocks is jailed (power 0, not slashed) for
+`downtime_jail_blocks`; then MsgUnjail brings it back."""
 
 from __future__ import annotations
 
@@ -11,11 +13,12 @@ import hashlib
 from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any
 
-from haca.chain.errors import InsufficientStake, InvalidMessage, InvalidQuery, NotFound
+from haca.chain.errors import InsufficientStake, InvalidMessage, InvalidQuery, NotFound, Unauthorized
 from haca.chain.events import Event
 from haca.chain.module import BlockContext, BlockResult, Invariant, Module, Query, ValidatorUpdate
 from haca.chain.modules.staking.keeper import (
     BOND_PREFIX,
+    BPS,
     PARAMS_KEY,
     STAKING_ACCOUNT,
     UNBONDING_OF_PREFIX,
@@ -26,8 +29,16 @@ from haca.chain.modules.staking.keeper import (
 from haca.chain.params import parse_params
 from haca.chain.state import CachedState, ReadableState
 from haca.chain.tx import Handler, TxContext
+from haca.crypto.consensus import verify_possession
 from haca.crypto.keys import normalize_address
-from haca.types.staking import MsgBond, MsgCreateValidator, MsgEditValidator, MsgLeaveValidator, MsgUnbond
+from haca.types.staking import (
+    MsgBond,
+    MsgCreateValidator,
+    MsgEditValidator,
+    MsgLeaveValidator,
+    MsgUnbond,
+    MsgUnjail,
+)
 
 if TYPE_CHECKING:
     from haca.chain.genesis import AppGenesis
@@ -53,6 +64,7 @@ class StakingModule(Module):
             MsgCreateValidator: self._create_validator,
             MsgEditValidator: self._edit_validator,
             MsgLeaveValidator: self._leave_validator,
+            MsgUnjail: self._unjail,
         }
 
     def _create_validator(self, ctx: TxContext, msg: MsgCreateValidator) -> list[Event]:
@@ -60,6 +72,11 @@ class StakingModule(Module):
             raise InvalidMessage(f"{ctx.signer} was jailed for a duplicate vote: it may not run a validator again")
         if self.keeper.operator_validator(ctx.state, ctx.signer) is not None:
             raise InvalidMessage(f"{ctx.signer} already operates a validator: edit it, or leave first")
+        if not verify_possession(msg.pub_key, msg.possession, ctx.chain_id, ctx.signer):
+            raise Unauthorized(
+                "the consensus key's proof of possession does not verify for this signer and chain:"
+                " it must be signed with the validator's own key (haca validator create does)"
+            )
         address = consensus_address(msg.pub_key)
         if self.keeper.validator(ctx.state, address) is not None:
             raise InvalidMessage(f"consensus key of validator {address.hex()} is taken (keys are never reused)")
@@ -88,9 +105,30 @@ class StakingModule(Module):
 
     def _leave_validator(self, ctx: TxContext, msg: MsgLeaveValidator) -> list[Event]:
         address, record = self._own_validator(ctx)
+        until = int(record.get("jailed_until", 0))
+        if record.get("jailed") and ctx.height < until:  # else leave + create with a new key skips the jail
+            raise InvalidMessage(f"validator {address.hex()} is jailed until height {until}: serve it before leaving")
         self.keeper.set_validator(ctx.state, address, {**record, "left": True})
         self.keeper.remove_operator(ctx.state, ctx.signer)
+        self.keeper.reset_liveness(ctx.state, address)
         return [Event("leave_validator", {"validator": address.hex(), "operator": ctx.signer})]
+
+    def _unjail(self, ctx: TxContext, msg: MsgUnjail) -> list[Event]:
+        address, record = self._own_validator(ctx)
+        if not record.get("jailed"):
+            raise InvalidMessage(f"validator {address.hex()} is not jailed")
+        if self.keeper.tombstoned(ctx.state, ctx.signer):
+            raise InvalidMessage(f"validator {address.hex()} was jailed for a duplicate vote: for good")
+        until = int(record.get("jailed_until", 0))
+        if ctx.height < until:
+            raise InvalidMessage(f"validator {address.hex()} is jailed until height {until}; this is {ctx.height}")
+        bonded, least = self.keeper.bonded(ctx.state, ctx.signer), self.keeper.params(ctx.state).min_validator_stake
+        if bonded < least:
+            raise InsufficientStake(f"{ctx.signer} has {bonded} bonded; a validator needs at least {least}")
+        back = {k: v for k, v in record.items() if k != "jailed_until"} | {"jailed": False}
+        self.keeper.set_validator(ctx.state, address, back)
+        self.keeper.reset_liveness(ctx.state, address)  # judged afresh from here
+        return [Event("unjail", {"validator": address.hex(), "operator": ctx.signer})]
 
     def _bond(self, ctx: TxContext, msg: MsgBond) -> list[Event]:
         self.keeper.bond(ctx.state, ctx.signer, msg.amount)
@@ -106,8 +144,14 @@ class StakingModule(Module):
         return {
             "/staking/params": lambda s, d: (self.keeper.params(s).to_json(), [PARAMS_KEY]),
             "/staking/stake": self._query_stake,
-            "/staking/validators": lambda s, d: ({"validators": self.keeper.validators(s)}, []),
+            "/staking/validators": self._query_validators,
         }
+
+    def _query_validators(self, state: ReadableState, data: bytes) -> tuple[dict[str, Any], list[bytes]]:
+        validators = self.keeper.validators(state)
+        for v in validators:  # blocks counted, and missed in the current window
+            v["liveness"] = self.keeper.liveness(state, bytes.fromhex(v["address"]))
+        return {"validators": validators}, []
 
     def _query_stake(self, state: ReadableState, data: bytes) -> tuple[dict[str, Any], list[bytes]]:
         try:
@@ -137,8 +181,12 @@ class StakingModule(Module):
         return {"params": self.keeper.params(state).to_json(), "validators": self.keeper.validators(state)}
 
     def update_params(self, state: CachedState, changes: dict[str, Any]) -> dict[str, int]:
-        params = parse_params(StakingParams, changes, self.keeper.params(state))
+        before = self.keeper.params(state)
+        params = parse_params(StakingParams, changes, before)
         self.keeper.set_params(state, params)
+        if params.signed_blocks_window != before.signed_blocks_window:  # the window's indexes changed
+            for v in self.keeper.validators(state):
+                self.keeper.reset_liveness(state, bytes.fromhex(v["address"]))
         return params.to_json()
 
     def begin_block(self, ctx: BlockContext) -> BlockResult:
@@ -152,19 +200,51 @@ class StakingModule(Module):
         for evidence in ctx.misbehavior:
             if evidence.type == DUPLICATE_VOTE:
                 self._double_sign(ctx, evidence.validator_address, evidence.height, result)
+        self._liveness(ctx, result)
         return result
+
+    def _liveness(self, ctx: BlockContext, result: BlockResult) -> None:
+        """Count the previous block's signatures; jail who missed too many of the window."""
+        if not ctx.votes:
+            return
+        params = self.keeper.params(ctx.state)
+        window = params.signed_blocks_window
+        may_miss = window - window * params.min_signed_bps // BPS
+        for address, signed in ctx.votes:
+            record = self.keeper.validator(ctx.state, address)
+            if record is None or record.get("jailed") or record.get("left") or not record.get("power"):
+                continue  # unknown here, or leaving the set already
+            counter, missed = self.keeper.record_vote(ctx.state, address, signed, params)
+            if counter >= window and missed > may_miss:
+                until = ctx.height + params.downtime_jail_blocks
+                self.keeper.set_validator(ctx.state, address, {**record, "jailed": True, "jailed_until": until})
+                self.keeper.reset_liveness(ctx.state, address)
+                attrs = {
+                    "validator": address.hex(),
+                    "operator": record["operator"],
+                    "reason": "downtime",
+                    "missed": str(missed),
+                    "window": str(window),
+                    "until": str(until),
+                }
+                result.events.append(Event("jail", attrs))
 
     def _double_sign(self, ctx: BlockContext, address: bytes, height: int, result: BlockResult) -> None:
         """Slash the validator's operator (burned) and remove it from the set, once."""
         record = self.keeper.validator(ctx.state, address)
-        if record is None or record["jailed"]:
-            return  # unknown to the app, or already removed for an earlier vote
+        if record is None or record.get("double_signed"):
+            return  # unknown to the app, or already punished for an earlier vote (a downtime jail is no shield)
         bps = self.keeper.params(ctx.state).double_sign_slash_bps
         slashed = self.keeper.slash(ctx.state, record["operator"], bps)
         self.keeper.burn(ctx.state, slashed)
         # jailed for good, the operator too; end_block sends its power 0 (when CometBFT still has it)
-        self.keeper.set_validator(ctx.state, address, {**record, "jailed": True})
+        self.keeper.set_validator(ctx.state, address, {**record, "jailed": True, "double_signed": True})
         self.keeper.tombstone(ctx.state, record["operator"])
+        current = self.keeper.operator_validator(ctx.state, record["operator"])
+        if current is not None and current != address:  # it left the one that signed twice for another
+            other = self.keeper.validator(ctx.state, current)
+            if other is not None:
+                self.keeper.set_validator(ctx.state, current, {**other, "jailed": True})
         attrs = {
             "validator": address.hex(),
             "operator": record["operator"],
