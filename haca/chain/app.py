@@ -37,8 +37,9 @@ from haca.chain.modules.staking.keeper import STAKING_ACCOUNT, StakingKeeper
 from haca.chain.modules.staking.module import StakingModule
 from haca.chain.modules.tee.keeper import TeeKeeper
 from haca.chain.modules.tee.module import TeeModule
+from haca.chain.snapshots import FORMAT, Restore, SnapshotError, SnapshotInfo, Snapshots
 from haca.chain.state import CachedState, ReadableState
-from haca.chain.store import INDEX_PREFIX, CommitStore, StagedBlock
+from haca.chain.store import INDEX_PREFIX, CommitStore, RestoreMismatch, StagedBlock
 from haca.chain.tx import TxResult, TxRunner
 from haca.chain.windows import evidence_windows_error
 from haca.chain.wiring import unset_hooks
@@ -86,13 +87,16 @@ class HistoricalState:
 
 
 class HacaApp(BaseApplication):
-    """Snapshots and vote extensions are not used: BaseApplication answers them."""
+    """Vote extensions are not used: BaseApplication answers them. State-sync snapshots are served
+    from `snapshots` (haca.chain.snapshots), and restored into an empty store."""
 
     def _params_problem(self, state: ReadableState) -> str:
         return evidence_windows_error(self.inference.params(state), self.staking.params(state))
 
-    def __init__(self, store: CommitStore, srs_dir: Path | None = None) -> None:
+    def __init__(self, store: CommitStore, srs_dir: Path | None = None, snapshots: Snapshots | None = None) -> None:
         self.store = store
+        self.snapshots = snapshots
+        self.restoring: Restore | None = None
         # Each keeper takes what it needs from the others when it is built, as the small Protocols
         # defined next to it (the expected-keeper idea, haca.chain.wiring). Staking and inference
         # need each other: staking is built first and inference lends it a hook, set once.
@@ -328,6 +332,8 @@ class HacaApp(BaseApplication):
         if self.staged is None or self.block_state is None:
             raise RuntimeError("commit without a finalized block")
         self.store.commit(self.pending_height, self.staged, self.pending_time)
+        if self.snapshots is not None:
+            self.snapshots.after_commit(self.pending_height)
         self.last_block_time = self.pending_time
         results, events = self._committing
         self.metrics.committed(self.pending_height, results, events, self.bank.burned(self.store))
@@ -335,6 +341,73 @@ class HacaApp(BaseApplication):
         self.block_state, self.staged, self.processed = None, None, None
         self.check_state = CachedState(self.store)
         return abci.ResponseCommit(retain_height=0)
+
+    # --- connection: snapshot (state sync) ---------------------------------------------------
+
+    def list_snapshots(self, req: abci.RequestListSnapshots) -> abci.ResponseListSnapshots:
+        found = self.snapshots.list() if self.snapshots is not None else []
+        return abci.ResponseListSnapshots(
+            snapshots=[
+                abci.Snapshot(
+                    height=i.height, format=FORMAT, chunks=len(i.chunk_hashes), hash=i.hash, metadata=i.metadata
+                )
+                for i in found
+            ]
+        )
+
+    def load_snapshot_chunk(self, req: abci.RequestLoadSnapshotChunk) -> abci.ResponseLoadSnapshotChunk:
+        if self.snapshots is None or req.format != FORMAT:
+            return abci.ResponseLoadSnapshotChunk()
+        return abci.ResponseLoadSnapshotChunk(chunk=self.snapshots.chunk(int(req.height), int(req.chunk)))
+
+    def offer_snapshot(self, req: abci.RequestOfferSnapshot) -> abci.ResponseOfferSnapshot:
+        answer = abci.ResponseOfferSnapshot
+        if self.store.height:  # only an empty store is restored into
+            log.warning(
+                "snapshot_refused", height=req.snapshot.height, reason=f"this app holds height {self.store.height}"
+            )
+            return answer(result=answer.ABORT)
+        if req.snapshot.format != FORMAT:
+            return answer(result=answer.REJECT_FORMAT)
+        try:
+            info = SnapshotInfo.from_metadata(
+                bytes(req.snapshot.metadata),
+                int(req.snapshot.height),
+                bytes(req.snapshot.hash),
+                int(req.snapshot.chunks),
+            )
+            self.restoring = Restore(info, bytes(req.app_hash))
+        except SnapshotError as exc:
+            log.warning("snapshot_refused", height=req.snapshot.height, reason=str(exc))
+            return answer(result=answer.REJECT)
+        log.info("snapshot_accepted", height=info.height, chunks=len(info.chunk_hashes))
+        return answer(result=answer.ACCEPT)
+
+    def apply_snapshot_chunk(self, req: abci.RequestApplySnapshotChunk) -> abci.ResponseApplySnapshotChunk:
+        answer = abci.ResponseApplySnapshotChunk
+        restoring = self.restoring
+        if restoring is None:
+            return answer(result=answer.ABORT)
+        index = int(req.index)
+        try:
+            if not restoring.take(index, bytes(req.chunk)):  # tampered in transit, or a lying peer
+                log.warning("snapshot_chunk_refused", index=index, sender=req.sender)
+                return answer(result=answer.RETRY, refetch_chunks=[index], reject_senders=[req.sender])
+            if not restoring.complete:
+                return answer(result=answer.ACCEPT)
+            info = restoring.info
+            self.store.restore(info.height, info.app_hash, info.block_time, restoring.items())
+        except (SnapshotError, RestoreMismatch) as exc:
+            log.warning("snapshot_rejected", height=restoring.info.height, reason=str(exc))
+            self.restoring = None
+            return answer(result=answer.REJECT_SNAPSHOT)
+        self.restoring = None
+        self.runner.chain_id = auth_keeper.chain_id(self.store)
+        self._check_srs(self.store)
+        self.last_block_time = self.store.block_time
+        self.check_state = CachedState(self.store)
+        log.info("snapshot_restored", height=info.height, app_hash=info.app_hash.hex())
+        return answer(result=answer.ACCEPT)
 
 
 BLOCK_ID_FLAG_ABSENT = 1  # cometbft.types.BlockIDFlag: the validator's signature is not in the commit

@@ -16,14 +16,21 @@ from prometheus_client import start_http_server
 from haca.chain.abci.server import AbciServer
 from haca.chain.app import HacaApp
 from haca.chain.home import ValidatorHome
+from haca.chain.snapshots import Snapshots
 from haca.chain.store import CommitStore
 from haca.logs import configure_logging
+
+SNAPSHOT_INTERVAL = 500  # blocks; app.json's snapshot_interval overrides it
 
 
 async def serve(home: ValidatorHome) -> None:
     home.app_dir.mkdir(parents=True, exist_ok=True)
-    app = HacaApp(CommitStore(home.state_db), srs_dir=home.srs_dir)
     settings = json.loads(home.app_config.read_text()) if home.app_config.exists() else {}
+    store = CommitStore(home.state_db)
+    # state-sync snapshots for validators that join later: every `snapshot_interval` blocks (0: none)
+    interval = int(settings.get("snapshot_interval", SNAPSHOT_INTERVAL))
+    snapshots = Snapshots(home.app_dir / "snapshots", store, interval, int(settings.get("snapshot_keep", 2)))
+    app = HacaApp(store, srs_dir=home.srs_dir, snapshots=snapshots)
     if port := int(settings.get("metrics_port", 0)):
         start_http_server(port, addr="127.0.0.1", registry=app.metrics.registry)
     server = AbciServer(app, home.socket_path)

@@ -80,10 +80,15 @@ class StagedBlock:
     writes: dict[bytes, bytes | None] = field(default_factory=dict)
 
 
+class RestoreMismatch(Exception):
+    """A restored state whose root is not the app hash it was offered with."""
+
+
 class CommitStore:
     """The authenticated, crash-safe store of one validator's app."""
 
     def __init__(self, path: Path | str) -> None:
+        self.path = Path(path)
         self._db = sqlite3.connect(str(path), isolation_level=None, check_same_thread=False)
         self._db.execute("PRAGMA journal_mode=WAL")
         self._db.execute("PRAGMA synchronous=FULL")
@@ -154,6 +159,56 @@ class CommitStore:
         self._nodes.pending.clear()
         self.height, self.app_hash, self.root = height, staged.root, staged.root
         self.block_time = block_time
+
+    def pinned_reader(self) -> sqlite3.Connection:
+        """A second connection whose read transaction is begun now: it sees the state committed at
+        this height, whatever commits after (WAL), until it is closed. For snapshots, written
+        beside block execution."""
+        reader = sqlite3.connect(str(self.path), isolation_level=None, check_same_thread=False)
+        reader.execute("BEGIN")
+        reader.execute("SELECT value FROM meta WHERE name = 'height'").fetchone()  # the read starts here
+        return reader
+
+    def restore(self, height: int, app_hash: bytes, block_time: int, items: Iterator[tuple[bytes, bytes]]) -> None:
+        """Fill an empty store with the state of `height` (every key, in any order): the trie is
+        rebuilt from the non-index keys and its root must be `app_hash`, else RestoreMismatch and
+        nothing is written."""
+        if self.height:
+            raise RuntimeError(f"restore into a store that holds height {self.height}")
+        self._nodes.pending.clear()
+        trie = HexaryTrie(self._nodes, EMPTY_ROOT)
+        rows: list[tuple[bytes, bytes]] = []
+        with trie.squash_changes() as batch:
+            for key, value in items:
+                rows.append((key, value))
+                if not key.startswith(INDEX_PREFIX):
+                    batch.set(key, value)
+        if trie.root_hash != app_hash:
+            self._nodes.pending.clear()
+            raise RestoreMismatch(
+                f"the restored state's root is {trie.root_hash.hex()}, not the app hash {app_hash.hex()}"
+            )
+        db = self._db
+        db.execute("BEGIN IMMEDIATE")
+        try:
+            db.executemany("INSERT OR IGNORE INTO trie_nodes VALUES (?, ?)", self._nodes.pending.items())
+            db.executemany("INSERT OR REPLACE INTO state VALUES (?, ?)", rows)
+            db.execute("INSERT OR REPLACE INTO roots VALUES (?, ?)", (height, app_hash))
+            db.executemany(
+                "INSERT OR REPLACE INTO meta VALUES (?, ?)",
+                [
+                    ("height", str(height).encode()),
+                    ("app_hash", app_hash),
+                    ("root", app_hash),
+                    ("block_time", str(block_time).encode()),
+                ],
+            )
+            db.execute("COMMIT")
+        except BaseException:
+            db.execute("ROLLBACK")
+            raise
+        self._nodes.pending.clear()
+        self.height, self.app_hash, self.root, self.block_time = height, app_hash, app_hash, block_time
 
     def root_at(self, height: int) -> bytes | None:
         row = self._db.execute("SELECT root FROM roots WHERE height = ?", (height,)).fetchone()

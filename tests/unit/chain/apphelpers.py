@@ -15,6 +15,7 @@ from haca.chain.blocks import PREFIX as BLOCK_HASH_PREFIX
 from haca.chain.genesis import AppGenesis
 from haca.chain.modules.auth.keeper import FeeParams, nonce_key
 from haca.chain.modules.bank.keeper import BURNED_KEY, SUPPLY_KEY, balance_key
+from haca.chain.snapshots import Snapshots
 from haca.chain.store import CommitStore
 from haca.crypto.hashing import sha256
 from haca.crypto.keys import PrivateKey
@@ -47,9 +48,13 @@ def block_time(height: int) -> int:
 class Node:
     """One validator's app over its own store, with the block loop CometBFT would drive."""
 
-    def __init__(self, path: Path, srs_dir: Path | None = None) -> None:
+    def __init__(self, path: Path, srs_dir: Path | None = None, snapshot_interval: int = 0) -> None:
         self.path, self.srs_dir = path, srs_dir
-        self.app = HacaApp(CommitStore(path), srs_dir=srs_dir)
+        store = CommitStore(path)
+        snapshots = (
+            Snapshots(path.parent / f"{path.stem}-snapshots", store, snapshot_interval) if snapshot_interval else None
+        )
+        self.app = HacaApp(store, srs_dir=srs_dir, snapshots=snapshots)
         self.height = self.app.store.height
 
     def init(self, genesis: AppGenesis, chain_id: str = CHAIN_ID) -> abci.ResponseInitChain:
