@@ -54,6 +54,26 @@ def configure(home: ValidatorHome, settings: dict[tuple[str, str], Any]) -> None
     home.config_toml.write_text(text)
 
 
+def configure_state_sync(
+    home: ValidatorHome, rpc_servers: list[str], trust_height: int, trust_hash: bytes, trust_period_s: int
+) -> None:
+    """Have CometBFT start this (empty) validator from a peer's state-sync snapshot instead of
+    replaying from genesis: its light client starts at `trust_height`/`trust_hash` (a header the
+    caller verified) and checks the snapshot's app hash against the chain's headers through
+    `rpc_servers` (a primary and witnesses: the one given twice when there is only one)."""
+    servers = rpc_servers if len(rpc_servers) > 1 else rpc_servers * 2
+    configure(
+        home,
+        {
+            ("statesync", "enable"): True,
+            ("statesync", "rpc_servers"): ",".join(servers),
+            ("statesync", "trust_height"): trust_height,
+            ("statesync", "trust_hash"): trust_hash.hex().upper(),
+            ("statesync", "trust_period"): f"{trust_period_s}s",
+        },
+    )
+
+
 def set_toml_value(text: str, section: str, key: str, value: Any) -> str:
     """Replace one existing key's value inside one section of a TOML document."""
     rendered = json.dumps(value) if not isinstance(value, bool) else str(value).lower()

@@ -3,6 +3,7 @@ operator's account signs; the consensus key comes from the validator's home)."""
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from pathlib import Path
 from typing import Annotated, Any
@@ -12,7 +13,7 @@ from rich.table import Table
 
 import haca.types.messages  # noqa: F401  (registers message types)
 from haca.chain.home import ValidatorHome
-from haca.chain.supervisor import identity
+from haca.chain.supervisor import configure_state_sync, identity
 from haca.cli.common import HomeOption, JsonOption, cli_command, client_home, console, emit, keystore, send_msg
 from haca.cli.devnet import validator_app
 from haca.client.config import ClientConfig, connect
@@ -79,6 +80,34 @@ def validator_leave(from_: KeyOption = None, home: HomeOption = None, json_out: 
     """Take your validator out of the set (power 0 two blocks later); unbond with `haca stake unbond`."""
     answer = _send(home, from_, MsgLeaveValidator())
     emit(json_out, answer, lambda: console.print(f"left the set at height {answer['height']}"))
+
+
+@validator_app.command("join")
+@cli_command
+def validator_join(
+    validator_home: Annotated[Path, typer.Option("--validator-home", help="the new validator's (empty) home")],
+    rpc: Annotated[
+        str, typer.Option("--rpc", help="the chain's RPC endpoints, URL,URL (default: the client home's)")
+    ] = "",
+    back: Annotated[int, typer.Option("--back", min=1, help="trust a header this many blocks below the latest")] = 300,
+    home: HomeOption = None,
+    json_out: JsonOption = False,
+) -> None:
+    """Make the validator at --validator-home start from a snapshot instead of replaying from
+    genesis: a header some blocks back is verified by the light client (from your client home's
+    trust anchor) and set as CometBFT's state-sync trust height and hash. Then `haca validator run`."""
+    config = ClientConfig.load(client_home(home))
+    if rpc:
+        config = dataclasses.replace(config, rpc=[u.strip() for u in rpc.split(",") if u.strip()])
+    chain = connect(config)
+    try:
+        height = max(1, chain.verify_latest() - back)
+        trust_hash = chain.verified_header_hash(height)
+    finally:
+        chain.close()
+    configure_state_sync(ValidatorHome(validator_home), config.rpc, height, trust_hash, config.trusting_period)
+    answer = {"trust_height": height, "trust_hash": trust_hash.hex().upper(), "rpc_servers": config.rpc}
+    emit(json_out, answer, lambda: console.print(f"state sync from header {height}: run `haca validator run`"))
 
 
 @validator_app.command("unjail")

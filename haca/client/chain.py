@@ -151,6 +151,11 @@ class ChainClient:
         self._latest_header()
         return self._latest_verified
 
+    def verified_header_hash(self, height: int) -> bytes:
+        """The hash of header `height`, verified by the light client from its trust anchor (what
+        CometBFT's state sync takes as its trust_hash)."""
+        return self._light_client().verified(height).hash
+
     def _latest_header(self) -> tuple[int, bytes]:
         """The RPC's latest commit, verified: (its height, its app hash)."""
         signed = self.rpc.call("commit")["signed_header"]  # no height: the latest commit

@@ -39,6 +39,7 @@ from haca.proofs.zk.srs import srs_file
 from haca.types.tee import GLOBAL_SCOPE
 from haca.types.tx import MAX_TX_BYTES
 
+DEVNET_SNAPSHOT_INTERVAL = 100  # blocks between state-sync snapshots on a devnet validator
 DEV_ROOT_DIR = "dev-root"  # the devnet's DEV attestation root (key and certificate)
 
 
@@ -188,7 +189,8 @@ class Devnet:
         home = ValidatorHome(Path(node.home))
         home.genesis.write_text(genesis)
         home.app_dir.mkdir(parents=True, exist_ok=True)
-        home.app_config.write_text(json.dumps({"metrics_port": node.metrics_port}) + "\n")
+        settings = {"metrics_port": node.metrics_port, "snapshot_interval": DEVNET_SNAPSHOT_INTERVAL}
+        home.app_config.write_text(json.dumps(settings) + "\n")
         home.srs_dir.mkdir(parents=True, exist_ok=True)
         srs = sorted({(c.logrows, c.srs_hash) for c in services.example_circuits().values()}) if inference else []
         for logrows, _ in srs:  # the SRS is a genesis artefact: every validator holds the files

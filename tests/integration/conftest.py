@@ -32,9 +32,11 @@ class DevnetHandle:
         return json.loads((Path(node.home) / "cometbft" / "config" / "genesis.json").read_text())
 
 
-def _devnet(tmp_path_factory: pytest.TempPathFactory, inference: bool) -> Iterator[DevnetHandle]:
+def _devnet(
+    tmp_path_factory: pytest.TempPathFactory, inference: bool, timeout_commit: str = "300ms"
+) -> Iterator[DevnetHandle]:
     home = tmp_path_factory.mktemp("devnet")
-    net = up(home, validators=4, timeout_commit="300ms", inference=inference)
+    net = up(home, validators=4, timeout_commit=timeout_commit, inference=inference)
     config = ClientConfig.load(home)
     client = connect(config)
     try:
@@ -48,6 +50,12 @@ def _devnet(tmp_path_factory: pytest.TempPathFactory, inference: bool) -> Iterat
 def devnet(tmp_path_factory: pytest.TempPathFactory) -> Iterator[DevnetHandle]:
     """Validators only."""
     yield from _devnet(tmp_path_factory, inference=False)
+
+
+@pytest.fixture(scope="module")
+def fast_devnet(tmp_path_factory: pytest.TempPathFactory) -> Iterator[DevnetHandle]:
+    """Validators only, with short blocks: for tests that need a long chain (state sync)."""
+    yield from _devnet(tmp_path_factory, inference=False, timeout_commit="100ms")
 
 
 @pytest.fixture(scope="module")
