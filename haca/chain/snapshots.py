@@ -162,6 +162,9 @@ class Snapshots:
     def __init__(self, directory: Path, store: CommitStore, interval: int, keep: int = 2) -> None:
         self.directory, self.store, self.interval, self.keep = directory, store, interval, max(1, keep)
         self._lock = threading.Lock()
+        if directory.exists():  # what a crash left half written
+            for partial in directory.glob(".*.partial"):
+                shutil.rmtree(partial, ignore_errors=True)
         self._thread: threading.Thread | None = None
 
     def after_commit(self, height: int) -> None:
