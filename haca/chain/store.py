@@ -188,27 +188,7 @@ class CommitStore:
             raise RestoreMismatch(
                 f"the restored state's root is {trie.root_hash.hex()}, not the app hash {app_hash.hex()}"
             )
-        db = self._db
-        db.execute("BEGIN IMMEDIATE")
-        try:
-            db.executemany("INSERT OR IGNORE INTO trie_nodes VALUES (?, ?)", self._nodes.pending.items())
-            db.executemany("INSERT OR REPLACE INTO state VALUES (?, ?)", rows)
-            db.execute("INSERT OR REPLACE INTO roots VALUES (?, ?)", (height, app_hash))
-            db.executemany(
-                "INSERT OR REPLACE INTO meta VALUES (?, ?)",
-                [
-                    ("height", str(height).encode()),
-                    ("app_hash", app_hash),
-                    ("root", app_hash),
-                    ("block_time", str(block_time).encode()),
-                ],
-            )
-            db.execute("COMMIT")
-        except BaseException:
-            db.execute("ROLLBACK")
-            raise
-        self._nodes.pending.clear()
-        self.height, self.app_hash, self.root, self.block_time = height, app_hash, app_hash, block_time
+        self.commit(height, StagedBlock(root=app_hash, writes=dict(rows)), block_time)  # the trie's nodes too
 
     def root_at(self, height: int) -> bytes | None:
         row = self._db.execute("SELECT root FROM roots WHERE height = ?", (height,)).fetchone()

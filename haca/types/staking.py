@@ -154,14 +154,10 @@ class MsgEditValidator:
         return cls(_moniker(doc["moniker"]))
 
 
-@register_msg
-@dataclass(frozen=True)
-class MsgLeaveValidator:
-    """Take the signer's validator out of the set (power 0, two blocks later). Its stake stays
-    bonded until unbonded (MsgUnbond), and slashable for what it signed while in the set."""
+class _NoFields:
+    """A message that says nothing but who signed it."""
 
-    type_name: ClassVar[str] = "staking/leave_validator"
-    eip712_name: ClassVar[str] = "MsgLeaveValidator"
+    type_name: ClassVar[str]
     eip712_fields: ClassVar[list[tuple[str, str]]] = []
 
     def to_json(self) -> dict[str, Any]:
@@ -171,32 +167,30 @@ class MsgLeaveValidator:
         return {}
 
     @classmethod
-    def from_json(cls, value: dict[str, Any]) -> MsgLeaveValidator:
+    def from_json(cls, value: dict[str, Any]) -> Self:
         f.require_fields(value, set(), cls.type_name)
         return cls()
 
 
 @register_msg
 @dataclass(frozen=True)
-class MsgUnjail:
+class MsgLeaveValidator(_NoFields):
+    """Take the signer's validator out of the set (power 0, two blocks later). Its stake stays
+    bonded until unbonded (MsgUnbond), and slashable for what it signed while in the set."""
+
+    type_name: ClassVar[str] = "staking/leave_validator"
+    eip712_name: ClassVar[str] = "MsgLeaveValidator"
+
+
+@register_msg
+@dataclass(frozen=True)
+class MsgUnjail(_NoFields):
     """Bring the signer's validator back after a downtime jail (once its jail time is served and
     its operator still has the minimum stake); its power returns two blocks later. A validator
     jailed for a duplicate vote is jailed for good."""
 
     type_name: ClassVar[str] = "staking/unjail"
     eip712_name: ClassVar[str] = "MsgUnjail"
-    eip712_fields: ClassVar[list[tuple[str, str]]] = []
-
-    def to_json(self) -> dict[str, Any]:
-        return {}
-
-    def to_eip712(self) -> dict[str, Any]:
-        return {}
-
-    @classmethod
-    def from_json(cls, value: dict[str, Any]) -> MsgUnjail:
-        f.require_fields(value, set(), cls.type_name)
-        return cls()
 
 
 GENESIS_VALIDATOR_FIELDS = [
