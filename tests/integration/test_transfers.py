@@ -86,8 +86,16 @@ def test_replaying_committed_blocks_into_a_fresh_app_reproduces_every_app_hash(d
         answer = rpc.block(height)
         block, block_hash = answer["block"], bytes.fromhex(answer["block_id"]["hash"])
         txs = [b64(t) for t in block["data"]["txs"] or []]
-        # The block hash CometBFT gives FinalizeBlock is the one RPC names the block by.
-        result = app.finalize_block(abci.RequestFinalizeBlock(height=height, txs=txs, hash=block_hash))
+        # The block hash CometBFT gives FinalizeBlock is the one RPC names the block by; the block's
+        # last commit is the decided one (the app counts each validator's signatures in it).
+        request = abci.RequestFinalizeBlock(height=height, txs=txs, hash=block_hash)
+        signatures = (block.get("last_commit") or {}).get("signatures") or []
+        if signatures:  # in the order of the previous block's set; an absent one names no address there
+            voters = rpc.validators(height - 1)
+            for signature, voter in zip(signatures, voters, strict=True):
+                vote = request.decided_last_commit.votes.add(block_id_flag=int(signature["block_id_flag"]))
+                vote.validator.address = bytes.fromhex(voter["address"])
+        result = app.finalize_block(request)
         app.commit(abci.RequestCommit())
         assert result.app_hash.hex() == app_hash_at(rpc, height + 1).lower(), f"diverged at height {height}"
     assert app.store.height == last
