@@ -6,13 +6,18 @@ every honest lane moved by exactly what was served, and the supply invariant hol
    the claim (the payment does not outlast the claim deadline, code 26); the node proves and settles.
 3. a tee answer paid with an expiry one block short of the node's min_expiry: refused before any
    work (402); at the minimum it is served, but the chain refuses a claim on it (test 1).
-4. governance revokes the enclave's measurement while a client holds a tee receipt and claims it:
-   settlement is refused for now (22), the node keeps retrying, the claim is voided at the deadline
-   (no slash), and once the measurement is approved again the receipt settles verified."""
+4. governance revokes the enclave's measurement while a client holds a tee receipt the node has
+   not settled yet (the node is paused right after answering: it no longer serves tee while the
+   measurement is revoked) and claims it: the claim is voided at the deadline (no slash), and
+   once the measurement is approved again the resumed node settles the receipt verified."""
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
+import json
+import signal
+import sqlite3
 import time
 from typing import Any
 
@@ -21,6 +26,7 @@ import pytest
 
 from haca.client.errors import QueryFailed, TxRejected
 from haca.client.payment import PaymentOffer, sign_payment
+from haca.devnet.processes import signal_group
 from haca.types import codes
 from haca.types.gov import MsgUpdateParams
 from haca.types.inference import MsgClaim
@@ -61,6 +67,15 @@ def paid(net: Net, key: str, body: dict[str, Any], offer: PaymentOffer, fee: int
 def stored(net: Net, receipt_id: str) -> tuple[SignedReceipt, SignedPayment, str]:
     doc = httpx.get(f"{net.node_url}/v1/receipts/{receipt_id}", timeout=30).json()
     return SignedReceipt.from_json(doc["receipt"]), SignedPayment.from_json(doc["payment"]), doc["status"]
+
+
+def stored_on_disk(net: Net, receipt_id: str) -> tuple[SignedReceipt, SignedPayment]:
+    """A receipt and its payment from node0's receipt store, read from its file (the node may be paused)."""
+    (path,) = (net.home / "node").glob("*/receipts.db")
+    with contextlib.closing(sqlite3.connect(f"file:{path}?mode=ro", uri=True)) as db:
+        row = db.execute("SELECT receipt, payment FROM receipts WHERE id = ?", (receipt_id,)).fetchone()
+    assert row is not None, f"receipt {receipt_id} is not in {path}"
+    return SignedReceipt.from_json(json.loads(row[0])), SignedPayment.from_json(json.loads(row[1]))
 
 
 def query_or_none(net: Net, path: str, data: bytes) -> dict[str, Any] | None:
@@ -130,13 +145,16 @@ def test_4_a_measurement_revoked_under_a_claim_voids_it_and_the_receipt_settles_
     mid = approval["measurement_id"]
     net.chain.send_msgs(net.key("dev0"), (MsgUpdateParams("inference", {"claim_deadline": str(SHORT_DEADLINE)}),))
     stake, escrow = stake_of(net, net.node), net.escrow(client.address, net.node)
-    net.chain.send_msgs(net.key("dev0"), (MsgRevokeMeasurement(mid, "*"),))
+    body = {"model": "iris", "mode": "tee", "input": IRIS_INPUT}
+    offer, _ = offer_of(net, "iris", "tee", body)
+    answer, _ = paid(net, "dev5", body, offer, offer.fee(1))
+    node_pid = next(s.pid for s in net.handle.net.load().services if s.name == "node0")
+    signal_group(node_pid, signal.SIGSTOP)  # before its settler's next pass (a second away)
     try:
-        body = {"model": "iris", "mode": "tee", "input": IRIS_INPUT}
-        offer, _ = offer_of(net, "iris", "tee", body)
-        answer, _ = paid(net, "dev5", body, offer, offer.fee(1))
         assert answer.status_code == 200, answer.text
-        signed, payment, _ = stored(net, answer.json()["receipt"]["id"])
+        signed, payment = stored_on_disk(net, answer.json()["receipt"]["id"])
+        net.chain.send_msgs(net.key("dev0"), (MsgRevokeMeasurement(mid, "*"),))
+        assert query_or_none(net, "/inference/receipt", signed.id.encode()) is None  # not settled before
         outcome = net.chain.send_msgs(client, (MsgClaim(signed, payment),))
         deadline = int(net.chain.query("/inference/claim", signed.id.encode())["deadline"])
         while net.chain.rpc.height() <= deadline:
@@ -147,7 +165,8 @@ def test_4_a_measurement_revoked_under_a_claim_voids_it_and_the_receipt_settles_
         assert outcome.height > 0
     finally:
         net.chain.send_msgs(net.key("dev0"), (MsgApproveMeasurement(mid, "*"),))
-    record = wait_status(net, signed.id, "verified")  # the node kept retrying; now it settles
+        signal_group(node_pid, signal.SIGCONT)
+    record = wait_status(net, signed.id, "verified")  # the resumed node settles it now
     fee = signed.receipt.fee
     assert int(record["fee"]) == fee and stake_of(net, net.node) == stake
     assert net.escrow(client.address, net.node) == escrow - fee - net.settlement_fee(fee)
