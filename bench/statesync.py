@@ -5,7 +5,8 @@ A one-validator devnet (short blocks, so heights come fast) runs until each targ
 each round adds a full node with the devnet's genesis and peers and starts it: either as it is (it
 replays every block from genesis) or after `haca validator join`'s configuration (a light-client
 verified trust header; CometBFT fetches the validator's latest snapshot and the app restores it).
-The time is from start to the node's height reaching the chain's height at start. The chain's
+The time is from start to the node's height reaching the chain's height at start (the validator
+runs 1 s blocks while nodes join, so every round joins at about the target height). The chain's
 blocks carry no txs (the validators' own liveness writes only): a replay of busy blocks costs
 more, so the ratio here is a floor. Results: bench/results/statesync.json.
 """
@@ -25,13 +26,14 @@ ROOT = Path(__file__).resolve().parent
 sys.path.insert(0, str(ROOT.parent))
 
 from haca.chain.home import ValidatorHome  # noqa: E402
-from haca.chain.supervisor import configure_state_sync  # noqa: E402
+from haca.chain.supervisor import configure, configure_state_sync  # noqa: E402
 from haca.client.config import ClientConfig, connect  # noqa: E402
 from haca.client.rpc import CometRpc  # noqa: E402
 from haca.devnet.network import Devnet, up  # noqa: E402
 
 RESULTS = ROOT / "results" / "statesync.json"
 TRUST_BACK = 300  # blocks below the latest: haca validator join's default
+SNAPSHOT_INTERVAL = 500
 
 
 def wait_height(rpc: CometRpc, height: int, timeout: float) -> None:
@@ -45,6 +47,13 @@ def wait_height(rpc: CometRpc, height: int, timeout: float) -> None:
         if time.monotonic() > deadline:
             raise TimeoutError(f"{rpc.url} did not reach height {height} in {timeout:.0f} s")
         time.sleep(0.1)
+
+
+def block_time(net: Devnet, timeout_commit: str) -> None:
+    """Restart the validator with another timeout_commit (fast to build heights, slow to measure)."""
+    configure(ValidatorHome(Path(net.load().nodes[0].home)), {("consensus", "timeout_commit"): timeout_commit})
+    net.stop("val0")
+    net.start("val0")
 
 
 def join(net: Devnet, home: Path, name: str, state_sync: bool, timeout: float) -> float:
@@ -85,10 +94,20 @@ def main(argv: list[str] | None = None) -> int:
         home = work / "net"
         net = up(home, validators=1, timeout_commit=args.timeout_commit, inference=False)
         try:
+            # At these block rates a devnet's snapshot every 100 blocks is pruned (keep 2) before a
+            # joining node has fetched it: snapshot every SNAPSHOT_INTERVAL, keep more.
+            validator = ValidatorHome(Path(net.load().nodes[0].home))
+            settings = json.loads(validator.app_config.read_text())
+            settings.update(snapshot_interval=SNAPSHOT_INTERVAL, snapshot_keep=5)
+            validator.app_config.write_text(json.dumps(settings) + "\n")
             rpc = CometRpc(net.load().nodes[0].rpc)
             made = time.monotonic()
             for height in heights:
+                block_time(net, args.timeout_commit)
                 wait_height(rpc, height, timeout=3 * 3600)
+                block_time(net, "1s")  # while nodes join: the chain barely grows between rounds
+                rpc = CometRpc(net.load().nodes[0].rpc)
+                wait_height(rpc, height, timeout=60)
                 print(f"height {height} after {time.monotonic() - made:.0f} s", flush=True)
                 times: dict[str, list[float]] = {"replay": [], "state_sync": []}
                 for r in range(args.rounds):
