@@ -11,7 +11,7 @@ DEMO_HOME ?= $(ROOT)/devnets/demo
 # built natively on one machine may not run on another.
 LLAMA_CMAKE_ARGS := $(if $(filter x86_64,$(shell uname -m)),-DGGML_NATIVE=OFF -DGGML_AVX=ON -DGGML_AVX2=ON -DGGML_FMA=ON -DGGML_F16C=ON,)
 
-.PHONY: setup demo test test-fast bench fuzz chaos lint clean
+.PHONY: setup demo test test-fast bench fuzz chaos lint clean postgresql-server
 FUZZ_SECONDS ?= 60
 FUZZ_RUNS ?=
 
@@ -67,7 +67,12 @@ $(CHROMIUM):
 	@echo "installing Debian's chromium for the explorer's browser test"
 	@$(SUDO) apt-get update -qq && DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -qq chromium >/dev/null
 
-test: setup $(CHROMIUM)
+# The node scale-out tests start a private PostgreSQL from Debian's packages: installed here if missing.
+postgresql-server:
+	@ls /usr/lib/postgresql/*/bin/pg_ctl >/dev/null 2>&1 || { echo "installing Debian's postgresql for the node scale-out tests"; \
+	  $(SUDO) apt-get update -qq && DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -qq postgresql >/dev/null; }
+
+test: setup $(CHROMIUM) postgresql-server
 	@$(PY) -m pytest -n 2 --dist loadfile
 
 test-fast: setup

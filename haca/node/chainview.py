@@ -280,16 +280,17 @@ class ChainView:
 
         return int(self._cached(key, load, fresh, at_least))
 
-    def allowance(self, allowance: SpendingAllowance) -> tuple[int, int]:
-        """(spent on chain, height its revocation takes effect or 0) for an allowance."""
+    def allowance(self, allowance: SpendingAllowance, at_least: int = 0) -> tuple[int, int]:
+        """(spent on chain, height its revocation takes effect or 0) for an allowance; `at_least`:
+        read from the state at this height or later (a settlement another worker made)."""
         key = ("allowance", allowance.id)
 
         def load() -> tuple[tuple[int, int], int]:
             data = canonical_json(allowance.to_json())
-            answer, height = self._query_at_least(key, "/inference/allowance", data, 0)
+            answer, height = self._query_at_least(key, "/inference/allowance", data, at_least)
             return (int(answer["spent"]), int(answer["revoked_from"])), height
 
-        spent, revoked_from = self._cached(key, load)
+        spent, revoked_from = self._cached(key, load, at_least=at_least)
         return spent, revoked_from
 
     def manifest_in_effect(self, model_id: str, height: int) -> ModelManifest | None:

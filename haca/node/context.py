@@ -14,7 +14,7 @@ from haca.node.enclave import EnclaveKey
 from haca.node.errors import EnclaveUnavailable, PayloadTooLarge
 from haca.node.metrics import Metrics
 from haca.node.payments import PaymentGate, Quote
-from haca.node.receipts import ReceiptStore
+from haca.node.receipts import ReceiptQueue
 from haca.proofs.zk.circuit import Circuit
 from haca.proofs.zk.instances import dequantized_outputs
 from haca.proofs.zk.proof import Instances, witness_instances
@@ -62,7 +62,7 @@ class NodeContext:
     models: dict[str, ServedModel]  # by name and by id
     modes: tuple[str, ...]
     gate: PaymentGate
-    store: ReceiptStore
+    store: ReceiptQueue
     on_receipt: Callable[[], None] | None = None  # called after a receipt is queued (wakes the settler)
     price: int = 0  # the node's own price per unit; the fee is max(this, the model's price)
     quotes: tuple[int, dict[tuple[str, str], Quote]] | None = None  # (height, quotes) last computed

@@ -27,7 +27,7 @@ from haca.enclave.client import AsyncEnclaveClient, EnclaveClient, EnclaveError,
 from haca.enclave.runtime import Terms
 from haca.node.errors import EnclaveUnavailable
 from haca.node.payments import AcceptedPayment, Quote
-from haca.node.txlock import AccountTxLock
+from haca.node.txlock import TxLock
 from haca.types.batch import MsgSettleBatch
 from haca.types.modes import Mode
 from haca.types.receipt import SignedReceipt
@@ -63,7 +63,7 @@ class EnclaveKey:
         account: PrivateKey,
         enclave: EnclaveClient,
         runner: AsyncEnclaveClient,
-        tx_lock: AccountTxLock,
+        tx_lock: TxLock,
         poll_interval: float = 1.0,
     ) -> None:
         self.chain, self.account, self.enclave, self.runner = chain, account, enclave, runner

@@ -42,6 +42,10 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--batch-max", type=int, default=1000, help="batches: receipts per MsgSettleBatch")
     parser.add_argument("--batch-idle", type=float, default=0.5, help="batches: flush after this many idle seconds")
     parser.add_argument("--batch-max-age", type=float, default=5.0, help="batches: the oldest waits at most this")
+    parser.add_argument(
+        "--store", default="", help="a PostgreSQL DSN: serve as one worker of a node sharing this receipt store"
+    )
+    parser.add_argument("--worker", default="", help="this worker's name in the shared store")
     args = parser.parse_args(argv)
     configure_logging()
     run_node(
@@ -66,6 +70,8 @@ def main(argv: list[str] | None = None) -> None:
             batch_size=args.batch_size,
             flush_interval=args.flush_interval,
             batches=FlushPolicy(args.batch_max, args.batch_idle, args.batch_max_age) if args.settle_batches else None,
+            store=args.store,
+            worker=args.worker,
         )
     )
 

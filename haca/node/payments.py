@@ -38,7 +38,8 @@ from typing import Any, ParamSpec, Protocol, TypeVar
 from haca.crypto.keys import SignatureError
 from haca.node.chainview import DEFAULT_BLOCK_SECONDS, ReadPending
 from haca.node.errors import InvalidRequest, Overloaded, PaymentRequired, RequestConflict
-from haca.node.receipts import ReceiptStore
+from haca.node.holds import Hold, HoldBook, LocalHolds, RequestTaken
+from haca.node.receipts import ReceiptQueue
 from haca.node.x402v2 import decode_payment_signature
 from haca.node.x402v2 import payment_response_header as payment_response_header_v2
 from haca.types import fields
@@ -60,7 +61,6 @@ X402_VERSION = 1
 PAYMENT_HEADER = "x-payment"
 PAYMENT_RESPONSE_HEADER = "X-PAYMENT-RESPONSE"
 SIGNER_CACHE_SIZE = 4096
-SPENT_IDS = 100_000  # request ids whose work began and did not end in a receipt, remembered (LRU)
 MAX_READS = 8  # chain reads one payment step may wait for before it gives up (it needs 3 or 4)
 DEFAULT_CLAIM_DEADLINE = 50  # blocks; the chain's `claim_deadline` when the view does not tell it
 CLAIM_SAFETY = 0.8  # share of the claim deadline the node plans to use (block times vary)
@@ -118,7 +118,7 @@ class PaymentView(Protocol):
 
     def available_escrow(self, client: str, fresh: bool = False, at_least: int = 0) -> int: ...
 
-    def allowance(self, allowance: SpendingAllowance) -> tuple[int, int]: ...
+    def allowance(self, allowance: SpendingAllowance, at_least: int = 0) -> tuple[int, int]: ...
 
     def settlement_fee(self, fees: int, count: int = 1) -> int: ...
 
@@ -189,6 +189,7 @@ class AcceptedPayment:
     allowance_id: str = ""
     allowance_held: int = 0  # allowance cap held likewise
     mode: str = ""
+    exclusive: bool = True  # its id may be sent again: taken while in flight (see Hold)
 
 
 class PaymentGate:
@@ -198,20 +199,19 @@ class PaymentGate:
         chain_id: str,
         denom: str,
         chain: PaymentView,
-        store: ReceiptStore,
+        store: ReceiptQueue,
         settle_margin: int = 5,
         authorization_blocks: int = 100,
         proving_blocks: int = 1000,
         proving: ProvingLoad | None = None,
         llm_seconds: float = LLM_SECONDS,
+        holds: HoldBook | None = None,
     ) -> None:
         self.node, self.chain_id, self.denom = node, chain_id, denom
         self.chain, self.store = chain, store
-        self._held: dict[str, int] = {}  # client -> escrow held by requests in flight
-        self._held_allowance: dict[str, int] = {}  # allowance id -> cap held by requests in flight
-        self._in_flight: set[tuple[str, str]] = set()  # (client, request id) charged, receipt not yet queued
+        # escrow and allowance cap held by requests in flight, and the ids taken (shared by a node's workers)
+        self.holds: HoldBook = holds if holds is not None else LocalHolds()
         self._claimed: set[tuple[str, str]] = set()  # (client, request id) past check_async, not yet released
-        self._spent: OrderedDict[tuple[str, str], None] = OrderedDict()  # work began, no receipt came of it
         self._zk_in_flight = 0  # zkml requests charged whose proof job is not queued yet
         self._signers: OrderedDict[bytes, str] = OrderedDict()  # API key -> its signer (recovery is the cost)
         self.settle_margin = settle_margin  # blocks the settler needs before an authorisation expires
@@ -329,7 +329,7 @@ class PaymentGate:
         if pending.authorization is None and not pending.idempotent:
             return  # an allowance request has a fresh id of its own
         request = (pending.client, pending.request_id)
-        if request in self._claimed or request in self._in_flight:
+        if request in self._claimed or self.holds.taken(request):
             raise RequestConflict(f"request id {pending.request_id} is being served")
         self._claimed.add(request)
 
@@ -417,10 +417,10 @@ class PaymentGate:
         if auth.max_fee < quote.fee(1):
             raise PaymentRequired(f"max fee {auth.max_fee} is below the price {quote.fee(1)}")
         request = (auth.client, auth.request_id)
-        if request in self._in_flight or request in self._spent or self.store.has_request(*request):
+        if self.holds.taken(request) or self.store.has_request(*request):
             raise RequestConflict(f"request id {auth.request_id} was already served")
         self._admit(quote)
-        self._escrow_covers(auth.client, auth.max_fee, hold=False, at_least=min_height)
+        self._escrow_covers(auth.client, auth.max_fee, at_least=min_height)
         return PendingPayment(SignedPayment("request", auth, signature), auth.client, auth.request_id, min_height)
 
     def _allowance(self, token: str, quotes: Mapping[tuple[str, str], Quote], min_height: int) -> PendingPayment:
@@ -442,10 +442,10 @@ class PaymentGate:
         cheapest = min((q.fee(1) for q in quotes.values()), default=0)
         if (too_much := allowance.per_request_limit(cheapest)) is not None:
             raise PaymentRequired(f"API key allowance: no request here costs so little ({too_much})")
-        pending = self.store.unsettled_allowance(allowance.id) + self._held_allowance.get(allowance.id, 0)
+        pending = self.store.unsettled_allowance(allowance.id) + self.holds.held_allowance(allowance.id)
         if spent + pending + cheapest > allowance.cap:
             raise PaymentRequired(f"API key allowance cap {allowance.cap} reached ({spent} settled, {pending} pending)")
-        self._escrow_covers(allowance.client, cheapest, hold=False, at_least=min_height)
+        self._escrow_covers(allowance.client, cheapest, at_least=min_height)
         return PendingPayment(payment, allowance.client, "0x" + secrets.token_bytes(32).hex(), min_height)
 
     def _signer(self, payment: SignedPayment) -> str:
@@ -499,8 +499,8 @@ class PaymentGate:
         else:
             allowance = pending.payment.value
             assert isinstance(allowance, SpendingAllowance)
-            spent, _ = self.chain.allowance(allowance)
-            unsettled = self.store.unsettled_allowance(allowance.id) + self._held_allowance.get(allowance.id, 0)
+            spent, _ = self.chain.allowance(allowance, at_least=self.store.settled_height(allowance.id))
+            unsettled = self.store.unsettled_allowance(allowance.id) + self.holds.held_allowance(allowance.id)
             amount = min(worst, allowance.cap - spent - unsettled)
             if allowance.max_per_request:
                 amount = min(amount, allowance.max_per_request)
@@ -517,69 +517,81 @@ class PaymentGate:
         return replace(accepted, fee=fee)
 
     def _hold(self, pending: PendingPayment, quote: Quote, fee: int) -> AcceptedPayment:
+        # Checked and held as one step: under the client's guard (across a node's workers).
+        with self.holds.guard(pending.client):
+            return self._hold_guarded(pending, quote, fee)
+
+    def _hold_guarded(self, pending: PendingPayment, quote: Quote, fee: int) -> AcceptedPayment:
         auth = pending.authorization
         # The body may have taken a while: what `check` saw must still hold now.
         value = pending.payment.value
         self._common(value.node, value.chain_id, value.expiry)
         request = (pending.client, pending.request_id)
-        if auth is not None or pending.idempotent:
+        exclusive = auth is not None or pending.idempotent
+        if exclusive:
             if auth is not None and (auth.model_id, auth.mode) != (quote.model_id, quote.mode):
                 raise PaymentRequired("authorisation is for another model or mode than the request's")
             # The same X-PAYMENT sent twice at once may pass `check` twice: only one is charged and run.
-            if request in self._in_flight or request in self._spent or self.store.has_request(*request):
+            if self.holds.taken(request) or self.store.has_request(*request):
                 raise RequestConflict(f"request id {pending.request_id} is being or was already served")
         if auth is None:  # an allowance's mode is known only now (a per-request one's was checked)
             self._expiry_covers(quote, value.expiry)
         self._admit(quote)
-        if auth is not None:
-            reserved = self._escrow_covers(pending.client, fee, hold=True, at_least=pending.min_height)
-            self._in_flight.add(request)
-            self._count_zk(quote.mode, +1)
-            return AcceptedPayment(pending.payment, pending.client, pending.request_id, fee, reserved, mode=quote.mode)
-        allowance = pending.payment.value
-        assert isinstance(allowance, SpendingAllowance)
-        spent, revoked_from = self.chain.allowance(allowance)
-        if revoked_from:
-            raise PaymentRequired(f"API key allowance was revoked on chain (effective at height {revoked_from})")
-        if (too_much := allowance.per_request_limit(fee)) is not None:
-            raise PaymentRequired(f"API key allowance: {too_much}")
-        held = self._held_allowance.get(allowance.id, 0)
-        unsettled = self.store.unsettled_allowance(allowance.id) + held
-        if spent + unsettled + fee > allowance.cap:
-            raise PaymentRequired(
-                f"API key allowance cap {allowance.cap} reached ({spent} settled, {unsettled} pending, {fee} asked)"
-            )
-        reserved = self._escrow_covers(pending.client, fee, hold=True, at_least=pending.min_height)
-        self._held_allowance[allowance.id] = held + fee
-        if pending.idempotent:
-            self._in_flight.add(request)
+        allowance_id, allowance_held = "", 0
+        if auth is None:
+            allowance = pending.payment.value
+            assert isinstance(allowance, SpendingAllowance)
+            spent, revoked_from = self.chain.allowance(allowance, at_least=self.store.settled_height(allowance.id))
+            if revoked_from:
+                raise PaymentRequired(f"API key allowance was revoked on chain (effective at height {revoked_from})")
+            if (too_much := allowance.per_request_limit(fee)) is not None:
+                raise PaymentRequired(f"API key allowance: {too_much}")
+            unsettled = self.store.unsettled_allowance(allowance.id) + self.holds.held_allowance(allowance.id)
+            if spent + unsettled + fee > allowance.cap:
+                raise PaymentRequired(
+                    f"API key allowance cap {allowance.cap} reached ({spent} settled, {unsettled} pending, {fee} asked)"
+                )
+            allowance_id, allowance_held = allowance.id, fee
+        reserved = self._escrow_covers(pending.client, fee, at_least=pending.min_height)
+        try:
+            self.holds.hold(Hold(pending.client, pending.request_id, reserved, allowance_id, allowance_held, exclusive))
+        except RequestTaken:
+            raise RequestConflict(f"request id {pending.request_id} is being or was already served") from None
         self._count_zk(quote.mode, +1)
         return AcceptedPayment(
-            pending.payment, pending.client, pending.request_id, fee, reserved, allowance.id, fee, quote.mode
+            pending.payment,
+            pending.client,
+            pending.request_id,
+            fee,
+            reserved,
+            allowance_id,
+            allowance_held,
+            quote.mode,
+            exclusive,
         )
 
     def _count_zk(self, mode: str, delta: int) -> None:
         if mode == Mode.ZKML:
             self._zk_in_flight = max(0, self._zk_in_flight + delta)
 
-    def _escrow_covers(self, client: str, fee: int, hold: bool, at_least: int = 0) -> int:
+    def _escrow_covers(self, client: str, fee: int, at_least: int = 0) -> int:
         """The client's escrow for this node, less what it is withdrawing, must pay this fee and
-        every unsettled or in-flight one, each with its settlement fee; with `hold` the amount is
-        held for this request and returned. `at_least`: before refusing, the escrow is read from
-        that height's state or later (the client's deposit block)."""
-        available = self.chain.available_escrow(client)
+        every unsettled or in-flight one, each with its settlement fee: the amount to hold for this
+        request. `at_least`: before refusing, the escrow is read from that height's state or later
+        (the client's deposit block). The escrow is never read from before the last settlement the
+        store knows of (another worker's settler may have made it: the fees left the escrow then)."""
+        settled = self.store.settled_height(client)
+        available = self.chain.available_escrow(client, at_least=settled)
         count, fees = self.store.unsettled_charges(client)
-        pending = (fees + self.chain.settlement_fee(fees, count) if count else 0) + self._held.get(client, 0)
+        pending = (fees + self.chain.settlement_fee(fees, count) if count else 0) + self.holds.held(client)
         cost = fee + self.chain.settlement_fee(fee)
         if available < pending + cost:  # a deposit since the cached read pays: read once more first
-            available = self.chain.available_escrow(client, fresh=True, at_least=at_least)
+            available = self.chain.available_escrow(client, fresh=True, at_least=max(at_least, settled))
         if available < pending + cost:
             raise PaymentRequired(
                 f"escrow of {client} for this node is {available} (less withdrawals), with {pending} unsettled:"
                 f" deposit more with `haca deposit --node {self.node}`"
             )
-        if hold:
-            self._held[client] = self._held.get(client, 0) + cost
         return cost
 
     def release(self, accepted: AcceptedPayment, spent: bool = True) -> None:
@@ -588,26 +600,17 @@ class PaymentGate:
         so concurrent requests of one client cannot together overdraw its escrow or allowance.
         `spent`: the work began, so the request id is never served again even without a receipt
         (a replay would get the work again for free); False when it was refused before the work."""
-        _drop(self._held, accepted.client, accepted.reserved)
-        request = (accepted.client, accepted.request_id)
-        self._in_flight.discard(request)
-        self._claimed.discard(request)
+        hold = Hold(
+            accepted.client,
+            accepted.request_id,
+            accepted.reserved,
+            accepted.allowance_id,
+            accepted.allowance_held,
+            accepted.exclusive,
+        )
+        self.holds.release(hold, spent=spent and not accepted.allowance_id)
+        self._claimed.discard((accepted.client, accepted.request_id))
         self._count_zk(accepted.mode, -1)
-        if spent and not accepted.allowance_id:
-            self._spent[request] = None
-            self._spent.move_to_end(request)
-            while len(self._spent) > SPENT_IDS:
-                self._spent.popitem(last=False)
-        if accepted.allowance_id:
-            _drop(self._held_allowance, accepted.allowance_id, accepted.allowance_held)
-
-
-def _drop(held: dict[str, int], key: str, amount: int) -> None:
-    left = held.get(key, 0) - amount
-    if left > 0:
-        held[key] = left
-    else:
-        held.pop(key, None)
 
 
 def payment_response_headers(accepted: AcceptedPayment, chain_id: str, receipt_id: str) -> dict[str, str]:

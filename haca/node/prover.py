@@ -19,7 +19,7 @@ import structlog
 
 from haca.node.metrics import Metrics
 from haca.node.payments import ProvingLoad
-from haca.node.receipts import ProofJob, ReceiptStore
+from haca.node.receipts import ProofJob, ReceiptQueue
 from haca.proofs.zk.circuit import Circuit
 
 log = structlog.get_logger("haca.prover")
@@ -35,7 +35,7 @@ def prove_in_worker(circuit: Circuit, inputs: list[list[float]], srs: str) -> by
 class Prover:
     def __init__(
         self,
-        store: ReceiptStore,
+        store: ReceiptQueue,
         circuits: Mapping[str, Circuit],  # model id -> its circuit (built or fetched for this node)
         srs_for: Callable[[Circuit], Path],
         workers: int = 1,
@@ -86,9 +86,11 @@ class Prover:
     def run_once(self) -> int:
         """Collect finished proofs, start new jobs up to the worker count; how many finished."""
         finished = self._collect()
+        if self._running:
+            self.store.renew_proof_claims(list(self._running))
         free = self.workers - len(self._running)
         if free > 0:
-            for job in self.store.proof_jobs(free, exclude=frozenset(self._running)):
+            for job in self.store.claim_proof_jobs(free, exclude=frozenset(self._running)):
                 self._start(job)
         return finished
 

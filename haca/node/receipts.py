@@ -11,6 +11,7 @@ import json
 import sqlite3
 import threading
 import time
+from abc import ABC, abstractmethod
 from collections.abc import Collection, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -19,6 +20,8 @@ from typing import Any
 
 import orjson
 
+from haca.node.holds import HoldBook, LocalHolds
+from haca.node.txlock import AccountTxLock, TxLock
 from haca.proofs.zk.proof import PROOF_MAGIC, ProofError, encode_ezkl_proof
 from haca.types.inference import SettlementItem
 from haca.types.modes import UNSETTLED, Status
@@ -105,7 +108,95 @@ class StoredReceipt:
         }
 
 
-class ReceiptStore:
+class ReceiptQueue(ABC):
+    """What the node's request path, settler and prover need of a receipt store: one process's
+    SQLite file (ReceiptStore), or PostgreSQL shared by a node's workers (haca.node.pgstore)."""
+
+    @abstractmethod
+    def add(
+        self,
+        receipt: SignedReceipt,
+        payment: SignedPayment,
+        evidence: bytes = b"",
+        proof_job: ProofJob | None = None,
+        output: dict[str, Any] | None = None,
+    ) -> None: ...
+
+    @abstractmethod
+    def proof_jobs(self, limit: int = 64, exclude: frozenset[str] = frozenset()) -> list[ProofJob]: ...
+
+    def claim_proof_jobs(self, limit: int, exclude: frozenset[str] = frozenset()) -> list[ProofJob]:
+        """Jobs for this process's prover to start: none another worker is proving."""
+        return self.proof_jobs(limit, exclude)
+
+    def renew_proof_claims(self, receipt_ids: Collection[str]) -> None:  # noqa: B027 (nothing to renew alone)
+        """Still proving these (a worker's claims lapse unless renewed)."""
+
+    @abstractmethod
+    def proof_done(self, receipt_id: str, proof: bytes) -> None: ...
+
+    @abstractmethod
+    def proof_failed(self, receipt_id: str, error: str, final: bool) -> None: ...
+
+    @abstractmethod
+    def has_request(self, client: str, request_id: str) -> bool: ...
+
+    @abstractmethod
+    def output(self, client: str, request_id: str) -> StoredOutput | None: ...
+
+    @abstractmethod
+    def drop_outputs(self, expired_before: int) -> int: ...
+
+    @abstractmethod
+    def get(self, receipt_id: str) -> StoredReceipt | None: ...
+
+    @abstractmethod
+    def unsettled(self, limit: int, exclude: Collection[str] = ()) -> list[StoredReceipt]: ...
+
+    @abstractmethod
+    def count(self, status: str) -> int: ...
+
+    @abstractmethod
+    def unsettled_count(self) -> int: ...
+
+    @abstractmethod
+    def unsettled_charges(self, client: str) -> tuple[int, int]: ...
+
+    @abstractmethod
+    def unsettled_allowance(self, allowance_id: str) -> int: ...
+
+    def settled_height(self, key: str) -> int:
+        """The height of the last settlement this store recorded for a client or an allowance id
+        (0: none that another process made; one process's settler updates its own chain view)."""
+        return 0
+
+    @abstractmethod
+    def mark(
+        self,
+        receipt_ids: list[str],
+        status: str,
+        tx_hash: str | None = None,
+        height: int | None = None,
+        error: str | None = None,
+    ) -> None: ...
+
+    def settler_lease(self) -> bool:
+        """May this process settle now? (One settler per node identity: its txs share one nonce.)"""
+        return True
+
+    def new_holds(self) -> HoldBook:
+        """Where the payment gate keeps what requests in flight hold."""
+        return LocalHolds()
+
+    def new_tx_lock(self) -> TxLock:
+        """The lock every tx of the node's account is sent under."""
+        return AccountTxLock()
+
+    @abstractmethod
+    def close(self) -> None: ...
+
+
+class ReceiptStore(ReceiptQueue):
     def __init__(self, path: Path) -> None:
         path.parent.mkdir(parents=True, exist_ok=True)
         self._db = sqlite3.connect(str(path), check_same_thread=False, isolation_level=None)
@@ -268,7 +359,7 @@ class ReceiptStore:
                 "SELECT receipt, payment, evidence, status, tx_hash, height, error FROM receipts WHERE id = ?",
                 (receipt_id,),
             ).fetchone()
-        return _stored(row) if row else None
+        return stored_receipt(row) if row else None
 
     def unsettled(self, limit: int, exclude: Collection[str] = ()) -> list[StoredReceipt]:
         """The oldest receipts still to settle, but those in `exclude` (the settler's deferred ones:
@@ -285,7 +376,7 @@ class ReceiptStore:
             if row[0] in skip:
                 continue
             try:
-                out.append(_stored(row[1:]))
+                out.append(stored_receipt(row[1:]))
             except ValueError as exc:  # e.g. a payment signed under an older EIP-712 type: it can never settle
                 unreadable.append((row[0], f"unreadable after an upgrade: {exc}"))
         for rid, reason in unreadable:
@@ -352,7 +443,7 @@ def _wire_evidence(evidence: bytes) -> bytes:
         return evidence
 
 
-def _stored(row: tuple[Any, ...]) -> StoredReceipt:
+def stored_receipt(row: tuple[Any, ...]) -> StoredReceipt:
     receipt, payment, evidence, status, tx_hash, height, error = row
     evidence = _wire_evidence(bytes(evidence))
     item = SettlementItem(

@@ -28,9 +28,9 @@ from haca.node.follower import ChainFollower
 from haca.node.metrics import Metrics
 from haca.node.payments import PaymentGate
 from haca.node.prover import Prover
-from haca.node.receipts import ReceiptStore
+from haca.node.receipts import ReceiptQueue, ReceiptStore
 from haca.node.settler import FlushPolicy, Settler
-from haca.node.txlock import AccountTxLock
+from haca.node.txlock import TxLock
 from haca.proofs.zk.circuit import Circuit, circuit_from_files, load_circuit
 from haca.proofs.zk.srs import srs_file
 from haca.runtime.llm import LlmModel
@@ -68,6 +68,10 @@ class NodeSettings:
     llm_slots: int = 1  # LLMs: requests one model runs at once (each slot is a warm llama.cpp instance)
     llm_queue: int = 8  # LLMs: requests that may wait for a slot; more get 429
     stake: int | None = None  # bond at least this (default: the chain's minimum stake for the modes served)
+    # A PostgreSQL DSN: this process is one worker of a node whose workers share the receipt store
+    # (haca.node.pgstore); empty: the node's own SQLite file (DATA/receipts.db)
+    store: str = ""
+    worker: str = ""  # this worker's name in the shared store (default host:pid:random)
 
     @property
     def data(self) -> Path:
@@ -115,14 +119,15 @@ def build_node(settings: NodeSettings) -> Node:
     if not hub_url:
         raise ConfigError("no hub configured: pass --hub or add 'hub' to the config's extra")
     models = load_models(chain, HubClient(hub_url), settings)
-    register(chain, key, settings, models)
-    store = ReceiptStore(settings.data / "receipts.db")
+    store = open_store(settings, key.address)
+    tx_lock = store.new_tx_lock()  # the node account's txs: registration, settlements, enclave attestations
+    with tx_lock:
+        register(chain, key, settings, models)
     reads = read_client(config)
     view = ChainView(reads, key.address)
-    gate = PaymentGate(key.address, config.chain_id, config.denom, view, store)
+    gate = PaymentGate(key.address, config.chain_id, config.denom, view, store, holds=store.new_holds())
     gate.proving.workers = max(1, settings.provers)
     metrics = Metrics()  # GET /metrics; the settler and the prover count here too
-    tx_lock = AccountTxLock()  # the node account's txs: settlements and enclave attestations
     enclave = open_enclave(chain, key, settings, tx_lock, models) if Mode.TEE in settings.modes else None
     batches = settings.batches
     settler = Settler(
@@ -197,11 +202,23 @@ def root_signer(chain_id: str, key: PrivateKey, enclave: EnclaveKey | None) -> C
     return sign
 
 
+def open_store(settings: NodeSettings, node: str) -> ReceiptQueue:
+    """The node's own SQLite file, or (with a DSN) the PostgreSQL store its workers share."""
+    if not settings.store:
+        return ReceiptStore(settings.data / "receipts.db")
+    from haca.node.pgstore import PostgresReceiptStore, StoreUnavailable
+
+    try:
+        return PostgresReceiptStore(settings.store, node, settings.worker or None)
+    except StoreUnavailable as exc:
+        raise ConfigError(str(exc)) from exc
+
+
 def open_enclave(
     chain: ChainClient,
     key: PrivateKey,
     settings: NodeSettings,
-    tx_lock: AccountTxLock,
+    tx_lock: TxLock,
     models: dict[str, ServedModel],
 ) -> EnclaveKey:
     """Connect to the enclave, have it load the tee models itself (it fetches and hashes their

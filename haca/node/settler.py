@@ -25,8 +25,8 @@ from haca.client.records import parse_answer
 from haca.crypto.keys import PrivateKey
 from haca.node.chainview import ChainView
 from haca.node.metrics import Metrics
-from haca.node.receipts import ReceiptStore, StoredReceipt
-from haca.node.txlock import AccountTxLock
+from haca.node.receipts import ReceiptQueue, StoredReceipt
+from haca.node.txlock import TxLock
 from haca.types import codes
 from haca.types.batch import (
     BATCH_MODES,
@@ -107,7 +107,7 @@ def batchable(stored: StoredReceipt) -> bool:
 class Settler:
     def __init__(
         self,
-        store: ReceiptStore,
+        store: ReceiptQueue,
         chain: ChainClient,
         view: ChainView,
         key: PrivateKey,
@@ -120,7 +120,7 @@ class Settler:
         retry_interval: float = 5.0,
         claims_interval: float = 5.0,
         metrics: Metrics | None = None,
-        tx_lock: AccountTxLock | None = None,
+        tx_lock: TxLock | None = None,
     ) -> None:
         self.store, self.chain, self.view, self.key = store, chain, view, key
         self.batch_size, self.flush_interval, self.max_inflight = batch_size, flush_interval, max_inflight
@@ -145,7 +145,7 @@ class Settler:
         self._claims_read = float("-inf")
         self._claimed: set[str] = set()
         # held while txs of the node's account are in flight (shared with the enclave's attestations)
-        self.tx_lock = tx_lock or AccountTxLock()
+        self.tx_lock = tx_lock or store.new_tx_lock()
         self._wake = threading.Event()
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._loop, name="settler", daemon=True)
@@ -179,11 +179,17 @@ class Settler:
             self._wake.wait(wait)
             self._wake.clear()
             try:
+                if not self.store.settler_lease():
+                    continue  # another worker of this node settles (its lease lapses if it dies)
+            except Exception:  # the shared store is away: try again at the next pass
+                log.exception("settler_lease_error")
+                continue
+            try:
                 self._drop_expired_outputs()
             except Exception:  # a failure here must not cost a settling pass
                 log.exception("drop_outputs_error")
             try:
-                while not self._stop.is_set():
+                while not self._stop.is_set() and self.store.settler_lease():
                     with self.tx_lock:
                         if not self.run_once():
                             break

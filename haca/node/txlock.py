@@ -4,6 +4,23 @@ from __future__ import annotations
 
 import threading
 from types import TracebackType
+from typing import Protocol
+
+
+class TxLock(Protocol):
+    """A lock the node account's txs are sent under (one process's, or shared by a node's workers)."""
+
+    def acquire(self) -> None: ...
+
+    def release(self) -> None: ...
+
+    def waiting(self) -> int: ...
+
+    def __enter__(self) -> TxLock: ...
+
+    def __exit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None: ...
 
 
 class AccountTxLock:

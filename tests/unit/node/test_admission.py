@@ -122,7 +122,7 @@ def test_a_payment_replayed_while_it_is_served_is_refused_before_its_body_is_rea
         transport = httpx.ASGITransport(app=node.app)
         async with httpx.AsyncClient(transport=transport, base_url="http://testserver") as http:
             first = asyncio.create_task(http.post("/v1/infer", json=body(), headers=header))
-            while not node.app.state.context.gate._in_flight:  # the first one is charged and running
+            while node.app.state.context.gate.holds.idle():  # the first one is charged and running
                 await asyncio.sleep(0.01)
             # a body that is not even JSON: a 409, not a 400, means it was never parsed
             replay = await http.post("/v1/infer", content=b"{" * 100_000, headers=header)

@@ -246,4 +246,4 @@ def test_expiry_and_revocation_are_checked_again_once_the_body_is_in(tmp_path: P
     node.view.revoked[decode_api_key(key).value.id] = HEIGHT + 30  # announced while the body was arriving
     with pytest.raises(node_api.PaymentRequired, match="revoked on chain"):
         gate.charge(pending, quotes[(offer.model_id, "vanilla")], 1)
-    assert gate._held == {} and gate._in_flight == set()
+    assert gate.holds.idle()

@@ -182,7 +182,7 @@ def test_a_zkml_request_behind_too_long_a_proving_backlog_is_a_503_before_any_wo
     response = zknode.client.post("/v1/infer", json=body, headers={"X-PAYMENT": header})
     assert response.status_code == 503 and response.json()["error"]["code"] == "overloaded"
     assert int(response.headers["retry-after"]) >= 1
-    assert zknode.store.unsettled_count() == 0 and zknode.jobs == [] and gate._held == {}
+    assert zknode.store.unsettled_count() == 0 and zknode.jobs == [] and gate.holds.idle()
 
 
 def test_a_zkml_input_far_outside_the_calibrated_range_is_a_json_422(zknode):
