@@ -392,6 +392,15 @@ def node_run(
     batch_max: Annotated[int, typer.Option("--batch-max", min=1, max=4096, help="batches: receipts per tx")] = 1000,
     batch_idle: Annotated[float, typer.Option("--batch-idle", help="batches: flush after idle seconds")] = 0.5,
     batch_max_age: Annotated[float, typer.Option("--batch-max-age", help="batches: max seconds waiting")] = 5.0,
+    store: Annotated[
+        str,
+        typer.Option(
+            "--store",
+            help="a PostgreSQL DSN: serve as one worker of a node whose workers share this receipt store"
+            " (behind `haca node front`; --endpoint is then the front's URL)",
+        ),
+    ] = "",
+    worker: Annotated[str, typer.Option("--worker", help="this worker's name in the shared store")] = "",
     home: HomeOption = None,
 ) -> None:
     """Serve models over HTTP, register on chain, settle receipts in the background."""
@@ -414,5 +423,22 @@ def node_run(
             srs_dir=srs_dir,
             provers=provers,
             batches=FlushPolicy(batch_max, batch_idle, batch_max_age) if settle_batches else None,
+            store=store,
+            worker=worker,
         )
     )
+
+
+@node_app.command("front")
+@cli_command
+def node_front(
+    workers: Annotated[
+        list[str], typer.Option("--worker", help="a worker's URL (`haca node run --store …`); repeat for each")
+    ],
+    host: Annotated[str, typer.Option("--host")] = "127.0.0.1",
+    port: Annotated[int, typer.Option("--port")] = 8080,
+) -> None:
+    """One public URL for a node's workers: each request to the live worker with the fewest in flight."""
+    from haca.node.front import run_front
+
+    run_front(workers, host, port)

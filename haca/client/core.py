@@ -58,7 +58,7 @@ from haca.types.batch import BatchMark
 from haca.types.inference import EscrowAnswer, MsgDeposit, MsgWithdraw
 from haca.types.llm import LlmRequest, text_hash
 from haca.types.modes import Mode, Status
-from haca.types.outputs import OUTPUT_SIGNATURE_HEADER, sign_output_request
+from haca.types.outputs import ANSWER_LOST, OUTPUT_SIGNATURE_HEADER, sign_output_request
 from haca.types.payment import MIN_HEIGHT_HEADER, PaymentAuthorization
 from haca.types.receipt import Receipt, SignedReceipt
 from haca.types.registry import ModelManifest
@@ -87,6 +87,17 @@ def raise_for(response: httpx.Response) -> None:
     except ValueError:
         body = None
     raise node_error(response.status_code, body, response.text)
+
+
+def error_code(response: httpx.Response) -> str:
+    """The `error.code` of a node's error answer ("" when it has none)."""
+    try:
+        body = response.json()
+    except ValueError:
+        return ""
+    error = body.get("error") if isinstance(body, dict) else None
+    code = error.get("code") if isinstance(error, dict) else None
+    return code if isinstance(code, str) else ""
 
 
 def checked_receipt(stored: dict[str, Any], receipt_id: str) -> SignedReceipt:
@@ -147,6 +158,10 @@ class ClientCore:
             raise  # the request never reached the node: nothing was served or charged
         except httpx.TransportError as exc:  # sent; the answer may be lost after the node queued the receipt
             paid = yield from self._lost_answer_flow(url, auth.request_id, exc)
+        else:
+            if paid.status_code == 502 and error_code(paid) == ANSWER_LOST:  # lost behind the node's front
+                lost = NodeError(f"the node's front lost the worker serving it: {paid.text[:300]}", 502, ANSWER_LOST)
+                paid = yield from self._lost_answer_flow(url, auth.request_id, lost)
         if paid.status_code != 200:
             raise_for(paid)
         return Paid(paid, offer, manifest, auth)
@@ -157,7 +172,7 @@ class ClientCore:
             headers[MIN_HEIGHT_HEADER] = str(self.min_height)
         return headers
 
-    def _lost_answer_flow(self, url: str, request_id: str, lost: httpx.TransportError) -> Flow[httpx.Response]:
+    def _lost_answer_flow(self, url: str, request_id: str, lost: Exception) -> Flow[httpx.Response]:
         """A tensor answer lost on the way is fetched again (GET /v1/outputs: the output and receipt
         the node kept, checked as any answer); an LLM's is left to `fetch_output` (AnswerLost)."""
         message = f"the answer to request {request_id} was lost ({lost!r}): if the node served it, fetch_output gets it"

@@ -95,8 +95,14 @@ class ProvingLoad:
         self, backlog: Callable[[], int], workers: int = 1, proof_seconds: float = DEFAULT_PROOF_SECONDS
     ) -> None:
         self.backlog, self.workers, self.initial = backlog, max(1, workers), proof_seconds
+        # the provers of every worker of this node, when the backlog is theirs too (a shared store)
+        self.capacity: Callable[[], int] | None = None
         self._samples: deque[float] = deque(maxlen=PROOF_SAMPLES)
         self._lock = threading.Lock()  # the prover's thread observes, the event loop reads
+
+    def provers(self) -> int:
+        """How many proofs run at once on the backlog."""
+        return max(1, self.capacity()) if self.capacity is not None else self.workers
 
     @property
     def measured(self) -> bool:
@@ -236,7 +242,7 @@ class PaymentGate:
         """Until a zkml request admitted now has its proof: the proofs ahead of it, spread over
         the workers, then its own."""
         ahead = self.proving.backlog() + self._zk_in_flight
-        return math.ceil((ahead + 1) / self.proving.workers) * self.proving.proof_seconds()
+        return math.ceil((ahead + 1) / self.proving.provers()) * self.proving.proof_seconds()
 
     def min_expiry(self, quote: Quote, height: int) -> int:
         """The earliest expiry this node accepts for `quote` now: the settle margin, plus the

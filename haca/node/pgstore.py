@@ -110,7 +110,11 @@ CREATE INDEX IF NOT EXISTS holds_client ON holds (client) INCLUDE (escrow);
 CREATE INDEX IF NOT EXISTS holds_allowance ON holds (allowance_id) INCLUDE (allowance);
 CREATE INDEX IF NOT EXISTS holds_worker ON holds (worker);
 CREATE TABLE IF NOT EXISTS settled_heights (key TEXT PRIMARY KEY, height BIGINT NOT NULL);
-CREATE TABLE IF NOT EXISTS workers (id TEXT PRIMARY KEY, seen TIMESTAMPTZ NOT NULL);
+CREATE TABLE IF NOT EXISTS workers (
+    id TEXT PRIMARY KEY,
+    seen TIMESTAMPTZ NOT NULL,
+    provers INTEGER NOT NULL DEFAULT 0
+);
 CREATE TABLE IF NOT EXISTS leases (name TEXT PRIMARY KEY, holder TEXT NOT NULL, expires TIMESTAMPTZ NOT NULL);
 """
 
@@ -166,6 +170,7 @@ class PostgresReceiptStore(ReceiptQueue):
             self._pool.close()
             raise StoreUnavailable(f"this receipt store belongs to node {owner}, not {node}: one database per node")
         self._leading = False
+        self._provers = 0
         self._stop = threading.Event()
         self._heartbeat = threading.Thread(target=self._beat, name="store-heartbeat", daemon=True)
         self._heartbeat.start()
@@ -403,6 +408,17 @@ class PostgresReceiptStore(ReceiptQueue):
             self.mark([receipt_id], Status.FAILED, error=error)
 
     # --- one settler, one nonce sequence ------------------------------------------------------------
+
+    def prover_capacity(self, local: int) -> int:
+        """Every live worker's provers: the proof jobs here are theirs to share."""
+        if local != self._provers:
+            self._exec("UPDATE workers SET provers = %s WHERE id = %s", (local, self.worker))
+            self._provers = local
+        rows = self._fetch(
+            "SELECT COALESCE(sum(provers), 0) FROM workers WHERE seen > now() - make_interval(secs => %s)",
+            (WORKER_GONE_S,),
+        )
+        return max(local, int(rows[0][0]))
 
     def settler_lease(self) -> bool:
         rows = self._fetch(

@@ -180,6 +180,10 @@ class ReceiptQueue(ABC):
         error: str | None = None,
     ) -> None: ...
 
+    def prover_capacity(self, local: int) -> int:
+        """The provers working on this store's proof jobs, given this process runs `local`."""
+        return local
+
     def settler_lease(self) -> bool:
         """May this process settle now? (One settler per node identity: its txs share one nonce.)"""
         return True

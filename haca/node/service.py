@@ -127,6 +127,8 @@ def build_node(settings: NodeSettings) -> Node:
     view = ChainView(reads, key.address)
     gate = PaymentGate(key.address, config.chain_id, config.denom, view, store, holds=store.new_holds())
     gate.proving.workers = max(1, settings.provers)
+    provers = settings.provers if Mode.ZKML in settings.modes else 0
+    gate.proving.capacity = lambda: store.prover_capacity(provers)  # a shared store: every worker's provers
     metrics = Metrics()  # GET /metrics; the settler and the prover count here too
     enclave = open_enclave(chain, key, settings, tx_lock, models) if Mode.TEE in settings.modes else None
     batches = settings.batches

@@ -22,6 +22,9 @@ from haca.types import fields as f
 OUTPUT_REQUEST_FIELDS = [("chainId", "string"), ("node", "address"), ("requestId", "bytes32")]
 OUTPUT_SIGNATURE_HEADER = "X-HACA-Output-Signature"
 IDEMPOTENCY_HEADER = "Idempotency-Key"
+# The error code of a node's front (haca.node.front) whose worker was lost after the request was
+# sent: the request may have been served, its output is fetched as after any lost answer.
+ANSWER_LOST = "answer_lost"
 MIN_IDEMPOTENCY_KEY, MAX_IDEMPOTENCY_KEY = 16, 255  # characters: random ones (a UUID), not guessable
 
 
