@@ -280,17 +280,16 @@ class ChainView:
 
         return int(self._cached(key, load, fresh, at_least))
 
-    def allowance(self, allowance: SpendingAllowance, at_least: int = 0) -> tuple[int, int]:
-        """(spent on chain, height its revocation takes effect or 0) for an allowance; `at_least`:
-        read from the state at this height or later (a settlement another worker made)."""
+    def allowance(self, allowance: SpendingAllowance) -> tuple[int, int]:
+        """(spent on chain, height its revocation takes effect or 0) for an allowance."""
         key = ("allowance", allowance.id)
 
         def load() -> tuple[tuple[int, int], int]:
             data = canonical_json(allowance.to_json())
-            answer, height = self._query_at_least(key, "/inference/allowance", data, at_least)
+            answer, height = self._query_at_least(key, "/inference/allowance", data, 0)
             return (int(answer["spent"]), int(answer["revoked_from"])), height
 
-        spent, revoked_from = self._cached(key, load, at_least=at_least)
+        spent, revoked_from = self._cached(key, load)
         return spent, revoked_from
 
     def manifest_in_effect(self, model_id: str, height: int) -> ModelManifest | None:
@@ -346,6 +345,18 @@ class ChainView:
             return parse_answer(request_settlement, answer, "request settlement")
         except QueryFailed:
             return None
+
+    def follow_settlement(self, key: tuple[str, str], height: int) -> None:
+        """A settlement committed at `height` changed `key` (("escrow", client) or ("allowance",
+        id)): made by another worker of this node, it is known from the shared store. As after
+        `forget`, once: reads wait (a little) for that height, never use what was cached before."""
+        with self._lock:
+            if self._floors.get(key, 0) >= height:
+                return
+        self._raise_floor(key, height)
+        with self._lock:
+            self._cache.pop(key, None)
+            self._loading.pop(key, None)
 
     def forget(self, client: str, allowance_id: str | None = None, height: int = 0) -> None:
         """Drop cached chain state a settlement committed at `height` changed, so the next request

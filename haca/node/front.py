@@ -20,12 +20,12 @@ from typing import Any
 import httpx
 import structlog
 from starlette.applications import Starlette
-from starlette.background import BackgroundTask
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response, StreamingResponse
 from starlette.routing import Route
 
-from haca.node.errors import error_body
+from haca.node.context import read_body
+from haca.node.errors import PayloadTooLarge, error_body
 from haca.node.payments import PAYMENT_HEADER
 from haca.types.outputs import ANSWER_LOST
 from haca.types.x402 import PAYMENT_SIGNATURE_HEADER
@@ -33,6 +33,7 @@ from haca.types.x402 import PAYMENT_SIGNATURE_HEADER
 log = structlog.get_logger("haca.front")
 
 PROBE_INTERVAL_S = 1.0
+POOL_WAIT_S = 10.0
 # Hop-by-hop headers (RFC 9110 7.6.1) are the connection's, not the message's: never forwarded.
 _HOP = frozenset(
     {"connection", "keep-alive", "proxy-authenticate", "proxy-authorization", "te", "trailer", "transfer-encoding"}
@@ -59,7 +60,8 @@ class Front:
             raise ValueError("a front needs at least one worker URL")
         self.workers = [Worker(url.rstrip("/"), order=i) for i, url in enumerate(workers)]
         self._turn = itertools.count()
-        timeout = httpx.Timeout(None, connect=connect_timeout)  # an LLM may stream for minutes
+        # an LLM may stream for minutes; all connections busy for POOL_WAIT_S: 503
+        timeout = httpx.Timeout(None, connect=connect_timeout, pool=POOL_WAIT_S)
         # idle connections closed before the worker closes them (uvicorn: after 5 s), so a request
         # is never sent on a connection the worker is closing (that would read as a lost answer)
         limits = httpx.Limits(max_connections=512, keepalive_expiry=2.0)
@@ -86,7 +88,10 @@ class Front:
                         log.info("worker_up", worker=worker.url)
 
     async def forward(self, request: Request) -> Response:
-        body = await request.body()
+        try:
+            body = await read_body(request)  # the workers' own limit: a front never buffers more
+        except PayloadTooLarge as exc:
+            return JSONResponse(error_body(exc.status, exc.code, str(exc)), exc.status)
         headers = [(k, v) for k, v in request.headers.items() if k.lower() not in _HOP]
         if request.client is not None:
             headers.append(("x-forwarded-for", request.client.host))
@@ -98,6 +103,9 @@ class Front:
             worker.in_flight += 1
             try:
                 answer = await self._http.send(upstream, stream=True)
+            except httpx.PoolTimeout:
+                worker.in_flight -= 1
+                return JSONResponse(error_body(503, "overloaded", "every connection to the workers is busy"), 503)
             except (httpx.ConnectError, httpx.ConnectTimeout) as exc:  # never reached it: try the next
                 worker.in_flight -= 1
                 worker.up = False
@@ -119,19 +127,18 @@ class Front:
             try:
                 async for chunk in answer.aiter_raw():
                     yield chunk
+                worker.served += 1
             except httpx.HTTPError as exc:  # the worker died mid-stream: the client sees the stream cut
                 worker.lost += 1
                 worker.up = False
                 log.warning("stream_lost", worker=worker.url, error=repr(exc))
                 raise
-
-        async def done() -> None:
-            await answer.aclose()
-            worker.in_flight -= 1
-            worker.served += 1
+            finally:  # also when the client went away: the worker's count and connection are freed
+                await answer.aclose()
+                worker.in_flight -= 1
 
         headers = {k: v for k, v in answer.headers.items() if k.lower() not in _HOP}
-        return StreamingResponse(body(), answer.status_code, headers, background=BackgroundTask(done))
+        return StreamingResponse(body(), answer.status_code, headers)
 
     def status(self) -> dict[str, Any]:
         return {

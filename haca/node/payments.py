@@ -124,7 +124,7 @@ class PaymentView(Protocol):
 
     def available_escrow(self, client: str, fresh: bool = False, at_least: int = 0) -> int: ...
 
-    def allowance(self, allowance: SpendingAllowance, at_least: int = 0) -> tuple[int, int]: ...
+    def allowance(self, allowance: SpendingAllowance) -> tuple[int, int]: ...
 
     def settlement_fee(self, fees: int, count: int = 1) -> int: ...
 
@@ -440,6 +440,7 @@ class PaymentGate:
         if signer != allowance.client:
             raise PaymentRequired("API key allowance is not signed by its client")
         self._common(allowance.node, allowance.chain_id, allowance.expiry)
+        pending = self._allowance_pending(allowance.id)
         spent, revoked_from = self.chain.allowance(allowance)
         if revoked_from:
             # Refused from the moment the revocation is announced: what was served before it
@@ -448,7 +449,6 @@ class PaymentGate:
         cheapest = min((q.fee(1) for q in quotes.values()), default=0)
         if (too_much := allowance.per_request_limit(cheapest)) is not None:
             raise PaymentRequired(f"API key allowance: no request here costs so little ({too_much})")
-        pending = self.store.unsettled_allowance(allowance.id) + self.holds.held_allowance(allowance.id)
         if spent + pending + cheapest > allowance.cap:
             raise PaymentRequired(f"API key allowance cap {allowance.cap} reached ({spent} settled, {pending} pending)")
         self._escrow_covers(allowance.client, cheapest, at_least=min_height)
@@ -505,8 +505,8 @@ class PaymentGate:
         else:
             allowance = pending.payment.value
             assert isinstance(allowance, SpendingAllowance)
-            spent, _ = self.chain.allowance(allowance, at_least=self.store.settled_height(allowance.id))
-            unsettled = self.store.unsettled_allowance(allowance.id) + self.holds.held_allowance(allowance.id)
+            unsettled = self._allowance_pending(allowance.id)
+            spent, _ = self.chain.allowance(allowance)
             amount = min(worst, allowance.cap - spent - unsettled)
             if allowance.max_per_request:
                 amount = min(amount, allowance.max_per_request)
@@ -547,12 +547,12 @@ class PaymentGate:
         if auth is None:
             allowance = pending.payment.value
             assert isinstance(allowance, SpendingAllowance)
-            spent, revoked_from = self.chain.allowance(allowance, at_least=self.store.settled_height(allowance.id))
+            unsettled = self._allowance_pending(allowance.id)
+            spent, revoked_from = self.chain.allowance(allowance)
             if revoked_from:
                 raise PaymentRequired(f"API key allowance was revoked on chain (effective at height {revoked_from})")
             if (too_much := allowance.per_request_limit(fee)) is not None:
                 raise PaymentRequired(f"API key allowance: {too_much}")
-            unsettled = self.store.unsettled_allowance(allowance.id) + self.holds.held_allowance(allowance.id)
             if spent + unsettled + fee > allowance.cap:
                 raise PaymentRequired(
                     f"API key allowance cap {allowance.cap} reached ({spent} settled, {unsettled} pending, {fee} asked)"
@@ -580,19 +580,39 @@ class PaymentGate:
         if mode == Mode.ZKML:
             self._zk_in_flight = max(0, self._zk_in_flight + delta)
 
+    def _allowance_pending(self, allowance_id: str) -> int:
+        """What an allowance has held and unsettled, the chain view then following its last
+        settlement (in this order: see _escrow_covers)."""
+        held = self.holds.held_allowance(allowance_id)
+        unsettled = self.store.unsettled_allowance(allowance_id)
+        self._follow_settlement(allowance_id, self.store.settled_height(allowance_id), allowance=True)
+        return held + unsettled
+
+    def _follow_settlement(self, key: str, height: int, allowance: bool = False) -> None:
+        """A settlement at `height` (maybe another worker's): the chain view reads the escrow or
+        allowance from that height's state or later (a view of one process hears its own settler)."""
+        follow = getattr(self.chain, "follow_settlement", None)
+        if height and follow is not None:
+            follow(("allowance" if allowance else "escrow", key), height)
+
     def _escrow_covers(self, client: str, fee: int, at_least: int = 0) -> int:
         """The client's escrow for this node, less what it is withdrawing, must pay this fee and
         every unsettled or in-flight one, each with its settlement fee: the amount to hold for this
         request. `at_least`: before refusing, the escrow is read from that height's state or later
         (the client's deposit block). The escrow is never read from before the last settlement the
         store knows of (another worker's settler may have made it: the fees left the escrow then)."""
-        settled = self.store.settled_height(client)
-        available = self.chain.available_escrow(client, at_least=settled)
+        # In this order (another worker queues a receipt, then drops its hold; its settler marks
+        # receipts settled with the height): a fee read in neither the holds nor the unsettled
+        # receipts, or an escrow read from before a settlement the unsettled total no longer
+        # counts, cannot happen; a fee counted twice can (the safe way).
+        held = self.holds.held(client)
         count, fees = self.store.unsettled_charges(client)
-        pending = (fees + self.chain.settlement_fee(fees, count) if count else 0) + self.holds.held(client)
+        self._follow_settlement(client, self.store.settled_height(client))
+        available = self.chain.available_escrow(client)
+        pending = (fees + self.chain.settlement_fee(fees, count) if count else 0) + held
         cost = fee + self.chain.settlement_fee(fee)
         if available < pending + cost:  # a deposit since the cached read pays: read once more first
-            available = self.chain.available_escrow(client, fresh=True, at_least=max(at_least, settled))
+            available = self.chain.available_escrow(client, fresh=True, at_least=at_least)
         if available < pending + cost:
             raise PaymentRequired(
                 f"escrow of {client} for this node is {available} (less withdrawals), with {pending} unsettled:"

@@ -35,8 +35,9 @@ from typing import Any
 import orjson
 import psycopg
 import structlog
-from psycopg_pool import ConnectionPool
+from psycopg_pool import ConnectionPool, PoolTimeout
 
+from haca.node.errors import Overloaded
 from haca.node.holds import Hold, RequestTaken
 from haca.node.receipts import (
     OUTPUT_RETENTION_BLOCKS,
@@ -127,11 +128,26 @@ SETTLER_LEASE_S = 15.0  # a dead settler's lease lapses after this; renewed ever
 PROOF_CLAIM_S = 30.0  # a dead worker's proof jobs go to another after this; renewed every prover poll
 HEARTBEAT_S = 2.0
 WORKER_GONE_S = 20.0  # a worker unseen this long is dead: its holds are dropped
+GUARD_WAIT_S = 5.0  # longest wait for another worker's check-then-hold of the same client (then 503)
 SPENT_KEPT = "1 day"  # ids of requests whose work began without a receipt (their payments have expired by then)
 DROP_CHUNK = 1000
 
 _UNSETTLED = list(UNSETTLED)
 _SETTLEABLE = [Status.PENDING.value, Status.SUBMITTED.value]
+
+
+def connection_options() -> dict[str, Any]:
+    """Every connection: autocommit, and TCP keepalives both ways, so a worker whose host dies (not
+    only its process) lets go of its advisory locks in seconds, not hours (Linux's default)."""
+    server_side = "-c tcp_keepalives_idle=5 -c tcp_keepalives_interval=2 -c tcp_keepalives_count=3"
+    return {
+        "autocommit": True,
+        "keepalives": 1,
+        "keepalives_idle": 5,
+        "keepalives_interval": 2,
+        "keepalives_count": 3,
+        "options": server_side,
+    }
 
 
 class StoreUnavailable(RuntimeError):
@@ -146,11 +162,11 @@ class PostgresReceiptStore(ReceiptQueue):
     def __init__(self, dsn: str, node: str, worker: str | None = None, pool_size: int = 12) -> None:
         self.node, self.worker = node, worker or default_worker_id()
         try:  # one connection first: a server away is an error now, not after the pool's timeout
-            psycopg.connect(dsn, connect_timeout=5).close()
+            psycopg.connect(dsn, connect_timeout=5, **connection_options()).close()
         except psycopg.Error as exc:
             raise StoreUnavailable(f"cannot connect to the receipt store {_redact(dsn)}: {exc}") from exc
         self._pool = ConnectionPool(
-            dsn, min_size=2, max_size=pool_size, kwargs={"autocommit": True}, open=False, name="receipts"
+            dsn, min_size=2, max_size=pool_size, kwargs=connection_options(), open=False, name="receipts", timeout=10.0
         )
         try:
             self._pool.open(wait=True, timeout=15.0)
@@ -171,6 +187,7 @@ class PostgresReceiptStore(ReceiptQueue):
             raise StoreUnavailable(f"this receipt store belongs to node {owner}, not {node}: one database per node")
         self._leading = False
         self._provers = 0
+        self._holds: list[PostgresHolds] = []
         self._stop = threading.Event()
         self._heartbeat = threading.Thread(target=self._beat, name="store-heartbeat", daemon=True)
         self._heartbeat.start()
@@ -200,16 +217,24 @@ class PostgresReceiptStore(ReceiptQueue):
                 log.warning("store_heartbeat_failed", exc_info=True)
 
     def heartbeat(self) -> None:
-        with self._tx() as conn:
-            conn.execute("UPDATE workers SET seen = now() WHERE id = %s", (self.worker,))
-            gone = conn.execute(
-                "DELETE FROM workers WHERE seen < now() - make_interval(secs => %s) RETURNING id", (WORKER_GONE_S,)
+        """This worker is alive (its row written again if another worker took it for dead, after
+        the database was away); the holds of workers silent for WORKER_GONE_S are dropped."""
+        with self._pool.connection(timeout=HEARTBEAT_S) as conn, conn.transaction():
+            conn.execute(
+                "INSERT INTO workers (id, seen, provers) VALUES (%s, now(), %s)"
+                " ON CONFLICT (id) DO UPDATE SET seen = now(), provers = EXCLUDED.provers",
+                (self.worker, self._provers),
+            )
+            conn.execute("DELETE FROM workers WHERE seen < now() - make_interval(secs => %s)", (WORKER_GONE_S,))
+            dropped = conn.execute(
+                "DELETE FROM holds h WHERE NOT spent AND NOT EXISTS (SELECT 1 FROM workers w WHERE w.id = h.worker)"
+                " RETURNING worker"
             ).fetchall()
-            if gone:
-                ids = [row[0] for row in gone]
-                dropped = conn.execute("DELETE FROM holds WHERE worker = ANY(%s) AND NOT spent", (ids,)).rowcount
-                log.warning("workers_gone", workers=ids, holds_dropped=dropped)
+            if dropped:
+                workers = sorted({row[0] for row in dropped})
+                log.warning("dead_workers_holds_dropped", workers=workers, holds=len(dropped))
             conn.execute(f"DELETE FROM holds WHERE spent AND created < now() - interval '{SPENT_KEPT}'")
+        self._retry_releases()
 
     # --- receipts ---------------------------------------------------------------------------------
 
@@ -400,12 +425,19 @@ class PostgresReceiptStore(ReceiptQueue):
             conn.execute("DELETE FROM proof_jobs WHERE receipt_id = %s", (receipt_id,))
 
     def proof_failed(self, receipt_id: str, error: str, final: bool) -> None:
-        self._exec(
-            "UPDATE proof_jobs SET attempts = attempts + 1, error = %s, claimed_until = NULL WHERE receipt_id = %s",
-            (error, receipt_id),
-        )
-        if final:
-            self.mark([receipt_id], Status.FAILED, error=error)
+        """A failed try by this worker; nothing when its claim lapsed and another worker took the
+        job (that one's try decides)."""
+        with self._tx() as conn:
+            mine = conn.execute(
+                "UPDATE proof_jobs SET attempts = attempts + 1, error = %s, claimed_until = NULL"
+                " WHERE receipt_id = %s AND claimed_by = %s",
+                (error, receipt_id, self.worker),
+            ).rowcount
+            if mine and final:
+                conn.execute(
+                    "UPDATE receipts SET status = %s, error = %s WHERE id = %s AND status = %s",
+                    (Status.FAILED.value, error, receipt_id, Status.PROVING.value),
+                )
 
     # --- one settler, one nonce sequence ------------------------------------------------------------
 
@@ -438,7 +470,13 @@ class PostgresReceiptStore(ReceiptQueue):
         return SharedTxLock(self._pool)
 
     def new_holds(self) -> PostgresHolds:
-        return PostgresHolds(self._pool, self.worker)
+        holds = PostgresHolds(self._pool, self.worker)
+        self._holds.append(holds)
+        return holds
+
+    def _retry_releases(self) -> None:
+        for holds in self._holds:
+            holds.retry_releases()
 
     def close(self) -> None:
         self._stop.set()
@@ -500,13 +538,21 @@ class PostgresHolds:
 
     def __init__(self, pool: ConnectionPool[Any], worker: str) -> None:
         self._pool, self.worker = pool, worker
+        self._lock = threading.Lock()
+        self._deferred: list[tuple[Hold, bool]] = []  # releases the database refused, tried again
 
     @contextlib.contextmanager
     def guard(self, client: str) -> Iterator[None]:
         """Check-then-hold for one client, one worker at a time: a session advisory lock on a
         connection of its own (the checks read through others, after the last hold committed)."""
-        with self._pool.connection() as conn:
-            conn.execute("SELECT pg_advisory_lock(%s, hashtext(%s))", (_LOCK_CLIENT, client))
+        with self._pool.connection(timeout=GUARD_WAIT_S) as conn:
+            try:  # a worker stuck inside its guard delays this client's requests, never the node
+                conn.execute(f"SET lock_timeout = '{int(GUARD_WAIT_S * 1000)}ms'")
+                conn.execute("SELECT pg_advisory_lock(%s, hashtext(%s))", (_LOCK_CLIENT, client))
+            except psycopg.errors.LockNotAvailable:
+                raise Overloaded("another worker of this node is charging this client: retry", 1) from None
+            finally:
+                conn.execute("RESET lock_timeout")
             try:
                 yield
             finally:
@@ -546,6 +592,22 @@ class PostgresHolds:
             raise RequestTaken(hold.request_id)
 
     def release(self, hold: Hold, spent: bool) -> None:
+        """Never raises (it runs in the request's `finally`): a release the database refuses now is
+        tried again with each heartbeat; until then the hold only counts against its client."""
+        try:
+            self._release(hold, spent)
+        except (psycopg.Error, PoolTimeout):
+            log.warning("hold_release_deferred", request=hold.request_id, exc_info=True)
+            with self._lock:
+                self._deferred.append((hold, spent))
+
+    def retry_releases(self) -> None:
+        with self._lock:
+            deferred, self._deferred = self._deferred, []
+        for hold, spent in deferred:
+            self.release(hold, spent)
+
+    def _release(self, hold: Hold, spent: bool) -> None:
         key = f"{hold.client}:{hold.request_id}"
         with self._pool.connection() as conn:
             if spent and not conn.execute("SELECT 1 FROM receipts WHERE request_key = %s", (key,)).fetchone():

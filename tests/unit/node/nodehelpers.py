@@ -123,7 +123,7 @@ class FakeView:
     def available_escrow(self, client: str, fresh: bool = False, at_least: int = 0) -> int:
         return self.escrows.get(client, 0)
 
-    def allowance(self, allowance: SpendingAllowance, at_least: int = 0) -> tuple[int, int]:
+    def allowance(self, allowance: SpendingAllowance) -> tuple[int, int]:
         return self.spent.get(allowance.id, 0), self.revoked.get(allowance.id, 0)
 
     def manifest_in_effect(self, model_id: str, height: int) -> ModelManifest | None:

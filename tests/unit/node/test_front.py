@@ -16,6 +16,7 @@ from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse, StreamingResponse
 
 from haca.client.core import error_code
+from haca.node.context import MAX_BODY_BYTES
 from haca.node.front import create_front
 from haca.types.outputs import ANSWER_LOST
 from tests.unit.hub.server import free_port, serve
@@ -80,11 +81,16 @@ def test_a_worker_refusing_connections_is_skipped_and_the_answer_relayed_whole()
         assert answer.status_code == 200 and answer.json() == {"worker": "w1", "echo": {"model": "iris"}}
         assert answer.headers["x-haca-receipt"] == "w1"
         assert app.state.seen == [({"model": "iris"}, "abc")]  # the payment header passed through
+        too_big = httpx.post(f"{front}/v1/infer", content=b"x" * (MAX_BODY_BYTES + 1))
+        assert too_big.status_code == 413 and error_code(too_big) == "payload_too_large"
+        assert len(app.state.seen) == 1  # never buffered whole, never forwarded
         status = httpx.get(f"{front}/front/status").json()["workers"]
         assert [(w["up"], w["served"]) for w in status] == [(False, 0), (True, 1)]
         with httpx.stream("GET", f"{front}/v1/stream") as streamed:
             assert streamed.headers["content-type"].startswith("text/event-stream")
             assert list(streamed.iter_lines()) == ["data: 0", "", "data: 1", "", "data: 2", ""]
+        status = httpx.get(f"{front}/front/status").json()["workers"]
+        assert [(w["in_flight"], w["served"]) for w in status] == [(0, 0), (0, 2)]
 
 
 def test_a_worker_lost_after_a_paid_request_was_sent_is_a_502_answer_lost_and_an_unpaid_one_goes_to_the_next():

@@ -14,6 +14,7 @@ import pytest
 
 from haca.crypto.keys import PrivateKey
 from haca.node import pgstore
+from haca.node.errors import Overloaded
 from haca.node.holds import Hold, RequestTaken
 from haca.node.pgstore import PostgresReceiptStore, StoreUnavailable
 from haca.node.receipts import DuplicateRequest, ProofJob
@@ -187,3 +188,65 @@ def test_an_unreachable_server_is_a_clear_error():
         StoreUnavailable, match=re.escape("cannot connect to the receipt store postgresql://haca@127.0.0.1:1/x")
     ):
         PostgresReceiptStore("postgresql://haca:secret@127.0.0.1:1/x", NODE.address, "w")
+
+
+def test_a_worker_taken_for_dead_comes_back_and_only_holds_of_workers_gone_are_dropped(stores, pg_dsn):
+    a, b = stores
+    a.new_holds().hold(Hold(CLIENT.address, "0x01", 10, exclusive=True))
+    b.new_holds().hold(Hold(CLIENT.address, "0x02", 20, exclusive=True))
+    with psycopg.connect(pg_dsn, autocommit=True) as conn:  # the database was away: worker0 looks dead
+        conn.execute("UPDATE workers SET seen = now() - interval '1 minute' WHERE id = 'worker0'")
+    b.heartbeat()  # worker0's row and its holds go
+    assert b.new_holds().held(CLIENT.address) == 20
+    a.heartbeat()  # worker0 beats again: back, and what it holds from now on is kept
+    a.new_holds().hold(Hold(CLIENT.address, "0x03", 30, exclusive=True))
+    b.heartbeat()
+    assert b.new_holds().held(CLIENT.address) == 50
+
+
+def test_a_final_proof_failure_by_a_worker_whose_claim_lapsed_changes_nothing(stores, pg_dsn):
+    a, b = stores
+    a.add(receipt(1, 10, "zkml"), per_request(1), proof_job=ProofJob("", "circuit", [[1.0]], 0))
+    (job,) = a.claim_proof_jobs(1)
+    with psycopg.connect(pg_dsn, autocommit=True) as conn:  # worker0 stalled past its claim
+        conn.execute("UPDATE proof_jobs SET claimed_until = now() - interval '1 second'")
+    assert [j.receipt_id for j in b.claim_proof_jobs(1)] == [job.receipt_id]
+    a.proof_failed(job.receipt_id, "late failure", final=True)  # worker0's late verdict: not its job now
+    stored = b.get(job.receipt_id)
+    assert stored is not None and stored.status == "proving"
+    b.proof_done(job.receipt_id, b"proof")
+    stored = b.get(job.receipt_id)
+    assert stored is not None and stored.status == "pending" and stored.item.evidence == b"proof"
+
+
+def test_a_client_guard_held_too_long_elsewhere_is_a_503_not_a_stalled_worker(stores, monkeypatch):
+    monkeypatch.setattr(pgstore, "GUARD_WAIT_S", 0.3)
+    a, b = (s.new_holds() for s in stores)
+    with a.guard(CLIENT.address):
+        began = time.monotonic()
+        with (
+            pytest.raises(Overloaded, match="another worker of this node is charging this client"),
+            b.guard(CLIENT.address),
+        ):
+            pass
+        assert time.monotonic() - began < 2
+    with b.guard(CLIENT.address):  # free again
+        pass
+
+
+def test_a_release_the_database_refuses_is_kept_and_done_at_the_next_heartbeat(stores, monkeypatch):
+    a, _ = stores
+    holds = a.new_holds()
+    hold = Hold(CLIENT.address, "0x01", 10, exclusive=True)
+    holds.hold(hold)
+    real = holds._release
+
+    def refused(*args: object) -> None:
+        raise psycopg.OperationalError("the server closed the connection")
+
+    monkeypatch.setattr(holds, "_release", refused)
+    holds.release(hold, spent=False)  # in a request's `finally`: it must not raise
+    assert holds.held(CLIENT.address) == 10
+    monkeypatch.setattr(holds, "_release", real)
+    a.heartbeat()
+    assert holds.held(CLIENT.address) == 0 and not holds.taken(hold.request)
