@@ -72,10 +72,8 @@ class SnapshotInfo:
         return hashlib.sha256(self.metadata).digest()
 
     @classmethod
-    def from_metadata(cls, raw: bytes, height: int, snapshot_hash: bytes, chunks: int) -> SnapshotInfo:
-        """The metadata an offer carries, checked against the offer's own height, hash and chunk count."""
-        if hashlib.sha256(raw).digest() != snapshot_hash:
-            raise SnapshotError("the snapshot's hash is not the hash of its metadata")
+    def parse(cls, raw: bytes) -> SnapshotInfo:
+        """Metadata bytes in their one canonical form (SnapshotError otherwise)."""
         try:
             doc = json.loads(raw)
             info = cls(
@@ -88,6 +86,14 @@ class SnapshotInfo:
             raise SnapshotError(f"unreadable snapshot metadata: {exc}") from None
         if doc.get("format") != FORMAT or info.metadata != raw:
             raise SnapshotError("snapshot metadata not in its one canonical form")
+        return info
+
+    @classmethod
+    def from_metadata(cls, raw: bytes, height: int, snapshot_hash: bytes, chunks: int) -> SnapshotInfo:
+        """The metadata an offer carries, checked against the offer's own height, hash and chunk count."""
+        if hashlib.sha256(raw).digest() != snapshot_hash:
+            raise SnapshotError("the snapshot's hash is not the hash of its metadata")
+        info = cls.parse(raw)
         if info.height != height or len(info.chunk_hashes) != chunks or not 0 < chunks <= MAX_CHUNKS:
             raise SnapshotError("the snapshot's metadata does not match its offer (height, chunks)")
         if any(len(h) != 32 for h in info.chunk_hashes) or len(info.app_hash) != 32:
@@ -206,18 +212,17 @@ class Snapshots:
         )
 
     def list(self) -> list[SnapshotInfo]:
+        """The snapshots this validator serves; one whose metadata cannot be read is left out
+        (a peer would refuse it anyway)."""
         out = []
         for height in self.heights():
-            raw = (self.directory / str(height) / "metadata.json").read_bytes()
-            doc = json.loads(raw)
-            out.append(
-                SnapshotInfo(
-                    height,
-                    bytes.fromhex(doc["app_hash"]),
-                    int(doc["block_time"]),
-                    tuple(bytes.fromhex(h) for h in doc["chunks"]),
-                )
-            )
+            try:
+                info = SnapshotInfo.parse((self.directory / str(height) / "metadata.json").read_bytes())
+            except (OSError, SnapshotError) as exc:
+                log.warning("snapshot_unreadable", height=height, error=str(exc))
+                continue
+            if info.height == height:
+                out.append(info)
         return out
 
     def chunk(self, height: int, index: int) -> bytes:

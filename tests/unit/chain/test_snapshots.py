@@ -81,6 +81,15 @@ def test_snapshots_are_made_every_interval_the_last_kept_and_identical_on_every_
     assert info.app_hash == a.info().last_block_app_hash  # made at the latest height
 
 
+def test_a_snapshot_whose_metadata_on_disk_is_unreadable_is_not_offered(tmp_path, small_chunks):
+    a = validator(tmp_path, "a")
+    busy(a, 2 * INTERVAL)
+    assert [s.height for s in offered(a)] == [INTERVAL, 2 * INTERVAL]
+    assert a.app.snapshots is not None
+    (a.app.snapshots.directory / str(INTERVAL) / "metadata.json").write_bytes(b'{"format": 1, "height"')
+    assert [s.height for s in offered(a)] == [2 * INTERVAL]  # ListSnapshots still answers
+
+
 def test_an_empty_app_restores_a_snapshot_and_then_executes_blocks_like_the_others(tmp_path, small_chunks):
     a = validator(tmp_path, "a")
     busy(a, 2 * INTERVAL)
