@@ -189,9 +189,11 @@ class Settler:
             except Exception:  # a failure here must not cost a settling pass
                 log.exception("drop_outputs_error")
             try:
-                while not self._stop.is_set() and self.store.settler_lease():
+                while not self._stop.is_set():
                     with self.tx_lock:
-                        if not self.run_once():
+                        # The lease checked again once the tx lock is ours: a settler that stalled
+                        # past its lease while waiting for the lock does not send beside its successor.
+                        if not self.store.settler_lease() or not self.run_once():
                             break
             except Exception:  # keep settling after a transient RPC failure
                 log.exception("settler_error")

@@ -45,7 +45,7 @@ IRIS = [[5.1, 3.5, 1.4, 0.2]]
 
 
 def mode_of(i: int) -> str:
-    # 4 zkml (a proof holds one of the 2 cores for ~20 s here), 665 tee, 1,331 vanilla
+    # 4 zkml (a proof holds one of the 2 cores for ~20 s here), 666 tee, 1,330 vanilla
     return "zkml" if i % 500 == 0 else "tee" if i % 3 == 1 else "vanilla"
 
 

@@ -13,6 +13,7 @@ import hashlib
 import json
 import re
 import tempfile
+import time
 from collections import Counter
 from pathlib import Path
 from typing import Any
@@ -26,6 +27,7 @@ from haca.client.errors import HacaError, RpcError, TxRejected
 from haca.crypto.keys import PrivateKey
 from haca.node.receipts import ReceiptStore
 from haca.node.settler import Settler
+from haca.node.txlock import AccountTxLock
 from haca.types import codes
 from haca.types.encoding import canonical_json
 from haca.types.inference import MsgSettle, SettlementItem
@@ -654,3 +656,45 @@ def test_a_claimed_receipt_is_settled_on_its_claim_even_after_the_node_gave_it_u
     drain(settler, chain)
     assert statuses(store, [rid]) == ["settled"]
     assert chain.ledger_ids() == [rid]
+
+
+def test_a_settler_without_the_lease_sends_nothing_and_settles_once_it_has_it(tmp_path):
+    """A node's workers share one store: only the lease holder settles (haca.node.pgstore)."""
+    settler, store, chain, ids = make(tmp_path, 3)
+    settler.flush_interval = 0.05
+    lease = {"held": False}
+    store.settler_lease = lambda: lease["held"]  # type: ignore[method-assign]
+    settler.start()
+    try:
+        time.sleep(0.5)
+        assert chain.signed == [] and statuses(store, ids) == ["pending"] * 3
+        lease["held"] = True
+        deadline = time.monotonic() + 5
+        while not chain.signed:
+            assert time.monotonic() < deadline, "the lease holder never sent"
+            time.sleep(0.02)
+    finally:
+        settler.stop()
+    assert {rid for _, sent in chain.signed for rid in sent} == set(ids)
+
+
+def test_a_settler_that_lost_its_lease_while_waiting_for_the_tx_lock_sends_nothing(tmp_path):
+    """Fenced: the lease is checked again once the account's tx lock is held (a worker stalled
+    past its lease must not send beside the worker that took it over)."""
+    settler, store, chain, ids = make(tmp_path, 3)
+    settler.flush_interval = 0.05
+    lease = {"held": True}
+    store.settler_lease = lambda: lease["held"]  # type: ignore[method-assign]
+
+    class LockTakenOver(AccountTxLock):
+        def acquire(self) -> None:
+            super().acquire()
+            lease["held"] = False  # another worker took the lease while this one waited
+
+    settler.tx_lock = LockTakenOver()
+    settler.start()
+    try:
+        time.sleep(0.5)
+    finally:
+        settler.stop()
+    assert chain.signed == [] and statuses(store, ids) == ["pending"] * 3
