@@ -9,6 +9,7 @@ import signal
 import sys
 import threading
 import time
+from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -32,6 +33,7 @@ from haca.types.modes import UNSETTLED
 from haca.types.outputs import ANSWER_LOST, idempotent_request_id
 from haca.types.payment import decode_api_key
 from haca.types.receipt import SignedReceipt
+from tests.integration.conftest import DevnetHandle, _devnet
 from tests.integration.helpers import genesis_supply, supply_holds, wait_height
 
 pytestmark = [pytest.mark.devnet, pytest.mark.slow]
@@ -65,10 +67,21 @@ class Load:
     lock: threading.Lock = field(default_factory=threading.Lock)
 
 
+@pytest.fixture(scope="module")
+def workers_devnet(tmp_path_factory: pytest.TempPathFactory) -> Iterator[DevnetHandle]:
+    """Validators with 1 s blocks, the hub and the example models registered; the devnet's own
+    node, its enclave and the explorer stopped: this test brings its node, and the machine's two
+    cores are for its workers."""
+    for handle in _devnet(tmp_path_factory, inference=True, timeout_commit="1s"):
+        for name in ("node0", "enclave0", "explorer"):
+            handle.net.stop(name)
+        yield handle
+
+
 def test_two_workers_on_postgres_settle_every_receipt_once_through_a_sigkill(
-    inference_devnet, postgres_server, tmp_path: Path
+    workers_devnet, postgres_server, tmp_path: Path
 ):
-    net = inference_devnet
+    net = workers_devnet
     dsn = postgres_server.create_database("node_workers")
     node_address = net.keys.get(NODE_KEY).address
     hub = str(net.config.extra["hub"])
